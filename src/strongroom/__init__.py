@@ -1,0 +1,58 @@
+"""strongroom: encrypted, streaming disaster-recovery backups into pluggable stores."""
+
+from __future__ import annotations
+
+from .config import EMBEDDED_STORE_NAME, StoreSpec, StoresConfig
+from .crypto import KdfParams, Passcode
+from .engine import BackupInfo, Engine
+from .errors import (
+    BackupExistsError,
+    BackupNotFoundError,
+    ConfigError,
+    IntegrityError,
+    InvalidNameError,
+    JobError,
+    PasscodeError,
+    StoreError,
+    StoreUnavailableError,
+    StrongroomError,
+    UnknownBackendError,
+    UnknownStoreError,
+    UnsafeArchiveError,
+)
+from .plugins import BackendRegistry, get_plugin_manager, hookimpl, hookspec
+from .retention import CleanupEntry, CleanupReport
+from .store import ObjectInfo, Store, StoreCapabilities, ValidationReport
+
+__all__ = [
+    "EMBEDDED_STORE_NAME",
+    "BackendRegistry",
+    "BackupExistsError",
+    "BackupInfo",
+    "BackupNotFoundError",
+    "CleanupEntry",
+    "CleanupReport",
+    "ConfigError",
+    "Engine",
+    "IntegrityError",
+    "InvalidNameError",
+    "JobError",
+    "KdfParams",
+    "ObjectInfo",
+    "Passcode",
+    "PasscodeError",
+    "Store",
+    "StoreCapabilities",
+    "StoreError",
+    "StoreSpec",
+    "StoreUnavailableError",
+    "StoresConfig",
+    "StrongroomError",
+    "UnknownBackendError",
+    "UnknownStoreError",
+    "UnsafeArchiveError",
+    "ValidationReport",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+]

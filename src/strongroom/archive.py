@@ -1,0 +1,226 @@
+"""Sources → a POSIX (pax) tar stream, and a tar stream → a safe extraction.
+
+Files and directories are archived under their base name with relative paths,
+modes, mtimes, symlinks (never followed) and empty directories. A named stream of
+unknown length is archived as one or more consecutive members of the same name,
+each up to `STREAM_PART_SIZE` bytes; every part after the first carries the pax
+record `STRONGROOM.part` = its number and is appended on extraction.
+
+Extraction refuses absolute paths, `..`, links that point outside the target and
+device files (Python's tarfile "data" filter), but keeps permission bits and, when
+running as root, ownership.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import tarfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
+
+__all__ = [
+    "StreamSource",
+    "archive_name_of",
+    "extract_archive",
+    "normalize_archive_path",
+    "scan_archive",
+    "source_size",
+    "write_archive",
+]
+
+#: A named stream: a binary file object, or an iterable of bytes.
+StreamSource = BinaryIO | Iterable[bytes]
+
+STREAM_PART_SIZE = 8 * 1024 * 1024
+PART_RECORD = "STRONGROOM.part"
+COPY_BUFFER = 1024 * 1024
+
+
+def archive_name_of(source: Path) -> str:
+    """The top-level name a source gets in the archive: its base name."""
+    name = source.absolute().name
+    if not name or name in (".", ".."):
+        raise ConfigError(f"Cannot back up {str(source)!r} by itself; name a directory inside it.")
+    return name
+
+
+def normalize_archive_path(path: str) -> str:
+    """Validate a relative archive path (a stream name or a path to restore)."""
+    cleaned = path.rstrip("/")
+    parts = cleaned.split("/")
+    if path.startswith("/") or "\\" in cleaned or any(p in ("", ".", "..") for p in parts):
+        raise InvalidNameError(
+            f"{path!r} is not a relative archive path: use names joined by '/', "
+            "without '.', '..', backslashes or a leading '/'."
+        )
+    return cleaned
+
+
+def check_sources(sources: Sequence[Path], streams: Mapping[str, StreamSource]) -> None:
+    """Fail before anything is written if sources are missing or names collide."""
+    if not sources and not streams:
+        raise ConfigError("Nothing to back up: give at least one file, directory or stream.")
+    seen: dict[str, str] = {}
+    for source in sources:
+        if not os.path.lexists(source):
+            raise ConfigError(f"The source {str(source)!r} does not exist.")
+        _claim(seen, archive_name_of(source), str(source))
+    for name in streams:
+        _claim(seen, normalize_archive_path(name).split("/")[0], f"stream {name!r}")
+
+
+def _claim(seen: dict[str, str], top: str, owner: str) -> None:
+    if top in seen:
+        raise ConfigError(
+            f"{owner} and {seen[top]} would both be archived as {top!r}; rename one of them."
+        )
+    seen[top] = owner
+
+
+def source_size(sources: Sequence[Path]) -> int:
+    """Bytes of regular files under the sources, for a progress bar's total."""
+    total = 0
+    for source in sources:
+        if source.is_file() and not source.is_symlink():
+            total += source.stat().st_size
+        elif source.is_dir() and not source.is_symlink():
+            for directory, _, files in os.walk(source):
+                for name in files:
+                    path = os.path.join(directory, name)
+                    if not os.path.islink(path):
+                        total += os.stat(path).st_size
+    return total
+
+
+def write_archive(
+    sink: BinaryIO, sources: Sequence[Path], streams: Mapping[str, StreamSource]
+) -> None:
+    """Write every source and stream into `sink` as one pax tar stream."""
+    with tarfile.open(
+        fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY_BUFFER
+    ) as tar:
+        tar.copybufsize = COPY_BUFFER
+        for source in sources:
+            tar.add(source, arcname=archive_name_of(source), recursive=True)
+        for name, stream in streams.items():
+            _add_stream(tar, normalize_archive_path(name), stream)
+
+
+def _add_stream(tar: tarfile.TarFile, name: str, stream: StreamSource) -> None:
+    for number, part in enumerate(_parts(stream)):
+        info = tarfile.TarInfo(name)
+        info.size = len(part)
+        info.mode = 0o600
+        info.mtime = int(time.time())
+        if number:
+            info.pax_headers = {PART_RECORD: str(number)}
+        tar.addfile(info, io.BytesIO(part))
+
+
+def _parts(stream: StreamSource) -> Iterator[bytes]:
+    """Cut a stream of unknown length into parts; always at least one (maybe empty)."""
+    pieces = _pieces(stream)
+    buffer = bytearray()
+    for piece in pieces:
+        buffer += piece
+        while len(buffer) > STREAM_PART_SIZE:
+            yield bytes(buffer[:STREAM_PART_SIZE])
+            del buffer[:STREAM_PART_SIZE]
+    yield bytes(buffer)
+
+
+def _pieces(stream: StreamSource) -> Iterator[bytes]:
+    read = getattr(stream, "read", None)
+    if read is None:
+        yield from stream  # type: ignore[misc]
+        return
+    while piece := read(COPY_BUFFER):
+        yield piece
+
+
+def extract_archive(stream: BinaryIO, target: Path, selected: Sequence[str] = ()) -> set[str]:
+    """Extract the tar stream into `target` (an empty staging directory).
+
+    Returns which of the `selected` paths were found (all of them must be; the caller
+    checks). With no selection, everything is extracted.
+    """
+    found: set[str] = set()
+    directories: list[tarfile.TarInfo] = []
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_BUFFER) as tar:
+        tar.copybufsize = COPY_BUFFER
+        for member in tar:
+            match = _selection_match(member.name, selected)
+            if selected and match is None:
+                continue
+            if match is not None:
+                found.add(match)
+            safe = _safe_member(member, target)
+            if PART_RECORD in member.pax_headers:
+                _append_part(tar, safe, target)
+            elif safe.isdir():
+                tar.extract(safe, target, set_attrs=False)
+                directories.append(safe)
+            else:
+                tar.extract(safe, target)
+        for directory in reversed(directories):  # deepest first, after their contents
+            path = os.path.join(target, directory.name)
+            tar.chown(directory, path, numeric_owner=False)
+            tar.utime(directory, path)
+            tar.chmod(directory, path)
+    return found
+
+
+def scan_archive(stream: BinaryIO) -> int:
+    """Read a whole tar stream, member data included; return how many members it has."""
+    count = 0
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_BUFFER) as tar:
+        for member in tar:
+            count += 1
+            if member.isfile():
+                data = tar.extractfile(member)
+                if data is not None:
+                    while data.read(COPY_BUFFER):
+                        pass
+    return count
+
+
+def _selection_match(name: str, selected: Sequence[str]) -> str | None:
+    for path in selected:
+        if name == path or name.startswith(path + "/"):
+            return path
+    return None
+
+
+def _safe_member(member: tarfile.TarInfo, target: Path) -> tarfile.TarInfo:
+    """The member as the data filter allows it, with permission bits and ownership kept."""
+    parts = member.name.split("/")
+    if member.name.startswith("/") or ".." in parts:
+        raise UnsafeArchiveError(f"The backup holds {member.name!r}, which would land outside the target.")
+    try:
+        filtered = tarfile.data_filter(member, str(target))
+    except tarfile.FilterError as exc:
+        raise UnsafeArchiveError(
+            f"The backup holds {member.name!r}, which strongroom will not restore: {exc}. "
+            "Restore the other paths by naming them."
+        ) from None
+    keep = {"uid": member.uid, "gid": member.gid, "uname": member.uname, "gname": member.gname}
+    if not member.issym():
+        keep["mode"] = member.mode & 0o777
+    return filtered.replace(**keep, deep=False)
+
+
+def _append_part(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    """Append one continuation part of a named stream to the file its first part made."""
+    path = target / member.name
+    data = tar.extractfile(member)
+    if data is None or not path.is_file() or path.is_symlink():
+        raise IntegrityError(f"Part {member.pax_headers[PART_RECORD]} of {member.name!r} has no start.")
+    with open(path, "ab") as out:
+        while block := data.read(COPY_BUFFER):
+            out.write(block)

@@ -1,0 +1,1 @@
+"""Backends that ship with strongroom, each an ordinary pluggy plugin module."""

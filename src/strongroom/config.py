@@ -1,0 +1,185 @@
+"""The stores configuration: a TOML file naming stores, and the embedded default store.
+
+```toml
+default = "offsite"                       # optional; else "backupsDefault"
+
+[stores.offsite]
+url = "s3://my-bucket/backups"
+options = { region = "eu-west-1", secret = { env = "OFFSITE_SECRET" } }
+```
+
+The file is `$STRONGROOM_CONFIG`, else `$STRONGROOM_HOME/config.toml`; STRONGROOM_HOME
+defaults to the platform's user data directory. With no file at all there is still
+one store, `backupsDefault`, in `$STRONGROOM_HOME/stores/backupsDefault`, so a first
+backup needs no setup. Secrets are written as `{ env = "NAME" }` references and read
+from the environment only when the store is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import tomli_w
+
+from .errors import ConfigError, UnknownStoreError
+from .format import validate_name
+
+__all__ = [
+    "EMBEDDED_STORE_NAME",
+    "StoreSpec",
+    "StoresConfig",
+    "config_path",
+    "strongroom_home",
+]
+
+EMBEDDED_STORE_NAME = "backupsDefault"
+HOME_ENV = "STRONGROOM_HOME"
+CONFIG_ENV = "STRONGROOM_CONFIG"
+
+OptionValue = str | int | float | bool | dict[str, str]
+
+
+def strongroom_home() -> Path:
+    """Where strongroom keeps its state: $STRONGROOM_HOME or the user data directory."""
+    configured = os.environ.get(HOME_ENV)
+    return Path(configured) if configured else Path(platformdirs.user_data_dir("strongroom"))
+
+
+def config_path() -> Path:
+    configured = os.environ.get(CONFIG_ENV)
+    return Path(configured) if configured else strongroom_home() / "config.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """A configured store: its name, URL and backend options (secrets as env references)."""
+
+    name: str
+    url: str
+    options: Mapping[str, OptionValue] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "store")
+        if "://" not in self.url:
+            raise ConfigError(
+                f"Store {self.name!r}: {self.url!r} is not a URL; write it with a scheme, "
+                "for example file:///srv/backups or s3://bucket/prefix."
+            )
+
+    def __repr__(self) -> str:
+        return f"StoreSpec(name={self.name!r}, url={self.url!r}, options={sorted(self.options)})"
+
+    def resolve(self) -> StoreSpec:
+        """The same spec with every `{env = "NAME"}` reference replaced by its value."""
+        return StoreSpec(self.name, self.url, {k: self._resolve(k, v) for k, v in self.options.items()})
+
+    def _resolve(self, key: str, value: OptionValue) -> OptionValue:
+        if not isinstance(value, dict):
+            return value
+        variable = value.get("env")
+        if set(value) != {"env"} or not isinstance(variable, str):
+            raise ConfigError(
+                f"Store {self.name!r}, option {key!r}: a secret reference is written "
+                '{ env = "VARIABLE_NAME" }.'
+            )
+        if variable not in os.environ:
+            raise ConfigError(
+                f"Store {self.name!r}, option {key!r}: the environment variable {variable} "
+                "is not set; export it before using this store."
+            )
+        return os.environ[variable]
+
+
+@dataclass(slots=True)
+class StoresConfig:
+    """The named stores and which one is the default."""
+
+    path: Path
+    stores: dict[str, StoreSpec]
+    default: str
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> StoresConfig:
+        path = path or config_path()
+        document: dict[str, Any] = {}
+        if path.exists():
+            try:
+                document = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"The stores configuration {path} is not valid TOML: {exc}") from None
+        stores = {EMBEDDED_STORE_NAME: embedded_store()}
+        tables = document.get("stores", {})
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{path}: 'stores' must be a table of [stores.NAME] sections.")
+        for name, table in tables.items():
+            stores[name] = _spec_from_table(path, name, table)
+        default = document.get("default", EMBEDDED_STORE_NAME)
+        if default not in stores:
+            raise ConfigError(f"{path}: the default store {default!r} is not configured.")
+        return cls(path, stores, default)
+
+    def get(self, name: str | None = None) -> StoreSpec:
+        """The store called `name`, or the default store."""
+        name = self.default if name is None else validate_name(name, "store")
+        try:
+            return self.stores[name]
+        except KeyError:
+            raise UnknownStoreError(
+                f"No store is named {name!r} (configured: {', '.join(sorted(self.stores))}). "
+                f"Add it with 'strongroom stores add {name} URL'."
+            ) from None
+
+    def add(self, spec: StoreSpec, *, make_default: bool = False) -> None:
+        if spec.name in self.stores and spec.name != EMBEDDED_STORE_NAME:
+            raise ConfigError(
+                f"A store named {spec.name!r} is already configured; remove it first."
+            )
+        self.stores[spec.name] = spec
+        if make_default:
+            self.default = spec.name
+
+    def remove(self, name: str) -> None:
+        spec = self.get(name)
+        if spec == embedded_store():
+            raise ConfigError(f"{name!r} is the embedded default store and cannot be removed.")
+        del self.stores[name]
+        self.stores.setdefault(EMBEDDED_STORE_NAME, embedded_store())
+        if self.default == name:
+            self.default = EMBEDDED_STORE_NAME
+
+    def save(self) -> None:
+        """Write the configuration atomically (the embedded store is implicit)."""
+        tables = {
+            spec.name: {"url": spec.url, **({"options": dict(spec.options)} if spec.options else {})}
+            for spec in self.stores.values()
+            if spec != embedded_store()
+        }
+        document: dict[str, Any] = {"default": self.default, "stores": tables}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.write_text(tomli_w.dumps(document), encoding="utf-8")
+        os.replace(temporary, self.path)
+
+
+def embedded_store() -> StoreSpec:
+    """The store that exists with no configuration at all."""
+    directory = strongroom_home() / "stores" / EMBEDDED_STORE_NAME
+    return StoreSpec(EMBEDDED_STORE_NAME, directory.absolute().as_uri())
+
+
+def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:
+    if not isinstance(table, dict) or not isinstance(table.get("url"), str):
+        raise ConfigError(f"{path}: [stores.{name}] needs a url, for example url = \"file:///srv/backups\".")
+    unknown = set(table) - {"url", "options"}
+    if unknown:
+        raise ConfigError(f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url and options.")
+    options = table.get("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: [stores.{name}] options must be a table.")
+    return StoreSpec(validate_name(name, "store"), table["url"], options)

@@ -1,0 +1,429 @@
+"""Engine: create, restore, verify, list, info, delete, retention updates and cleanup.
+
+The engine joins the pieces: stores from the configuration and plugins, keys from
+the passcode, the archive stream through the chunk pipeline, and the manifest as
+the commit. Data flows one way (see README.md):
+
+    create:  sources → tar stream → ChunkWriter (chunk, zstd, seal, put) → manifest
+    restore: manifest → passcode → ChunkReader (get, open, unzstd) → tar → staging → target
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from .archive import (
+    StreamSource,
+    check_sources,
+    extract_archive,
+    normalize_archive_path,
+    scan_archive,
+    source_size,
+    write_archive,
+)
+from .config import StoresConfig
+from .crypto import (
+    BackupKeys,
+    KdfParams,
+    Passcode,
+    StreamCipher,
+    derive_kek,
+    new_file_key,
+    new_salt,
+    unwrap_file_key,
+    wrap_file_key,
+)
+from .errors import BackupExistsError, BackupNotFoundError, ConfigError, IntegrityError
+from .format import (
+    MANIFESTS_PREFIX,
+    KeySlot,
+    Manifest,
+    chunk_key,
+    data_prefix,
+    from_epoch_ms,
+    manifest_key,
+    name_from_manifest_key,
+    to_epoch_ms,
+    utc_now,
+    validate_name,
+)
+from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
+from .plugins import build_registry, get_plugin_manager
+from .retention import (
+    CleanupEntry,
+    CleanupReport,
+    check_retention_date,
+    parse_epoch_ms,
+    select_expired,
+)
+from .store import Store
+
+__all__ = ["BackupInfo", "Engine"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """What anyone may know about a committed backup, without its passcode."""
+
+    name: str
+    store: str
+    description: str
+    created: datetime
+    retention_date: datetime | None
+    source_size: int
+    stored_size: int
+    chunk_count: int
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, store: str) -> BackupInfo:
+        return cls(
+            name=manifest.name,
+            store=store,
+            description=manifest.description,
+            created=manifest.created,
+            retention_date=manifest.retention_date,
+            source_size=manifest.source_size,
+            stored_size=manifest.stored_size,
+            chunk_count=manifest.chunk_count,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The admin API's field names; the CLI's --json output uses the same."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "backupStore": self.store,
+            "completeTime": to_epoch_ms(self.created),
+            "retentionDate": None if self.retention_date is None else to_epoch_ms(self.retention_date),
+            "backupType": "FULL",
+            "scheduleType": "MANUAL",
+            "status": "COMPLETED",
+            "sourceSize": self.source_size,
+            "storedSize": self.stored_size,
+        }
+
+
+class Engine:
+    """The entry point of the Python API; stateless apart from the stores it has opened."""
+
+    def __init__(
+        self,
+        config: StoresConfig | None = None,
+        *,
+        plugin_manager: pluggy.PluginManager | None = None,
+        kdf: KdfParams | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compress: bool = True,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.config = config if config is not None else StoresConfig.load()
+        self._registry = build_registry(plugin_manager or get_plugin_manager())
+        self._kdf = kdf or KdfParams()
+        self._chunk_size = chunk_size
+        self._compress = compress
+        self._clock = clock
+        self._stores: dict[str, Store] = {}
+
+    def store(self, name: str | None = None) -> Store:
+        """The store called `name` (default: the configured default store), opened once."""
+        spec = self.config.get(name)
+        if spec.name not in self._stores:
+            self._stores[spec.name] = self._registry.open(spec)
+        return self._stores[spec.name]
+
+    # -- create ----------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        sources: Sequence[str | os.PathLike[str]] = (),
+        *,
+        passcode: str | Passcode,
+        streams: Mapping[str, StreamSource] | None = None,
+        store: str | None = None,
+        description: str = "",
+        retention_date: int | str | None = None,
+        progress: Progress | None = None,
+    ) -> BackupInfo:
+        """Back up files, directories and named streams as the backup `name`.
+
+        Everything is checked before anything is written. Data objects go first and
+        the manifest last; if anything fails, what was written is removed again and
+        no backup of that name appears.
+        """
+        validate_name(name)
+        secret = Passcode(passcode)
+        paths = [Path(source) for source in sources]
+        streams = dict(streams or {})
+        check_sources(paths, streams)
+        retention = None if retention_date is None else check_retention_date(retention_date, self._clock())
+        if not isinstance(description, str):
+            raise ConfigError("The description must be text.")
+        target = self.store(store)
+        if target.exists(manifest_key(name)):
+            raise _exists(name, target)
+
+        backup_id = uuid.uuid4().hex
+        salt, file_key = new_salt(), new_file_key()
+        draft = Manifest(
+            name=name,
+            backup_id=backup_id,
+            description=description,
+            created=self._clock(),
+            chunk_size=self._chunk_size,
+            chunk_count=0,
+            source_size=0,
+            stored_size=0,
+            compression="zstd" if self._compress else "none",
+            key_slot=KeySlot(self._kdf, salt, b""),
+            retention_date=retention,
+        )
+        wrapped = wrap_file_key(derive_kek(secret, salt, self._kdf), file_key, draft.key_binding())
+        keys = BackupKeys.from_file_key(file_key)
+        writer = ChunkWriter(
+            target,
+            lambda index: chunk_key(name, backup_id, index),
+            StreamCipher(keys.chunk_key, draft.stream_binding()),
+            chunk_size=self._chunk_size,
+            compress=self._compress,
+            on_write=_counter(progress, source_size(paths) if progress else None),
+        )
+        try:
+            write_archive(writer, paths, streams)
+            stats = writer.finish()
+            manifest = replace(
+                draft,
+                created=self._clock(),
+                chunk_count=stats.chunk_count,
+                source_size=stats.source_size,
+                stored_size=stats.stored_size,
+                key_slot=KeySlot(self._kdf, salt, wrapped),
+            )
+            manifest = manifest.with_mac(keys.mac(manifest.authenticated_bytes()))
+            try:
+                target.put(manifest_key(name), manifest.to_bytes())
+            except FileExistsError:
+                raise _exists(name, target) from None
+        except BaseException:
+            writer.abort()
+            target.delete_prefix(data_prefix(name, backup_id))
+            raise
+        return BackupInfo.from_manifest(manifest, target.name)
+
+    # -- restore and verify ----------------------------------------------------------
+
+    def restore(
+        self,
+        name: str,
+        target: str | os.PathLike[str],
+        *,
+        passcode: str | Passcode,
+        store: str | None = None,
+        paths: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> Path:
+        """Restore the backup (or only `paths` in it) into `target`, all or nothing.
+
+        `target` must not exist or be an empty directory. Everything is extracted into
+        a staging directory beside it and moved into place only after the whole
+        backup has been read and authenticated.
+        """
+        destination = _check_restore_target(Path(target))
+        selected = [normalize_archive_path(path) for path in paths]
+        source, manifest = self._open(name, store)
+        cipher = self._cipher(manifest, Passcode(passcode))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.strongroom-", dir=destination.parent))
+        try:
+            with self._reader(source, manifest, cipher, progress) as reader:
+                found = extract_archive(reader, staging, selected)
+                reader.drain()
+            missing = sorted(set(selected) - found)
+            if missing:
+                raise ConfigError(f"Not in backup {name!r}: {', '.join(missing)}. Nothing was restored.")
+            _move_into_place(staging, destination)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return destination
+
+    def verify(self, name: str, *, passcode: str | Passcode, store: str | None = None) -> BackupInfo:
+        """Read and authenticate every byte of the backup; write nothing."""
+        source, manifest = self._open(name, store)
+        cipher = self._cipher(manifest, Passcode(passcode))
+        expected = {chunk_key(name, manifest.backup_id, i) for i in range(manifest.chunk_count)}
+        stored = {obj.key for obj in source.list(data_prefix(name, manifest.backup_id))}
+        if stored - expected:
+            raise IntegrityError(
+                f"Backup {name!r} has {len(stored - expected)} unexpected object(s) in its data; "
+                "something other than strongroom wrote there."
+            )
+        with self._reader(source, manifest, cipher, None) as reader:
+            scan_archive(reader)
+            reader.drain()
+        return BackupInfo.from_manifest(manifest, source.name)
+
+    # -- listing and metadata --------------------------------------------------------
+
+    def list(self, store: str | None = None) -> list[BackupInfo]:
+        """Every committed backup in the store, oldest first."""
+        source = self.store(store)
+        manifests = self._manifests(source)
+        return [BackupInfo.from_manifest(m, source.name) for m in manifests]
+
+    def info(self, name: str, store: str | None = None) -> BackupInfo:
+        source, manifest = self._open(name, store)
+        return BackupInfo.from_manifest(manifest, source.name)
+
+    def update_retention(
+        self, name: str, retention_date: int | str, store: str | None = None
+    ) -> BackupInfo:
+        """Set a new retentionDate; needs no passcode (it is outside the manifest's MAC)."""
+        moment = check_retention_date(retention_date, self._clock())
+        source, manifest = self._open(name, store)
+        updated = manifest.with_retention(moment)
+        source.put(manifest_key(name), updated.to_bytes(), overwrite=True)
+        return BackupInfo.from_manifest(updated, source.name)
+
+    def delete(self, name: str, store: str | None = None) -> None:
+        """Delete a backup: the manifest first (so it is gone at once), then its data."""
+        source, manifest = self._open(name, store)
+        source.delete([manifest_key(name)])
+        source.delete_prefix(data_prefix(name, manifest.backup_id))
+
+    def cleanup(
+        self,
+        stores: Iterable[str] | None = None,
+        *,
+        as_of: int | datetime | None = None,
+        dry_run: bool = False,
+    ) -> CleanupReport:
+        """Delete the backups whose retentionDate has passed, in the named or all stores."""
+        moment = _as_datetime(as_of) if as_of is not None else self._clock()
+        report = CleanupReport(as_of=moment, dry_run=dry_run)
+        for store_name in stores if stores is not None else sorted(self.config.stores):
+            source = self.store(store_name)
+            manifests = self._manifests(source)
+            expired = select_expired(manifests, moment)
+            report.kept += len(manifests) - len(expired)
+            for manifest in expired:
+                report.entries.append(self._expire(source, manifest, dry_run))
+        return report
+
+    # -- internals -------------------------------------------------------------------
+
+    def _expire(self, source: Store, manifest: Manifest, dry_run: bool) -> CleanupEntry:
+        entry = (source.name, manifest.name, manifest.retention_date)
+        if dry_run:
+            return CleanupEntry(*entry, "would delete")
+        try:
+            self.delete(manifest.name, source.name)
+        except Exception as exc:  # one failure must not stop the run; it is reported
+            return CleanupEntry(*entry, "failed", str(exc))
+        return CleanupEntry(*entry, "deleted")
+
+    def _open(self, name: str, store: str | None) -> tuple[Store, Manifest]:
+        validate_name(name)
+        source = self.store(store)
+        try:
+            data = source.get(manifest_key(name))
+        except FileNotFoundError:
+            raise BackupNotFoundError(
+                f"No backup named {name!r} in store {source.name!r}; "
+                f"'strongroom list --store {source.name}' shows the backups there."
+            ) from None
+        manifest = Manifest.from_bytes(data)
+        if manifest.name != name:
+            raise IntegrityError(f"The manifest stored as {name!r} belongs to {manifest.name!r}.")
+        return source, manifest
+
+    def _manifests(self, source: Store) -> list[Manifest]:
+        names = [n for obj in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(obj.key))]
+        with ThreadPoolExecutor(max(1, source.concurrency)) as pool:
+            manifests = list(pool.map(lambda n: self._open(n, source.name)[1], names))
+        return sorted(manifests, key=lambda m: (m.created, m.name))
+
+    def _cipher(self, manifest: Manifest, passcode: Passcode) -> StreamCipher:
+        """Check the passcode and the manifest's MAC; return the chunk cipher."""
+        slot = manifest.key_slot
+        kek = derive_kek(passcode, slot.salt, slot.kdf)
+        keys = BackupKeys.from_file_key(unwrap_file_key(kek, slot.wrapped_key, manifest.key_binding()))
+        keys.check_mac(manifest.authenticated_bytes(), manifest.mac)
+        return StreamCipher(keys.chunk_key, manifest.stream_binding())
+
+    def _reader(
+        self, source: Store, manifest: Manifest, cipher: StreamCipher, progress: Progress | None
+    ) -> ChunkReader:
+        return ChunkReader(
+            source,
+            lambda index: chunk_key(manifest.name, manifest.backup_id, index),
+            cipher,
+            chunk_count=manifest.chunk_count,
+            chunk_size=manifest.chunk_size,
+            on_read=_counter(progress, manifest.source_size),
+        )
+
+
+def _exists(name: str, store: Store) -> BackupExistsError:
+    return BackupExistsError(
+        f"A backup named {name!r} already exists in store {store.name!r}; "
+        "backups are never overwritten, so choose another name or delete the old one first."
+    )
+
+
+def _counter(progress: Progress | None, total: int | None) -> Callable[[int], None] | None:
+    """Adapt a (done, total) progress callback to a stream of byte counts."""
+    if progress is None:
+        return None
+    done = 0
+
+    def advance(size: int) -> None:
+        nonlocal done
+        done += size
+        progress(done, total)
+
+    return advance
+
+
+def _as_datetime(value: int | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return from_epoch_ms(parse_epoch_ms(value, "as_of"))
+
+
+def _check_restore_target(target: Path) -> Path:
+    target = target.absolute()
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ConfigError(f"The restore target {str(target)!r} exists and is not a directory; choose a new one.")
+    if target.is_dir() and any(target.iterdir()):
+        raise ConfigError(
+            f"The restore target {str(target)!r} is not empty; restore into a new or empty "
+            "directory so nothing there is overwritten."
+        )
+    return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Move a finished restore into the target: one rename, or one per entry if it exists."""
+    os.chmod(staging, 0o777 & ~_umask())
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    for entry in sorted(os.listdir(staging)):
+        os.rename(staging / entry, target / entry)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,107 @@
+"""The exception tree. Every error a person can cause says what to do next.
+
+```
+StrongroomError
+├── ConfigError
+│   ├── InvalidNameError
+│   ├── UnknownStoreError
+│   └── UnknownBackendError
+├── StoreError
+│   ├── BackupNotFoundError      (also a FileNotFoundError)
+│   ├── BackupExistsError        (also a FileExistsError)
+│   └── StoreUnavailableError
+├── PasscodeError
+├── IntegrityError
+├── UnsafeArchiveError
+└── JobError
+```
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackupExistsError",
+    "BackupNotFoundError",
+    "ConfigError",
+    "IntegrityError",
+    "InvalidNameError",
+    "JobError",
+    "PasscodeError",
+    "StoreError",
+    "StoreUnavailableError",
+    "StrongroomError",
+    "UnknownBackendError",
+    "UnknownStoreError",
+    "UnsafeArchiveError",
+]
+
+
+class StrongroomError(Exception):
+    """Base class of every error strongroom raises on purpose."""
+
+    #: The CLI's exit status for this class of error (documented in the README).
+    exit_code: int = 1
+
+
+class ConfigError(StrongroomError):
+    """The configuration or an argument is wrong; fix it and run again."""
+
+    exit_code = 3
+
+
+class InvalidNameError(ConfigError, ValueError):
+    """A store, backup or path name is not acceptable."""
+
+
+class UnknownStoreError(ConfigError, LookupError):
+    """No store is configured under that name."""
+
+
+class UnknownBackendError(ConfigError, LookupError):
+    """No installed backend handles a store URL's scheme."""
+
+
+class StoreError(StrongroomError):
+    """The backup store refused or failed an operation."""
+
+    exit_code = 4
+
+
+class BackupNotFoundError(StoreError, FileNotFoundError):
+    """No committed backup has that name in the store."""
+
+    exit_code = 5
+
+
+class BackupExistsError(StoreError, FileExistsError):
+    """A backup with that name already exists; names are never overwritten."""
+
+    exit_code = 6
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The store cannot be reached, read or written."""
+
+
+class PasscodeError(StrongroomError):
+    """The passcode is too short, missing, or does not open this backup."""
+
+    exit_code = 7
+
+
+class IntegrityError(StrongroomError):
+    """Stored bytes failed authentication: tampered, truncated, reordered or foreign."""
+
+    exit_code = 8
+
+
+class UnsafeArchiveError(StrongroomError):
+    """A restore would write outside its target or create a device; nothing was restored."""
+
+    exit_code = 10
+
+
+class JobError(StrongroomError):
+    """A background job could not be run, found or cancelled."""
+
+    exit_code = 9

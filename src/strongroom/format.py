@@ -1,0 +1,269 @@
+"""The on-store layout and the manifest: names, keys, schema and validation.
+
+docs/FORMAT.md is the prose version of this module; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from .crypto import KdfParams
+from .errors import IntegrityError, InvalidNameError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFESTS_PREFIX",
+    "MAX_MANIFEST_SIZE",
+    "KeySlot",
+    "Manifest",
+    "chunk_key",
+    "data_prefix",
+    "from_epoch_ms",
+    "manifest_key",
+    "name_from_manifest_key",
+    "to_epoch_ms",
+    "validate_name",
+]
+
+FORMAT_NAME = "strongroom-backup"
+FORMAT_VERSION = 1
+MANIFESTS_PREFIX = "manifests/"
+DATA_PREFIX = "data/"
+MAX_MANIFEST_SIZE = 1024 * 1024
+MAX_NAME_LENGTH = 128
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def validate_name(value: object, what: str = "backup") -> str:
+    """Return `value` if it is a safe store or backup name, else raise InvalidNameError.
+
+    Names become object keys and directory names, so only letters, digits, `_`, `-`
+    and `.` are allowed, never `..`, and the first character is a letter, digit or `_`.
+    """
+    rule = (
+        f"A {what} name uses 1 to {MAX_NAME_LENGTH} letters, digits, '_', '-' or '.', "
+        "starts with a letter, digit or '_', and does not contain '..'"
+    )
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError(f"The {what} name is missing. {rule}.")
+    if len(value) > MAX_NAME_LENGTH or not _NAME.fullmatch(value) or ".." in value:
+        raise InvalidNameError(f"{value!r} is not a valid {what} name. {rule}.")
+    return value
+
+
+def manifest_key(name: str) -> str:
+    return MANIFESTS_PREFIX + validate_name(name)
+
+
+def name_from_manifest_key(key: str) -> str | None:
+    """The backup name a listed manifest key stands for, or None for a stray object."""
+    if not key.startswith(MANIFESTS_PREFIX):
+        return None
+    name = key[len(MANIFESTS_PREFIX) :]
+    try:
+        return validate_name(name)
+    except InvalidNameError:
+        return None
+
+
+def data_prefix(name: str, backup_id: str) -> str:
+    return f"{DATA_PREFIX}{validate_name(name)}/{backup_id}/"
+
+
+def chunk_key(name: str, backup_id: str, index: int) -> str:
+    return f"{data_prefix(name, backup_id)}{index:010d}"
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_epoch_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class KeySlot:
+    """How to recover the file key from a passcode: KDF parameters and the wrapped key."""
+
+    kdf: KdfParams
+    salt: bytes
+    wrapped_key: bytes
+
+    def __repr__(self) -> str:
+        return f"KeySlot(kdf={self.kdf!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """Everything public about one committed backup. Its existence in a store is the commit.
+
+    `retention_date` is the only mutable field and is left out of the MAC, so that
+    retention can be changed and cleanup can run without the passcode.
+    """
+
+    name: str
+    backup_id: str
+    description: str
+    created: datetime
+    chunk_size: int
+    chunk_count: int
+    source_size: int
+    stored_size: int
+    compression: str
+    key_slot: KeySlot
+    retention_date: datetime | None = None
+    mac: bytes = field(default=b"", repr=False)
+
+    def stream_binding(self) -> bytes:
+        """Associated data binding every chunk to this backup."""
+        return b"strongroom v1 chunk " + bytes.fromhex(self.backup_id)
+
+    def key_binding(self) -> bytes:
+        """Associated data binding the wrapped file key to this backup."""
+        return b"strongroom v1 key " + bytes.fromhex(self.backup_id)
+
+    def authenticated_bytes(self) -> bytes:
+        """The canonical bytes the manifest MAC covers (everything but retention and the MAC)."""
+        document = self._document()
+        del document["retentionDate"], document["mac"]
+        return _canonical_json(document)
+
+    def with_mac(self, mac: bytes) -> Manifest:
+        return replace(self, mac=mac)
+
+    def with_retention(self, retention_date: datetime | None) -> Manifest:
+        return replace(self, retention_date=retention_date)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self._document(), sort_keys=True, indent=1).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse and validate a manifest read back from a store (untrusted input)."""
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise IntegrityError("The manifest is larger than any strongroom writes.")
+        try:
+            document = json.loads(data)
+            return cls._from_document(document)
+        except IntegrityError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:
+            raise IntegrityError(f"The manifest is malformed ({exc.__class__.__name__}).") from None
+
+    def _document(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "backup": {
+                "name": self.name,
+                "backupId": self.backup_id,
+                "description": self.description,
+                "created": to_epoch_ms(self.created),
+                "chunkSize": self.chunk_size,
+                "chunkCount": self.chunk_count,
+                "sourceSize": self.source_size,
+                "storedSize": self.stored_size,
+                "compression": self.compression,
+            },
+            "key": {
+                "kdf": "argon2id",
+                "memoryCostKiB": self.key_slot.kdf.memory_cost_kib,
+                "iterations": self.key_slot.kdf.iterations,
+                "lanes": self.key_slot.kdf.lanes,
+                "salt": _b64(self.key_slot.salt),
+                "wrappedKey": _b64(self.key_slot.wrapped_key),
+            },
+            "retentionDate": (
+                None if self.retention_date is None else to_epoch_ms(self.retention_date)
+            ),
+            "mac": _b64(self.mac),
+        }
+
+    @classmethod
+    def _from_document(cls, document: dict[str, Any]) -> Manifest:
+        if document.get("format") != FORMAT_NAME:
+            raise IntegrityError("This object is not a strongroom manifest.")
+        if document.get("version") != FORMAT_VERSION:
+            raise IntegrityError(
+                f"The manifest has format version {document.get('version')!r}; this strongroom "
+                f"reads version {FORMAT_VERSION}. Upgrade strongroom to read it."
+            )
+        backup, key = document["backup"], document["key"]
+        if key["kdf"] != "argon2id":
+            raise IntegrityError(f"Unknown key-derivation function {key['kdf']!r}.")
+        retention = document["retentionDate"]
+        manifest = cls(
+            name=validate_name(backup["name"]),
+            backup_id=_hex_id(backup["backupId"]),
+            description=_text(backup["description"]),
+            created=from_epoch_ms(_count(backup["created"])),
+            chunk_size=_count(backup["chunkSize"], low=1, high=MAX_CHUNK_SIZE),
+            chunk_count=_count(backup["chunkCount"], low=1),
+            source_size=_count(backup["sourceSize"]),
+            stored_size=_count(backup["storedSize"]),
+            compression=_choice(backup["compression"], ("zstd", "none")),
+            key_slot=KeySlot(
+                kdf=KdfParams(
+                    memory_cost_kib=_count(key["memoryCostKiB"]),
+                    iterations=_count(key["iterations"]),
+                    lanes=_count(key["lanes"]),
+                ),
+                salt=_unb64(key["salt"]),
+                wrapped_key=_unb64(key["wrappedKey"]),
+            ),
+            retention_date=None if retention is None else from_epoch_ms(_count(retention)),
+            mac=_unb64(document["mac"]),
+        )
+        manifest.key_slot.kdf.check_bounds()
+        return manifest
+
+
+def _canonical_json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError("expected base64 text")
+    return base64.b64decode(text, validate=True)
+
+
+def _count(value: object, low: int = 0, high: int | None = None) -> int:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        raise ValueError(f"number out of range: {value!r}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected text")
+    return value
+
+
+def _choice(value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unexpected value {value!r}")
+    return str(value)
+
+
+def _hex_id(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise ValueError("backupId must be 32 lowercase hex digits")
+    return value
+
+
+def utc_now() -> datetime:
+    return datetime.now(tz=UTC)

@@ -1,0 +1,235 @@
+"""Chunking, compression, sealing, and bounded parallel transfer of chunk objects.
+
+`ChunkWriter` is a write-only file object: the archive writes a byte stream into it
+and it cuts the stream into fixed-size chunks, compresses each (kept only if it
+shrinks), seals it, and puts it into the store from a small thread pool.
+`ChunkReader` is the mirror image: a read-only file object that fetches chunks
+ahead in parallel, opens and decompresses them, and serves the stream in order.
+Memory is bounded by chunk size × chunks in flight, whatever the backup's size.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import zstandard
+
+from .crypto import StreamCipher
+from .errors import IntegrityError
+from .store import Store
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "ChunkReader",
+    "ChunkWriter",
+    "WriteStats",
+]
+
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+ZSTD_LEVEL = 3
+
+#: The public tag byte of a sealed chunk: how its plaintext is encoded.
+TAG_RAW = 0
+TAG_ZSTD = 1
+
+#: Called with (bytes done, bytes expected or None) as a transfer advances.
+Progress = Callable[[int, int | None], None]
+#: Maps a chunk index to its object key.
+ChunkKey = Callable[[int], str]
+
+_compressors = threading.local()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    chunk_count: int
+    source_size: int
+    stored_size: int
+
+
+class ChunkWriter(io.RawIOBase):
+    """Bytes in; sealed chunk objects out, at most `in_flight` chunks held at once."""
+
+    def __init__(
+        self,
+        store: Store,
+        key_of: ChunkKey,
+        cipher: StreamCipher,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compress: bool = True,
+        on_write: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._store, self._key_of, self._cipher = store, key_of, cipher
+        self._chunk_size, self._compress, self._on_write = chunk_size, compress, on_write
+        workers = max(1, store.concurrency)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-put")
+        self._slots = threading.BoundedSemaphore(workers + 1)
+        self._futures: deque[Future[int]] = deque()
+        self._buffer = bytearray(chunk_size)
+        self._fill = 0
+        self._index = 0
+        self._source_size = 0
+        self._stored_size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view:
+            if self._fill == self._chunk_size:
+                self._submit(last=False)
+            take = min(len(view), self._chunk_size - self._fill)
+            self._buffer[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+        self._source_size += size
+        if self._on_write is not None:
+            self._on_write(size)
+        return size
+
+    def finish(self) -> WriteStats:
+        """Seal the final chunk, wait for every put, and report what was stored."""
+        self._submit(last=True)
+        while self._futures:
+            self._stored_size += self._futures.popleft().result()
+        self._executor.shutdown()
+        return WriteStats(self._index, self._source_size, self._stored_size)
+
+    def abort(self) -> None:
+        """Stop: drop queued chunks and wait for the running puts to end."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, *, last: bool) -> None:
+        self._collect_done()
+        self._slots.acquire()
+        buffer, length = self._buffer, self._fill
+        future = self._executor.submit(self._put_chunk, self._index, last, buffer, length)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._futures.append(future)
+        self._index += 1
+        self._buffer = bytearray(self._chunk_size) if not last else bytearray()
+        self._fill = 0
+
+    def _collect_done(self) -> None:
+        """Account for finished puts and raise the first failure without waiting."""
+        while self._futures and self._futures[0].done():
+            self._stored_size += self._futures.popleft().result()
+        for future in self._futures:
+            if future.done() and future.exception() is not None:
+                future.result()
+
+    def _put_chunk(self, index: int, last: bool, buffer: bytearray, length: int) -> int:
+        plaintext = memoryview(buffer)[:length]
+        tag, payload = TAG_RAW, plaintext
+        if self._compress:
+            compressed = _compressor().compress(plaintext)
+            if len(compressed) < length:
+                tag, payload = TAG_ZSTD, memoryview(compressed)
+        sealed = self._cipher.seal(index, last, tag, payload)
+        self._store.put(self._key_of(index), sealed)
+        return len(sealed)
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only stream over a backup's chunks, fetched and opened ahead in parallel.
+
+    Every chunk is authenticated before any of its bytes are served, and reading to
+    the end proves that the stream ended where its writer ended it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        key_of: ChunkKey,
+        cipher: StreamCipher,
+        *,
+        chunk_count: int,
+        chunk_size: int,
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._store, self._key_of, self._cipher = store, key_of, cipher
+        self._chunk_count, self._chunk_size, self._on_read = chunk_count, chunk_size, on_read
+        workers = max(1, store.concurrency)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-get")
+        self._window = workers + 1
+        self._pending: deque[Future[bytes | bytearray]] = deque()
+        self._next_fetch = 0
+        self._current: memoryview = memoryview(b"")
+        self._at_end = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: WriteableBuffer) -> int:
+        out = memoryview(target).cast("B")
+        while not self._current and not self._at_end:
+            self._advance()
+        size = min(len(out), len(self._current))
+        out[:size] = self._current[:size]
+        self._current = self._current[size:]
+        if self._on_read is not None and size:
+            self._on_read(size)
+        return size
+
+    def drain(self) -> None:
+        """Read and authenticate everything left, so a cut or altered tail is detected."""
+        while not self._at_end:
+            self._advance()
+            self._current = memoryview(b"")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        super().close()
+
+    def _advance(self) -> None:
+        while self._next_fetch < self._chunk_count and len(self._pending) < self._window:
+            self._pending.append(self._executor.submit(self._open_chunk, self._next_fetch))
+            self._next_fetch += 1
+        if not self._pending:
+            self._at_end = True
+            return
+        self._current = memoryview(self._pending.popleft().result())
+
+    def _open_chunk(self, index: int) -> bytes | bytearray:
+        try:
+            sealed = self._store.get(self._key_of(index))
+        except FileNotFoundError:
+            raise IntegrityError(f"Chunk {index} is missing from the store.") from None
+        tag, plaintext = self._cipher.open(index, index == self._chunk_count - 1, sealed)
+        if tag == TAG_RAW:
+            return plaintext
+        if tag == TAG_ZSTD:
+            return _decompress(plaintext, self._chunk_size, index)
+        raise IntegrityError(f"Chunk {index} has an unknown encoding {tag}.")
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One compressor per thread: zstandard's compressors are not thread-safe."""
+    compressor: zstandard.ZstdCompressor | None = getattr(_compressors, "zstd", None)
+    if compressor is None:
+        compressor = _compressors.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return compressor
+
+
+def _decompress(data: bytes | bytearray, chunk_size: int, index: int) -> bytes:
+    try:
+        plaintext: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=chunk_size)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"Chunk {index} does not decompress: {exc}") from None
+    if len(plaintext) > chunk_size:
+        raise IntegrityError(f"Chunk {index} is larger than the backup's chunk size.")
+    return plaintext

@@ -1,0 +1,115 @@
+"""Hook specifications and the plugin manager (pluggy), as pytest, tox and datasette do it.
+
+Backends register through `strongroom_register_backends(registry)`. The built-in
+filesystem backend is an ordinary plugin module registered by the same call as
+third-party plugins, which come from the `strongroom` entry-point group unless
+`STRONGROOM_DISABLE_PLUGIN_AUTOLOAD` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import pluggy
+
+from .config import StoreSpec
+from .errors import UnknownBackendError
+from .store import Store
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BackendRegistry",
+    "StoreFactory",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "open_store",
+]
+
+ENTRY_POINT_GROUP = "strongroom"
+DISABLE_AUTOLOAD_ENV = "STRONGROOM_DISABLE_PLUGIN_AUTOLOAD"
+DEFAULT_PLUGINS = ("strongroom.backends.file",)
+
+hookspec = pluggy.HookspecMarker("strongroom")
+hookimpl = pluggy.HookimplMarker("strongroom")
+
+#: Builds a Store from a store's spec (name, URL and resolved options).
+StoreFactory = Callable[[StoreSpec], Store]
+
+#: Which distribution to install for schemes we know of but do not ship.
+INSTALL_HINTS = {
+    "s3": "strongroom-s3",
+    "az": "strongroom-azure",
+    "abfs": "strongroom-azure",
+}
+
+
+class BackendRegistry:
+    """URL scheme → store factory. Plugins call `add`; the engine calls `open`."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, StoreFactory] = {}
+
+    def add(self, scheme: str, factory: StoreFactory) -> None:
+        """Register `factory` for URLs of `scheme`; a second claim on a scheme is an error."""
+        scheme = scheme.lower()
+        if scheme in self._factories:
+            raise ValueError(f"Two plugins register the {scheme!r} store backend.")
+        self._factories[scheme] = factory
+
+    @property
+    def schemes(self) -> list[str]:
+        return sorted(self._factories)
+
+    def open(self, spec: StoreSpec) -> Store:
+        scheme = urlsplit(spec.url).scheme.lower()
+        factory = self._factories.get(scheme)
+        if factory is None:
+            hint = INSTALL_HINTS.get(scheme)
+            install = f" Install {hint} to use {scheme}:// stores." if hint else ""
+            raise UnknownBackendError(
+                f"Store {spec.name!r}: no installed backend handles {scheme or 'plain'!r} URLs "
+                f"(installed: {', '.join(self.schemes)}).{install}"
+            )
+        return factory(spec.resolve())
+
+
+class StrongroomHookSpecs:
+    """Every hook strongroom calls. Hooks only ever gain arguments."""
+
+    @hookspec
+    def strongroom_register_backends(self, registry: BackendRegistry) -> None:
+        """Register store backends by URL scheme.
+
+        :param registry: call ``registry.add("scheme", factory)`` where ``factory``
+            takes a :class:`strongroom.StoreSpec` and returns a :class:`strongroom.Store`.
+        """
+
+
+def get_plugin_manager(*, autoload: bool | None = None) -> pluggy.PluginManager:
+    """A fresh plugin manager with the built-in plugins and, unless disabled, installed ones."""
+    manager = pluggy.PluginManager("strongroom")
+    manager.add_hookspecs(StrongroomHookSpecs)
+    for module_name in DEFAULT_PLUGINS:
+        __import__(module_name)
+        manager.register(sys.modules[module_name], name=module_name)
+    if autoload is None:
+        autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+    if autoload:
+        manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    manager.check_pending()
+    return manager
+
+
+def build_registry(manager: pluggy.PluginManager) -> BackendRegistry:
+    registry = BackendRegistry()
+    manager.hook.strongroom_register_backends(registry=registry)
+    return registry
+
+
+def open_store(spec: StoreSpec, manager: pluggy.PluginManager | None = None) -> Store:
+    """Open the store a spec describes with whichever backend handles its URL scheme."""
+    return build_registry(manager or get_plugin_manager()).open(spec)
