@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import EMBEDDED_STORE_NAME, StoreSpec, StoresConfig
+from .config import EMBEDDED_STORE_NAME, StoresConfig, StoreSpec
 from .crypto import KdfParams, Passcode
 from .engine import BackupInfo, Engine
 from .errors import (

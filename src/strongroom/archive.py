@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import io
 import os
-import posixpath
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
 
@@ -99,13 +98,13 @@ def source_size(sources: Sequence[Path]) -> int:
 
 
 def write_archive(
-    sink: BinaryIO, sources: Sequence[Path], streams: Mapping[str, StreamSource]
+    sink: io.RawIOBase, sources: Sequence[Path], streams: Mapping[str, StreamSource]
 ) -> None:
     """Write every source and stream into `sink` as one pax tar stream."""
     with tarfile.open(
-        fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY_BUFFER
+        fileobj=cast(IO[bytes], sink), mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY_BUFFER
     ) as tar:
-        tar.copybufsize = COPY_BUFFER
+        tar.copybufsize = COPY_BUFFER  # type: ignore[attr-defined]  # not in typeshed
         for source in sources:
             tar.add(source, arcname=archive_name_of(source), recursive=True)
         for name, stream in streams.items():
@@ -138,13 +137,13 @@ def _parts(stream: StreamSource) -> Iterator[bytes]:
 def _pieces(stream: StreamSource) -> Iterator[bytes]:
     read = getattr(stream, "read", None)
     if read is None:
-        yield from stream  # type: ignore[misc]
+        yield from stream
         return
     while piece := read(COPY_BUFFER):
         yield piece
 
 
-def extract_archive(stream: BinaryIO, target: Path, selected: Sequence[str] = ()) -> set[str]:
+def extract_archive(stream: io.RawIOBase, target: Path, selected: Sequence[str] = ()) -> set[str]:
     """Extract the tar stream into `target` (an empty staging directory).
 
     Returns which of the `selected` paths were found (all of them must be; the caller
@@ -152,8 +151,8 @@ def extract_archive(stream: BinaryIO, target: Path, selected: Sequence[str] = ()
     """
     found: set[str] = set()
     directories: list[tarfile.TarInfo] = []
-    with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_BUFFER) as tar:
-        tar.copybufsize = COPY_BUFFER
+    with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|", bufsize=COPY_BUFFER) as tar:
+        tar.copybufsize = COPY_BUFFER  # type: ignore[attr-defined]  # not in typeshed
         for member in tar:
             match = _selection_match(member.name, selected)
             if selected and match is None:
@@ -176,10 +175,10 @@ def extract_archive(stream: BinaryIO, target: Path, selected: Sequence[str] = ()
     return found
 
 
-def scan_archive(stream: BinaryIO) -> int:
+def scan_archive(stream: io.RawIOBase) -> int:
     """Read a whole tar stream, member data included; return how many members it has."""
     count = 0
-    with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_BUFFER) as tar:
+    with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|", bufsize=COPY_BUFFER) as tar:
         for member in tar:
             count += 1
             if member.isfile():
@@ -201,7 +200,9 @@ def _safe_member(member: tarfile.TarInfo, target: Path) -> tarfile.TarInfo:
     """The member as the data filter allows it, with permission bits and ownership kept."""
     parts = member.name.split("/")
     if member.name.startswith("/") or ".." in parts:
-        raise UnsafeArchiveError(f"The backup holds {member.name!r}, which would land outside the target.")
+        raise UnsafeArchiveError(
+            f"The backup holds {member.name!r}, which would land outside the target."
+        )
     try:
         filtered = tarfile.data_filter(member, str(target))
     except tarfile.FilterError as exc:
@@ -209,7 +210,12 @@ def _safe_member(member: tarfile.TarInfo, target: Path) -> tarfile.TarInfo:
             f"The backup holds {member.name!r}, which strongroom will not restore: {exc}. "
             "Restore the other paths by naming them."
         ) from None
-    keep = {"uid": member.uid, "gid": member.gid, "uname": member.uname, "gname": member.gname}
+    keep: dict[str, Any] = {
+        "uid": member.uid,
+        "gid": member.gid,
+        "uname": member.uname,
+        "gname": member.gname,
+    }
     if not member.issym():
         keep["mode"] = member.mode & 0o777
     return filtered.replace(**keep, deep=False)
@@ -220,7 +226,9 @@ def _append_part(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) ->
     path = target / member.name
     data = tar.extractfile(member)
     if data is None or not path.is_file() or path.is_symlink():
-        raise IntegrityError(f"Part {member.pax_headers[PART_RECORD]} of {member.name!r} has no start.")
+        raise IntegrityError(
+            f"Part {member.pax_headers[PART_RECORD]} of {member.name!r} has no start."
+        )
     with open(path, "ab") as out:
         while block := data.read(COPY_BUFFER):
             out.write(block)

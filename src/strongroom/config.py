@@ -77,7 +77,9 @@ class StoreSpec:
 
     def resolve(self) -> StoreSpec:
         """The same spec with every `{env = "NAME"}` reference replaced by its value."""
-        return StoreSpec(self.name, self.url, {k: self._resolve(k, v) for k, v in self.options.items()})
+        return StoreSpec(
+            self.name, self.url, {k: self._resolve(k, v) for k, v in self.options.items()}
+        )
 
     def _resolve(self, key: str, value: OptionValue) -> OptionValue:
         if not isinstance(value, dict):
@@ -112,7 +114,9 @@ class StoresConfig:
             try:
                 document = tomllib.loads(path.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"The stores configuration {path} is not valid TOML: {exc}") from None
+                raise ConfigError(
+                    f"The stores configuration {path} is not valid TOML: {exc}"
+                ) from None
         stores = {EMBEDDED_STORE_NAME: embedded_store()}
         tables = document.get("stores", {})
         if not isinstance(tables, dict):
@@ -156,7 +160,10 @@ class StoresConfig:
     def save(self) -> None:
         """Write the configuration atomically (the embedded store is implicit)."""
         tables = {
-            spec.name: {"url": spec.url, **({"options": dict(spec.options)} if spec.options else {})}
+            spec.name: {
+                "url": spec.url,
+                **({"options": dict(spec.options)} if spec.options else {}),
+            }
             for spec in self.stores.values()
             if spec != embedded_store()
         }
@@ -175,10 +182,14 @@ def embedded_store() -> StoreSpec:
 
 def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:
     if not isinstance(table, dict) or not isinstance(table.get("url"), str):
-        raise ConfigError(f"{path}: [stores.{name}] needs a url, for example url = \"file:///srv/backups\".")
+        raise ConfigError(
+            f'{path}: [stores.{name}] needs a url, for example url = "file:///srv/backups".'
+        )
     unknown = set(table) - {"url", "options"}
     if unknown:
-        raise ConfigError(f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url and options.")
+        raise ConfigError(
+            f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url and options."
+        )
     options = table.get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [stores.{name}] options must be a table.")

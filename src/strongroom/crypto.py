@@ -56,7 +56,7 @@ class Passcode:
 
     def __init__(self, secret: str | Passcode) -> None:
         if isinstance(secret, Passcode):
-            secret = secret._secret
+            secret = secret.encode().decode("utf-8")
         if not isinstance(secret, str):
             raise PasscodeError("The passcode must be text.")
         if len(secret) < MIN_PASSCODE_LENGTH:
@@ -64,18 +64,26 @@ class Passcode:
                 f"The passcode must be at least {MIN_PASSCODE_LENGTH} characters long; "
                 "choose a longer one."
             )
-        self._secret = secret
+        self._secret: str = secret
 
     def encode(self) -> bytes:
         """The passcode as UTF-8 bytes, for the KDF only."""
         return self._secret.encode("utf-8")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Passcode):
+            return NotImplemented
+        return hmac.compare_digest(self.encode(), other.encode())
+
+    def __hash__(self) -> int:
+        raise TypeError("A Passcode is not hashable.")
 
     def __repr__(self) -> str:
         return "Passcode('********')"
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str:
         raise TypeError("A Passcode cannot be pickled.")
 
 
@@ -193,7 +201,9 @@ class StreamCipher:
         self._aead = AESGCM(chunk_key)
         self._binding = binding
 
-    def seal(self, index: int, last: bool, tag_byte: int, plaintext: bytes | memoryview) -> bytearray:
+    def seal(
+        self, index: int, last: bool, tag_byte: int, plaintext: bytes | memoryview
+    ) -> bytearray:
         sealed = bytearray(1 + len(plaintext) + TAG_SIZE)
         sealed[0] = tag_byte
         self._aead.encrypt_into(

@@ -10,6 +10,7 @@ the commit. Data flows one way (see README.md):
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 import tempfile
@@ -105,7 +106,9 @@ class BackupInfo:
             "description": self.description,
             "backupStore": self.store,
             "completeTime": to_epoch_ms(self.created),
-            "retentionDate": None if self.retention_date is None else to_epoch_ms(self.retention_date),
+            "retentionDate": None
+            if self.retention_date is None
+            else to_epoch_ms(self.retention_date),
             "backupType": "FULL",
             "scheduleType": "MANUAL",
             "status": "COMPLETED",
@@ -167,7 +170,9 @@ class Engine:
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})
         check_sources(paths, streams)
-        retention = None if retention_date is None else check_retention_date(retention_date, self._clock())
+        retention = (
+            None if retention_date is None else check_retention_date(retention_date, self._clock())
+        )
         if not isinstance(description, str):
             raise ConfigError("The description must be text.")
         target = self.store(store)
@@ -244,20 +249,26 @@ class Engine:
         source, manifest = self._open(name, store)
         cipher = self._cipher(manifest, Passcode(passcode))
         destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.strongroom-", dir=destination.parent))
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{destination.name}.strongroom-", dir=destination.parent)
+        )
         try:
             with self._reader(source, manifest, cipher, progress) as reader:
                 found = extract_archive(reader, staging, selected)
                 reader.drain()
             missing = sorted(set(selected) - found)
             if missing:
-                raise ConfigError(f"Not in backup {name!r}: {', '.join(missing)}. Nothing was restored.")
+                raise ConfigError(
+                    f"Not in backup {name!r}: {', '.join(missing)}. Nothing was restored."
+                )
             _move_into_place(staging, destination)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return destination
 
-    def verify(self, name: str, *, passcode: str | Passcode, store: str | None = None) -> BackupInfo:
+    def verify(
+        self, name: str, *, passcode: str | Passcode, store: str | None = None
+    ) -> BackupInfo:
         """Read and authenticate every byte of the backup; write nothing."""
         source, manifest = self._open(name, store)
         cipher = self._cipher(manifest, Passcode(passcode))
@@ -347,8 +358,10 @@ class Engine:
             raise IntegrityError(f"The manifest stored as {name!r} belongs to {manifest.name!r}.")
         return source, manifest
 
-    def _manifests(self, source: Store) -> list[Manifest]:
-        names = [n for obj in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(obj.key))]
+    def _manifests(self, source: Store) -> builtins.list[Manifest]:
+        names = [
+            n for obj in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(obj.key))
+        ]
         with ThreadPoolExecutor(max(1, source.concurrency)) as pool:
             manifests = list(pool.map(lambda n: self._open(n, source.name)[1], names))
         return sorted(manifests, key=lambda m: (m.created, m.name))
@@ -357,7 +370,9 @@ class Engine:
         """Check the passcode and the manifest's MAC; return the chunk cipher."""
         slot = manifest.key_slot
         kek = derive_kek(passcode, slot.salt, slot.kdf)
-        keys = BackupKeys.from_file_key(unwrap_file_key(kek, slot.wrapped_key, manifest.key_binding()))
+        keys = BackupKeys.from_file_key(
+            unwrap_file_key(kek, slot.wrapped_key, manifest.key_binding())
+        )
         keys.check_mac(manifest.authenticated_bytes(), manifest.mac)
         return StreamCipher(keys.chunk_key, manifest.stream_binding())
 
@@ -404,7 +419,9 @@ def _as_datetime(value: int | datetime) -> datetime:
 def _check_restore_target(target: Path) -> Path:
     target = target.absolute()
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise ConfigError(f"The restore target {str(target)!r} exists and is not a directory; choose a new one.")
+        raise ConfigError(
+            f"The restore target {str(target)!r} exists and is not a directory; choose a new one."
+        )
     if target.is_dir() and any(target.iterdir()):
         raise ConfigError(
             f"The restore target {str(target)!r} is not empty; restore into a new or empty "

@@ -5,7 +5,7 @@ and it cuts the stream into fixed-size chunks, compresses each (kept only if it
 shrinks), seals it, and puts it into the store from a small thread pool.
 `ChunkReader` is the mirror image: a read-only file object that fetches chunks
 ahead in parallel, opens and decompresses them, and serves the stream in order.
-Memory is bounded by chunk size × chunks in flight, whatever the backup's size.
+Memory is bounded by chunk size x chunks in flight, whatever the backup's size.
 """
 
 from __future__ import annotations

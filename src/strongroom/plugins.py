@@ -65,6 +65,10 @@ class BackendRegistry:
         return sorted(self._factories)
 
     def open(self, spec: StoreSpec) -> Store:
+        return self.factory_for(spec)(spec.resolve())
+
+    def factory_for(self, spec: StoreSpec) -> StoreFactory:
+        """The factory for the spec's URL scheme, or an error naming what to install."""
         scheme = urlsplit(spec.url).scheme.lower()
         factory = self._factories.get(scheme)
         if factory is None:
@@ -74,7 +78,7 @@ class BackendRegistry:
                 f"Store {spec.name!r}: no installed backend handles {scheme or 'plain'!r} URLs "
                 f"(installed: {', '.join(self.schemes)}).{install}"
             )
-        return factory(spec.resolve())
+        return factory
 
 
 class StrongroomHookSpecs:

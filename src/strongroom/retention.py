@@ -67,7 +67,9 @@ class CleanupEntry:
         return {
             "backupStore": self.store,
             "name": self.name,
-            "retentionDate": None if self.retention_date is None else to_epoch_ms(self.retention_date),
+            "retentionDate": None
+            if self.retention_date is None
+            else to_epoch_ms(self.retention_date),
             "action": self.action,
             "message": self.message,
         }

@@ -8,10 +8,11 @@ encryption or manifests. Backends subclass `Store` to give stronger guarantees
 
 from __future__ import annotations
 
+import builtins
 import posixpath
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -85,7 +86,9 @@ class Store:
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False) -> None:
+    def put(
+        self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+    ) -> None:
         """Write an object; with `overwrite=False` raise FileExistsError if it exists."""
         with self.translate_errors(key):
             if not overwrite and self.fs.exists(self.path(key)):
@@ -110,21 +113,18 @@ class Store:
                 found: dict[str, dict[str, Any]] = self.fs.find(base, detail=True)
             except FileNotFoundError:
                 return []
-        objects = []
+        objects: builtins.list[ObjectInfo] = []
         for path, info in found.items():
             key = self._key_of(path)
             if key is not None:
                 objects.append(ObjectInfo(key, int(info.get("size") or 0), _modified(info)))
         return sorted(objects, key=lambda obj: obj.key)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         """Delete objects; keys that do not exist are ignored (deletion is idempotent)."""
         for key in keys:
-            with self.translate_errors(key):
-                try:
-                    self.fs.rm_file(self.path(key))
-                except FileNotFoundError:
-                    pass
+            with self.translate_errors(key), suppress(FileNotFoundError):
+                self.fs.rm_file(self.path(key))
 
     def delete_prefix(self, prefix: str) -> None:
         self.delete([obj.key for obj in self.list(prefix)])
@@ -135,11 +135,11 @@ class Store:
         payload = uuid.uuid4().bytes
         checks: dict[str, bool] = {}
         errors: list[str] = []
-        steps = [
+        steps: builtins.list[tuple[str, Callable[[], object]]] = [
             ("write", lambda: self.put(key, payload)),
             ("read", lambda: self.get(key) == payload),
             ("list", lambda: any(obj.key == key for obj in self.list(PROBE_PREFIX))),
-            ("delete", lambda: (self.delete([key]), not self.exists(key))[1]),
+            ("delete", lambda: self._delete_probe(key)),
         ]
         for check, step in steps:
             try:
@@ -148,6 +148,10 @@ class Store:
                 checks[check] = False
                 errors.append(f"{check}: {exc}")
         return ValidationReport(self.name, self.url, checks, errors, self.capabilities)
+
+    def _delete_probe(self, key: str) -> bool:
+        self.delete([key])
+        return not self.exists(key)
 
     def _key_of(self, path: str) -> str | None:
         path = path.rstrip("/")

@@ -14,8 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import ConfigError
 from ..config import StoreSpec
+from ..errors import ConfigError
 from ..plugins import BackendRegistry, hookimpl
 from ..store import Store, StoreCapabilities
 
@@ -31,7 +31,9 @@ class LocalStore(Store):
     def __init__(self, name: str, url: str, directory: Path) -> None:
         super().__init__(name, url, LocalFileSystem(skip_instance_cache=True), str(directory))
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False) -> None:
+    def put(
+        self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+    ) -> None:
         final = Path(self.path(key))
         with self.translate_errors(key):
             _make_dirs(final.parent)

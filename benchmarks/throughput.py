@@ -1,0 +1,894 @@
+"""Backup and restore throughput and peak memory of strongroom against restic, borg, tar|gpg
+and a minimal AES-256-GCM loop, on the same datasets, the same machine and the same disk.
+
+Every backup and restore runs as its own subprocess, so its wall time and peak RSS belong to that
+tool alone; every restore is verified (untimed) so that a broken tool cannot look fast.
+Run with --help for the options; benchmarks/README.md explains the method and its limits.
+"""
+
+import argparse
+import datetime as dt
+import functools
+import hashlib
+import importlib.metadata
+import os
+import platform
+import random
+import re
+import secrets
+import shlex
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+MB = 1_000_000
+BLOCK = 4 * MIB
+BENCH_DIR = Path(__file__).resolve().parent
+ARCHIVE_NAME = "bench"
+DEFAULT_DATASETS = ("random1g", "small", "compressible1g")
+SMALL_FILES = 20_000
+SMALL_TOTAL = 500 * MB
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class LogText:
+    """Deterministic log-like text. Repeated templates compress well and per-line random ids do
+    not, which lands zstd -3 at about 4.5x and leaves nothing for deduplication to find."""
+
+    LEVELS = ("INFO", "DEBUG", "WARN", "ERROR")
+
+    def __init__(self, seed: str) -> None:
+        rng = random.Random(seed)
+        letters = string.ascii_lowercase
+        words = ["".join(rng.choices(letters, k=rng.randint(2, 10))) for _ in range(3000)]
+        self._rng = rng
+        self._messages = [" ".join(rng.choices(words, k=rng.randint(4, 12))) for _ in range(400)]
+        self._components = [f"{rng.choice(words)}-{i}" for i in range(40)]
+        self._clock_ms = 1_714_557_600_000
+        self._pending = b""
+
+    def _lines(self, count: int) -> bytes:
+        """Draws every random field for `count` lines in bulk, which is what makes this fast."""
+        rng = self._rng
+        messages = rng.choices(self._messages, k=count)
+        components = rng.choices(self._components, k=count)
+        levels = rng.choices(self.LEVELS, weights=(70, 20, 8, 2), k=count)
+        ids = rng.randbytes(12 * count).hex()
+        took = rng.choices(range(1, 2000), k=count)
+        steps = rng.choices(range(50), k=count)
+        lines = []
+        clock = self._clock_ms
+        for i in range(count):
+            clock += steps[i]
+            lines.append(
+                f"{clock // 1000}.{clock % 1000:03d} {levels[i]} [{components[i]}] {messages[i]}"
+                f" id={ids[24 * i : 24 * i + 24]} took={took[i]}ms\n"
+            )
+        self._clock_ms = clock
+        return "".join(lines).encode()
+
+    def take(self, nbytes: int) -> bytes:
+        """The next `nbytes` of the endless text."""
+        parts, have = [self._pending], len(self._pending)
+        while have < nbytes:
+            chunk = self._lines((nbytes - have) // 100 + 1)
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        self._pending = data[nbytes:]
+        return data[:nbytes]
+
+
+def write_random_file(path: Path, nbytes: int) -> None:
+    with path.open("wb") as f:
+        for offset in range(0, nbytes, BLOCK):
+            f.write(os.urandom(min(BLOCK, nbytes - offset)))
+
+
+def write_text_file(path: Path, nbytes: int) -> None:
+    text = LogText(path.name)
+    with path.open("wb") as f:
+        for offset in range(0, nbytes, BLOCK):
+            f.write(text.take(min(BLOCK, nbytes - offset)))
+
+
+def small_file_sizes(count: int, total: int, rng: random.Random) -> list[int]:
+    """Log-normal sizes (median ~15 KB, tail to ~1 MB at full scale) scaled to `total`."""
+    weights = [rng.lognormvariate(0.0, 1.0) for _ in range(count)]
+    factor = total / sum(weights)
+    return [max(64, round(w * factor)) for w in weights]
+
+
+def write_small_tree(root: Path, count: int, total: int) -> None:
+    """`count` text files in a two-level tree of 10 x 100-file directories."""
+    rng = random.Random(f"{root.name}-sizes")
+    text = LogText(root.name)
+    for i, size in enumerate(small_file_sizes(count, total, rng)):
+        path = root / f"d{i // 1000:02d}" / f"s{(i // 100) % 10}" / f"f{i:05d}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.take(size))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named input. `path` (a file or a directory) is what every tool backs up."""
+
+    name: str
+    path: Path
+    summary: str
+    generate: Callable[[Path], None]
+
+    def ensure(self) -> None:
+        """Generates into a temporary name and renames, so a half-written dataset is never used."""
+        if self.path.exists():
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        remove(partial)
+        print(f"generating {self.name} at {self.path} ...", file=sys.stderr, flush=True)
+        self.generate(partial)
+        partial.rename(self.path)
+
+
+def make_dataset(name: str, root: Path, scale: float) -> Dataset:
+    if match := re.fullmatch(r"random(\d+)g", name):
+        size = int(int(match[1]) * GIB * scale)
+        return Dataset(
+            name, root / f"{name}.bin", "1 file, os.urandom", lambda p: write_random_file(p, size)
+        )
+    if name == "compressible1g":
+        size = int(GIB * scale)
+        return Dataset(
+            name,
+            root / f"{name}.log",
+            "1 file, log-like text, zstd -3 ~4.5x",
+            lambda p: write_text_file(p, size),
+        )
+    if name == "small":
+        count, total = max(1, round(SMALL_FILES * scale)), int(SMALL_TOTAL * scale)
+
+        def generate(p: Path) -> None:
+            p.mkdir()
+            write_small_tree(p, count, total)
+
+        return Dataset(name, root / name, f"{count} log-like text files in 200 dirs", generate)
+    raise ValueError(f"unknown dataset {name!r}: use random<N>g, small or compressible1g")
+
+
+def dataset_root(workdir: Path, scale: float) -> Path:
+    return workdir / ("datasets" if scale == 1 else f"datasets-scale{scale:g}")
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def files_under(path: Path) -> Iterator[Path]:
+    """Regular files of a file-or-directory, in a stable order."""
+    if not path.is_dir():
+        yield path
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        yield from (Path(dirpath, name) for name in sorted(filenames))
+
+
+def total_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in files_under(path)) if path.exists() else 0
+
+
+def tree_digest(path: Path) -> str:
+    """SHA-256 over every file's relative path, size and content: equal digests, equal trees."""
+    outer = hashlib.sha256()
+    for file in files_under(path):
+        with file.open("rb") as f:
+            inner = hashlib.file_digest(f, "sha256").hexdigest()
+        relative = file.relative_to(path).as_posix()
+        outer.update(f"{relative}\0{file.stat().st_size}\0{inner}\n".encode())
+    return outer.hexdigest()
+
+
+def warm_up(path: Path) -> None:
+    """Reads the dataset once so every tool starts from the same warm page cache: dropping caches
+    needs privileges and a quiet machine, which a portable benchmark cannot count on."""
+    buffer = bytearray(BLOCK)
+    for file in files_under(path):
+        with file.open("rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+
+def tail(path: Path, lines: int = 4) -> str:
+    if not path.exists():
+        return ""
+    text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    return " / ".join(line.strip() for line in text)[-400:]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class ToolFailed(Exception):
+    """A tool exited non-zero or restored something other than the source."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One process the harness runs and measures as a whole (a pipeline runs under bash)."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    peak_rss_kib: int
+
+
+def run_measured(command: Command, log: Path) -> Sample:
+    """Runs `command` to completion and returns its wall time and peak RSS.
+
+    The rusage that wait4 reports for a child folds in every descendant that was waited for, so
+    for `bash -c 'tar | gpg'` ru_maxrss (KiB on Linux) is the largest of bash, tar and gpg.
+    """
+    with log.open("ab") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            command.argv,
+            cwd=command.cwd,
+            env=command.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait
+    if process.returncode != 0:
+        raise ToolFailed(f"`{shlex.join(command.argv)}` exited {process.returncode}: {tail(log)}")
+    return Sample(seconds, usage.ru_maxrss)
+
+
+# --------------------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Credentials shared by all tools; files live in the workdir, never on a command line."""
+
+    passphrase: str
+    passphrase_file: Path
+    key_file: Path
+    gnupg_home: Path
+
+    @classmethod
+    def load(cls, workdir: Path) -> "Secrets":
+        passphrase_file, key_file = workdir / "passphrase.txt", workdir / "minimal.key"
+        if not passphrase_file.exists():
+            passphrase_file.touch(mode=0o600)
+            passphrase_file.write_text(secrets.token_hex(16) + "\n")
+        if not key_file.exists():
+            key_file.touch(mode=0o600)
+            key_file.write_bytes(secrets.token_bytes(32))
+        gnupg_home = workdir / "gnupg"
+        gnupg_home.mkdir(mode=0o700, exist_ok=True)
+        return cls(passphrase_file.read_text().strip(), passphrase_file, key_file, gnupg_home)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Fresh locations for one backup+restore run; `root` is deleted afterwards."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def restore(self) -> Path:
+        return self.root / "restore"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as error:
+        return f"unknown ({error})"
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+class Tool:
+    """A backup program under test: builds its commands, the harness times and verifies them.
+
+    `restore` must recreate the source under `run.restore` by its basename.
+    """
+
+    name = ""
+    compression = ""
+    apt_packages: tuple[str, ...] = ()
+    restore_creates_target = True
+
+    def __init__(self, keys: Secrets) -> None:
+        self.keys = keys
+
+    def binaries(self) -> list[str]:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def setup(self, run: RunPaths) -> list[Command]:
+        """Untimed commands before the backup, e.g. creating a repository."""
+        return []
+
+    def backup(self, run: RunPaths, source: Path) -> Command:
+        raise NotImplementedError
+
+    def restore(self, run: RunPaths, source: Path) -> Command:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stops anything the tool left running between runs."""
+
+    def missing(self) -> str | None:
+        for binary in self.binaries():
+            if shutil.which(binary) is None:
+                hint = (
+                    f" (apt-get install {' '.join(self.apt_packages)})" if self.apt_packages else ""
+                )
+                return f"{binary} not found{hint}"
+        return None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, **extra}
+
+
+class Strongroom(Tool):
+    name = "strongroom"
+    compression = "its default"
+
+    def binaries(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "strongroom")]
+
+    def version(self) -> str:
+        try:
+            return f"strongroom {importlib.metadata.version('strongroom')}"
+        except importlib.metadata.PackageNotFoundError:
+            return "strongroom (not installed)"
+
+    def _env(self, run: RunPaths) -> dict[str, str]:
+        return self.env(
+            STRONGROOM_HOME=str(run.store),
+            STRONGROOM_PASSCODE=self.keys.passphrase,
+            STRONGROOM_DISABLE_PLUGIN_AUTOLOAD="1",
+        )
+
+    def backup(self, run: RunPaths, source: Path) -> Command:
+        argv = [*self.binaries(), "create", "--name", ARCHIVE_NAME, str(source)]
+        return Command(argv, run.root, self._env(run))
+
+    def restore(self, run: RunPaths, source: Path) -> Command:
+        argv = [*self.binaries(), "restore", ARCHIVE_NAME, "--target", str(run.restore)]
+        return Command(argv, run.root, self._env(run))
+
+
+class Restic(Tool):
+    name = "restic"
+    compression = "auto (zstd; repository format 2)"
+    apt_packages = ("restic",)
+
+    def binaries(self) -> list[str]:
+        return ["restic"]
+
+    def version(self) -> str:
+        return first_line(["restic", "version"])
+
+    def _env(self, run: RunPaths) -> dict[str, str]:
+        return self.env(
+            RESTIC_REPOSITORY=str(run.store),
+            RESTIC_PASSWORD=self.keys.passphrase,
+            RESTIC_CACHE_DIR=str(run.root / "cache"),
+        )
+
+    def setup(self, run: RunPaths) -> list[Command]:
+        return [Command(["restic", "init", "--quiet"], run.root, self._env(run))]
+
+    def backup(self, run: RunPaths, source: Path) -> Command:
+        argv = ["restic", "backup", "--quiet", source.name]
+        return Command(argv, source.parent, self._env(run))
+
+    def restore(self, run: RunPaths, source: Path) -> Command:
+        argv = ["restic", "restore", "latest", "--quiet", "--target", str(run.restore)]
+        return Command(argv, run.root, self._env(run))
+
+
+class Borg(Tool):
+    """Borg 1.x and 2.x differ in command names and encryption modes, so detect the major."""
+
+    name = "borg"
+    compression = "lz4 (default)"
+    apt_packages = ("borgbackup",)
+    restore_creates_target = False
+
+    def binaries(self) -> list[str]:
+        return ["borg"]
+
+    def version(self) -> str:
+        return first_line(["borg", "--version"])
+
+    @functools.cached_property
+    def _is_borg2(self) -> bool:
+        match = re.search(r"(\d+)\.", self.version())
+        return match is not None and int(match[1]) >= 2
+
+    def _env(self, run: RunPaths) -> dict[str, str]:
+        return self.env(BORG_PASSPHRASE=self.keys.passphrase, BORG_BASE_DIR=str(run.root / "base"))
+
+    def setup(self, run: RunPaths) -> list[Command]:
+        if self._is_borg2:
+            argv = ["borg", "-r", str(run.store), "repo-create", "-e", "repokey-blake2-aes-ocb"]
+        else:
+            argv = ["borg", "init", "--encryption=repokey-blake2", str(run.store)]
+        return [Command(argv, run.root, self._env(run))]
+
+    def backup(self, run: RunPaths, source: Path) -> Command:
+        if self._is_borg2:
+            argv = ["borg", "-r", str(run.store), "create", ARCHIVE_NAME, source.name]
+        else:
+            argv = ["borg", "create", f"{run.store}::{ARCHIVE_NAME}", source.name]
+        return Command(argv, source.parent, self._env(run))
+
+    def restore(self, run: RunPaths, source: Path) -> Command:
+        if self._is_borg2:
+            argv = ["borg", "-r", str(run.store), "extract", ARCHIVE_NAME]
+        else:
+            argv = ["borg", "extract", f"{run.store}::{ARCHIVE_NAME}"]
+        return Command(argv, run.restore, self._env(run))
+
+
+class TarGpg(Tool):
+    """The classic pipeline, without gpg's own compression so it measures cipher speed."""
+
+    name = "tar-gpg"
+    compression = "none (gpg --compress-algo none)"
+    apt_packages = ("tar", "gnupg")
+    restore_creates_target = False
+
+    def binaries(self) -> list[str]:
+        return ["bash", "tar", "gpg", "gpgconf", "gpg-connect-agent"]
+
+    def version(self) -> str:
+        return f"{first_line(['tar', '--version'])}, {first_line(['gpg', '--version'])}"
+
+    def _gpg(self) -> str:
+        return shlex.join(
+            [
+                "gpg",
+                "--batch",
+                "--yes",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase-file",
+                str(self.keys.passphrase_file),
+            ]
+        )
+
+    def _pipeline(self, script: str, cwd: Path) -> Command:
+        argv = ["bash", "-o", "pipefail", "-c", script]
+        return Command(argv, cwd, self.env(GNUPGHOME=str(self.keys.gnupg_home)))
+
+    def setup(self, run: RunPaths) -> list[Command]:
+        """gpg starts its agent on first use; start it untimed so run 1 is not penalised."""
+        return [self._pipeline("gpg-connect-agent /bye", run.root)]
+
+    def backup(self, run: RunPaths, source: Path) -> Command:
+        archive = shlex.quote(str(run.store / "archive.tar.gpg"))
+        script = (
+            f"tar -cf - {shlex.quote(source.name)} | {self._gpg()} --symmetric"
+            f" --cipher-algo AES256 --compress-algo none -o {archive}"
+        )
+        return self._pipeline(script, source.parent)
+
+    def restore(self, run: RunPaths, source: Path) -> Command:
+        archive = shlex.quote(str(run.store / "archive.tar.gpg"))
+        script = f"{self._gpg()} -d {archive} | tar -xf - -C {shlex.quote(str(run.restore))}"
+        return self._pipeline(script, run.root)
+
+    def close(self) -> None:
+        env = self.env(GNUPGHOME=str(self.keys.gnupg_home))
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
+
+
+class MinimalLoop(Tool):
+    """benchmarks/minimal_loop.py: the floor every real tool's overhead is measured against."""
+
+    name = "minimal"
+    compression = "none (AES-256-GCM, 4 MiB chunks, no KDF)"
+
+    def binaries(self) -> list[str]:
+        return [sys.executable]
+
+    def version(self) -> str:
+        return f"minimal loop (cryptography {importlib.metadata.version('cryptography')})"
+
+    def _run(self, *args: str | Path) -> list[str]:
+        script = BENCH_DIR / "minimal_loop.py"
+        return [sys.executable, str(script), *(str(a) for a in args)]
+
+    def backup(self, run: RunPaths, source: Path) -> Command:
+        argv = self._run("backup", self.keys.key_file, source, run.store / "archive.bin")
+        return Command(argv, run.root, self.env())
+
+    def restore(self, run: RunPaths, source: Path) -> Command:
+        argv = self._run("restore", self.keys.key_file, run.store / "archive.bin", run.restore)
+        return Command(argv, run.root, self.env())
+
+
+TOOLS: dict[str, type[Tool]] = {
+    cls.name: cls for cls in (Strongroom, Restic, Borg, TarGpg, MinimalLoop)
+}
+
+
+def install_missing(tools: Sequence[Tool]) -> None:
+    packages = sorted({p for t in tools if t.missing() for p in t.apt_packages})
+    if packages:
+        print(f"installing {' '.join(packages)} with apt-get ...", file=sys.stderr, flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], env=env, check=False)
+
+
+# --------------------------------------------------------------------------- running
+
+
+Phase = Literal["backup", "restore"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    backup: Sample
+    restore: Sample
+    stored_bytes: int
+
+
+@dataclass
+class Outcome:
+    """All runs of one tool on one dataset; `error` stops further runs of that pair."""
+
+    dataset: Dataset
+    dataset_bytes: int
+    tool: Tool
+    runs: list[RunResult] = field(default_factory=list)
+    error: str | None = None
+
+    def samples(self, phase: Phase) -> list[Sample]:
+        return [r.backup if phase == "backup" else r.restore for r in self.runs]
+
+    def mb_per_s(self, phase: Phase) -> list[float]:
+        return [self.dataset_bytes / MB / s.seconds for s in self.samples(phase)]
+
+    def peak_rss_mib(self, phase: Phase) -> float:
+        return max(s.peak_rss_kib for s in self.samples(phase)) / 1024
+
+    def median_mb_per_s(self, phase: Phase) -> float | None:
+        return statistics.median(self.mb_per_s(phase)) if self.runs and not self.error else None
+
+
+def run_once(tool: Tool, dataset: Dataset, run: RunPaths, expected_digest: str) -> RunResult:
+    """One backup and one restore into fresh directories, then verification, all but the two
+    measured commands untimed. os.sync() after each phase keeps one phase's writeback out of
+    the next one's time."""
+    remove(run.root)
+    run.store.mkdir(parents=True)
+    try:
+        for command in tool.setup(run):
+            run_measured(command, run.log)
+        warm_up(dataset.path)
+        backup = run_measured(tool.backup(run, dataset.path), run.log)
+        os.sync()
+        stored = total_size(run.store)
+        if not tool.restore_creates_target:
+            run.restore.mkdir()
+        restore = run_measured(tool.restore(run, dataset.path), run.log)
+        os.sync()
+        restored = run.restore / dataset.path.name
+        if not restored.exists():
+            found = sorted(p.name for p in run.restore.iterdir()) if run.restore.exists() else []
+            raise ToolFailed(f"restore produced no {restored.name} under the target: {found[:5]}")
+        if tree_digest(restored) != expected_digest:
+            raise ToolFailed("restored data differs from the source (SHA-256 tree digest)")
+        return RunResult(backup, restore, stored)
+    finally:
+        remove(run.root)
+
+
+def run_benchmark(
+    datasets: Sequence[Dataset], tools: Sequence[Tool], runs: int, workdir: Path
+) -> list[Outcome]:
+    """Runs tools round-robin within each run index, so slow drift in the machine (thermal,
+    background load) spreads over all tools instead of biasing the last one."""
+    outcomes = []
+    for dataset in datasets:
+        dataset.ensure()
+        print(f"[{dataset.name}] hashing source (untimed) ...", file=sys.stderr, flush=True)
+        digest = tree_digest(dataset.path)
+        pairs = [Outcome(dataset, total_size(dataset.path), tool) for tool in tools]
+        for outcome in pairs:
+            if reason := outcome.tool.missing():
+                outcome.error = f"skipped: {reason}"
+        for index in range(runs):
+            for outcome in (o for o in pairs if o.error is None):
+                run = RunPaths(workdir / "runs" / f"{dataset.name}-{outcome.tool.name}")
+                try:
+                    outcome.runs.append(run_once(outcome.tool, dataset, run, digest))
+                except ToolFailed as failure:
+                    outcome.error = str(failure)
+                report_progress(outcome, index, runs)
+        outcomes.extend(pairs)
+    return outcomes
+
+
+def report_progress(outcome: Outcome, index: int, runs: int) -> None:
+    label = f"[{outcome.dataset.name}] {outcome.tool.name} run {index + 1}/{runs}:"
+    if outcome.error:
+        print(f"{label} FAILED: {outcome.error}", file=sys.stderr, flush=True)
+        return
+    last = outcome.runs[-1]
+    megabytes = outcome.dataset_bytes / MB
+    print(
+        f"{label} backup {megabytes / last.backup.seconds:.1f} MB/s,"
+        f" restore {megabytes / last.restore.seconds:.1f} MB/s,"
+        f" peak RSS {last.backup.peak_rss_kib / 1024:.0f}"
+        f" / {last.restore.peak_rss_kib / 1024:.0f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def header(args: argparse.Namespace, datasets: Sequence[Dataset], tools: Sequence[Tool]) -> str:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# strongroom throughput benchmark",
+        "",
+        f"- date: {now}",
+        f"- machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}",
+        f"- runs per tool and dataset: {args.runs}; dataset scale: {args.scale:g}",
+    ]
+    for d in datasets:
+        lines.append(f"- dataset {d.name}: {total_size(d.path) / MB:.1f} MB, {d.summary}")
+    for t in tools:
+        lines.append(f"- tool {t.name}: {t.version()}; compression: {t.compression}")
+    lines += [
+        "- method: each backup and restore is its own subprocess; MB/s = dataset bytes / 10^6 /"
+        " wall seconds; peak RSS = ru_maxrss from wait4, which covers the child and the"
+        " processes it waited for (both sides of a pipeline).",
+        "- caches: not dropped (that needs privileges and a quiet machine); instead the dataset is"
+        " read once, untimed, before every backup, so backups start from a warm page cache and"
+        " restores read a store that was just written. os.sync() runs untimed after each phase.",
+        "- every restore is checked against a SHA-256 digest of the source tree (untimed).",
+    ]
+    return "\n".join(lines)
+
+
+def speed_cell(outcome: Outcome, phase: Phase) -> str:
+    speeds = outcome.mb_per_s(phase)
+    return f"{statistics.median(speeds):.1f} [{min(speeds):.1f}-{max(speeds):.1f}]"
+
+
+def results_table(outcomes: Sequence[Outcome]) -> str:
+    lines = [
+        "| dataset | tool | backup MB/s median [min-max] | restore MB/s median [min-max]"
+        " | peak RSS backup / restore MiB | stored MB |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for o in outcomes:
+        if o.error:
+            status = "skipped" if o.error.startswith("skipped:") else "FAILED"
+            lines.append(f"| {o.dataset.name} | {o.tool.name} | {status} (see notes) | | | |")
+            continue
+        stored = statistics.median(r.stored_bytes for r in o.runs) / MB
+        lines.append(
+            f"| {o.dataset.name} | {o.tool.name} | {speed_cell(o, 'backup')}"
+            f" | {speed_cell(o, 'restore')}"
+            f" | {o.peak_rss_mib('backup'):.0f} / {o.peak_rss_mib('restore'):.0f}"
+            f" | {stored:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def notes(outcomes: Sequence[Outcome]) -> str:
+    failed = [o for o in outcomes if o.error]
+    if not failed:
+        return ""
+    lines = ["## Notes", ""]
+    for o in failed:
+        lines.append(f"- {o.dataset.name} / {o.tool.name}: {o.error}")
+    return "\n".join(lines)
+
+
+def ratio(outcomes: Sequence[Outcome], dataset: str, phase: Phase, other: str) -> str:
+    """strongroom's median MB/s over `other`'s, or why it cannot be computed."""
+    found = {o.tool.name: o for o in outcomes if o.dataset.name == dataset}
+    ours, theirs = found.get("strongroom"), found.get(other)
+    if ours is None or theirs is None:
+        return "n/a (not run)"
+    a, b = ours.median_mb_per_s(phase), theirs.median_mb_per_s(phase)
+    if a is None or b is None:
+        return f"n/a ({'strongroom' if a is None else other} has no result)"
+    return f"{a / b:.2f}x"
+
+
+def target_ratios(outcomes: Sequence[Outcome]) -> str:
+    datasets = list(dict.fromkeys(o.dataset.name for o in outcomes))
+    lines = [
+        "## Ratios the project targets",
+        "",
+        f"- backup, strongroom / minimal loop on random1g: "
+        f"{ratio(outcomes, 'random1g', 'backup', 'minimal')}",
+        f"- backup, strongroom / borg on random1g: {ratio(outcomes, 'random1g', 'backup', 'borg')}",
+    ]
+    for other in ("restic", "borg"):
+        per_dataset = ", ".join(f"{d} {ratio(outcomes, d, 'restore', other)}" for d in datasets)
+        lines.append(f"- restore, strongroom / {other}: {per_dataset}")
+    lines.append(f"- strongroom peak RSS: {strongroom_rss(outcomes)}")
+    return "\n".join(lines)
+
+
+def strongroom_rss(outcomes: Sequence[Outcome]) -> str:
+    ours = [o for o in outcomes if o.tool.name == "strongroom" and o.runs and not o.error]
+    if not ours:
+        return "n/a (strongroom has no result)"
+    return ", ".join(
+        f"{o.dataset.name} backup {o.peak_rss_mib('backup'):.0f} MiB"
+        f" / restore {o.peak_rss_mib('restore'):.0f} MiB"
+        for o in ours
+    )
+
+
+def scaling_summary(outcomes: Sequence[Outcome]) -> str:
+    """Peak RSS per input size: flat numbers mean memory does not grow with the data."""
+    lines = [
+        "## Memory scaling",
+        "",
+        "| tool | input GiB | peak RSS backup MiB | peak RSS restore MiB |",
+    ]
+    lines.append("|---|---:|---:|---:|")
+    for o in outcomes:
+        size = f"{o.dataset_bytes / GIB:.2f}"
+        if o.error:
+            lines.append(f"| {o.tool.name} | {size} | failed | failed |")
+        else:
+            lines.append(
+                f"| {o.tool.name} | {size} | {o.peak_rss_mib('backup'):.0f}"
+                f" | {o.peak_rss_mib('restore'):.0f} |"
+            )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--workdir", type=Path, required=True, help="datasets, stores, restores")
+    parser.add_argument("--runs", type=int, default=3, help="runs per tool and dataset")
+    parser.add_argument(
+        "--datasets",
+        type=comma_list,
+        default=list(DEFAULT_DATASETS),
+        help="comma list of random<N>g, small, compressible1g",
+    )
+    parser.add_argument(
+        "--tools",
+        type=comma_list,
+        default=None,
+        help=f"comma list of {', '.join(TOOLS)} (default: all; strongroom with --memory-scaling)",
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink datasets for trial runs")
+    parser.add_argument("--output", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--memory-scaling",
+        action="store_true",
+        help="only back up and restore random files of --sizes-gib and report peak RSS per size",
+    )
+    parser.add_argument(
+        "--sizes-gib", type=comma_list, default=["1", "4"], help="sizes for --memory-scaling"
+    )
+    parser.add_argument(
+        "--install-missing",
+        action="store_true",
+        help="apt-get install missing restic / borgbackup / gnupg before running",
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.scale <= 0:
+        parser.error("--runs must be >= 1 and --scale > 0")
+    if args.tools is None:
+        args.tools = ["strongroom"] if args.memory_scaling else list(TOOLS)
+    if unknown := [t for t in args.tools if t not in TOOLS]:
+        parser.error(f"unknown tools {unknown}; choose from {list(TOOLS)}")
+    if args.memory_scaling:
+        if not all(s.isdigit() for s in args.sizes_gib):
+            parser.error("--sizes-gib takes whole GiB, e.g. 1,4")
+        args.datasets = [f"random{s}g" for s in args.sizes_gib]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = dataset_root(workdir, args.scale)
+    root.mkdir(exist_ok=True)
+    try:
+        datasets = [make_dataset(name, root, args.scale) for name in args.datasets]
+    except ValueError as error:
+        sys.exit(str(error))
+    keys = Secrets.load(workdir)
+    tools = [TOOLS[name](keys) for name in args.tools]
+    if args.install_missing:
+        install_missing(tools)
+    for tool in tools:
+        if reason := tool.missing():
+            print(f"skipping {tool.name}: {reason}", file=sys.stderr)
+    try:
+        outcomes = run_benchmark(datasets, tools, args.runs, workdir)
+    finally:
+        for tool in tools:
+            if not tool.missing():
+                tool.close()
+    summary = scaling_summary(outcomes) if args.memory_scaling else target_ratios(outcomes)
+    sections = [header(args, datasets, tools), results_table(outcomes), summary, notes(outcomes)]
+    report = "\n\n".join(s for s in sections if s) + "\n"
+    print(report)
+    if args.output:
+        args.output.write_text(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""The `strongroom` command: a thin layer over Engine for people and scripts.
+
+The passcode comes from --passcode-file, $STRONGROOM_PASSCODE or a prompt, never an
+argument. Errors print one line on stderr and exit with the error class's code
+(see README.md); --json output uses the admin API's field names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tqdm import tqdm
+
+from .config import StoresConfig, StoreSpec
+from .crypto import Passcode
+from .engine import BackupInfo, Engine
+from .errors import ConfigError, PasscodeError, StoreUnavailableError, StrongroomError
+from .pipeline import Progress
+from .plugins import build_registry, get_plugin_manager
+
+__all__ = ["main"]
+
+PASSCODE_ENV = "STRONGROOM_PASSCODE"
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+        return result
+    except StrongroomError as exc:
+        print(f"strongroom: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("strongroom: interrupted; nothing was committed.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strongroom",
+        description="Encrypted disaster-recovery backups into named backup stores.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    create = _command(commands, "create", "back up files and directories", run_create)
+    _store_option(create)
+    create.add_argument("--name", required=True, help="name of the new backup")
+    create.add_argument("--description", default="", help="free text shown in listings")
+    create.add_argument(
+        "--retention-date", metavar="MS", help="epoch ms after which cleanup may delete it"
+    )
+    _passcode_option(create)
+    _json_option(create)
+    create.add_argument("sources", nargs="+", metavar="SOURCE", help="files or directories")
+
+    listing = _command(commands, "list", "list the backups in a store", run_list)
+    _store_option(listing)
+    _json_option(listing)
+
+    info = _command(commands, "info", "show one backup", run_info)
+    _store_option(info)
+    info.add_argument("name", metavar="N")
+    _json_option(info)
+
+    restore = _command(commands, "restore", "restore a backup into a new directory", run_restore)
+    _store_option(restore)
+    restore.add_argument("name", metavar="N")
+    restore.add_argument("--target", required=True, metavar="DIR", help="new or empty directory")
+    _passcode_option(restore)
+    restore.add_argument(
+        "paths", nargs="*", metavar="PATH", help="restore only these archive paths"
+    )
+
+    verify = _command(commands, "verify", "read and authenticate a whole backup", run_verify)
+    _store_option(verify)
+    verify.add_argument("name", metavar="N")
+    _passcode_option(verify)
+
+    delete = _command(commands, "delete", "delete a backup", run_delete)
+    _store_option(delete)
+    delete.add_argument("name", metavar="N")
+
+    update = _command(commands, "update", "change a backup's retentionDate", run_update)
+    _store_option(update)
+    update.add_argument("name", metavar="N")
+    update.add_argument("--retention-date", required=True, metavar="MS", help="epoch milliseconds")
+
+    cleanup = _command(
+        commands, "cleanup", "delete backups whose retentionDate has passed", run_cleanup
+    )
+    cleanup.add_argument(
+        "--store", metavar="S", action="append", help="only this store (repeatable)"
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    cleanup.add_argument("--as-of", metavar="MS", help="judge expiry at this epoch-ms moment")
+    _json_option(cleanup)
+
+    stores = _command(commands, "stores", "list, add, remove or validate backup stores", None)
+    store_commands = stores.add_subparsers(required=True, metavar="ACTION")
+    stores_list = _command(store_commands, "list", "list configured stores", run_stores_list)
+    _json_option(stores_list)
+    add = _command(store_commands, "add", "configure a new store", run_stores_add)
+    add.add_argument("store_name", metavar="NAME")
+    add.add_argument(
+        "url", metavar="URL", help="file:///dir, s3://bucket/prefix, az://container/prefix"
+    )
+    add.add_argument("--default", action="store_true", help="make it the default store")
+    add.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option; write VALUE as env:VARIABLE for a secret",
+    )
+    remove = _command(
+        store_commands, "remove", "forget a store (its backups stay)", run_stores_remove
+    )
+    remove.add_argument("store_name", metavar="NAME")
+    validate = _command(
+        store_commands, "validate", "probe a store's permissions", run_stores_validate
+    )
+    validate.add_argument("store_name", metavar="NAME")
+    _json_option(validate)
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def run_create(args: argparse.Namespace) -> int:
+    passcode = read_passcode(args.passcode_file, confirm=True)
+    with progress_bar(f"backup {args.name}") as progress:
+        info = Engine().create(
+            args.name,
+            args.sources,
+            passcode=passcode,
+            store=args.store,
+            description=args.description,
+            retention_date=args.retention_date,
+            progress=progress,
+        )
+    _emit_backup(info, args.json)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    backups = Engine().list(args.store)
+    if args.json:
+        _print_json({"backups": [info.to_dict() for info in backups]})
+    else:
+        rows = [
+            (b.name, _date(b.created), _date(b.retention_date), _size(b.stored_size), b.description)
+            for b in backups
+        ]
+        _print_table(("NAME", "CREATED", "RETENTION DATE", "STORED", "DESCRIPTION"), rows)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    _emit_backup(Engine().info(args.name, args.store), args.json)
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    passcode = read_passcode(args.passcode_file)
+    with progress_bar(f"restore {args.name}") as progress:
+        target = Engine().restore(
+            args.name,
+            args.target,
+            passcode=passcode,
+            store=args.store,
+            paths=args.paths,
+            progress=progress,
+        )
+    print(f"Restored {args.name} into {target}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    info = Engine().verify(args.name, passcode=read_passcode(args.passcode_file), store=args.store)
+    print(f"{info.name}: OK ({info.chunk_count} chunks authenticated)")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    Engine().delete(args.name, args.store)
+    print(f"Deleted {args.name}")
+    return 0
+
+
+def run_update(args: argparse.Namespace) -> int:
+    info = Engine().update_retention(args.name, args.retention_date, args.store)
+    print(f"{info.name}: retentionDate is now {_date(info.retention_date)}")
+    return 0
+
+
+def run_cleanup(args: argparse.Namespace) -> int:
+    report = Engine().cleanup(args.store, as_of=args.as_of, dry_run=args.dry_run)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        rows = [
+            (e.store, e.name, _date(e.retention_date), e.action, e.message) for e in report.entries
+        ]
+        _print_table(("STORE", "NAME", "RETENTION DATE", "ACTION", "MESSAGE"), rows)
+        print(f"{len(report.entries)} expired as of {_date(report.as_of)}, {report.kept} kept.")
+    return 1 if report.failed else 0
+
+
+def run_stores_list(args: argparse.Namespace) -> int:
+    config = StoresConfig.load()
+    stores = [
+        {
+            "name": s.name,
+            "default": s.name == config.default,
+            "type": urlsplit(s.url).scheme,
+            "url": s.url,
+        }
+        for s in config.stores.values()
+    ]
+    if args.json:
+        _print_json({"backupStores": stores})
+    else:
+        _print_table(
+            ("NAME", "DEFAULT", "URL"),
+            [(s["name"], "*" if s["default"] else "", s["url"]) for s in stores],
+        )
+    return 0
+
+
+def run_stores_add(args: argparse.Namespace) -> int:
+    config = StoresConfig.load()
+    spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
+    build_registry(get_plugin_manager()).factory_for(spec)  # an unknown scheme fails here
+    config.add(spec, make_default=args.default)
+    config.save()
+    print(f"Added store {spec.name} ({spec.url}) to {config.path}")
+    return 0
+
+
+def run_stores_remove(args: argparse.Namespace) -> int:
+    config = StoresConfig.load()
+    config.remove(args.store_name)
+    config.save()
+    print(f"Removed store {args.store_name}; its backups stay where they are.")
+    return 0
+
+
+def run_stores_validate(args: argparse.Namespace) -> int:
+    report = Engine().store(args.store_name).validate()
+    if args.json:
+        _print_json(
+            {
+                "name": report.store,
+                "url": report.url,
+                "ok": report.ok,
+                "checks": report.checks,
+                "errors": report.errors,
+                "capabilities": asdict(report.capabilities),
+            }
+        )
+    else:
+        for check, passed in report.checks.items():
+            print(f"{check:<8} {'ok' if passed else 'FAILED'}")
+        for capability, present in asdict(report.capabilities).items():
+            print(f"{capability:<14} {'yes' if present else 'no'}")
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+    if not report.ok:
+        raise StoreUnavailableError(f"Store {report.store!r} failed: {'; '.join(report.errors)}")
+    return 0
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def read_passcode(passcode_file: str | None, *, confirm: bool = False) -> Passcode:
+    """From a file, the environment, or a prompt: never from the command line."""
+    if passcode_file:
+        try:
+            text = Path(passcode_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PasscodeError(
+                f"Cannot read the passcode file {passcode_file!r}: {exc.strerror}."
+            ) from None
+        return Passcode(text.rstrip("\r\n"))
+    if PASSCODE_ENV in os.environ:
+        return Passcode(os.environ[PASSCODE_ENV])
+    if not sys.stdin.isatty():
+        raise PasscodeError(
+            f"A passcode is needed: use --passcode-file FILE or set {PASSCODE_ENV}."
+        )
+    passcode = Passcode(getpass.getpass("Passcode: "))
+    if confirm and Passcode(getpass.getpass("Passcode again: ")) != passcode:
+        raise PasscodeError("The two passcodes differ; nothing was backed up.")
+    return passcode
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Progress | None]:
+    """A progress bar on stderr when it is a terminal, else nothing."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with tqdm(desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
+
+        def update(done: int, total: int | None) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        yield update
+
+
+def _command(
+    commands: Any, name: str, help_text: str, run: Callable[[argparse.Namespace], int] | None
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=help_text, description=help_text
+    )
+    if run is not None:
+        parser.set_defaults(run=run)
+    return parser
+
+
+def _store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="S", help="backup store (default: the default store)")
+
+
+def _passcode_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--passcode-file",
+        metavar="F",
+        help=f"file whose first line is the passcode (else ${PASSCODE_ENV} or a prompt)",
+    )
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (stable; see README)")
+
+
+def _parse_option(text: str) -> tuple[str, str | dict[str, str]]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--option takes KEY=VALUE (or KEY=env:VARIABLE); got {text!r}.")
+    if value.startswith("env:"):
+        return key, {"env": value[4:]}
+    return key, value
+
+
+def _emit_backup(info: BackupInfo, as_json: bool) -> None:
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    fields = info.to_dict()
+    fields["completeTime"] = _date(info.created)
+    fields["retentionDate"] = _date(info.retention_date)
+    for key, value in fields.items():
+        print(f"{key:<14} {value}")
+
+
+def _print_json(document: object) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def _print_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
+def _date(moment: Any) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
