@@ -51,6 +51,20 @@ class LocalStore(Store):
                 temporary.unlink(missing_ok=True)
             _fsync_dir(final.parent)
 
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete the objects, then the directories they leave empty (up to the root)."""
+        super().delete_prefix(prefix)
+        directory = Path(self.path(prefix))
+        root = Path(self.root)
+        while directory != root and directory.is_relative_to(root):
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break  # not empty: someone else's objects live here
+            directory = directory.parent
+
     def get(self, key: str) -> bytes:
         with self.translate_errors(key), open(self.path(key), "rb") as handle:
             return handle.read()

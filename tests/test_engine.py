@@ -1,0 +1,307 @@
+"""Engine round trips and every refusal the engine makes before writing anything."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from strongroom import (
+    BackupExistsError,
+    BackupNotFoundError,
+    ConfigError,
+    Engine,
+    InvalidNameError,
+    PasscodeError,
+    UnsafeArchiveError,
+)
+from strongroom.format import data_prefix, manifest_key
+from strongroom.pipeline import ChunkWriter
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot
+
+FUTURE_MS = 4_102_444_800_000  # 2100-01-01
+
+
+def store_dir(home: Path) -> Path:
+    return home / "stores" / "backupsDefault"
+
+
+def test_round_trip_of_a_real_tree_is_exact(engine: Engine, tree: Path, tmp_path: Path) -> None:
+    info = engine.create("nightly", [tree], passcode=PASSCODE, description="first")
+    assert info.chunk_count > 5, "the tree must span several chunks for this test to mean much"
+    target = engine.restore("nightly", tmp_path / "restored", passcode=PASSCODE)
+    assert snapshot(target / "data") == snapshot(tree)
+    restored = target / "data" / "nested" / "secret-hardlink"
+    assert restored.stat().st_ino == (target / "data" / "secret.key").stat().st_ino
+
+
+def test_round_trip_without_compression(home: Path, tree: Path, tmp_path: Path) -> None:
+    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, compress=False)
+    info = engine.create("raw", [tree], passcode=PASSCODE)
+    assert info.stored_size > info.source_size  # nothing compressed, only sealed
+    target = engine.restore("raw", tmp_path / "out", passcode=PASSCODE)
+    assert snapshot(target / "data") == snapshot(tree)
+
+
+def test_compressible_data_is_stored_smaller(engine: Engine, tmp_path: Path) -> None:
+    source = tmp_path / "log.txt"
+    source.write_bytes(b"INFO request served in 3 ms\n" * 50_000)
+    info = engine.create("logs", [source], passcode=PASSCODE)
+    assert info.stored_size < info.source_size / 10
+
+
+def test_single_file_and_several_sources(engine: Engine, tree: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra.cfg"
+    extra.write_text("key = value\n")
+    engine.create("mixed", [tree, extra], passcode=PASSCODE)
+    target = engine.restore("mixed", tmp_path / "out", passcode=PASSCODE)
+    assert sorted(os.listdir(target)) == ["data", "extra.cfg"]
+    assert (target / "extra.cfg").read_text() == "key = value\n"
+
+
+def test_streams_of_unknown_length(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("strongroom.archive.STREAM_PART_SIZE", 100_000)
+    payload = os.urandom(350_123)
+    chunks = (payload[i : i + 7_000] for i in range(0, len(payload), 7_000))
+    engine.create(
+        "streams",
+        passcode=PASSCODE,
+        streams={"db/dump.sql": io.BytesIO(payload), "events.log": chunks, "empty": io.BytesIO()},
+    )
+    target = engine.restore("streams", tmp_path / "out", passcode=PASSCODE)
+    assert (target / "db" / "dump.sql").read_bytes() == payload
+    assert (target / "events.log").read_bytes() == payload
+    assert (target / "empty").read_bytes() == b""
+
+
+def test_restore_selected_paths(engine: Engine, tree: Path, tmp_path: Path) -> None:
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    target = engine.restore(
+        "nightly", tmp_path / "out", passcode=PASSCODE, paths=["data/nested/deeper", "data/big.bin"]
+    )
+    restored = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    assert restored == [
+        "data",
+        "data/big.bin",
+        "data/nested",
+        "data/nested/deeper",
+        "data/nested/deeper/notes.md",
+    ]
+    assert (target / "data" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
+
+
+def test_restore_of_a_path_not_in_the_backup_restores_nothing(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    with pytest.raises(ConfigError, match="data/nope"):
+        engine.restore("nightly", tmp_path / "out", passcode=PASSCODE, paths=["data/nope"])
+    assert sorted(os.listdir(tmp_path)) == ["home", "source"]
+
+
+def test_restore_into_an_existing_empty_directory(engine: Engine, tree: Path, tmp_path: Path) -> None:
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    (tmp_path / "out").mkdir()
+    engine.restore("nightly", tmp_path / "out", passcode=PASSCODE)
+    assert snapshot(tmp_path / "out" / "data") == snapshot(tree)
+
+
+@pytest.mark.parametrize("occupant", ["file", "dir-with-content"])
+def test_restore_refuses_a_target_in_use(
+    engine: Engine, tree: Path, tmp_path: Path, occupant: str
+) -> None:
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    if occupant == "file":
+        target.write_text("precious")
+    else:
+        target.mkdir()
+        (target / "keep.txt").write_text("precious")
+    before = snapshot(tmp_path / "out") if target.is_dir() else target.read_text()
+    with pytest.raises(ConfigError, match="restore target"):
+        engine.restore("nightly", target, passcode=PASSCODE)
+    after = snapshot(tmp_path / "out") if target.is_dir() else target.read_text()
+    assert before == after
+
+
+def test_wrong_passcode_fails_before_anything_is_written(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    with pytest.raises(PasscodeError, match="does not open"):
+        engine.restore("nightly", tmp_path / "out", passcode="not the passcode")
+    assert not (tmp_path / "out").exists()
+    assert sorted(os.listdir(tmp_path)) == ["home", "source"]
+    with pytest.raises(PasscodeError):
+        engine.verify("nightly", passcode="not the passcode")
+
+
+@pytest.mark.parametrize("passcode", ["", "short", "1234567"])
+def test_short_passcode_is_refused(engine: Engine, tree: Path, passcode: str) -> None:
+    with pytest.raises(PasscodeError, match="at least 8"):
+        engine.create("nightly", [tree], passcode=passcode)
+    assert engine.list() == []
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "a/b", "a\\b", "../x", ".hidden", "x..y", "name with space", "é", "a" * 129]
+)
+def test_bad_backup_names_are_refused(engine: Engine, tree: Path, name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        engine.create(name, [tree], passcode=PASSCODE)
+
+
+@pytest.mark.parametrize(
+    "retention", [1_000, "yesterday", 1.5, -5, True, "12.5"], ids=lambda v: repr(v)
+)
+def test_bad_retention_dates_are_refused(engine: Engine, tree: Path, retention: object) -> None:
+    with pytest.raises(ConfigError, match="retentionDate|milliseconds"):
+        engine.create("nightly", [tree], passcode=PASSCODE, retention_date=retention)  # type: ignore[arg-type]
+    assert engine.list() == []
+
+
+def test_missing_sources_and_colliding_names_are_refused(engine: Engine, tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        engine.create("x", [tmp_path / "missing"], passcode=PASSCODE)
+    other = tmp_path / "other" / "data"
+    other.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="both be archived"):
+        engine.create("x", [tree, other], passcode=PASSCODE)
+    with pytest.raises(ConfigError, match="Nothing to back up"):
+        engine.create("x", [], passcode=PASSCODE)
+    with pytest.raises(InvalidNameError):
+        engine.create("x", passcode=PASSCODE, streams={"../escape": io.BytesIO(b"x")})
+    assert not store_dir(Path(os.environ["STRONGROOM_HOME"])).exists() or engine.list() == []
+
+
+def test_a_name_is_never_overwritten(engine: Engine, tree: Path, tmp_path: Path) -> None:
+    engine.create("nightly", [tree], passcode=PASSCODE, description="original")
+    with pytest.raises(BackupExistsError, match="never overwritten"):
+        engine.create("nightly", [tree], passcode="another passcode", description="impostor")
+    assert engine.info("nightly").description == "original"
+    engine.restore("nightly", tmp_path / "out", passcode=PASSCODE)
+
+
+def test_losing_a_commit_race_leaves_the_winner_intact(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers pass the early existence check; the manifest's put-if-absent decides."""
+    store = engine.store()
+    real_exists = store.exists
+    monkeypatch.setattr(store, "exists", lambda key: False)
+    engine.create("nightly", [tree], passcode=PASSCODE, description="winner")
+    with pytest.raises(BackupExistsError):
+        engine.create("nightly", [tree], passcode=PASSCODE, description="loser")
+    monkeypatch.setattr(store, "exists", real_exists)
+    assert engine.info("nightly").description == "winner"
+    data_dirs = os.listdir(store_dir(home) / "data" / "nightly")
+    assert len(data_dirs) == 1, "the loser's data must be removed again"
+    engine.verify("nightly", passcode=PASSCODE)
+
+
+def test_an_uncommitted_backup_is_not_listed(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the data and the manifest leaves data nobody lists or restores."""
+
+    original_finish = ChunkWriter.finish
+
+    def finish_then_die(self: ChunkWriter) -> None:
+        original_finish(self)
+        raise SystemExit("killed")  # the process dies after the data, before the commit
+
+    monkeypatch.setattr(ChunkWriter, "finish", finish_then_die)
+    monkeypatch.setattr(type(engine.store()), "delete_prefix", lambda self, prefix: None)
+    with pytest.raises(SystemExit):
+        engine.create("nightly", [tree], passcode=PASSCODE)
+    assert any((store_dir(home) / "data" / "nightly").iterdir()), "data objects were written"
+    assert not (store_dir(home) / manifest_key("nightly")).exists()
+    assert engine.list() == []
+    with pytest.raises(BackupNotFoundError):
+        engine.info("nightly")
+
+
+def test_a_failed_create_removes_what_it_wrote(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_source(*args: object, **kwargs: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr("strongroom.engine.write_archive", broken_source)
+    with pytest.raises(OSError, match="disk on fire"):
+        engine.create("nightly", [tree], passcode=PASSCODE)
+    assert engine.list() == []
+    data = store_dir(home) / "data" / "nightly"
+    assert not data.exists() or not any(data.rglob("*[0-9]"))
+
+
+def test_list_info_update_delete(engine: Engine, tree: Path) -> None:
+    now = datetime.now(UTC)
+    engine.create("a", [tree], passcode=PASSCODE, description="one")
+    engine.create("b", [tree], passcode=PASSCODE, retention_date=FUTURE_MS)
+    listed = engine.list()
+    assert [b.name for b in listed] == ["a", "b"]
+    assert listed[0].created >= now - timedelta(seconds=5)
+    info = engine.info("b").to_dict()
+    assert info["retentionDate"] == FUTURE_MS and info["backupStore"] == "backupsDefault"
+    assert info["status"] == "COMPLETED" and info["backupType"] == "FULL"
+    updated = engine.update_retention("a", FUTURE_MS + 1)
+    assert engine.info("a").retention_date == updated.retention_date
+    with pytest.raises(ConfigError, match="in the past"):
+        engine.update_retention("a", 1_000)
+    engine.verify("a", passcode=PASSCODE)  # the update needs no passcode and breaks nothing
+    engine.delete("a")
+    assert [b.name for b in engine.list()] == ["b"]
+    with pytest.raises(BackupNotFoundError):
+        engine.delete("a")
+
+
+def test_delete_removes_manifest_and_data(engine: Engine, home: Path, tree: Path) -> None:
+    info = engine.create("gone", [tree], passcode=PASSCODE)
+    assert info.chunk_count > 1
+    backup_id = os.listdir(store_dir(home) / "data" / "gone")[0]
+    engine.delete("gone")
+    assert not (store_dir(home) / manifest_key("gone")).exists()
+    assert not list((store_dir(home) / data_prefix("gone", backup_id)).glob("*"))
+
+
+def test_unknown_store_is_a_clear_error(engine: Engine, tree: Path) -> None:
+    with pytest.raises(ConfigError, match="strongroom stores add offsite"):
+        engine.create("x", [tree], passcode=PASSCODE, store="offsite")
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "linkname"),
+    [
+        (tarfile.REGTYPE, "../escape.txt", ""),
+        (tarfile.REGTYPE, "/etc/evil", ""),
+        (tarfile.SYMTYPE, "abs-link", "/etc/passwd"),
+        (tarfile.SYMTYPE, "up-link", "../../outside"),
+        (tarfile.CHRTYPE, "device", ""),
+    ],
+)
+def test_restore_never_writes_outside_the_target(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: bytes, name: str, linkname: str
+) -> None:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = linkname
+
+    def write_hostile(sink: io.RawIOBase, sources: object, streams: object) -> None:
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            safe = tarfile.TarInfo("fine.txt")
+            safe.size = 2
+            tar.addfile(safe, io.BytesIO(b"ok"))
+            tar.addfile(member, io.BytesIO(b"") if member.isfile() else None)
+
+    monkeypatch.setattr("strongroom.engine.write_archive", write_hostile)
+    engine.create("hostile", passcode=PASSCODE, streams={"x": io.BytesIO()})
+    with pytest.raises(UnsafeArchiveError, match="will not restore|outside the target"):
+        engine.restore("hostile", tmp_path / "sandbox" / "out", passcode=PASSCODE)
+    assert not (tmp_path / "sandbox" / "out").exists()
+    assert os.listdir(tmp_path / "sandbox") == []
+    assert not (tmp_path / "sandbox" / "escape.txt").exists()
