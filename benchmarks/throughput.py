@@ -37,6 +37,7 @@ ARCHIVE_NAME = "bench"
 DEFAULT_DATASETS = ("random1g", "small", "compressible1g")
 SMALL_FILES = 20_000
 SMALL_TOTAL = 500 * MB
+GNU_TIME = shutil.which("time") or "/usr/bin/time"
 
 
 # --------------------------------------------------------------------------- datasets
@@ -161,7 +162,9 @@ def make_dataset(name: str, root: Path, scale: float) -> Dataset:
             p.mkdir()
             write_small_tree(p, count, total)
 
-        return Dataset(name, root / name, f"{count} log-like text files in 200 dirs", generate)
+        return Dataset(
+            name, root / name, f"{count} log-like text files, 100 per directory, 2 levels", generate
+        )
     raise ValueError(f"unknown dataset {name!r}: use random<N>g, small or compressible1g")
 
 
@@ -238,33 +241,59 @@ class Command:
 
 
 @dataclass(frozen=True)
+class RunPaths:
+    """Fresh locations for one backup+restore run; `root` is deleted afterwards."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def restore(self) -> Path:
+        return self.root / "restore"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+
+@dataclass(frozen=True)
 class Sample:
     seconds: float
     peak_rss_kib: int
 
 
-def run_measured(command: Command, log: Path) -> Sample:
+def run_measured(command: Command, run: RunPaths) -> Sample:
     """Runs `command` to completion and returns its wall time and peak RSS.
 
-    The rusage that wait4 reports for a child folds in every descendant that was waited for, so
-    for `bash -c 'tar | gpg'` ru_maxrss (KiB on Linux) is the largest of bash, tar and gpg.
+    The peak RSS is ru_maxrss (KiB) from the wait4 that GNU time does on the command, not from a
+    wait4 here: a child of this Python process inherits the harness's own peak RSS as its
+    ru_maxrss floor (the kernel keeps the high-water mark of the address space it leaves at exec,
+    and with vfork that is ours), so `true` would read as big as the harness. GNU time is ~1 MiB.
+    ru_maxrss covers the descendants that were waited for, so for `bash -c 'tar | gpg'` it is the
+    largest of bash, tar and gpg.
     """
-    with log.open("ab") as out:
+    rss_file = run.root / "maxrss.txt"
+    argv = [GNU_TIME, "--format", "%M", "--output", str(rss_file), "--", *command.argv]
+    with run.log.open("ab") as out:
         start = time.perf_counter()
-        process = subprocess.Popen(
-            command.argv,
+        result = subprocess.run(
+            argv,
             cwd=command.cwd,
             env=command.env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
+            check=False,
         )
-        _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait
-    if process.returncode != 0:
-        raise ToolFailed(f"`{shlex.join(command.argv)}` exited {process.returncode}: {tail(log)}")
-    return Sample(seconds, usage.ru_maxrss)
+    if result.returncode != 0:
+        raise ToolFailed(
+            f"`{shlex.join(command.argv)}` exited {result.returncode}: {tail(run.log)}"
+        )
+    return Sample(seconds, int(rss_file.read_text().split()[-1]))
 
 
 # --------------------------------------------------------------------------- tools
@@ -291,25 +320,6 @@ class Secrets:
         gnupg_home = workdir / "gnupg"
         gnupg_home.mkdir(mode=0o700, exist_ok=True)
         return cls(passphrase_file.read_text().strip(), passphrase_file, key_file, gnupg_home)
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Fresh locations for one backup+restore run; `root` is deleted afterwards."""
-
-    root: Path
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store"
-
-    @property
-    def restore(self) -> Path:
-        return self.root / "restore"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.txt"
 
 
 def first_line(argv: list[str]) -> str:
@@ -479,7 +489,7 @@ class TarGpg(Tool):
     restore_creates_target = False
 
     def binaries(self) -> list[str]:
-        return ["bash", "tar", "gpg", "gpgconf", "gpg-connect-agent"]
+        return ["bash", "tar", "gpg", "gpgconf"]
 
     def version(self) -> str:
         return f"{first_line(['tar', '--version'])}, {first_line(['gpg', '--version'])}"
@@ -503,8 +513,10 @@ class TarGpg(Tool):
         return Command(argv, cwd, self.env(GNUPGHOME=str(self.keys.gnupg_home)))
 
     def setup(self, run: RunPaths) -> list[Command]:
-        """gpg starts its agent on first use; start it untimed so run 1 is not penalised."""
-        return [self._pipeline("gpg-connect-agent /bye", run.root)]
+        """gpg's first use starts its agent and creates its keybox and random seed (~1 s): do
+        that untimed, so run 1 is not penalised."""
+        script = f"echo warm-up | {self._gpg()} --symmetric --cipher-algo AES256 -o /dev/null"
+        return [self._pipeline(script, run.root)]
 
     def backup(self, run: RunPaths, source: Path) -> Command:
         archive = shlex.quote(str(run.store / "archive.tar.gpg"))
@@ -555,7 +567,10 @@ TOOLS: dict[str, type[Tool]] = {
 
 
 def install_missing(tools: Sequence[Tool]) -> None:
+    """apt-get installs the packages of missing tools, and GNU time, which the harness needs."""
     packages = sorted({p for t in tools if t.missing() for p in t.apt_packages})
+    if not Path(GNU_TIME).exists():
+        packages.append("time")
     if packages:
         print(f"installing {' '.join(packages)} with apt-get ...", file=sys.stderr, flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=False)
@@ -607,14 +622,14 @@ def run_once(tool: Tool, dataset: Dataset, run: RunPaths, expected_digest: str) 
     run.store.mkdir(parents=True)
     try:
         for command in tool.setup(run):
-            run_measured(command, run.log)
+            run_measured(command, run)
         warm_up(dataset.path)
-        backup = run_measured(tool.backup(run, dataset.path), run.log)
+        backup = run_measured(tool.backup(run, dataset.path), run)
         os.sync()
         stored = total_size(run.store)
         if not tool.restore_creates_target:
             run.restore.mkdir()
-        restore = run_measured(tool.restore(run, dataset.path), run.log)
+        restore = run_measured(tool.restore(run, dataset.path), run)
         os.sync()
         restored = run.restore / dataset.path.name
         if not restored.exists():
@@ -873,6 +888,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     tools = [TOOLS[name](keys) for name in args.tools]
     if args.install_missing:
         install_missing(tools)
+    if not Path(GNU_TIME).exists():
+        sys.exit(
+            "GNU time is needed to measure peak RSS: apt-get install time (or --install-missing)"
+        )
     for tool in tools:
         if reason := tool.missing():
             print(f"skipping {tool.name}: {reason}", file=sys.stderr)

@@ -63,7 +63,9 @@ def test_single_file_and_several_sources(engine: Engine, tree: Path, tmp_path: P
     assert (target / "extra.cfg").read_text() == "key = value\n"
 
 
-def test_streams_of_unknown_length(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streams_of_unknown_length(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("strongroom.archive.STREAM_PART_SIZE", 100_000)
     payload = os.urandom(350_123)
     chunks = (payload[i : i + 7_000] for i in range(0, len(payload), 7_000))
@@ -103,7 +105,9 @@ def test_restore_of_a_path_not_in_the_backup_restores_nothing(
     assert sorted(os.listdir(tmp_path)) == ["home", "source"]
 
 
-def test_restore_into_an_existing_empty_directory(engine: Engine, tree: Path, tmp_path: Path) -> None:
+def test_restore_into_an_existing_empty_directory(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
     engine.create("nightly", [tree], passcode=PASSCODE)
     (tmp_path / "out").mkdir()
     engine.restore("nightly", tmp_path / "out", passcode=PASSCODE)
@@ -148,7 +152,8 @@ def test_short_passcode_is_refused(engine: Engine, tree: Path, passcode: str) ->
 
 
 @pytest.mark.parametrize(
-    "name", ["", ".", "..", "a/b", "a\\b", "../x", ".hidden", "x..y", "name with space", "é", "a" * 129]
+    "name",
+    ["", ".", "..", "a/b", "a\\b", "../x", ".hidden", "x..y", "name with space", "é", "a" * 129],
 )
 def test_bad_backup_names_are_refused(engine: Engine, tree: Path, name: str) -> None:
     with pytest.raises(InvalidNameError):
@@ -164,7 +169,9 @@ def test_bad_retention_dates_are_refused(engine: Engine, tree: Path, retention: 
     assert engine.list() == []
 
 
-def test_missing_sources_and_colliding_names_are_refused(engine: Engine, tree: Path, tmp_path: Path) -> None:
+def test_missing_sources_and_colliding_names_are_refused(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         engine.create("x", [tmp_path / "missing"], passcode=PASSCODE)
     other = tmp_path / "other" / "data"
@@ -285,7 +292,12 @@ def test_unknown_store_is_a_clear_error(engine: Engine, tree: Path) -> None:
     ],
 )
 def test_restore_never_writes_outside_the_target(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: bytes, name: str, linkname: str
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: bytes,
+    name: str,
+    linkname: str,
 ) -> None:
     member = tarfile.TarInfo(name)
     member.type = kind

@@ -1,0 +1,107 @@
+"""The stores configuration: embedded default, TOML stores, secret references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from strongroom import ConfigError, Engine, StoresConfig, StoreSpec, UnknownStoreError
+from tests.conftest import FAST_KDF, PASSCODE
+
+
+def test_no_configuration_gives_the_embedded_default_store(home: Path) -> None:
+    config = StoresConfig.load()
+    assert config.default == "backupsDefault"
+    spec = config.get()
+    assert spec.url == (home / "stores" / "backupsDefault").as_uri()
+
+
+def test_first_backup_needs_no_setup(home: Path, tree: Path) -> None:
+    info = Engine(kdf=FAST_KDF).create("first", [tree], passcode=PASSCODE)
+    assert info.store == "backupsDefault"
+    assert (home / "stores" / "backupsDefault" / "manifests" / "first").is_file()
+
+
+def test_stores_from_toml_with_a_default(home: Path, tmp_path: Path, tree: Path) -> None:
+    home.mkdir()
+    offsite = tmp_path / "offsite"
+    (home / "config.toml").write_text(
+        f'default = "offsite"\n[stores.offsite]\nurl = "{offsite.as_uri()}"\n', encoding="utf-8"
+    )
+    engine = Engine(kdf=FAST_KDF)
+    assert engine.create("x", [tree], passcode=PASSCODE).store == "offsite"
+    assert (offsite / "manifests" / "x").is_file()
+    assert [b.name for b in engine.list("backupsDefault")] == []
+
+
+def test_config_path_from_environment(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text('[stores.cold]\nurl = "file:///srv/cold"\n', encoding="utf-8")
+    monkeypatch.setenv("STRONGROOM_CONFIG", str(elsewhere))
+    assert StoresConfig.load().get("cold").url == "file:///srv/cold"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("this is = = not toml", "not valid TOML"),
+        ("[stores.x]\nurl = 5\n", "needs a url"),
+        ('[stores.x]\nurl = "file:///a"\nbucket = "b"\n', "unknown keys"),
+        ('default = "nope"\n', "default store 'nope'"),
+        ('[stores."bad/name"]\nurl = "file:///a"\n', "not a valid store name"),
+        ('[stores.x]\nurl = "/no/scheme"\n', "not a URL"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(home: Path, text: str, message: str) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        StoresConfig.load()
+
+
+def test_secret_references_resolve_only_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = StoreSpec(
+        "offsite", "s3://bucket/p", {"region": "eu-west-1", "secret": {"env": "OFFSITE_SECRET"}}
+    )
+    monkeypatch.delenv("OFFSITE_SECRET", raising=False)
+    with pytest.raises(ConfigError, match="OFFSITE_SECRET is not set"):
+        spec.resolve()
+    monkeypatch.setenv("OFFSITE_SECRET", "hunter2-hunter2")
+    resolved = spec.resolve()
+    assert resolved.options == {"region": "eu-west-1", "secret": "hunter2-hunter2"}
+    assert "hunter2" not in repr(resolved)
+
+
+def test_malformed_secret_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="env = "):
+        StoreSpec("s", "s3://b", {"secret": {"file": "/etc/x"}}).resolve()
+
+
+def test_add_remove_and_save_round_trip(home: Path, tmp_path: Path) -> None:
+    config = StoresConfig.load()
+    config.add(
+        StoreSpec("cold", (tmp_path / "cold").as_uri(), {"key": {"env": "COLD_KEY"}}),
+        make_default=True,
+    )
+    config.save()
+    reloaded = StoresConfig.load()
+    assert reloaded.default == "cold"
+    assert reloaded.get("cold").options == {"key": {"env": "COLD_KEY"}}
+    with pytest.raises(ConfigError, match="already configured"):
+        reloaded.add(StoreSpec("cold", "file:///x"))
+    reloaded.remove("cold")
+    reloaded.save()
+    again = StoresConfig.load()
+    assert again.default == "backupsDefault" and "cold" not in again.stores
+    with pytest.raises(ConfigError, match="embedded default"):
+        again.remove("backupsDefault")
+
+
+def test_unknown_store_names_the_configured_ones(home: Path) -> None:
+    with pytest.raises(UnknownStoreError, match="backupsDefault"):
+        StoresConfig.load().get("nowhere")

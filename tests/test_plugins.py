@@ -1,0 +1,108 @@
+"""Backends come from pluggy plugins; the built-in one registers like any other."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+import strongroom
+from strongroom import Engine, StoresConfig, StoreSpec, UnknownBackendError, hookimpl
+from strongroom.plugins import (
+    DEFAULT_PLUGINS,
+    StrongroomHookSpecs,
+    build_registry,
+    get_plugin_manager,
+)
+from tests.conftest import FAST_KDF, PASSCODE
+
+
+def test_builtin_filesystem_backend_is_an_ordinary_plugin() -> None:
+    manager = get_plugin_manager(autoload=False)
+    assert [name for name, _ in manager.list_name_plugin() if name in DEFAULT_PLUGINS] == list(
+        DEFAULT_PLUGINS
+    )
+    assert build_registry(manager).schemes == ["file"]
+
+
+def test_unknown_scheme_names_installed_backends_and_the_package_to_install() -> None:
+    registry = build_registry(get_plugin_manager(autoload=False))
+    with pytest.raises(UnknownBackendError, match=r"installed: file\).*Install strongroom-s3"):
+        registry.open(StoreSpec("offsite", "s3://bucket/prefix"))
+    with pytest.raises(UnknownBackendError, match="no installed backend handles 'gopher'"):
+        registry.open(StoreSpec("odd", "gopher://x/y"))
+
+
+def test_a_third_party_backend_plugs_in_through_the_same_hook(
+    home: Path, tree: Path, tmp_path: Path
+) -> None:
+    """A plugin registering `mem://` stores is used by the engine with no other change."""
+
+    class MemoryStore(strongroom.Store):
+        pass
+
+    plugin = types.ModuleType("strongroom_mem_plugin")
+
+    @hookimpl
+    def strongroom_register_backends(registry: strongroom.BackendRegistry) -> None:
+        registry.add(
+            "mem",
+            lambda spec: MemoryStore(spec.name, spec.url, MemoryFileSystem(), "/" + spec.name),
+        )
+
+    plugin.strongroom_register_backends = strongroom_register_backends  # type: ignore[attr-defined]
+    manager = get_plugin_manager(autoload=False)
+    manager.register(plugin)
+    config = StoresConfig.load()
+    config.add(StoreSpec("ram", "mem://ram"))
+    engine = Engine(config, plugin_manager=manager, kdf=FAST_KDF)
+    engine.create("in-memory", [tree], passcode=PASSCODE, store="ram")
+    assert [b.name for b in engine.list("ram")] == ["in-memory"]
+    engine.restore("in-memory", tmp_path / "out", passcode=PASSCODE, store="ram")
+    assert (tmp_path / "out" / "data" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
+
+
+def test_two_plugins_claiming_one_scheme_is_an_error() -> None:
+    registry = build_registry(get_plugin_manager(autoload=False))
+    with pytest.raises(ValueError, match="Two plugins register the 'file'"):
+        registry.add("file", lambda spec: None)  # type: ignore[arg-type,return-value]
+
+
+def test_autoload_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(
+        "pluggy.PluginManager.load_setuptools_entrypoints",
+        lambda self, group: calls.append(group) or 0,
+    )
+    monkeypatch.setenv("STRONGROOM_DISABLE_PLUGIN_AUTOLOAD", "1")
+    get_plugin_manager()
+    assert calls == []
+    monkeypatch.delenv("STRONGROOM_DISABLE_PLUGIN_AUTOLOAD")
+    get_plugin_manager()
+    assert calls == ["strongroom"]
+
+
+def test_every_hook_is_prefixed_and_documented() -> None:
+    hooks = [name for name in vars(StrongroomHookSpecs) if not name.startswith("_")]
+    assert hooks, "there must be hooks to check"
+    for name in hooks:
+        assert name.startswith("strongroom_")
+        assert ":param" in (getattr(StrongroomHookSpecs, name).__doc__ or "")
+
+
+def test_misspelt_hook_fails_loudly() -> None:
+    plugin = types.ModuleType("typo_plugin")
+
+    @hookimpl
+    def strongroom_register_backend(registry: object) -> None:  # missing "s"
+        pass
+
+    plugin.strongroom_register_backend = strongroom_register_backend  # type: ignore[attr-defined]
+    manager = get_plugin_manager(autoload=False)
+    manager.register(plugin)
+    with pytest.raises(Exception, match="unknown hook"):
+        manager.check_pending()
+    assert "typo_plugin" not in sys.modules

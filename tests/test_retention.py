@@ -1,0 +1,108 @@
+"""Retention dates and the choice of expired backups (pure), and cleanup through the engine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from strongroom import ConfigError, Engine
+from strongroom.format import to_epoch_ms
+from strongroom.retention import check_retention_date, parse_epoch_ms
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
+
+
+class Clock:
+    """An injected clock the test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(START)
+
+
+@pytest.fixture
+def timed_engine(home: Path, clock: Clock) -> Engine:
+    return Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, clock=clock)
+
+
+def test_parse_epoch_ms() -> None:
+    assert parse_epoch_ms("1635945710988") == 1635945710988
+    assert parse_epoch_ms(1635945710988) == 1635945710988
+    for bad in ("", "1e12", "-1", 1.0, None, True, "ten"):
+        with pytest.raises(ConfigError, match="milliseconds"):
+            parse_epoch_ms(bad)
+
+
+def test_retention_date_must_be_after_now() -> None:
+    now = START
+    assert check_retention_date(to_epoch_ms(now) + 1, now) == now + timedelta(milliseconds=1)
+    with pytest.raises(ConfigError, match="in the past"):
+        check_retention_date(to_epoch_ms(now), now)
+
+
+def test_cleanup_deletes_exactly_the_expired(
+    timed_engine: Engine, clock: Clock, tree: Path
+) -> None:
+    day = timedelta(days=1)
+    expiry = to_epoch_ms(START + day)
+    timed_engine.create("expires", [tree], passcode=PASSCODE, retention_date=expiry)
+    timed_engine.create("later", [tree], passcode=PASSCODE, retention_date=expiry + 1)
+    timed_engine.create("forever", [tree], passcode=PASSCODE)
+
+    clock.now = START + day - timedelta(milliseconds=1)
+    report = timed_engine.cleanup()
+    assert report.entries == [] and report.kept == 3
+
+    dry = timed_engine.cleanup(as_of=expiry, dry_run=True)
+    assert [(e.name, e.action) for e in dry.entries] == [("expires", "would delete")]
+    assert len(timed_engine.list()) == 3, "a dry run deletes nothing"
+
+    clock.now = START + day  # exactly at the boundary: eligible
+    report = timed_engine.cleanup()
+    assert [(e.name, e.action) for e in report.entries] == [("expires", "deleted")]
+    assert report.to_dict()["backups"][0]["retentionDate"] == expiry
+    assert sorted(b.name for b in timed_engine.list()) == ["forever", "later"]
+
+    clock.now = START + 1000 * day
+    timed_engine.cleanup()
+    assert [b.name for b in timed_engine.list()] == ["forever"]
+
+
+def test_extended_retention_is_honoured(timed_engine: Engine, clock: Clock, tree: Path) -> None:
+    timed_engine.create(
+        "b", [tree], passcode=PASSCODE, retention_date=to_epoch_ms(START + timedelta(days=1))
+    )
+    timed_engine.update_retention("b", to_epoch_ms(START + timedelta(days=10)))
+    clock.now = START + timedelta(days=5)
+    assert timed_engine.cleanup().entries == []
+    assert [b.name for b in timed_engine.list()] == ["b"]
+
+
+def test_cleanup_reports_a_failed_delete_and_goes_on(
+    timed_engine: Engine, clock: Clock, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a", "b"):
+        timed_engine.create(name, [tree], passcode=PASSCODE, retention_date=to_epoch_ms(START) + 1)
+    real_delete = Engine.delete
+
+    def flaky_delete(self: Engine, name: str, store: str | None = None) -> None:
+        if name == "a":
+            raise OSError("store said no")
+        real_delete(self, name, store)
+
+    monkeypatch.setattr(Engine, "delete", flaky_delete)
+    clock.now = START + timedelta(days=1)
+    report = timed_engine.cleanup()
+    assert {(e.name, e.action) for e in report.entries} == {("a", "failed"), ("b", "deleted")}
+    assert [e.message for e in report.failed] == ["store said no"]
