@@ -711,11 +711,13 @@ def header(args: argparse.Namespace, datasets: Sequence[Dataset], tools: Sequenc
     for d in datasets:
         lines.append(f"- dataset {d.name}: {total_size(d.path) / MB:.1f} MB, {d.summary}")
     for t in tools:
-        lines.append(f"- tool {t.name}: {t.version()}; compression: {t.compression}")
+        version = "not installed" if t.missing() else t.version()
+        lines.append(f"- tool {t.name}: {version}; compression: {t.compression}")
     lines += [
         "- method: each backup and restore is its own subprocess; MB/s = dataset bytes / 10^6 /"
-        " wall seconds; peak RSS = ru_maxrss from wait4, which covers the child and the"
-        " processes it waited for (both sides of a pipeline).",
+        " wall seconds; peak RSS = ru_maxrss of the command and the processes it waited for"
+        " (both sides of a pipeline), from GNU time's wait4 (a wait4 from the harness would"
+        " count the harness's own peak RSS).",
         "- caches: not dropped (that needs privileges and a quiet machine); instead the dataset is"
         " read once, untimed, before every backup, so backups start from a warm page cache and"
         " restores read a store that was just written. os.sync() runs untimed after each phase.",

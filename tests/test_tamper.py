@@ -8,6 +8,7 @@ example then tampers with the stored objects and checks that both `verify` and
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from strongroom import Engine, IntegrityError, PasscodeError, StrongroomError
+from strongroom import Engine, IntegrityError, PasscodeError
 from strongroom.format import MAX_CHUNK_SIZE
 
 from .conftest import PASSCODE, SMALL_CHUNK, snapshot
@@ -287,9 +288,9 @@ def test_edited_manifest_mac_is_detected(lab: Lab, data: st.DataObject) -> None:
     """A changed MAC (any bit of it) no longer matches the manifest."""
     lab.reset()
     document = lab.read_manifest()
-    mac = bytearray(__import__("base64").b64decode(document["mac"]))
+    mac = bytearray(base64.b64decode(document["mac"]))
     mac[data.draw(st.integers(0, len(mac) - 1))] ^= 1 << data.draw(st.integers(0, 7))
-    document["mac"] = __import__("base64").b64encode(bytes(mac)).decode()
+    document["mac"] = base64.b64encode(bytes(mac)).decode()
     lab.write_manifest(document)
     lab.assert_refused()
 
@@ -366,11 +367,16 @@ def test_absurd_kdf_parameters_fail_fast(lab: Lab, field_name: str, value: int) 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG format.py:157-160 Manifest.from_bytes: a manifest that is valid JSON but not "
-    "an object raises AttributeError (document.get), and deeply nested JSON raises "
-    "RecursionError; neither is turned into IntegrityError",
+    reason="BUG format.py:193 (and :159): a manifest that is valid JSON but not an object "
+    "raises AttributeError at document.get(...), and deeply nested JSON raises RecursionError "
+    "from json.loads; from_bytes catches only ValueError/TypeError/KeyError, so neither "
+    "becomes IntegrityError",
 )
-@pytest.mark.parametrize("content", [b"[]", b"null", b'"manifest"', b"42", b"[" * 100_000])
+@pytest.mark.parametrize(
+    "content",
+    [b"[]", b"null", b'"manifest"', b"42", b"[" * 100_000],
+    ids=["array", "null", "string", "number", "deeply-nested"],
+)
 def test_manifest_that_is_not_an_object_is_an_integrity_error(lab: Lab, content: bytes) -> None:
     """Any unreadable manifest is an IntegrityError, whatever JSON it holds."""
     lab.manifest().write_bytes(content)
@@ -379,9 +385,9 @@ def test_manifest_that_is_not_an_object_is_an_integrity_error(lab: Lab, content:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG format.py:204,222 Manifest._from_document: from_epoch_ms on a huge created or "
-    "retentionDate raises OSError (EOVERFLOW) or OverflowError, which from_bytes does not turn "
-    "into IntegrityError",
+    reason="BUG format.py:208,223 -> format.py:90: from_epoch_ms on a huge created or "
+    "retentionDate raises OSError (EOVERFLOW) or OverflowError, which from_bytes (:159) does "
+    "not turn into IntegrityError",
 )
 @pytest.mark.parametrize(
     ("section", "field_name", "value"),
@@ -390,6 +396,7 @@ def test_manifest_that_is_not_an_object_is_an_integrity_error(lab: Lab, content:
         ("backup", "created", 10**400),
         (None, "retentionDate", 10**20),
     ],
+    ids=["created-1e20", "created-1e400", "retentionDate-1e20"],
 )
 def test_out_of_range_manifest_time_is_an_integrity_error(
     lab: Lab, section: str | None, field_name: str, value: int
@@ -419,4 +426,3 @@ def test_wrong_passcode_is_refused(lab: Lab, passcode: str) -> None:
 def test_pristine_backup_restores(lab: Lab) -> None:
     """The control: untouched, the fixture's backup verifies and restores exactly."""
     lab.assert_restores_intact()
-    assert issubclass(IntegrityError, StrongroomError)
