@@ -105,7 +105,7 @@ def write_text_file(path: Path, nbytes: int) -> None:
 
 
 def small_file_sizes(count: int, total: int, rng: random.Random) -> list[int]:
-    """Log-normal sizes (median ~15 KB, tail to ~1 MB at full scale) scaled to `total`."""
+    """Log-normal sizes scaled to `total` (at full scale: median ~15 KB, largest ~0.6 MB)."""
     weights = [rng.lognormvariate(0.0, 1.0) for _ in range(count)]
     factor = total / sum(weights)
     return [max(64, round(w * factor)) for w in weights]
@@ -437,7 +437,8 @@ class Restic(Tool):
 
 
 class Borg(Tool):
-    """Borg 1.x and 2.x differ in command names and encryption modes, so detect the major."""
+    """Borg 1.x and 2.x differ in commands, archive names and encryption modes: detect which.
+    Only borg 1.2 (Debian 12) has been tried; the borg 2 commands follow its 2.0 betas."""
 
     name = "borg"
     compression = "lz4 (default)"
@@ -456,28 +457,29 @@ class Borg(Tool):
         return match is not None and int(match[1]) >= 2
 
     def _env(self, run: RunPaths) -> dict[str, str]:
-        return self.env(BORG_PASSPHRASE=self.keys.passphrase, BORG_BASE_DIR=str(run.root / "base"))
+        return self.env(
+            BORG_REPO=str(run.store),
+            BORG_PASSPHRASE=self.keys.passphrase,
+            BORG_BASE_DIR=str(run.root / "base"),
+        )
+
+    def _archive(self) -> str:
+        """With BORG_REPO set, borg 1 names an archive `::NAME` and borg 2 just `NAME`."""
+        return ARCHIVE_NAME if self._is_borg2 else f"::{ARCHIVE_NAME}"
 
     def setup(self, run: RunPaths) -> list[Command]:
         if self._is_borg2:
-            argv = ["borg", "-r", str(run.store), "repo-create", "-e", "repokey-blake2-aes-ocb"]
+            argv = ["borg", "repo-create", "--encryption=repokey-blake2-aes-ocb"]
         else:
-            argv = ["borg", "init", "--encryption=repokey-blake2", str(run.store)]
+            argv = ["borg", "init", "--encryption=repokey-blake2"]
         return [Command(argv, run.root, self._env(run))]
 
     def backup(self, run: RunPaths, source: Path) -> Command:
-        if self._is_borg2:
-            argv = ["borg", "-r", str(run.store), "create", ARCHIVE_NAME, source.name]
-        else:
-            argv = ["borg", "create", f"{run.store}::{ARCHIVE_NAME}", source.name]
+        argv = ["borg", "create", self._archive(), source.name]
         return Command(argv, source.parent, self._env(run))
 
     def restore(self, run: RunPaths, source: Path) -> Command:
-        if self._is_borg2:
-            argv = ["borg", "-r", str(run.store), "extract", ARCHIVE_NAME]
-        else:
-            argv = ["borg", "extract", f"{run.store}::{ARCHIVE_NAME}"]
-        return Command(argv, run.restore, self._env(run))
+        return Command(["borg", "extract", self._archive()], run.restore, self._env(run))
 
 
 class TarGpg(Tool):
@@ -652,7 +654,8 @@ def run_benchmark(
         dataset.ensure()
         print(f"[{dataset.name}] hashing source (untimed) ...", file=sys.stderr, flush=True)
         digest = tree_digest(dataset.path)
-        pairs = [Outcome(dataset, total_size(dataset.path), tool) for tool in tools]
+        size = total_size(dataset.path)
+        pairs = [Outcome(dataset, size, tool) for tool in tools]
         for outcome in pairs:
             if reason := outcome.tool.missing():
                 outcome.error = f"skipped: {reason}"
@@ -807,9 +810,9 @@ def scaling_summary(outcomes: Sequence[Outcome]) -> str:
         "## Memory scaling",
         "",
         "| tool | input GiB | peak RSS backup MiB | peak RSS restore MiB |",
+        "|---|---:|---:|---:|",
     ]
-    lines.append("|---|---:|---:|---:|")
-    for o in outcomes:
+    for o in sorted(outcomes, key=lambda o: (o.tool.name, o.dataset_bytes)):
         size = f"{o.dataset_bytes / GIB:.2f}"
         if o.error:
             lines.append(f"| {o.tool.name} | {size} | failed | failed |")
@@ -860,7 +863,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--install-missing",
         action="store_true",
-        help="apt-get install missing restic / borgbackup / gnupg before running",
+        help="apt-get install missing restic, borgbackup, gnupg and GNU time first",
     )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.scale <= 0:
