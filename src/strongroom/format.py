@@ -38,6 +38,7 @@ DATA_PREFIX = "data/"
 MAX_MANIFEST_SIZE = 1024 * 1024
 MAX_NAME_LENGTH = 128
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment datetime holds
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
@@ -153,9 +154,12 @@ class Manifest:
             raise IntegrityError("The manifest is larger than any strongroom writes.")
         try:
             document = json.loads(data)
+        except (ValueError, RecursionError):
+            raise IntegrityError("The manifest is not JSON.") from None
+        if not isinstance(document, dict):
+            raise IntegrityError("The manifest is not a JSON object.")
+        try:
             return cls._from_document(document)
-        except IntegrityError:
-            raise
         except (ValueError, TypeError, KeyError) as exc:
             raise IntegrityError(f"The manifest is malformed ({exc.__class__.__name__}).") from None
 
@@ -205,7 +209,7 @@ class Manifest:
             name=validate_name(backup["name"]),
             backup_id=_hex_id(backup["backupId"]),
             description=_text(backup["description"]),
-            created=from_epoch_ms(_count(backup["created"])),
+            created=from_epoch_ms(_count(backup["created"], high=MAX_EPOCH_MS)),
             chunk_size=_count(backup["chunkSize"], low=1, high=MAX_CHUNK_SIZE),
             chunk_count=_count(backup["chunkCount"], low=1),
             source_size=_count(backup["sourceSize"]),
@@ -220,7 +224,9 @@ class Manifest:
                 salt=_unb64(key["salt"]),
                 wrapped_key=_unb64(key["wrappedKey"]),
             ),
-            retention_date=None if retention is None else from_epoch_ms(_count(retention)),
+            retention_date=(
+                None if retention is None else from_epoch_ms(_count(retention, high=MAX_EPOCH_MS))
+            ),
             mac=_unb64(document["mac"]),
         )
         manifest.key_slot.kdf.check_bounds()

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .format import Manifest, from_epoch_ms, to_epoch_ms
+from .format import MAX_EPOCH_MS, Manifest, from_epoch_ms, to_epoch_ms
 
 __all__ = [
     "CleanupEntry",
@@ -26,9 +26,9 @@ __all__ = [
 
 def parse_epoch_ms(value: object, what: str = "retentionDate") -> int:
     """An epoch-milliseconds integer from an int or a string of digits, else ConfigError."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if type(value) is int and value >= 0:
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if type(value) is int and 0 <= value <= MAX_EPOCH_MS:
         return value
     raise ConfigError(
         f"{what} must be a whole number of milliseconds since 1970-01-01 UTC, "
