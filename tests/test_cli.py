@@ -210,6 +210,7 @@ def test_backup_lifecycle(
     assert dry.code == 0, dry.err
     assert dry.json() == {
         "asOf": int(as_of),
+        "errors": [],
         "dryRun": True,
         "kept": 1,
         "backups": [
@@ -268,24 +269,12 @@ def test_unreadable_passcode_file_is_a_passcode_error(
     assert str(missing) in outcome.error_line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG cli.py:293-299 read_passcode: read_text raises UnicodeDecodeError (a "
-    "ValueError, not OSError) for a non-UTF-8 passcode file, so the CLI dies with a traceback "
-    "instead of exit 7",
-)
 def test_non_utf8_passcode_file_is_a_passcode_error(cli: Cli, backup: str, tmp_path: Path) -> None:
     binary = tmp_path / "binary-passcode"
     binary.write_bytes(b"\xff\xfe not utf-8 \xff")
     assert cli("verify", backup, "--passcode-file", binary).code == 7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG cli.py:299 read_passcode uses the whole file minus trailing newlines, but "
-    "README ('--passcode-file (its first line)') and the option help (cli.py:347) promise the "
-    "first line, so any second line silently becomes part of the passcode",
-)
 def test_passcode_file_first_line_is_the_passcode(cli: Cli, backup: str, tmp_path: Path) -> None:
     annotated = tmp_path / "annotated-passcode"
     annotated.write_text(f"{PASSCODE}\n# rotated 2024-01-01\n", encoding="utf-8")
@@ -440,12 +429,6 @@ def test_unsafe_archive_is_exit_10(
     assert not (target / "root" / "escape").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG cli.py:39,84 restore: argparse consumes N and the nargs='*' PATH positional "
-    "together, so PATHs after --target/--passcode-file (the documented order "
-    "'restore N --target DIR [--passcode-file F] [PATH...]') exit 2 'unrecognized arguments'",
-)
 def test_restore_paths_after_options(
     cli: Cli, backup: str, tmp_path: Path, passcode_file: Path
 ) -> None:

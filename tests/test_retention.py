@@ -106,3 +106,23 @@ def test_cleanup_reports_a_failed_delete_and_goes_on(
     report = timed_engine.cleanup()
     assert {(e.name, e.action) for e in report.entries} == {("a", "failed"), ("b", "deleted")}
     assert [e.message for e in report.failed] == ["store said no"]
+
+
+def test_cleanup_goes_on_past_an_unreadable_store_and_manifest(
+    home: Path, clock: Clock, tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text('[stores.aaa-broken]\nurl = "gopher://nowhere/x"\n')
+    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, clock=clock)
+    engine.create("old", [tree], passcode=PASSCODE, retention_date=to_epoch_ms(START) + 1)
+    engine.create("mangled", [tree], passcode=PASSCODE, retention_date=to_epoch_ms(START) + 1)
+    (home / "stores" / "backupsDefault" / "manifests" / "mangled").write_text("{not json")
+    clock.now = START + timedelta(days=1)
+
+    report = engine.cleanup()
+
+    assert [(e.name, e.action) for e in report.entries] == [("old", "deleted")]
+    assert len(report.errors) == 2
+    assert "gopher" in report.errors[0] and "'mangled'" in report.errors[1]
+    assert engine.list() == []
+    assert "mangled" in caplog.text, "list says what it could not list"

@@ -473,12 +473,6 @@ def test_wrong_passcode_is_refused(lab: Lab, passcode: str) -> None:
     assert os.listdir(target.parent) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG engine.py:251 restore: destination.parent.mkdir(parents=True) runs before the "
-    "backup is read, and the finally at :266 removes only the staging directory, so a failed "
-    "restore leaves the target's newly created parent directories behind",
-)
 def test_failed_restore_leaves_no_new_parent_directories(lab: Lab) -> None:
     """A restore that fails creates nothing at all, not even the target's missing parents."""
     lab.chunks()[-1].unlink()

@@ -36,7 +36,11 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "paths") and not any(arg.startswith("-") for arg in extra):
+        args.paths += extra  # restore N --target DIR PATH...: PATHs after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         result: int = args.run(args)
         return result
@@ -217,7 +221,9 @@ def run_cleanup(args: argparse.Namespace) -> int:
         ]
         _print_table(("STORE", "NAME", "RETENTION DATE", "ACTION", "MESSAGE"), rows)
         print(f"{len(report.entries)} expired as of {_date(report.as_of)}, {report.kept} kept.")
-    return 1 if report.failed else 0
+        for error in report.errors:
+            print(f"strongroom: error: {error}", file=sys.stderr)
+    return 1 if report.failed or report.errors else 0
 
 
 def run_stores_list(args: argparse.Namespace) -> int:
@@ -291,12 +297,16 @@ def read_passcode(passcode_file: str | None, *, confirm: bool = False) -> Passco
     """From a file, the environment, or a prompt: never from the command line."""
     if passcode_file:
         try:
-            text = Path(passcode_file).read_text(encoding="utf-8")
+            lines = Path(passcode_file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise PasscodeError(
                 f"Cannot read the passcode file {passcode_file!r}: {exc.strerror}."
             ) from None
-        return Passcode(text.rstrip("\r\n"))
+        except UnicodeDecodeError:
+            raise PasscodeError(
+                f"The passcode file {passcode_file!r} is not UTF-8 text; save it as UTF-8."
+            ) from None
+        return Passcode(lines[0] if lines else "")
     if PASSCODE_ENV in os.environ:
         return Passcode(os.environ[PASSCODE_ENV])
     if not sys.stdin.isatty():

@@ -11,12 +11,14 @@ the commit. Data flows one way (see README.md):
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +47,13 @@ from .crypto import (
     unwrap_file_key,
     wrap_file_key,
 )
-from .errors import BackupExistsError, BackupNotFoundError, ConfigError, IntegrityError
+from .errors import (
+    BackupExistsError,
+    BackupNotFoundError,
+    ConfigError,
+    IntegrityError,
+    StrongroomError,
+)
 from .format import (
     MANIFESTS_PREFIX,
     KeySlot,
@@ -71,6 +79,8 @@ from .retention import (
 from .store import Store
 
 __all__ = ["BackupInfo", "Engine"]
+
+logger = logging.getLogger("strongroom")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +258,7 @@ class Engine:
         selected = [normalize_archive_path(path) for path in paths]
         source, manifest = self._open(name, store)
         cipher = self._cipher(manifest, Passcode(passcode))
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        created_parents = _make_parents(destination.parent)
         staging = Path(
             tempfile.mkdtemp(prefix=f".{destination.name}.strongroom-", dir=destination.parent)
         )
@@ -262,8 +272,12 @@ class Engine:
                     f"Not in backup {name!r}: {', '.join(missing)}. Nothing was restored."
                 )
             _move_into_place(staging, destination)
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            for parent in reversed(created_parents):
+                with suppress(OSError):
+                    parent.rmdir()
+            raise
         return destination
 
     def verify(
@@ -289,7 +303,9 @@ class Engine:
     def list(self, store: str | None = None) -> list[BackupInfo]:
         """Every committed backup in the store, oldest first."""
         source = self.store(store)
-        manifests = self._manifests(source)
+        manifests, problems = self._manifests(source)
+        for problem in problems:
+            logger.warning("Not listed: %s", problem)
         return [BackupInfo.from_manifest(m, source.name) for m in manifests]
 
     def info(self, name: str, store: str | None = None) -> BackupInfo:
@@ -323,8 +339,13 @@ class Engine:
         moment = _as_datetime(as_of) if as_of is not None else self._clock()
         report = CleanupReport(as_of=moment, dry_run=dry_run)
         for store_name in stores if stores is not None else sorted(self.config.stores):
-            source = self.store(store_name)
-            manifests = self._manifests(source)
+            try:
+                source = self.store(store_name)
+                manifests, problems = self._manifests(source)
+            except StrongroomError as exc:  # one unreachable store must not stop the others
+                report.errors.append(str(exc))
+                continue
+            report.errors.extend(problems)
             expired = select_expired(manifests, moment)
             report.kept += len(manifests) - len(expired)
             for manifest in expired:
@@ -358,13 +379,25 @@ class Engine:
             raise IntegrityError(f"The manifest stored as {name!r} belongs to {manifest.name!r}.")
         return source, manifest
 
-    def _manifests(self, source: Store) -> builtins.list[Manifest]:
+    def _manifests(self, source: Store) -> tuple[builtins.list[Manifest], builtins.list[str]]:
+        """The store's readable manifests, oldest first, and why any others were unreadable."""
         names = [
             n for obj in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(obj.key))
         ]
+
+        def read(name: str) -> Manifest | str:
+            try:
+                return self._open(name, source.name)[1]
+            except BackupNotFoundError:
+                return ""  # deleted since the listing
+            except IntegrityError as exc:
+                return f"backup {name!r} in store {source.name!r}: {exc}"
+
         with ThreadPoolExecutor(max(1, source.concurrency)) as pool:
-            manifests = list(pool.map(lambda n: self._open(n, source.name)[1], names))
-        return sorted(manifests, key=lambda m: (m.created, m.name))
+            results = list(pool.map(read, names))
+        manifests = [r for r in results if isinstance(r, Manifest)]
+        problems = [r for r in results if isinstance(r, str) and r]
+        return sorted(manifests, key=lambda m: (m.created, m.name)), problems
 
     def _cipher(self, manifest: Manifest, passcode: Passcode) -> StreamCipher:
         """Check the passcode and the manifest's MAC; return the chunk cipher."""
@@ -428,6 +461,13 @@ def _check_restore_target(target: Path) -> Path:
             "directory so nothing there is overwritten."
         )
     return target
+
+
+def _make_parents(directory: Path) -> builtins.list[Path]:
+    """Create `directory` and its missing ancestors; return the ones created, outermost first."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

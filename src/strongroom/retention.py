@@ -83,6 +83,8 @@ class CleanupReport:
     dry_run: bool
     entries: list[CleanupEntry] = field(default_factory=list)
     kept: int = 0
+    #: Stores that could not be read and manifests that could not be judged.
+    errors: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[CleanupEntry]:
@@ -93,5 +95,6 @@ class CleanupReport:
             "asOf": to_epoch_ms(self.as_of),
             "dryRun": self.dry_run,
             "kept": self.kept,
+            "errors": self.errors,
             "backups": [entry.to_dict() for entry in self.entries],
         }
