@@ -394,7 +394,6 @@ class Strongroom(Tool):
         return self.env(
             STRONGROOM_HOME=str(run.store),
             STRONGROOM_PASSCODE=self.keys.passphrase,
-            STRONGROOM_DISABLE_PLUGIN_AUTOLOAD="1",
         )
 
     def backup(self, run: RunPaths, source: Path) -> Command:

@@ -176,14 +176,13 @@ class ChunkReader(io.RawIOBase):
 
     def readinto(self, target: WriteableBuffer) -> int:
         out = memoryview(target).cast("B")
-        while not self._current and not self._at_end:
-            self._advance()
-        size = min(len(out), len(self._current))
-        out[:size] = self._current[:size]
-        self._current = self._current[size:]
-        if self._on_read is not None and size:
-            self._on_read(size)
-        return size
+        piece = self._take(len(out))
+        out[: len(piece)] = piece
+        return len(piece)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes in one copy (tarfile reads this way), or everything left."""
+        return self.readall() if size < 0 else bytes(self._take(size))
 
     def drain(self) -> None:
         """Read and authenticate everything left, so a cut or altered tail is detected."""
@@ -194,6 +193,16 @@ class ChunkReader(io.RawIOBase):
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         super().close()
+
+    def _take(self, size: int) -> memoryview:
+        """Up to `size` bytes of the current chunk, fetching the next one when it is used up."""
+        while not self._current and not self._at_end:
+            self._advance()
+        piece = self._current[:size]
+        self._current = self._current[len(piece) :]
+        if self._on_read is not None and piece:
+            self._on_read(len(piece))
+        return piece
 
     def _advance(self) -> None:
         while self._next_fetch < self._chunk_count and len(self._pending) < self._window:
