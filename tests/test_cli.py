@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import contextlib
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -701,3 +703,29 @@ def test_installed_script_end_to_end(home: Path, small: Path, tmp_path: Path) ->
     wrong = _run_script(script_home, "verify", "sub", passcode=WRONG_PASSCODE)
     assert wrong.code == 7
     assert "does not open this backup" in wrong.error_line
+
+
+def test_progress_bar_only_on_a_terminal(home: Path, small: Path, tmp_path: Path) -> None:
+    """With stderr on a terminal, create and restore draw a progress bar; piped, they do not."""
+    primary, secondary = pty.openpty()
+    try:
+        result = subprocess.run(
+            [str(STRONGROOM), "create", "--name", "tty", str(small)],
+            env=_script_env(home, PASSCODE),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            timeout=60,
+            check=False,
+        )
+        os.close(secondary)
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(primary, 65536):
+                drawn += chunk
+    finally:
+        os.close(primary)
+    assert result.returncode == 0
+    assert b"backup tty" in drawn and b"100%" in drawn
+    piped = _run_script(home, "restore", "tty", "--target", tmp_path / "piped")
+    assert piped.code == 0 and piped.err == ""

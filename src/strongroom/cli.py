@@ -11,6 +11,7 @@ import argparse
 import getpass
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -325,7 +326,16 @@ def progress_bar(label: str) -> Iterator[Progress | None]:
     if not sys.stderr.isatty():
         yield None
         return
-    with tqdm(desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
+    size = shutil.get_terminal_size()  # 80x24 where the terminal reports no size
+    with tqdm(
+        desc=label,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        ncols=size.columns,
+        nrows=size.lines,
+    ) as bar:
 
         def update(done: int, total: int | None) -> None:
             if total is not None and bar.total != total:
@@ -333,6 +343,8 @@ def progress_bar(label: str) -> Iterator[Progress | None]:
             bar.update(done - bar.n)
 
         yield update
+        bar.total = bar.n  # the create total is an estimate: end the bar at 100%
+        bar.refresh()
 
 
 def _command(
