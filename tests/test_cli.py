@@ -8,9 +8,9 @@ slow Argon2 parameters and is kept to a handful of calls.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import contextlib
 import os
 import pty
 import subprocess
