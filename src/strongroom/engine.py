@@ -134,6 +134,7 @@ class Engine:
         self,
         config: StoresConfig | None = None,
         *,
+        stores: Iterable[Store] = (),
         plugin_manager: pluggy.PluginManager | None = None,
         kdf: KdfParams | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -146,10 +147,16 @@ class Engine:
         self._chunk_size = chunk_size
         self._compress = compress
         self._clock = clock
-        self._stores: dict[str, Store] = {}
+        self._stores: dict[str, Store] = {store.name: store for store in stores}
 
     def store(self, name: str | None = None) -> Store:
-        """The store called `name` (default: the configured default store), opened once."""
+        """The store called `name` (default: the configured default store), opened once.
+
+        Stores handed to the constructor come first: a host product (or a backend's
+        conformance tests) can use a store it built itself, with no configuration.
+        """
+        if name in self._stores:
+            return self._stores[name]
         spec = self.config.get(name)
         if spec.name not in self._stores:
             self._stores[spec.name] = self._registry.open(spec)
@@ -338,7 +345,8 @@ class Engine:
         """Delete the backups whose retentionDate has passed, in the named or all stores."""
         moment = _as_datetime(as_of) if as_of is not None else self._clock()
         report = CleanupReport(as_of=moment, dry_run=dry_run)
-        for store_name in stores if stores is not None else sorted(self.config.stores):
+        every_store = sorted({*self.config.stores, *self._stores})
+        for store_name in stores if stores is not None else every_store:
             try:
                 source = self.store(store_name)
                 manifests, problems = self._manifests(source)

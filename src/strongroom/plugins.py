@@ -31,7 +31,7 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "strongroom"
 DISABLE_AUTOLOAD_ENV = "STRONGROOM_DISABLE_PLUGIN_AUTOLOAD"
-DEFAULT_PLUGINS = ("strongroom.backends.file",)
+DEFAULT_PLUGINS = ("strongroom.backends.file", "strongroom.backends.generic")
 
 hookspec = pluggy.HookspecMarker("strongroom")
 hookimpl = pluggy.HookimplMarker("strongroom")
@@ -42,8 +42,10 @@ StoreFactory = Callable[[StoreSpec], Store]
 #: Which distribution to install for schemes we know of but do not ship.
 INSTALL_HINTS = {
     "s3": "strongroom-s3",
+    "s3a": "strongroom-s3",
     "az": "strongroom-azure",
     "abfs": "strongroom-azure",
+    "abfss": "strongroom-azure",
 }
 
 
@@ -52,17 +54,29 @@ class BackendRegistry:
 
     def __init__(self) -> None:
         self._factories: dict[str, StoreFactory] = {}
+        self._fallbacks: set[str] = set()
 
-    def add(self, scheme: str, factory: StoreFactory) -> None:
-        """Register `factory` for URLs of `scheme`; a second claim on a scheme is an error."""
+    def add(self, scheme: str, factory: StoreFactory, *, fallback: bool = False) -> None:
+        """Register `factory` for URLs of `scheme`; two full claims on one scheme are an error.
+
+        A `fallback` registration (the generic fsspec backend's) yields to any other.
+        """
         scheme = scheme.lower()
         if scheme in self._factories:
-            raise ValueError(f"Two plugins register the {scheme!r} store backend.")
+            if fallback:
+                return
+            if scheme not in self._fallbacks:
+                raise ValueError(f"Two plugins register the {scheme!r} store backend.")
         self._factories[scheme] = factory
+        if fallback:
+            self._fallbacks.add(scheme)
+        else:
+            self._fallbacks.discard(scheme)
 
     @property
     def schemes(self) -> list[str]:
-        return sorted(self._factories)
+        """The schemes of dedicated backends (the generic fsspec fallback's are not listed)."""
+        return sorted(set(self._factories) - self._fallbacks)
 
     def open(self, spec: StoreSpec) -> Store:
         return self.factory_for(spec)(spec.resolve())
@@ -74,9 +88,11 @@ class BackendRegistry:
         if factory is None:
             hint = INSTALL_HINTS.get(scheme)
             install = f" Install {hint} to use {scheme}:// stores." if hint else ""
+            generic = "; other fsspec protocols through the generic backend"
             raise UnknownBackendError(
                 f"Store {spec.name!r}: no installed backend handles {scheme or 'plain'!r} URLs "
-                f"(installed: {', '.join(self.schemes)}).{install}"
+                f"(installed: {', '.join(self.schemes)}{generic if self._fallbacks else ''})."
+                f"{install}"
             )
         return factory
 
