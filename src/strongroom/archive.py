@@ -16,12 +16,17 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 __all__ = [
     "StreamSource",
@@ -39,6 +44,9 @@ StreamSource = BinaryIO | Iterable[bytes]
 STREAM_PART_SIZE = 8 * 1024 * 1024
 PART_RECORD = "STRONGROOM.part"
 COPY_BUFFER = 1024 * 1024
+#: Regular files up to this size are written by `_FileWriters`, several at a time.
+SMALL_FILE = 1024 * 1024
+WRITER_THREADS = 4
 
 
 def archive_name_of(source: Path) -> str:
@@ -97,14 +105,40 @@ def source_size(sources: Sequence[Path]) -> int:
     return total
 
 
+class _ForgetfulTarFile(tarfile.TarFile):
+    """A TarFile that forgets each member once it is handled, so memory stays flat.
+
+    tarfile keeps every member in `members`; over millions of files that grows without
+    bound. We never look back, except for hard links, which extraction resolves by path.
+    """
+
+    def addfile(self, tarinfo: tarfile.TarInfo, fileobj: SupportsRead[bytes] | None = None) -> None:
+        super().addfile(tarinfo, fileobj)
+        self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
+
+    def members_once(self) -> Iterator[tarfile.TarInfo]:
+        while (member := self.next()) is not None:
+            yield member
+            self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
+
+
+def _open_tar(fileobj: io.RawIOBase, mode: Literal["r", "w"]) -> _ForgetfulTarFile:
+    """A tar reader or writer straight on our chunk stream.
+
+    The plain "r"/"w" modes (not tarfile's "|" stream modes, whose buffer copies
+    grow with every small read or write) need only `tell` and forward `seek`, which
+    ChunkReader and ChunkWriter provide.
+    """
+    tar = _ForgetfulTarFile(fileobj=cast(IO[bytes], fileobj), mode=mode, format=tarfile.PAX_FORMAT)
+    tar.copybufsize = COPY_BUFFER  # type: ignore[attr-defined]  # not in typeshed
+    return tar
+
+
 def write_archive(
     sink: io.RawIOBase, sources: Sequence[Path], streams: Mapping[str, StreamSource]
 ) -> None:
     """Write every source and stream into `sink` as one pax tar stream."""
-    with tarfile.open(
-        fileobj=cast(IO[bytes], sink), mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY_BUFFER
-    ) as tar:
-        tar.copybufsize = COPY_BUFFER  # type: ignore[attr-defined]  # not in typeshed
+    with _open_tar(sink, "w") as tar:
         for source in sources:
             tar.add(source, arcname=archive_name_of(source), recursive=True)
         for name, stream in streams.items():
@@ -151,22 +185,31 @@ def extract_archive(stream: io.RawIOBase, target: Path, selected: Sequence[str] 
     """
     found: set[str] = set()
     directories: list[tarfile.TarInfo] = []
-    with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|", bufsize=COPY_BUFFER) as tar:
-        tar.copybufsize = COPY_BUFFER  # type: ignore[attr-defined]  # not in typeshed
-        for member in tar:
+    with _open_tar(stream, "r") as tar, _FileWriters(tar) as writers:
+        for member in tar.members_once():
             match = _selection_match(member.name, selected)
             if selected and match is None:
                 continue
             if match is not None:
                 found.add(match)
             safe = _safe_member(member, target)
-            if PART_RECORD in member.pax_headers:
-                _append_part(tar, safe, target)
-            elif safe.isdir():
+            path = os.path.join(target, safe.name)
+            if safe.isdir():
                 tar.extract(safe, target, set_attrs=False)
                 directories.append(safe)
+            elif safe.isreg() and safe.size <= SMALL_FILE and PART_RECORD not in safe.pax_headers:
+                stream.seek(safe.offset_data)
+                writers.submit(safe, path, stream.read(safe.size))
             else:
-                tar.extract(safe, target)
+                if safe.isreg():
+                    writers.wait_for(path)
+                else:
+                    writers.wait_all()  # a link could redirect a pending write
+                if PART_RECORD in safe.pax_headers:
+                    _append_part(tar, safe, target)
+                else:
+                    tar.extract(safe, target)
+        writers.wait_all()
         for directory in reversed(directories):  # deepest first, after their contents
             path = os.path.join(target, directory.name)
             tar.chown(directory, path, numeric_owner=False)
@@ -175,18 +218,57 @@ def extract_archive(stream: io.RawIOBase, target: Path, selected: Sequence[str] 
     return found
 
 
+class _FileWriters:
+    """Writes small regular files on a few threads while the stream is read on.
+
+    A restore of many small files waits on creating them, not on bytes, so a few files
+    are written at once. Safety: the main thread checks each path first, and before a
+    link (which could redirect a later path) every pending write is finished.
+    """
+
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self._tar = tar
+        self._executor = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="strongroom-file")
+        self._slots = threading.BoundedSemaphore(WRITER_THREADS * 4)
+        self._pending: dict[str, Future[None]] = {}
+
+    def __enter__(self) -> _FileWriters:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, member: tarfile.TarInfo, path: str, data: bytes) -> None:
+        self.wait_for(path)  # a later member of the same name must land last
+        for done in [p for p, f in self._pending.items() if f.done()]:
+            self.wait_for(done)  # forget finished writes, raising a failure at once
+        self._slots.acquire()
+        future = self._executor.submit(self._write, member, path, data)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._pending[path] = future
+
+    def wait_for(self, path: str) -> None:
+        future = self._pending.pop(path, None)
+        if future is not None:
+            future.result()
+
+    def wait_all(self) -> None:
+        for path in list(self._pending):
+            self.wait_for(path)
+
+    def _write(self, member: tarfile.TarInfo, path: str, data: bytes) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        self._tar.chown(member, path, numeric_owner=False)
+        self._tar.chmod(member, path)
+        self._tar.utime(member, path)
+
+
 def scan_archive(stream: io.RawIOBase) -> int:
-    """Read a whole tar stream, member data included; return how many members it has."""
-    count = 0
-    with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|", bufsize=COPY_BUFFER) as tar:
-        for member in tar:
-            count += 1
-            if member.isfile():
-                data = tar.extractfile(member)
-                if data is not None:
-                    while data.read(COPY_BUFFER):
-                        pass
-    return count
+    """Parse a whole tar stream (member data is read past); return how many members it has."""
+    with _open_tar(stream, "r") as tar:
+        return sum(1 for _ in tar.members_once())
 
 
 def _selection_match(name: str, selected: Sequence[str]) -> str | None:

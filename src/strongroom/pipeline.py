@@ -85,6 +85,10 @@ class ChunkWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        """Bytes written so far (tarfile asks once, at the start)."""
+        return self._source_size
+
     def write(self, data: ReadableBuffer) -> int:
         view = memoryview(data).cast("B")
         size = len(view)
@@ -169,20 +173,48 @@ class ChunkReader(io.RawIOBase):
         self._pending: deque[Future[bytes | bytearray]] = deque()
         self._next_fetch = 0
         self._current: memoryview = memoryview(b"")
+        self._position = 0
         self._at_end = False
 
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Skip forward (reading and authenticating what is skipped); never backward."""
+        target = offset if whence == io.SEEK_SET else self._position + offset
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self._position:
+            raise io.UnsupportedOperation("A backup stream is read forward only.")
+        while self._position < target and self._take(target - self._position):
+            pass
+        return self._position
+
     def readinto(self, target: WriteableBuffer) -> int:
         out = memoryview(target).cast("B")
-        piece = self._take(len(out))
-        out[: len(piece)] = piece
-        return len(piece)
+        done = 0
+        while done < len(out) and (piece := self._take(len(out) - done)):
+            out[done : done + len(piece)] = piece
+            done += len(piece)
+        return done
 
     def read(self, size: int = -1) -> bytes:
-        """Up to `size` bytes in one copy (tarfile reads this way), or everything left."""
-        return self.readall() if size < 0 else bytes(self._take(size))
+        """Exactly `size` bytes unless the stream ends first (tarfile relies on full reads)."""
+        if size < 0:
+            return self.readall()
+        first = self._take(size)
+        if len(first) == size or not first:
+            return bytes(first)
+        pieces = [bytes(first)]
+        missing = size - len(first)
+        while missing and (piece := self._take(missing)):
+            pieces.append(bytes(piece))
+            missing -= len(piece)
+        return b"".join(pieces)
 
     def drain(self) -> None:
         """Read and authenticate everything left, so a cut or altered tail is detected."""
@@ -200,6 +232,7 @@ class ChunkReader(io.RawIOBase):
             self._advance()
         piece = self._current[:size]
         self._current = self._current[len(piece) :]
+        self._position += len(piece)
         if self._on_read is not None and piece:
             self._on_read(len(piece))
         return piece
