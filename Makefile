@@ -30,6 +30,7 @@ test: $(BIN)/strongroom $(AZURITE)
 lint: $(BIN)/strongroom
 	$(BIN)/ruff check src tests benchmarks plugins
 	$(BIN)/mypy
+	$(foreach plugin,$(PLUGINS),MYPYPATH=src $(BIN)/mypy --strict $(plugin)src &&) true
 
 bench: $(BIN)/strongroom
 	$(BIN)/python benchmarks/throughput.py --workdir $(or $(WORKDIR),/tmp/strongroom-bench)

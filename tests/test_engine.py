@@ -316,3 +316,40 @@ def test_restore_never_writes_outside_the_target(
         engine.restore("hostile", tmp_path / "sandbox" / "out", passcode=PASSCODE)
     assert not (tmp_path / "sandbox").exists(), "the parents a failed restore made are gone too"
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_a_resent_commit_that_finds_its_own_manifest_succeeds(
+    engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transport resends a lost-answer put: the resend sees our manifest, not a rival's."""
+    store = engine.store()
+    real_put = store.put
+
+    def put_then_resend(
+        key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+    ) -> None:
+        real_put(key, data, overwrite=overwrite)
+        if key.startswith("manifests/"):
+            real_put(key, data, overwrite=overwrite)  # raises FileExistsError, as a resend would
+
+    monkeypatch.setattr(store, "put", put_then_resend)
+    info = engine.create("nightly", [tree], passcode=PASSCODE)
+    assert engine.info("nightly") == info
+    engine.verify("nightly", passcode=PASSCODE)
+
+
+def test_a_failed_cleanup_does_not_hide_why_create_failed(
+    engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = engine.store()
+
+    def broken_source(*args: object, **kwargs: object) -> None:
+        raise OSError("the real reason")
+
+    def store_gone(prefix: str) -> None:
+        raise OSError("store unreachable during cleanup")
+
+    monkeypatch.setattr("strongroom.engine.write_archive", broken_source)
+    monkeypatch.setattr(store, "delete_prefix", store_gone)
+    with pytest.raises(OSError, match="the real reason"):
+        engine.create("nightly", [tree], passcode=PASSCODE)

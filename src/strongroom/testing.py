@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from .config import StoresConfig
 from .crypto import KdfParams
 from .engine import Engine
 from .store import Store
@@ -138,7 +139,8 @@ class StoreConformance:
         }
         for name, data in files.items():
             (source / name).write_bytes(data)
-        engine = Engine(stores=[store], kdf=FAST_KDF, chunk_size=64 * 1024)
+        isolated = StoresConfig.load(tmp_path / "no-config.toml")  # never the user's stores
+        engine = Engine(isolated, stores=[store], kdf=FAST_KDF, chunk_size=64 * 1024)
         info = engine.create("conformance", [source], passcode=PASSCODE, store=store.name)
         assert [b.name for b in engine.list(store.name)] == ["conformance"]
         engine.verify("conformance", passcode=PASSCODE, store=store.name)
