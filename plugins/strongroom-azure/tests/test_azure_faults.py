@@ -1,0 +1,142 @@
+"""Transient faults are retried; a dead server ends a backup cleanly with nothing committed."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from strongroom_azure import AzureStore, open_azure_store
+
+from strongroom import Engine, StoreSpec, StoreUnavailableError, StrongroomError
+
+if TYPE_CHECKING:
+    from conftest import AzuriteServer, FaultProxy
+
+PASSCODE = "correct horse battery"
+CHUNK = 64 * 1024
+#: Retries without waiting: these tests count faults, they do not time backoff.
+NO_WAIT = {"initial_backoff": 0, "increment_base": 0}
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """About 40 chunks of CHUNK bytes."""
+    root = tmp_path / "source"
+    root.mkdir()
+    (root / "data.bin").write_bytes(os.urandom(40 * CHUNK - 1000))
+    return root
+
+
+def restores_intact(engine: Engine, store: AzureStore, source: Path, target: Path) -> bool:
+    restored = engine.restore("nightly", target, passcode=PASSCODE, store=store.name)
+    return (restored / source.name / "data.bin").read_bytes() == (source / "data.bin").read_bytes()
+
+
+def test_a_burst_of_503_server_busy_is_survived(
+    make_store: Callable[..., AzureStore],
+    make_engine: Callable[..., Engine],
+    fault_proxy: FaultProxy,
+    source: Path,
+    tmp_path: Path,
+) -> None:
+    # Never more 503s than retries, so even one unlucky request that gets all of them succeeds.
+    store = make_store(account_url=fault_proxy.endpoint, retry_total=10, **NO_WAIT)
+    fault_proxy.busy_puts = 10
+    engine = make_engine(store, chunk_size=CHUNK)
+    engine.create("nightly", [source], passcode=PASSCODE, store=store.name)
+    assert fault_proxy.counts["busy"] == 10
+    assert restores_intact(engine, store, source, tmp_path / "restored")
+
+
+def test_503s_beyond_the_retry_budget_fail_cleanly(
+    make_store: Callable[..., AzureStore],
+    make_engine: Callable[..., Engine],
+    fault_proxy: FaultProxy,
+    source: Path,
+) -> None:
+    store = make_store(name="offsite", account_url=fault_proxy.endpoint, retry_total=1, **NO_WAIT)
+    fault_proxy.busy_puts = 1000
+    engine = make_engine(store, chunk_size=CHUNK)
+    busy = r"Store 'offsite'.* HTTP 503 ServerBusy \(retry_total=1\): The server is busy\."
+    with pytest.raises(StoreUnavailableError, match=busy):
+        engine.create("nightly", [source], passcode=PASSCODE, store="offsite")
+    fault_proxy.busy_puts = 0
+    assert engine.list("offsite") == []
+
+
+def test_an_upload_cut_off_midway_leaves_no_blob(
+    make_store: Callable[..., AzureStore], fault_proxy: FaultProxy
+) -> None:
+    store = make_store(account_url=fault_proxy.endpoint, retry_total=1, **NO_WAIT)
+    fault_proxy.cut_puts = 10  # more than every retry (aiohttp's own included) can use
+    with pytest.raises(StoreUnavailableError):
+        store.put("manifests/cut", os.urandom(1_000_000))
+    assert fault_proxy.counts["cut"] >= 2
+    fault_proxy.cut_puts = 0
+    assert not store.exists("manifests/cut")
+    assert store.list("manifests/") == []
+    store.put("manifests/cut", b"whole")  # nothing was there, so the create succeeds
+    assert store.get("manifests/cut") == b"whole"
+
+
+def test_a_create_whose_answer_was_lost_is_retried_into_success(
+    make_store: Callable[..., AzureStore],
+    make_engine: Callable[..., Engine],
+    fault_proxy: FaultProxy,
+    source: Path,
+    tmp_path: Path,
+) -> None:
+    """A retry (aiohttp's or the SDK's) of the manifest's create meets its own first try."""
+    store = make_store(account_url=fault_proxy.endpoint, retry_total=2, **NO_WAIT)
+    fault_proxy.drop_answer_to = "/manifests/nightly"
+    engine = make_engine(store, chunk_size=CHUNK)
+    engine.create("nightly", [source], passcode=PASSCODE, store=store.name)
+    assert fault_proxy.counts["dropped"] == 1
+    assert [backup.name for backup in engine.list(store.name)] == ["nightly"]
+    assert restores_intact(engine, store, source, tmp_path / "restored")
+
+
+def test_a_server_killed_mid_backup_commits_nothing_and_a_retry_succeeds(
+    azurite_server: AzuriteServer,
+    make_engine: Callable[..., Engine],
+    source: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    azurite_server.start()
+    account = azurite_server.account
+    with account.client() as client:
+        client.create_container("killed")
+    azurite_server.stop()  # a graceful stop saves the container to disk
+    azurite_server.start()
+    options = account.options(retry_total=1, **NO_WAIT)
+    store = open_azure_store(StoreSpec("offsite", "az://killed/backups", options))
+    engine = make_engine(store, chunk_size=CHUNK)
+    put = store.put
+    puts = 0
+    lock = threading.Lock()
+
+    def put_and_kill_on_the_tenth(key: str, data: bytes, *, overwrite: bool = False) -> None:
+        nonlocal puts
+        with lock:
+            puts += 1
+            if puts == 10:
+                azurite_server.kill()
+        put(key, data, overwrite=overwrite)
+
+    monkeypatch.setattr(store, "put", put_and_kill_on_the_tenth)
+    with pytest.raises(StrongroomError) as caught:
+        engine.create("nightly", [source], passcode=PASSCODE, store="offsite")
+    assert isinstance(caught.value, StoreUnavailableError)
+    assert "Store 'offsite'" in str(caught.value)
+
+    azurite_server.start()  # the same data directory
+    assert engine.list("offsite") == []
+    assert not store.exists("manifests/nightly")
+    engine.create("nightly", [source], passcode=PASSCODE, store="offsite")
+    assert [backup.name for backup in engine.list("offsite")] == ["nightly"]
+    assert restores_intact(engine, store, source, tmp_path / "restored")

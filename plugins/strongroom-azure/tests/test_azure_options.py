@@ -1,0 +1,151 @@
+"""Registration through the entry point, authentication modes, and refused configurations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from azure.identity.aio import DefaultAzureCredential
+from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+from strongroom_azure import KNOWN_OPTIONS, AzureStore, open_azure_store
+
+from strongroom import ConfigError, Engine, StoreSpec
+from strongroom.cli import main
+from strongroom.plugins import build_registry, get_plugin_manager
+
+if TYPE_CHECKING:
+    from conftest import Account
+
+
+def test_installing_the_plugin_registers_its_schemes() -> None:
+    schemes = build_registry(get_plugin_manager()).schemes
+    assert {"az", "abfs", "abfss"} <= set(schemes)
+
+
+def test_a_configured_store_opens_with_its_secret_from_the_environment(
+    account: Account, container: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_AZURE_KEY", account.key)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "config.toml").write_text(
+        f"""
+[stores.offsite]
+url = "abfs://{container}/backups"
+options = {{ account_name = "{account.name}", account_key = {{ env = "TEST_AZURE_KEY" }}, \
+account_url = "{account.endpoint}", concurrency = 3 }}
+"""
+    )
+    store = Engine().store("offsite")
+    assert isinstance(store, AzureStore)
+    assert store.concurrency == 3
+    assert store.validate().ok
+
+
+def test_stores_add_and_validate_on_the_command_line(
+    account: Account,
+    container: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TEST_AZURE_KEY", account.key)
+    options = [f"account_name={account.name}", "account_key=env:TEST_AZURE_KEY"]
+    options += [f"account_url={account.endpoint}", "concurrency=4", "retry_total=2"]
+    add = ["stores", "add", "offsite", f"az://{container}/cli"]
+    assert main([*add, *(arg for o in options for arg in ("--option", o))]) == 0
+    assert account.key not in (tmp_path / "home" / "config.toml").read_text()
+    capsys.readouterr()
+    assert main(["stores", "validate", "offsite", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["checks"] == dict.fromkeys(
+        ["write", "read", "list", "delete"], True
+    )
+    assert report["capabilities"] == {
+        "atomic_put": True,
+        "put_if_absent": True,
+        "object_lock": False,
+        "ranged_reads": True,
+    }
+
+
+def _sas_token(account: Account) -> str:
+    return generate_account_sas(
+        account.name,
+        account.key,
+        ResourceTypes(container=True, object=True),
+        AccountSasPermissions(read=True, write=True, delete=True, list=True, create=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+
+@pytest.mark.parametrize("mode", ["sas_token", "connection_string"])
+def test_other_ways_to_authenticate(account: Account, container: str, mode: str) -> None:
+    if mode == "sas_token":
+        options = {"account_name": account.name, "account_url": account.endpoint}
+        options["sas_token"] = _sas_token(account)
+    else:
+        options = {"connection_string": account.connection_string()}
+    store = open_azure_store(StoreSpec("azure", f"az://{container}", options))
+    report = store.validate()
+    assert report.ok, report.errors
+
+
+def test_without_a_secret_the_default_azure_credential_is_used() -> None:
+    store = open_azure_store(StoreSpec("azure", "az://backups/p", {"account_name": "acct"}))
+    client = store.fs.service_client
+    assert isinstance(client.credential, DefaultAzureCredential)
+    assert client.url == "https://acct.blob.core.windows.net/"
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "complaint"),
+    [
+        ("az://backups", {"account_name": "a", "region": "x", "account_key": "SeCrEt"}, "unknown"),
+        (
+            "az://backups",
+            {"account_name": "a", "account_key": "SeCrEt", "sas_token": "s"},
+            "not both",
+        ),
+        (
+            "az://backups",
+            {"connection_string": "SeCrEt", "account_name": "a"},
+            "remove account_name",
+        ),
+        ("az://backups", {"account_key": "SeCrEt"}, "set account_name"),
+        ("az://backups", {"account_name": "a", "account_url": "http://127.0.0.1:1/a"}, "https"),
+        ("az://backups", {"account_name": "a", "account_url": "ftp://x"}, "blob service endpoint"),
+        ("az://Bad_Name/x", {"account_name": "a"}, "az://CONTAINER/PREFIX"),
+        ("az://backups?x=1", {"account_name": "a"}, "az://CONTAINER/PREFIX"),
+        ("az://backups", {"account_name": "a", "retry_total": -1}, "whole number >= 0"),
+        ("az://backups", {"account_name": "a", "concurrency": "many"}, "whole number >= 1"),
+        ("az://backups", {"account_name": "a", "concurrency": True}, "whole number >= 1"),
+        ("az://backups", {"account_name": "a", "account_key": 12}, "non-empty text"),
+    ],
+)
+def test_bad_configurations_are_refused_before_any_request(
+    url: str, options: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(ConfigError, match="Store 'azure'") as caught:
+        open_azure_store(StoreSpec("azure", url, options))
+    assert complaint in str(caught.value)
+    assert "SeCrEt" not in str(caught.value)
+
+
+def test_an_unknown_option_is_answered_with_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_azure_store(StoreSpec("azure", "az://backups", {"acount_key": "x"}))
+    assert "acount_key" in str(caught.value)
+    for option in KNOWN_OPTIONS:
+        assert option in str(caught.value)
+
+
+def test_numbers_may_come_as_text_from_the_command_line(
+    make_store: Callable[..., AzureStore],
+) -> None:
+    store = make_store(concurrency="3", retry_total="0")
+    assert store.concurrency == 3
+    assert store.validate().ok
