@@ -1,14 +1,24 @@
-"""Shared fixtures: an isolated STRONGROOM_HOME, a fast engine, and a realistic tree."""
+"""Shared fixtures: an isolated STRONGROOM_HOME, a fast engine, a realistic tree, and a
+real `strongroom serve` on a loopback port."""
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from strongroom import Engine, KdfParams
+from strongroom import Engine, JobHandle, KdfParams
+from strongroom.web.auth import hash_token
 
 PASSCODE = "correct horse battery"
 #: Argon2id at its cheapest, so tests spend their time on the code under test.
@@ -72,3 +82,101 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
         else:
             entries[relative] = ("file", mode, int(info.st_mtime), path.read_bytes())
     return entries
+
+
+def until_cancelled(job: JobHandle) -> None:
+    """A job's work that reports progress until it is cancelled, or gives up after 10 s
+    (so a broken cancel fails a test instead of hanging it)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        job.progress(1, 2)
+        time.sleep(0.001)
+
+
+#: The admin API token of the servers the tests start.
+API_TOKEN = "test-token-7b1f0c5e9d"
+STRONGROOM = Path(sys.executable).with_name("strongroom")
+
+
+@dataclass
+class Server:
+    """A `strongroom serve` subprocess and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def get(self, path: str, **params: str) -> httpx.Response:
+        """GET a path under the server (or an absolute URL) as JSON, with the token."""
+        url = path if path.startswith("http") else self.url + path
+        return httpx.get(url, params={"f": "json", "token": API_TOKEN, **params}, timeout=30)
+
+    def post(self, path: str, **form: str) -> httpx.Response:
+        data = {"f": "json", "token": API_TOKEN, **form}
+        return httpx.post(self.url + path, data=data, timeout=30)
+
+    def wait_for_job(self, jobs_url: str) -> dict[str, Any]:
+        """Follow a jobsUrl until the job ends."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = self.get(jobs_url).json()
+            if job["status"] not in ("SUBMITTED", "EXECUTING", "CANCELLING"):
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {jobs_url} did not end: {job}")
+
+
+ServerFactory = Callable[[Sequence[Path]], Server]
+
+
+@pytest.fixture
+def serve(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerFactory]:
+    """Start `strongroom serve --source ...` processes on free loopback ports; stop them after."""
+    monkeypatch.setenv("STRONGROOM_API_TOKEN_HASHES", hash_token(API_TOKEN))
+    servers: list[Server] = []
+
+    def start(sources: Sequence[Path]) -> Server:
+        port = _free_port()
+        log = tmp_path / f"server-{len(servers)}.log"
+        arguments = [str(STRONGROOM), "serve", "--port", str(port)]
+        for source in sources:
+            arguments += ["--source", str(source)]
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                arguments, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+            )
+        server = Server(process, f"http://127.0.0.1:{port}", log)
+        servers.append(server)
+        _wait_until_listening(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.terminate()
+            try:
+                server.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_until_listening(server: Server) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"strongroom serve exited: {server.log.read_text()}")
+        try:
+            if server.get("/admin/system/disasterrecovery").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.05)
+    raise AssertionError(f"strongroom serve did not answer: {server.log.read_text()}")

@@ -13,6 +13,8 @@ import io
 import json
 import os
 import pty
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ import pytest
 
 from strongroom import Engine
 from strongroom.cli import main
+from strongroom.web.auth import hash_token
 from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot
 
 #: The passcode of every backup here; it must never appear in any output.
@@ -524,6 +527,7 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
         "default": True,
         "type": "file",
         "url": _default_store(home).absolute().as_uri(),
+        "rootDir": str(_default_store(home).absolute()),
     }
     assert cli("stores", "list", "--json").json() == {"backupStores": [embedded]}
 
@@ -535,7 +539,13 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
     stores = cli("stores", "list", "--json").json()["backupStores"]
     assert sorted(stores, key=lambda s: s["name"]) == [
         {**embedded, "default": False},
-        {"name": "offsite", "default": True, "type": "file", "url": offsite.as_uri()},
+        {
+            "name": "offsite",
+            "default": True,
+            "type": "file",
+            "url": offsite.as_uri(),
+            "rootDir": str(offsite),
+        },
     ]
     table = cli("stores", "list")
     assert any(line.split()[:2] == ["offsite", "*"] for line in table.out.splitlines())
@@ -636,7 +646,8 @@ def test_configured_store_with_unknown_scheme_names_the_plugin(cli: Cli, home: P
     home.mkdir()
     (home / "config.toml").write_text('[stores.cloud]\nurl = "s3://b/p"\n', encoding="utf-8")
     listed = cli("stores", "list", "--json").json()["backupStores"]
-    assert {"name": "cloud", "default": False, "type": "s3", "url": "s3://b/p"} in listed
+    cloud = {"name": "cloud", "default": False, "type": "s3", "url": "s3://b/p", "rootDir": "b/p"}
+    assert cloud in listed
     outcome = cli("list", "--store", "cloud")
     assert outcome.code == 3
     assert "strongroom-s3" in outcome.error_line
@@ -729,3 +740,25 @@ def test_progress_bar_only_on_a_terminal(home: Path, small: Path, tmp_path: Path
     assert b"backup tty" in drawn and b"100%" in drawn
     piped = _run_script(home, "restore", "tty", "--target", tmp_path / "piped")
     assert piped.code == 0 and piped.err == ""
+
+
+# -- the admin API's server and tokens ----------------------------------------------------
+
+
+def test_token_new_prints_each_token_once_and_keeps_only_its_hash(cli: Cli, home: Path) -> None:
+    tokens = [cli("token", "new").out.strip() for _ in range(2)]
+    assert tokens[0] != tokens[1]
+    assert all(len(token) >= 40 for token in tokens)
+    path = home / "api-tokens"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().split() == [hash_token(token) for token in tokens]
+
+
+def test_serve_refuses_a_source_that_does_not_exist(cli: Cli, tmp_path: Path) -> None:
+    with socket.socket() as taken:  # were the source not checked first, serving would fail
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        outcome = cli("serve", "--port", port, "--source", tmp_path / "missing")
+    assert outcome.code == 3
+    assert "does not exist" in outcome.error_line

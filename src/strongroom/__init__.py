@@ -11,7 +11,9 @@ from .errors import (
     ConfigError,
     IntegrityError,
     InvalidNameError,
+    JobCancelledError,
     JobError,
+    JobNotFoundError,
     PasscodeError,
     StoreError,
     StoreUnavailableError,
@@ -20,6 +22,7 @@ from .errors import (
     UnknownStoreError,
     UnsafeArchiveError,
 )
+from .jobs import Job, JobHandle, JobManager, JobStatus
 from .plugins import BackendRegistry, get_plugin_manager, hookimpl, hookspec
 from .retention import CleanupEntry, CleanupReport
 from .store import ObjectInfo, Store, StoreCapabilities, ValidationReport
@@ -36,7 +39,13 @@ __all__ = [
     "Engine",
     "IntegrityError",
     "InvalidNameError",
+    "Job",
+    "JobCancelledError",
     "JobError",
+    "JobHandle",
+    "JobManager",
+    "JobNotFoundError",
+    "JobStatus",
     "KdfParams",
     "ObjectInfo",
     "Passcode",

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -139,6 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("store_name", metavar="NAME")
     _json_option(validate)
+
+    serve = _command(commands, "serve", "serve the disaster-recovery admin API", run_serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
+    serve.add_argument("--root", default="/admin", help="URL path of the admin root")
+    serve.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="what every create backs up (repeatable)",
+    )
+    serve.add_argument(
+        "--restore-dir",
+        metavar="DIR",
+        help="where restores go, one new directory each (default: $STRONGROOM_HOME/restores)",
+    )
+
+    token = _command(commands, "token", "manage the admin API's tokens", None)
+    token_commands = token.add_subparsers(required=True, metavar="ACTION")
+    _command(token_commands, "new", "print a new token and accept it from now on", run_token_new)
     return parser
 
 
@@ -229,15 +249,7 @@ def run_cleanup(args: argparse.Namespace) -> int:
 
 def run_stores_list(args: argparse.Namespace) -> int:
     config = StoresConfig.load()
-    stores = [
-        {
-            "name": s.name,
-            "default": s.name == config.default,
-            "type": urlsplit(s.url).scheme,
-            "url": s.url,
-        }
-        for s in config.stores.values()
-    ]
+    stores = [s.to_dict(default=s.name == config.default) for s in config.stores.values()]
     if args.json:
         _print_json({"backupStores": stores})
     else:
@@ -269,16 +281,7 @@ def run_stores_remove(args: argparse.Namespace) -> int:
 def run_stores_validate(args: argparse.Namespace) -> int:
     report = Engine().store(args.store_name).validate()
     if args.json:
-        _print_json(
-            {
-                "name": report.store,
-                "url": report.url,
-                "ok": report.ok,
-                "checks": report.checks,
-                "errors": report.errors,
-                "capabilities": asdict(report.capabilities),
-            }
-        )
+        _print_json(report.to_dict())
     else:
         for check, passed in report.checks.items():
             print(f"{check:<8} {'ok' if passed else 'FAILED'}")
@@ -288,6 +291,34 @@ def run_stores_validate(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
     if not report.ok:
         raise StoreUnavailableError(f"Store {report.store!r} failed: {'; '.join(report.errors)}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .web.serve import serve  # the web stack loads only for this command
+
+    serve(
+        Engine(),
+        host=args.host,
+        port=args.port,
+        root_path=args.root,
+        sources=args.source,
+        restore_dir=args.restore_dir,
+    )
+    return 0
+
+
+def run_token_new(args: argparse.Namespace) -> int:
+    from .web.auth import add_token, new_token
+
+    token = new_token()
+    path = add_token(token)
+    print(token)
+    print(
+        f"strongroom: its SHA-256 hash was added to {path}; the token itself is stored "
+        "nowhere, so keep it now.",
+        file=sys.stderr,
+    )
     return 0
 
 

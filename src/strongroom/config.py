@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import platformdirs
 import tomli_w
@@ -74,6 +75,19 @@ class StoreSpec:
 
     def __repr__(self) -> str:
         return f"StoreSpec(name={self.name!r}, url={self.url!r}, options={sorted(self.options)})"
+
+    def to_dict(self, *, default: bool) -> dict[str, Any]:
+        """The admin API's store fields (`stores list --json` prints the same); no options,
+        so nothing secret is shown. `rootDir` is the directory, or the bucket and prefix."""
+        parts = urlsplit(self.url)
+        root = unquote(parts.path) if parts.scheme == "file" else parts.netloc + parts.path
+        return {
+            "name": self.name,
+            "default": default,
+            "type": parts.scheme,
+            "url": self.url,
+            "rootDir": root,
+        }
 
     def resolve(self) -> StoreSpec:
         """The same spec with every `{env = "NAME"}` reference replaced by its value."""

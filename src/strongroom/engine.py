@@ -1,4 +1,5 @@
-"""Engine: create, restore, verify, list, info, delete, retention updates and cleanup.
+"""Engine: create, restore, verify, list, info, delete, retention updates and cleanup;
+create, restore, delete and cleanup also as background jobs (`submit_*`, see jobs.py).
 
 The engine joins the pieces: stores from the configuration and plugins, keys from
 the passcode, the archive stream through the chunk pipeline, and the manifest as
@@ -15,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +37,7 @@ from .archive import (
     source_size,
     write_archive,
 )
-from .config import StoresConfig
+from .config import StoresConfig, strongroom_home
 from .crypto import (
     BackupKeys,
     KdfParams,
@@ -67,6 +69,7 @@ from .format import (
     utc_now,
     validate_name,
 )
+from .jobs import JOBS_FILE, Job, JobHandle, JobManager
 from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
 from .plugins import build_registry, get_plugin_manager
 from .retention import (
@@ -148,6 +151,8 @@ class Engine:
         self._compress = compress
         self._clock = clock
         self._stores: dict[str, Store] = {store.name: store for store in stores}
+        self._job_manager: JobManager | None = None
+        self._job_manager_lock = threading.Lock()
 
     def store(self, name: str | None = None) -> Store:
         """The store called `name` (default: the configured default store), opened once.
@@ -182,19 +187,11 @@ class Engine:
         the manifest last; if anything fails, what was written is removed again and
         no backup of that name appears.
         """
-        validate_name(name)
-        secret = Passcode(passcode)
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})
-        check_sources(paths, streams)
-        retention = (
-            None if retention_date is None else check_retention_date(retention_date, self._clock())
+        secret, retention, target = self._check_create(
+            name, paths, streams, passcode, store, description, retention_date
         )
-        if not isinstance(description, str):
-            raise ConfigError("The description must be text.")
-        target = self.store(store)
-        if target.exists(manifest_key(name)):
-            raise _exists(name, target)
 
         backup_id = uuid.uuid4().hex
         salt, file_key = new_salt(), new_file_key()
@@ -202,7 +199,7 @@ class Engine:
             name=name,
             backup_id=backup_id,
             description=description,
-            created=self._clock(),
+            created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
             chunk_size=self._chunk_size,
             chunk_count=0,
             source_size=0,
@@ -226,22 +223,46 @@ class Engine:
             stats = writer.finish()
             manifest = replace(
                 draft,
-                created=self._clock(),
+                created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
                 chunk_count=stats.chunk_count,
                 source_size=stats.source_size,
                 stored_size=stats.stored_size,
                 key_slot=KeySlot(self._kdf, salt, wrapped),
             )
             manifest = manifest.with_mac(keys.mac(manifest.authenticated_bytes()))
-            try:
-                target.put(manifest_key(name), manifest.to_bytes())
-            except FileExistsError:
-                raise _exists(name, target) from None
+            _commit(target, manifest)
         except BaseException:
             writer.abort()
-            target.delete_prefix(data_prefix(name, backup_id))
+            try:
+                target.delete_prefix(data_prefix(name, backup_id))
+            except Exception:  # the first failure is the one to report; a sweep removes the rest
+                logger.warning("Could not remove the data of the failed backup %r", name)
             raise
         return BackupInfo.from_manifest(manifest, target.name)
+
+    def _check_create(
+        self,
+        name: str,
+        paths: Sequence[Path],
+        streams: Mapping[str, StreamSource],
+        passcode: str | Passcode,
+        store: str | None,
+        description: str,
+        retention_date: int | str | None,
+    ) -> tuple[Passcode, datetime | None, Store]:
+        """Everything create checks before it writes a byte; the target store last."""
+        validate_name(name)
+        secret = Passcode(passcode)
+        check_sources(paths, streams)
+        retention = (
+            None if retention_date is None else check_retention_date(retention_date, self._clock())
+        )
+        if not isinstance(description, str):
+            raise ConfigError("The description must be text.")
+        target = self.store(store)
+        if target.exists(manifest_key(name)):
+            raise _exists(name, target)
+        return secret, retention, target
 
     # -- restore and verify ----------------------------------------------------------
 
@@ -428,6 +449,147 @@ class Engine:
             chunk_size=manifest.chunk_size,
             on_read=_counter(progress, manifest.source_size),
         )
+
+    # -- configuration changes and background jobs -------------------------------------
+
+    def use_config(self, config: StoresConfig) -> None:
+        """Switch to a changed stores configuration; stores whose spec changed reopen."""
+        for name, spec in self.config.stores.items():
+            if config.stores.get(name) != spec:
+                self._stores.pop(name, None)
+        self.config = config
+
+    @property
+    def jobs(self) -> JobManager:
+        """The background jobs, kept in $STRONGROOM_HOME/jobs.sqlite3; started on first use."""
+        with self._job_manager_lock:
+            if self._job_manager is None:
+                self._job_manager = JobManager(strongroom_home() / JOBS_FILE, clock=self._clock)
+            return self._job_manager
+
+    def submit_backup(
+        self,
+        name: str,
+        sources: Sequence[str | os.PathLike[str]] = (),
+        *,
+        passcode: str | Passcode,
+        streams: Mapping[str, StreamSource] | None = None,
+        store: str | None = None,
+        description: str = "",
+        retention_date: int | str | None = None,
+        operation_uri: str | None = None,
+    ) -> Job:
+        """`create` as a background job. The request is checked first, so a bad one fails
+        here and never becomes a job; the passcode lives only in the job's closure."""
+        paths = [Path(source) for source in sources]
+        streams = dict(streams or {})
+        secret, _, target = self._check_create(
+            name, paths, streams, passcode, store, description, retention_date
+        )
+
+        def work(job: JobHandle) -> dict[str, Any]:
+            job.stage("writing")
+            info = self.create(
+                name,
+                paths,
+                passcode=secret,
+                streams=streams,
+                store=target.name,
+                description=description,
+                retention_date=retention_date,
+                progress=job.progress,
+            )
+            return info.to_dict()
+
+        return self.jobs.submit(
+            "create", work, store=target.name, name=name, operation_uri=operation_uri
+        )
+
+    def submit_restore(
+        self,
+        name: str,
+        target: str | os.PathLike[str],
+        *,
+        passcode: str | Passcode,
+        store: str | None = None,
+        paths: Sequence[str] = (),
+        operation_uri: str | None = None,
+    ) -> Job:
+        """`restore` as a background job, after the checks that need no passcode work."""
+        secret = Passcode(passcode)
+        _check_restore_target(Path(target))
+        for path in paths:
+            normalize_archive_path(path)
+        source, _ = self._open(name, store)
+
+        def work(job: JobHandle) -> dict[str, Any]:
+            job.stage("restoring")
+            restored = self.restore(
+                name, target, passcode=secret, store=source.name, paths=paths, progress=job.progress
+            )
+            return {"name": name, "backupStore": source.name, "restoreDir": str(restored)}
+
+        return self.jobs.submit(
+            "restore", work, store=source.name, name=name, operation_uri=operation_uri
+        )
+
+    def submit_delete(
+        self, name: str, store: str | None = None, *, operation_uri: str | None = None
+    ) -> Job:
+        """`delete` as a background job; an unknown backup fails here."""
+        source, _ = self._open(name, store)
+
+        def work(job: JobHandle) -> dict[str, Any]:
+            job.stage("deleting")
+            self.delete(name, source.name)
+            return {"name": name, "backupStore": source.name}
+
+        return self.jobs.submit(
+            "delete", work, store=source.name, name=name, operation_uri=operation_uri
+        )
+
+    def submit_cleanup(
+        self,
+        stores: Iterable[str] | None = None,
+        *,
+        as_of: int | datetime | None = None,
+        dry_run: bool = False,
+        operation_uri: str | None = None,
+    ) -> Job:
+        """`cleanup` as a background job; unknown store names fail here."""
+        names = None if stores is None else [self.store(store).name for store in stores]
+        moment = _as_datetime(as_of) if as_of is not None else None
+
+        def work(job: JobHandle) -> dict[str, Any]:
+            job.stage("cleaning up")
+            return self.cleanup(names, as_of=moment, dry_run=dry_run).to_dict()
+
+        return self.jobs.submit("cleanup", work, operation_uri=operation_uri)
+
+    def close(self) -> None:
+        """Cancel and wait for this engine's background jobs, if it ever started any."""
+        with self._job_manager_lock:
+            if self._job_manager is not None:
+                self._job_manager.close()
+                self._job_manager = None
+
+
+def _commit(store: Store, manifest: Manifest) -> None:
+    """Write the manifest with put-if-absent: the moment the backup exists.
+
+    A transport may resend a put whose answer was lost; the resend then finds the
+    manifest already there. If the stored bytes are exactly ours, our commit landed.
+    """
+    document = manifest.to_bytes()
+    try:
+        store.put(manifest_key(manifest.name), document)
+    except FileExistsError:
+        try:
+            ours = store.get(manifest_key(manifest.name)) == document
+        except FileNotFoundError:
+            ours = False
+        if not ours:
+            raise _exists(manifest.name, store) from None
 
 
 def _exists(name: str, store: Store) -> BackupExistsError:

@@ -14,6 +14,8 @@ StrongroomError
 ├── IntegrityError
 ├── UnsafeArchiveError
 └── JobError
+    ├── JobNotFoundError         (also a LookupError)
+    └── JobCancelledError
 ```
 """
 
@@ -25,7 +27,9 @@ __all__ = [
     "ConfigError",
     "IntegrityError",
     "InvalidNameError",
+    "JobCancelledError",
     "JobError",
+    "JobNotFoundError",
     "PasscodeError",
     "StoreError",
     "StoreUnavailableError",
@@ -105,3 +109,11 @@ class JobError(StrongroomError):
     """A background job could not be run, found or cancelled."""
 
     exit_code = 9
+
+
+class JobNotFoundError(JobError, LookupError):
+    """No job has that id in this STRONGROOM_HOME's job table."""
+
+
+class JobCancelledError(JobError):
+    """Raised inside a job's work when someone cancelled it; nothing was committed."""

@@ -1,6 +1,7 @@
 """Hook specifications and the plugin manager (pluggy), as pytest, tox and datasette do it.
 
-Backends register through `strongroom_register_backends(registry)`. The built-in
+Backends register through `strongroom_register_backends(registry)`; host products decide
+who may use the admin API through `strongroom_authenticate(token, request)`. The built-in
 filesystem backend is an ordinary plugin module registered by the same call as
 third-party plugins, which come from the `strongroom` entry-point group unless
 `STRONGROOM_DISABLE_PLUGIN_AUTOLOAD` is set.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pluggy
@@ -18,6 +20,9 @@ import pluggy
 from .config import StoreSpec
 from .errors import UnknownBackendError
 from .store import Store
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -106,6 +111,21 @@ class StrongroomHookSpecs:
 
         :param registry: call ``registry.add("scheme", factory)`` where ``factory``
             takes a :class:`strongroom.StoreSpec` and returns a :class:`strongroom.Store`.
+        """
+
+    @hookspec(firstresult=True)
+    def strongroom_authenticate(self, token: str | None, request: Request) -> bool | None:
+        """Decide whether an admin API request may proceed (a host product's own login).
+
+        Stops at the first plugin that returns True or False; if every plugin returns
+        None, the server's configured API tokens decide.
+
+        :param token: the token the request carries (form field, ``token`` query
+            parameter on GET, ``Authorization``/``X-Esri-Authorization: Bearer`` header,
+            or the HTML pages' cookie), or None if it carries none.
+        :param request: the Starlette request, for hosts that authenticate otherwise
+            (their own session cookie, a client certificate).
+        :return: True to allow, False to refuse (HTTP 401), None to defer.
         """
 
 

@@ -13,7 +13,7 @@ import posixpath
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +60,17 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         return all(self.checks.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as `stores validate --json` and the admin API show it."""
+        return {
+            "name": self.store,
+            "url": self.url,
+            "ok": self.ok,
+            "checks": self.checks,
+            "errors": self.errors,
+            "capabilities": asdict(self.capabilities),
+        }
 
 
 class Store:

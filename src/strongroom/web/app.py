@@ -1,0 +1,444 @@
+"""The disaster-recovery admin API as an ASGI app (Starlette), mountable in a host product.
+
+Routes follow the products' API (docs/API.md lists them) under a root, `/admin` by
+default: `{root}/system/disasterrecovery/...` and `{root}/jobs/{jobid}`. Each answers
+as f=html (pages a person can browse), f=json or f=pjson. Every operation needs a
+token (see auth.py). Create and restore, and delete or register with `async=true`,
+return a job at once; the work runs in the engine's job pool.
+
+What a create backs up (`sources`) and where a restore writes (`restore_dir`, one new
+directory per restore) belong to the server, not the request: the API never lets a
+caller name a path on the server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlencode
+
+import pluggy
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route, Router
+
+from ..config import strongroom_home
+from ..engine import Engine
+from ..errors import ConfigError, StrongroomError
+from ..format import to_epoch_ms, utc_now
+from ..jobs import Job
+from ..plugins import get_plugin_manager
+from . import stores
+from .auth import COOKIE, credentials, is_allowed
+from .responses import FORMATS, SUCCESS, ApiError, Pages, Reply, status_of
+
+__all__ = ["create_app"]
+
+DAY_MS = 24 * 60 * 60 * 1000
+#: The longest keepDays a form may ask for (100 years).
+MAX_KEEP_DAYS = 36_500
+#: Larger request bodies are refused before they are read: these are small forms.
+MAX_FORM_BYTES = 1024 * 1024
+DR = "/system/disasterrecovery"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def create_app(
+    engine: Engine,
+    *,
+    sources: Sequence[str | os.PathLike[str]] = (),
+    restore_dir: str | os.PathLike[str] | None = None,
+    root_path: str = "/admin",
+    plugin_manager: pluggy.PluginManager | None = None,
+) -> Starlette:
+    """The admin API over `engine`.
+
+    `sources` are what every create backs up; each restore goes into a new directory
+    under `restore_dir` (default `$STRONGROOM_HOME/restores`). The `strongroom_authenticate`
+    hook is called through `plugin_manager` (default: the installed plugins).
+    """
+    api = _AdminApi(
+        engine,
+        [Path(source) for source in sources],
+        Path(restore_dir) if restore_dir is not None else strongroom_home() / "restores",
+        "/" + root_path.strip("/") if root_path.strip("/") else "",
+        plugin_manager or get_plugin_manager(),
+    )
+    return Starlette(
+        routes=api.routes,
+        exception_handlers={HTTPException: api.http_error, Exception: api.internal_error},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One request's parameters (a POST's form, a GET's query) and response format."""
+
+    request: Request
+    params: Mapping[str, str]
+    fmt: str
+
+    def path(self, key: str) -> str:
+        return str(self.request.path_params[key])
+
+    def get(self, key: str) -> str | None:
+        """A parameter's value; empty counts as absent (`description=` in the seed)."""
+        return self.params.get(key) or None
+
+    def require(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise ConfigError(f"The parameter {key} is required.")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = (self.get(key) or "false").lower()
+        if value not in ("true", "false"):
+            raise ConfigError(f"{key} must be true or false.")
+        return value == "true"
+
+    @property
+    def uri(self) -> str:
+        """This operation's URL without its query (which may carry a token)."""
+        return str(self.request.url.replace(query=""))
+
+
+_Handler = Callable[[_Call], Awaitable[Reply | Response]]
+
+
+async def _run(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Engine calls block (I/O, the KDF): run them off the event loop."""
+    return await run_in_threadpool(function, *args, **kwargs)
+
+
+class _AdminApi:
+    def __init__(
+        self,
+        engine: Engine,
+        sources: list[Path],
+        restore_dir: Path,
+        root: str,
+        plugins: pluggy.PluginManager,
+    ) -> None:
+        self._engine, self._sources, self._restore_dir = engine, sources, restore_dir
+        self._root, self._plugins, self._pages = root, plugins, Pages()
+        store = f"{root}{DR}/stores/{{storeName}}"
+        backup = f"{store}/backups/{{name}}"
+        table: list[tuple[str, str, _Handler, Sequence[str]]] = [
+            ("login", f"{root}/login", self.login, ("GET", "POST")),
+            ("logout", f"{root}/logout", self.logout, ("POST",)),
+            ("dr", f"{root}{DR}", self.dr_root, ("GET",)),
+            ("status", f"{root}{DR}/status", self.status, ("GET",)),
+            ("settings", f"{root}{DR}/settings", self.settings, ("GET",)),
+            ("stores", f"{root}{DR}/stores", self.list_stores, ("GET",)),
+            ("register", f"{root}{DR}/stores/register", self.register, ("POST",)),
+            ("store", store, self.get_store, ("GET",)),
+            ("update_store", f"{store}/update", self.update_store, ("POST",)),
+            ("unregister", f"{store}/unregister", self.unregister, ("POST",)),
+            ("validate", f"{store}/validate", self.validate, ("POST",)),
+            ("backups", f"{store}/backups", self.list_backups, ("GET",)),
+            ("create", f"{store}/backups/create", self.create, ("GET", "POST")),
+            ("backup", backup, self.get_backup, ("GET",)),
+            ("update_backup", f"{backup}/update", self.update_backup, ("POST",)),
+            ("restore", f"{backup}/restore", self.restore, ("POST",)),
+            ("delete", f"{backup}/delete", self.delete, ("POST",)),
+            ("job", f"{root}/jobs/{{jobid}}", self.get_job, ("GET",)),
+            ("cancel", f"{root}/jobs/{{jobid}}/cancel", self.cancel_job, ("POST",)),
+        ]
+        public = {"login", "logout"}
+        self.routes: list[BaseRoute] = [
+            Route(path, self._endpoint(handler, name in public), methods=methods, name=name)
+            for name, path, handler, methods in table
+        ]
+        self._router = Router(self.routes)
+
+    # -- the disaster-recovery root ------------------------------------------------------
+
+    async def dr_root(self, call: _Call) -> Reply:
+        return Reply({"operations": ["status"], "resources": ["stores", "settings"]}, "root.html")
+
+    async def status(self, call: _Call) -> Reply:
+        return Reply(SUCCESS, context={"title": "Status"})
+
+    async def settings(self, call: _Call) -> Reply:
+        document = {
+            "defaultStore": self._engine.config.default,
+            "sources": [str(source) for source in self._sources],
+            "restoreDir": str(self._restore_dir),
+        }
+        return Reply(document, context={"title": "Settings"})
+
+    # -- stores --------------------------------------------------------------------------
+
+    async def list_stores(self, call: _Call) -> Reply:
+        return Reply({"backupStores": stores.describe_all(self._engine)}, "stores.html")
+
+    async def register(self, call: _Call) -> Reply:
+        spec = stores.spec_from_settings(call.require("storeName"), call.require("settings"))
+        work = partial(stores.register, self._engine, spec, default=call.flag("isDefault"))
+        if call.flag("async"):
+            job = await _run(
+                self._engine.jobs.submit,
+                "register",
+                lambda _: work(),
+                store=spec.name,
+                operation_uri=call.uri,
+            )
+            return self._job_reply(call, job)
+        await _run(work)
+        return Reply(SUCCESS, redirect=self._url(call.request, "store", storeName=spec.name))
+
+    async def get_store(self, call: _Call) -> Reply:
+        return Reply(stores.describe(self._engine, call.path("storeName")), "store.html")
+
+    async def update_store(self, call: _Call) -> Reply:
+        name = call.path("storeName")
+        await _run(stores.make_default, self._engine, name, call.require("settings"))
+        return Reply(SUCCESS, redirect=self._url(call.request, "store", storeName=name))
+
+    async def unregister(self, call: _Call) -> Reply:
+        await _run(stores.unregister, self._engine, call.path("storeName"))
+        return Reply(SUCCESS, redirect=self._url(call.request, "stores"))
+
+    async def validate(self, call: _Call) -> Reply:
+        store = await _run(self._engine.store, call.path("storeName"))
+        report = await _run(store.validate)
+        return Reply(report.to_dict(), "validation.html")
+
+    # -- backups -------------------------------------------------------------------------
+
+    async def list_backups(self, call: _Call) -> Reply:
+        store = call.path("storeName")
+        backups = await _run(self._engine.list, store)
+        document = {"backups": [info.to_dict() for info in backups]}
+        return Reply(document, "backups.html", {"store": store})
+
+    async def create(self, call: _Call) -> Reply:
+        store = call.path("storeName")
+        if call.request.method == "GET":
+            if call.fmt != "html":
+                raise ApiError(405, "create takes a POST; GET shows its form (f=html).")
+            await _run(self._engine.config.get, store)
+            return Reply({}, "create.html", {"store": store, "sources": self._sources})
+        if not self._sources:
+            raise ConfigError(
+                "This server has nothing to back up: start it with "
+                "'strongroom serve --source DIR' (or give create_app sources)."
+            )
+        job = await _run(
+            self._engine.submit_backup,
+            call.require("name"),
+            self._sources,
+            passcode=call.require("passcode"),
+            store=store,
+            description=call.get("description") or "",
+            retention_date=self._retention(call),
+            operation_uri=call.uri,
+        )
+        return self._job_reply(call, job)
+
+    async def get_backup(self, call: _Call) -> Reply:
+        info = await _run(self._engine.info, call.path("name"), call.path("storeName"))
+        return Reply(info.to_dict(), "backup.html")
+
+    async def update_backup(self, call: _Call) -> Reply:
+        name, store = call.path("name"), call.path("storeName")
+        retention = self._retention(call)
+        if retention is None:
+            raise ConfigError("The parameter retentionDate is required.")
+        await _run(self._engine.update_retention, name, retention, store)
+        page = self._url(call.request, "backup", storeName=store, name=name)
+        return Reply(SUCCESS, redirect=page)
+
+    async def restore(self, call: _Call) -> Reply:
+        name, store = call.path("name"), call.path("storeName")
+        target = self._restore_dir / store / f"{name}-{uuid.uuid4().hex[:12]}"
+        job = await _run(
+            self._engine.submit_restore,
+            name,
+            target,
+            passcode=call.require("passcode"),
+            store=store,
+            operation_uri=call.uri,
+        )
+        return self._job_reply(call, job)
+
+    async def delete(self, call: _Call) -> Reply:
+        name, store = call.path("name"), call.path("storeName")
+        if call.flag("async"):
+            job = await _run(self._engine.submit_delete, name, store, operation_uri=call.uri)
+            return self._job_reply(call, job)
+        await _run(self._engine.delete, name, store)
+        return Reply(SUCCESS, redirect=self._url(call.request, "backups", storeName=store))
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    async def get_job(self, call: _Call) -> Reply:
+        job = await _run(self._engine.jobs.get, call.path("jobid"))
+        return Reply(job.to_dict(), "job.html", {"job": job})
+
+    async def cancel_job(self, call: _Call) -> Reply:
+        job = await _run(self._engine.jobs.cancel, call.path("jobid"))
+        return Reply(job.to_dict(), redirect=self._url(call.request, "job", jobid=job.jobid))
+
+    # -- signing in to the HTML pages ----------------------------------------------------
+
+    async def login(self, call: _Call) -> Reply | Response:
+        """The sign-in form; a good token is kept in an HttpOnly, SameSite=Strict cookie."""
+        request, goto = call.request, self._safe_next(call.request, call.get("next"))
+        if request.method == "GET":
+            return Reply({}, "login.html", {"messages": [], "next": goto})
+        token = call.get("token")
+        if not await _run(is_allowed, token, request, self._plugins):
+            raise ApiError(401, "That token is not valid for this server.")
+        response = RedirectResponse(goto, status_code=303)
+        response.set_cookie(
+            COOKIE,
+            token or "",
+            path=self._root_path(request),
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    async def logout(self, call: _Call) -> Response:
+        response = RedirectResponse(self._url(call.request, "login"), status_code=303)
+        response.delete_cookie(COOKIE, path=self._root_path(call.request))
+        return response
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _endpoint(
+        self, handler: _Handler, public: bool
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            fmt = request.query_params.get("f") or "html"
+            try:
+                params = await _params(request)
+                fmt = params.get("f") or "html"
+                if fmt not in FORMATS:
+                    fmt = "json"
+                    raise ApiError(400, "f must be html, json or pjson.")
+                if "passcode" in request.query_params:
+                    raise ApiError(
+                        400, "Send the passcode in the body of a POST, never in the URL."
+                    )
+                if not public:
+                    await self._authenticate(request, params)
+                reply = await handler(_Call(request, params, fmt))
+            except ApiError as exc:
+                return self._error(request, fmt, exc.code, str(exc))
+            except StrongroomError as exc:
+                return self._error(request, fmt, status_of(exc), str(exc))
+            if isinstance(reply, Response):
+                return reply
+            return self._pages.reply(request, fmt, reply, self._links(request))
+
+        return endpoint
+
+    async def _authenticate(self, request: Request, params: Mapping[str, str]) -> None:
+        """Refuse before anything is done: no token, a refused one, or a cross-site POST."""
+        presented = credentials(request, params)
+        if not await _run(is_allowed, presented.token, request, self._plugins):
+            if presented.token is None:
+                raise ApiError(
+                    401,
+                    "This operation needs a token: send token=... or an "
+                    "'Authorization: Bearer ...' header ('strongroom token new' makes one).",
+                )
+            raise ApiError(401, "The token is not valid for this server.")
+        origin = request.headers.get("origin")
+        own = f"{request.url.scheme}://{request.url.netloc}"
+        if presented.from_cookie and request.method == "POST" and origin not in (None, own):
+            raise ApiError(403, "A signed-in page of another site cannot send this request.")
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """Unknown paths and wrong methods, in the admin error shape."""
+        code = exc.status_code if isinstance(exc, HTTPException) else 500
+        fmt = request.query_params.get("f") or "html"
+        message = {
+            404: f"There is no {request.url.path} here.",
+            405: f"{request.url.path} does not take {request.method}.",
+        }.get(code, str(getattr(exc, "detail", exc)))
+        return self._error(request, fmt if fmt in FORMATS else "json", code, message)
+
+    async def internal_error(self, request: Request, exc: Exception) -> Response:
+        """The details go to the server log (the server logs the exception), not the client."""
+        fmt = request.query_params.get("f") or "html"
+        message = "The server failed; its log has the details."
+        return self._error(request, fmt if fmt in FORMATS else "json", 500, message)
+
+    def _error(self, request: Request, fmt: str, code: int, message: str) -> Response:
+        goto = self._safe_next(request, _own_address(request))
+        return self._pages.error(request, fmt, code, message, self._links(request), next=goto)
+
+    def _job_reply(self, call: _Call, job: Job) -> Reply:
+        url = self._url(call.request, "job", jobid=job.jobid)
+        return Reply({"jobsUrl": url, "jobid": job.jobid, "status": job.status.value}, redirect=url)
+
+    def _retention(self, call: _Call) -> int | str | None:
+        """retentionDate (epoch ms), or keepDays from the HTML forms."""
+        date, days = call.get("retentionDate"), call.get("keepDays")
+        if days is None:
+            return date
+        if date is not None:
+            raise ConfigError("Give retentionDate or keepDays, not both.")
+        if not days.isascii() or not days.isdigit() or not 0 < int(days) <= MAX_KEEP_DAYS:
+            raise ConfigError(f"keepDays must be a whole number of days from 1 to {MAX_KEEP_DAYS}.")
+        return to_epoch_ms(utc_now()) + int(days) * DAY_MS
+
+    def _url(self, request: Request, route: str, /, **params: str) -> str:
+        """An absolute URL of one of this app's routes, wherever the app is mounted."""
+        path = self._mount_path(request) + str(self._router.url_path_for(route, **params))
+        return str(request.url.replace(path=path, query="", fragment=""))
+
+    def _root_path(self, request: Request) -> str:
+        return self._mount_path(request) + self._root or "/"
+
+    @staticmethod
+    def _mount_path(request: Request) -> str:
+        """Where a host product mounted this app ("" when it runs alone)."""
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    def _safe_next(self, request: Request, goto: str | None) -> str:
+        """Where to go after signing in: a path inside this app, never another site."""
+        inside = self._root_path(request).rstrip("/") + "/"
+        if goto and goto.startswith(inside) and "//" not in goto and "\\" not in goto:
+            return goto
+        return self._url(request, "dr")
+
+    def _links(self, request: Request) -> dict[str, Any]:
+        """What every page needs: URLs of the app's routes and whether someone signed in."""
+        return {"url": partial(self._url, request), "signed_in": COOKIE in request.cookies}
+
+
+async def _params(request: Request) -> dict[str, str]:
+    """A GET's query, or a POST's form (plus `f` from the query)."""
+    if request.method != "POST":
+        return dict(request.query_params)
+    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        raise ApiError(413, f"The request body is larger than {MAX_FORM_BYTES} bytes.")
+    async with request.form() as form:
+        params = {key: value for key, value in form.items() if isinstance(value, str)}
+    if "f" in request.query_params:
+        params.setdefault("f", request.query_params["f"])
+    return params
+
+
+def _own_address(request: Request) -> str | None:
+    """The page a GET asked for, without a token in its query, to return to after signing in."""
+    if request.method != "GET":
+        return None
+    query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+    return request.url.path + (f"?{query}" if query else "")

@@ -1,0 +1,144 @@
+"""How the admin API answers: f=json, f=pjson or f=html, and errors in the admin shape.
+
+Errors are `{"status": "error", "messages": [...], "code": N}` with HTTP status N, as
+the products' admin APIs write them; HTML callers get the same messages as a page (or
+the sign-in page, for a missing or refused token). Pages are Jinja2 templates with
+autoescaping on, so nothing a client sends is ever interpreted as markup.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from ..errors import (
+    BackupExistsError,
+    BackupNotFoundError,
+    ConfigError,
+    IntegrityError,
+    JobError,
+    JobNotFoundError,
+    PasscodeError,
+    StoreError,
+    StoreUnavailableError,
+    StrongroomError,
+    UnknownStoreError,
+    UnsafeArchiveError,
+)
+from ..format import from_epoch_ms
+
+__all__ = ["FORMATS", "SUCCESS", "ApiError", "Pages", "Reply", "error_document", "status_of"]
+
+FORMATS = ("html", "json", "pjson")
+SUCCESS: Mapping[str, str] = {"status": "success"}
+
+#: HTTP status of each error class; the first match wins, so leaves come before parents.
+_STATUS: tuple[tuple[type[StrongroomError], int], ...] = (
+    (UnknownStoreError, 404),
+    (BackupNotFoundError, 404),
+    (JobNotFoundError, 404),
+    (BackupExistsError, 409),
+    (JobError, 409),
+    (ConfigError, 400),
+    (PasscodeError, 400),
+    (StoreUnavailableError, 503),
+    (IntegrityError, 502),
+    (UnsafeArchiveError, 502),
+    (StoreError, 502),
+)
+
+
+class ApiError(Exception):
+    """An error of the web layer itself: authentication, format, size, routing."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def status_of(error: StrongroomError) -> int:
+    return next((code for kind, code in _STATUS if isinstance(error, kind)), 500)
+
+
+def error_document(code: int, messages: list[str]) -> dict[str, Any]:
+    return {"status": "error", "messages": messages, "code": code}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What an operation answers: a document, and how a person sees it."""
+
+    document: Mapping[str, Any]
+    template: str = "document.html"
+    context: Mapping[str, Any] = field(default_factory=dict)
+    #: For f=html: send the person here (303) instead of rendering a page.
+    redirect: str | None = None
+
+
+class Pages:
+    """Renders replies and errors in the requested format."""
+
+    def __init__(self) -> None:
+        self._templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("strongroom.web"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self._templates.filters["when"] = _when
+
+    def reply(self, request: Request, fmt: str, reply: Reply, links: Mapping[str, Any]) -> Response:
+        if fmt != "html":
+            return _json(reply.document, fmt, 200)
+        if reply.redirect is not None:
+            return RedirectResponse(reply.redirect, status_code=303)
+        return self.page(request, reply.template, 200, links, doc=reply.document, **reply.context)
+
+    def error(
+        self,
+        request: Request,
+        fmt: str,
+        code: int,
+        message: str,
+        links: Mapping[str, Any],
+        next: str,
+    ) -> Response:
+        """The error as a document, or as a page (the sign-in page for 401, then `next`)."""
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        if fmt != "html":
+            return _json(error_document(code, [message]), fmt, code, headers)
+        template = "login.html" if code == 401 else "error.html"
+        return self.page(
+            request, template, code, links, headers, messages=[message], code=code, next=next
+        )
+
+    def page(
+        self,
+        request: Request,
+        template: str,
+        status: int,
+        links: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+        **context: Any,
+    ) -> Response:
+        html = self._templates.get_template(template).render(request=request, **links, **context)
+        return Response(html, status, headers, media_type="text/html")
+
+
+def _json(
+    document: Mapping[str, Any], fmt: str, status: int, headers: Mapping[str, str] | None = None
+) -> Response:
+    if fmt == "pjson":
+        text = json.dumps(document, indent=2)
+        return Response(text, status, headers, media_type="application/json")
+    return JSONResponse(document, status, headers)
+
+
+def _when(epoch_ms: int | None) -> str:
+    """Epoch ms as a UTC date and time for pages."""
+    return "-" if epoch_ms is None else f"{from_epoch_ms(epoch_ms):%Y-%m-%d %H:%M:%S} UTC"

@@ -1,0 +1,94 @@
+"""`strongroom serve`: the admin API on its own, under uvicorn.
+
+The access log keeps paths but drops query strings, so a token sent as `?token=` (or a
+passcode wrongly put in a URL) never reaches a log. Stopping the server cancels its
+running jobs, which then read CANCELLED; a server that is killed leaves them to be
+marked FAILED by the next one.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Mount
+
+from ..archive import check_sources
+from ..engine import Engine
+from .app import create_app
+from .auth import configured_hashes, tokens_path
+
+__all__ = ["serve"]
+
+
+class _WithoutQuery(logging.Filter):
+    """uvicorn's access-log records carry (client, method, path?query, version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, version, status = record.args
+            record.args = (client, method, str(path).partition("?")[0], version, status)
+        return True
+
+
+def serve(
+    engine: Engine,
+    *,
+    host: str,
+    port: int,
+    root_path: str,
+    sources: Sequence[str | os.PathLike[str]],
+    restore_dir: str | os.PathLike[str] | None,
+) -> None:
+    if sources:
+        check_sources([Path(source) for source in sources], {})  # a typo fails now, not later
+    app = create_app(engine, sources=sources, restore_dir=restore_dir, root_path=root_path)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(engine.close)  # before uvicorn re-raises SIGTERM and exits
+
+    server = Starlette(routes=[Mount("", app=app)], lifespan=lifespan)
+    _warn(host)
+    uvicorn.run(server, host=host, port=port, log_config=_log_config())
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, with query strings cut from access lines and strongroom's own
+    records (jobs submitted and ended) beside uvicorn's."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config.setdefault("filters", {})["without_query"] = {"()": _WithoutQuery}
+    config["handlers"]["access"]["filters"] = ["without_query"]
+    config["loggers"]["strongroom"] = {"handlers": ["default"], "level": "INFO"}
+    return config
+
+
+def _warn(host: str) -> None:
+    if not configured_hashes():
+        print(
+            f"strongroom: warning: no API tokens are configured ({tokens_path()} or "
+            "STRONGROOM_API_TOKEN_HASHES): unless a plugin authenticates, every request "
+            "is refused; 'strongroom token new' makes one.",
+            file=sys.stderr,
+        )
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        print(
+            f"strongroom: warning: serving plain HTTP on {host}; tokens and passcodes cross "
+            "the network unencrypted unless a TLS proxy stands in front.",
+            file=sys.stderr,
+        )

@@ -1,0 +1,127 @@
+"""Stores through the API: `settings` JSON into a StoreSpec, and edits of the stores file.
+
+Register takes `settings={"url": "s3://bucket/prefix", "options": {...}, "type": "s3"}`:
+`url` is the location, `options` the backend's options with secrets written as
+`{"env": "VARIABLE"}` references (read from the server's environment when the store is
+opened, never stored), and `type`, optional, must name the url's scheme. Update takes
+`settings={"default": true}`.
+
+Every edit re-reads the configuration file, opens the changed store through the engine
+(so an unknown backend, a bad URL or an unset secret fails before anything is saved),
+then saves the file and switches the engine to it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..config import StoresConfig, StoreSpec
+from ..engine import Engine
+from ..errors import ConfigError
+
+__all__ = [
+    "describe",
+    "describe_all",
+    "make_default",
+    "register",
+    "spec_from_settings",
+    "unregister",
+]
+
+EXAMPLE = '{"url": "file:///srv/backups"}'
+#: Edits of the configuration file, one at a time in this process.
+_edits = threading.Lock()
+
+
+def describe(engine: Engine, name: str) -> dict[str, Any]:
+    spec = engine.config.get(name)
+    return spec.to_dict(default=spec.name == engine.config.default)
+
+
+def describe_all(engine: Engine) -> list[dict[str, Any]]:
+    return [describe(engine, name) for name in engine.config.stores]
+
+
+def spec_from_settings(name: str, text: str) -> StoreSpec:
+    settings = _settings(text, {"type", "url", "options"})
+    url, kind, options = settings.get("url"), settings.get("type"), settings.get("options", {})
+    if not isinstance(url, str):
+        raise ConfigError(f"settings needs the store's location as a url, for example {EXAMPLE}.")
+    if not isinstance(options, dict) or not all(_is_option(v) for v in options.values()):
+        raise ConfigError(
+            "settings.options must be an object of text, number or true/false values, with "
+            'secrets as {"env": "VARIABLE"} references.'
+        )
+    spec = StoreSpec(name, url, options)
+    if kind is not None and str(kind).lower() != urlsplit(url).scheme.lower():
+        raise ConfigError(
+            f"settings.type {kind!r} does not match the url's scheme; leave type out or "
+            f"write {urlsplit(url).scheme!r}."
+        )
+    return spec
+
+
+def register(engine: Engine, spec: StoreSpec, *, default: bool) -> dict[str, Any]:
+    _edit(engine, lambda config: config.add(spec, make_default=default), opens=spec.name)
+    return describe(engine, spec.name)
+
+
+def make_default(engine: Engine, name: str, text: str) -> dict[str, Any]:
+    if _settings(text, {"default"}).get("default") is not True:
+        raise ConfigError(
+            'The only store setting that changes is {"default": true}; to move a store, '
+            "unregister it and register it again."
+        )
+
+    def change(config: StoresConfig) -> None:
+        config.default = config.get(name).name
+
+    _edit(engine, change)
+    return describe(engine, name)
+
+
+def unregister(engine: Engine, name: str) -> None:
+    _edit(engine, lambda config: config.remove(name))
+
+
+def _edit(engine: Engine, change: Callable[[StoresConfig], None], opens: str | None = None) -> None:
+    with _edits:
+        config = StoresConfig.load(engine.config.path)
+        change(config)
+        previous = engine.config
+        engine.use_config(config)
+        try:
+            if opens is not None:
+                engine.store(opens)
+        except BaseException:
+            engine.use_config(previous)
+            raise
+        config.save()
+
+
+def _settings(text: str, allowed: set[str]) -> dict[str, Any]:
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"settings is not JSON ({exc.msg} at character {exc.pos}); "
+            f"send an object such as {EXAMPLE}."
+        ) from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"settings must be a JSON object, such as {EXAMPLE}.")
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"settings has unknown keys {unknown}; it takes {', '.join(sorted(allowed))}."
+        )
+    return settings
+
+
+def _is_option(value: object) -> bool:
+    if isinstance(value, dict):
+        return set(value) == {"env"} and isinstance(value["env"], str)
+    return isinstance(value, str | int | float | bool)

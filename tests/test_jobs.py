@@ -1,0 +1,404 @@
+"""Jobs: the job table, the bounded pool, cancellation, and jobs of processes that died."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from strongroom import (
+    BackupExistsError,
+    BackupNotFoundError,
+    ConfigError,
+    Engine,
+    JobError,
+    JobHandle,
+    JobManager,
+    JobNotFoundError,
+    JobStatus,
+    PasscodeError,
+    UnknownStoreError,
+)
+from strongroom.backends.file import LocalStore
+from strongroom.jobs import JOBS_FILE
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot, until_cancelled
+
+
+@pytest.fixture
+def jobs(home: Path) -> Iterator[JobManager]:
+    manager = JobManager(home / JOBS_FILE)
+    yield manager
+    manager.close()
+
+
+def _rows(home: Path) -> int:
+    with closing(sqlite3.connect(home / JOBS_FILE)) as db:
+        count: int = db.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    return count
+
+
+def _store_files(home: Path) -> list[Path]:
+    store = home / "stores" / "backupsDefault"
+    return sorted(p for p in store.rglob("*") if p.is_file()) if store.exists() else []
+
+
+def _eventually(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never became true"
+        time.sleep(0.01)
+
+
+# -- the job manager ------------------------------------------------------------------
+
+
+def test_a_job_runs_and_its_record_outlives_the_manager(home: Path, jobs: JobManager) -> None:
+    def work(job: JobHandle) -> dict[str, int]:
+        job.stage("counting")
+        job.progress(5, 10)
+        return {"answer": 42}
+
+    submitted = jobs.submit("count", work, store="s", name="n", operation_uri="http://x/op")
+    assert submitted.status is JobStatus.SUBMITTED
+    assert submitted.jobid.startswith("j") and len(submitted.jobid) == 37
+    done = jobs.wait(submitted.jobid)
+    assert done.status is JobStatus.COMPLETED
+    assert done.result == {"answer": 42}
+    assert done.endtime is not None and done.endtime >= done.starttime
+    document = done.to_dict()
+    assert document["progress"] == {
+        "bytesDone": 5,
+        "bytesTotal": 10,
+        "percent": 100,
+        "stage": "done",
+    }
+    assert document["operationURI"] == "http://x/op"
+    assert (document["backupStore"], document["backupName"]) == ("s", "n")
+    jobs.close()
+
+    reopened = JobManager(home / JOBS_FILE)
+    try:
+        assert reopened.get(submitted.jobid) == done
+    finally:
+        reopened.close()
+
+
+def test_failures_are_recorded_with_their_message(
+    jobs: JobManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(job: JobHandle) -> None:
+        raise ConfigError("The thing is misconfigured; fix it.")
+
+    def crash(job: JobHandle) -> None:
+        raise RuntimeError("internal detail")
+
+    refused = jobs.wait(jobs.submit("refuse", refuse).jobid)
+    assert refused.status is JobStatus.FAILED
+    assert refused.messages == ("The thing is misconfigured; fix it.",)
+    with caplog.at_level(logging.ERROR, logger="strongroom"):
+        crashed = jobs.wait(jobs.submit("crash", crash).jobid)
+    assert crashed.status is JobStatus.FAILED
+    assert "RuntimeError" in crashed.messages[0]
+    assert "internal detail" not in crashed.messages[0]
+    assert "internal detail" in caplog.text  # the traceback goes to the log
+
+
+def test_progress_percent_stays_below_100_until_completed(jobs: JobManager) -> None:
+    seen: list[int | None] = []
+    release = threading.Event()
+
+    def work(job: JobHandle) -> None:
+        job.progress(300, 200)  # a create's total is an estimate and can be passed
+        seen.append(jobs.get(job.jobid).percent)
+        job.progress(10, None)
+        seen.append(jobs.get(job.jobid).percent)
+        release.wait(10)
+
+    jobid = jobs.submit("estimate", work).jobid
+    release.set()
+    assert jobs.wait(jobid).percent == 100
+    assert seen == [99, None]
+
+
+def test_cancel_stops_a_queued_job_at_once_and_a_running_one_at_its_next_progress(
+    home: Path,
+) -> None:
+    jobs = JobManager(home / JOBS_FILE, workers=1)
+    started, cancelled_ran = threading.Event(), []
+
+    def running(job: JobHandle) -> None:
+        started.set()
+        until_cancelled(job)
+
+    first = jobs.submit("loop", running).jobid
+    queued = jobs.submit("never", lambda job: cancelled_ran.append(True)).jobid
+    assert started.wait(10)
+    assert jobs.cancel(queued).status is JobStatus.CANCELLED
+    assert jobs.cancel(first).status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
+    ended = jobs.wait(first)
+    assert ended.status is JobStatus.CANCELLED
+    assert ended.messages == ("Cancelled; nothing was committed.",)
+    assert jobs.wait(queued).messages == ("Cancelled before it started.",)
+    assert jobs.cancel(first) == ended  # an ended job stays as it is
+    jobs.close()
+    assert not cancelled_ran
+
+
+def test_close_cancels_running_jobs_and_refuses_new_ones(home: Path) -> None:
+    jobs = JobManager(home / JOBS_FILE)
+    started = threading.Event()
+
+    def running(job: JobHandle) -> None:
+        started.set()
+        until_cancelled(job)
+
+    jobid = jobs.submit("loop", running).jobid
+    assert started.wait(10)
+    jobs.close()
+    with pytest.raises(JobError, match="closed"):
+        jobs.submit("late", lambda job: None)
+    reopened = JobManager(home / JOBS_FILE)
+    try:
+        assert reopened.get(jobid).status is JobStatus.CANCELLED
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("jobid", ["j00000000-0000-0000-0000-000000000000", "nonsense", ""])
+def test_unknown_job_ids_are_not_found(jobs: JobManager, jobid: str) -> None:
+    with pytest.raises(JobNotFoundError, match="No job has the id"):
+        jobs.get(jobid)
+
+
+def _run_forever_in_another_process(home: Path) -> tuple[subprocess.Popen[str], str]:
+    """A process whose JobManager runs one job forever; return it and the job's id."""
+    script = textwrap.dedent(
+        f"""
+        import threading
+        from pathlib import Path
+        from strongroom import JobManager
+        jobs = JobManager(Path({str(home / JOBS_FILE)!r}))
+        started = threading.Event()
+        def work(job):
+            job.progress(1, 2)
+            started.set()
+            threading.Event().wait()
+        print(jobs.submit("forever", work).jobid, flush=True)
+        started.wait()
+        print("executing", flush=True)
+        threading.Event().wait()
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    jobid = process.stdout.readline().strip()
+    assert process.stdout.readline().strip() == "executing"
+    return process, jobid
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+
+
+def _status_in_table(home: Path, jobid: str) -> str:
+    with closing(sqlite3.connect(home / JOBS_FILE)) as db:
+        row = db.execute("SELECT status FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
+    return str(row[0])
+
+
+def test_a_job_of_a_process_that_died_is_failed_when_a_manager_starts(home: Path) -> None:
+    process, jobid = _run_forever_in_another_process(home)
+    _kill(process)
+    assert _status_in_table(home, jobid) == "EXECUTING"
+    JobManager(home / JOBS_FILE).close()  # starting is enough
+    assert _status_in_table(home, jobid) == "FAILED"
+    assert not list((home / f"{JOBS_FILE}.owners").iterdir())
+
+
+def test_a_job_of_a_living_process_is_left_alone_until_that_process_dies(home: Path) -> None:
+    process, jobid = _run_forever_in_another_process(home)
+    try:
+        watcher = JobManager(home / JOBS_FILE)
+        assert watcher.get(jobid).status is JobStatus.EXECUTING
+        with pytest.raises(JobError, match="another strongroom process"):
+            watcher.cancel(jobid)
+    finally:
+        _kill(process)
+    failed = watcher.get(jobid)  # asking for it notices the owner is gone
+    watcher.close()
+    assert failed.status is JobStatus.FAILED
+    assert failed.messages[-1] == (
+        "The strongroom process running this job stopped while the job was EXECUTING; "
+        "the job did not finish, and nothing it left half-written is listed as a backup."
+    )
+
+
+# -- the engine's jobs ------------------------------------------------------------------
+
+
+@pytest.fixture
+def fast(home: Path) -> Iterator[Engine]:
+    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
+    yield engine
+    engine.close()
+
+
+def test_engine_jobs_back_up_restore_and_delete(
+    fast: Engine, home: Path, tree: Path, tmp_path: Path
+) -> None:
+    created = fast.jobs.wait(
+        fast.submit_backup("nightly", [tree], passcode=PASSCODE, description="d").jobid
+    )
+    assert created.status is JobStatus.COMPLETED, created.messages
+    assert created.result == fast.info("nightly").to_dict()
+    assert created.bytes_done > 0
+
+    target = tmp_path / "restored"
+    restored = fast.jobs.wait(fast.submit_restore("nightly", target, passcode=PASSCODE).jobid)
+    assert restored.status is JobStatus.COMPLETED, restored.messages
+    assert restored.result == {
+        "name": "nightly",
+        "backupStore": "backupsDefault",
+        "restoreDir": str(target),
+    }
+    assert snapshot(target / tree.name) == snapshot(tree)
+
+    wrong = fast.jobs.wait(
+        fast.submit_restore("nightly", tmp_path / "wrong", passcode="not the passcode").jobid
+    )
+    assert wrong.status is JobStatus.FAILED
+    assert "passcode" in wrong.messages[0].lower()
+    assert not (tmp_path / "wrong").exists()
+
+    deleted = fast.jobs.wait(fast.submit_delete("nightly").jobid)
+    assert deleted.status is JobStatus.COMPLETED
+    assert fast.list() == []
+
+
+def test_engine_cleanup_job_reports_what_it_deleted(fast: Engine, tree: Path) -> None:
+    fast.create("old", [tree], passcode=PASSCODE, retention_date=_soon())
+    job = fast.jobs.wait(fast.submit_cleanup(as_of=_soon() + 1).jobid)
+    assert job.status is JobStatus.COMPLETED
+    assert job.result is not None
+    assert [entry["name"] for entry in job.result["backups"]] == ["old"]
+    assert fast.list() == []
+    with pytest.raises(UnknownStoreError):
+        fast.submit_cleanup(["nowhere"])
+
+
+def _soon() -> int:
+    return int(time.time() * 1000) + 60_000
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({"name": "bad name"}, ConfigError),
+        ({"passcode": "short"}, PasscodeError),
+        ({"store": "nowhere"}, UnknownStoreError),
+        ({"retention_date": "yesterday"}, ConfigError),
+        ({"name": "taken"}, BackupExistsError),
+    ],
+)
+def test_a_bad_backup_request_fails_at_once_and_makes_no_job(
+    fast: Engine, home: Path, tree: Path, arguments: dict[str, str], error: type[Exception]
+) -> None:
+    fast.create("taken", [tree], passcode=PASSCODE)
+    fast.jobs.wait(fast.submit_backup("warm-up", [tree], passcode=PASSCODE).jobid)
+    request = {"name": "fresh", "passcode": PASSCODE, **arguments}
+    with pytest.raises(error):
+        fast.submit_backup(request.pop("name"), [tree], **request)  # type: ignore[arg-type]
+    assert _rows(home) == 1
+
+
+def test_a_bad_restore_or_delete_request_fails_at_once(
+    fast: Engine, home: Path, tree: Path, tmp_path: Path
+) -> None:
+    fast.create("kept", [tree], passcode=PASSCODE)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "file").write_text("x")
+    with pytest.raises(BackupNotFoundError):
+        fast.submit_restore("missing", tmp_path / "t", passcode=PASSCODE)
+    with pytest.raises(ConfigError, match="not empty"):
+        fast.submit_restore("kept", occupied, passcode=PASSCODE)
+    with pytest.raises(PasscodeError):
+        fast.submit_restore("kept", tmp_path / "t", passcode="short")
+    with pytest.raises(BackupNotFoundError):
+        fast.submit_delete("missing")
+    assert not (home / JOBS_FILE).exists() or _rows(home) == 0
+
+
+def test_a_cancelled_backup_leaves_no_manifest_and_no_data(fast: Engine, home: Path) -> None:
+    first_chunk_written, cancelled = threading.Event(), threading.Event()
+
+    def endless() -> Iterator[bytes]:
+        for index in range(1000):
+            if index == 10:  # a stream is archived in 8 MiB parts: one part is out by now
+                first_chunk_written.set()
+                assert cancelled.wait(10)
+            yield os.urandom(1024 * 1024)
+
+    job = fast.submit_backup("cancelled", streams={"stream": endless()}, passcode=PASSCODE)
+    assert first_chunk_written.wait(10)
+    _eventually(lambda: any("/data/" in str(p) for p in _store_files(home)))
+    assert fast.jobs.cancel(job.jobid).status is JobStatus.CANCELLING
+    cancelled.set()
+    ended = fast.jobs.wait(job.jobid)
+    assert ended.status is JobStatus.CANCELLED
+    assert _store_files(home) == []
+    assert fast.list() == []
+
+
+class _GatedStore(LocalStore):
+    """A local store whose chunk reads wait at one chunk until the test opens the gate."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__("backupsDefault", directory.as_uri(), directory)
+        self.reached, self.gate = threading.Event(), threading.Event()
+
+    def get(self, key: str) -> bytes:
+        if key.endswith("0000000003"):
+            self.reached.set()
+            assert self.gate.wait(10)
+        return super().get(key)
+
+
+def test_a_cancelled_restore_leaves_nothing_behind(home: Path, tree: Path, tmp_path: Path) -> None:
+    store = _GatedStore(home / "stores" / "backupsDefault")
+    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, stores=[store])
+    store.gate.set()
+    engine.create("kept", [tree], passcode=PASSCODE)
+    store.gate.clear()
+    target = tmp_path / "restores" / "here"
+    job = engine.submit_restore("kept", target, passcode=PASSCODE)
+    assert store.reached.wait(10)
+    engine.jobs.cancel(job.jobid)
+    store.gate.set()
+    ended = engine.jobs.wait(job.jobid)
+    engine.close()
+    assert ended.status is JobStatus.CANCELLED
+    assert not (tmp_path / "restores").exists()
+
+
+def test_passcodes_never_reach_the_job_table(fast: Engine, home: Path, tree: Path) -> None:
+    secret = "Job-Passc0de-never-stored"
+    fast.jobs.wait(fast.submit_backup("secret", [tree], passcode=secret).jobid)
+    fast.jobs.wait(fast.submit_restore("secret", home / "out", passcode=secret).jobid)
+    fast.jobs.wait(fast.submit_restore("secret", home / "bad", passcode=secret + "x").jobid)
+    fast.close()
+    stored = b"".join(p.read_bytes() for p in home.glob(f"{JOBS_FILE}*") if p.is_file())
+    assert b"secret" in stored  # the backup's name is there, so the bytes are readable
+    assert secret.encode() not in stored

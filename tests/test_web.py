@@ -1,0 +1,637 @@
+"""The admin API in-process (httpx against the ASGI app): every operation and error path.
+
+The passcode must never appear in a response, a log record or the job table; every
+response of every test here is checked for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+import time
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Mount
+
+from strongroom import Engine, hookimpl
+from strongroom.jobs import JOBS_FILE
+from strongroom.plugins import get_plugin_manager
+from strongroom.web import create_app
+from strongroom.web.auth import COOKIE, add_token, hash_token
+from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, until_cancelled
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "web-token-3c9a61"
+SECRET = "Web-Passc0de-never-shown"
+DAY_MS = 24 * 60 * 60 * 1000
+DR = "/admin/system/disasterrecovery"
+STORE = f"{DR}/stores/backupsDefault"
+BACKUP = f"{STORE}/backups/kept"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def engine(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    monkeypatch.setenv("STRONGROOM_API_TOKEN_HASHES", hash_token(TOKEN))
+    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
+    yield engine
+    engine.close()
+
+
+class Api:
+    """An httpx client on the app that adds the token and f=json unless told otherwise,
+    and remembers every response to check that none shows the passcode."""
+
+    def __init__(self, http: httpx.AsyncClient, engine: Engine) -> None:
+        self.http, self.engine = http, engine
+        self.responses: list[httpx.Response] = []
+
+    async def get(self, path: str, **params: str) -> httpx.Response:
+        return self._seen(await self.http.get(path, params={"f": "json", "token": TOKEN, **params}))
+
+    async def post(self, path: str, **form: str) -> httpx.Response:
+        return self._seen(await self.http.post(path, data={"f": "json", "token": TOKEN, **form}))
+
+    async def send(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """A request exactly as given: no token, no format."""
+        return self._seen(await self.http.request(method, path, **options))
+
+    def job(self, response: httpx.Response) -> dict[str, Any]:
+        """Wait for the job a response names; return its document."""
+        assert response.status_code == 200, response.text
+        return self.engine.jobs.wait(response.json()["jobid"], timeout=30).to_dict()
+
+    def _seen(self, response: httpx.Response) -> httpx.Response:
+        self.responses.append(response)
+        return response
+
+
+def _app(engine: Engine, tree: Path, tmp_path: Path, **options: Any) -> Starlette:
+    return create_app(engine, sources=[tree], restore_dir=tmp_path / "restores", **options)
+
+
+@pytest.fixture
+async def api(engine: Engine, tree: Path, tmp_path: Path) -> AsyncIterator[Api]:
+    transport = httpx.ASGITransport(app=_app(engine, tree, tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        client = Api(http, engine)
+        yield client
+    for response in client.responses:
+        assert SECRET not in response.text
+        assert SECRET not in str(response.url)
+
+
+@pytest.fixture
+def kept(engine: Engine, tree: Path) -> str:
+    engine.create("kept", [tree], passcode=SECRET, description="made in code")
+    return "kept"
+
+
+def _error(response: httpx.Response, code: int, fragment: str) -> None:
+    """The admin error shape, with the matching HTTP status and a message that says why."""
+    assert response.status_code == code, response.text
+    document = response.json()
+    assert document["status"] == "error"
+    assert document["code"] == code
+    assert len(document["messages"]) == 1
+    assert fragment in document["messages"][0], document
+
+
+def _future(days: int = 14) -> str:
+    return str(int(time.time() * 1000) + days * DAY_MS)
+
+
+# -- root, formats ----------------------------------------------------------------------
+
+
+async def test_root_status_and_settings(api: Api, tree: Path, tmp_path: Path) -> None:
+    root = await api.get(DR)
+    assert root.json() == {"operations": ["status"], "resources": ["stores", "settings"]}
+    assert (await api.get(f"{DR}/status")).json() == {"status": "success"}
+    assert (await api.get(f"{DR}/settings")).json() == {
+        "defaultStore": "backupsDefault",
+        "sources": [str(tree)],
+        "restoreDir": str(tmp_path / "restores"),
+    }
+
+
+async def test_f_chooses_json_pjson_or_html(api: Api) -> None:
+    compact = await api.get(DR, f="json")
+    assert compact.text == '{"operations":["status"],"resources":["stores","settings"]}'
+    pretty = await api.get(DR, f="pjson")
+    assert pretty.text.startswith('{\n  "operations": [\n')
+    assert json.loads(pretty.text) == compact.json()
+    page = await api.send("GET", DR, params={"token": TOKEN})
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<h1>Disaster recovery</h1>" in page.text
+    _error(await api.get(DR, f="xml"), 400, "f must be html, json or pjson")
+
+
+# -- authentication ---------------------------------------------------------------------
+
+OPERATIONS = [
+    ("GET", DR),
+    ("GET", f"{DR}/status"),
+    ("GET", f"{DR}/settings"),
+    ("GET", f"{DR}/stores"),
+    ("POST", f"{DR}/stores/register"),
+    ("GET", STORE),
+    ("POST", f"{STORE}/update"),
+    ("POST", f"{STORE}/unregister"),
+    ("POST", f"{STORE}/validate"),
+    ("GET", f"{STORE}/backups"),
+    ("POST", f"{STORE}/backups/create"),
+    ("GET", BACKUP),
+    ("POST", f"{BACKUP}/update"),
+    ("POST", f"{BACKUP}/restore"),
+    ("POST", f"{BACKUP}/delete"),
+    ("GET", "/admin/jobs/j7d22f855-2c9f-4934-94e4-93c5e85cd271"),
+    ("POST", "/admin/jobs/j7d22f855-2c9f-4934-94e4-93c5e85cd271/cancel"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+async def test_every_operation_needs_a_valid_token_and_does_nothing_without_one(
+    api: Api, engine: Engine, home: Path, kept: str, method: str, path: str, token: str | None
+) -> None:
+    form = {
+        "f": "json",
+        "name": "other",
+        "passcode": SECRET,
+        "retentionDate": _future(),
+        "storeName": "offsite",
+        "settings": json.dumps({"url": (home / "offsite").as_uri(), "default": True}),
+        **({"token": token} if token else {}),
+    }
+    if method == "GET":
+        response = await api.send(method, path, params={"f": "json", "token": token or ""})
+    else:
+        response = await api.send(method, path, data=form)
+    _error(response, 401, "token")
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert [info.to_dict() for info in engine.list()] == [engine.info(kept).to_dict()]
+    assert engine.info(kept).retention_date is None
+    assert not (home / "config.toml").exists()
+    assert not (home / JOBS_FILE).exists()
+    assert not (home / "stores" / "backupsDefault" / "probes").exists()
+
+
+async def test_tokens_ride_in_headers_the_form_or_a_get_query(api: Api) -> None:
+    for header in ("Authorization", "X-Esri-Authorization"):
+        response = await api.send(
+            "GET", DR, params={"f": "json"}, headers={header: f"Bearer {TOKEN}"}
+        )
+        assert response.status_code == 200, header
+    form = await api.send("POST", f"{STORE}/validate", data={"f": "json", "token": TOKEN})
+    assert form.json()["ok"] is True
+    query = await api.send("GET", DR, params={"f": "json", "token": TOKEN})
+    assert query.status_code == 200
+    in_post_query = await api.send(
+        "POST", f"{STORE}/validate", params={"token": TOKEN}, data={"f": "json"}
+    )
+    _error(in_post_query, 401, "needs a token")  # a POST's token goes in its body
+
+
+async def test_the_token_file_holds_hashes_only(
+    api: Api, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRONGROOM_API_TOKEN_HASHES")
+    _error(await api.get(DR), 401, "not valid")
+    path = add_token("from-the-file-0123")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == hash_token("from-the-file-0123") + "\n"
+    assert (await api.get(DR, token="from-the-file-0123")).status_code == 200
+    _error(await api.get(DR), 401, "not valid")
+
+
+class _HostAuth:
+    """A host product's login: its session header admits, a banned token is refused."""
+
+    @hookimpl
+    def strongroom_authenticate(self, token: str | None, request: Request) -> bool | None:
+        if request.headers.get("x-host-session") == "admin":
+            return True
+        return False if token == TOKEN else None
+
+
+async def test_a_plugin_decides_before_the_token_list(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugins = get_plugin_manager()
+    plugins.register(_HostAuth())
+    monkeypatch.setenv(
+        "STRONGROOM_API_TOKEN_HASHES", f"{hash_token(TOKEN)},{hash_token('other-token')}"
+    )
+    app = _app(engine, tree, tmp_path, plugin_manager=plugins)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        session = await http.get(DR, params={"f": "json"}, headers={"X-Host-Session": "admin"})
+        assert session.status_code == 200
+        _error(await http.get(DR, params={"f": "json", "token": TOKEN}), 401, "not valid")
+        deferred = await http.get(DR, params={"f": "json", "token": "other-token"})
+        assert deferred.status_code == 200
+
+
+# -- stores -----------------------------------------------------------------------------
+
+
+async def test_store_register_get_update_validate_unregister(
+    api: Api, engine: Engine, home: Path
+) -> None:
+    embedded = {
+        "name": "backupsDefault",
+        "default": True,
+        "type": "file",
+        "url": (home / "stores" / "backupsDefault").as_uri(),
+        "rootDir": str(home / "stores" / "backupsDefault"),
+    }
+    assert (await api.get(f"{DR}/stores")).json() == {"backupStores": [embedded]}
+
+    offsite = home / "offsite"
+    settings = json.dumps({"type": "file", "url": offsite.as_uri()})
+    registered = await api.post(f"{DR}/stores/register", storeName="offsite", settings=settings)
+    assert registered.json() == {"status": "success"}
+    config = tomllib.loads((home / "config.toml").read_text())
+    assert config["stores"] == {"offsite": {"url": offsite.as_uri()}}
+    assert (await api.get(f"{DR}/stores/offsite")).json() == {
+        "name": "offsite",
+        "default": False,
+        "type": "file",
+        "url": offsite.as_uri(),
+        "rootDir": str(offsite),
+    }
+
+    updated = await api.post(f"{DR}/stores/offsite/update", settings='{"default": true}')
+    assert updated.json() == {"status": "success"}
+    listed = (await api.get(f"{DR}/stores")).json()["backupStores"]
+    assert {s["name"]: s["default"] for s in listed} == {"backupsDefault": False, "offsite": True}
+    assert engine.config.default == "offsite"
+
+    report = (await api.post(f"{DR}/stores/offsite/validate")).json()
+    assert report["ok"] is True
+    assert report["checks"] == {"write": True, "read": True, "list": True, "delete": True}
+
+    gone = await api.post(f"{DR}/stores/offsite/unregister")
+    assert gone.json() == {"status": "success"}
+    _error(await api.get(f"{DR}/stores/offsite"), 404, "No store is named 'offsite'")
+    assert tomllib.loads((home / "config.toml").read_text()) == {
+        "default": "backupsDefault",
+        "stores": {},
+    }
+
+    later = await api.post(
+        f"{DR}/stores/register",
+        storeName="later",
+        settings=settings,
+        isDefault="true",
+        **{"async": "true"},
+    )
+    job = api.job(later)
+    assert job["status"] == "COMPLETED", job
+    assert job["operation"] == "register"
+    assert job["result"]["default"] is True
+
+
+@pytest.mark.parametrize(
+    ("settings", "code", "fragment"),
+    [
+        ("{not json", 400, "settings is not JSON"),
+        ('["file:///x"]', 400, "must be a JSON object"),
+        ('{"url": "file:///x", "region": "eu"}', 400, "unknown keys ['region']"),
+        ('{"type": "file"}', 400, "needs the store's location as a url"),
+        ('{"url": "no-scheme"}', 400, "is not a URL"),
+        ('{"url": "file:///x", "type": "s3"}', 400, "does not match the url's scheme"),
+        ('{"url": "file:///x", "options": {"a": [1]}}', 400, "settings.options must be"),
+        ('{"url": "file:///x", "options": {"a": "b"}}', 400, "takes no options"),
+        ('{"url": "gopher://host/x"}', 400, "no installed backend handles 'gopher'"),
+        ('{"url": "s3://bucket/prefix"}', 400, "Install strongroom-s3"),
+    ],
+)
+async def test_bad_store_settings_say_what_is_wrong(
+    api: Api, home: Path, settings: str, code: int, fragment: str
+) -> None:
+    response = await api.post(f"{DR}/stores/register", storeName="offsite", settings=settings)
+    _error(response, code, fragment)
+    assert not (home / "config.toml").exists()
+
+
+async def test_store_errors(api: Api, home: Path) -> None:
+    register = f"{DR}/stores/register"
+    settings = json.dumps({"url": (home / "x").as_uri()})
+    _error(await api.post(register, settings=settings), 400, "storeName is required")
+    _error(await api.post(register, storeName="bad name", settings=settings), 400, "bad name")
+    _error(
+        await api.post(register, storeName="x", settings=settings, isDefault="maybe"),
+        400,
+        "isDefault must be true or false",
+    )
+    await api.post(register, storeName="x", settings=settings)
+    _error(await api.post(register, storeName="x", settings=settings), 400, "already configured")
+    _error(await api.post(f"{STORE}/unregister"), 400, "cannot be removed")
+    _error(await api.get(f"{DR}/stores/nowhere"), 404, "No store is named 'nowhere'")
+    _error(await api.get(f"{DR}/stores/nowhere/backups"), 404, "No store is named 'nowhere'")
+    _error(await api.post(f"{DR}/stores/nowhere/validate"), 404, "No store is named")
+    _error(
+        await api.post(f"{DR}/stores/x/update", settings='{"default": false}'),
+        400,
+        '{"default": true}',
+    )
+
+
+# -- backups ----------------------------------------------------------------------------
+
+
+async def test_backup_create_list_get_update_restore_delete(
+    api: Api, engine: Engine, tree: Path
+) -> None:
+    retention = _future()
+    created = await api.post(
+        f"{STORE}/backups/create",
+        name="backup_first",
+        passcode=SECRET,
+        description="",
+        retentionDate=retention,
+        f="pjson",
+    )
+    document = created.json()
+    assert set(document) == {"jobsUrl", "jobid", "status"}
+    assert document["status"] == "SUBMITTED"
+    assert document["jobsUrl"] == f"http://testserver/admin/jobs/{document['jobid']}"
+    job = api.job(created)
+    assert job["status"] == "COMPLETED", job
+    assert job["operationURI"] == f"http://testserver{STORE}/backups/create"
+    assert job["progress"]["percent"] == 100
+    assert (await api.get(document["jobsUrl"])).json() == job
+
+    info = engine.info("backup_first").to_dict()
+    assert info["retentionDate"] == int(retention)
+    assert (await api.get(f"{STORE}/backups")).json() == {"backups": [info]}
+    assert (await api.get(f"{STORE}/backups/backup_first")).json() == info
+
+    later = _future(30)
+    updated = await api.post(f"{STORE}/backups/backup_first/update", retentionDate=later)
+    assert updated.json() == {"status": "success"}
+    assert (await api.get(f"{STORE}/backups/backup_first")).json()["retentionDate"] == int(later)
+
+    restored = api.job(await api.post(f"{STORE}/backups/backup_first/restore", passcode=SECRET))
+    assert restored["status"] == "COMPLETED", restored
+    assert snapshot(Path(restored["result"]["restoreDir"]) / tree.name) == snapshot(tree)
+
+    wrong = api.job(
+        await api.post(f"{STORE}/backups/backup_first/restore", passcode="Not-the-passc0de")
+    )
+    assert wrong["status"] == "FAILED"
+    assert "passcode" in wrong["messages"][0]
+    assert "Not-the-passc0de" not in json.dumps(wrong)
+
+    deleted = await api.post(f"{STORE}/backups/backup_first/delete")
+    assert deleted.json() == {"status": "success"}
+    assert (await api.get(f"{STORE}/backups")).json() == {"backups": []}
+
+    engine.create("second", [tree], passcode=SECRET)
+    job = api.job(await api.post(f"{STORE}/backups/second/delete", **{"async": "true"}))
+    assert (job["status"], job["operation"], job["backupName"]) == ("COMPLETED", "delete", "second")
+    assert engine.list() == []
+
+
+@pytest.mark.parametrize(
+    ("form", "code", "fragment"),
+    [
+        ({"name": None}, 400, "The parameter name is required."),
+        ({"passcode": None}, 400, "The parameter passcode is required."),
+        ({"passcode": "short12"}, 400, "at least 8 characters"),
+        ({"name": "../escape"}, 400, "'../escape'"),
+        ({"retentionDate": "1635945710988"}, 400, "is in the past"),
+        ({"retentionDate": "tomorrow"}, 400, "retentionDate must be a whole number"),
+        ({"keepDays": "14"}, 400, "not both"),
+        ({"retentionDate": None, "keepDays": "-1"}, 400, "keepDays must be"),
+        ({"name": "kept"}, 409, "already exists"),
+        ({"store": "nowhere"}, 404, "No store is named 'nowhere'"),
+    ],
+)
+async def test_a_bad_create_says_what_is_wrong_and_starts_nothing(
+    api: Api, home: Path, kept: str, form: dict[str, str | None], code: int, fragment: str
+) -> None:
+    store = form.pop("store", None) or "backupsDefault"
+    fields = {"name": "fresh", "passcode": SECRET, "retentionDate": _future(), **form}
+    sent = {key: value for key, value in fields.items() if value is not None}
+    _error(await api.post(f"{DR}/stores/{store}/backups/create", **sent), code, fragment)
+    assert not (home / JOBS_FILE).exists()
+
+
+async def test_other_backup_errors(api: Api, kept: str) -> None:
+    _error(await api.get(f"{STORE}/backups/missing"), 404, "No backup named 'missing'")
+    _error(await api.post(f"{STORE}/backups/missing/restore", passcode=SECRET), 404, "missing")
+    _error(await api.post(f"{STORE}/backups/missing/delete"), 404, "No backup named")
+    _error(
+        await api.post(f"{STORE}/backups/missing/update", retentionDate=_future()),
+        404,
+        "No backup named",
+    )
+    _error(await api.post(f"{BACKUP}/restore"), 400, "The parameter passcode is required.")
+    _error(await api.post(f"{BACKUP}/update"), 400, "The parameter retentionDate is required.")
+    _error(await api.post(f"{BACKUP}/update", retentionDate="12:00"), 400, "whole number")
+    _error(await api.post(f"{BACKUP}/delete", **{"async": "yes"}), 400, "true or false")
+    _error(await api.get(f"{STORE}/backups/create"), 405, "create takes a POST")
+    passcode_in_url = await api.send(
+        "POST",
+        f"{BACKUP}/restore",
+        params={"passcode": "In-the-URL-1"},
+        data={"token": TOKEN, "f": "json"},
+    )
+    _error(passcode_in_url, 400, "never in the URL")
+
+
+async def test_create_needs_sources(engine: Engine, tmp_path: Path) -> None:
+    app = create_app(engine)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        response = await http.post(
+            f"{STORE}/backups/create",
+            data={"name": "x", "passcode": SECRET, "f": "json", "token": TOKEN},
+        )
+    _error(response, 400, "--source")
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+
+async def test_jobs_are_found_cancelled_and_shown(api: Api, engine: Engine) -> None:
+    _error(await api.get("/admin/jobs/j7d22f855-2c9f-4934-94e4-93c5e85cd271"), 404, "No job")
+    _error(await api.get("/admin/jobs/not-a-job"), 404, "No job has the id 'not-a-job'")
+
+    jobid = engine.jobs.submit("loop", until_cancelled, store="backupsDefault").jobid
+    page = await api.send("GET", f"/admin/jobs/{jobid}", params={"token": TOKEN})
+    assert '<meta http-equiv="refresh"' in page.text
+    assert 'id="cancel"' in page.text
+    cancelled = await api.post(f"/admin/jobs/{jobid}/cancel")
+    assert cancelled.json()["status"] in ("CANCELLING", "CANCELLED")
+    assert engine.jobs.wait(jobid, timeout=30).status == "CANCELLED"
+    ended = await api.send("GET", f"/admin/jobs/{jobid}", params={"token": TOKEN})
+    assert 'id="status" class="status-CANCELLED">CANCELLED<' in ended.text
+    assert "refresh" not in ended.text
+
+
+# -- routing and limits -----------------------------------------------------------------
+
+
+async def test_unknown_paths_wrong_methods_and_huge_bodies(api: Api) -> None:
+    _error(await api.get("/admin/system/nothing"), 404, "There is no /admin/system/nothing here")
+    _error(await api.get(f"{BACKUP}/restore"), 405, "does not take GET")
+    huge = await api.send(
+        "POST",
+        f"{STORE}/validate",
+        content=b"x" * (1024 * 1024 + 1),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        params={"f": "json"},
+    )
+    _error(huge, 413, "larger than")
+    page = await api.send("GET", "/admin/system/nothing")
+    assert page.status_code == 404 and "<h1>Error 404</h1>" in page.text
+
+
+async def test_the_app_mounts_inside_a_host_product(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    host = Starlette(routes=[Mount("/context", app=_app(engine, tree, tmp_path))])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=host), base_url="https://org.example"
+    ) as http:
+        created = await http.post(
+            f"/context{STORE}/backups/create",
+            data={"name": "mounted", "passcode": SECRET, "f": "json", "token": TOKEN},
+        )
+        jobs_url = created.json()["jobsUrl"]
+        assert jobs_url.startswith("https://org.example/context/admin/jobs/j")
+        engine.jobs.wait(created.json()["jobid"], timeout=30)
+        job = await http.get(jobs_url, params={"f": "json", "token": TOKEN})
+    assert job.json()["status"] == "COMPLETED"
+
+
+# -- secrets ----------------------------------------------------------------------------
+
+
+async def test_the_passcode_is_never_logged_echoed_or_stored(
+    api: Api, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    create = f"{STORE}/backups/create"
+    api.job(await api.post(create, name="secret", passcode=SECRET))
+    api.job(await api.post(f"{STORE}/backups/secret/restore", passcode=SECRET))
+    api.job(await api.post(f"{STORE}/backups/secret/restore", passcode=SECRET + "-wrong"))
+    await api.post(create, name="secret", passcode=SECRET)  # 409
+    await api.post(create, name="bad name", passcode=SECRET)  # 400
+    await api.post(create, name="x", passcode=SECRET, retentionDate="soon")  # 400
+    html = await api.send("POST", create, data={"name": "page", "passcode": SECRET, "token": TOKEN})
+    assert html.status_code == 303
+    assert SECRET not in caplog.text
+    assert "Job" in caplog.text  # the jobs did log
+    stored = b"".join(p.read_bytes() for p in home.glob(f"{JOBS_FILE}*") if p.is_file())
+    assert b"secret" in stored
+    assert SECRET.encode() not in stored
+
+
+# -- the HTML pages ---------------------------------------------------------------------
+
+
+async def test_pages_sign_in_with_a_cookie_and_refuse_other_sites(
+    api: Api, engine: Engine, kept: str
+) -> None:
+    http = api.http
+    asked = await api.send("GET", f"{STORE}/backups", params={"token": "wrong"})
+    assert asked.status_code == 401
+    assert 'name="next" value="/admin/system/disasterrecovery/stores/backupsDefault/backups"' in (
+        asked.text
+    )
+    refused = await api.send("POST", "/admin/login", data={"token": "wrong", "next": "/x"})
+    assert refused.status_code == 401 and COOKIE not in refused.cookies
+
+    signed_in = await api.send(
+        "POST", "/admin/login", data={"token": TOKEN, "next": f"{STORE}/backups"}
+    )
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == f"{STORE}/backups"
+    cookie = signed_in.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/admin" in cookie
+
+    listing = await http.get(f"{STORE}/backups")
+    assert listing.status_code == 200
+    assert "made in code" in listing.text and "Sign out" in listing.text
+
+    elsewhere = await http.post(
+        f"{BACKUP}/delete", data={"f": "json"}, headers={"Origin": "https://evil.example"}
+    )
+    _error(elsewhere, 403, "another site")
+    assert engine.info(kept)
+
+    sent_elsewhere = await api.send(
+        "POST", "/admin/login", data={"token": TOKEN, "next": "https://evil.example/"}
+    )
+    assert sent_elsewhere.headers["location"] == f"http://testserver{DR}"
+
+    await http.post("/admin/logout")
+    assert (await http.get(f"{STORE}/backups")).status_code == 401
+
+
+async def test_pages_render_every_resource(api: Api, engine: Engine, kept: str) -> None:
+    engine.update_retention(kept, _future())
+    pages = {
+        DR: "Backup stores",
+        f"{DR}/settings": "restoreDir",
+        f"{DR}/status": "success",
+        f"{DR}/stores": 'href="http://testserver/admin/system/disasterrecovery/stores/backupsDefault"',
+        STORE: "Validate",
+        f"{STORE}/backups": "made in code",
+        f"{STORE}/backups/create": 'name="passcode"',
+        BACKUP: "Restore into a new directory",
+    }
+    for path, expected in pages.items():
+        page = await api.send("GET", path, params={"token": TOKEN})
+        assert page.status_code == 200, path
+        assert expected in page.text, path
+    validated = await api.send("POST", f"{STORE}/validate", data={"token": TOKEN})
+    assert "<h1>Store backupsDefault: valid</h1>" in validated.text
+    assert "put_if_absent" in validated.text
+
+
+async def test_forms_create_through_a_redirect_and_escape_what_they_show(
+    api: Api, engine: Engine
+) -> None:
+    response = await api.send(
+        "POST",
+        f"{STORE}/backups/create",
+        data={
+            "name": "from-form",
+            "passcode": SECRET,
+            "description": "<script>alert(1)</script>",
+            "keepDays": "14",
+            "token": TOKEN,
+        },
+    )
+    assert response.status_code == 303
+    jobid = response.headers["location"].rsplit("/", 1)[1]
+    assert engine.jobs.wait(jobid, timeout=30).status == "COMPLETED"
+    retention = engine.info("from-form").retention_date
+    assert retention is not None
+    assert 13.9 < (retention.timestamp() - time.time()) / 86400 <= 14
+    page = await api.send("GET", f"{STORE}/backups/from-form", params={"token": TOKEN})
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "<script>" not in page.text
+    job_page = await api.send("GET", f"/admin/jobs/{jobid}", params={"token": TOKEN})
+    assert 'id="backup"' in job_page.text and "refresh" not in job_page.text
