@@ -1,0 +1,254 @@
+"""The S3 store on its own: the conformance suite, options, request shapes and errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+import strongroom_s3
+from strongroom_s3 import S3Store
+
+from strongroom import (
+    BackupNotFoundError,
+    ConfigError,
+    Engine,
+    StoreSpec,
+    StoreUnavailableError,
+)
+from strongroom.plugins import BackendRegistry, build_registry, get_plugin_manager
+from strongroom.testing import StoreConformance
+
+OpenS3 = Callable[..., S3Store]
+
+
+class TestS3Store(StoreConformance):
+    @pytest.fixture
+    def store(self, bucket: str, open_s3: OpenS3) -> S3Store:
+        return open_s3(bucket)
+
+
+# -- registration and configuration ------------------------------------------------------
+
+
+def test_the_distribution_is_a_strongroom_plugin_for_s3_and_s3a() -> None:
+    (entry_point,) = entry_points(group="strongroom", name="s3")
+    manager = get_plugin_manager(autoload=False)
+    manager.register(entry_point.load())
+    assert {"s3", "s3a"} <= set(build_registry(manager).schemes)
+
+
+def test_an_s3a_url_opens_the_bucket_prefix(
+    bucket: str, s3_endpoint: str, s3_admin: Callable[..., Any], s3_registry: BackendRegistry
+) -> None:
+    store = s3_registry.open(
+        StoreSpec("lake", f"s3a://{bucket}/some/prefix/", {"endpoint_url": s3_endpoint})
+    )
+    store.put("manifests/x", b"payload")
+    assert s3_admin().cat_file(f"{bucket}/some/prefix/manifests/x") == b"payload"
+    assert [obj.key for obj in store.list("")] == ["manifests/x"]
+
+
+def test_defaults_and_text_options_from_the_command_line(bucket: str, open_s3: OpenS3) -> None:
+    assert open_s3(bucket).concurrency == 8
+    store = open_s3(bucket, concurrency="16", max_attempts="3", retry_mode="adaptive")
+    assert store.concurrency == 16
+    assert store.fs.config_kwargs["retries"] == {"mode": "adaptive", "total_max_attempts": 3}
+    assert store.fs.config_kwargs["max_pool_connections"] >= 16
+
+
+def test_unknown_options_are_refused_with_the_known_ones(s3_registry: BackendRegistry) -> None:
+    spec = StoreSpec("offsite", "s3://bucket/p", {"bucket_region": "eu-west-1"})
+    with pytest.raises(ConfigError, match=r"'offsite'.*bucket_region.*knows endpoint_url, region"):
+        s3_registry.open(spec)
+
+
+def test_plain_text_credentials_are_refused_without_showing_them(
+    s3_registry: BackendRegistry,
+) -> None:
+    spec = StoreSpec("offsite", "s3://bucket/p", {"key": "AKIAPLAIN", "secret": "plain-secret-1"})
+    with pytest.raises(
+        ConfigError, match=r'key, secret must not be written.*env = "VARIABLE"'
+    ) as err:
+        s3_registry.open(spec)
+    assert "plain-secret-1" not in str(err.value) and "AKIAPLAIN" not in str(err.value)
+
+
+def test_referenced_credentials_are_used(
+    auth_s3: dict[str, str], monkeypatch: pytest.MonkeyPatch, s3_registry: BackendRegistry
+) -> None:
+    monkeypatch.setenv("OFFSITE_KEY", auth_s3["key"])
+    monkeypatch.setenv("OFFSITE_SECRET", auth_s3["secret"])
+    options = {
+        "endpoint_url": auth_s3["endpoint"],
+        "key": {"env": "OFFSITE_KEY"},
+        "secret": {"env": "OFFSITE_SECRET"},
+    }
+    store = s3_registry.open(StoreSpec("offsite", f"s3://{auth_s3['bucket']}/p", options))
+    store.put("manifests/x", b"signed with the referenced key")  # the ambient dummy key is refused
+    assert store.get("manifests/x") == b"signed with the referenced key"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_attempts": "0"}, "max_attempts must be a whole number from 1 to 20"),
+        ({"concurrency": "lots"}, "concurrency must be a whole number from 1 to 64"),
+        ({"concurrency": True}, "concurrency must be a whole number"),
+        ({"retry_mode": "legacy"}, "retry_mode is one of standard, adaptive"),
+        ({"endpoint_url": "localhost:9000"}, "endpoint_url must be an http:// or https:// URL"),
+        ({"region": ""}, "region must be non-empty text"),
+        ({"key": {"env": "HOME"}}, "key and secret go together"),
+        ({"profile": "x", "key": {"env": "HOME"}, "secret": {"env": "HOME"}}, "either profile"),
+    ],
+)
+def test_bad_option_values_are_refused(
+    options: dict[str, Any], message: str, s3_registry: BackendRegistry
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        s3_registry.open(StoreSpec("offsite", "s3://bucket/p", options))
+
+
+@pytest.mark.parametrize("url", ["s3:///no-bucket", "s3://b/p?versionId=1", "s3://user@b/p"])
+def test_urls_that_do_not_name_a_bucket_are_refused(url: str, s3_registry: BackendRegistry) -> None:
+    with pytest.raises(ConfigError, match=r"s3://bucket/prefix"):
+        s3_registry.open(StoreSpec("offsite", url))
+
+
+# -- the requests a store makes ----------------------------------------------------------
+
+
+def test_a_create_is_one_conditional_put_and_an_overwrite_is_not_conditional(
+    bucket: str, open_s3: OpenS3, fault_proxy: Callable[[str], Any], s3_endpoint: str
+) -> None:
+    proxy = fault_proxy(s3_endpoint)
+    store = open_s3(bucket, endpoint=proxy.url)
+    store.put("manifests/m", b"first")
+    store.put("manifests/m", b"second", overwrite=True)
+    with pytest.raises(FileExistsError):
+        store.put("manifests/m", b"third")
+    puts = [(method, headers.get("If-None-Match")) for method, _, headers in proxy.requests]
+    assert puts[:3] == [("PUT", "*"), ("PUT", None), ("PUT", "*")]
+    assert store.get("manifests/m") == b"second"
+
+
+def test_a_put_past_s3fs_multipart_threshold_is_still_one_put_object(
+    bucket: str,
+    open_s3: OpenS3,
+    fault_proxy: Callable[[str], Any],
+    s3_endpoint: str,
+    s3_admin: Callable[..., Any],
+) -> None:
+    proxy = fault_proxy(s3_endpoint)
+    store = open_s3(bucket, endpoint=proxy.url)
+    payload = os.urandom(100 * 2**20 + 1)  # s3fs.pipe_file goes multipart from 2 x 50 MiB
+    store.put("data/big/id/0000000000", payload)
+    assert [(m, p) for m, p, _ in proxy.requests] == [
+        ("PUT", f"/{bucket}/strongroom/data/big/id/0000000000")
+    ]
+    info = s3_admin().info(f"{bucket}/strongroom/data/big/id/0000000000")
+    assert "-" not in info["ETag"], "a multipart upload's ETag ends in -<parts>"
+    assert store.get("data/big/id/0000000000") == payload
+
+
+def test_a_create_whose_answer_was_lost_is_not_taken_for_a_conflict(
+    bucket: str, open_s3: OpenS3, fault_proxy: Callable[[str], Any], s3_endpoint: str
+) -> None:
+    proxy = fault_proxy(s3_endpoint)
+    proxy.rule = lambda method, path, attempt: "drop" if method == "PUT" and attempt == 1 else None
+    store = open_s3(bucket, endpoint=proxy.url)
+    store.put("manifests/lost", b"ours")  # S3 stored it; botocore's retry gets 412
+    assert [m for m, _, _ in proxy.requests].count("PUT") == 2
+    with pytest.raises(FileExistsError):
+        store.put("manifests/lost", b"someone else's")
+    assert store.get("manifests/lost") == b"ours"
+
+
+def test_listing_and_deleting_go_page_by_page(
+    bucket: str, open_s3: OpenS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(strongroom_s3, "LIST_PAGE", 2)
+    monkeypatch.setattr(strongroom_s3, "DELETE_BATCH", 2)
+    store = open_s3(bucket)
+    keys = [f"data/n/id/{i:010d}" for i in range(5)]
+    for key in keys:
+        store.put(key, b"x")
+    assert [obj.key for obj in store.list("data/n")] == keys
+    store.delete([*keys[:4], "data/n/id/never-was"])
+    assert [obj.key for obj in store.list("data/")] == keys[4:]
+
+
+def test_validate_reports_object_lock_only_when_the_bucket_has_it(
+    new_bucket: Callable[..., str], open_s3: OpenS3
+) -> None:
+    locked = open_s3(new_bucket(ObjectLockEnabledForBucket=True)).validate()
+    plain = open_s3(new_bucket()).validate()
+    assert locked.ok and plain.ok, (locked.errors, plain.errors)
+    assert locked.capabilities.object_lock and locked.capabilities.put_if_absent
+    assert not plain.capabilities.object_lock
+
+
+# -- permanent errors fail at once, naming the store ---------------------------------------
+
+
+def test_a_missing_bucket_fails_at_once_and_is_never_an_empty_store(
+    open_s3: OpenS3, fault_proxy: Callable[[str], Any], s3_endpoint: str, tmp_path: Path
+) -> None:
+    proxy = fault_proxy(s3_endpoint)
+    store = open_s3("strongroom-no-such-bucket", endpoint=proxy.url)
+    engine = Engine(stores=[store])
+    (tmp_path / "f").write_bytes(b"data")
+    expected = r"Store 's3test'.*bucket 'strongroom-no-such-bucket' does not exist"
+    with pytest.raises(StoreUnavailableError, match=expected):
+        engine.create("nightly", [tmp_path / "f"], passcode="a passcode", store="s3test")
+    with pytest.raises(StoreUnavailableError, match=expected):
+        engine.list("s3test")
+    with pytest.raises(StoreUnavailableError, match=expected) as err:
+        engine.info("nightly", "s3test")
+    assert not isinstance(err.value, BackupNotFoundError)
+    requested = [(method, path) for method, path, _ in proxy.requests]
+    assert requested and len(set(requested)) == len(requested), "nothing was retried"
+
+
+def test_rejected_credentials_fail_at_once(
+    auth_s3: dict[str, str], open_s3: OpenS3, fault_proxy: Callable[[str], Any]
+) -> None:
+    proxy = fault_proxy(auth_s3["endpoint"])
+    store = open_s3(auth_s3["bucket"], endpoint=proxy.url)  # the ambient dummy credentials
+    with pytest.raises(
+        StoreUnavailableError, match=r"'s3test'.*not exist in our records.*Check the"
+    ):
+        store.put("manifests/x", b"x")
+    with pytest.raises(StoreUnavailableError, match=r"Check the credentials .*AWS_ACCESS_KEY_ID"):
+        store.list("manifests/")
+    assert [m for m, _, _ in proxy.requests] == ["PUT", "GET"]
+
+
+def test_missing_credentials_fail_before_any_request(
+    open_s3: OpenS3,
+    fault_proxy: Callable[[str], Any],
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    proxy = fault_proxy(s3_endpoint)
+    store = open_s3("strongroom-any", endpoint=proxy.url)
+    with pytest.raises(StoreUnavailableError, match=r"'s3test'.*Unable to locate.*Check the cred"):
+        store.put("manifests/x", b"x")
+    assert proxy.requests == []
+
+
+def test_an_unreachable_endpoint_is_named(open_s3: OpenS3) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed again: refused
+    store = open_s3("strongroom-any", endpoint=endpoint, max_attempts=2)
+    with pytest.raises(
+        StoreUnavailableError, match=rf"'s3test'.*Check that {endpoint} is reachable"
+    ):
+        store.get("manifests/x")
