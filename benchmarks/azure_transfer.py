@@ -33,9 +33,9 @@ from pathlib import Path
 import psutil
 from adlfs import AzureBlobFileSystem  # type: ignore[import-untyped]
 from azure.storage.blob import BlobServiceClient
-from strongroom_azure import open_azure_store
 
 from strongroom import Engine, Store, StoreSpec
+from strongroom_azure.store import open_azure_store
 
 MIB = 1024 * 1024
 MB = 1_000_000

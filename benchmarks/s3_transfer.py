@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import s3fs
-from strongroom_s3 import S3Store, open_s3_store
 
 from strongroom import Engine, KdfParams, Passcode, StoreSpec
 from strongroom.crypto import derive_kek, new_salt
+from strongroom_s3.store import S3Store, open_s3_store
 
 MIB = 2**20
 PIECE = 4 * MIB

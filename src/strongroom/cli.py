@@ -263,7 +263,9 @@ def run_stores_list(args: argparse.Namespace) -> int:
 def run_stores_add(args: argparse.Namespace) -> int:
     config = StoresConfig.load()
     spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
-    build_registry(get_plugin_manager()).factory_for(spec)  # an unknown scheme fails here
+    # Opening checks the scheme, the options and that secret references resolve, before
+    # anything is saved (opening touches no network).
+    build_registry(get_plugin_manager()).open(spec)
     config.add(spec, make_default=args.default)
     config.save()
     print(f"Added store {spec.name} ({spec.url}) to {config.path}")

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from strongroom_azure import AzureStore, open_azure_store
 
 from strongroom import Engine, KdfParams, StoreSpec
+from strongroom_azure.store import AzureStore, open_azure_store
 
 ENDPOINT_ENV = "STRONGROOM_TEST_AZURITE_BLOB_ENDPOINT"
 #: Azurite's well-known development account and key (published in Azurite's README).

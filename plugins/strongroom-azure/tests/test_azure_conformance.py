@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
-from strongroom_azure import AzureStore
 
 from strongroom.testing import StoreConformance
+from strongroom_azure.store import AzureStore
 
 if TYPE_CHECKING:
     from conftest import FaultProxy

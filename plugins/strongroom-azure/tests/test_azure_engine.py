@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from strongroom_azure import AzureStore
 
 from strongroom import BackupExistsError, BackupInfo, Engine
+from strongroom_azure.store import AzureStore
 
 PASSCODE = "correct horse battery"
 MB = 1_000_000

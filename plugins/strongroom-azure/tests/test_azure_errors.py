@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 from azure.identity import CredentialUnavailableError
-from strongroom_azure import AzureStore
 
 from strongroom import Engine, StoreUnavailableError
+from strongroom_azure.store import AzureStore
 
 if TYPE_CHECKING:
     from conftest import FaultProxy

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from strongroom_azure import AzureStore, open_azure_store
 
 from strongroom import Engine, StoreSpec, StoreUnavailableError, StrongroomError
+from strongroom_azure.store import AzureStore, open_azure_store
 
 if TYPE_CHECKING:
     from conftest import AzuriteServer, FaultProxy

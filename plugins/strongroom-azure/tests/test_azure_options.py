@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,11 +14,12 @@ from typing import TYPE_CHECKING
 import pytest
 from azure.identity.aio import DefaultAzureCredential
 from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
-from strongroom_azure import KNOWN_OPTIONS, AzureStore, open_azure_store
 
 from strongroom import ConfigError, Engine, StoreSpec
 from strongroom.cli import main
 from strongroom.plugins import build_registry, get_plugin_manager
+from strongroom_azure._options import KNOWN_OPTIONS
+from strongroom_azure.store import AzureStore, open_azure_store
 
 if TYPE_CHECKING:
     from conftest import Account
@@ -149,3 +153,18 @@ def test_numbers_may_come_as_text_from_the_command_line(
     store = make_store(concurrency="3", retry_total="0")
     assert store.concurrency == 3
     assert store.validate().ok
+
+
+def test_registering_the_plugin_loads_no_azure_sdk() -> None:
+    """Every strongroom command loads the plugin; only an az:// store may pay for the SDK."""
+    probe = (
+        "import sys; from strongroom.plugins import build_registry, get_plugin_manager; "
+        "registry = build_registry(get_plugin_manager()); "
+        "assert 'az' in registry.schemes, registry.schemes; "
+        "print(sorted(m for m in ('adlfs', 'azure.storage.blob') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "STRONGROOM_DISABLE_PLUGIN_AUTOLOAD"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 import s3fs
-import strongroom_s3
-from strongroom_s3 import S3Store
 
+import strongroom_s3
 from strongroom import BackendRegistry, Engine, KdfParams, StoreSpec
 from strongroom.plugins import build_registry, get_plugin_manager
+from strongroom_s3.store import S3Store
 
 ENDPOINT_ENV = "STRONGROOM_TEST_S3_ENDPOINT"
 #: Argon2id at its cheapest: these tests are about the store.

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from strongroom_s3 import S3Store
 
 from strongroom import BackupExistsError, Engine, StoreUnavailableError
+from strongroom_s3.store import S3Store
 
 MIB = 2**20
 PASSCODE = "s3 test passcode"

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
-import strongroom_s3
-from strongroom_s3 import S3Store
 
+import strongroom_s3.store
 from strongroom import (
     BackupNotFoundError,
     ConfigError,
@@ -22,6 +23,7 @@ from strongroom import (
 )
 from strongroom.plugins import BackendRegistry, build_registry, get_plugin_manager
 from strongroom.testing import StoreConformance
+from strongroom_s3.store import S3Store
 
 OpenS3 = Callable[..., S3Store]
 
@@ -171,8 +173,8 @@ def test_a_create_whose_answer_was_lost_is_not_taken_for_a_conflict(
 def test_listing_and_deleting_go_page_by_page(
     bucket: str, open_s3: OpenS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(strongroom_s3, "LIST_PAGE", 2)
-    monkeypatch.setattr(strongroom_s3, "DELETE_BATCH", 2)
+    monkeypatch.setattr(strongroom_s3.store, "LIST_PAGE", 2)
+    monkeypatch.setattr(strongroom_s3.store, "DELETE_BATCH", 2)
     store = open_s3(bucket)
     keys = [f"data/n/id/{i:010d}" for i in range(5)]
     for key in keys:
@@ -252,3 +254,18 @@ def test_an_unreachable_endpoint_is_named(open_s3: OpenS3) -> None:
         StoreUnavailableError, match=rf"'s3test'.*Check that {endpoint} is reachable"
     ):
         store.get("manifests/x")
+
+
+def test_registering_the_plugin_loads_no_aws_sdk() -> None:
+    """Every strongroom command loads the plugin; only an s3:// store may pay for boto."""
+    probe = (
+        "import sys; from strongroom.plugins import build_registry, get_plugin_manager; "
+        "registry = build_registry(get_plugin_manager()); "
+        "assert 's3' in registry.schemes, registry.schemes; "
+        "print(sorted(m for m in ('botocore', 's3fs', 'aiobotocore') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "STRONGROOM_DISABLE_PLUGIN_AUTOLOAD"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -22,21 +22,16 @@ from azure.storage.blob.aio import BlobServiceClient
 from fsspec.asyn import sync
 
 from strongroom import (
-    BackendRegistry,
     ObjectInfo,
     Store,
     StoreCapabilities,
     StoreSpec,
     StoreUnavailableError,
-    hookimpl,
 )
 
 from ._options import AzureOptions
 
-__all__ = ["SCHEMES", "AzureStore", "open_azure_store", "strongroom_register_backends"]
-
-#: adlfs's protocols; strongroom's core names all three as belonging to this distribution.
-SCHEMES = ("az", "abfs", "abfss")
+__all__ = ["AzureStore", "open_azure_store"]
 
 
 class AzureStore(Store):
@@ -188,12 +183,6 @@ def open_azure_store(spec: StoreSpec) -> AzureStore:
         skip_instance_cache=True,
     )
     return AzureStore(spec.name, spec.url, fs, options)
-
-
-@hookimpl
-def strongroom_register_backends(registry: BackendRegistry) -> None:
-    for scheme in SCHEMES:
-        registry.add(scheme, open_azure_store)
 
 
 def _first_line(exc: BaseException) -> str:

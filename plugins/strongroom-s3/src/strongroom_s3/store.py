@@ -1,0 +1,372 @@
+"""S3 backup stores for strongroom: `s3://bucket/prefix` (or `s3a://`), on s3fs.
+
+Every put is a single PutObject, never a multipart upload, so S3 makes it atomic: a
+reader sees the whole object or none, and a write that fails leaves nothing behind.
+A create sends `If-None-Match: *`, so of two writers racing for a key exactly one wins.
+
+Retries happen in two layers. botocore retries each HTTP request (connection errors,
+timeouts, 500/502/503/504, throttling such as 503 SlowDown) with jittered exponential
+backoff, `max_attempts` times in all, in `retry_mode` "standard" or "adaptive" (which
+also slows the client down while S3 throttles). s3fs wraps each call once more and
+retries what botocore cannot see: a response body cut off while it is read, an
+unparsable throttling reply, and SlowDown after botocore gave up. Anything else (access
+denied, a missing bucket) fails at once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import s3fs  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from strongroom import (
+    ConfigError,
+    ObjectInfo,
+    Store,
+    StoreCapabilities,
+    StoreSpec,
+    StoreUnavailableError,
+    ValidationReport,
+)
+
+__all__ = ["OPTIONS", "S3Store", "open_s3_store"]
+
+#: Every store option the backend understands.
+OPTIONS = (
+    "endpoint_url",
+    "region",
+    "profile",
+    "key",
+    "secret",
+    "token",
+    "max_attempts",
+    "retry_mode",
+    "concurrency",
+)
+#: Options that may only be `{ env = "VARIABLE" }` references, never plain text.
+SECRET_OPTIONS = ("key", "secret", "token")
+RETRY_MODES = ("standard", "adaptive")
+DEFAULT_CONCURRENCY = 8
+DEFAULT_MAX_ATTEMPTS = 5
+#: s3fs's own attempts per call, around botocore's (its default of 5 would multiply them).
+S3FS_ATTEMPTS = 2
+#: Keys per ListObjectsV2 page and per DeleteObjects request (S3's maximum for both).
+LIST_PAGE = DELETE_BATCH = 1000
+AUTH_CODES = {
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "SignatureDoesNotMatch",
+}
+
+
+class S3Store(Store):
+    """A store under a bucket prefix, one S3 request per operation.
+
+    The generic fsspec calls are avoided where they cost requests (`exists` would list
+    after a miss, `list` would swallow a missing bucket as an empty listing).
+    """
+
+    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, ranged_reads=True)
+    concurrency = DEFAULT_CONCURRENCY
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        fs: Any,
+        root: str,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
+        super().__init__(name, url, fs, root)
+        self.bucket, _, prefix = self.root.partition("/")
+        self._key_prefix = f"{prefix}/" if prefix else ""
+        self.concurrency = concurrency
+        self._max_attempts = max_attempts
+
+    def object_key(self, key: str) -> str:
+        """The S3 object key of a store key."""
+        return self._key_prefix + key
+
+    def put(
+        self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+    ) -> None:
+        """One PutObject; a create is conditional on the key being absent (If-None-Match)."""
+        body = bytes(data)  # aiohttp warns about (and botocore refuses) other bytes-likes
+        condition = {} if overwrite else {"IfNoneMatch": "*"}
+        with self.translate_errors(key):
+            try:
+                self.fs.call_s3(
+                    "put_object",
+                    Bucket=self.bucket,
+                    Key=self.object_key(key),
+                    Body=body,
+                    **condition,
+                )
+                return
+            except OSError as exc:
+                if overwrite or not _is_precondition_failure(exc):
+                    raise
+        if not self._holds(key, body):  # S3 refused the create: the key exists
+            raise FileExistsError(key)
+
+    def _holds(self, key: str, body: bytes) -> bool:
+        """Whether the object has exactly these bytes.
+
+        botocore retries a PUT whose response was lost, and that retry then finds our own
+        object; a racing writer's bytes always differ (every backup has a fresh id).
+        """
+        try:
+            return self.get(key) == body
+        except FileNotFoundError:
+            return False
+
+    def exists(self, key: str) -> bool:
+        with self.translate_errors(key):
+            try:
+                self.fs.call_s3("head_object", Bucket=self.bucket, Key=self.object_key(key))
+            except FileNotFoundError:
+                return False
+            return True
+
+    def list(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """Every object under the folder-like `prefix`; a missing bucket is an error, not empty."""
+        folder = prefix if not prefix or prefix.endswith("/") else f"{prefix}/"
+        request: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self.object_key(folder),
+            "MaxKeys": LIST_PAGE,
+        }
+        objects: builtins.list[ObjectInfo] = []
+        with self.translate_errors(prefix):
+            while True:
+                page = self.fs.call_s3("list_objects_v2", **request)
+                objects.extend(
+                    ObjectInfo(
+                        item["Key"][len(self._key_prefix) :], item["Size"], item["LastModified"]
+                    )
+                    for item in page.get("Contents", [])
+                )
+                if not page.get("IsTruncated"):
+                    break
+                request["ContinuationToken"] = page["NextContinuationToken"]
+        return sorted(objects, key=lambda obj: obj.key)
+
+    def delete(self, keys: builtins.list[str]) -> None:
+        """Delete in batches of DeleteObjects; keys that do not exist are ignored."""
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            with self.translate_errors(batch[0]):
+                reply = self.fs.call_s3(
+                    "delete_objects",
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": self.object_key(k)} for k in batch], "Quiet": True},
+                )
+            failed = reply.get("Errors", [])
+            if failed:
+                first = failed[0]
+                raise StoreUnavailableError(
+                    f"Store {self.name!r} ({self.url}) could not delete {len(failed)} object(s), "
+                    f"the first {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}. "
+                    f"Check that the credentials may delete objects in bucket {self.bucket!r} "
+                    "(and that no Object Lock retention protects them)."
+                )
+
+    def validate(self) -> ValidationReport:
+        """The base probes, with `object_lock` claimed only if the bucket really has it on."""
+        self.capabilities = replace(
+            type(self).capabilities, object_lock=self._object_lock_enabled()
+        )
+        return super().validate()
+
+    def _object_lock_enabled(self) -> bool:
+        try:
+            reply = self.fs.call_s3("get_object_lock_configuration", Bucket=self.bucket)
+        except (OSError, BotoCoreError):
+            return False  # no configuration, or not allowed to read it: claim nothing
+        configuration = reply.get("ObjectLockConfiguration", {})
+        return bool(configuration.get("ObjectLockEnabled") == "Enabled")
+
+    @contextmanager
+    def translate_errors(self, key: str) -> Iterator[None]:
+        """Turn s3fs's and botocore's failures into StoreUnavailableError saying what to check.
+
+        A missing key stays FileNotFoundError; a missing bucket (which s3fs also reports
+        as FileNotFoundError) does not, so it is never mistaken for an empty store.
+        """
+        try:
+            yield
+        except FileExistsError:
+            raise
+        except FileNotFoundError as exc:
+            if _error_code(exc) != "NoSuchBucket":
+                raise
+            raise self._unavailable(key, exc) from exc
+        except (OSError, BotoCoreError) as exc:
+            raise self._unavailable(key, exc) from exc
+
+    def _unavailable(self, key: str, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"Store {self.name!r} ({self.url}) failed on {key!r}: {str(exc).rstrip('.')}. "
+            f"{self._hint(exc)}, "
+            f"then run 'strongroom stores validate {self.name}'."
+        )
+
+    def _hint(self, exc: BaseException) -> str:
+        code = _error_code(exc)
+        if code == "NoSuchBucket":
+            return (
+                f"The bucket {self.bucket!r} does not exist at this endpoint; create it or "
+                "correct the store's URL"
+            )
+        if isinstance(exc, PermissionError | NoCredentialsError | PartialCredentialsError) or (
+            code in AUTH_CODES
+        ):
+            return (
+                "Check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                "~/.aws, the store's profile or key/secret options, or the instance role) and "
+                f"that they may read, write, list and delete in bucket {self.bucket!r}"
+            )
+        if isinstance(exc, ProfileNotFound):
+            return "Check the store's profile option against the profiles in your AWS config"
+        endpoint = self.fs.endpoint_url or "AWS S3"
+        if isinstance(exc, BotoConnectionError | HTTPClientError | TimeoutError):
+            return f"Check that {endpoint} is reachable and the endpoint_url and region are right"
+        return f"{endpoint} kept failing after {self._max_attempts} attempts; try again later"
+
+
+def open_s3_store(spec: StoreSpec) -> S3Store:
+    """Build an S3 store from a configured store's URL and (resolved) options."""
+    bucket, prefix = _bucket_and_prefix(spec)
+    options = spec.options
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"Store {spec.name!r}: unknown option(s) {', '.join(unknown)}; "
+            f"the S3 backend knows {', '.join(OPTIONS)}."
+        )
+    _refuse_plain_secrets(spec)
+    credentials = {name: _text(spec, name) for name in SECRET_OPTIONS if name in options}
+    if ("secret" in credentials) != ("key" in credentials) or (
+        "token" in credentials and "key" not in credentials
+    ):
+        raise ConfigError(
+            f"Store {spec.name!r}: key and secret go together (token only with both); "
+            "or leave all three out to use the standard AWS credential chain."
+        )
+    profile = _text(spec, "profile") if "profile" in options else None
+    if profile and credentials:
+        raise ConfigError(f"Store {spec.name!r}: give either profile or key/secret, not both.")
+    endpoint_url = _text(spec, "endpoint_url") if "endpoint_url" in options else None
+    if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"Store {spec.name!r}: endpoint_url must be an http:// or https:// URL, "
+            f"for example https://s3.eu-west-1.amazonaws.com; got {endpoint_url!r}."
+        )
+    concurrency = _integer(spec, "concurrency", DEFAULT_CONCURRENCY, 1, 64)
+    max_attempts = _integer(spec, "max_attempts", DEFAULT_MAX_ATTEMPTS, 1, 20)
+    retry_mode = _text(spec, "retry_mode") if "retry_mode" in options else RETRY_MODES[0]
+    if retry_mode not in RETRY_MODES:
+        raise ConfigError(
+            f"Store {spec.name!r}: retry_mode is one of {', '.join(RETRY_MODES)}; "
+            f"got {retry_mode!r}."
+        )
+    region = _text(spec, "region") if "region" in options else None
+    fs = s3fs.S3FileSystem(
+        skip_instance_cache=True,
+        endpoint_url=endpoint_url,
+        key=credentials.get("key"),
+        secret=credentials.get("secret"),
+        token=credentials.get("token"),
+        profile=profile,
+        client_kwargs={"region_name": region} if region else {},
+        config_kwargs={
+            # total_max_attempts is what AWS config files and AWS_MAX_ATTEMPTS call max_attempts
+            "retries": {"mode": retry_mode, "total_max_attempts": max_attempts},
+            "max_pool_connections": max(10, concurrency),
+        },
+        max_concurrency=1,  # one GET per object: the engine runs the transfers in parallel
+    )
+    fs.retries = S3FS_ATTEMPTS
+    root = f"{bucket}/{prefix}" if prefix else bucket
+    return S3Store(
+        spec.name, spec.url, fs, root, concurrency=concurrency, max_attempts=max_attempts
+    )
+
+
+def _bucket_and_prefix(spec: StoreSpec) -> tuple[str, str]:
+    parts = urlsplit(spec.url)
+    if not parts.netloc or parts.query or parts.fragment or any(c in parts.netloc for c in "@:"):
+        raise ConfigError(
+            f"Store {spec.name!r}: {spec.url!r} is not an S3 store URL; write it as "
+            "s3://bucket or s3://bucket/prefix (a custom endpoint goes in the endpoint_url option)."
+        )
+    return parts.netloc, parts.path.strip("/")
+
+
+def _refuse_plain_secrets(spec: StoreSpec) -> None:
+    """Refuse credentials written in plain text in the configuration.
+
+    The factory only sees options after `{ env = "VARIABLE" }` references were replaced
+    by their values, so a value found in no environment variable cannot have come from
+    a reference: it was written out in the configuration or on the command line.
+    """
+    environment = set(os.environ.values())
+    plain = [n for n in SECRET_OPTIONS if n in spec.options and spec.options[n] not in environment]
+    if plain:
+        raise ConfigError(
+            f"Store {spec.name!r}: option(s) {', '.join(plain)} must not be written in plain "
+            f'text. Write {plain[0]} = {{ env = "VARIABLE" }} in the configuration (or '
+            f"--option {plain[0]}=env:VARIABLE) and export VARIABLE, or leave the credentials "
+            "out and use the standard AWS chain (AWS_* variables, profiles, instance roles)."
+        )
+
+
+def _text(spec: StoreSpec, name: str) -> str:
+    value = spec.options[name]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"Store {spec.name!r}: option {name} must be non-empty text.")
+    return value
+
+
+def _integer(spec: StoreSpec, name: str, default: int, low: int, high: int) -> int:
+    """An integer option; the CLI's --option gives text, TOML gives numbers."""
+    value = spec.options.get(name, default)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(
+            f"Store {spec.name!r}: option {name} must be a whole number from {low} to {high}."
+        )
+    return value
+
+
+def _error_code(exc: BaseException) -> str:
+    """The S3 error code behind an s3fs exception (s3fs keeps the ClientError as the cause)."""
+    cause = exc if isinstance(exc, ClientError) else exc.__cause__
+    if isinstance(cause, ClientError):
+        error: Mapping[str, Any] = cause.response.get("Error", {})
+        return str(error.get("Code", ""))
+    return ""
+
+
+def _is_precondition_failure(exc: OSError) -> bool:
+    return isinstance(exc, FileExistsError) or _error_code(exc) == "PreconditionFailed"
