@@ -597,7 +597,7 @@ def test_store_options_keep_secrets_as_env_references(
     """--option KEY=env:VAR is written as {env = "VAR"}; the value never reaches the file."""
     monkeypatch.setenv("SR_TEST_TOKEN", "token-value-xyz")
     added = cli(
-        "stores", "add", "vault", (tmp_path / "vault").as_uri(),
+        "stores", "add", "vault", "memory://vault",
         "--option", "token=env:SR_TEST_TOKEN", "--option", "region=eu-west-1",
     )  # fmt: skip
     assert added.code == 0, added.err
@@ -610,15 +610,20 @@ def test_store_options_keep_secrets_as_env_references(
     }
     assert config["default"] == "backupsDefault"
 
-    # The filesystem backend takes no options, so opening the store says so.
-    rejected = cli("stores", "validate", "vault")
+    # The store is opened before it is saved: options a backend refuses, or a secret
+    # reference to an unset variable, are reported and nothing is written.
+    rejected = cli(
+        "stores", "add", "local", (tmp_path / "l").as_uri(), "--option", "token=env:SR_TEST_TOKEN"
+    )  # fmt: skip
     assert rejected.code == 3
     assert "takes no options" in rejected.error_line
     assert "token-value-xyz" not in rejected.err
     monkeypatch.delenv("SR_TEST_TOKEN")
-    unset = cli("stores", "validate", "vault")
+    unset = cli("stores", "add", "later", "memory://later", "--option", "token=env:SR_TEST_TOKEN")
     assert unset.code == 3
     assert "SR_TEST_TOKEN is not set" in unset.error_line
+    assert set(tomllib.loads((home / "config.toml").read_text())["stores"]) == {"vault"}
+    assert cli("stores", "validate", "vault").code == 3, "validate needs the variable too"
 
     malformed = cli("stores", "add", "other", (tmp_path / "o").as_uri(), "--option", "novalue")
     assert malformed.code == 3
