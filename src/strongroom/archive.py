@@ -21,11 +21,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
 
 if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer as Buffer
     from _typeshed import SupportsRead
 
 __all__ = [
@@ -105,6 +106,15 @@ def source_size(sources: Sequence[Path]) -> int:
     return total
 
 
+class ArchiveReader(Protocol):
+    """What extraction reads from: a forward-only stream that can also lend views."""
+
+    def read(self, size: int = -1) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+    def tell(self) -> int: ...
+    def read_view(self, size: int) -> memoryview: ...
+
+
 class _ForgetfulTarFile(tarfile.TarFile):
     """A TarFile that forgets each member once it is handled, so memory stays flat.
 
@@ -122,7 +132,7 @@ class _ForgetfulTarFile(tarfile.TarFile):
             self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
 
 
-def _open_tar(fileobj: io.RawIOBase, mode: Literal["r", "w"]) -> _ForgetfulTarFile:
+def _open_tar(fileobj: io.RawIOBase | ArchiveReader, mode: Literal["r", "w"]) -> _ForgetfulTarFile:
     """A tar reader or writer straight on our chunk stream.
 
     The plain "r"/"w" modes (not tarfile's "|" stream modes, whose buffer copies
@@ -177,7 +187,7 @@ def _pieces(stream: StreamSource) -> Iterator[bytes]:
         yield piece
 
 
-def extract_archive(stream: io.RawIOBase, target: Path, selected: Sequence[str] = ()) -> set[str]:
+def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str] = ()) -> set[str]:
     """Extract the tar stream into `target` (an empty staging directory).
 
     Returns which of the `selected` paths were found (all of them must be; the caller
@@ -197,18 +207,18 @@ def extract_archive(stream: io.RawIOBase, target: Path, selected: Sequence[str] 
             if safe.isdir():
                 tar.extract(safe, target, set_attrs=False)
                 directories.append(safe)
-            elif safe.isreg() and safe.size <= SMALL_FILE and PART_RECORD not in safe.pax_headers:
+            elif safe.isreg():
+                writers.wait_for(path)  # a later member of the same name must land last
                 stream.seek(safe.offset_data)
-                writers.submit(safe, path, stream.read(safe.size))
-            else:
-                if safe.isreg():
-                    writers.wait_for(path)
-                else:
-                    writers.wait_all()  # a link could redirect a pending write
                 if PART_RECORD in safe.pax_headers:
-                    _append_part(tar, safe, target)
+                    _append_part(stream, safe, path)
+                elif safe.size <= SMALL_FILE:
+                    writers.submit(safe, path, stream.read(safe.size))
                 else:
-                    tar.extract(safe, target)
+                    writers.write(safe, path, _views(stream, safe.size))
+            else:
+                writers.wait_all()  # a link could redirect a pending write
+                tar.extract(safe, target)
         writers.wait_all()
         for directory in reversed(directories):  # deepest first, after their contents
             path = os.path.join(target, directory.name)
@@ -239,7 +249,7 @@ class _FileWriters:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, member: tarfile.TarInfo, path: str, data: bytes) -> None:
-        self.wait_for(path)  # a later member of the same name must land last
+        """Write a small file on a writer thread."""
         for done in [p for p, f in self._pending.items() if f.done()]:
             self.wait_for(done)  # forget finished writes, raising a failure at once
         self._slots.acquire()
@@ -256,10 +266,21 @@ class _FileWriters:
         for path in list(self._pending):
             self.wait_for(path)
 
+    def write(self, member: tarfile.TarInfo, path: str, data: Iterable[Buffer]) -> None:
+        """Write a large file here and now, piece by piece, as the stream yields it."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            for piece in data:
+                handle.write(piece)
+        self._set_attributes(member, path)
+
     def _write(self, member: tarfile.TarInfo, path: str, data: bytes) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as handle:
             handle.write(data)
+        self._set_attributes(member, path)
+
+    def _set_attributes(self, member: tarfile.TarInfo, path: str) -> None:
         self._tar.chown(member, path, numeric_owner=False)
         self._tar.chmod(member, path)
         self._tar.utime(member, path)
@@ -303,14 +324,22 @@ def _safe_member(member: tarfile.TarInfo, target: Path) -> tarfile.TarInfo:
     return filtered.replace(**keep, deep=False)
 
 
-def _append_part(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+def _views(stream: ArchiveReader, size: int) -> Iterator[memoryview]:
+    """The next `size` bytes of the stream as views into its chunks (no copies)."""
+    while size:
+        piece = stream.read_view(min(size, COPY_BUFFER))
+        if not piece:
+            raise IntegrityError("The backup ends inside a file.")
+        size -= len(piece)
+        yield piece
+
+
+def _append_part(stream: ArchiveReader, member: tarfile.TarInfo, path: str) -> None:
     """Append one continuation part of a named stream to the file its first part made."""
-    path = target / member.name
-    data = tar.extractfile(member)
-    if data is None or not path.is_file() or path.is_symlink():
+    if not os.path.isfile(path) or os.path.islink(path):
         raise IntegrityError(
             f"Part {member.pax_headers[PART_RECORD]} of {member.name!r} has no start."
         )
     with open(path, "ab") as out:
-        while block := data.read(COPY_BUFFER):
-            out.write(block)
+        for piece in _views(stream, member.size):
+            out.write(piece)

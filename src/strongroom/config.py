@@ -5,7 +5,7 @@ default = "offsite"                       # optional; else "backupsDefault"
 
 [stores.offsite]
 url = "s3://my-bucket/backups"
-options = { region = "eu-west-1", key = { env = "OFFSITE_KEY" }, secret = { env = "OFFSITE_SECRET" } }
+options = { region = "eu-west-1", key = { env = "KEY_ID" }, secret = { env = "SECRET" } }
 ```
 
 The file is `$STRONGROOM_CONFIG`, else `$STRONGROOM_HOME/config.toml`; STRONGROOM_HOME

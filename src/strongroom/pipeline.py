@@ -190,14 +190,14 @@ class ChunkReader(io.RawIOBase):
         target = offset if whence == io.SEEK_SET else self._position + offset
         if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self._position:
             raise io.UnsupportedOperation("A backup stream is read forward only.")
-        while self._position < target and self._take(target - self._position):
+        while self._position < target and self.read_view(target - self._position):
             pass
         return self._position
 
     def readinto(self, target: WriteableBuffer) -> int:
         out = memoryview(target).cast("B")
         done = 0
-        while done < len(out) and (piece := self._take(len(out) - done)):
+        while done < len(out) and (piece := self.read_view(len(out) - done)):
             out[done : done + len(piece)] = piece
             done += len(piece)
         return done
@@ -206,12 +206,12 @@ class ChunkReader(io.RawIOBase):
         """Exactly `size` bytes unless the stream ends first (tarfile relies on full reads)."""
         if size < 0:
             return self.readall()
-        first = self._take(size)
+        first = self.read_view(size)
         if len(first) == size or not first:
             return bytes(first)
         pieces = [bytes(first)]
         missing = size - len(first)
-        while missing and (piece := self._take(missing)):
+        while missing and (piece := self.read_view(missing)):
             pieces.append(bytes(piece))
             missing -= len(piece)
         return b"".join(pieces)
@@ -226,8 +226,12 @@ class ChunkReader(io.RawIOBase):
         self._executor.shutdown(wait=True, cancel_futures=True)
         super().close()
 
-    def _take(self, size: int) -> memoryview:
-        """Up to `size` bytes of the current chunk, fetching the next one when it is used up."""
+    def read_view(self, size: int) -> memoryview:
+        """Up to `size` bytes of the current chunk, without a copy; empty at the end.
+
+        The view stays valid after later reads (each chunk is its own buffer), so it can
+        be written straight to a file.
+        """
         while not self._current and not self._at_end:
             self._advance()
         piece = self._current[:size]
