@@ -57,8 +57,9 @@ def test_create_a_backup_through_the_pages(
     assert browser.title.startswith("Sign in")
     browser.find_element(By.ID, "token").send_keys(API_TOKEN)
     browser.find_element(By.ID, "sign-in").click()
-    wait.until(lambda d: d.current_url == backups)
-    assert "No backups yet." in browser.page_source
+    # The sign-in page is served at the same URL, so wait for the list itself.
+    wait.until(lambda d: "No backups yet." in d.page_source)
+    assert browser.current_url == backups
 
     browser.find_element(By.ID, "create").click()
     assert tree.name in browser.find_element(By.TAG_NAME, "main").text  # what it backs up
@@ -76,7 +77,7 @@ def test_create_a_backup_through_the_pages(
     assert PASSCODE not in browser.page_source
 
     browser.find_element(By.ID, "store").click()
-    wait.until(lambda d: d.current_url == backups)
+    wait.until(lambda d: d.current_url == backups and "from-the-browser" in _text_of(d, "backups"))
     table = browser.find_element(By.ID, "backups").text
     assert "from-the-browser" in table
     assert "clicked together" in table
