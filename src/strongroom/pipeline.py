@@ -36,6 +36,11 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 ZSTD_LEVEL = 3
+#: A chunk is compressed if any of SAMPLES slices of SAMPLE_SIZE bytes shrinks below
+#: COMPRESSIBLE_RATIO of its size.
+SAMPLES = 4
+SAMPLE_SIZE = 16 * 1024
+COMPRESSIBLE_RATIO = 0.9
 
 #: The public tag byte of a sealed chunk: how its plaintext is encoded.
 TAG_RAW = 0
@@ -138,7 +143,7 @@ class ChunkWriter(io.RawIOBase):
     def _put_chunk(self, index: int, last: bool, buffer: bytearray, length: int) -> int:
         plaintext = memoryview(buffer)[:length]
         tag, payload = TAG_RAW, plaintext
-        if self._compress:
+        if self._compress and _looks_compressible(plaintext):
             compressed = _compressor().compress(plaintext)
             if len(compressed) < length:
                 tag, payload = TAG_ZSTD, memoryview(compressed)
@@ -261,6 +266,22 @@ class ChunkReader(io.RawIOBase):
         if tag == TAG_ZSTD:
             return _decompress(plaintext, self._chunk_size, index)
         raise IntegrityError(f"Chunk {index} has an unknown encoding {tag}.")
+
+
+def _looks_compressible(data: memoryview) -> bool:
+    """Whether a chunk is worth compressing, judged from a few samples spread across it.
+
+    Compressing a chunk of encrypted or already compressed data costs as much as a
+    useful compression and saves nothing; the samples cost about 2% of that.
+    """
+    if len(data) <= SAMPLES * SAMPLE_SIZE:
+        return True
+    step = (len(data) - SAMPLE_SIZE) // (SAMPLES - 1)
+    for start in range(0, len(data) - SAMPLE_SIZE + 1, step):
+        sample = data[start : start + SAMPLE_SIZE]
+        if len(_compressor().compress(sample)) < COMPRESSIBLE_RATIO * SAMPLE_SIZE:
+            return True
+    return False
 
 
 def _compressor() -> zstandard.ZstdCompressor:
