@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from .errors import (
 )
 from .format import (
     MANIFESTS_PREFIX,
+    PENDING_PREFIX,
     KeySlot,
     Manifest,
     chunk_key,
@@ -65,6 +66,8 @@ from .format import (
     from_epoch_ms,
     manifest_key,
     name_from_manifest_key,
+    parse_pending_key,
+    pending_key,
     to_epoch_ms,
     utc_now,
     validate_name,
@@ -75,9 +78,11 @@ from .plugins import build_registry, get_plugin_manager
 from .retention import (
     CleanupEntry,
     CleanupReport,
+    PendingMarker,
     check_retention_date,
     parse_epoch_ms,
     select_expired,
+    select_leftovers,
 )
 from .store import Store
 
@@ -143,6 +148,7 @@ class Engine:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compress: bool = True,
         clock: Callable[[], datetime] = utc_now,
+        leftover_grace: timedelta = timedelta(hours=24),
     ) -> None:
         self.config = config if config is not None else StoresConfig.load()
         self._registry = build_registry(plugin_manager or get_plugin_manager())
@@ -150,6 +156,9 @@ class Engine:
         self._chunk_size = chunk_size
         self._compress = compress
         self._clock = clock
+        self._leftover_grace = leftover_grace
+        #: A running create refreshes its marker this often, well inside the grace period.
+        self._heartbeat = min(timedelta(hours=1), leftover_grace / 4)
         self._stores: dict[str, Store] = {store.name: store for store in stores}
         self._job_manager: JobManager | None = None
         self._job_manager_lock = threading.Lock()
@@ -218,26 +227,26 @@ class Engine:
             compress=self._compress,
             on_write=_counter(progress, source_size(paths) if progress else None),
         )
-        try:
-            write_archive(writer, paths, streams)
-            stats = writer.finish()
-            manifest = replace(
-                draft,
-                created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
-                chunk_count=stats.chunk_count,
-                source_size=stats.source_size,
-                stored_size=stats.stored_size,
-                key_slot=KeySlot(self._kdf, salt, wrapped),
-            )
-            manifest = manifest.with_mac(keys.mac(manifest.authenticated_bytes()))
-            _commit(target, manifest)
-        except BaseException:
-            writer.abort()
+        marker = pending_key(name, backup_id)
+        with _Heartbeat(target, marker, self._heartbeat):
             try:
-                target.delete_prefix(data_prefix(name, backup_id))
-            except Exception:  # the first failure is the one to report; a sweep removes the rest
-                logger.warning("Could not remove the data of the failed backup %r", name)
-            raise
+                write_archive(writer, paths, streams)
+                stats = writer.finish()
+                manifest = replace(
+                    draft,
+                    created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
+                    chunk_count=stats.chunk_count,
+                    source_size=stats.source_size,
+                    stored_size=stats.stored_size,
+                    key_slot=KeySlot(self._kdf, salt, wrapped),
+                )
+                manifest = manifest.with_mac(keys.mac(manifest.authenticated_bytes()))
+                _commit(target, manifest)
+            except BaseException:
+                writer.abort()
+                _remove_quietly(target, name, data_prefix(name, backup_id), marker)
+                raise
+        _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
         return BackupInfo.from_manifest(manifest, target.name)
 
     def _check_create(
@@ -353,8 +362,11 @@ class Engine:
     def delete(self, name: str, store: str | None = None) -> None:
         """Delete a backup: the manifest first (so it is gone at once), then its data."""
         source, manifest = self._open(name, store)
+        marker = pending_key(name, manifest.backup_id)
+        source.put(marker, b"", overwrite=True)  # a sweep finishes a delete that is cut off
         source.delete([manifest_key(name)])
         source.delete_prefix(data_prefix(name, manifest.backup_id))
+        source.delete([marker])
 
     def cleanup(
         self,
@@ -379,7 +391,48 @@ class Engine:
             report.kept += len(manifests) - len(expired)
             for manifest in expired:
                 report.entries.append(self._expire(source, manifest, dry_run))
+            try:
+                report.entries.extend(self._sweep(source, manifests, dry_run))
+            except StrongroomError as exc:
+                report.errors.append(str(exc))
         return report
+
+    def _sweep(
+        self, source: Store, manifests: builtins.list[Manifest], dry_run: bool
+    ) -> builtins.list[CleanupEntry]:
+        """Remove what interrupted creates and deletes left behind, once past the grace period.
+
+        Ages come from the store's own timestamps (a marker against a fresh probe
+        object), never from this machine's clock.
+        """
+        markers = [
+            PendingMarker(obj.key, *parsed, obj.modified)
+            for obj in source.list(PENDING_PREFIX)
+            if (parsed := parse_pending_key(obj.key))
+        ]
+        if not markers:
+            return []
+        store_now = source.now()
+        if store_now is None:
+            return []
+        committed = {m.name: m.backup_id for m in manifests}
+        leftovers, stale = select_leftovers(markers, committed, store_now, self._leftover_grace)
+        entries = []
+        for marker in leftovers:
+            if not dry_run:
+                source.delete_prefix(data_prefix(marker.name, marker.backup_id))
+            entries.append(
+                CleanupEntry(
+                    source.name,
+                    marker.name,
+                    None,
+                    "would sweep" if dry_run else "swept",
+                    f"data of an unfinished create or delete (backupId {marker.backup_id})",
+                )
+            )
+        if not dry_run:
+            source.delete([m.key for m in leftovers + stale])
+        return entries
 
     # -- internals -------------------------------------------------------------------
 
@@ -572,6 +625,44 @@ class Engine:
             if self._job_manager is not None:
                 self._job_manager.close()
                 self._job_manager = None
+
+
+class _Heartbeat:
+    """Puts a pending marker and refreshes it while a create runs, so however slow the
+    create is, a sweep never mistakes it for a leftover."""
+
+    def __init__(self, store: Store, key: str, interval: timedelta) -> None:
+        self._store, self._key, self._interval = store, key, interval.total_seconds()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="strongroom-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._store.put(self._key, b"", overwrite=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._store.put(self._key, b"", overwrite=True)
+            except Exception:  # the create itself reports a store that went away
+                logger.warning("Could not refresh %s", self._key)
+
+
+def _remove_quietly(store: Store, name: str, *keys_or_prefixes: str) -> None:
+    """Remove data (prefixes end in '/') and markers; on failure leave them for a sweep."""
+    try:
+        for item in keys_or_prefixes:
+            if item.endswith("/"):
+                store.delete_prefix(item)
+            else:
+                store.delete([item])
+    except Exception:  # the first failure is the one to report; a sweep removes the rest
+        logger.warning("Could not remove what the backup %r left; a cleanup sweeps it", name)
 
 
 def _commit(store: Store, manifest: Manifest) -> None:

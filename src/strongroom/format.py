@@ -20,6 +20,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFESTS_PREFIX",
     "MAX_MANIFEST_SIZE",
+    "PENDING_PREFIX",
     "KeySlot",
     "Manifest",
     "chunk_key",
@@ -27,6 +28,8 @@ __all__ = [
     "from_epoch_ms",
     "manifest_key",
     "name_from_manifest_key",
+    "parse_pending_key",
+    "pending_key",
     "to_epoch_ms",
     "validate_name",
 ]
@@ -35,6 +38,7 @@ FORMAT_NAME = "strongroom-backup"
 FORMAT_VERSION = 1
 MANIFESTS_PREFIX = "manifests/"
 DATA_PREFIX = "data/"
+PENDING_PREFIX = "pending/"
 MAX_MANIFEST_SIZE = 1024 * 1024
 MAX_NAME_LENGTH = 128
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -81,6 +85,22 @@ def data_prefix(name: str, backup_id: str) -> str:
 
 def chunk_key(name: str, backup_id: str, index: int) -> str:
     return f"{data_prefix(name, backup_id)}{index:010d}"
+
+
+def pending_key(name: str, backup_id: str) -> str:
+    """The marker that says a create or delete of this backup is under way (or was cut off)."""
+    return f"{PENDING_PREFIX}{validate_name(name)}/{backup_id}"
+
+
+def parse_pending_key(key: str) -> tuple[str, str] | None:
+    """(name, backupId) of a listed marker key, or None for a stray object."""
+    parts = key[len(PENDING_PREFIX) :].split("/") if key.startswith(PENDING_PREFIX) else []
+    if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{32}", parts[1]):
+        return None
+    try:
+        return validate_name(parts[0]), parts[1]
+    except InvalidNameError:
+        return None
 
 
 def to_epoch_ms(moment: datetime) -> int:

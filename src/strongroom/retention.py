@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .errors import ConfigError
@@ -18,9 +18,11 @@ from .format import MAX_EPOCH_MS, Manifest, from_epoch_ms, to_epoch_ms
 __all__ = [
     "CleanupEntry",
     "CleanupReport",
+    "PendingMarker",
     "check_retention_date",
     "parse_epoch_ms",
     "select_expired",
+    "select_leftovers",
 ]
 
 
@@ -52,7 +54,36 @@ def select_expired(manifests: Iterable[Manifest], as_of: datetime) -> list[Manif
     return [m for m in manifests if m.retention_date is not None and m.retention_date <= as_of]
 
 
-Action = Literal["deleted", "would delete", "failed"]
+@dataclass(frozen=True, slots=True)
+class PendingMarker:
+    """A `pending/<name>/<backupId>` marker as listed, with the store's timestamp."""
+
+    key: str
+    name: str
+    backup_id: str
+    modified: datetime | None
+
+
+def select_leftovers(
+    markers: Iterable[PendingMarker],
+    committed: dict[str, str],
+    store_now: datetime,
+    grace: timedelta,
+) -> tuple[list[PendingMarker], list[PendingMarker]]:
+    """(leftovers to sweep, markers of committed backups to drop), judged by store time.
+
+    A marker is refreshed while its create runs, so one older than `grace` belongs to a
+    create or delete that was cut off. If the manifest of its name carries its backupId
+    the backup was committed and only the marker is stale; otherwise its data is a
+    leftover. A marker without a timestamp is never judged old.
+    """
+    old = [m for m in markers if m.modified is not None and store_now - m.modified > grace]
+    leftovers = [m for m in old if committed.get(m.name) != m.backup_id]
+    stale = [m for m in old if committed.get(m.name) == m.backup_id]
+    return leftovers, stale
+
+
+Action = Literal["deleted", "would delete", "swept", "would sweep", "failed"]
 
 
 @dataclass(frozen=True, slots=True)

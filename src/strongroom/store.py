@@ -160,6 +160,15 @@ class Store:
                 errors.append(f"{check}: {exc}")
         return ValidationReport(self.name, self.url, checks, errors, self.capabilities)
 
+    def now(self) -> datetime | None:
+        """The store's own clock: the timestamp it gives a fresh probe object (None if none)."""
+        key = f"{PROBE_PREFIX}clock-{uuid.uuid4().hex}"
+        self.put(key, b"")
+        try:
+            return next((obj.modified for obj in self.list(PROBE_PREFIX) if obj.key == key), None)
+        finally:
+            self.delete([key])
+
     def _delete_probe(self, key: str) -> bool:
         self.delete([key])
         return not self.exists(key)

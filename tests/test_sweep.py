@@ -1,0 +1,172 @@
+"""What interrupted creates and deletes leave behind is swept once past the grace period,
+judged by the store's own timestamps; a create still running is never touched."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import strongroom.engine
+from strongroom import Engine
+from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key
+from strongroom.pipeline import ChunkWriter
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
+
+GRACE = timedelta(hours=24)
+
+
+@pytest.fixture
+def engine(home: Path) -> Engine:
+    return Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, leftover_grace=GRACE)
+
+
+def store_dir(home: Path) -> Path:
+    return home / "stores" / "backupsDefault"
+
+
+def age(path: Path, by: timedelta) -> None:
+    """Make a stored object look older to the store (its timestamp is the file's mtime)."""
+    when = time.time() - by.total_seconds()
+    os.utime(path, (when, when))
+
+
+def markers(home: Path) -> list[Path]:
+    root = store_dir(home) / PENDING_PREFIX
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def crash_before_commit(engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create whose process dies after its data and before its manifest."""
+    original_finish = ChunkWriter.finish
+
+    def finish_then_die(self: ChunkWriter) -> None:
+        original_finish(self)
+        raise SystemExit("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ChunkWriter, "finish", finish_then_die)
+        patch.setattr("strongroom.engine._remove_quietly", lambda *args: None)  # no cleanup
+        with pytest.raises(SystemExit):
+            engine.create("crashed", [tree], passcode=PASSCODE)
+
+
+def test_a_finished_create_leaves_no_marker(engine: Engine, home: Path, tree: Path) -> None:
+    engine.create("fine", [tree], passcode=PASSCODE)
+    engine.delete("fine")
+    assert markers(home) == []
+
+
+def test_leftovers_are_kept_within_grace_and_swept_after(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_before_commit(engine, tree, monkeypatch)
+    [marker] = markers(home)
+    data = store_dir(home) / "data" / "crashed"
+    assert any(data.rglob("0*")), "the crash left chunks"
+
+    assert engine.cleanup().entries == []
+    assert markers(home) == [marker] and any(data.rglob("0*")), "younger than the grace period"
+
+    age(marker, GRACE + timedelta(minutes=1))
+    dry = engine.cleanup(dry_run=True)
+    assert [(e.name, e.action) for e in dry.entries] == [("crashed", "would sweep")]
+    assert markers(home) == [marker]
+
+    report = engine.cleanup()
+    assert [(e.name, e.action) for e in report.entries] == [("crashed", "swept")]
+    assert markers(home) == [] and not any(data.rglob("0*"))
+    assert engine.cleanup().entries == [], "a second run finds nothing"
+
+
+def test_a_committed_backup_with_a_stale_marker_is_kept(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process died after the manifest, before removing its marker."""
+    with monkeypatch.context() as patch:
+        real = strongroom.engine._remove_quietly
+
+        def keep_marker_on_success(store: object, name: str, *keys: str) -> None:
+            if any(k.endswith("/") for k in keys):
+                real(store, name, *keys)
+
+        patch.setattr("strongroom.engine._remove_quietly", keep_marker_on_success)
+        engine.create("kept", [tree], passcode=PASSCODE)
+    [marker] = markers(home)
+    age(marker, GRACE * 2)
+    report = engine.cleanup()
+    assert report.entries == []
+    assert markers(home) == []
+    engine.verify("kept", passcode=PASSCODE)
+
+
+def test_an_interrupted_delete_is_finished(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.create("doomed", [tree], passcode=PASSCODE)
+    store = engine.store()
+    with monkeypatch.context() as patch:
+
+        def die(prefix: str) -> None:
+            raise SystemExit("killed during delete")
+
+        patch.setattr(store, "delete_prefix", die)
+        with pytest.raises(SystemExit):
+            engine.delete("doomed")
+    assert engine.list() == [], "the manifest went first"
+    [marker] = markers(home)
+    age(marker, GRACE * 2)
+    assert [(e.name, e.action) for e in engine.cleanup().entries] == [("doomed", "swept")]
+    assert not (store_dir(home) / "data" / "doomed").exists()
+
+
+def slow_stream(started: threading.Event, release: threading.Event) -> Iterator[bytes]:
+    yield b"first bytes\n"
+    started.set()
+    release.wait(30)
+    yield b"last bytes\n"
+
+
+def test_a_running_create_is_never_swept_however_slow(home: Path, tree: Path) -> None:
+    """Its marker is refreshed while it runs; even one made to look ancient is renewed."""
+    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, leftover_grace=timedelta(seconds=0.4))
+    started, release = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            engine.create(
+                "slow", passcode=PASSCODE, streams={"dump": slow_stream(started, release)}
+            )
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert started.wait(30)
+        [marker] = markers(home)
+        age(marker, timedelta(days=30))
+        deadline = time.monotonic() + 30
+        while marker.stat().st_mtime < time.time() - 60 and time.monotonic() < deadline:
+            time.sleep(0.02)  # wait for the heartbeat (every 0.1 s here) to renew it
+        report = engine.cleanup()
+        assert report.entries == [], "a running create is not a leftover"
+    finally:
+        release.set()
+        worker.join(30)
+    assert failure == []
+    assert engine.info("slow").name == "slow"
+    target = engine.restore("slow", home.parent / "out", passcode=PASSCODE)
+    assert (target / "dump").read_bytes() == b"first bytes\nlast bytes\n"
+
+
+def test_keys_of_markers_are_validated() -> None:
+    assert parse_pending_key(pending_key("nightly", "a" * 32)) == ("nightly", "a" * 32)
+    assert parse_pending_key("pending/../" + "a" * 32) is None
+    assert parse_pending_key("pending/nightly/not-hex") is None
