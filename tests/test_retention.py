@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -126,3 +128,25 @@ def test_cleanup_goes_on_past_an_unreadable_store_and_manifest(
     assert "gopher" in report.errors[0] and "'mangled'" in report.errors[1]
     assert engine.list() == []
     assert "mangled" in caplog.text, "list says what it could not list"
+
+
+def test_the_system_task_runs_cleanup_as_jobs_and_logs_one_line(
+    timed_engine: Engine, clock: Clock, tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    timed_engine.create("old", [tree], passcode=PASSCODE, retention_date=to_epoch_ms(START) + 1)
+    timed_engine.create("young", [tree], passcode=PASSCODE)
+    clock.now = START + timedelta(days=1)
+    caplog.set_level(logging.INFO, logger="strongroom")
+    stop = timed_engine.schedule_cleanup(timedelta(milliseconds=50))
+    try:
+        deadline = time.monotonic() + 30
+        while len(timed_engine.list()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        timed_engine.close()
+    assert [b.name for b in timed_engine.list()] == ["young"]
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cleanup ")]
+    assert "Cleanup as of 2026-01-02 00:00:00 UTC: 1 deleted; 1 kept; 0 failed; 0 errors" in (
+        summaries
+    )

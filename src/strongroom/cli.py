@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH",
         help="what every create backs up (repeatable)",
+    )
+    serve.add_argument(
+        "--cleanup-interval",
+        type=float,
+        default=60.0,
+        metavar="MINUTES",
+        help="run the cleanup system task this often (0: never; default 60)",
     )
     serve.add_argument(
         "--restore-dir",
@@ -306,6 +314,7 @@ def run_serve(args: argparse.Namespace) -> int:
         root_path=args.root,
         sources=args.source,
         restore_dir=args.restore_dir,
+        cleanup_interval=timedelta(minutes=args.cleanup_interval),
     )
     return 0
 

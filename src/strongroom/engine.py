@@ -395,6 +395,7 @@ class Engine:
                 report.entries.extend(self._sweep(source, manifests, dry_run))
             except StrongroomError as exc:
                 report.errors.append(str(exc))
+        logger.info("Cleanup %s", report.summary())
         return report
 
     def _sweep(
@@ -618,6 +619,25 @@ class Engine:
             return self.cleanup(names, as_of=moment, dry_run=dry_run).to_dict()
 
         return self.jobs.submit("cleanup", work, operation_uri=operation_uri)
+
+    def schedule_cleanup(self, interval: timedelta) -> threading.Event:
+        """The cleanup system task: a cleanup job now and every `interval` after.
+
+        Set the returned event to stop it. Each run is an ordinary job, so its result
+        (what was deleted, swept and kept, and why) can be read back by job id.
+        """
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    self.submit_cleanup()
+                except StrongroomError as exc:  # e.g. the job table is unavailable: try later
+                    logger.warning("Could not start the scheduled cleanup: %s", exc)
+                stop.wait(interval.total_seconds())
+
+        threading.Thread(target=loop, name="strongroom-cleanup-schedule", daemon=True).start()
+        return stop
 
     def close(self) -> None:
         """Cancel and wait for this engine's background jobs, if it ever started any."""

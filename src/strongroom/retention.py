@@ -121,6 +121,18 @@ class CleanupReport:
     def failed(self) -> list[CleanupEntry]:
         return [entry for entry in self.entries if entry.action == "failed"]
 
+    def summary(self) -> str:
+        """One line for the log: what this run did, counted by action."""
+        counts = {action: 0 for action in ("deleted", "would delete", "swept", "would sweep")}
+        for entry in self.entries:
+            counts[entry.action] = counts.get(entry.action, 0) + 1
+        done = ", ".join(f"{n} {action}" for action, n in counts.items() if n)
+        return (
+            f"as of {self.as_of:%Y-%m-%d %H:%M:%S} UTC{' (dry run)' if self.dry_run else ''}: "
+            f"{done or 'nothing expired'}; {self.kept} kept; "
+            f"{len(self.failed)} failed; {len(self.errors)} errors"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "asOf": to_epoch_ms(self.as_of),

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def serve(
     root_path: str,
     sources: Sequence[str | os.PathLike[str]],
     restore_dir: str | os.PathLike[str] | None,
+    cleanup_interval: timedelta = timedelta(hours=1),
 ) -> None:
     if sources:
         check_sources([Path(source) for source in sources], {})  # a typo fails now, not later
@@ -56,7 +58,10 @@ def serve(
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        schedule = engine.schedule_cleanup(cleanup_interval) if cleanup_interval else None
         yield
+        if schedule is not None:
+            schedule.set()
         await run_in_threadpool(engine.close)  # before uvicorn re-raises SIGTERM and exits
 
     server = Starlette(routes=[Mount("", app=app)], lifespan=lifespan)
