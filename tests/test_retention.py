@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import ConfigError, Engine
-from strongroom.format import to_epoch_ms
+import strongroom.engine
+from strongroom import ConfigError, Engine, Store
+from strongroom.format import Manifest, to_epoch_ms
 from strongroom.retention import check_retention_date, parse_epoch_ms
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
 
@@ -96,14 +97,14 @@ def test_cleanup_reports_a_failed_delete_and_goes_on(
 ) -> None:
     for name in ("a", "b"):
         timed_engine.create(name, [tree], passcode=PASSCODE, retention_date=to_epoch_ms(START) + 1)
-    real_delete = Engine.delete
+    real_delete = strongroom.engine._delete_backup
 
-    def flaky_delete(self: Engine, name: str, store: str | None = None) -> None:
-        if name == "a":
+    def flaky_delete(store: Store, manifest: Manifest) -> None:
+        if manifest.name == "a":
             raise OSError("store said no")
-        real_delete(self, name, store)
+        real_delete(store, manifest)
 
-    monkeypatch.setattr(Engine, "delete", flaky_delete)
+    monkeypatch.setattr("strongroom.engine._delete_backup", flaky_delete)
     clock.now = START + timedelta(days=1)
     report = timed_engine.cleanup()
     assert {(e.name, e.action) for e in report.entries} == {("a", "failed"), ("b", "deleted")}
@@ -150,3 +151,50 @@ def test_the_system_task_runs_cleanup_as_jobs_and_logs_one_line(
     assert "Cleanup as of 2026-01-02 00:00:00 UTC: 1 deleted; 1 kept; 0 failed; 0 errors" in (
         summaries
     )
+
+
+def test_cleanup_finds_expired_backups_by_listing_alone(
+    timed_engine: Engine, clock: Clock, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads go to the manifests of expired candidates only, never one per backup."""
+    for number in range(6):
+        expiry = to_epoch_ms(START) + 1 if number % 2 else None
+        timed_engine.create(f"b{number}", [tree], passcode=PASSCODE, retention_date=expiry)
+    store = timed_engine.store()
+    reads: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda key: reads.append(key) or real_get(key))
+    clock.now = START + timedelta(days=1)
+    report = timed_engine.cleanup()
+    assert sorted(e.name for e in report.entries) == ["b1", "b3", "b5"]
+    assert report.kept == 3
+    assert sorted(reads) == ["manifests/b1", "manifests/b3", "manifests/b5"]
+
+
+def test_the_index_follows_updates_and_deletes(
+    timed_engine: Engine, clock: Clock, home: Path, tree: Path
+) -> None:
+    index = home / "stores" / "backupsDefault" / "retention"
+    timed_engine.create("b", [tree], passcode=PASSCODE, retention_date=to_epoch_ms(START) + 1)
+    timed_engine.update_retention("b", to_epoch_ms(START) + 10 * 86_400_000)
+    [entry] = [p.name for p in index.rglob("*") if p.is_file()]
+    assert entry.endswith(f".{to_epoch_ms(START) + 10 * 86_400_000}")
+    timed_engine.delete("b")
+    assert [p for p in index.rglob("*") if p.is_file()] == []
+
+
+def test_an_index_entry_the_manifest_contradicts_is_not_trusted(
+    timed_engine: Engine, clock: Clock, home: Path, tree: Path
+) -> None:
+    """An update cut off after writing its new entry: the manifest decides."""
+    later = to_epoch_ms(START) + 10 * 86_400_000
+    info = timed_engine.create("b", [tree], passcode=PASSCODE, retention_date=later)
+    assert info.retention_date is not None
+    [entry] = [
+        p for p in (home / "stores" / "backupsDefault" / "retention").rglob("*") if p.is_file()
+    ]
+    entry.with_name(entry.name.rsplit(".", 1)[0] + f".{to_epoch_ms(START) + 1}").touch()
+    clock.now = START + timedelta(days=1)
+    report = timed_engine.cleanup()
+    assert report.entries == [] and report.kept == 1
+    assert [b.name for b in timed_engine.list()] == ["b"]

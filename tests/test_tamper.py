@@ -361,13 +361,18 @@ def test_manifest_moved_to_another_name_is_detected(lab: Lab) -> None:
     lab.assert_refused()
 
 
+def _other_first(text: str) -> str:
+    """The base64 text with a different first character (an edit that always changes it)."""
+    return ("B" if text[0] == "A" else "A") + text[1:]
+
+
 #: Key-slot fields: any change makes the wrong key-encryption key or binding.
 KEY_SLOT_EDITS: dict[str, Callable[[JsonDocument], None]] = {
     "memoryCostKiB": lambda doc: doc["key"].update(memoryCostKiB=doc["key"]["memoryCostKiB"] * 2),
     "iterations": lambda doc: doc["key"].update(iterations=doc["key"]["iterations"] + 1),
     "lanes": lambda doc: doc["key"].update(lanes=doc["key"]["lanes"] + 1),
-    "salt": lambda doc: doc["key"].update(salt="A" + doc["key"]["salt"][1:]),
-    "wrappedKey": lambda doc: doc["key"].update(wrappedKey="A" + doc["key"]["wrappedKey"][1:]),
+    "salt": lambda doc: doc["key"].update(salt=_other_first(doc["key"]["salt"])),
+    "wrappedKey": lambda doc: doc["key"].update(wrappedKey=_other_first(doc["key"]["wrappedKey"])),
     "backupId": lambda doc: doc["backup"].update(backupId="0" * 32),
 }
 

@@ -59,6 +59,7 @@ from .errors import (
 from .format import (
     MANIFESTS_PREFIX,
     PENDING_PREFIX,
+    RETENTION_PREFIX,
     KeySlot,
     Manifest,
     chunk_key,
@@ -67,7 +68,9 @@ from .format import (
     manifest_key,
     name_from_manifest_key,
     parse_pending_key,
+    parse_retention_key,
     pending_key,
+    retention_key,
     to_epoch_ms,
     utc_now,
     validate_name,
@@ -241,10 +244,13 @@ class Engine:
                     key_slot=KeySlot(self._kdf, salt, wrapped),
                 )
                 manifest = manifest.with_mac(keys.mac(manifest.authenticated_bytes()))
+                index = retention_key(name, backup_id, retention)
+                target.put(index, b"", overwrite=True)  # before the commit: never missing
                 _commit(target, manifest)
             except BaseException:
                 writer.abort()
-                _remove_quietly(target, name, data_prefix(name, backup_id), marker)
+                index = retention_key(name, backup_id, retention)
+                _remove_quietly(target, name, data_prefix(name, backup_id), index, marker)
                 raise
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
         return BackupInfo.from_manifest(manifest, target.name)
@@ -356,17 +362,15 @@ class Engine:
         moment = check_retention_date(retention_date, self._clock())
         source, manifest = self._open(name, store)
         updated = manifest.with_retention(moment)
-        source.put(manifest_key(name), updated.to_bytes(), overwrite=True)
+        entry = retention_key(name, manifest.backup_id, moment)
+        source.put(entry, b"", overwrite=True)  # the index may say more than the manifest,
+        source.put(manifest_key(name), updated.to_bytes(), overwrite=True)  # never less
+        source.delete([k for k in _index_entries(source, name, manifest.backup_id) if k != entry])
         return BackupInfo.from_manifest(updated, source.name)
 
     def delete(self, name: str, store: str | None = None) -> None:
         """Delete a backup: the manifest first (so it is gone at once), then its data."""
-        source, manifest = self._open(name, store)
-        marker = pending_key(name, manifest.backup_id)
-        source.put(marker, b"", overwrite=True)  # a sweep finishes a delete that is cut off
-        source.delete([manifest_key(name)])
-        source.delete_prefix(data_prefix(name, manifest.backup_id))
-        source.delete([marker])
+        _delete_backup(*self._open(name, store))
 
     def cleanup(
         self,
@@ -382,25 +386,54 @@ class Engine:
         for store_name in stores if stores is not None else every_store:
             try:
                 source = self.store(store_name)
-                manifests, problems = self._manifests(source)
+                names = {
+                    n for o in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(o.key))
+                }
+                index = [
+                    p for o in source.list(RETENTION_PREFIX) if (p := parse_retention_key(o.key))
+                ]
             except StrongroomError as exc:  # one unreachable store must not stop the others
                 report.errors.append(str(exc))
                 continue
+            expired, problems = self._confirm_expired(source, names, index, moment)
             report.errors.extend(problems)
-            expired = select_expired(manifests, moment)
-            report.kept += len(manifests) - len(expired)
+            report.kept += len(names) - len(expired)
             for manifest in expired:
                 report.entries.append(self._expire(source, manifest, dry_run))
             try:
-                report.entries.extend(self._sweep(source, manifests, dry_run))
+                report.entries.extend(self._sweep(source, dry_run))
             except StrongroomError as exc:
                 report.errors.append(str(exc))
         logger.info("Cleanup %s", report.summary())
         return report
 
-    def _sweep(
-        self, source: Store, manifests: builtins.list[Manifest], dry_run: bool
-    ) -> builtins.list[CleanupEntry]:
+    def _confirm_expired(
+        self,
+        source: Store,
+        names: set[str],
+        index: builtins.list[tuple[str, str, datetime | None]],
+        moment: datetime,
+    ) -> tuple[builtins.list[Manifest], builtins.list[str]]:
+        """The expired backups: candidates come from the index (listing only), the verdict
+        from each candidate's manifest, which stays the truth."""
+        candidates = sorted(
+            {(n, i) for n, i, when in index if n in names and when is not None and when <= moment}
+        )
+        expired: builtins.list[Manifest] = []
+        problems: builtins.list[str] = []
+        for name, backup_id in candidates:
+            try:
+                manifest = self._open(name, source.name)[1]
+            except BackupNotFoundError:
+                continue  # deleted since the listing
+            except IntegrityError as exc:
+                problems.append(f"backup {name!r} in store {source.name!r}: {exc}")
+                continue
+            if manifest.backup_id == backup_id:
+                expired.extend(select_expired([manifest], moment))
+        return expired, problems
+
+    def _sweep(self, source: Store, dry_run: bool) -> builtins.list[CleanupEntry]:
         """Remove what interrupted creates and deletes left behind, once past the grace period.
 
         Ages come from the store's own timestamps (a marker against a fresh probe
@@ -416,12 +449,16 @@ class Engine:
         store_now = source.now()
         if store_now is None:
             return []
-        committed = {m.name: m.backup_id for m in manifests}
+        committed = {}
+        for name in {m.name for m in markers}:
+            with suppress(BackupNotFoundError, IntegrityError):
+                committed[name] = self._open(name, source.name)[1].backup_id
         leftovers, stale = select_leftovers(markers, committed, store_now, self._leftover_grace)
         entries = []
         for marker in leftovers:
             if not dry_run:
                 source.delete_prefix(data_prefix(marker.name, marker.backup_id))
+                source.delete(_index_entries(source, marker.name, marker.backup_id))
             entries.append(
                 CleanupEntry(
                     source.name,
@@ -442,7 +479,7 @@ class Engine:
         if dry_run:
             return CleanupEntry(*entry, "would delete")
         try:
-            self.delete(manifest.name, source.name)
+            _delete_backup(source, manifest)
         except Exception as exc:  # one failure must not stop the run; it is reported
             return CleanupEntry(*entry, "failed", str(exc))
         return CleanupEntry(*entry, "deleted")
@@ -671,6 +708,26 @@ class _Heartbeat:
                 self._store.put(self._key, b"", overwrite=True)
             except Exception:  # the create itself reports a store that went away
                 logger.warning("Could not refresh %s", self._key)
+
+
+def _delete_backup(store: Store, manifest: Manifest) -> None:
+    """Manifest first (the backup is gone at once), then data and index; the pending marker
+    lets a sweep finish a delete that is cut off."""
+    name, backup_id = manifest.name, manifest.backup_id
+    marker = pending_key(name, backup_id)
+    store.put(marker, b"", overwrite=True)
+    store.delete([manifest_key(name)])
+    store.delete_prefix(data_prefix(name, backup_id))
+    store.delete([*_index_entries(store, name, backup_id), marker])
+
+
+def _index_entries(store: Store, name: str, backup_id: str) -> builtins.list[str]:
+    """The retention index entries of one backup (normally one; two after a cut-off update)."""
+    return [
+        obj.key
+        for obj in store.list(f"{RETENTION_PREFIX}{name}/")
+        if (parsed := parse_retention_key(obj.key)) and parsed[1] == backup_id
+    ]
 
 
 def _remove_quietly(store: Store, name: str, *keys_or_prefixes: str) -> None:

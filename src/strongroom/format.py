@@ -21,6 +21,7 @@ __all__ = [
     "MANIFESTS_PREFIX",
     "MAX_MANIFEST_SIZE",
     "PENDING_PREFIX",
+    "RETENTION_PREFIX",
     "KeySlot",
     "Manifest",
     "chunk_key",
@@ -29,7 +30,9 @@ __all__ = [
     "manifest_key",
     "name_from_manifest_key",
     "parse_pending_key",
+    "parse_retention_key",
     "pending_key",
+    "retention_key",
     "to_epoch_ms",
     "validate_name",
 ]
@@ -39,6 +42,7 @@ FORMAT_VERSION = 1
 MANIFESTS_PREFIX = "manifests/"
 DATA_PREFIX = "data/"
 PENDING_PREFIX = "pending/"
+RETENTION_PREFIX = "retention/"
 MAX_MANIFEST_SIZE = 1024 * 1024
 MAX_NAME_LENGTH = 128
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -101,6 +105,28 @@ def parse_pending_key(key: str) -> tuple[str, str] | None:
         return validate_name(parts[0]), parts[1]
     except InvalidNameError:
         return None
+
+
+def retention_key(name: str, backup_id: str, retention: datetime | None) -> str:
+    """The index entry that lets cleanup find expired backups by listing alone."""
+    when = "never" if retention is None else str(to_epoch_ms(retention))
+    return f"{RETENTION_PREFIX}{validate_name(name)}/{backup_id}.{when}"
+
+
+def parse_retention_key(key: str) -> tuple[str, str, datetime | None] | None:
+    """(name, backupId, retentionDate) of a listed index entry, or None for a stray object."""
+    parts = key[len(RETENTION_PREFIX) :].split("/") if key.startswith(RETENTION_PREFIX) else []
+    match = (
+        re.fullmatch(r"([0-9a-f]{32})\.(never|[0-9]{1,15})", parts[1]) if len(parts) == 2 else None
+    )
+    if match is None:
+        return None
+    try:
+        name = validate_name(parts[0])
+    except InvalidNameError:
+        return None
+    when = match.group(2)
+    return name, match.group(1), None if when == "never" else from_epoch_ms(int(when))
 
 
 def to_epoch_ms(moment: datetime) -> int:
