@@ -17,9 +17,10 @@ full backup, restore and verify through the engine.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ import pytest
 from .config import StoresConfig
 from .crypto import KdfParams
 from .engine import Engine
+from .format import to_epoch_ms
 from .store import Store
 
 __all__ = ["StoreConformance"]
@@ -38,6 +40,9 @@ PASSCODE = "conformance passcode"
 
 class StoreConformance:
     """The contract of `strongroom.Store`. Override the `store` fixture."""
+
+    #: How many backups the cleanup test makes; object stores raise it to show scale.
+    cleanup_backups = 20
 
     @pytest.fixture
     def store(self) -> Store:
@@ -153,3 +158,27 @@ class StoreConformance:
         engine.delete("conformance", store.name)
         assert engine.list(store.name) == []
         assert store.list("data/") == []
+
+    def test_cleanup_deletes_exactly_the_expired_half(self, store: Store, tmp_path: Path) -> None:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        now = [start]
+        isolated = StoresConfig.load(tmp_path / "no-config.toml")
+        engine = Engine(isolated, stores=[store], kdf=FAST_KDF, clock=lambda: now[0])
+        names = [f"b{number:04d}" for number in range(self.cleanup_backups)]
+        for number, name in enumerate(names):
+            engine.create(
+                name,
+                passcode=PASSCODE,
+                streams={"data": io.BytesIO(b"%d" % number)},
+                store=store.name,
+                retention_date=to_epoch_ms(start) + 1 if number % 2 else None,
+            )
+        now[0] = start + timedelta(days=1)
+
+        report = engine.cleanup([store.name])
+
+        assert sorted(e.name for e in report.entries if e.action == "deleted") == names[1::2]
+        assert report.kept == len(names[::2]) and report.errors == []
+        assert [b.name for b in engine.list(store.name)] == names[::2]
+        assert {obj.key.split("/")[1] for obj in store.list("data/")} == set(names[::2])
+        assert engine.cleanup([store.name]).entries == [], "a second run finds nothing more"

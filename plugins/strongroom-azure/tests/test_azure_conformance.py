@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 
 class TestAzureStore(StoreConformance):
+    cleanup_backups = 200  # "a cleanup run over a few hundred backups, half expired"
+
     @pytest.fixture
     def store(self, make_store: Callable[..., AzureStore]) -> AzureStore:
         return make_store()

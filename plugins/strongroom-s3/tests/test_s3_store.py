@@ -29,6 +29,8 @@ OpenS3 = Callable[..., S3Store]
 
 
 class TestS3Store(StoreConformance):
+    cleanup_backups = 200  # "a cleanup run over a few hundred backups, half expired"
+
     @pytest.fixture
     def store(self, bucket: str, open_s3: OpenS3) -> S3Store:
         return open_s3(bucket)
