@@ -7,14 +7,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import strongroom.engine
 from strongroom import Engine
-from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key
+from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
 from strongroom.pipeline import ChunkWriter
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
 
@@ -170,3 +170,40 @@ def test_keys_of_markers_are_validated() -> None:
     assert parse_pending_key(pending_key("nightly", "a" * 32)) == ("nightly", "a" * 32)
     assert parse_pending_key("pending/../" + "a" * 32) is None
     assert parse_pending_key("pending/nightly/not-hex") is None
+
+
+def test_a_cleanup_killed_halfway_leaves_only_restorable_backups(
+    home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock_now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    engine = Engine(
+        kdf=FAST_KDF, chunk_size=SMALL_CHUNK, leftover_grace=GRACE, clock=lambda: clock_now[0]
+    )
+    expiry = to_epoch_ms(clock_now[0]) + 1
+    for name in ("a", "b", "c"):
+        engine.create(name, [tree], passcode=PASSCODE, retention_date=expiry)
+    engine.create("forever", [tree], passcode=PASSCODE)
+    clock_now[0] += timedelta(days=1)
+    store = engine.store()
+    real_delete_prefix = store.delete_prefix
+
+    def killed_on_the_second(prefix: str) -> None:
+        if prefix.startswith("data/b/"):
+            raise SystemExit("cleanup killed")
+        real_delete_prefix(prefix)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "delete_prefix", killed_on_the_second)
+        with pytest.raises(SystemExit):
+            engine.cleanup()
+    listed = [b.name for b in engine.list()]
+    assert "a" not in listed and "b" not in listed
+    for name in listed:
+        engine.verify(name, passcode=PASSCODE)  # nothing listed that cannot be restored
+
+    for marker in markers(home):
+        age(marker, GRACE * 2)
+    report = engine.cleanup()
+    assert {(e.name, e.action) for e in report.entries} >= {("b", "swept"), ("c", "deleted")}
+    assert [b.name for b in engine.list()] == ["forever"]
+    assert not (store_dir(home) / "data" / "b").exists()
