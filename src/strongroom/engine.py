@@ -231,6 +231,7 @@ class Engine:
             on_write=_counter(progress, source_size(paths) if progress else None),
         )
         marker = pending_key(name, backup_id)
+        index = retention_key(name, backup_id, retention)
         with _Heartbeat(target, marker, self._heartbeat):
             try:
                 write_archive(writer, paths, streams)
@@ -244,12 +245,10 @@ class Engine:
                     key_slot=KeySlot(self._kdf, salt, wrapped),
                 )
                 manifest = manifest.with_mac(keys.mac(manifest.authenticated_bytes()))
-                index = retention_key(name, backup_id, retention)
                 target.put(index, b"", overwrite=True)  # before the commit: never missing
                 _commit(target, manifest)
             except BaseException:
                 writer.abort()
-                index = retention_key(name, backup_id, retention)
                 _remove_quietly(target, name, data_prefix(name, backup_id), index, marker)
                 raise
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
