@@ -494,7 +494,7 @@ def test_unwritable_store_is_exit_4(
 
     validated = cli("stores", "validate", "broken")
     assert validated.code == 4
-    assert "write    FAILED" in validated.out
+    assert "write          FAILED" in validated.out
     assert validated.err.splitlines()[-1].startswith("strongroom: error: Store 'broken' failed")
 
     created = cli(
@@ -553,11 +553,12 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
     validated = cli("stores", "validate", "offsite")
     assert validated.code == 0, validated.err
     assert validated.out.split("\n")[:4] == [
-        "write    ok",
-        "read     ok",
-        "list     ok",
-        "delete   ok",
+        "write          ok",
+        "read           ok",
+        "list           ok",
+        "delete         ok",
     ]
+    assert "locks backups  no" in validated.out
     report = cli("stores", "validate", "offsite", "--json").json()
     assert report["ok"] is True
     assert report["checks"] == {"write": True, "read": True, "list": True, "delete": True}

@@ -7,6 +7,7 @@ import os
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -325,12 +326,10 @@ def test_a_resent_commit_that_finds_its_own_manifest_succeeds(
     store = engine.store()
     real_put = store.put
 
-    def put_then_resend(
-        key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
-    ) -> None:
-        real_put(key, data, overwrite=overwrite)
+    def put_then_resend(key: str, data: bytes | bytearray | memoryview, **options: Any) -> None:
+        real_put(key, data, **options)
         if key.startswith("manifests/"):
-            real_put(key, data, overwrite=overwrite)  # raises FileExistsError, as a resend would
+            real_put(key, data, **options)  # raises FileExistsError, as a resend would
 
     monkeypatch.setattr(store, "put", put_then_resend)
     info = engine.create("nightly", [tree], passcode=PASSCODE)

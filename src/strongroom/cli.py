@@ -294,9 +294,10 @@ def run_stores_validate(args: argparse.Namespace) -> int:
         _print_json(report.to_dict())
     else:
         for check, passed in report.checks.items():
-            print(f"{check:<8} {'ok' if passed else 'FAILED'}")
+            print(f"{check:<14} {'ok' if passed else 'FAILED'}")
         for capability, present in asdict(report.capabilities).items():
             print(f"{capability:<14} {'yes' if present else 'no'}")
+        print(f"{'locks backups':<14} {report.lock_mode or 'no'}")
         for error in report.errors:
             print(f"error: {error}", file=sys.stderr)
     if not report.ok:

@@ -54,6 +54,7 @@ from .errors import (
     BackupNotFoundError,
     ConfigError,
     IntegrityError,
+    ObjectLockedError,
     StrongroomError,
 )
 from .format import (
@@ -79,6 +80,7 @@ from .jobs import JOBS_FILE, Job, JobHandle, JobManager
 from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
 from .plugins import build_registry, get_plugin_manager
 from .retention import (
+    Action,
     CleanupEntry,
     CleanupReport,
     PendingMarker,
@@ -228,6 +230,7 @@ class Engine:
             StreamCipher(keys.chunk_key, draft.stream_binding()),
             chunk_size=self._chunk_size,
             compress=self._compress,
+            retain_until=retention,
             on_write=_counter(progress, source_size(paths) if progress else None),
         )
         marker = pending_key(name, backup_id)
@@ -328,7 +331,7 @@ class Engine:
         """Read and authenticate every byte of the backup; write nothing."""
         source, manifest = self._open(name, store)
         cipher = self._cipher(manifest, Passcode(passcode))
-        expected = {chunk_key(name, manifest.backup_id, i) for i in range(manifest.chunk_count)}
+        expected = set(_chunk_keys(manifest))
         stored = {obj.key for obj in source.list(data_prefix(name, manifest.backup_id))}
         if stored - expected:
             raise IntegrityError(
@@ -357,19 +360,44 @@ class Engine:
     def update_retention(
         self, name: str, retention_date: int | str, store: str | None = None
     ) -> BackupInfo:
-        """Set a new retentionDate; needs no passcode (it is outside the manifest's MAC)."""
+        """Set a new retentionDate; needs no passcode (it is outside the manifest's MAC).
+
+        In a store that locks backups the date can only move later, and the locks of the
+        data move with it before the manifest says so.
+        """
         moment = check_retention_date(retention_date, self._clock())
         source, manifest = self._open(name, store)
+        locked_until = _locked_until(source, manifest)
+        if locked_until is not None and moment < locked_until:
+            raise ObjectLockedError(
+                f"Backup {name!r} in store {source.name!r} is locked ({source.lock_mode} mode) "
+                f"until {locked_until:%Y-%m-%d %H:%M:%S} UTC, its retentionDate; there a "
+                "retentionDate can only be extended, not brought forward."
+            )
         updated = manifest.with_retention(moment)
         entry = retention_key(name, manifest.backup_id, moment)
         source.put(entry, b"", overwrite=True)  # the index may say more than the manifest,
-        source.put(manifest_key(name), updated.to_bytes(), overwrite=True)  # never less
+        source.extend_retention(_chunk_keys(manifest), moment)  # and so may the locks,
+        source.put(
+            manifest_key(name), updated.to_bytes(), overwrite=True, retain_until=moment
+        )  # never less
         source.delete([k for k in _index_entries(source, name, manifest.backup_id) if k != entry])
         return BackupInfo.from_manifest(updated, source.name)
 
     def delete(self, name: str, store: str | None = None) -> None:
-        """Delete a backup: the manifest first (so it is gone at once), then its data."""
-        _delete_backup(*self._open(name, store))
+        """Delete a backup: the manifest first (so it is gone at once), then its data.
+
+        A backup that its store still locks is refused before anything is touched.
+        """
+        source, manifest = self._open(name, store)
+        locked_until = _locked_until(source, manifest)
+        if locked_until is not None and locked_until > self._clock():
+            raise ObjectLockedError(
+                f"Backup {name!r} in store {source.name!r} is locked ({source.lock_mode} mode) "
+                f"until {locked_until:%Y-%m-%d %H:%M:%S} UTC, its retentionDate; nobody can "
+                "delete it before then. Cleanup deletes it once that date has passed."
+            )
+        _delete_backup(source, manifest)
 
     def cleanup(
         self,
@@ -453,22 +481,20 @@ class Engine:
             with suppress(BackupNotFoundError, IntegrityError):
                 committed[name] = self._open(name, source.name)[1].backup_id
         leftovers, stale = select_leftovers(markers, committed, store_now, self._leftover_grace)
-        entries = []
+        entries, swept = [], []
         for marker in leftovers:
+            action: Action = "would sweep" if dry_run else "swept"
+            message = f"data of an unfinished create or delete (backupId {marker.backup_id})"
             if not dry_run:
-                source.delete_prefix(data_prefix(marker.name, marker.backup_id))
-                source.delete(_index_entries(source, marker.name, marker.backup_id))
-            entries.append(
-                CleanupEntry(
-                    source.name,
-                    marker.name,
-                    None,
-                    "would sweep" if dry_run else "swept",
-                    f"data of an unfinished create or delete (backupId {marker.backup_id})",
-                )
-            )
+                try:
+                    source.delete_prefix(data_prefix(marker.name, marker.backup_id))
+                    source.delete(_index_entries(source, marker.name, marker.backup_id))
+                    swept.append(marker)
+                except ObjectLockedError as exc:  # kept with its marker for a later run
+                    action, message = "locked", str(exc)
+            entries.append(CleanupEntry(source.name, marker.name, None, action, message))
         if not dry_run:
-            source.delete([m.key for m in leftovers + stale])
+            source.delete([m.key for m in swept + stale])
         return entries
 
     # -- internals -------------------------------------------------------------------
@@ -479,6 +505,8 @@ class Engine:
             return CleanupEntry(*entry, "would delete")
         try:
             _delete_backup(source, manifest)
+        except ObjectLockedError as exc:  # the store's clock has not reached it yet: kept
+            return CleanupEntry(*entry, "locked", str(exc))
         except Exception as exc:  # one failure must not stop the run; it is reported
             return CleanupEntry(*entry, "failed", str(exc))
         return CleanupEntry(*entry, "deleted")
@@ -720,6 +748,15 @@ def _delete_backup(store: Store, manifest: Manifest) -> None:
     store.delete([*_index_entries(store, name, backup_id), marker])
 
 
+def _chunk_keys(manifest: Manifest) -> builtins.list[str]:
+    return [chunk_key(manifest.name, manifest.backup_id, i) for i in range(manifest.chunk_count)]
+
+
+def _locked_until(store: Store, manifest: Manifest) -> datetime | None:
+    """Until when the store's object lock keeps the backup (None: it does not lock it)."""
+    return manifest.retention_date if store.lock_mode else None
+
+
 def _index_entries(store: Store, name: str, backup_id: str) -> builtins.list[str]:
     """The retention index entries of one backup (normally one; two after a cut-off update)."""
     return [
@@ -749,7 +786,7 @@ def _commit(store: Store, manifest: Manifest) -> None:
     """
     document = manifest.to_bytes()
     try:
-        store.put(manifest_key(manifest.name), document)
+        store.put(manifest_key(manifest.name), document, retain_until=manifest.retention_date)
     except FileExistsError:
         try:
             ours = store.get(manifest_key(manifest.name)) == document

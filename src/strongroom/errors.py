@@ -9,6 +9,7 @@ StrongroomError
 ├── StoreError
 │   ├── BackupNotFoundError      (also a FileNotFoundError)
 │   ├── BackupExistsError        (also a FileExistsError)
+│   ├── ObjectLockedError        (also a PermissionError)
 │   └── StoreUnavailableError
 ├── PasscodeError
 ├── IntegrityError
@@ -30,6 +31,7 @@ __all__ = [
     "JobCancelledError",
     "JobError",
     "JobNotFoundError",
+    "ObjectLockedError",
     "PasscodeError",
     "StoreError",
     "StoreUnavailableError",
@@ -81,6 +83,13 @@ class BackupExistsError(StoreError, FileExistsError):
     """A backup with that name already exists; names are never overwritten."""
 
     exit_code = 6
+
+
+class ObjectLockedError(StoreError, PermissionError):
+    """The store's object lock (S3 Object Lock) keeps the objects until their retain-until
+    date; nobody can delete them or shorten it before then."""
+
+    exit_code = 11
 
 
 class StoreUnavailableError(StoreError, ConnectionError):

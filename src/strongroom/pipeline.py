@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import zstandard
@@ -72,11 +73,13 @@ class ChunkWriter(io.RawIOBase):
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compress: bool = True,
+        retain_until: datetime | None = None,
         on_write: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self._store, self._key_of, self._cipher = store, key_of, cipher
         self._chunk_size, self._compress, self._on_write = chunk_size, compress, on_write
+        self._retain_until = retain_until
         workers = max(1, store.concurrency)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-put")
         self._slots = threading.BoundedSemaphore(workers + 1)
@@ -148,7 +151,7 @@ class ChunkWriter(io.RawIOBase):
             if len(compressed) < length:
                 tag, payload = TAG_ZSTD, memoryview(compressed)
         sealed = self._cipher.seal(index, last, tag, payload)
-        self._store.put(self._key_of(index), sealed)
+        self._store.put(self._key_of(index), sealed, retain_until=self._retain_until)
         return len(sealed)
 
 

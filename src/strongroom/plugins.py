@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pluggy
 
 from .config import StoreSpec
-from .errors import UnknownBackendError
-from .store import Store
+from .errors import ConfigError, UnknownBackendError
+from .store import LOCK_MODES, OBJECT_LOCK_OPTION, Store
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -84,7 +85,15 @@ class BackendRegistry:
         return sorted(set(self._factories) - self._fallbacks)
 
     def open(self, spec: StoreSpec) -> Store:
-        return self.factory_for(spec)(spec.resolve())
+        """Open the store a spec describes. The `object_lock` option belongs to the core: it
+        goes to the store's `enable_object_lock`, which a backend without locks refuses."""
+        resolved = spec.resolve()
+        options = dict(resolved.options)
+        lock_mode = options.pop(OBJECT_LOCK_OPTION, None)
+        store = self.factory_for(spec)(replace(resolved, options=options))
+        if lock_mode is not None:
+            store.enable_object_lock(_check_lock_mode(spec.name, lock_mode))
+        return store
 
     def factory_for(self, spec: StoreSpec) -> StoreFactory:
         """The factory for the spec's URL scheme, or an error naming what to install."""
@@ -100,6 +109,16 @@ class BackendRegistry:
                 f"{install}"
             )
         return factory
+
+
+def _check_lock_mode(store: str, value: object) -> str:
+    mode = value.lower() if isinstance(value, str) else value
+    if mode not in LOCK_MODES:
+        raise ConfigError(
+            f"Store {store!r}: option {OBJECT_LOCK_OPTION} is {' or '.join(LOCK_MODES)} "
+            f"(S3 Object Lock's retention modes); got {value!r}."
+        )
+    return str(mode)
 
 
 class StrongroomHookSpecs:

@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .format import MAX_EPOCH_MS, Manifest, from_epoch_ms, to_epoch_ms
 
 __all__ = [
+    "Action",
     "CleanupEntry",
     "CleanupReport",
     "PendingMarker",
@@ -83,7 +84,9 @@ def select_leftovers(
     return leftovers, stale
 
 
-Action = Literal["deleted", "would delete", "swept", "would sweep", "failed"]
+#: "locked": the store's object lock still keeps it (its clock is behind ours, or the
+#: manifest's retentionDate was moved earlier behind strongroom's back); a later run retries.
+Action = Literal["deleted", "would delete", "swept", "would sweep", "locked", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,7 @@ class CleanupReport:
 
     def summary(self) -> str:
         """One line for the log: what this run did, counted by action."""
-        counts = {action: 0 for action in ("deleted", "would delete", "swept", "would sweep")}
+        counts = dict.fromkeys(("deleted", "would delete", "swept", "would sweep", "locked"), 0)
         for entry in self.entries:
             counts[entry.action] = counts.get(entry.action, 0) + 1
         done = ", ".join(f"{n} {action}" for action, n in counts.items() if n)

@@ -19,11 +19,22 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from .errors import StoreUnavailableError
+from .errors import ConfigError, StoreUnavailableError
 
-__all__ = ["ObjectInfo", "Store", "StoreCapabilities", "ValidationReport"]
+__all__ = [
+    "LOCK_MODES",
+    "OBJECT_LOCK_OPTION",
+    "ObjectInfo",
+    "Store",
+    "StoreCapabilities",
+    "ValidationReport",
+]
 
 PROBE_PREFIX = "probes/"
+#: The store option that makes every object of a backup undeletable until its retentionDate.
+OBJECT_LOCK_OPTION = "object_lock"
+#: Its values, as S3 Object Lock names them (in lower case).
+LOCK_MODES = ("governance", "compliance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,8 @@ class ValidationReport:
     checks: dict[str, bool]
     errors: list[str]
     capabilities: StoreCapabilities
+    #: The object lock mode the store is configured to write with, if any.
+    lock_mode: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,6 +83,7 @@ class ValidationReport:
             "checks": self.checks,
             "errors": self.errors,
             "capabilities": asdict(self.capabilities),
+            "objectLock": self.lock_mode,
         }
 
 
@@ -84,6 +98,8 @@ class Store:
     capabilities = StoreCapabilities(ranged_reads=True)
     #: How many object transfers the engine runs at once against this store.
     concurrency = 4
+    #: The object lock mode the store writes backups with (one of LOCK_MODES), or None.
+    lock_mode: str | None = None
 
     def __init__(self, name: str, url: str, fs: AbstractFileSystem, root: str) -> None:
         self.name = name
@@ -97,10 +113,28 @@ class Store:
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
+    def enable_object_lock(self, mode: str) -> None:
+        """Lock every backup object until its retentionDate from now on (the `object_lock`
+        option). A backend that cannot lock objects refuses, so the option is never ignored."""
+        raise ConfigError(
+            f"Store {self.name!r} ({self.url}) cannot lock objects until a date, so its "
+            f"{OBJECT_LOCK_OPTION} option cannot be honoured. Remove the option, or keep backups "
+            "that must be immutable in an S3 bucket with Object Lock enabled."
+        )
+
     def put(
-        self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+        self,
+        key: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        overwrite: bool = False,
+        retain_until: datetime | None = None,
     ) -> None:
-        """Write an object; with `overwrite=False` raise FileExistsError if it exists."""
+        """Write an object; with `overwrite=False` raise FileExistsError if it exists.
+
+        `retain_until` is the retentionDate of the backup the object belongs to: a store
+        with `lock_mode` keeps the object undeletable until then; other stores ignore it.
+        """
         with self.translate_errors(key):
             if not overwrite and self.fs.exists(self.path(key)):
                 raise FileExistsError(key)
@@ -140,6 +174,10 @@ class Store:
     def delete_prefix(self, prefix: str) -> None:
         self.delete([obj.key for obj in self.list(prefix)])
 
+    def extend_retention(self, keys: builtins.list[str], until: datetime) -> None:
+        """Keep these objects locked until `until` (a later retentionDate); stores without
+        `lock_mode` have no locks to extend."""
+
     def validate(self) -> ValidationReport:
         """Probe write, read, list and delete with a throwaway object, then remove it."""
         key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
@@ -152,13 +190,17 @@ class Store:
             ("list", lambda: any(obj.key == key for obj in self.list(PROBE_PREFIX))),
             ("delete", lambda: self._delete_probe(key)),
         ]
+        if self.lock_mode:
+            steps.append(("object lock", self._check_object_lock))
         for check, step in steps:
             try:
                 checks[check] = step() is not False
             except Exception as exc:  # a probe reports every failure instead of stopping
                 checks[check] = False
                 errors.append(f"{check}: {exc}")
-        return ValidationReport(self.name, self.url, checks, errors, self.capabilities)
+        return ValidationReport(
+            self.name, self.url, checks, errors, self.capabilities, self.lock_mode
+        )
 
     def now(self) -> datetime | None:
         """The store's own clock: the timestamp it gives a fresh probe object (None if none)."""
@@ -168,6 +210,14 @@ class Store:
             return next((obj.modified for obj in self.list(PROBE_PREFIX) if obj.key == key), None)
         finally:
             self.delete([key])
+
+    def _check_object_lock(self) -> None:
+        if not self.capabilities.object_lock:
+            raise ConfigError(
+                f"the {OBJECT_LOCK_OPTION} option asks for {self.lock_mode} locks, but the "
+                "store has no object lock; turn it on where the store lives (for S3, Object "
+                "Lock on the bucket) or remove the option"
+            )
 
     def _delete_probe(self, key: str) -> bool:
         self.delete([key])

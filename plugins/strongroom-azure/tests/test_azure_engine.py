@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,10 +68,10 @@ def test_racing_creates_of_one_name_have_one_winner(
     both_written = threading.Barrier(2)
     put = store.put
 
-    def put_after_both_wrote_their_data(key: str, data: bytes, *, overwrite: bool = False) -> None:
+    def put_after_both_wrote_their_data(key: str, data: bytes, **options: Any) -> None:
         if key.startswith("manifests/"):
             both_written.wait(timeout=60)  # both passed the name check: a real race
-        put(key, data, overwrite=overwrite)
+        put(key, data, **options)
 
     monkeypatch.setattr(store, "put", put_after_both_wrote_their_data)
     results: dict[int, BackupInfo | BaseException] = {}

@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -120,13 +120,13 @@ def test_a_server_killed_mid_backup_commits_nothing_and_a_retry_succeeds(
     puts = 0
     lock = threading.Lock()
 
-    def put_and_kill_on_the_tenth(key: str, data: bytes, *, overwrite: bool = False) -> None:
+    def put_and_kill_on_the_tenth(key: str, data: bytes, **options: Any) -> None:
         nonlocal puts
         with lock:
             puts += 1
             if puts == 10:
                 azurite_server.kill()
-        put(key, data, overwrite=overwrite)
+        put(key, data, **options)
 
     monkeypatch.setattr(store, "put", put_and_kill_on_the_tenth)
     with pytest.raises(StrongroomError) as caught:

@@ -88,10 +88,10 @@ def test_racing_creates_of_one_name_have_one_winner_and_the_losers_leave_nothing
     stores = [open_s3(bucket) for _ in range(racers)]
     for store in stores:  # every racer reaches its commit before any of them commits
 
-        def put_at_barrier(key: str, data: Any, *, overwrite: bool = False, _put: Any = store.put):
+        def put_at_barrier(key: str, data: Any, _put: Any = store.put, **options: Any) -> None:
             if key.startswith("manifests/"):
                 commit.wait()
-            _put(key, data, overwrite=overwrite)
+            _put(key, data, **options)
 
         monkeypatch.setattr(store, "put", put_at_barrier)
     sources = [random_file(tmp_path / f"racer{i}" / "data.bin", MIB + i) for i in range(racers)]

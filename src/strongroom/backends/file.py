@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -32,7 +33,12 @@ class LocalStore(Store):
         super().__init__(name, url, LocalFileSystem(skip_instance_cache=True), str(directory))
 
     def put(
-        self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+        self,
+        key: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        overwrite: bool = False,
+        retain_until: datetime | None = None,
     ) -> None:
         final = Path(self.path(key))
         with self.translate_errors(key):

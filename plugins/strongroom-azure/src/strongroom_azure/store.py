@@ -13,6 +13,7 @@ import builtins
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from adlfs import AzureBlobFileSystem  # type: ignore[import-untyped]
@@ -56,7 +57,12 @@ class AzureStore(Store):
         self._blob_prefix = f"{options.prefix}/" if options.prefix else ""
 
     def put(
-        self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+        self,
+        key: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        overwrite: bool = False,
+        retain_until: datetime | None = None,
     ) -> None:
         """Write the blob in one request; without `overwrite`, only if no blob has the name.
 

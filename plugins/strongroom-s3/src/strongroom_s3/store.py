@@ -11,6 +11,15 @@ also slows the client down while S3 throttles). s3fs wraps each call once more a
 retries what botocore cannot see: a response body cut off while it is read, an
 unparsable throttling reply, and SlowDown after botocore gave up. Anything else (access
 denied, a missing bucket) fails at once.
+
+With the `object_lock` store option (governance or compliance), every object of a backup
+is written with S3 Object Lock retention until the backup's retentionDate, in the same
+PutObject that writes it (so it is locked from its first moment, on S3 and on moto alike;
+moto would not lock a multipart upload, and strongroom never sends one). A later
+retentionDate extends the lock (PutObjectRetention). Object Lock needs a versioned bucket,
+where a plain delete only hides an object behind a delete marker, so such a store deletes
+every version of a key instead: S3 refuses that for a locked version, which the store
+reports as ObjectLockedError.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +48,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from strongroom import (
     ConfigError,
     ObjectInfo,
+    ObjectLockedError,
     Store,
     StoreCapabilities,
     StoreSpec,
@@ -77,7 +89,7 @@ AUTH_CODES = {
 
 
 class S3Store(Store):
-    """A store under a bucket prefix, one S3 request per operation.
+    """A store under a bucket prefix, one S3 request per operation (deletes: per 1,000).
 
     The generic fsspec calls are avoided where they cost requests (`exists` would list
     after a miss, `list` would swallow a missing bucket as an empty listing).
@@ -106,12 +118,25 @@ class S3Store(Store):
         """The S3 object key of a store key."""
         return self._key_prefix + key
 
+    def enable_object_lock(self, mode: str) -> None:
+        """Write backup objects with Object Lock retention in `mode` (the bucket must have
+        Object Lock on: S3 refuses locked writes otherwise, and `validate` checks it)."""
+        self.lock_mode = mode
+
     def put(
-        self, key: str, data: bytes | bytearray | memoryview, *, overwrite: bool = False
+        self,
+        key: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        overwrite: bool = False,
+        retain_until: datetime | None = None,
     ) -> None:
         """One PutObject; a create is conditional on the key being absent (If-None-Match)."""
         body = bytes(data)  # aiohttp warns about (and botocore refuses) other bytes-likes
-        condition = {} if overwrite else {"IfNoneMatch": "*"}
+        request: dict[str, Any] = {} if overwrite else {"IfNoneMatch": "*"}
+        if self.lock_mode and retain_until is not None:
+            request["ObjectLockMode"] = self.lock_mode.upper()
+            request["ObjectLockRetainUntilDate"] = retain_until
         with self.translate_errors(key):
             try:
                 self.fs.call_s3(
@@ -119,7 +144,7 @@ class S3Store(Store):
                     Bucket=self.bucket,
                     Key=self.object_key(key),
                     Body=body,
-                    **condition,
+                    **request,
                 )
                 return
             except OSError as exc:
@@ -127,6 +152,27 @@ class S3Store(Store):
                     raise
         if not self._holds(key, body):  # S3 refused the create: the key exists
             raise FileExistsError(key)
+
+    def extend_retention(self, keys: builtins.list[str], until: datetime) -> None:
+        """Move the objects' retain-until date to `until` (PutObjectRetention, in parallel).
+
+        S3 refuses to move it earlier, so only a later retentionDate gets here.
+        """
+        if not self.lock_mode:
+            return
+        retention = {"Mode": self.lock_mode.upper(), "RetainUntilDate": until}
+
+        def extend(key: str) -> None:
+            with self.translate_errors(key):
+                self.fs.call_s3(
+                    "put_object_retention",
+                    Bucket=self.bucket,
+                    Key=self.object_key(key),
+                    Retention=retention,
+                )
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            builtins.list(pool.map(extend, keys))
 
     def _holds(self, key: str, body: bytes) -> bool:
         """Whether the object has exactly these bytes.
@@ -171,24 +217,66 @@ class S3Store(Store):
         return sorted(objects, key=lambda obj: obj.key)
 
     def delete(self, keys: builtins.list[str]) -> None:
-        """Delete in batches of DeleteObjects; keys that do not exist are ignored."""
-        for start in range(0, len(keys), DELETE_BATCH):
-            batch = keys[start : start + DELETE_BATCH]
-            with self.translate_errors(batch[0]):
+        """Delete in batches of DeleteObjects; keys that do not exist are ignored.
+
+        In a store with `lock_mode` every version of each key goes (one listing per key).
+        """
+        if self.lock_mode:
+            self._delete_objects([v for key in keys for v in self._versions(key, exact=True)])
+        else:
+            self._delete_objects([{"Key": self.object_key(key)} for key in keys])
+
+    def delete_prefix(self, prefix: str) -> None:
+        if self.lock_mode:
+            self._delete_objects(self._versions(prefix))
+        else:
+            super().delete_prefix(prefix)
+
+    def _versions(self, prefix: str, *, exact: bool = False) -> builtins.list[dict[str, str]]:
+        """Every version and delete marker under `prefix` (or of exactly that key)."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.object_key(prefix)}
+        versions: builtins.list[dict[str, str]] = []
+        with self.translate_errors(prefix):
+            while True:
+                page = self.fs.call_s3("list_object_versions", **request)
+                versions.extend(
+                    {"Key": item["Key"], "VersionId": item["VersionId"]}
+                    for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+                    if not exact or item["Key"] == request["Prefix"]
+                )
+                if not page.get("IsTruncated"):
+                    return versions
+                request["KeyMarker"] = page["NextKeyMarker"]
+                request["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+    def _delete_objects(self, objects: builtins.list[dict[str, str]]) -> None:
+        """DeleteObjects, 1,000 at a time; a locked version raises ObjectLockedError."""
+        for start in range(0, len(objects), DELETE_BATCH):
+            batch = objects[start : start + DELETE_BATCH]
+            first_key = batch[0]["Key"][len(self._key_prefix) :]
+            with self.translate_errors(first_key):
                 reply = self.fs.call_s3(
                     "delete_objects",
                     Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": self.object_key(k)} for k in batch], "Quiet": True},
+                    Delete={"Objects": batch, "Quiet": True},
                 )
             failed = reply.get("Errors", [])
-            if failed:
-                first = failed[0]
-                raise StoreUnavailableError(
-                    f"Store {self.name!r} ({self.url}) could not delete {len(failed)} object(s), "
-                    f"the first {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}. "
-                    f"Check that the credentials may delete objects in bucket {self.bucket!r} "
-                    "(and that no Object Lock retention protects them)."
+            if not failed:
+                continue
+            locked = [e for e in failed if "object lock" in str(e.get("Message", "")).lower()]
+            first = (locked or failed)[0]
+            key = str(first.get("Key", ""))[len(self._key_prefix) :]
+            if locked:
+                raise ObjectLockedError(
+                    f"Store {self.name!r} ({self.url}): {len(locked)} object(s) are protected "
+                    f"by S3 Object Lock, the first {key!r}; they can be deleted once their "
+                    "retain-until date (the backup's retentionDate) has passed."
                 )
+            raise StoreUnavailableError(
+                f"Store {self.name!r} ({self.url}) could not delete {len(failed)} object(s), "
+                f"the first {key!r}: {first.get('Code')} {first.get('Message')}. "
+                f"Check that the credentials may delete objects in bucket {self.bucket!r}."
+            )
 
     def validate(self) -> ValidationReport:
         """The base probes, with `object_lock` claimed only if the bucket really has it on."""
@@ -221,6 +309,12 @@ class S3Store(Store):
                 raise
             raise self._unavailable(key, exc) from exc
         except (OSError, BotoCoreError) as exc:
+            if _error_code(exc) == "InvalidRequest" and "ObjectLockConfiguration" in str(exc):
+                raise ConfigError(
+                    f"Store {self.name!r} ({self.url}) has the object_lock option, but bucket "
+                    f"{self.bucket!r} has no Object Lock. Turn Object Lock on for the bucket "
+                    "(aws s3api put-object-lock-configuration), or remove the option."
+                ) from exc
             raise self._unavailable(key, exc) from exc
 
     def _unavailable(self, key: str, exc: BaseException) -> StoreUnavailableError:
