@@ -10,7 +10,14 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 import strongroom
-from strongroom import Engine, StoresConfig, StoreSpec, UnknownBackendError, hookimpl
+from strongroom import (
+    ConfigError,
+    Engine,
+    StoresConfig,
+    StoreSpec,
+    UnknownBackendError,
+    hookimpl,
+)
 from strongroom.plugins import (
     DEFAULT_PLUGINS,
     StrongroomHookSpecs,
@@ -65,6 +72,21 @@ def test_a_third_party_backend_plugs_in_through_the_same_hook(
     assert [b.name for b in engine.list("ram")] == ["in-memory"]
     engine.restore("in-memory", tmp_path / "out", passcode=PASSCODE, store="ram")
     assert (tmp_path / "out" / "data" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
+
+
+@pytest.mark.parametrize("url", ["file:///srv/backups", "memory://backups"])
+def test_a_backend_without_object_lock_refuses_the_option(url: str) -> None:
+    registry = build_registry(get_plugin_manager(autoload=False))
+    with pytest.raises(ConfigError, match="cannot lock objects until a date") as caught:
+        registry.open(StoreSpec("vault", url, {"object_lock": "governance"}))
+    assert "object_lock option cannot be honoured" in str(caught.value)
+    assert registry.open(StoreSpec("vault", url)).lock_mode is None
+
+
+def test_an_unknown_object_lock_mode_is_refused_with_the_known_ones() -> None:
+    registry = build_registry(get_plugin_manager(autoload=False))
+    with pytest.raises(ConfigError, match="governance or compliance.*got 'legal-hold'"):
+        registry.open(StoreSpec("vault", "file:///srv/backups", {"object_lock": "legal-hold"}))
 
 
 def test_two_plugins_claiming_one_scheme_is_an_error() -> None:

@@ -139,6 +139,15 @@ def test_bad_configurations_are_refused_before_any_request(
     assert "SeCrEt" not in str(caught.value)
 
 
+def test_object_lock_is_refused_because_azure_stores_cannot_lock_objects() -> None:
+    """Azure's own immutability policies are not used by strongroom (Azurite has none)."""
+    registry = build_registry(get_plugin_manager(autoload=False))
+    registry.add("az", open_azure_store)
+    spec = StoreSpec("azure", "az://backups", {"object_lock": "compliance", "account_name": "x"})
+    with pytest.raises(ConfigError, match="cannot lock objects until a date"):
+        registry.open(spec)
+
+
 def test_an_unknown_option_is_answered_with_the_known_ones() -> None:
     with pytest.raises(ConfigError) as caught:
         open_azure_store(StoreSpec("azure", "az://backups", {"acount_key": "x"}))

@@ -316,8 +316,8 @@ def open_s3(s3_endpoint: str, s3_registry: BackendRegistry) -> Callable[..., S3S
 
 @pytest.fixture
 def make_engine() -> Callable[..., Engine]:
-    def make(*stores: S3Store, chunk_size: int = 256 * 1024) -> Engine:
-        return Engine(stores=stores, kdf=FAST_KDF, chunk_size=chunk_size)
+    def make(*stores: S3Store, chunk_size: int = 256 * 1024, **options: Any) -> Engine:
+        return Engine(stores=stores, kdf=FAST_KDF, chunk_size=chunk_size, **options)
 
     return make
 
