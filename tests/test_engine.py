@@ -40,6 +40,24 @@ def test_round_trip_of_a_real_tree_is_exact(engine: Engine, tree: Path, tmp_path
     assert restored.stat().st_ino == (target / "data" / "secret.key").stat().st_ino
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root restores ownership")
+def test_a_restore_as_root_gives_files_and_directories_their_owners(
+    engine: Engine, tmp_path: Path
+) -> None:
+    tree = tmp_path / "owned"
+    (tree / "shared").mkdir(parents=True)
+    (tree / "shared" / "by-name.txt").write_text("nobody's")
+    (tree / "by-number.txt").write_text("no name")
+    os.chown(tree / "shared", 65534, 65534)  # nobody:nogroup, known by name here
+    os.chown(tree / "shared" / "by-name.txt", 65534, 65534)
+    os.chown(tree / "by-number.txt", 4321, 1234)  # no such user or group: by number
+    engine.create("owned", [tree], passcode=PASSCODE)
+    out = engine.restore("owned", tmp_path / "out", passcode=PASSCODE) / "owned"
+    for relative in ("shared", "shared/by-name.txt", "by-number.txt"):
+        original, restored = (tree / relative).stat(), (out / relative).stat()
+        assert (restored.st_uid, restored.st_gid) == (original.st_uid, original.st_gid), relative
+
+
 def test_round_trip_without_compression(home: Path, tree: Path, tmp_path: Path) -> None:
     engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, compress=False)
     info = engine.create("raw", [tree], passcode=PASSCODE)
@@ -282,6 +300,29 @@ def test_unknown_store_is_a_clear_error(engine: Engine, tree: Path) -> None:
         engine.create("x", [tree], passcode=PASSCODE, store="offsite")
 
 
+def back_up_members(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, name: str, members: list[tarfile.TarInfo]
+) -> None:
+    """A backup whose archive holds exactly these members (files hold their own name)."""
+
+    def write_members(sink: io.RawIOBase, sources: object, streams: object) -> None:
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            for member in members:
+                data = member.name.encode() if member.isreg() else b""
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data) if member.isreg() else None)
+
+    monkeypatch.setattr("strongroom.engine.write_archive", write_members)
+    engine.create(name, passcode=PASSCODE, streams={"x": io.BytesIO()})
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info
+
+
 @pytest.mark.parametrize(
     ("kind", "name", "linkname"),
     [
@@ -300,23 +341,38 @@ def test_restore_never_writes_outside_the_target(
     name: str,
     linkname: str,
 ) -> None:
-    member = tarfile.TarInfo(name)
-    member.type = kind
-    member.linkname = linkname
-
-    def write_hostile(sink: io.RawIOBase, sources: object, streams: object) -> None:
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            safe = tarfile.TarInfo("fine.txt")
-            safe.size = 2
-            tar.addfile(safe, io.BytesIO(b"ok"))
-            tar.addfile(member, io.BytesIO(b"") if member.isfile() else None)
-
-    monkeypatch.setattr("strongroom.engine.write_archive", write_hostile)
-    engine.create("hostile", passcode=PASSCODE, streams={"x": io.BytesIO()})
+    hostile = member(name, kind, linkname)
+    back_up_members(engine, monkeypatch, "hostile", [member("fine.txt"), hostile])
     with pytest.raises(UnsafeArchiveError, match="will not restore|outside the target"):
         engine.restore("hostile", tmp_path / "sandbox" / "out", passcode=PASSCODE)
     assert not (tmp_path / "sandbox").exists(), "the parents a failed restore made are gone too"
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_files_through_links_inside_the_target_are_restored_and_links_are_replaced_not_followed(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    back_up_members(
+        engine,
+        monkeypatch,
+        "linked",
+        [
+            member("real", tarfile.DIRTYPE),
+            member("alias", tarfile.SYMTYPE, "real"),
+            member("alias/through.txt"),  # lands in real/, as tar puts it
+            member("Alias/case.txt"),  # another directory here; checked like a link's path
+            member("real/original.txt"),
+            member("pointer", tarfile.SYMTYPE, "real/original.txt"),
+            member("pointer"),  # a file of the link's name replaces the link
+        ],
+    )
+    out = tmp_path / "out"
+    engine.restore("linked", out, passcode=PASSCODE)
+    assert (out / "real" / "through.txt").read_bytes() == b"alias/through.txt"
+    assert (out / "Alias" / "case.txt").read_bytes() == b"Alias/case.txt"
+    assert (out / "real" / "original.txt").read_bytes() == b"real/original.txt"
+    assert not (out / "pointer").is_symlink()
+    assert (out / "pointer").read_bytes() == b"pointer"
 
 
 def test_a_resent_commit_that_finds_its_own_manifest_succeeds(

@@ -7,17 +7,25 @@ each up to `STREAM_PART_SIZE` bytes; every part after the first carries the pax
 record `STRONGROOM.part` = its number and is appended on extraction.
 
 Extraction refuses absolute paths, `..`, links that point outside the target and
-device files (Python's tarfile "data" filter), but keeps permission bits and, when
-running as root, ownership.
+device files (Python's tarfile "data" filter, for links and for paths that run through
+one; names alone for the rest, see `_PathGuard`), but keeps permission bits and, when
+running as root, ownership. A file replaces a link of its name; it never writes through it.
+Small files are written on a few threads, each with one open, write, fchown, fchmod,
+futimens and close.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import grp
 import io
 import os
+import pwd
 import tarfile
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +56,8 @@ COPY_BUFFER = 1024 * 1024
 #: Regular files up to this size are written by `_FileWriters`, several at a time.
 SMALL_FILE = 1024 * 1024
 WRITER_THREADS = 4
+#: Small files handed to a writer thread at once (up to SMALL_FILE bytes in all).
+WRITER_BATCH = 32
 
 
 def archive_name_of(source: Path) -> str:
@@ -194,19 +204,20 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     checks). With no selection, everything is extracted.
     """
     found: set[str] = set()
-    directories: list[tarfile.TarInfo] = []
-    with _open_tar(stream, "r") as tar, _FileWriters(tar) as writers:
+    directories: list[tuple[tarfile.TarInfo, str]] = []
+    guard = _PathGuard(target)
+    with _open_tar(stream, "r") as tar, _FileWriters() as writers:
         for member in tar.members_once():
             match = _selection_match(member.name, selected)
             if selected and match is None:
                 continue
             if match is not None:
                 found.add(match)
-            safe = _safe_member(member, target)
+            safe = guard.check(member)
             path = os.path.join(target, safe.name)
             if safe.isdir():
-                tar.extract(safe, target, set_attrs=False)
-                directories.append(safe)
+                os.makedirs(path, 0o700, exist_ok=True)
+                directories.append((safe, path))
             elif safe.isreg():
                 writers.wait_for(path)  # a later member of the same name must land last
                 stream.seek(safe.offset_data)
@@ -215,16 +226,15 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
                 elif safe.size <= SMALL_FILE:
                     writers.submit(safe, path, stream.read(safe.size))
                 else:
-                    writers.write(safe, path, _views(stream, safe.size))
+                    _write_file(safe, path, _views(stream, safe.size))
             else:
                 writers.wait_all()  # a link could redirect a pending write
-                tar.extract(safe, target)
+                tar.extract(safe, target, filter="fully_trusted")  # checked by the guard
         writers.wait_all()
-        for directory in reversed(directories):  # deepest first, after their contents
-            path = os.path.join(target, directory.name)
-            tar.chown(directory, path, numeric_owner=False)
-            tar.utime(directory, path)
-            tar.chmod(directory, path)
+        for directory, path in reversed(directories):  # deepest first, after their contents
+            _set_owner(directory, path)
+            os.utime(path, (directory.mtime, directory.mtime))
+            os.chmod(path, directory.mode)
     return found
 
 
@@ -232,14 +242,16 @@ class _FileWriters:
     """Writes small regular files on a few threads while the stream is read on.
 
     A restore of many small files waits on creating them, not on bytes, so a few files
-    are written at once. Safety: the main thread checks each path first, and before a
-    link (which could redirect a later path) every pending write is finished.
+    are written at once, handed over in batches to keep thread switches rare. Safety:
+    the main thread checks each path first, and before a link (which could redirect a
+    later path) every pending write is finished.
     """
 
-    def __init__(self, tar: tarfile.TarFile) -> None:
-        self._tar = tar
+    def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="strongroom-file")
-        self._slots = threading.BoundedSemaphore(WRITER_THREADS * 4)
+        self._slots = threading.BoundedSemaphore(WRITER_THREADS * 2)
+        self._batch: list[tuple[tarfile.TarInfo, str, bytes]] = []
+        self._batch_bytes = 0
         self._pending: dict[str, Future[None]] = {}
 
     def __enter__(self) -> _FileWriters:
@@ -249,41 +261,91 @@ class _FileWriters:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, member: tarfile.TarInfo, path: str, data: bytes) -> None:
-        """Write a small file on a writer thread."""
-        for done in [p for p, f in self._pending.items() if f.done()]:
-            self.wait_for(done)  # forget finished writes, raising a failure at once
-        self._slots.acquire()
-        future = self._executor.submit(self._write, member, path, data)
-        future.add_done_callback(lambda _: self._slots.release())
-        self._pending[path] = future
+        """Queue a small file; a full batch goes to a writer thread."""
+        self._batch.append((member, path, data))
+        self._batch_bytes += len(data)
+        if len(self._batch) >= WRITER_BATCH or self._batch_bytes >= SMALL_FILE:
+            self._flush()
 
     def wait_for(self, path: str) -> None:
+        if any(queued == path for _, queued, _ in self._batch):
+            self._flush()
         future = self._pending.pop(path, None)
         if future is not None:
             future.result()
 
     def wait_all(self) -> None:
+        self._flush()
         for path in list(self._pending):
             self.wait_for(path)
 
-    def write(self, member: tarfile.TarInfo, path: str, data: Iterable[Buffer]) -> None:
-        """Write a large file here and now, piece by piece, as the stream yields it."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            for piece in data:
-                handle.write(piece)
-        self._set_attributes(member, path)
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        for done in [p for p, f in self._pending.items() if f.done()]:
+            self.wait_for(done)  # forget finished writes, raising a failure at once
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._slots.acquire()
+        future = self._executor.submit(_write_files, batch)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._pending.update((path, future) for _, path, _ in batch)
 
-    def _write(self, member: tarfile.TarInfo, path: str, data: bytes) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(data)
-        self._set_attributes(member, path)
 
-    def _set_attributes(self, member: tarfile.TarInfo, path: str) -> None:
-        self._tar.chown(member, path, numeric_owner=False)
-        self._tar.chmod(member, path)
-        self._tar.utime(member, path)
+def _write_files(batch: list[tuple[tarfile.TarInfo, str, bytes]]) -> None:
+    for member, path, data in batch:
+        _write_file(member, path, (data,))
+
+
+def _write_file(member: tarfile.TarInfo, path: str, pieces: Iterable[Buffer]) -> None:
+    """Create the file (replacing, never following, whatever has its name) with its
+    contents, then its owner, mode and mtime, all through one file descriptor."""
+    fd = _create(path)
+    try:
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+        _set_owner(member, fd)
+        os.fchmod(fd, member.mode)
+        os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
+
+
+def _create(path: str) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:  # no member for its directory came first
+        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    except OSError as exc:  # a symlink of the same name came first: replace it
+        if exc.errno != errno.ELOOP:
+            raise
+        os.unlink(path)
+    return os.open(path, flags, 0o600)
+
+
+def _set_owner(member: tarfile.TarInfo, path_or_fd: str | int) -> None:
+    """As root, give the file the member's owner (by name where this system knows it)."""
+    if os.geteuid() != 0:
+        return
+    os.chown(path_or_fd, _user_id(member.uname, member.uid), _group_id(member.gname, member.gid))
+
+
+@functools.cache
+def _user_id(name: str, default: int) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid if name else default
+    except KeyError:
+        return default
+
+
+@functools.cache
+def _group_id(name: str, default: int) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid if name else default
+    except KeyError:
+        return default
 
 
 def scan_archive(stream: io.RawIOBase) -> int:
@@ -299,29 +361,57 @@ def _selection_match(name: str, selected: Sequence[str]) -> str | None:
     return None
 
 
-def _safe_member(member: tarfile.TarInfo, target: Path) -> tarfile.TarInfo:
-    """The member as the data filter allows it, with permission bits and ownership kept."""
-    parts = member.name.split("/")
-    if member.name.startswith("/") or ".." in parts:
-        raise UnsafeArchiveError(
-            f"The backup holds {member.name!r}, which would land outside the target."
-        )
-    try:
-        filtered = tarfile.data_filter(member, str(target))
-    except tarfile.FilterError as exc:
-        raise UnsafeArchiveError(
-            f"The backup holds {member.name!r}, which strongroom will not restore: {exc}. "
-            "Restore the other paths by naming them."
-        ) from None
-    keep: dict[str, Any] = {
-        "uid": member.uid,
-        "gid": member.gid,
-        "uname": member.uname,
-        "gname": member.gname,
-    }
-    if not member.issym():
-        keep["mode"] = member.mode & 0o777
-    return filtered.replace(**keep, deep=False)
+class _PathGuard:
+    """Decides which members may be extracted, without a syscall for most of them.
+
+    The staging directory is new and empty, so the only links in it are those the
+    archive itself made. A file or directory whose path runs through none of them is
+    checked by its name alone; links, and members whose path runs through one, go
+    through tarfile's data filter, which resolves real paths. Paths are compared
+    case-folded and NFC-normalized, so a case-insensitive filesystem cannot hide a link.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self._target = str(target)
+        self._links: set[str] = set()
+
+    def check(self, member: tarfile.TarInfo) -> tarfile.TarInfo:
+        """The member as it may be extracted (mode bits and ownership kept), or an error."""
+        parts = member.name.split("/")
+        if member.name.startswith("/") or ".." in parts:
+            raise UnsafeArchiveError(
+                f"The backup holds {member.name!r}, which would land outside the target."
+            )
+        plain = member.isreg() or member.isdir()
+        if not plain:
+            self._links.add(_folded(member.name))
+        elif not self._links or not self._runs_through_link(parts):
+            member.mode &= 0o777
+            return member
+        try:
+            filtered = tarfile.data_filter(member, self._target)
+        except tarfile.FilterError as exc:
+            raise UnsafeArchiveError(
+                f"The backup holds {member.name!r}, which strongroom will not restore: {exc}. "
+                "Restore the other paths by naming them."
+            ) from None
+        keep: dict[str, Any] = {
+            "uid": member.uid,
+            "gid": member.gid,
+            "uname": member.uname,
+            "gname": member.gname,
+        }
+        if not member.issym():
+            keep["mode"] = member.mode & 0o777
+        return filtered.replace(**keep, deep=False)
+
+    def _runs_through_link(self, parts: list[str]) -> bool:
+        folded = _folded("/".join(parts)).split("/")
+        return any("/".join(folded[:depth]) in self._links for depth in range(1, len(folded) + 1))
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _views(stream: ArchiveReader, size: int) -> Iterator[memoryview]:
