@@ -28,6 +28,7 @@ import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, cast
 
@@ -329,23 +330,17 @@ def _set_owner(member: tarfile.TarInfo, path_or_fd: str | int) -> None:
     """As root, give the file the member's owner (by name where this system knows it)."""
     if os.geteuid() != 0:
         return
-    os.chown(path_or_fd, _user_id(member.uname, member.uid), _group_id(member.gname, member.gid))
+    os.chown(path_or_fd, *_owner_ids(member.uname, member.uid, member.gname, member.gid))
 
 
 @functools.cache
-def _user_id(name: str, default: int) -> int:
-    try:
-        return pwd.getpwnam(name).pw_uid if name else default
-    except KeyError:
-        return default
-
-
-@functools.cache
-def _group_id(name: str, default: int) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid if name else default
-    except KeyError:
-        return default
+def _owner_ids(uname: str, uid: int, gname: str, gid: int) -> tuple[int, int]:
+    """The member's owner on this system: by name where it knows the name, else by number."""
+    with suppress(KeyError):
+        uid = pwd.getpwnam(uname).pw_uid if uname else uid
+    with suppress(KeyError):
+        gid = grp.getgrnam(gname).gr_gid if gname else gid
+    return uid, gid
 
 
 def scan_archive(stream: io.RawIOBase) -> int:
