@@ -22,6 +22,7 @@ import statistics
 import string
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -615,10 +616,18 @@ class Outcome:
         return statistics.median(self.mb_per_s(phase)) if self.runs and not self.error else None
 
 
-def run_once(tool: Tool, dataset: Dataset, run: RunPaths, expected_digest: str) -> RunResult:
+def run_once(
+    tool: Tool, dataset: Dataset, run: RunPaths, expected_digest: str, trash: Path
+) -> RunResult:
     """One backup and one restore into fresh directories, then verification, all but the two
     measured commands untimed. os.sync() after each phase keeps one phase's writeback out of
-    the next one's time."""
+    the next one's time.
+
+    The run's directories are moved into `trash`, not deleted: for a few minutes after many
+    files are deleted, ext4 slows down every file creation nearby (its inode allocator skips
+    recently deleted inodes, reading their inode table blocks to find them: `recently_deleted`
+    was 40% of the kernel's time in a perf profile), which would bill one tool's cleanup to
+    the next tool's restore. The trash is emptied once a dataset's runs are done."""
     remove(run.root)
     run.store.mkdir(parents=True)
     try:
@@ -640,7 +649,8 @@ def run_once(tool: Tool, dataset: Dataset, run: RunPaths, expected_digest: str) 
             raise ToolFailed("restored data differs from the source (SHA-256 tree digest)")
         return RunResult(backup, restore, stored)
     finally:
-        remove(run.root)
+        if run.root.exists():
+            run.root.rename(Path(tempfile.mkdtemp(dir=trash)) / run.root.name)
 
 
 def run_benchmark(
@@ -658,14 +668,17 @@ def run_benchmark(
         for outcome in pairs:
             if reason := outcome.tool.missing():
                 outcome.error = f"skipped: {reason}"
+        trash = workdir / "runs" / "trash"
+        trash.mkdir(parents=True, exist_ok=True)
         for index in range(runs):
             for outcome in (o for o in pairs if o.error is None):
                 run = RunPaths(workdir / "runs" / f"{dataset.name}-{outcome.tool.name}")
                 try:
-                    outcome.runs.append(run_once(outcome.tool, dataset, run, digest))
+                    outcome.runs.append(run_once(outcome.tool, dataset, run, digest, trash))
                 except ToolFailed as failure:
                     outcome.error = str(failure)
                 report_progress(outcome, index, runs)
+        remove(trash)
         outcomes.extend(pairs)
     return outcomes
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import strongroom.engine
-from strongroom import ConfigError, Engine, Store
-from strongroom.format import Manifest, to_epoch_ms
+from strongroom import ConfigError, Engine
+from strongroom.format import to_epoch_ms
 from strongroom.retention import check_retention_date, parse_epoch_ms
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
 
@@ -97,14 +96,15 @@ def test_cleanup_reports_a_failed_delete_and_goes_on(
 ) -> None:
     for name in ("a", "b"):
         timed_engine.create(name, [tree], passcode=PASSCODE, retention_date=to_epoch_ms(START) + 1)
-    real_delete = strongroom.engine._delete_backup
+    store = timed_engine.store()
+    real_delete = store.delete
 
-    def flaky_delete(store: Store, manifest: Manifest) -> None:
-        if manifest.name == "a":
+    def flaky_delete(keys: list[str]) -> None:
+        if "manifests/a" in keys:
             raise OSError("store said no")
-        real_delete(store, manifest)
+        real_delete(keys)
 
-    monkeypatch.setattr("strongroom.engine._delete_backup", flaky_delete)
+    monkeypatch.setattr(store, "delete", flaky_delete)
     clock.now = START + timedelta(days=1)
     report = timed_engine.cleanup()
     assert {(e.name, e.action) for e in report.entries} == {("a", "failed"), ("b", "deleted")}

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import strongroom.engine
-from strongroom import Engine
+from strongroom import Engine, Store
 from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
 from strongroom.pipeline import ChunkWriter
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
@@ -105,24 +105,58 @@ def test_a_committed_backup_with_a_stale_marker_is_kept(
     engine.verify("kept", passcode=PASSCODE)
 
 
-def test_an_interrupted_delete_is_finished(
+def index_entries(home: Path) -> list[Path]:
+    root = store_dir(home) / "retention"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def killed_at(store: Store, prefix: str) -> Callable[[list[str]], None]:
+    """A store's delete that dies, as a killed process would, at the first key under `prefix`."""
+    real_delete = store.delete
+
+    def delete(keys: list[str]) -> None:
+        for key in keys:
+            if key.startswith(prefix):
+                raise SystemExit("killed during delete")
+            real_delete([key])
+
+    return delete
+
+
+def test_an_interrupted_delete_is_finished_once_its_index_entry_is_past_grace(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine.create("doomed", [tree], passcode=PASSCODE)
     store = engine.store()
     with monkeypatch.context() as patch:
-
-        def die(prefix: str) -> None:
-            raise SystemExit("killed during delete")
-
-        patch.setattr(store, "delete_prefix", die)
+        patch.setattr(store, "delete", killed_at(store, "data/doomed/"))
         with pytest.raises(SystemExit):
             engine.delete("doomed")
     assert engine.list() == [], "the manifest went first"
-    [marker] = markers(home)
-    age(marker, GRACE * 2)
+    assert engine.cleanup().entries == [], "an index entry within grace may be a create's"
+    [entry] = index_entries(home)
+    age(entry, GRACE * 2)
     assert [(e.name, e.action) for e in engine.cleanup().entries] == [("doomed", "swept")]
     assert not (store_dir(home) / "data" / "doomed").exists()
+    assert index_entries(home) == []
+
+
+def test_after_an_interrupted_delete_and_a_new_backup_of_its_name_only_the_old_is_swept(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.create("reused", [tree], passcode=PASSCODE)
+    store = engine.store()
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "delete", killed_at(store, "data/reused/"))
+        with pytest.raises(SystemExit):
+            engine.delete("reused")
+    engine.create("reused", [tree], passcode=PASSCODE)
+    for entry in index_entries(home):
+        age(entry, GRACE * 2)
+    assert [(e.name, e.action) for e in engine.cleanup().entries] == [("reused", "swept")]
+    assert len(os.listdir(store_dir(home) / "data" / "reused")) == 1
+    assert len(index_entries(home)) == 1
+    engine.verify("reused", passcode=PASSCODE)
 
 
 def slow_stream(started: threading.Event, release: threading.Event) -> Iterator[bytes]:
@@ -185,25 +219,21 @@ def test_a_cleanup_killed_halfway_leaves_only_restorable_backups(
     engine.create("forever", [tree], passcode=PASSCODE)
     clock_now[0] += timedelta(days=1)
     store = engine.store()
-    real_delete_prefix = store.delete_prefix
-
-    def killed_on_the_second(prefix: str) -> None:
-        if prefix.startswith("data/b/"):
-            raise SystemExit("cleanup killed")
-        real_delete_prefix(prefix)
-
     with monkeypatch.context() as patch:
-        patch.setattr(store, "delete_prefix", killed_on_the_second)
+        patch.setattr(store, "delete", killed_at(store, "data/b/"))
         with pytest.raises(SystemExit):
             engine.cleanup()
     listed = [b.name for b in engine.list()]
-    assert "a" not in listed and "b" not in listed
-    for name in listed:
-        engine.verify(name, passcode=PASSCODE)  # nothing listed that cannot be restored
+    assert listed == ["forever"], "the manifests of a batch go first"
+    engine.verify("forever", passcode=PASSCODE)  # nothing listed that cannot be restored
 
-    for marker in markers(home):
-        age(marker, GRACE * 2)
+    for entry in index_entries(home):
+        age(entry, GRACE * 2)
     report = engine.cleanup()
-    assert {(e.name, e.action) for e in report.entries} >= {("b", "swept"), ("c", "deleted")}
+    assert {(e.name, e.action) for e in report.entries} == {
+        ("a", "swept"),
+        ("b", "swept"),
+        ("c", "swept"),
+    }
     assert [b.name for b in engine.list()] == ["forever"]
     assert not (store_dir(home) / "data" / "b").exists()

@@ -83,11 +83,14 @@ from .retention import (
     Action,
     CleanupEntry,
     CleanupReport,
+    IndexEntry,
     PendingMarker,
     check_retention_date,
     parse_epoch_ms,
+    select_candidates,
     select_expired,
     select_leftovers,
+    select_orphans,
 )
 from .store import Store
 
@@ -381,7 +384,7 @@ class Engine:
         source.put(
             manifest_key(name), updated.to_bytes(), overwrite=True, retain_until=moment
         )  # never less
-        source.delete([k for k in _index_entries(source, name, manifest.backup_id) if k != entry])
+        source.delete([e.key for e in _index_of(source, manifest) if e.key != entry])
         return BackupInfo.from_manifest(updated, source.name)
 
     def delete(self, name: str, store: str | None = None) -> None:
@@ -397,7 +400,9 @@ class Engine:
                 f"until {locked_until:%Y-%m-%d %H:%M:%S} UTC, its retentionDate; nobody can "
                 "delete it before then. Cleanup deletes it once that date has passed."
             )
-        _delete_backup(source, manifest)
+        failures = _delete_backups(source, [manifest], _index_of(source, manifest))
+        if name in failures:
+            raise failures[name]
 
     def cleanup(
         self,
@@ -413,103 +418,96 @@ class Engine:
         for store_name in stores if stores is not None else every_store:
             try:
                 source = self.store(store_name)
-                names = {
-                    n for o in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(o.key))
-                }
-                index = [
-                    p for o in source.list(RETENTION_PREFIX) if (p := parse_retention_key(o.key))
-                ]
+                listing = _Listing.of(source)
             except StrongroomError as exc:  # one unreachable store must not stop the others
                 report.errors.append(str(exc))
                 continue
-            expired, problems = self._confirm_expired(source, names, index, moment)
+            expired, problems = self._confirm_expired(source, listing, moment)
             report.errors.extend(problems)
-            report.kept += len(names) - len(expired)
-            for manifest in expired:
-                report.entries.append(self._expire(source, manifest, dry_run))
+            report.kept += len(listing.names) - len(expired)
+            report.entries.extend(self._expire(source, expired, listing.index, dry_run))
             try:
-                report.entries.extend(self._sweep(source, dry_run))
+                report.entries.extend(self._sweep(source, listing, dry_run))
             except StrongroomError as exc:
                 report.errors.append(str(exc))
         logger.info("Cleanup %s", report.summary())
         return report
 
     def _confirm_expired(
-        self,
-        source: Store,
-        names: set[str],
-        index: builtins.list[tuple[str, str, datetime | None]],
-        moment: datetime,
+        self, source: Store, listing: _Listing, moment: datetime
     ) -> tuple[builtins.list[Manifest], builtins.list[str]]:
         """The expired backups: candidates come from the index (listing only), the verdict
-        from each candidate's manifest, which stays the truth."""
-        candidates = sorted(
-            {(n, i) for n, i, when in index if n in names and when is not None and when <= moment}
-        )
-        expired: builtins.list[Manifest] = []
-        problems: builtins.list[str] = []
-        for name, backup_id in candidates:
-            try:
-                manifest = self._open(name, source.name)[1]
-            except BackupNotFoundError:
-                continue  # deleted since the listing
-            except IntegrityError as exc:
-                problems.append(f"backup {name!r} in store {source.name!r}: {exc}")
-                continue
-            if manifest.backup_id == backup_id:
-                expired.extend(select_expired([manifest], moment))
-        return expired, problems
+        from each candidate's manifest, which stays the truth (read several at a time)."""
+        candidates = dict(select_candidates(listing.index, listing.names, moment))
+        manifests, problems = self._read_manifests(source, sorted(candidates))
+        confirmed = [m for m in manifests if candidates[m.name] == m.backup_id]
+        return select_expired(confirmed, moment), problems
 
-    def _sweep(self, source: Store, dry_run: bool) -> builtins.list[CleanupEntry]:
+    def _expire(
+        self,
+        source: Store,
+        manifests: builtins.list[Manifest],
+        index: builtins.list[IndexEntry],
+        dry_run: bool,
+    ) -> builtins.list[CleanupEntry]:
+        if dry_run:
+            return [
+                CleanupEntry(source.name, m.name, m.retention_date, "would delete")
+                for m in manifests
+            ]
+        failures = _delete_backups(source, manifests, index)
+        return [
+            CleanupEntry(source.name, m.name, m.retention_date, *_outcome(failures.get(m.name)))
+            for m in manifests
+        ]
+
+    def _sweep(
+        self, source: Store, listing: _Listing, dry_run: bool
+    ) -> builtins.list[CleanupEntry]:
         """Remove what interrupted creates and deletes left behind, once past the grace period.
 
-        Ages come from the store's own timestamps (a marker against a fresh probe
-        object), never from this machine's clock.
+        A create cut off leaves its pending marker; a delete cut off leaves index entries
+        without a manifest. Ages come from the store's own timestamps (against a fresh
+        probe object), never from this machine's clock.
         """
-        markers = [
-            PendingMarker(obj.key, *parsed, obj.modified)
-            for obj in source.list(PENDING_PREFIX)
-            if (parsed := parse_pending_key(obj.key))
-        ]
-        if not markers:
+        writing = {(m.name, m.backup_id) for m in listing.markers}
+        ambiguous = _ambiguous(listing)
+        suspects = [e for e in listing.index if e.name not in listing.names or e.name in ambiguous]
+        if not listing.markers and not suspects:
             return []
         store_now = source.now()
         if store_now is None:
             return []
-        committed = {}
-        for name in {m.name for m in markers}:
-            with suppress(BackupNotFoundError, IntegrityError):
-                committed[name] = self._open(name, source.name)[1].backup_id
-        leftovers, stale = select_leftovers(markers, committed, store_now, self._leftover_grace)
-        entries, swept = [], []
-        for marker in leftovers:
+        names = {m.name for m in listing.markers} | ambiguous
+        committed = {m.name: m.backup_id for m in self._read_manifests(source, sorted(names))[0]}
+        leftovers, stale = select_leftovers(
+            listing.markers, committed, store_now, self._leftover_grace
+        )
+        orphans = select_orphans(suspects, committed, writing, store_now, self._leftover_grace)
+        backups = {(m.name, m.backup_id): "an unfinished create" for m in leftovers}
+        backups.update({(e.name, e.backup_id): "a delete that was cut off" for e in orphans})
+        entries, swept = [], set()
+        for (name, backup_id), what in sorted(backups.items()):
             action: Action = "would sweep" if dry_run else "swept"
-            message = f"data of an unfinished create or delete (backupId {marker.backup_id})"
+            message = f"data of {what} (backupId {backup_id})"
             if not dry_run:
                 try:
-                    source.delete_prefix(data_prefix(marker.name, marker.backup_id))
-                    source.delete(_index_entries(source, marker.name, marker.backup_id))
-                    swept.append(marker)
-                except ObjectLockedError as exc:  # kept with its marker for a later run
+                    source.delete_prefix(data_prefix(name, backup_id))
+                    source.delete(
+                        [e.key for e in listing.index if (e.name, e.backup_id) == (name, backup_id)]
+                    )
+                    swept.add((name, backup_id))
+                except ObjectLockedError as exc:  # kept, with its marker, for a later run
                     action, message = "locked", str(exc)
-            entries.append(CleanupEntry(source.name, marker.name, None, action, message))
+            entries.append(CleanupEntry(source.name, name, None, action, message))
         if not dry_run:
-            source.delete([m.key for m in swept + stale])
+            source.delete(
+                [m.key for m in leftovers if (m.name, m.backup_id) in swept]
+                + [m.key for m in stale]
+            )
         return entries
 
     # -- internals -------------------------------------------------------------------
-
-    def _expire(self, source: Store, manifest: Manifest, dry_run: bool) -> CleanupEntry:
-        entry = (source.name, manifest.name, manifest.retention_date)
-        if dry_run:
-            return CleanupEntry(*entry, "would delete")
-        try:
-            _delete_backup(source, manifest)
-        except ObjectLockedError as exc:  # the store's clock has not reached it yet: kept
-            return CleanupEntry(*entry, "locked", str(exc))
-        except Exception as exc:  # one failure must not stop the run; it is reported
-            return CleanupEntry(*entry, "failed", str(exc))
-        return CleanupEntry(*entry, "deleted")
 
     def _open(self, name: str, store: str | None) -> tuple[Store, Manifest]:
         validate_name(name)
@@ -531,6 +529,14 @@ class Engine:
         names = [
             n for obj in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(obj.key))
         ]
+        manifests, problems = self._read_manifests(source, names)
+        return sorted(manifests, key=lambda m: (m.created, m.name)), problems
+
+    def _read_manifests(
+        self, source: Store, names: builtins.list[str]
+    ) -> tuple[builtins.list[Manifest], builtins.list[str]]:
+        """The manifests of these backups, read several at a time; a backup deleted
+        meanwhile is left out, an unreadable one is described in the problems."""
 
         def read(name: str) -> Manifest | str:
             try:
@@ -544,7 +550,7 @@ class Engine:
             results = list(pool.map(read, names))
         manifests = [r for r in results if isinstance(r, Manifest)]
         problems = [r for r in results if isinstance(r, str) and r]
-        return sorted(manifests, key=lambda m: (m.created, m.name)), problems
+        return manifests, problems
 
     def _cipher(self, manifest: Manifest, passcode: Passcode) -> StreamCipher:
         """Check the passcode and the manifest's MAC; return the chunk cipher."""
@@ -737,15 +743,24 @@ class _Heartbeat:
                 logger.warning("Could not refresh %s", self._key)
 
 
-def _delete_backup(store: Store, manifest: Manifest) -> None:
-    """Manifest first (the backup is gone at once), then data and index; the pending marker
-    lets a sweep finish a delete that is cut off."""
-    name, backup_id = manifest.name, manifest.backup_id
-    marker = pending_key(name, backup_id)
-    store.put(marker, b"", overwrite=True)
-    store.delete([manifest_key(name)])
-    store.delete_prefix(data_prefix(name, backup_id))
-    store.delete([*_index_entries(store, name, backup_id), marker])
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """What a cleanup lists of a store, in this order: the markers first, so a create
+    running meanwhile is seen as writing whenever its index entry is seen at all."""
+
+    markers: builtins.list[PendingMarker]
+    names: set[str]
+    index: builtins.list[IndexEntry]
+
+    @classmethod
+    def of(cls, store: Store) -> _Listing:
+        markers = [
+            PendingMarker(obj.key, *parsed, obj.modified)
+            for obj in store.list(PENDING_PREFIX)
+            if (parsed := parse_pending_key(obj.key))
+        ]
+        names = {n for o in store.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(o.key))}
+        return cls(markers, names, _index_entries(store, RETENTION_PREFIX))
 
 
 def _chunk_keys(manifest: Manifest) -> builtins.list[str]:
@@ -757,13 +772,65 @@ def _locked_until(store: Store, manifest: Manifest) -> datetime | None:
     return manifest.retention_date if store.lock_mode else None
 
 
-def _index_entries(store: Store, name: str, backup_id: str) -> builtins.list[str]:
-    """The retention index entries of one backup (normally one; two after a cut-off update)."""
+def _ambiguous(listing: _Listing) -> set[str]:
+    """Names whose index holds several backups: which one is committed takes a manifest read."""
+    ids: dict[str, set[str]] = {}
+    for entry in listing.index:
+        ids.setdefault(entry.name, set()).add(entry.backup_id)
+    return {name for name, found in ids.items() if len(found) > 1 and name in listing.names}
+
+
+def _index_entries(store: Store, prefix: str) -> builtins.list[IndexEntry]:
     return [
-        obj.key
-        for obj in store.list(f"{RETENTION_PREFIX}{name}/")
-        if (parsed := parse_retention_key(obj.key)) and parsed[1] == backup_id
+        IndexEntry(obj.key, *parsed, obj.modified)
+        for obj in store.list(prefix)
+        if (parsed := parse_retention_key(obj.key))
     ]
+
+
+def _index_of(store: Store, manifest: Manifest) -> builtins.list[IndexEntry]:
+    """The index entries of one backup (normally one; two after a cut-off update)."""
+    entries = _index_entries(store, f"{RETENTION_PREFIX}{manifest.name}/")
+    return [e for e in entries if e.backup_id == manifest.backup_id]
+
+
+def _delete_backups(
+    store: Store, manifests: builtins.list[Manifest], index: builtins.list[IndexEntry]
+) -> dict[str, Exception]:
+    """Delete backups in three batched steps: every manifest (the backups are gone at once),
+    then their data, then their index entries, each step only for the backups the steps
+    before removed in full. Returns why the others were not (by name).
+
+    A delete cut off halfway leaves index entries without a manifest, which the sweep
+    finishes. Batching lets a backend delete up to 1,000 keys in one request.
+    """
+    entries: dict[tuple[str, str], builtins.list[str]] = {}
+    for entry in index:
+        entries.setdefault((entry.name, entry.backup_id), []).append(entry.key)
+    steps: builtins.list[Callable[[Manifest], builtins.list[str]]] = [
+        lambda m: [manifest_key(m.name)],
+        _chunk_keys,
+        lambda m: entries.get((m.name, m.backup_id), []),
+    ]
+    failures: dict[str, Exception] = {}
+    remaining = manifests
+    for keys_of in steps:
+        try:
+            store.delete([key for m in remaining for key in keys_of(m)])
+        except Exception:  # deletes are idempotent: one by one, to tell which backups failed
+            for manifest in remaining:
+                try:
+                    store.delete(keys_of(manifest))
+                except Exception as exc:  # reported; a later run (or the sweep) finishes
+                    failures[manifest.name] = exc
+        remaining = [m for m in remaining if m.name not in failures]
+    return failures
+
+
+def _outcome(failure: Exception | None) -> tuple[Action, str]:
+    if failure is None:
+        return "deleted", ""
+    return ("locked" if isinstance(failure, ObjectLockedError) else "failed"), str(failure)
 
 
 def _remove_quietly(store: Store, name: str, *keys_or_prefixes: str) -> None:

@@ -19,11 +19,14 @@ __all__ = [
     "Action",
     "CleanupEntry",
     "CleanupReport",
+    "IndexEntry",
     "PendingMarker",
     "check_retention_date",
     "parse_epoch_ms",
+    "select_candidates",
     "select_expired",
     "select_leftovers",
+    "select_orphans",
 ]
 
 
@@ -48,6 +51,65 @@ def check_retention_date(value: object, now: datetime) -> datetime:
             "give a date after now."
         )
     return moment
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """A `retention/<name>/<backupId>.<ms|never>` entry as listed, with the store's timestamp."""
+
+    key: str
+    name: str
+    backup_id: str
+    retention_date: datetime | None
+    modified: datetime | None
+
+
+def select_candidates(
+    index: Iterable[IndexEntry], committed_names: set[str], as_of: datetime
+) -> list[tuple[str, str]]:
+    """(name, backupId) of the committed backups the index says have expired by `as_of`.
+
+    A backup with several entries (a retention update was under way, or cut off) counts
+    by the latest date among them, and never expires if one says never: the index may
+    delay a deletion, never hasten it. The manifests of the candidates then decide.
+    """
+    latest: dict[tuple[str, str], datetime | None] = {}
+    for entry in index:
+        backup = (entry.name, entry.backup_id)
+        if entry.name in committed_names:
+            when = entry.retention_date
+            latest[backup] = _later(latest[backup], when) if backup in latest else when
+    return sorted(b for b, when in latest.items() if when is not None and when <= as_of)
+
+
+def _later(one: datetime | None, other: datetime | None) -> datetime | None:
+    """The later of two retention dates, where None (never) is latest of all."""
+    return None if one is None or other is None else max(one, other)
+
+
+def select_orphans(
+    index: Iterable[IndexEntry],
+    committed: dict[str, str],
+    writing: set[tuple[str, str]],
+    store_now: datetime,
+    grace: timedelta,
+) -> list[IndexEntry]:
+    """Those of these index entries whose manifest is gone: deletes that were cut off.
+
+    A delete removes the manifest, then the data, then the index entries, so an entry
+    whose backup is not `committed` (name → backupId of every manifest the caller read
+    for these names) outlives a delete cut off halfway.
+    Entries of creates under way (`writing`, which have a pending marker) are not
+    orphans, nor any entry younger than `grace` by the store's clock.
+    """
+    return [
+        entry
+        for entry in index
+        if committed.get(entry.name) != entry.backup_id
+        and (entry.name, entry.backup_id) not in writing
+        and entry.modified is not None
+        and store_now - entry.modified > grace
+    ]
 
 
 def select_expired(manifests: Iterable[Manifest], as_of: datetime) -> list[Manifest]:

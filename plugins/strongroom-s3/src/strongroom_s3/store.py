@@ -206,9 +206,7 @@ class S3Store(Store):
             while True:
                 page = self.fs.call_s3("list_objects_v2", **request)
                 objects.extend(
-                    ObjectInfo(
-                        item["Key"][len(self._key_prefix) :], item["Size"], item["LastModified"]
-                    )
+                    ObjectInfo(self._store_key(item["Key"]), item["Size"], item["LastModified"])
                     for item in page.get("Contents", [])
                 )
                 if not page.get("IsTruncated"):
@@ -250,33 +248,38 @@ class S3Store(Store):
                 request["VersionIdMarker"] = page["NextVersionIdMarker"]
 
     def _delete_objects(self, objects: builtins.list[dict[str, str]]) -> None:
-        """DeleteObjects, 1,000 at a time; a locked version raises ObjectLockedError."""
+        """DeleteObjects, 1,000 at a time. Locked versions do not stop the other batches;
+        they are reported together at the end as ObjectLockedError."""
+        locked: builtins.list[str] = []
         for start in range(0, len(objects), DELETE_BATCH):
             batch = objects[start : start + DELETE_BATCH]
-            first_key = batch[0]["Key"][len(self._key_prefix) :]
-            with self.translate_errors(first_key):
+            with self.translate_errors(self._store_key(batch[0]["Key"])):
                 reply = self.fs.call_s3(
                     "delete_objects",
                     Bucket=self.bucket,
                     Delete={"Objects": batch, "Quiet": True},
                 )
             failed = reply.get("Errors", [])
-            if not failed:
-                continue
-            locked = [e for e in failed if "object lock" in str(e.get("Message", "")).lower()]
-            first = (locked or failed)[0]
-            key = str(first.get("Key", ""))[len(self._key_prefix) :]
-            if locked:
-                raise ObjectLockedError(
-                    f"Store {self.name!r} ({self.url}): {len(locked)} object(s) are protected "
-                    f"by S3 Object Lock, the first {key!r}; they can be deleted once their "
-                    "retain-until date (the backup's retentionDate) has passed."
+            refused = [e for e in failed if "object lock" in str(e.get("Message", "")).lower()]
+            locked.extend(self._store_key(str(e.get("Key", ""))) for e in refused)
+            others = [e for e in failed if e not in refused]
+            if others:
+                first = others[0]
+                raise StoreUnavailableError(
+                    f"Store {self.name!r} ({self.url}) could not delete {len(others)} "
+                    f"object(s), the first {self._store_key(str(first.get('Key', '')))!r}: "
+                    f"{first.get('Code')} {first.get('Message')}. Check that the credentials "
+                    f"may delete objects in bucket {self.bucket!r}."
                 )
-            raise StoreUnavailableError(
-                f"Store {self.name!r} ({self.url}) could not delete {len(failed)} object(s), "
-                f"the first {key!r}: {first.get('Code')} {first.get('Message')}. "
-                f"Check that the credentials may delete objects in bucket {self.bucket!r}."
+        if locked:
+            raise ObjectLockedError(
+                f"Store {self.name!r} ({self.url}): {len(locked)} object(s) are protected by "
+                f"S3 Object Lock, the first {locked[0]!r}; they can be deleted once their "
+                "retain-until date (the backup's retentionDate) has passed."
             )
+
+    def _store_key(self, object_key: str) -> str:
+        return object_key[len(self._key_prefix) :]
 
     def validate(self) -> ValidationReport:
         """The base probes, with `object_lock` claimed only if the bucket really has it on."""
