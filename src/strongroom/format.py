@@ -92,7 +92,7 @@ def chunk_key(name: str, backup_id: str, index: int) -> str:
 
 
 def pending_key(name: str, backup_id: str) -> str:
-    """The marker that says a create or delete of this backup is under way (or was cut off)."""
+    """The marker that says a create of this backup is under way (or was cut off)."""
     return f"{PENDING_PREFIX}{validate_name(name)}/{backup_id}"
 
 
