@@ -217,12 +217,15 @@ class S3Store(Store):
     def delete(self, keys: builtins.list[str]) -> None:
         """Delete in batches of DeleteObjects; keys that do not exist are ignored.
 
-        In a store with `lock_mode` every version of each key goes (one listing per key).
+        In a store with `lock_mode` every version of each key goes: the versions are
+        listed once per folder of the keys (a backup's chunks share one).
         """
-        if self.lock_mode:
-            self._delete_objects([v for key in keys for v in self._versions(key, exact=True)])
-        else:
+        if not self.lock_mode:
             self._delete_objects([{"Key": self.object_key(key)} for key in keys])
+            return
+        wanted = {self.object_key(key) for key in keys}
+        folders = sorted({key.rpartition("/")[0] + "/" if "/" in key else key for key in keys})
+        self._delete_objects([v for f in folders for v in self._versions(f) if v["Key"] in wanted])
 
     def delete_prefix(self, prefix: str) -> None:
         if self.lock_mode:
@@ -230,8 +233,8 @@ class S3Store(Store):
         else:
             super().delete_prefix(prefix)
 
-    def _versions(self, prefix: str, *, exact: bool = False) -> builtins.list[dict[str, str]]:
-        """Every version and delete marker under `prefix` (or of exactly that key)."""
+    def _versions(self, prefix: str) -> builtins.list[dict[str, str]]:
+        """Every version and delete marker of the keys starting with `prefix`."""
         request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.object_key(prefix)}
         versions: builtins.list[dict[str, str]] = []
         with self.translate_errors(prefix):
@@ -240,7 +243,6 @@ class S3Store(Store):
                 versions.extend(
                     {"Key": item["Key"], "VersionId": item["VersionId"]}
                     for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
-                    if not exact or item["Key"] == request["Prefix"]
                 )
                 if not page.get("IsTruncated"):
                     return versions
