@@ -11,7 +11,13 @@ import pytest
 
 from strongroom import ConfigError, Engine
 from strongroom.format import to_epoch_ms
-from strongroom.retention import check_retention_date, parse_epoch_ms
+from strongroom.retention import (
+    IndexEntry,
+    check_retention_date,
+    parse_epoch_ms,
+    select_candidates,
+    select_orphans,
+)
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
 
 
@@ -51,6 +57,39 @@ def test_retention_date_must_be_after_now() -> None:
     assert check_retention_date(to_epoch_ms(now) + 1, now) == now + timedelta(milliseconds=1)
     with pytest.raises(ConfigError, match="in the past"):
         check_retention_date(to_epoch_ms(now), now)
+
+
+def entry(name: str, backup_id: str, when: datetime | None, age: timedelta) -> IndexEntry:
+    return IndexEntry(f"retention/{name}/{backup_id}", name, backup_id, when, START - age)
+
+
+def test_the_index_may_delay_a_deletion_but_never_hasten_it() -> None:
+    hour = timedelta(hours=1)
+    index = [
+        entry("updating", "1", START - hour, hour),  # an update to never, cut off
+        entry("updating", "1", None, hour),
+        entry("extended", "2", START - hour, hour),  # an extension, cut off
+        entry("extended", "2", START + hour, hour),
+        entry("expired", "3", START - hour, hour),
+        entry("at-the-boundary", "4", START, hour),
+        entry("uncommitted", "5", START - hour, hour),
+    ]
+    committed = {"updating", "extended", "expired", "at-the-boundary"}
+    expected = [("at-the-boundary", "4"), ("expired", "3")]
+    assert select_candidates(index, committed, START) == expected
+
+
+def test_orphans_are_entries_without_their_manifest_past_grace_and_not_being_written() -> None:
+    grace = timedelta(hours=24)
+    index = [
+        entry("cut-off", "1", None, 2 * grace),
+        entry("young", "2", None, grace / 2),
+        entry("writing", "3", None, 2 * grace),
+        entry("reused", "4", None, 2 * grace),  # the name now belongs to backup 5
+        entry("reused", "5", None, 2 * grace),
+    ]
+    orphans = select_orphans(index, {"reused": "5"}, {("writing", "3")}, START, grace)
+    assert [(o.name, o.backup_id) for o in orphans] == [("cut-off", "1"), ("reused", "4")]
 
 
 def test_cleanup_deletes_exactly_the_expired(
