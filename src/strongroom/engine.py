@@ -486,6 +486,7 @@ class Engine:
         orphans = select_orphans(suspects, committed, writing, store_now, self._leftover_grace)
         backups = {(m.name, m.backup_id): "an unfinished create" for m in leftovers}
         backups.update({(e.name, e.backup_id): "a delete that was cut off" for e in orphans})
+        keys = _keys_by_backup(listing.index)
         entries, swept = [], set()
         for (name, backup_id), what in sorted(backups.items()):
             action: Action = "would sweep" if dry_run else "swept"
@@ -493,9 +494,7 @@ class Engine:
             if not dry_run:
                 try:
                     source.delete_prefix(data_prefix(name, backup_id))
-                    source.delete(
-                        [e.key for e in listing.index if (e.name, e.backup_id) == (name, backup_id)]
-                    )
+                    source.delete(keys.get((name, backup_id), []))
                     swept.add((name, backup_id))
                 except ObjectLockedError as exc:  # kept, with its marker, for a later run
                     action, message = "locked", str(exc)
@@ -788,6 +787,13 @@ def _index_entries(store: Store, prefix: str) -> builtins.list[IndexEntry]:
     ]
 
 
+def _keys_by_backup(index: builtins.list[IndexEntry]) -> dict[tuple[str, str], builtins.list[str]]:
+    keys: dict[tuple[str, str], builtins.list[str]] = {}
+    for entry in index:
+        keys.setdefault((entry.name, entry.backup_id), []).append(entry.key)
+    return keys
+
+
 def _index_of(store: Store, manifest: Manifest) -> builtins.list[IndexEntry]:
     """The index entries of one backup (normally one; two after a cut-off update)."""
     entries = _index_entries(store, f"{RETENTION_PREFIX}{manifest.name}/")
@@ -804,9 +810,7 @@ def _delete_backups(
     A delete cut off halfway leaves index entries without a manifest, which the sweep
     finishes. Batching lets a backend delete up to 1,000 keys in one request.
     """
-    entries: dict[tuple[str, str], builtins.list[str]] = {}
-    for entry in index:
-        entries.setdefault((entry.name, entry.backup_id), []).append(entry.key)
+    entries = _keys_by_backup(index)
     steps: builtins.list[Callable[[Manifest], builtins.list[str]]] = [
         lambda m: [manifest_key(m.name)],
         _chunk_keys,
