@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,3 +46,26 @@ def test_generic_backend_yields_to_dedicated_ones_and_names_missing_packages() -
         registry.open(StoreSpec("blob", "az://container/prefix"))
     with pytest.raises(UnknownBackendError, match="install gcsfs"):
         registry.open(StoreSpec("cloud", "gcs://bucket/prefix"))
+
+
+def test_local_puts_survive_deletes_pruning_their_directory_meanwhile(tmp_path: Path) -> None:
+    """A delete removes the directories it leaves empty; a put racing it makes them again."""
+    store = LocalStore("race", (tmp_path / "store").as_uri(), tmp_path / "store")
+    errors: list[BaseException] = []
+
+    def churn(worker: int) -> None:
+        try:
+            for round_ in range(200):
+                key = f"pending/shared/{worker}-{round_}"
+                store.put(key, b"")
+                store.delete([key])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert list((tmp_path / "store").iterdir()) == []

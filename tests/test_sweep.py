@@ -56,10 +56,13 @@ def crash_before_commit(engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPa
             engine.create("crashed", [tree], passcode=PASSCODE)
 
 
-def test_a_finished_create_leaves_no_marker(engine: Engine, home: Path, tree: Path) -> None:
+def test_a_create_and_a_delete_leave_nothing_behind_not_even_directories(
+    engine: Engine, home: Path, tree: Path
+) -> None:
     engine.create("fine", [tree], passcode=PASSCODE)
-    engine.delete("fine")
     assert markers(home) == []
+    engine.delete("fine")
+    assert list(store_dir(home).iterdir()) == []
 
 
 def test_leftovers_are_kept_within_grace_and_swept_after(

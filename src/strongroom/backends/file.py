@@ -7,10 +7,12 @@ over the old object, and the directory is fsynced.
 
 from __future__ import annotations
 
+import builtins
 import os
 import secrets
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from fsspec.implementations.local import LocalFileSystem
@@ -21,6 +23,9 @@ from ..plugins import BackendRegistry, hookimpl
 from ..store import Store, StoreCapabilities
 
 __all__ = ["LocalStore", "open_local_store"]
+
+#: Tries at creating a file whose directory a concurrent delete may prune meanwhile.
+ATTEMPTS = 10
 
 
 class LocalStore(Store):
@@ -42,10 +47,9 @@ class LocalStore(Store):
     ) -> None:
         final = Path(self.path(key))
         with self.translate_errors(key):
-            _make_dirs(final.parent)
             temporary = final.parent / f".{final.name}.{secrets.token_hex(8)}.tmp"
             try:
-                with open(temporary, "xb") as handle:
+                with _create_in_place(temporary) as handle:
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -57,10 +61,17 @@ class LocalStore(Store):
                 temporary.unlink(missing_ok=True)
             _fsync_dir(final.parent)
 
-    def delete_prefix(self, prefix: str) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         """Delete the objects, then the directories they leave empty (up to the root)."""
+        super().delete(keys)
+        for directory in sorted({Path(self.path(key)).parent for key in keys}, reverse=True):
+            self._prune(directory)
+
+    def delete_prefix(self, prefix: str) -> None:
         super().delete_prefix(prefix)
-        directory = Path(self.path(prefix))
+        self._prune(Path(self.path(prefix)))
+
+    def _prune(self, directory: Path) -> None:
         root = Path(self.root)
         while directory != root and directory.is_relative_to(root):
             try:
@@ -94,6 +105,20 @@ def open_local_store(spec: StoreSpec) -> LocalStore:
 @hookimpl
 def strongroom_register_backends(registry: BackendRegistry) -> None:
     registry.add("file", open_local_store)
+
+
+def _create_in_place(path: Path) -> BinaryIO:
+    """Open a new file, making its directories; a concurrent delete may prune an empty
+    directory between the two, so that is tried again."""
+    attempt = 1
+    while True:
+        try:
+            _make_dirs(path.parent)
+            return open(path, "xb")
+        except FileNotFoundError:
+            if attempt == ATTEMPTS:
+                raise
+            attempt += 1
 
 
 def _make_dirs(directory: Path) -> None:
