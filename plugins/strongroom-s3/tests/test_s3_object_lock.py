@@ -17,6 +17,7 @@ import pytest
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from strongroom import ConfigError, Engine, ObjectLockedError
+from strongroom.cli import main
 from strongroom.format import manifest_key, to_epoch_ms
 from strongroom_s3.store import S3Store
 
@@ -255,3 +256,26 @@ def test_validate_reports_the_lock_mode_on_a_bucket_with_object_lock(
     assert report.checks["object lock"] is True
     assert report.capabilities.object_lock
     assert report.to_dict()["objectLock"] == "compliance"
+
+
+def test_the_command_line_adds_a_locking_store_and_refuses_an_early_delete_with_exit_11(
+    locked_bucket: str,
+    s3_endpoint: str,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
+    url = f"s3://{locked_bucket}/cli"
+    options = ["--option", f"endpoint_url={s3_endpoint}", "--option", "object_lock=governance"]
+    assert main(["stores", "add", "vault", url, *options]) == 0
+    assert main(["stores", "validate", "vault"]) == 0
+    assert "locks backups  governance" in capsys.readouterr().out
+    until = str(to_epoch_ms(in_seconds(3600)))
+    create = ["create", "--store", "vault", "--name", "ledger", "--retention-date", until]
+    assert main([*create, str(source)]) == 0
+    capsys.readouterr()
+    assert main(["delete", "--store", "vault", "ledger"]) == 11
+    assert "is locked (governance mode)" in capsys.readouterr().err
+    assert main(["list", "--store", "vault"]) == 0
+    assert "ledger" in capsys.readouterr().out
