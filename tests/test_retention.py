@@ -6,10 +6,11 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from strongroom import ConfigError, Engine
+from strongroom import BackupNotFoundError, ConfigError, Engine
 from strongroom.format import to_epoch_ms
 from strongroom.retention import (
     IndexEntry,
@@ -237,3 +238,45 @@ def test_an_index_entry_the_manifest_contradicts_is_not_trusted(
     report = timed_engine.cleanup()
     assert report.entries == [] and report.kept == 1
     assert [b.name for b in timed_engine.list()] == ["b"]
+
+
+def test_a_retention_update_racing_a_delete_never_leaves_a_backup_without_data(
+    timed_engine: Engine, clock: Clock, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever order the update's manifest write and the delete's steps take, the delete
+    wins and nothing is listed that cannot be restored."""
+    store = timed_engine.store()
+    later = to_epoch_ms(START) + 10 * 86_400_000
+
+    # The update writes the manifest back after the delete removed it, before the data went.
+    timed_engine.create("first", [tree], passcode=PASSCODE)
+    document = store.get("manifests/first")
+    real_delete = store.delete
+
+    def delete_with_a_racing_update(keys: list[str]) -> None:
+        if any(key.startswith("data/first/") for key in keys):
+            store.put("manifests/first", document, overwrite=True)
+        real_delete(keys)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "delete", delete_with_a_racing_update)
+        timed_engine.delete("first")
+    assert timed_engine.list() == []
+
+    # The update writes the manifest back after the whole delete.
+    timed_engine.create("second", [tree], passcode=PASSCODE)
+    real_put = store.put
+
+    def put_after_a_whole_delete(key: str, data: bytes, **options: Any) -> None:
+        if key == "manifests/second":
+            with monkeypatch.context() as patch:
+                patch.setattr(store, "put", real_put)
+                timed_engine.delete("second")
+        real_put(key, data, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "put", put_after_a_whole_delete)
+        with pytest.raises(BackupNotFoundError, match="deleted while its retentionDate"):
+            timed_engine.update_retention("second", later)
+    assert timed_engine.list() == []
+    assert store.list("retention/") == [] and store.list("data/") == []

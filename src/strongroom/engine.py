@@ -98,6 +98,10 @@ __all__ = ["BackupInfo", "Engine"]
 
 logger = logging.getLogger("strongroom")
 
+#: Up to this many deleted backups are checked for a racing update one request each;
+#: more take one listing of the manifests.
+LISTING_THRESHOLD = 8
+
 
 @dataclass(frozen=True, slots=True)
 class BackupInfo:
@@ -384,6 +388,13 @@ class Engine:
         source.put(
             manifest_key(name), updated.to_bytes(), overwrite=True, retain_until=moment
         )  # never less
+        if not source.exists(chunk_key(name, manifest.backup_id, 0)):  # a delete won the race
+            _delete_resurrected(source, [manifest])
+            source.delete([entry])
+            raise BackupNotFoundError(
+                f"Backup {name!r} in store {source.name!r} was deleted while its retentionDate "
+                "was being updated."
+            )
         source.delete([e.key for e in _index_of(source, manifest) if e.key != entry])
         return BackupInfo.from_manifest(updated, source.name)
 
@@ -828,7 +839,33 @@ def _delete_backups(
                 except Exception as exc:  # reported; a later run (or the sweep) finishes
                     failures[manifest.name] = exc
         remaining = [m for m in remaining if m.name not in failures]
+    try:
+        _delete_resurrected(store, remaining)
+    except Exception as exc:  # reported like any failed step
+        failures.update((m.name, exc) for m in remaining)
     return failures
+
+
+def _delete_resurrected(store: Store, deleted: builtins.list[Manifest]) -> None:
+    """Delete again the manifests a racing retention update wrote back.
+
+    An update that read a manifest before the delete may write it back after; its data
+    is gone, so it would be listed and could not be restored. A new backup of the same
+    name (another backupId) is left alone. Few backups are checked one by one, many by
+    one listing.
+    """
+    if len(deleted) <= LISTING_THRESHOLD:
+        back = [m for m in deleted if store.exists(manifest_key(m.name))]
+    else:
+        listed = {n for o in store.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(o.key))}
+        back = [m for m in deleted if m.name in listed]
+    for manifest in back:
+        try:
+            current = Manifest.from_bytes(store.get(manifest_key(manifest.name)))
+        except (FileNotFoundError, IntegrityError):
+            continue
+        if current.backup_id == manifest.backup_id:
+            store.delete([manifest_key(manifest.name)])
 
 
 def _outcome(failure: Exception | None) -> tuple[Action, str]:
