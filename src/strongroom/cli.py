@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="backend option; write VALUE as env:VARIABLE for a secret",
+        help="backend option; write VALUE as env:VARIABLE for a secret; "
+        "object_lock=governance|compliance locks backups until their retentionDate",
     )
     remove = _command(
         store_commands, "remove", "forget a store (its backups stay)", run_stores_remove
