@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,30 @@ def test_a_job_runs_and_its_record_outlives_the_manager(home: Path, jobs: JobMan
         assert reopened.get(submitted.jobid) == done
     finally:
         reopened.close()
+
+
+def test_ended_jobs_are_forgotten_after_the_keep_period_and_active_ones_never(
+    home: Path,
+) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    jobs = JobManager(home / JOBS_FILE, clock=lambda: now[0])
+    old = jobs.wait(jobs.submit("noop", lambda job: None).jobid, timeout=10)
+    release = threading.Event()
+    running = jobs.submit("slow", lambda job: release.wait(10))
+    now[0] += timedelta(days=29)
+    recent = jobs.wait(jobs.submit("noop", lambda job: None).jobid, timeout=10)
+    now[0] += timedelta(days=2)  # the first job ended 31 days ago, the second 2 days ago
+
+    reopened = JobManager(home / JOBS_FILE, clock=lambda: now[0], keep=timedelta(days=30))
+    try:
+        with pytest.raises(JobNotFoundError):
+            reopened.get(old.jobid)
+        assert reopened.get(recent.jobid) == recent
+        assert reopened.get(running.jobid).status.active
+    finally:
+        release.set()
+        reopened.close()
+        jobs.close()
 
 
 def test_failures_are_recorded_with_their_message(

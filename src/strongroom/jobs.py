@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ logger = logging.getLogger("strongroom")
 JOBS_FILE = "jobs.sqlite3"
 #: Jobs run at once; each backup or restore already moves its chunks on several threads.
 DEFAULT_WORKERS = 2
+#: Ended jobs stay in the table this long, then a starting JobManager forgets them.
+DEFAULT_KEEP = timedelta(days=30)
 #: Progress reaches the table at most this often (seconds); status changes reach it at once.
 PROGRESS_INTERVAL = 0.5
 SCHEMA_VERSION = 1
@@ -174,6 +176,7 @@ class JobManager:
         *,
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], datetime] = utc_now,
+        keep: timedelta = DEFAULT_KEEP,
     ) -> None:
         self._table = JobTable(path)
         self._owners = path.with_name(f"{path.name}.owners")
@@ -185,6 +188,7 @@ class JobManager:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-job")
         for owner in self._table.active_owners() - {self._owner.name}:
             self._fail_if_orphaned(owner)
+        self._table.forget_ended(before=self._now() - int(keep.total_seconds() * 1000))
 
     def submit(
         self,
@@ -444,6 +448,13 @@ class JobTable:
                     (JobStatus.FAILED.value, now, now, json.dumps(messages), job.jobid),
                 )
         return len(rows)
+
+    def forget_ended(self, before: int) -> None:
+        """Delete the jobs that ended before `before` (epoch ms), so the table stays small."""
+        with self._lock:
+            self._db.execute(
+                f"DELETE FROM jobs WHERE status NOT IN ({_ACTIVE_SQL}) AND endtime < ?", (before,)
+            )
 
     def close(self) -> None:
         with self._lock:
