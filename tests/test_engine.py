@@ -19,6 +19,7 @@ from strongroom import (
     InvalidNameError,
     PasscodeError,
     UnsafeArchiveError,
+    archive,
 )
 from strongroom.format import data_prefix, manifest_key
 from strongroom.pipeline import ChunkWriter
@@ -38,6 +39,17 @@ def test_round_trip_of_a_real_tree_is_exact(engine: Engine, tree: Path, tmp_path
     assert snapshot(target / "data") == snapshot(tree)
     restored = target / "data" / "nested" / "secret-hardlink"
     assert restored.stat().st_ino == (target / "data" / "secret.key").stat().st_ino
+
+
+def test_a_backup_remembers_only_the_inodes_of_files_with_several_links(tree: Path) -> None:
+    """tarfile would keep every file's inode, so memory would grow with the file count."""
+    with archive._open_tar(io.BytesIO(), "w") as tar:
+        tar.add(tree, arcname="data")
+        remembered = set(tar.inodes)  # type: ignore[attr-defined]
+    files = [p.lstat() for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
+    linked = {(status.st_ino, status.st_dev) for status in files if status.st_nlink > 1}
+    assert len(files) > 5 and linked
+    assert remembered == linked
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root restores ownership")

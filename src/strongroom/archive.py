@@ -36,7 +36,7 @@ from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchive
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer as Buffer
-    from _typeshed import SupportsRead
+    from _typeshed import StrOrBytesPath, SupportsRead
 
 __all__ = [
     "StreamSource",
@@ -136,6 +136,21 @@ class _ForgetfulTarFile(tarfile.TarFile):
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: SupportsRead[bytes] | None = None) -> None:
         super().addfile(tarinfo, fileobj)
         self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
+
+    def gettarinfo(
+        self,
+        name: StrOrBytesPath | None = None,
+        arcname: str | None = None,
+        fileobj: IO[bytes] | None = None,
+    ) -> tarfile.TarInfo:
+        """tarfile remembers every file's inode, to find hard links; only a file with more
+        than one link can be met again, so the others are forgotten and memory stays flat."""
+        info = super().gettarinfo(name, arcname, fileobj)
+        if info.isreg() and name is not None:
+            status = os.lstat(name)
+            if status.st_nlink == 1:
+                self.inodes.pop((status.st_ino, status.st_dev), None)  # type: ignore[attr-defined]
+        return info
 
     def members_once(self) -> Iterator[tarfile.TarInfo]:
         while (member := self.next()) is not None:
