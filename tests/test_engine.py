@@ -41,6 +41,28 @@ def test_round_trip_of_a_real_tree_is_exact(engine: Engine, tree: Path, tmp_path
     assert restored.stat().st_ino == (target / "data" / "secret.key").stat().st_ino
 
 
+def test_directories_get_their_attributes_whenever_they_are_finished(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Directories are finished in groups as the stream leaves them (here one at a time),
+    read-only ones at the end; every mode and mtime still comes back."""
+    monkeypatch.setattr("strongroom.archive.DIRECTORY_GROUP", 1)
+    for number in range(5):
+        sub = tree / f"dir-{number}" / "inner"
+        sub.mkdir(parents=True)
+        (sub / "file.txt").write_text(f"file {number}")
+        os.utime(sub, (1_500_000_000 + number, 1_500_000_000 + number))
+    (tree / "dir-2").chmod(0o555)  # read-only: finished last
+    (tree / "dir-3" / "inner").chmod(0o711)
+    try:
+        engine.create("dirs", [tree], passcode=PASSCODE)
+        target = engine.restore("dirs", tmp_path / "out", passcode=PASSCODE)
+        assert snapshot(target / "data") == snapshot(tree)
+    finally:
+        (tree / "dir-2").chmod(0o755)
+        (target / "data" / "dir-2").chmod(0o755)
+
+
 def test_a_backup_remembers_only_the_inodes_of_files_with_several_links(tree: Path) -> None:
     """tarfile would keep every file's inode, so memory would grow with the file count."""
     with archive._open_tar(io.BytesIO(), "w") as tar:

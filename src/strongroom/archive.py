@@ -59,6 +59,8 @@ SMALL_FILE = 1024 * 1024
 WRITER_THREADS = 4
 #: Small files handed to a writer thread at once (up to SMALL_FILE bytes in all).
 WRITER_BATCH = 32
+#: Finished directories whose attributes are set together, after the pending writes.
+DIRECTORY_GROUP = 1000
 
 
 def archive_name_of(source: Path) -> str:
@@ -220,9 +222,9 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     checks). With no selection, everything is extracted.
     """
     found: set[str] = set()
-    directories: list[tuple[tarfile.TarInfo, str]] = []
     guard = _PathGuard(target)
     with _open_tar(stream, "r") as tar, _FileWriters() as writers:
+        directories = _Directories(writers)
         for member in tar.members_once():
             match = _selection_match(member.name, selected)
             if selected and match is None:
@@ -231,9 +233,10 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
                 found.add(match)
             safe = guard.check(member)
             path = os.path.join(target, safe.name)
+            directories.leave_unless_inside(path)
             if safe.isdir():
                 os.makedirs(path, 0o700, exist_ok=True)
-                directories.append((safe, path))
+                directories.enter(safe, path)
             elif safe.isreg():
                 writers.wait_for(path)  # a later member of the same name must land last
                 stream.seek(safe.offset_data)
@@ -246,12 +249,49 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
             else:
                 writers.wait_all()  # a link could redirect a pending write
                 tar.extract(safe, target, filter="fully_trusted")  # checked by the guard
-        writers.wait_all()
-        for directory, path in reversed(directories):  # deepest first, after their contents
-            _set_owner(directory, path)
-            os.utime(path, (directory.mtime, directory.mtime))
-            os.chmod(path, directory.mode)
+        directories.finish_all()
     return found
+
+
+class _Directories:
+    """Gives directories their owner, mtime and mode once their contents are written.
+
+    Archives list a directory's contents right after it (depth first), so a directory is
+    done when a member outside it comes. Done directories are finished in groups, after
+    the pending file writes, so memory stays flat however many directories a backup has.
+    A directory its mode makes read-only waits for the end, in case an archive written in
+    another order puts something in it later.
+    """
+
+    def __init__(self, writers: _FileWriters) -> None:
+        self._writers = writers
+        self._open: list[tuple[tarfile.TarInfo, str]] = []  # the path to the current member
+        self._done: list[tuple[tarfile.TarInfo, str]] = []  # deepest first
+        self._read_only: list[tuple[tarfile.TarInfo, str]] = []  # deepest first
+
+    def enter(self, member: tarfile.TarInfo, path: str) -> None:
+        self._open.append((member, path))
+
+    def leave_unless_inside(self, path: str) -> None:
+        """Close the open directories that `path` is not inside."""
+        while self._open and not path.startswith(self._open[-1][1] + os.sep):
+            member, closed = self._open.pop()
+            (self._done if member.mode & 0o200 else self._read_only).append((member, closed))
+        if len(self._done) >= DIRECTORY_GROUP:
+            self._writers.wait_all()
+            self._finish(self._done)
+            self._done = []
+
+    def finish_all(self) -> None:
+        self._writers.wait_all()
+        self._finish([*self._done, *reversed(self._open), *self._read_only])
+
+    @staticmethod
+    def _finish(directories: list[tuple[tarfile.TarInfo, str]]) -> None:
+        for member, path in directories:
+            _set_owner(member, path)
+            os.utime(path, (member.mtime, member.mtime))
+            os.chmod(path, member.mode)
 
 
 class _FileWriters:
