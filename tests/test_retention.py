@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from strongroom import BackupNotFoundError, ConfigError, Engine
+from strongroom import BackupNotFoundError, ConfigError, Engine, IntegrityError
 from strongroom.format import to_epoch_ms
 from strongroom.retention import (
     IndexEntry,
@@ -280,3 +280,20 @@ def test_a_retention_update_racing_a_delete_never_leaves_a_backup_without_data(
             timed_engine.update_retention("second", later)
     assert timed_engine.list() == []
     assert store.list("retention/") == [] and store.list("data/") == []
+
+
+def test_extending_a_backup_whose_data_objects_are_missing_changes_nothing(
+    timed_engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock store extends each data object's lock; S3 answers NoSuchKey for a missing one."""
+    timed_engine.create("damaged", [tree], passcode=PASSCODE)
+    store = timed_engine.store()
+
+    def missing(keys: list[str], until: datetime) -> None:
+        raise FileNotFoundError(keys[0])
+
+    monkeypatch.setattr(store, "extend_retention", missing)
+    with pytest.raises(IntegrityError, match="missing data objects"):
+        timed_engine.update_retention("damaged", to_epoch_ms(START) + 86_400_000)
+    assert timed_engine.info("damaged").retention_date is None
+    assert [obj.key.rsplit(".", 1)[1] for obj in store.list("retention/")] == ["never"]

@@ -384,7 +384,14 @@ class Engine:
         updated = manifest.with_retention(moment)
         entry = retention_key(name, manifest.backup_id, moment)
         source.put(entry, b"", overwrite=True)  # the index may say more than the manifest,
-        source.extend_retention(_chunk_keys(manifest), moment)  # and so may the locks,
+        try:
+            source.extend_retention(_chunk_keys(manifest), moment)  # and so may the locks,
+        except FileNotFoundError:
+            source.delete([entry])
+            raise IntegrityError(
+                f"Backup {name!r} in store {source.name!r} is missing data objects (deleted "
+                "meanwhile, or damaged); its retentionDate was not changed."
+            ) from None
         source.put(
             manifest_key(name), updated.to_bytes(), overwrite=True, retain_until=moment
         )  # never less
