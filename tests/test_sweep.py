@@ -126,15 +126,22 @@ def killed_at(store: Store, prefix: str) -> Callable[[list[str]], None]:
     return delete
 
 
+def interrupted_delete(
+    engine: Engine, name: str, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Create a backup, then delete it in a process killed once its manifest is gone."""
+    engine.create(name, [tree], passcode=PASSCODE)
+    store = engine.store()
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "delete", killed_at(store, f"data/{name}/"))
+        with pytest.raises(SystemExit):
+            engine.delete(name)
+
+
 def test_an_interrupted_delete_is_finished_once_its_index_entry_is_past_grace(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine.create("doomed", [tree], passcode=PASSCODE)
-    store = engine.store()
-    with monkeypatch.context() as patch:
-        patch.setattr(store, "delete", killed_at(store, "data/doomed/"))
-        with pytest.raises(SystemExit):
-            engine.delete("doomed")
+    interrupted_delete(engine, "doomed", tree, monkeypatch)
     assert engine.list() == [], "the manifest went first"
     assert engine.cleanup().entries == [], "an index entry within grace may be a create's"
     [entry] = index_entries(home)
@@ -147,12 +154,7 @@ def test_an_interrupted_delete_is_finished_once_its_index_entry_is_past_grace(
 def test_after_an_interrupted_delete_and_a_new_backup_of_its_name_only_the_old_is_swept(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine.create("reused", [tree], passcode=PASSCODE)
-    store = engine.store()
-    with monkeypatch.context() as patch:
-        patch.setattr(store, "delete", killed_at(store, "data/reused/"))
-        with pytest.raises(SystemExit):
-            engine.delete("reused")
+    interrupted_delete(engine, "reused", tree, monkeypatch)
     engine.create("reused", [tree], passcode=PASSCODE)
     for entry in index_entries(home):
         age(entry, GRACE * 2)
