@@ -65,7 +65,7 @@ def test_directories_get_their_attributes_whenever_they_are_finished(
 
 def test_a_backup_remembers_only_the_inodes_of_files_with_several_links(tree: Path) -> None:
     """tarfile would keep every file's inode, so memory would grow with the file count."""
-    with archive._open_tar(io.BytesIO(), "w") as tar:
+    with archive._open_writer(io.BytesIO()) as tar:
         tar.add(tree, arcname="data")
         remembered = set(tar.inodes)  # type: ignore[attr-defined]
     files = [p.lstat() for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]

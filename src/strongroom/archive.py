@@ -6,12 +6,12 @@ unknown length is archived as one or more consecutive members of the same name,
 each up to `STREAM_PART_SIZE` bytes; every part after the first carries the pax
 record `STRONGROOM.part` = its number and is appended on extraction.
 
-Extraction refuses absolute paths, `..`, links that point outside the target and
-device files (Python's tarfile "data" filter, for links and for paths that run through
-one; names alone for the rest, see `_PathGuard`), but keeps permission bits and, when
-running as root, ownership. A file replaces a link of its name; it never writes through it.
-Small files are written on a few threads, each with one open, write, fchown, fchmod,
-futimens and close.
+Extraction reads members with `tarstream` and refuses absolute paths, `..`, links that
+point outside the target and device files (Python's tarfile "data" filter, for links and
+for paths that run through one; names alone for the rest, see `_PathGuard`), but keeps
+permission bits and, when running as root, ownership. A file or link replaces a link of
+its name; it never writes through it. Small files are written on a few threads, each with
+one open, write, fchown, fchmod, futimens and close.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
+from .tarstream import TarSource, read_members
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer as Buffer
@@ -119,20 +120,17 @@ def source_size(sources: Sequence[Path]) -> int:
     return total
 
 
-class ArchiveReader(Protocol):
+class ArchiveReader(TarSource, Protocol):
     """What extraction reads from: a forward-only stream that can also lend views."""
 
-    def read(self, size: int = -1) -> bytes: ...
-    def seek(self, offset: int, whence: int = 0) -> int: ...
-    def tell(self) -> int: ...
     def read_view(self, size: int) -> memoryview: ...
 
 
 class _ForgetfulTarFile(tarfile.TarFile):
-    """A TarFile that forgets each member once it is handled, so memory stays flat.
+    """A TarFile that forgets each member once it is written, so memory stays flat.
 
     tarfile keeps every member in `members`; over millions of files that grows without
-    bound. We never look back, except for hard links, which extraction resolves by path.
+    bound. Hard links are found by inode (see `gettarinfo`), not in `members`.
     """
 
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: SupportsRead[bytes] | None = None) -> None:
@@ -154,20 +152,14 @@ class _ForgetfulTarFile(tarfile.TarFile):
                 self.inodes.pop((status.st_ino, status.st_dev), None)  # type: ignore[attr-defined]
         return info
 
-    def members_once(self) -> Iterator[tarfile.TarInfo]:
-        while (member := self.next()) is not None:
-            yield member
-            self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
 
+def _open_writer(sink: io.RawIOBase) -> _ForgetfulTarFile:
+    """A pax tar writer straight on our chunk stream.
 
-def _open_tar(fileobj: io.RawIOBase | ArchiveReader, mode: Literal["r", "w"]) -> _ForgetfulTarFile:
-    """A tar reader or writer straight on our chunk stream.
-
-    The plain "r"/"w" modes (not tarfile's "|" stream modes, whose buffer copies
-    grow with every small read or write) need only `tell` and forward `seek`, which
-    ChunkReader and ChunkWriter provide.
+    The plain "w" mode (not tarfile's "w|" stream mode, whose buffer copies grow with
+    every small write) needs only `tell`, which ChunkWriter provides.
     """
-    tar = _ForgetfulTarFile(fileobj=cast(IO[bytes], fileobj), mode=mode, format=tarfile.PAX_FORMAT)
+    tar = _ForgetfulTarFile(fileobj=cast(IO[bytes], sink), mode="w", format=tarfile.PAX_FORMAT)
     tar.copybufsize = COPY_BUFFER  # type: ignore[attr-defined]  # not in typeshed
     return tar
 
@@ -176,7 +168,7 @@ def write_archive(
     sink: io.RawIOBase, sources: Sequence[Path], streams: Mapping[str, StreamSource]
 ) -> None:
     """Write every source and stream into `sink` as one pax tar stream."""
-    with _open_tar(sink, "w") as tar:
+    with _open_writer(sink) as tar:
         for source in sources:
             tar.add(source, arcname=archive_name_of(source), recursive=True)
         for name, stream in streams.items():
@@ -223,9 +215,9 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     """
     found: set[str] = set()
     guard = _PathGuard(target)
-    with _open_tar(stream, "r") as tar, _FileWriters() as writers:
+    with _FileWriters() as writers:
         directories = _Directories(writers)
-        for member in tar.members_once():
+        for member in read_members(stream):
             match = _selection_match(member.name, selected)
             if selected and match is None:
                 continue
@@ -246,9 +238,9 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
                     writers.submit(safe, path, stream.read(safe.size))
                 else:
                     _write_file(safe, path, _views(stream, safe.size))
-            else:
+            else:  # a symbolic or hard link; the guard refuses everything else
                 writers.wait_all()  # a link could redirect a pending write
-                tar.extract(safe, target, filter="fully_trusted")  # checked by the guard
+                _make_link(safe, path, target)
         directories.finish_all()
     return found
 
@@ -289,7 +281,7 @@ class _Directories:
     @staticmethod
     def _finish(directories: list[tuple[tarfile.TarInfo, str]]) -> None:
         for member, path in directories:
-            _set_owner(member, path)
+            _set_owner(member, path)  # a directory the guard let through, not a link
             os.utime(path, (member.mtime, member.mtime))
             os.chmod(path, member.mode)
 
@@ -381,11 +373,38 @@ def _create(path: str) -> int:
     return os.open(path, flags, 0o600)
 
 
+def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
+    """Create a symbolic link, or a hard link to a file restored before it, in place of
+    whatever has its name; then its owner, and for a hard link its mode and mtime."""
+    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    if os.path.lexists(path):
+        os.unlink(path)
+    if member.issym():
+        os.symlink(member.linkname, path)
+    else:
+        original = os.path.join(target, member.linkname)
+        if not os.path.lexists(original):
+            raise ConfigError(
+                f"{member.name!r} is a hard link to {member.linkname!r}, which this restore "
+                "does not include; restore both paths."
+            )
+        os.link(original, path, follow_symlinks=False)
+    _set_owner(member, path)
+    if not member.issym():
+        os.chmod(path, member.mode)
+    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+
 def _set_owner(member: tarfile.TarInfo, path_or_fd: str | int) -> None:
-    """As root, give the file the member's owner (by name where this system knows it)."""
+    """As root, give the file the member's owner (by name where this system knows it);
+    a path that is a link gets the link's own owner, never its target's."""
     if os.geteuid() != 0:
         return
-    os.chown(path_or_fd, *_owner_ids(member.uname, member.uid, member.gname, member.gid))
+    uid, gid = _owner_ids(member.uname, member.uid, member.gname, member.gid)
+    if isinstance(path_or_fd, int):
+        os.fchown(path_or_fd, uid, gid)
+    else:
+        os.lchown(path_or_fd, uid, gid)
 
 
 @functools.cache
@@ -398,10 +417,9 @@ def _owner_ids(uname: str, uid: int, gname: str, gid: int) -> tuple[int, int]:
     return uid, gid
 
 
-def scan_archive(stream: io.RawIOBase) -> int:
+def scan_archive(stream: TarSource) -> int:
     """Parse a whole tar stream (member data is read past); return how many members it has."""
-    with _open_tar(stream, "r") as tar:
-        return sum(1 for _ in tar.members_once())
+    return sum(1 for _ in read_members(stream))
 
 
 def _selection_match(name: str, selected: Sequence[str]) -> str | None:
