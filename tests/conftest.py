@@ -65,18 +65,20 @@ def tree(tmp_path: Path) -> Path:
     os.link(root / "secret.key", root / "nested" / "secret-hardlink")
     (root / "nested").chmod(0o700)
     os.utime(root / "big.bin", (1_600_000_000, 1_600_000_000))
+    os.utime(root / "link-to-notes", (1_500_000_000, 1_500_000_000), follow_symlinks=False)
     return root
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """Everything a restore must reproduce: kind, bytes, permission bits, mtimes, link targets."""
+    """Everything a restore must reproduce: kind, bytes, permission bits, mtimes (of links
+    too), link targets."""
     entries: dict[str, tuple[object, ...]] = {}
     for path in sorted([root, *root.rglob("*")]):
         info = path.lstat()
         relative = str(path.relative_to(root))
         mode = stat.S_IMODE(info.st_mode)
         if stat.S_ISLNK(info.st_mode):
-            entries[relative] = ("link", os.readlink(path))
+            entries[relative] = ("link", os.readlink(path), int(info.st_mtime))
         elif stat.S_ISDIR(info.st_mode):
             entries[relative] = ("dir", mode, int(info.st_mtime))
         else:

@@ -149,6 +149,20 @@ def test_restore_selected_paths(engine: Engine, tree: Path, tmp_path: Path) -> N
     assert (target / "data" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
 
 
+def test_a_hard_link_restored_without_its_original_is_a_clear_error(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    """tarfile archives in sorted order, so nested/secret-hardlink holds the data and
+    secret.key is the hard link to it."""
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    with pytest.raises(ConfigError, match="hard link to 'data/nested/secret-hardlink'"):
+        engine.restore("nightly", tmp_path / "out", passcode=PASSCODE, paths=["data/secret.key"])
+    assert sorted(os.listdir(tmp_path)) == ["home", "source"]
+    both = ["data/secret.key", "data/nested/secret-hardlink"]
+    target = engine.restore("nightly", tmp_path / "out", passcode=PASSCODE, paths=both)
+    assert (target / both[0]).stat().st_ino == (target / both[1]).stat().st_ino
+
+
 def test_restore_of_a_path_not_in_the_backup_restores_nothing(
     engine: Engine, tree: Path, tmp_path: Path
 ) -> None:
