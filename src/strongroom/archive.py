@@ -215,6 +215,7 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     """
     found: set[str] = set()
     guard = _PathGuard(target)
+    root = os.path.join(target, "")
     with _FileWriters() as writers:
         directories = _Directories(writers)
         for member in read_members(stream):
@@ -224,7 +225,7 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
             if match is not None:
                 found.add(match)
             safe = guard.check(member)
-            path = os.path.join(target, safe.name)
+            path = root + safe.name
             directories.leave_unless_inside(path)
             if safe.isdir():
                 os.makedirs(path, 0o700, exist_ok=True)
@@ -235,7 +236,7 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
                 if PART_RECORD in safe.pax_headers:
                     _append_part(stream, safe, path)
                 elif safe.size <= SMALL_FILE:
-                    writers.submit(safe, path, stream.read(safe.size))
+                    writers.submit(safe, path, list(_views(stream, safe.size)), safe.size)
                 else:
                     _write_file(safe, path, _views(stream, safe.size))
             else:  # a symbolic or hard link; the guard refuses everything else
@@ -298,9 +299,11 @@ class _FileWriters:
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="strongroom-file")
         self._slots = threading.BoundedSemaphore(WRITER_THREADS * 2)
-        self._batch: list[tuple[tarfile.TarInfo, str, bytes]] = []
+        self._batch: list[tuple[tarfile.TarInfo, str, list[memoryview]]] = []
+        self._batch_paths: set[str] = set()
         self._batch_bytes = 0
-        self._pending: dict[str, Future[None]] = {}
+        self._in_flight: list[tuple[Future[None], list[str]]] = []
+        self._pending: dict[str, Future[None]] = {}  # path → the write in flight for it
 
     def __enter__(self) -> _FileWriters:
         return self
@@ -308,40 +311,58 @@ class _FileWriters:
     def __exit__(self, *exc_info: object) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, member: tarfile.TarInfo, path: str, data: bytes) -> None:
-        """Queue a small file; a full batch goes to a writer thread."""
-        self._batch.append((member, path, data))
-        self._batch_bytes += len(data)
+    def submit(
+        self, member: tarfile.TarInfo, path: str, pieces: list[memoryview], size: int
+    ) -> None:
+        """Queue a small file (its contents as views into the stream's chunks); a full
+        batch goes to a writer thread."""
+        self._batch.append((member, path, pieces))
+        self._batch_paths.add(path)
+        self._batch_bytes += size
         if len(self._batch) >= WRITER_BATCH or self._batch_bytes >= SMALL_FILE:
             self._flush()
 
     def wait_for(self, path: str) -> None:
-        if any(queued == path for _, queued, _ in self._batch):
+        """Return once any queued write of `path` is done (raising its failure)."""
+        if path in self._batch_paths:
             self._flush()
-        future = self._pending.pop(path, None)
+        future = self._pending.get(path)
         if future is not None:
             future.result()
 
     def wait_all(self) -> None:
         self._flush()
-        for path in list(self._pending):
-            self.wait_for(path)
+        for future, paths in self._in_flight:
+            self._retire(future, paths)
+        self._in_flight = []
+
+    def _retire(self, future: Future[None], paths: list[str]) -> None:
+        future.result()  # raises a failed write at once
+        for path in paths:
+            if self._pending.get(path) is future:
+                del self._pending[path]
 
     def _flush(self) -> None:
         if not self._batch:
             return
-        for done in [p for p, f in self._pending.items() if f.done()]:
-            self.wait_for(done)  # forget finished writes, raising a failure at once
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        running = []
+        for future, paths in self._in_flight:
+            if future.done():
+                self._retire(future, paths)
+            else:
+                running.append((future, paths))
+        batch, paths = self._batch, [path for _, path, _ in self._batch]
+        self._batch, self._batch_paths, self._batch_bytes = [], set(), 0
         self._slots.acquire()
         future = self._executor.submit(_write_files, batch)
         future.add_done_callback(lambda _: self._slots.release())
-        self._pending.update((path, future) for _, path, _ in batch)
+        self._pending.update((path, future) for path in paths)
+        self._in_flight = [*running, (future, paths)]
 
 
-def _write_files(batch: list[tuple[tarfile.TarInfo, str, bytes]]) -> None:
-    for member, path, data in batch:
-        _write_file(member, path, (data,))
+def _write_files(batch: list[tuple[tarfile.TarInfo, str, list[memoryview]]]) -> None:
+    for member, path, pieces in batch:
+        _write_file(member, path, pieces)
 
 
 def _write_file(member: tarfile.TarInfo, path: str, pieces: Iterable[Buffer]) -> None:

@@ -69,10 +69,15 @@ def read_members(stream: TarSource) -> Iterator[tarfile.TarInfo]:
         header = stream.read(BLOCK)
         if not header or header == _END:
             return
-        member = _parse_header(header)
-        if member.type == tarfile.XHDTYPE:
-            records = _read_pax(stream, member.size)
+        if len(header) < BLOCK:
+            raise IntegrityError("The backup's archive ends inside a tar header.")
+        fields = _HEADER.unpack(header)
+        if fields[9] not in _MAGICS:
+            raise IntegrityError("The backup's archive is not a tar stream strongroom can read.")
+        if fields[7] == tarfile.XHDTYPE:
+            records = _read_pax(stream, _number(fields[4]))
             continue
+        member = _member(fields)
         if records:
             _apply_pax(member, records)
             records = {}
@@ -82,16 +87,13 @@ def read_members(stream: TarSource) -> Iterator[tarfile.TarInfo]:
             stream.seek(member.offset_data + _padded(member.size))
 
 
-def _parse_header(header: bytes) -> tarfile.TarInfo:
-    if len(header) < BLOCK:
-        raise IntegrityError("The backup's archive ends inside a tar header.")
+def _member(fields: tuple[bytes, ...]) -> tarfile.TarInfo:
+    """The member a ustar header describes (its fields as `_HEADER` unpacks them)."""
     (name, mode, uid, gid, size, mtime, _, kind, linkname, magic, uname, gname, _, _, prefix) = (
-        _HEADER.unpack(header)
+        fields
     )
-    if magic not in _MAGICS:
-        raise IntegrityError("The backup's archive is not a tar stream strongroom can read.")
     member = tarfile.TarInfo(_text(name))
-    if kind not in _MEMBER_TYPES and kind != tarfile.XHDTYPE:
+    if kind not in _MEMBER_TYPES:
         raise IntegrityError(
             f"The backup's archive holds {member.name!r} as a tar member of type {kind!r}, "
             "which strongroom does not read."
