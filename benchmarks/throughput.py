@@ -657,7 +657,9 @@ def run_benchmark(
     datasets: Sequence[Dataset], tools: Sequence[Tool], runs: int, workdir: Path
 ) -> list[Outcome]:
     """Runs tools round-robin within each run index, so slow drift in the machine (thermal,
-    background load) spreads over all tools instead of biasing the last one."""
+    background load) spreads over all tools instead of biasing the last one. Each run index
+    starts with the next tool, so the disk's slow start after the previous dataset's runs
+    are deleted (discard) does not always fall on the same tool."""
     outcomes = []
     for dataset in datasets:
         dataset.ensure()
@@ -671,7 +673,8 @@ def run_benchmark(
         trash = workdir / "runs" / "trash"
         trash.mkdir(parents=True, exist_ok=True)
         for index in range(runs):
-            for outcome in (o for o in pairs if o.error is None):
+            rotated = pairs[index % len(pairs) :] + pairs[: index % len(pairs)]
+            for outcome in (o for o in rotated if o.error is None):
                 run = RunPaths(workdir / "runs" / f"{dataset.name}-{outcome.tool.name}")
                 try:
                     outcome.runs.append(run_once(outcome.tool, dataset, run, digest, trash))
