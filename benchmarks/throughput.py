@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import random
@@ -390,6 +391,15 @@ class Strongroom(Tool):
             return f"strongroom {importlib.metadata.version('strongroom')}"
         except importlib.metadata.PackageNotFoundError:
             return "strongroom (not installed)"
+
+    def setup(self, run: RunPaths) -> list[Command]:
+        """Compile strongroom's bytecode, as pip does when it installs a package; an editable
+        install under PYTHONDONTWRITEBYTECODE would compile every module at each start."""
+        spec = importlib.util.find_spec("strongroom")
+        if spec is None or not spec.submodule_search_locations:
+            return []
+        package = spec.submodule_search_locations[0]
+        return [Command([sys.executable, "-m", "compileall", "-q", package], run.root, self.env())]
 
     def _env(self, run: RunPaths) -> dict[str, str]:
         return self.env(
