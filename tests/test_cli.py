@@ -473,6 +473,20 @@ def test_restore_argument_errors_are_exit_3(
     assert "not a directory" in not_a_dir.error_line
 
 
+def test_a_local_file_that_cannot_be_used_is_exit_12(
+    cli: Cli, backup: str, tmp_path: Path, passcode_file: Path
+) -> None:
+    """A restore target under a regular file: one line naming the path, no traceback."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    before = sorted(tmp_path.iterdir())
+    outcome = cli("restore", backup, "--target", a_file / "sub", "--passcode-file", passcode_file)
+    assert outcome.code == 12
+    assert str(a_file) in outcome.error_line
+    assert a_file.read_text() == "mine"
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_missing_source_and_unknown_store_are_exit_3(
     cli: Cli, tmp_path: Path, passcode_file: Path
 ) -> None:

@@ -379,6 +379,8 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarf
         (tarfile.SYMTYPE, "abs-link", "/etc/passwd"),
         (tarfile.SYMTYPE, "up-link", "../../outside"),
         (tarfile.CHRTYPE, "device", ""),
+        (tarfile.REGTYPE, "", ""),
+        (tarfile.SYMTYPE, "dir/.", "elsewhere"),
     ],
 )
 def test_restore_never_writes_outside_the_target(

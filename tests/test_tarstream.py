@@ -145,11 +145,12 @@ def pax_archive(records: bytes) -> bytes:
         b"0 path=abc\n",
         b"11 pathabc\n",  # no "="
         b"12 size=12a\n",
+        b"11 size=-1\n",
         b"22 GNU.sparse.major=1\n",
     ],
 )
 def test_malformed_or_unsupported_pax_records_are_refused(records: bytes) -> None:
-    with pytest.raises(IntegrityError, match="pax|sparse"):
+    with pytest.raises(IntegrityError, match="pax|sparse|negative"):
         list(read_members(io.BytesIO(pax_archive(records))))
 
 

@@ -475,6 +475,11 @@ class _PathGuard:
             raise UnsafeArchiveError(
                 f"The backup holds {member.name!r}, which would land outside the target."
             )
+        if not member.isdir() and parts[-1] in ("", "."):
+            raise UnsafeArchiveError(
+                f"The backup holds {member.name!r}, which strongroom will not restore: "
+                "it does not end in a file name."
+            )
         plain = member.isreg() or member.isdir()
         if not plain:
             self._links.add(_folded(member.name))

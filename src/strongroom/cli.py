@@ -34,6 +34,8 @@ __all__ = ["main"]
 
 PASSCODE_ENV = "STRONGROOM_PASSCODE"
 EXIT_INTERRUPTED = 130
+#: A file or directory on this machine (a source, a restore target) could not be used.
+EXIT_LOCAL_FILE = 12
 #: glibc's mallopt parameters, and what the command sets them to.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum
@@ -57,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("strongroom: interrupted; nothing was committed.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # stores raise StoreError; this is a local source or target
+        where = f" {exc.filename}" if exc.filename is not None else ""
+        print(
+            f"strongroom: error: cannot use{where}: {exc.strerror or exc}. "
+            "Check the path, its permissions and the free space.",
+            file=sys.stderr,
+        )
+        return EXIT_LOCAL_FILE
 
 
 def reuse_freed_memory() -> None:

@@ -81,6 +81,8 @@ def read_members(stream: TarSource) -> Iterator[tarfile.TarInfo]:
         if records:
             _apply_pax(member, records)
             records = {}
+        if member.size < 0:
+            raise IntegrityError(f"The backup's archive gives {member.name!r} a negative size.")
         member.offset_data = stream.tell()
         yield member
         if member.isreg():
