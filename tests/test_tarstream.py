@@ -154,6 +154,14 @@ def test_malformed_or_unsupported_pax_records_are_refused(records: bytes) -> Non
         list(read_members(io.BytesIO(pax_archive(records))))
 
 
+def test_two_pax_headers_in_a_row_are_refused() -> None:
+    """tarfile never writes them, and would merge them in an order of its own."""
+    archive = pax_archive(b"16 path=abc/def\n")
+    pax_header = archive[: 2 * 512]
+    with pytest.raises(IntegrityError, match="two pax headers"):
+        list(read_members(io.BytesIO(pax_header + archive)))
+
+
 def test_a_well_formed_pax_archive_built_by_hand_is_read() -> None:
     """The counterpart of the refusals above: the same construction, well formed, reads."""
     (member,) = read_members(io.BytesIO(pax_archive(b"16 path=abc/def\n")))

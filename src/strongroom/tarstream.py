@@ -75,6 +75,8 @@ def read_members(stream: TarSource) -> Iterator[tarfile.TarInfo]:
         if fields[9] not in _MAGICS:
             raise IntegrityError("The backup's archive is not a tar stream strongroom can read.")
         if fields[7] == tarfile.XHDTYPE:
+            if records:
+                raise IntegrityError("The backup's archive has two pax headers in a row.")
             records = _read_pax(stream, _number(fields[4]))
             continue
         member = _member(fields)
