@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from strongroom import BackupNotFoundError, ConfigError, Engine, IntegrityError
-from strongroom.format import to_epoch_ms
+from strongroom.format import MAX_EPOCH_MS, from_epoch_ms, parse_retention_key, to_epoch_ms
 from strongroom.retention import (
     IndexEntry,
     check_retention_date,
@@ -297,3 +299,20 @@ def test_extending_a_backup_whose_data_objects_are_missing_changes_nothing(
         timed_engine.update_retention("damaged", to_epoch_ms(START) + 86_400_000)
     assert timed_engine.info("damaged").retention_date is None
     assert [obj.key.rsplit(".", 1)[1] for obj in store.list("retention/")] == ["never"]
+
+
+@given(st.integers(0, MAX_EPOCH_MS))
+@example(2**34 - 1)
+def test_epoch_milliseconds_round_trip_exactly(value: int) -> None:
+    """Through float seconds, 2**34 - 1 ms came back one millisecond short."""
+    assert to_epoch_ms(from_epoch_ms(value)) == value
+
+
+def test_an_index_entry_no_datetime_holds_is_a_stray_object() -> None:
+    backup_id = "0" * 32
+    assert parse_retention_key(f"retention/x/{backup_id}.{MAX_EPOCH_MS + 1}") is None
+    assert parse_retention_key(f"retention/x/{backup_id}.{2**34 - 1}") == (
+        "x",
+        backup_id,
+        datetime(1970, 7, 18, 20, 11, 9, 183000, tzinfo=UTC),
+    )
