@@ -425,6 +425,38 @@ def test_files_through_links_inside_the_target_are_restored_and_links_are_replac
     assert (out / "pointer").read_bytes() == b"pointer"
 
 
+def test_a_file_replaces_a_hard_link_of_its_name_instead_of_writing_through_it(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    back_up_members(
+        engine,
+        monkeypatch,
+        "relinked",
+        [member("original"), member("alias", tarfile.LNKTYPE, "original"), member("alias")],
+    )
+    out = tmp_path / "out"
+    engine.restore("relinked", out, passcode=PASSCODE)
+    assert (out / "original").read_bytes() == b"original"
+    assert (out / "alias").read_bytes() == b"alias"
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o000])
+def test_modes_are_restored_exactly_whatever_the_umask(
+    engine: Engine, tree: Path, tmp_path: Path, umask: int
+) -> None:
+    """New files are created with the member's mode less the umask, and fixed only where
+    that differs, so a umask that takes bits away must not leave them off."""
+    (tree / "shared.txt").write_text("for everyone\n")
+    (tree / "shared.txt").chmod(0o666)
+    engine.create("modes", [tree], passcode=PASSCODE)
+    previous = os.umask(umask)
+    try:
+        target = engine.restore("modes", tmp_path / "restored", passcode=PASSCODE)
+    finally:
+        os.umask(previous)
+    assert snapshot(target / "data") == snapshot(tree)
+
+
 def test_a_resent_commit_that_finds_its_own_manifest_succeeds(
     engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

