@@ -141,6 +141,7 @@ def pax_archive(records: bytes) -> bytes:
     [
         b"12 path=abc",  # no newline
         b"x path=abc\n",  # no length
+        b"path=abc\n",  # no length and no space: must not loop forever
         b"99 path=abc\n",  # longer than the header
         b"0 path=abc\n",
         b"11 pathabc\n",  # no "="

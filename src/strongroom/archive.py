@@ -236,7 +236,6 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
                 directories.enter(safe, path)
             elif safe.isreg():
                 writers.wait_for(path)  # a later member of the same name must land last
-                stream.seek(safe.offset_data)
                 if PART_RECORD in safe.pax_headers:
                     _append_part(stream, safe, path)
                 elif safe.size <= SMALL_FILE:
@@ -330,7 +329,7 @@ class _FileWriters:
     ) -> None:
         """Queue a small file (its contents as views into the stream's chunks); a full
         batch, or the first file of another directory, sends the batch to its lane."""
-        directory = os.path.dirname(path)
+        directory = path[: path.rindex(os.sep)]  # paths are the staging root + a name
         if directory != self._batch_directory:
             self._flush()
             self._lane = (self._lane + 1) % len(self._lanes)

@@ -214,6 +214,10 @@ class ChunkReader(io.RawIOBase):
         """Exactly `size` bytes unless the stream ends first (tarfile relies on full reads)."""
         if size < 0:
             return self.readall()
+        if size <= len(self._current) and self._on_read is None:  # the common case, inlined
+            piece, self._current = self._current[:size], self._current[size:]
+            self._position += size
+            return bytes(piece)
         first = self.read_view(size)
         if len(first) == size or not first:
             return bytes(first)

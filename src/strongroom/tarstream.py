@@ -33,6 +33,7 @@ _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
 _POSIX_MAGIC = b"ustar\x0000"
 _MAGICS = (_POSIX_MAGIC, b"ustar  \x00")
 _END = bytes(BLOCK)
+NEWLINE = ord("\n")
 _MEMBER_TYPES = frozenset(
     (
         tarfile.REGTYPE,
@@ -132,21 +133,25 @@ def _read_pax(stream: TarSource, size: int) -> dict[str, str]:
 def _pax_records(data: bytes) -> dict[str, str]:
     """Parse `<length> <key>=<value>\\n` records; values are decoded as tarfile does."""
     raw: dict[bytes, bytes] = {}
-    position = 0
-    while position < len(data):
+    position, size = 0, len(data)
+    while position < size:
         space = data.find(b" ", position)
-        length = int(data[position:space]) if data[position:space].isdigit() else 0
-        end = position + length
-        record = data[space + 1 : end]
-        if space < 0 or end <= space or end > len(data) or record[-1:] != b"\n":
+        length = data[position:space]
+        if space <= position or not length.isdigit():
             raise IntegrityError("The backup's archive has a malformed pax header.")
-        key, equals, value = record[:-1].partition(b"=")
+        end = position + int(length)
+        if end <= space or end > size or data[end - 1] != NEWLINE:
+            raise IntegrityError("The backup's archive has a malformed pax header.")
+        key, equals, value = data[space + 1 : end - 1].partition(b"=")
         if not equals:
             raise IntegrityError("The backup's archive has a malformed pax header.")
         raw[key] = value
         position = end
     binary = raw.get(b"hdrcharset") == b"BINARY"
-    return {key.decode("utf-8", "surrogateescape"): _pax_text(v, binary) for key, v in raw.items()}
+    records: dict[str, str] = {}
+    for key, value in raw.items():
+        records[key.decode("utf-8", "surrogateescape")] = _pax_text(value, binary)
+    return records
 
 
 def _apply_pax(member: tarfile.TarInfo, records: dict[str, str]) -> None:
@@ -183,12 +188,18 @@ def _number(field: bytes) -> int:
         value = int.from_bytes(field[1:], "big")
         return value - 256 ** (len(field) - 1) if field[0] == 0o377 else value
     try:
+        return int(field.rstrip(b"\0") or b"0", 8)  # as tarfile writes it: digits, then NULs
+    except ValueError:
+        pass
+    try:
         return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
     except ValueError:
         raise IntegrityError("The backup's archive has a malformed tar header.") from None
 
 
 def _text(field: bytes) -> str:
+    if not field[0]:
+        return ""  # most link names and prefixes
     return field.split(b"\0", 1)[0].decode(_ENCODING, "surrogateescape")
 
 
