@@ -10,9 +10,9 @@ Extraction reads members with `tarstream` and refuses absolute paths, `..`, link
 point outside the target and device files (Python's tarfile "data" filter, for links and
 for paths that run through one; names alone for the rest, see `_PathGuard`), but keeps
 permission bits and, when running as root, ownership. A file or link replaces whatever
-has its name; it never writes through it. Small files are written on a few threads, one
-directory at a time each, with an open, write, fstat, futimens and close (and an fchown or
-fchmod only where the new file's owner or mode is not yet the member's).
+has its name; it never writes through it. Small files are written on a few threads, each
+with an open, write, fstat, futimens and close (and an fchown or fchmod only where the new
+file's owner or mode is not yet the member's).
 """
 
 from __future__ import annotations
@@ -62,8 +62,6 @@ SMALL_FILE = 1024 * 1024
 WRITER_THREADS = min(os.cpu_count() or 2, 8)
 #: Small files handed to a writer thread at once (up to SMALL_FILE bytes in all).
 WRITER_BATCH = 32
-#: Batches queued per writer thread; with SMALL_FILE this bounds the memory they hold.
-LANE_BATCHES = 4
 #: Finished directories whose attributes are set together, after the pending writes.
 DIRECTORY_GROUP = 1000
 
@@ -294,24 +292,20 @@ class _FileWriters:
     """Writes small regular files on a few threads while the stream is read on.
 
     A restore of many small files waits on creating them, not on bytes, so a few files
-    are written at once, handed over in batches to keep thread switches rare. Each
-    thread is a lane that takes whole directories in turn, because creating a file locks
-    its directory: for minutes after a mass delete, ext4 searches long for a free inode
-    under that lock, and a second thread filling the same directory spins on it. Lanes
-    restored 20,000 files in 4.2 s there instead of 6.0 s, at a cost of ~3% on a quiet
-    disk. Safety: the main thread checks each path first, and before a link (which could
-    redirect a later path) every pending write is finished.
+    are written at once, handed over in batches to keep thread switches rare. Safety:
+    the main thread checks each path first, and before a link (which could redirect a
+    later path) every pending write is finished.
+
+    Both threads may fill one directory at once. Giving each thread whole directories
+    instead was tried (docs/benchmarks.md): it helps only for the few minutes after a
+    mass delete, when ext4 searches long for a free inode under the directory's lock,
+    and costs ~3% the rest of the time.
     """
 
     def __init__(self) -> None:
-        self._lanes = [
-            ThreadPoolExecutor(1, thread_name_prefix="strongroom-file")
-            for _ in range(WRITER_THREADS)
-        ]
-        self._slots = [threading.BoundedSemaphore(LANE_BATCHES) for _ in self._lanes]
-        self._lane = 0
+        self._executor = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="strongroom-file")
+        self._slots = threading.BoundedSemaphore(WRITER_THREADS * 2)
         self._batch: list[tuple[tarfile.TarInfo, str, list[memoryview]]] = []
-        self._batch_directory = ""
         self._batch_paths: set[str] = set()
         self._batch_bytes = 0
         self._in_flight: list[tuple[Future[None], list[str]]] = []
@@ -321,19 +315,13 @@ class _FileWriters:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for lane in self._lanes:
-            lane.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(
         self, member: tarfile.TarInfo, path: str, pieces: list[memoryview], size: int
     ) -> None:
         """Queue a small file (its contents as views into the stream's chunks); a full
-        batch, or the first file of another directory, sends the batch to its lane."""
-        directory = path[: path.rindex(os.sep)]  # paths are the staging root + a name
-        if directory != self._batch_directory:
-            self._flush()
-            self._lane = (self._lane + 1) % len(self._lanes)
-            self._batch_directory = directory
+        batch goes to a writer thread."""
         self._batch.append((member, path, pieces))
         self._batch_paths.add(path)
         self._batch_bytes += size
@@ -371,10 +359,9 @@ class _FileWriters:
                 running.append((future, paths))
         batch, paths = self._batch, [path for _, path, _ in self._batch]
         self._batch, self._batch_paths, self._batch_bytes = [], set(), 0
-        slots = self._slots[self._lane]
-        slots.acquire()
-        future = self._lanes[self._lane].submit(_write_files, batch)
-        future.add_done_callback(lambda _: slots.release())
+        self._slots.acquire()
+        future = self._executor.submit(_write_files, batch)
+        future.add_done_callback(lambda _: self._slots.release())
         self._pending.update((path, future) for path in paths)
         self._in_flight = [*running, (future, paths)]
 
