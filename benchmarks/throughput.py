@@ -682,16 +682,18 @@ def run_benchmark(
                 outcome.error = f"skipped: {reason}"
         trash = workdir / "runs" / "trash"
         trash.mkdir(parents=True, exist_ok=True)
-        for index in range(runs):
-            rotated = pairs[index % len(pairs) :] + pairs[: index % len(pairs)]
-            for outcome in (o for o in rotated if o.error is None):
-                run = RunPaths(workdir / "runs" / f"{dataset.name}-{outcome.tool.name}")
-                try:
-                    outcome.runs.append(run_once(outcome.tool, dataset, run, digest, trash))
-                except ToolFailed as failure:
-                    outcome.error = str(failure)
-                report_progress(outcome, index, runs)
-        remove(trash)
+        try:  # a full disk fails a run and then moving it aside: empty the trash regardless
+            for index in range(runs):
+                rotated = pairs[index % len(pairs) :] + pairs[: index % len(pairs)]
+                for outcome in (o for o in rotated if o.error is None):
+                    run = RunPaths(workdir / "runs" / f"{dataset.name}-{outcome.tool.name}")
+                    try:
+                        outcome.runs.append(run_once(outcome.tool, dataset, run, digest, trash))
+                    except ToolFailed as failure:
+                        outcome.error = str(failure)
+                    report_progress(outcome, index, runs)
+        finally:
+            remove(trash)
         outcomes.extend(pairs)
     return outcomes
 

@@ -527,7 +527,7 @@ def _folded(name: str) -> str:
 def _views(stream: ArchiveReader, size: int) -> Iterator[memoryview]:
     """The next `size` bytes of the stream as views into its chunks (no copies)."""
     while size:
-        piece = stream.read_view(size)
+        piece = stream.read_view(min(size, COPY_BUFFER))
         if not piece:
             raise IntegrityError("The backup ends inside a file.")
         size -= len(piece)
