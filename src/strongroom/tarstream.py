@@ -33,7 +33,7 @@ _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
 _POSIX_MAGIC = b"ustar\x0000"
 _MAGICS = (_POSIX_MAGIC, b"ustar  \x00")
 _END = bytes(BLOCK)
-NEWLINE = ord("\n")
+_NEWLINE = ord("\n")
 _MEMBER_TYPES = frozenset(
     (
         tarfile.REGTYPE,
@@ -140,7 +140,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
         if space <= position or not length.isdigit():
             raise IntegrityError("The backup's archive has a malformed pax header.")
         end = position + int(length)
-        if end <= space or end > size or data[end - 1] != NEWLINE:
+        if end <= space or end > size or data[end - 1] != _NEWLINE:
             raise IntegrityError("The backup's archive has a malformed pax header.")
         key, equals, value = data[space + 1 : end - 1].partition(b"=")
         if not equals:
