@@ -9,6 +9,7 @@ slow Argon2 parameters and is kept to a handful of calls.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -485,6 +486,22 @@ def test_a_local_file_that_cannot_be_used_is_exit_12(
     assert str(a_file) in outcome.error_line
     assert a_file.read_text() == "mine"
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_full_disk_during_restore_names_the_target(
+    cli: Cli, backup: str, tmp_path: Path, passcode_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed write carries no file name; the error line still says where."""
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("strongroom.archive._write_file", disk_full)
+    target = tmp_path / "restored"
+    outcome = cli("restore", backup, "--target", target, "--passcode-file", passcode_file)
+    assert outcome.code == 12
+    assert f"cannot use {target}: No space left on device" in outcome.error_line
+    assert not target.exists()
 
 
 def test_missing_source_and_unknown_store_are_exit_3(

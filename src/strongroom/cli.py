@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("strongroom: interrupted; nothing was committed.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # stores raise StoreError; this is a local source or target
-        where = f" {exc.filename}" if exc.filename is not None else ""
+        path = exc.filename if exc.filename is not None else getattr(args, "target", None)
+        where = f" {path}" if path is not None else ""  # a failed write names no file
         print(
             f"strongroom: error: cannot use{where}: {exc.strerror or exc}. "
             "Check the path, its permissions and the free space.",
