@@ -27,11 +27,11 @@ import tarfile
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
 from .tarstream import TarSource, read_members
@@ -49,6 +49,8 @@ __all__ = [
     "source_size",
     "write_archive",
 ]
+
+_Made = TypeVar("_Made")
 
 #: A named stream: a binary file object, or an iterable of bytes.
 StreamSource = BinaryIO | Iterable[bytes]
@@ -391,13 +393,19 @@ def _create(path: str, mode: int) -> int:
     gets `mode` (less the umask) at once, which is safe because the staging directory is
     private to this process's user."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return _in_place(path, lambda: os.open(path, flags, mode))
+
+
+def _in_place(path: str, make: Callable[[], _Made]) -> _Made:
+    """Run `make`, which creates `path` and fails if anything has that name; if it fails
+    for want of the directory or because of an earlier entry, fix that and run it again."""
     try:
-        return os.open(path, flags, mode)
+        return make()
     except FileNotFoundError:  # no member for its directory came first
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
     except FileExistsError:  # a file or link of the same name came first
         os.unlink(path)
-    return os.open(path, flags, mode)
+    return make()
 
 
 def _set_owner_and_mode(member: tarfile.TarInfo, fd: int) -> None:
@@ -418,11 +426,8 @@ def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
     """Create a symbolic link, or a hard link to a file restored before it, in place of
     whatever has its name; then its owner and mtime, and unless it is (a hard link to) a
     symbolic link, whose target chmod would change, its mode."""
-    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    if os.path.lexists(path):
-        os.unlink(path)
     if member.issym():
-        os.symlink(member.linkname, path)
+        _in_place(path, lambda: os.symlink(member.linkname, path))
     else:
         original = os.path.join(target, member.linkname)
         if not os.path.lexists(original):
@@ -430,7 +435,7 @@ def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
                 f"{member.name!r} is a hard link to {member.linkname!r}, which this restore "
                 "does not include; restore both paths."
             )
-        os.link(original, path, follow_symlinks=False)
+        _in_place(path, lambda: os.link(original, path, follow_symlinks=False))
     _set_owner(member, path)
     if not os.path.islink(path):
         os.chmod(path, member.mode)

@@ -74,10 +74,10 @@ def reuse_freed_memory() -> None:
     """Have glibc keep freed chunk buffers for reuse instead of handing them back.
 
     Every chunk passes through a few fresh buffers of its size. By default glibc maps
-    each anew and unmaps it when freed, and faulting in fresh pages took 15-35% of a
-    restore's time (perf; see docs/benchmarks.md). Peak memory is unchanged, since the
-    pipeline bounds what is alive at once. Only the command does this: a product that
-    embeds strongroom keeps its own allocator settings.
+    each anew and unmaps it when freed, and faulting in fresh pages took 13-17% of a
+    restore's CPU (perf; restores got 5-35% faster, see docs/benchmarks.md). Peak memory
+    is unchanged, since the pipeline bounds what is alive at once. Only the command does
+    this: a product that embeds strongroom keeps its own allocator settings.
     """
     if not sys.platform.startswith("linux"):
         return

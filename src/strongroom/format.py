@@ -47,7 +47,7 @@ MAX_MANIFEST_SIZE = 1024 * 1024
 MAX_NAME_LENGTH = 128
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment datetime holds
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -127,22 +127,22 @@ def parse_retention_key(key: str) -> tuple[str, str, datetime | None] | None:
         name = validate_name(parts[0])
     except InvalidNameError:
         return None
-    when = match.group(2)
-    if when == "never":
+    if match.group(2) == "never":
         return name, match.group(1), None
-    if int(when) > MAX_EPOCH_MS:
+    when = int(match.group(2))
+    if when > MAX_EPOCH_MS:
         return None  # no datetime holds it: not an entry strongroom wrote
-    return name, match.group(1), from_epoch_ms(int(when))
+    return name, match.group(1), from_epoch_ms(when)
 
 
 def to_epoch_ms(moment: datetime) -> int:
     """Whole milliseconds since 1970, counted exactly: float seconds lose one now and then
     (2**34 - 1 ms came back as 2**34 - 2)."""
-    return (moment.astimezone(UTC) - EPOCH) // _MILLISECOND
+    return (moment.astimezone(UTC) - _EPOCH) // _MILLISECOND
 
 
 def from_epoch_ms(value: int) -> datetime:
-    return EPOCH + value * _MILLISECOND
+    return _EPOCH + value * _MILLISECOND
 
 
 @dataclass(frozen=True, slots=True, repr=False)

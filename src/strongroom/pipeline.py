@@ -211,7 +211,7 @@ class ChunkReader(io.RawIOBase):
         return done
 
     def read(self, size: int = -1) -> bytes:
-        """Exactly `size` bytes unless the stream ends first (tarfile relies on full reads)."""
+        """Exactly `size` bytes unless the stream ends first (the tar reader relies on that)."""
         if size < 0:
             return self.readall()
         if size <= len(self._current) and self._on_read is None:  # the common case, inlined
