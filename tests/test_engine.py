@@ -135,6 +135,22 @@ def test_streams_of_unknown_length(
     assert (target / "empty").read_bytes() == b""
 
 
+def test_large_files_and_stream_parts_come_back_exact(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files above SMALL_FILE are written on the main thread (preallocated on ext4, so
+    their sizes must still come out exact), and so are a stream's later parts."""
+    monkeypatch.setattr("strongroom.archive.STREAM_PART_SIZE", archive.SMALL_FILE + 4321)
+    source = tmp_path / "large"
+    source.mkdir()
+    payload = os.urandom(3 * archive.SMALL_FILE + 77)
+    (source / "large.bin").write_bytes(payload)
+    engine.create("large", [source], passcode=PASSCODE, streams={"dump": io.BytesIO(payload)})
+    target = engine.restore("large", tmp_path / "out", passcode=PASSCODE)
+    assert snapshot(target / "large") == snapshot(source)
+    assert (target / "dump").read_bytes() == payload
+
+
 def test_restore_selected_paths(engine: Engine, tree: Path, tmp_path: Path) -> None:
     engine.create("nightly", [tree], passcode=PASSCODE)
     target = engine.restore(

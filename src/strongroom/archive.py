@@ -12,7 +12,8 @@ for paths that run through one; names alone for the rest, see `_PathGuard`), but
 permission bits and, when running as root, ownership. A file or link replaces whatever
 has its name; it never writes through it. Small files are written on a few threads, each
 with an open, write, fstat, futimens and close (and an fchown or fchmod only where the new
-file's owner or mode is not yet the member's).
+file's owner or mode is not yet the member's). Large files are written on the main thread,
+their blocks preallocated first where that pays (`preallocate`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
+from .preallocate import Preallocate, preallocator_for
 from .tarstream import TarSource, read_members
 
 if TYPE_CHECKING:
@@ -220,6 +222,7 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     found: set[str] = set()
     guard = _PathGuard(target)
     root = os.path.join(target, "")
+    preallocate = preallocator_for(target)
     with _FileWriters() as writers:
         directories = _Directories(writers)
         for member in read_members(stream):
@@ -237,11 +240,11 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
             elif safe.isreg():
                 writers.wait_for(path)  # a later member of the same name must land last
                 if PART_RECORD in safe.pax_headers:
-                    _append_part(stream, safe, path)
+                    _append_part(stream, safe, path, preallocate)
                 elif safe.size <= SMALL_FILE:
                     writers.submit(safe, path, list(_views(stream, safe.size)), safe.size)
                 else:
-                    _write_file(safe, path, _views(stream, safe.size))
+                    _write_file(safe, path, _views(stream, safe.size), preallocate)
             else:  # a symbolic or hard link; the guard refuses everything else
                 writers.wait_all()  # a link could redirect a pending write
                 _make_link(safe, path, target)
@@ -373,11 +376,18 @@ def _write_files(batch: list[tuple[tarfile.TarInfo, str, list[memoryview]]]) -> 
         _write_file(member, path, pieces)
 
 
-def _write_file(member: tarfile.TarInfo, path: str, pieces: Iterable[Buffer]) -> None:
+def _write_file(
+    member: tarfile.TarInfo,
+    path: str,
+    pieces: Iterable[Buffer],
+    preallocate: Preallocate | None = None,
+) -> None:
     """Create the file (replacing, never following, whatever has its name) with its
     contents, then its owner, mode and mtime, all through one file descriptor."""
     fd = _create(path, member.mode)
     try:
+        if preallocate is not None:
+            preallocate(fd, 0, member.size)
         for piece in pieces:
             view = memoryview(piece)
             while view:
@@ -539,12 +549,16 @@ def _views(stream: ArchiveReader, size: int) -> Iterator[memoryview]:
         yield piece
 
 
-def _append_part(stream: ArchiveReader, member: tarfile.TarInfo, path: str) -> None:
+def _append_part(
+    stream: ArchiveReader, member: tarfile.TarInfo, path: str, preallocate: Preallocate | None
+) -> None:
     """Append one continuation part of a named stream to the file its first part made."""
     if not os.path.isfile(path) or os.path.islink(path):
         raise IntegrityError(
             f"Part {member.pax_headers[PART_RECORD]} of {member.name!r} has no start."
         )
     with open(path, "ab") as out:
+        if preallocate is not None:
+            preallocate(out.fileno(), os.fstat(out.fileno()).st_size, member.size)
         for piece in _views(stream, member.size):
             out.write(piece)

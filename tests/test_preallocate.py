@@ -1,0 +1,61 @@
+"""Preallocating large restored files: only on ext4, size kept, fatal errors raised."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from strongroom.preallocate import preallocator_for
+
+
+def file_system_type(path: Path) -> str:
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def ext4_dir(tmp_path: Path) -> Path:
+    if file_system_type(tmp_path) != "ext2/ext3":  # GNU stat's name for ext2, ext3 and ext4
+        pytest.skip("the test directory is not on ext4")
+    return tmp_path
+
+
+def test_on_ext4_blocks_are_reserved_and_the_size_is_kept(ext4_dir: Path) -> None:
+    preallocate = preallocator_for(ext4_dir)
+    assert preallocate is not None
+    path = ext4_dir / "large"
+    with path.open("wb") as out:
+        out.write(b"head")
+        out.flush()
+        preallocate(out.fileno(), 4, 8 * 1024 * 1024)
+        status = os.fstat(out.fileno())
+    assert status.st_size == 4
+    assert status.st_blocks * 512 >= 8 * 1024 * 1024
+
+
+def test_a_file_that_cannot_be_written_fails_at_once(ext4_dir: Path) -> None:
+    preallocate = preallocator_for(ext4_dir)
+    assert preallocate is not None
+    with (ext4_dir / "huge").open("wb") as out, pytest.raises(OSError) as raised:
+        preallocate(out.fileno(), 2**62, 2**20)  # beyond ext4's largest file
+    assert raised.value.errno == errno.EFBIG
+
+
+def test_other_failures_only_mean_no_preallocation(ext4_dir: Path) -> None:
+    preallocate = preallocator_for(ext4_dir)
+    assert preallocate is not None
+    with (ext4_dir / "empty").open("wb") as out:
+        preallocate(out.fileno(), 0, 0)  # EINVAL from the kernel; the write goes on
+        assert os.fstat(out.fileno()).st_blocks == 0
+
+
+def test_other_file_systems_are_left_alone() -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or file_system_type(shm) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm")
+    assert preallocator_for(shm) is None
