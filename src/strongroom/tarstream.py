@@ -148,10 +148,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
         raw[key] = value
         position = end
     binary = raw.get(b"hdrcharset") == b"BINARY"
-    records: dict[str, str] = {}
-    for key, value in raw.items():
-        records[key.decode("utf-8", "surrogateescape")] = _pax_text(value, binary)
-    return records
+    return {key.decode("utf-8", "surrogateescape"): _pax_text(v, binary) for key, v in raw.items()}
 
 
 def _apply_pax(member: tarfile.TarInfo, records: dict[str, str]) -> None:
