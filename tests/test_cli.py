@@ -491,12 +491,14 @@ def test_a_local_file_that_cannot_be_used_is_exit_12(
 def test_a_full_disk_during_restore_names_the_target(
     cli: Cli, backup: str, tmp_path: Path, passcode_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failed write carries no file name; the error line still says where."""
+    """A failed write carries no file name; the error line still says where. (Files are
+    written on this thread here, so the failure can be injected.)"""
 
     def disk_full(*_args: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("strongroom.archive._write_file", disk_full)
+    monkeypatch.setattr("strongroom.filewrite.MAX_HELPERS", 0)
+    monkeypatch.setattr("strongroom.filewrite.write_file", disk_full)
     target = tmp_path / "restored"
     outcome = cli("restore", backup, "--target", target, "--passcode-file", passcode_file)
     assert outcome.code == 12

@@ -10,36 +10,28 @@ Extraction reads members with `tarstream` and refuses absolute paths, `..`, link
 point outside the target and device files (Python's tarfile "data" filter, for links and
 for paths that run through one; names alone for the rest, see `_PathGuard`), but keeps
 permission bits and, when running as root, ownership. A file or link replaces whatever
-has its name; it never writes through it. Small files are written on a few threads, each
-with an open, write, fstat, futimens and close (and an fchown or fchmod only where the new
-file's owner or mode is not yet the member's). Large files are written on the main thread,
-their blocks preallocated first where that pays (`preallocate`).
+has its name; it never writes through it. Small files are written by helper processes
+(`filewrite`); large files on the main thread, their blocks preallocated first where
+that pays (`preallocate`).
 """
 
 from __future__ import annotations
 
-import functools
-import grp
 import io
 import os
-import pwd
-import stat
 import tarfile
-import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
+from .filewrite import FileMeta, SmallFileWriters, in_place, owner_ids, write_file
 from .preallocate import Preallocate, preallocator_for
 from .tarstream import TarSource, read_members
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer as Buffer
     from _typeshed import StrOrBytesPath, SupportsRead
 
 __all__ = [
@@ -52,20 +44,14 @@ __all__ = [
     "write_archive",
 ]
 
-_Made = TypeVar("_Made")
-
 #: A named stream: a binary file object, or an iterable of bytes.
 StreamSource = BinaryIO | Iterable[bytes]
 
 STREAM_PART_SIZE = 8 * 1024 * 1024
 PART_RECORD = "STRONGROOM.part"
 COPY_BUFFER = 1024 * 1024
-#: Regular files up to this size are written by `_FileWriters`, several at a time.
+#: Regular files up to this size are written by `SmallFileWriters`, several at a time.
 SMALL_FILE = 1024 * 1024
-#: One writer thread per core (up to 8): creating files is kernel work bound by CPU.
-WRITER_THREADS = min(os.cpu_count() or 2, 8)
-#: Small files handed to a writer thread at once (up to SMALL_FILE bytes in all).
-WRITER_BATCH = 32
 #: Finished directories whose attributes are set together, after the pending writes.
 DIRECTORY_GROUP = 1000
 
@@ -223,7 +209,7 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     guard = _PathGuard(target)
     root = os.path.join(target, "")
     preallocate = preallocator_for(target)
-    with _FileWriters() as writers:
+    with SmallFileWriters() as writers:
         directories = _Directories(writers)
         for member in read_members(stream):
             match = _selection_match(member.name, selected)
@@ -242,9 +228,9 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
                 if PART_RECORD in safe.pax_headers:
                     _append_part(stream, safe, path, preallocate)
                 elif safe.size <= SMALL_FILE:
-                    writers.submit(safe, path, list(_views(stream, safe.size)), safe.size)
+                    writers.submit(_file_meta(safe, path), list(_views(stream, safe.size)))
                 else:
-                    _write_file(safe, path, _views(stream, safe.size), preallocate)
+                    write_file(_file_meta(safe, path), _views(stream, safe.size), preallocate)
             else:  # a symbolic or hard link; the guard refuses everything else
                 writers.wait_all()  # a link could redirect a pending write
                 _make_link(safe, path, target)
@@ -262,7 +248,7 @@ class _Directories:
     another order puts something in it later.
     """
 
-    def __init__(self, writers: _FileWriters) -> None:
+    def __init__(self, writers: SmallFileWriters) -> None:
         self._writers = writers
         self._open: list[tuple[tarfile.TarInfo, str]] = []  # the path to the current member
         self._done: list[tuple[tarfile.TarInfo, str]] = []  # deepest first
@@ -293,143 +279,17 @@ class _Directories:
             os.chmod(path, member.mode)
 
 
-class _FileWriters:
-    """Writes small regular files on a few threads while the stream is read on.
-
-    A restore of many small files waits on creating them, not on bytes, so a few files
-    are written at once, handed over in batches to keep thread switches rare. Safety:
-    the main thread checks each path first, and before a link (which could redirect a
-    later path) every pending write is finished.
-
-    Both threads may fill one directory at once. Giving each thread whole directories
-    instead was tried twice (docs/benchmarks.md), meant for the minutes after a mass delete
-    when ext4 searches long for a free inode under the directory's lock; the measurements
-    disagree (3% slower, then 7% faster on a quiet disk), so the simpler pool stays.
-    """
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="strongroom-file")
-        self._slots = threading.BoundedSemaphore(WRITER_THREADS * 2)
-        self._batch: list[tuple[tarfile.TarInfo, str, list[memoryview]]] = []
-        self._batch_paths: set[str] = set()
-        self._batch_bytes = 0
-        self._in_flight: list[tuple[Future[None], list[str]]] = []
-        self._pending: dict[str, Future[None]] = {}  # path → the write in flight for it
-
-    def __enter__(self) -> _FileWriters:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def submit(
-        self, member: tarfile.TarInfo, path: str, pieces: list[memoryview], size: int
-    ) -> None:
-        """Queue a small file (its contents as views into the stream's chunks); a full
-        batch goes to a writer thread."""
-        self._batch.append((member, path, pieces))
-        self._batch_paths.add(path)
-        self._batch_bytes += size
-        if len(self._batch) >= WRITER_BATCH or self._batch_bytes >= SMALL_FILE:
-            self._flush()
-
-    def wait_for(self, path: str) -> None:
-        """Return once any queued write of `path` is done (raising its failure)."""
-        if path in self._batch_paths:
-            self._flush()
-        future = self._pending.get(path)
-        if future is not None:
-            future.result()
-
-    def wait_all(self) -> None:
-        self._flush()
-        for future, paths in self._in_flight:
-            self._retire(future, paths)
-        self._in_flight = []
-
-    def _retire(self, future: Future[None], paths: list[str]) -> None:
-        future.result()  # raises a failed write at once
-        for path in paths:
-            if self._pending.get(path) is future:
-                del self._pending[path]
-
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        running = []
-        for future, paths in self._in_flight:
-            if future.done():
-                self._retire(future, paths)
-            else:
-                running.append((future, paths))
-        batch, paths = self._batch, [path for _, path, _ in self._batch]
-        self._batch, self._batch_paths, self._batch_bytes = [], set(), 0
-        self._slots.acquire()
-        future = self._executor.submit(_write_files, batch)
-        future.add_done_callback(lambda _: self._slots.release())
-        self._pending.update((path, future) for path in paths)
-        self._in_flight = [*running, (future, paths)]
-
-
-def _write_files(batch: list[tuple[tarfile.TarInfo, str, list[memoryview]]]) -> None:
-    for member, path, pieces in batch:
-        _write_file(member, path, pieces)
-
-
-def _write_file(
-    member: tarfile.TarInfo,
-    path: str,
-    pieces: Iterable[Buffer],
-    preallocate: Preallocate | None = None,
-) -> None:
-    """Create the file (replacing, never following, whatever has its name) with its
-    contents, then its owner, mode and mtime, all through one file descriptor."""
-    fd = _create(path, member.mode)
-    try:
-        if preallocate is not None:
-            preallocate(fd, 0, member.size)
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(fd, view) :]
-        _set_owner_and_mode(member, fd)
-        os.utime(fd, (member.mtime, member.mtime))
-    finally:
-        os.close(fd)
-
-
-def _create(path: str, mode: int) -> int:
-    """Create a new file for writing, replacing (never opening) whatever has its name. It
-    gets `mode` (less the umask) at once, which is safe because the staging directory is
-    private to this process's user."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    return _in_place(path, lambda: os.open(path, flags, mode))
-
-
-def _in_place(path: str, make: Callable[[], _Made]) -> _Made:
-    """Run `make`, which creates `path` and fails if anything has that name; if it fails
-    for want of the directory or because of an earlier entry, fix that and run it again."""
-    try:
-        return make()
-    except FileNotFoundError:  # no member for its directory came first
-        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    except FileExistsError:  # a file or link of the same name came first
-        os.unlink(path)
-    return make()
-
-
-def _set_owner_and_mode(member: tarfile.TarInfo, fd: int) -> None:
-    """Give an open file the member's owner (as root) and mode, skipping the calls that
-    would change nothing: an fstat is cheaper than an fchown or fchmod, which dirty the
-    inode even when the values are already right (as they are for most restored files;
-    creating 20,000 files took 12% less kernel time)."""
-    status = os.fstat(fd)
-    if os.geteuid() == 0:
-        owner = _owner_ids(member.uname, member.uid, member.gname, member.gid)
-        if owner != (status.st_uid, status.st_gid):
-            os.fchown(fd, *owner)
-    if stat.S_IMODE(status.st_mode) != member.mode:
-        os.fchmod(fd, member.mode)
+def _file_meta(member: tarfile.TarInfo, path: str) -> FileMeta:
+    return FileMeta(
+        path,
+        member.size,
+        member.mode,
+        member.mtime,
+        member.uname,
+        member.uid,
+        member.gname,
+        member.gid,
+    )
 
 
 def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
@@ -437,7 +297,7 @@ def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
     whatever has its name; then its owner and mtime, and unless it is (a hard link to) a
     symbolic link, whose target chmod would change, its mode."""
     if member.issym():
-        _in_place(path, lambda: os.symlink(member.linkname, path))
+        in_place(path, lambda: os.symlink(member.linkname, path))
     else:
         original = os.path.join(target, member.linkname)
         if not os.path.lexists(original):
@@ -445,7 +305,7 @@ def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
                 f"{member.name!r} is a hard link to {member.linkname!r}, which this restore "
                 "does not include; restore both paths."
             )
-        _in_place(path, lambda: os.link(original, path, follow_symlinks=False))
+        in_place(path, lambda: os.link(original, path, follow_symlinks=False))
     _set_owner(member, path)
     if not os.path.islink(path):
         os.chmod(path, member.mode)
@@ -456,17 +316,7 @@ def _set_owner(member: tarfile.TarInfo, path: str) -> None:
     """As root, give the path the member's owner (by name where this system knows it);
     a path that is a link gets the link's own owner, never its target's."""
     if os.geteuid() == 0:
-        os.lchown(path, *_owner_ids(member.uname, member.uid, member.gname, member.gid))
-
-
-@functools.cache
-def _owner_ids(uname: str, uid: int, gname: str, gid: int) -> tuple[int, int]:
-    """The member's owner on this system: by name where it knows the name, else by number."""
-    with suppress(KeyError):
-        uid = pwd.getpwnam(uname).pw_uid if uname else uid
-    with suppress(KeyError):
-        gid = grp.getgrnam(gname).gr_gid if gname else gid
-    return uid, gid
+        os.lchown(path, *owner_ids(member.uname, member.uid, member.gname, member.gid))
 
 
 def scan_archive(stream: TarSource) -> int:

@@ -1,0 +1,108 @@
+"""SmallFileWriters: files written by helper processes land exactly, in order, and
+every failure (of a write, or of a helper) reaches the caller; no helper outlives it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+
+from strongroom import filewrite
+from strongroom.filewrite import FileMeta, SmallFileWriters
+
+
+def meta(path: Path, data: bytes, mode: int = 0o640, mtime: float = 1_600_000_000.5) -> FileMeta:
+    return FileMeta(str(path), len(data), mode, mtime, "", os.getuid(), "", os.getgid())
+
+
+def submit(writers: SmallFileWriters, path: Path, data: bytes, **kwargs: float) -> None:
+    view = memoryview(data)
+    writers.submit(meta(path, data, **kwargs), [view[:7], view[7:]])  # pieces, as chunks give
+
+
+def no_children_left() -> bool:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+@pytest.fixture(params=["helpers", "this thread"])
+def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    if request.param == "this thread":
+        monkeypatch.setattr(filewrite, "MAX_HELPERS", 0)
+    return 0 if request.param == "this thread" else min(os.cpu_count() or 2, 8)
+
+
+def test_many_files_land_with_their_bytes_mode_and_mtime(tmp_path: Path, helpers: int) -> None:
+    files = {tmp_path / f"d{n % 7}" / f"f{n}": os.urandom(n * 97 % 70_000) for n in range(600)}
+    with SmallFileWriters() as writers:
+        assert writers.helper_count == helpers
+        for n, (path, data) in enumerate(files.items()):
+            submit(writers, path, data, mode=0o600 + n % 0o100, mtime=1_500_000_000 + n)
+        writers.wait_all()
+    for n, (path, data) in enumerate(files.items()):
+        assert path.read_bytes() == data
+        status = path.stat()
+        assert stat.S_IMODE(status.st_mode) == 0o600 + n % 0o100
+        assert status.st_mtime == 1_500_000_000 + n
+    assert no_children_left()
+
+
+def test_a_later_file_of_the_same_name_lands_last(tmp_path: Path, helpers: int) -> None:
+    target = tmp_path / "same"
+    with SmallFileWriters() as writers:
+        for n in range(200):
+            writers.wait_for(str(target))
+            submit(writers, target, f"version {n}".encode() * 50)
+            submit(writers, tmp_path / f"other{n}", b"x" * 30_000)  # keeps batches moving
+        writers.wait_all()
+    assert target.read_bytes() == b"version 199" * 50
+
+
+def test_a_failed_write_is_raised_and_stops_the_helpers(tmp_path: Path, helpers: int) -> None:
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(OSError) as raised, SmallFileWriters() as writers:
+        submit(writers, tmp_path / "fine", b"fine, this one")
+        submit(writers, tmp_path / "a-file" / "below", b"cannot be: its directory is a file")
+        writers.wait_all()
+    assert raised.value.errno == errno.ENOTDIR
+    assert no_children_left()
+
+
+def test_a_helper_that_dies_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="ended unexpectedly"), SmallFileWriters() as writers:
+        submit(writers, tmp_path / "first", b"starts the helpers")
+        assert writers.helper_count
+        for helper in writers._helpers:
+            os.kill(helper.process.pid, signal.SIGKILL)
+        for n in range(100):
+            submit(writers, tmp_path / f"f{n}", b"y" * 40_000)
+        writers.wait_all()
+    assert no_children_left()
+
+
+def test_without_a_python_to_start_files_are_written_on_this_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filewrite.sys, "executable", "")
+    with SmallFileWriters() as writers:
+        assert writers.helper_count == 0
+        submit(writers, tmp_path / "here", b"written right away")
+        assert (tmp_path / "here").read_bytes() == b"written right away"
+
+
+def test_if_the_helpers_cannot_start_files_are_written_on_this_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filewrite.sys, "executable", str(tmp_path / "gone" / "python"))
+    with SmallFileWriters() as writers:
+        submit(writers, tmp_path / "here", b"written right away")
+        assert writers.helper_count == 0
+        assert (tmp_path / "here").read_bytes() == b"written right away"
+    assert no_children_left()
