@@ -296,7 +296,7 @@ class _Helper:
             raise self._ended() from None
         self.in_flight += 1
 
-    def receive(self) -> tuple[int, tuple[int, str, str | None] | None]:
+    def receive(self) -> tuple[int, tuple[Any, ...] | None]:
         try:
             slot, failure = _read_message(self.acks)
         except EOFError:
@@ -355,7 +355,7 @@ def _serve(tasks: int, acks: int, memory_fd: int) -> None:
                 meta = FileMeta(*fields)
                 write_file(meta, (memory[start : start + meta.size],))
         except OSError as exc:
-            failure = (exc.errno, exc.strerror, exc.filename)
+            failure = (exc.errno, exc.strerror, exc.filename) if exc.errno else (str(exc),)
         _write_message(acks, (slot, failure))
 
 
