@@ -75,16 +75,35 @@ def test_a_failed_write_is_raised_and_stops_the_helpers(tmp_path: Path, helpers:
     assert no_children_left()
 
 
-def test_a_helper_that_dies_is_an_error_not_a_hang(tmp_path: Path) -> None:
-    with pytest.raises(OSError, match="ended unexpectedly"), SmallFileWriters() as writers:
-        submit(writers, tmp_path / "first", b"starts the helpers")
-        assert writers.helper_count
-        for helper in writers._helpers:
-            os.kill(helper.process.pid, signal.SIGKILL)
-        for n in range(100):
-            submit(writers, tmp_path / f"f{n}", b"y" * 40_000)
+def test_if_a_helper_dies_this_thread_writes_everything_it_had(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = {tmp_path / f"f{n}": os.urandom(40_000) for n in range(300)}
+    with SmallFileWriters() as writers:
+        for n, (path, data) in enumerate(files.items()):
+            submit(writers, path, data)
+            if n == 100:
+                assert writers.helper_count
+                os.kill(writers._helpers[0].process.pid, signal.SIGKILL)
         writers.wait_all()
+        assert writers.helper_count == 0
+    assert all(path.read_bytes() == data for path, data in files.items())
+    assert "ended unexpectedly (exit code -9)" in caplog.text
     assert no_children_left()
+
+
+def test_helpers_get_no_strongroom_settings_and_exact_file_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRONGROOM_PASSCODE", "never-in-a-helper")
+    name = os.fsdecode(b"caf\xe9-not-utf8")  # a surrogate-escaped name
+    with SmallFileWriters() as writers:
+        submit(writers, tmp_path / name, b"bytes")
+        environment = Path(f"/proc/{writers._helpers[0].process.pid}/environ").read_bytes()
+        writers.wait_all()
+    assert b"STRONGROOM_PASSCODE" not in environment
+    assert b"PATH=" in environment
+    assert os.listdir(os.fsencode(tmp_path)) == [b"caf\xe9-not-utf8"]
 
 
 def test_without_a_python_to_start_files_are_written_on_this_thread(
@@ -106,3 +125,13 @@ def test_if_the_helpers_cannot_start_files_are_written_on_this_thread(
         assert writers.helper_count == 0
         assert (tmp_path / "here").read_bytes() == b"written right away"
     assert no_children_left()
+
+
+def test_a_file_larger_than_a_batch_is_written_at_once(tmp_path: Path) -> None:
+    data = os.urandom(filewrite.BATCH_BYTES + 1)
+    with SmallFileWriters() as writers:
+        submit(writers, tmp_path / "small", b"queued")
+        submit(writers, tmp_path / "large", data)
+        assert (tmp_path / "large").read_bytes() == data
+        writers.wait_all()
+    assert (tmp_path / "small").read_bytes() == b"queued"

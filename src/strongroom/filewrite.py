@@ -6,8 +6,8 @@ holds it most of the time. So small files are written by helper processes, each 
 its own interpreter: the main process copies a batch of files into a slot of shared
 memory and sends the helper their names and metadata down a pipe; the helper writes
 them and says which slot it has finished with (or why it failed). Where helpers cannot
-be started (no `os.memfd_create`, no Python executable), files are written in order on
-the calling thread.
+be started (no `os.memfd_create`, no Python executable), or one ends unexpectedly, files
+are written in order on the calling thread.
 
 This module imports the standard library only, and runs as the helper's program
 (`python -I -S filewrite.py TASKS ACKS MEMORY`), so a helper starts in milliseconds.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import grp
+import logging
 import mmap
 import os
 import pickle
@@ -51,12 +52,13 @@ _LENGTH = struct.Struct("<I")
 _PYTHON = re.compile(r"python[0-9.]*(\.exe)?")
 
 _Made = TypeVar("_Made")
+_log = logging.getLogger("strongroom.filewrite")
 
 
 class FileMeta(NamedTuple):
     """Where a restored file goes, its size, and what it gets besides its bytes."""
 
-    path: str
+    path: str | bytes
     size: int
     mode: int
     mtime: float
@@ -87,7 +89,7 @@ def write_file(
         os.close(fd)
 
 
-def _create(path: str, mode: int) -> int:
+def _create(path: str | bytes, mode: int) -> int:
     """Create a new file for writing, replacing (never opening) whatever has its name. It
     gets `mode` (less the umask) at once, which is safe because the staging directory is
     private to this process's user."""
@@ -95,7 +97,7 @@ def _create(path: str, mode: int) -> int:
     return in_place(path, lambda: os.open(path, flags, mode))
 
 
-def in_place(path: str, make: Callable[[], _Made]) -> _Made:
+def in_place(path: str | bytes, make: Callable[[], _Made]) -> _Made:
     """Run `make`, which creates `path` and fails if anything has that name; if it fails
     for want of the directory or because of an earlier entry, fix that and run it again."""
     try:
@@ -136,7 +138,7 @@ class SmallFileWriters:
 
     The caller checks every path first, and calls `wait_for` before it touches a path
     again and `wait_all` before anything (a link) that could redirect a pending write.
-    A helper's failure is raised as an OSError by the next call that waits.
+    A failed write is raised as an OSError by the next call that waits.
     """
 
     def __init__(self) -> None:
@@ -145,10 +147,10 @@ class SmallFileWriters:
         self._memory: mmap.mmap | None = None
         self._may_start = min(os.cpu_count() or 2, MAX_HELPERS) if _can_start_helpers() else 0
         self._free: list[int] = []
-        self._in_flight: dict[int, list[str]] = {}  # slot → the paths of its batch
-        self._pending: dict[str, int] = {}  # path → the slot of its batch in flight
+        self._in_flight: dict[int, list[tuple[FileMeta, int]]] = {}  # slot → its batch
+        self._pending: dict[str | bytes, int] = {}  # path → the slot of its batch in flight
         self._batch: list[tuple[FileMeta, int]] = []  # each file and where it starts
-        self._batch_paths: set[str] = set()
+        self._batch_paths: set[str | bytes] = set()
         self._batch_bytes = 0
         self._slot = -1
 
@@ -156,7 +158,8 @@ class SmallFileWriters:
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self._stop(kill=exc_type is not None)
+        self._stop_helpers(kill=exc_type is not None)
+        self._release_memory()
 
     @property
     def helper_count(self) -> int:
@@ -165,16 +168,18 @@ class SmallFileWriters:
         return len(self._helpers) or self._may_start
 
     def submit(self, meta: FileMeta, pieces: list[memoryview]) -> None:
-        """Write the file soon (at once if there are no helpers)."""
+        """Write the file soon (at once if there are no helpers, or it is larger than a
+        batch)."""
+        if meta.size > BATCH_BYTES:
+            write_file(meta, pieces)
+            return
         if self._may_start:
             self._start(self._may_start)
+        if self._slot < 0 and self._helpers:
+            self._take_slot()
         if self._memory is None:
             write_file(meta, pieces)
             return
-        if self._slot < 0:
-            while not self._free:
-                self._collect(block=True)
-            self._slot = self._free.pop()
         start = offset = self._slot * SLOT_SIZE + self._batch_bytes
         for piece in pieces:
             self._memory[offset : offset + len(piece)] = piece
@@ -185,7 +190,7 @@ class SmallFileWriters:
         if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
             self._send()
 
-    def wait_for(self, path: str) -> None:
+    def wait_for(self, path: str | bytes) -> None:
         """Return once any queued write of `path` is done (raising a helper's failure)."""
         if path in self._batch_paths:
             self._send()
@@ -214,42 +219,74 @@ class SmallFileWriters:
                 self._helpers.append(helper)
                 self._ready.register(helper.acks, selectors.EVENT_READ, helper)
         except OSError:
-            self._stop(kill=True)
+            self._stop_helpers(kill=True)
+            self._release_memory()
             return
         finally:
             os.close(fd)
         self._free = list(range(count * SLOTS_PER_HELPER))
 
-    def _stop(self, *, kill: bool) -> None:
+    def _stop_helpers(self, *, kill: bool) -> None:
         """Stop the helpers: once they are done, or at once if `kill`."""
         for helper in self._helpers:
             helper.stop(kill=kill)
         self._helpers = []
         self._ready.close()
+
+    def _release_memory(self) -> None:
         if self._memory is not None:
             self._memory.close()
             self._memory = None
 
+    def _take_slot(self) -> None:
+        self._collect(block=False)
+        while not self._free and self._helpers:
+            self._collect(block=True)
+        if self._helpers:
+            self._slot = self._free.pop()
+
     def _send(self) -> None:
-        if not self._batch:
+        if not self._batch or not self._helpers:
             return
         helper = min(self._helpers, key=lambda h: h.in_flight)
-        helper.send(self._slot, [(*meta, start) for meta, start in self._batch])
-        paths = [meta.path for meta, _ in self._batch]
-        self._in_flight[self._slot] = paths
-        self._pending.update((path, self._slot) for path in paths)
+        try:
+            helper.send(self._slot, [(os.fsencode(m.path), *m[1:], at) for m, at in self._batch])
+        except _HelperEnded as ended:
+            self._do_without_helpers(ended)
+            return
+        self._in_flight[self._slot] = self._batch
+        self._pending.update((meta.path, self._slot) for meta, _ in self._batch)
         self._batch, self._batch_paths, self._batch_bytes, self._slot = [], set(), 0, -1
 
     def _collect(self, *, block: bool) -> None:
         """Take the helpers' reports of finished batches (waiting for one if `block`)."""
         for key, _ in self._ready.select(None if block else 0):
-            slot, failure = key.data.receive()
+            try:
+                slot, failure = key.data.receive()
+            except _HelperEnded as ended:
+                self._do_without_helpers(ended)
+                return
             if failure is not None:
                 raise OSError(*failure)
-            for path in self._in_flight.pop(slot):
-                if self._pending.get(path) == slot:
-                    del self._pending[path]
+            for meta, _ in self._in_flight.pop(slot):
+                if self._pending.get(meta.path) == slot:
+                    del self._pending[meta.path]
             self._free.append(slot)
+
+    def _do_without_helpers(self, ended: _HelperEnded) -> None:
+        """A helper ended unexpectedly (killed, out of memory): stop them all and write
+        their unfinished batches, the next one and every later file on this thread. The
+        batches name distinct paths (see `wait_for`), so rewriting them in any order is
+        safe, and a file a helper left half written is replaced."""
+        _log.warning("%s; this restore writes its other files itself.", ended)
+        self._stop_helpers(kill=True)
+        assert self._memory is not None
+        for batch in [*self._in_flight.values(), self._batch]:
+            for meta, start in batch:
+                write_file(meta, (self._memory[start : start + meta.size],))
+        self._in_flight, self._pending = {}, {}
+        self._batch, self._batch_paths, self._batch_bytes, self._slot = [], set(), 0, -1
+        self._release_memory()
 
 
 def _can_start_helpers() -> bool:
@@ -279,6 +316,7 @@ class _Helper:
                 [sys.executable, "-I", "-S", __file__, *map(str, fds)],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
+                env={k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")},
             )
         except BaseException:
             os.close(task_write)
@@ -293,21 +331,16 @@ class _Helper:
         try:
             _write_message(self.tasks, (slot, batch))
         except BrokenPipeError:
-            raise self._ended() from None
+            raise _HelperEnded(self.process.wait()) from None
         self.in_flight += 1
 
     def receive(self) -> tuple[int, tuple[Any, ...] | None]:
         try:
             slot, failure = _read_message(self.acks)
         except EOFError:
-            raise self._ended() from None
+            raise _HelperEnded(self.process.wait()) from None
         self.in_flight -= 1
         return slot, failure
-
-    def _ended(self) -> OSError:
-        return OSError(
-            f"A file writer process ended unexpectedly (exit code {self.process.wait()})."
-        )
 
     def stop(self, *, kill: bool) -> None:
         if kill:
@@ -315,6 +348,11 @@ class _Helper:
         os.close(self.tasks)  # the helper reads to the end of its tasks, then exits
         self.process.wait()
         os.close(self.acks)
+
+
+class _HelperEnded(Exception):
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"A file writer process ended unexpectedly (exit code {exit_code})")
 
 
 def _write_message(fd: int, message: object) -> None:
