@@ -68,7 +68,8 @@ def test_a_later_file_of_the_same_name_lands_last(tmp_path: Path, helpers: int) 
 def test_a_failed_write_is_raised_and_stops_the_helpers(tmp_path: Path, helpers: int) -> None:
     (tmp_path / "a-file").write_bytes(b"")
     with pytest.raises(OSError) as raised, SmallFileWriters() as writers:
-        submit(writers, tmp_path / "fine", b"fine, this one")
+        for n in range(filewrite.BATCH_FILES + 1):  # the helpers start, if there are any
+            submit(writers, tmp_path / f"fine{n}", b"fine, these")
         submit(writers, tmp_path / "a-file" / "below", b"cannot be: its directory is a file")
         writers.wait_all()
     assert raised.value.errno == errno.ENOTDIR
@@ -98,12 +99,14 @@ def test_helpers_get_no_strongroom_settings_and_exact_file_names(
     monkeypatch.setenv("STRONGROOM_PASSCODE", "never-in-a-helper")
     name = os.fsdecode(b"caf\xe9-not-utf8")  # a surrogate-escaped name
     with SmallFileWriters() as writers:
+        for n in range(filewrite.BATCH_FILES):
+            submit(writers, tmp_path / f"before-the-helpers-{n}", b"")
         submit(writers, tmp_path / name, b"bytes")
         environment = Path(f"/proc/{writers._helpers[0].process.pid}/environ").read_bytes()
         writers.wait_all()
     assert b"STRONGROOM_PASSCODE" not in environment
     assert b"PATH=" in environment
-    assert os.listdir(os.fsencode(tmp_path)) == [b"caf\xe9-not-utf8"]
+    assert b"caf\xe9-not-utf8" in os.listdir(os.fsencode(tmp_path))
 
 
 def test_without_a_python_to_start_files_are_written_on_this_thread(
@@ -121,6 +124,8 @@ def test_if_the_helpers_cannot_start_files_are_written_on_this_thread(
 ) -> None:
     monkeypatch.setattr(filewrite.sys, "executable", str(tmp_path / "gone" / "python"))
     with SmallFileWriters() as writers:
+        for n in range(filewrite.BATCH_FILES):
+            submit(writers, tmp_path / f"f{n}", b"before the helpers would start")
         submit(writers, tmp_path / "here", b"written right away")
         assert writers.helper_count == 0
         assert (tmp_path / "here").read_bytes() == b"written right away"
@@ -135,3 +140,14 @@ def test_a_file_larger_than_a_batch_is_written_at_once(tmp_path: Path) -> None:
         assert (tmp_path / "large").read_bytes() == data
         writers.wait_all()
     assert (tmp_path / "small").read_bytes() == b"queued"
+
+
+def test_a_restore_of_a_few_files_starts_no_helper(tmp_path: Path) -> None:
+    with SmallFileWriters() as writers:
+        for n in range(filewrite.BATCH_FILES):
+            submit(writers, tmp_path / f"f{n}", b"few")
+            assert (tmp_path / f"f{n}").read_bytes() == b"few"  # written at once
+        assert not writers._helpers
+        submit(writers, tmp_path / "one-more", b"starts them")
+        assert writers._helpers
+        writers.wait_all()

@@ -146,6 +146,7 @@ class SmallFileWriters:
         self._ready = selectors.DefaultSelector()
         self._memory: mmap.mmap | None = None
         self._may_start = min(os.cpu_count() or 2, MAX_HELPERS) if _can_start_helpers() else 0
+        self._written_here = 0  # files written on this thread before the helpers start
         self._free: list[int] = []
         self._in_flight: dict[int, list[tuple[FileMeta, int]]] = {}  # slot → its batch
         self._pending: dict[str | bytes, int] = {}  # path → the slot of its batch in flight
@@ -163,8 +164,8 @@ class SmallFileWriters:
 
     @property
     def helper_count(self) -> int:
-        """How many helper processes write, or will from the first file on (0: files are
-        written on the calling thread)."""
+        """How many helper processes write, or will once a batch's worth of files has come
+        (0: files are written on the calling thread)."""
         return len(self._helpers) or self._may_start
 
     def submit(self, meta: FileMeta, pieces: list[memoryview]) -> None:
@@ -174,6 +175,10 @@ class SmallFileWriters:
             write_file(meta, pieces)
             return
         if self._may_start:
+            if self._written_here < BATCH_FILES:  # too few files yet to pay for helpers
+                self._written_here += 1
+                write_file(meta, pieces)
+                return
             self._start(self._may_start)
         if self._slot < 0 and self._helpers:
             self._take_slot()
@@ -203,8 +208,8 @@ class SmallFileWriters:
             self._collect(block=True)
 
     def _start(self, count: int) -> None:
-        """Start the helpers (with the first file, so a restore without small files starts
-        none); if that fails, files are written on this thread."""
+        """Start the helpers (so a restore with few small files starts none); if that
+        fails, files are written on this thread."""
         self._may_start = 0
         try:
             fd = os.memfd_create("strongroom-files", os.MFD_CLOEXEC)
