@@ -132,14 +132,14 @@ def test_if_the_helpers_cannot_start_files_are_written_on_this_thread(
     assert no_children_left()
 
 
-def test_a_file_larger_than_a_batch_is_written_at_once(tmp_path: Path) -> None:
-    data = os.urandom(filewrite.BATCH_BYTES + 1)
+def test_a_file_larger_than_small_file_is_refused(tmp_path: Path, helpers: int) -> None:
     with SmallFileWriters() as writers:
-        submit(writers, tmp_path / "small", b"queued")
-        submit(writers, tmp_path / "large", data)
-        assert (tmp_path / "large").read_bytes() == data
+        with pytest.raises(ValueError, match="more than SMALL_FILE"):
+            submit(writers, tmp_path / "large", bytes(filewrite.SMALL_FILE + 1))
+        submit(writers, tmp_path / "largest", bytes(filewrite.SMALL_FILE))
         writers.wait_all()
-    assert (tmp_path / "small").read_bytes() == b"queued"
+    assert not (tmp_path / "large").exists()
+    assert (tmp_path / "largest").stat().st_size == filewrite.SMALL_FILE
 
 
 def test_a_restore_of_a_few_files_starts_no_helper(tmp_path: Path) -> None:

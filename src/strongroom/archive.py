@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
-from .filewrite import FileMeta, SmallFileWriters, in_place, owner_ids, write_file
+from .filewrite import SMALL_FILE, FileMeta, SmallFileWriters, in_place, owner_ids, write_file
 from .preallocate import Preallocate, preallocator_for
 from .tarstream import TarSource, read_members
 
@@ -50,8 +50,6 @@ StreamSource = BinaryIO | Iterable[bytes]
 STREAM_PART_SIZE = 8 * 1024 * 1024
 PART_RECORD = "STRONGROOM.part"
 COPY_BUFFER = 1024 * 1024
-#: Regular files up to this size are written by `SmallFileWriters`, several at a time.
-SMALL_FILE = 1024 * 1024
 #: Finished directories whose attributes are set together, after the pending writes.
 DIRECTORY_GROUP = 1000
 

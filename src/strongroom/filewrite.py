@@ -41,15 +41,16 @@ __all__ = ["FileMeta", "SmallFileWriters", "in_place", "owner_ids", "write_file"
 #: The most helpers started for one restore (one per core is enough: the work is CPU);
 #: 0 writes every file on the calling thread.
 MAX_HELPERS = 8
-#: A batch is sent once it holds this many files or BATCH_BYTES bytes; a file may take
-#: it past BATCH_BYTES, so a slot holds two batches' worth.
+#: The largest file `SmallFileWriters` takes.
+SMALL_FILE = 1024 * 1024
+#: A batch is sent once it holds this many files or SMALL_FILE bytes; its last file may take
+#: it past that, so a slot holds two files' worth.
 BATCH_FILES = 32
-BATCH_BYTES = 1024 * 1024
-SLOT_SIZE = 2 * BATCH_BYTES
+SLOT_SIZE = 2 * SMALL_FILE
 #: Slots per helper: enough to keep it busy while the main process fills the next.
 SLOTS_PER_HELPER = 4
 _LENGTH = struct.Struct("<I")
-_PYTHON = re.compile(r"python[0-9.]*(\.exe)?")
+_PYTHON = re.compile(r"python[0-9.]*")
 
 _Made = TypeVar("_Made")
 _log = logging.getLogger("strongroom.filewrite")
@@ -150,10 +151,7 @@ class SmallFileWriters:
         self._free: list[int] = []
         self._in_flight: dict[int, list[tuple[FileMeta, int]]] = {}  # slot → its batch
         self._pending: dict[str | bytes, int] = {}  # path → the slot of its batch in flight
-        self._batch: list[tuple[FileMeta, int]] = []  # each file and where it starts
-        self._batch_paths: set[str | bytes] = set()
-        self._batch_bytes = 0
-        self._slot = -1
+        self._new_batch()
 
     def __enter__(self) -> SmallFileWriters:
         return self
@@ -169,11 +167,9 @@ class SmallFileWriters:
         return len(self._helpers) or self._may_start
 
     def submit(self, meta: FileMeta, pieces: list[memoryview]) -> None:
-        """Write the file soon (at once if there are no helpers, or it is larger than a
-        batch)."""
-        if meta.size > BATCH_BYTES:
-            write_file(meta, pieces)
-            return
+        """Write a file of up to SMALL_FILE bytes soon (at once if there are no helpers)."""
+        if meta.size > SMALL_FILE:
+            raise ValueError(f"{meta.path!r} has {meta.size} bytes, more than SMALL_FILE.")
         if self._may_start:
             if self._written_here < BATCH_FILES:  # too few files yet to pay for helpers
                 self._written_here += 1
@@ -192,7 +188,7 @@ class SmallFileWriters:
         self._batch.append((meta, start))
         self._batch_paths.add(meta.path)
         self._batch_bytes += meta.size
-        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= SMALL_FILE:
             self._send()
 
     def wait_for(self, path: str | bytes) -> None:
@@ -261,7 +257,13 @@ class SmallFileWriters:
             return
         self._in_flight[self._slot] = self._batch
         self._pending.update((meta.path, self._slot) for meta, _ in self._batch)
-        self._batch, self._batch_paths, self._batch_bytes, self._slot = [], set(), 0, -1
+        self._new_batch()
+
+    def _new_batch(self) -> None:
+        self._batch: list[tuple[FileMeta, int]] = []  # each file and where it starts
+        self._batch_paths: set[str | bytes] = set()
+        self._batch_bytes = 0
+        self._slot = -1  # its slot of shared memory, taken with its first file
 
     def _collect(self, *, block: bool) -> None:
         """Take the helpers' reports of finished batches (waiting for one if `block`)."""
@@ -290,7 +292,7 @@ class SmallFileWriters:
             for meta, start in batch:
                 write_file(meta, (self._memory[start : start + meta.size],))
         self._in_flight, self._pending = {}, {}
-        self._batch, self._batch_paths, self._batch_bytes, self._slot = [], set(), 0, -1
+        self._new_batch()
         self._release_memory()
 
 

@@ -6,7 +6,7 @@ reservation for every page, and writeback takes as long as before. A file that c
 fit also fails before any of it is written. Other file systems are left alone: btrfs
 writes preallocated ranges uncompressed, and the rest is unmeasured. For small files it
 costs more than it saves (one more call per file), so only what the main thread writes asks
-for it: files above `archive.SMALL_FILE` and the later parts of a named stream.
+for it: files above `filewrite.SMALL_FILE` and the later parts of a named stream.
 """
 
 from __future__ import annotations
