@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 import tomllib
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from strongroom import Engine
 from strongroom.cli import main
 from strongroom.web.auth import hash_token
 from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot
+from tests.forge import entry, forge_backup, tar_of
 
 #: The passcode of every backup here; it must never appear in any output.
 PASSCODE = "Cli-Passc0de-that-must-never-print"
@@ -413,19 +415,21 @@ def test_tampered_backup_is_exit_8(
 
 
 def test_unsafe_archive_is_exit_10(
-    cli: Cli, fast: Engine, tmp_path: Path, passcode_file: Path
+    cli: Cli, home: Path, tmp_path: Path, passcode_file: Path
 ) -> None:
-    """An absolute symlink is refused on restore; the rest can be restored by name."""
-    source = tmp_path / "unsafe" / "root"
-    source.mkdir(parents=True)
-    (source / "fine.txt").write_text("fine\n")
-    (source / "escape").symlink_to("/etc/passwd")
-    fast.create("unsafe", [source], passcode=PASSCODE)
+    """A member through a link the backup made is refused on restore; the rest can be
+    restored by name. (An absolute link alone is data, restored as it is.)"""
+    members = [
+        (entry("root/fine.txt"), b"fine\n"),
+        (entry("root/escape", tarfile.SYMTYPE, "/etc"), b""),
+        (entry("root/escape/passwd"), b"pwned\n"),
+    ]
+    forge_backup(home / "stores" / "backupsDefault", "unsafe", PASSCODE, tar_of(members))
 
     target = tmp_path / "unsafe-target"
     refused = cli("restore", "unsafe", "--target", target, "--passcode-file", passcode_file)
     assert refused.code == 10
-    assert "root/escape" in refused.error_line
+    assert "root/escape/passwd" in refused.error_line
     assert not target.exists()
     partial = cli(
         "restore", "unsafe", "root/fine.txt", "--target", target, "--passcode-file", passcode_file

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from strongroom import (
     Engine,
     InvalidNameError,
     PasscodeError,
-    UnsafeArchiveError,
     archive,
 )
 from strongroom.format import data_prefix, manifest_key
@@ -364,98 +362,6 @@ def test_delete_removes_manifest_and_data(engine: Engine, home: Path, tree: Path
 def test_unknown_store_is_a_clear_error(engine: Engine, tree: Path) -> None:
     with pytest.raises(ConfigError, match="strongroom stores add offsite"):
         engine.create("x", [tree], passcode=PASSCODE, store="offsite")
-
-
-def back_up_members(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, name: str, members: list[tarfile.TarInfo]
-) -> None:
-    """A backup whose archive holds exactly these members (files hold their own name)."""
-
-    def write_members(sink: io.RawIOBase, sources: object, streams: object) -> None:
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            for member in members:
-                data = member.name.encode() if member.isreg() else b""
-                member.size = len(data)
-                tar.addfile(member, io.BytesIO(data) if member.isreg() else None)
-
-    monkeypatch.setattr("strongroom.engine.write_archive", write_members)
-    engine.create(name, passcode=PASSCODE, streams={"x": io.BytesIO()})
-
-
-def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    return info
-
-
-@pytest.mark.parametrize(
-    ("kind", "name", "linkname"),
-    [
-        (tarfile.REGTYPE, "../escape.txt", ""),
-        (tarfile.REGTYPE, "/etc/evil", ""),
-        (tarfile.SYMTYPE, "abs-link", "/etc/passwd"),
-        (tarfile.SYMTYPE, "up-link", "../../outside"),
-        (tarfile.CHRTYPE, "device", ""),
-        (tarfile.REGTYPE, "", ""),
-        (tarfile.SYMTYPE, "dir/.", "elsewhere"),
-    ],
-)
-def test_restore_never_writes_outside_the_target(
-    engine: Engine,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    kind: bytes,
-    name: str,
-    linkname: str,
-) -> None:
-    hostile = member(name, kind, linkname)
-    back_up_members(engine, monkeypatch, "hostile", [member("fine.txt"), hostile])
-    with pytest.raises(UnsafeArchiveError, match="will not restore|outside the target"):
-        engine.restore("hostile", tmp_path / "sandbox" / "out", passcode=PASSCODE)
-    assert not (tmp_path / "sandbox").exists(), "the parents a failed restore made are gone too"
-    assert not (tmp_path / "escape.txt").exists()
-
-
-def test_files_through_links_inside_the_target_are_restored_and_links_are_replaced_not_followed(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    back_up_members(
-        engine,
-        monkeypatch,
-        "linked",
-        [
-            member("real", tarfile.DIRTYPE),
-            member("alias", tarfile.SYMTYPE, "real"),
-            member("alias/through.txt"),  # lands in real/, as tar puts it
-            member("Alias/case.txt"),  # another directory here; checked like a link's path
-            member("real/original.txt"),
-            member("pointer", tarfile.SYMTYPE, "real/original.txt"),
-            member("pointer"),  # a file of the link's name replaces the link
-        ],
-    )
-    out = tmp_path / "out"
-    engine.restore("linked", out, passcode=PASSCODE)
-    assert (out / "real" / "through.txt").read_bytes() == b"alias/through.txt"
-    assert (out / "Alias" / "case.txt").read_bytes() == b"Alias/case.txt"
-    assert (out / "real" / "original.txt").read_bytes() == b"real/original.txt"
-    assert not (out / "pointer").is_symlink()
-    assert (out / "pointer").read_bytes() == b"pointer"
-
-
-def test_a_file_replaces_a_hard_link_of_its_name_instead_of_writing_through_it(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    back_up_members(
-        engine,
-        monkeypatch,
-        "relinked",
-        [member("original"), member("alias", tarfile.LNKTYPE, "original"), member("alias")],
-    )
-    out = tmp_path / "out"
-    engine.restore("relinked", out, passcode=PASSCODE)
-    assert (out / "original").read_bytes() == b"original"
-    assert (out / "alias").read_bytes() == b"alias"
 
 
 @pytest.mark.parametrize("umask", [0o077, 0o000])

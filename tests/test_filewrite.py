@@ -7,21 +7,48 @@ import errno
 import os
 import signal
 import stat
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from strongroom import filewrite
-from strongroom.filewrite import FileMeta, SmallFileWriters
+from strongroom.filewrite import FileMeta, SmallFileWriters, Staging
 
 
 def meta(path: Path, data: bytes, mode: int = 0o640, mtime: float = 1_600_000_000.5) -> FileMeta:
     return FileMeta(str(path), len(data), mode, mtime, "", os.getuid(), "", os.getgid())
 
 
+#: The test's tmp_path: the staging directory that `submit` names paths relative to.
+ROOT = Path("/")
+
+
+@pytest.fixture(autouse=True)
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+
+
+@contextmanager
+def writers_in(root: Path) -> Iterator[SmallFileWriters]:
+    """Writers into `root` as a restore's staging directory; paths are relative to it."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    staging = Staging(fd)
+    try:
+        with SmallFileWriters(staging) as writers:
+            yield writers
+    finally:
+        staging.close()
+        os.close(fd)
+
+
 def submit(writers: SmallFileWriters, path: Path, data: bytes, **kwargs: float) -> None:
+    """Submit `path`, given under the test's tmp_path, by its path relative to that."""
     view = memoryview(data)
-    writers.submit(meta(path, data, **kwargs), [view[:7], view[7:]])  # pieces, as chunks give
+    relative = Path(*path.parts[len(ROOT.parts) :]) if path.is_absolute() else path
+    writers.submit(meta(relative, data, **kwargs), [view[:7], view[7:]])  # as chunks give
 
 
 def no_children_left() -> bool:
@@ -41,7 +68,7 @@ def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_many_files_land_with_their_bytes_mode_and_mtime(tmp_path: Path, helpers: int) -> None:
     files = {tmp_path / f"d{n % 7}" / f"f{n}": os.urandom(n * 97 % 70_000) for n in range(600)}
-    with SmallFileWriters() as writers:
+    with writers_in(tmp_path) as writers:
         assert writers.helper_count == helpers
         for n, (path, data) in enumerate(files.items()):
             submit(writers, path, data, mode=0o600 + n % 0o100, mtime=1_500_000_000 + n)
@@ -56,23 +83,31 @@ def test_many_files_land_with_their_bytes_mode_and_mtime(tmp_path: Path, helpers
 
 def test_a_later_file_of_the_same_name_lands_last(tmp_path: Path, helpers: int) -> None:
     target = tmp_path / "same"
-    with SmallFileWriters() as writers:
+    with writers_in(tmp_path) as writers:
         for n in range(200):
-            writers.wait_for(str(target))
+            writers.wait_for("same")
             submit(writers, target, f"version {n}".encode() * 50)
             submit(writers, tmp_path / f"other{n}", b"x" * 30_000)  # keeps batches moving
         writers.wait_all()
     assert target.read_bytes() == b"version 199" * 50
 
 
-def test_a_failed_write_is_raised_and_stops_the_helpers(tmp_path: Path, helpers: int) -> None:
-    (tmp_path / "a-file").write_bytes(b"")
-    with pytest.raises(OSError) as raised, SmallFileWriters() as writers:
+def test_a_write_through_a_link_fails_reaches_nothing_and_stops_the_helpers(
+    tmp_path: Path, helpers: int
+) -> None:
+    """The helpers resolve every path by the staging directory's rules themselves: a
+    link on the path (which no checker upstream caught) is never followed."""
+    staging, outside = tmp_path / "staging", tmp_path / "outside"
+    staging.mkdir()
+    outside.mkdir()
+    (staging / "a-link").symlink_to(outside)
+    with pytest.raises(OSError) as raised, writers_in(staging) as writers:
         for n in range(filewrite.BATCH_FILES + 1):  # the helpers start, if there are any
-            submit(writers, tmp_path / f"fine{n}", b"fine, these")
-        submit(writers, tmp_path / "a-file" / "below", b"cannot be: its directory is a file")
+            submit(writers, Path(f"fine{n}"), b"fine, these")
+        submit(writers, Path("a-link/below"), b"never written outside")
         writers.wait_all()
-    assert raised.value.errno == errno.ENOTDIR
+    assert raised.value.errno == errno.ELOOP
+    assert not any(outside.iterdir())
     assert no_children_left()
 
 
@@ -80,7 +115,7 @@ def test_if_a_helper_dies_this_thread_writes_everything_it_had(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     files = {tmp_path / f"f{n}": os.urandom(40_000) for n in range(300)}
-    with SmallFileWriters() as writers:
+    with writers_in(tmp_path) as writers:
         for n, (path, data) in enumerate(files.items()):
             submit(writers, path, data)
             if n == 100:
@@ -98,7 +133,7 @@ def test_helpers_get_no_strongroom_settings_and_exact_file_names(
 ) -> None:
     monkeypatch.setenv("STRONGROOM_PASSCODE", "never-in-a-helper")
     name = os.fsdecode(b"caf\xe9-not-utf8")  # a surrogate-escaped name
-    with SmallFileWriters() as writers:
+    with writers_in(tmp_path) as writers:
         for n in range(filewrite.BATCH_FILES):
             submit(writers, tmp_path / f"before-the-helpers-{n}", b"")
         submit(writers, tmp_path / name, b"bytes")
@@ -113,7 +148,7 @@ def test_without_a_python_to_start_files_are_written_on_this_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(filewrite.sys, "executable", "")
-    with SmallFileWriters() as writers:
+    with writers_in(tmp_path) as writers:
         assert writers.helper_count == 0
         submit(writers, tmp_path / "here", b"written right away")
         assert (tmp_path / "here").read_bytes() == b"written right away"
@@ -123,7 +158,7 @@ def test_if_the_helpers_cannot_start_files_are_written_on_this_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(filewrite.sys, "executable", str(tmp_path / "gone" / "python"))
-    with SmallFileWriters() as writers:
+    with writers_in(tmp_path) as writers:
         for n in range(filewrite.BATCH_FILES):
             submit(writers, tmp_path / f"f{n}", b"before the helpers would start")
         submit(writers, tmp_path / "here", b"written right away")
@@ -133,7 +168,7 @@ def test_if_the_helpers_cannot_start_files_are_written_on_this_thread(
 
 
 def test_a_file_larger_than_small_file_is_refused(tmp_path: Path, helpers: int) -> None:
-    with SmallFileWriters() as writers:
+    with writers_in(tmp_path) as writers:
         with pytest.raises(ValueError, match="more than SMALL_FILE"):
             submit(writers, tmp_path / "large", bytes(filewrite.SMALL_FILE + 1))
         submit(writers, tmp_path / "largest", bytes(filewrite.SMALL_FILE))
@@ -143,7 +178,7 @@ def test_a_file_larger_than_small_file_is_refused(tmp_path: Path, helpers: int) 
 
 
 def test_a_restore_of_a_few_files_starts_no_helper(tmp_path: Path) -> None:
-    with SmallFileWriters() as writers:
+    with writers_in(tmp_path) as writers:
         for n in range(filewrite.BATCH_FILES):
             submit(writers, tmp_path / f"f{n}", b"few")
             assert (tmp_path / f"f{n}").read_bytes() == b"few"  # written at once

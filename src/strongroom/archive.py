@@ -6,28 +6,30 @@ unknown length is archived as one or more consecutive members of the same name,
 each up to `STREAM_PART_SIZE` bytes; every part after the first carries the pax
 record `STRONGROOM.part` = its number and is appended on extraction.
 
-Extraction reads members with `tarstream` and refuses absolute paths, `..`, links that
-point outside the target and device files (Python's tarfile "data" filter, for links and
-for paths that run through one; names alone for the rest, see `_PathGuard`), but keeps
-permission bits and, when running as root, ownership. A file or link replaces whatever
-has its name; it never writes through it. Small files are written by helper processes
+Extraction reads members with `tarstream`, checks each against `MemberRules` (the same
+rules verify and create apply) and makes it with `filewrite.Staging`, relative to a
+descriptor of the staging directory and never following a link, so no backup can write
+outside it. Symbolic links are restored verbatim, wherever they point; permission bits
+are kept and, when running as root, ownership. A file or link replaces whatever has its
+name; it never writes through it. Small files are written by helper processes
 (`filewrite`); large files on the main thread, their blocks preallocated first where
-that pays (`preallocate`).
+that pays (`preallocate`). Create archives no devices or FIFOs (restore would refuse them)
+and says which it left out.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tarfile
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, NoReturn, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
-from .filewrite import SMALL_FILE, FileMeta, SmallFileWriters, in_place, owner_ids, write_file
+from .filewrite import SMALL_FILE, FileMeta, SmallFileWriters, Staging, owner_ids, write_file
 from .preallocate import Preallocate, preallocator_for
 from .tarstream import TarSource, read_members
 
@@ -35,11 +37,14 @@ if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath, SupportsRead
 
 __all__ = [
+    "MemberRules",
+    "RefusedMember",
     "StreamSource",
     "archive_name_of",
+    "check_archive",
     "extract_archive",
+    "member_path",
     "normalize_archive_path",
-    "scan_archive",
     "source_size",
     "write_archive",
 ]
@@ -156,13 +161,30 @@ def _open_writer(sink: io.RawIOBase) -> _ForgetfulTarFile:
 
 def write_archive(
     sink: io.RawIOBase, sources: Sequence[Path], streams: Mapping[str, StreamSource]
-) -> None:
-    """Write every source and stream into `sink` as one pax tar stream."""
+) -> list[str]:
+    """Write every source and stream into `sink` as one pax tar stream.
+
+    Returns what was left out because a restore would refuse it, each with the reason
+    (devices and FIFOs): and every member goes through `MemberRules`, so nothing written here fails
+    a restore later (a tree read from disk meets them all).
+    """
+    left_out: list[str] = []
+
+    def restorable(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        try:
+            rules.check(member)
+        except RefusedMember as refused:
+            left_out.append(f"{refused.name}: {refused.reason}")
+            return None
+        return member
+
+    rules = MemberRules()
     with _open_writer(sink) as tar:
         for source in sources:
-            tar.add(source, arcname=archive_name_of(source), recursive=True)
+            tar.add(source, arcname=archive_name_of(source), recursive=True, filter=restorable)
         for name, stream in streams.items():
             _add_stream(tar, normalize_archive_path(name), stream)
+    return left_out
 
 
 def _add_stream(tar: tarfile.TarFile, name: str, stream: StreamSource) -> None:
@@ -204,36 +226,81 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     checks). With no selection, everything is extracted.
     """
     found: set[str] = set()
-    guard = _PathGuard(target)
-    root = os.path.join(target, "")
+    rules = MemberRules()
     preallocate = preallocator_for(target)
-    with SmallFileWriters() as writers:
-        directories = _Directories(writers)
-        for member in read_members(stream):
-            match = _selection_match(member.name, selected)
-            if selected and match is None:
-                continue
-            if match is not None:
-                found.add(match)
-            safe = guard.check(member)
-            path = root + safe.name
-            directories.leave_unless_inside(path)
-            if safe.isdir():
-                os.makedirs(path, 0o700, exist_ok=True)
-                directories.enter(safe, path)
-            elif safe.isreg():
-                writers.wait_for(path)  # a later member of the same name must land last
-                if PART_RECORD in safe.pax_headers:
-                    _append_part(stream, safe, path, preallocate)
-                elif safe.size <= SMALL_FILE:
-                    writers.submit(_file_meta(safe, path), list(_views(stream, safe.size)))
-                else:
-                    write_file(_file_meta(safe, path), _views(stream, safe.size), preallocate)
-            else:  # a symbolic or hard link; the guard refuses everything else
-                writers.wait_all()  # a link could redirect a pending write
-                _make_link(safe, path, target)
-        directories.finish_all()
+    root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    staging = Staging(root)
+    try:
+        with SmallFileWriters(staging) as writers:
+            directories = _Directories(writers, staging)
+            for member in read_members(stream):
+                match = _selection_match(member_path(member.name), selected)
+                if selected and match is None:
+                    continue
+                path = rules.check(member)
+                if match is not None:
+                    found.add(match)
+                if path:  # not the archive's own top ('./')
+                    directories.leave_unless_inside(path)
+                    _extract(member, path, stream, staging, writers, directories, preallocate)
+            directories.finish_all()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # what `rules` refuses, should it ever miss one
+            raise UnsafeArchiveError(
+                f"The backup holds {exc.filename!r}, which strongroom will not restore: it "
+                "runs through a link the backup made earlier."
+            ) from None
+        raise
+    finally:
+        staging.close()
+        os.close(root)
     return found
+
+
+def _extract(
+    member: tarfile.TarInfo,
+    path: str,
+    stream: ArchiveReader,
+    staging: Staging,
+    writers: SmallFileWriters,
+    directories: _Directories,
+    preallocate: Preallocate | None,
+) -> None:
+    """Make one checked member at `path`, after any pending write it could replace."""
+    for ancestor in _ancestors(path):  # a file there is replaced by the directory
+        writers.wait_for(ancestor)
+    writers.wait_for(path)
+    if member.isdir():
+        staging.make_directory(path)
+        directories.enter(member, path)
+    elif member.isreg():
+        if PART_RECORD in member.pax_headers:
+            _append_part(stream, member, path, staging, preallocate)
+        elif member.size <= SMALL_FILE:
+            writers.submit(_file_meta(member, path), list(_views(stream, member.size)))
+        else:
+            write_file(_file_meta(member, path), _views(stream, member.size), staging, preallocate)
+    elif member.issym():
+        staging.symlink(member.linkname, path)
+        staging.set_link_metadata(path, _owner(member), member.mtime)
+    else:  # a hard link, to an entry of this restore; the inode has its metadata already
+        original = member_path(member.linkname)
+        writers.wait_for(original)
+        try:
+            staging.hard_link(original, path)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{member.name!r} is a hard link to {member.linkname!r}, which this restore "
+                "does not include; restore both paths."
+            ) from None
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """The directories `path` lies in, outermost first ('a', 'a/b' for 'a/b/c')."""
+    end = path.find("/")
+    while end >= 0:
+        yield path[:end]
+        end = path.find("/", end + 1)
 
 
 class _Directories:
@@ -246,8 +313,9 @@ class _Directories:
     another order puts something in it later.
     """
 
-    def __init__(self, writers: SmallFileWriters) -> None:
+    def __init__(self, writers: SmallFileWriters, staging: Staging) -> None:
         self._writers = writers
+        self._staging = staging
         self._open: list[tuple[tarfile.TarInfo, str]] = []  # the path to the current member
         self._done: list[tuple[tarfile.TarInfo, str]] = []  # deepest first
         self._read_only: list[tuple[tarfile.TarInfo, str]] = []  # deepest first
@@ -257,7 +325,7 @@ class _Directories:
 
     def leave_unless_inside(self, path: str) -> None:
         """Close the open directories that `path` is not inside."""
-        while self._open and not path.startswith(self._open[-1][1] + os.sep):
+        while self._open and not path.startswith(self._open[-1][1] + "/"):
             member, closed = self._open.pop()
             (self._done if member.mode & 0o200 else self._read_only).append((member, closed))
         if len(self._done) >= DIRECTORY_GROUP:
@@ -269,19 +337,21 @@ class _Directories:
         self._writers.wait_all()
         self._finish([*self._done, *reversed(self._open), *self._read_only])
 
-    @staticmethod
-    def _finish(directories: list[tuple[tarfile.TarInfo, str]]) -> None:
+    def _finish(self, directories: list[tuple[tarfile.TarInfo, str]]) -> None:
         for member, path in directories:
-            _set_owner(member, path)  # a directory the guard let through, not a link
-            os.utime(path, (member.mtime, member.mtime))
-            os.chmod(path, member.mode)
+            fd = self._staging.directory(path)
+            owner = _owner(member)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.utime(fd, (member.mtime, member.mtime))
+            os.fchmod(fd, member.mode & 0o777)
 
 
 def _file_meta(member: tarfile.TarInfo, path: str) -> FileMeta:
     return FileMeta(
         path,
         member.size,
-        member.mode,
+        member.mode & 0o777,
         member.mtime,
         member.uname,
         member.uid,
@@ -290,36 +360,23 @@ def _file_meta(member: tarfile.TarInfo, path: str) -> FileMeta:
     )
 
 
-def _make_link(member: tarfile.TarInfo, path: str, target: Path) -> None:
-    """Create a symbolic link, or a hard link to a file restored before it, in place of
-    whatever has its name; then its owner and mtime, and unless it is (a hard link to) a
-    symbolic link, whose target chmod would change, its mode."""
-    if member.issym():
-        in_place(path, lambda: os.symlink(member.linkname, path))
-    else:
-        original = os.path.join(target, member.linkname)
-        if not os.path.lexists(original):
-            raise ConfigError(
-                f"{member.name!r} is a hard link to {member.linkname!r}, which this restore "
-                "does not include; restore both paths."
-            )
-        in_place(path, lambda: os.link(original, path, follow_symlinks=False))
-    _set_owner(member, path)
-    if not os.path.islink(path):
-        os.chmod(path, member.mode)
-    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+def _owner(member: tarfile.TarInfo) -> tuple[int, int] | None:
+    """The member's owner on this system, when running as root (else None: unchanged)."""
+    if os.geteuid() != 0:
+        return None
+    return owner_ids(member.uname, member.uid, member.gname, member.gid)
 
 
-def _set_owner(member: tarfile.TarInfo, path: str) -> None:
-    """As root, give the path the member's owner (by name where this system knows it);
-    a path that is a link gets the link's own owner, never its target's."""
-    if os.geteuid() == 0:
-        os.lchown(path, *owner_ids(member.uname, member.uid, member.gname, member.gid))
-
-
-def scan_archive(stream: TarSource) -> int:
-    """Parse a whole tar stream (member data is read past); return how many members it has."""
-    return sum(1 for _ in read_members(stream))
+def check_archive(stream: TarSource) -> int:
+    """Parse a whole tar stream (member data is read past) through the rules restore
+    applies, so a backup restore would refuse fails here with the same message; return
+    how many members it has."""
+    rules = MemberRules()
+    count = 0
+    for member in read_members(stream):
+        rules.check(member)
+        count += 1
+    return count
 
 
 def _selection_match(name: str, selected: Sequence[str]) -> str | None:
@@ -329,62 +386,97 @@ def _selection_match(name: str, selected: Sequence[str]) -> str | None:
     return None
 
 
-class _PathGuard:
-    """Decides which members may be extracted, without a syscall for most of them.
+def member_path(name: str) -> str:
+    """A member's name as restore uses it: without './', '//' or a trailing '/'."""
+    return "/".join(part for part in name.split("/") if part not in ("", "."))
 
-    The staging directory is new and empty, so the only links in it are those the
-    archive itself made. A file or directory whose path runs through none of them is
-    checked by its name alone; links, and members whose path runs through one, go
-    through tarfile's data filter, which resolves real paths. Paths are compared
-    case-folded and NFC-normalized, so a case-insensitive filesystem cannot hide a link.
+
+_RESTORED_TYPES = {
+    tarfile.REGTYPE: "a file",
+    tarfile.AREGTYPE: "a file",
+    tarfile.CONTTYPE: "a file",
+    tarfile.DIRTYPE: "a directory",
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+}
+_OTHER_TYPES = {
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+}
+
+
+class MemberRules:
+    """The rules a member must meet to be restored: restore, verify and create apply
+    the same ones, so what verifies restores.
+
+    A member's name must stay inside the target (no absolute name, no '..', no NUL),
+    it must be a file, directory, symbolic link or hard link to another member, and its
+    path must not run through a symbolic link an earlier member made, nor replace a
+    directory. Links themselves are data: restored verbatim, wherever they point, and
+    never followed (`filewrite.Staging` makes that so by construction; these rules give
+    the clear message, and let verify and create say it without writing). Names are
+    compared exactly, as Linux file systems do.
     """
 
-    def __init__(self, target: Path) -> None:
-        self._target = str(target)
-        self._links: set[str] = set()
+    def __init__(self) -> None:
+        self._links: set[str] = set()  # symbolic links made, and hard links to them
+        self._directories: set[str] = set()  # directories made, named or implied
 
-    def check(self, member: tarfile.TarInfo) -> tarfile.TarInfo:
-        """The member as it may be extracted (mode bits and ownership kept), or an error."""
-        parts = member.name.split("/")
-        if member.name.startswith("/") or ".." in parts:
-            raise UnsafeArchiveError(
-                f"The backup holds {member.name!r}, which would land outside the target."
-            )
-        if not member.isdir() and parts[-1] in ("", "."):
-            raise UnsafeArchiveError(
-                f"The backup holds {member.name!r}, which strongroom will not restore: "
-                "it does not end in a file name."
-            )
-        plain = member.isreg() or member.isdir()
-        if not plain:
-            self._links.add(_folded(member.name))
-        elif not self._links or not self._runs_through_link(parts):
-            member.mode &= 0o777
-            return member
-        try:
-            filtered = tarfile.data_filter(member, self._target)
-        except tarfile.FilterError as exc:
-            raise UnsafeArchiveError(
-                f"The backup holds {member.name!r}, which strongroom will not restore: {exc}. "
-                "Restore the other paths by naming them."
-            ) from None
-        keep: dict[str, Any] = {
-            "uid": member.uid,
-            "gid": member.gid,
-            "uname": member.uname,
-            "gname": member.gname,
-        }
-        if not member.issym():
-            keep["mode"] = member.mode & 0o777
-        return filtered.replace(**keep, deep=False)
+    def check(self, member: tarfile.TarInfo) -> str:
+        """The path the member is restored at ('' for the top directory itself), or an
+        UnsafeArchiveError saying why it cannot be."""
+        path = self._path(member, member.name, "its name")
+        if member.type not in _RESTORED_TYPES:
+            kind = _OTHER_TYPES.get(member.type, f"of tar type {member.type!r}")
+            _refuse(member, f"it is {kind}; strongroom restores files, directories and links")
+        if not path and not member.isdir():
+            _refuse(member, "it does not end in a file name")
+        if path in self._directories and not member.isdir():
+            _refuse(member, "it would replace a directory of the same name")
+        if member.issym() and "\x00" in member.linkname:
+            _refuse(member, "its link target holds a NUL character")
+        original = self._path(member, member.linkname, "its link target") if member.islnk() else ""
+        if member.islnk() and (not original or original in self._directories):
+            _refuse(member, "it is a hard link to a directory")
+        self._record(member, path, original)
+        return path
 
-    def _runs_through_link(self, parts: list[str]) -> bool:
-        folded = _folded("/".join(parts)).split("/")
-        return any("/".join(folded[:depth]) in self._links for depth in range(1, len(folded) + 1))
+    def _path(self, member: tarfile.TarInfo, name: str, what: str) -> str:
+        path = member_path(name)
+        if name.startswith("/") or "\x00" in name or ".." in path.split("/"):
+            _refuse(member, f"{what} would land outside the target")
+        through = next((d for d in _ancestors(path) if d in self._links), None)
+        if through is not None:
+            _refuse(member, f"{what} runs through {through!r}, a link the backup made earlier")
+        return path
+
+    def _record(self, member: tarfile.TarInfo, path: str, original: str) -> None:
+        directory = path.rpartition("/")[0]
+        while directory and directory not in self._directories:
+            self._directories.add(directory)
+            directory = directory.rpartition("/")[0]
+        if member.isdir():
+            self._directories.add(path)
+        if member.issym() or original in self._links:
+            self._links.add(path)
+        else:
+            self._links.discard(path)
 
 
-def _folded(name: str) -> str:
-    return unicodedata.normalize("NFC", name).casefold()
+class RefusedMember(UnsafeArchiveError):
+    """A member restore will not make, and why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(
+            f"The backup holds {name!r}, which strongroom will not restore: {reason}. "
+            "Restore the other paths by naming them."
+        )
+        self.name, self.reason = name, reason
+
+
+def _refuse(member: tarfile.TarInfo, reason: str) -> NoReturn:
+    raise RefusedMember(member.name, reason)
 
 
 def _views(stream: ArchiveReader, size: int) -> Iterator[memoryview]:
@@ -398,15 +490,20 @@ def _views(stream: ArchiveReader, size: int) -> Iterator[memoryview]:
 
 
 def _append_part(
-    stream: ArchiveReader, member: tarfile.TarInfo, path: str, preallocate: Preallocate | None
+    stream: ArchiveReader,
+    member: tarfile.TarInfo,
+    path: str,
+    staging: Staging,
+    preallocate: Preallocate | None,
 ) -> None:
     """Append one continuation part of a named stream to the file its first part made."""
-    if not os.path.isfile(path) or os.path.islink(path):
+    fd = staging.append_to(path)
+    if fd is None:
         raise IntegrityError(
             f"Part {member.pax_headers[PART_RECORD]} of {member.name!r} has no start."
         )
-    with open(path, "ab") as out:
+    with open(fd, "ab") as out:
         if preallocate is not None:
-            preallocate(out.fileno(), os.fstat(out.fileno()).st_size, member.size)
+            preallocate(fd, os.fstat(fd).st_size, member.size)
         for piece in _views(stream, member.size):
             out.write(piece)

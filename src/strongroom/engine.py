@@ -30,10 +30,10 @@ import pluggy
 
 from .archive import (
     StreamSource,
+    check_archive,
     check_sources,
     extract_archive,
     normalize_archive_path,
-    scan_archive,
     source_size,
     write_archive,
 )
@@ -244,7 +244,7 @@ class Engine:
         index = retention_key(name, backup_id, retention)
         with _Heartbeat(target, marker, self._heartbeat):
             try:
-                write_archive(writer, paths, streams)
+                left_out = write_archive(writer, paths, streams)
                 stats = writer.finish()
                 manifest = replace(
                     draft,
@@ -262,6 +262,8 @@ class Engine:
                 _remove_quietly(target, name, data_prefix(name, backup_id), index, marker)
                 raise
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
+        for what in left_out:
+            logger.warning("Left out of backup %r, as a restore would refuse it: %s", name, what)
         return BackupInfo.from_manifest(manifest, target.name)
 
     def _check_create(
@@ -346,7 +348,7 @@ class Engine:
                 "something other than strongroom wrote there."
             )
         with self._reader(source, manifest, cipher, None) as reader:
-            scan_archive(reader)
+            check_archive(reader)
             reader.drain()
         return BackupInfo.from_manifest(manifest, source.name)
 

@@ -1,4 +1,10 @@
-"""Writing restored files: one at a time, or many small ones in helper processes.
+"""Writing restored entries under a staging directory that no name can leave, and many
+small files in helper processes.
+
+Every file, directory and link is made relative to a descriptor of the staging
+directory, one path component at a time, never following a link (`Staging`, after Go's
+`os.Root`): a name in a backup cannot reach outside it, whatever links the backup made.
+The helpers receive that descriptor and write by the same rules.
 
 A restore of many small files is bound by the syscalls that create them, and a Python
 thread needs the GIL back after every syscall, while the tar reader on the main thread
@@ -10,11 +16,12 @@ be started (no `os.memfd_create`, no Python executable), or one ends unexpectedl
 are written in order on the calling thread.
 
 This module imports the standard library only, and runs as the helper's program
-(`python -I -S filewrite.py TASKS ACKS MEMORY`), so a helper starts in milliseconds.
+(`python -I -S filewrite.py TASKS ACKS MEMORY STAGING`), so a helper starts in milliseconds.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import grp
 import logging
@@ -36,7 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer as Buffer
 
-__all__ = ["FileMeta", "SmallFileWriters", "in_place", "owner_ids", "write_file"]
+__all__ = ["FileMeta", "SmallFileWriters", "Staging", "owner_ids", "write_file"]
 
 #: The most helpers started for one restore (one per core is enough: the work is CPU);
 #: 0 writes every file on the calling thread.
@@ -72,11 +79,12 @@ class FileMeta(NamedTuple):
 def write_file(
     meta: FileMeta,
     pieces: Iterable[Buffer],
+    staging: Staging,
     preallocate: Callable[[int, int, int], None] | None = None,
 ) -> None:
     """Create the file (replacing, never following, whatever has its name) with its
     contents, then its owner, mode and mtime, all through one file descriptor."""
-    fd = _create(meta.path, meta.mode)
+    fd = staging.create_file(meta.path, meta.mode)
     try:
         if preallocate is not None:
             preallocate(fd, 0, meta.size)
@@ -90,23 +98,168 @@ def write_file(
         os.close(fd)
 
 
-def _create(path: str | bytes, mode: int) -> int:
-    """Create a new file for writing, replacing (never opening) whatever has its name. It
-    gets `mode` (less the umask) at once, which is safe because the staging directory is
-    private to this process's user."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    return in_place(path, lambda: os.open(path, flags, mode))
+class Staging:
+    """The directory a restore writes into, held by a file descriptor.
+
+    Every entry is made relative to it, one path component at a time, each directory
+    opened with O_NOFOLLOW, so no name can reach outside it and no link is ever
+    followed: a path that runs through a symbolic link fails with ELOOP. Paths are
+    relative, of plain components (the caller refuses '', '.' and '..'). A later entry
+    replaces an earlier one of the same name (a file or link, never a directory), and a
+    regular file where a directory must be is replaced by the directory.
+
+    Nothing here renames or removes a directory, so a directory once opened stays the
+    one at its path for the whole restore: the most recently used ones are kept open,
+    since consecutive members mostly share a directory. One instance serves one thread.
+    """
+
+    #: Directory descriptors kept open (each helper process has its own).
+    KEEP_OPEN = 64
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self._open: dict[bytes, int] = {}  # insertion order: least recently used first
+
+    def close(self) -> None:
+        """Close the directories kept open (not the root, which the caller owns)."""
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()
+
+    def directory(self, path: str | bytes) -> int:
+        """A descriptor of the directory `path` (b'' is the root), making missing ones.
+        It stays open until the next call."""
+        self._close_oldest()
+        return self._walk(os.fsencode(path))
+
+    def make_directory(self, path: str | bytes) -> int:
+        """The directory `path`, made in place of a file or link of that name."""
+        self._close_oldest()
+        path = os.fsencode(path)
+        parent, _, name = path.rpartition(b"/")
+        fd = self._open_directory(self._walk(parent), _plain(name, path), path, replace=True)
+        self._open[path] = fd
+        return fd
+
+    def create_file(self, path: str | bytes, mode: int) -> int:
+        """A new file, open for writing, in place of whatever file or link has its name.
+        It gets `mode` (less the umask) at once, which is safe because the staging
+        directory is private to this process's user."""
+        parent, name = self._parent(path)
+        return _replacing(parent, name, lambda: os.open(name, _NEW_FILE, mode, dir_fd=parent))
+
+    def append_to(self, path: str | bytes) -> int | None:
+        """The regular file `path`, open for appending; None if there is none."""
+        parent, name = self._parent(path)
+        try:
+            fd = os.open(name, _APPEND, dir_fd=parent)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a link, which is never opened
+                return None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def symlink(self, target: str, path: str | bytes) -> None:
+        """A symbolic link to `target`, verbatim (it is never followed here)."""
+        parent, name = self._parent(path)
+        _replacing(parent, name, lambda: os.symlink(target, name, dir_fd=parent))
+
+    def hard_link(self, original: str | bytes, path: str | bytes) -> None:
+        """A hard link to the entry `original` (a link itself, if it is one)."""
+        self._close_oldest()
+        source, source_name = self._parent(original, close_oldest=False)
+        parent, name = self._parent(path, close_oldest=False)
+        _replacing(
+            parent,
+            name,
+            lambda: os.link(
+                source_name, name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False
+            ),
+        )
+
+    def set_link_metadata(
+        self, path: str | bytes, owner: tuple[int, int] | None, mtime: float
+    ) -> None:
+        """Give a symbolic link its owner (if given) and mtime; its mode means nothing."""
+        parent, name = self._parent(path)
+        if owner is not None:
+            os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
+        os.utime(name, (mtime, mtime), dir_fd=parent, follow_symlinks=False)
+
+    def _parent(self, path: str | bytes, *, close_oldest: bool = True) -> tuple[int, bytes]:
+        if close_oldest:
+            self._close_oldest()
+        parent, _, name = os.fsencode(path).rpartition(b"/")
+        return self._walk(parent), _plain(name, path)
+
+    def _close_oldest(self) -> None:
+        """Keep KEEP_OPEN directories open; done only as a call starts, so a descriptor
+        that call has taken stays open until it returns."""
+        while len(self._open) > self.KEEP_OPEN:
+            os.close(self._open.pop(next(iter(self._open))))
+
+    def _walk(self, path: bytes) -> int:
+        if not path:
+            return self.root
+        fd = self._open.pop(path, None)
+        if fd is not None:
+            self._open[path] = fd  # now the most recently used
+            return fd
+        parts = path.split(b"/")
+        known = len(parts) - 1  # the deepest directory on the path that is open already
+        while known and b"/".join(parts[:known]) not in self._open:
+            known -= 1
+        fd = self._open[b"/".join(parts[:known])] if known else self.root
+        for depth in range(known + 1, len(parts) + 1):
+            fd = self._open_directory(fd, _plain(parts[depth - 1], path), path, replace=False)
+            self._open[b"/".join(parts[:depth])] = fd
+        return fd
+
+    @staticmethod
+    def _open_directory(parent: int, name: bytes, path: bytes, *, replace: bool) -> int:
+        """Open (making it if missing) the directory `name` in `parent`; a link there is
+        replaced if `replace`, else refused with ELOOP."""
+        try:
+            return os.open(name, _DIRECTORY, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        except NotADirectoryError:  # O_NOFOLLOW: a link or a file is never opened
+            is_link = stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+            if is_link and not replace:
+                raise OSError(
+                    errno.ELOOP, "it runs through a symbolic link", os.fsdecode(path)
+                ) from None
+            os.unlink(name, dir_fd=parent)
+        with suppress(FileExistsError):  # made meanwhile by another writer
+            os.mkdir(name, 0o700, dir_fd=parent)
+        return os.open(name, _DIRECTORY, dir_fd=parent)
 
 
-def in_place(path: str | bytes, make: Callable[[], _Made]) -> _Made:
-    """Run `make`, which creates `path` and fails if anything has that name; if it fails
-    for want of the directory or because of an earlier entry, fix that and run it again."""
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _plain(name: bytes, path: str | bytes) -> bytes:
+    """A path component that names an entry in its directory: never '', '.' or '..'."""
+    if name in (b"", b".", b".."):
+        raise OSError(errno.EINVAL, "it is not a plain relative path", os.fsdecode(path))
+    return name
+
+
+def _replacing(parent: int, name: bytes, make: Callable[[], _Made]) -> _Made:
+    """Run `make`, which creates `name` in `parent` and fails if anything has that name;
+    if something does, remove it (a file or link; unlink refuses a directory) and run
+    it again."""
     try:
         return make()
-    except FileNotFoundError:  # no member for its directory came first
-        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    except FileExistsError:  # a file or link of the same name came first
-        os.unlink(path)
+    except FileExistsError:
+        os.unlink(name, dir_fd=parent)
     return make()
 
 
@@ -137,12 +290,13 @@ def owner_ids(uname: str, uid: int, gname: str, gid: int) -> tuple[int, int]:
 class SmallFileWriters:
     """Writes small files in helper processes while the caller reads on.
 
-    The caller checks every path first, and calls `wait_for` before it touches a path
-    again and `wait_all` before anything (a link) that could redirect a pending write.
-    A failed write is raised as an OSError by the next call that waits.
+    The caller calls `wait_for` before it makes anything else at a path that a pending
+    write may take (that path, a directory on it, the original of a hard link). A failed
+    write is raised as an OSError by the next call that waits.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, staging: Staging) -> None:
+        self._staging = staging
         self._helpers: list[_Helper] = []
         self._ready = selectors.DefaultSelector()
         self._memory: mmap.mmap | None = None
@@ -173,13 +327,13 @@ class SmallFileWriters:
         if self._may_start:
             if self._written_here < BATCH_FILES:  # too few files yet to pay for helpers
                 self._written_here += 1
-                write_file(meta, pieces)
+                write_file(meta, pieces, self._staging)
                 return
             self._start(self._may_start)
         if self._slot < 0 and self._helpers:
             self._take_slot()
         if self._memory is None:
-            write_file(meta, pieces)
+            write_file(meta, pieces, self._staging)
             return
         start = offset = self._slot * SLOT_SIZE + self._batch_bytes
         for piece in pieces:
@@ -216,7 +370,7 @@ class SmallFileWriters:
             os.ftruncate(fd, size)
             self._memory = mmap.mmap(fd, size)
             for _ in range(count):
-                helper = _Helper.start(fd)
+                helper = _Helper.start(fd, self._staging.root)
                 self._helpers.append(helper)
                 self._ready.register(helper.acks, selectors.EVENT_READ, helper)
         except OSError:
@@ -290,7 +444,7 @@ class SmallFileWriters:
         assert self._memory is not None
         for batch in [*self._in_flight.values(), self._batch]:
             for meta, start in batch:
-                write_file(meta, (self._memory[start : start + meta.size],))
+                write_file(meta, (self._memory[start : start + meta.size],), self._staging)
         self._in_flight, self._pending = {}, {}
         self._new_batch()
         self._release_memory()
@@ -314,10 +468,10 @@ class _Helper:
         self.in_flight = 0
 
     @classmethod
-    def start(cls, memory_fd: int) -> _Helper:
+    def start(cls, memory_fd: int, root_fd: int) -> _Helper:
         task_read, task_write = os.pipe2(os.O_CLOEXEC)
         ack_read, ack_write = os.pipe2(os.O_CLOEXEC)
-        fds = (task_read, ack_write, memory_fd)
+        fds = (task_read, ack_write, memory_fd, root_fd)
         try:
             process = subprocess.Popen(
                 [sys.executable, "-I", "-S", __file__, *map(str, fds)],
@@ -385,10 +539,12 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _serve(tasks: int, acks: int, memory_fd: int) -> None:
-    """The helper: write each batch of files from shared memory, then report its slot."""
+def _serve(tasks: int, acks: int, memory_fd: int, root_fd: int) -> None:
+    """The helper: write each batch of files from shared memory into the staging
+    directory (by the same rules as the main process), then report its slot."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what it stops
     memory = memoryview(mmap.mmap(memory_fd, 0))
+    staging = Staging(root_fd)
     while True:
         try:
             slot, batch = _read_message(tasks)
@@ -398,11 +554,11 @@ def _serve(tasks: int, acks: int, memory_fd: int) -> None:
         try:
             for *fields, start in batch:
                 meta = FileMeta(*fields)
-                write_file(meta, (memory[start : start + meta.size],))
+                write_file(meta, (memory[start : start + meta.size],), staging)
         except OSError as exc:
             failure = (exc.errno, exc.strerror, exc.filename) if exc.errno else (str(exc),)
         _write_message(acks, (slot, failure))
 
 
 if __name__ == "__main__":
-    _serve(*(int(arg) for arg in sys.argv[1:4]))
+    _serve(*(int(arg) for arg in sys.argv[1:5]))
