@@ -635,3 +635,43 @@ async def test_forms_create_through_a_redirect_and_escape_what_they_show(
     assert "<script>" not in page.text
     job_page = await api.send("GET", f"/admin/jobs/{jobid}", params={"token": TOKEN})
     assert 'id="backup"' in job_page.text and "refresh" not in job_page.text
+
+
+# -- contents ---------------------------------------------------------------------------
+
+
+async def test_contents_lists_a_backup_with_its_passcode_only(api: Api, kept: str) -> None:
+    listed = await api.post(f"{BACKUP}/contents", passcode=SECRET)
+    assert listed.status_code == 200, listed.text
+    entries = {entry["path"]: entry for entry in listed.json()["entries"]}
+    assert listed.json()["truncated"] is False
+    assert entries["data/link-to-notes"]["type"] == "symlink"
+    assert entries["data/link-to-notes"]["linkTarget"] == "nested/deeper/notes.md"
+    assert entries["data/nested/run.sh"]["mode"] == "0750"
+    form = {"f": "json", "token": TOKEN, "passcode": SECRET, "path": "data/nested/deeper"}
+    narrowed = await api.send("POST", f"{BACKUP}/contents", data=form)
+    assert [e["path"] for e in narrowed.json()["entries"]] == [
+        "data/nested/deeper",
+        "data/nested/deeper/notes.md",
+    ]
+    _error(await api.post(f"{BACKUP}/contents", passcode="Wrong-passcode-1"), 400, "passcode")
+    _error(await api.post(f"{BACKUP}/contents"), 400, "passcode")
+    _error(await api.get(f"{BACKUP}/contents"), 405, "")
+
+
+async def test_contents_are_cut_at_the_limit_and_say_so(
+    api: Api, kept: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("strongroom.web.app.CONTENTS_LIMIT", 3)
+    listed = (await api.post(f"{BACKUP}/contents", passcode=SECRET)).json()
+    assert len(listed["entries"]) == 3 and listed["truncated"] is True
+
+
+async def test_the_backup_page_shows_contents_on_a_passcode(api: Api, kept: str) -> None:
+    page = await api.send(
+        "POST", f"{BACKUP}/contents", data={"token": TOKEN, "passcode": SECRET, "path": ""}
+    )
+    assert page.status_code == 200, page.text
+    assert '<table id="contents">' in page.text and "nested/deeper/notes.md" in page.text
+    backup_page = await api.send("GET", BACKUP, params={"token": TOKEN})
+    assert "/backups/kept/contents" in backup_page.text

@@ -25,8 +25,9 @@ import os
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, NoReturn, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
 from .filewrite import SMALL_FILE, FileMeta, SmallFileWriters, Staging, owner_ids, write_file
@@ -37,12 +38,14 @@ if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath, SupportsRead
 
 __all__ = [
+    "ArchiveEntry",
     "MemberRules",
     "RefusedMember",
     "StreamSource",
     "archive_name_of",
     "check_archive",
     "extract_archive",
+    "list_archive",
     "member_path",
     "normalize_archive_path",
     "source_size",
@@ -377,6 +380,62 @@ def check_archive(stream: TarSource) -> int:
         rules.check(member)
         count += 1
     return count
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveEntry:
+    """One entry of a backup as restore would make it (a named stream's parts as one)."""
+
+    path: str
+    type: str  # "file", "dir", "symlink" or "hardlink"
+    size: int
+    mode: int
+    mtime: float
+    link_target: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `ls --json` and the admin API show it (times in epoch ms, mode in octal)."""
+        return {
+            "path": self.path,
+            "type": self.type,
+            "size": self.size,
+            "mode": f"{self.mode:04o}",
+            "mtime": round(self.mtime * 1000),
+            "linkTarget": self.link_target,
+        }
+
+
+_ENTRY_TYPES = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink"}
+
+
+def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[ArchiveEntry]:
+    """The entries restore would make (only under `selected`, if given), in archive order,
+    by the rules restore applies: a backup restore would refuse fails here the same way."""
+    rules = MemberRules()
+    pending: ArchiveEntry | None = None  # held back, as more parts of a stream may follow
+    for member in read_members(stream):
+        path = rules.check(member)
+        if not path or (selected and _selection_match(path, selected) is None):
+            continue
+        if pending is not None and pending.path == path and PART_RECORD in member.pax_headers:
+            pending = replace(pending, size=pending.size + member.size)
+            continue
+        if pending is not None:
+            yield pending
+        pending = ArchiveEntry(
+            path,
+            _ENTRY_TYPES.get(member.type, "file"),
+            member.size if member.isreg() else 0,
+            member.mode & 0o777,
+            member.mtime,
+            member.linkname if member.issym() else _hard_link_target(member),
+        )
+    if pending is not None:
+        yield pending
+
+
+def _hard_link_target(member: tarfile.TarInfo) -> str | None:
+    return member_path(member.linkname) if member.islnk() else None
 
 
 def _selection_match(name: str, selected: Sequence[str]) -> str | None:

@@ -13,11 +13,12 @@ import getpass
 import json
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("name", metavar="N")
     restore.add_argument("--target", required=True, metavar="DIR", help="new or empty directory")
     _passcode_option(restore)
+    _backup_id_option(restore)
     restore.add_argument(
         "paths", nargs="*", metavar="PATH", help="restore only these archive paths"
     )
@@ -127,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     _store_option(verify)
     verify.add_argument("name", metavar="N")
     _passcode_option(verify)
+    _backup_id_option(verify)
+
+    ls = _command(commands, "ls", "list what a backup holds", run_ls)
+    _store_option(ls)
+    ls.add_argument("name", metavar="N")
+    ls.add_argument("paths", nargs="*", metavar="PATH", help="only these archive paths")
+    ls.add_argument("--long", "-l", action="store_true", help="type, mode, size and mtime too")
+    _passcode_option(ls)
+    _backup_id_option(ls)
+    _json_option(ls)
 
     delete = _command(commands, "delete", "delete a backup", run_delete)
     _store_option(delete)
@@ -252,14 +264,45 @@ def run_restore(args: argparse.Namespace) -> int:
             store=args.store,
             paths=args.paths,
             progress=progress,
+            backup_id=args.backup_id,
         )
     print(f"Restored {args.name} into {target}")
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    info = Engine().verify(args.name, passcode=read_passcode(args.passcode_file), store=args.store)
+    info = Engine().verify(
+        args.name,
+        passcode=read_passcode(args.passcode_file),
+        store=args.store,
+        backup_id=args.backup_id,
+    )
     print(f"{info.name}: OK ({info.chunk_count} chunks authenticated)")
+    return 0
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    entries = Engine().ls(
+        args.name,
+        args.paths,
+        passcode=read_passcode(args.passcode_file),
+        store=args.store,
+        backup_id=args.backup_id,
+    )
+    if args.json:
+        _print_json({"entries": [entry.to_dict() for entry in entries]})
+        return 0
+    for entry in entries:
+        line = entry.path
+        if entry.type == "symlink":
+            line += f" -> {entry.link_target}"
+        elif entry.type == "hardlink":
+            line += f" link to {entry.link_target}"
+        if args.long:
+            mode = _KIND[entry.type] + stat.filemode(entry.mode)[1:]
+            when = _date(datetime.fromtimestamp(entry.mtime, UTC))
+            line = f"{mode} {entry.size:>12} {when}  {line}"
+        print(line)
     return 0
 
 
@@ -459,6 +502,18 @@ def _parse_option(text: str) -> tuple[str, str | dict[str, str]]:
     if value.startswith("env:"):
         return key, {"env": value[4:]}
     return key, value
+
+
+#: The letter `ls -l` shows for each kind of entry.
+_KIND = {"file": "-", "dir": "d", "symlink": "l", "hardlink": "h"}
+
+
+def _backup_id_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backup-id",
+        metavar="ID",
+        help="fail unless the name still holds this backup (its backupId, shown by info)",
+    )
 
 
 def _emit_backup(info: BackupInfo, as_json: bool) -> None:

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -29,10 +29,12 @@ from typing import Any
 import pluggy
 
 from .archive import (
+    ArchiveEntry,
     StreamSource,
     check_archive,
     check_sources,
     extract_archive,
+    list_archive,
     normalize_archive_path,
     source_size,
     write_archive,
@@ -115,6 +117,7 @@ class BackupInfo:
     source_size: int
     stored_size: int
     chunk_count: int
+    backup_id: str
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, store: str) -> BackupInfo:
@@ -127,6 +130,7 @@ class BackupInfo:
             source_size=manifest.source_size,
             stored_size=manifest.stored_size,
             chunk_count=manifest.chunk_count,
+            backup_id=manifest.backup_id,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +148,7 @@ class BackupInfo:
             "status": "COMPLETED",
             "sourceSize": self.source_size,
             "storedSize": self.stored_size,
+            "backupId": self.backup_id,
         }
 
 
@@ -301,17 +306,18 @@ class Engine:
         store: str | None = None,
         paths: Sequence[str] = (),
         progress: Progress | None = None,
+        backup_id: str | None = None,
     ) -> Path:
         """Restore the backup (or only `paths` in it) into `target`, all or nothing.
 
         `target` must not exist or be an empty directory. Everything is extracted into
         a staging directory beside it and moved into place only after the whole
-        backup has been read and authenticated.
+        backup has been read and authenticated. `backup_id` pins the backup expected
+        under that name (see `_open_authenticated`).
         """
         destination = _check_restore_target(Path(target))
         selected = [normalize_archive_path(path) for path in paths]
-        source, manifest = self._open(name, store)
-        cipher = self._cipher(manifest, Passcode(passcode))
+        source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
         created_parents = _make_parents(destination.parent)
         staging = Path(
             tempfile.mkdtemp(prefix=f".{destination.name}.strongroom-", dir=destination.parent)
@@ -335,11 +341,16 @@ class Engine:
         return destination
 
     def verify(
-        self, name: str, *, passcode: str | Passcode, store: str | None = None
+        self,
+        name: str,
+        *,
+        passcode: str | Passcode,
+        store: str | None = None,
+        backup_id: str | None = None,
     ) -> BackupInfo:
-        """Read and authenticate every byte of the backup; write nothing."""
-        source, manifest = self._open(name, store)
-        cipher = self._cipher(manifest, Passcode(passcode))
+        """Read and authenticate every byte of the backup, and check every member by the
+        rules restore applies (so what verifies restores); write nothing."""
+        source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
         expected = set(_chunk_keys(manifest))
         stored = {obj.key for obj in source.list(data_prefix(name, manifest.backup_id))}
         if stored - expected:
@@ -351,6 +362,27 @@ class Engine:
             check_archive(reader)
             reader.drain()
         return BackupInfo.from_manifest(manifest, source.name)
+
+    def ls(
+        self,
+        name: str,
+        paths: Sequence[str] = (),
+        *,
+        passcode: str | Passcode,
+        store: str | None = None,
+        backup_id: str | None = None,
+    ) -> Iterator[ArchiveEntry]:
+        """The entries of the backup (or only those under `paths`) as restore would make
+        them, read as they come; writes nothing. The passcode is checked at once."""
+        selected = [normalize_archive_path(path) for path in paths]
+        source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
+
+        def entries() -> Iterator[ArchiveEntry]:
+            with self._reader(source, manifest, cipher, None) as reader:
+                yield from list_archive(reader, selected)
+                reader.drain()
+
+        return entries()
 
     # -- listing and metadata --------------------------------------------------------
 
@@ -571,15 +603,29 @@ class Engine:
         problems = [r for r in results if isinstance(r, str) and r]
         return manifests, problems
 
-    def _cipher(self, manifest: Manifest, passcode: Passcode) -> StreamCipher:
-        """Check the passcode and the manifest's MAC; return the chunk cipher."""
+    def _open_authenticated(
+        self, name: str, store: str | None, passcode: str | Passcode, backup_id: str | None
+    ) -> tuple[Store, Manifest, StreamCipher]:
+        """The backup's manifest, its passcode and MAC checked, and its chunk cipher.
+
+        Someone who can write to the store can put an older genuine backup back under the
+        name (nothing inside a store can tell); a caller that knows which backup it expects
+        pins its `backup_id` (shown by `info`), and anything else is an IntegrityError.
+        """
+        source, manifest = self._open(name, store)
         slot = manifest.key_slot
-        kek = derive_kek(passcode, slot.salt, slot.kdf)
+        kek = derive_kek(Passcode(passcode), slot.salt, slot.kdf)
         keys = BackupKeys.from_file_key(
             unwrap_file_key(kek, slot.wrapped_key, manifest.key_binding())
         )
         keys.check_mac(manifest.authenticated_bytes(), manifest.mac)
-        return StreamCipher(keys.chunk_key, manifest.stream_binding())
+        if backup_id is not None and backup_id != manifest.backup_id:
+            raise IntegrityError(
+                f"Backup {name!r} in store {source.name!r} is now {manifest.backup_id}, not the "
+                f"pinned {backup_id}: the name was reused, or someone who can write to the "
+                "store put another (older) backup in its place."
+            )
+        return source, manifest, StreamCipher(keys.chunk_key, manifest.stream_binding())
 
     def _reader(
         self, source: Store, manifest: Manifest, cipher: StreamCipher, progress: Progress | None

@@ -13,6 +13,7 @@ caller name a path on the server.
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,6 +49,8 @@ MAX_KEEP_DAYS = 36_500
 #: Larger request bodies are refused before they are read: these are small forms.
 MAX_FORM_BYTES = 1024 * 1024
 DR = "/system/disasterrecovery"
+#: The most entries one contents request answers with (narrow it with `path`).
+CONTENTS_LIMIT = 10_000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -151,6 +154,7 @@ class _AdminApi:
             ("backup", backup, self.get_backup, ("GET",)),
             ("update_backup", f"{backup}/update", self.update_backup, ("POST",)),
             ("restore", f"{backup}/restore", self.restore, ("POST",)),
+            ("contents", f"{backup}/contents", self.contents, ("POST",)),
             ("delete", f"{backup}/delete", self.delete, ("POST",)),
             ("job", f"{root}/jobs/{{jobid}}", self.get_job, ("GET",)),
             ("cancel", f"{root}/jobs/{{jobid}}/cancel", self.cancel_job, ("POST",)),
@@ -272,6 +276,22 @@ class _AdminApi:
             operation_uri=call.uri,
         )
         return self._job_reply(call, job)
+
+    async def contents(self, call: _Call) -> Reply:
+        """What the backup holds (a POST: it needs the passcode), up to CONTENTS_LIMIT
+        entries; `path` narrows it to one archive path."""
+        name, store = call.path("name"), call.path("storeName")
+        path = call.get("path")
+        entries = await _run(
+            _first_entries,
+            self._engine,
+            name,
+            store,
+            call.require("passcode"),
+            [path] if path else [],
+        )
+        document = {"entries": entries[:CONTENTS_LIMIT], "truncated": len(entries) > CONTENTS_LIMIT}
+        return Reply(document, "contents.html", {"store": store, "name": name, "path": path})
 
     async def delete(self, call: _Call) -> Reply:
         name, store = call.path("name"), call.path("storeName")
@@ -421,6 +441,14 @@ class _AdminApi:
     def _links(self, request: Request) -> dict[str, Any]:
         """What every page needs: URLs of the app's routes and whether someone signed in."""
         return {"url": partial(self._url, request), "signed_in": COOKIE in request.cookies}
+
+
+def _first_entries(
+    engine: Engine, name: str, store: str, passcode: str, paths: list[str]
+) -> list[dict[str, Any]]:
+    """Up to one more than CONTENTS_LIMIT entries (so a longer listing shows as truncated)."""
+    entries = engine.ls(name, paths, passcode=passcode, store=store)
+    return [entry.to_dict() for entry in itertools.islice(entries, CONTENTS_LIMIT + 1)]
 
 
 async def _params(request: Request) -> dict[str, str]:
