@@ -152,6 +152,8 @@ class LocalStore(Store):
             raise StoreError(message) from None
 
     def _skipped(self, path: str, status: os.stat_result, outcome: str) -> str:
+        """Warn that an entry was not followed (a planted link may be an attack); the
+        same sentence goes to the caller."""
         message = self._not_followed(path, status, outcome)
         logger.warning("%s", message)
         return message
