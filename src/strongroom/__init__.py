@@ -26,7 +26,7 @@ from .errors import (
 from .jobs import Job, JobHandle, JobManager, JobStatus
 from .plugins import BackendRegistry, get_plugin_manager, hookimpl, hookspec
 from .retention import CleanupEntry, CleanupReport
-from .store import ObjectInfo, Store, StoreCapabilities, ValidationReport
+from .store import ObjectInfo, ScanResult, Store, StoreCapabilities, ValidationReport
 
 __all__ = [
     "EMBEDDED_STORE_NAME",
@@ -52,6 +52,7 @@ __all__ = [
     "ObjectLockedError",
     "Passcode",
     "PasscodeError",
+    "ScanResult",
     "Store",
     "StoreCapabilities",
     "StoreError",

@@ -57,6 +57,7 @@ from .errors import (
     ConfigError,
     IntegrityError,
     ObjectLockedError,
+    StoreError,
     StrongroomError,
 )
 from .format import (
@@ -94,7 +95,7 @@ from .retention import (
     select_leftovers,
     select_orphans,
 )
-from .store import Store
+from .store import ObjectInfo, Store
 
 __all__ = ["BackupInfo", "Engine"]
 
@@ -474,6 +475,7 @@ class Engine:
             except StrongroomError as exc:  # one unreachable store must not stop the others
                 report.errors.append(str(exc))
                 continue
+            report.errors.extend(listing.skipped)
             expired, problems = self._confirm_expired(source, listing, moment)
             report.errors.extend(problems)
             report.kept += len(listing.names) - len(expired)
@@ -550,6 +552,8 @@ class Engine:
                     swept.add((name, backup_id))
                 except ObjectLockedError as exc:  # kept, with its marker, for a later run
                     action, message = "locked", str(exc)
+                except StoreError as exc:  # such as a link in its data; reported every run
+                    action, message = "failed", str(exc)
             entries.append(CleanupEntry(source.name, name, None, action, message))
         if not dry_run:
             source.delete(
@@ -816,16 +820,22 @@ class _Listing:
     markers: builtins.list[PendingMarker]
     names: set[str]
     index: builtins.list[IndexEntry]
+    #: What the store skipped as not being objects (a planted link), one sentence each.
+    skipped: tuple[str, ...]
 
     @classmethod
     def of(cls, store: Store) -> _Listing:
+        pending = store.scan(PENDING_PREFIX)
+        manifests = store.scan(MANIFESTS_PREFIX)
+        retention = store.scan(RETENTION_PREFIX)
         markers = [
             PendingMarker(obj.key, *parsed, obj.modified)
-            for obj in store.list(PENDING_PREFIX)
+            for obj in pending.objects
             if (parsed := parse_pending_key(obj.key))
         ]
-        names = {n for o in store.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(o.key))}
-        return cls(markers, names, _index_entries(store, RETENTION_PREFIX))
+        names = {n for o in manifests.objects if (n := name_from_manifest_key(o.key))}
+        skipped = pending.skipped + manifests.skipped + retention.skipped
+        return cls(markers, names, _parse_index(retention.objects), skipped)
 
 
 def _chunk_keys(manifest: Manifest) -> builtins.list[str]:
@@ -846,9 +856,13 @@ def _ambiguous(listing: _Listing) -> set[str]:
 
 
 def _index_entries(store: Store, prefix: str) -> builtins.list[IndexEntry]:
+    return _parse_index(store.list(prefix))
+
+
+def _parse_index(objects: Iterable[ObjectInfo]) -> builtins.list[IndexEntry]:
     return [
         IndexEntry(obj.key, *parsed, obj.modified)
-        for obj in store.list(prefix)
+        for obj in objects
         if (parsed := parse_retention_key(obj.key))
     ]
 

@@ -25,6 +25,7 @@ __all__ = [
     "LOCK_MODES",
     "OBJECT_LOCK_OPTION",
     "ObjectInfo",
+    "ScanResult",
     "Store",
     "StoreCapabilities",
     "ValidationReport",
@@ -56,6 +57,15 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """A listing: the objects, and what the store found there but would not take for one."""
+
+    objects: list[ObjectInfo]
+    #: One sentence per entry skipped (a link in a filesystem store), naming the store and key.
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +174,11 @@ class Store:
             if key is not None:
                 objects.append(ObjectInfo(key, int(info.get("size") or 0), _modified(info)))
         return sorted(objects, key=lambda obj: obj.key)
+
+    def scan(self, prefix: str) -> ScanResult:
+        """`list`, and what the store skipped under `prefix` as not being objects (say, a
+        planted link). A backend where every entry is an object need not override it."""
+        return ScanResult(self.list(prefix))
 
     def delete(self, keys: builtins.list[str]) -> None:
         """Delete objects; keys that do not exist are ignored (deletion is idempotent)."""

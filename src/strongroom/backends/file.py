@@ -3,39 +3,53 @@
 Writes are durable and atomic: a temporary file is written and fsynced, then linked
 into place (`os.link` fails if the name exists, which gives put-if-absent) or renamed
 over the old object, and the directory is fsynced.
+
+Every operation walks its key one name at a time from the store's root (`root.Root`) and
+follows no link below it, so a link planted in a shared backup directory cannot make a
+read, write, listing or cleanup reach outside the store. Listings and reads skip links and
+special files with a warning; writes and deletes that would pass through one are refused.
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
 import os
+import posixpath
 import secrets
-from datetime import datetime
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from fsspec.implementations.local import LocalFileSystem
 
 from ..config import StoreSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..plugins import BackendRegistry, hookimpl
-from ..store import Store, StoreCapabilities
+from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities
+from .root import NotFollowedError, Root, kind_of
 
 __all__ = ["LocalStore", "open_local_store"]
+
+logger = logging.getLogger("strongroom")
 
 #: Tries at creating a file whose directory a concurrent delete may prune meanwhile.
 ATTEMPTS = 10
 
 
 class LocalStore(Store):
-    """A store in a local (or mounted) directory."""
+    """A store in a local (or mounted) directory. `fs` is there for callers that want
+    fsspec, but every operation of the store itself goes through `Root`."""
 
     capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, ranged_reads=True)
     concurrency = 2
 
     def __init__(self, name: str, url: str, directory: Path) -> None:
         super().__init__(name, url, LocalFileSystem(skip_instance_cache=True), str(directory))
+        self._root = Root(directory)
 
     def put(
         self,
@@ -45,46 +59,112 @@ class LocalStore(Store):
         overwrite: bool = False,
         retain_until: datetime | None = None,
     ) -> None:
-        final = Path(self.path(key))
-        with self.translate_errors(key):
-            temporary = final.parent / f".{final.name}.{secrets.token_hex(8)}.tmp"
-            try:
-                with _create_in_place(temporary) as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                if overwrite:
-                    os.replace(temporary, final)
-                else:
-                    os.link(temporary, final)  # raises FileExistsError: the put-if-absent
-            finally:
-                temporary.unlink(missing_ok=True)
-            _fsync_dir(final.parent)
+        with self.translate_errors(key), self._refusing_links(key, "written"):
+            attempt = 1
+            while True:
+                try:
+                    with self._root.parent(key, create=True) as (parent, name):
+                        _write(parent, name, data, overwrite)
+                    return
+                except FileNotFoundError:  # a concurrent delete pruned the new directory
+                    if attempt == ATTEMPTS:
+                        raise
+                    attempt += 1
+
+    def get(self, key: str) -> bytes:
+        with open(self._open(key), "rb") as handle, self.translate_errors(key):
+            return handle.read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            os.close(self._open(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str) -> builtins.list[ObjectInfo]:
+        return self.scan(prefix).objects
+
+    def scan(self, prefix: str) -> ScanResult:
+        objects: builtins.list[ObjectInfo] = []
+        skipped: builtins.list[str] = []
+        with self.translate_errors(prefix):
+            for key, status in self._root.walk(prefix.rstrip("/")):
+                if not stat.S_ISREG(status.st_mode):
+                    skipped.append(self._skipped(key, status, "it was skipped"))
+                elif not posixpath.basename(key).startswith("."):  # a put's temporary file
+                    modified = datetime.fromtimestamp(status.st_mtime, UTC)
+                    objects.append(ObjectInfo(key, status.st_size, modified))
+        return ScanResult(sorted(objects, key=lambda obj: obj.key), tuple(skipped))
 
     def delete(self, keys: builtins.list[str]) -> None:
-        """Delete the objects, then the directories they leave empty (up to the root)."""
-        super().delete(keys)
-        for directory in sorted({Path(self.path(key)).parent for key in keys}, reverse=True):
+        """Delete the objects, then the directories they leave empty (up to the root).
+        A link at a key is removed like a file (unlink never follows it)."""
+        for key in keys:
+            with (
+                self.translate_errors(key),
+                self._refusing_links(key, "deleted"),
+                suppress(FileNotFoundError),
+                self._root.parent(key) as (parent, name),
+            ):
+                os.unlink(name, dir_fd=parent)
+        for directory in sorted({posixpath.dirname(key) for key in keys}, reverse=True):
             self._prune(directory)
 
     def delete_prefix(self, prefix: str) -> None:
-        super().delete_prefix(prefix)
-        self._prune(Path(self.path(prefix)))
+        """Delete every object under `prefix`; what the listing skipped stays, and a
+        StoreError names it once the rest is gone."""
+        found = self.scan(prefix)
+        self.delete([obj.key for obj in found.objects])
+        self._prune(prefix.rstrip("/"))
+        if found.skipped:
+            raise StoreError(f"Not all of {prefix!r} was deleted. {' '.join(found.skipped)}")
 
-    def _prune(self, directory: Path) -> None:
-        root = Path(self.root)
-        while directory != root and directory.is_relative_to(root):
+    def _prune(self, directory: str) -> None:
+        """Remove the directory and then its parents, up to the root, while they are empty."""
+        while directory:
             try:
-                directory.rmdir()
+                with self._root.parent(directory) as (parent, name):
+                    os.rmdir(name, dir_fd=parent)
             except FileNotFoundError:
                 pass
             except OSError:
-                break  # not empty: someone else's objects live here
-            directory = directory.parent
+                return  # not empty (someone else's objects live here), or not a directory
+            directory = posixpath.dirname(directory)
 
-    def get(self, key: str) -> bytes:
-        with self.translate_errors(key), open(self.path(key), "rb") as handle:
-            return handle.read()
+    def _open(self, key: str) -> int:
+        """A descriptor of the object's file. A link or special file there, or on the way
+        there, is not read: FileNotFoundError, and a warning."""
+        with self.translate_errors(key):
+            try:
+                return self._root.open_file(key)
+            except NotFollowedError as exc:
+                message = self._skipped(exc.path, exc.status, f"{key!r} was not read")
+                raise FileNotFoundError(message) from None
+
+    @contextmanager
+    def _refusing_links(self, key: str, done: str) -> Iterator[None]:
+        """Turn a link (or special file) on the way to `key` into a StoreError."""
+        try:
+            yield
+        except NotFollowedError as exc:
+            message = self._not_followed(exc.path, exc.status, f"{key!r} was not {done}")
+            raise StoreError(message) from None
+
+    def _skipped(self, path: str, status: os.stat_result, outcome: str) -> str:
+        """Warn that an entry was not followed (a planted link may be an attack); the
+        same sentence goes to the caller."""
+        message = self._not_followed(path, status, outcome)
+        logger.warning("%s", message)
+        return message
+
+    def _not_followed(self, path: str, status: os.stat_result, outcome: str) -> str:
+        return (
+            f"Store {self.name!r} ({self.url}): {path!r} is {kind_of(status)}; strongroom never "
+            "follows links in a store, nor opens anything there but files and directories, so "
+            f"{outcome}. Only the store's root may be a link: remove this one, or move what it "
+            "points to into the store."
+        )
 
 
 def open_local_store(spec: StoreSpec) -> LocalStore:
@@ -107,37 +187,21 @@ def strongroom_register_backends(registry: BackendRegistry) -> None:
     registry.add("file", open_local_store)
 
 
-def _create_in_place(path: Path) -> BinaryIO:
-    """Open a new file, making its directories; a concurrent delete may prune an empty
-    directory between the two, so that is tried again."""
-    attempt = 1
-    while True:
-        try:
-            _make_dirs(path.parent)
-            return open(path, "xb")
-        except FileNotFoundError:
-            if attempt == ATTEMPTS:
-                raise
-            attempt += 1
-
-
-def _make_dirs(directory: Path) -> None:
-    """Create missing directories, fsyncing each parent so the new entries survive a crash."""
-    missing = []
-    while not directory.is_dir():
-        missing.append(directory)
-        directory = directory.parent
-    for new in reversed(missing):
-        try:
-            new.mkdir()
-        except FileExistsError:
-            continue  # a concurrent writer made it
-        _fsync_dir(new.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def _write(parent: int, name: str, data: bytes | bytearray | memoryview, overwrite: bool) -> None:
+    """Write a temporary file and fsync it, link or rename it to `name`, fsync the directory."""
+    temporary = f".{name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o666, dir_fd=parent)
     try:
-        os.fsync(fd)
+        with open(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+        else:  # raises FileExistsError: the put-if-absent
+            os.link(temporary, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
     finally:
-        os.close(fd)
+        with suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=parent)
+    os.fsync(parent)

@@ -11,11 +11,13 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from ..config import StoreSpec
 from ..errors import UnknownBackendError
 from ..plugins import INSTALL_HINTS, BackendRegistry, hookimpl
 from ..store import Store
+from .file import open_local_store
 
 __all__ = ["open_fsspec_store"]
 
@@ -29,6 +31,8 @@ def open_fsspec_store(spec: StoreSpec) -> Store:
         fs = fsspec.filesystem(protocol, skip_instance_cache=True, **spec.options)
     except ImportError as exc:
         raise UnknownBackendError(f"Store {spec.name!r}: {exc}") from None
+    if isinstance(fs, LocalFileSystem):  # another name for file://: never fsspec's local rules
+        return open_local_store(spec)
     root = fs._strip_protocol(spec.url).rstrip("/")
     return Store(spec.name, spec.url, fs, root)
 

@@ -1,0 +1,190 @@
+"""A directory that is never left: every path below it is walked one name at a time from
+directory descriptors, and no link below it is ever followed (the shape of Go's `os.Root`).
+
+Comparing path strings cannot stop a link planted in a shared directory; opening each
+component with `O_NOFOLLOW` relative to its parent can. The root's own path is the
+operator's and may run through links; only what lies below it is never followed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import NoReturn
+
+from ..errors import InvalidNameError
+
+__all__ = ["NotFollowedError", "Root", "kind_of"]
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class NotFollowedError(OSError):
+    """An entry below the root where a directory or file belongs is something else (a
+    symbolic link, a FIFO, a socket, a device), so it was not followed or opened."""
+
+    def __init__(self, path: str, status: os.stat_result) -> None:
+        super().__init__(errno.ELOOP, f"{path!r} is {kind_of(status)}")
+        self.path = path
+        self.status = status
+
+
+class Root:
+    """Opens directories and files below `path` without ever following a link there."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def directory(self, path: str, *, create: bool = False) -> Iterator[int]:
+        """A descriptor of the directory `path` ('' for the root), walked one name at a time;
+        with `create`, missing directories (the root too) are made and their parents fsynced."""
+        parts = _parts(path)
+        fd = _open_path(self.path, create)
+        try:
+            for depth, name in enumerate(parts):
+                below = _open_below(fd, name, "/".join(parts[: depth + 1]), create)
+                os.close(fd)
+                fd = below
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def parent(self, path: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+        """A descriptor of the directory that holds `path`, and the last name of `path`:
+        what `os.unlink(name, dir_fd=fd)` and its kind need."""
+        parts = _parts(path)
+        if not parts:
+            raise InvalidNameError("an empty path names no entry")
+        with self.directory("/".join(parts[:-1]), create=create) as fd:
+            yield fd, parts[-1]
+
+    def open_file(self, path: str) -> int:
+        """A read-only descriptor of the regular file `path`. O_NONBLOCK, so a planted FIFO
+        cannot hang the caller; anything but a regular file is NotFollowedError."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        with self.parent(path) as (parent, name):
+            try:
+                fd = os.open(name, flags, dir_fd=parent)
+            except OSError as exc:
+                _refuse(exc, parent, name, path)
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            os.close(fd)
+            raise NotFollowedError(path, status)
+        return fd
+
+    def walk(self, path: str) -> Iterator[tuple[str, os.stat_result]]:
+        """Every entry below the directory `path` that is not a directory, as its path and
+        its own (lstat) status, descending into directories but never through links.
+
+        A link on the way to `path` is itself such an entry; a missing `path` has none.
+        """
+        try:
+            with self.directory(path) as fd:
+                yield from _entries(fd, path)
+        except NotFollowedError as exc:
+            yield exc.path, exc.status
+        except (FileNotFoundError, NotADirectoryError):
+            return
+
+
+def kind_of(status: os.stat_result) -> str:
+    mode = status.st_mode
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "neither a regular file nor a directory"
+
+
+def _entries(fd: int, directory: str) -> Iterator[tuple[str, os.stat_result]]:
+    found = []
+    with os.scandir(fd) as listing:
+        for entry in listing:  # stat while the listing's descriptor is open
+            with suppress(FileNotFoundError):  # deleted meanwhile
+                found.append((entry.name, entry.stat(follow_symlinks=False)))
+    for name, status in found:
+        path = f"{directory}/{name}" if directory else name
+        if not stat.S_ISDIR(status.st_mode):
+            yield path, status
+            continue
+        try:
+            below = _open_dir(fd, name, path)
+        except NotFollowedError as exc:  # replaced by a link since it was listed
+            yield exc.path, exc.status
+            continue
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+        try:
+            yield from _entries(below, path)
+        finally:
+            os.close(below)
+
+
+def _open_path(path: Path, create: bool) -> int:
+    """Open the root by its path (following links: that path is the operator's), making
+    it and its missing parents when asked."""
+    try:
+        return os.open(path, _DIRECTORY)
+    except FileNotFoundError:
+        if not create or path.parent == path:
+            raise
+    parent = _open_path(path.parent, create)
+    try:
+        with suppress(FileExistsError):
+            _make_dir(parent, path.name)
+        return os.open(path.name, _DIRECTORY, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _parts(path: str) -> list[str]:
+    """The names of a relative path; an empty, '.' or '..' one would leave the walk."""
+    parts = path.split("/") if path else []
+    if any(name in ("", ".", "..") for name in parts):
+        raise InvalidNameError(f"{path!r} has an empty, '.' or '..' component")
+    return parts
+
+
+def _open_below(parent: int, name: str, path: str, create: bool) -> int:
+    try:
+        return _open_dir(parent, name, path)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with suppress(FileExistsError):  # a concurrent writer made it
+        _make_dir(parent, name)
+    return _open_dir(parent, name, path)  # FileNotFoundError if pruned meanwhile
+
+
+def _open_dir(parent: int, name: str, path: str) -> int:
+    try:
+        return os.open(name, _DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        _refuse(exc, parent, name, path)
+
+
+def _refuse(exc: OSError, parent: int, name: str, path: str) -> NoReturn:
+    """Re-raise a failed open, as NotFollowedError when a link or a special file was met."""
+    if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        raise exc
+    status = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    if stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode):
+        raise exc  # a file where a directory belongs: NotADirectoryError
+    raise NotFollowedError(path, status) from None
+
+
+def _make_dir(parent: int, name: str) -> None:
+    """Make a directory and fsync its parent, so the new entry survives a crash."""
+    os.mkdir(name, dir_fd=parent)
+    os.fsync(parent)
