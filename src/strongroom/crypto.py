@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -50,6 +51,10 @@ SALT_SIZE = 16
 MIN_SALT_SIZE = 8
 MIN_PASSCODE_LENGTH = 8
 _MAX_CHUNK_INDEX = 2**88 - 1
+#: Key derivations in one process run one at a time: with cryptography 50 on OpenSSL 4,
+#: two Argon2id derivations with more than one lane at once hang, and every later one
+#: fails with MemoryError (issue #14). One takes about 0.1 s with the default parameters.
+_KDF_LOCK = threading.Lock()
 
 
 class Passcode:
@@ -131,7 +136,8 @@ def new_file_key() -> bytes:
 
 
 def derive_kek(passcode: Passcode, salt: bytes, params: KdfParams) -> bytes:
-    """Stretch the passcode into a key-encryption key (slow on purpose)."""
+    """Stretch the passcode into a key-encryption key (slow on purpose), one derivation
+    at a time in the process."""
     params.check_bounds()
     kdf = Argon2id(
         salt=salt,
@@ -140,7 +146,8 @@ def derive_kek(passcode: Passcode, salt: bytes, params: KdfParams) -> bytes:
         lanes=params.lanes,
         memory_cost=params.memory_cost_kib,
     )
-    return kdf.derive(passcode.encode())
+    with _KDF_LOCK:
+        return kdf.derive(passcode.encode())
 
 
 def wrap_file_key(kek: bytes, file_key: bytes, binding: bytes) -> bytes:
