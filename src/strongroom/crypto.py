@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -29,6 +30,7 @@ from .errors import IntegrityError, PasscodeError
 __all__ = [
     "KEY_SIZE",
     "MIN_PASSCODE_LENGTH",
+    "MIN_SALT_SIZE",
     "TAG_SIZE",
     "BackupKeys",
     "KdfParams",
@@ -45,8 +47,14 @@ KEY_SIZE = 32
 TAG_SIZE = 16
 NONCE_SIZE = 12
 SALT_SIZE = 16
+#: Argon2id refuses shorter salts.
+MIN_SALT_SIZE = 8
 MIN_PASSCODE_LENGTH = 8
 _MAX_CHUNK_INDEX = 2**88 - 1
+#: Key derivations in one process run one at a time: with cryptography 50 on OpenSSL 4,
+#: two Argon2id derivations with more than one lane at once hang, and every later one
+#: fails with MemoryError (issue #14). One takes about 0.1 s with the default parameters.
+_KDF_LOCK = threading.Lock()
 
 
 class Passcode:
@@ -91,24 +99,28 @@ class Passcode:
 class KdfParams:
     """Argon2id cost parameters, recorded in every manifest.
 
-    Reading caps them (`check_bounds`) so a tampered manifest cannot make a restore
-    allocate gigabytes or spin for minutes before the passcode check fails.
+    Reading caps them (`check_bounds`): the KDF runs before the manifest's MAC can be
+    checked, so the caps are all a tampered manifest can cost, at most 256 MiB and about
+    a second (docs/FORMAT.md has the measurements).
     """
 
     memory_cost_kib: int = 64 * 1024
     iterations: int = 3
     lanes: int = 4
 
-    MAX_MEMORY_KIB = 1024 * 1024
+    MAX_MEMORY_KIB = 256 * 1024
     MAX_ITERATIONS = 16
     MAX_LANES = 16
+    #: Memory times iterations: the time Argon2id takes grows with both.
+    MAX_WORK_KIB = 1024 * 1024
 
     def check_bounds(self) -> None:
         """Raise IntegrityError when the parameters are outside what we ever write."""
         lanes_ok = 1 <= self.lanes <= self.MAX_LANES
         iterations_ok = 1 <= self.iterations <= self.MAX_ITERATIONS
         memory_ok = 8 * self.lanes <= self.memory_cost_kib <= self.MAX_MEMORY_KIB
-        if not (lanes_ok and iterations_ok and memory_ok):
+        work_ok = self.memory_cost_kib * self.iterations <= self.MAX_WORK_KIB
+        if not (lanes_ok and iterations_ok and memory_ok and work_ok):
             raise IntegrityError(
                 "The backup's key-derivation parameters are out of bounds; "
                 "the manifest has been tampered with."
@@ -124,7 +136,8 @@ def new_file_key() -> bytes:
 
 
 def derive_kek(passcode: Passcode, salt: bytes, params: KdfParams) -> bytes:
-    """Stretch the passcode into a key-encryption key (slow on purpose)."""
+    """Stretch the passcode into a key-encryption key (slow on purpose), one derivation
+    at a time in the process."""
     params.check_bounds()
     kdf = Argon2id(
         salt=salt,
@@ -133,7 +146,8 @@ def derive_kek(passcode: Passcode, salt: bytes, params: KdfParams) -> bytes:
         lanes=params.lanes,
         memory_cost=params.memory_cost_kib,
     )
-    return kdf.derive(passcode.encode())
+    with _KDF_LOCK:
+        return kdf.derive(passcode.encode())
 
 
 def wrap_file_key(kek: bytes, file_key: bytes, binding: bytes) -> bytes:

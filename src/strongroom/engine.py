@@ -104,6 +104,9 @@ logger = logging.getLogger("strongroom")
 #: Up to this many deleted backups are checked for a racing update one request each;
 #: more take one listing of the manifests.
 LISTING_THRESHOLD = 8
+#: Cleanup deletes the keys of several backups in one call once they add up to this many
+#: (one S3 DeleteObjects request).
+DELETE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,11 +355,10 @@ class Engine:
         """Read and authenticate every byte of the backup, and check every member by the
         rules restore applies (so what verifies restores); write nothing."""
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
-        expected = set(_chunk_keys(manifest))
-        stored = {obj.key for obj in source.list(data_prefix(name, manifest.backup_id))}
-        if stored - expected:
+        unexpected = sum(not _is_chunk(key, manifest) for key in _data_keys(source, manifest))
+        if unexpected:
             raise IntegrityError(
-                f"Backup {name!r} has {len(stored - expected)} unexpected object(s) in its data; "
+                f"Backup {name!r} has {unexpected} unexpected object(s) in its data; "
                 "something other than strongroom wrote there."
             )
         with self._reader(source, manifest, cipher, None) as reader:
@@ -419,8 +421,11 @@ class Engine:
         updated = manifest.with_retention(moment)
         entry = retention_key(name, manifest.backup_id, moment)
         source.put(entry, b"", overwrite=True)  # the index may say more than the manifest,
+        chunks = [key for key in _data_keys(source, manifest) if _is_chunk(key, manifest)]
         try:
-            source.extend_retention(_chunk_keys(manifest), moment)  # and so may the locks,
+            if len(chunks) < manifest.chunk_count:  # reported like a chunk deleted meanwhile
+                raise FileNotFoundError(data_prefix(name, manifest.backup_id))
+            source.extend_retention(chunks, moment)  # and so may the locks,
         except FileNotFoundError:
             source.delete([entry])
             raise IntegrityError(
@@ -838,8 +843,23 @@ class _Listing:
         return cls(markers, names, _parse_index(retention.objects), skipped)
 
 
-def _chunk_keys(manifest: Manifest) -> builtins.list[str]:
-    return [chunk_key(manifest.name, manifest.backup_id, i) for i in range(manifest.chunk_count)]
+def _data_keys(store: Store, manifest: Manifest) -> builtins.list[str]:
+    """The keys of a backup's data objects as the store lists them: what is there, never a
+    list as long as a (perhaps tampered, not yet authenticated) chunkCount says."""
+    return [obj.key for obj in store.list(data_prefix(manifest.name, manifest.backup_id))]
+
+
+def _is_chunk(key: str, manifest: Manifest) -> bool:
+    """Whether a listed data key is one of the backup's chunks, 0 to chunkCount - 1."""
+    prefix = data_prefix(manifest.name, manifest.backup_id)
+    index = key[len(prefix) :]  # 10 decimal digits, as chunk_key writes them
+    return (
+        key.startswith(prefix)
+        and len(index) == 10
+        and index.isascii()
+        and index.isdigit()
+        and int(index) < manifest.chunk_count
+    )
 
 
 def _locked_until(store: Store, manifest: Manifest) -> datetime | None:
@@ -888,19 +908,22 @@ def _delete_backups(
     before removed in full. Returns why the others were not (by name).
 
     A delete cut off halfway leaves index entries without a manifest, which the sweep
-    finishes. Batching lets a backend delete up to 1,000 keys in one request.
+    finishes. The data objects are those listed under each backup's data prefix, never as
+    many as an unauthenticated chunkCount says. Batching lets a backend delete up to 1,000
+    keys in one request.
     """
     entries = _keys_by_backup(index)
     steps: builtins.list[Callable[[Manifest], builtins.list[str]]] = [
         lambda m: [manifest_key(m.name)],
-        _chunk_keys,
+        lambda m: _data_keys(store, m),
         lambda m: entries.get((m.name, m.backup_id), []),
     ]
     failures: dict[str, Exception] = {}
     remaining = manifests
     for keys_of in steps:
         try:
-            store.delete([key for m in remaining for key in keys_of(m)])
+            for batch in _batches(remaining, keys_of):
+                store.delete(batch)
         except Exception:  # deletes are idempotent: one by one, to tell which backups failed
             for manifest in remaining:
                 try:
@@ -913,6 +936,24 @@ def _delete_backups(
     except Exception as exc:  # reported like any failed step
         failures.update((m.name, exc) for m in remaining)
     return failures
+
+
+def _batches(
+    manifests: builtins.list[Manifest], keys_of: Callable[[Manifest], builtins.list[str]]
+) -> Iterator[builtins.list[str]]:
+    """The backups' keys, gathered until a batch holds DELETE_BATCH or more.
+
+    A backup's keys are never split between batches: a store that locks objects lists
+    the versions of each folder it deletes from, and should list a backup's data once.
+    """
+    batch: builtins.list[str] = []
+    for manifest in manifests:
+        batch.extend(keys_of(manifest))
+        if len(batch) >= DELETE_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _delete_resurrected(store: Store, deleted: builtins.list[Manifest]) -> None:
@@ -1032,6 +1073,32 @@ def _move_into_place(staging: Path, target: Path) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process's umask, read without setting it: os.umask both reads and sets it, so
+    a thread creating a file meanwhile would create it with no bits masked."""
+    mask = _proc_umask()
+    return _UMASK_AT_IMPORT if mask is None else mask
+
+
+def _proc_umask() -> int | None:
+    """The umask as Linux (4.7 and later) shows it in /proc/self/status, else None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    """Where /proc does not show it, the umask is read (and set back) once, at import,
+    before a host's threads are likely to be creating files."""
+    mask = _proc_umask()
+    if mask is None:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()

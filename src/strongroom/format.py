@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .crypto import KdfParams
+from .crypto import MIN_SALT_SIZE, TAG_SIZE, KdfParams
 from .errors import IntegrityError, InvalidNameError
 
 __all__ = [
@@ -46,6 +46,10 @@ RETENTION_PREFIX = "retention/"
 MAX_MANIFEST_SIZE = 1024 * 1024
 MAX_NAME_LENGTH = 128
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
+#: Chunk indexes are 10 decimal digits in object keys.
+MAX_CHUNK_COUNT = 10**10
+#: What sealing adds to a chunk's payload: the encoding tag byte and the GCM tag.
+CHUNK_OVERHEAD = 1 + TAG_SIZE
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment datetime holds
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -283,8 +287,35 @@ class Manifest:
             ),
             mac=_unb64(document["mac"]),
         )
+        manifest._check_bounds()
         manifest.key_slot.kdf.check_bounds()
         return manifest
+
+    def _check_bounds(self) -> None:
+        """Refuse counts and sizes no writer produces, and salts Argon2id refuses, before
+        anything relies on them (the MAC can only be checked after the KDF has run).
+
+        Each chunk but the last holds `chunkSize` bytes, and the last 1 to `chunkSize`
+        (0 only if the stream is empty), so the writer makes ceil(sourceSize / chunkSize)
+        chunks, or 1; one more is allowed for a writer that ends with an empty chunk.
+        """
+        count, size = self.chunk_count, self.chunk_size
+        most_chunks = min(-(-self.source_size // size) + 1, MAX_CHUNK_COUNT)
+        if count > most_chunks or self.source_size > count * size:
+            raise IntegrityError(
+                f"The manifest of backup {self.name!r} says {count} chunks of up to {size} bytes "
+                f"hold {self.source_size} bytes, which no writer does; it has been tampered with."
+            )
+        if not count * CHUNK_OVERHEAD <= self.stored_size <= count * (size + CHUNK_OVERHEAD):
+            raise IntegrityError(
+                f"The manifest of backup {self.name!r} says its {count} chunks take "
+                f"{self.stored_size} bytes, which they cannot; it has been tampered with."
+            )
+        if len(self.key_slot.salt) < MIN_SALT_SIZE:
+            raise IntegrityError(
+                f"The manifest of backup {self.name!r} has a salt of {len(self.key_slot.salt)} "
+                f"bytes (at least {MIN_SALT_SIZE} are needed); it has been tampered with."
+            )
 
 
 def _canonical_json(document: dict[str, Any]) -> bytes:

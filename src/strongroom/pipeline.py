@@ -300,10 +300,21 @@ def _compressor() -> zstandard.ZstdCompressor:
 
 
 def _decompress(data: bytes | bytearray, chunk_size: int, index: int) -> bytes:
+    """The chunk in a zstd frame, never more than `chunk_size` bytes of it.
+
+    zstandard allocates whatever size a frame's header declares (`max_output_size` caps
+    only frames that declare none), so the declared size is checked first. zstd itself
+    refuses a frame whose content differs from its declared size, or overflows the cap.
+    """
     try:
-        plaintext: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=chunk_size)
+        declared = zstandard.frame_content_size(data)
+        if declared > chunk_size:
+            raise IntegrityError(
+                f"Chunk {index} declares {declared} bytes, more than the backup's chunk size."
+            )
+        plaintext: bytes = zstandard.ZstdDecompressor().decompress(
+            data, max_output_size=chunk_size, allow_extra_data=False
+        )
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"Chunk {index} does not decompress: {exc}") from None
-    if len(plaintext) > chunk_size:
-        raise IntegrityError(f"Chunk {index} is larger than the backup's chunk size.")
     return plaintext
