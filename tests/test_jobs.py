@@ -102,7 +102,7 @@ def test_ended_jobs_are_forgotten_after_the_keep_period_and_active_ones_never(
     jobs = JobManager(home / JOBS_FILE, clock=lambda: now[0])
     old = jobs.wait(jobs.submit("noop", lambda job: None).jobid, timeout=10)
     release = threading.Event()
-    running = jobs.submit("slow", lambda job: release.wait(10))
+    running = jobs.submit("slow", lambda job: {"released": release.wait(10)})
     now[0] += timedelta(days=29)
     recent = jobs.wait(jobs.submit("noop", lambda job: None).jobid, timeout=10)
     now[0] += timedelta(days=2)  # the first job ended 31 days ago, the second 2 days ago
@@ -173,7 +173,8 @@ def test_cancel_stops_a_queued_job_at_once_and_a_running_one_at_its_next_progres
     assert jobs.cancel(first).status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
     ended = jobs.wait(first)
     assert ended.status is JobStatus.CANCELLED
-    assert ended.messages == ("Cancelled; nothing was committed.",)
+    assert ended.messages[0].startswith("Cancel asked: the job stops at its next step")
+    assert ended.messages[1:] == ("Cancelled; nothing was committed.",)
     assert jobs.wait(queued).messages == ("Cancelled before it started.",)
     assert jobs.cancel(first) == ended  # an ended job stays as it is
     jobs.close()
@@ -196,6 +197,32 @@ def test_close_cancels_running_jobs_and_refuses_new_ones(home: Path) -> None:
     reopened = JobManager(home / JOBS_FILE)
     try:
         assert reopened.get(jobid).status is JobStatus.CANCELLED
+    finally:
+        reopened.close()
+
+
+def test_close_is_bounded_even_when_a_job_ignores_its_cancel(home: Path) -> None:
+    """A job stuck where no cancel reaches it (a store call that never returns) cannot
+    hold `close`, nor keep the process alive: it is recorded FAILED and left behind."""
+    jobs = JobManager(home / JOBS_FILE)
+    started, stuck = threading.Event(), threading.Event()
+
+    def ignores_cancel(job: JobHandle) -> None:
+        started.set()
+        stuck.wait(30)
+
+    jobid = jobs.submit("stuck", ignores_cancel).jobid
+    assert started.wait(10)
+    begun = time.monotonic()
+    jobs.close(timeout=0.5)
+    assert time.monotonic() - begun < 5
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("strongroom-job"))
+    stuck.set()  # it ends later: nothing more is recorded, nothing fails
+    reopened = JobManager(home / JOBS_FILE)
+    try:
+        job = reopened.get(jobid)
+        assert job.status is JobStatus.FAILED
+        assert "Still running 0.5 s after its job manager was closed" in job.messages[-1]
     finally:
         reopened.close()
 

@@ -783,8 +783,15 @@ class Engine:
         threading.Thread(target=loop, name="strongroom-cleanup-schedule", daemon=True).start()
         return stop
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Cancel and wait for this engine's background jobs, if it ever started any."""
+        """Cancel this engine's background jobs, if it ever started any, and wait for
+        them (at most `jobs.CLOSE_TIMEOUT`: a job stuck past that is recorded FAILED)."""
         with self._job_manager_lock:
             if self._job_manager is not None:
                 self._job_manager.close()
@@ -846,7 +853,10 @@ class _Listing:
 def _data_keys(store: Store, manifest: Manifest) -> builtins.list[str]:
     """The keys of a backup's data objects as the store lists them: what is there, never a
     list as long as a (perhaps tampered, not yet authenticated) chunkCount says."""
-    return [obj.key for obj in store.list(data_prefix(manifest.name, manifest.backup_id))]
+    listing = store.scan(data_prefix(manifest.name, manifest.backup_id))
+    if listing.skipped:  # a planted link: what lies behind it was not deleted or read
+        raise StoreError(" ".join(listing.skipped))
+    return [obj.key for obj in listing.objects]
 
 
 def _is_chunk(key: str, manifest: Manifest) -> bool:

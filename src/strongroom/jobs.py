@@ -12,6 +12,10 @@ FAILED, with a message saying so, when a manager starts or when someone asks for
 The work is a callable that receives a `JobHandle`. It reports progress and stages
 through it, and the handle raises JobCancelledError inside the work once a cancel was
 asked for. This module knows nothing of backups; the engine submits its operations here.
+
+Every wait is bounded: `close` cancels the jobs and waits at most `CLOSE_TIMEOUT` for
+them; a job still running then (stuck in a store call that never returns) is recorded
+FAILED, and its worker, a daemon thread, cannot keep the process from exiting.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import re
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -51,6 +56,8 @@ DEFAULT_KEEP = timedelta(days=30)
 #: Progress reaches the table at most this often (seconds); status changes reach it at once.
 PROGRESS_INTERVAL = 0.5
 SCHEMA_VERSION = 1
+#: The longest `close` waits for cancelled jobs to stop (seconds).
+CLOSE_TIMEOUT = 10.0
 _JOB_ID = re.compile(r"j[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -185,7 +192,13 @@ class JobManager:
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         self._closed = False
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-job")
+        self._queue: queue.SimpleQueue[tuple[_Running, Work] | None] = queue.SimpleQueue()
+        self._workers = [
+            threading.Thread(target=self._serve, name=f"strongroom-job-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
         for owner in self._table.active_owners() - {self._owner.name}:
             self._fail_if_orphaned(owner)
         self._table.forget_ended(before=self._now() - int(keep.total_seconds() * 1000))
@@ -217,7 +230,7 @@ class JobManager:
             running = _Running(job, JobHandle(self, job.jobid))
             self._table.save(job, self._owner.name)
             self._running[job.jobid] = running
-            running.future = self._executor.submit(self._run, running.handle, work)
+            self._queue.put((running, work))
         logger.info("Job %s submitted: %s %s/%s", job.jobid, operation, store, name)
         return job
 
@@ -251,7 +264,12 @@ class JobManager:
                 if running.future.cancel():
                     return self._end(running, JobStatus.CANCELLED, "Cancelled before it started.")
                 if running.job.status is JobStatus.EXECUTING:
-                    self._set(running, save=True, status=JobStatus.CANCELLING)
+                    self._set(
+                        running,
+                        save=True,
+                        status=JobStatus.CANCELLING,
+                        messages=(*running.job.messages, _CANCELLING_MESSAGE),
+                    )
                 return running.job
         job = self.get(jobid)
         if job.status.active:
@@ -260,8 +278,10 @@ class JobManager:
             )
         return job
 
-    def close(self) -> None:
-        """Cancel what is queued or running, wait for the workers, release the owner lock."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Cancel what is queued or running, wait up to `timeout` seconds for it to stop,
+        and release the table and the owner lock. A job still running then is recorded
+        FAILED and left to its daemon thread, whose later outcome is not recorded."""
         with self._lock:
             if self._closed:
                 return
@@ -269,15 +289,40 @@ class JobManager:
             jobids = list(self._running)
         for jobid in jobids:
             self.cancel(jobid)
-        self._executor.shutdown(wait=True)
-        self._owner.release()
-        self._table.close()
+        for _ in self._workers:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            for running in list(self._running.values()):
+                logger.warning(
+                    "Job %s did not stop within %g s of close", running.job.jobid, timeout
+                )
+                self._end(running, JobStatus.FAILED, _ABANDONED_MESSAGE.format(timeout=timeout))
+            self._owner.release()
+            self._table.close()
 
     # -- internals --------------------------------------------------------------------
 
+    def _serve(self) -> None:
+        """A worker: run queued jobs until `close` sends None (a cancelled future is a job
+        cancelled before it started)."""
+        while (task := self._queue.get()) is not None:
+            running, work = task
+            if running.future.set_running_or_notify_cancel():
+                try:
+                    self._run(running.handle, work)
+                except Exception:  # the job table failed; the worker lives on
+                    logger.exception("Job %s could not be recorded", running.job.jobid)
+                finally:
+                    running.future.set_result(None)
+
     def _run(self, handle: JobHandle, work: Work) -> None:
         with self._lock:
-            running = self._running[handle.jobid]
+            running = self._running.get(handle.jobid)
+            if running is None:  # abandoned by `close`
+                return
             if handle.cancel_requested:
                 self._end(running, JobStatus.CANCELLED, "Cancelled before it started.")
                 return
@@ -307,7 +352,8 @@ class JobManager:
         result: Mapping[str, Any] | None = None,
     ) -> None:
         with self._lock:
-            self._end(running, status, message, result)
+            if self._running.get(running.job.jobid) is running:  # not abandoned by `close`
+                self._end(running, status, message, result)
 
     def _end(
         self,
@@ -365,6 +411,14 @@ class JobManager:
         return to_epoch_ms(self._clock())
 
 
+_CANCELLING_MESSAGE = (
+    "Cancel asked: the job stops at its next step (a chunk read or written, a stage)."
+)
+_ABANDONED_MESSAGE = (
+    "Still running {timeout:g} s after its job manager was closed (cancelled, but stuck, "
+    "most likely in a store call); it was left behind, and whatever it did after this is "
+    "not recorded here."
+)
 _ORPHAN_MESSAGE = (
     "The strongroom process running this job stopped while the job was {status}; "
     "the job did not finish, and nothing it left half-written is listed as a backup."
