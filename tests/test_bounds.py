@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from strongroom import Engine, IntegrityError, KdfParams
+from strongroom import ConfigError, Engine, IntegrityError, KdfParams
 from strongroom.backends.file import LocalStore
 from strongroom.crypto import (
     BackupKeys,
@@ -370,3 +370,8 @@ def test_the_umask_is_read_without_setting_it(monkeypatch: pytest.MonkeyPatch) -
     finally:
         monkeypatch.undo()
         os.umask(previous)
+
+
+def test_an_engine_refuses_kdf_parameters_no_reader_accepts(home: Path) -> None:
+    with pytest.raises(ConfigError, match="could never be restored"):
+        Engine(kdf=KdfParams(memory_cost_kib=512 * 1024, iterations=1, lanes=1))

@@ -114,13 +114,18 @@ class KdfParams:
     #: Memory times iterations: the time Argon2id takes grows with both.
     MAX_WORK_KIB = 1024 * 1024
 
-    def check_bounds(self) -> None:
-        """Raise IntegrityError when the parameters are outside what we ever write."""
+    @property
+    def within_bounds(self) -> bool:
+        """Whether a reader accepts these parameters (so a writer may use them)."""
         lanes_ok = 1 <= self.lanes <= self.MAX_LANES
         iterations_ok = 1 <= self.iterations <= self.MAX_ITERATIONS
         memory_ok = 8 * self.lanes <= self.memory_cost_kib <= self.MAX_MEMORY_KIB
         work_ok = self.memory_cost_kib * self.iterations <= self.MAX_WORK_KIB
-        if not (lanes_ok and iterations_ok and memory_ok and work_ok):
+        return lanes_ok and iterations_ok and memory_ok and work_ok
+
+    def check_bounds(self) -> None:
+        """Raise IntegrityError when the parameters are outside what we ever write."""
+        if not self.within_bounds:
             raise IntegrityError(
                 "The backup's key-derivation parameters are out of bounds; "
                 "the manifest has been tampered with."

@@ -174,6 +174,12 @@ class Engine:
         self.config = config if config is not None else StoresConfig.load()
         self._registry = build_registry(plugin_manager or get_plugin_manager())
         self._kdf = kdf or KdfParams()
+        if not self._kdf.within_bounds:
+            raise ConfigError(
+                f"{self._kdf} is outside what any reader accepts (1 to 16 lanes and iterations, "
+                "8 KiB per lane to 256 MiB of memory, memory times iterations up to 1 GiB): "
+                "a backup made with it could never be restored."
+            )
         self._chunk_size = chunk_size
         self._compress = compress
         self._clock = clock
