@@ -1,7 +1,7 @@
 """The admin pages in a real headless Chromium against a real `strongroom serve`:
 sign in, create a backup through the form, watch its job end, find it in the list.
 
-Needs the Debian packages `chromium` and `chromium-driver` (.ci/run installs them).
+Needs the Debian packages `chromium` and `chromium-driver` (`make test` installs them).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ PASSCODE = "Browser-Passc0de-9f2"
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
     if not (CHROMEDRIVER.exists() and CHROMIUM.exists()):
-        pytest.fail("Install the Debian packages chromium and chromium-driver to run this test.")
+        pytest.fail("Install the Debian packages chromium and chromium-driver (make test does).")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
