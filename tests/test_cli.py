@@ -22,6 +22,7 @@ import tarfile
 import time
 import tomllib
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -236,19 +237,25 @@ def test_backup_lifecycle(
     assert "1 expired as of" in dry_table.out and "1 kept" in dry_table.out
     assert [b["name"] for b in cli("list", "--json").json()["backups"]] == ["first", "second"]
 
-    early = cli("cleanup", "--as-of", str(later - 1), "--json")
+    early = cli("cleanup", "--dry-run", "--as-of", str(later - 1), "--json")
     assert early.json()["backups"] == [] and early.json()["kept"] == 2
+    ahead = cli("cleanup", "--as-of", as_of)  # looking ahead never deletes
+    assert ahead.code == 2 and "use it with --dry-run" in ahead.err
 
-    cleaned = cli("cleanup", "--as-of", as_of, "--json")
+    year_ago = datetime.now(UTC) - timedelta(days=365)  # a backup that expired long ago
+    Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, clock=lambda: year_ago).create(
+        "expired", [tree], passcode=PASSCODE, retention_date=now_ms() - 300 * DAY_MS
+    )
+    cleaned = cli("cleanup", "--json")
     assert cleaned.code == 0, cleaned.err
-    assert [(e["name"], e["action"]) for e in cleaned.json()["backups"]] == [("first", "deleted")]
-    assert [b["name"] for b in cli("list", "--json").json()["backups"]] == ["second"]
-    assert _chunk_paths(_default_store(home), "first") == []
+    assert [(e["name"], e["action"]) for e in cleaned.json()["backups"]] == [("expired", "deleted")]
+    assert [b["name"] for b in cli("list", "--json").json()["backups"]] == ["first", "second"]
+    assert _chunk_paths(_default_store(home), "expired") == []
 
     deleted = cli("delete", "second")
     assert deleted.code == 0
     assert "Deleted second" in deleted.out
-    assert cli("list", "--json").json() == {"backups": []}
+    assert [b["name"] for b in cli("list", "--json").json()["backups"]] == ["first"]
     assert cli("info", "second").code == 5
 
 
@@ -359,8 +366,8 @@ def test_retention_date_just_past_is_refused(cli: Cli, backup: str) -> None:
     [
         ["update", "kept", "--retention-date", "²"],
         ["update", "kept", "--retention-date", "99999999999999999999"],
-        ["cleanup", "--as-of", "²"],
-        ["cleanup", "--as-of", "99999999999999999999"],
+        ["cleanup", "--dry-run", "--as-of", "²"],
+        ["cleanup", "--dry-run", "--as-of", "99999999999999999999"],
     ],
     ids=["update-superscript", "update-huge", "cleanup-superscript", "cleanup-huge"],
 )

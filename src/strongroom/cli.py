@@ -51,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.paths += extra  # restore N --target DIR PATH...: PATHs after the options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "as_of", None) is not None and not args.dry_run:
+        parser.error(
+            "--as-of looks ahead and deletes nothing: use it with --dry-run (a cleanup "
+            "without --dry-run deletes what has expired now)"
+        )
     try:
         result: int = args.run(args)
         return result
@@ -156,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", metavar="S", action="append", help="only this store (repeatable)"
     )
     cleanup.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
-    cleanup.add_argument("--as-of", metavar="MS", help="judge expiry at this epoch-ms moment")
+    cleanup.add_argument(
+        "--as-of", metavar="MS", help="with --dry-run: what would expire by this epoch-ms moment"
+    )
     _json_option(cleanup)
 
     stores = _command(commands, "stores", "list, add, remove or validate backup stores", None)
