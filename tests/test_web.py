@@ -417,7 +417,7 @@ async def test_backup_create_list_get_update_restore_delete(
         ({"passcode": "short12"}, 400, "at least 8 characters"),
         ({"name": "../escape"}, 400, "'../escape'"),
         ({"retentionDate": "1635945710988"}, 400, "is in the past"),
-        ({"retentionDate": "tomorrow"}, 400, "retentionDate must be a whole number"),
+        ({"retentionDate": "tomorrow"}, 400, "neither epoch milliseconds"),
         ({"keepDays": "14"}, 400, "not both"),
         ({"retentionDate": None, "keepDays": "-1"}, 400, "keepDays must be"),
         ({"name": "kept"}, 409, "already exists"),
@@ -445,7 +445,7 @@ async def test_other_backup_errors(api: Api, kept: str) -> None:
     )
     _error(await api.post(f"{BACKUP}/restore"), 400, "The parameter passcode is required.")
     _error(await api.post(f"{BACKUP}/update"), 400, "The parameter retentionDate is required.")
-    _error(await api.post(f"{BACKUP}/update", retentionDate="12:00"), 400, "whole number")
+    _error(await api.post(f"{BACKUP}/update", retentionDate="12:00"), 400, "nor an ISO 8601 date")
     _error(await api.post(f"{BACKUP}/delete", **{"async": "yes"}), 400, "true or false")
     _error(await api.get(f"{STORE}/backups/create"), 405, "create takes a POST")
     passcode_in_url = await api.send(

@@ -28,8 +28,10 @@ from .config import StoresConfig, StoreSpec
 from .crypto import Passcode
 from .engine import BackupInfo, Engine
 from .errors import ConfigError, PasscodeError, StoreUnavailableError, StrongroomError
+from .format import utc_now
 from .pipeline import Progress
 from .plugins import build_registry, get_plugin_manager
+from .retention import retention_from
 
 __all__ = ["main"]
 
@@ -104,9 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_option(create)
     create.add_argument("--name", required=True, help="name of the new backup")
     create.add_argument("--description", default="", help="free text shown in listings")
-    create.add_argument(
-        "--retention-date", metavar="MS", help="epoch ms after which cleanup may delete it"
-    )
+    _retention_options(create, required=False)
     _passcode_option(create)
     _json_option(create)
     create.add_argument("sources", nargs="+", metavar="SOURCE", help="files or directories")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     update = _command(commands, "update", "change a backup's retentionDate", run_update)
     _store_option(update)
     update.add_argument("name", metavar="N")
-    update.add_argument("--retention-date", required=True, metavar="MS", help="epoch milliseconds")
+    _retention_options(update, required=True)
 
     cleanup = _command(
         commands, "cleanup", "delete backups whose retentionDate has passed", run_cleanup
@@ -236,7 +236,7 @@ def run_create(args: argparse.Namespace) -> int:
             passcode=passcode,
             store=args.store,
             description=args.description,
-            retention_date=args.retention_date,
+            retention_date=_retention(args),
             progress=progress,
         )
     _emit_backup(info, args.json)
@@ -249,7 +249,13 @@ def run_list(args: argparse.Namespace) -> int:
         _print_json({"backups": [info.to_dict() for info in backups]})
     else:
         rows = [
-            (b.name, _date(b.created), _date(b.retention_date), _size(b.stored_size), b.description)
+            (
+                b.name,
+                _date(b.created),
+                _until(b.retention_date),
+                _size(b.stored_size),
+                b.description,
+            )
             for b in backups
         ]
         _print_table(("NAME", "CREATED", "RETENTION DATE", "STORED", "DESCRIPTION"), rows)
@@ -320,8 +326,8 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_update(args: argparse.Namespace) -> int:
-    info = Engine().update_retention(args.name, args.retention_date, args.store)
-    print(f"{info.name}: retentionDate is now {_date(info.retention_date)}")
+    info = Engine().update_retention(args.name, _retention(args), args.store)
+    print(f"{info.name}: retentionDate is now {_until(info.retention_date)}")
     return 0
 
 
@@ -331,7 +337,7 @@ def run_cleanup(args: argparse.Namespace) -> int:
         _print_json(report.to_dict())
     else:
         rows = [
-            (e.store, e.name, _date(e.retention_date), e.action, e.message) for e in report.entries
+            (e.store, e.name, _until(e.retention_date), e.action, e.message) for e in report.entries
         ]
         _print_table(("STORE", "NAME", "RETENTION DATE", "ACTION", "MESSAGE"), rows)
         print(f"{len(report.entries)} expired as of {_date(report.as_of)}, {report.kept} kept.")
@@ -529,7 +535,7 @@ def _emit_backup(info: BackupInfo, as_json: bool) -> None:
         return
     fields = info.to_dict()
     fields["completeTime"] = _date(info.created)
-    fields["retentionDate"] = _date(info.retention_date)
+    fields["retentionDate"] = _until(info.retention_date)
     for key, value in fields.items():
         print(f"{key:<14} {value}")
 
@@ -546,6 +552,24 @@ def _print_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> 
                 str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
             ).rstrip()
         )
+
+
+def _retention_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    when = parser.add_mutually_exclusive_group(required=required)
+    when.add_argument(
+        "--retention-date",
+        metavar="WHEN",
+        help="when cleanup may delete it: 2027-01-31, 2027-01-31T02:00Z, epoch ms, or never",
+    )
+    when.add_argument("--keep-days", metavar="N", help="keep it N days from now")
+
+
+def _retention(args: argparse.Namespace) -> datetime | None:
+    return retention_from(args.retention_date, args.keep_days, utc_now())
+
+
+def _until(moment: datetime | None) -> str:
+    return "never" if moment is None else _date(moment)
 
 
 def _date(moment: Any) -> str:

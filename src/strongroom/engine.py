@@ -90,6 +90,7 @@ from .retention import (
     PendingMarker,
     check_retention_date,
     parse_epoch_ms,
+    retention_ms,
     select_candidates,
     select_expired,
     select_leftovers,
@@ -144,9 +145,7 @@ class BackupInfo:
             "description": self.description,
             "backupStore": self.store,
             "completeTime": to_epoch_ms(self.created),
-            "retentionDate": None
-            if self.retention_date is None
-            else to_epoch_ms(self.retention_date),
+            "retentionDate": retention_ms(self.retention_date),
             "backupType": "FULL",
             "scheduleType": "MANUAL",
             "status": "COMPLETED",
@@ -214,7 +213,7 @@ class Engine:
         streams: Mapping[str, StreamSource] | None = None,
         store: str | None = None,
         description: str = "",
-        retention_date: int | str | None = None,
+        retention_date: int | str | datetime | None = None,
         progress: Progress | None = None,
     ) -> BackupInfo:
         """Back up files, directories and named streams as the backup `name`.
@@ -289,15 +288,13 @@ class Engine:
         passcode: str | Passcode,
         store: str | None,
         description: str,
-        retention_date: int | str | None,
+        retention_date: int | str | datetime | None,
     ) -> tuple[Passcode, datetime | None, Store]:
         """Everything create checks before it writes a byte; the target store last."""
         validate_name(name)
         secret = Passcode(passcode)
         check_sources(paths, streams)
-        retention = (
-            None if retention_date is None else check_retention_date(retention_date, self._clock())
-        )
+        retention = check_retention_date(retention_date, self._clock())
         if not isinstance(description, str):
             raise ConfigError("The description must be text.")
         target = self.store(store)
@@ -408,9 +405,10 @@ class Engine:
         return BackupInfo.from_manifest(manifest, source.name)
 
     def update_retention(
-        self, name: str, retention_date: int | str, store: str | None = None
+        self, name: str, retention_date: int | str | datetime | None, store: str | None = None
     ) -> BackupInfo:
-        """Set a new retentionDate; needs no passcode (it is outside the manifest's MAC).
+        """Set a new retentionDate (None, -1 or "never": keep it until it is deleted); needs
+        no passcode (it is outside the manifest's MAC).
 
         In a store that locks backups the date can only move later, and the locks of the
         data move with it before the manifest says so.
@@ -418,11 +416,12 @@ class Engine:
         moment = check_retention_date(retention_date, self._clock())
         source, manifest = self._open(name, store)
         locked_until = _locked_until(source, manifest)
-        if locked_until is not None and moment < locked_until:
+        if locked_until is not None and (moment is None or moment < locked_until):
             raise ObjectLockedError(
                 f"Backup {name!r} in store {source.name!r} is locked ({source.lock_mode} mode) "
                 f"until {locked_until:%Y-%m-%d %H:%M:%S} UTC, its retentionDate; there a "
-                "retentionDate can only be extended, not brought forward."
+                "retentionDate can only be extended to a later date, not brought forward or "
+                "cleared."
             )
         updated = manifest.with_retention(moment)
         entry = retention_key(name, manifest.backup_id, moment)
@@ -431,7 +430,8 @@ class Engine:
         try:
             if len(chunks) < manifest.chunk_count:  # reported like a chunk deleted meanwhile
                 raise FileNotFoundError(data_prefix(name, manifest.backup_id))
-            source.extend_retention(chunks, moment)  # and so may the locks,
+            if moment is not None:  # (a store with locks never gets None: refused above)
+                source.extend_retention(chunks, moment)  # and so may the locks,
         except FileNotFoundError:
             source.delete([entry])
             raise IntegrityError(
@@ -680,7 +680,7 @@ class Engine:
         streams: Mapping[str, StreamSource] | None = None,
         store: str | None = None,
         description: str = "",
-        retention_date: int | str | None = None,
+        retention_date: int | str | datetime | None = None,
         operation_uri: str | None = None,
     ) -> Job:
         """`create` as a background job. The request is checked first, so a bad one fails

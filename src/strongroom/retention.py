@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from .errors import ConfigError
 from .format import MAX_EPOCH_MS, Manifest, from_epoch_ms, to_epoch_ms
+
+#: "Never expires", as the ArcGIS API writes a retentionDate.
+NEVER_MS = -1
+#: Epoch milliseconds from a hundredth of this to this (1970-01-12 to 1973-03-03) are
+#: surely seconds (2001-09-09 to 5138-11-16).
+SECONDS_LIKE = 100_000_000_000
+#: The most days a backup can be kept by a number of days (a century).
+MAX_KEEP_DAYS = 36_500
+EXAMPLE_MS = 1_830_297_600_000  # 2028-01-01
 
 __all__ = [
     "Action",
@@ -23,6 +32,9 @@ __all__ = [
     "PendingMarker",
     "check_retention_date",
     "parse_epoch_ms",
+    "parse_moment",
+    "retention_from",
+    "retention_ms",
     "select_candidates",
     "select_expired",
     "select_leftovers",
@@ -38,19 +50,72 @@ def parse_epoch_ms(value: object, what: str = "retentionDate") -> int:
         return value
     raise ConfigError(
         f"{what} must be a whole number of milliseconds since 1970-01-01 UTC, "
-        f"for example 1735689600000; got {value!r}."
+        f"for example {EXAMPLE_MS}; got {value!r}."
     )
 
 
-def check_retention_date(value: object, now: datetime) -> datetime:
-    """A retentionDate from the outside, checked to be epoch ms in the future."""
-    moment = from_epoch_ms(parse_epoch_ms(value))
+def parse_moment(value: object, what: str = "retentionDate") -> datetime:
+    """A moment from the outside: epoch milliseconds (a number, or its digits), or an ISO
+    8601 date or date and time (`2027-01-31`, `2027-01-31T02:00Z`; UTC unless it says)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = value.strip() if isinstance(value, str) else ""
+    if text and not (text.isascii() and text.isdigit()):
+        try:
+            moment = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise ConfigError(
+                f"{what} {value!r} is neither epoch milliseconds ({EXAMPLE_MS}) nor an ISO 8601 "
+                "date or time (2027-01-31, 2027-01-31T02:00Z)."
+            ) from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    milliseconds = parse_epoch_ms(value, what)
+    if SECONDS_LIKE // 100 <= milliseconds < SECONDS_LIKE:  # 2001 to 5138, as seconds
+        as_seconds = from_epoch_ms(milliseconds * 1000)
+        raise ConfigError(
+            f"{what} {milliseconds} is before 1973 in milliseconds: if it counts seconds "
+            f"({as_seconds:%Y-%m-%d %H:%M:%S} UTC), give {milliseconds * 1000} or "
+            f"{as_seconds:%Y-%m-%dT%H:%M:%SZ}."
+        )
+    return from_epoch_ms(milliseconds)
+
+
+def check_retention_date(value: object, now: datetime) -> datetime | None:
+    """A retentionDate from the outside, in the future; None (never expires) for None,
+    -1 or "never", as the ArcGIS API and the CLI spell it."""
+    if value is None or (type(value) is int and value == NEVER_MS):
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("never", str(NEVER_MS)):
+        return None
+    moment = parse_moment(value)
     if moment <= now:
         raise ConfigError(
             f"retentionDate {to_epoch_ms(moment)} ({moment:%Y-%m-%d %H:%M:%S} UTC) is in the past; "
-            "give a date after now."
+            "give a date after now, or never."
         )
     return moment
+
+
+def retention_from(date: object, keep_days: object, now: datetime) -> datetime | None:
+    """The retentionDate asked for as a date (see `check_retention_date`) or as a number
+    of days from now; neither means never."""
+    if keep_days is None:
+        return check_retention_date(date, now)
+    if date is not None:
+        raise ConfigError("Give a retentionDate or a number of days to keep, not both.")
+    text = keep_days.strip() if isinstance(keep_days, str) else keep_days
+    if isinstance(text, str) and text.isascii() and text.isdigit():
+        text = int(text)
+    if type(text) is not int or not 0 < text <= MAX_KEEP_DAYS:
+        raise ConfigError(
+            f"The days to keep must be a whole number from 1 to {MAX_KEEP_DAYS}; got {keep_days!r}."
+        )
+    return now + timedelta(days=text)
+
+
+def retention_ms(moment: datetime | None) -> int:
+    """A retentionDate as the API and `--json` write it: epoch ms, or -1 for never."""
+    return NEVER_MS if moment is None else to_epoch_ms(moment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +228,7 @@ class CleanupEntry:
         return {
             "backupStore": self.store,
             "name": self.name,
-            "retentionDate": None
-            if self.retention_date is None
-            else to_epoch_ms(self.retention_date),
+            "retentionDate": retention_ms(self.retention_date),
             "action": self.action,
             "message": self.message,
         }
