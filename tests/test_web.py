@@ -457,6 +457,23 @@ async def test_other_backup_errors(api: Api, kept: str) -> None:
     _error(passcode_in_url, 400, "never in the URL")
 
 
+async def test_minus_one_means_never_expires_both_ways(api: Api, engine: Engine) -> None:
+    """The ArcGIS convention: retentionDate=-1 asks for no expiry, and answers say -1."""
+    created = api.job(
+        await api.post(
+            f"{STORE}/backups/create", name="forever", passcode=SECRET, retentionDate="-1"
+        )
+    )
+    assert created["status"] == "COMPLETED", created
+    assert (await api.get(f"{STORE}/backups/forever")).json()["retentionDate"] == -1
+    assert (await api.post(f"{STORE}/backups/forever/update", retentionDate=_future())).json()[
+        "status"
+    ] == "success"
+    assert (await api.get(f"{STORE}/backups/forever")).json()["retentionDate"] > 0
+    await api.post(f"{STORE}/backups/forever/update", retentionDate="-1")
+    assert engine.info("forever").retention_date is None
+
+
 async def test_create_needs_sources(engine: Engine, tmp_path: Path) -> None:
     app = create_app(engine)
     async with httpx.AsyncClient(
