@@ -1,6 +1,7 @@
 # Two commands do all the setup on a fresh machine (see README.md):
 #   make backup   - a first encrypted backup into the embedded default store
-#   make test     - the whole test suite (core and plugins, against local S3 and Azurite servers);
+#   make test     - lint (ruff, mypy --strict), then the whole test suite (core and plugins,
+#                   against local S3 and Azurite servers);
 #                   it installs what the tests need: Python packages, npm azurite, and the Debian
 #                   packages below (with apt-get, as root or with passwordless sudo)
 PYTHON ?= python3
@@ -38,7 +39,7 @@ $(DEBIAN_FILES) &:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null
 
-test: $(BIN)/strongroom $(AZURITE) $(DEBIAN_FILES)
+test: $(BIN)/strongroom $(AZURITE) $(DEBIAN_FILES) lint
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/strongroom

@@ -854,3 +854,22 @@ def test_serve_refuses_a_source_that_does_not_exist(cli: Cli, tmp_path: Path) ->
         outcome = cli("serve", "--port", port, "--source", tmp_path / "missing")
     assert outcome.code == 3
     assert "does not exist" in outcome.error_line
+
+
+def test_output_cut_short_by_its_reader_is_no_error(home: Path, tmp_path: Path) -> None:
+    """`strongroom ls big | head -1`: the closed pipe ends the command quietly, exit 0."""
+    source = tmp_path / "many"
+    source.mkdir()
+    for n in range(5000):
+        (source / f"file-{n:05}").write_bytes(b"")
+    Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK).create("many", [source], passcode=PASSCODE)
+    command = [str(STRONGROOM), "ls", "many"]
+    with subprocess.Popen(
+        command, env=_script_env(home, PASSCODE), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline() == b"many\n"
+        process.stdout.close()  # as `head -1` does
+        error = process.stderr.read()
+        assert process.wait(timeout=60) == 0
+    assert error == b""

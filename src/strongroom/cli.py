@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("strongroom: interrupted; nothing was committed.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`strongroom list | head`): no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
+        return 0
     except OSError as exc:  # stores raise StoreError; this is a local source or target
         path = exc.filename if exc.filename is not None else getattr(args, "target", None)
         where = f" {path}" if path is not None else ""  # a failed write names no file
@@ -290,7 +293,8 @@ def run_verify(args: argparse.Namespace) -> int:
         store=args.store,
         backup_id=args.backup_id,
     )
-    print(f"{info.name}: OK ({info.chunk_count} chunks authenticated)")
+    chunks = "1 chunk" if info.chunk_count == 1 else f"{info.chunk_count} chunks"
+    print(f"{info.name}: OK ({chunks} authenticated)")
     return 0
 
 

@@ -60,11 +60,11 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 def validate_name(value: object, what: str = "backup") -> str:
     """Return `value` if it is a safe store or backup name, else raise InvalidNameError.
 
-    Names become object keys and directory names, so only letters, digits, `_`, `-`
+    Names become object keys and directory names, so only ASCII letters, digits, `_`, `-`
     and `.` are allowed, never `..`, and the first character is a letter, digit or `_`.
     """
     rule = (
-        f"A {what} name uses 1 to {MAX_NAME_LENGTH} letters, digits, '_', '-' or '.', "
+        f"A {what} name uses 1 to {MAX_NAME_LENGTH} ASCII letters, digits, '_', '-' or '.', "
         "starts with a letter, digit or '_', and does not contain '..'"
     )
     if not isinstance(value, str) or not value:
