@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import functools
+import io
+import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from strongroom import Store, StoreCapabilities, StoreSpec, UnknownBackendError
+from strongroom import (
+    Engine,
+    Store,
+    StoreCapabilities,
+    StoresConfig,
+    StoreSpec,
+    UnknownBackendError,
+)
 from strongroom.backends.file import LocalStore
 from strongroom.backends.generic import open_fsspec_store
 from strongroom.plugins import build_registry, get_plugin_manager
 from strongroom.testing import StoreConformance
+from tests.conftest import FAST_KDF, PASSCODE
 
 
 class TestLocalStore(StoreConformance):
     @pytest.fixture
-    def store(self, tmp_path: Path) -> Store:
-        return LocalStore("local", (tmp_path / "store").as_uri(), tmp_path / "store")
+    def store_opener(self, tmp_path: Path) -> Callable[[], Store]:
+        return functools.partial(
+            LocalStore, "local", (tmp_path / "store").as_uri(), tmp_path / "store"
+        )
+
+    @pytest.fixture
+    def store(self, store_opener: Callable[[], Store]) -> Store:
+        return store_opener()
 
 
 class TestGenericFsspecStore(StoreConformance):
@@ -36,7 +53,25 @@ class TestGenericFsspecStore(StoreConformance):
 
 def test_generic_backend_claims_no_atomicity() -> None:
     store = open_fsspec_store(StoreSpec("ram", "memory://claims"))
-    assert store.capabilities == StoreCapabilities(ranged_reads=True)
+    assert store.capabilities == StoreCapabilities()
+
+
+def test_a_create_into_a_store_without_guarantees_says_what_can_go_wrong(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    generic = open_fsspec_store(StoreSpec("ram", f"memory://warned-{uuid.uuid4().hex}"))
+    local = LocalStore("local", (tmp_path / "store").as_uri(), tmp_path / "store")
+    engine = Engine(
+        StoresConfig.load(tmp_path / "none.toml"), stores=[generic, local], kdf=FAST_KDF
+    )
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        for store in (generic, local):
+            engine.create(
+                "warned", passcode=PASSCODE, streams={"s": io.BytesIO(b"x")}, store=store.name
+            )
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2 and all(w.startswith("Store 'ram': ") for w in warnings)
+    assert "truncated manifest" in warnings[0] and "both succeed" in warnings[1]
 
 
 def test_generic_backend_yields_to_dedicated_ones_and_names_missing_packages() -> None:

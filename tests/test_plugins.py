@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydoc
 import sys
 import types
 from pathlib import Path
@@ -130,3 +131,12 @@ def test_misspelt_hook_fails_loudly() -> None:
     with pytest.raises(Exception, match="unknown hook"):
         manager.check_pending()
     assert "typo_plugin" not in sys.modules
+
+
+def test_pydoc_shows_every_hook_with_its_docstring() -> None:
+    """Plugin authors read the hooks with `pydoc strongroom.plugins`: they must be there."""
+    assert "StrongroomHookSpecs" in strongroom.plugins.__all__
+    text = pydoc.render_doc(strongroom.plugins, renderer=pydoc.plaintext)
+    for name in (name for name in vars(StrongroomHookSpecs) if name.startswith("strongroom_")):
+        summary = getattr(StrongroomHookSpecs, name).__doc__.strip().splitlines()[0]
+        assert name in text and summary in text, f"pydoc strongroom.plugins omits {name}"

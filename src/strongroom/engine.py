@@ -298,6 +298,8 @@ class Engine:
         if not isinstance(description, str):
             raise ConfigError("The description must be text.")
         target = self.store(store)
+        for risk in target.capabilities.create_risks():
+            logger.warning("Store %r: %s.", target.name, risk)
         if target.exists(manifest_key(name)):
             raise _exists(name, target)
         return secret, retention, target

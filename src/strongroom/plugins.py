@@ -1,7 +1,8 @@
 """Hook specifications and the plugin manager (pluggy), as pytest, tox and datasette do it.
 
-Backends register through `strongroom_register_backends(registry)`; host products decide
-who may use the admin API through `strongroom_authenticate(token, request)`. The built-in
+Every hook is a method of `StrongroomHookSpecs`, documented there. Backends register
+through `strongroom_register_backends(registry)`; host products decide who may use the
+admin API through `strongroom_authenticate(token, request)`. The built-in
 filesystem backend is an ordinary plugin module registered by the same call as
 third-party plugins, which come from the `strongroom` entry-point group unless
 `STRONGROOM_DISABLE_PLUGIN_AUTOLOAD` is set.
@@ -29,6 +30,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BackendRegistry",
     "StoreFactory",
+    "StrongroomHookSpecs",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
@@ -122,11 +124,13 @@ def _check_lock_mode(store: str, value: object) -> str:
 
 
 class StrongroomHookSpecs:
-    """Every hook strongroom calls. Hooks only ever gain arguments."""
+    """Every hook strongroom calls; a plugin implements any of them with `@hookimpl` and
+    the same name. Hooks only ever gain arguments, and an implementation may take fewer."""
 
     @hookspec
     def strongroom_register_backends(self, registry: BackendRegistry) -> None:
-        """Register store backends by URL scheme.
+        """Register store backends by URL scheme; called once per plugin manager, by every
+        plugin. What a backend must do is the contract of :class:`strongroom.Store`.
 
         :param registry: call ``registry.add("scheme", factory)`` where ``factory``
             takes a :class:`strongroom.StoreSpec` and returns a :class:`strongroom.Store`.

@@ -1,9 +1,10 @@
-"""Store: a named place that holds backup objects, over an fsspec filesystem.
+"""Store: a named place that holds backup objects, and the contract every backend keeps.
 
 A store speaks in keys (`manifests/nightly`, `data/nightly/<id>/0000000003`) relative
 to its root and promises only what its `capabilities` say. It knows nothing of
-encryption or manifests. Backends subclass `Store` to give stronger guarantees
-(the built-in filesystem backend adds atomic put-if-absent with `os.link`).
+encryption or manifests. The base class runs over an fsspec filesystem; backends
+subclass it to give stronger guarantees (the built-in filesystem backend adds atomic
+put-if-absent with `os.link`) or to reach storage that is no fsspec filesystem at all.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from .errors import ConfigError, StoreUnavailableError
+from .errors import ConfigError, StoreError, StoreUnavailableError
 
 __all__ = [
     "LOCK_MODES",
@@ -40,22 +41,48 @@ LOCK_MODES = ("governance", "compliance")
 
 @dataclass(frozen=True, slots=True)
 class StoreCapabilities:
-    """What a store really guarantees; the engine and `stores validate` rely on these."""
+    """What a store guarantees beyond the contract of `Store`. Claim only what is true:
+    the conformance suite tests every claim, `stores validate` shows them to the operator,
+    and the engine warns on a create into a store that lacks `atomic_put` or `put_if_absent`.
+    """
 
-    #: No reader ever observes a partially written object.
+    #: No reader ever observes a partially written object, and a put cut off leaves the
+    #: old object or none. Without it a create cut off mid-commit can leave a truncated
+    #: manifest that blocks its name until someone deletes it.
     atomic_put: bool = False
-    #: `put(..., overwrite=False)` is atomic: of two racing writers exactly one wins.
+    #: `put(..., overwrite=False)` is atomic: of writers racing for one key, from any
+    #: number of instances, processes or machines, exactly one wins. Without it two
+    #: creates of one name at the same moment can both succeed, and one backup is lost.
     put_if_absent: bool = False
-    #: Objects can be made undeletable until a date (S3 Object Lock).
+    #: Objects can be made undeletable until a date (S3 Object Lock); `validate` refuses
+    #: a `lock_mode` without it.
     object_lock: bool = False
-    #: Byte ranges of an object can be read without fetching all of it.
-    ranged_reads: bool = False
+
+    def create_risks(self) -> list[str]:
+        """What can go wrong on a create for want of a capability, one sentence each."""
+        risks = []
+        if not self.atomic_put:
+            risks.append(
+                "its writes are not atomic, so a create cut off mid-commit can leave "
+                "a truncated manifest that blocks the name until it is deleted"
+            )
+        if not self.put_if_absent:
+            risks.append(
+                "it has no atomic put-if-absent, so two creates of one name at the "
+                "same moment can both succeed and one backup is lost"
+            )
+        return risks
 
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
+    """An object as a listing shows it."""
+
     key: str
     size: int
+    #: When the store last wrote the object, by the store's own clock, timezone-aware.
+    #: None only where the storage keeps no times: the engine then cannot tell a
+    #: leftover's age and never sweeps it (the conformance suite fails such a store).
     modified: datetime | None
 
 
@@ -98,24 +125,58 @@ class ValidationReport:
 
 
 class Store:
-    """Objects under a root of an fsspec filesystem.
+    """Objects under a root; the contract every backend keeps.
+
+    A backend implements `put`, `get`, `exists`, `list` and `delete`. The base class
+    implements them over the fsspec filesystem `fs`, so an fsspec backend may pass one
+    and override only what it can do better; a backend that is no fsspec filesystem
+    overrides all five and passes no `fs`. Everything else has a default built on those
+    five: `scan`, `delete_prefix`, `now`, `validate`, `translate_errors`, and the object
+    lock hooks (`enable_object_lock` refuses, `extend_retention` does nothing).
+
+    One instance serves the whole process: the engine calls it from many threads at
+    once (transfers, concurrent cleanups, the admin API's jobs), so every method must be
+    thread-safe. Other instances, processes and machines may use the same storage at
+    the same time.
+
+    Errors: a missing object is FileNotFoundError (`get`), an existing one
+    FileExistsError (`put` without `overwrite`); a store that fails or cannot be reached
+    raises StoreUnavailableError, and a refusal the operator must act on another
+    StoreError, each saying what to do. Nothing else may escape: wrap every call into
+    the storage in `translate_errors`, which turns `storage_errors` into
+    StoreUnavailableError, so the command line shows a sentence, never a traceback.
 
     The generic implementation claims no atomicity: `put` with `overwrite=False`
     checks for the object first, which two racing writers can both pass. Backends
     with stronger primitives override `put` and declare them in `capabilities`.
     """
 
-    capabilities = StoreCapabilities(ranged_reads=True)
+    capabilities = StoreCapabilities()
     #: How many object transfers the engine runs at once against this store.
     concurrency = 4
     #: The object lock mode the store writes backups with (one of LOCK_MODES), or None.
     lock_mode: str | None = None
+    #: The exceptions of the storage's own library that mean the store failed; a backend
+    #: with its own library (a database driver, a cloud SDK) adds its base exception.
+    storage_errors: tuple[type[Exception], ...] = (OSError,)
 
-    def __init__(self, name: str, url: str, fs: AbstractFileSystem, root: str) -> None:
+    def __init__(
+        self, name: str, url: str, fs: AbstractFileSystem | None = None, root: str = ""
+    ) -> None:
         self.name = name
         self.url = url
-        self.fs = fs
+        self._fs = fs
         self.root = root.rstrip("/")
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The fsspec filesystem the default operations use."""
+        if self._fs is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} was given no fsspec filesystem, so it must implement "
+                "put, get, exists, list and delete itself."
+            )
+        return self._fs
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, url={self.url!r})"
@@ -142,11 +203,12 @@ class Store:
     ) -> None:
         """Write an object; with `overwrite=False` raise FileExistsError if it exists.
 
-        `retain_until` is the retentionDate of the backup the object belongs to: a store
-        with `lock_mode` keeps the object undeletable until then; other stores ignore it.
+        `data` is any bytes-like object. Keys are names, not paths: nothing needs creating
+        first. `retain_until` is the retentionDate of the backup the object belongs to: a
+        store with `lock_mode` keeps the object undeletable until then; others ignore it.
         """
         with self.translate_errors(key):
-            if not overwrite and self.fs.exists(self.path(key)):
+            if not overwrite and self.exists(key):
                 raise FileExistsError(key)
             self.fs.pipe_file(self.path(key), bytes(data))
 
@@ -157,11 +219,18 @@ class Store:
             return data
 
     def exists(self, key: str) -> bool:
-        with self.translate_errors(key):
-            return bool(self.fs.exists(self.path(key)))
+        """Whether an object is stored under exactly this key (a prefix of keys is not)."""
+        with self.translate_errors(key):  # not fs.exists: it is true of directories, and
+            try:  # it takes every failure for absence
+                info: dict[str, Any] = self.fs.info(self.path(key))
+            except FileNotFoundError:
+                return False
+            return info.get("type") == "file"
 
     def list(self, prefix: str) -> list[ObjectInfo]:
-        """Every object whose key starts with `prefix` (a folder-like prefix ending in '/')."""
+        """Every object whose key starts with `prefix` ('' or ending in '/'), however deep,
+        sorted by key. Nothing under the prefix is an empty list, not an error; a store
+        that cannot be reached raises, so it is never mistaken for an empty one."""
         with self.translate_errors(prefix):
             base = self.path(prefix).rstrip("/")
             try:
@@ -177,7 +246,8 @@ class Store:
 
     def scan(self, prefix: str) -> ScanResult:
         """`list`, and what the store skipped under `prefix` as not being objects (say, a
-        planted link). A backend where every entry is an object need not override it."""
+        planted link), for cleanup to report. A backend where every entry is an object
+        need not override it; one that does makes `list` return `scan(prefix).objects`."""
         return ScanResult(self.list(prefix))
 
     def delete(self, keys: builtins.list[str]) -> None:
@@ -187,6 +257,7 @@ class Store:
                 self.fs.rm_file(self.path(key))
 
     def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under `prefix` (ending in '/'), and nothing beside it."""
         self.delete([obj.key for obj in self.list(prefix)])
 
     def extend_retention(self, keys: builtins.list[str], until: datetime) -> None:
@@ -218,7 +289,9 @@ class Store:
         )
 
     def now(self) -> datetime | None:
-        """The store's own clock: the timestamp it gives a fresh probe object (None if none)."""
+        """The store's own clock: the timestamp it gives a fresh probe object, against which
+        the sweep ages leftovers (so this machine's clock never decides). None if the store
+        keeps no times, which turns the sweep off. A backend with a cheaper clock overrides it."""
         key = f"{PROBE_PREFIX}clock-{uuid.uuid4().hex}"
         self.put(key, b"")
         try:
@@ -250,12 +323,13 @@ class Store:
 
     @contextmanager
     def translate_errors(self, key: str) -> Iterator[None]:
-        """Turn a backend's failures into StoreUnavailableError naming the store."""
+        """Turn the storage's failures (`storage_errors`) into StoreUnavailableError naming
+        the store; FileNotFoundError, FileExistsError and StoreError pass: they are the contract."""
         try:
             yield
-        except (FileNotFoundError, FileExistsError):
+        except (FileNotFoundError, FileExistsError, StoreError):
             raise
-        except OSError as exc:
+        except self.storage_errors as exc:
             raise StoreUnavailableError(
                 f"Store {self.name!r} ({self.url}) failed on {key!r}: {exc}. "
                 "Check that the location exists and is writable, then run "

@@ -72,7 +72,6 @@ def test_stores_add_and_validate_on_the_command_line(
         "atomic_put": True,
         "put_if_absent": True,
         "object_lock": False,
-        "ranged_reads": True,
     }
 
 

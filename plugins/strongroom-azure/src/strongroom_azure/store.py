@@ -45,9 +45,7 @@ class AzureStore(Store):
     and Azurite implements none, so the claim could not be tested.
     """
 
-    capabilities = StoreCapabilities(
-        atomic_put=True, put_if_absent=True, object_lock=False, ranged_reads=True
-    )
+    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, object_lock=False)
 
     def __init__(self, name: str, url: str, fs: AzureBlobFileSystem, options: AzureOptions) -> None:
         super().__init__(name, url, fs, f"{options.container}/{options.prefix}")
