@@ -805,3 +805,14 @@ def test_serve_refuses_a_source_that_does_not_exist(cli: Cli, tmp_path: Path) ->
         outcome = cli("serve", "--port", port, "--source", tmp_path / "missing")
     assert outcome.code == 3
     assert "does not exist" in outcome.error_line
+
+
+@pytest.mark.parametrize("option", ["token", "password", "client_secret", "account_key"])
+def test_options_named_like_secrets_are_never_saved_in_plain_text(
+    cli: Cli, home: Path, option: str
+) -> None:
+    added = cli("stores", "add", "vault", "memory://vault", "--option", f"{option}=THE-KEY")
+    assert added.code == 3
+    assert f"{option} must not be written in plain text" in added.error_line
+    assert "THE-KEY" not in added.err
+    assert not (home / "config.toml").exists()

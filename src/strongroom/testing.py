@@ -30,6 +30,7 @@ from .config import StoresConfig
 from .crypto import KdfParams
 from .engine import Engine
 from .format import to_epoch_ms
+from .plugins import build_registry, get_plugin_manager
 from .store import Store
 
 __all__ = ["StoreConformance"]
@@ -127,6 +128,15 @@ class StoreConformance:
             thread.join()
         assert len(winners) == 1 and len(losers) == 7
         assert store.get("manifests/raced") == winners[0]
+
+    def test_the_backend_declares_its_endpoint_and_secret_options(self, store: Store) -> None:
+        """The admin API lets a caller set only the options a backend declares harmless, and
+        the core refuses plain secrets by the same declaration: `registry.add(scheme,
+        factory, options=BackendOptions(settings=..., endpoints=..., secrets=...))`."""
+        registry = build_registry(get_plugin_manager(autoload=True))
+        assert registry.options_of(store.url) is not None, (
+            f"no installed plugin declares the options of {store.url!r} stores"
+        )
 
     def test_validate_probes_everything_and_cleans_up(self, store: Store) -> None:
         report = store.validate()
