@@ -9,10 +9,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -107,6 +107,8 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    #: The server's own TMPDIR, so a test can see what it spools.
+    tmpdir: Path
 
     def get(self, path: str, **params: str) -> httpx.Response:
         """GET a path under the server (or an absolute URL) as JSON, with the token."""
@@ -128,7 +130,11 @@ class Server:
         raise AssertionError(f"job {jobs_url} did not end: {job}")
 
 
-ServerFactory = Callable[[Sequence[Path]], Server]
+class ServerFactory(Protocol):
+    def __call__(
+        self, sources: Sequence[Path], *options: str, env: dict[str, str] | None = None
+    ) -> Server:
+        """Start a server backing up `sources`, with more `serve` options and environment."""
 
 
 @pytest.fixture
@@ -137,17 +143,24 @@ def serve(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     monkeypatch.setenv("STRONGROOM_API_TOKEN_HASHES", hash_token(API_TOKEN))
     servers: list[Server] = []
 
-    def start(sources: Sequence[Path]) -> Server:
+    def start(sources: Sequence[Path], *options: str, env: dict[str, str] | None = None) -> Server:
         port = _free_port()
         log = tmp_path / f"server-{len(servers)}.log"
-        arguments = [str(STRONGROOM), "serve", "--port", str(port)]
+        tmpdir = tmp_path / f"server-{len(servers)}-tmp"
+        tmpdir.mkdir()
+        arguments = [str(STRONGROOM), "serve", "--port", str(port), *options]
         for source in sources:
             arguments += ["--source", str(source)]
+        environment = {**os.environ, **(env or {}), "TMPDIR": str(tmpdir)}
         with log.open("wb") as output:
             process = subprocess.Popen(
-                arguments, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+                arguments,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=environment,
             )
-        server = Server(process, f"http://127.0.0.1:{port}", log)
+        server = Server(process, f"http://127.0.0.1:{port}", log, tmpdir)
         servers.append(server)
         _wait_until_listening(server)
         return server

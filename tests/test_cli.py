@@ -873,3 +873,14 @@ def test_output_cut_short_by_its_reader_is_no_error(home: Path, tmp_path: Path) 
         error = process.stderr.read()
         assert process.wait(timeout=60) == 0
     assert error == b""
+
+
+@pytest.mark.parametrize("option", ["token", "password", "client_secret", "account_key"])
+def test_options_named_like_secrets_are_never_saved_in_plain_text(
+    cli: Cli, home: Path, option: str
+) -> None:
+    added = cli("stores", "add", "vault", "memory://vault", "--option", f"{option}=THE-KEY")
+    assert added.code == 3
+    assert f"{option} must not be written in plain text" in added.error_line
+    assert "THE-KEY" not in added.err
+    assert not (home / "config.toml").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,41 @@ def test_add_remove_and_save_round_trip(home: Path, tmp_path: Path) -> None:
 def test_unknown_store_names_the_configured_ones(home: Path) -> None:
     with pytest.raises(UnknownStoreError, match="backupsDefault"):
         StoresConfig.load().get("nowhere")
+
+
+def test_the_file_is_written_owner_only_atomically_and_keeps_the_api_table(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    os.umask(0o022)
+    home.mkdir()
+    path = home / "config.toml"
+    path.write_text('[api]\nallow_stores = ["file:///srv/backups/"]\n')
+    path.chmod(0o644)
+    (home / ".config.toml.tmp").write_text("left over by a crash")
+    (home / ".config.toml.tmp").chmod(0o644)
+    replaced: list[int] = []
+    real_replace = os.replace
+
+    def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        replaced.append(stat.S_IMODE(os.stat(source).st_mode))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    config = StoresConfig.load()
+    assert config.allow_stores == ["file:///srv/backups/"]
+    config.add(StoreSpec("offsite", "file:///srv/offsite"))
+    config.save()
+    assert replaced == [0o600]  # never readable by others, not even before the rename
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert StoresConfig.load().allow_stores == ["file:///srv/backups/"]
+    assert not (home / ".config.toml.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    "table", ['[api]\nallow_stores = "s3://b/"\n', "[api]\nallow = []\n", "api = 1\n"]
+)
+def test_a_bad_api_table_is_refused(home: Path, table: str) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text(table)
+    with pytest.raises(ConfigError, match=r"\[api\] takes allow_stores"):
+        StoresConfig.load()

@@ -11,17 +11,19 @@ import logging
 import stat
 import time
 import tomllib
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from strongroom import Engine, hookimpl
+from strongroom import BackendOptions, BackendRegistry, Engine, Store, StoreSpec, hookimpl
 from strongroom.jobs import JOBS_FILE
 from strongroom.plugins import get_plugin_manager
 from strongroom.web import create_app
@@ -83,9 +85,15 @@ def _app(engine: Engine, tree: Path, tmp_path: Path, **options: Any) -> Starlett
     return create_app(engine, sources=[tree], restore_dir=tmp_path / "restores", **options)
 
 
+#: Where the `api` fixture's callers may register stores (besides STRONGROOM_HOME): schemes
+#: with no installed backend, so that the engine's own refusals can be seen behind the fence.
+ALLOWED = ["gopher://host/", "s3://bucket/"]
+
+
 @pytest.fixture
-async def api(engine: Engine, tree: Path, tmp_path: Path) -> AsyncIterator[Api]:
-    transport = httpx.ASGITransport(app=_app(engine, tree, tmp_path))
+async def api(engine: Engine, tree: Path, tmp_path: Path, home: Path) -> AsyncIterator[Api]:
+    allowed = [home.as_uri(), *ALLOWED]
+    transport = httpx.ASGITransport(app=_app(engine, tree, tmp_path, allow_stores=allowed))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         client = Api(http, engine)
         yield client
@@ -317,7 +325,7 @@ async def test_store_register_get_update_validate_unregister(
         ('{"url": "no-scheme"}', 400, "is not a URL"),
         ('{"url": "file:///x", "type": "s3"}', 400, "does not match the url's scheme"),
         ('{"url": "file:///x", "options": {"a": [1]}}', 400, "settings.options must be"),
-        ('{"url": "file:///x", "options": {"a": "b"}}', 400, "takes no options"),
+        ('{"url": "HOME/x", "options": {"object_lock": "governance"}}', 400, "cannot lock"),
         ('{"url": "gopher://host/x"}', 400, "no installed backend handles 'gopher'"),
         ('{"url": "s3://bucket/prefix"}', 400, "Install strongroom-s3"),
     ],
@@ -325,6 +333,7 @@ async def test_store_register_get_update_validate_unregister(
 async def test_bad_store_settings_say_what_is_wrong(
     api: Api, home: Path, settings: str, code: int, fragment: str
 ) -> None:
+    settings = settings.replace("HOME", home.as_uri())
     response = await api.post(f"{DR}/stores/register", storeName="offsite", settings=settings)
     _error(response, code, fragment)
     assert not (home / "config.toml").exists()
@@ -515,7 +524,10 @@ async def test_unknown_paths_wrong_methods_and_huge_bodies(api: Api) -> None:
         "POST",
         f"{STORE}/validate",
         content=b"x" * (1024 * 1024 + 1),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": f"Bearer {TOKEN}",
+        },
         params={"f": "json"},
     )
     _error(huge, 413, "larger than")
@@ -692,3 +704,276 @@ async def test_the_backup_page_shows_contents_on_a_passcode(api: Api, kept: str)
     assert '<table id="contents">' in page.text and "nested/deeper/notes.md" in page.text
     backup_page = await api.send("GET", BACKUP, params={"token": TOKEN})
     assert "/backups/kept/contents" in backup_page.text
+
+
+# -- what a token holder may register ---------------------------------------------------
+
+
+async def test_without_allowed_locations_the_api_edits_no_store(
+    engine: Engine, tree: Path, tmp_path: Path, home: Path
+) -> None:
+    closed = _app(engine, tree, tmp_path)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=closed), base_url="http://testserver"
+    ) as http:
+        api = Api(http, engine)
+        settings = json.dumps({"url": (home / "offsite").as_uri()})
+        registered = await api.post(f"{DR}/stores/register", storeName="x", settings=settings)
+        _error(registered, 403, "--allow-store")
+        _error(await api.post(f"{STORE}/update", settings='{"default": true}'), 403, "allow")
+        _error(await api.post(f"{STORE}/unregister"), 403, "--allow-store")
+        assert (await api.post(f"{STORE}/validate")).json()["ok"] is True  # still usable
+    assert not (home / "config.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "fragment"),
+    [
+        ("file:///tmp/elsewhere", {}, "is not under a location this server allows"),
+        ("HOME-evil/x", {}, "is not under"),
+        ("HOME/../evil", {}, "not a plain location"),
+        ("HOME/%2e%2e/evil", {}, "not a plain location"),
+        ("HOME//x", {}, "not a plain location"),
+        ("HOME/x?y=1", {}, "not a plain location"),
+        ("file://user@localhost/HOMEPATH/x", {}, "not a plain location"),
+        ("http://127.0.0.1:9/internal/admin?x=", {}, "not a plain location"),
+        ("http://127.0.0.1:9/internal/admin", {}, "is not under"),
+        ("s3://bucket-other/x", {}, "is not under"),
+        ("s3://bucket/x", {"key": {"env": "SECRET_DB_PASSWORD"}}, "secrets come from"),
+        ("s3://bucket/x", {"region": {"env": "SECRET_DB_PASSWORD"}}, "secrets come from"),
+        ("s3://bucket/x", {"secret": "plain"}, "secrets come from"),
+        ("s3://bucket/x", {"endpoint_url": "http://127.0.0.1:9"}, "cannot be set over the API"),
+        ("gopher://host/x", {"client_kwargs": "x"}, "cannot be set over the API"),
+        ("HOME/x", {"a": "b"}, "cannot be set over the API"),
+    ],
+)
+async def test_a_caller_registers_only_what_the_operator_allows(
+    api: Api, home: Path, url: str, options: dict[str, Any], fragment: str
+) -> None:
+    url = url.replace("HOMEPATH", str(home).lstrip("/")).replace("HOME", home.as_uri())
+    settings = json.dumps({"url": url, "options": options})
+    response = await api.post(f"{DR}/stores/register", storeName="x", settings=settings)
+    _error(response, 403, fragment)
+    assert "SECRET_DB_PASSWORD" not in response.text or "env" not in fragment
+    assert not (home / "config.toml").exists()
+    _error(await api.get(f"{DR}/stores/x"), 404, "No store is named")
+
+
+async def test_a_link_below_an_allowed_directory_is_not_followed(
+    api: Api, home: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (home / "teams").mkdir(parents=True)
+    (home / "teams" / "a").symlink_to(outside)
+    settings = json.dumps({"url": (home / "teams" / "a" / "store").as_uri()})
+    response = await api.post(f"{DR}/stores/register", storeName="x", settings=settings)
+    _error(response, 403, "through a link")
+    assert list(outside.iterdir()) == []
+    _error(await api.post(f"{DR}/stores/x/validate"), 404, "No store is named")
+
+
+async def test_a_third_party_backend_is_fenced_by_what_it_declares(
+    home: Path, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class ThirdParty:
+        """Registers `tp://` (declared: one harmless option, one endpoint) and `raw://`
+        (declared nothing), both in memory."""
+
+        @hookimpl
+        def strongroom_register_backends(self, registry: BackendRegistry) -> None:
+            def open_(spec: StoreSpec) -> Store:
+                opened.append(dict(spec.options))
+                return Store(spec.name, spec.url, MemoryFileSystem(), f"/tp-{uuid.uuid4()}")
+
+            declared = BackendOptions(settings=("colour",), endpoints=("server",))
+            registry.add("tp", open_, options=declared)
+            registry.add("raw", open_)
+
+    opened: list[dict[str, Any]] = []
+    monkeypatch.setenv("STRONGROOM_API_TOKEN_HASHES", hash_token(TOKEN))
+    monkeypatch.setenv("SECRET_DB_PASSWORD", "hunter2-hunter2")
+    plugins = get_plugin_manager(autoload=False)
+    plugins.register(ThirdParty())
+    engine = Engine(plugin_manager=plugins, kdf=FAST_KDF)
+    allowed = ["tp://bucket/", "raw://bucket/", "https://allowed.example/"]
+    app = _app(engine, tree, tmp_path, allow_stores=allowed)
+    register = f"{DR}/stores/register"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as http:
+        api = Api(http, engine)
+
+        async def attempt(url: str, **options: object) -> httpx.Response:
+            settings = json.dumps({"url": url, "options": options})
+            return await api.post(register, storeName=f"s{len(api.responses)}", settings=settings)
+
+        _error(await attempt("tp://bucket/a", server="http://127.0.0.1:9/"), 403, "not under")
+        _error(await attempt("tp://bucket/a", server="https://allowed.example.evil/"), 403, "")
+        _error(await attempt("tp://bucket/a", other="x"), 403, "cannot be set over the API")
+        _error(await attempt("tp://bucket/a", password="x"), 403, "secrets come from")
+        _error(await attempt("tp://bucket/a", colour={"env": "SECRET_DB_PASSWORD"}), 403, "secrets")
+        _error(await attempt("raw://bucket/a", colour="blue"), 403, "cannot be set over")
+        assert opened == []
+        accepted = await attempt(
+            "tp://bucket/a", colour="blue", server="https://allowed.example/v1"
+        )
+        assert accepted.json() == {"status": "success"}, accepted.text
+        assert (await attempt("raw://bucket/b")).json() == {"status": "success"}
+    engine.close()
+    assert opened == [{"colour": "blue", "server": "https://allowed.example/v1"}, {}]
+
+
+# -- bodies -----------------------------------------------------------------------------
+
+
+class _Upload:
+    """A chunked request body of `total` bytes that counts how much the app pulled."""
+
+    def __init__(self, total: int, head: bytes = b"", chunk: int = 64 * 1024) -> None:
+        self.total, self.head, self.chunk, self.pulled = total, head, chunk, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.head:
+            self.pulled += len(self.head)
+            yield self.head
+        while self.pulled < self.total:
+            self.pulled += self.chunk
+            yield b"x" * self.chunk
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "multipart/form-data; boundary=b", "text/plain"],
+)
+async def test_without_a_token_at_most_64_kib_of_a_body_is_read(
+    api: Api, content_type: str
+) -> None:
+    upload = _Upload(400 * 1024 * 1024)
+    response = await api.send(
+        "POST",
+        f"{STORE}/validate",
+        content=upload,
+        headers={"Content-Type": content_type},
+        params={"f": "json"},
+    )
+    _error(response, 401, "needs a token")
+    assert upload.pulled <= 2 * 64 * 1024
+
+
+async def test_with_a_token_the_cap_counts_the_bytes_that_arrive(api: Api) -> None:
+    upload = _Upload(400 * 1024 * 1024)
+    response = await api.send(
+        "POST",
+        f"{STORE}/validate",
+        content=upload,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Esri-Authorization": f"Bearer {TOKEN}",
+        },
+        params={"f": "json"},
+    )
+    _error(response, 413, "larger than 1048576 bytes")
+    assert upload.pulled <= 1024 * 1024 + 2 * 64 * 1024
+
+
+async def test_a_form_token_counts_only_within_the_first_64_kib(api: Api) -> None:
+    padding = "p=" + "x" * (100 * 1024)
+    early = f"f=json&token={TOKEN}&{padding}".encode()
+    late = f"f=json&{padding}&token={TOKEN}".encode()
+    for body, code in ((early, 200), (late, 401)):
+        response = await api.send(
+            "POST",
+            f"{STORE}/validate",
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == code, response.text
+
+
+async def test_multipart_forms_take_fields_but_never_files(api: Api, home: Path) -> None:
+    fields = {"f": "json", "token": TOKEN}
+    ok = await api.send("POST", f"{STORE}/validate", data=fields, files={})
+    assert ok.status_code == 200
+    with_a_file = await api.send(
+        "POST",
+        f"{STORE}/validate",
+        data=fields,
+        files={"upload": ("a.bin", b"x" * 1000)},
+        params={"f": "json"},  # a form that cannot be read cannot say f=json itself
+    )
+    _error(with_a_file, 400, "no files")
+    as_multipart = await api.send(
+        "POST", f"{STORE}/validate", data=fields, files={"note": (None, b"text field")}
+    )
+    assert as_multipart.json()["ok"] is True
+    too_large = await api.send(
+        "POST",
+        f"{STORE}/validate",
+        data={"f": "json"},
+        files={"upload": ("a.bin", b"x" * (2 * 1024 * 1024))},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        params={"f": "json"},
+    )
+    _error(too_large, 413, "larger than")
+
+
+# -- signing in -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "https://evil.example/page"},
+        {"Origin": "http://testserver.evil.example"},
+    ],
+)
+async def test_a_page_of_another_site_cannot_sign_a_browser_in(
+    api: Api, headers: dict[str, str]
+) -> None:
+    response = await api.send(
+        "POST", "/admin/login", data={"token": TOKEN, "f": "json"}, headers=headers
+    )
+    _error(response, 403, "another site")
+    assert "set-cookie" not in response.headers
+    signed_in = await api.send("POST", "/admin/login", data={"token": TOKEN})
+    assert COOKIE in signed_in.cookies
+    listed = await api.http.post(f"{STORE}/validate", data={"f": "json"}, headers=headers)
+    _error(listed, 403, "another site")
+
+
+@pytest.mark.parametrize(
+    "goto",
+    [
+        "/admin/../evil",
+        "/admin/%2e%2e/evil",
+        "/admin/%2E%2E/%2E%2E/evil",
+        "/admin/./../evil",
+        "//evil.example/admin/",
+        "/\\evil.example/admin/",
+        "/admin/\\..\\evil",
+        "https://evil.example/admin/",
+        "/adminx/",
+        "/admin/%0d%0aSet-Cookie:x=y",
+        "admin/relative",
+        "",
+    ],
+)
+async def test_next_always_stays_under_the_admin_root(api: Api, goto: str) -> None:
+    response = await api.send("POST", "/admin/login", data={"token": TOKEN, "next": goto})
+    assert response.status_code == 303
+    location = response.headers["location"]
+    assert "\r" not in location and "\n" not in location
+    parts = httpx.URL(location)
+    assert parts.host in ("", "testserver")
+    resolved = httpx.URL("http://testserver/admin/system/").join(location)
+    assert resolved.host == "testserver"
+    assert resolved.path.startswith("/admin/") and "/../" not in resolved.path
+
+
+async def test_next_keeps_a_page_under_the_root_and_its_query(api: Api) -> None:
+    goto = f"{STORE}/backups/../backups?f=html"
+    response = await api.send("POST", "/admin/login", data={"token": TOKEN, "next": goto})
+    assert response.headers["location"] == f"{STORE}/backups?f=html"

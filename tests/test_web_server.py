@@ -3,14 +3,21 @@ through the API, a kill and a restart while a job executes, and a graceful stop.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import select
 import signal
+import socket
 import sqlite3
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import API_TOKEN, ServerFactory, snapshot
 
@@ -143,3 +150,199 @@ def _job_status(database: Path, jobid: str) -> str | None:
 def _data_objects(home: Path, name: str) -> list[Path]:
     data = home / "stores" / "backupsDefault" / "data" / name
     return [p for p in data.rglob("*") if p.is_file()] if data.exists() else []
+
+
+# -- what a token holder can reach ------------------------------------------------------
+
+REGISTER = "/admin/system/disasterrecovery/stores/register"
+STORES = "/admin/system/disasterrecovery/stores"
+
+
+class _Listener:
+    """A loopback TCP port that records every connection made to it."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.socket.settimeout(0.2)
+        self.port: int = self.socket.getsockname()[1]
+        self.received: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(1)
+                try:
+                    self.received.append(connection.recv(65536))
+                except OSError:
+                    self.received.append(b"(connected)")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
+
+
+def test_a_token_holder_reaches_only_the_locations_the_operator_allowed(
+    serve: ServerFactory, tree: Path, tmp_path: Path
+) -> None:
+    allowed, chosen = tmp_path / "allowed", tmp_path / "chosen"
+    allowed.mkdir()
+    (allowed / "link").symlink_to(chosen, target_is_directory=True)
+    listener = _Listener()
+    server = serve(
+        [tree],
+        *("--allow-store", "s3://corp-backups/", "--allow-store", allowed.as_uri()),
+        env={"SECRET_DB_PASSWORD": "db-Secret-9931", "STRONGROOM_DISABLE_PLUGIN_AUTOLOAD": ""},
+    )
+    here = f"http://127.0.0.1:{listener.port}"
+    secret = {"env": "SECRET_DB_PASSWORD"}
+    attacks = {
+        "s3leak": {
+            "url": "s3://corp-backups/x",
+            "options": {"endpoint_url": here, "key": secret, "secret": secret},
+        },
+        "s3redirect": {"url": "s3://corp-backups/x", "options": {"endpoint_url": here}},
+        "s3secret": {"url": "s3://corp-backups/x", "options": {"key": secret, "secret": secret}},
+        "azredirect": {"url": "az://container/x", "options": {"account_url": here}},
+        "httpget": {"url": f"{here}/internal/admin?x="},
+        "httppath": {"url": f"{here}/internal/admin"},
+        "anywhere": {"url": chosen.as_uri()},
+        "throughlink": {"url": (allowed / "link" / "store").as_uri()},
+        "dotdot": {"url": allowed.as_uri() + "/../chosen"},
+    }
+    try:
+        for name, settings in attacks.items():
+            for extra in ({}, {"async": "true"}):
+                refused = server.post(
+                    REGISTER, storeName=name, settings=json.dumps(settings), **extra
+                )
+                assert refused.status_code == 403, (name, refused.text)
+                assert "db-Secret-9931" not in refused.text
+            assert server.get(f"{STORES}/{name}/backups").status_code == 404
+            assert server.post(f"{STORES}/{name}/validate").status_code == 404
+            created = server.post(f"{STORES}/{name}/backups/create", name="b", passcode="p" * 8)
+            assert created.status_code == 404
+        time.sleep(0.5)
+    finally:
+        listener.close()
+    assert listener.received == []
+    assert not chosen.exists()
+
+    team = (allowed / "team").as_uri()
+    settings = json.dumps({"url": team})
+    assert server.post(REGISTER, storeName="team", settings=settings).status_code == 200
+    created = server.post(f"{STORES}/team/backups/create", name="first", passcode="p" * 8)
+    assert server.wait_for_job(created.json()["jobsUrl"])["status"] == "COMPLETED"
+    listed = server.get(f"{STORES}/team/backups").json()["backups"]
+    assert [backup["name"] for backup in listed] == ["first"]
+    assert (allowed / "team" / "manifests" / "first").is_file()
+
+
+# -- what a request without a token costs -----------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def _kib(pid: int, field: str) -> int:
+    """A VmRSS/VmHWM line of /proc/PID/status, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _spooled(pid: int, directory: Path) -> int:
+    """Bytes in `directory`, and in files the process holds open there (a temporary file
+    made with O_TMPFILE has no name to find it by)."""
+    named = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(str(directory)):
+                held += fd.stat().st_size
+        except OSError:
+            pass  # closed meanwhile
+    return named + held
+
+
+def _upload(url: str, path: str, content_type: str, pieces: Iterable[bytes]) -> int | None:
+    """Send a chunked body piece by piece until the server answers; its status (None if it
+    never answers)."""
+    parts = httpx.URL(url)
+    with socket.create_connection((parts.host, parts.port or 80), timeout=60) as connection:
+        connection.sendall(
+            f"POST {path}?f=json HTTP/1.1\r\nHost: {parts.host}\r\n"
+            f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        for piece in pieces:
+            if select.select([connection], [], [], 0)[0]:
+                break  # the server has answered
+            try:
+                connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            except OSError:
+                break
+        try:
+            answer = connection.recv(1024)
+        except TimeoutError:
+            return None
+    return int(answer.split(b" ", 2)[1])
+
+
+def _urlencoded() -> Iterator[bytes]:
+    yield b"f=json&big="
+    yield from itertools.repeat(b"x" * (256 * 1024), 1600)
+
+
+def _file_part() -> Iterator[bytes]:
+    yield b'--B\r\nContent-Disposition: form-data; name="f"; filename="a.bin"\r\n\r\n'
+    yield from itertools.repeat(b"x" * (256 * 1024), 1600)
+
+
+def _many_fields() -> Iterator[bytes]:
+    """400 fields of just under 1 MiB each."""
+    for number in range(400):
+        yield b'--B\r\nContent-Disposition: form-data; name="f%d"\r\n\r\n' % number
+        yield b"x" * (MIB - 1024) + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "pieces"),
+    [
+        ("application/x-www-form-urlencoded", _urlencoded),
+        ("multipart/form-data; boundary=B", _file_part),
+        ("multipart/form-data; boundary=B", _many_fields),
+    ],
+)
+def test_a_huge_body_without_a_token_costs_the_server_nothing(
+    serve: ServerFactory, tree: Path, content_type: str, pieces: Callable[[], Iterator[bytes]]
+) -> None:
+    server = serve([tree])
+    pid = server.process.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM restarts from the RSS now
+    idle = _kib(pid, "VmRSS")
+    spooled: list[int] = []
+    done = threading.Event()
+
+    def watch_tmpdir() -> None:
+        while not done.is_set():
+            spooled.append(_spooled(pid, server.tmpdir))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch_tmpdir)
+    watcher.start()
+    try:
+        status = _upload(server.url, CREATE, content_type, pieces())
+    finally:
+        done.set()
+        watcher.join()
+    assert (_kib(pid, "VmHWM") - idle) * 1024 < 10 * MIB
+    assert max(spooled) < 10 * MIB
+    assert status in (401, 413)
+    assert server.process.poll() is None

@@ -24,12 +24,13 @@ from .errors import (
     UnsafeArchiveError,
 )
 from .jobs import Job, JobHandle, JobManager, JobStatus
-from .plugins import BackendRegistry, get_plugin_manager, hookimpl, hookspec
+from .plugins import BackendOptions, BackendRegistry, get_plugin_manager, hookimpl, hookspec
 from .retention import CleanupEntry, CleanupReport
 from .store import ObjectInfo, ScanResult, Store, StoreCapabilities, ValidationReport
 
 __all__ = [
     "EMBEDDED_STORE_NAME",
+    "BackendOptions",
     "BackendRegistry",
     "BackupExistsError",
     "BackupInfo",

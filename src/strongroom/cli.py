@@ -220,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where restores go, one new directory each (default: $STRONGROOM_HOME/restores)",
     )
+    serve.add_argument(
+        "--allow-store",
+        action="append",
+        default=[],
+        metavar="URL_PREFIX",
+        help="a location where API callers may register stores, such as s3://bucket/teams/ "
+        "or file:///srv/backups/ (repeatable; default: none, the API edits no store)",
+    )
 
     token = _command(commands, "token", "manage the admin API's tokens", None)
     token_commands = token.add_subparsers(required=True, metavar="ACTION")
@@ -411,6 +419,7 @@ def run_serve(args: argparse.Namespace) -> int:
         sources=args.source,
         restore_dir=args.restore_dir,
         cleanup_interval=timedelta(minutes=args.cleanup_interval),
+        allow_stores=args.allow_store,
     )
     return 0
 

@@ -6,13 +6,17 @@ default = "offsite"                       # optional; else "backupsDefault"
 [stores.offsite]
 url = "s3://my-bucket/backups"
 options = { region = "eu-west-1", key = { env = "KEY_ID" }, secret = { env = "SECRET" } }
+
+[api]                                     # optional: what admin API callers may register
+allow_stores = ["s3://my-bucket/teams/", "file:///srv/backups/"]
 ```
 
 The file is `$STRONGROOM_CONFIG`, else `$STRONGROOM_HOME/config.toml`; STRONGROOM_HOME
 defaults to the platform's user data directory. With no file at all there is still
 one store, `backupsDefault`, in `$STRONGROOM_HOME/stores/backupsDefault`, so a first
 backup needs no setup. Secrets are written as `{ env = "NAME" }` references and read
-from the environment only when the store is opened.
+from the environment only when the store is opened. The file is written owner-only
+(0600), atomically.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "StoresConfig",
     "config_path",
     "strongroom_home",
+    "write_private",
 ]
 
 EMBEDDED_STORE_NAME = "backupsDefault"
@@ -114,11 +119,13 @@ class StoreSpec:
 
 @dataclass(slots=True)
 class StoresConfig:
-    """The named stores and which one is the default."""
+    """The named stores, which one is the default, and the locations the operator lets
+    admin API callers register stores at (`[api] allow_stores`, URL prefixes)."""
 
     path: Path
     stores: dict[str, StoreSpec]
     default: str
+    allow_stores: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path | None = None) -> StoresConfig:
@@ -140,7 +147,7 @@ class StoresConfig:
         default = document.get("default", EMBEDDED_STORE_NAME)
         if default not in stores:
             raise ConfigError(f"{path}: the default store {default!r} is not configured.")
-        return cls(path, stores, default)
+        return cls(path, stores, default, _allow_stores(path, document.get("api", {})))
 
     def get(self, name: str | None = None) -> StoreSpec:
         """The store called `name`, or the default store."""
@@ -182,16 +189,45 @@ class StoresConfig:
             if spec != embedded_store()
         }
         document: dict[str, Any] = {"default": self.default, "stores": tables}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text(tomli_w.dumps(document), encoding="utf-8")
-        os.replace(temporary, self.path)
+        if self.allow_stores:
+            document["api"] = {"allow_stores": self.allow_stores}
+        write_private(self.path, tomli_w.dumps(document))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`, readable by its owner only (0600) from the
+    first byte: the temporary file is made 0600 too, and fsynced before the rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o600)
+    with open(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode otherwise
+        handle.write(text)
+        handle.flush()
+        os.fsync(fd)
+    os.replace(temporary, path)
 
 
 def embedded_store() -> StoreSpec:
     """The store that exists with no configuration at all."""
     directory = strongroom_home() / "stores" / EMBEDDED_STORE_NAME
     return StoreSpec(EMBEDDED_STORE_NAME, directory.absolute().as_uri())
+
+
+def _allow_stores(path: Path, table: object) -> list[str]:
+    allowed = table.get("allow_stores", []) if isinstance(table, dict) else None
+    if (
+        not isinstance(table, dict)
+        or set(table) - {"allow_stores"}
+        or not isinstance(allowed, list)
+        or not all(isinstance(url, str) for url in allowed)
+    ):
+        raise ConfigError(
+            f"{path}: [api] takes allow_stores, a list of URL prefixes, for example "
+            'allow_stores = ["s3://bucket/teams/", "file:///srv/backups/"].'
+        )
+    return allowed
 
 
 def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:

@@ -81,7 +81,7 @@ from .format import (
 )
 from .jobs import JOBS_FILE, Job, JobHandle, JobManager
 from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
-from .plugins import build_registry, get_plugin_manager
+from .plugins import BackendRegistry, build_registry, get_plugin_manager
 from .retention import (
     Action,
     CleanupEntry,
@@ -188,6 +188,11 @@ class Engine:
         self._stores: dict[str, Store] = {store.name: store for store in stores}
         self._job_manager: JobManager | None = None
         self._job_manager_lock = threading.Lock()
+
+    @property
+    def registry(self) -> BackendRegistry:
+        """The backends stores are opened with (the admin API reads their declarations)."""
+        return self._registry
 
     def store(self, name: str | None = None) -> Store:
         """The store called `name` (default: the configured default store), opened once.

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BackendOptions",
     "BackendRegistry",
     "StoreFactory",
     "StrongroomHookSpecs",
@@ -57,17 +58,51 @@ INSTALL_HINTS = {
 }
 
 
+#: Parts of option names that mark a secret whatever a backend declares: the generic fsspec
+#: backend cannot list its options, and a plugin that forgets one still keeps it out of files.
+SECRET_WORDS = ("key", "secret", "token", "passw", "credential", "sas", "connection_string", "auth")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    """What a backend's options carry, declared with `registry.add(..., options=...)`.
+
+    `secrets` (and every option named like one, see SECRET_WORDS) may only be written as
+    `{ env = "VARIABLE" }` references, never in plain text. Over the admin API a caller may
+    set `settings` freely and `endpoints` (URLs where the store's requests go) only to a
+    location the operator allowed; secrets and undeclared options come only from the
+    operator's configuration. A backend that declares nothing takes no options over the API.
+    """
+
+    settings: Collection[str] = ()
+    endpoints: Collection[str] = ()
+    secrets: Collection[str] = ()
+
+    def is_secret(self, name: str) -> bool:
+        return name in self.secrets or any(word in name.lower() for word in SECRET_WORDS)
+
+
 class BackendRegistry:
     """URL scheme → store factory. Plugins call `add`; the engine calls `open`."""
 
     def __init__(self) -> None:
         self._factories: dict[str, StoreFactory] = {}
+        self._options: dict[str, BackendOptions] = {}
         self._fallbacks: set[str] = set()
 
-    def add(self, scheme: str, factory: StoreFactory, *, fallback: bool = False) -> None:
+    def add(
+        self,
+        scheme: str,
+        factory: StoreFactory,
+        *,
+        options: BackendOptions | None = None,
+        fallback: bool = False,
+    ) -> None:
         """Register `factory` for URLs of `scheme`; two full claims on one scheme are an error.
 
-        A `fallback` registration (the generic fsspec backend's) yields to any other.
+        `options` declares which of the backend's options are harmless settings, endpoints
+        and secrets (see BackendOptions). A `fallback` registration (the generic fsspec
+        backend's) yields to any other.
         """
         scheme = scheme.lower()
         if scheme in self._factories:
@@ -76,10 +111,17 @@ class BackendRegistry:
             if scheme not in self._fallbacks:
                 raise ValueError(f"Two plugins register the {scheme!r} store backend.")
         self._factories[scheme] = factory
+        self._options.pop(scheme, None)
+        if options is not None:
+            self._options[scheme] = options
         if fallback:
             self._fallbacks.add(scheme)
         else:
             self._fallbacks.discard(scheme)
+
+    def options_of(self, url: str) -> BackendOptions | None:
+        """What the backend for `url` declared about its options (None: nothing)."""
+        return self._options.get(urlsplit(url).scheme.lower())
 
     @property
     def schemes(self) -> list[str]:
@@ -88,7 +130,9 @@ class BackendRegistry:
 
     def open(self, spec: StoreSpec) -> Store:
         """Open the store a spec describes. The `object_lock` option belongs to the core: it
-        goes to the store's `enable_object_lock`, which a backend without locks refuses."""
+        goes to the store's `enable_object_lock`, which a backend without locks refuses.
+        Secrets written in plain text are refused before anything is resolved or opened."""
+        _refuse_plain_secrets(spec, self.options_of(spec.url) or BackendOptions())
         resolved = spec.resolve()
         options = dict(resolved.options)
         lock_mode = options.pop(OBJECT_LOCK_OPTION, None)
@@ -113,6 +157,20 @@ class BackendRegistry:
         return factory
 
 
+def _refuse_plain_secrets(spec: StoreSpec, declared: BackendOptions) -> None:
+    """A secret option must be an `{ env = "VARIABLE" }` reference: the configuration file
+    is no place for a credential, and the error never shows the value."""
+    plain = [
+        k for k, v in spec.options.items() if declared.is_secret(k) and not isinstance(v, dict)
+    ]
+    if plain:
+        raise ConfigError(
+            f"Store {spec.name!r}: option(s) {', '.join(plain)} must not be written in plain "
+            f'text. Write {plain[0]} = {{ env = "VARIABLE" }} in the configuration (or '
+            f"--option {plain[0]}=env:VARIABLE) and export VARIABLE."
+        )
+
+
 def _check_lock_mode(store: str, value: object) -> str:
     mode = value.lower() if isinstance(value, str) else value
     if mode not in LOCK_MODES:
@@ -132,8 +190,10 @@ class StrongroomHookSpecs:
         """Register store backends by URL scheme; called once per plugin manager, by every
         plugin. What a backend must do is the contract of :class:`strongroom.Store`.
 
-        :param registry: call ``registry.add("scheme", factory)`` where ``factory``
-            takes a :class:`strongroom.StoreSpec` and returns a :class:`strongroom.Store`.
+        :param registry: call ``registry.add("scheme", factory, options=BackendOptions(...))``
+            where ``factory`` takes a :class:`strongroom.StoreSpec` and returns a
+            :class:`strongroom.Store`, and ``options`` says which of its options are
+            harmless settings, endpoints and secrets (the admin API fences by it).
         """
 
     @hookspec(firstresult=True)

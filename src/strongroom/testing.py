@@ -40,6 +40,7 @@ from .crypto import KdfParams
 from .engine import Engine
 from .errors import StoreError, StoreUnavailableError
 from .format import to_epoch_ms
+from .plugins import build_registry, get_plugin_manager
 from .store import Store
 
 __all__ = ["StoreConformance"]
@@ -275,6 +276,15 @@ class StoreConformance:
             else:
                 wrong.append(f"{name} returned {result!r}")
         assert wrong == [], f"an unreachable store must raise StoreUnavailableError: {wrong}"
+
+    def test_the_backend_declares_its_endpoint_and_secret_options(self, store: Store) -> None:
+        """The admin API lets a caller set only the options a backend declares harmless, and
+        the core refuses plain secrets by the same declaration: `registry.add(scheme,
+        factory, options=BackendOptions(settings=..., endpoints=..., secrets=...))`."""
+        registry = build_registry(get_plugin_manager(autoload=True))
+        assert registry.options_of(store.url) is not None, (
+            f"no installed plugin declares the options of {store.url!r} stores"
+        )
 
     def test_validate_probes_everything_and_cleans_up(self, store: Store) -> None:
         report = store.validate()

@@ -18,6 +18,7 @@ from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_ac
 from strongroom import ConfigError, Engine, StoreSpec
 from strongroom.cli import main
 from strongroom.plugins import build_registry, get_plugin_manager
+from strongroom_azure import OPTIONS
 from strongroom_azure._options import KNOWN_OPTIONS
 from strongroom_azure.store import AzureStore, open_azure_store
 
@@ -107,26 +108,36 @@ def test_without_a_secret_the_default_azure_credential_is_used() -> None:
 @pytest.mark.parametrize(
     ("url", "options", "complaint"),
     [
-        ("az://backups", {"account_name": "a", "region": "x", "account_key": "SeCrEt"}, "unknown"),
         (
             "az://backups",
-            {"account_name": "a", "account_key": "SeCrEt", "sas_token": "s"},
+            {"account_name": "acct", "region": "x", "account_key": "SeCrEt"},
+            "unknown",
+        ),
+        (
+            "az://backups",
+            {"account_name": "acct", "account_key": "SeCrEt", "sas_token": "s"},
             "not both",
         ),
         (
             "az://backups",
-            {"connection_string": "SeCrEt", "account_name": "a"},
+            {"connection_string": "SeCrEt", "account_name": "acct"},
             "remove account_name",
         ),
         ("az://backups", {"account_key": "SeCrEt"}, "set account_name"),
-        ("az://backups", {"account_name": "a", "account_url": "http://127.0.0.1:1/a"}, "https"),
-        ("az://backups", {"account_name": "a", "account_url": "ftp://x"}, "blob service endpoint"),
-        ("az://Bad_Name/x", {"account_name": "a"}, "az://CONTAINER/PREFIX"),
-        ("az://backups?x=1", {"account_name": "a"}, "az://CONTAINER/PREFIX"),
-        ("az://backups", {"account_name": "a", "retry_total": -1}, "whole number >= 0"),
-        ("az://backups", {"account_name": "a", "concurrency": "many"}, "whole number >= 1"),
-        ("az://backups", {"account_name": "a", "concurrency": True}, "whole number >= 1"),
-        ("az://backups", {"account_name": "a", "account_key": 12}, "non-empty text"),
+        ("az://backups", {"account_name": "acct", "account_url": "http://127.0.0.1:1/a"}, "https"),
+        (
+            "az://backups",
+            {"account_name": "acct", "account_url": "ftp://x"},
+            "blob service endpoint",
+        ),
+        ("az://Bad_Name/x", {"account_name": "acct"}, "az://CONTAINER/PREFIX"),
+        ("az://backups?x=1", {"account_name": "acct"}, "az://CONTAINER/PREFIX"),
+        ("az://backups", {"account_name": "acct", "retry_total": -1}, "whole number >= 0"),
+        ("az://backups", {"account_name": "acct", "concurrency": "many"}, "whole number >= 1"),
+        ("az://backups", {"account_name": "acct", "concurrency": True}, "whole number >= 1"),
+        ("az://backups", {"account_name": "acct", "account_key": 12}, "non-empty text"),
+        ("az://backups", {"account_name": "evil.example/#"}, "3-24 lowercase letters"),
+        ("az://backups", {"account_name": "127.0.0.1:9"}, "3-24 lowercase letters"),
     ],
 )
 def test_bad_configurations_are_refused_before_any_request(
@@ -142,7 +153,7 @@ def test_object_lock_is_refused_because_azure_stores_cannot_lock_objects() -> No
     """Azure's own immutability policies are not used by strongroom (Azurite has none)."""
     registry = build_registry(get_plugin_manager(autoload=False))
     registry.add("az", open_azure_store)
-    spec = StoreSpec("azure", "az://backups", {"object_lock": "compliance", "account_name": "x"})
+    spec = StoreSpec("azure", "az://backups", {"object_lock": "compliance", "account_name": "acct"})
     with pytest.raises(ConfigError, match="cannot lock objects until a date"):
         registry.open(spec)
 
@@ -153,6 +164,23 @@ def test_an_unknown_option_is_answered_with_the_known_ones() -> None:
     assert "acount_key" in str(caught.value)
     for option in KNOWN_OPTIONS:
         assert option in str(caught.value)
+
+
+@pytest.mark.parametrize("secret", ["account_key", "sas_token", "connection_string"])
+def test_secrets_in_plain_text_are_refused_and_nothing_is_saved(
+    secret: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STRONGROOM_HOME", str(tmp_path))
+    add = ["stores", "add", "az", "az://backups", "--option", "account_name=acct"]
+    assert main([*add, "--option", f"{secret}=THE-KEY"]) == 3
+    error = capsys.readouterr().err
+    assert f"{secret} must not be written in plain text" in error and "THE-KEY" not in error
+    assert not (tmp_path / "config.toml").exists()
+
+
+def test_the_declared_options_are_exactly_the_known_ones() -> None:
+    declared = [*OPTIONS.settings, *OPTIONS.endpoints, *OPTIONS.secrets]
+    assert sorted(declared) == KNOWN_OPTIONS
 
 
 def test_numbers_may_come_as_text_from_the_command_line(

@@ -28,7 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..config import StoreSpec
 from ..errors import ConfigError, StoreError
-from ..plugins import BackendRegistry, hookimpl
+from ..plugins import BackendOptions, BackendRegistry, hookimpl
 from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities
 from .root import NotFollowedError, Root, kind_of
 
@@ -184,7 +184,7 @@ def open_local_store(spec: StoreSpec) -> LocalStore:
 
 @hookimpl
 def strongroom_register_backends(registry: BackendRegistry) -> None:
-    registry.add("file", open_local_store)
+    registry.add("file", open_local_store, options=BackendOptions())  # it takes no options
 
 
 def _write(parent: int, name: str, data: bytes | bytearray | memoryview, overwrite: bool) -> None:

@@ -15,7 +15,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..config import StoreSpec
 from ..errors import UnknownBackendError
-from ..plugins import INSTALL_HINTS, BackendRegistry, hookimpl
+from ..plugins import INSTALL_HINTS, BackendOptions, BackendRegistry, hookimpl
 from ..store import Store
 from .file import open_local_store
 
@@ -41,4 +41,7 @@ def open_fsspec_store(spec: StoreSpec) -> Store:
 def strongroom_register_backends(registry: BackendRegistry) -> None:
     for protocol in fsspec.available_protocols():
         if protocol not in NOT_CLAIMED:
-            registry.add(protocol, open_fsspec_store, fallback=True)
+            # Any fsspec keyword may redirect or authenticate, so none is declared harmless:
+            # over the admin API these stores take no options, and options named like
+            # secrets are references everywhere.
+            registry.add(protocol, open_fsspec_store, options=BackendOptions(), fallback=True)

@@ -8,20 +8,23 @@ return a job at once; the work runs in the engine's job pool.
 
 What a create backs up (`sources`) and where a restore writes (`restore_dir`, one new
 directory per restore) belong to the server, not the request: the API never lets a
-caller name a path on the server.
+caller name a path on the server. Stores are registered only at locations the operator
+allows (`allow_stores`, see fence.py). The token is checked before a body is read
+beyond its first bytes (see body.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import posixpath
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import pluggy
 from starlette.applications import Starlette
@@ -38,7 +41,9 @@ from ..format import to_epoch_ms, utc_now
 from ..jobs import Job
 from ..plugins import get_plugin_manager
 from . import stores
-from .auth import COOKIE, credentials, is_allowed
+from .auth import COOKIE, Credentials, credentials, is_allowed
+from .body import TOKEN_WINDOW, Body
+from .fence import StoreFence
 from .responses import FORMATS, SUCCESS, ApiError, Pages, Reply, status_of
 
 __all__ = ["create_app"]
@@ -46,8 +51,6 @@ __all__ = ["create_app"]
 DAY_MS = 24 * 60 * 60 * 1000
 #: The longest keepDays a form may ask for (100 years).
 MAX_KEEP_DAYS = 36_500
-#: Larger request bodies are refused before they are read: these are small forms.
-MAX_FORM_BYTES = 1024 * 1024
 DR = "/system/disasterrecovery"
 #: The most entries one contents request answers with (narrow it with `path`).
 CONTENTS_LIMIT = 10_000
@@ -63,12 +66,14 @@ def create_app(
     restore_dir: str | os.PathLike[str] | None = None,
     root_path: str = "/admin",
     plugin_manager: pluggy.PluginManager | None = None,
+    allow_stores: Sequence[str] = (),
 ) -> Starlette:
     """The admin API over `engine`.
 
     `sources` are what every create backs up; each restore goes into a new directory
     under `restore_dir` (default `$STRONGROOM_HOME/restores`). The `strongroom_authenticate`
-    hook is called through `plugin_manager` (default: the installed plugins).
+    hook is called through `plugin_manager` (default: the installed plugins). Callers may
+    register stores only under the URL prefixes of `allow_stores` (default: none).
     """
     api = _AdminApi(
         engine,
@@ -76,6 +81,7 @@ def create_app(
         Path(restore_dir) if restore_dir is not None else strongroom_home() / "restores",
         "/" + root_path.strip("/") if root_path.strip("/") else "",
         plugin_manager or get_plugin_manager(),
+        StoreFence(allow_stores),
     )
     return Starlette(
         routes=api.routes,
@@ -132,9 +138,10 @@ class _AdminApi:
         restore_dir: Path,
         root: str,
         plugins: pluggy.PluginManager,
+        fence: StoreFence,
     ) -> None:
         self._engine, self._sources, self._restore_dir = engine, sources, restore_dir
-        self._root, self._plugins, self._pages = root, plugins, Pages()
+        self._root, self._plugins, self._fence, self._pages = root, plugins, fence, Pages()
         store = f"{root}{DR}/stores/{{storeName}}"
         backup = f"{store}/backups/{{name}}"
         table: list[tuple[str, str, _Handler, Sequence[str]]] = [
@@ -189,6 +196,7 @@ class _AdminApi:
 
     async def register(self, call: _Call) -> Reply:
         spec = stores.spec_from_settings(call.require("storeName"), call.require("settings"))
+        await _run(self._fence.check_new, spec, self._engine.registry)
         work = partial(stores.register, self._engine, spec, default=call.flag("isDefault"))
         if call.flag("async"):
             job = await _run(
@@ -207,10 +215,12 @@ class _AdminApi:
 
     async def update_store(self, call: _Call) -> Reply:
         name = call.path("storeName")
+        self._fence.check_existing(self._engine.config.get(name))
         await _run(stores.make_default, self._engine, name, call.require("settings"))
         return Reply(SUCCESS, redirect=self._url(call.request, "store", storeName=name))
 
     async def unregister(self, call: _Call) -> Reply:
+        self._fence.check_existing(self._engine.config.get(call.path("storeName")))
         await _run(stores.unregister, self._engine, call.path("storeName"))
         return Reply(SUCCESS, redirect=self._url(call.request, "stores"))
 
@@ -318,6 +328,7 @@ class _AdminApi:
         request, goto = call.request, self._safe_next(call.request, call.get("next"))
         if request.method == "GET":
             return Reply({}, "login.html", {"messages": [], "next": goto})
+        _refuse_other_sites(request)  # or another site could sign a browser in as itself
         token = call.get("token")
         if not await _run(is_allowed, token, request, self._plugins):
             raise ApiError(401, "That token is not valid for this server.")
@@ -343,33 +354,36 @@ class _AdminApi:
         self, handler: _Handler, public: bool
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            fmt = request.query_params.get("f") or "html"
+            body, fmt = Body(request), None
             try:
-                params = await _params(request)
-                fmt = params.get("f") or "html"
-                if fmt not in FORMATS:
-                    fmt = "json"
-                    raise ApiError(400, "f must be html, json or pjson.")
                 if "passcode" in request.query_params:
                     raise ApiError(
                         400, "Send the passcode in the body of a POST, never in the URL."
                     )
                 if not public:
-                    await self._authenticate(request, params)
+                    await self._authenticate(request, body)
+                params = await _params(request, body, public)
+                fmt = params.get("f") or "html"
+                if fmt not in FORMATS:
+                    fmt = "json"
+                    raise ApiError(400, "f must be html, json or pjson.")
                 reply = await handler(_Call(request, params, fmt))
-            except ApiError as exc:
-                return self._error(request, fmt, exc.code, str(exc))
-            except StrongroomError as exc:
-                return self._error(request, fmt, status_of(exc), str(exc))
+            except (ApiError, StrongroomError) as exc:
+                code = exc.code if isinstance(exc, ApiError) else status_of(exc)
+                fmt = fmt or await _format_before_params(request, body)
+                return self._error(request, fmt, code, str(exc))
             if isinstance(reply, Response):
                 return reply
             return self._pages.reply(request, fmt, reply, self._links(request))
 
         return endpoint
 
-    async def _authenticate(self, request: Request, params: Mapping[str, str]) -> None:
-        """Refuse before anything is done: no token, a refused one, or a cross-site POST."""
-        presented = credentials(request, params)
+    async def _authenticate(self, request: Request, body: Body) -> None:
+        """Refuse before anything is done or read: no token, a refused one, or a cross-site
+        POST. A POST's form token is looked for only in the body's first TOKEN_WINDOW bytes."""
+        presented = credentials(request)
+        if presented.token is None and request.method == "POST":
+            presented = Credentials((await body.head()).get("token"))
         if not await _run(is_allowed, presented.token, request, self._plugins):
             if presented.token is None:
                 raise ApiError(
@@ -378,10 +392,8 @@ class _AdminApi:
                     "'Authorization: Bearer ...' header ('strongroom token new' makes one).",
                 )
             raise ApiError(401, "The token is not valid for this server.")
-        origin = request.headers.get("origin")
-        own = f"{request.url.scheme}://{request.url.netloc}"
-        if presented.from_cookie and request.method == "POST" and origin not in (None, own):
-            raise ApiError(403, "A signed-in page of another site cannot send this request.")
+        if presented.from_cookie and request.method == "POST":
+            _refuse_other_sites(request)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """Unknown paths and wrong methods, in the admin error shape."""
@@ -432,11 +444,20 @@ class _AdminApi:
         return str(request.scope.get("root_path", "")).rstrip("/")
 
     def _safe_next(self, request: Request, goto: str | None) -> str:
-        """Where to go after signing in: a path inside this app, never another site."""
-        inside = self._root_path(request).rstrip("/") + "/"
-        if goto and goto.startswith(inside) and "//" not in goto and "\\" not in goto:
-            return goto
-        return self._url(request, "dr")
+        """Where to go after signing in: a page under the admin root, never elsewhere.
+
+        The path is decoded and its dot segments resolved as a browser would resolve them,
+        and only that normalised path (and the query) is ever sent back.
+        """
+        root = self._root_path(request).rstrip("/")
+        parts = urlsplit(goto or "")
+        path = posixpath.normpath(unquote(parts.path)) if parts.path.startswith("/") else ""
+        inside = path == root or path.startswith(root + "/")
+        if parts.scheme or parts.netloc or not inside or path.startswith("//"):
+            return self._url(request, "dr")
+        if any(c == "\\" or not c.isprintable() for c in path + parts.query):
+            return self._url(request, "dr")
+        return quote(path) + (f"?{parts.query}" if parts.query else "")
 
     def _links(self, request: Request) -> dict[str, Any]:
         """What every page needs: URLs of the app's routes and whether someone signed in."""
@@ -451,17 +472,38 @@ def _first_entries(
     return [entry.to_dict() for entry in itertools.islice(entries, CONTENTS_LIMIT + 1)]
 
 
-async def _params(request: Request) -> dict[str, str]:
-    """A GET's query, or a POST's form (plus `f` from the query)."""
+async def _params(request: Request, body: Body, public: bool) -> dict[str, str]:
+    """A GET's query, or a POST's form (plus `f` from the query). Before anyone signed in
+    (the login form) no more than TOKEN_WINDOW bytes are read."""
     if request.method != "POST":
         return dict(request.query_params)
-    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
-        raise ApiError(413, f"The request body is larger than {MAX_FORM_BYTES} bytes.")
-    async with request.form() as form:
-        params = {key: value for key, value in form.items() if isinstance(value, str)}
+    params = await (body.form(TOKEN_WINDOW) if public else body.form())
     if "f" in request.query_params:
         params.setdefault("f", request.query_params["f"])
     return params
+
+
+async def _format_before_params(request: Request, body: Body) -> str:
+    """The f of a request refused before its parameters were read: a field in the first
+    bytes of a POST's body, else the query's."""
+    try:
+        fields = await body.head() if request.method == "POST" else {}
+    except ApiError:
+        fields = {}
+    fmt = fields.get("f") or request.query_params.get("f") or "html"
+    return fmt if fmt in FORMATS else "json"
+
+
+def _refuse_other_sites(request: Request) -> None:
+    """403 for a browser POST that another site's page sent: its Origin (or, without
+    one, its Referer) is not this server. Clients that send neither are not browsers."""
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    origin = request.headers.get("origin")
+    if origin is None and "referer" in request.headers:
+        referer = urlsplit(request.headers["referer"])
+        origin = f"{referer.scheme}://{referer.netloc}"
+    if origin is not None and origin != own:
+        raise ApiError(403, "A signed-in page of another site cannot send this request.")
 
 
 def _own_address(request: Request) -> str | None:

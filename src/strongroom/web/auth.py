@@ -1,8 +1,8 @@
 """Who may use the admin API: a bearer token, judged by a plugin or by the server's token list.
 
 A request carries its token as the `Authorization: Bearer` or `X-Esri-Authorization:
-Bearer` header, the form field `token`, the query parameter `token` (GET only), or the
-cookie the HTML sign-in page sets. A `strongroom_authenticate` hook decides first; when
+Bearer` header, the query parameter `token` (GET only), the cookie the HTML sign-in page
+sets, or the form field `token` of a POST. A `strongroom_authenticate` hook decides first; when
 no plugin answers, the token's SHA-256 must be one of the hashes in
 `$STRONGROOM_HOME/api-tokens` (one hex hash per line, `#` comments) or in
 `$STRONGROOM_API_TOKEN_HASHES` (comma-separated). Tokens themselves are stored nowhere,
@@ -15,14 +15,13 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pluggy
 from starlette.requests import Request
 
-from ..config import strongroom_home
+from ..config import strongroom_home, write_private
 
 __all__ = [
     "COOKIE",
@@ -65,23 +64,27 @@ def new_token() -> str:
 
 
 def add_token(token: str) -> Path:
-    """Append the token's hash to the token file (created owner-only); return the file."""
+    """Add the token's hash to the token file (rewritten atomically, owner-only); return it."""
     path = tokens_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        handle.write(hash_token(token) + "\n")
-    os.chmod(path, 0o600)
+    try:
+        kept = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        kept = ""
+    if kept and not kept.endswith("\n"):
+        kept += "\n"
+    write_private(path, kept + hash_token(token) + "\n")
     return path
 
 
-def credentials(request: Request, params: Mapping[str, str]) -> Credentials:
-    """The request's token: a header first, then the form or query, then the cookie."""
+def credentials(request: Request) -> Credentials:
+    """The token a request carries outside a POST's body: a header, then a GET's `token`
+    query parameter, then the sign-in cookie. All are judged before any body is read; a
+    POST's `token` form field is looked for (in the body's first bytes) only without them."""
     for header in _HEADERS:
         scheme, _, value = request.headers.get(header, "").partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return Credentials(value.strip())
-    token = params.get("token")  # the form of a POST, the query of a GET
+    token = request.query_params.get("token") if request.method != "POST" else None
     if token:
         return Credentials(token)
     cookie = request.cookies.get(COOKIE)

@@ -51,10 +51,19 @@ def serve(
     sources: Sequence[str | os.PathLike[str]],
     restore_dir: str | os.PathLike[str] | None,
     cleanup_interval: timedelta = timedelta(hours=1),
+    allow_stores: Sequence[str] = (),
 ) -> None:
+    """Serve until stopped. API callers may register stores under `allow_stores` and the
+    configuration file's `[api] allow_stores`, as they stand now (a restart reads them again)."""
     if sources:
         check_sources([Path(source) for source in sources], {})  # a typo fails now, not later
-    app = create_app(engine, sources=sources, restore_dir=restore_dir, root_path=root_path)
+    app = create_app(
+        engine,
+        sources=sources,
+        restore_dir=restore_dir,
+        root_path=root_path,
+        allow_stores=[*engine.config.allow_stores, *allow_stores],
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

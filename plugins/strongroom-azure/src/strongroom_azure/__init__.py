@@ -8,12 +8,26 @@ so strongroom commands that never touch Azure pay nothing for the plugin. See RE
 
 from __future__ import annotations
 
-from strongroom import BackendRegistry, Store, StoreSpec, hookimpl
+from strongroom import BackendOptions, BackendRegistry, Store, StoreSpec, hookimpl
 
-__all__ = ["SCHEMES", "strongroom_register_backends"]
+__all__ = ["OPTIONS", "SCHEMES", "strongroom_register_backends"]
 
 #: adlfs's protocols; strongroom's core names all three as belonging to this distribution.
 SCHEMES = ("az", "abfs", "abfss")
+#: What the store options carry (the options themselves: `_options.py`).
+OPTIONS = BackendOptions(
+    settings=(
+        "account_name",
+        "concurrency",
+        "retry_total",
+        "initial_backoff",
+        "increment_base",
+        "connection_timeout",
+        "read_timeout",
+    ),
+    endpoints=("account_url",),
+    secrets=("account_key", "sas_token", "connection_string"),
+)
 
 
 def _open(spec: StoreSpec) -> Store:
@@ -25,4 +39,4 @@ def _open(spec: StoreSpec) -> Store:
 @hookimpl
 def strongroom_register_backends(registry: BackendRegistry) -> None:
     for scheme in SCHEMES:
-        registry.add(scheme, _open)
+        registry.add(scheme, _open, options=OPTIONS)

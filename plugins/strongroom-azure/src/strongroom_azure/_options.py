@@ -3,8 +3,9 @@
 Authentication is exactly one of: `account_name` + `account_key` (shared key),
 `account_name` + `sas_token`, a `connection_string`, or, when no secret is given,
 `account_name` alone with `DefaultAzureCredential` (managed or workload identity, an
-`AZURE_CLIENT_*` service principal, `az login`). Secrets belong in the configuration as
-`{ env = "VARIABLE" }` references; the core resolves them before the store is opened.
+`AZURE_CLIENT_*` service principal, `az login`). Secrets must be written in the
+configuration as `{ env = "VARIABLE" }` references (the core refuses plain text, as
+`OPTIONS` declares them secrets) and are resolved before the store is opened.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
 from strongroom import ConfigError, StoreSpec
 
+from . import OPTIONS
+
 __all__ = ["KNOWN_OPTIONS", "AzureOptions", "Credential"]
 
 #: Every object strongroom writes (a sealed chunk of at most 64 MiB + 17 bytes, a manifest of
@@ -28,7 +31,7 @@ __all__ = ["KNOWN_OPTIONS", "AzureOptions", "Credential"]
 #: ever left behind. The SDK's default (64 MiB) is just too small for the largest chunk.
 SINGLE_PUT_LIMIT = 128 * 1024 * 1024
 
-TEXT_OPTIONS = ("account_name", "account_url", "account_key", "sas_token", "connection_string")
+TEXT_OPTIONS = ("account_name", *OPTIONS.endpoints, *OPTIONS.secrets)
 #: Whole-number options: name -> (smallest allowed, default). Times are in seconds.
 NUMBER_OPTIONS = {
     "concurrency": (1, 8),
@@ -42,6 +45,9 @@ KNOWN_OPTIONS = sorted([*TEXT_OPTIONS, *NUMBER_OPTIONS])
 
 #: Azure's rule: 3-63 lowercase letters, digits and single hyphens, starting and ending alnum.
 CONTAINER_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
+#: Azure's rule for storage accounts. The name becomes the endpoint's host, so anything
+#: else (`evil.example/#`) would send requests, and a credential's token, elsewhere.
+ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
 
 Credential = AzureNamedKeyCredential | AzureSasCredential | DefaultAzureCredential
 
@@ -85,6 +91,11 @@ class AzureOptions:
             for name in spec.options
         }
         options = cls(parts.netloc, parts.path.strip("/"), **values)
+        if options.account_name is not None and not ACCOUNT_NAME.fullmatch(options.account_name):
+            raise ConfigError(
+                f"Store {spec.name!r}: account_name is an Azure storage account name, "
+                "3-24 lowercase letters and digits."
+            )
         options._check_authentication(spec.name)
         return options
 

@@ -7,11 +7,18 @@ command that does not touch S3 starts as fast and as small as without this plugi
 
 from __future__ import annotations
 
-from strongroom import BackendRegistry, Store, StoreSpec, hookimpl
+from strongroom import BackendOptions, BackendRegistry, Store, StoreSpec, hookimpl
 
-__all__ = ["SCHEMES", "strongroom_register_backends"]
+__all__ = ["OPTIONS", "SCHEMES", "strongroom_register_backends"]
 
 SCHEMES = ("s3", "s3a")
+#: What the store options carry. `profile` is none of these: it picks credentials (and
+#: maybe an endpoint) from the server's AWS configuration, so only the operator sets it.
+OPTIONS = BackendOptions(
+    settings=("region", "max_attempts", "retry_mode", "concurrency"),
+    endpoints=("endpoint_url",),
+    secrets=("key", "secret", "token"),
+)
 
 
 def _open(spec: StoreSpec) -> Store:
@@ -23,4 +30,4 @@ def _open(spec: StoreSpec) -> Store:
 @hookimpl
 def strongroom_register_backends(registry: BackendRegistry) -> None:
     for scheme in SCHEMES:
-        registry.add(scheme, _open)
+        registry.add(scheme, _open, options=OPTIONS)

@@ -25,7 +25,6 @@ reports as ObjectLockedError.
 from __future__ import annotations
 
 import builtins
-import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -56,22 +55,12 @@ from strongroom import (
     ValidationReport,
 )
 
-__all__ = ["OPTIONS", "S3Store", "open_s3_store"]
+from . import OPTIONS
 
-#: Every store option the backend understands.
-OPTIONS = (
-    "endpoint_url",
-    "region",
-    "profile",
-    "key",
-    "secret",
-    "token",
-    "max_attempts",
-    "retry_mode",
-    "concurrency",
-)
-#: Options that may only be `{ env = "VARIABLE" }` references, never plain text.
-SECRET_OPTIONS = ("key", "secret", "token")
+__all__ = ["KNOWN_OPTIONS", "S3Store", "open_s3_store"]
+
+#: Every store option the backend understands (OPTIONS says what each carries).
+KNOWN_OPTIONS = (*OPTIONS.endpoints, *OPTIONS.settings, "profile", *OPTIONS.secrets)
 RETRY_MODES = ("standard", "adaptive")
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_ATTEMPTS = 5
@@ -356,14 +345,13 @@ def open_s3_store(spec: StoreSpec) -> S3Store:
     """Build an S3 store from a configured store's URL and (resolved) options."""
     bucket, prefix = _bucket_and_prefix(spec)
     options = spec.options
-    unknown = sorted(set(options) - set(OPTIONS))
+    unknown = sorted(set(options) - set(KNOWN_OPTIONS))
     if unknown:
         raise ConfigError(
             f"Store {spec.name!r}: unknown option(s) {', '.join(unknown)}; "
-            f"the S3 backend knows {', '.join(OPTIONS)}."
+            f"the S3 backend knows {', '.join(KNOWN_OPTIONS)}."
         )
-    _refuse_plain_secrets(spec)
-    credentials = {name: _text(spec, name) for name in SECRET_OPTIONS if name in options}
+    credentials = {name: _text(spec, name) for name in OPTIONS.secrets if name in options}
     if ("secret" in credentials) != ("key" in credentials) or (
         "token" in credentials and "key" not in credentials
     ):
@@ -419,24 +407,6 @@ def _bucket_and_prefix(spec: StoreSpec) -> tuple[str, str]:
             "s3://bucket or s3://bucket/prefix (a custom endpoint goes in the endpoint_url option)."
         )
     return parts.netloc, parts.path.strip("/")
-
-
-def _refuse_plain_secrets(spec: StoreSpec) -> None:
-    """Refuse credentials written in plain text in the configuration.
-
-    The factory only sees options after `{ env = "VARIABLE" }` references were replaced
-    by their values, so a value found in no environment variable cannot have come from
-    a reference: it was written out in the configuration or on the command line.
-    """
-    environment = set(os.environ.values())
-    plain = [n for n in SECRET_OPTIONS if n in spec.options and spec.options[n] not in environment]
-    if plain:
-        raise ConfigError(
-            f"Store {spec.name!r}: option(s) {', '.join(plain)} must not be written in plain "
-            f'text. Write {plain[0]} = {{ env = "VARIABLE" }} in the configuration (or '
-            f"--option {plain[0]}=env:VARIABLE) and export VARIABLE, or leave the credentials "
-            "out and use the standard AWS chain (AWS_* variables, profiles, instance roles)."
-        )
 
 
 def _text(spec: StoreSpec, name: str) -> str:

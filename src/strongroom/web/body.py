@@ -1,0 +1,103 @@
+"""A POST's form, read only as far as the caller has earned.
+
+Before a request is authenticated, at most TOKEN_WINDOW bytes of its body are read, to
+find a `token` form field; after, at most MAX_FORM_BYTES. Both limits count the bytes
+that actually arrive, so a chunked body (no Content-Length) or a lying header gets no
+further than an honest one. The whole form is held in memory (it is small) and never
+spooled to disk: a multipart file part is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from urllib.parse import parse_qsl
+
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from .responses import ApiError
+
+__all__ = ["MAX_FORM_BYTES", "TOKEN_WINDOW", "Body"]
+
+#: The largest form an authenticated caller may send: these are small forms.
+MAX_FORM_BYTES = 1024 * 1024
+#: How much of a body is read to find its `token` field, before anyone is authenticated.
+TOKEN_WINDOW = 64 * 1024
+#: More fields than any operation takes, and few enough to parse cheaply.
+MAX_FIELDS = 100
+_URLENCODED = "application/x-www-form-urlencoded"
+
+
+class Body:
+    """A request's body, read from the client in steps, never past the limit asked for."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._chunks = request.stream()
+        self._data = bytearray()
+        self._complete = False
+
+    async def head(self) -> dict[str, str]:
+        """The form fields that end within the first TOKEN_WINDOW bytes (all of a shorter
+        form): where a caller that sends no header or cookie puts its `token`."""
+        await self._read(TOKEN_WINDOW)
+        if self._complete:
+            return await self._parse()
+        if not self._content_type().startswith(_URLENCODED):
+            return {}
+        window = bytes(self._data[:TOKEN_WINDOW])
+        return _urlencoded(window[: window.rfind(b"&")])
+
+    async def form(self, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
+        """Every field of the form, or 413 once more than `limit` bytes have arrived."""
+        await self._read(limit)
+        if not self._complete:
+            raise ApiError(413, f"The request body is larger than {limit} bytes.")
+        return await self._parse()
+
+    async def _read(self, limit: int) -> None:
+        """Read until the body ends or more than `limit` bytes are here."""
+        while not self._complete and len(self._data) <= limit:
+            chunk = await anext(self._chunks, None)
+            if chunk is None:
+                self._complete = True
+            else:
+                self._data += chunk
+
+    async def _parse(self) -> dict[str, str]:
+        content_type = self._content_type()
+        if content_type.startswith(_URLENCODED):
+            return _urlencoded(bytes(self._data))
+        if content_type.startswith("multipart/form-data"):
+            return await self._multipart()
+        return {}
+
+    async def _multipart(self) -> dict[str, str]:
+        async def replay() -> AsyncGenerator[bytes, None]:
+            yield bytes(self._data)
+
+        parser = MultiPartParser(
+            self._request.headers,
+            replay(),
+            max_files=0,
+            max_fields=MAX_FIELDS,
+            max_part_size=MAX_FORM_BYTES,
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise ApiError(
+                400, f"The form cannot be read ({exc.message}); send fields only, no files."
+            ) from None
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+
+    def _content_type(self) -> str:
+        return self._request.headers.get("content-type", "").lower()
+
+
+def _urlencoded(data: bytes) -> dict[str, str]:
+    try:
+        fields = parse_qsl(data.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, f"The form is not UTF-8 text of at most {MAX_FIELDS} fields.") from None
+    return dict(fields)

@@ -1,0 +1,141 @@
+"""What a token holder may do with stores: only what the operator allowed.
+
+The operator lists the locations (URL prefixes) where admin API callers may register
+stores: `strongroom serve --allow-store URL_PREFIX`, `[api] allow_stores` in the
+configuration file, `create_app(allow_stores=...)`. With none, the API edits no store.
+A store's URL, and every option its backend declares an endpoint, must lie under one of
+them; a caller may otherwise set only the options its backend declares harmless
+(`BackendOptions.settings`), never a secret or an `{"env": ...}` reference, which would
+make the server send its own environment wherever the request says. A `file://` location
+is walked from the allowed directory one name at a time, so a link below it cannot carry
+the store elsewhere. Stores the operator configured are not judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..backends.root import NotFollowedError, Root
+from ..config import StoreSpec
+from ..errors import ConfigError
+from ..plugins import BackendOptions, BackendRegistry
+from ..store import OBJECT_LOCK_OPTION
+from .responses import ApiError
+
+__all__ = ["Location", "StoreFence"]
+
+HOW = (
+    "the operator allows locations with 'strongroom serve --allow-store URL_PREFIX' "
+    "or allow_stores in the [api] table of the configuration file"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A URL reduced to what decides where it leads: scheme, host (or bucket), path names."""
+
+    scheme: str
+    netloc: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, url: str) -> Location:
+        """The location of `url`; a ConfigError if it could be read two ways (a query, a
+        fragment, user info, escapes in the host, or an empty, '.' or '..' path name)."""
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        names = path.strip("/").split("/") if path.strip("/") else []
+        netloc = parts.netloc.lower()
+        if (
+            not parts.scheme
+            or parts.query
+            or parts.fragment
+            or any(c in netloc for c in "@%\\")
+            or any(name in ("", ".", "..") or "\0" in name for name in names)
+            or (path and not path.startswith("/"))
+        ):
+            raise ConfigError(
+                f"{url!r} is not a plain location: write scheme://host/path with no query, "
+                "user, '.' or '..'."
+            )
+        scheme = parts.scheme.lower()
+        if scheme == "file" and netloc == "localhost":
+            netloc = ""
+        return cls(scheme, netloc, tuple(names))
+
+    def within(self, prefix: Location) -> bool:
+        size = len(prefix.names)
+        return (self.scheme, self.netloc) == (prefix.scheme, prefix.netloc) and (
+            self.names[:size] == prefix.names
+        )
+
+
+class StoreFence:
+    """The operator's policy for store edits over the API, and its checks (403 when not)."""
+
+    def __init__(self, allow_stores: Sequence[str]) -> None:
+        self._allowed = [Location.parse(url) for url in allow_stores]
+
+    def check_new(self, spec: StoreSpec, registry: BackendRegistry) -> None:
+        """A store a caller registers: its location, then each of its options."""
+        location = self._place(spec.url, "The store's url")
+        declared = registry.options_of(spec.url) or BackendOptions()
+        for name, value in spec.options.items():
+            self._check_option(name, value, declared)
+        if location.scheme == "file":
+            _refuse_links(location, self._prefix_of(location))
+
+    def check_existing(self, spec: StoreSpec) -> None:
+        """A configured store a caller changes or unregisters: its location only."""
+        self._place(spec.url, f"Store {spec.name!r}")
+
+    def _check_option(self, name: str, value: object, declared: BackendOptions) -> None:
+        if isinstance(value, dict) or declared.is_secret(name):
+            raise ApiError(
+                403,
+                f"Option {name!r}: secrets come from the operator's configuration (strongroom "
+                "stores add, the configuration file), never from a request.",
+            )
+        if name in declared.endpoints:
+            self._place(str(value), f"Option {name!r}")
+        elif name not in declared.settings and name != OBJECT_LOCK_OPTION:
+            raise ApiError(
+                403,
+                f"Option {name!r} cannot be set over the API (the backend does not declare "
+                "it harmless); the operator can set it with 'strongroom stores add'.",
+            )
+
+    def _place(self, url: str, what: str) -> Location:
+        """The location of `url` if the operator allowed it; 403 otherwise."""
+        if not self._allowed:
+            raise ApiError(403, f"This server lets no API caller register or change stores; {HOW}.")
+        try:
+            location = Location.parse(url)
+        except ConfigError as exc:
+            raise ApiError(403, f"{what}: {exc}") from None
+        if not any(location.within(prefix) for prefix in self._allowed):
+            raise ApiError(
+                403, f"{what} {url!r} is not under a location this server allows; {HOW}."
+            )
+        return location
+
+    def _prefix_of(self, location: Location) -> Location:
+        return next(prefix for prefix in self._allowed if location.within(prefix))
+
+
+def _refuse_links(location: Location, prefix: Location) -> None:
+    """Walk from the allowed directory to the store's, following no link (what does not
+    exist yet, the store makes as plain directories)."""
+    below = "/".join(location.names[len(prefix.names) :])
+    try:
+        with Root(Path("/", *prefix.names)).directory(below):
+            pass
+    except FileNotFoundError:
+        pass
+    except NotFollowedError as exc:
+        raise ApiError(
+            403, f"The store's directory is reached through a link or a file: {exc.strerror}."
+        ) from None
