@@ -25,6 +25,7 @@ import errno
 import io
 import multiprocessing
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -281,9 +282,14 @@ class StoreConformance:
         """The admin API lets a caller set only the options a backend declares harmless, and
         the core refuses plain secrets by the same declaration: `registry.add(scheme,
         factory, options=BackendOptions(settings=..., endpoints=..., secrets=...))`."""
-        registry = build_registry(get_plugin_manager(autoload=True))
+        manager = get_plugin_manager(autoload=True)
+        module = sys.modules[type(store).__module__]  # the plugin, if it is not installed yet
+        if hasattr(module, "strongroom_register_backends") and not manager.is_registered(module):
+            manager.register(module)
+        registry = build_registry(manager)
         assert registry.options_of(store.url) is not None, (
-            f"no installed plugin declares the options of {store.url!r} stores"
+            f"neither an installed plugin nor {module.__name__} declares the options of "
+            f"{store.url!r} stores"
         )
 
     def test_validate_probes_everything_and_cleans_up(self, store: Store) -> None:
