@@ -284,7 +284,7 @@ def test_a_job_of_a_living_process_is_left_alone_until_that_process_dies(home: P
     try:
         watcher = JobManager(home / JOBS_FILE)
         assert watcher.get(jobid).status is JobStatus.EXECUTING
-        with pytest.raises(JobError, match="another strongroom process"):
+        with pytest.raises(JobError, match="another job manager"):
             watcher.cancel(jobid)
     finally:
         _kill(process)

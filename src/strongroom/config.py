@@ -126,10 +126,16 @@ class StoresConfig:
     stores: dict[str, StoreSpec]
     default: str
     allow_stores: list[str] = field(default_factory=list)
+    #: Where the embedded store lives (and, for an Engine, everything else it keeps).
+    home: Path = field(default_factory=strongroom_home)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> StoresConfig:
-        path = path or config_path()
+    def load(cls, path: Path | None = None, *, home: Path | None = None) -> StoresConfig:
+        """The configuration file at `path`, else `home`/config.toml when a home is given
+        (a tenant's own), else `$STRONGROOM_CONFIG` or `$STRONGROOM_HOME`/config.toml."""
+        if path is None:
+            path = home / "config.toml" if home is not None else config_path()
+        home = home if home is not None else strongroom_home()
         document: dict[str, Any] = {}
         if path.exists():
             try:
@@ -138,7 +144,7 @@ class StoresConfig:
                 raise ConfigError(
                     f"The stores configuration {path} is not valid TOML: {exc}"
                 ) from None
-        stores = {EMBEDDED_STORE_NAME: embedded_store()}
+        stores = {EMBEDDED_STORE_NAME: embedded_store(home)}
         tables = document.get("stores", {})
         if not isinstance(tables, dict):
             raise ConfigError(f"{path}: 'stores' must be a table of [stores.NAME] sections.")
@@ -147,7 +153,7 @@ class StoresConfig:
         default = document.get("default", EMBEDDED_STORE_NAME)
         if default not in stores:
             raise ConfigError(f"{path}: the default store {default!r} is not configured.")
-        return cls(path, stores, default, _allow_stores(path, document.get("api", {})))
+        return cls(path, stores, default, _allow_stores(path, document.get("api", {})), home)
 
     def get(self, name: str | None = None) -> StoreSpec:
         """The store called `name`, or the default store."""
@@ -171,10 +177,10 @@ class StoresConfig:
 
     def remove(self, name: str) -> None:
         spec = self.get(name)
-        if spec == embedded_store():
+        if spec == embedded_store(self.home):
             raise ConfigError(f"{name!r} is the embedded default store and cannot be removed.")
         del self.stores[name]
-        self.stores.setdefault(EMBEDDED_STORE_NAME, embedded_store())
+        self.stores.setdefault(EMBEDDED_STORE_NAME, embedded_store(self.home))
         if self.default == name:
             self.default = EMBEDDED_STORE_NAME
 
@@ -186,7 +192,7 @@ class StoresConfig:
                 **({"options": dict(spec.options)} if spec.options else {}),
             }
             for spec in self.stores.values()
-            if spec != embedded_store()
+            if spec != embedded_store(self.home)
         }
         document: dict[str, Any] = {"default": self.default, "stores": tables}
         if self.allow_stores:
@@ -209,9 +215,10 @@ def write_private(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def embedded_store() -> StoreSpec:
-    """The store that exists with no configuration at all."""
-    directory = strongroom_home() / "stores" / EMBEDDED_STORE_NAME
+def embedded_store(home: Path | None = None) -> StoreSpec:
+    """The store that exists with no configuration at all, in `home` (default
+    $STRONGROOM_HOME)."""
+    directory = (home if home is not None else strongroom_home()) / "stores" / EMBEDDED_STORE_NAME
     return StoreSpec(EMBEDDED_STORE_NAME, directory.absolute().as_uri())
 
 

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -39,7 +40,7 @@ from .archive import (
     source_size,
     write_archive,
 )
-from .config import StoresConfig, strongroom_home
+from .config import StoresConfig
 from .crypto import (
     BackupKeys,
     KdfParams,
@@ -56,6 +57,7 @@ from .errors import (
     BackupNotFoundError,
     ConfigError,
     IntegrityError,
+    JobError,
     ObjectLockedError,
     StoreError,
     StrongroomError,
@@ -156,12 +158,20 @@ class BackupInfo:
 
 
 class Engine:
-    """The entry point of the Python API; stateless apart from the stores it has opened."""
+    """The entry point of the Python API; stateless apart from the stores it has opened
+    and its background jobs.
+
+    Everything an Engine keeps lives in its `home`: the configuration file, the embedded
+    store, the job table, and (for the admin API) the token file and the restores. Two
+    Engines with different homes in one process share nothing, so each tenant of a host
+    product gets its own; the default home is $STRONGROOM_HOME.
+    """
 
     def __init__(
         self,
         config: StoresConfig | None = None,
         *,
+        home: str | os.PathLike[str] | None = None,
         stores: Iterable[Store] = (),
         plugin_manager: pluggy.PluginManager | None = None,
         kdf: KdfParams | None = None,
@@ -170,8 +180,12 @@ class Engine:
         clock: Callable[[], datetime] = utc_now,
         leftover_grace: timedelta = timedelta(hours=24),
     ) -> None:
-        self.config = config if config is not None else StoresConfig.load()
-        self._registry = build_registry(plugin_manager or get_plugin_manager())
+        if config is None:
+            config = StoresConfig.load(home=None if home is None else Path(home))
+        self.config = config
+        self.home = Path(home) if home is not None else config.home
+        self.plugin_manager = plugin_manager or get_plugin_manager()
+        self._registry = build_registry(self.plugin_manager)
         self._kdf = kdf or KdfParams()
         if not self._kdf.within_bounds:
             raise ConfigError(
@@ -188,6 +202,7 @@ class Engine:
         self._stores: dict[str, Store] = {store.name: store for store in stores}
         self._job_manager: JobManager | None = None
         self._job_manager_lock = threading.Lock()
+        self._closed = False
 
     @property
     def registry(self) -> BackendRegistry:
@@ -672,10 +687,15 @@ class Engine:
 
     @property
     def jobs(self) -> JobManager:
-        """The background jobs, kept in $STRONGROOM_HOME/jobs.sqlite3; started on first use."""
+        """The background jobs, kept in `home`/jobs.sqlite3; started on first use. An
+        Engine dropped without `close` has them closed when it is collected."""
         with self._job_manager_lock:
+            if self._closed:
+                raise JobError("This Engine is closed; make a new one to run jobs.")
             if self._job_manager is None:
-                self._job_manager = JobManager(strongroom_home() / JOBS_FILE, clock=self._clock)
+                manager = JobManager(self.home / JOBS_FILE, clock=self._clock)
+                self._close_jobs = weakref.finalize(self, manager.close)
+                self._job_manager = manager
             return self._job_manager
 
     def submit_backup(
@@ -804,10 +824,12 @@ class Engine:
 
     def close(self) -> None:
         """Cancel this engine's background jobs, if it ever started any, and wait for
-        them (at most `jobs.CLOSE_TIMEOUT`: a job stuck past that is recorded FAILED)."""
+        them (at most `jobs.CLOSE_TIMEOUT`: a job stuck past that is recorded FAILED).
+        Final: jobs cannot be submitted afterwards."""
         with self._job_manager_lock:
+            self._closed = True
             if self._job_manager is not None:
-                self._job_manager.close()
+                self._close_jobs()
                 self._job_manager = None
 
 

@@ -274,7 +274,8 @@ class JobManager:
         job = self.get(jobid)
         if job.status.active:
             raise JobError(
-                f"Job {jobid} runs in another strongroom process; cancel it through that one."
+                f"Job {jobid} runs in another job manager (another Engine on this home, or "
+                "another process); cancel it through that one."
             )
         return job
 

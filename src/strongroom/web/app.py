@@ -34,12 +34,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 
-from ..config import strongroom_home
 from ..engine import Engine
 from ..errors import ConfigError, StrongroomError
 from ..format import to_epoch_ms, utc_now
 from ..jobs import Job
-from ..plugins import get_plugin_manager
 from . import stores
 from .auth import COOKIE, Credentials, credentials, is_allowed
 from .body import TOKEN_WINDOW, Body
@@ -71,16 +69,17 @@ def create_app(
     """The admin API over `engine`.
 
     `sources` are what every create backs up; each restore goes into a new directory
-    under `restore_dir` (default `$STRONGROOM_HOME/restores`). The `strongroom_authenticate`
-    hook is called through `plugin_manager` (default: the installed plugins). Callers may
+    under `restore_dir` (default `restores` in the engine's home). Tokens are checked
+    against the engine's home's token file, and the `strongroom_authenticate` hook is
+    called through `plugin_manager` (default: the engine's). Callers may
     register stores only under the URL prefixes of `allow_stores` (default: none).
     """
     api = _AdminApi(
         engine,
         [Path(source) for source in sources],
-        Path(restore_dir) if restore_dir is not None else strongroom_home() / "restores",
+        Path(restore_dir) if restore_dir is not None else engine.home / "restores",
         "/" + root_path.strip("/") if root_path.strip("/") else "",
-        plugin_manager or get_plugin_manager(),
+        plugin_manager or engine.plugin_manager,
         StoreFence(allow_stores),
     )
     return Starlette(
@@ -330,7 +329,7 @@ class _AdminApi:
             return Reply({}, "login.html", {"messages": [], "next": goto})
         _refuse_other_sites(request)  # or another site could sign a browser in as itself
         token = call.get("token")
-        if not await _run(is_allowed, token, request, self._plugins):
+        if not await _run(is_allowed, token, request, self._plugins, self._engine.home):
             raise ApiError(401, "That token is not valid for this server.")
         response = RedirectResponse(goto, status_code=303)
         response.set_cookie(
@@ -384,7 +383,8 @@ class _AdminApi:
         presented = credentials(request)
         if presented.token is None and request.method == "POST":
             presented = Credentials((await body.head()).get("token"))
-        if not await _run(is_allowed, presented.token, request, self._plugins):
+        allowed = await _run(is_allowed, presented.token, request, self._plugins, self._engine.home)
+        if not allowed:
             if presented.token is None:
                 raise ApiError(
                     401,

@@ -50,8 +50,9 @@ class Credentials:
     from_cookie: bool = False
 
 
-def tokens_path() -> Path:
-    return strongroom_home() / TOKENS_FILE
+def tokens_path(home: Path | None = None) -> Path:
+    """The token file of `home` (an Engine's; default $STRONGROOM_HOME)."""
+    return (home if home is not None else strongroom_home()) / TOKENS_FILE
 
 
 def hash_token(token: str) -> str:
@@ -63,9 +64,10 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def add_token(token: str) -> Path:
-    """Add the token's hash to the token file (rewritten atomically, owner-only); return it."""
-    path = tokens_path()
+def add_token(token: str, home: Path | None = None) -> Path:
+    """Add the token's hash to `home`'s token file (rewritten atomically, owner-only);
+    return the file."""
+    path = tokens_path(home)
     try:
         kept = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -91,23 +93,27 @@ def credentials(request: Request) -> Credentials:
     return Credentials(cookie, from_cookie=True) if cookie else Credentials(None)
 
 
-def is_allowed(token: str | None, request: Request, plugins: pluggy.PluginManager) -> bool:
-    """Ask the plugins; if none answers, check the token against the configured hashes."""
+def is_allowed(
+    token: str | None, request: Request, plugins: pluggy.PluginManager, home: Path
+) -> bool:
+    """Ask the plugins; if none answers, check the token against the hashes configured
+    for `home`."""
     verdict = plugins.hook.strongroom_authenticate(token=token, request=request)
     if verdict is not None:
         return bool(verdict)
     if not token:
         return False
     presented = hash_token(token).encode()
-    matches = [hmac.compare_digest(presented, known.encode()) for known in configured_hashes()]
+    known_hashes = configured_hashes(home)
+    matches = [hmac.compare_digest(presented, known.encode()) for known in known_hashes]
     return any(matches)
 
 
-def configured_hashes() -> list[str]:
-    """Every accepted token hash, from the token file and the environment."""
+def configured_hashes(home: Path | None = None) -> list[str]:
+    """Every accepted token hash, from `home`'s token file and the environment."""
     hashes = [h.strip() for h in os.environ.get(TOKEN_HASHES_ENV, "").split(",")]
     try:
-        lines = tokens_path().read_text(encoding="utf-8").splitlines()
+        lines = tokens_path(home).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         lines = []
     hashes += [line.split("#", 1)[0].strip() for line in lines]

@@ -74,7 +74,7 @@ def serve(
         await run_in_threadpool(engine.close)  # before uvicorn re-raises SIGTERM and exits
 
     server = Starlette(routes=[Mount("", app=app)], lifespan=lifespan)
-    _warn(host)
+    _warn(host, engine.home)
     uvicorn.run(server, host=host, port=port, log_config=_log_config())
 
 
@@ -88,10 +88,10 @@ def _log_config() -> dict[str, Any]:
     return config
 
 
-def _warn(host: str) -> None:
-    if not configured_hashes():
+def _warn(host: str, home: Path) -> None:
+    if not configured_hashes(home):
         print(
-            f"strongroom: warning: no API tokens are configured ({tokens_path()} or "
+            f"strongroom: warning: no API tokens are configured ({tokens_path(home)} or "
             "STRONGROOM_API_TOKEN_HASHES): unless a plugin authenticates, every request "
             "is refused; 'strongroom token new' makes one.",
             file=sys.stderr,

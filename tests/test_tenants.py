@@ -1,0 +1,104 @@
+"""Several tenants in one process: each Engine keeps everything in its own home (stores,
+jobs, tokens, restores), sees and cancels only its own jobs, answers to its own plugins,
+and an Engine dropped without `close` leaves no descriptor or lock file behind."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.requests import Request
+
+from strongroom import Engine, JobError, JobNotFoundError, hookimpl
+from strongroom.plugins import get_plugin_manager
+from strongroom.web import create_app
+from strongroom.web.auth import add_token, tokens_path
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, until_cancelled
+
+pytestmark = pytest.mark.anyio
+STORE = "/admin/system/disasterrecovery/stores/backupsDefault"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def tenant(root: Path, name: str) -> Engine:
+    return Engine(home=root / name, kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
+
+
+async def test_two_tenants_share_nothing(home: Path, tree: Path, tmp_path: Path) -> None:
+    a, b = tenant(tmp_path, "a"), tenant(tmp_path, "b")
+    with a, b:
+        a.create("only-a", [tree], passcode=PASSCODE)
+        assert [info.name for info in a.list()] == ["only-a"]
+        assert b.list() == []
+        assert not home.exists(), "nothing went to $STRONGROOM_HOME"
+
+        done = a.jobs.wait(a.submit_delete("only-a").jobid, timeout=30)
+        running = a.jobs.submit("loop", until_cancelled)
+        for jobid in (done.jobid, running.jobid):
+            with pytest.raises(JobNotFoundError):
+                b.jobs.get(jobid)
+            with pytest.raises(JobNotFoundError):
+                b.jobs.cancel(jobid)
+        assert a.jobs.get(running.jobid).status.active
+
+        token_a = "tenant-a-token-0123456789"
+        assert add_token(token_a, a.home) == tokens_path(a.home)
+        apps = {name: create_app(engine) for name, engine in (("a", a), ("b", b))}
+        for name, app in apps.items():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                listed = await http.get(f"{STORE}/backups", params={"f": "json", "token": token_a})
+                assert listed.status_code == (200 if name == "a" else 401), listed.text
+        assert (a.home / "jobs.sqlite3").exists() and (b.home / "jobs.sqlite3").exists()
+
+
+async def test_the_app_asks_the_engines_own_plugins(tmp_path: Path) -> None:
+    class HostAuth:
+        @hookimpl
+        def strongroom_authenticate(self, token: str | None, request: Request) -> bool | None:
+            return token == "host-session"
+
+    plugins = get_plugin_manager(autoload=False)
+    plugins.register(HostAuth())
+    with Engine(home=tmp_path / "host", plugin_manager=plugins, kdf=FAST_KDF) as engine:
+        transport = httpx.ASGITransport(app=create_app(engine))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            asked = await http.get(STORE, params={"f": "json", "token": "host-session"})
+            refused = await http.get(STORE, params={"f": "json", "token": "other"})
+    assert asked.status_code == 200, asked.text
+    assert refused.status_code == 401
+
+
+def test_engines_dropped_without_close_leave_nothing_open(tmp_path: Path) -> None:
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def use_and_drop(n: int) -> None:
+        engine = tenant(tmp_path, f"t{n}")
+        engine.jobs.wait(engine.jobs.submit("noop", lambda job: None).jobid, timeout=10)
+
+    use_and_drop(-1)  # first imports and caches
+    gc.collect()
+    before = open_descriptors()
+    for n in range(10):
+        use_and_drop(n)
+    gc.collect()
+    assert open_descriptors() == before
+    assert list(tmp_path.glob("t*/jobs.sqlite3.owners/*.lock")) == []
+
+
+def test_close_is_final(tmp_path: Path) -> None:
+    engine = tenant(tmp_path, "closing")
+    engine.jobs.wait(engine.jobs.submit("noop", lambda job: None).jobid, timeout=10)
+    engine.close()
+    with pytest.raises(JobError, match="closed"):
+        engine.submit_cleanup()
+    with pytest.raises(JobError, match="closed"):
+        engine.jobs.submit("late", lambda job: None)
