@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 from starlette.requests import Request
 
 from strongroom import Engine, JobError, JobNotFoundError, hookimpl
@@ -100,5 +101,27 @@ def test_close_is_final(tmp_path: Path) -> None:
     engine.close()
     with pytest.raises(JobError, match="closed"):
         engine.submit_cleanup()
+    with pytest.raises(JobError, match="closed"):
+        engine.jobs.submit("late", lambda job: None)
+
+
+async def test_the_embedding_example_mounts_the_api_and_closes_the_engine(
+    tmp_path: Path, tree: Path
+) -> None:
+    """docs/EMBEDDING.md's example, as written, with its paths pointed at this test's."""
+    document = (Path(__file__).parent.parent / "docs" / "EMBEDDING.md").read_text()
+    example = document.split("```python\n", 1)[1].split("```", 1)[0]
+    example = example.replace("/var/lib/product/strongroom", str(tmp_path / "product"))
+    example = example.replace("/srv/app/data", str(tree))
+    namespace: dict[str, object] = {}
+    exec(compile(example, "EMBEDDING.md", "exec"), namespace)
+    engine, app = namespace["engine"], namespace["app"]
+    assert isinstance(engine, Engine) and isinstance(app, Starlette)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            answer = await http.get("/admin/system/disasterrecovery", params={"f": "json"})
+        assert answer.status_code == 401  # no token yet: the Engine's home has none
+        engine.jobs.submit("noop", lambda job: None)
     with pytest.raises(JobError, match="closed"):
         engine.jobs.submit("late", lambda job: None)
