@@ -230,12 +230,11 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     """
     found: set[str] = set()
     rules = MemberRules()
-    preallocate = preallocator_for(target)
     root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     staging = Staging(root)
     try:
         with SmallFileWriters(staging) as writers:
-            directories = _Directories(writers, staging)
+            extraction = _Extraction(stream, staging, writers, preallocator_for(target))
             for member in read_members(stream):
                 match = _selection_match(member_path(member.name), selected)
                 if selected and match is None:
@@ -244,9 +243,8 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
                 if match is not None:
                     found.add(match)
                 if path:  # not the archive's own top ('./')
-                    directories.leave_unless_inside(path)
-                    _extract(member, path, stream, staging, writers, directories, preallocate)
-            directories.finish_all()
+                    extraction.make(member, path)
+            extraction.directories.finish_all()
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # what `rules` refuses, should it ever miss one
             raise UnsafeArchiveError(
@@ -260,42 +258,55 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
     return found
 
 
-def _extract(
-    member: tarfile.TarInfo,
-    path: str,
-    stream: ArchiveReader,
-    staging: Staging,
-    writers: SmallFileWriters,
-    directories: _Directories,
-    preallocate: Preallocate | None,
-) -> None:
-    """Make one checked member at `path`, after any pending write it could replace."""
-    for ancestor in _ancestors(path):  # a file there is replaced by the directory
-        writers.wait_for(ancestor)
-    writers.wait_for(path)
-    if member.isdir():
-        staging.make_directory(path)
-        directories.enter(member, path)
-    elif member.isreg():
+class _Extraction:
+    """What one restore makes its members with: the stream, the staging directory, the
+    small-file writers, preallocation, and the directories waiting for their attributes."""
+
+    def __init__(
+        self,
+        stream: ArchiveReader,
+        staging: Staging,
+        writers: SmallFileWriters,
+        preallocate: Preallocate | None,
+    ) -> None:
+        self.stream, self.staging, self.writers = stream, staging, writers
+        self.preallocate = preallocate
+        self.directories = _Directories(writers, staging)
+
+    def make(self, member: tarfile.TarInfo, path: str) -> None:
+        """Make one checked member at `path`, after any pending write it could replace."""
+        self.directories.leave_unless_inside(path)
+        for ancestor in _ancestors(path):  # a file there is replaced by the directory
+            self.writers.wait_for(ancestor)
+        self.writers.wait_for(path)
+        if member.isdir():
+            self.staging.make_directory(path)
+            self.directories.enter(member, path)
+        elif member.isreg():
+            self._file(member, path)
+        elif member.issym():
+            self.staging.symlink(member.linkname, path)
+            self.staging.set_link_metadata(path, _owner(member), member.mtime)
+        else:  # a hard link, to an entry of this restore; the inode has its metadata already
+            original = member_path(member.linkname)
+            self.writers.wait_for(original)
+            try:
+                self.staging.hard_link(original, path)
+            except FileNotFoundError:
+                raise ConfigError(
+                    f"{member.name!r} is a hard link to {member.linkname!r}, which this "
+                    "restore does not include; restore both paths."
+                ) from None
+
+    def _file(self, member: tarfile.TarInfo, path: str) -> None:
+        stream, staging = self.stream, self.staging
         if PART_RECORD in member.pax_headers:
-            _append_part(stream, member, path, staging, preallocate)
+            _append_part(stream, member, path, staging, self.preallocate)
         elif member.size <= SMALL_FILE:
-            writers.submit(_file_meta(member, path), list(_views(stream, member.size)))
+            self.writers.submit(_file_meta(member, path), list(_views(stream, member.size)))
         else:
-            write_file(_file_meta(member, path), _views(stream, member.size), staging, preallocate)
-    elif member.issym():
-        staging.symlink(member.linkname, path)
-        staging.set_link_metadata(path, _owner(member), member.mtime)
-    else:  # a hard link, to an entry of this restore; the inode has its metadata already
-        original = member_path(member.linkname)
-        writers.wait_for(original)
-        try:
-            staging.hard_link(original, path)
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{member.name!r} is a hard link to {member.linkname!r}, which this restore "
-                "does not include; restore both paths."
-            ) from None
+            meta = _file_meta(member, path)
+            write_file(meta, _views(stream, member.size), staging, self.preallocate)
 
 
 def _ancestors(path: str) -> Iterator[str]:
