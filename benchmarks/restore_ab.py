@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,8 +33,10 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def strongroom(source: Path, home: Path, *args: str | Path) -> float:
-    """Run the CLI of the checkout whose `src` is `source`; seconds until durable."""
+def strongroom(source: Path, home: Path, *args: str | Path) -> tuple[float, float]:
+    """Run the CLI of the checkout whose `src` is `source`; seconds until durable, and the
+    CPU seconds it and its helper processes used (steadier than wall time on a busy
+    machine)."""
     environment = {
         **os.environ,
         "PYTHONPATH": str(source),
@@ -41,11 +44,16 @@ def strongroom(source: Path, home: Path, *args: str | Path) -> float:
         "STRONGROOM_PASSCODE": PASSCODE,
         "STRONGROOM_DISABLE_PLUGIN_AUTOLOAD": "1",
     }
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     command = [sys.executable, "-c", RUN, *map(str, args)]
     subprocess.run(command, env=environment, check=True, stdout=subprocess.DEVNULL)
     os.sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - cpu
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def checkout(revision: str, workdir: Path) -> Path:
@@ -70,8 +78,10 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     sources = {"before": checkout(args.before, args.workdir), "after": REPOSITORY / "src"}
     home = args.workdir / "home"
-    print(f"| dataset | code | restore s median [min-max] | MB/s | runs: {args.runs} |")
-    print("|---|---|---:|---:|---|")
+    print(
+        f"| dataset | code | restore s median [min-max] | MB/s | CPU s median | runs: {args.runs} |"
+    )
+    print("|---|---|---:|---:|---:|---|")
     for name in args.datasets.split(","):
         root = dataset_root(args.workdir, args.scale)
         root.mkdir(parents=True, exist_ok=True)
@@ -80,7 +90,7 @@ def main() -> int:
         size, digest = total_size(dataset.path), tree_digest(dataset.path)
         backup = f"ab-{name}-{time.time_ns()}"
         strongroom(sources["after"], home, "create", "--name", backup, dataset.path)
-        times: dict[str, list[float]] = {code: [] for code in sources}
+        times: dict[str, list[tuple[float, float]]] = {code: [] for code in sources}
         for run in range(args.runs):
             order = list(sources) if run % 2 == 0 else list(reversed(sources))
             for code in order:
@@ -93,11 +103,14 @@ def main() -> int:
                 restored = target / dataset.path.name
                 if tree_digest(restored) != digest:
                     raise SystemExit(f"{code} restored {name} wrong")
-        for code, seconds in times.items():
+        for code, samples in times.items():
+            seconds = [wall for wall, _ in samples]
             median = statistics.median(seconds)
+            cpu = statistics.median(cpu for _, cpu in samples)
+            runs = " ".join(f"{s:.2f}" for s in seconds)
             print(
                 f"| {name} | {code} | {median:.2f} [{min(seconds):.2f}-{max(seconds):.2f}] "
-                f"| {size / median / 1e6:.0f} | {' '.join(f'{s:.2f}' for s in seconds)} |"
+                f"| {size / median / 1e6:.0f} | {cpu:.2f} | {runs} |"
             )
         strongroom(sources["after"], home, "delete", backup)
     return 0
