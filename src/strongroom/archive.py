@@ -236,7 +236,7 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
         with SmallFileWriters(staging) as writers:
             extraction = _Extraction(stream, staging, writers, preallocator_for(target))
             for member in read_members(stream):
-                match = _selection_match(member_path(member.name), selected)
+                match = _selection_match(member_path(member.name), selected) if selected else None
                 if selected and match is None:
                     continue
                 path = rules.check(member)
@@ -272,12 +272,16 @@ class _Extraction:
         self.stream, self.staging, self.writers = stream, staging, writers
         self.preallocate = preallocate
         self.directories = _Directories(writers, staging)
+        self._parent_ready = ""  # the last directory whose pending writes were waited for
 
     def make(self, member: tarfile.TarInfo, path: str) -> None:
         """Make one checked member at `path`, after any pending write it could replace."""
         self.directories.leave_unless_inside(path)
-        for ancestor in _ancestors(path):  # a file there is replaced by the directory
-            self.writers.wait_for(ancestor)
+        parent = path.rpartition("/")[0]
+        if parent != self._parent_ready:  # a file there is replaced by the directory:
+            for ancestor in _ancestors(path):  # once it is written (no later file can
+                self.writers.wait_for(ancestor)  # take a directory's name: MemberRules)
+            self._parent_ready = parent
         self.writers.wait_for(path)
         if member.isdir():
             self.staging.make_directory(path)
@@ -496,41 +500,50 @@ class MemberRules:
     def check(self, member: tarfile.TarInfo) -> str:
         """The path the member is restored at ('' for the top directory itself), or an
         UnsafeArchiveError saying why it cannot be."""
+        kind = member.type
         path = self._path(member, member.name, "its name")
-        if member.type not in _RESTORED_TYPES:
-            kind = _OTHER_TYPES.get(member.type, f"of tar type {member.type!r}")
-            _refuse(member, f"it is {kind}; strongroom restores files, directories and links")
-        if not path and not member.isdir():
-            _refuse(member, "it does not end in a file name")
-        if path in self._directories and not member.isdir():
-            _refuse(member, "it would replace a directory of the same name")
-        if member.issym() and "\x00" in member.linkname:
+        if kind not in _RESTORED_TYPES:
+            what = _OTHER_TYPES.get(kind, f"of tar type {kind!r}")
+            _refuse(member, f"it is {what}; strongroom restores files, directories and links")
+        is_directory = kind == tarfile.DIRTYPE
+        if not is_directory and (not path or path in self._directories):
+            _refuse(member, "it would replace a directory" if path else "it has no file name")
+        original = ""
+        if kind == tarfile.SYMTYPE and "\x00" in member.linkname:
             _refuse(member, "its link target holds a NUL character")
-        original = self._path(member, member.linkname, "its link target") if member.islnk() else ""
-        if member.islnk() and (not original or original in self._directories):
-            _refuse(member, "it is a hard link to a directory")
-        self._record(member, path, original)
+        elif kind == tarfile.LNKTYPE:
+            original = self._path(member, member.linkname, "its link target")
+            if not original or original in self._directories:
+                _refuse(member, "it is a hard link to a directory")
+        self._record(path, is_directory, kind == tarfile.SYMTYPE or original in self._links)
         return path
 
     def _path(self, member: tarfile.TarInfo, name: str, what: str) -> str:
-        path = member_path(name)
-        if name.startswith("/") or "\x00" in name or ".." in path.split("/"):
+        """`member_path(name)`, refused if it leaves the target or runs through a link."""
+        parts = name.split("/")
+        if "" in parts or "." in parts:
+            parts = [part for part in parts if part not in ("", ".")]
+            path = "/".join(parts)
+        else:
+            path = name
+        if name.startswith("/") or ".." in parts or "\x00" in name:
             _refuse(member, f"{what} would land outside the target")
-        through = next((d for d in _ancestors(path) if d in self._links), None)
-        if through is not None:
-            _refuse(member, f"{what} runs through {through!r}, a link the backup made earlier")
+        if self._links:
+            through = next((d for d in _ancestors(path) if d in self._links), None)
+            if through is not None:
+                _refuse(member, f"{what} runs through {through!r}, a link the backup made earlier")
         return path
 
-    def _record(self, member: tarfile.TarInfo, path: str, original: str) -> None:
+    def _record(self, path: str, is_directory: bool, is_link: bool) -> None:
         directory = path.rpartition("/")[0]
         while directory and directory not in self._directories:
             self._directories.add(directory)
             directory = directory.rpartition("/")[0]
-        if member.isdir():
+        if is_directory:
             self._directories.add(path)
-        if member.issym() or original in self._links:
+        if is_link:
             self._links.add(path)
-        else:
+        elif self._links:
             self._links.discard(path)
 
 
