@@ -374,10 +374,10 @@ def run_stores_list(args: argparse.Namespace) -> int:
 def run_stores_add(args: argparse.Namespace) -> int:
     config = StoresConfig.load()
     spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
-    # Opening checks the scheme, the options and that secret references resolve, before
-    # anything is saved (opening touches no network).
-    build_registry(get_plugin_manager()).open(spec)
     config.add(spec, make_default=args.default)
+    # Opening checks the scheme, the options and that secret references resolve, and the
+    # backend says whether the store keeps backups, before anything is saved.
+    build_registry(get_plugin_manager()).open(spec).check_persistent()
     config.save()
     print(f"Added store {spec.name} ({spec.url}) to {config.path}")
     return 0
