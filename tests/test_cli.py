@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from strongroom import Engine
-from strongroom.cli import main
+from strongroom.cli import _size, main
 from strongroom.web.auth import hash_token
 from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot
 from tests.forge import entry, forge_backup, tar_of
@@ -189,6 +189,8 @@ def test_backup_lifecycle(
     assert info.json() == first
     plain = cli("info", "first")
     assert any(line.split() == ["name", "first"] for line in plain.out.splitlines())
+    assert f"sourceSize     {first['sourceSize'] / 1e3:.1f} kB" in plain.out.splitlines()
+    assert f"storedSize     {first['storedSize'] / 1e3:.1f} kB" in plain.out.splitlines()
 
     verified = cli("verify", "first", "--passcode-file", passcode_file)
     assert verified.code == 0, verified.err
@@ -581,7 +583,7 @@ def test_unwritable_store_is_exit_4(
     validated = cli("stores", "validate", "broken")
     assert validated.code == 4
     assert "write          FAILED" in validated.out
-    assert validated.err.splitlines()[-1].startswith("strongroom: error: Store 'broken' failed")
+    assert validated.error_line.startswith("strongroom: error: Store 'broken' failed: write: ")
 
     created = cli(
         "create", "--store", "broken", "--name", "x", "--passcode-file", passcode_file, small
@@ -878,6 +880,14 @@ def test_progress_bar_only_on_a_terminal(home: Path, small: Path, tmp_path: Path
     assert b"backup tty" in drawn and b"100%" in drawn
     piped = _run_script(home, "restore", "tty", "--target", tmp_path / "piped")
     assert piped.code == 0 and piped.err == ""
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (67_800_000, "67.8 MB"), (999_960, "1.0 MB")],
+)
+def test_sizes_are_decimal_si_units(size: int, text: str) -> None:
+    assert _size(size) == text
 
 
 # -- the admin API's server and tokens ----------------------------------------------------
