@@ -8,9 +8,11 @@ name, the tests that catch the mistake: the suite's own test. Each starts from t
 from __future__ import annotations
 
 import builtins
+import os
 import time
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 from strongroom import ObjectInfo
 from tests.sqlite_store import SQLiteStore
@@ -21,6 +23,7 @@ __all__ = [
     "ListNotSorted",
     "NaiveTimes",
     "NoTimes",
+    "OneDatabasePerProcess",
     "PartialWritesVisible",
     "PrefixExists",
     "RacyPutIfAbsent",
@@ -114,6 +117,14 @@ class DeleteNotIdempotent(SQLiteStore):
             if not self.exists(key):
                 raise FileNotFoundError(key)
         super().delete(keys)
+
+
+class OneDatabasePerProcess(SQLiteStore):
+    """Claims persistent, but each process writes a database of its own, as `memory://`
+    keeps objects in the process that wrote them: no one else ever reads a backup."""
+
+    def __init__(self, name: str, url: str, database: Path) -> None:
+        super().__init__(name, url, database.with_name(f"{database.name}.{os.getpid()}"))
 
 
 class UntranslatedErrors(SQLiteStore):

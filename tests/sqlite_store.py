@@ -36,7 +36,7 @@ class SQLiteStore(Store):
     on the primary key is put-if-absent. Times are the writer's clock (SQLite has none).
     """
 
-    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True)
+    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, persistent=True)
     storage_errors = (OSError, sqlite3.Error)
 
     def __init__(self, name: str, url: str, database: Path) -> None:

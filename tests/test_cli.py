@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from strongroom import Engine
-from strongroom.cli import main
+from strongroom.cli import _size, main
 from strongroom.web.auth import hash_token
 from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot
 from tests.forge import entry, forge_backup, tar_of
@@ -189,6 +189,8 @@ def test_backup_lifecycle(
     assert info.json() == first
     plain = cli("info", "first")
     assert any(line.split() == ["name", "first"] for line in plain.out.splitlines())
+    assert f"sourceSize     {first['sourceSize'] / 1e3:.1f} kB" in plain.out.splitlines()
+    assert f"storedSize     {first['storedSize'] / 1e3:.1f} kB" in plain.out.splitlines()
 
     verified = cli("verify", "first", "--passcode-file", passcode_file)
     assert verified.code == 0, verified.err
@@ -581,7 +583,7 @@ def test_unwritable_store_is_exit_4(
     validated = cli("stores", "validate", "broken")
     assert validated.code == 4
     assert "write          FAILED" in validated.out
-    assert validated.err.splitlines()[-1].startswith("strongroom: error: Store 'broken' failed")
+    assert validated.error_line.startswith("strongroom: error: Store 'broken' failed: write: ")
 
     created = cli(
         "create", "--store", "broken", "--name", "x", "--passcode-file", passcode_file, small
@@ -651,9 +653,15 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
     assert report["capabilities"]["put_if_absent"] is True
     assert not any((offsite / "probes").glob("*"))
 
-    duplicate = cli("stores", "add", "offsite", (tmp_path / "other").as_uri())
+    duplicate = cli("stores", "add", "offsite", (tmp_path / "other").as_uri(), "--default")
     assert duplicate.code == 3
     assert "already configured" in duplicate.error_line
+    assert "stores remove offsite" in duplicate.error_line and "--default" in duplicate.error_line
+    embedded_again = cli("stores", "add", "backupsDefault", (tmp_path / "elsewhere").as_uri())
+    assert embedded_again.code == 3
+    assert "is the embedded default store" in embedded_again.error_line
+    assert "--default" in embedded_again.error_line
+    assert config == tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
 
     removed = cli("stores", "remove", "offsite")
     assert removed.code == 0
@@ -682,6 +690,7 @@ def test_store_options_keep_secrets_as_env_references(
     cli: Cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--option KEY=env:VAR is written as {env = "VAR"}; the value never reaches the file."""
+    monkeypatch.setattr("strongroom.backends.generic.PERSISTENT", {"memory"})  # any options
     monkeypatch.setenv("SR_TEST_TOKEN", "token-value-xyz")
     added = cli(
         "stores", "add", "vault", "memory://vault",
@@ -715,6 +724,45 @@ def test_store_options_keep_secrets_as_env_references(
     malformed = cli("stores", "add", "other", (tmp_path / "o").as_uri(), "--option", "novalue")
     assert malformed.code == 3
     assert "KEY=VALUE" in malformed.error_line
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("memory://m", "memory:// keeps objects in this process's memory"),
+        ("http://127.0.0.1:1/backups", "http:// is read-only"),
+        ("gopher-like://x", "no installed backend"),
+    ],
+)
+def test_stores_add_refuses_a_store_that_would_not_keep_backups(
+    cli: Cli, home: Path, url: str, reason: str
+) -> None:
+    """The backend decides (`persistent`); nothing is saved."""
+    outcome = cli("stores", "add", "gone", url)
+    assert outcome.code == 3
+    assert reason in outcome.error_line
+    assert not (home / "config.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp:///y", "ftp:///y gives no host; write it in the URL (ftp://HOST/PATH)"),
+        ("ftp://127.0.0.1:PORT/y", "cannot be opened (ConnectionRefusedError"),
+        ("dir://x", "dir://x cannot be opened (AttributeError"),
+    ],
+)
+def test_a_url_its_backend_cannot_open_is_one_line_naming_the_store(
+    cli: Cli, home: Path, url: str, reason: str
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = url.replace("PORT", str(closed.getsockname()[1]))  # nothing listens there
+        outcome = cli("stores", "add", "bad", url)
+    assert outcome.code == 3
+    assert outcome.error_line.startswith(f"strongroom: error: Store 'bad': {url}")
+    assert reason in outcome.error_line
+    assert not (home / "config.toml").exists()
 
 
 @pytest.mark.parametrize(
@@ -832,6 +880,14 @@ def test_progress_bar_only_on_a_terminal(home: Path, small: Path, tmp_path: Path
     assert b"backup tty" in drawn and b"100%" in drawn
     piped = _run_script(home, "restore", "tty", "--target", tmp_path / "piped")
     assert piped.code == 0 and piped.err == ""
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (67_800_000, "67.8 MB"), (999_960, "1.0 MB")],
+)
+def test_sizes_are_decimal_si_units(size: int, text: str) -> None:
+    assert _size(size) == text
 
 
 # -- the admin API's server and tokens ----------------------------------------------------

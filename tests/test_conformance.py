@@ -14,6 +14,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from strongroom import (
+    ConfigError,
     Engine,
     Store,
     StoreCapabilities,
@@ -22,7 +23,7 @@ from strongroom import (
     UnknownBackendError,
 )
 from strongroom.backends.file import LocalStore
-from strongroom.backends.generic import open_fsspec_store
+from strongroom.backends.generic import FsspecStore, open_fsspec_store
 from strongroom.plugins import build_registry, get_plugin_manager
 from strongroom.testing import StoreConformance
 from tests.conftest import FAST_KDF, PASSCODE
@@ -54,6 +55,22 @@ class TestGenericFsspecStore(StoreConformance):
 def test_generic_backend_claims_no_atomicity() -> None:
     store = open_fsspec_store(StoreSpec("ram", "memory://claims"))
     assert store.capabilities == StoreCapabilities()
+
+
+def test_generic_backend_claims_persistence_only_where_it_is_known(tmp_path: Path) -> None:
+    kept = FsspecStore("remote", "sftp://host/backups", MemoryFileSystem(), "/backups")
+    assert kept.capabilities == StoreCapabilities(persistent=True)
+    kept.check_persistent()
+    for url, why in [
+        ("memory://claims", "every backup would vanish when the process exits"),
+        ("http://host/backups", "http:// is read-only"),
+        ("jupyter://host/x", "jupyter:// is not known to keep what is written"),
+    ]:
+        store = FsspecStore("lost", url, MemoryFileSystem(), "/x")
+        assert not store.capabilities.persistent
+        with pytest.raises(ConfigError, match=f"Store 'lost' .* cannot keep backups: .*{why}"):
+            store.check_persistent()
+    assert LocalStore("local", tmp_path.as_uri(), tmp_path).capabilities.persistent
 
 
 def test_a_create_into_a_store_without_guarantees_says_what_can_go_wrong(

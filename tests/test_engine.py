@@ -414,3 +414,19 @@ def test_a_failed_cleanup_does_not_hide_why_create_failed(
     monkeypatch.setattr(store, "delete_prefix", store_gone)
     with pytest.raises(OSError, match="the real reason"):
         engine.create("nightly", [tree], passcode=PASSCODE)
+
+
+def test_progress_keeps_its_total_and_never_passes_it(engine: Engine, tree: Path) -> None:
+    """A create's total is an estimate (tar headers and padding are not in it): done stops
+    at it. With streams, whose size is not known beforehand, the total is unknown."""
+    reports: list[tuple[int, int | None]] = []
+    engine.create("files", [tree], passcode=PASSCODE, progress=lambda *r: reports.append(r))
+    totals = {total for _, total in reports}
+    assert len(totals) == 1 and all(done <= total for done, total in reports if total)
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+    reports.clear()
+    streams = {"dump": io.BytesIO(os.urandom(300_000))}
+    engine.create(
+        "dump", [tree], passcode=PASSCODE, streams=streams, progress=lambda *r: reports.append(r)
+    )
+    assert {total for _, total in reports} == {None}

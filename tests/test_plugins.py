@@ -84,6 +84,22 @@ def test_a_backend_without_object_lock_refuses_the_option(url: str) -> None:
     assert registry.open(StoreSpec("vault", url)).lock_mode is None
 
 
+@pytest.mark.parametrize("failure", [TypeError("missing 'host'"), OSError(111, "refused")])
+def test_a_backend_failing_to_open_a_url_is_a_config_error_naming_the_store(
+    failure: Exception,
+) -> None:
+    """Whatever a backend's constructor raises, the operator reads one sentence."""
+
+    def factory(spec: StoreSpec) -> strongroom.Store:
+        raise failure
+
+    registry = build_registry(get_plugin_manager(autoload=False))
+    registry.add("odd", factory)
+    with pytest.raises(ConfigError, match=r"Store 'bad': odd://x/y cannot be opened \(") as caught:
+        registry.open(StoreSpec("bad", "odd://x/y"))
+    assert str(failure) in str(caught.value) and caught.value.__cause__ is failure
+
+
 def test_an_unknown_object_lock_mode_is_refused_with_the_known_ones() -> None:
     registry = build_registry(get_plugin_manager(autoload=False))
     with pytest.raises(ConfigError, match="governance or compliance.*got 'legal-hold'"):

@@ -15,6 +15,7 @@ CAUGHT_BY = {
     "ListNotRecursive": {"test_list_is_recursive_sorted_and_sized"},
     "NaiveTimes": {"test_listed_times_are_the_stores_own_and_timezone_aware"},
     "NoTimes": {"test_listed_times_are_the_stores_own_and_timezone_aware"},
+    "OneDatabasePerProcess": {"test_a_persistent_store_keeps_objects_for_another_process"},
     "PartialWritesVisible": {"test_readers_never_see_a_partial_object"},
     "RacyPutIfAbsent": {
         "test_racing_creates_have_exactly_one_winner",

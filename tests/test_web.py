@@ -87,7 +87,7 @@ def _app(engine: Engine, tree: Path, tmp_path: Path, **options: Any) -> Starlett
 
 #: Where the `api` fixture's callers may register stores (besides STRONGROOM_HOME): schemes
 #: with no installed backend, so that the engine's own refusals can be seen behind the fence.
-ALLOWED = ["gopher://host/", "s3://bucket/"]
+ALLOWED = ["gopher://host/", "s3://bucket/", "memory://ram/", "ftp:///"]
 
 
 @pytest.fixture
@@ -328,6 +328,8 @@ async def test_store_register_get_update_validate_unregister(
         ('{"url": "HOME/x", "options": {"object_lock": "governance"}}', 400, "cannot lock"),
         ('{"url": "gopher://host/x"}', 400, "no installed backend handles 'gopher'"),
         ('{"url": "s3://bucket/prefix"}', 400, "Install strongroom-s3"),
+        ('{"url": "memory://ram/x"}', 400, "memory:// keeps objects in this process's memory"),
+        ('{"url": "ftp:///x"}', 400, "ftp:///x gives no host"),
     ],
 )
 async def test_bad_store_settings_say_what_is_wrong(
@@ -351,6 +353,8 @@ async def test_store_errors(api: Api, home: Path) -> None:
     )
     await api.post(register, storeName="x", settings=settings)
     _error(await api.post(register, storeName="x", settings=settings), 400, "already configured")
+    embedded = await api.post(register, storeName="backupsDefault", settings=settings)
+    _error(embedded, 400, "is the embedded default store")
     _error(await api.post(f"{STORE}/unregister"), 400, "cannot be removed")
     _error(await api.get(f"{DR}/stores/nowhere"), 404, "No store is named 'nowhere'")
     _error(await api.get(f"{DR}/stores/nowhere/backups"), 404, "No store is named 'nowhere'")

@@ -346,3 +346,14 @@ def test_a_huge_body_without_a_token_costs_the_server_nothing(
     assert max(spooled) < 10 * MIB
     assert status in (401, 413)
     assert server.process.poll() is None
+
+
+def test_serve_says_where_the_admin_api_is_and_the_entrances_lead_there(
+    serve: ServerFactory, tree: Path
+) -> None:
+    server = serve([tree])
+    home = "/admin/system/disasterrecovery"
+    assert f"serving the admin API at {server.url}{home}" in server.log.read_text()
+    for entrance in ("/", "/admin", "/admin/"):
+        response = httpx.get(server.url + entrance, follow_redirects=False, timeout=30)
+        assert response.is_redirect and response.headers["location"] == home, entrance

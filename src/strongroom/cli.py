@@ -374,10 +374,10 @@ def run_stores_list(args: argparse.Namespace) -> int:
 def run_stores_add(args: argparse.Namespace) -> int:
     config = StoresConfig.load()
     spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
-    # Opening checks the scheme, the options and that secret references resolve, before
-    # anything is saved (opening touches no network).
-    build_registry(get_plugin_manager()).open(spec)
     config.add(spec, make_default=args.default)
+    # Opening checks the scheme, the options and that secret references resolve, and the
+    # backend says whether the store keeps backups, before anything is saved.
+    build_registry(get_plugin_manager()).open(spec).check_persistent()
     config.save()
     print(f"Added store {spec.name} ({spec.url}) to {config.path}")
     return 0
@@ -401,9 +401,7 @@ def run_stores_validate(args: argparse.Namespace) -> int:
         for capability, present in asdict(report.capabilities).items():
             print(f"{capability:<14} {'yes' if present else 'no'}")
         print(f"{'locks backups':<14} {report.lock_mode or 'no'}")
-        for error in report.errors:
-            print(f"error: {error}", file=sys.stderr)
-    if not report.ok:
+    if not report.ok:  # each error once, on the one error line
         raise StoreUnavailableError(f"Store {report.store!r} failed: {'; '.join(report.errors)}")
     return 0
 
@@ -478,7 +476,7 @@ def progress_bar(label: str) -> Iterator[Progress | None]:
         desc=label,
         unit="B",
         unit_scale=True,
-        unit_divisor=1024,
+        unit_divisor=1000,  # decimal SI, as every size the command prints
         file=sys.stderr,
         ncols=size.columns,
         nrows=size.lines,
@@ -490,8 +488,8 @@ def progress_bar(label: str) -> Iterator[Progress | None]:
             bar.update(done - bar.n)
 
         yield update
-        bar.total = bar.n  # the create total is an estimate: end the bar at 100%
-        bar.refresh()
+        if bar.total is not None:  # a create's total is an estimate: fill the bar, keep it
+            bar.update(bar.total - bar.n)
 
 
 def _command(
@@ -549,6 +547,8 @@ def _emit_backup(info: BackupInfo, as_json: bool) -> None:
     fields = info.to_dict()
     fields["completeTime"] = _date(info.created)
     fields["retentionDate"] = _until(info.retention_date)
+    fields["sourceSize"] = _size(info.source_size)
+    fields["storedSize"] = _size(info.stored_size)
     for key, value in fields.items():
         print(f"{key:<14} {value}")
 
@@ -590,12 +590,16 @@ def _date(moment: Any) -> str:
 
 
 def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+    """Bytes in decimal SI units, as `du -h --si` and the progress bar count (1 kB = 1000 B);
+    --json keeps bytes."""
+    if size < 1000:
+        return f"{size} B"
+    value = size / 1000
+    for unit in ("kB", "MB", "GB", "TB"):
+        if round(value, 1) < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} PB"
 
 
 if __name__ == "__main__":

@@ -167,9 +167,20 @@ class StoresConfig:
             ) from None
 
     def add(self, spec: StoreSpec, *, make_default: bool = False) -> None:
-        if spec.name in self.stores and spec.name != EMBEDDED_STORE_NAME:
+        """Add a new store. A configured name is refused, the embedded store's too: re-adding
+        one would silently repoint it, and every backup in it would vanish from listings."""
+        if spec.name == EMBEDDED_STORE_NAME:
             raise ConfigError(
-                f"A store named {spec.name!r} is already configured; remove it first."
+                f"{EMBEDDED_STORE_NAME!r} is the embedded default store "
+                f"({self.stores[EMBEDDED_STORE_NAME].url}). Give your store another name, and "
+                "add it with --default to make it the default store."
+            )
+        if spec.name in self.stores:
+            raise ConfigError(
+                f"A store named {spec.name!r} is already configured "
+                f"({self.stores[spec.name].url}). To point it elsewhere, remove it first "
+                f"('strongroom stores remove {spec.name}'; its backups stay where they are) and "
+                "add it again; to make a new store the default, add it with --default."
             )
         self.stores[spec.name] = spec
         if make_default:

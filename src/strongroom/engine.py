@@ -272,7 +272,8 @@ class Engine:
             chunk_size=self._chunk_size,
             compress=self._compress,
             retain_until=retention,
-            on_write=_counter(progress, source_size(paths) if progress else None),
+            # streams have no size beforehand: then the total is unknown, not too small
+            on_write=_counter(progress, source_size(paths) if progress and not streams else None),
         )
         marker = pending_key(name, backup_id)
         index = retention_key(name, backup_id, retention)
@@ -1067,7 +1068,8 @@ def _exists(name: str, store: Store) -> BackupExistsError:
 
 
 def _counter(progress: Progress | None, total: int | None) -> Callable[[int], None] | None:
-    """Adapt a (done, total) progress callback to a stream of byte counts."""
+    """Adapt a (done, total) progress callback to a stream of byte counts. A create's total
+    is an estimate, so done stops at it: a bar's total never moves, done never passes it."""
     if progress is None:
         return None
     done = 0
@@ -1075,7 +1077,7 @@ def _counter(progress: Progress | None, total: int | None) -> Callable[[int], No
     def advance(size: int) -> None:
         nonlocal done
         done += size
-        progress(done, total)
+        progress(done if total is None else min(done, total), total)
 
     return advance
 

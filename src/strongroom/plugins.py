@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pluggy
 
 from .config import StoreSpec
-from .errors import ConfigError, UnknownBackendError
+from .errors import ConfigError, StrongroomError, UnknownBackendError
 from .store import LOCK_MODES, OBJECT_LOCK_OPTION, Store
 
 if TYPE_CHECKING:
@@ -131,12 +131,23 @@ class BackendRegistry:
     def open(self, spec: StoreSpec) -> Store:
         """Open the store a spec describes. The `object_lock` option belongs to the core: it
         goes to the store's `enable_object_lock`, which a backend without locks refuses.
-        Secrets written in plain text are refused before anything is resolved or opened."""
+        Secrets written in plain text are refused before anything is resolved or opened,
+        and a factory that fails otherwise than with a StrongroomError (fsspec's
+        constructors raise TypeError, OSError, …) becomes a ConfigError naming the store."""
         _refuse_plain_secrets(spec, self.options_of(spec.url) or BackendOptions())
         resolved = spec.resolve()
         options = dict(resolved.options)
         lock_mode = options.pop(OBJECT_LOCK_OPTION, None)
-        store = self.factory_for(spec)(replace(resolved, options=options))
+        factory = self.factory_for(spec)
+        try:
+            store = factory(replace(resolved, options=options))
+        except StrongroomError:
+            raise
+        except Exception as exc:  # a backend's constructor refusing the URL or an option
+            raise ConfigError(
+                f"Store {spec.name!r}: {spec.url} cannot be opened ({type(exc).__name__}: "
+                f"{exc}). Check the URL (the host, bucket or path it names) and the options."
+            ) from exc
         if lock_mode is not None:
             store.enable_object_lock(_check_lock_mode(spec.name, lock_mode))
         return store

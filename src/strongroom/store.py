@@ -57,6 +57,11 @@ class StoreCapabilities:
     #: Objects can be made undeletable until a date (S3 Object Lock); `validate` refuses
     #: a `lock_mode` without it.
     object_lock: bool = False
+    #: The store takes writes and keeps what it is given after the process that wrote it
+    #: ends, for any other process or machine to read: it can hold backups for a disaster.
+    #: Without it (`memory://` lives as long as its process, `http://` is read-only) every
+    #: backup would vanish or fail, so `stores add` and the admin API refuse the store.
+    persistent: bool = False
 
     def create_risks(self) -> list[str]:
         """What can go wrong on a create for want of a capability, one sentence each."""
@@ -183,6 +188,16 @@ class Store:
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
+
+    def check_persistent(self) -> None:
+        """Refuse a store that is not `persistent`, before it is configured: a backup into
+        it would fail or vanish. A backend that knows why it is not overrides this to say so."""
+        if not self.capabilities.persistent:
+            raise ConfigError(
+                f"Store {self.name!r} ({self.url}) cannot keep backups: its backend does not "
+                "claim that what is written persists and can be read by other processes. "
+                "Use a directory (file:///...) or a cloud store (s3://, az://)."
+            )
 
     def enable_object_lock(self, mode: str) -> None:
         """Lock every backup object until its retentionDate from now on (the `object_lock`

@@ -242,6 +242,19 @@ class StoreConformance:
         assert failed == [], f"a racing process failed: {failed}"
         _check_race(store, [outcome for outcome in outcomes if isinstance(outcome, list)])
 
+    def test_a_persistent_store_keeps_objects_for_another_process(
+        self, store: Store, store_opener: Callable[[], Store]
+    ) -> None:
+        """What `persistent` promises: an object outlives this instance, and another
+        process opening the storage anew reads it and can write beside it."""
+        if not store.capabilities.persistent:
+            pytest.skip(f"{type(store).__name__} does not claim persistent")
+        payload = os.urandom(1000)
+        store.put("manifests/kept", payload)
+        outcome = _in_another_process(_read_and_write_in_child, store_opener, "manifests/kept")
+        assert outcome == payload, f"another process read {outcome!r}, not the object written"
+        assert store.get("manifests/kept-too") == payload[::-1], "its write was not kept"
+
     def test_storage_exceptions_become_store_errors(
         self, store: Store, storage_exceptions: list[Exception]
     ) -> None:
@@ -363,6 +376,24 @@ class StoreConformance:
 def _claims_put_if_absent(store: Store) -> None:
     if not store.capabilities.put_if_absent:
         pytest.skip(f"{type(store).__name__} does not claim put-if-absent")
+
+
+def _in_another_process(work: Callable[..., bytes | str], *args: object) -> bytes | str:
+    """`work(*args)` in a process of its own; the pool is gone before the caller asserts."""
+    context = multiprocessing.get_context("spawn")  # threads are running: never fork
+    with context.Pool(1) as pool:
+        return pool.apply(work, args)
+
+
+def _read_and_write_in_child(opener: Callable[[], Store], key: str) -> bytes | str:
+    """In a process of its own: read `key`, and write its bytes reversed beside it."""
+    try:
+        store = opener()
+        data = store.get(key)
+        store.put(f"{key}-too", data[::-1])
+        return data
+    except Exception as exc:  # the parent's assertion shows why
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _race_keys() -> list[str]:

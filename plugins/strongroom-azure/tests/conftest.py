@@ -29,6 +29,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from strongroom import Engine, KdfParams, StoreSpec
+from strongroom_azure._options import ENVIRONMENT
 from strongroom_azure.store import AzureStore, open_azure_store
 
 ENDPOINT_ENV = "STRONGROOM_TEST_AZURITE_BLOB_ENDPOINT"
@@ -184,6 +185,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STRONGROOM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("STRONGROOM_CONFIG", raising=False)
     monkeypatch.delenv("STRONGROOM_PASSCODE", raising=False)
+    for names in ENVIRONMENT.values():  # the developer's own Azure account stays out
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
 
 
 # -- the fault-injecting relay -------------------------------------------------------------

@@ -19,7 +19,7 @@ from strongroom import ConfigError, Engine, StoreSpec
 from strongroom.cli import main
 from strongroom.plugins import build_registry, get_plugin_manager
 from strongroom_azure import OPTIONS
-from strongroom_azure._options import KNOWN_OPTIONS
+from strongroom_azure._options import KNOWN_OPTIONS, AzureOptions
 from strongroom_azure.store import AzureStore, open_azure_store
 
 if TYPE_CHECKING:
@@ -73,7 +73,62 @@ def test_stores_add_and_validate_on_the_command_line(
         "atomic_put": True,
         "put_if_absent": True,
         "object_lock": False,
+        "persistent": True,
     }
+
+
+def test_with_no_options_the_connection_string_comes_from_the_environment(
+    account: Account,
+    container: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As `az storage blob list` finds it: nothing is configured but the URL."""
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", account.connection_string())
+    assert main(["stores", "add", "x", f"az://{container}/prefix"]) == 0
+    config = (tmp_path / "home" / "config.toml").read_text()
+    assert "options" not in config and account.key not in config
+    assert main(["stores", "validate", "x"]) == 0, capsys.readouterr().err
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    assert main(["stores", "validate", "x"]) == 3
+    assert "export AZURE_STORAGE_CONNECTION_STRING" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("environment", "key", "sas_token"),
+    [
+        ({"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_ACCOUNT_KEY": "a2V5"}, "a2V5", None),
+        ({"AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_KEY": "a2V5"}, "a2V5", None),
+        ({"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_SAS_TOKEN": "sv=1"}, None, "sv=1"),
+        ({"AZURE_STORAGE_ACCOUNT": "acct"}, None, None),
+    ],
+)
+def test_with_no_options_the_account_comes_from_the_environment(
+    environment: dict[str, str],
+    key: str | None,
+    sas_token: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    options = AzureOptions.from_spec(StoreSpec("azure", "az://backups/p", {"concurrency": 2}))
+    assert (options.account_name, options.account_key, options.sas_token) == (
+        "acct",
+        key,
+        sas_token,
+    )
+    client = open_azure_store(StoreSpec("azure", "az://backups/p", {})).fs.service_client
+    assert client.url == "https://acct.blob.core.windows.net/"
+    assert isinstance(client.credential, DefaultAzureCredential) == (key is sas_token is None)
+
+
+def test_options_that_name_an_account_ignore_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=other;AccountKey=a2V5")
+    store = open_azure_store(StoreSpec("azure", "az://backups/p", {"account_name": "acct"}))
+    assert isinstance(store.fs.service_client.credential, DefaultAzureCredential)
 
 
 def _sas_token(account: Account) -> str:

@@ -44,7 +44,7 @@ class LocalStore(Store):
     """A store in a local (or mounted) directory. `fs` is there for callers that want
     fsspec, but every operation of the store itself goes through `Root`."""
 
-    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True)
+    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, persistent=True)
     concurrency = 2
 
     def __init__(self, name: str, url: str, directory: Path) -> None:

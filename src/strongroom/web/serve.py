@@ -22,11 +22,12 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Mount
+from starlette.responses import RedirectResponse
+from starlette.routing import Mount, Route
 
 from ..archive import check_sources
 from ..engine import Engine
-from .app import create_app
+from .app import DR, create_app
 from .auth import configured_hashes, tokens_path
 
 __all__ = ["serve"]
@@ -73,8 +74,14 @@ def serve(
             schedule.set()
         await run_in_threadpool(engine.close)  # before uvicorn re-raises SIGTERM and exits
 
-    server = Starlette(routes=[Mount("", app=app)], lifespan=lifespan)
+    admin = "/" + root_path.strip("/") if root_path.strip("/") else ""
+    home = f"{admin}{DR}"
+    entrances = {"/", admin or "/", f"{admin}/"}  # a browser's first guesses
+    redirects = [Route(path, RedirectResponse(home)) for path in sorted(entrances)]
+    server = Starlette(routes=[*redirects, Mount("", app=app)], lifespan=lifespan)
     _warn(host, engine.home)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"strongroom: serving the admin API at http://{shown}:{port}{home}", file=sys.stderr)
     uvicorn.run(server, host=host, port=port, log_config=_log_config())
 
 

@@ -7,8 +7,8 @@ opened, never stored), and `type`, optional, must name the url's scheme. Update 
 `settings={"default": true}`.
 
 Every edit re-reads the configuration file, opens the changed store through the engine
-(so an unknown backend, a bad URL or an unset secret fails before anything is saved),
-then saves the file and switches the engine to it.
+(so an unknown backend, a bad URL, an unset secret or a store that would not keep backups
+fails before anything is saved), then saves the file and switches the engine to it.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _edit(engine: Engine, change: Callable[[StoresConfig], None], opens: str | N
         engine.use_config(config)
         try:
             if opens is not None:
-                engine.store(opens)
+                engine.store(opens).check_persistent()
         except BaseException:
             engine.use_config(previous)
             raise

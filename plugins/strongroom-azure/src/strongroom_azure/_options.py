@@ -6,10 +6,15 @@ Authentication is exactly one of: `account_name` + `account_key` (shared key),
 `AZURE_CLIENT_*` service principal, `az login`). Secrets must be written in the
 configuration as `{ env = "VARIABLE" }` references (the core refuses plain text, as
 `OPTIONS` declares them secrets) and are resolved before the store is opened.
+
+A store whose options name no account and no secret takes them from the environment
+adlfs and the az CLI read (ENVIRONMENT), whenever it is opened: so `az://container/prefix`
+works in any shell where `az storage blob list` does, and nothing secret is configured.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +47,14 @@ NUMBER_OPTIONS = {
     "read_timeout": (1, 60),
 }
 KNOWN_OPTIONS = sorted([*TEXT_OPTIONS, *NUMBER_OPTIONS])
+#: The variables adlfs (…_ACCOUNT_NAME, …_ACCOUNT_KEY) and the az CLI (…_ACCOUNT, …_KEY)
+#: read, by the option each stands for, first name first.
+ENVIRONMENT = {
+    "connection_string": ("AZURE_STORAGE_CONNECTION_STRING",),
+    "account_name": ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"),
+    "account_key": ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY"),
+    "sas_token": ("AZURE_STORAGE_SAS_TOKEN",),
+}
 
 #: Azure's rule: 3-63 lowercase letters, digits and single hyphens, starting and ending alnum.
 CONTAINER_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
@@ -90,6 +103,8 @@ class AzureOptions:
             name: _text(spec, name) if name in TEXT_OPTIONS else _number(spec, name)
             for name in spec.options
         }
+        if not set(ENVIRONMENT) & set(spec.options):
+            values |= _from_environment()
         options = cls(parts.netloc, parts.path.strip("/"), **values)
         if options.account_name is not None and not ACCOUNT_NAME.fullmatch(options.account_name):
             raise ConfigError(
@@ -103,7 +118,9 @@ class AzureOptions:
         if self.connection_string is None and self.account_name is None:
             raise ConfigError(
                 f"Store {store!r}: set account_name (with account_key, sas_token, or neither to "
-                "use DefaultAzureCredential), or set connection_string."
+                "use DefaultAzureCredential), or set connection_string; or export "
+                "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME (with "
+                "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN), as for adlfs and az."
             )
         if self.connection_string is not None:
             others = ("account_name", "account_url", "account_key", "sas_token")
@@ -162,6 +179,27 @@ class AzureOptions:
             credential = DefaultAzureCredential()
         url = self.account_url or f"https://{account}.blob.core.windows.net"
         return BlobServiceClient(url, credential=credential, **settings), credential
+
+
+def _from_environment() -> dict[str, str]:
+    """Authentication as adlfs and the az CLI find it: a connection string, else an account
+    name with its key or a SAS token, else the name alone (DefaultAzureCredential)."""
+    found = {
+        option: next((os.environ[name] for name in names if os.environ.get(name)), None)
+        for option, names in ENVIRONMENT.items()
+    }
+    connection_string, account_name = found["connection_string"], found["account_name"]
+    if connection_string:
+        return {"connection_string": connection_string}
+    if not account_name:
+        return {}
+    chosen = {"account_name": account_name}
+    for secret in ("account_key", "sas_token"):
+        value = found[secret]
+        if value:
+            chosen[secret] = value
+            break
+    return chosen
 
 
 def _text(spec: StoreSpec, name: str) -> str:

@@ -45,7 +45,9 @@ class AzureStore(Store):
     and Azurite implements none, so the claim could not be tested.
     """
 
-    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, object_lock=False)
+    capabilities = StoreCapabilities(
+        atomic_put=True, put_if_absent=True, object_lock=False, persistent=True
+    )
 
     def __init__(self, name: str, url: str, fs: AzureBlobFileSystem, options: AzureOptions) -> None:
         super().__init__(name, url, fs, f"{options.container}/{options.prefix}")

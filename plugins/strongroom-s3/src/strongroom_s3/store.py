@@ -84,7 +84,7 @@ class S3Store(Store):
     after a miss, `list` would swallow a missing bucket as an empty listing).
     """
 
-    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True)
+    capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, persistent=True)
     concurrency = DEFAULT_CONCURRENCY
 
     def __init__(
