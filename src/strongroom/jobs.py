@@ -312,10 +312,10 @@ class JobManager:
         status: JobStatus | None = None,
         operation: str | None = None,
         offset: int = 0,
-        limit: int = 10,
+        limit: int | None = 10,
     ) -> tuple[list[Job], int]:
-        """Up to `limit` jobs, newest first, after skipping `offset`, and how many match
-        in all. Jobs of processes that died read FAILED, as in `get`."""
+        """Up to `limit` jobs (None: all), newest first, after skipping `offset`, and how
+        many match in all. Jobs of processes that died read FAILED, as in `get`."""
         for owner in self._table.active_owners() - {self._owner.name}:
             self._fail_if_orphaned(owner)
         found, total = self._table.find(status, operation, offset, limit)
@@ -614,7 +614,7 @@ class JobTable:
         return None if row is None else (_from_row(row), row["owner"])
 
     def find(
-        self, status: JobStatus | None, operation: str | None, offset: int, limit: int
+        self, status: JobStatus | None, operation: str | None, offset: int, limit: int | None
     ) -> tuple[list[Job], int]:
         """Jobs with that status and operation (None: any), newest first; and how many."""
         where = (
@@ -627,7 +627,7 @@ class JobTable:
             rows = self._db.execute(
                 f"SELECT * FROM jobs {where} ORDER BY starttime DESC, jobid DESC "
                 "LIMIT :limit OFFSET :offset",
-                {**match, "limit": limit, "offset": offset},
+                {**match, "limit": -1 if limit is None else limit, "offset": offset},
             ).fetchall()
         return [_from_row(row) for row in rows], total
 
