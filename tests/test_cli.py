@@ -940,3 +940,41 @@ def test_options_named_like_secrets_are_never_saved_in_plain_text(
     assert f"{option} must not be written in plain text" in added.error_line
     assert "THE-KEY" not in added.err
     assert not (home / "config.toml").exists()
+
+
+def test_jobs_list_and_show_read_the_job_table_without_a_server(
+    cli: Cli, home: Path, small: Path, tmp_path: Path
+) -> None:
+    with Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK) as engine:
+        created = engine.jobs.wait(
+            engine.submit_backup("nightly", [small], passcode=PASSCODE).jobid
+        )
+        time.sleep(0.002)  # one job per millisecond: newest first is then one order
+        wrong = engine.submit_restore("nightly", tmp_path / "out", passcode=WRONG_PASSCODE)
+        failed = engine.jobs.wait(wrong.jobid)
+
+    listed = cli("jobs", "list")
+    assert listed.code == 0, listed.err
+    header, *rows = listed.out.splitlines()
+    assert header.split() == ["JOB", "OPERATION", "STORE", "BACKUP", "STATUS", "STAGE", "SUBMITTED"]
+    assert [row.split()[:6] for row in rows] == [
+        [failed.jobid, "restore", "backupsDefault", "nightly", "FAILED", "authenticating"],
+        [created.jobid, "create", "backupsDefault", "nightly", "COMPLETED", "done"],
+    ]
+    as_json = cli("jobs", "list", "--status", "COMPLETED", "--json").json()
+    assert as_json == {"jobs": [created.to_dict()]}
+    assert cli("jobs", "list", "--operation", "restore", "--json").json() == {
+        "jobs": [failed.to_dict()]
+    }
+    assert cli("jobs", "list", "--status", "DONE").code == 2
+
+    assert cli("jobs", "show", created.jobid, "--json").json() == created.to_dict()
+    shown = cli("jobs", "show", failed.jobid)
+    assert f"jobid          {failed.jobid}" in shown.out
+    assert f"message        {failed.messages[-1]}" in shown.out
+    assert re.search(
+        r"^authenticating  failed  \d{4}-\d\d-\d\d .* UTC  \d+\.\d s$", shown.out, re.M
+    )
+    missing = cli("jobs", "show", "j7d22f855-2c9f-4934-94e4-93c5e85cd271")
+    assert missing.code == 9
+    assert "No job has the id" in missing.error_line

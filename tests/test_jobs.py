@@ -29,9 +29,11 @@ from strongroom import (
     JobNotFoundError,
     JobStatus,
     PasscodeError,
+    Stage,
     UnknownStoreError,
 )
 from strongroom.backends.file import LocalStore
+from strongroom.format import to_epoch_ms
 from strongroom.jobs import JOBS_FILE
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot, until_cancelled
 
@@ -117,6 +119,156 @@ def test_ended_jobs_are_forgotten_after_the_keep_period_and_active_ones_never(
         release.set()
         reopened.close()
         jobs.close()
+
+
+def test_stages_are_kept_with_their_times_and_end_as_the_job_ends(home: Path) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    now = [start]
+    jobs = JobManager(home / JOBS_FILE, clock=lambda: now[0])
+    seen: list[dict[str, object]] = []
+
+    def work(job: JobHandle) -> None:
+        job.stage("reading")
+        now[0] += timedelta(seconds=2)
+        job.stage("checking")
+        now[0] += timedelta(seconds=1)
+        job.progress(1, 2)
+        seen.append(jobs.get(job.jobid).to_dict()["stages"][-1])
+        now[0] += timedelta(seconds=2)
+        raise ConfigError("The thing is misconfigured; fix it.")
+
+    failed = jobs.wait(jobs.submit("steps", work).jobid)
+    t0 = to_epoch_ms(start)
+    assert seen == [
+        {"name": "checking", "state": "running", "lastUpdated": t0 + 2000, "duration": 1000}
+    ]
+    assert failed.stages == (
+        Stage("reading", "success", t0, t0 + 2000),
+        Stage("checking", "failed", t0 + 2000, t0 + 5000),
+    )
+    assert failed.to_dict()["stages"] == [
+        {"name": "reading", "state": "success", "lastUpdated": t0 + 2000, "duration": 2000},
+        {"name": "checking", "state": "failed", "lastUpdated": t0 + 5000, "duration": 3000},
+    ]
+    cancelled = jobs.submit("loop", lambda job: (job.stage("looping"), until_cancelled(job)))
+    _eventually(lambda: jobs.get(cancelled.jobid).stage == "looping")
+    jobs.cancel(cancelled.jobid)
+    assert [(s.name, s.state) for s in jobs.wait(cancelled.jobid).stages] == [
+        ("looping", "cancelled")
+    ]
+    jobs.close()
+
+    reopened = JobManager(home / JOBS_FILE, clock=lambda: now[0])
+    try:
+        assert reopened.get(failed.jobid) == failed
+    finally:
+        reopened.close()
+
+
+#: The job table as schema 1 wrote it, with one ended job.
+_SCHEMA_1 = """
+CREATE TABLE jobs (
+    jobid TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL,
+    operation TEXT NOT NULL, store TEXT, name TEXT,
+    starttime INTEGER NOT NULL, endtime INTEGER, updatedtime INTEGER NOT NULL,
+    bytes_done INTEGER NOT NULL, bytes_total INTEGER, stage TEXT NOT NULL,
+    messages TEXT NOT NULL, result TEXT, operation_uri TEXT);
+CREATE INDEX active_jobs ON jobs (status, owner);
+INSERT INTO jobs VALUES ('j7d22f855-2c9f-4934-94e4-93c5e85cd271', 'gone', 'COMPLETED',
+    'create', 'backupsDefault', 'old', {now}, {now}, {now}, 5, 10, 'done',
+    '["Completed."]', '{{"name": "old"}}', NULL);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_job_table_is_migrated_and_its_rows_still_read(home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    now = int(time.time() * 1000)
+    with closing(sqlite3.connect(home / JOBS_FILE)) as db:
+        db.executescript(_SCHEMA_1.format(now=now))
+    jobs = JobManager(home / JOBS_FILE)
+    try:
+        old = jobs.get("j7d22f855-2c9f-4934-94e4-93c5e85cd271")
+        assert (old.status, old.name, old.result) == (JobStatus.COMPLETED, "old", {"name": "old"})
+        assert (old.stages, old.scheduled, old.to_dict()["stages"]) == ((), False, [])
+        new = jobs.wait(jobs.submit("steps", lambda job: job.stage("one")).jobid)
+        assert [s.name for s in new.stages] == ["one"]
+        assert jobs.find() == ([new, old], 2)
+    finally:
+        jobs.close()
+    with closing(sqlite3.connect(home / JOBS_FILE)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_find_lists_newest_first_a_page_at_a_time_by_status_and_operation(home: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    jobs = JobManager(home / JOBS_FILE, clock=lambda: now[0])
+
+    def refuse(job: JobHandle) -> None:
+        raise ConfigError("no")
+
+    found = []
+    for operation in ("create", "restore", "create", "delete", "create"):
+        now[0] += timedelta(seconds=1)
+        work = refuse if operation == "restore" else (lambda job: None)
+        found.append(jobs.wait(jobs.submit(operation, work).jobid))
+    try:
+        assert jobs.find(limit=2) == ([found[4], found[3]], 5)
+        assert jobs.find(offset=2, limit=2) == ([found[2], found[1]], 5)
+        assert jobs.find(offset=4, limit=2) == ([found[0]], 5)
+        assert jobs.find(operation="create") == ([found[4], found[2], found[0]], 3)
+        assert jobs.find(status=JobStatus.FAILED) == ([found[1]], 1)
+        assert jobs.find(status=JobStatus.COMPLETED, operation="restore") == ([], 0)
+    finally:
+        jobs.close()
+
+
+def test_find_shows_a_running_job_as_it_is_in_memory(jobs: JobManager) -> None:
+    reported, release = threading.Event(), threading.Event()
+
+    def work(job: JobHandle) -> None:
+        job.progress(5, 10)  # the first report reaches the table, the next not yet
+        job.progress(7, 10)
+        reported.set()
+        release.wait(10)
+
+    jobid = jobs.submit("slow", work).jobid
+    assert reported.wait(10)
+    try:
+        (listed,), _ = jobs.find()
+        assert (listed.jobid, listed.bytes_done) == (jobid, 7)
+    finally:
+        release.set()
+
+
+def test_a_job_past_its_time_out_is_cancelled_and_reads_failed(jobs: JobManager) -> None:
+    timeout = timedelta(seconds=0.2)
+    ended = jobs.wait(jobs.submit("loop", until_cancelled, timeout=timeout).jobid)
+    assert ended.status is JobStatus.FAILED
+    assert ended.messages == (
+        "Still running after its time-out of 0.2 s: it is cancelled, and stops at its next step.",
+        "Timed out: still running after its time-out of 0.2 s, so it was cancelled; "
+        "nothing was committed.",
+    )
+    quick = jobs.wait(jobs.submit("quick", lambda job: None, timeout=timeout).jobid)
+    assert quick.status is JobStatus.COMPLETED
+    with pytest.raises(JobError, match="positive"):
+        jobs.submit("never", lambda job: None, timeout=timedelta(0))
+
+
+def test_the_time_out_marks_a_quiet_job_at_once_and_stops_it_at_its_next_report(
+    jobs: JobManager,
+) -> None:
+    release = threading.Event()
+
+    def quiet(job: JobHandle) -> None:
+        release.wait(10)
+        job.progress(1, 2)
+
+    jobid = jobs.submit("quiet", quiet, timeout=timedelta(seconds=0.1)).jobid
+    _eventually(lambda: jobs.get(jobid).status is JobStatus.CANCELLING)
+    release.set()
+    assert jobs.wait(jobid).status is JobStatus.FAILED
 
 
 def test_failures_are_recorded_with_their_message(
@@ -243,6 +395,7 @@ def _run_forever_in_another_process(home: Path) -> tuple[subprocess.Popen[str], 
         jobs = JobManager(Path({str(home / JOBS_FILE)!r}))
         started = threading.Event()
         def work(job):
+            job.stage("waiting")
             job.progress(1, 2)
             started.set()
             threading.Event().wait()
@@ -297,6 +450,18 @@ def test_a_job_of_a_living_process_is_left_alone_until_that_process_dies(home: P
     )
 
 
+def test_listing_fails_the_jobs_of_a_process_that_died_and_their_stage(home: Path) -> None:
+    watcher = JobManager(home / JOBS_FILE)  # opened first: it has failed nothing yet
+    process, jobid = _run_forever_in_another_process(home)
+    _kill(process)
+    try:
+        (job,), total = watcher.find()
+    finally:
+        watcher.close()
+    assert (job.jobid, job.status, total) == (jobid, JobStatus.FAILED, 1)
+    assert [(s.name, s.state, s.ended) for s in job.stages] == [("waiting", "failed", job.endtime)]
+
+
 # -- the engine's jobs ------------------------------------------------------------------
 
 
@@ -316,6 +481,12 @@ def test_engine_jobs_back_up_restore_and_delete(
     assert created.status is JobStatus.COMPLETED, created.messages
     assert created.result == fast.info("nightly").to_dict()
     assert created.bytes_done > 0
+    assert [(s.name, s.state) for s in created.stages] == [
+        ("validating", "success"),
+        ("deriving the key", "success"),
+        ("writing", "success"),
+        ("committing", "success"),
+    ]
 
     target = tmp_path / "restored"
     restored = fast.jobs.wait(fast.submit_restore("nightly", target, passcode=PASSCODE).jobid)
@@ -326,16 +497,23 @@ def test_engine_jobs_back_up_restore_and_delete(
         "restoreDir": str(target),
     }
     assert snapshot(target / tree.name) == snapshot(tree)
+    assert [(s.name, s.state) for s in restored.stages] == [
+        ("authenticating", "success"),
+        ("reading", "success"),
+        ("moving into place", "success"),
+    ]
 
     wrong = fast.jobs.wait(
         fast.submit_restore("nightly", tmp_path / "wrong", passcode="not the passcode").jobid
     )
     assert wrong.status is JobStatus.FAILED
     assert "passcode" in wrong.messages[0].lower()
+    assert [(s.name, s.state) for s in wrong.stages] == [("authenticating", "failed")]
     assert not (tmp_path / "wrong").exists()
 
     deleted = fast.jobs.wait(fast.submit_delete("nightly").jobid)
     assert deleted.status is JobStatus.COMPLETED
+    assert [(s.name, s.state) for s in deleted.stages] == [("deleting", "success")]
     assert fast.list() == []
 
 
@@ -345,7 +523,12 @@ def test_engine_cleanup_job_reports_what_it_deleted(fast: Engine, tree: Path) ->
     assert job.status is JobStatus.COMPLETED
     assert job.result is not None
     assert [entry["name"] for entry in job.result["backups"]] == ["old"]
+    assert not job.scheduled
     assert fast.list() == []
+    stop = fast.schedule_cleanup(timedelta(hours=1))
+    stop.set()
+    _eventually(lambda: fast.jobs.find()[1] == 2)
+    assert [listed.scheduled for listed in fast.jobs.find()[0]].count(True) == 1
     with pytest.raises(UnknownStoreError):
         fast.submit_cleanup(["nowhere"])
 
@@ -410,6 +593,7 @@ def test_a_cancelled_backup_leaves_no_manifest_and_no_data(fast: Engine, home: P
     cancelled.set()
     ended = fast.jobs.wait(job.jobid)
     assert ended.status is JobStatus.CANCELLED
+    assert [(s.name, s.state) for s in ended.stages][-1] == ("writing", "cancelled")
     assert _store_files(home) == []
     assert fast.list() == []
 

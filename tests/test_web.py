@@ -13,6 +13,7 @@ import time
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,20 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from strongroom import BackendOptions, BackendRegistry, Engine, Store, StoreSpec, hookimpl
+from strongroom import (
+    BackendOptions,
+    BackendRegistry,
+    ConfigError,
+    Engine,
+    Store,
+    StoreSpec,
+    hookimpl,
+)
 from strongroom.jobs import JOBS_FILE
 from strongroom.plugins import get_plugin_manager
 from strongroom.web import create_app
 from strongroom.web.auth import COOKIE, add_token, hash_token
+from strongroom.web.settings import SETTINGS_FILE
 from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, until_cancelled
 
 pytestmark = pytest.mark.anyio
@@ -128,12 +138,137 @@ def _future(days: int = 14) -> str:
 async def test_root_status_and_settings(api: Api, tree: Path, tmp_path: Path) -> None:
     root = await api.get(DR)
     assert root.json() == {"operations": ["status"], "resources": ["stores", "settings"]}
-    assert (await api.get(f"{DR}/status")).json() == {"status": "success"}
+    assert (await api.get(f"{DR}/status")).json() == {"status": NO_JOB}
     assert (await api.get(f"{DR}/settings")).json() == {
         "defaultStore": "backupsDefault",
         "sources": [str(tree)],
         "restoreDir": str(tmp_path / "restores"),
+        "timeoutInSeconds": 7200,
     }
+
+
+#: The status document before any job: the keys of a job's, with nothing in them.
+NO_JOB = {
+    "jobid": None,
+    "operation": None,
+    "backupName": None,
+    "backupStore": None,
+    "state": None,
+    "scheduleType": None,
+    "startTime": None,
+    "completeTime": None,
+    "overallDuration": None,
+    "message": "No job has been submitted yet.",
+    "stages": [],
+}
+
+
+async def test_status_describes_the_last_submitted_job_and_its_stages(
+    api: Api, engine: Engine, kept: str
+) -> None:
+    created = api.job(await api.post(f"{STORE}/backups/create", name="nightly", passcode=SECRET))
+    status = (await api.get(f"{DR}/status")).json()["status"]
+    assert set(status) == set(NO_JOB)
+    assert status | {"stages": None} == {
+        "jobid": created["jobid"],
+        "operation": "Backup",
+        "backupName": "nightly",
+        "backupStore": "backupsDefault",
+        "state": "success",
+        "scheduleType": "MANUAL",
+        "startTime": created["starttime"],
+        "completeTime": created["endtime"],
+        "overallDuration": created["endtime"] - created["starttime"],
+        "message": "Completed.",
+        "stages": None,
+    }
+    assert status["stages"] == created["stages"]
+    names = [stage["name"] for stage in status["stages"]]
+    assert names == ["validating", "deriving the key", "writing", "committing"]
+    for stage in status["stages"]:
+        assert stage["state"] == "success"
+        assert stage["duration"] >= 0
+        assert created["starttime"] <= stage["lastUpdated"] <= created["endtime"]
+
+    restore = f"{BACKUP}/restore"
+    api.job(await api.post(restore, passcode="Not-the-passc0de"))
+    status = (await api.get(f"{DR}/status")).json()["status"]
+    assert (status["operation"], status["backupName"], status["state"]) == (
+        "Restore",
+        "kept",
+        "failed",
+    )
+    assert "passcode" in status["message"]
+    assert [(s["name"], s["state"]) for s in status["stages"]] == [("authenticating", "failed")]
+    page = await api.send("GET", f"{DR}/status", params={"token": TOKEN})
+    assert 'id="state" class="state-failed">failed<' in page.text
+    assert "<td>authenticating</td>" in page.text
+    assert f'href="http://testserver/admin/jobs/{status["jobid"]}"' in page.text
+
+    engine.schedule_cleanup(timedelta(hours=1)).set()  # the cleanup system task, run once
+    deadline = time.monotonic() + 10
+    while not engine.jobs.find(operation="cleanup")[0]:
+        assert time.monotonic() < deadline, "the scheduled cleanup never started"
+        time.sleep(0.01)
+    engine.jobs.wait(engine.jobs.find(operation="cleanup")[0][0].jobid, timeout=30)
+    status = (await api.get(f"{DR}/status")).json()["status"]
+    assert (status["operation"], status["scheduleType"], status["state"]) == (
+        "Cleanup",
+        "SCHEDULED",
+        "success",
+    )
+    assert status["backupName"] is status["backupStore"] is None
+
+
+async def test_the_backup_time_out_is_a_setting(api: Api, home: Path) -> None:
+    updated = await api.post(f"{DR}/settings/update", timeoutInSeconds="60")
+    assert updated.json() == {"status": "success"}
+    assert (await api.get(f"{DR}/settings")).json()["timeoutInSeconds"] == 60
+    assert stat.S_IMODE((home / SETTINGS_FILE).stat().st_mode) == 0o600
+    for bad in ("0", "-5", "1.5", "an hour", "9" * 5000, str(30 * 24 * 3600 + 1)):
+        response = await api.post(f"{DR}/settings/update", timeoutInSeconds=bad)
+        _error(response, 400, "timeoutInSeconds must be a whole number of seconds")
+    _error(await api.post(f"{DR}/settings/update"), 400, "timeoutInSeconds is required")
+    assert (await api.get(f"{DR}/settings")).json()["timeoutInSeconds"] == 60
+    (home / SETTINGS_FILE).write_text("{broken")
+    _error(await api.get(f"{DR}/settings"), 400, f"{SETTINGS_FILE} is not JSON")
+
+    form = await api.send(
+        "POST", f"{DR}/settings/update", data={"token": TOKEN, "timeoutInSeconds": "90"}
+    )
+    assert form.status_code == 303
+    page = await api.send("GET", form.headers["location"], params={"token": TOKEN})
+    assert 'id="timeout">90 seconds<' in page.text
+    assert 'name="timeoutInSeconds"' in page.text
+
+
+async def test_a_create_past_the_time_out_is_cancelled_and_reads_failed(
+    engine: Engine, home: Path, tmp_path: Path
+) -> None:
+    """A 1 TiB sparse file (no disk, all zeros) keeps a create running for minutes."""
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with (huge / "sparse.img").open("wb") as sparse:
+        sparse.truncate(1 << 40)
+    app = create_app(engine, sources=[huge])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        api = Api(http, engine)
+        await api.post(f"{DR}/settings/update", timeoutInSeconds="1")
+        started = time.monotonic()
+        job = api.job(await api.post(f"{STORE}/backups/create", name="huge", passcode=SECRET))
+        status = (await api.get(f"{DR}/status")).json()["status"]
+    assert time.monotonic() - started < 20
+    assert job["status"] == "FAILED", job
+    assert job["messages"][-1] == (
+        "Timed out: still running after its time-out of 1 s, so it was cancelled; "
+        "nothing was committed."
+    )
+    assert (status["state"], status["message"]) == ("failed", job["messages"][-1])
+    assert status["stages"][-1]["name"] == "writing"
+    assert status["stages"][-1]["state"] == "failed"
+    assert engine.list() == []
+    assert not list((home / "stores" / "backupsDefault").rglob("*huge*"))
 
 
 async def test_f_chooses_json_pjson_or_html(api: Api) -> None:
@@ -433,6 +568,7 @@ async def test_backup_create_list_get_update_restore_delete(
         ({"retentionDate": "tomorrow"}, 400, "neither epoch milliseconds"),
         ({"keepDays": "14"}, 400, "not both"),
         ({"retentionDate": None, "keepDays": "-1"}, 400, "keepDays must be"),
+        ({"retentionDate": None, "keepDays": "9" * 5000}, 400, "keepDays must be"),
         ({"name": "kept"}, 409, "already exists"),
         ({"store": "nowhere"}, 404, "No store is named 'nowhere'"),
     ],
@@ -516,6 +652,55 @@ async def test_jobs_are_found_cancelled_and_shown(api: Api, engine: Engine) -> N
     ended = await api.send("GET", f"/admin/jobs/{jobid}", params={"token": TOKEN})
     assert 'id="status" class="status-CANCELLED">CANCELLED<' in ended.text
     assert "refresh" not in ended.text
+    assert "No stages reported." in ended.text
+
+    staged = engine.jobs.submit("steps", lambda job: job.stage("counting"))
+    engine.jobs.wait(staged.jobid)
+    page = await api.send("GET", f"/admin/jobs/{staged.jobid}", params={"token": TOKEN})
+    assert '<td>counting</td><td class="state-success">success</td>' in page.text
+
+
+async def test_jobs_are_listed_newest_first_a_page_at_a_time(api: Api, engine: Engine) -> None:
+    submitted = []
+    for operation in ("create", "restore", "create", "delete", "create"):
+        work = (lambda job: None) if operation != "restore" else _refuse
+        submitted.append(engine.jobs.wait(engine.jobs.submit(operation, work).jobid).to_dict())
+        time.sleep(0.002)  # one job per millisecond: newest first is then one order
+    newest = submitted[::-1]
+
+    listed = (await api.get("/admin/jobs")).json()
+    assert listed == {"jobs": newest, "total": 5, "start": 1, "num": 10, "nextStart": -1}
+    first = (await api.get("/admin/jobs", num="2")).json()
+    assert (first["jobs"], first["nextStart"]) == (newest[:2], 3)
+    last = (await api.get("/admin/jobs", num="2", start="5")).json()
+    assert (last["jobs"], last["nextStart"]) == (newest[4:], -1)
+    creates = (await api.get("/admin/jobs", operation="create")).json()
+    assert (creates["jobs"], creates["total"]) == ([newest[0], newest[2], newest[4]], 3)
+    failed = (await api.get("/admin/jobs", status="failed")).json()
+    assert failed["jobs"] == [submitted[1]]
+    for key, value in (("num", "0"), ("num", "101"), ("start", "0"), ("start", "x")):
+        _error(await api.get("/admin/jobs", **{key: value}), 400, f"{key} must be a whole number")
+    _error(await api.get("/admin/jobs", status="DONE"), 400, "status must be one of SUBMITTED")
+
+    page = await api.send(
+        "GET", "/admin/jobs", params={"token": TOKEN, "num": "2", "start": "3", "status": ""}
+    )
+    assert "Jobs 3 to 4 of 5, newest first." in page.text
+    assert f'href="http://testserver/admin/jobs/{newest[2]["jobid"]}"' in page.text
+    assert (
+        'id="newer" href="http://testserver/admin/jobs?num=2&amp;status=&amp;operation=&amp;start=1"'
+        in page.text
+    )
+    assert (
+        'id="older" href="http://testserver/admin/jobs?num=2&amp;status=&amp;operation=&amp;start=5"'
+        in page.text
+    )
+    every = await api.send("GET", DR, params={"token": TOKEN})
+    assert '<a href="http://testserver/admin/jobs" id="nav-jobs">Jobs</a>' in every.text
+
+
+def _refuse(job: Any) -> None:
+    raise ConfigError("Refused on purpose.")
 
 
 # -- routing and limits -----------------------------------------------------------------
@@ -626,8 +811,9 @@ async def test_pages_render_every_resource(api: Api, engine: Engine, kept: str) 
     engine.update_retention(kept, _future())
     pages = {
         DR: "Backup stores",
-        f"{DR}/settings": "restoreDir",
-        f"{DR}/status": "success",
+        f"{DR}/settings": "Backup time-out",
+        f"{DR}/status": "No job has been submitted yet.",
+        "/admin/jobs": "No jobs.",
         f"{DR}/stores": 'href="http://testserver/admin/system/disasterrecovery/stores/backupsDefault"',
         STORE: "Validate",
         f"{STORE}/backups": "made in code",

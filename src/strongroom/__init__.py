@@ -14,6 +14,7 @@ from .errors import (
     JobCancelledError,
     JobError,
     JobNotFoundError,
+    JobTimeoutError,
     ObjectLockedError,
     PasscodeError,
     StoreError,
@@ -23,7 +24,7 @@ from .errors import (
     UnknownStoreError,
     UnsafeArchiveError,
 )
-from .jobs import Job, JobHandle, JobManager, JobStatus
+from .jobs import Job, JobHandle, JobManager, JobStatus, Stage
 from .plugins import BackendOptions, BackendRegistry, get_plugin_manager, hookimpl, hookspec
 from .retention import CleanupEntry, CleanupReport
 from .store import ObjectInfo, ScanResult, Store, StoreCapabilities, ValidationReport
@@ -48,12 +49,14 @@ __all__ = [
     "JobManager",
     "JobNotFoundError",
     "JobStatus",
+    "JobTimeoutError",
     "KdfParams",
     "ObjectInfo",
     "ObjectLockedError",
     "Passcode",
     "PasscodeError",
     "ScanResult",
+    "Stage",
     "Store",
     "StoreCapabilities",
     "StoreError",

@@ -28,7 +28,8 @@ from .config import StoresConfig, StoreSpec
 from .crypto import Passcode
 from .engine import BackupInfo, Engine
 from .errors import ConfigError, PasscodeError, StoreUnavailableError, StrongroomError
-from .format import utc_now
+from .format import from_epoch_ms, utc_now
+from .jobs import JobStatus
 from .pipeline import Progress
 from .plugins import build_registry, get_plugin_manager
 from .retention import retention_from
@@ -229,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
         "or file:///srv/backups/ (repeatable; default: none, the API edits no store)",
     )
 
+    jobs = _command(commands, "jobs", "list or show the jobs of this home's job table", None)
+    job_commands = jobs.add_subparsers(required=True, metavar="ACTION")
+    jobs_list = _command(job_commands, "list", "list jobs, newest first", run_jobs_list)
+    jobs_list.add_argument(
+        "--status", type=JobStatus, choices=list(JobStatus), metavar="S", help="only this status"
+    )
+    jobs_list.add_argument(
+        "--operation", metavar="O", help="only this operation (create, restore, delete, ...)"
+    )
+    _json_option(jobs_list)
+    jobs_show = _command(job_commands, "show", "show one job and its stages", run_jobs_show)
+    jobs_show.add_argument("jobid", metavar="ID")
+    _json_option(jobs_show)
+
     token = _command(commands, "token", "manage the admin API's tokens", None)
     token_commands = token.add_subparsers(required=True, metavar="ACTION")
     _command(token_commands, "new", "print a new token and accept it from now on", run_token_new)
@@ -422,6 +437,56 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_jobs_list(args: argparse.Namespace) -> int:
+    with Engine() as engine:
+        jobs, _ = engine.jobs.find(status=args.status, operation=args.operation, limit=None)
+    if args.json:
+        _print_json({"jobs": [job.to_dict() for job in jobs]})
+        return 0
+    header = ("JOB", "OPERATION", "STORE", "BACKUP", "STATUS", "STAGE", "SUBMITTED")
+    rows = [
+        (
+            j.jobid,
+            j.operation,
+            j.store or "-",
+            j.name or "-",
+            j.status,
+            j.stage,
+            _epoch(j.starttime),
+        )
+        for j in jobs
+    ]
+    _print_table(header, rows)
+    return 0
+
+
+def run_jobs_show(args: argparse.Namespace) -> int:
+    with Engine() as engine:
+        job = engine.jobs.get(args.jobid)
+    if args.json:
+        _print_json(job.to_dict())
+        return 0
+    fields = {
+        "jobid": job.jobid,
+        "operation": job.operation,
+        "backupStore": job.store or "-",
+        "backupName": job.name or "-",
+        "status": job.status,
+        "starttime": _epoch(job.starttime),
+        "endtime": _epoch(job.endtime),
+    }
+    for key, value in [*fields.items(), *(("message", m) for m in job.messages)]:
+        print(f"{key:<14} {value}")
+    stages = [
+        (s["name"], s["state"], _epoch(s["lastUpdated"]), f"{s['duration'] / 1000:.1f} s")
+        for s in job.stage_dicts()
+    ]
+    if stages:
+        print()
+        _print_table(("STAGE", "STATE", "LAST UPDATED", "DURATION"), stages)
+    return 0
+
+
 def run_token_new(args: argparse.Namespace) -> int:
     from .web.auth import add_token, new_token
 
@@ -587,6 +652,10 @@ def _until(moment: datetime | None) -> str:
 
 def _date(moment: Any) -> str:
     return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _epoch(epoch_ms: int | None) -> str:
+    return _date(None if epoch_ms is None else from_epoch_ms(epoch_ms))
 
 
 def _size(size: int) -> str:

@@ -235,19 +235,25 @@ class Engine:
         description: str = "",
         retention_date: int | str | datetime | None = None,
         progress: Progress | None = None,
+        on_stage: Callable[[str], None] | None = None,
     ) -> BackupInfo:
         """Back up files, directories and named streams as the backup `name`.
 
         Everything is checked before anything is written. Data objects go first and
         the manifest last; if anything fails, what was written is removed again and
-        no backup of that name appears.
+        no backup of that name appears. `on_stage` hears each step as it starts
+        (validating, deriving the key, writing, committing); what it raises stops the
+        create uncommitted.
         """
+        stage = on_stage or _ignore
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})
+        stage("validating")
         secret, retention, target = self._check_create(
             name, paths, streams, passcode, store, description, retention_date
         )
 
+        stage("deriving the key")
         backup_id = uuid.uuid4().hex
         salt, file_key = new_salt(), new_file_key()
         draft = Manifest(
@@ -279,6 +285,7 @@ class Engine:
         index = retention_key(name, backup_id, retention)
         with _Heartbeat(target, marker, self._heartbeat):
             try:
+                stage("writing")
                 left_out = write_archive(writer, paths, streams)
                 stats = writer.finish()
                 manifest = replace(
@@ -290,6 +297,7 @@ class Engine:
                     key_slot=KeySlot(self._kdf, salt, wrapped),
                 )
                 manifest = manifest.with_mac(keys.mac(manifest.authenticated_bytes()))
+                stage("committing")
                 target.put(index, b"", overwrite=True)  # before the commit: never missing
                 _commit(target, manifest)
             except BaseException:
@@ -337,14 +345,19 @@ class Engine:
         paths: Sequence[str] = (),
         progress: Progress | None = None,
         backup_id: str | None = None,
+        on_stage: Callable[[str], None] | None = None,
     ) -> Path:
         """Restore the backup (or only `paths` in it) into `target`, all or nothing.
 
         `target` must not exist or be an empty directory. Everything is extracted into
         a staging directory beside it and moved into place only after the whole
         backup has been read and authenticated. `backup_id` pins the backup expected
-        under that name (see `_open_authenticated`).
+        under that name (see `_open_authenticated`). `on_stage` hears each step as it
+        starts (authenticating, reading, moving into place); what it raises stops the
+        restore with nothing left behind.
         """
+        stage = on_stage or _ignore
+        stage("authenticating")
         destination = _check_restore_target(Path(target))
         selected = [normalize_archive_path(path) for path in paths]
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
@@ -353,6 +366,7 @@ class Engine:
             tempfile.mkdtemp(prefix=f".{destination.name}.strongroom-", dir=destination.parent)
         )
         try:
+            stage("reading")
             with self._reader(source, manifest, cipher, progress) as reader:
                 found = extract_archive(reader, staging, selected)
                 reader.drain()
@@ -361,6 +375,7 @@ class Engine:
                 raise ConfigError(
                     f"Not in backup {name!r}: {', '.join(missing)}. Nothing was restored."
                 )
+            stage("moving into place")
             _move_into_place(staging, destination)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -710,9 +725,11 @@ class Engine:
         description: str = "",
         retention_date: int | str | datetime | None = None,
         operation_uri: str | None = None,
+        timeout: timedelta | None = None,
     ) -> Job:
         """`create` as a background job. The request is checked first, so a bad one fails
-        here and never becomes a job; the passcode lives only in the job's closure."""
+        here and never becomes a job; the passcode lives only in the job's closure. A
+        create still running `timeout` after it started is cancelled and reads FAILED."""
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})
         secret, _, target = self._check_create(
@@ -720,7 +737,6 @@ class Engine:
         )
 
         def work(job: JobHandle) -> dict[str, Any]:
-            job.stage("writing")
             info = self.create(
                 name,
                 paths,
@@ -730,11 +746,17 @@ class Engine:
                 description=description,
                 retention_date=retention_date,
                 progress=job.progress,
+                on_stage=job.stage,
             )
             return info.to_dict()
 
         return self.jobs.submit(
-            "create", work, store=target.name, name=name, operation_uri=operation_uri
+            "create",
+            work,
+            store=target.name,
+            name=name,
+            operation_uri=operation_uri,
+            timeout=timeout,
         )
 
     def submit_restore(
@@ -755,9 +777,14 @@ class Engine:
         source, _ = self._open(name, store)
 
         def work(job: JobHandle) -> dict[str, Any]:
-            job.stage("restoring")
             restored = self.restore(
-                name, target, passcode=secret, store=source.name, paths=paths, progress=job.progress
+                name,
+                target,
+                passcode=secret,
+                store=source.name,
+                paths=paths,
+                progress=job.progress,
+                on_stage=job.stage,
             )
             return {"name": name, "backupStore": source.name, "restoreDir": str(restored)}
 
@@ -787,8 +814,10 @@ class Engine:
         as_of: int | datetime | None = None,
         dry_run: bool = False,
         operation_uri: str | None = None,
+        scheduled: bool = False,
     ) -> Job:
-        """`cleanup` as a background job; unknown store names fail here."""
+        """`cleanup` as a background job; unknown store names fail here. `scheduled`: the
+        cleanup system task submits it, not a person."""
         names = None if stores is None else [self.store(store).name for store in stores]
         moment = _as_datetime(as_of) if as_of is not None else None
 
@@ -796,7 +825,7 @@ class Engine:
             job.stage("cleaning up")
             return self.cleanup(names, as_of=moment, dry_run=dry_run).to_dict()
 
-        return self.jobs.submit("cleanup", work, operation_uri=operation_uri)
+        return self.jobs.submit("cleanup", work, operation_uri=operation_uri, scheduled=scheduled)
 
     def schedule_cleanup(self, interval: timedelta) -> threading.Event:
         """The cleanup system task: a cleanup job now and every `interval` after.
@@ -809,7 +838,7 @@ class Engine:
         def loop() -> None:
             while not stop.is_set():
                 try:
-                    self.submit_cleanup()
+                    self.submit_cleanup(scheduled=True)
                 except StrongroomError as exc:  # e.g. the job table is unavailable: try later
                     logger.warning("Could not start the scheduled cleanup: %s", exc)
                 stop.wait(interval.total_seconds())
@@ -1080,6 +1109,10 @@ def _counter(progress: Progress | None, total: int | None) -> Callable[[int], No
         progress(done if total is None else min(done, total), total)
 
     return advance
+
+
+def _ignore(stage: str) -> None:
+    """The stage report of a create or restore that nobody follows."""
 
 
 def _as_datetime(value: int | datetime) -> datetime:

@@ -17,6 +17,7 @@ StrongroomError
 └── JobError
     ├── JobNotFoundError         (also a LookupError)
     └── JobCancelledError
+        └── JobTimeoutError
 ```
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "JobCancelledError",
     "JobError",
     "JobNotFoundError",
+    "JobTimeoutError",
     "ObjectLockedError",
     "PasscodeError",
     "StoreError",
@@ -126,3 +128,7 @@ class JobNotFoundError(JobError, LookupError):
 
 class JobCancelledError(JobError):
     """Raised inside a job's work when someone cancelled it; nothing was committed."""
+
+
+class JobTimeoutError(JobCancelledError):
+    """Raised inside a job's work once it ran past its time-out; the job reads FAILED."""

@@ -10,8 +10,11 @@ active by an owner whose lock is free was running in a process that died: it is 
 FAILED, with a message saying so, when a manager starts or when someone asks for it.
 
 The work is a callable that receives a `JobHandle`. It reports progress and stages
-through it, and the handle raises JobCancelledError inside the work once a cancel was
-asked for. This module knows nothing of backups; the engine submits its operations here.
+through it (each stage is kept with its times), and the handle raises JobCancelledError
+inside the work once a cancel was asked for. A job may have a time-out, counted from when
+it starts running: a timer then marks it CANCELLING, and the handle raises JobTimeoutError
+at the work's next report, so the job ends FAILED. This module knows nothing of backups;
+the engine submits its operations here.
 
 Every wait is bounded: `close` cancels the jobs and waits at most `CLOSE_TIMEOUT` for
 them; a job still running then (stuck in a store call that never returns) is recorded
@@ -34,16 +37,22 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import JobCancelledError, JobError, JobNotFoundError, StrongroomError
+from .errors import (
+    JobCancelledError,
+    JobError,
+    JobNotFoundError,
+    JobTimeoutError,
+    StrongroomError,
+)
 from .format import to_epoch_ms, utc_now
 
-__all__ = ["JOBS_FILE", "Job", "JobHandle", "JobManager", "JobStatus", "Work"]
+__all__ = ["JOBS_FILE", "Job", "JobHandle", "JobManager", "JobStatus", "Stage", "Work"]
 
 logger = logging.getLogger("strongroom")
 
@@ -55,7 +64,8 @@ DEFAULT_WORKERS = 2
 DEFAULT_KEEP = timedelta(days=30)
 #: Progress reaches the table at most this often (seconds); status changes reach it at once.
 PROGRESS_INTERVAL = 0.5
-SCHEMA_VERSION = 1
+#: 1: the first table; 2: adds the stages (JSON) and whether a schedule submitted the job.
+SCHEMA_VERSION = 2
 #: The longest `close` waits for cancelled jobs to stop (seconds).
 CLOSE_TIMEOUT = 10.0
 _JOB_ID = re.compile(r"j[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -73,6 +83,34 @@ class JobStatus(StrEnum):
     def active(self) -> bool:
         """The job has not ended yet."""
         return self in (JobStatus.SUBMITTED, JobStatus.EXECUTING, JobStatus.CANCELLING)
+
+    @property
+    def state(self) -> str:
+        """The status as the status document and the stages say it: running (not ended
+        yet), success, failed or cancelled."""
+        if self.active:
+            return "running"
+        return {JobStatus.COMPLETED: "success", JobStatus.FAILED: "failed"}.get(self, "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step a job's work reported through `JobHandle.stage`; times in epoch ms."""
+
+    name: str
+    #: running, success, failed or cancelled (see JobStatus.state).
+    state: str
+    started: int
+    ended: int | None = None
+
+    def to_dict(self, now: int) -> dict[str, Any]:
+        """The stage as the admin API shows it; a running stage's duration counts to `now`."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "lastUpdated": self.started if self.ended is None else self.ended,
+            "duration": (now if self.ended is None else self.ended) - self.started,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +132,10 @@ class Job:
     messages: tuple[str, ...] = ()
     result: Mapping[str, Any] | None = None
     operation_uri: str | None = None
+    #: The stages the work reported, oldest first; only the last may still be running.
+    stages: tuple[Stage, ...] = ()
+    #: Submitted by a schedule (the cleanup system task), not by a person.
+    scheduled: bool = False
 
     @property
     def percent(self) -> int | None:
@@ -125,7 +167,13 @@ class Job:
             },
             "messages": list(self.messages),
             "result": None if self.result is None else dict(self.result),
+            "stages": self.stage_dicts(),
         }
+
+    def stage_dicts(self) -> list[dict[str, Any]]:
+        """The stages as documents; a running one's duration counts to `updatedtime`, the
+        job's last report."""
+        return [stage.to_dict(self.endtime or self.updatedtime) for stage in self.stages]
 
 
 class JobHandle:
@@ -135,6 +183,8 @@ class JobHandle:
         self.jobid = jobid
         self._manager = manager
         self._cancel = threading.Event()
+        #: Set (before the cancel) when the job ran past its time-out: what the job says.
+        self._timed_out: str | None = None
         self._last_saved = 0.0
 
     @property
@@ -152,12 +202,15 @@ class JobHandle:
         self._manager._update(self.jobid, save=save, bytes_done=done, bytes_total=total)
 
     def stage(self, stage: str) -> None:
-        """Name what the work is doing now (shown in the job's progress)."""
+        """Name what the work is doing now: the previous stage ends with success, and
+        this one runs (shown in the job's progress and stages)."""
         self.raise_if_cancelled()
-        self._manager._update(self.jobid, save=True, stage=stage)
+        self._manager._start_stage(self.jobid, stage)
 
     def raise_if_cancelled(self) -> None:
         if self._cancel.is_set():
+            if self._timed_out is not None:
+                raise JobTimeoutError(self._timed_out)
             raise JobCancelledError(f"Job {self.jobid} was cancelled.")
 
 
@@ -167,10 +220,13 @@ Work = Callable[[JobHandle], Mapping[str, Any] | None]
 
 @dataclass(slots=True)
 class _Running:
-    """A job this manager runs: its latest state, its handle and its future."""
+    """A job this manager runs: its latest state, its handle, its future, and its
+    time-out with the timer that enforces it once the job runs."""
 
     job: Job
     handle: JobHandle
+    timeout: timedelta | None = None
+    timer: threading.Timer | None = None
     future: Future[None] = field(default_factory=Future)
 
 
@@ -211,8 +267,13 @@ class JobManager:
         store: str | None = None,
         name: str | None = None,
         operation_uri: str | None = None,
+        timeout: timedelta | None = None,
+        scheduled: bool = False,
     ) -> Job:
-        """Queue `work` and return its job (SUBMITTED) at once."""
+        """Queue `work` and return its job (SUBMITTED) at once. A job still running
+        `timeout` after it started is cancelled and ends FAILED."""
+        if timeout is not None and timeout <= timedelta(0):
+            raise JobError("A job's time-out must be positive.")
         now = self._now()
         job = Job(
             jobid=f"j{uuid.uuid4()}",
@@ -223,11 +284,12 @@ class JobManager:
             starttime=now,
             updatedtime=now,
             operation_uri=operation_uri,
+            scheduled=scheduled,
         )
         with self._lock:
             if self._closed:
                 raise JobError("The job manager has been closed; no new job can start.")
-            running = _Running(job, JobHandle(self, job.jobid))
+            running = _Running(job, JobHandle(self, job.jobid), timeout)
             self._table.save(job, self._owner.name)
             self._running[job.jobid] = running
             self._queue.put((running, work))
@@ -243,6 +305,25 @@ class JobManager:
         if job.status.active and owner != self._owner.name and self._fail_if_orphaned(owner):
             job, _ = self._load(jobid)
         return job
+
+    def find(
+        self,
+        *,
+        status: JobStatus | None = None,
+        operation: str | None = None,
+        offset: int = 0,
+        limit: int | None = 10,
+    ) -> tuple[list[Job], int]:
+        """Up to `limit` jobs (None: all), newest first, after skipping `offset`, and how
+        many match in all. Jobs of processes that died read FAILED, as in `get`."""
+        for owner in self._table.active_owners() - {self._owner.name}:
+            self._fail_if_orphaned(owner)
+        found, total = self._table.find(status, operation, offset, limit)
+        with self._lock:
+            latest = [
+                self._running[job.jobid].job if job.jobid in self._running else job for job in found
+            ]
+        return latest, total
 
     def wait(self, jobid: str, timeout: float | None = None) -> Job:
         """Block until the job ends (or `timeout` seconds pass); return its state."""
@@ -328,8 +409,15 @@ class JobManager:
                 self._end(running, JobStatus.CANCELLED, "Cancelled before it started.")
                 return
             self._set(running, save=True, status=JobStatus.EXECUTING, stage="running")
+            if running.timeout is not None:
+                seconds = running.timeout.total_seconds()
+                running.timer = threading.Timer(seconds, self._time_out, (running, seconds))
+                running.timer.daemon = True
+                running.timer.start()
         try:
             result = work(handle)
+        except JobTimeoutError as exc:
+            self._finish(running, JobStatus.FAILED, str(exc))
         except JobCancelledError:
             self._finish(running, JobStatus.CANCELLED, "Cancelled; nothing was committed.")
         except StrongroomError as exc:
@@ -371,10 +459,13 @@ class JobManager:
             save=True,
             status=status,
             stage=stage,
+            stages=_end_stages(running.job.stages, status.state, now),
             endtime=now,
             messages=(*running.job.messages, message),
             result=result,
         )
+        if running.timer is not None:
+            running.timer.cancel()
         del self._running[running.job.jobid]
         logger.info("Job %s %s: %s", running.job.jobid, status.value, message)
         return running.job
@@ -384,6 +475,33 @@ class JobManager:
             running = self._running.get(jobid)
             if running is not None:
                 self._set(running, save=save, **changes)
+
+    def _start_stage(self, jobid: str, name: str) -> None:
+        """End the running stage with success and start `name`."""
+        with self._lock:
+            running = self._running.get(jobid)
+            if running is not None:
+                now = self._now()
+                stages = (
+                    *_end_stages(running.job.stages, "success", now),
+                    Stage(name, "running", now),
+                )
+                self._set(running, save=True, stage=name, stages=stages)
+
+    def _time_out(self, running: _Running, seconds: float) -> None:
+        """The timer's end: have the handle raise JobTimeoutError at the work's next report."""
+        with self._lock:
+            executing = running.job.status is JobStatus.EXECUTING
+            if self._running.get(running.job.jobid) is not running or not executing:
+                return  # ended, or a cancel is already on its way
+            running.handle._timed_out = _TIMED_OUT_MESSAGE.format(seconds=seconds)
+            running.handle._cancel.set()
+            self._set(
+                running,
+                save=True,
+                status=JobStatus.CANCELLING,
+                messages=(*running.job.messages, _TIMING_OUT_MESSAGE.format(seconds=seconds)),
+            )
 
     def _set(self, running: _Running, *, save: bool, **changes: Any) -> None:
         running.job = replace(running.job, updatedtime=self._now(), **changes)
@@ -414,6 +532,14 @@ class JobManager:
 
 _CANCELLING_MESSAGE = (
     "Cancel asked: the job stops at its next step (a chunk read or written, a stage)."
+)
+_TIMING_OUT_MESSAGE = (
+    "Still running after its time-out of {seconds:g} s: it is cancelled, and stops at its "
+    "next step."
+)
+_TIMED_OUT_MESSAGE = (
+    "Timed out: still running after its time-out of {seconds:g} s, so it was cancelled; "
+    "nothing was committed."
 )
 _ABANDONED_MESSAGE = (
     "Still running {timeout:g} s after its job manager was closed (cancelled, but stuck, "
@@ -451,6 +577,10 @@ class JobTable:
                     messages TEXT NOT NULL, result TEXT, operation_uri TEXT)"""
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS active_jobs ON jobs (status, owner)")
+            if version < 2:  # rows of schema 1 get no stages and count as not scheduled
+                self._db.execute("ALTER TABLE jobs ADD COLUMN stages TEXT NOT NULL DEFAULT '[]'")
+                self._db.execute("ALTER TABLE jobs ADD COLUMN scheduled INTEGER NOT NULL DEFAULT 0")
+                self._db.execute("CREATE INDEX newest_jobs ON jobs (starttime)")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def save(self, job: Job, owner: str) -> None:
@@ -470,6 +600,8 @@ class JobTable:
             "messages": json.dumps(list(job.messages)),
             "result": None if job.result is None else json.dumps(dict(job.result)),
             "operation_uri": job.operation_uri,
+            "stages": json.dumps([asdict(stage) for stage in job.stages]),
+            "scheduled": job.scheduled,
         }
         columns = ", ".join(row)
         values = ", ".join(f":{column}" for column in row)
@@ -480,6 +612,24 @@ class JobTable:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
         return None if row is None else (_from_row(row), row["owner"])
+
+    def find(
+        self, status: JobStatus | None, operation: str | None, offset: int, limit: int | None
+    ) -> tuple[list[Job], int]:
+        """Jobs with that status and operation (None: any), newest first; and how many."""
+        where = (
+            "WHERE (:status IS NULL OR status = :status) "
+            "AND (:operation IS NULL OR operation = :operation)"
+        )
+        match = {"status": None if status is None else status.value, "operation": operation}
+        with self._lock:
+            total: int = self._db.execute(f"SELECT count(*) FROM jobs {where}", match).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY starttime DESC, jobid DESC "
+                "LIMIT :limit OFFSET :offset",
+                {**match, "limit": -1 if limit is None else limit, "offset": offset},
+            ).fetchall()
+        return [_from_row(row) for row in rows], total
 
     def active_owners(self) -> set[str]:
         with self._lock:
@@ -497,10 +647,18 @@ class JobTable:
             for row in rows:
                 job = _from_row(row)
                 messages = [*job.messages, message.format(status=job.status.value)]
+                stages = [asdict(stage) for stage in _end_stages(job.stages, "failed", now)]
                 self._db.execute(
-                    "UPDATE jobs SET status = ?, endtime = ?, updatedtime = ?, messages = ? "
-                    "WHERE jobid = ?",
-                    (JobStatus.FAILED.value, now, now, json.dumps(messages), job.jobid),
+                    "UPDATE jobs SET status = ?, endtime = ?, updatedtime = ?, messages = ?, "
+                    "stages = ? WHERE jobid = ?",
+                    (
+                        JobStatus.FAILED.value,
+                        now,
+                        now,
+                        json.dumps(messages),
+                        json.dumps(stages),
+                        job.jobid,
+                    ),
                 )
         return len(rows)
 
@@ -545,7 +703,14 @@ def _from_row(row: sqlite3.Row) -> Job:
         messages=tuple(json.loads(row["messages"])),
         result=None if row["result"] is None else json.loads(row["result"]),
         operation_uri=row["operation_uri"],
+        stages=tuple(Stage(**stage) for stage in json.loads(row["stages"])),
+        scheduled=bool(row["scheduled"]),
     )
+
+
+def _end_stages(stages: tuple[Stage, ...], state: str, now: int) -> tuple[Stage, ...]:
+    """The stages with the running one ended in `state` at `now`."""
+    return tuple(s if s.ended is not None else replace(s, state=state, ended=now) for s in stages)
 
 
 class _OwnerLock:

@@ -1,10 +1,11 @@
 """The disaster-recovery admin API as an ASGI app (Starlette), mountable in a host product.
 
 Routes follow the products' API (docs/API.md lists them) under a root, `/admin` by
-default: `{root}/system/disasterrecovery/...` and `{root}/jobs/{jobid}`. Each answers
-as f=html (pages a person can browse), f=json or f=pjson. Every operation needs a
-token (see auth.py). Create and restore, and delete or register with `async=true`,
-return a job at once; the work runs in the engine's job pool.
+default: `{root}/system/disasterrecovery/...`, `{root}/jobs` and `{root}/jobs/{jobid}`.
+Each answers as f=html (pages a person can browse), f=json or f=pjson. Every operation
+needs a token (see auth.py). Create and restore, and delete or register with
+`async=true`, return a job at once; the work runs in the engine's job pool, and a create
+is cancelled once it runs past the time-out of the settings (see settings.py).
 
 What a create backs up (`sources`) and where a restore writes (`restore_dir`, one new
 directory per restore) belong to the server, not the request: the API never lets a
@@ -21,6 +22,7 @@ import posixpath
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -42,7 +44,10 @@ from . import stores
 from .auth import COOKIE, Credentials, credentials, is_allowed
 from .body import TOKEN_WINDOW, Body
 from .fence import StoreFence
+from .jobs import JobQuery, status_document
+from .params import whole_number
 from .responses import FORMATS, SUCCESS, ApiError, Pages, Reply, status_of
+from .settings import DrSettings, parse_timeout
 
 __all__ = ["create_app"]
 
@@ -149,6 +154,7 @@ class _AdminApi:
             ("dr", f"{root}{DR}", self.dr_root, ("GET",)),
             ("status", f"{root}{DR}/status", self.status, ("GET",)),
             ("settings", f"{root}{DR}/settings", self.settings, ("GET",)),
+            ("update_settings", f"{root}{DR}/settings/update", self.update_settings, ("POST",)),
             ("stores", f"{root}{DR}/stores", self.list_stores, ("GET",)),
             ("register", f"{root}{DR}/stores/register", self.register, ("POST",)),
             ("store", store, self.get_store, ("GET",)),
@@ -162,6 +168,7 @@ class _AdminApi:
             ("restore", f"{backup}/restore", self.restore, ("POST",)),
             ("contents", f"{backup}/contents", self.contents, ("POST",)),
             ("delete", f"{backup}/delete", self.delete, ("POST",)),
+            ("jobs", f"{root}/jobs", self.list_jobs, ("GET",)),
             ("job", f"{root}/jobs/{{jobid}}", self.get_job, ("GET",)),
             ("cancel", f"{root}/jobs/{{jobid}}/cancel", self.cancel_job, ("POST",)),
         ]
@@ -178,15 +185,23 @@ class _AdminApi:
         return Reply({"operations": ["status"], "resources": ["stores", "settings"]}, "root.html")
 
     async def status(self, call: _Call) -> Reply:
-        return Reply(SUCCESS, context={"title": "Status"})
+        """The last submitted job, whichever process ran it."""
+        jobs, _ = await _run(self._engine.jobs.find, limit=1)
+        return Reply(status_document(jobs[0] if jobs else None), "status.html")
 
     async def settings(self, call: _Call) -> Reply:
         document = {
             "defaultStore": self._engine.config.default,
             "sources": [str(source) for source in self._sources],
             "restoreDir": str(self._restore_dir),
+            **(await _run(DrSettings.load, self._engine.home)).to_dict(),
         }
-        return Reply(document, context={"title": "Settings"})
+        return Reply(document, "settings.html")
+
+    async def update_settings(self, call: _Call) -> Reply:
+        settings = DrSettings(parse_timeout(call.require("timeoutInSeconds")))
+        await _run(settings.save, self._engine.home)
+        return Reply(SUCCESS, redirect=self._url(call.request, "settings"))
 
     # -- stores --------------------------------------------------------------------------
 
@@ -248,6 +263,7 @@ class _AdminApi:
                 "This server has nothing to back up: start it with "
                 "'strongroom serve --source DIR' (or give create_app sources)."
             )
+        settings = await _run(DrSettings.load, self._engine.home)
         job = await _run(
             self._engine.submit_backup,
             call.require("name"),
@@ -257,6 +273,7 @@ class _AdminApi:
             description=call.get("description") or "",
             retention_date=self._retention(call),
             operation_uri=call.uri,
+            timeout=timedelta(seconds=settings.timeout_seconds),
         )
         return self._job_reply(call, job)
 
@@ -311,6 +328,18 @@ class _AdminApi:
         return Reply(SUCCESS, redirect=self._url(call.request, "backups", storeName=store))
 
     # -- jobs ----------------------------------------------------------------------------
+
+    async def list_jobs(self, call: _Call) -> Reply:
+        """Jobs newest first, `num` at a time from `start` (1-based), as the products page."""
+        query = JobQuery.parse(call.params)
+        jobs, total = await _run(
+            self._engine.jobs.find,
+            status=query.status,
+            operation=query.operation,
+            offset=query.start - 1,
+            limit=query.num,
+        )
+        return Reply(query.document(jobs, total), "jobs.html", {"query": query})
 
     async def get_job(self, call: _Call) -> Reply:
         job = await _run(self._engine.jobs.get, call.path("jobid"))
@@ -426,9 +455,9 @@ class _AdminApi:
             return date
         if date is not None:
             raise ConfigError("Give retentionDate or keepDays, not both.")
-        if not days.isascii() or not days.isdigit() or not 0 < int(days) <= MAX_KEEP_DAYS:
-            raise ConfigError(f"keepDays must be a whole number of days from 1 to {MAX_KEEP_DAYS}.")
-        return to_epoch_ms(utc_now()) + int(days) * DAY_MS
+        return (
+            to_epoch_ms(utc_now()) + whole_number("keepDays", days, MAX_KEEP_DAYS, "days") * DAY_MS
+        )
 
     def _url(self, request: Request, route: str, /, **params: str) -> str:
         """An absolute URL of one of this app's routes, wherever the app is mounted."""

@@ -93,6 +93,7 @@ class Pages:
             undefined=jinja2.StrictUndefined,
         )
         self._templates.filters["when"] = _when
+        self._templates.filters["seconds"] = _seconds
 
     def reply(self, request: Request, fmt: str, reply: Reply, links: Mapping[str, Any]) -> Response:
         if fmt != "html":
@@ -144,3 +145,8 @@ def _json(
 def _when(epoch_ms: int | None) -> str:
     """Epoch ms as a UTC date and time for pages."""
     return "-" if epoch_ms is None else f"{from_epoch_ms(epoch_ms):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _seconds(duration_ms: int | None) -> str:
+    """A duration in ms as seconds for pages."""
+    return "-" if duration_ms is None else f"{duration_ms / 1000:,.1f} s"

@@ -1,0 +1,99 @@
+"""The admin API's views of jobs: the status document (the last submitted job, as the
+products' `…/disasterrecovery/status` describes it) and the paged job listing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..jobs import Job, JobStatus
+from .params import whole_number
+
+__all__ = ["MAX_NUM", "JobQuery", "status_document"]
+
+#: The most jobs one listing request answers with, as the products page their searches.
+MAX_NUM = 100
+DEFAULT_NUM = 10
+#: The highest `start` (it becomes an SQLite offset, which must fit 64 bits).
+MAX_START = 1_000_000_000
+#: The status document's names of the engine's job operations.
+OPERATION_NAMES = {
+    "create": "Backup",
+    "restore": "Restore",
+    "delete": "Delete",
+    "cleanup": "Cleanup",
+    "register": "Register",
+}
+
+
+def status_document(job: Job | None) -> dict[str, Any]:
+    """The last submitted job as `{"status": {...}}`; the same keys, null, before any job."""
+    if job is None:
+        status: dict[str, Any] = dict.fromkeys(_STATUS_KEYS)
+        return {"status": status | {"message": "No job has been submitted yet.", "stages": []}}
+    return {
+        "status": {
+            "jobid": job.jobid,
+            "operation": OPERATION_NAMES.get(job.operation, job.operation.capitalize()),
+            "backupName": job.name,
+            "backupStore": job.store,
+            "state": job.status.state,
+            "scheduleType": "SCHEDULED" if job.scheduled else "MANUAL",
+            "startTime": job.starttime,
+            "completeTime": job.endtime,
+            "overallDuration": (job.endtime or job.updatedtime) - job.starttime,
+            "message": job.messages[-1] if job.messages else "",
+            "stages": job.stage_dicts(),
+        }
+    }
+
+
+_STATUS_KEYS = (
+    "jobid",
+    "operation",
+    "backupName",
+    "backupStore",
+    "state",
+    "scheduleType",
+    "startTime",
+    "completeTime",
+    "overallDuration",
+    "message",
+    "stages",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """A listing request, ArcGIS style: `start` (1-based) and `num`, and filters."""
+
+    start: int = 1
+    num: int = DEFAULT_NUM
+    status: JobStatus | None = None
+    operation: str | None = None
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> JobQuery:
+        """From request parameters (an empty value counts as absent)."""
+        status = params.get("status") or None
+        if status is not None and status.upper() not in JobStatus.__members__:
+            raise ConfigError(f"status must be one of {', '.join(JobStatus)}.")
+        return cls(
+            start=whole_number("start", params.get("start") or "1", MAX_START),
+            num=whole_number("num", params.get("num") or str(DEFAULT_NUM), MAX_NUM),
+            status=None if status is None else JobStatus(status.upper()),
+            operation=params.get("operation") or None,
+        )
+
+    def document(self, jobs: list[Job], total: int) -> dict[str, Any]:
+        """The listing: the page's jobs and where the next page starts (-1: none)."""
+        following = self.start + len(jobs)
+        return {
+            "jobs": [job.to_dict() for job in jobs],
+            "total": total,
+            "start": self.start,
+            "num": self.num,
+            "nextStart": following if following <= total else -1,
+        }
