@@ -35,6 +35,7 @@ from strongroom import (
 )
 from strongroom.jobs import JOBS_FILE
 from strongroom.plugins import get_plugin_manager
+from strongroom.store import StoreCapabilities
 from strongroom.web import create_app
 from strongroom.web.auth import COOKIE, add_token, hash_token
 from strongroom.web.settings import SETTINGS_FILE
@@ -974,7 +975,9 @@ async def test_a_third_party_backend_is_fenced_by_what_it_declares(
         def strongroom_register_backends(self, registry: BackendRegistry) -> None:
             def open_(spec: StoreSpec) -> Store:
                 opened.append(dict(spec.options))
-                return Store(spec.name, spec.url, MemoryFileSystem(), f"/tp-{uuid.uuid4()}")
+                store = Store(spec.name, spec.url, MemoryFileSystem(), f"/tp-{uuid.uuid4()}")
+                store.capabilities = StoreCapabilities(persistent=True)  # as a real one would
+                return store
 
             declared = BackendOptions(settings=("colour",), endpoints=("server",))
             registry.add("tp", open_, options=declared)
