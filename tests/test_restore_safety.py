@@ -143,6 +143,18 @@ ATTACKS: dict[str, Callable[[Path], list[tuple[tarfile.TarInfo, bytes]]]] = {
         link("c", f"{out}/dirvictim"),
         directory("c", 0o777),
     ],
+    "an append to another name's hard-linked data": lambda out: [
+        file("victim.conf", b"safe=1\n"),
+        hard("h", "victim.conf"),
+        part("h", 1, b"evil=1\n"),
+    ],
+    "a part that does not follow its stream": lambda out: [
+        file("log", b"start\n"),
+        file("other", b"other\n"),
+        part("log", 1, b"more\n"),
+    ],
+    "a name deeper than any file system takes": lambda out: [file("a/" * 100_000 + "x")],
+    "a name part longer than any file system takes": lambda out: [file("n" * 256)],
     "a device": lambda out: [(entry("dev", tarfile.CHRTYPE), b"")],
     "a FIFO": lambda out: [(entry("fifo", tarfile.FIFOTYPE), b"")],
     "a NUL in a name (a pax record)": lambda out: [file("n" * 120 + "\x00/../victim.txt")],
@@ -327,3 +339,28 @@ def test_a_stream_of_many_parts_is_appended_not_written_through(
     engine.create("stream", passcode=PASSCODE, streams={"db/dump.sql": io.BytesIO(data)})
     out = engine.restore("stream", tmp_path / "out", passcode=PASSCODE)
     assert (out / "db" / "dump.sql").read_bytes() == data
+
+
+def test_a_directory_named_again_and_again_holds_no_descriptor(
+    engine: Engine, home: Path, tmp_path: Path
+) -> None:
+    members = [directory("d") for _ in range(3000)]
+    forge_backup(store_dir(home), "dirs", PASSCODE, tar_of(members))
+    before = len(os.listdir("/proc/self/fd"))
+    engine.restore("dirs", tmp_path / "out", passcode=PASSCODE)
+    assert len(os.listdir("/proc/self/fd")) <= before + 1  # the store's cached handles
+
+
+def test_helpers_making_the_same_directory_in_place_of_a_file_do_not_trip(
+    engine: Engine, home: Path, tmp_path: Path, helpers: str
+) -> None:
+    """A file, then files below its name: the writers replace the file with the directory,
+    whichever comes first, and the restore ends as verify says it does."""
+    members = []
+    for n in range(40):
+        members.append(file(f"b{n}", b"first a file\n"))
+        members += [file(f"b{n}/{x}", b"x" * 300_000) for x in "xyz"]
+    forge_backup(store_dir(home), "replaced", PASSCODE, tar_of([*PADDING, *members]))
+    engine.verify("replaced", passcode=PASSCODE)
+    out = engine.restore("replaced", tmp_path / "out", passcode=PASSCODE)
+    assert all((out / f"b{n}" / "z").stat().st_size == 300_000 for n in range(40))

@@ -41,7 +41,7 @@ def members(draw: st.DrawFn) -> tuple[tarfile.TarInfo, bytes]:
     info.gid = draw(st.integers(0, 2**32 - 1))
     info.uname = draw(st.text(max_size=40).filter(lambda s: "\0" not in s))
     info.gname = draw(st.text(max_size=10).filter(lambda s: "\0" not in s))
-    info.mtime = draw(st.integers(0, 2**40) | st.floats(0, 2**33, allow_nan=False))
+    info.mtime = draw(st.integers(0, 253_402_300_799) | st.floats(0, 2**33, allow_nan=False))
     data = b""
     if info.isreg():
         data = draw(st.binary(max_size=1500))
@@ -174,3 +174,20 @@ def test_an_oversized_pax_header_is_refused_before_it_is_read() -> None:
     header.type, header.size = tarfile.XHDTYPE, PAX_LIMIT + 1
     with pytest.raises(IntegrityError, match="too large"):
         list(read_members(io.BytesIO(header.tobuf(tarfile.USTAR_FORMAT))))
+
+
+@pytest.mark.parametrize(
+    ("record", "value"),
+    [("mtime", "nan"), ("mtime", "inf"), ("mtime", "1e300"), ("uid", str(2**32)), ("gid", "-1")],
+)
+def test_numbers_no_file_system_takes_are_refused(record: str, value: str) -> None:
+    """A pax record can hold any number; restore, verify and ls would fail on these later
+    with a bare ValueError or OverflowError (utime, chown, a date)."""
+    info = tarfile.TarInfo("file")
+    info.pax_headers = {record: value}
+    sink = io.BytesIO()
+    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    sink.seek(0)
+    with pytest.raises(IntegrityError, match="impossible"):
+        list(read_members(sink))

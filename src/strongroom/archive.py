@@ -473,6 +473,10 @@ _RESTORED_TYPES = {
     tarfile.SYMTYPE: "a symbolic link",
     tarfile.LNKTYPE: "a hard link",
 }
+_FILE_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE))
+#: The longest name (PATH_MAX, less its NUL) and path component (NAME_MAX) Linux takes.
+MAX_PATH = 4095
+MAX_NAME = 255
 _OTHER_TYPES = {
     tarfile.CHRTYPE: "a character device",
     tarfile.BLKTYPE: "a block device",
@@ -496,6 +500,7 @@ class MemberRules:
     def __init__(self) -> None:
         self._links: set[str] = set()  # symbolic links made, and hard links to them
         self._directories: set[str] = set()  # directories made, named or implied
+        self._last_file: str | None = None  # the previous member, if a regular file
 
     def check(self, member: tarfile.TarInfo) -> str:
         """The path the member is restored at ('' for the top directory itself), or an
@@ -508,6 +513,10 @@ class MemberRules:
         is_directory = kind == tarfile.DIRTYPE
         if not is_directory and (not path or path in self._directories):
             _refuse(member, "it would replace a directory" if path else "it has no file name")
+        part = PART_RECORD in member.pax_headers
+        if part and (kind not in _FILE_TYPES or path != self._last_file):
+            _refuse(member, "it continues a stream, but does not follow its earlier part")
+        self._last_file = path if kind in _FILE_TYPES else None
         original = ""
         if kind == tarfile.SYMTYPE and "\x00" in member.linkname:
             _refuse(member, "its link target holds a NUL character")
@@ -528,6 +537,8 @@ class MemberRules:
             path = name
         if name.startswith("/") or ".." in parts or "\x00" in name:
             _refuse(member, f"{what} would land outside the target")
+        if _too_long(name, parts):
+            _refuse(member, f"{what} is longer than a file system takes")
         if self._links:
             through = next((d for d in _ancestors(path) if d in self._links), None)
             if through is not None:
@@ -545,6 +556,14 @@ class MemberRules:
             self._links.add(path)
         elif self._links:
             self._links.discard(path)
+
+
+def _too_long(name: str, parts: list[str]) -> bool:
+    """Whether the name, or one of its parts, has more bytes than Linux takes (counted
+    cheaply: only a part long enough to be too long in UTF-8 is encoded)."""
+    return len(os.fsencode(name)) > MAX_PATH or any(
+        len(os.fsencode(part)) > MAX_NAME for part in parts if len(part) > MAX_NAME // 4
+    )
 
 
 class RefusedMember(UnsafeArchiveError):

@@ -136,8 +136,10 @@ class Staging:
         """The directory `path`, made in place of a file or link of that name."""
         self._close_oldest()
         path = os.fsencode(path)
-        parent, _, name = path.rpartition(b"/")
-        fd = self._open_directory(self._walk(parent), _plain(name, path), path, replace=True)
+        fd = self._open.pop(path, None)  # a directory of this name was made already
+        if fd is None:
+            parent, _, name = path.rpartition(b"/")
+            fd = self._open_directory(self._walk(parent), _plain(name, path), path, replace=True)
         self._open[path] = fd
         return fd
 
@@ -210,6 +212,8 @@ class Staging:
         if fd is not None:
             self._open[path] = fd  # now the most recently used
             return fd
+        if len(path) > _MAX_PATH:  # also bounds the descriptors one walk holds open
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), os.fsdecode(path))
         parts = path.split(b"/")
         known = len(parts) - 1  # the deepest directory on the path that is open already
         while known and b"/".join(parts[:known]) not in self._open:
@@ -223,23 +227,29 @@ class Staging:
     @staticmethod
     def _open_directory(parent: int, name: bytes, path: bytes, *, replace: bool) -> int:
         """Open (making it if missing) the directory `name` in `parent`; a link there is
-        replaced if `replace`, else refused with ELOOP."""
-        try:
-            return os.open(name, _DIRECTORY, dir_fd=parent)
-        except FileNotFoundError:
-            pass
-        except NotADirectoryError:  # O_NOFOLLOW: a link or a file is never opened
-            is_link = stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
-            if is_link and not replace:
-                raise OSError(
-                    errno.ELOOP, "it runs through a symbolic link", os.fsdecode(path)
-                ) from None
-            os.unlink(name, dir_fd=parent)
-        with suppress(FileExistsError):  # made meanwhile by another writer
-            os.mkdir(name, 0o700, dir_fd=parent)
+        replaced if `replace`, else refused with ELOOP. Another helper may be making the
+        same directory meanwhile (in place of a file, too): whatever it did, try again."""
+        for _ in range(_ATTEMPTS):
+            try:
+                return os.open(name, _DIRECTORY, dir_fd=parent)
+            except FileNotFoundError:
+                with suppress(FileExistsError):
+                    os.mkdir(name, 0o700, dir_fd=parent)
+            except NotADirectoryError:  # O_NOFOLLOW: a link or a file is never opened
+                with suppress(FileNotFoundError, IsADirectoryError):
+                    status = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                    if stat.S_ISLNK(status.st_mode) and not replace:
+                        raise OSError(
+                            errno.ELOOP, "it runs through a symbolic link", os.fsdecode(path)
+                        ) from None
+                    os.unlink(name, dir_fd=parent)
         return os.open(name, _DIRECTORY, dir_fd=parent)
 
 
+#: Tries at opening a directory that other writers are making or replacing meanwhile.
+_ATTEMPTS = 10
+#: The longest relative path Linux takes (PATH_MAX less its NUL).
+_MAX_PATH = 4095
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -47,6 +47,8 @@ _MEMBER_TYPES = frozenset(
         tarfile.FIFOTYPE,
     )
 )
+_MAX_ID = 2**32
+_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, and as far before 1970
 #: What tarfile encodes ustar fields with, and pax fields marked hdrcharset=BINARY.
 _ENCODING = sys.getfilesystemencoding()
 
@@ -84,8 +86,7 @@ def read_members(stream: TarSource) -> Iterator[tarfile.TarInfo]:
         if records:
             _apply_pax(member, records)
             records = {}
-        if member.size < 0:
-            raise IntegrityError(f"The backup's archive gives {member.name!r} a negative size.")
+        _check_ranges(member)
         member.offset_data = stream.tell()
         yield member
         if member.isreg():
@@ -177,6 +178,17 @@ def _apply_pax(member: tarfile.TarInfo, records: dict[str, str]) -> None:
     member.pax_headers = records
     if member.isdir():
         member.name = member.name.rstrip("/")
+
+
+def _check_ranges(member: tarfile.TarInfo) -> None:
+    """Numbers a file system can take: a size not below 0, owner ids below 2**32, and an
+    mtime within years 1 to 9999 (a pax record can hold any number, NaN included)."""
+    if member.size < 0:
+        raise IntegrityError(f"The backup's archive gives {member.name!r} a negative size.")
+    if not (0 <= member.uid < _MAX_ID and 0 <= member.gid < _MAX_ID):
+        raise IntegrityError(f"The backup's archive gives {member.name!r} an impossible owner.")
+    if not -_MAX_SECONDS <= member.mtime <= _MAX_SECONDS:  # False for NaN, too
+        raise IntegrityError(f"The backup's archive gives {member.name!r} an impossible mtime.")
 
 
 def _number(field: bytes) -> int:
