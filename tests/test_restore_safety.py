@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -364,3 +366,54 @@ def test_helpers_making_the_same_directory_in_place_of_a_file_do_not_trip(
     engine.verify("replaced", passcode=PASSCODE)
     out = engine.restore("replaced", tmp_path / "out", passcode=PASSCODE)
     assert all((out / f"b{n}" / "z").stat().st_size == 300_000 for n in range(40))
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory any user can reach (pytest's tmp_path is its owner's only)."""
+    with tempfile.TemporaryDirectory(prefix="strongroom-nobody-") as directory:
+        os.chmod(directory, 0o777)
+        yield Path(directory)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run the restore as nobody")
+def test_a_failed_restore_as_a_user_leaves_nothing_though_its_directories_were_read_only(
+    shared_tmp: Path,
+) -> None:
+    """Not root, read-only directories can only be emptied once made writable again; a
+    restore that fails after finishing them (a path named that is not in the backup) must
+    still leave no copy of what it read."""
+    tmp_path = shared_tmp
+    script = tmp_path / "restore_as_nobody.py"
+    script.write_text(
+        f"""
+import os
+from pathlib import Path
+from strongroom import ConfigError, Engine
+from tests.conftest import FAST_KDF
+root = Path({str(tmp_path)!r}) / "nobody"
+(root / "src" / "ro").mkdir(parents=True)
+(root / "src" / "ro" / "secret.txt").write_text("secret")
+(root / "src" / "ro").chmod(0o555)
+engine = Engine(home=root / "home", kdf=FAST_KDF)
+engine.create("b", [root / "src"], passcode="Nobody-Passc0de")
+try:
+    engine.restore("b", root / "out", passcode="Nobody-Passc0de", paths=["src/ro", "src/typo"])
+except ConfigError:
+    pass
+print(sorted(p.name for p in root.iterdir()))
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path[1:]])}
+    env.pop("STRONGROOM_HOME", None)
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['home', 'src']"  # no '.out.strongroom-…' left

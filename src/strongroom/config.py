@@ -22,6 +22,7 @@ from the environment only when the store is opened. The file is written owner-on
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -213,17 +214,21 @@ class StoresConfig:
 
 def write_private(path: Path, text: str) -> None:
     """Replace `path` atomically with `text`, readable by its owner only (0600) from the
-    first byte: the temporary file is made 0600 too, and fsynced before the rename."""
+    first byte: a new temporary file of a random name (never one planted beforehand, nor
+    another writer's), fsynced before the rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temporary, flags, 0o600)
-    with open(fd, "w", encoding="utf-8") as handle:
-        os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode otherwise
-        handle.write(text)
-        handle.flush()
-        os.fsync(fd)
-    os.replace(temporary, path)
+    try:
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def embedded_store(home: Path | None = None) -> StoreSpec:

@@ -378,7 +378,7 @@ class Engine:
             stage("moving into place")
             _move_into_place(staging, destination)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove_staging(staging)
             for parent in reversed(created_parents):
                 with suppress(OSError):
                     parent.rmdir()
@@ -1140,6 +1140,18 @@ def _make_parents(directory: Path) -> builtins.list[Path]:
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     return missing[::-1]
+
+
+def _remove_staging(staging: Path) -> None:
+    """Remove a failed restore's staging directory whole, though directories in it may
+    already be read-only (as the backup had them): each is made writable again first,
+    by descriptor, never through a link."""
+    with suppress(OSError):
+        for _, directories, _, fd in os.fwalk(staging):
+            for name in directories:
+                with suppress(OSError, NotImplementedError):  # where lchmod is missing
+                    os.chmod(name, 0o700, dir_fd=fd, follow_symlinks=False)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
