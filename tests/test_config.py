@@ -117,8 +117,9 @@ def test_the_file_is_written_owner_only_atomically_and_keeps_the_api_table(
     path = home / "config.toml"
     path.write_text('[api]\nallow_stores = ["file:///srv/backups/"]\n')
     path.chmod(0o644)
-    (home / ".config.toml.tmp").write_text("left over by a crash")
-    (home / ".config.toml.tmp").chmod(0o644)
+    planted = home / ".config.toml.tmp"  # left by a crash, or planted: never written into
+    planted.write_text("left over")
+    planted.chmod(0o644)
     replaced: list[int] = []
     real_replace = os.replace
 
@@ -134,7 +135,8 @@ def test_the_file_is_written_owner_only_atomically_and_keeps_the_api_table(
     assert replaced == [0o600]  # never readable by others, not even before the rename
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert StoresConfig.load().allow_stores == ["file:///srv/backups/"]
-    assert not (home / ".config.toml.tmp").exists()
+    assert planted.read_text() == "left over" and stat.S_IMODE(planted.stat().st_mode) == 0o644
+    assert sorted(p.name for p in home.iterdir()) == [".config.toml.tmp", "config.toml"]
 
 
 @pytest.mark.parametrize(

@@ -404,6 +404,7 @@ except ConfigError:
 print(sorted(p.name for p in root.iterdir()))
 """
     )
+    script.chmod(0o644)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path[1:]])}
     env.pop("STRONGROOM_HOME", None)
     result = subprocess.run(

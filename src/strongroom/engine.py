@@ -15,6 +15,7 @@ import builtins
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
@@ -1147,11 +1148,22 @@ def _remove_staging(staging: Path) -> None:
     already be read-only (as the backup had them): each is made writable again first,
     by descriptor, never through a link."""
     with suppress(OSError):
-        for _, directories, _, fd in os.fwalk(staging):
-            for name in directories:
-                with suppress(OSError, NotImplementedError):  # where lchmod is missing
-                    os.chmod(name, 0o700, dir_fd=fd, follow_symlinks=False)
+        for _, names, _, fd in os.fwalk(staging):  # names holds links to directories too
+            for name in names:
+                with suppress(OSError):
+                    _make_writable(name, fd)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_writable(name: str, parent: int) -> None:
+    """Give the directory `name` in `parent` its owner's rwx, if it is a directory and not
+    a link (chmod by name would follow a link; an O_PATH descriptor never does)."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)  # fchmod refuses O_PATH descriptors
+    finally:
+        os.close(fd)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
