@@ -65,11 +65,22 @@ def no_children_left() -> bool:
     return True
 
 
-@pytest.fixture(params=["helpers", "this thread"])
+@pytest.fixture(params=["helpers", "three helpers", "this thread"])
 def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """As many helpers as this machine gets, three (so helpers race on any machine), or
+    none."""
     if request.param == "this thread":
         monkeypatch.setattr(filewrite, "MAX_HELPERS", 0)
-    return 0 if request.param == "this thread" else min(os.cpu_count() or 2, 8)
+        return 0
+    if request.param == "three helpers":
+        monkeypatch.setattr(filewrite, "helpers_for", lambda cores: 3)
+        return 3
+    return filewrite.helpers_for(os.cpu_count())
+
+
+@pytest.mark.parametrize(("cores", "helpers"), [(None, 1), (1, 1), (2, 1), (4, 3), (16, 15)])
+def test_one_helper_per_core_but_the_readers(cores: int | None, helpers: int) -> None:
+    assert filewrite.helpers_for(cores) == helpers
 
 
 def test_many_files_land_with_their_bytes_mode_and_mtime(tmp_path: Path, helpers: int) -> None:

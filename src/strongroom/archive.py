@@ -560,8 +560,11 @@ class MemberRules:
 
 def _too_long(name: str, parts: list[str]) -> bool:
     """Whether the name, or one of its parts, has more bytes than Linux takes (counted
-    cheaply: only a part long enough to be too long in UTF-8 is encoded)."""
-    return len(os.fsencode(name)) > MAX_PATH or any(
+    cheaply: a character is at most 4 bytes, so only a name or part long enough to be
+    too long is encoded; most names are too short for any part to be)."""
+    if len(name) <= MAX_NAME // 4:
+        return False
+    return (len(name) > MAX_PATH // 4 and len(os.fsencode(name)) > MAX_PATH) or any(
         len(os.fsencode(part)) > MAX_NAME for part in parts if len(part) > MAX_NAME // 4
     )
 
