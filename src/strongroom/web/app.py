@@ -46,6 +46,7 @@ from .body import TOKEN_WINDOW, Body
 from .fence import StoreFence
 from .jobs import JobQuery, status_document
 from .params import whole_number
+from .readable import Pace
 from .responses import FORMATS, SUCCESS, ApiError, Pages, Reply, status_of
 from .settings import DrSettings, parse_timeout
 
@@ -166,6 +167,7 @@ class _AdminApi:
             ("backup", backup, self.get_backup, ("GET",)),
             ("update_backup", f"{backup}/update", self.update_backup, ("POST",)),
             ("restore", f"{backup}/restore", self.restore, ("POST",)),
+            ("verify", f"{backup}/verify", self.verify, ("POST",)),
             ("contents", f"{backup}/contents", self.contents, ("POST",)),
             ("delete", f"{backup}/delete", self.delete, ("POST",)),
             ("jobs", f"{root}/jobs", self.list_jobs, ("GET",)),
@@ -303,6 +305,17 @@ class _AdminApi:
         )
         return self._job_reply(call, job)
 
+    async def verify(self, call: _Call) -> Reply:
+        name, store = call.path("name"), call.path("storeName")
+        job = await _run(
+            self._engine.submit_verify,
+            name,
+            passcode=call.require("passcode"),
+            store=store,
+            operation_uri=call.uri,
+        )
+        return self._job_reply(call, job)
+
     async def contents(self, call: _Call) -> Reply:
         """What the backup holds (a POST: it needs the passcode), up to CONTENTS_LIMIT
         entries; `path` narrows it to one archive path."""
@@ -343,7 +356,7 @@ class _AdminApi:
 
     async def get_job(self, call: _Call) -> Reply:
         job = await _run(self._engine.jobs.get, call.path("jobid"))
-        return Reply(job.to_dict(), "job.html", {"job": job})
+        return Reply(job.to_dict(), "job.html", {"job": job, "pace": Pace.of(job)})
 
     async def cancel_job(self, call: _Call) -> Reply:
         job = await _run(self._engine.jobs.cancel, call.path("jobid"))

@@ -32,7 +32,7 @@ from ..errors import (
     UnknownStoreError,
     UnsafeArchiveError,
 )
-from ..format import from_epoch_ms
+from . import readable
 
 __all__ = ["FORMATS", "SUCCESS", "ApiError", "Pages", "Reply", "error_document", "status_of"]
 
@@ -92,8 +92,7 @@ class Pages:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self._templates.filters["when"] = _when
-        self._templates.filters["seconds"] = _seconds
+        readable.register(self._templates)
 
     def reply(self, request: Request, fmt: str, reply: Reply, links: Mapping[str, Any]) -> Response:
         if fmt != "html":
@@ -141,12 +140,3 @@ def _json(
         return Response(text, status, headers, media_type="application/json")
     return JSONResponse(document, status, headers)
 
-
-def _when(epoch_ms: int | None) -> str:
-    """Epoch ms as a UTC date and time for pages."""
-    return "-" if epoch_ms is None else f"{from_epoch_ms(epoch_ms):%Y-%m-%d %H:%M:%S} UTC"
-
-
-def _seconds(duration_ms: int | None) -> str:
-    """A duration in ms as seconds for pages."""
-    return "-" if duration_ms is None else f"{duration_ms / 1000:,.1f} s"
