@@ -81,6 +81,8 @@ class Reply:
     context: Mapping[str, Any] = field(default_factory=dict)
     #: For f=html: send the person here (303) instead of rendering a page.
     redirect: str | None = None
+    #: For f=html: the page's HTTP status (a form shown again with its errors is a 400).
+    status: int = 200
 
 
 class Pages:
@@ -99,7 +101,9 @@ class Pages:
             return _json(reply.document, fmt, 200)
         if reply.redirect is not None:
             return RedirectResponse(reply.redirect, status_code=303)
-        return self.page(request, reply.template, 200, links, doc=reply.document, **reply.context)
+        return self.page(
+            request, reply.template, reply.status, links, doc=reply.document, **reply.context
+        )
 
     def error(
         self,
