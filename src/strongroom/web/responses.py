@@ -143,4 +143,3 @@ def _json(
         text = json.dumps(document, indent=2)
         return Response(text, status, headers, media_type="application/json")
     return JSONResponse(document, status, headers)
-

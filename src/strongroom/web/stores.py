@@ -99,7 +99,7 @@ def spec_from_fields(name: str, fields: Mapping[str, str]) -> StoreSpec:
         elif key:
             options[key] = value
     if problems:
-        raise FieldsError(problems)
+        raise FieldsError(list(dict.fromkeys(problems)))  # each once, however many rows
     return StoreSpec(name, url, options)
 
 
