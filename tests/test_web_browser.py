@@ -152,7 +152,7 @@ def test_the_backups_page_shows_sizes_and_acts_on_each_backup(
     browser: WebDriver, serve: ServerFactory, tree: Path
 ) -> None:
     server = serve([tree])
-    long_name = "a-very-long-backup-name-" + "without-any-space-" * 5
+    long_name = "nightly_without_a_break_" + "0123456789" * 10
     for name in ("first", long_name):
         _create(server, name)
     source = human_size(server.get(f"{STORE}/backups/first").json()["sourceSize"])
