@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from strongroom import Engine
-from strongroom.cli import _size, main
+from strongroom.cli import main
 from strongroom.web.auth import hash_token
 from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot
 from tests.forge import entry, forge_backup, tar_of
@@ -880,14 +880,6 @@ def test_progress_bar_only_on_a_terminal(home: Path, small: Path, tmp_path: Path
     assert b"backup tty" in drawn and b"100%" in drawn
     piped = _run_script(home, "restore", "tty", "--target", tmp_path / "piped")
     assert piped.code == 0 and piped.err == ""
-
-
-@pytest.mark.parametrize(
-    ("size", "text"),
-    [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (67_800_000, "67.8 MB"), (999_960, "1.0 MB")],
-)
-def test_sizes_are_decimal_si_units(size: int, text: str) -> None:
-    assert _size(size) == text
 
 
 # -- the admin API's server and tokens ----------------------------------------------------

@@ -430,3 +430,21 @@ def test_progress_keeps_its_total_and_never_passes_it(engine: Engine, tree: Path
         "dump", [tree], passcode=PASSCODE, streams=streams, progress=lambda *r: reports.append(r)
     )
     assert {total for _, total in reports} == {None}
+
+
+def test_restore_and_verify_progress_keep_their_total_and_end_on_it(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    """Reads know their total (the manifest's sourceSize): it never moves, done never
+    passes it, and the tail that is only authenticated (tar padding) counts too."""
+    info = engine.create("files", [tree], passcode=PASSCODE)
+    restores: list[tuple[int, int | None]] = []
+    engine.restore(
+        "files", tmp_path / "out", passcode=PASSCODE, progress=lambda *r: restores.append(r)
+    )
+    verifies: list[tuple[int, int | None]] = []
+    engine.verify("files", passcode=PASSCODE, progress=lambda *r: verifies.append(r))
+    for reports in (restores, verifies):
+        assert {total for _, total in reports} == {info.source_size}
+        assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+        assert reports[-1][0] == info.source_size

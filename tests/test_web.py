@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import stat
+import threading
 import time
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,16 @@ from strongroom import (
     BackendRegistry,
     ConfigError,
     Engine,
+    JobHandle,
     Store,
     StoreSpec,
     hookimpl,
 )
+from strongroom.format import from_epoch_ms
 from strongroom.jobs import JOBS_FILE
 from strongroom.plugins import get_plugin_manager
 from strongroom.store import StoreCapabilities
+from strongroom.units import human_size
 from strongroom.web import create_app
 from strongroom.web.auth import COOKIE, add_token, hash_token
 from strongroom.web.settings import SETTINGS_FILE
@@ -1170,3 +1175,257 @@ async def test_next_keeps_a_page_under_the_root_and_its_query(api: Api) -> None:
     goto = f"{STORE}/backups/../backups?f=html"
     response = await api.send("POST", "/admin/login", data={"token": TOKEN, "next": goto})
     assert response.headers["location"] == f"{STORE}/backups?f=html"
+
+
+# -- pages people read: sizes, times, results, pace, actions, retention, store form ------
+
+
+async def _page(api: Api, path: str, **form: str) -> httpx.Response:
+    """An HTML page: a GET, or a POST of `form` when one is given."""
+    if form:
+        return await api.send("POST", path, data={"token": TOKEN, **form})
+    return await api.send("GET", path, params={"token": TOKEN})
+
+
+async def test_pages_show_sizes_as_people_read_them_and_json_keeps_bytes(
+    api: Api, engine: Engine, kept: str
+) -> None:
+    info = engine.info(kept)
+    source, stored = human_size(info.source_size), human_size(info.stored_size)
+    assert source.endswith(" kB") and stored.endswith(" kB")
+    backups = (await _page(api, f"{STORE}/backups")).text
+    assert f'<td class="number">{source}</td>' in backups
+    assert f'<td class="number">{stored}</td>' in backups
+    assert f'id="size">{source}, {stored} stored<' in (await _page(api, BACKUP)).text
+    contents = (await _page(api, f"{BACKUP}/contents", passcode=SECRET)).text
+    assert f'<td class="number">{human_size(5 * SMALL_CHUNK + 1234)}</td>' in contents
+    for page in (backups, contents):
+        assert f"{info.source_size:,}" not in page and f"{5 * SMALL_CHUNK + 1234:,}" not in page
+
+    job = api.job(await api.post(f"{BACKUP}/restore", passcode=SECRET))
+    done = human_size(job["progress"]["bytesDone"])
+    assert f"{done} of {source}" in (await _page(api, f"/admin/jobs/{job['jobid']}")).text
+    assert f'<td class="number">{done} of {source}</td>' in (await _page(api, "/admin/jobs")).text
+    assert (await api.get(f"{STORE}/backups")).json()["backups"][0]["sourceSize"] == (
+        info.source_size
+    )
+
+
+async def test_the_job_page_shows_its_result_as_a_labelled_table(api: Api, engine: Engine) -> None:
+    job = api.job(
+        await api.post(f"{STORE}/backups/create", name="tabled", passcode=SECRET, keepDays="7")
+    )
+    result = job["result"]
+    page = (await _page(api, f"/admin/jobs/{job['jobid']}")).text
+    table = page[page.index('<table id="result">') :]
+    completed = f"{from_epoch_ms(result['completeTime']):%Y-%m-%d %H:%M:%S} UTC"
+    for label, text in (
+        ("Completed", completed),
+        ("Source size", human_size(result["sourceSize"])),
+        ("Stored size", human_size(result["storedSize"])),
+        ("Retention date", f"{from_epoch_ms(result['retentionDate']):%Y-%m-%d %H:%M:%S} UTC"),
+    ):
+        assert f'<th scope="row">{label}</th><td class="name">{text}</td>' in table
+    for raw in ("completeTime", "sourceSize", str(result["completeTime"])):
+        assert raw not in page
+    assert "<dt>Duration</dt><dd>" in page
+
+
+async def test_a_running_job_shows_its_speed_and_time_left_only_when_it_makes_sense(
+    api: Api, engine: Engine
+) -> None:
+    release = threading.Event()
+
+    def moving(total: int | None) -> Callable[[JobHandle], None]:
+        def work(job: JobHandle) -> None:
+            job.stage("writing")
+            time.sleep(0.05)
+            job.progress(1_000_000, total)
+            release.wait(30)
+
+        return work
+
+    known = engine.jobs.submit("create", moving(4_000_000)).jobid
+    unknown = engine.jobs.submit("create", moving(None)).jobid
+    try:
+        for jobid in (known, unknown):
+            while engine.jobs.get(jobid).bytes_done == 0:
+                time.sleep(0.01)
+        page = (await _page(api, f"/admin/jobs/{known}")).text
+        assert re.search(r'id="pace">[\d.]+ [kMG]?B/s, about .+ left<', page), page
+        assert "1.0 MB of 4.0 MB" in page
+        assert 'id="pace"' not in (await _page(api, f"/admin/jobs/{unknown}")).text
+    finally:
+        release.set()
+    for jobid in (known, unknown):
+        engine.jobs.wait(jobid, timeout=30)
+    assert 'id="pace"' not in (await _page(api, f"/admin/jobs/{known}")).text
+
+
+async def test_the_backups_page_offers_restore_verify_and_a_confirmed_delete(
+    api: Api, engine: Engine, kept: str
+) -> None:
+    page = (await _page(api, f"{STORE}/backups")).text
+    assert "<th>Source size</th>" in page
+    backup_url = f"http://testserver{BACKUP}"
+    for action in ("restore", "verify", "delete"):
+        assert f'<a href="{backup_url}#{action}">{action}</a>' in page
+    backup = (await _page(api, BACKUP)).text
+    for action in ("restore", "verify", "delete"):
+        assert f'<fieldset id="{action}">' in backup
+    assert f'action="{backup_url}/verify"' in backup
+    assert '<input type="checkbox" id="confirm-delete" required>' in backup
+    assert "/delete" not in page  # the list itself deletes nothing: the backup page asks first
+
+
+async def test_verify_runs_as_a_job(api: Api, engine: Engine, kept: str) -> None:
+    verified = api.job(await api.post(f"{BACKUP}/verify", passcode=SECRET))
+    assert verified["status"] == "COMPLETED", verified
+    assert (verified["operation"], verified["result"]) == ("verify", engine.info(kept).to_dict())
+    assert verified["progress"]["bytesDone"] == verified["progress"]["bytesTotal"] > 0
+    assert [(s["name"], s["state"]) for s in verified["stages"]] == [("verifying", "success")]
+    wrong = api.job(await api.post(f"{BACKUP}/verify", passcode="Not-the-passc0de"))
+    assert wrong["status"] == "FAILED" and "passcode" in wrong["messages"][0]
+    _error(await api.post(f"{BACKUP}/verify"), 400, "The parameter passcode is required.")
+    _error(await api.post(f"{STORE}/backups/missing/verify", passcode=SECRET), 404, "missing")
+    form = await _page(api, f"{BACKUP}/verify", passcode=SECRET)
+    assert form.status_code == 303 and "/admin/jobs/j" in form.headers["location"]
+
+
+def _day(days_from_today: int) -> str:
+    return f"{datetime.now(UTC).date() + timedelta(days=days_from_today):%Y-%m-%d}"
+
+
+async def test_the_forms_keep_a_backup_until_a_chosen_day(api: Api, engine: Engine) -> None:
+    day = _day(40)
+    created = await _page(
+        api,
+        f"{STORE}/backups/create",
+        name="until-a-day",
+        passcode=SECRET,
+        keepDays="date",
+        retentionDay=day,
+    )
+    assert created.status_code == 303, created.text
+    engine.jobs.wait(created.headers["location"].rsplit("/", 1)[1], timeout=30)
+    midnight = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    assert engine.info("until-a-day").retention_date == midnight
+
+    later = _day(400)
+    updated = await _page(
+        api, f"{STORE}/backups/until-a-day/update", keepDays="date", retentionDay=later
+    )
+    assert updated.status_code == 303
+    assert engine.info("until-a-day").retention_date == datetime.fromisoformat(later).replace(
+        tzinfo=UTC
+    )
+    for page in (f"{STORE}/backups/create", f"{STORE}/backups/until-a-day"):
+        text = (await _page(api, page)).text
+        assert '<option value="date">on the date below</option>' in text
+        assert '<input type="date" name="retentionDay" id="retentionDay">' in text
+
+
+@pytest.mark.parametrize(
+    ("form", "fragment"),
+    [
+        ({"keepDays": "date", "retentionDay": _day(-1)}, "is not in the future"),
+        ({"keepDays": "date", "retentionDay": _day(0)}, "is not in the future"),
+        ({"keepDays": "date", "retentionDay": "31/01/2030"}, "retentionDay must be a date like"),
+        ({"keepDays": "date"}, 'choose "on the date below" and a date'),
+        ({"keepDays": "14", "retentionDay": _day(3)}, 'choose "on the date below" and a date'),
+        ({"keepDays": "date", "retentionDay": _day(3), "retentionDate": "-1"}, "not both"),
+    ],
+)
+async def test_a_chosen_day_must_be_a_day_to_come(
+    api: Api, kept: str, form: dict[str, str], fragment: str
+) -> None:
+    for path in (f"{STORE}/backups/create", f"{BACKUP}/update"):
+        sent = {"name": "fresh", "passcode": SECRET, **form} if "create" in path else form
+        page = await _page(api, path, **sent)
+        assert page.status_code == 400, page.text
+        assert page.text.count(fragment.replace('"', "&#34;")) == 1, page.text
+    assert [info.name for info in api.engine.list()] == [kept]
+
+
+async def test_a_store_is_registered_with_fields(api: Api, engine: Engine, home: Path) -> None:
+    place = home / "by-fields"
+    page = await _page(
+        api,
+        f"{DR}/stores/register",
+        storeName="fields",
+        url=place.as_uri(),
+        option1Key="",
+        option1Value="",
+        option2Key="object_lock",
+        option2Value="",
+        option3Key="",
+        option3Value="",
+    )
+    assert page.status_code == 400
+    assert page.text.count("Option &#39;object_lock&#39; has no value.") == 1
+
+    registered = await _page(
+        api, f"{DR}/stores/register", storeName="fields", url=place.as_uri(), isDefault="true"
+    )
+    assert registered.status_code == 303, registered.text
+    assert engine.config.get("fields").url == place.as_uri() and engine.config.default == "fields"
+    form = (await _page(api, f"{DR}/stores")).text
+    assert 'name="url"' in form and 'name="option3Value"' in form and "<textarea" not in form
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "messages"),
+    [
+        (
+            {
+                "option1Value": "eu-west-1",
+                "option2Key": "region",
+                "option3Key": "region",
+                "url": "",
+            },
+            400,
+            [
+                "Give the store&#39;s URL, for example file:///srv/backups.",
+                "Option row 1 has a value but no name.",
+                "Option &#39;region&#39; has no value.",
+            ],
+        ),
+        ({"url": "s3://bucket/x"}, 400, ["Install strongroom-s3"]),
+        (
+            {"url": "gopher://host/x", "option2Key": "secret", "option2Value": "Hunter2-typed"},
+            403,
+            ["Option &#39;secret&#39;: secrets come from the operator"],
+        ),
+        ({"url": "file:///etc/elsewhere"}, 403, ["is not under a location this server allows"]),
+    ],
+)
+async def test_the_store_form_shows_each_error_once_and_keeps_what_is_safe(
+    api: Api, home: Path, fields: dict[str, str], code: int, messages: list[str]
+) -> None:
+    page = await _page(api, f"{DR}/stores/register", storeName="typed", **fields)
+    assert page.status_code == code, page.text
+    form = page.text[page.text.index('<fieldset id="register">') :]
+    for message in messages:
+        assert form.count(message) == 1, form
+    assert form.count('class="error"') == len(messages)
+    assert 'value="typed"' in form
+    assert "Hunter2-typed" not in page.text and "eu-west-1" not in page.text
+    assert not (home / "config.toml").exists()
+
+
+async def test_the_store_fields_go_through_json_too_but_never_with_settings(
+    api: Api, home: Path
+) -> None:
+    place = (home / "json-fields").as_uri()
+    _error(
+        await api.post(f"{DR}/stores/register", storeName="x", url=place, settings="{}"),
+        400,
+        "not both",
+    )
+    _error(
+        await api.post(f"{DR}/stores/register", storeName="x", url=place, option1Key="a"),
+        400,
+        "Option 'a' has no value.",
+    )
+    registered = await api.post(f"{DR}/stores/register", storeName="x", url=place)
+    assert registered.json() == {"status": "success"}

@@ -33,6 +33,7 @@ from .jobs import JobStatus
 from .pipeline import Progress
 from .plugins import build_registry, get_plugin_manager
 from .retention import retention_from
+from .units import human_size
 
 __all__ = ["main"]
 
@@ -279,7 +280,7 @@ def run_list(args: argparse.Namespace) -> int:
                 b.name,
                 _date(b.created),
                 _until(b.retention_date),
-                _size(b.stored_size),
+                human_size(b.stored_size),
                 b.description,
             )
             for b in backups
@@ -612,8 +613,8 @@ def _emit_backup(info: BackupInfo, as_json: bool) -> None:
     fields = info.to_dict()
     fields["completeTime"] = _date(info.created)
     fields["retentionDate"] = _until(info.retention_date)
-    fields["sourceSize"] = _size(info.source_size)
-    fields["storedSize"] = _size(info.stored_size)
+    fields["sourceSize"] = human_size(info.source_size)
+    fields["storedSize"] = human_size(info.stored_size)
     for key, value in fields.items():
         print(f"{key:<14} {value}")
 
@@ -656,19 +657,6 @@ def _date(moment: Any) -> str:
 
 def _epoch(epoch_ms: int | None) -> str:
     return _date(None if epoch_ms is None else from_epoch_ms(epoch_ms))
-
-
-def _size(size: int) -> str:
-    """Bytes in decimal SI units, as `du -h --si` and the progress bar count (1 kB = 1000 B);
-    --json keeps bytes."""
-    if size < 1000:
-        return f"{size} B"
-    value = size / 1000
-    for unit in ("kB", "MB", "GB", "TB"):
-        if round(value, 1) < 1000:
-            return f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} PB"
 
 
 if __name__ == "__main__":

@@ -393,6 +393,7 @@ class Engine:
         passcode: str | Passcode,
         store: str | None = None,
         backup_id: str | None = None,
+        progress: Progress | None = None,
     ) -> BackupInfo:
         """Read and authenticate every byte of the backup, and check every member by the
         rules restore applies (so what verifies restores); write nothing."""
@@ -403,7 +404,7 @@ class Engine:
                 f"Backup {name!r} has {unexpected} unexpected object(s) in its data; "
                 "something other than strongroom wrote there."
             )
-        with self._reader(source, manifest, cipher, None) as reader:
+        with self._reader(source, manifest, cipher, progress) as reader:
             check_archive(reader)
             reader.drain()
         return BackupInfo.from_manifest(manifest, source.name)
@@ -791,6 +792,28 @@ class Engine:
 
         return self.jobs.submit(
             "restore", work, store=source.name, name=name, operation_uri=operation_uri
+        )
+
+    def submit_verify(
+        self,
+        name: str,
+        *,
+        passcode: str | Passcode,
+        store: str | None = None,
+        operation_uri: str | None = None,
+    ) -> Job:
+        """`verify` as a background job (it reads the whole backup); an unknown backup
+        fails here."""
+        secret = Passcode(passcode)
+        source, _ = self._open(name, store)
+
+        def work(job: JobHandle) -> dict[str, Any]:
+            job.stage("verifying")
+            info = self.verify(name, passcode=secret, store=source.name, progress=job.progress)
+            return info.to_dict()
+
+        return self.jobs.submit(
+            "verify", work, store=source.name, name=name, operation_uri=operation_uri
         )
 
     def submit_delete(

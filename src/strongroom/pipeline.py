@@ -229,10 +229,15 @@ class ChunkReader(io.RawIOBase):
         return b"".join(pieces)
 
     def drain(self) -> None:
-        """Read and authenticate everything left, so a cut or altered tail is detected."""
-        while not self._at_end:
-            self._advance()
+        """Read and authenticate everything left, so a cut or altered tail is detected;
+        progress counts it too, so a finished read reports its whole total."""
+        while True:
+            if self._on_read is not None and self._current:
+                self._on_read(len(self._current))
             self._current = memoryview(b"")
+            if self._at_end:
+                return
+            self._advance()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import itertools
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -36,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 
+from ..config import StoreSpec
 from ..engine import Engine
 from ..errors import ConfigError, StrongroomError
 from ..format import to_epoch_ms, utc_now
@@ -46,6 +48,7 @@ from .body import TOKEN_WINDOW, Body
 from .fence import StoreFence
 from .jobs import JobQuery, status_document
 from .params import whole_number
+from .readable import Pace
 from .responses import FORMATS, SUCCESS, ApiError, Pages, Reply, status_of
 from .settings import DrSettings, parse_timeout
 
@@ -166,6 +169,7 @@ class _AdminApi:
             ("backup", backup, self.get_backup, ("GET",)),
             ("update_backup", f"{backup}/update", self.update_backup, ("POST",)),
             ("restore", f"{backup}/restore", self.restore, ("POST",)),
+            ("verify", f"{backup}/verify", self.verify, ("POST",)),
             ("contents", f"{backup}/contents", self.contents, ("POST",)),
             ("delete", f"{backup}/delete", self.delete, ("POST",)),
             ("jobs", f"{root}/jobs", self.list_jobs, ("GET",)),
@@ -206,10 +210,33 @@ class _AdminApi:
     # -- stores --------------------------------------------------------------------------
 
     async def list_stores(self, call: _Call) -> Reply:
-        return Reply({"backupStores": stores.describe_all(self._engine)}, "stores.html")
+        document = {"backupStores": stores.describe_all(self._engine)}
+        return Reply(document, "stores.html", _register_form({}, []))
 
     async def register(self, call: _Call) -> Reply:
-        spec = stores.spec_from_settings(call.require("storeName"), call.require("settings"))
+        """From `settings` (JSON), or from the page's fields (`url` and option rows). What
+        is wrong with the fields is shown on the page itself, each problem once."""
+        if "url" not in call.params:
+            spec = stores.spec_from_settings(call.require("storeName"), call.require("settings"))
+            return await self._register(call, spec)
+        if "settings" in call.params:
+            raise ConfigError("Give settings (JSON) or the fields url and options, not both.")
+        try:
+            return await self._register(
+                call, stores.spec_from_fields(call.require("storeName"), call.params)
+            )
+        except (ApiError, StrongroomError) as exc:
+            if call.fmt != "html":
+                raise
+            messages = exc.messages if isinstance(exc, stores.FieldsError) else [str(exc)]
+            return Reply(
+                {"backupStores": stores.describe_all(self._engine)},
+                "stores.html",
+                _register_form(call.params, messages),
+                status=exc.code if isinstance(exc, ApiError) else status_of(exc),
+            )
+
+    async def _register(self, call: _Call, spec: StoreSpec) -> Reply:
         await _run(self._fence.check_new, spec, self._engine.registry)
         work = partial(stores.register, self._engine, spec, default=call.flag("isDefault"))
         if call.flag("async"):
@@ -303,6 +330,17 @@ class _AdminApi:
         )
         return self._job_reply(call, job)
 
+    async def verify(self, call: _Call) -> Reply:
+        name, store = call.path("name"), call.path("storeName")
+        job = await _run(
+            self._engine.submit_verify,
+            name,
+            passcode=call.require("passcode"),
+            store=store,
+            operation_uri=call.uri,
+        )
+        return self._job_reply(call, job)
+
     async def contents(self, call: _Call) -> Reply:
         """What the backup holds (a POST: it needs the passcode), up to CONTENTS_LIMIT
         entries; `path` narrows it to one archive path."""
@@ -343,7 +381,7 @@ class _AdminApi:
 
     async def get_job(self, call: _Call) -> Reply:
         job = await _run(self._engine.jobs.get, call.path("jobid"))
-        return Reply(job.to_dict(), "job.html", {"job": job})
+        return Reply(job.to_dict(), "job.html", {"job": job, "pace": Pace.of(job)})
 
     async def cancel_job(self, call: _Call) -> Reply:
         job = await _run(self._engine.jobs.cancel, call.path("jobid"))
@@ -449,12 +487,20 @@ class _AdminApi:
         return Reply({"jobsUrl": url, "jobid": job.jobid, "status": job.status.value}, redirect=url)
 
     def _retention(self, call: _Call) -> int | str | None:
-        """retentionDate (epoch ms), or keepDays from the HTML forms."""
-        date, days = call.get("retentionDate"), call.get("keepDays")
+        """retentionDate (epoch ms), or from the HTML forms keepDays: a number of days from
+        now, or `date` for the day in retentionDay (a date field)."""
+        date, days, day = call.get("retentionDate"), call.get("keepDays"), call.get("retentionDay")
+        if (days == "date") != (day is not None):
+            raise ConfigError(
+                'To keep a backup until a date, choose "on the date below" and a date; '
+                "otherwise leave the date empty."
+            )
         if days is None:
             return date
         if date is not None:
             raise ConfigError("Give retentionDate or keepDays, not both.")
+        if day is not None:
+            return _start_of_day(day)
         return (
             to_epoch_ms(utc_now()) + whole_number("keepDays", days, MAX_KEEP_DAYS, "days") * DAY_MS
         )
@@ -491,6 +537,32 @@ class _AdminApi:
     def _links(self, request: Request) -> dict[str, Any]:
         """What every page needs: URLs of the app's routes and whether someone signed in."""
         return {"url": partial(self._url, request), "signed_in": COOKIE in request.cookies}
+
+
+def _register_form(fields: Mapping[str, str], messages: list[str]) -> dict[str, Any]:
+    """The stores page's register form: its option rows, the fields to fill in again after
+    an error (never an option's value: it may be a secret typed by mistake), the errors."""
+    kept = {
+        key: value
+        for key, value in fields.items()
+        if key in ("storeName", "url", "isDefault") or re.fullmatch(r"option\d+Key", key)
+    }
+    return {"form": kept, "messages": messages, "option_rows": stores.OPTION_ROWS}
+
+
+def _start_of_day(text: str) -> int:
+    """A date field's day (YYYY-MM-DD) as epoch ms at 00:00 UTC, which must be after now:
+    the forms say the date is UTC, as the CLI reads `--retention-date 2027-01-31`."""
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise ConfigError(f"retentionDay must be a date like 2027-01-31, not {text!r}.") from None
+    if moment <= utc_now():
+        raise ConfigError(
+            f"The retention date {moment:%Y-%m-%d} is not in the future (it starts at 00:00 UTC); "
+            "choose a later day, a number of days, or never."
+        )
+    return to_epoch_ms(moment)
 
 
 def _first_entries(

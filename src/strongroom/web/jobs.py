@@ -22,6 +22,7 @@ MAX_START = 1_000_000_000
 OPERATION_NAMES = {
     "create": "Backup",
     "restore": "Restore",
+    "verify": "Verify",
     "delete": "Delete",
     "cleanup": "Cleanup",
     "register": "Register",

@@ -32,7 +32,7 @@ from ..errors import (
     UnknownStoreError,
     UnsafeArchiveError,
 )
-from ..format import from_epoch_ms
+from . import readable
 
 __all__ = ["FORMATS", "SUCCESS", "ApiError", "Pages", "Reply", "error_document", "status_of"]
 
@@ -81,6 +81,8 @@ class Reply:
     context: Mapping[str, Any] = field(default_factory=dict)
     #: For f=html: send the person here (303) instead of rendering a page.
     redirect: str | None = None
+    #: For f=html: the page's HTTP status (a form shown again with its errors is a 400).
+    status: int = 200
 
 
 class Pages:
@@ -92,15 +94,16 @@ class Pages:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self._templates.filters["when"] = _when
-        self._templates.filters["seconds"] = _seconds
+        readable.register(self._templates)
 
     def reply(self, request: Request, fmt: str, reply: Reply, links: Mapping[str, Any]) -> Response:
         if fmt != "html":
             return _json(reply.document, fmt, 200)
         if reply.redirect is not None:
             return RedirectResponse(reply.redirect, status_code=303)
-        return self.page(request, reply.template, 200, links, doc=reply.document, **reply.context)
+        return self.page(
+            request, reply.template, reply.status, links, doc=reply.document, **reply.context
+        )
 
     def error(
         self,
@@ -140,13 +143,3 @@ def _json(
         text = json.dumps(document, indent=2)
         return Response(text, status, headers, media_type="application/json")
     return JSONResponse(document, status, headers)
-
-
-def _when(epoch_ms: int | None) -> str:
-    """Epoch ms as a UTC date and time for pages."""
-    return "-" if epoch_ms is None else f"{from_epoch_ms(epoch_ms):%Y-%m-%d %H:%M:%S} UTC"
-
-
-def _seconds(duration_ms: int | None) -> str:
-    """A duration in ms as seconds for pages."""
-    return "-" if duration_ms is None else f"{duration_ms / 1000:,.1f} s"

@@ -4,7 +4,8 @@ Register takes `settings={"url": "s3://bucket/prefix", "options": {...}, "type":
 `url` is the location, `options` the backend's options with secrets written as
 `{"env": "VARIABLE"}` references (read from the server's environment when the store is
 opened, never stored), and `type`, optional, must name the url's scheme. Update takes
-`settings={"default": true}`.
+`settings={"default": true}`. The HTML page registers with fields instead of JSON: `url` and
+up to OPTION_ROWS option rows (`option1Key`, `option1Value`, ...), read by `spec_from_fields`.
 
 Every edit re-reads the configuration file, opens the changed store through the engine
 (so an unknown backend, a bad URL, an unset secret or a store that would not keep backups
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,15 +25,20 @@ from ..engine import Engine
 from ..errors import ConfigError
 
 __all__ = [
+    "OPTION_ROWS",
+    "FieldsError",
     "describe",
     "describe_all",
     "make_default",
     "register",
+    "spec_from_fields",
     "spec_from_settings",
     "unregister",
 ]
 
 EXAMPLE = '{"url": "file:///srv/backups"}'
+#: The option rows (key and value) of the register form.
+OPTION_ROWS = 3
 #: Edits of the configuration file, one at a time in this process.
 _edits = threading.Lock()
 
@@ -63,6 +69,38 @@ def spec_from_settings(name: str, text: str) -> StoreSpec:
             f"write {urlsplit(url).scheme!r}."
         )
     return spec
+
+
+class FieldsError(ConfigError):
+    """Every problem with the register form's fields at once, one message each, so a
+    person corrects them in one go."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(" ".join(messages))
+        self.messages = messages
+
+
+def spec_from_fields(name: str, fields: Mapping[str, str]) -> StoreSpec:
+    """A StoreSpec from the register form: `url`, and option rows whose values are text
+    (a backend reads its options from text, as from `stores add --option KEY=VALUE`).
+    Problems name the option, never its value (a value may be a secret typed by mistake)."""
+    url = fields.get("url", "").strip()
+    problems = [] if url else ["Give the store's URL, for example file:///srv/backups."]
+    options: dict[str, str] = {}
+    for row in range(1, OPTION_ROWS + 1):
+        key = fields.get(f"option{row}Key", "").strip()
+        value = fields.get(f"option{row}Value", "")
+        if value and not key:
+            problems.append(f"Option row {row} has a value but no name.")
+        elif key and not value:
+            problems.append(f"Option {key!r} has no value.")
+        elif key in options:
+            problems.append(f"Option {key!r} is given twice.")
+        elif key:
+            options[key] = value
+    if problems:
+        raise FieldsError(list(dict.fromkeys(problems)))  # each once, however many rows
+    return StoreSpec(name, url, options)
 
 
 def register(engine: Engine, spec: StoreSpec, *, default: bool) -> dict[str, Any]:
