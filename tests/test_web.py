@@ -1325,6 +1325,27 @@ async def test_the_forms_keep_a_backup_until_a_chosen_day(api: Api, engine: Engi
         assert '<input type="date" name="retentionDay" id="retentionDay">' in text
 
 
+async def test_the_forms_keep_a_backup_for_ever_and_say_so(api: Api, engine: Engine) -> None:
+    """Both forms offer "never": a new backup kept for ever, and a kept one made so."""
+    created = await _page(
+        api, f"{STORE}/backups/create", name="for-ever", passcode=SECRET, keepDays="never"
+    )
+    assert created.status_code == 303, created.text
+    engine.jobs.wait(created.headers["location"].rsplit("/", 1)[1], timeout=30)
+    assert engine.info("for-ever").retention_date is None
+    await _page(api, f"{STORE}/backups/for-ever/update", keepDays="7")
+    assert engine.info("for-ever").retention_date is not None
+    updated = await _page(api, f"{STORE}/backups/for-ever/update", keepDays="never")
+    assert updated.status_code == 303, updated.text
+    assert engine.info("for-ever").retention_date is None
+    create_form = (await _page(api, f"{STORE}/backups/create")).text
+    assert '<option value="never" selected>never</option>' in create_form
+    assert (
+        '<option value="never">never</option>'
+        in (await _page(api, f"{STORE}/backups/for-ever")).text
+    )
+
+
 @pytest.mark.parametrize(
     ("form", "fragment"),
     [

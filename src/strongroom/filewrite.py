@@ -316,7 +316,8 @@ class SmallFileWriters:
         self._helpers: list[_Helper] = []
         self._ready = selectors.DefaultSelector()
         self._memory: mmap.mmap | None = None
-        self._may_start = min(helpers_for(os.cpu_count()), MAX_HELPERS) if _can_start_helpers() else 0
+        helpers = min(helpers_for(os.cpu_count()), MAX_HELPERS)
+        self._may_start = helpers if _can_start_helpers() else 0
         self._written_here = 0  # files written on this thread before the helpers start
         self._free: list[int] = []
         self._in_flight: dict[int, list[tuple[FileMeta, int]]] = {}  # slot → its batch

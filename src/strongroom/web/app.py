@@ -42,6 +42,7 @@ from ..engine import Engine
 from ..errors import ConfigError, StrongroomError
 from ..format import to_epoch_ms, utc_now
 from ..jobs import Job
+from ..retention import NEVER_MS
 from . import stores
 from .auth import COOKIE, Credentials, credentials, is_allowed
 from .body import TOKEN_WINDOW, Body
@@ -487,8 +488,9 @@ class _AdminApi:
         return Reply({"jobsUrl": url, "jobid": job.jobid, "status": job.status.value}, redirect=url)
 
     def _retention(self, call: _Call) -> int | str | None:
-        """retentionDate (epoch ms), or from the HTML forms keepDays: a number of days from
-        now, or `date` for the day in retentionDay (a date field)."""
+        """retentionDate (epoch ms, -1 for never), or from the HTML forms keepDays: a
+        number of days from now, `never`, or `date` for the day in retentionDay (a date
+        field)."""
         date, days, day = call.get("retentionDate"), call.get("keepDays"), call.get("retentionDay")
         if (days == "date") != (day is not None):
             raise ConfigError(
@@ -501,6 +503,8 @@ class _AdminApi:
             raise ConfigError("Give retentionDate or keepDays, not both.")
         if day is not None:
             return _start_of_day(day)
+        if days == "never":
+            return NEVER_MS
         return (
             to_epoch_ms(utc_now()) + whole_number("keepDays", days, MAX_KEEP_DAYS, "days") * DAY_MS
         )
