@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
 from .filewrite import SMALL_FILE, FileMeta, SmallFileWriters, Staging, owner_ids, write_file
+from .pipeline import ChunkWriter
 from .preallocate import Preallocate, preallocator_for
 from .tarstream import TarSource, read_members
 
@@ -132,7 +133,21 @@ class _ForgetfulTarFile(tarfile.TarFile):
     """
 
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: SupportsRead[bytes] | None = None) -> None:
-        super().addfile(tarinfo, fileobj)
+        """As tarfile's, but into a ChunkWriter a file's bytes are read straight into the
+        chunk buffer (tarfile would read them into a new buffer, then copy that)."""
+        sink = self.fileobj
+        if isinstance(sink, ChunkWriter) and isinstance(fileobj, io.BufferedIOBase):
+            self._check("awx")  # type: ignore[attr-defined]  # not in typeshed
+            header = tarinfo.tobuf(self.format, self.encoding, self.errors)
+            sink.write(header)
+            sink.write_from(fileobj, tarinfo.size)
+            blocks, remainder = divmod(tarinfo.size, tarfile.BLOCKSIZE)
+            if remainder:
+                sink.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
+                blocks += 1
+            self.offset += len(header) + blocks * tarfile.BLOCKSIZE
+        else:
+            super().addfile(tarinfo, fileobj)
         self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
 
     def gettarinfo(

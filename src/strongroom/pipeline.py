@@ -2,7 +2,9 @@
 
 `ChunkWriter` is a write-only file object: the archive writes a byte stream into it
 and it cuts the stream into fixed-size chunks, compresses each (kept only if it
-shrinks), seals it, and puts it into the store from a small thread pool.
+shrinks), seals it, and puts it into the store from a small thread pool. Chunks need
+to be durable only before the manifest commits them, so each is written without
+waiting for the disk and made durable (`Store.sync`) by another pool meanwhile.
 `ChunkReader` is the mirror image: a read-only file object that fetches chunks
 ahead in parallel, opens and decompresses them, and serves the stream in order.
 Memory is bounded by chunk size x chunks in flight, whatever the backup's size.
@@ -13,11 +15,11 @@ from __future__ import annotations
 import io
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
@@ -82,9 +84,12 @@ class ChunkWriter(io.RawIOBase):
         self._retain_until = retain_until
         workers = max(1, store.concurrency)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-put")
+        self._syncer = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-sync")
         self._slots = threading.BoundedSemaphore(workers + 1)
-        self._futures: deque[Future[int]] = deque()
+        self._futures: deque[Future[tuple[int, Future[None]]]] = deque()
+        self._syncs: deque[Future[None]] = deque()
         self._buffer = bytearray(chunk_size)
+        self._free_buffers: list[bytearray] = []  # appended by the puts' threads
         self._fill = 0
         self._index = 0
         self._source_size = 0
@@ -112,17 +117,41 @@ class ChunkWriter(io.RawIOBase):
             self._on_write(size)
         return size
 
+    def write_from(self, source: io.BufferedIOBase, size: int) -> None:
+        """Append `size` bytes of `source` read straight into the chunk buffer (`readinto`:
+        the only copy a file's bytes get before compression and sealing). OSError, as
+        tarfile says it, if the source ends sooner."""
+        left = size
+        while left:
+            if self._fill == self._chunk_size:
+                self._submit(last=False)
+            take = min(left, self._chunk_size - self._fill)
+            with memoryview(self._buffer) as buffer:
+                got = source.readinto(buffer[self._fill : self._fill + take])
+            if not got:
+                raise OSError("unexpected end of data")
+            self._fill += got
+            left -= got
+            self._source_size += got
+            if self._on_write is not None:
+                self._on_write(got)
+
     def finish(self) -> WriteStats:
-        """Seal the final chunk, wait for every put, and report what was stored."""
+        """Seal the final chunk, wait until every chunk is stored and durable, and report
+        what was stored."""
         self._submit(last=True)
         while self._futures:
-            self._stored_size += self._futures.popleft().result()
+            self._account(self._futures.popleft())
+        while self._syncs:
+            self._syncs.popleft().result()
         self._executor.shutdown()
+        self._syncer.shutdown()
         return WriteStats(self._index, self._source_size, self._stored_size)
 
     def abort(self) -> None:
-        """Stop: drop queued chunks and wait for the running puts to end."""
+        """Stop: drop queued chunks and wait for the running puts and syncs to end."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._syncer.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, *, last: bool) -> None:
         self._collect_done()
@@ -132,18 +161,34 @@ class ChunkWriter(io.RawIOBase):
         future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)
         self._index += 1
-        self._buffer = bytearray(self._chunk_size) if not last else bytearray()
+        self._buffer = self._free_buffer() if not last else bytearray()
         self._fill = 0
 
-    def _collect_done(self) -> None:
-        """Account for finished puts and raise the first failure without waiting."""
-        while self._futures and self._futures[0].done():
-            self._stored_size += self._futures.popleft().result()
-        for future in self._futures:
-            if future.done() and future.exception() is not None:
-                future.result()
+    def _free_buffer(self) -> bytearray:
+        """A chunk buffer that a put has sealed already, or a new one (the first few):
+        allocating and zeroing a buffer for every chunk cost 12% of the archive thread."""
+        try:
+            return self._free_buffers.pop()
+        except IndexError:
+            return bytearray(self._chunk_size)
 
-    def _put_chunk(self, index: int, last: bool, buffer: bytearray, length: int) -> int:
+    def _collect_done(self) -> None:
+        """Account for finished puts and syncs, raising the first failure without waiting."""
+        while self._futures and self._futures[0].done():
+            self._account(self._futures.popleft())
+        while self._syncs and self._syncs[0].done():
+            self._syncs.popleft().result()
+        _raise_failure(self._futures)
+        _raise_failure(self._syncs)
+
+    def _account(self, put: Future[tuple[int, Future[None]]]) -> None:
+        stored, sync = put.result()
+        self._stored_size += stored
+        self._syncs.append(sync)
+
+    def _put_chunk(
+        self, index: int, last: bool, buffer: bytearray, length: int
+    ) -> tuple[int, Future[None]]:
         plaintext = memoryview(buffer)[:length]
         tag, payload = TAG_RAW, plaintext
         if self._compress and _looks_compressible(plaintext):
@@ -151,8 +196,12 @@ class ChunkWriter(io.RawIOBase):
             if len(compressed) < length:
                 tag, payload = TAG_ZSTD, memoryview(compressed)
         sealed = self._cipher.seal(index, last, tag, payload)
-        self._store.put(self._key_of(index), sealed, retain_until=self._retain_until)
-        return len(sealed)
+        del plaintext, payload  # nothing reads the buffer once sealed: it takes a later chunk
+        if not last:
+            self._free_buffers.append(buffer)
+        key = self._key_of(index)
+        self._store.put_unsynced(key, sealed, retain_until=self._retain_until)
+        return len(sealed), self._syncer.submit(self._store.sync, [key])
 
 
 class ChunkReader(io.RawIOBase):
@@ -278,6 +327,13 @@ class ChunkReader(io.RawIOBase):
         if tag == TAG_ZSTD:
             return _decompress(plaintext, self._chunk_size, index)
         raise IntegrityError(f"Chunk {index} has an unknown encoding {tag}.")
+
+
+def _raise_failure(futures: Iterable[Future[Any]]) -> None:
+    """Raise the failure of the first of `futures` that failed (none may have)."""
+    for future in futures:
+        if future.done() and future.exception() is not None:
+            future.result()
 
 
 def _looks_compressible(data: memoryview) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import posixpath
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -226,6 +226,18 @@ class Store:
             if not overwrite and self.exists(key):
                 raise FileExistsError(key)
             self.fs.pipe_file(self.path(key), bytes(data))
+
+    def put_unsynced(
+        self, key: str, data: bytes | bytearray | memoryview, *, retain_until: datetime | None
+    ) -> None:
+        """Write a new object (as `put`, without overwrite) that need not be durable until
+        `sync` returns for its key: a backup's chunks, written at full speed and made
+        durable before its manifest commits it. By default a `put`, durable already."""
+        self.put(key, data, retain_until=retain_until)
+
+    def sync(self, keys: Sequence[str]) -> None:
+        """Make the objects `put_unsynced` wrote under `keys` durable (with their names).
+        By default nothing is left to do."""
 
     def get(self, key: str) -> bytes:
         """Read a whole object; FileNotFoundError if it does not exist."""

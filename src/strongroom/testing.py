@@ -106,6 +106,19 @@ class StoreConformance:
         got = store.get("data/a/0000000000")
         assert got == payload, f"get returned {len(got)} other bytes than the 100000 put"
 
+    def test_an_unsynced_put_is_an_object_once_synced(self, store: Store) -> None:
+        """A backup's chunks: `put_unsynced` creates (never overwrites), `sync` makes the
+        objects durable, and they read back like any other."""
+        payload = bytearray(os.urandom(50_000))
+        store.put_unsynced("data/u/0000000000", payload, retain_until=None)
+        store.put_unsynced("data/u/0000000001", memoryview(b"xtail")[1:], retain_until=None)
+        store.sync(["data/u/0000000000", "data/u/0000000001"])
+        assert store.get("data/u/0000000000") == payload
+        assert store.get("data/u/0000000001") == b"tail"
+        with pytest.raises(FileExistsError):
+            store.put_unsynced("data/u/0000000001", b"other", retain_until=None)
+        assert store.get("data/u/0000000001") == b"tail"
+
     def test_put_takes_any_bytes_like(self, store: Store) -> None:
         store.put("k/view", memoryview(b"xview")[1:])
         store.put("k/array", bytearray(b"array"))

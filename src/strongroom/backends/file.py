@@ -18,7 +18,7 @@ import os
 import posixpath
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,16 +60,41 @@ class LocalStore(Store):
         retain_until: datetime | None = None,
     ) -> None:
         with self.translate_errors(key), self._refusing_links(key, "written"):
-            attempt = 1
-            while True:
-                try:
-                    with self._root.parent(key, create=True) as (parent, name):
-                        _write(parent, name, data, overwrite)
-                    return
-                except FileNotFoundError:  # a concurrent delete pruned the new directory
-                    if attempt == ATTEMPTS:
-                        raise
-                    attempt += 1
+            self._retrying(
+                key, lambda parent, name: _write(parent, name, data, overwrite=overwrite)
+            )
+
+    def _retrying(self, key: str, write: Callable[[int, str], None]) -> None:
+        """Run `write` in the directory of `key` (made if missing), again if a concurrent
+        delete prunes that directory meanwhile."""
+        attempt = 1
+        while True:
+            try:
+                with self._root.parent(key, create=True) as (parent, name):
+                    write(parent, name)
+                return
+            except FileNotFoundError:
+                if attempt == ATTEMPTS:
+                    raise
+                attempt += 1
+
+    def put_unsynced(
+        self, key: str, data: bytes | bytearray | memoryview, *, retain_until: datetime | None
+    ) -> None:
+        with self.translate_errors(key), self._refusing_links(key, "written"):
+            self._retrying(key, lambda parent, name: _write(parent, name, data, durable=False))
+
+    def sync(self, keys: Sequence[str]) -> None:
+        """fsync each object, then each directory holding them once (their names)."""
+        for key in keys:
+            fd = self._open(key)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for directory in sorted({posixpath.dirname(key) for key in keys}):
+            with self.translate_errors(directory), self._root.directory(directory) as fd:
+                os.fsync(fd)
 
     def get(self, key: str) -> bytes:
         with open(self._open(key), "rb") as handle, self.translate_errors(key):
@@ -187,8 +212,16 @@ def strongroom_register_backends(registry: BackendRegistry) -> None:
     registry.add("file", open_local_store, options=BackendOptions())  # it takes no options
 
 
-def _write(parent: int, name: str, data: bytes | bytearray | memoryview, overwrite: bool) -> None:
-    """Write a temporary file and fsync it, link or rename it to `name`, fsync the directory."""
+def _write(
+    parent: int,
+    name: str,
+    data: bytes | bytearray | memoryview,
+    *,
+    overwrite: bool = False,
+    durable: bool = True,
+) -> None:
+    """Write a temporary file and fsync it, link or rename it to `name`, fsync the
+    directory (the fsyncs left to `LocalStore.sync` unless `durable`)."""
     temporary = f".{name}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temporary, flags, 0o666, dir_fd=parent)
@@ -196,7 +229,8 @@ def _write(parent: int, name: str, data: bytes | bytearray | memoryview, overwri
         with open(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if overwrite:
             os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         else:  # raises FileExistsError: the put-if-absent
@@ -204,4 +238,5 @@ def _write(parent: int, name: str, data: bytes | bytearray | memoryview, overwri
     finally:
         with suppress(FileNotFoundError):
             os.unlink(temporary, dir_fd=parent)
-    os.fsync(parent)
+    if durable:
+        os.fsync(parent)
