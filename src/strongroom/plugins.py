@@ -88,45 +88,41 @@ class BackendRegistry:
     def __init__(self) -> None:
         self._factories: dict[str, StoreFactory] = {}
         self._options: dict[str, BackendOptions] = {}
-        self._fallbacks: set[str] = set()
+        self._fallbacks: list[tuple[Callable[[str], bool], StoreFactory]] = []
 
     def add(
-        self,
-        scheme: str,
-        factory: StoreFactory,
-        *,
-        options: BackendOptions | None = None,
-        fallback: bool = False,
+        self, scheme: str, factory: StoreFactory, *, options: BackendOptions | None = None
     ) -> None:
-        """Register `factory` for URLs of `scheme`; two full claims on one scheme are an error.
+        """Register `factory` for URLs of `scheme`; two claims on one scheme are an error.
 
         `options` declares which of the backend's options are harmless settings, endpoints
-        and secrets (see BackendOptions). A `fallback` registration (the generic fsspec
-        backend's) yields to any other.
+        and secrets (see BackendOptions).
         """
         scheme = scheme.lower()
         if scheme in self._factories:
-            if fallback:
-                return
-            if scheme not in self._fallbacks:
-                raise ValueError(f"Two plugins register the {scheme!r} store backend.")
+            raise ValueError(f"Two plugins register the {scheme!r} store backend.")
         self._factories[scheme] = factory
-        self._options.pop(scheme, None)
         if options is not None:
             self._options[scheme] = options
-        if fallback:
-            self._fallbacks.add(scheme)
-        else:
-            self._fallbacks.discard(scheme)
+
+    def add_fallback(self, claims: Callable[[str], bool], factory: StoreFactory) -> None:
+        """Register `factory` for the schemes `claims` accepts and no `add` registered (the
+        generic fsspec backend). `claims` is asked only for such a scheme, so a fallback's
+        library is imported only when one of its stores is opened. Its options are all
+        undeclared: none is taken over the admin API."""
+        self._fallbacks.append((claims, factory))
 
     def options_of(self, url: str) -> BackendOptions | None:
         """What the backend for `url` declared about its options (None: nothing)."""
-        return self._options.get(urlsplit(url).scheme.lower())
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in self._factories:
+            return self._options.get(scheme)
+        return BackendOptions() if self._fallback_for(scheme) is not None else None
 
     @property
     def schemes(self) -> list[str]:
-        """The schemes of dedicated backends (the generic fsspec fallback's are not listed)."""
-        return sorted(set(self._factories) - self._fallbacks)
+        """The schemes of dedicated backends (fallbacks claim theirs only when asked)."""
+        return sorted(self._factories)
 
     def open(self, spec: StoreSpec) -> Store:
         """Open the store a spec describes. The `object_lock` option belongs to the core: it
@@ -155,7 +151,7 @@ class BackendRegistry:
     def factory_for(self, spec: StoreSpec) -> StoreFactory:
         """The factory for the spec's URL scheme, or an error naming what to install."""
         scheme = urlsplit(spec.url).scheme.lower()
-        factory = self._factories.get(scheme)
+        factory = self._factories.get(scheme) or self._fallback_for(scheme)
         if factory is None:
             hint = INSTALL_HINTS.get(scheme)
             install = f" Install {hint} to use {scheme}:// stores." if hint else ""
@@ -166,6 +162,9 @@ class BackendRegistry:
                 f"{install}"
             )
         return factory
+
+    def _fallback_for(self, scheme: str) -> StoreFactory | None:
+        return next((factory for claims, factory in self._fallbacks if claims(scheme)), None)
 
 
 def _refuse_plain_secrets(spec: StoreSpec, declared: BackendOptions) -> None:

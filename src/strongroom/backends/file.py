@@ -22,15 +22,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-from fsspec.implementations.local import LocalFileSystem
 
 from ..config import StoreSpec
 from ..errors import ConfigError, StoreError
 from ..plugins import BackendOptions, BackendRegistry, hookimpl
 from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities
 from .root import NotFollowedError, Root, kind_of
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 __all__ = ["LocalStore", "open_local_store"]
 
@@ -48,8 +50,18 @@ class LocalStore(Store):
     concurrency = 2
 
     def __init__(self, name: str, url: str, directory: Path) -> None:
-        super().__init__(name, url, LocalFileSystem(skip_instance_cache=True), str(directory))
+        super().__init__(name, url, None, str(directory))
         self._root = Root(directory)
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """fsspec's view of the directory, made on first use: importing fsspec took a third
+        of every command's start from a cold cache, and the store itself never needs it."""
+        if self._fs is None:
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._fs = LocalFileSystem(skip_instance_cache=True)
+        return self._fs
 
     def put(
         self,
