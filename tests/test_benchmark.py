@@ -289,8 +289,21 @@ def test_a_store_that_cannot_be_written_is_refused(cli: Cli, tmp_path: Path) -> 
     assert blocker.read_text() == ""
 
 
-@pytest.mark.parametrize("option", ["--size", "--seconds"])
-def test_nothing_to_measure_is_a_config_error(cli: Cli, option: str) -> None:
-    outcome = cli("benchmark", option, "0")
-    assert outcome.code == 3
-    assert "must be above 0" in outcome.error_line
+@pytest.mark.parametrize(
+    ("option", "value", "code"),
+    [
+        ("--size", "0", 3),
+        ("--seconds", "0", 3),
+        ("--seconds", "nan", 3),
+        ("--seconds", "inf", 3),
+        ("--size", "nan", 2),
+        ("--size", "lots", 2),
+    ],
+)
+def test_nothing_to_measure_is_an_error_before_any_work(
+    cli: Cli, home: Path, option: str, value: str, code: int
+) -> None:
+    outcome = cli("benchmark", option, value)
+    assert outcome.code == code
+    assert "must be finite and above 0" in outcome.err or "is not a number of MiB" in outcome.err
+    assert not home.exists()

@@ -13,6 +13,7 @@ removed, and a fresh prefix of the store, whose objects are deleted whatever hap
 from __future__ import annotations
 
 import io
+import math
 import os
 import platform
 import random
@@ -148,8 +149,10 @@ def measure(
 ) -> BenchmarkReport:
     """Time the store (default: the default store) first, so one that cannot be written
     fails at once, then this machine's stages at the engine's settings."""
-    if size <= 0 or seconds <= 0 or files <= 0:
-        raise ConfigError("The benchmark's size, seconds and number of files must be above 0.")
+    if not (size > 0 and 0 < seconds < math.inf and files > 0):  # NaN fails too
+        raise ConfigError(
+            "The benchmark's size, seconds and number of files must be finite and above 0."
+        )
     target = engine.store(store)
     stages = _store_stages(target, size, engine.chunk_size, seconds)
     stages += _machine_stages(engine.kdf, engine.chunk_size, seconds)

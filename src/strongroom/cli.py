@@ -11,6 +11,7 @@ import argparse
 import ctypes
 import getpass
 import json
+import math
 import os
 import shutil
 import stat
@@ -253,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     _store_option(benchmark)
     benchmark.add_argument(
         "--size",
-        type=float,
-        default=DEFAULT_SIZE / MIB,
+        type=_mebibytes,
+        default=DEFAULT_SIZE,
         metavar="MiB",
         help=f"data to put, get and list in the store (default {DEFAULT_SIZE // MIB})",
     )
@@ -511,7 +512,7 @@ def run_jobs_show(args: argparse.Namespace) -> int:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
-    report = measure(Engine(), args.store, size=int(args.size * MIB), seconds=args.seconds)
+    report = measure(Engine(), args.store, size=args.size, seconds=args.seconds)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -677,6 +678,17 @@ def _print_benchmark(report: BenchmarkReport) -> None:
         for m in report.stages
     ]
     _print_table(("STAGE", "DATA", "SPEED", "RATE", "EACH", "SECONDS"), rows)
+
+
+def _mebibytes(text: str) -> int:
+    """--size: MiB, a fraction of one too, as bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB")
+    return round(value * MIB)
 
 
 def _duration(seconds: float) -> str:
