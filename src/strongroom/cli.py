@@ -11,6 +11,7 @@ import argparse
 import ctypes
 import getpass
 import json
+import math
 import os
 import shutil
 import stat
@@ -24,13 +25,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, measure
 from .config import StoresConfig, StoreSpec
 from .crypto import Passcode
 from .engine import BackupInfo, Engine
 from .errors import ConfigError, PasscodeError, StoreUnavailableError, StrongroomError
 from .format import from_epoch_ms, utc_now
 from .jobs import JobStatus
-from .pipeline import Progress
+from .pipeline import ZSTD_LEVEL, Progress
 from .plugins import build_registry, get_plugin_manager
 from .retention import retention_from
 from .units import human_size
@@ -45,6 +47,7 @@ EXIT_LOCAL_FILE = 12
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum
 TRIM_THRESHOLD = 256 * 1024 * 1024
+MIB = 1024 * 1024
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,6 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_show = _command(job_commands, "show", "show one job and its stages", run_jobs_show)
     jobs_show.add_argument("jobid", metavar="ID")
     _json_option(jobs_show)
+
+    benchmark = _command(
+        commands, "benchmark", "time this machine's backup stages and a store", run_benchmark
+    )
+    _store_option(benchmark)
+    benchmark.add_argument(
+        "--size",
+        type=_mebibytes,
+        default=DEFAULT_SIZE,
+        metavar="MiB",
+        help=f"data to put, get and list in the store (default {DEFAULT_SIZE // MIB})",
+    )
+    benchmark.add_argument(
+        "--seconds",
+        type=float,
+        default=STAGE_SECONDS,
+        metavar="S",
+        help=f"how long each repeated stage runs (default {STAGE_SECONDS})",
+    )
+    _json_option(benchmark)
 
     token = _command(commands, "token", "manage the admin API's tokens", None)
     token_commands = token.add_subparsers(required=True, metavar="ACTION")
@@ -488,6 +511,15 @@ def run_jobs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_benchmark(args: argparse.Namespace) -> int:
+    report = measure(Engine(), args.store, size=args.size, seconds=args.seconds)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        _print_benchmark(report)
+    return 0
+
+
 def run_token_new(args: argparse.Namespace) -> int:
     from .web.auth import add_token, new_token
 
@@ -617,6 +649,50 @@ def _emit_backup(info: BackupInfo, as_json: bool) -> None:
     fields["storedSize"] = human_size(info.stored_size)
     for key, value in fields.items():
         print(f"{key:<14} {value}")
+
+
+def _print_benchmark(report: BenchmarkReport) -> None:
+    machine, kdf = report.machine, report.kdf
+    print(
+        f"strongroom {machine['strongroom']}, Python {machine['python']}, "
+        f"{machine['cpuCount']} CPUs, {machine['platform']}"
+    )
+    print(
+        f"store {report.store} ({report.url}): {human_size(report.size)} in objects of "
+        f"{human_size(report.chunk_size)}, {report.concurrency} at a time"
+    )
+    print(
+        f"Argon2id {human_size(kdf.memory_cost_kib * 1024)}, {kdf.iterations} iterations, "
+        f"{kdf.lanes} lanes; AES-256-GCM; zstd level {ZSTD_LEVEL}"
+    )
+    print()
+    rows = [
+        (
+            m.stage,
+            m.data or "-",
+            "-" if m.bytes_per_second is None else f"{human_size(round(m.bytes_per_second))}/s",
+            f"{m.per_second:,.1f} {m.unit}/s",
+            _duration(m.seconds_each),
+            f"{m.seconds:.2f}",
+        )
+        for m in report.stages
+    ]
+    _print_table(("STAGE", "DATA", "SPEED", "RATE", "EACH", "SECONDS"), rows)
+
+
+def _mebibytes(text: str) -> int:
+    """--size: MiB, a fraction of one too, as bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB")
+    return round(value * MIB)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
 
 
 def _print_json(document: object) -> None:

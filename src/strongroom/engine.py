@@ -206,6 +206,16 @@ class Engine:
         self._closed = False
 
     @property
+    def kdf(self) -> KdfParams:
+        """The Argon2id cost every create pays (the benchmark times it)."""
+        return self._kdf
+
+    @property
+    def chunk_size(self) -> int:
+        """The plaintext size of every chunk a create writes (the benchmark's unit)."""
+        return self._chunk_size
+
+    @property
     def registry(self) -> BackendRegistry:
         """The backends stores are opened with (the admin API reads their declarations)."""
         return self._registry

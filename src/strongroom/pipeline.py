@@ -35,6 +35,8 @@ __all__ = [
     "ChunkReader",
     "ChunkWriter",
     "WriteStats",
+    "compressor",
+    "decompress_chunk",
 ]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -192,7 +194,7 @@ class ChunkWriter(io.RawIOBase):
         plaintext = memoryview(buffer)[:length]
         tag, payload = TAG_RAW, plaintext
         if self._compress and _looks_compressible(plaintext):
-            compressed = _compressor().compress(plaintext)
+            compressed = compressor().compress(plaintext)
             if len(compressed) < length:
                 tag, payload = TAG_ZSTD, memoryview(compressed)
         sealed = self._cipher.seal(index, last, tag, payload)
@@ -325,7 +327,7 @@ class ChunkReader(io.RawIOBase):
         if tag == TAG_RAW:
             return plaintext
         if tag == TAG_ZSTD:
-            return _decompress(plaintext, self._chunk_size, index)
+            return decompress_chunk(plaintext, self._chunk_size, index)
         raise IntegrityError(f"Chunk {index} has an unknown encoding {tag}.")
 
 
@@ -347,20 +349,21 @@ def _looks_compressible(data: memoryview) -> bool:
     step = (len(data) - SAMPLE_SIZE) // (SAMPLES - 1)
     for start in range(0, len(data) - SAMPLE_SIZE + 1, step):
         sample = data[start : start + SAMPLE_SIZE]
-        if len(_compressor().compress(sample)) < COMPRESSIBLE_RATIO * SAMPLE_SIZE:
+        if len(compressor().compress(sample)) < COMPRESSIBLE_RATIO * SAMPLE_SIZE:
             return True
     return False
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    """One compressor per thread: zstandard's compressors are not thread-safe."""
-    compressor: zstandard.ZstdCompressor | None = getattr(_compressors, "zstd", None)
-    if compressor is None:
-        compressor = _compressors.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    return compressor
+def compressor() -> zstandard.ZstdCompressor:
+    """This thread's compressor at ZSTD_LEVEL (zstandard's compressors are not
+    thread-safe); the chunk writer's, and the benchmark's."""
+    zstd: zstandard.ZstdCompressor | None = getattr(_compressors, "zstd", None)
+    if zstd is None:
+        zstd = _compressors.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return zstd
 
 
-def _decompress(data: bytes | bytearray, chunk_size: int, index: int) -> bytes:
+def decompress_chunk(data: bytes | bytearray, chunk_size: int, index: int) -> bytes:
     """The chunk in a zstd frame, never more than `chunk_size` bytes of it.
 
     zstandard allocates whatever size a frame's header declares (`max_output_size` caps
