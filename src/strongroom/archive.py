@@ -33,6 +33,7 @@ from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchive
 from .filewrite import SMALL_FILE, FileMeta, SmallFileWriters, Staging, owner_ids, write_file
 from .pipeline import ChunkWriter
 from .preallocate import Preallocate, preallocator_for
+from .readahead import ReadAhead
 from .tarstream import TarSource, read_members
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ def write_archive(
         return member
 
     rules = MemberRules()
-    with _open_writer(sink) as tar:
+    with ReadAhead(sources, sink.tell), _open_writer(sink) as tar:
         for source in sources:
             tar.add(source, arcname=archive_name_of(source), recursive=True, filter=restorable)
         for name, stream in streams.items():
