@@ -444,15 +444,8 @@ class BareLoop(Tool):
         return f"bare loop (cryptography {cryptography}), {first_line(['tar', '--version'])}"
 
     def _loop(self, mode: str, source: str | Path, target: str | Path) -> list[str]:
-        script = BENCH_DIR / "minimal_loop.py"
-        return [
-            sys.executable,
-            str(script),
-            mode,
-            str(self.keys.key_file),
-            str(source),
-            str(target),
-        ]
+        script = str(BENCH_DIR / "minimal_loop.py")
+        return [sys.executable, script, mode, str(self.keys.key_file), str(source), str(target)]
 
     def backup(self, run: RunPaths, dataset: Dataset) -> Command:
         archive, source = run.store / "archive.bin", dataset.path
