@@ -14,6 +14,22 @@ AZURITE := $(VENV)/node/node_modules/.bin/azurite-blob
 #: Debian packages the tests need, and a file each one installs.
 DEBIAN_PACKAGES := chromium chromium-driver
 DEBIAN_FILES := /usr/bin/chromium /usr/bin/chromedriver
+#: Debian packages make bench compares strongroom with (and GNU time, for peak RSS).
+BENCH_DEBIAN_PACKAGES := borgbackup restic age time
+BENCH_DEBIAN_FILES := /usr/bin/borg /usr/bin/restic /usr/bin/age /usr/bin/time
+BENCH_ARGS ?=
+
+# $(call apt_install,PACKAGES,WHO): apt-get install PACKAGES as root or with passwordless sudo;
+# where that cannot be done, say what to run and fail.
+define apt_install
+	@if ! command -v apt-get >/dev/null; then \
+		echo "$(2) needs $(1) (Debian package names): install them, then run it again." >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then sudo=; \
+	elif sudo -n true 2>/dev/null; then sudo=sudo; \
+	else echo "$(2) needs the Debian packages $(1): run 'sudo apt-get install $(1)', then $(2) again." >&2; exit 1; fi; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null
+endef
 
 .PHONY: backup test bench lint
 
@@ -31,13 +47,11 @@ backup: $(BIN)/strongroom
 	$(BIN)/strongroom list
 
 $(DEBIAN_FILES) &:
-	@if ! command -v apt-get >/dev/null; then \
-		echo "make test needs $(DEBIAN_FILES): install Chromium and ChromeDriver there (Debian: $(DEBIAN_PACKAGES)), then run it again." >&2; exit 1; \
-	elif [ "$$(id -u)" = 0 ]; then sudo=; \
-	elif sudo -n true 2>/dev/null; then sudo=sudo; \
-	else echo "make test needs the Debian packages $(DEBIAN_PACKAGES): run 'sudo apt-get install $(DEBIAN_PACKAGES)', then make test again." >&2; exit 1; fi; \
-	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null
+	$(call apt_install,$(DEBIAN_PACKAGES),make test)
+
+# The benchmark skips a tool that is missing, so a failed install does not stop make bench (-).
+$(BENCH_DEBIAN_FILES) &:
+	-$(call apt_install,$(BENCH_DEBIAN_PACKAGES),make bench)
 
 test: $(BIN)/strongroom $(AZURITE) $(DEBIAN_FILES) lint
 	$(BIN)/python -m pytest
@@ -47,5 +61,6 @@ lint: $(BIN)/strongroom
 	$(BIN)/mypy
 	$(foreach plugin,$(PLUGINS),MYPYPATH=src $(BIN)/mypy --strict $(plugin)src &&) true
 
-bench: $(BIN)/strongroom
-	$(BIN)/python benchmarks/throughput.py --workdir $(or $(WORKDIR),/tmp/strongroom-bench)
+# Cold-cache runs: as root (it drops the page cache before every run), or BENCH_ARGS=--warm.
+bench: $(BIN)/strongroom $(BENCH_DEBIAN_FILES)
+	$(BIN)/python benchmarks/throughput.py --workdir $(or $(WORKDIR),/tmp/strongroom-bench) $(BENCH_ARGS)

@@ -21,16 +21,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import dataset_root, make_dataset, remove, total_size, tree_digest
+from throughput import (
+    dataset_root,
+    drop_caches,
+    make_dataset,
+    remove,
+    total_size,
+    tree_digest,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 PASSCODE = "restore-ab-benchmark-passcode"
 RUN = "import sys; from strongroom.cli import main; sys.exit(main())"
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def strongroom(source: Path, home: Path, *args: str | Path) -> tuple[float, float]:

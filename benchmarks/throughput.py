@@ -1,9 +1,11 @@
-"""Backup and restore throughput and peak memory of strongroom against restic, borg, tar|gpg
-and a minimal AES-256-GCM loop, on the same datasets, the same machine and the same disk.
+"""Backup and restore throughput and peak memory of strongroom beside the bare loop
+(minimal_loop.py), borg, restic and `tar | age`, on the same datasets, machine and disk.
 
-Every backup and restore runs as its own subprocess, so its wall time and peak RSS belong to that
-tool alone; every restore is verified (untimed) so that a broken tool cannot look fast.
-Run with --help for the options; benchmarks/README.md explains the method and its limits.
+Measured as a user pays: the page cache is dropped before every timed backup and restore
+(`sync; echo 3 > /proc/sys/vm/drop_caches`, so it needs root, unless --warm), and each is timed
+until its data is durable (the tool as a subprocess, then `sync`). Within a run every tool goes
+once, in an order rotated per run; every restore is verified, untimed, so a broken tool cannot
+look fast. Run with --help for the options; benchmarks/README.md explains the method.
 """
 
 import argparse
@@ -12,6 +14,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import random
@@ -26,9 +29,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -40,6 +43,7 @@ DEFAULT_DATASETS = ("random1g", "small", "compressible1g")
 SMALL_FILES = 20_000
 SMALL_TOTAL = 500 * MB
 GNU_TIME = shutil.which("time") or "/usr/bin/time"
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -130,6 +134,7 @@ class Dataset:
     name: str
     path: Path
     summary: str
+    compressible: bool
     generate: Callable[[Path], None]
 
     def ensure(self) -> None:
@@ -147,7 +152,11 @@ def make_dataset(name: str, root: Path, scale: float) -> Dataset:
     if match := re.fullmatch(r"random(\d+)g", name):
         size = int(int(match[1]) * GIB * scale)
         return Dataset(
-            name, root / f"{name}.bin", "1 file, os.urandom", lambda p: write_random_file(p, size)
+            name,
+            root / f"{name}.bin",
+            "1 file, os.urandom",
+            False,
+            lambda p: write_random_file(p, size),
         )
     if name == "compressible1g":
         size = int(GIB * scale)
@@ -155,6 +164,7 @@ def make_dataset(name: str, root: Path, scale: float) -> Dataset:
             name,
             root / f"{name}.log",
             "1 file, log-like text, zstd -3 ~4.5x",
+            True,
             lambda p: write_text_file(p, size),
         )
     if name == "small":
@@ -164,9 +174,8 @@ def make_dataset(name: str, root: Path, scale: float) -> Dataset:
             p.mkdir()
             write_small_tree(p, count, total)
 
-        return Dataset(
-            name, root / name, f"{count} log-like text files, 100 per directory, 2 levels", generate
-        )
+        summary = f"{count} log-like text files, 100 per directory, 2 levels"
+        return Dataset(name, root / name, summary, True, generate)
     raise ValueError(f"unknown dataset {name!r}: use random<N>g, small or compressible1g")
 
 
@@ -209,33 +218,11 @@ def tree_digest(path: Path) -> str:
     return outer.hexdigest()
 
 
-def warm_up(path: Path) -> None:
-    """Reads the dataset once so every tool starts from the same warm page cache: dropping caches
-    needs privileges and a quiet machine, which a portable benchmark cannot count on."""
-    buffer = bytearray(BLOCK)
-    for file in files_under(path):
-        with file.open("rb", buffering=0) as f:
-            while f.readinto(buffer):
-                pass
-
-
-def evict(path: Path) -> None:
-    """Drops a finished run's files from the page cache (after os.sync(), so they are clean).
-
-    Otherwise the page cache fills with earlier runs' outputs (about 8 GB per run of a 1 GiB
-    dataset with all tools) and later runs pay for reclaiming it, or for memory the host has
-    not backed yet: on this project's VM, writing 1 GiB took from 0.22 s to 2.5 s of kernel
-    time depending on that alone, the same for every tool, so ratios shrank run by run.
-    """
-    if not hasattr(os, "posix_fadvise"):
-        return
-    for file in files_under(path):
-        if file.is_file() and not file.is_symlink():
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+def drop_caches() -> None:
+    """Writes dirty pages back, then empties the page cache, dentries and inodes, so the next
+    command reads from the disk as a first backup of the day does. Needs root."""
+    os.sync()
+    DROP_CACHES.write_text("3\n")
 
 
 def tail(path: Path, lines: int = 4) -> str:
@@ -259,6 +246,11 @@ class Command:
     argv: list[str]
     cwd: Path
     env: dict[str, str]
+
+
+def pipeline(script: str, cwd: Path, env: dict[str, str]) -> Command:
+    """A shell pipeline that fails when any of its commands does."""
+    return Command(["bash", "-o", "pipefail", "-c", script], cwd, env)
 
 
 @dataclass(frozen=True)
@@ -286,19 +278,22 @@ class Sample:
     peak_rss_kib: int
 
 
-def run_measured(command: Command, run: RunPaths) -> Sample:
-    """Runs `command` to completion and returns its wall time and peak RSS.
+def run_measured(command: Command, run: RunPaths, cold: bool) -> Sample:
+    """Runs `command`, then `sync`, and returns the wall time of both (the data is durable when
+    they return) and the command's peak RSS. With `cold`, the page cache is dropped first.
 
     The peak RSS is ru_maxrss (KiB) from the wait4 that GNU time does on the command, not from a
     wait4 here: a child of this Python process inherits the harness's own peak RSS as its
     ru_maxrss floor (the kernel keeps the high-water mark of the address space it leaves at exec,
     and with vfork that is ours), so `true` would read as big as the harness. GNU time is ~1 MiB.
-    ru_maxrss covers the descendants that were waited for, so for `bash -c 'tar | gpg'` it is the
-    largest of bash, tar and gpg.
+    ru_maxrss covers the descendants that were waited for, so for `bash -c 'tar | age'` it is the
+    largest of bash, tar and age.
     """
     rss_file = run.root / "maxrss.txt"
     argv = [GNU_TIME, "--format", "%M", "--output", str(rss_file), "--", *command.argv]
     with run.log.open("ab") as out:
+        if cold:
+            drop_caches()
         start = time.perf_counter()
         result = subprocess.run(
             argv,
@@ -309,6 +304,7 @@ def run_measured(command: Command, run: RunPaths) -> Sample:
             stderr=subprocess.STDOUT,
             check=False,
         )
+        os.sync()
         seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise ToolFailed(
@@ -325,22 +321,21 @@ class Secrets:
     """Credentials shared by all tools; files live in the workdir, never on a command line."""
 
     passphrase: str
-    passphrase_file: Path
     key_file: Path
-    gnupg_home: Path
+    age_identity: Path
 
     @classmethod
     def load(cls, workdir: Path) -> "Secrets":
-        passphrase_file, key_file = workdir / "passphrase.txt", workdir / "minimal.key"
+        """The passphrase and the bare loop's raw key; the age identity is made by its tool."""
+        passphrase_file, key_file = workdir / "passphrase.txt", workdir / "bare-loop.key"
         if not passphrase_file.exists():
             passphrase_file.touch(mode=0o600)
             passphrase_file.write_text(secrets.token_hex(16) + "\n")
         if not key_file.exists():
             key_file.touch(mode=0o600)
             key_file.write_bytes(secrets.token_bytes(32))
-        gnupg_home = workdir / "gnupg"
-        gnupg_home.mkdir(mode=0o700, exist_ok=True)
-        return cls(passphrase_file.read_text().strip(), passphrase_file, key_file, gnupg_home)
+        age_identity = workdir / "age-identity.txt"
+        return cls(passphrase_file.read_text().strip(), key_file, age_identity)
 
 
 def first_line(argv: list[str]) -> str:
@@ -355,7 +350,7 @@ def first_line(argv: list[str]) -> str:
 class Tool:
     """A backup program under test: builds its commands, the harness times and verifies them.
 
-    `restore` must recreate the source under `run.restore` by its basename.
+    `restore` must recreate the dataset under `run.restore` by its basename.
     """
 
     name = ""
@@ -376,14 +371,11 @@ class Tool:
         """Untimed commands before the backup, e.g. creating a repository."""
         return []
 
-    def backup(self, run: RunPaths, source: Path) -> Command:
+    def backup(self, run: RunPaths, dataset: Dataset) -> Command:
         raise NotImplementedError
 
-    def restore(self, run: RunPaths, source: Path) -> Command:
+    def restore(self, run: RunPaths, dataset: Dataset) -> Command:
         raise NotImplementedError
-
-    def close(self) -> None:
-        """Stops anything the tool left running between runs."""
 
     def missing(self) -> str | None:
         for binary in self.binaries():
@@ -426,13 +418,50 @@ class Strongroom(Tool):
             STRONGROOM_PASSCODE=self.keys.passphrase,
         )
 
-    def backup(self, run: RunPaths, source: Path) -> Command:
-        argv = [*self.binaries(), "create", "--name", ARCHIVE_NAME, str(source)]
+    def backup(self, run: RunPaths, dataset: Dataset) -> Command:
+        argv = [*self.binaries(), "create", "--name", ARCHIVE_NAME, str(dataset.path)]
         return Command(argv, run.root, self._env(run))
 
-    def restore(self, run: RunPaths, source: Path) -> Command:
+    def restore(self, run: RunPaths, dataset: Dataset) -> Command:
         argv = [*self.binaries(), "restore", ARCHIVE_NAME, "--target", str(run.restore)]
         return Command(argv, run.root, self._env(run))
+
+
+class BareLoop(Tool):
+    """benchmarks/minimal_loop.py, the floor every real tool's overhead is measured against.
+    A directory goes through `tar` in its pipe, as the issue's bare loop does."""
+
+    name = "bare"
+    compression = "none (AES-256-GCM, 1 MiB chunks, no KDF; tar for a directory)"
+    apt_packages = ("tar",)
+    restore_creates_target = False
+
+    def binaries(self) -> list[str]:
+        return ["bash", "tar"]
+
+    def version(self) -> str:
+        cryptography = importlib.metadata.version("cryptography")
+        return f"bare loop (cryptography {cryptography}), {first_line(['tar', '--version'])}"
+
+    def _loop(self, mode: str, source: str | Path, target: str | Path) -> list[str]:
+        script = str(BENCH_DIR / "minimal_loop.py")
+        return [sys.executable, script, mode, str(self.keys.key_file), str(source), str(target)]
+
+    def backup(self, run: RunPaths, dataset: Dataset) -> Command:
+        archive, source = run.store / "archive.bin", dataset.path
+        if not source.is_dir():
+            return Command(self._loop("backup", source, archive), run.root, self.env())
+        loop = shlex.join(self._loop("backup", "-", archive))
+        return pipeline(f"tar -cf - {shlex.quote(source.name)} | {loop}", source.parent, self.env())
+
+    def restore(self, run: RunPaths, dataset: Dataset) -> Command:
+        archive = run.store / "archive.bin"
+        if not dataset.path.is_dir():
+            argv = self._loop("restore", archive, run.restore / dataset.path.name)
+            return Command(argv, run.root, self.env())
+        loop = shlex.join(self._loop("restore", archive, "-"))
+        script = f"{loop} | tar -xf - -C {shlex.quote(str(run.restore))}"
+        return pipeline(script, run.root, self.env())
 
 
 class Restic(Tool):
@@ -456,11 +485,11 @@ class Restic(Tool):
     def setup(self, run: RunPaths) -> list[Command]:
         return [Command(["restic", "init", "--quiet"], run.root, self._env(run))]
 
-    def backup(self, run: RunPaths, source: Path) -> Command:
-        argv = ["restic", "backup", "--quiet", source.name]
-        return Command(argv, source.parent, self._env(run))
+    def backup(self, run: RunPaths, dataset: Dataset) -> Command:
+        argv = ["restic", "backup", "--quiet", dataset.path.name]
+        return Command(argv, dataset.path.parent, self._env(run))
 
-    def restore(self, run: RunPaths, source: Path) -> Command:
+    def restore(self, run: RunPaths, dataset: Dataset) -> Command:
         argv = ["restic", "restore", "latest", "--quiet", "--target", str(run.restore)]
         return Command(argv, run.root, self._env(run))
 
@@ -470,7 +499,7 @@ class Borg(Tool):
     Only borg 1.2 (Debian 12) has been tried; the borg 2 commands follow its 2.0 betas."""
 
     name = "borg"
-    compression = "lz4 (default)"
+    compression = "none on random data, lz4 on text"
     apt_packages = ("borgbackup",)
     restore_creates_target = False
 
@@ -503,110 +532,56 @@ class Borg(Tool):
             argv = ["borg", "init", "--encryption=repokey-blake2"]
         return [Command(argv, run.root, self._env(run))]
 
-    def backup(self, run: RunPaths, source: Path) -> Command:
-        argv = ["borg", "create", self._archive(), source.name]
-        return Command(argv, source.parent, self._env(run))
+    def backup(self, run: RunPaths, dataset: Dataset) -> Command:
+        """lz4 where compression can win, none where it cannot: borg at its best on each."""
+        compression = "lz4" if dataset.compressible else "none"
+        argv = ["borg", "create", "--compression", compression, self._archive(), dataset.path.name]
+        return Command(argv, dataset.path.parent, self._env(run))
 
-    def restore(self, run: RunPaths, source: Path) -> Command:
+    def restore(self, run: RunPaths, dataset: Dataset) -> Command:
         return Command(["borg", "extract", self._archive()], run.restore, self._env(run))
 
 
-class TarGpg(Tool):
-    """The classic pipeline, without gpg's own compression so it measures cipher speed."""
+class TarAge(Tool):
+    """The classic pipeline. age encrypts to an X25519 identity made with age-keygen: its
+    passphrase mode reads the passphrase from a terminal, which a script cannot give it."""
 
-    name = "tar-gpg"
-    compression = "none (gpg --compress-algo none)"
-    apt_packages = ("tar", "gnupg")
+    name = "tar-age"
+    compression = "none"
+    apt_packages = ("tar", "age")
     restore_creates_target = False
 
     def binaries(self) -> list[str]:
-        return ["bash", "tar", "gpg", "gpgconf"]
+        return ["bash", "tar", "age", "age-keygen"]
 
     def version(self) -> str:
-        return f"{first_line(['tar', '--version'])}, {first_line(['gpg', '--version'])}"
-
-    def _gpg(self) -> str:
-        return shlex.join(
-            [
-                "gpg",
-                "--batch",
-                "--yes",
-                "--quiet",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase-file",
-                str(self.keys.passphrase_file),
-            ]
-        )
-
-    def _pipeline(self, script: str, cwd: Path) -> Command:
-        argv = ["bash", "-o", "pipefail", "-c", script]
-        return Command(argv, cwd, self.env(GNUPGHOME=str(self.keys.gnupg_home)))
+        return f"{first_line(['tar', '--version'])}, age {first_line(['age', '--version'])}"
 
     def setup(self, run: RunPaths) -> list[Command]:
-        """gpg's first use starts its agent and creates its keybox and random seed (~1 s): do
-        that untimed, so run 1 is not penalised."""
-        script = f"echo warm-up | {self._gpg()} --symmetric --cipher-algo AES256 -o /dev/null"
-        return [self._pipeline(script, run.root)]
+        if self.keys.age_identity.exists():
+            return []
+        return [Command(["age-keygen", "-o", str(self.keys.age_identity)], run.root, self.env())]
 
-    def backup(self, run: RunPaths, source: Path) -> Command:
-        archive = shlex.quote(str(run.store / "archive.tar.gpg"))
+    def backup(self, run: RunPaths, dataset: Dataset) -> Command:
+        archive = shlex.quote(str(run.store / "archive.tar.age"))
+        identity = shlex.quote(str(self.keys.age_identity))
         script = (
-            f"tar -cf - {shlex.quote(source.name)} | {self._gpg()} --symmetric"
-            f" --cipher-algo AES256 --compress-algo none -o {archive}"
+            f"tar -cf - {shlex.quote(dataset.path.name)} | age --encrypt -i {identity} -o {archive}"
         )
-        return self._pipeline(script, source.parent)
+        return pipeline(script, dataset.path.parent, self.env())
 
-    def restore(self, run: RunPaths, source: Path) -> Command:
-        archive = shlex.quote(str(run.store / "archive.tar.gpg"))
-        script = f"{self._gpg()} -d {archive} | tar -xf - -C {shlex.quote(str(run.restore))}"
-        return self._pipeline(script, run.root)
-
-    def close(self) -> None:
-        env = self.env(GNUPGHOME=str(self.keys.gnupg_home))
-        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
-
-
-class MinimalLoop(Tool):
-    """benchmarks/minimal_loop.py: the floor every real tool's overhead is measured against."""
-
-    name = "minimal"
-    compression = "none (AES-256-GCM, 4 MiB chunks, no KDF)"
-
-    def binaries(self) -> list[str]:
-        return [sys.executable]
-
-    def version(self) -> str:
-        return f"minimal loop (cryptography {importlib.metadata.version('cryptography')})"
-
-    def _run(self, *args: str | Path) -> list[str]:
-        script = BENCH_DIR / "minimal_loop.py"
-        return [sys.executable, str(script), *(str(a) for a in args)]
-
-    def backup(self, run: RunPaths, source: Path) -> Command:
-        argv = self._run("backup", self.keys.key_file, source, run.store / "archive.bin")
-        return Command(argv, run.root, self.env())
-
-    def restore(self, run: RunPaths, source: Path) -> Command:
-        argv = self._run("restore", self.keys.key_file, run.store / "archive.bin", run.restore)
-        return Command(argv, run.root, self.env())
+    def restore(self, run: RunPaths, dataset: Dataset) -> Command:
+        archive = shlex.quote(str(run.store / "archive.tar.age"))
+        identity = shlex.quote(str(self.keys.age_identity))
+        script = (
+            f"age --decrypt -i {identity} {archive} | tar -xf - -C {shlex.quote(str(run.restore))}"
+        )
+        return pipeline(script, run.root, self.env())
 
 
 TOOLS: dict[str, type[Tool]] = {
-    cls.name: cls for cls in (Strongroom, Restic, Borg, TarGpg, MinimalLoop)
+    cls.name: cls for cls in (Strongroom, BareLoop, Borg, Restic, TarAge)
 }
-
-
-def install_missing(tools: Sequence[Tool]) -> None:
-    """apt-get installs the packages of missing tools, and GNU time, which the harness needs."""
-    packages = sorted({p for t in tools if t.missing() for p in t.apt_packages})
-    if not Path(GNU_TIME).exists():
-        packages.append("time")
-    if packages:
-        print(f"installing {' '.join(packages)} with apt-get ...", file=sys.stderr, flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], env=env, check=False)
 
 
 # --------------------------------------------------------------------------- running
@@ -635,8 +610,11 @@ class Outcome:
     def samples(self, phase: Phase) -> list[Sample]:
         return [r.backup if phase == "backup" else r.restore for r in self.runs]
 
+    def seconds(self, phase: Phase) -> list[float]:
+        return [s.seconds for s in self.samples(phase)]
+
     def mb_per_s(self, phase: Phase) -> list[float]:
-        return [self.dataset_bytes / MB / s.seconds for s in self.samples(phase)]
+        return [self.dataset_bytes / MB / s for s in self.seconds(phase)]
 
     def peak_rss_mib(self, phase: Phase) -> float:
         return max(s.peak_rss_kib for s in self.samples(phase)) / 1024
@@ -646,31 +624,26 @@ class Outcome:
 
 
 def run_once(
-    tool: Tool, dataset: Dataset, run: RunPaths, expected_digest: str, trash: Path
+    tool: Tool, dataset: Dataset, run: RunPaths, expected_digest: str, trash: Path, cold: bool
 ) -> RunResult:
-    """One backup and one restore into fresh directories, then verification, all but the two
-    measured commands untimed. os.sync() after each phase keeps one phase's writeback out of
-    the next one's time.
+    """One backup and one restore into fresh directories, each from a cold page cache (unless
+    not `cold`) and timed until durable; setup and verification are untimed.
 
     The run's directories are moved into `trash`, not deleted: for a few minutes after many
     files are deleted, ext4 slows down every file creation nearby (its inode allocator skips
     recently deleted inodes, reading their inode table blocks to find them: `recently_deleted`
     was 40% of the kernel's time in a perf profile), which would bill one tool's cleanup to
-    the next tool's restore. The trash is emptied once a dataset's runs are done. The run's
-    files leave the page cache first (`evict`), so every run starts with the same free memory."""
+    the next tool's restore. The trash is emptied once a dataset's runs are done."""
     remove(run.root)
     run.store.mkdir(parents=True)
     try:
         for command in tool.setup(run):
-            run_measured(command, run)
-        warm_up(dataset.path)
-        backup = run_measured(tool.backup(run, dataset.path), run)
-        os.sync()
+            run_measured(command, run, cold=False)
+        backup = run_measured(tool.backup(run, dataset), run, cold)
         stored = total_size(run.store)
         if not tool.restore_creates_target:
             run.restore.mkdir()
-        restore = run_measured(tool.restore(run, dataset.path), run)
-        os.sync()
+        restore = run_measured(tool.restore(run, dataset), run, cold)
         restored = run.restore / dataset.path.name
         if not restored.exists():
             found = sorted(p.name for p in run.restore.iterdir()) if run.restore.exists() else []
@@ -680,18 +653,16 @@ def run_once(
         return RunResult(backup, restore, stored)
     finally:
         if run.root.exists():
-            os.sync()
-            evict(run.root)
             run.root.rename(Path(tempfile.mkdtemp(dir=trash)) / run.root.name)
 
 
 def run_benchmark(
-    datasets: Sequence[Dataset], tools: Sequence[Tool], runs: int, workdir: Path
+    datasets: Sequence[Dataset], tools: Sequence[Tool], runs: int, workdir: Path, cold: bool
 ) -> list[Outcome]:
-    """Runs tools round-robin within each run index, so slow drift in the machine (thermal,
-    background load) spreads over all tools instead of biasing the last one. Each run index
-    starts with the next tool, so the disk's slow start after the previous dataset's runs
-    are deleted (discard) does not always fall on the same tool.
+    """Runs every tool once per run index, so slow drift in the machine (thermal, background
+    load) spreads over all tools instead of biasing the last one. Each run index starts with
+    the next tool, so the disk's slow start after the previous dataset's runs are deleted
+    (discard) does not always fall on the same tool.
 
     An untimed warm-up run of the last tool comes first, so every timed run follows another
     run, as it does in the rotation. Without it, the first timed run met a different machine:
@@ -710,13 +681,14 @@ def run_benchmark(
         trash = workdir / "runs" / "trash"
         trash.mkdir(parents=True, exist_ok=True)
         try:  # a full disk fails a run and then moving it aside: empty the trash regardless
-            warm_up_run(pairs[-1], workdir, digest, trash)
+            warm_up_run(pairs[-1], workdir, digest, trash, cold)
             for index in range(runs):
                 rotated = pairs[index % len(pairs) :] + pairs[: index % len(pairs)]
                 for outcome in (o for o in rotated if o.error is None):
                     run = RunPaths(workdir / "runs" / f"{dataset.name}-{outcome.tool.name}")
                     try:
-                        outcome.runs.append(run_once(outcome.tool, dataset, run, digest, trash))
+                        result = run_once(outcome.tool, dataset, run, digest, trash, cold)
+                        outcome.runs.append(result)
                     except ToolFailed as failure:
                         outcome.error = str(failure)
                     report_progress(outcome, index, runs)
@@ -726,7 +698,7 @@ def run_benchmark(
     return outcomes
 
 
-def warm_up_run(outcome: Outcome, workdir: Path, digest: str, trash: Path) -> None:
+def warm_up_run(outcome: Outcome, workdir: Path, digest: str, trash: Path, cold: bool) -> None:
     """One untimed run of a tool, its result dropped (see `run_benchmark`)."""
     if outcome.error is not None:
         return
@@ -734,7 +706,7 @@ def warm_up_run(outcome: Outcome, workdir: Path, digest: str, trash: Path) -> No
     print(f"{label} warm-up run (untimed) ...", file=sys.stderr, flush=True)
     run = RunPaths(workdir / "runs" / f"{outcome.dataset.name}-{outcome.tool.name}")
     try:
-        run_once(outcome.tool, outcome.dataset, run, digest, trash)
+        run_once(outcome.tool, outcome.dataset, run, digest, trash, cold)
     except ToolFailed as failure:
         outcome.error = str(failure)
 
@@ -747,8 +719,8 @@ def report_progress(outcome: Outcome, index: int, runs: int) -> None:
     last = outcome.runs[-1]
     megabytes = outcome.dataset_bytes / MB
     print(
-        f"{label} backup {megabytes / last.backup.seconds:.1f} MB/s,"
-        f" restore {megabytes / last.restore.seconds:.1f} MB/s,"
+        f"{label} backup {last.backup.seconds:.2f} s {megabytes / last.backup.seconds:.1f} MB/s,"
+        f" restore {last.restore.seconds:.2f} s {megabytes / last.restore.seconds:.1f} MB/s,"
         f" peak RSS {last.backup.peak_rss_kib / 1024:.0f}"
         f" / {last.restore.peak_rss_kib / 1024:.0f} MiB",
         file=sys.stderr,
@@ -757,6 +729,86 @@ def report_progress(outcome: Outcome, index: int, runs: int) -> None:
 
 
 # --------------------------------------------------------------------------- reporting
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue #16's goals: strongroom's median MB/s over another tool's, per dataset."""
+
+    label: str
+    phase: Phase
+    other: str
+    at_least: float
+
+
+TARGETS = (
+    Target("backup >= 0.8x bare loop", "backup", "bare", 0.8),
+    Target("backup >= 3x borg", "backup", "borg", 3.0),
+    Target("restore >= 2x restic", "restore", "restic", 2.0),
+    Target("restore >= 2x borg", "restore", "borg", 2.0),
+)
+RSS_TARGET = "peak RSS <= 150 MiB"
+RSS_LIMIT_MIB = 150.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """A target on one dataset: `value` is a ratio (or MiB for RSS); `passed` is None when it
+    could not be computed, and `why` says why."""
+
+    target: str
+    dataset: str
+    value: float | None
+    passed: bool | None
+    why: str = ""
+
+    def cell(self) -> str:
+        if self.value is None:
+            return f"n/a ({self.why})"
+        shown = f"{self.value:.0f} MiB" if self.target == RSS_TARGET else f"{self.value:.2f}x"
+        return f"{shown} {'pass' if self.passed else 'FAIL'}"
+
+
+def ratio_check(target: Target, dataset: str, found: dict[tuple[str, str], Outcome]) -> Check:
+    ours, theirs = found.get((dataset, "strongroom")), found.get((dataset, target.other))
+    a = ours.median_mb_per_s(target.phase) if ours else None
+    b = theirs.median_mb_per_s(target.phase) if theirs else None
+    if a is None or b is None:
+        missing = [name for name, m in (("strongroom", a), (target.other, b)) if m is None]
+        return Check(target.label, dataset, None, None, f"no {' or '.join(missing)} result")
+    return Check(target.label, dataset, a / b, a / b >= target.at_least)
+
+
+def rss_check(dataset: str, found: dict[tuple[str, str], Outcome]) -> Check:
+    ours = found.get((dataset, "strongroom"))
+    if ours is None or ours.error or not ours.runs:
+        return Check(RSS_TARGET, dataset, None, None, "no strongroom result")
+    peak = max(ours.peak_rss_mib("backup"), ours.peak_rss_mib("restore"))
+    return Check(RSS_TARGET, dataset, peak, peak <= RSS_LIMIT_MIB)
+
+
+def checks(outcomes: Sequence[Outcome]) -> list[Check]:
+    found = {(o.dataset.name, o.tool.name): o for o in outcomes}
+    result = []
+    for dataset in dict.fromkeys(o.dataset.name for o in outcomes):
+        result += [ratio_check(t, dataset, found) for t in TARGETS]
+        result.append(rss_check(dataset, found))
+    return result
+
+
+def method(runs: int, cold: bool) -> list[str]:
+    """The three lines every report starts with."""
+    if cold:
+        cache = "Cold cache: `sync; echo 3 > /proc/sys/vm/drop_caches` before every timed run."
+    else:
+        cache = "WARM cache (--warm): caches not dropped, so reading the data is not all paid."
+    return [
+        cache,
+        "Until durable: the tool as a subprocess, then `sync`, inside the timing;"
+        " MB/s = dataset bytes / 10^6 / s; peak RSS from GNU time.",
+        f"Tools interleaved, order rotated per run, after one untimed warm-up run;"
+        f" medians of {runs}, every run shown; restores verified by SHA-256 (untimed).",
+    ]
 
 
 def cpu_model() -> str:
@@ -769,14 +821,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def machine() -> str:
+    return (
+        f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}"
+    )
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def header(args: argparse.Namespace, datasets: Sequence[Dataset], tools: Sequence[Tool]) -> str:
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "# strongroom throughput benchmark",
+        "# strongroom throughput benchmark" + ("" if args.cold else " (WARM CACHE)"),
         "",
-        f"- date: {now}",
-        f"- machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}",
+        *(f"{i}. {line}" for i, line in enumerate(method(args.runs, args.cold), 1)),
+        "",
+        f"- date: {now()}; machine: {machine()}",
         f"- runs per tool and dataset: {args.runs}; dataset scale: {args.scale:g}",
     ]
     for d in datasets:
@@ -784,44 +846,48 @@ def header(args: argparse.Namespace, datasets: Sequence[Dataset], tools: Sequenc
     for t in tools:
         version = "not installed" if t.missing() else t.version()
         lines.append(f"- tool {t.name}: {version}; compression: {t.compression}")
-    lines += [
-        "- method: each backup and restore is its own subprocess; MB/s = dataset bytes / 10^6 /"
-        " wall seconds; peak RSS = ru_maxrss of the command and the processes it waited for"
-        " (both sides of a pipeline), from GNU time's wait4 (a wait4 from the harness would"
-        " count the harness's own peak RSS).",
-        "- caches: not dropped (that needs privileges and a quiet machine); instead the dataset is"
-        " read once, untimed, before every backup, so backups start from a warm page cache and"
-        " restores read a store that was just written. os.sync() runs untimed after each phase,"
-        " and each finished run's files are evicted from the page cache (posix_fadvise), so"
-        " every run starts with the same free memory.",
-        "- every restore is checked against a SHA-256 digest of the source tree (untimed).",
-    ]
     return "\n".join(lines)
 
 
-def speed_cell(outcome: Outcome, phase: Phase) -> str:
-    speeds = outcome.mb_per_s(phase)
-    return f"{statistics.median(speeds):.1f} [{min(speeds):.1f}-{max(speeds):.1f}]"
+def phase_cells(outcome: Outcome, phase: Phase) -> str:
+    """Median MB/s, then every run's seconds in run order."""
+    runs = " ".join(f"{s:.2f}" for s in outcome.seconds(phase))
+    return f"{statistics.median(outcome.mb_per_s(phase)):.1f} | {runs}"
 
 
 def results_table(outcomes: Sequence[Outcome]) -> str:
     lines = [
-        "| dataset | tool | backup MB/s median [min-max] | restore MB/s median [min-max]"
-        " | peak RSS backup / restore MiB | stored MB |",
-        "|---|---|---:|---:|---:|---:|",
+        "| dataset | tool | backup MB/s median | backup s per run | restore MB/s median"
+        " | restore s per run | peak RSS backup / restore MiB | stored MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outcomes:
         if o.error:
             status = "skipped" if o.error.startswith("skipped:") else "FAILED"
-            lines.append(f"| {o.dataset.name} | {o.tool.name} | {status} (see notes) | | | |")
+            lines.append(f"| {o.dataset.name} | {o.tool.name} | {status} (see notes) | | | | | |")
             continue
         stored = statistics.median(r.stored_bytes for r in o.runs) / MB
         lines.append(
-            f"| {o.dataset.name} | {o.tool.name} | {speed_cell(o, 'backup')}"
-            f" | {speed_cell(o, 'restore')}"
+            f"| {o.dataset.name} | {o.tool.name} | {phase_cells(o, 'backup')}"
+            f" | {phase_cells(o, 'restore')}"
             f" | {o.peak_rss_mib('backup'):.0f} / {o.peak_rss_mib('restore'):.0f}"
             f" | {stored:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def targets_table(results: Sequence[Check]) -> str:
+    """One row per target, one column per dataset: strongroom's ratio and pass or FAIL."""
+    datasets = list(dict.fromkeys(c.dataset for c in results))
+    cells = {(c.target, c.dataset): c.cell() for c in results}
+    lines = [
+        "## Targets (strongroom, ratios of medians)",
+        "",
+        f"| target | {' | '.join(datasets)} |",
+        "|---|" + "---:|" * len(datasets),
+    ]
+    for target in dict.fromkeys(c.target for c in results):
+        lines.append(f"| {target} | {' | '.join(cells[target, d] for d in datasets)} |")
     return "\n".join(lines)
 
 
@@ -833,45 +899,6 @@ def notes(outcomes: Sequence[Outcome]) -> str:
     for o in failed:
         lines.append(f"- {o.dataset.name} / {o.tool.name}: {o.error}")
     return "\n".join(lines)
-
-
-def ratio(outcomes: Sequence[Outcome], dataset: str, phase: Phase, other: str) -> str:
-    """strongroom's median MB/s over `other`'s, or why it cannot be computed."""
-    found = {o.tool.name: o for o in outcomes if o.dataset.name == dataset}
-    ours, theirs = found.get("strongroom"), found.get(other)
-    if ours is None or theirs is None:
-        return "n/a (not run)"
-    a, b = ours.median_mb_per_s(phase), theirs.median_mb_per_s(phase)
-    if a is None or b is None:
-        return f"n/a ({'strongroom' if a is None else other} has no result)"
-    return f"{a / b:.2f}x"
-
-
-def target_ratios(outcomes: Sequence[Outcome]) -> str:
-    datasets = list(dict.fromkeys(o.dataset.name for o in outcomes))
-    lines = [
-        "## Ratios the project targets",
-        "",
-        f"- backup, strongroom / minimal loop on random1g: "
-        f"{ratio(outcomes, 'random1g', 'backup', 'minimal')}",
-        f"- backup, strongroom / borg on random1g: {ratio(outcomes, 'random1g', 'backup', 'borg')}",
-    ]
-    for other in ("restic", "borg"):
-        per_dataset = ", ".join(f"{d} {ratio(outcomes, d, 'restore', other)}" for d in datasets)
-        lines.append(f"- restore, strongroom / {other}: {per_dataset}")
-    lines.append(f"- strongroom peak RSS: {strongroom_rss(outcomes)}")
-    return "\n".join(lines)
-
-
-def strongroom_rss(outcomes: Sequence[Outcome]) -> str:
-    ours = [o for o in outcomes if o.tool.name == "strongroom" and o.runs and not o.error]
-    if not ours:
-        return "n/a (strongroom has no result)"
-    return ", ".join(
-        f"{o.dataset.name} backup {o.peak_rss_mib('backup'):.0f} MiB"
-        f" / restore {o.peak_rss_mib('restore'):.0f} MiB"
-        for o in ours
-    )
 
 
 def scaling_summary(outcomes: Sequence[Outcome]) -> str:
@@ -894,6 +921,67 @@ def scaling_summary(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def markdown_report(
+    args: argparse.Namespace,
+    datasets: Sequence[Dataset],
+    tools: Sequence[Tool],
+    outcomes: Sequence[Outcome],
+) -> str:
+    summary = scaling_summary(outcomes) if args.memory_scaling else targets_table(checks(outcomes))
+    sections = [header(args, datasets, tools), results_table(outcomes), summary, notes(outcomes)]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def phase_json(outcome: Outcome, phase: Phase) -> dict[str, Any]:
+    return {
+        "seconds": outcome.seconds(phase),
+        "mb_per_s": outcome.mb_per_s(phase),
+        "median_mb_per_s": outcome.median_mb_per_s(phase),
+        "peak_rss_kib": [s.peak_rss_kib for s in outcome.samples(phase)],
+    }
+
+
+def json_report(
+    args: argparse.Namespace,
+    datasets: Sequence[Dataset],
+    tools: Sequence[Tool],
+    outcomes: Sequence[Outcome],
+) -> str:
+    """The same facts as the Markdown report, for harness runs to compare machines."""
+    report = {
+        "date": now(),
+        "machine": machine(),
+        "cold_cache": args.cold,
+        "method": method(args.runs, args.cold),
+        "runs": args.runs,
+        "scale": args.scale,
+        "datasets": [
+            {"name": d.name, "bytes": total_size(d.path), "summary": d.summary} for d in datasets
+        ],
+        "tools": [
+            {
+                "name": t.name,
+                "version": None if t.missing() else t.version(),
+                "compression": t.compression,
+            }
+            for t in tools
+        ],
+        "results": [
+            {
+                "dataset": o.dataset.name,
+                "tool": o.tool.name,
+                "error": o.error,
+                "stored_bytes": [r.stored_bytes for r in o.runs],
+                "backup": phase_json(o, "backup"),
+                "restore": phase_json(o, "restore"),
+            }
+            for o in outcomes
+        ],
+        "targets": [] if args.memory_scaling else [asdict(c) for c in checks(outcomes)],
+    }
+    return json.dumps(report, indent=2) + "\n"
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -907,7 +995,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--workdir", type=Path, required=True, help="datasets, stores, restores")
-    parser.add_argument("--runs", type=int, default=3, help="runs per tool and dataset")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per tool and dataset")
     parser.add_argument(
         "--datasets",
         type=comma_list,
@@ -921,6 +1009,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma list of {', '.join(TOOLS)} (default: all; strongroom with --memory-scaling)",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="shrink datasets for trial runs")
+    parser.add_argument(
+        "--warm",
+        dest="cold",
+        action="store_false",
+        help="do not drop the page cache (no root needed); the report says WARM",
+    )
+    parser.add_argument("--json", action="store_true", help="report as JSON instead of Markdown")
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     parser.add_argument(
         "--memory-scaling",
@@ -929,11 +1024,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sizes-gib", type=comma_list, default=["1", "4"], help="sizes for --memory-scaling"
-    )
-    parser.add_argument(
-        "--install-missing",
-        action="store_true",
-        help="apt-get install missing restic, borgbackup, gnupg and GNU time first",
     )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.scale <= 0:
@@ -949,8 +1039,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_can_drop_caches() -> None:
+    """Refuses to start a cold-cache run that could not drop the cache."""
+    try:
+        drop_caches()
+    except OSError as error:
+        sys.exit(
+            f"cannot drop the page cache ({error}): every timed run starts with"
+            " `sync; echo 3 > /proc/sys/vm/drop_caches`, which needs root. Run as root (sudo),"
+            " or pass --warm for a run whose report is labelled WARM."
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.cold:
+        check_can_drop_caches()
+    if not Path(GNU_TIME).exists():
+        sys.exit("GNU time is needed to measure peak RSS: apt-get install time (make bench does)")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     root = dataset_root(workdir, args.scale)
@@ -961,25 +1067,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(str(error))
     keys = Secrets.load(workdir)
     tools = [TOOLS[name](keys) for name in args.tools]
-    if args.install_missing:
-        install_missing(tools)
-    if not Path(GNU_TIME).exists():
-        sys.exit(
-            "GNU time is needed to measure peak RSS: apt-get install time (or --install-missing)"
-        )
     for tool in tools:
         if reason := tool.missing():
             print(f"skipping {tool.name}: {reason}", file=sys.stderr)
-    try:
-        outcomes = run_benchmark(datasets, tools, args.runs, workdir)
-    finally:
-        for tool in tools:
-            if not tool.missing():
-                tool.close()
-    summary = scaling_summary(outcomes) if args.memory_scaling else target_ratios(outcomes)
-    sections = [header(args, datasets, tools), results_table(outcomes), summary, notes(outcomes)]
-    report = "\n\n".join(s for s in sections if s) + "\n"
-    print(report)
+    outcomes = run_benchmark(datasets, tools, args.runs, workdir, args.cold)
+    render = json_report if args.json else markdown_report
+    report = render(args, datasets, tools, outcomes)
+    print(report, end="")
     if args.output:
         args.output.write_text(report)
 
