@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from strongroom import Engine
+from strongroom.backends.file import LocalStore
 from strongroom.crypto import StreamCipher
 from strongroom.pipeline import SAMPLE_SIZE, ChunkWriter, _looks_compressible
 from tests.conftest import PASSCODE
@@ -34,23 +35,39 @@ def test_every_chunk_is_durable_before_the_manifest_commits_it(
     """Chunks are written without waiting for the disk, but each one, and its directory,
     is fsynced before the manifest is written: a crash never leaves a manifest whose
     chunks the disk lost."""
-    synced: list[str] = []
+    synced: list[tuple[int, int]] = []  # the inode of each fsync, in order
     fsync = os.fsync
 
     def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        status = os.fstat(fd)
+        synced.append((status.st_dev, status.st_ino))
         fsync(fd)
 
+    def inode(path: str | Path) -> tuple[int, int]:
+        status = os.stat(path)
+        return status.st_dev, status.st_ino
+
+    opened: list[str] = []
+    open_object = LocalStore._open
+
+    def recording_open(store: LocalStore, key: str) -> int:
+        opened.append(key)
+        return open_object(store, key)
+
     monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(LocalStore, "_open", recording_open)
     engine.create("durable", [tree], passcode=PASSCODE)
+    # each chunk is fsynced through the descriptor that wrote it, never one opened later
+    # (which could miss a write-back error the kernel has forgotten by then)
+    assert not [key for key in opened if key.startswith("data/")]
     store = engine.store()
     root = Path(store.root)
-    chunks = [str(root / obj.key) for obj in store.list("data/durable/")]
-    manifest = next(n for n, path in enumerate(synced) if "/manifests/" in path)
+    chunks = [root / obj.key for obj in store.list("data/durable/")]
+    manifest = synced.index(inode(root / "manifests" / "durable"))
     assert len(chunks) > 5
     for chunk in chunks:
-        assert chunk in synced[:manifest], chunk
-        assert os.path.dirname(chunk) in synced[:manifest]
+        assert inode(chunk) in synced[:manifest], chunk
+        assert inode(chunk.parent) in synced[:manifest]
 
 
 def test_a_file_that_ends_sooner_than_its_size_is_an_error(engine: Engine) -> None:

@@ -1,4 +1,5 @@
-"""Reading ahead of the archive writer: the same order as tarfile, within its window."""
+"""Reading ahead of the archive writer: tarfile's order, within its window, never through a
+link, and out of the way on a warm tree."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ import pytest
 from strongroom import readahead
 from strongroom.readahead import ReadAhead
 
+NAMES = ("b/2", "b/10", "a/z/x", "a/B/deep/f", "a/B/g", "A/h", "top", "_")
+
 
 @pytest.fixture
 def sources(tmp_path: Path) -> list[Path]:
     """Names whose sorted order differs from creation order, nested directories, a link
-    to a directory (never walked into) and a FIFO (never opened)."""
+    to a directory (never walked into) and a FIFO (never read)."""
     root = tmp_path / "tree"
     for directory in ("b", "a/z", "a/B", "a/B/deep", "A"):
         (root / directory).mkdir(parents=True, exist_ok=True)
-    for n, name in enumerate(("b/2", "b/10", "a/z/x", "a/B/deep/f", "a/B/g", "A/h", "top", "_")):
-        (root / name).write_bytes(b"x" * (100 * n + 1))
+    for n, name in enumerate(NAMES):
+        (root / name).write_bytes(b"x" * (1000 * n + 1))
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "never").write_bytes(b"not in the archive")
@@ -33,11 +36,12 @@ def sources(tmp_path: Path) -> list[Path]:
     return [root, single]
 
 
-def _walked(sources: list[Path]) -> list[tuple[bytes, int]]:
+def _walked(sources: list[Path]) -> list[tuple[str, int]]:
+    stop = threading.Event()
     return [
-        entry
+        (os.fsdecode(name), size)
         for source in sources
-        for entry in readahead._files_in_archive_order(os.fsencode(source))
+        for _, name, size in readahead._files_in_archive_order(source, stop)
     ]
 
 
@@ -48,42 +52,74 @@ def test_files_come_in_the_order_tarfile_archives_them(sources: list[Path]) -> N
             tar.add(source)
     archive.seek(0)
     with tarfile.open(fileobj=archive) as tar:
-        archived = [member.name for member in tar.getmembers() if member.isreg()]
-    walked = _walked(sources)
-    assert [os.fsdecode(path).lstrip("/") for path, _ in walked] == archived
-    assert [size for _, size in walked] == [os.lstat(path).st_size for path, _ in walked]
+        archived = [(m.name.rsplit("/", 1)[-1], m.size) for m in tar.getmembers() if m.isreg()]
+    assert _walked(sources) == archived
+    assert len(archived) == len(NAMES) + 1
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, cached: bool) -> list[str]:
+    advised: list[str] = []
+
+    def advise(directory: int, name: bytes, size: int) -> bool:
+        advised.append(os.fsdecode(name))
+        return cached
+
+    monkeypatch.setattr(readahead, "_advise", advise)
+    return advised
 
 
 def test_it_stays_a_window_ahead_of_the_writer(
     sources: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     walked = _walked(sources)
-    window = sum(size for _, size in walked[:3])
-    advised: list[bytes] = []
-    every_file = threading.Event()
+    blocks = [512 + -(-size // 512) * 512 for _, size in walked]  # header and padded data
+    advised = _spy(monkeypatch, cached=False)
     written = 0
-
-    def advise(path: bytes, size: int) -> int:
-        advised.append(path)
-        if len(advised) == len(walked):
-            every_file.set()
-        return size
-
-    monkeypatch.setattr(readahead, "_advise", advise)
-    with ReadAhead(sources, lambda: written, window=window):
-        every_file.wait(0.5)  # time enough to run ahead, were it not held back
-        assert advised == [path for path, _ in walked[:3]]
-        written = window * len(walked)
-        assert every_file.wait(5)
-    assert advised == [path for path, _ in walked]
+    with ReadAhead(sources, lambda: written, window=sum(blocks[:3])):
+        threading.Event().wait(0.3)  # time enough to run ahead, were it not held back
+        assert advised == [name for name, _ in walked[:3]]
+        written = sum(blocks)
+        for _ in range(500):
+            if len(advised) == len(walked):
+                break
+            threading.Event().wait(0.01)
+    assert advised == [name for name, _ in walked]
 
 
-def test_it_asks_the_kernel_only_for_files_and_stops_with_its_context(
+def test_on_a_warm_tree_it_stops(sources: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readahead, "WARM_FILES", 2)
+    advised = _spy(monkeypatch, cached=True)
+    with ReadAhead(sources, lambda: 10**12):
+        threading.Event().wait(0.3)
+    assert len(advised) == 2
+
+
+def test_a_directory_swapped_for_a_link_is_never_entered(
+    sources: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link was a directory when listed (stat is made to say so here); opening it
+    refuses the link, so nothing outside is read ahead."""
+    real_stat = os.stat
+
+    def stat_before_the_swap(name: object, *args: object, **kwargs: object) -> os.stat_result:
+        if name == b"link":
+            return real_stat(sources[0].parent / "outside")
+        return real_stat(name, *args, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(os, "stat", stat_before_the_swap)
+    walked = [name for name, _ in _walked([sources[0] / "a"])]
+    assert "never" not in walked and walked == ["f", "g", "x"]
+
+
+def test_only_regular_files_are_asked_for_and_it_stops_with_its_context(
     sources: list[Path],
 ) -> None:
     with ReadAhead(sources, lambda: 0, window=1):
         pass  # ends at once, though the writer never moves
-    tree = sources[0]
-    assert readahead._advise(os.fsencode(tree / "top"), 10) == 10
-    for not_a_file in ("a/fifo", "a/link", "gone"):
-        assert readahead._advise(os.fsencode(tree / not_a_file), 10) == 0
+    directory = os.open(sources[0], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for not_a_file in (b"a/fifo", b"a/link", b"gone"):
+            assert readahead._advise(directory, not_a_file, 10) is False
+        readahead._advise(directory, b"top", 10)  # whether cached or not: no error
+    finally:
+        os.close(directory)

@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+#: Chunks put but not yet durable, per put worker, before puts wait for the disk.
+SYNCS_PER_WORKER = 4
 ZSTD_LEVEL = 3
 #: A chunk is compressed if any of SAMPLES slices of SAMPLE_SIZE bytes shrinks below
 #: COMPRESSIBLE_RATIO of its size.
@@ -88,6 +90,7 @@ class ChunkWriter(io.RawIOBase):
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-put")
         self._syncer = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-sync")
         self._slots = threading.BoundedSemaphore(workers + 1)
+        self._sync_slots = threading.BoundedSemaphore(SYNCS_PER_WORKER * workers)
         self._futures: deque[Future[tuple[int, Future[None]]]] = deque()
         self._syncs: deque[Future[None]] = deque()
         self._buffer = bytearray(chunk_size)
@@ -151,9 +154,10 @@ class ChunkWriter(io.RawIOBase):
         return WriteStats(self._index, self._source_size, self._stored_size)
 
     def abort(self) -> None:
-        """Stop: drop queued chunks and wait for the running puts and syncs to end."""
+        """Stop: drop queued chunks, wait for the running puts, then for the syncs of what
+        was put (a store may hold a descriptor until its object is synced)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self._syncer.shutdown(wait=True, cancel_futures=True)
+        self._syncer.shutdown(wait=True)
 
     def _submit(self, *, last: bool) -> None:
         self._collect_done()
@@ -203,7 +207,10 @@ class ChunkWriter(io.RawIOBase):
             self._free_buffers.append(buffer)
         key = self._key_of(index)
         self._store.put_unsynced(key, sealed, retain_until=self._retain_until)
-        return len(sealed), self._syncer.submit(self._store.sync, [key])
+        self._sync_slots.acquire()  # a put waits while the disk is that far behind
+        sync = self._syncer.submit(self._store.sync, [key])
+        sync.add_done_callback(lambda _: self._sync_slots.release())
+        return len(sealed), sync
 
 
 class ChunkReader(io.RawIOBase):

@@ -4,17 +4,24 @@ The archive writer reads one file after another. From a cold cache each small fi
 disk round trip (its inode, then its data), one at a time. A thread walks the sources in the
 order the writer will (tarfile's: names sorted, depth first, links not followed) and asks
 the kernel to start reading each regular file into the page cache (`posix_fadvise`
-WILLNEED, which does not wait for the disk), staying at most WINDOW bytes ahead of what the
-writer has written. Its `lstat` calls bring the inodes in too.
+WILLNEED, which does not wait for the disk), staying at most WINDOW bytes of archive ahead
+of what the writer has written. Its `lstat` calls bring the inodes in too. Once many files
+in a row are in the cache already, it stops: on a warm tree it would only compete with the
+writer.
 
-Nothing here changes what is archived: a file read ahead is read again by the writer, as it
-is then; a file the walk misses or cannot open is simply not read ahead.
+The walk goes from directory descriptor to directory descriptor, never following a link
+(a directory swapped for a link meanwhile is not entered), and opens only what `fstat`
+then shows to be the regular file it listed. Nothing here changes what is archived: a file
+read ahead is read again by the writer, as it is then; one the walk misses is simply not
+read ahead. Any failure ends the read-ahead, never the backup.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,12 +29,16 @@ from types import TracebackType
 
 __all__ = ["WINDOW", "ReadAhead"]
 
-#: How far ahead of the writer the kernel is asked to read (bytes); also the most of any
-#: one file asked for, since a large file is read ahead by the kernel as it is read.
+#: How far ahead of the writer the kernel is asked to read (bytes of archive); also the most
+#: of any one file asked for, since the kernel reads a large file ahead as it is read.
 WINDOW = 64 * 1024 * 1024
+#: After this many files in a row found in the page cache, the tree is warm: stop.
+WARM_FILES = 256
 #: How long the walk sleeps while it is a window ahead (seconds).
 _PAUSE = 0.005
-_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_log = logging.getLogger("strongroom.readahead")
 
 
 class ReadAhead:
@@ -52,48 +63,80 @@ class ReadAhead:
         traceback: TracebackType | None,
     ) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=1)  # a daemon: a walk stuck on a dead mount is left behind
 
     def _run(self) -> None:
-        asked = 0
+        try:
+            self._read_ahead()
+        except Exception:  # advisory only: the writer reads every file itself anyway
+            _log.debug("Reading ahead stopped", exc_info=True)
+
+    def _read_ahead(self) -> None:
+        position = 0  # where the archive will be once the writer has reached the file
+        cached_in_a_row = 0
         for source in self._sources:
-            for path, size in _files_in_archive_order(os.fsencode(source)):
-                while asked - self._written() >= self._window:
+            for directory, name, size in _files_in_archive_order(source, self._stop):
+                position += tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                while position - self._written() > self._window:
                     if self._stop.wait(_PAUSE):
                         return
-                if self._stop.is_set():
+                cached = _advise(directory, name, min(size, self._window))
+                cached_in_a_row = cached_in_a_row + 1 if cached else 0
+                if cached_in_a_row == WARM_FILES:
                     return
-                asked += _advise(path, min(size, self._window))
 
 
-def _files_in_archive_order(path: bytes) -> Iterator[tuple[bytes, int]]:
-    """The regular files under `path` (or `path` itself) and their sizes, in the order
-    `tarfile.add` archives them; whatever cannot be read is passed over."""
+def _files_in_archive_order(
+    source: Path, stop: threading.Event
+) -> Iterator[tuple[int, bytes, int]]:
+    """(directory fd, name, size) of the regular files of `source` (or `source` itself), in
+    the order `tarfile.add` archives them, until `stop` is set."""
+    parent, name = os.path.split(os.fsencode(source).rstrip(b"/") or b"/")
+    fd = os.open(parent or b".", _DIRECTORY)  # the source's own parents are the caller's
     try:
-        status = os.lstat(path)
-    except OSError:
-        return
-    if stat.S_ISREG(status.st_mode):
-        yield path, status.st_size
-    elif stat.S_ISDIR(status.st_mode):
-        try:
-            names = sorted(os.listdir(os.fsdecode(path)))  # sorted as tarfile sorts them
-        except OSError:
-            return
-        for name in names:
-            yield from _files_in_archive_order(os.path.join(path, os.fsencode(name)))
-
-
-def _advise(path: bytes, size: int) -> int:
-    """Ask the kernel to read the first `size` bytes of the file; how many it was asked."""
-    try:
-        fd = os.open(path, _OPEN)
-    except OSError:
-        return 0
-    try:
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        return 0
+        yield from _walk(fd, name or b".", stop)
     finally:
         os.close(fd)
-    return size
+
+
+def _walk(directory: int, name: bytes, stop: threading.Event) -> Iterator[tuple[int, bytes, int]]:
+    if stop.is_set():
+        return
+    status = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    if stat.S_ISREG(status.st_mode):
+        yield directory, name, status.st_size
+    elif stat.S_ISDIR(status.st_mode):
+        try:
+            fd = os.open(name, _DIRECTORY, dir_fd=directory)  # not a link swapped in
+        except OSError:
+            return
+        try:
+            for entry in sorted(os.listdir(fd)):  # str names, sorted as tarfile sorts them
+                try:
+                    yield from _walk(fd, os.fsencode(entry), stop)
+                except OSError:
+                    continue  # gone, or not readable: the writer says so, not this thread
+        finally:
+            os.close(fd)
+
+
+def _advise(directory: int, name: bytes, size: int) -> bool:
+    """Ask the kernel to read the first `size` bytes of the regular file `name`; whether
+    its first bytes were in the page cache already."""
+    try:
+        fd = os.open(name, _FILE, dir_fd=directory)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not size:
+            return False
+        try:
+            os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+            return True
+        except BlockingIOError:
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+            return False
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

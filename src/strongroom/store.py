@@ -233,7 +233,9 @@ class Store:
     ) -> None:
         """Write a new object (as `put`, without overwrite) that need not be durable until
         `sync` returns for its key: a backup's chunks, written at full speed and made
-        durable before its manifest commits it. By default a `put`, durable already."""
+        durable before its manifest commits it. Every key put so is synced afterwards (a
+        store may hold resources until then); a backend overrides both or neither. By
+        default a `put`, durable already."""
         self.put(key, data, retain_until=retain_until)
 
     def sync(self, keys: Sequence[str]) -> None:

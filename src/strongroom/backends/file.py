@@ -18,6 +18,7 @@ import os
 import posixpath
 import secrets
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -52,6 +53,8 @@ class LocalStore(Store):
     def __init__(self, name: str, url: str, directory: Path) -> None:
         super().__init__(name, url, None, str(directory))
         self._root = Root(directory)
+        self._unsynced: dict[str, int] = {}  # key → the descriptor put_unsynced wrote it with
+        self._unsynced_lock = threading.Lock()
 
     @property
     def fs(self) -> AbstractFileSystem:
@@ -76,7 +79,7 @@ class LocalStore(Store):
                 key, lambda parent, name: _write(parent, name, data, overwrite=overwrite)
             )
 
-    def _retrying(self, key: str, write: Callable[[int, str], None]) -> None:
+    def _retrying(self, key: str, write: Callable[[int, str], object]) -> None:
         """Run `write` in the directory of `key` (made if missing), again if a concurrent
         delete prunes that directory meanwhile."""
         attempt = 1
@@ -93,17 +96,28 @@ class LocalStore(Store):
     def put_unsynced(
         self, key: str, data: bytes | bytearray | memoryview, *, retain_until: datetime | None
     ) -> None:
+        def write(parent: int, name: str) -> None:
+            fd = _write(parent, name, data, durable=False)
+            assert fd is not None
+            with self._unsynced_lock:
+                self._unsynced[key] = fd
+
         with self.translate_errors(key), self._refusing_links(key, "written"):
-            self._retrying(key, lambda parent, name: _write(parent, name, data, durable=False))
+            self._retrying(key, write)
 
     def sync(self, keys: Sequence[str]) -> None:
-        """fsync each object, then each directory holding them once (their names)."""
+        """fsync each object through the descriptor that wrote it, then each directory
+        holding them, once."""
         for key in keys:
-            fd = self._open(key)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with self.translate_errors(key):
+                with self._unsynced_lock:
+                    fd = self._unsynced.pop(key, None)
+                if fd is None:  # not written by this instance's put_unsynced
+                    fd = self._open(key)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         for directory in sorted({posixpath.dirname(key) for key in keys}):
             with self.translate_errors(directory), self._root.directory(directory) as fd:
                 os.fsync(fd)
@@ -231,24 +245,32 @@ def _write(
     *,
     overwrite: bool = False,
     durable: bool = True,
-) -> None:
+) -> int | None:
     """Write a temporary file and fsync it, link or rename it to `name`, fsync the
-    directory (the fsyncs left to `LocalStore.sync` unless `durable`)."""
+    directory. Unless `durable`, the fsyncs are left to `LocalStore.sync`, which gets the
+    file's descriptor (returned): an fsync through a descriptor opened later could miss a
+    write-back error the kernel has forgotten by then."""
     temporary = f".{name}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temporary, flags, 0o666, dir_fd=parent)
     try:
-        with open(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
         if overwrite:
             os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         else:  # raises FileExistsError: the put-if-absent
             os.link(temporary, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+    except BaseException:
+        os.close(fd)
+        raise
     finally:
         with suppress(FileNotFoundError):
             os.unlink(temporary, dir_fd=parent)
-    if durable:
-        os.fsync(parent)
+    if not durable:
+        return fd
+    os.close(fd)
+    os.fsync(parent)
+    return None
