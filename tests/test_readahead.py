@@ -123,3 +123,31 @@ def test_only_regular_files_are_asked_for_and_it_stops_with_its_context(
         readahead._advise(directory, b"top", 10)  # whether cached or not: no error
     finally:
         os.close(directory)
+
+
+def test_a_file_not_in_the_page_cache_is_asked_for(
+    sources: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    top = sources[0] / "top"
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages leave the cache
+    finally:
+        os.close(fd)
+    asked: list[int] = []
+    advise = os.posix_fadvise
+
+    def recording_advise(fd: int, offset: int, length: int, advice: int) -> None:
+        asked.append(advice)
+        advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording_advise)
+    directory = os.open(top.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert readahead._advise(directory, b"top", 10) is False
+        assert asked == [os.POSIX_FADV_WILLNEED]
+        top.read_bytes()  # now it is cached
+        assert readahead._advise(directory, b"top", 10) is True
+    finally:
+        os.close(directory)

@@ -24,6 +24,7 @@ import stat
 import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -130,12 +131,11 @@ def _advise(directory: int, name: bytes, size: int) -> bool:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode) or not size:
             return False
-        try:
+        with suppress(OSError):  # EAGAIN: not cached; EOPNOTSUPP: the file system cannot say
             os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
             return True
-        except BlockingIOError:
-            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
-            return False
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+        return False
     except OSError:
         return False
     finally:
