@@ -324,10 +324,10 @@ def test_a_reader_of_v1_only_refuses_a_v2_manifest_by_its_version(
 ) -> None:
     """What a v1 strongroom does (its check is `version != 1`), and a v2 one with v3."""
     engine.create("fresh", [tree], passcode=PASSCODE)
-    monkeypatch.setattr("strongroom.format.FORMAT_VERSIONS", (1,))
-    with pytest.raises(IntegrityError, match="format version 2; .*Upgrade strongroom"):
-        engine.info("fresh")
-    monkeypatch.undo()
+    with monkeypatch.context() as v1_reader:
+        v1_reader.setattr("strongroom.format.FORMAT_VERSIONS", (1,))
+        with pytest.raises(IntegrityError, match="format version 2; .*Upgrade strongroom"):
+            engine.info("fresh")
     document = _document(home, "fresh")
     document["version"] = 3
     _manifest_path(home, "fresh").write_text(json.dumps(document))

@@ -215,7 +215,7 @@ class Manifest:
         document.pop("writerMac", None)
         return _canonical_json(document)
 
-    def with_macs(self, mac: bytes, writer_mac: bytes = b"") -> Manifest:
+    def with_macs(self, mac: bytes, writer_mac: bytes) -> Manifest:
         return replace(self, mac=mac, writer_mac=writer_mac)
 
     def with_retention(self, retention_date: datetime | None) -> Manifest:

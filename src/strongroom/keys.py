@@ -140,7 +140,7 @@ class WriteKey:
         if (
             not isinstance(document, dict)
             or document["format"] != WRITE_KEY_FORMAT
-            or document["version"] != WRITE_KEY_VERSION
+            or _int(document["version"]) != WRITE_KEY_VERSION
             or document["kdf"] != "argon2id"
         ):
             raise ValueError("not a write key")
