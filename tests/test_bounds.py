@@ -7,6 +7,7 @@ authentication to reach decompression is sealed with the backup's own keys.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
@@ -21,16 +22,10 @@ import zstandard
 
 from strongroom import ConfigError, Engine, IntegrityError, KdfParams
 from strongroom.backends.file import LocalStore
-from strongroom.crypto import (
-    BackupKeys,
-    Passcode,
-    StreamCipher,
-    derive_kek,
-    new_salt,
-    unwrap_file_key,
-)
+from strongroom.crypto import StreamCipher, new_salt
 from strongroom.engine import _umask
 from strongroom.format import CHUNK_OVERHEAD, MAX_CHUNK_COUNT, KeySlot, Manifest, utc_now
+from strongroom.keys import open_backup
 from strongroom.pipeline import TAG_ZSTD, ChunkWriter
 from tests import test_tamper
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot
@@ -123,6 +118,7 @@ def test_what_the_writer_makes_is_within_bounds(tmp_path: Path) -> None:
             stored_size=stats.stored_size,
             compression="zstd",
             key_slot=KeySlot(KdfParams(), new_salt(), b"wrapped"),
+            version=1,
         )
         assert Manifest.from_bytes(manifest.to_bytes()).chunk_count == max(
             1, -(-size // SMALL_CHUNK)
@@ -219,10 +215,7 @@ def test_delete_removes_every_object_under_the_data_prefix(lab: Lab) -> None:
 def _cipher(lab: Lab) -> StreamCipher:
     """The victim's chunk cipher, from the passcode the tests know."""
     manifest = Manifest.from_bytes(lab.manifest().read_bytes())
-    slot = manifest.key_slot
-    kek = derive_kek(Passcode(PASSCODE), slot.salt, slot.kdf)
-    file_key = unwrap_file_key(kek, slot.wrapped_key, manifest.key_binding())
-    return StreamCipher(BackupKeys.from_file_key(file_key).chunk_key, manifest.stream_binding())
+    return StreamCipher(open_backup(manifest, PASSCODE).chunk_key, manifest.stream_binding())
 
 
 def _zero_frame(declared: int | None, blocks: int) -> bytes:
@@ -351,6 +344,36 @@ def test_a_short_salt_is_an_integrity_error(lab: Lab, salt: str) -> None:
     document["key"]["salt"] = salt
     lab.write_manifest(document)
     with pytest.raises(IntegrityError, match=f"backup '{VICTIM}'.*salt"):
+        lab.engine.info(VICTIM)
+    lab.assert_refused()
+
+
+#: Every key and MAC of a v2 manifest, and where it is.
+V2_LENGTHS = {
+    "ephemeralKey": ("key", 32),
+    "wrappedKey": ("key", 60),
+    "keyCheck": ("key", 32),
+    "mac": (None, 32),
+    "writerMac": (None, 32),
+}
+
+
+@pytest.mark.parametrize("field_name", sorted(V2_LENGTHS))
+@pytest.mark.parametrize("change", [-1, 1], ids=["shorter", "longer"])
+def test_a_v2_key_or_mac_of_another_length_is_an_integrity_error(
+    lab: Lab, field_name: str, change: int
+) -> None:
+    """Checked when the manifest is read, before the KDF runs: info refuses it too."""
+    document = lab.read_manifest()
+    if document["version"] == 1:
+        pytest.skip("v1 manifests have no lengths fixed")
+    section_name, size = V2_LENGTHS[field_name]
+    section = document if section_name is None else document[section_name]
+    value = base64.b64decode(section[field_name])
+    assert len(value) == size
+    section[field_name] = base64.b64encode(value[:-1] if change < 0 else value + b"x").decode()
+    lab.write_manifest(document)
+    with pytest.raises(IntegrityError, match=f"backup '{VICTIM}'.*{field_name} of.*tampered"):
         lab.engine.info(VICTIM)
     lab.assert_refused()
 

@@ -970,3 +970,68 @@ def test_jobs_list_and_show_read_the_job_table_without_a_server(
     missing = cli("jobs", "show", "j7d22f855-2c9f-4934-94e4-93c5e85cd271")
     assert missing.code == 9
     assert "No job has the id" in missing.error_line
+
+
+# -- write keys -------------------------------------------------------------------------
+
+
+def test_write_key_new_writes_an_owner_only_key_and_never_over_a_file(
+    cli: Cli, passcode_file: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "keys" / "nightly.key"
+    made = cli("write-key", "new", "--out", key, "--passcode-file", passcode_file)
+    assert made.code == 0, made.err
+    assert str(key) in made.out and "opens nothing" in made.out
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    content = key.read_bytes()
+    assert PASSCODE.encode() not in content
+    again = cli("write-key", "new", "--out", key, "--passcode-file", passcode_file)
+    assert again.code == 3 and "already exists" in again.error_line
+    assert key.read_bytes() == content
+    forced = cli("write-key", "new", "--out", key, "--passcode-file", passcode_file, "--force")
+    assert forced.code == 0, forced.err
+    assert key.read_bytes() != content  # a fresh salt
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_write_key_new_needs_the_passcode_as_other_commands_do(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No file and no terminal to prompt on: refused; STRONGROOM_PASSCODE works."""
+    key = tmp_path / "write.key"
+    refused = cli("write-key", "new", "--out", key)
+    assert refused.code == 7 and "--passcode-file" in refused.error_line
+    assert not key.exists()
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
+    assert cli("write-key", "new", "--out", key).code == 0
+
+
+def test_create_with_a_write_key_needs_no_passcode_and_restores_with_it(
+    cli: Cli, passcode_file: Path, small: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "write.key"
+    assert cli("write-key", "new", "--out", key, "--passcode-file", passcode_file).code == 0
+    # From here on no passcode anywhere: no file, no STRONGROOM_PASSCODE, no terminal.
+    created = cli("create", "--name", "keyed", "--write-key", key, "--json", small)
+    assert created.code == 0, created.err
+    assert created.json()["name"] == "keyed"
+    target = tmp_path / "restored"
+    restored = cli("restore", "keyed", "--target", target, "--passcode-file", passcode_file)
+    assert restored.code == 0, restored.err
+    assert snapshot(target / small.name) == snapshot(small)
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text(WRONG_PASSCODE)
+    assert cli("verify", "keyed", "--passcode-file", wrong).code == 7
+
+
+def test_create_takes_a_write_key_or_a_passcode_file_not_both(
+    cli: Cli, passcode_file: Path, small: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "write.key"
+    key.write_text("{}")
+    both = ["--write-key", key, "--passcode-file", passcode_file]
+    assert cli("create", "--name", "both", *both, small).code == 2
+    damaged = cli("create", "--name", "damaged", "--write-key", key, small)
+    assert damaged.code == 3 and "not a strongroom write key" in damaged.error_line
+    missing = cli("create", "--name", "missing", "--write-key", tmp_path / "none", small)
+    assert missing.code == 3 and "Cannot read the write key" in missing.error_line

@@ -4,6 +4,8 @@ Each test builds its backups once (a function-scoped fixture), saves a pristine 
 the store directory, and puts that copy back before every Hypothesis example. An
 example then tampers with the stored objects and checks that both `verify` and
 `restore` refuse, and that the restore left no trace: no target, no staging directory.
+Every test runs on format v1 backups (the fixture store a v1 writer made) and on v2
+backups made now.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from hypothesis import strategies as st
 
 from strongroom import Engine, IntegrityError, PasscodeError
 from strongroom.format import MAX_CHUNK_SIZE, Manifest
-from tests.conftest import PASSCODE, SMALL_CHUNK, snapshot
+from tests.conftest import PASSCODE, snapshot
+from tests.v1_fixture import RETENTION, SIBLING, V1_STORE, VICTIM, make_payload
 
 #: Hypothesis settings for tests whose fixtures are built once and reset per example.
 TAMPER_SETTINGS = settings(
@@ -34,14 +37,7 @@ TAMPER_SETTINGS = settings(
     deadline=None,
 )
 
-#: The backup that gets tampered with, and a sibling made from the same data and passcode.
-VICTIM = "victim"
-SIBLING = "sibling"
-
 JsonDocument = dict[str, Any]
-
-#: The fixture backups' retentionDate (in 2096), so the manifest has digits there to flip.
-RETENTION = 4_000_000_000_000
 
 #: Restore selections: everything, a file at the start of the archive, one spanning chunks.
 SELECTIONS: tuple[tuple[str, ...], ...] = ((), ("payload/inner/note.txt",), ("payload/random.bin",))
@@ -126,25 +122,31 @@ class Lab:
         assert snapshot(target / self.source.name) == self.expected
 
 
-@pytest.fixture
-def lab(engine: Engine, home: Path, tmp_path: Path) -> Lab:
-    """Back up ~6 chunks of incompressible data twice, with the same passcode."""
-    source = tmp_path / "source" / "payload"
-    (source / "inner").mkdir(parents=True)
-    (source / "random.bin").write_bytes(os.urandom(5 * SMALL_CHUNK + 777))
-    (source / "inner" / "note.txt").write_text("tamper-evident\n" * 50)
-    for name in (VICTIM, SIBLING):
-        engine.create(
-            name, [source], passcode=PASSCODE, description=f"the {name}", retention_date=RETENTION
-        )
-
+@pytest.fixture(params=[1, 2], ids=["v1", "v2"])
+def lab(engine: Engine, home: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Lab:
+    """~6 chunks of incompressible data backed up twice with the same passcode: by a v1
+    writer (the fixture store), or now (v2)."""
+    source = make_payload(tmp_path / "source")
     store_dir = home / "stores" / "backupsDefault"
+    if request.param == 1:
+        shutil.copytree(V1_STORE, store_dir)
+    else:
+        for name in (VICTIM, SIBLING):
+            engine.create(
+                name,
+                [source],
+                passcode=PASSCODE,
+                description=f"the {name}",
+                retention_date=RETENTION,
+            )
+
     pristine_dir = tmp_path / "pristine-store"
     shutil.copytree(store_dir, pristine_dir, symlinks=True)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     lab = Lab(engine, store_dir, pristine_dir, scratch, source, snapshot(source))
 
+    assert lab.read_manifest()["version"] == request.param
     info = engine.verify(VICTIM, passcode=PASSCODE)
     assert info.chunk_count == len(lab.chunks()) >= 5
     assert len(lab.chunks(SIBLING)) == info.chunk_count
@@ -300,12 +302,13 @@ def test_edited_authenticated_manifest_field_is_detected(
 @TAMPER_SETTINGS
 @given(data=st.data())
 def test_edited_manifest_mac_is_detected(lab: Lab, data: st.DataObject) -> None:
-    """A changed MAC (any bit of it) no longer matches the manifest."""
+    """A changed MAC (any bit of it; in v2 of either MAC) no longer matches the manifest."""
     lab.reset()
     document = lab.read_manifest()
-    mac = bytearray(base64.b64decode(document["mac"]))
+    field_name = data.draw(st.sampled_from(sorted({"mac", "writerMac"} & set(document))))
+    mac = bytearray(base64.b64decode(document[field_name]))
     mac[data.draw(st.integers(0, len(mac) - 1))] ^= 1 << data.draw(st.integers(0, 7))
-    document["mac"] = base64.b64encode(bytes(mac)).decode()
+    document[field_name] = base64.b64encode(bytes(mac)).decode()
     lab.write_manifest(document)
     lab.assert_refused()
 
@@ -333,7 +336,7 @@ def test_any_bit_flip_in_the_manifest_is_refused_or_harmless(lab: Lab, data: st.
     signed_unchanged = (
         tampered is not None
         and tampered.authenticated_bytes() == original.authenticated_bytes()
-        and tampered.mac == original.mac
+        and (tampered.mac, tampered.writer_mac) == (original.mac, original.writer_mac)
     )
     event("signed fields unchanged" if signed_unchanged else "refused")
     if signed_unchanged:
@@ -342,14 +345,20 @@ def test_any_bit_flip_in_the_manifest_is_refused_or_harmless(lab: Lab, data: st.
         lab.assert_refused((IntegrityError, PasscodeError))
 
 
+#: The padded base64 fields of a manifest, by version.
+PADDED_FIELDS = {1: ("mac", "salt"), 2: ("mac", "salt", "writerMac", "keyCheck", "ephemeralKey")}
+
+
 def _maybe_harmless_offsets(raw: bytes | bytearray) -> list[int]:
     """Offsets of retentionDate's digits and of the last base64 character before '='."""
     retention = re.search(rb'"retentionDate": (\d+)', raw)
     assert retention is not None
     offsets = list(range(*retention.span(1)))
-    for padded in re.finditer(rb'"(?:mac|salt)": "[A-Za-z0-9+/]*([A-Za-z0-9+/])=', raw):
+    padded_fields = PADDED_FIELDS[json.loads(raw)["version"]]
+    names = "|".join(padded_fields).encode()
+    for padded in re.finditer(rb'"(?:' + names + rb')": "[A-Za-z0-9+/]*([A-Za-z0-9+/])=', raw):
         offsets.append(padded.start(1))
-    assert len(offsets) == len(str(RETENTION)) + 2
+    assert len(offsets) == len(str(RETENTION)) + len(padded_fields)
     return offsets
 
 
@@ -366,8 +375,13 @@ def _other_first(text: str) -> str:
     return ("B" if text[0] == "A" else "A") + text[1:]
 
 
-#: Key-slot fields: any change makes the wrong key-encryption key or binding.
+#: Key-slot fields: any change makes the wrong key-encryption key or binding (v1), or fails
+#: the key check or the writer MAC (v2).
 KEY_SLOT_EDITS: dict[str, Callable[[JsonDocument], None]] = {
+    "ephemeralKey": lambda doc: doc["key"].update(
+        ephemeralKey=_other_first(doc["key"]["ephemeralKey"])
+    ),
+    "keyCheck": lambda doc: doc["key"].update(keyCheck=_other_first(doc["key"]["keyCheck"])),
     "memoryCostKiB": lambda doc: doc["key"].update(memoryCostKiB=doc["key"]["memoryCostKiB"] * 2),
     "iterations": lambda doc: doc["key"].update(iterations=doc["key"]["iterations"] + 1),
     "lanes": lambda doc: doc["key"].update(lanes=doc["key"]["lanes"] + 1),
@@ -385,11 +399,22 @@ def test_edited_key_slot_is_refused(lab: Lab, field_name: str) -> None:
     passcode, so these surface as PasscodeError (or IntegrityError), never as success.
     """
     document = lab.read_manifest()
+    if field_name not in {*document["key"], *document["backup"]}:
+        pytest.skip(f"a v{document['version']} manifest has no {field_name}")
     before = json.dumps(document, sort_keys=True)
     KEY_SLOT_EDITS[field_name](document)
     assert json.dumps(document, sort_keys=True) != before
     lab.write_manifest(document)
     lab.assert_refused((PasscodeError, IntegrityError))
+
+
+def test_key_slot_swapped_between_backups_is_refused(lab: Lab) -> None:
+    """The sibling's key slot (same passcode, same data) does not open the victim: in v1 its
+    wrapped key is bound to the sibling's backupId, in v2 the writer MAC covers the slot."""
+    document = lab.read_manifest()
+    document["key"] = lab.read_manifest(SIBLING)["key"]
+    lab.write_manifest(document)
+    lab.assert_refused(PasscodeError if document["version"] == 1 else IntegrityError)
 
 
 @settings(

@@ -25,6 +25,7 @@ from .errors import (
     UnsafeArchiveError,
 )
 from .jobs import Job, JobHandle, JobManager, JobStatus, Stage
+from .keys import WriteKey
 from .plugins import BackendOptions, BackendRegistry, get_plugin_manager, hookimpl, hookspec
 from .retention import CleanupEntry, CleanupReport
 from .store import ObjectInfo, ScanResult, Store, StoreCapabilities, ValidationReport
@@ -68,6 +69,7 @@ __all__ = [
     "UnknownStoreError",
     "UnsafeArchiveError",
     "ValidationReport",
+    "WriteKey",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",

@@ -1,8 +1,9 @@
 """The `strongroom` command: a thin layer over Engine for people and scripts.
 
 The passcode comes from --passcode-file, $STRONGROOM_PASSCODE or a prompt, never an
-argument. Errors print one line on stderr and exit with the error class's code
-(see README.md); --json output uses the admin API's field names.
+argument; `create --write-key FILE` needs no passcode at all. Errors print one line on
+stderr and exit with the error class's code (see README.md); --json output uses the admin
+API's field names.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .engine import BackupInfo, Engine
 from .errors import ConfigError, PasscodeError, StoreUnavailableError, StrongroomError
 from .format import from_epoch_ms, utc_now
 from .jobs import JobStatus
+from .keys import WriteKey
 from .pipeline import ZSTD_LEVEL, Progress
 from .plugins import build_registry, get_plugin_manager
 from .retention import retention_from
@@ -113,9 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True, help="name of the new backup")
     create.add_argument("--description", default="", help="free text shown in listings")
     _retention_options(create, required=False)
-    _passcode_option(create)
+    credential = create.add_mutually_exclusive_group()
+    _passcode_option(credential)
+    credential.add_argument(
+        "--write-key",
+        metavar="FILE",
+        help="create with this write key (from 'write-key new') instead of the passcode",
+    )
     _json_option(create)
     create.add_argument("sources", nargs="+", metavar="SOURCE", help="files or directories")
+
+    write_key = _command(commands, "write-key", "make a key that creates backups only", None)
+    write_key_commands = write_key.add_subparsers(required=True, metavar="ACTION")
+    write_key_new = _command(
+        write_key_commands,
+        "new",
+        "derive a write key from the passcode: it creates backups and opens none",
+        run_write_key_new,
+    )
+    write_key_new.add_argument("--out", required=True, metavar="FILE", help="where to write it")
+    write_key_new.add_argument("--force", action="store_true", help="overwrite an existing FILE")
+    _passcode_option(write_key_new)
 
     listing = _command(commands, "list", "list the backups in a store", run_list)
     _store_option(listing)
@@ -276,18 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    passcode = read_passcode(args.passcode_file, confirm=True)
+    write_key = WriteKey.load(args.write_key) if args.write_key else None
+    passcode = None if write_key else read_passcode(args.passcode_file, confirm=True)
     with progress_bar(f"backup {args.name}") as progress:
         info = Engine().create(
             args.name,
             args.sources,
             passcode=passcode,
+            write_key=write_key,
             store=args.store,
             description=args.description,
             retention_date=_retention(args),
             progress=progress,
         )
     _emit_backup(info, args.json)
+    return 0
+
+
+def run_write_key_new(args: argparse.Namespace) -> int:
+    passcode = read_passcode(args.passcode_file, confirm=True)
+    path = WriteKey.derive(passcode).save(args.out, overwrite=args.force)
+    print(f"Wrote a write key to {path} (readable by you only).")
+    print(
+        "It creates backups ('strongroom create --write-key FILE ...') and opens nothing: "
+        "restore, verify and ls still need the passcode. Keep it secret all the same: whoever "
+        "holds it can add backups that the passcode restores."
+    )
     return 0
 
 
@@ -605,7 +639,7 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", metavar="S", help="backup store (default: the default store)")
 
 
-def _passcode_option(parser: argparse.ArgumentParser) -> None:
+def _passcode_option(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
     parser.add_argument(
         "--passcode-file",
         metavar="F",

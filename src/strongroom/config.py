@@ -212,10 +212,12 @@ class StoresConfig:
         write_private(self.path, tomli_w.dumps(document))
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
     """Replace `path` atomically with `text`, readable by its owner only (0600) from the
     first byte: a new temporary file of a random name (never one planted beforehand, nor
-    another writer's), fsynced before the rename."""
+    another writer's), fsynced before the rename. Without `overwrite` it is linked into
+    place instead, which fails with FileExistsError if anything (a link too) is there.
+    Neither follows a link at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -225,10 +227,12 @@ def write_private(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(fd)
-        os.replace(temporary, path)
-    except BaseException:
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+    finally:
         temporary.unlink(missing_ok=True)
-        raise
 
 
 def embedded_store(home: Path | None = None) -> StoreSpec:

@@ -3,8 +3,10 @@
 This module knows nothing of stores or manifests: bytes and keys in, bytes out.
 The construction is described in docs/FORMAT.md; in short:
 
-- passcode --Argon2id(salt, params)--> key-encryption key (KEK)
-- a random 32-byte file key per backup, wrapped by the KEK with AES-256-GCM
+- passcode --Argon2id(salt, params)--> key-encryption key (KEK; v2 calls it the master key)
+- a random 32-byte file key per backup, wrapped by the KEK with AES-256-GCM (v1), or to an
+  X25519 recipient whose private key only the master key yields (v2, like age's X25519
+  stanza), so a write key can wrap file keys without being able to unwrap any
 - file key --HKDF-SHA256--> chunk key, manifest MAC key
 - chunks: AES-256-GCM, nonce = 88-bit big-endian chunk index || last-chunk flag byte,
   associated data = the stream's binding bytes || the chunk's one-byte encoding tag
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -32,20 +35,30 @@ __all__ = [
     "MIN_PASSCODE_LENGTH",
     "MIN_SALT_SIZE",
     "TAG_SIZE",
+    "WRAPPED_KEY_SIZE",
     "BackupKeys",
     "KdfParams",
     "Passcode",
     "StreamCipher",
     "derive_kek",
+    "hmac_sha256",
     "new_file_key",
     "new_salt",
+    "recipient_private_key",
+    "recipient_public_key",
     "unwrap_file_key",
+    "unwrap_from_recipient",
     "wrap_file_key",
+    "wrap_to_recipient",
+    "writer_key",
+    "wrong_passcode",
 ]
 
 KEY_SIZE = 32
 TAG_SIZE = 16
 NONCE_SIZE = 12
+#: A wrapped file key: nonce, encrypted key, GCM tag.
+WRAPPED_KEY_SIZE = NONCE_SIZE + KEY_SIZE + TAG_SIZE
 SALT_SIZE = 16
 #: Argon2id refuses shorter salts.
 MIN_SALT_SIZE = 8
@@ -156,19 +169,82 @@ def derive_kek(passcode: Passcode, salt: bytes, params: KdfParams) -> bytes:
 
 
 def wrap_file_key(kek: bytes, file_key: bytes, binding: bytes) -> bytes:
-    """Encrypt the file key under the KEK; `binding` ties it to one backup."""
+    """Encrypt the file key under the KEK (v1) or a wrap key (v2); `binding` ties it to
+    one backup."""
     nonce = os.urandom(NONCE_SIZE)
     return nonce + AESGCM(kek).encrypt(nonce, file_key, binding)
 
 
 def unwrap_file_key(kek: bytes, wrapped: bytes, binding: bytes) -> bytes:
     """Recover the file key, or raise PasscodeError: the only way this fails honestly."""
+    file_key = _open_wrapped(kek, wrapped, binding)
+    if file_key is None:
+        raise wrong_passcode()
+    return file_key
+
+
+def wrong_passcode() -> PasscodeError:
+    """What a passcode that does not open a backup is told (in v1 and v2 alike)."""
+    return PasscodeError(
+        "The passcode does not open this backup; use the passcode given when it was created."
+    )
+
+
+def recipient_private_key(master: bytes) -> bytes:
+    """sk: the X25519 private key that unwraps v2 file keys; only the passcode yields it."""
+    return _hkdf(master, b"strongroom v2 recipient")
+
+
+def recipient_public_key(private_key: bytes) -> bytes:
+    """pk: what a write key wraps file keys to."""
+    return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+
+
+def writer_key(master: bytes) -> bytes:
+    """The key of the writer MAC: only the passcode or a write key can make a v2 manifest."""
+    return _hkdf(master, b"strongroom v2 writer")
+
+
+def wrap_to_recipient(public_key: bytes, file_key: bytes, binding: bytes) -> tuple[bytes, bytes]:
+    """(ephemeral public key, wrapped file key): age's X25519 stanza, with AES-256-GCM."""
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_public = ephemeral.public_key().public_bytes_raw()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(public_key))
+    wrap_key = _wrap_key(shared, ephemeral_public, public_key)
+    return ephemeral_public, wrap_file_key(wrap_key, file_key, binding)
+
+
+def unwrap_from_recipient(
+    private_key: bytes, ephemeral_public: bytes, wrapped: bytes, binding: bytes
+) -> bytes:
+    """Recover a v2 file key with sk. Called after the writer MAC has passed, so a failure
+    is damage, not a wrong passcode: IntegrityError."""
+    recipient = X25519PrivateKey.from_private_bytes(private_key)
     try:
-        file_key = AESGCM(kek).decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], binding)
+        shared = recipient.exchange(X25519PublicKey.from_public_bytes(ephemeral_public))
+    except ValueError:  # a low-order point: the shared secret would be all zeros
+        shared = None
+    public_key = recipient.public_key().public_bytes_raw()
+    file_key = (
+        None
+        if shared is None
+        else _open_wrapped(_wrap_key(shared, ephemeral_public, public_key), wrapped, binding)
+    )
+    if file_key is None:
+        raise IntegrityError("The backup's wrapped file key does not open; it has been damaged.")
+    return file_key
+
+
+def _wrap_key(shared: bytes, ephemeral_public: bytes, public_key: bytes) -> bytes:
+    return _hkdf(shared, b"strongroom v2 wrap", salt=ephemeral_public + public_key)
+
+
+def _open_wrapped(key: bytes, wrapped: bytes, binding: bytes) -> bytes | None:
+    """The file key in `wrapped`, or None when it does not authenticate under `key`."""
+    try:
+        file_key = AESGCM(key).decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], binding)
     except (InvalidTag, ValueError):
-        raise PasscodeError(
-            "The passcode does not open this backup; use the passcode given when it was created."
-        ) from None
+        return None
     if len(file_key) != KEY_SIZE:
         raise IntegrityError("The wrapped file key has the wrong length.")
     return file_key
@@ -189,7 +265,7 @@ class BackupKeys:
         )
 
     def mac(self, message: bytes) -> bytes:
-        return hmac.new(self.mac_key, message, hashlib.sha256).digest()
+        return hmac_sha256(self.mac_key, message)
 
     def check_mac(self, message: bytes, tag: bytes) -> None:
         if not hmac.compare_digest(self.mac(message), tag):
@@ -201,8 +277,12 @@ class BackupKeys:
         return "BackupKeys(<secret>)"
 
 
-def _hkdf(key: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(key)
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _hkdf(key: bytes, info: bytes, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=info).derive(key)
 
 
 class StreamCipher:

@@ -6,6 +6,7 @@ the passcode, the archive stream through the chunk pipeline, and the manifest as
 the commit. Data flows one way (see README.md):
 
     create:  sources → tar stream → ChunkWriter (chunk, zstd, seal, put) → manifest
+             (keys from a write key, or from the passcode through one made on the fly)
     restore: manifest → passcode → ChunkReader (get, open, unzstd) → tar → staging → target
 """
 
@@ -42,17 +43,7 @@ from .archive import (
     write_archive,
 )
 from .config import StoresConfig
-from .crypto import (
-    BackupKeys,
-    KdfParams,
-    Passcode,
-    StreamCipher,
-    derive_kek,
-    new_file_key,
-    new_salt,
-    unwrap_file_key,
-    wrap_file_key,
-)
+from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .errors import (
     BackupExistsError,
     BackupNotFoundError,
@@ -83,6 +74,7 @@ from .format import (
     validate_name,
 )
 from .jobs import JOBS_FILE, Job, JobHandle, JobManager
+from .keys import WriteKey, open_backup
 from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
 from .plugins import BackendRegistry, build_registry, get_plugin_manager
 from .retention import (
@@ -240,7 +232,8 @@ class Engine:
         name: str,
         sources: Sequence[str | os.PathLike[str]] = (),
         *,
-        passcode: str | Passcode,
+        passcode: str | Passcode | None = None,
+        write_key: WriteKey | None = None,
         streams: Mapping[str, StreamSource] | None = None,
         store: str | None = None,
         description: str = "",
@@ -250,23 +243,27 @@ class Engine:
     ) -> BackupInfo:
         """Back up files, directories and named streams as the backup `name`.
 
-        Everything is checked before anything is written. Data objects go first and
-        the manifest last; if anything fails, what was written is removed again and
-        no backup of that name appears. `on_stage` hears each step as it starts
-        (validating, deriving the key, writing, committing); what it raises stops the
-        create uncommitted.
+        Takes exactly one of `passcode` and `write_key`; either way the backup restores
+        with the passcode. A write key has had its Argon2id run when it was derived, and
+        cannot open what it writes. Everything is checked before anything is written.
+        Data objects go first and the manifest last; if anything fails, what was written
+        is removed again and no backup of that name appears. `on_stage` hears each step
+        as it starts (validating, deriving the key, writing, committing); what it raises
+        stops the create uncommitted.
         """
         stage = on_stage or _ignore
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})
         stage("validating")
-        secret, retention, target = self._check_create(
-            name, paths, streams, passcode, store, description, retention_date
+        credential, retention, target = self._check_create(
+            name, paths, streams, passcode, write_key, store, description, retention_date
         )
 
         stage("deriving the key")
+        if isinstance(credential, Passcode):  # a fresh salt, as every interactive create
+            credential = WriteKey.derive(credential, kdf=self._kdf)
         backup_id = uuid.uuid4().hex
-        salt, file_key = new_salt(), new_file_key()
+        file_key = new_file_key()
         draft = Manifest(
             name=name,
             backup_id=backup_id,
@@ -277,10 +274,10 @@ class Engine:
             source_size=0,
             stored_size=0,
             compression="zstd" if self._compress else "none",
-            key_slot=KeySlot(self._kdf, salt, b""),
+            key_slot=KeySlot(credential.kdf, credential.salt, b""),
             retention_date=retention,
         )
-        wrapped = wrap_file_key(derive_kek(secret, salt, self._kdf), file_key, draft.key_binding())
+        key_slot = credential.wrap(file_key, draft)
         keys = BackupKeys.from_file_key(file_key)
         writer = ChunkWriter(
             target,
@@ -305,9 +302,9 @@ class Engine:
                     chunk_count=stats.chunk_count,
                     source_size=stats.source_size,
                     stored_size=stats.stored_size,
-                    key_slot=KeySlot(self._kdf, salt, wrapped),
+                    key_slot=key_slot,
                 )
-                manifest = manifest.with_mac(keys.mac(manifest.authenticated_bytes()))
+                manifest = credential.sign(manifest, keys)
                 stage("committing")
                 target.put(index, b"", overwrite=True)  # before the commit: never missing
                 _commit(target, manifest)
@@ -325,14 +322,20 @@ class Engine:
         name: str,
         paths: Sequence[Path],
         streams: Mapping[str, StreamSource],
-        passcode: str | Passcode,
+        passcode: str | Passcode | None,
+        write_key: WriteKey | None,
         store: str | None,
         description: str,
         retention_date: int | str | datetime | None,
-    ) -> tuple[Passcode, datetime | None, Store]:
+    ) -> tuple[Passcode | WriteKey, datetime | None, Store]:
         """Everything create checks before it writes a byte; the target store last."""
         validate_name(name)
-        secret = Passcode(passcode)
+        if (passcode is None) == (write_key is None):
+            raise ConfigError(
+                "A create takes exactly one of a passcode and a write key "
+                f"(given: {'both' if passcode is not None else 'neither'})."
+            )
+        credential = Passcode(passcode) if passcode is not None else _check_write_key(write_key)
         check_sources(paths, streams)
         retention = check_retention_date(retention_date, self._clock())
         if not isinstance(description, str):
@@ -342,7 +345,7 @@ class Engine:
             logger.warning("Store %r: %s.", target.name, risk)
         if target.exists(manifest_key(name)):
             raise _exists(name, target)
-        return secret, retention, target
+        return credential, retention, target
 
     # -- restore and verify ----------------------------------------------------------
 
@@ -678,12 +681,7 @@ class Engine:
         pins its `backup_id` (shown by `info`), and anything else is an IntegrityError.
         """
         source, manifest = self._open(name, store)
-        slot = manifest.key_slot
-        kek = derive_kek(Passcode(passcode), slot.salt, slot.kdf)
-        keys = BackupKeys.from_file_key(
-            unwrap_file_key(kek, slot.wrapped_key, manifest.key_binding())
-        )
-        keys.check_mac(manifest.authenticated_bytes(), manifest.mac)
+        keys = open_backup(manifest, passcode)
         if backup_id is not None and backup_id != manifest.backup_id:
             raise IntegrityError(
                 f"Backup {name!r} in store {source.name!r} is now {manifest.backup_id}, not the "
@@ -731,7 +729,8 @@ class Engine:
         name: str,
         sources: Sequence[str | os.PathLike[str]] = (),
         *,
-        passcode: str | Passcode,
+        passcode: str | Passcode | None = None,
+        write_key: WriteKey | None = None,
         streams: Mapping[str, StreamSource] | None = None,
         store: str | None = None,
         description: str = "",
@@ -739,20 +738,24 @@ class Engine:
         operation_uri: str | None = None,
         timeout: timedelta | None = None,
     ) -> Job:
-        """`create` as a background job. The request is checked first, so a bad one fails
-        here and never becomes a job; the passcode lives only in the job's closure. A
-        create still running `timeout` after it started is cancelled and reads FAILED."""
+        """`create` as a background job, with a passcode or a write key. The request is
+        checked first, so a bad one fails here and never becomes a job; the passcode or
+        key lives only in the job's closure. A create still running `timeout` after it
+        started is cancelled and reads FAILED."""
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})
-        secret, _, target = self._check_create(
-            name, paths, streams, passcode, store, description, retention_date
+        credential, _, target = self._check_create(
+            name, paths, streams, passcode, write_key, store, description, retention_date
         )
+        secret = credential if isinstance(credential, Passcode) else None
+        key = credential if isinstance(credential, WriteKey) else None
 
         def work(job: JobHandle) -> dict[str, Any]:
             info = self.create(
                 name,
                 paths,
                 passcode=secret,
+                write_key=key,
                 streams=streams,
                 store=target.name,
                 description=description,
@@ -1143,6 +1146,12 @@ def _counter(progress: Progress | None, total: int | None) -> Callable[[int], No
         progress(done if total is None else min(done, total), total)
 
     return advance
+
+
+def _check_write_key(write_key: object) -> WriteKey:
+    if not isinstance(write_key, WriteKey):
+        raise ConfigError("write_key must be a WriteKey (from WriteKey.load or WriteKey.derive).")
+    return write_key
 
 
 def _ignore(stage: str) -> None:

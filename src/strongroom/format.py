@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .crypto import MIN_SALT_SIZE, TAG_SIZE, KdfParams
+from .crypto import KEY_SIZE, MIN_SALT_SIZE, TAG_SIZE, WRAPPED_KEY_SIZE, KdfParams
 from .errors import IntegrityError, InvalidNameError
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
     "MANIFESTS_PREFIX",
     "MAX_MANIFEST_SIZE",
     "PENDING_PREFIX",
@@ -26,6 +27,7 @@ __all__ = [
     "Manifest",
     "chunk_key",
     "data_prefix",
+    "from_b64",
     "from_epoch_ms",
     "manifest_key",
     "name_from_manifest_key",
@@ -33,12 +35,17 @@ __all__ = [
     "parse_retention_key",
     "pending_key",
     "retention_key",
+    "to_b64",
     "to_epoch_ms",
     "validate_name",
 ]
 
 FORMAT_NAME = "strongroom-backup"
-FORMAT_VERSION = 1
+#: The version every create writes.
+FORMAT_VERSION = 2
+#: The versions this strongroom reads: v1 (file key wrapped by the passcode's KEK) and v2
+#: (file key wrapped to an X25519 recipient, manifest MACed by the writer key too).
+FORMAT_VERSIONS = (1, 2)
 MANIFESTS_PREFIX = "manifests/"
 DATA_PREFIX = "data/"
 PENDING_PREFIX = "pending/"
@@ -50,6 +57,8 @@ MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_CHUNK_COUNT = 10**10
 #: What sealing adds to a chunk's payload: the encoding tag byte and the GCM tag.
 CHUNK_OVERHEAD = 1 + TAG_SIZE
+#: HMAC-SHA256 tags: the manifest MACs and the key check.
+MAC_SIZE = 32
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment datetime holds
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -151,11 +160,15 @@ def from_epoch_ms(value: int) -> datetime:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class KeySlot:
-    """How to recover the file key from a passcode: KDF parameters and the wrapped key."""
+    """How to recover the file key from a passcode: KDF parameters and the wrapped key;
+    in v2 also the ephemeral X25519 public key it was wrapped with, and the key check
+    that tells a wrong passcode from a forged manifest."""
 
     kdf: KdfParams
     salt: bytes
     wrapped_key: bytes
+    ephemeral_key: bytes = b""
+    key_check: bytes = b""
 
     def __repr__(self) -> str:
         return f"KeySlot(kdf={self.kdf!r})"
@@ -181,23 +194,29 @@ class Manifest:
     key_slot: KeySlot
     retention_date: datetime | None = None
     mac: bytes = field(default=b"", repr=False)
+    #: v2: HMAC-SHA256 under the writer key, over the same bytes as `mac`.
+    writer_mac: bytes = field(default=b"", repr=False)
+    version: int = FORMAT_VERSION
 
     def stream_binding(self) -> bytes:
-        """Associated data binding every chunk to this backup."""
+        """Associated data binding every chunk to this backup (the same in v1 and v2)."""
         return b"strongroom v1 chunk " + bytes.fromhex(self.backup_id)
 
     def key_binding(self) -> bytes:
-        """Associated data binding the wrapped file key to this backup."""
-        return b"strongroom v1 key " + bytes.fromhex(self.backup_id)
+        """Associated data binding the wrapped file key to this backup and format version,
+        so a key slot moved between backups or versions does not open."""
+        return b"strongroom v%d key " % self.version + bytes.fromhex(self.backup_id)
 
     def authenticated_bytes(self) -> bytes:
-        """The canonical bytes the manifest MAC covers (everything but retention and the MAC)."""
+        """The canonical bytes both manifest MACs cover (everything but retention and the
+        MACs)."""
         document = self._document()
         del document["retentionDate"], document["mac"]
+        document.pop("writerMac", None)
         return _canonical_json(document)
 
-    def with_mac(self, mac: bytes) -> Manifest:
-        return replace(self, mac=mac)
+    def with_macs(self, mac: bytes, writer_mac: bytes) -> Manifest:
+        return replace(self, mac=mac, writer_mac=writer_mac)
 
     def with_retention(self, retention_date: datetime | None) -> Manifest:
         return replace(self, retention_date=retention_date)
@@ -222,9 +241,11 @@ class Manifest:
             raise IntegrityError(f"The manifest is malformed ({exc.__class__.__name__}).") from None
 
     def _document(self) -> dict[str, Any]:
-        return {
+        slot = self.key_slot
+        v2_key = {"ephemeralKey": to_b64(slot.ephemeral_key), "keyCheck": to_b64(slot.key_check)}
+        document: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": self.version,
             "backup": {
                 "name": self.name,
                 "backupId": self.backup_id,
@@ -238,27 +259,34 @@ class Manifest:
             },
             "key": {
                 "kdf": "argon2id",
-                "memoryCostKiB": self.key_slot.kdf.memory_cost_kib,
-                "iterations": self.key_slot.kdf.iterations,
-                "lanes": self.key_slot.kdf.lanes,
-                "salt": _b64(self.key_slot.salt),
-                "wrappedKey": _b64(self.key_slot.wrapped_key),
+                "memoryCostKiB": slot.kdf.memory_cost_kib,
+                "iterations": slot.kdf.iterations,
+                "lanes": slot.kdf.lanes,
+                "salt": to_b64(slot.salt),
+                "wrappedKey": to_b64(slot.wrapped_key),
+                **(v2_key if self.version == 2 else {}),
             },
             "retentionDate": (
                 None if self.retention_date is None else to_epoch_ms(self.retention_date)
             ),
-            "mac": _b64(self.mac),
+            "mac": to_b64(self.mac),
         }
+        if self.version == 2:
+            document["writerMac"] = to_b64(self.writer_mac)
+        return document
 
     @classmethod
     def _from_document(cls, document: dict[str, Any]) -> Manifest:
         if document.get("format") != FORMAT_NAME:
             raise IntegrityError("This object is not a strongroom manifest.")
-        if document.get("version") != FORMAT_VERSION:
+        version = document.get("version")
+        if type(version) is not int or version not in FORMAT_VERSIONS:
+            readable = " and ".join(str(v) for v in FORMAT_VERSIONS)
             raise IntegrityError(
-                f"The manifest has format version {document.get('version')!r}; this strongroom "
-                f"reads version {FORMAT_VERSION}. Upgrade strongroom to read it."
+                f"The manifest has format version {version!r}; this strongroom "
+                f"reads versions {readable}. Upgrade strongroom to read it."
             )
+        v2 = version == 2
         backup, key = document["backup"], document["key"]
         if key["kdf"] != "argon2id":
             raise IntegrityError(f"Unknown key-derivation function {key['kdf']!r}.")
@@ -279,13 +307,17 @@ class Manifest:
                     iterations=_count(key["iterations"]),
                     lanes=_count(key["lanes"]),
                 ),
-                salt=_unb64(key["salt"]),
-                wrapped_key=_unb64(key["wrappedKey"]),
+                salt=from_b64(key["salt"]),
+                wrapped_key=from_b64(key["wrappedKey"]),
+                ephemeral_key=from_b64(key["ephemeralKey"]) if v2 else b"",
+                key_check=from_b64(key["keyCheck"]) if v2 else b"",
             ),
             retention_date=(
                 None if retention is None else from_epoch_ms(_count(retention, high=MAX_EPOCH_MS))
             ),
-            mac=_unb64(document["mac"]),
+            mac=from_b64(document["mac"]),
+            writer_mac=from_b64(document["writerMac"]) if v2 else b"",
+            version=version,
         )
         manifest._check_bounds()
         manifest.key_slot.kdf.check_bounds()
@@ -316,17 +348,36 @@ class Manifest:
                 f"The manifest of backup {self.name!r} has a salt of {len(self.key_slot.salt)} "
                 f"bytes (at least {MIN_SALT_SIZE} are needed); it has been tampered with."
             )
+        if self.version == 2:
+            self._check_v2_lengths()
+
+    def _check_v2_lengths(self) -> None:
+        """Every v2 key and MAC has the one length strongroom writes."""
+        slot = self.key_slot
+        lengths = {
+            "ephemeralKey": (slot.ephemeral_key, KEY_SIZE),
+            "wrappedKey": (slot.wrapped_key, WRAPPED_KEY_SIZE),
+            "keyCheck": (slot.key_check, MAC_SIZE),
+            "mac": (self.mac, MAC_SIZE),
+            "writerMac": (self.writer_mac, MAC_SIZE),
+        }
+        for what, (value, size) in lengths.items():
+            if len(value) != size:
+                raise IntegrityError(
+                    f"The manifest of backup {self.name!r} has a {what} of {len(value)} bytes "
+                    f"({size} are written); it has been tampered with."
+                )
 
 
 def _canonical_json(document: dict[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _b64(data: bytes) -> str:
+def to_b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: object) -> bytes:
+def from_b64(text: object) -> bytes:
     if not isinstance(text, str):
         raise TypeError("expected base64 text")
     return base64.b64decode(text, validate=True)

@@ -1,0 +1,199 @@
+"""Write keys, and the keys a passcode opens a backup with (docs/FORMAT.md, version 2).
+
+A write key holds what creating a backup needs and nothing that opens one: the KDF
+parameters and salt (so the passcode can re-derive everything), the recipient's public
+key `pk` that file keys are wrapped to, and the writer key that authenticates manifests.
+Decrypting needs the recipient's private key, which only the passcode yields. So a
+schedule or a server can keep a write key, and still cannot read a backup, its own
+included.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import write_private
+from .crypto import (
+    KEY_SIZE,
+    MIN_SALT_SIZE,
+    BackupKeys,
+    KdfParams,
+    Passcode,
+    derive_kek,
+    hmac_sha256,
+    new_salt,
+    recipient_private_key,
+    recipient_public_key,
+    unwrap_file_key,
+    unwrap_from_recipient,
+    wrap_to_recipient,
+    writer_key,
+    wrong_passcode,
+)
+from .errors import ConfigError, IntegrityError
+from .format import KeySlot, Manifest, from_b64, to_b64
+
+__all__ = ["WRITE_KEY_FORMAT", "WriteKey", "open_backup"]
+
+WRITE_KEY_FORMAT = "strongroom-write-key"
+WRITE_KEY_VERSION = 1
+#: A write key file is a few hundred bytes; anything much larger is not one.
+MAX_WRITE_KEY_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class WriteKey:
+    """Creates backups that the passcode restores; opens none (see the module docstring).
+
+    It is still a secret: whoever holds it can add backups the passcode would restore.
+    """
+
+    kdf: KdfParams
+    salt: bytes
+    public_key: bytes
+    writer_key: bytes
+
+    @classmethod
+    def derive(cls, passcode: str | Passcode, kdf: KdfParams | None = None) -> WriteKey:
+        """A write key for `passcode`, with a fresh salt: the one Argon2id run it needs."""
+        kdf = kdf or KdfParams()
+        salt = new_salt()
+        return cls._from_master(derive_kek(Passcode(passcode), salt, kdf), salt, kdf)
+
+    @classmethod
+    def _from_master(cls, master: bytes, salt: bytes, kdf: KdfParams) -> WriteKey:
+        public_key = recipient_public_key(recipient_private_key(master))
+        return cls(kdf, salt, public_key, writer_key(master))
+
+    @property
+    def key_check(self) -> bytes:
+        """Public, in every manifest: the passcode re-derives it, so a mismatch is a wrong
+        passcode, and a match with a failing writer MAC is a forgery."""
+        return hmac_sha256(self.writer_key, b"strongroom v2 key check")
+
+    def wrap(self, file_key: bytes, manifest: Manifest) -> KeySlot:
+        """The v2 key slot of `manifest` (a draft with its backupId): `file_key` wrapped to
+        the recipient."""
+        ephemeral_key, wrapped = wrap_to_recipient(
+            self.public_key, file_key, manifest.key_binding()
+        )
+        return KeySlot(self.kdf, self.salt, wrapped, ephemeral_key, self.key_check)
+
+    def sign(self, manifest: Manifest, keys: BackupKeys) -> Manifest:
+        """The manifest with both MACs: the file key's, and the writer key's."""
+        message = manifest.authenticated_bytes()
+        return manifest.with_macs(keys.mac(message), hmac_sha256(self.writer_key, message))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> WriteKey:
+        """Read a write key file, checking every field before anything uses it."""
+        path = Path(path)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_WRITE_KEY_SIZE + 1)
+        except OSError as exc:
+            raise ConfigError(f"Cannot read the write key {str(path)!r}: {exc.strerror}.") from None
+        try:
+            if len(data) > MAX_WRITE_KEY_SIZE:
+                raise ValueError("too large")
+            return cls._from_document(json.loads(data))
+        except (ValueError, TypeError, KeyError, RecursionError, binascii.Error):
+            raise ConfigError(
+                f"{str(path)!r} is not a strongroom write key (made by 'strongroom write-key "
+                "new'), or it is damaged."
+            ) from None
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the key file owner-only (0600), through a fresh temporary file; an existing
+        `path` is refused unless `overwrite`. Returns the path written."""
+        path = Path(path)
+        document = json.dumps(self._document(), indent=1, sort_keys=True) + "\n"
+        try:
+            write_private(path, document, overwrite=overwrite)
+        except FileExistsError:
+            raise ConfigError(
+                f"{str(path)!r} already exists; choose a new file, or overwrite it on purpose."
+            ) from None
+        return path
+
+    def _document(self) -> dict[str, Any]:
+        return {
+            "format": WRITE_KEY_FORMAT,
+            "version": WRITE_KEY_VERSION,
+            "kdf": "argon2id",
+            "memoryCostKiB": self.kdf.memory_cost_kib,
+            "iterations": self.kdf.iterations,
+            "lanes": self.kdf.lanes,
+            "salt": to_b64(self.salt),
+            "publicKey": to_b64(self.public_key),
+            "writerKey": to_b64(self.writer_key),
+        }
+
+    @classmethod
+    def _from_document(cls, document: Any) -> WriteKey:
+        if (
+            not isinstance(document, dict)
+            or document["format"] != WRITE_KEY_FORMAT
+            or _int(document["version"]) != WRITE_KEY_VERSION
+            or document["kdf"] != "argon2id"
+        ):
+            raise ValueError("not a write key")
+        kdf = KdfParams(
+            memory_cost_kib=_int(document["memoryCostKiB"]),
+            iterations=_int(document["iterations"]),
+            lanes=_int(document["lanes"]),
+        )
+        key = cls(
+            kdf,
+            from_b64(document["salt"]),
+            from_b64(document["publicKey"]),
+            from_b64(document["writerKey"]),
+        )
+        sizes_ok = len(key.public_key) == len(key.writer_key) == KEY_SIZE
+        if not (kdf.within_bounds and len(key.salt) >= MIN_SALT_SIZE and sizes_ok):
+            raise ValueError("out of bounds")
+        return key
+
+    def __repr__(self) -> str:
+        return f"WriteKey(kdf={self.kdf!r}, <secret>)"
+
+
+def open_backup(manifest: Manifest, passcode: str | Passcode) -> BackupKeys:
+    """The backup's keys from its passcode, every MAC checked: a wrong passcode (or a
+    changed KDF parameter, salt or key check) is a PasscodeError, anything else that does
+    not authenticate an IntegrityError."""
+    slot = manifest.key_slot
+    master = derive_kek(Passcode(passcode), slot.salt, slot.kdf)
+    if manifest.version == 1:
+        file_key = unwrap_file_key(master, slot.wrapped_key, manifest.key_binding())
+    else:
+        expected = WriteKey._from_master(master, slot.salt, slot.kdf)
+        if not hmac.compare_digest(expected.key_check, slot.key_check):
+            raise wrong_passcode()
+        writer_mac = hmac_sha256(expected.writer_key, manifest.authenticated_bytes())
+        if not hmac.compare_digest(writer_mac, manifest.writer_mac):
+            raise IntegrityError(
+                f"Backup {manifest.name!r} was not written with this passcode or its write "
+                "key: its manifest is forged or has been tampered with."
+            )
+        file_key = unwrap_from_recipient(
+            recipient_private_key(master),
+            slot.ephemeral_key,
+            slot.wrapped_key,
+            manifest.key_binding(),
+        )
+    keys = BackupKeys.from_file_key(file_key)
+    keys.check_mac(manifest.authenticated_bytes(), manifest.mac)
+    return keys
+
+
+def _int(value: object) -> int:
+    if type(value) is not int:
+        raise TypeError("expected an integer")
+    return value
