@@ -154,8 +154,9 @@ def test_helpers_get_no_strongroom_settings_and_exact_file_names(
         for n in range(filewrite.BATCH_FILES):
             submit(writers, tmp_path / f"before-the-helpers-{n}", b"")
         submit(writers, tmp_path / name, b"bytes")
+        writers.wait_all()  # the helper has written, so it runs its own program by now
+        # (read sooner, /proc may still show the environment of the process before exec)
         environment = Path(f"/proc/{writers._helpers[0].process.pid}/environ").read_bytes()
-        writers.wait_all()
     assert b"STRONGROOM_PASSCODE" not in environment
     assert b"PATH=" in environment
     assert b"caf\xe9-not-utf8" in os.listdir(os.fsencode(tmp_path))
