@@ -23,6 +23,7 @@ from strongroom import (
 )
 from strongroom.format import data_prefix, manifest_key
 from strongroom.pipeline import ChunkWriter
+from strongroom.sourcetree import walk_source
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot
 
 FUTURE_MS = 4_102_444_800_000  # 2100-01-01
@@ -68,8 +69,10 @@ def test_directories_get_their_attributes_whenever_they_are_finished(
 def test_a_backup_remembers_only_the_inodes_of_files_with_several_links(tree: Path) -> None:
     """tarfile would keep every file's inode, so memory would grow with the file count."""
     with archive._open_writer(io.BytesIO()) as tar:
-        tar.add(tree, arcname="data")
-        remembered = set(tar.inodes)  # type: ignore[attr-defined]
+        members = archive._Members(tar)
+        for entry in walk_source(tree, "data", lambda name, error: pytest.fail(str(error))):
+            members.info(entry.arcname, entry.status)
+        remembered = set(members._links)
     files = [p.lstat() for p in tree.rglob("*") if p.is_file() and not p.is_symlink()]
     linked = {(status.st_ino, status.st_dev) for status in files if status.st_nlink > 1}
     assert len(files) > 5 and linked
@@ -475,3 +478,79 @@ def test_restore_and_verify_progress_keep_their_total_and_end_on_it(
         assert {total for _, total in reports} == {info.source_size}
         assert [done for done, _ in reports] == sorted(done for done, _ in reports)
         assert reports[-1][0] == info.source_size
+
+
+@pytest.mark.parametrize("swapped_in", ["link to a secret", "fifo"])
+def test_a_file_swapped_while_the_backup_runs_is_left_out_not_followed(
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    swapped_in: str,
+) -> None:
+    """A local user replaces a file, after it was listed and before it is read, with a link
+    to a file only the backup can read, or with a FIFO that would block the read forever:
+    neither is followed; the file is left out, and the log says why."""
+    source = tmp_path / "shared"
+    source.mkdir()
+    (source / "notes.txt").write_bytes(b"mine\n")
+    (source / "report.txt").write_bytes(b"report\n")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root's secret\n")
+    real_open_regular = strongroom.archive.open_regular
+
+    def swapping_open_regular(entry: Any) -> Any:
+        if entry.name == b"report.txt":
+            (source / "report.txt").unlink()
+            if swapped_in == "fifo":
+                os.mkfifo(source / "report.txt")
+            else:
+                (source / "report.txt").symlink_to(secret)
+        return real_open_regular(entry)
+
+    monkeypatch.setattr("strongroom.archive.open_regular", swapping_open_regular)
+    created = threading.Thread(
+        target=engine.create, args=("swapped", [source]), kwargs={"passcode": PASSCODE}
+    )
+    created.start()
+    created.join(60)
+    if created.is_alive():  # the read blocked on the FIFO: unblock it, then fail
+        with open(source / "report.txt", "wb"):
+            pass
+        created.join(10)
+        pytest.fail("the backup blocked on a FIFO swapped in for a file")
+    assert "shared/report.txt: a link or a file took its place" in caplog.text or (
+        "shared/report.txt: it is no longer a regular file" in caplog.text
+    )
+    out = engine.restore("swapped", tmp_path / "out", passcode=PASSCODE)
+    assert sorted(p.name for p in (out / "shared").iterdir()) == ["notes.txt"]
+    assert b"secret" not in b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
+def test_a_directory_swapped_for_a_link_while_the_backup_runs_is_not_entered(
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Listed as a directory, then replaced by a link to a directory outside the source:
+    nothing outside is archived."""
+    source = tmp_path / "shared"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "mine.txt").write_bytes(b"mine\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"root's secret\n")
+    real_add_entry = strongroom.archive._add_entry
+
+    def swapping_add_entry(tar: Any, members: Any, entry: Any, keep: Any) -> None:
+        real_add_entry(tar, members, entry, keep)
+        if entry.arcname == "shared/sub":  # archived as a directory; now a link
+            os.rename(source / "sub", tmp_path / "sub-moved")
+            (source / "sub").symlink_to(outside)
+
+    monkeypatch.setattr("strongroom.archive._add_entry", swapping_add_entry)
+    engine.create("swapped", [source], passcode=PASSCODE)
+    assert "shared/sub: a link or a file took its place" in caplog.text
+    out = engine.restore("swapped", tmp_path / "out", passcode=PASSCODE)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["shared", "shared/sub"]

@@ -20,11 +20,14 @@ and says which it left out.
 from __future__ import annotations
 
 import errno
+import grp
 import io
 import os
+import pwd
+import stat
 import tarfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol, cast
@@ -34,10 +37,11 @@ from .filewrite import SMALL_FILE, FileMeta, SmallFileWriters, Staging, owner_id
 from .pipeline import ChunkWriter
 from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
+from .sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
 from .tarstream import TarSource, read_members
 
 if TYPE_CHECKING:
-    from _typeshed import StrOrBytesPath, SupportsRead
+    from _typeshed import SupportsRead
 
 __all__ = [
     "ArchiveEntry",
@@ -107,17 +111,16 @@ def _claim(seen: dict[str, str], top: str, owner: str) -> None:
 
 def source_size(sources: Sequence[Path]) -> int:
     """Bytes of regular files under the sources, for a progress bar's total."""
-    total = 0
-    for source in sources:
-        if source.is_file() and not source.is_symlink():
-            total += source.stat().st_size
-        elif source.is_dir() and not source.is_symlink():
-            for directory, _, files in os.walk(source):
-                for name in files:
-                    path = os.path.join(directory, name)
-                    if not os.path.islink(path):
-                        total += os.stat(path).st_size
-    return total
+    return sum(
+        entry.status.st_size
+        for source in sources
+        for entry in walk_source(source, "", _unwalkable)
+        if stat.S_ISREG(entry.status.st_mode)
+    )
+
+
+def _unwalkable(arcname: str, error: OSError) -> None:
+    """What cannot be walked counts nothing towards a progress total."""
 
 
 class ArchiveReader(TarSource, Protocol):
@@ -130,7 +133,7 @@ class _ForgetfulTarFile(tarfile.TarFile):
     """A TarFile that forgets each member once it is written, so memory stays flat.
 
     tarfile keeps every member in `members`; over millions of files that grows without
-    bound. Hard links are found by inode (see `gettarinfo`), not in `members`.
+    bound. Hard links are found by `_Members`, not in `members`.
     """
 
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: SupportsRead[bytes] | None = None) -> None:
@@ -151,21 +154,6 @@ class _ForgetfulTarFile(tarfile.TarFile):
             super().addfile(tarinfo, fileobj)
         self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
 
-    def gettarinfo(
-        self,
-        name: StrOrBytesPath | None = None,
-        arcname: str | None = None,
-        fileobj: IO[bytes] | None = None,
-    ) -> tarfile.TarInfo:
-        """tarfile remembers every file's inode, to find hard links; only a file with more
-        than one link can be met again, so the others are forgotten and memory stays flat."""
-        info = super().gettarinfo(name, arcname, fileobj)
-        if info.isreg() and name is not None:
-            status = os.lstat(name)
-            if status.st_nlink == 1:
-                self.inodes.pop((status.st_ino, status.st_dev), None)  # type: ignore[attr-defined]
-        return info
-
 
 def _open_writer(sink: io.RawIOBase) -> _ForgetfulTarFile:
     """A pax tar writer straight on our chunk stream.
@@ -183,9 +171,11 @@ def write_archive(
 ) -> list[str]:
     """Write every source and stream into `sink` as one pax tar stream.
 
-    Returns what was left out because a restore would refuse it, each with the reason
-    (devices and FIFOs): and every member goes through `MemberRules`, so nothing written here fails
-    a restore later (a tree read from disk meets them all).
+    Sources are walked and read by descriptor, never through a link (`sourcetree`).
+    Returns what was left out, each with the reason: what a restore would refuse (devices
+    and FIFOs: every member goes through `MemberRules`, so nothing written here fails a
+    restore later), and what changed as it was read (removed, or a link or FIFO put in its
+    place).
     """
     left_out: list[str] = []
 
@@ -193,17 +183,108 @@ def write_archive(
         try:
             rules.check(member)
         except RefusedMember as refused:
-            left_out.append(f"{refused.name}: {refused.reason}")
+            left_out.append(f"{refused.name}: {refused.reason}, so a restore would refuse it")
             return None
         return member
 
+    def changed(arcname: str, exc: OSError) -> None:
+        if not isinstance(exc, SourceChanged):
+            raise exc
+        left_out.append(f"{arcname}: {exc} while it was being backed up")
+
     rules = MemberRules()
     with ReadAhead(sources, sink.tell), _open_writer(sink) as tar:
+        members = _Members(tar)
         for source in sources:
-            tar.add(source, arcname=archive_name_of(source), recursive=True, filter=restorable)
+            for entry in walk_source(source, archive_name_of(source), changed):
+                try:
+                    _add_entry(tar, members, entry, restorable)
+                except SourceChanged as exc:
+                    changed(entry.arcname, exc)
         for name, stream in streams.items():
             _add_stream(tar, normalize_archive_path(name), stream)
     return left_out
+
+
+def _add_entry(
+    tar: tarfile.TarFile,
+    members: _Members,
+    entry: SourceEntry,
+    keep: Callable[[tarfile.TarInfo], tarfile.TarInfo | None],
+) -> None:
+    """Archive one entry of a source walk, reading a file only through the descriptor that
+    `open_regular` checked (tarfile's own `add` opens by path, following whatever link or
+    FIFO was put there since it looked)."""
+    mode = entry.status.st_mode
+    if not stat.S_ISREG(mode):
+        linkname = read_link(entry) if stat.S_ISLNK(mode) else ""
+        info = members.info(entry.arcname, entry.status, linkname)
+        if info is not None and keep(info) is not None:
+            tar.addfile(info)
+        return
+    fd, status = open_regular(entry)
+    with open(fd, "rb") as file:
+        info = members.info(entry.arcname, status)
+        if info is not None and keep(info) is not None:
+            tar.addfile(info, file if info.isreg() else None)
+
+
+class _Members:
+    """TarInfo for walked entries, as `TarFile.gettarinfo` makes them, with the owner
+    names looked up once per id and only files with several links remembered (to archive
+    their later names as hard links), so memory stays flat."""
+
+    def __init__(self, tar: tarfile.TarFile) -> None:
+        self._new = tar.tarinfo
+        self._links: dict[tuple[int, int], str] = {}
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+
+    def info(
+        self, arcname: str, status: os.stat_result, linkname: str = ""
+    ) -> tarfile.TarInfo | None:
+        """None for a socket, which tarfile does not archive either."""
+        mode = status.st_mode
+        kind = _TYPES.get(stat.S_IFMT(mode))
+        if kind is None:
+            return None
+        info = self._new(arcname)
+        info.type = kind
+        if stat.S_ISREG(mode) and status.st_nlink > 1:
+            first = self._links.setdefault((status.st_ino, status.st_dev), arcname)
+            if first != arcname:
+                info.type, linkname = tarfile.LNKTYPE, first
+        info.mode = mode
+        info.uid, info.gid = status.st_uid, status.st_gid
+        info.size = status.st_size if info.type == tarfile.REGTYPE else 0
+        info.mtime = status.st_mtime
+        info.linkname = linkname
+        info.uname = _name_of(self._users, status.st_uid, pwd.getpwuid)
+        info.gname = _name_of(self._groups, status.st_gid, grp.getgrgid)
+        if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+            info.devmajor, info.devminor = os.major(status.st_rdev), os.minor(status.st_rdev)
+        return info
+
+
+#: The tar type of each file type a source can hold but sockets.
+_TYPES = {
+    stat.S_IFREG: tarfile.REGTYPE,
+    stat.S_IFDIR: tarfile.DIRTYPE,
+    stat.S_IFLNK: tarfile.SYMTYPE,
+    stat.S_IFIFO: tarfile.FIFOTYPE,
+    stat.S_IFCHR: tarfile.CHRTYPE,
+    stat.S_IFBLK: tarfile.BLKTYPE,
+}
+
+
+def _name_of(names: dict[int, str], number: int, look_up: Callable[[int], Any]) -> str:
+    """A user's or group's name, looked up once (an unknown id has none, as in tarfile)."""
+    if number not in names:
+        try:
+            names[number] = look_up(number)[0]
+        except KeyError:
+            names[number] = ""
+    return names[number]
 
 
 def _add_stream(tar: tarfile.TarFile, name: str, stream: StreamSource) -> None:

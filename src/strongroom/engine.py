@@ -318,7 +318,7 @@ class Engine:
                 raise
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
         for what in left_out:
-            logger.warning("Left out of backup %r, as a restore would refuse it: %s", name, what)
+            logger.warning("Left out of backup %r: %s", name, what)
         return BackupInfo.from_manifest(manifest, target.name)
 
     def _check_create(

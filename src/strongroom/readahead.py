@@ -9,11 +9,10 @@ of what the writer has written. Its `lstat` calls bring the inodes in too. Once 
 in a row are in the cache already, it stops: on a warm tree it would only compete with the
 writer.
 
-The walk goes from directory descriptor to directory descriptor, never following a link
-(a directory swapped for a link meanwhile is not entered), and opens only what `fstat`
-then shows to be the regular file it listed. Nothing here changes what is archived: a file
-read ahead is read again by the writer, as it is then; one the walk misses is simply not
-read ahead. Any failure ends the read-ahead, never the backup.
+The walk is the archive writer's own (`sourcetree`: from directory descriptor to directory
+descriptor, never through a link), and opens only the regular file it listed. Nothing here
+changes what is archived: a file read ahead is read again by the writer, as it is then; one
+the walk misses is simply not read ahead. Any failure ends the read-ahead, never the backup.
 """
 
 from __future__ import annotations
@@ -23,10 +22,12 @@ import os
 import stat
 import tarfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
+
+from .sourcetree import SourceEntry, open_regular, walk_source
 
 __all__ = ["WINDOW", "ReadAhead"]
 
@@ -37,8 +38,6 @@ WINDOW = 64 * 1024 * 1024
 WARM_FILES = 256
 #: How long the walk sleeps while it is a window ahead (seconds).
 _PAUSE = 0.005
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _log = logging.getLogger("strongroom.readahead")
 
 
@@ -76,60 +75,35 @@ class ReadAhead:
         position = 0  # where the archive will be once the writer has reached the file
         cached_in_a_row = 0
         for source in self._sources:
-            for directory, name, size in _files_in_archive_order(source, self._stop):
+            for entry in walk_source(source, "", _ignore):
+                if self._stop.is_set():
+                    return
+                if not stat.S_ISREG(entry.status.st_mode):
+                    continue
+                size = entry.status.st_size
                 position += tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
                 while position - self._written() > self._window:
                     if self._stop.wait(_PAUSE):
                         return
-                cached = _advise(directory, name, min(size, self._window))
+                cached = _advise(entry, min(size, self._window))
                 cached_in_a_row = cached_in_a_row + 1 if cached else 0
                 if cached_in_a_row == WARM_FILES:
                     return
 
 
-def _files_in_archive_order(
-    source: Path, stop: threading.Event
-) -> Iterator[tuple[int, bytes, int]]:
-    """(directory fd, name, size) of the regular files of `source` (or `source` itself), in
-    the order `tarfile.add` archives them, until `stop` is set."""
-    parent, name = os.path.split(os.fsencode(source).rstrip(b"/") or b"/")
-    fd = os.open(parent or b".", _DIRECTORY)  # the source's own parents are the caller's
-    try:
-        yield from _walk(fd, name or b".", stop)
-    finally:
-        os.close(fd)
+def _ignore(arcname: str, error: OSError) -> None:
+    """Whatever cannot be walked is not read ahead; the writer says why, not this thread."""
 
 
-def _walk(directory: int, name: bytes, stop: threading.Event) -> Iterator[tuple[int, bytes, int]]:
-    if stop.is_set():
-        return
-    status = os.stat(name, dir_fd=directory, follow_symlinks=False)
-    if stat.S_ISREG(status.st_mode):
-        yield directory, name, status.st_size
-    elif stat.S_ISDIR(status.st_mode):
-        try:
-            fd = os.open(name, _DIRECTORY, dir_fd=directory)  # not a link swapped in
-        except OSError:
-            return
-        try:
-            for entry in sorted(os.listdir(fd)):  # str names, sorted as tarfile sorts them
-                try:
-                    yield from _walk(fd, os.fsencode(entry), stop)
-                except OSError:
-                    continue  # gone, or not readable: the writer says so, not this thread
-        finally:
-            os.close(fd)
-
-
-def _advise(directory: int, name: bytes, size: int) -> bool:
-    """Ask the kernel to read the first `size` bytes of the regular file `name`; whether
+def _advise(entry: SourceEntry, size: int) -> bool:
+    """Ask the kernel to read the first `size` bytes of the regular file `entry`; whether
     its first bytes were in the page cache already."""
     try:
-        fd = os.open(name, _FILE, dir_fd=directory)
+        fd, _ = open_regular(entry)
     except OSError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or not size:
+        if not size:
             return False
         with suppress(OSError):  # EAGAIN: not cached; EOPNOTSUPP: the file system cannot say
             os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)

@@ -1,0 +1,129 @@
+"""Walking a backup source the way the archive holds it: names sorted, depth first, from
+directory descriptor to directory descriptor, never through a link.
+
+The source itself is the caller's path; below it every directory is opened relative to its
+parent's descriptor with `O_NOFOLLOW`, so a directory swapped for a link while a backup runs
+is not entered and nothing outside the source is reached. Entries carry their `lstat`; the
+one who reads a file opens it with `open_regular`, which refuses anything but a regular
+file (a link, FIFO or device put in its place meanwhile). The archive writer, the
+read-ahead thread and the progress total all walk with this one generator, so they meet
+the same files in the same order.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SourceChanged", "SourceEntry", "open_regular", "read_link", "walk_source"]
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A FIFO or device swapped in for a file neither blocks the open nor becomes a terminal.
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class SourceChanged(OSError):
+    """An entry that is no longer what the walk listed (removed, or something else put in
+    its place) by the time it is read."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntry:
+    """One file, directory, link or special file of a source, as `lstat` saw it.
+
+    `directory` is the descriptor of the directory holding it, open only until the walk
+    moves on.
+    """
+
+    directory: int
+    name: bytes
+    arcname: str
+    status: os.stat_result
+
+
+def walk_source(
+    source: Path, arcname: str, on_error: Callable[[str, OSError], None]
+) -> Iterator[SourceEntry]:
+    """Every entry of `source` (archived as `arcname`), a directory before what it holds.
+
+    An entry that cannot be looked at, or a directory that cannot be entered, goes to
+    `on_error` with its archive name; whatever that raises ends the walk, otherwise the
+    walk goes on without it. Closing the generator closes its descriptors.
+    """
+    parent, name = os.path.split(os.fsencode(source).rstrip(b"/") or b"/")
+    fd = os.open(parent or b".", _DIRECTORY)  # the source's own parents are the caller's
+    try:
+        yield from _walk(fd, name or b".", arcname, on_error)
+    finally:
+        os.close(fd)
+
+
+def _walk(
+    directory: int, name: bytes, arcname: str, on_error: Callable[[str, OSError], None]
+) -> Iterator[SourceEntry]:
+    try:
+        status = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except OSError as exc:
+        on_error(arcname, _changed(exc))
+        return
+    yield SourceEntry(directory, name, arcname, status)
+    if not stat.S_ISDIR(status.st_mode):
+        return
+    try:
+        fd = os.open(name, _DIRECTORY, dir_fd=directory)
+    except OSError as exc:
+        on_error(arcname, _changed(exc))
+        return
+    try:
+        try:
+            entries = sorted(os.listdir(fd))  # str names, sorted as tarfile sorts them
+        except OSError as exc:
+            on_error(arcname, _changed(exc))
+            return
+        for entry in entries:
+            yield from _walk(fd, os.fsencode(entry), f"{arcname}/{entry}", on_error)
+    finally:
+        os.close(fd)
+
+
+def open_regular(entry: SourceEntry) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file named by `entry`, and its status now; raises
+    `SourceChanged` if a link, FIFO, device or directory has taken its place. (Another
+    regular file in its place, as an editor saves, is archived: it is in the source.)"""
+    try:
+        fd = os.open(entry.name, _FILE, dir_fd=entry.directory)
+    except OSError as exc:
+        raise _changed(exc) from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise SourceChanged("it is no longer a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, status
+
+
+def read_link(entry: SourceEntry) -> str:
+    """Where the symbolic link `entry` points; raises `SourceChanged` if it is no longer
+    a link."""
+    try:
+        return os.fsdecode(os.readlink(entry.name, dir_fd=entry.directory))
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise SourceChanged("it is no longer a link") from None
+        raise _changed(exc) from None
+
+
+def _changed(exc: OSError) -> OSError:
+    """A removal or a link put in the place of what was listed, as `SourceChanged`; any
+    other failure (no permission, an I/O error) as it is."""
+    if isinstance(exc, FileNotFoundError):
+        return SourceChanged("it was removed")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return SourceChanged("a link or a file took its place")
+    return exc
