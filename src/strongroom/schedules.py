@@ -335,7 +335,8 @@ def define(
         if not isinstance(description, str):
             raise ConfigError("The description must be text.")
         paths = [Path(source).absolute() for source in sources]
-        check_sources(paths, {})
+        if paths:  # none: the sources of the serve that runs it
+            check_sources(paths, {})
         schedule = Schedule(
             name=name,
             store=target,
