@@ -7,8 +7,10 @@ The real `serve` processes that run schedules are in test_web_server.py.
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -346,23 +348,37 @@ def test_claims_never_collide_with_backups_and_are_never_listed(
 
 
 def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source: Path) -> None:
-    with Engine(kdf=FAST_KDF, leftover_grace=timedelta(0)) as engine:
+    with Engine(kdf=FAST_KDF, leftover_grace=timedelta(minutes=30)) as engine:
         a, b = _define(engine, source, "a"), _define(engine, source, "b")
         slots = [T0 + timedelta(minutes=n) for n in range(3)]
         for slot in slots:
             assert claim(engine, a, slot)
         assert claim(engine, b, T0)
         store = engine.store()
+        an_hour_ago = time.time() - 3600  # by the store's clock: its files' mtimes
+        for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
+            os.utime(path, (an_hour_ago, an_hour_ago))
+        assert claim(engine, b, T0 + timedelta(minutes=1))  # new: kept
         dry = engine.cleanup(dry_run=True)
-        assert sorted((e.name, e.action) for e in dry.entries) == [("a", "would sweep")] * 2
-        assert len(store.list(CLAIMS_PREFIX)) == 4
+        assert sorted((e.name, e.action) for e in dry.entries) == [
+            ("a", "would sweep"),
+            ("a", "would sweep"),
+            ("b", "would sweep"),
+        ]
+        assert len(store.list(CLAIMS_PREFIX)) == 5
         report = engine.cleanup()
-        assert sorted((e.name, e.action) for e in report.entries) == [("a", "swept")] * 2
+        assert sorted((e.name, e.action) for e in report.entries) == [
+            ("a", "swept"),
+            ("a", "swept"),
+            ("b", "swept"),
+        ]
         assert [o.key for o in store.list(CLAIMS_PREFIX)] == [
-            claim_key("a", slots[2]),
-            claim_key("b", T0),
+            claim_key("a", slots[2]),  # an hour old, but a's latest
+            claim_key("b", T0 + timedelta(minutes=1)),
         ]
     with Engine(kdf=FAST_KDF) as engine:  # the default grace: a day
         assert claim(engine, a, slots[2] + timedelta(minutes=1))
+        for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
+            os.utime(path, (an_hour_ago, an_hour_ago))
         assert engine.cleanup().entries == []
         assert len(engine.store().list(CLAIMS_PREFIX)) == 3

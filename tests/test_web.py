@@ -282,7 +282,9 @@ async def test_a_create_past_the_time_out_is_cancelled_and_reads_failed(
 
 async def test_f_chooses_json_pjson_or_html(api: Api) -> None:
     compact = await api.get(DR, f="json")
-    assert compact.text == '{"operations":["status"],"resources":["stores","settings"]}'
+    assert compact.text == (
+        '{"operations":["status"],"resources":["stores","schedules","settings"]}'
+    )
     pretty = await api.get(DR, f="pjson")
     assert pretty.text.startswith('{\n  "operations": [\n')
     assert json.loads(pretty.text) == compact.json()
