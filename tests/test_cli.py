@@ -1111,6 +1111,8 @@ def test_a_bad_schedule_is_refused_by_the_command_line(
     refused = cli("schedules", "add", "nightly", *arguments, "--passcode-file", passcode_file)
     assert refused.code == 3
     assert fragment in refused.error_line
+    unasked = cli("schedules", "add", "nightly", *arguments)  # refused before the passcode
+    assert (unasked.code, unasked.error_line) == (3, refused.error_line)
     assert not (home / "config.toml").exists()
 
 

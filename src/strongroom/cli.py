@@ -547,11 +547,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_add(args: argparse.Namespace) -> int:
     engine = Engine()
-    engine.config.get(args.store)  # an unknown store fails before the passcode is asked
     schedule = define(
         engine,
         args.schedule,
-        passcode=read_passcode(args.passcode_file, confirm=True),
+        passcode=lambda: read_passcode(args.passcode_file, confirm=True),  # once all is checked
         every=args.every,
         cron=args.cron,
         store=args.store,

@@ -174,7 +174,7 @@ class ScheduleRunner:
                 for s in load_schedules(config).values()
                 if s.enabled
             ]
-        except StrongroomError:
+        except (StrongroomError, OSError):  # tick says why
             slots = []
         wait = min(slots, default=now + timedelta(seconds=MAX_SLEEP)) - now
         return min(MAX_SLEEP, max(MIN_SLEEP, wait.total_seconds()))
@@ -187,8 +187,8 @@ class ScheduleRunner:
             while not stop.is_set():
                 try:
                     self.tick()
-                except StrongroomError as exc:  # a configuration edited badly: said, retried
-                    logger.warning("Schedules not run: %s", exc)
+                except (StrongroomError, OSError) as exc:  # a configuration file edited badly
+                    logger.warning("Schedules not run: %s", exc)  # or unreadable: retried
                 stop.wait(self.seconds_to_next())
 
         threading.Thread(target=loop, name="strongroom-schedules", daemon=True).start()

@@ -310,7 +310,7 @@ def define(
     engine: Engine,
     name: str,
     *,
-    passcode: str | Passcode,
+    passcode: str | Passcode | Callable[[], str | Passcode],
     every: str | None = None,
     cron: str | None = None,
     store: str | None = None,
@@ -320,7 +320,8 @@ def define(
     now: datetime | None = None,
 ) -> Schedule:
     """Add a schedule to the engine's configuration file. Everything is checked before the
-    passcode derives the write key (its only use); the passcode is kept nowhere."""
+    passcode derives the write key (its only use); the passcode is kept nowhere. `passcode`
+    may be a function that asks for it, called once the rest has been checked."""
 
     def add(config: StoresConfig) -> Schedule:
         _check_name(name)
@@ -341,7 +342,9 @@ def define(
             name=name,
             store=target,
             recurrence=recurrence,
-            write_key=WriteKey.derive(passcode, kdf=engine.kdf),
+            write_key=WriteKey.derive(
+                passcode() if callable(passcode) else passcode, kdf=engine.kdf
+            ),
             created=(now or datetime.now(UTC)).replace(microsecond=0),
             keep_days=days,
             description=description,

@@ -417,7 +417,9 @@ class _AdminApi:
         schedule = schedules.get_schedule(await _run(self._config), call.path("scheduleName"))
         jobs = await _run(runs, self._engine, schedule)
         backups = await _run(self._engine.list, schedule.store)
-        recent = [b.to_dict() for b in reversed(backups) if schedule.slot_of(b.name)]
+        recent = [
+            b.to_dict() for b in reversed(backups) if b.scheduled and schedule.slot_of(b.name)
+        ]
         document = {
             **schedule.to_dict(utc_now()),
             "lastRun": jobs[0].to_dict() if jobs else None,
