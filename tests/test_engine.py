@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import strongroom.engine
 from strongroom import (
     BackupExistsError,
     BackupNotFoundError,
@@ -323,6 +325,31 @@ def test_a_failed_create_removes_what_it_wrote(
 
     monkeypatch.setattr("strongroom.engine.write_archive", broken_source)
     with pytest.raises(OSError, match="disk on fire"):
+        engine.create("nightly", [tree], passcode=PASSCODE)
+    assert engine.list() == []
+    data = store_dir(home) / "data" / "nightly"
+    assert not data.exists() or not any(data.rglob("*[0-9]"))
+
+
+def test_the_key_is_derived_beside_the_writing_and_its_failure_commits_nothing(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Argon2id runs while the chunks are written; if it fails, the create fails like
+    any other and removes what it wrote."""
+    writing = threading.Event()
+    real_write_archive = strongroom.engine.write_archive
+
+    def write_archive(*args: Any) -> Any:
+        writing.set()
+        return real_write_archive(*args)
+
+    def derive(*args: object, **kwargs: object) -> None:
+        assert writing.wait(10), "the key derivation did not run beside the writing"
+        raise MemoryError("Argon2id could not allocate its memory")
+
+    monkeypatch.setattr("strongroom.engine.write_archive", write_archive)
+    monkeypatch.setattr("strongroom.engine.WriteKey.derive", derive)
+    with pytest.raises(MemoryError, match="Argon2id"):
         engine.create("nightly", [tree], passcode=PASSCODE)
     assert engine.list() == []
     data = store_dir(home) / "data" / "nightly"

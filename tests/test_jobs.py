@@ -483,8 +483,8 @@ def test_engine_jobs_back_up_restore_and_delete(
     assert created.bytes_done > 0
     assert [(s.name, s.state) for s in created.stages] == [
         ("validating", "success"),
-        ("deriving the key", "success"),
         ("writing", "success"),
+        ("deriving the key", "success"),
         ("committing", "success"),
     ]
 

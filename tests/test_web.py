@@ -193,7 +193,7 @@ async def test_status_describes_the_last_submitted_job_and_its_stages(
     }
     assert status["stages"] == created["stages"]
     names = [stage["name"] for stage in status["stages"]]
-    assert names == ["validating", "deriving the key", "writing", "committing"]
+    assert names == ["validating", "writing", "deriving the key", "committing"]
     for stage in status["stages"]:
         assert stage["state"] == "success"
         assert stage["duration"] >= 0

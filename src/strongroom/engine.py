@@ -256,8 +256,9 @@ class Engine:
         cannot open what it writes. Everything is checked before anything is written.
         Data objects go first and the manifest last; if anything fails, what was written
         is removed again and no backup of that name appears. `on_stage` hears each step
-        as it starts (validating, deriving the key, writing, committing); what it raises
-        stops the create uncommitted. `scheduled`: a schedule makes it (scheduleType).
+        as it starts (validating, writing, deriving the key, committing: Argon2id runs
+        beside the writing, and its stage is what is left of it); what it raises stops
+        the create uncommitted. `scheduled`: a schedule makes it (scheduleType).
         """
         stage = on_stage or _ignore
         paths = [Path(source) for source in sources]
@@ -267,9 +268,6 @@ class Engine:
             name, paths, streams, passcode, write_key, store, description, retention_date
         )
 
-        stage("deriving the key")
-        if isinstance(credential, Passcode):  # a fresh salt, as every interactive create
-            credential = WriteKey.derive(credential, kdf=self._kdf)
         backup_id = uuid.uuid4().hex
         file_key = new_file_key()
         draft = Manifest(
@@ -282,11 +280,10 @@ class Engine:
             source_size=0,
             stored_size=0,
             compression="zstd" if self._compress else "none",
-            key_slot=KeySlot(credential.kdf, credential.salt, b""),
+            key_slot=KeySlot(self._kdf, b"", b""),  # wrapped at the commit
             retention_date=retention,
             scheduled=scheduled,
         )
-        key_slot = credential.wrap(file_key, draft)
         keys = BackupKeys.from_file_key(file_key)
         writer = ChunkWriter(
             target,
@@ -300,20 +297,27 @@ class Engine:
         )
         marker = pending_key(name, backup_id)
         index = retention_key(name, backup_id, retention)
-        with _Heartbeat(target, marker, self._heartbeat):
+        # Chunks are sealed under the random file key; the passcode's key is needed only
+        # to wrap it at the commit, so its Argon2id runs beside the writing.
+        with (
+            _Heartbeat(target, marker, self._heartbeat),
+            _KeyDerivation(credential, self._kdf) as derivation,
+        ):
             try:
                 stage("writing")
                 left_out = write_archive(writer, paths, streams)
                 stats = writer.finish()
+                stage("deriving the key")
+                write_key = derivation.result()
                 manifest = replace(
                     draft,
                     created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
                     chunk_count=stats.chunk_count,
                     source_size=stats.source_size,
                     stored_size=stats.stored_size,
-                    key_slot=key_slot,
+                    key_slot=write_key.wrap(file_key, draft),
                 )
-                manifest = credential.sign(manifest, keys)
+                manifest = write_key.sign(manifest, keys)
                 stage("committing")
                 target.put(index, b"", overwrite=True)  # before the commit: never missing
                 _commit(target, manifest)
@@ -937,6 +941,28 @@ class Engine:
             if self._job_manager is not None:
                 self._close_jobs()
                 self._job_manager = None
+
+
+class _KeyDerivation:
+    """A create's write key: a given one, or a fresh one derived from the passcode in a
+    thread of its own (Argon2id releases the GIL), joined when the key is needed."""
+
+    def __init__(self, credential: Passcode | WriteKey, kdf: KdfParams) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="strongroom-kdf")
+        self._key = (
+            self._pool.submit(WriteKey.derive, credential, kdf)  # a fresh salt, as every create
+            if isinstance(credential, Passcode)
+            else self._pool.submit(lambda: credential)
+        )
+
+    def __enter__(self) -> _KeyDerivation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown(wait=True)  # a create that failed waits the Argon2id out
+
+    def result(self) -> WriteKey:
+        return self._key.result()
 
 
 class _Heartbeat:
