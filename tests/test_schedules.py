@@ -12,7 +12,7 @@ import stat
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -211,6 +211,15 @@ def _backups(engine: Engine) -> list[str]:
     return [info.name for info in engine.list()]
 
 
+def _held(release: threading.Event) -> Callable[[JobHandle], None]:
+    """A job's work that runs until `release` is set (a previous run still going)."""
+
+    def work(job: JobHandle) -> None:
+        release.wait(30)
+
+    return work
+
+
 def _finish(engine: Engine, outcomes: list) -> None:
     for outcome in outcomes:
         if outcome.job is not None:
@@ -274,12 +283,12 @@ def test_a_slot_whose_previous_run_is_going_is_skipped(
 ) -> None:
     schedule = _define(engine, source)
     release = threading.Event()
-
-    def slow(job: JobHandle) -> None:
-        release.wait(30)
-
     previous = engine.jobs.submit(
-        "create", slow, name=schedule.backup_name(T0), scheduled=True, store="backupsDefault"
+        "create",
+        _held(release),
+        name=schedule.backup_name(T0),
+        scheduled=True,
+        store="backupsDefault",
     )
     clock.now = T0 + timedelta(minutes=1)
     runner = ScheduleRunner(engine, clock=clock)
@@ -320,8 +329,16 @@ def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:
     done = engine.jobs.wait(job.jobid, 30)
     assert done.status is JobStatus.COMPLETED, done.messages
     assert done.result is not None and done.result["retentionDate"] == -1
-    with pytest.raises(JobError, match="did not run"):  # the same second: claimed already
+    with pytest.raises(JobError, match="claimed already"):  # the same second
         run_now(engine, "nightly", now=moment)
+    release = threading.Event()
+    going = engine.jobs.submit(
+        "create", _held(release), name="nightly-2026-03-01-12-00-08", scheduled=True
+    )
+    with pytest.raises(JobError, match=f"previous run \\(job {going.jobid}\\) is still going"):
+        run_now(engine, "nightly", now=moment + timedelta(seconds=1))
+    release.set()
+    engine.jobs.wait(going.jobid, 30)
     with pytest.raises(UnknownScheduleError):
         run_now(engine, "nope")
     define(engine, "bare", passcode=PASSCODE, every="1h")

@@ -97,10 +97,17 @@ def run_slot(
         )
     previous = runs(engine, schedule, active=True)
     if previous:
-        message = f"the previous run (job {previous[0].jobid}) is still going"
+        message = (
+            f"the previous run (job {previous[0].jobid}) is still going; wait for it to end, "
+            "or cancel it"
+        )
         return Outcome(schedule.name, slot, "still running", previous[0], message)
     if not claim(engine, schedule, slot):
-        return Outcome(schedule.name, slot, "claimed elsewhere", message="another replica ran it")
+        message = (
+            f"its slot {slot:%Y-%m-%d %H:%M:%S} UTC was claimed already (by another replica, "
+            "or by a run in the same second)"
+        )
+        return Outcome(schedule.name, slot, "claimed elsewhere", message=message)
     job = engine.submit_backup(
         schedule.backup_name(slot),
         paths,
@@ -128,10 +135,7 @@ def run_now(
     slot = (now or utc_now()).replace(microsecond=0)
     outcome = run_slot(engine, schedule, slot, sources, operation_uri=operation_uri)
     if outcome.job is None or outcome.action != "submitted":
-        raise JobError(
-            f"Schedule {name!r} did not run: {outcome.message}; wait for it (or cancel it) "
-            "and run it again."
-        )
+        raise JobError(f"Schedule {name!r} did not run now: {outcome.message}.")
     return outcome.job
 
 
