@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from .errors import ConfigError, UnknownStoreError
 from .format import validate_name
 
 __all__ = [
+    "EDITS",
     "EMBEDDED_STORE_NAME",
     "StoreSpec",
     "StoresConfig",
@@ -54,6 +56,9 @@ HOME_ENV = "STRONGROOM_HOME"
 CONFIG_ENV = "STRONGROOM_CONFIG"
 
 OptionValue = str | int | float | bool | dict[str, str]
+#: Held while this process re-reads, changes and saves the configuration file (the admin
+#: API's store edits and the schedules' edits alike), so no edit loses another.
+EDITS = threading.Lock()
 
 
 def strongroom_home() -> Path:

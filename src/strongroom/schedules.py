@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import binascii
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cronsim import CronSim, CronSimError
 
 from .archive import check_sources
-from .config import StoresConfig
+from .config import EDITS, StoresConfig
 from .crypto import Passcode
 from .errors import ConfigError, InvalidNameError, UnknownScheduleError
 from .format import MAX_NAME_LENGTH, SLOT_FORMAT, from_epoch_ms, to_epoch_ms, validate_name
@@ -83,8 +82,6 @@ _TABLE_KEYS = frozenset(
     {"store", "every", "cron", "keep_days", "description", "enabled", "sources", "created"}
 )
 T = TypeVar("T")
-#: Edits of the configuration file, one at a time in this process.
-_edits = threading.Lock()
 
 
 def parse_duration(text: str) -> timedelta:
@@ -397,7 +394,7 @@ def remove(engine: Engine, name: str) -> None:
 
 def _edit(engine: Engine, change: Callable[[StoresConfig], T]) -> T:
     """Re-read the configuration file, change it, save it (0600), and switch the engine to it."""
-    with _edits:
+    with EDITS:
         config = StoresConfig.load(engine.config.path, home=engine.home)
         result = change(config)
         config.save()
