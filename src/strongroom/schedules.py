@@ -78,8 +78,19 @@ _CRON_HELP = (
     "Write five fields, minute hour day-of-month month day-of-week, evaluated in UTC, "
     'for example "0 2 * * *" (every day at 02:00 UTC) or "*/15 * * * *"'
 )
+#: The keys of a [schedules.NAME] table.
 _TABLE_KEYS = frozenset(
-    {"store", "every", "cron", "keep_days", "description", "enabled", "sources", "created"}
+    {
+        "store",
+        "every",
+        "cron",
+        "keep_days",
+        "description",
+        "enabled",
+        "sources",
+        "created",
+        "write_key",
+    }
 )
 T = TypeVar("T")
 
@@ -112,12 +123,11 @@ def parse_cron(expression: str) -> str:
     try:
         CronSim(text, _EPOCH)
     except CronSimError as exc:
-        field = str(exc).removeprefix("Bad ").replace("day of month", "day-of-month")
-        field = field.replace("day of week", "day-of-week")
-        takes = f" (it takes {_CRON_FIELDS[field]}" if field in _CRON_FIELDS else " ("
+        field = str(exc).removeprefix("Bad ")  # cronsim names the field as _CRON_FIELDS do
+        takes = _CRON_FIELDS.get(field, "its range")
         raise ConfigError(
-            f'cron "{text}": bad {field}{takes}, a list a,b, a range a-b or a step */n). '
-            f"{_CRON_HELP}."
+            f'cron "{text}": bad {field} (it takes {takes}, a list a,b, a range a-b or a step '
+            f"*/n). {_CRON_HELP}."
         ) from None
     return text
 
@@ -256,7 +266,7 @@ class Schedule:
     @classmethod
     def from_table(cls, path: Path, name: str, table: Mapping[str, Any]) -> Schedule:
         where = f"{path}: [schedules.{name}]"
-        unknown = sorted(set(table) - _TABLE_KEYS - {"write_key"})
+        unknown = sorted(set(table) - _TABLE_KEYS)
         if unknown:
             raise ConfigError(f"{where} has unknown keys {unknown}; see 'strongroom schedules'.")
         try:
