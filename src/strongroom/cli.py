@@ -577,8 +577,8 @@ def run_schedules_list(args: argparse.Namespace) -> int:
             s.name,
             s.store,
             str(s.recurrence),
-            "never" if s.keep_days is None else f"{s.keep_days} days",
-            _date(next(iter(s.next_runs(now, 1)), None)) if s.enabled else "paused",
+            _keep(s.keep_days),
+            _date(s.next_runs(now, 1)[0]) if s.enabled else "paused",
             s.description,
         )
         for s in schedules
@@ -600,7 +600,7 @@ def run_show(args: argparse.Namespace) -> int:
         "name": schedule.name,
         "store": schedule.store,
         "recurrence": str(schedule.recurrence),
-        "keep": "never" if schedule.keep_days is None else f"{schedule.keep_days} days",
+        "keep": _keep(schedule.keep_days),
         "state": "enabled" if schedule.enabled else "paused",
         "sources": ", ".join(schedule.sources) or "those of the serve that runs it",
         "description": schedule.description or "-",
@@ -901,6 +901,10 @@ def _retention_options(parser: argparse.ArgumentParser, *, required: bool) -> No
 
 def _retention(args: argparse.Namespace) -> datetime | None:
     return retention_from(args.retention_date, args.keep_days, utc_now())
+
+
+def _keep(days: int | None) -> str:
+    return "never expires" if days is None else f"{days} days"
 
 
 def _until(moment: datetime | None) -> str:
