@@ -309,15 +309,21 @@ def test_a_slot_claimed_by_another_replica_is_skipped_quietly(
     engine: Engine, source: Path, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     schedule = _define(engine, source)
-    assert claim(engine, schedule, T0)  # the other replica
+    assert claim(engine, schedule, T0)  # the other replica, whose run of the slot still goes
+    release = threading.Event()
+    other = engine.jobs.submit(
+        "create", _held(release), name=schedule.backup_name(T0), scheduled=True
+    )
     assert not claim(engine, schedule, T0)
     with caplog.at_level(logging.INFO, logger="strongroom"):
         outcomes = ScheduleRunner(engine, clock=clock).tick()
+    release.set()
+    engine.jobs.wait(other.jobid, 30)
     assert [o.action for o in outcomes] == ["claimed elsewhere"]
     lines = [r for r in caplog.records if "nightly" in r.getMessage()]
     assert [r.levelno for r in lines] == [logging.INFO]
     assert "claimed by another replica" in lines[0].getMessage()
-    assert engine.jobs.find(limit=None)[1] == 0
+    assert engine.jobs.find(limit=None)[1] == 1  # the other replica's
     assert _backups(engine) == []
 
 
@@ -336,7 +342,7 @@ def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:
         "create", _held(release), name="nightly-2026-03-01-12-00-08", scheduled=True
     )
     with pytest.raises(JobError, match=f"previous run \\(job {going.jobid}\\) is still going"):
-        run_now(engine, "nightly", now=moment + timedelta(seconds=1))
+        run_now(engine, "nightly", now=moment + timedelta(seconds=2))
     release.set()
     engine.jobs.wait(going.jobid, 30)
     with pytest.raises(UnknownScheduleError):

@@ -95,7 +95,8 @@ def run_slot(
             f"Schedule {schedule.name!r} has no sources, and this process none to lend it: "
             "define it with --source, or run it from 'strongroom serve --source DIR'."
         )
-    previous = runs(engine, schedule, active=True)
+    # a run of an earlier slot; one of this slot is another replica's (its claim decides)
+    previous = [j for j in runs(engine, schedule, active=True) if _slot_of(schedule, j) < slot]
     if previous:
         message = (
             f"the previous run (job {previous[0].jobid}) is still going; wait for it to end, "
@@ -137,6 +138,14 @@ def run_now(
     if outcome.job is None or outcome.action != "submitted":
         raise JobError(f"Schedule {name!r} did not run now: {outcome.message}.")
     return outcome.job
+
+
+def _slot_of(schedule: Schedule, job: Job) -> datetime:
+    """The slot of one of the schedule's jobs (as `runs` returns them)."""
+    slot = schedule.slot_of(job.name or "")
+    if slot is None:
+        raise JobError(f"Job {job.jobid} is not a run of schedule {schedule.name!r}.")
+    return slot
 
 
 class ScheduleRunner:
