@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, measure
-from .config import StoresConfig, StoreSpec
+from .config import StoresConfig, StoreSpec, config_path, editing
 from .crypto import Passcode
 from .engine import BackupInfo, Engine
 from .errors import ConfigError, JobError, PasscodeError, StoreUnavailableError, StrongroomError
@@ -494,21 +494,23 @@ def run_stores_list(args: argparse.Namespace) -> int:
 
 
 def run_stores_add(args: argparse.Namespace) -> int:
-    config = StoresConfig.load()
-    spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
-    config.add(spec, make_default=args.default)
-    # Opening checks the scheme, the options and that secret references resolve, and the
-    # backend says whether the store keeps backups, before anything is saved.
-    build_registry(get_plugin_manager()).open(spec).check_persistent()
-    config.save()
+    with editing(config_path()):
+        config = StoresConfig.load()
+        spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
+        config.add(spec, make_default=args.default)
+        # Opening checks the scheme, the options and that secret references resolve, and the
+        # backend says whether the store keeps backups, before anything is saved.
+        build_registry(get_plugin_manager()).open(spec).check_persistent()
+        config.save()
     print(f"Added store {spec.name} ({spec.url}) to {config.path}")
     return 0
 
 
 def run_stores_remove(args: argparse.Namespace) -> int:
-    config = StoresConfig.load()
-    config.remove(args.store_name)
-    config.save()
+    with editing(config_path()):
+        config = StoresConfig.load()
+        config.remove(args.store_name)
+        config.save()
     print(f"Removed store {args.store_name}; its backups stay where they are.")
     return 0
 

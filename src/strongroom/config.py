@@ -25,11 +25,13 @@ from the environment only when the store is opened. The file is written owner-on
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,11 @@ from .errors import ConfigError, UnknownStoreError
 from .format import validate_name
 
 __all__ = [
-    "EDITS",
     "EMBEDDED_STORE_NAME",
     "StoreSpec",
     "StoresConfig",
     "config_path",
+    "editing",
     "strongroom_home",
     "write_private",
 ]
@@ -56,9 +58,8 @@ HOME_ENV = "STRONGROOM_HOME"
 CONFIG_ENV = "STRONGROOM_CONFIG"
 
 OptionValue = str | int | float | bool | dict[str, str]
-#: Held while this process re-reads, changes and saves the configuration file (the admin
-#: API's store edits and the schedules' edits alike), so no edit loses another.
-EDITS = threading.Lock()
+#: Held by the thread of this process that is editing a configuration file.
+_EDITS = threading.Lock()
 
 
 def strongroom_home() -> Path:
@@ -231,6 +232,22 @@ class StoresConfig:
         if self.schedules:
             document["schedules"] = self.schedules
         write_private(self.path, tomli_w.dumps(document))
+
+
+@contextmanager
+def editing(path: Path) -> Iterator[None]:
+    """Hold the configuration file at `path` for one edit (re-read, change, save): one at a
+    time across threads and processes (a lock on `.<name>.lock` beside it), so a `serve`
+    replica and the CLI editing stores or schedules at once never lose each other's edit."""
+    with _EDITS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.with_name(f".{path.name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:

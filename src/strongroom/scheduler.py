@@ -11,7 +11,8 @@ runner puts `schedules/<name>/<slot>` with put-if-absent into the schedule's sto
 the `serve` processes sharing the configuration and the store, exactly one wins (on a
 store that claims `put_if_absent`); the others log one line and skip the slot. A slot
 whose previous run (a scheduled create of an earlier slot of this schedule, active in the
-job table, which replicas sharing a home share) is still going is skipped with a warning. Cleanup sweeps old claims (engine.py, `_sweep_claims`).
+job table, which replicas sharing a home share) is still going is skipped with a warning.
+Cleanup sweeps old claims (engine.py, `_sweep_claims`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cronsim import CronSim, CronSimError
 
 from .archive import check_sources
-from .config import EDITS, StoresConfig
+from .config import StoresConfig, editing
 from .crypto import Passcode
 from .errors import ConfigError, InvalidNameError, UnknownScheduleError
 from .format import MAX_NAME_LENGTH, SLOT_FORMAT, from_epoch_ms, to_epoch_ms, validate_name
@@ -404,7 +404,7 @@ def remove(engine: Engine, name: str) -> None:
 
 def _edit(engine: Engine, change: Callable[[StoresConfig], T]) -> T:
     """Re-read the configuration file, change it, save it (0600), and switch the engine to it."""
-    with EDITS:
+    with editing(engine.config.path):
         config = StoresConfig.load(engine.config.path, home=engine.home)
         result = change(config)
         config.save()

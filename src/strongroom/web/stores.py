@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import EDITS, StoresConfig, StoreSpec
+from ..config import StoresConfig, StoreSpec, editing
 from ..engine import Engine
 from ..errors import ConfigError
 
@@ -124,7 +124,7 @@ def unregister(engine: Engine, name: str) -> None:
 
 
 def _edit(engine: Engine, change: Callable[[StoresConfig], None], opens: str | None = None) -> None:
-    with EDITS:
+    with editing(engine.config.path):
         config = StoresConfig.load(engine.config.path)
         change(config)
         previous = engine.config
