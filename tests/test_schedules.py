@@ -405,3 +405,20 @@ def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source:
             os.utime(path, (an_hour_ago, an_hour_ago))
         assert engine.cleanup().entries == []
         assert len(engine.store().list(CLAIMS_PREFIX)) == 3
+
+
+def test_a_run_past_its_time_out_is_cancelled_and_fails(
+    engine: Engine, tmp_path: Path, clock: Clock
+) -> None:
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with (huge / "sparse.img").open("wb") as sparse:
+        sparse.truncate(1 << 40)  # minutes of zeros to read; no disk
+    _define(engine, huge)
+    runner = ScheduleRunner(engine, clock=clock, timeout=lambda: timedelta(seconds=0.3))
+    (outcome,) = runner.tick()
+    assert outcome.job is not None
+    done = engine.jobs.wait(outcome.job.jobid, 30)
+    assert done.status is JobStatus.FAILED
+    assert "Timed out" in done.messages[-1]
+    assert _backups(engine) == []

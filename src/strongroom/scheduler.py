@@ -87,9 +87,11 @@ def run_slot(
     sources: Sequence[str] = (),
     *,
     operation_uri: str | None = None,
+    timeout: timedelta | None = None,
 ) -> Outcome:
     """Run one slot: skip it if the previous run still goes, else claim it and submit its
-    backup job with the schedule's write key. `sources` back up a schedule that has none."""
+    backup job with the schedule's write key. `sources` back up a schedule that has none;
+    a run still going `timeout` after it started is cancelled and reads FAILED."""
     paths = list(schedule.sources) or list(sources)
     if not paths:
         raise JobError(
@@ -118,6 +120,7 @@ def run_slot(
         description=schedule.description,
         retention_date=schedule.retention(slot),
         operation_uri=operation_uri,
+        timeout=timeout,
         scheduled=True,
     )
     return Outcome(schedule.name, slot, "submitted", job)
@@ -130,12 +133,15 @@ def run_now(
     *,
     now: datetime | None = None,
     operation_uri: str | None = None,
+    timeout: timedelta | None = None,
 ) -> Job:
     """One backup of the schedule now, as a job (`schedules run`, the API's `run`); the
     slot is this second, claimed like any other. JobError when it cannot start."""
     schedule = get_schedule(StoresConfig.load(engine.config.path, home=engine.home), name)
     slot = (now or utc_now()).replace(microsecond=0)
-    outcome = run_slot(engine, schedule, slot, sources, operation_uri=operation_uri)
+    outcome = run_slot(
+        engine, schedule, slot, sources, operation_uri=operation_uri, timeout=timeout
+    )
     if outcome.job is None or outcome.action != "submitted":
         raise JobError(f"Schedule {name!r} did not run now: {outcome.message}.")
     return outcome.job
@@ -158,8 +164,11 @@ class ScheduleRunner:
         sources: Sequence[str | os.PathLike[str]] = (),
         *,
         clock: Callable[[], datetime] = utc_now,
+        timeout: Callable[[], timedelta | None] | None = None,
     ) -> None:
-        self._engine, self._clock = engine, clock
+        """`timeout`, asked at each run, says how long a run may go before it is cancelled
+        (`serve` asks the admin API's settings; default: no limit)."""
+        self._engine, self._clock, self._timeout = engine, clock, timeout
         self._sources = [str(source) for source in sources]
         #: The latest slot this runner has handled, by schedule.
         self._handled: dict[str, datetime] = {}
@@ -211,7 +220,8 @@ class ScheduleRunner:
     def _run(self, schedule: Schedule, slot: datetime) -> Outcome:
         when = f"{slot:%Y-%m-%d %H:%M:%S} UTC"
         try:
-            outcome = run_slot(self._engine, schedule, slot, self._sources)
+            timeout = self._timeout() if self._timeout else None
+            outcome = run_slot(self._engine, schedule, slot, self._sources, timeout=timeout)
         except StrongroomError as exc:
             logger.warning("Schedule %r, slot %s, did not run: %s", schedule.name, when, exc)
             return Outcome(schedule.name, slot, "failed", message=str(exc))

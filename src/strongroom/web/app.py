@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -319,7 +319,7 @@ class _AdminApi:
             description=call.get("description") or "",
             retention_date=self._retention(call),
             operation_uri=call.uri,
-            timeout=timedelta(seconds=settings.timeout_seconds),
+            timeout=settings.timeout,
         )
         return self._job_reply(call, job)
 
@@ -447,12 +447,14 @@ class _AdminApi:
 
     async def run_schedule(self, call: _Call) -> Reply:
         """One backup of the schedule now, as a job (its slot claimed like any other)."""
+        settings = await _run(DrSettings.load, self._engine.home)
         job = await _run(
             run_now,
             self._engine,
             call.path("scheduleName"),
             [str(source) for source in self._sources],
             operation_uri=call.uri,
+            timeout=settings.timeout,
         )
         return self._job_reply(call, job)
 

@@ -31,6 +31,7 @@ from ..engine import Engine
 from ..scheduler import ScheduleRunner
 from .app import DR, create_app
 from .auth import configured_hashes, tokens_path
+from .settings import DrSettings
 
 __all__ = ["serve"]
 
@@ -73,9 +74,13 @@ def serve(
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         schedule = engine.schedule_cleanup(cleanup_interval) if cleanup_interval else None
-        runner = ScheduleRunner(engine, sources).start() if schedules else None
+        # each run is cancelled after the settings' timeoutInSeconds, as an API create is
+        runner = ScheduleRunner(
+            engine, sources, timeout=lambda: DrSettings.load(engine.home).timeout
+        )
+        stop_runner = runner.start() if schedules else None
         yield
-        for stop in (schedule, runner):
+        for stop in (schedule, stop_runner):
             if stop is not None:
                 stop.set()
         await run_in_threadpool(engine.close)  # before uvicorn re-raises SIGTERM and exits
