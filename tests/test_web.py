@@ -1555,7 +1555,10 @@ async def test_a_duplicate_schedule_and_an_unknown_one_are_refused(api: Api) -> 
 
 
 async def test_the_schedule_pages(api: Api, engine: Engine) -> None:
-    await api.post(f"{SCHEDULES}/create", name="nightly", passcode=SECRET, cron="0 2 * * *")
+    form = {"token": TOKEN, "name": "nightly", "passcode": SECRET, "every": "", "cron": "0 2 * * *"}
+    defined = await api.send("POST", f"{SCHEDULES}/create", data=form | {"keepDays": "14"})
+    assert defined.status_code == 303, defined.text
+    assert defined.headers["location"].endswith("/schedules/nightly")
     api.job(await api.post(f"{SCHEDULES}/nightly/run"))
     pages = {
         DR: 'href="http://testserver/admin/system/disasterrecovery/schedules"',
