@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from strongroom import Engine
+from strongroom import Engine, StoresConfig, StoreSpec
 from strongroom.format import to_epoch_ms
 from strongroom.schedules import define, update
 from tests.conftest import API_TOKEN, FAST_KDF, Server, ServerFactory, snapshot
@@ -373,14 +373,17 @@ SCHEDULE_PASSCODE = "Scheduled-passc0de-kept-nowhere"
 SLOT_NAME = re.compile(r"(?P<schedule>.+)-(?P<slot>\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})")
 
 
-def _define_schedule(name: str, every: str, sources: Iterable[Path] = ()) -> None:
-    """Define a schedule in the home's configuration file, as `schedules add` does."""
+def _define_schedule(
+    name: str, every: str, sources: Iterable[Path] = (), store: str | None = None
+) -> None:
+    """Define a schedule in the configuration file, as `schedules add` does."""
     with Engine(kdf=FAST_KDF) as engine:
         define(
             engine,
             name,
             passcode=SCHEDULE_PASSCODE,
             every=every,
+            store=store,
             keep_days=3,
             sources=[str(source) for source in sources],
         )
@@ -392,11 +395,14 @@ def _slot(name: str) -> datetime:
     return datetime.strptime(match["slot"], "%Y-%m-%d-%H-%M-%S").replace(tzinfo=UTC)
 
 
-def _wait_for_backups(server: Server, schedule: str, count: int) -> list[dict[str, Any]]:
+def _wait_for_backups(
+    server: Server, schedule: str, count: int, store: str = "backupsDefault"
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 60
+    listing = f"/admin/system/disasterrecovery/stores/{store}/backups"
     while time.monotonic() < deadline:
         backups = [
-            b for b in server.get(BACKUPS).json()["backups"] if b["name"].startswith(schedule)
+            b for b in server.get(listing).json()["backups"] if b["name"].startswith(schedule)
         ]
         if len(backups) >= count:
             return backups
@@ -447,38 +453,53 @@ def test_serve_without_schedules_runs_none(serve: ServerFactory, home: Path, tre
     assert server.get(BACKUPS).json() == {"backups": []}
 
 
+@pytest.mark.parametrize("homes", ["one home", "a home each"])
 def test_two_replicas_run_each_slot_exactly_once(
-    serve: ServerFactory, home: Path, tree: Path
+    serve: ServerFactory,
+    home: Path,
+    tree: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    homes: str,
 ) -> None:
-    """Two `serve` processes sharing the configuration, the store and the job table."""
-    _define_schedule("pair", "1s", [tree])
-    replicas = serve([]), serve([])
-    _wait_for_backups(replicas[0], "pair-", 10)
+    """Two `serve` processes sharing the configuration and the store; the job table too,
+    or (a home each) nothing else: then the claims are all they coordinate by."""
+    monkeypatch.setenv("STRONGROOM_CONFIG", str(tmp_path / "shared.toml"))
+    store = tmp_path / "shared-store"
+    config = StoresConfig.load()
+    config.add(StoreSpec("shared", store.as_uri()))
+    config.save()
+    _define_schedule("pair", "1s", [tree], store="shared")
+    own = [{"STRONGROOM_HOME": str(tmp_path / name)} for name in ("a", "b")]
+    replicas = [serve([], env=env if homes == "a home each" else None) for env in own]
+    _wait_for_backups(replicas[0], "pair-", 10, store="shared")
     with Engine(kdf=FAST_KDF) as engine:
         update(engine, "pair", enabled=False)  # the runners see it at their next tick
-    database = home / "jobs.sqlite3"
+    tables = [home / "jobs.sqlite3"]
+    if homes == "a home each":
+        tables = [Path(env["STRONGROOM_HOME"]) / "jobs.sqlite3" for env in own]
     deadline = time.monotonic() + 30
     time.sleep(1.5)
-    while any(status in ("SUBMITTED", "EXECUTING") for *_, status in _jobs(database)):
-        assert time.monotonic() < deadline, _jobs(database)
+    while any(s in ("SUBMITTED", "EXECUTING") for t in tables for *_, s in _jobs(t)):
+        assert time.monotonic() < deadline, [_jobs(t) for t in tables]
         time.sleep(0.1)
     _stop(*replicas)
 
-    jobs = _jobs(database)
+    jobs = [job for table in tables for job in _jobs(table)]
     assert {status for *_, status in jobs} == {"COMPLETED"}, jobs  # cleanups and creates
-    jobs = [job for job in jobs if job[0] == "create"]
-    store = home / "stores" / "backupsDefault"
     names = sorted(p.name for p in (store / "manifests").iterdir())
     assert len(names) >= 10
-    assert sorted(name for _, name, _ in jobs) == names  # one job per backup
+    created = sorted(name for operation, name, _ in jobs if operation == "create")
+    assert created == names  # one job per backup
     claims = sorted(p.name for p in (store / "schedules" / "pair").iterdir())
     assert [f"pair-{slot}" for slot in claims] == names  # each claimed slot ran, once
     with Engine(kdf=FAST_KDF) as engine:
         for name in names:
+            info = engine.info(name, "shared")
             (backup_id,) = [p.name for p in (store / "data" / name).iterdir()]
-            assert backup_id == engine.info(name).backup_id
+            assert backup_id == info.backup_id
             chunks = list((store / "data" / name / backup_id).iterdir())
-            assert len(chunks) == engine.info(name).chunk_count  # nothing written twice
+            assert len(chunks) == info.chunk_count  # nothing written twice
     logs = [replica.log.read_text() for replica in replicas]
     assert any("claimed by another replica" in log for log in logs), logs
     assert not any("did not run" in log for log in logs), logs
