@@ -6,6 +6,7 @@ The real `serve` processes that run schedules are in test_web_server.py.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -18,10 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import ConfigError, Engine, InvalidNameError, JobHandle, UnknownStoreError
+from strongroom import (
+    ConfigError,
+    Engine,
+    IntegrityError,
+    InvalidNameError,
+    JobHandle,
+    UnknownStoreError,
+)
 from strongroom.config import StoresConfig, StoreSpec
 from strongroom.errors import JobError, UnknownScheduleError
-from strongroom.format import CLAIMS_PREFIX, claim_key, parse_claim_key
+from strongroom.format import CLAIMS_PREFIX, claim_key, manifest_key, parse_claim_key
 from strongroom.jobs import JobStatus
 from strongroom.scheduler import ScheduleRunner, claim, run_now
 from strongroom.schedules import (
@@ -422,3 +430,23 @@ def test_a_run_past_its_time_out_is_cancelled_and_fails(
     assert done.status is JobStatus.FAILED
     assert "Timed out" in done.messages[-1]
     assert _backups(engine) == []
+
+
+def test_schedule_type_is_a_label_outside_the_macs(engine: Engine, source: Path) -> None:
+    _define(engine, source)
+    job = run_now(engine, "nightly", now=T0 + timedelta(seconds=5))
+    assert engine.jobs.wait(job.jobid, 30).status is JobStatus.COMPLETED
+    store, name = engine.store(), str(job.name)
+    document = json.loads(store.get(manifest_key(name)))
+    assert document["scheduleType"] == "SCHEDULED"
+    del document["scheduleType"]  # as a store writer could: the label goes, the MACs hold
+    store.put(manifest_key(name), json.dumps(document).encode(), overwrite=True)
+    assert engine.info(name).to_dict()["scheduleType"] == "MANUAL"
+    assert engine.verify(name, passcode=PASSCODE).name == name
+    document["scheduleType"] = "HOURLY"
+    store.put(manifest_key(name), json.dumps(document).encode(), overwrite=True)
+    with pytest.raises(IntegrityError, match="malformed"):
+        engine.info(name)
+    manual = engine.create("by-hand", [source], passcode=PASSCODE)
+    assert "scheduleType" not in json.loads(store.get(manifest_key("by-hand")))
+    assert manual.to_dict()["scheduleType"] == "MANUAL"
