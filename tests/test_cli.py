@@ -1035,3 +1035,95 @@ def test_create_takes_a_write_key_or_a_passcode_file_not_both(
     assert damaged.code == 3 and "not a strongroom write key" in damaged.error_line
     missing = cli("create", "--name", "missing", "--write-key", tmp_path / "none", small)
     assert missing.code == 3 and "Cannot read the write key" in missing.error_line
+
+
+# -- schedules --------------------------------------------------------------------------
+
+
+def test_schedules_from_the_command_line(
+    cli: Cli, home: Path, tree: Path, passcode_file: Path
+) -> None:
+    added = cli(
+        "schedules",
+        "add",
+        "nightly",
+        "--cron",
+        "0 2 * * *",
+        "--keep-days",
+        "14",
+        "--description",
+        "at two",
+        "--source",
+        tree,
+        "--passcode-file",
+        passcode_file,
+    )
+    assert added.code == 0, added.err
+    assert "keeps a write key, not the passcode" in added.out
+    assert PASSCODE not in (home / "config.toml").read_text()
+    listed = cli("schedules", "list", "--json").json()["schedules"]
+    assert [(s["name"], s["cron"], s["keepDays"], s["sources"]) for s in listed] == [
+        ("nightly", "0 2 * * *", 14, [str(tree)])
+    ]
+    text = cli("schedules", "list").out
+    assert "nightly" in text and 'cron "0 2 * * *" (UTC)' in text
+    assert cli("schedules", "pause", "nightly").code == 0
+    assert "paused" in cli("schedules", "list").out
+    assert cli("schedules", "show", "nightly", "--json").json()["enabled"] is False
+    assert cli("schedules", "resume", "nightly").code == 0
+
+    ran = cli("schedules", "run", "nightly", "--json")
+    assert ran.code == 0, ran.err
+    backup = ran.json()
+    assert re.fullmatch(r"nightly-\d{4}(-\d{2}){5}", backup["name"])
+    assert backup["scheduleType"] == "SCHEDULED"
+    slot = datetime.strptime(backup["name"][8:], "%Y-%m-%d-%H-%M-%S").replace(tzinfo=UTC)
+    assert backup["retentionDate"] == int((slot + timedelta(days=14)).timestamp() * 1000)
+    shown = cli("schedules", "show", "nightly", "--json").json()
+    assert shown["lastRun"]["backupName"] == backup["name"]
+    assert shown["lastRun"]["status"] == "COMPLETED"
+    assert "last run" in cli("schedules", "show", "nightly").out
+    restored = cli(
+        "restore", backup["name"], "--target", home / "back", "--passcode-file", passcode_file
+    )
+    assert restored.code == 0, restored.err
+    assert snapshot(home / "back" / tree.name) == snapshot(tree)
+
+    assert cli("schedules", "remove", "nightly").code == 0
+    assert cli("schedules", "list", "--json").json() == {"schedules": []}
+    missing = cli("schedules", "show", "nightly")
+    assert missing.code == 3
+    assert "No schedule is named 'nightly'" in missing.error_line
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["--every", "0s"], "every '0s' is not a duration"),
+        (["--cron", "61 * * * *"], 'cron "61 * * * *": bad minute'),
+        (["--every", "1h", "--store", "nowhere"], "No store is named 'nowhere'"),
+        (["--every", "1h", "--keep-days", "0"], "keep days"),
+    ],
+)
+def test_a_bad_schedule_is_refused_by_the_command_line(
+    cli: Cli, home: Path, passcode_file: Path, arguments: list[str], fragment: str
+) -> None:
+    refused = cli("schedules", "add", "nightly", *arguments, "--passcode-file", passcode_file)
+    assert refused.code == 3
+    assert fragment in refused.error_line
+    unasked = cli("schedules", "add", "nightly", *arguments)  # refused before the passcode
+    assert (unasked.code, unasked.error_line) == (3, refused.error_line)
+    assert not (home / "config.toml").exists()
+
+
+def test_a_duplicate_schedule_and_a_bad_name_are_refused(
+    cli: Cli, home: Path, passcode_file: Path
+) -> None:
+    add = ("schedules", "add", "--every", "1h", "--passcode-file", passcode_file)
+    assert cli(*add, "nightly").code == 0
+    duplicate = cli(*add, "nightly")
+    assert duplicate.code == 3 and "already exists" in duplicate.error_line
+    assert cli(*add, "bad/name").code == 3
+    assert cli(*add, "x" * 109).code == 3
+    no_sources = cli("schedules", "run", "nightly")
+    assert no_sources.code == 9 and "has no sources" in no_sources.error_line

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from strongroom import ConfigError, Engine, StoresConfig, StoreSpec, UnknownStoreError
+from strongroom.config import editing
 from tests.conftest import FAST_KDF, PASSCODE
 
 
@@ -147,3 +151,20 @@ def test_a_bad_api_table_is_refused(home: Path, table: str) -> None:
     (home / "config.toml").write_text(table)
     with pytest.raises(ConfigError, match=r"\[api\] takes allow_stores"):
         StoresConfig.load()
+
+
+def test_an_edit_waits_for_another_process_editing_the_file(home: Path, tmp_path: Path) -> None:
+    """The CLI and a server (or two servers) editing stores or schedules at once: each
+    re-reads the file under the lock, so neither edit is lost."""
+    path = home / "config.toml"
+    first = tmp_path / "first"
+    command = [str(Path(sys.executable).with_name("strongroom")), "stores", "add"]
+    with editing(path):
+        process = subprocess.Popen([*command, "first", first.as_uri()], env=os.environ)
+        time.sleep(1.5)
+        assert process.poll() is None, "the edit did not wait for the lock"
+        config = StoresConfig.load()  # the edit the lock holder makes meanwhile
+        config.add(StoreSpec("second", (tmp_path / "second").as_uri()))
+        config.save()
+    assert process.wait(timeout=30) == 0
+    assert {"first", "second"} <= set(StoresConfig.load().stores)

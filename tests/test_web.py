@@ -143,7 +143,10 @@ def _future(days: int = 14) -> str:
 
 async def test_root_status_and_settings(api: Api, tree: Path, tmp_path: Path) -> None:
     root = await api.get(DR)
-    assert root.json() == {"operations": ["status"], "resources": ["stores", "settings"]}
+    assert root.json() == {
+        "operations": ["status"],
+        "resources": ["stores", "schedules", "settings"],
+    }
     assert (await api.get(f"{DR}/status")).json() == {"status": NO_JOB}
     assert (await api.get(f"{DR}/settings")).json() == {
         "defaultStore": "backupsDefault",
@@ -279,7 +282,9 @@ async def test_a_create_past_the_time_out_is_cancelled_and_reads_failed(
 
 async def test_f_chooses_json_pjson_or_html(api: Api) -> None:
     compact = await api.get(DR, f="json")
-    assert compact.text == '{"operations":["status"],"resources":["stores","settings"]}'
+    assert compact.text == (
+        '{"operations":["status"],"resources":["stores","schedules","settings"]}'
+    )
     pretty = await api.get(DR, f="pjson")
     assert pretty.text.startswith('{\n  "operations": [\n')
     assert json.loads(pretty.text) == compact.json()
@@ -1450,3 +1455,132 @@ async def test_the_store_fields_go_through_json_too_but_never_with_settings(
     )
     registered = await api.post(f"{DR}/stores/register", storeName="x", url=place)
     assert registered.json() == {"status": "success"}
+
+
+# -- schedules --------------------------------------------------------------------------
+
+SCHEDULES = f"{DR}/schedules"
+
+
+async def test_schedules_are_defined_run_changed_and_deleted_over_the_api(
+    api: Api, engine: Engine, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert (await api.get(SCHEDULES)).json() == {"schedules": []}
+    created = await api.post(
+        f"{SCHEDULES}/create",
+        name="hourly",
+        storeName="backupsDefault",
+        passcode=SECRET,
+        every="1h",
+        keepDays="7",
+        description="by the hour",
+    )
+    assert created.status_code == 200, created.text
+    document = created.json()
+    assert {k: document[k] for k in ("name", "storeName", "every", "cron", "keepDays")} == {
+        "name": "hourly",
+        "storeName": "backupsDefault",
+        "every": "1h",
+        "cron": None,
+        "keepDays": 7,
+    }
+    assert len(document["nextRuns"]) == 3
+    assert document["nextRuns"][0] % 3_600_000 == 0
+    assert [s["name"] for s in (await api.get(SCHEDULES)).json()["schedules"]] == ["hourly"]
+    shown = (await api.get(f"{SCHEDULES}/hourly")).json()
+    assert (shown["lastRun"], shown["recentBackups"], shown["enabled"]) == (None, [], True)
+
+    ran = await api.post(f"{SCHEDULES}/hourly/run")
+    assert set(ran.json()) == {"jobsUrl", "jobid", "status"}
+    job = api.job(ran)
+    assert job["status"] == "COMPLETED", job
+    assert job["result"]["scheduleType"] == "SCHEDULED"
+    assert job["result"]["name"].startswith("hourly-")
+    status = (await api.get(f"{DR}/status")).json()["status"]
+    assert (status["operation"], status["scheduleType"]) == ("Backup", "SCHEDULED")
+    shown = (await api.get(f"{SCHEDULES}/hourly")).json()
+    assert shown["lastRun"]["jobid"] == job["jobid"]
+    assert [b["name"] for b in shown["recentBackups"]] == [job["result"]["name"]]
+    restored = api.job(
+        await api.post(f"{STORE}/backups/{job['result']['name']}/restore", passcode=SECRET)
+    )
+    assert restored["status"] == "COMPLETED", restored
+
+    updated = await api.post(
+        f"{SCHEDULES}/hourly/update", cron="0 2 * * *", keepDays="-1", enabled="false"
+    )
+    assert updated.json() == {"status": "success"}
+    shown = (await api.get(f"{SCHEDULES}/hourly")).json()
+    assert (shown["every"], shown["cron"], shown["keepDays"], shown["enabled"]) == (
+        None,
+        "0 2 * * *",
+        -1,
+        False,
+    )
+    assert (await api.post(f"{SCHEDULES}/hourly/delete")).json() == {"status": "success"}
+    _error(await api.get(f"{SCHEDULES}/hourly"), 404, "No schedule is named 'hourly'")
+    assert SECRET not in (home / "config.toml").read_text()
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "fragment"),
+    [
+        ({"every": "0s"}, 400, "every '0s' is not a duration"),
+        ({"cron": "61 * * * *"}, 400, 'cron "61 * * * *": bad minute'),
+        ({"every": "1h", "cron": "0 * * * *"}, 400, "exactly one"),
+        ({"every": "1h", "storeName": "nowhere"}, 404, "No store is named 'nowhere'"),
+        ({"every": "1h", "name": "bad/name"}, 400, "not a valid schedule name"),
+        ({"every": "1h", "name": "create"}, 400, "taken by the admin API"),
+        ({"every": "1h", "passcode": "short"}, 400, "at least 8"),
+        ({"every": "1h", "keepDays": "0"}, 400, "keep days"),
+    ],
+)
+async def test_a_bad_schedule_is_refused_with_what_to_do(
+    api: Api, home: Path, fields: dict[str, str], code: int, fragment: str
+) -> None:
+    form = {"name": "nightly", "passcode": SECRET, **fields}
+    _error(await api.post(f"{SCHEDULES}/create", **form), code, fragment)
+    assert (await api.get(SCHEDULES)).json() == {"schedules": []}
+
+
+async def test_a_duplicate_schedule_and_an_unknown_one_are_refused(api: Api) -> None:
+    form = {"name": "nightly", "passcode": SECRET, "every": "1d"}
+    assert (await api.post(f"{SCHEDULES}/create", **form)).status_code == 200
+    _error(await api.post(f"{SCHEDULES}/create", **form), 400, "already exists")
+    for path in ("nope/run", "nope/update", "nope/delete"):
+        _error(await api.post(f"{SCHEDULES}/{path}"), 404, "No schedule is named 'nope'")
+    _error(await api.post(f"{SCHEDULES}/create", **form | {"passcode": ""}), 400, "passcode")
+
+
+async def test_the_schedule_pages(api: Api, engine: Engine) -> None:
+    form = {"token": TOKEN, "name": "nightly", "passcode": SECRET, "every": "", "cron": "0 2 * * *"}
+    defined = await api.send("POST", f"{SCHEDULES}/create", data=form | {"keepDays": "14"})
+    assert defined.status_code == 303, defined.text
+    assert defined.headers["location"].endswith("/schedules/nightly")
+    api.job(await api.post(f"{SCHEDULES}/nightly/run"))
+    pages = {
+        DR: 'href="http://testserver/admin/system/disasterrecovery/schedules"',
+        SCHEDULES: 'href="http://testserver/admin/system/disasterrecovery/schedules/nightly"',
+        f"{SCHEDULES}/create": 'name="passcode"',
+        f"{SCHEDULES}/nightly": 'id="recent-backups"',
+    }
+    for path, expected in pages.items():
+        page = await api.send("GET", path, params={"token": TOKEN})
+        assert page.status_code == 200, page.text
+        assert expected in page.text, path
+    page = (await api.send("GET", f"{SCHEDULES}/nightly", params={"token": TOKEN})).text
+    assert "<code>0 2 * * *</code> (UTC)" in page
+    assert 'id="runs"' in page and "COMPLETED" in page
+    assert re.search(r'id="next-runs">\d{4}-\d{2}-\d{2} 02:00:00 UTC', page)
+    form = await api.send(
+        "POST",
+        f"{SCHEDULES}/nightly/update",
+        data={"token": TOKEN, "enabled": "false"},
+    )
+    assert form.status_code == 303
+    assert form.headers["location"].endswith("/schedules/nightly")
+    page = (await api.send("GET", f"{SCHEDULES}/nightly", params={"token": TOKEN})).text
+    assert 'id="state">paused<' in page
+    assert SECRET not in page

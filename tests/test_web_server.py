@@ -6,20 +6,27 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import select
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import API_TOKEN, ServerFactory, snapshot
+from strongroom import Engine, StoresConfig, StoreSpec
+from strongroom.format import to_epoch_ms
+from strongroom.schedules import define, update
+from tests.conftest import API_TOKEN, FAST_KDF, Server, ServerFactory, snapshot
 
 #: The seed's passcode, as the seed sends it.
 SEED_PASSCODE = "passcode"
@@ -357,3 +364,142 @@ def test_serve_says_where_the_admin_api_is_and_the_entrances_lead_there(
     for entrance in ("/", "/admin", "/admin/"):
         response = httpx.get(server.url + entrance, follow_redirects=False, timeout=30)
         assert response.is_redirect and response.headers["location"] == home, entrance
+
+
+# -- schedules --------------------------------------------------------------------------
+
+#: The passcode a schedule is defined with; nothing under STRONGROOM_HOME may hold it.
+SCHEDULE_PASSCODE = "Scheduled-passc0de-kept-nowhere"
+SLOT_NAME = re.compile(r"(?P<schedule>.+)-(?P<slot>\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})")
+
+
+def _define_schedule(
+    name: str, every: str, sources: Iterable[Path] = (), store: str | None = None
+) -> None:
+    """Define a schedule in the configuration file, as `schedules add` does."""
+    with Engine(kdf=FAST_KDF) as engine:
+        define(
+            engine,
+            name,
+            passcode=SCHEDULE_PASSCODE,
+            every=every,
+            store=store,
+            keep_days=3,
+            sources=[str(source) for source in sources],
+        )
+
+
+def _slot(name: str) -> datetime:
+    match = SLOT_NAME.fullmatch(name)
+    assert match is not None, name
+    return datetime.strptime(match["slot"], "%Y-%m-%d-%H-%M-%S").replace(tzinfo=UTC)
+
+
+def _wait_for_backups(
+    server: Server, schedule: str, count: int, store: str = "backupsDefault"
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 60
+    listing = f"/admin/system/disasterrecovery/stores/{store}/backups"
+    while time.monotonic() < deadline:
+        backups = [
+            b for b in server.get(listing).json()["backups"] if b["name"].startswith(schedule)
+        ]
+        if len(backups) >= count:
+            return backups
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} backups of {schedule}: {server.log.read_text()}")
+
+
+def _jobs(database: Path) -> list[tuple[str, str, str]]:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return db.execute("SELECT operation, name, status FROM jobs").fetchall()
+
+
+def _stop(*servers: Server) -> None:
+    for server in servers:
+        server.process.terminate()
+    for server in servers:
+        server.process.wait(timeout=30)
+
+
+def test_serve_runs_a_schedule_whose_backups_restore_with_the_passcode(
+    serve: ServerFactory, home: Path, tree: Path
+) -> None:
+    _define_schedule("tick", "2s")
+    server = serve([tree])
+    backups = _wait_for_backups(server, "tick-", 3)
+    slots = [_slot(b["name"]) for b in backups]
+    assert len(set(slots)) == len(slots)
+    for backup, slot in zip(backups, slots, strict=True):
+        assert SLOT_NAME.fullmatch(backup["name"])["schedule"] == "tick"
+        assert slot.second % 2 == 0  # every 2 s, counted from 1970 in UTC
+        assert backup["scheduleType"] == "SCHEDULED"
+        assert backup["retentionDate"] == to_epoch_ms(slot + timedelta(days=3))
+    restore = server.post(f"{BACKUPS}/{backups[0]['name']}/restore", passcode=SCHEDULE_PASSCODE)
+    restored = server.wait_for_job(restore.json()["jobsUrl"])
+    assert restored["status"] == "COMPLETED", restored
+    assert snapshot(Path(restored["result"]["restoreDir"]) / tree.name) == snapshot(tree)
+    _stop(server)
+    found = subprocess.run(["grep", "-r", "-l", SCHEDULE_PASSCODE, str(home)], check=False)
+    assert found.returncode == 1, "the passcode is stored under STRONGROOM_HOME"
+    assert SCHEDULE_PASSCODE not in (home / "config.toml").read_text()
+    assert SCHEDULE_PASSCODE not in server.log.read_text()
+
+
+def test_serve_without_schedules_runs_none(serve: ServerFactory, home: Path, tree: Path) -> None:
+    _define_schedule("idle", "1s")
+    server = serve([tree], "--no-schedules")
+    time.sleep(2.5)
+    assert server.get(BACKUPS).json() == {"backups": []}
+
+
+@pytest.mark.parametrize("homes", ["one home", "a home each"])
+def test_two_replicas_run_each_slot_exactly_once(
+    serve: ServerFactory,
+    home: Path,
+    tree: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    homes: str,
+) -> None:
+    """Two `serve` processes sharing the configuration and the store; the job table too,
+    or (a home each) nothing else: then the claims are all they coordinate by."""
+    monkeypatch.setenv("STRONGROOM_CONFIG", str(tmp_path / "shared.toml"))
+    store = tmp_path / "shared-store"
+    config = StoresConfig.load()
+    config.add(StoreSpec("shared", store.as_uri()))
+    config.save()
+    _define_schedule("pair", "1s", [tree], store="shared")
+    own = [{"STRONGROOM_HOME": str(tmp_path / name)} for name in ("a", "b")]
+    replicas = [serve([], env=env if homes == "a home each" else None) for env in own]
+    _wait_for_backups(replicas[0], "pair-", 10, store="shared")
+    with Engine(kdf=FAST_KDF) as engine:
+        update(engine, "pair", enabled=False)  # the runners see it at their next tick
+    tables = [home / "jobs.sqlite3"]
+    if homes == "a home each":
+        tables = [Path(env["STRONGROOM_HOME"]) / "jobs.sqlite3" for env in own]
+    deadline = time.monotonic() + 30
+    time.sleep(1.5)
+    while any(s in ("SUBMITTED", "EXECUTING") for t in tables for *_, s in _jobs(t)):
+        assert time.monotonic() < deadline, [_jobs(t) for t in tables]
+        time.sleep(0.1)
+    _stop(*replicas)
+
+    jobs = [job for table in tables for job in _jobs(table)]
+    assert {status for *_, status in jobs} == {"COMPLETED"}, jobs  # cleanups and creates
+    names = sorted(p.name for p in (store / "manifests").iterdir())
+    assert len(names) >= 10
+    created = sorted(name for operation, name, _ in jobs if operation == "create")
+    assert created == names  # one job per backup
+    claims = sorted(p.name for p in (store / "schedules" / "pair").iterdir())
+    assert [f"pair-{slot}" for slot in claims] == names  # each claimed slot ran, once
+    with Engine(kdf=FAST_KDF) as engine:
+        for name in names:
+            info = engine.info(name, "shared")
+            (backup_id,) = [p.name for p in (store / "data" / name).iterdir()]
+            assert backup_id == info.backup_id
+            chunks = list((store / "data" / name / backup_id).iterdir())
+            assert len(chunks) == info.chunk_count  # nothing written twice
+    logs = [replica.log.read_text() for replica in replicas]
+    assert any("claimed by another replica" in log for log in logs), logs
+    assert not any("did not run" in log for log in logs), logs

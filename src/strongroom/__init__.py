@@ -21,6 +21,7 @@ from .errors import (
     StoreUnavailableError,
     StrongroomError,
     UnknownBackendError,
+    UnknownScheduleError,
     UnknownStoreError,
     UnsafeArchiveError,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "StoresConfig",
     "StrongroomError",
     "UnknownBackendError",
+    "UnknownScheduleError",
     "UnknownStoreError",
     "UnsafeArchiveError",
     "ValidationReport",

@@ -25,16 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, measure
-from .config import StoresConfig, StoreSpec
+from .config import StoresConfig, StoreSpec, config_path, editing
 from .crypto import Passcode
 from .engine import BackupInfo, Engine
-from .errors import ConfigError, PasscodeError, StoreUnavailableError, StrongroomError
+from .errors import ConfigError, JobError, PasscodeError, StoreUnavailableError, StrongroomError
 from .format import from_epoch_ms, utc_now
 from .jobs import JobStatus
 from .keys import WriteKey
 from .pipeline import ZSTD_LEVEL, Progress
 from .plugins import build_registry, get_plugin_manager
 from .retention import retention_from
+from .scheduler import run_now, runs
+from .schedules import define, get_schedule, load_schedules, remove, update
 from .units import human_size
 
 __all__ = ["main"]
@@ -232,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what every create backs up (repeatable)",
     )
     serve.add_argument(
+        "--no-schedules",
+        dest="schedules",
+        action="store_false",
+        help="do not run the configured schedules (by default serve runs them)",
+    )
+    serve.add_argument(
         "--cleanup-interval",
         type=float,
         default=60.0,
@@ -251,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a location where API callers may register stores, such as s3://bucket/teams/ "
         "or file:///srv/backups/ (repeatable; default: none, the API edits no store)",
     )
+
+    _schedule_commands(commands)
 
     jobs = _command(commands, "jobs", "list or show the jobs of this home's job table", None)
     job_commands = jobs.add_subparsers(required=True, metavar="ACTION")
@@ -290,6 +300,47 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(required=True, metavar="ACTION")
     _command(token_commands, "new", "print a new token and accept it from now on", run_token_new)
     return parser
+
+
+def _schedule_commands(commands: Any) -> None:
+    schedules = _command(
+        commands, "schedules", "recurring backups that keep a write key, not the passcode", None
+    )
+    actions = schedules.add_subparsers(required=True, metavar="ACTION")
+    add = _command(actions, "add", "define a schedule (asks for the passcode once)", run_add)
+    add.add_argument("schedule", metavar="NAME", help="also the start of its backups' names")
+    _store_option(add)
+    recurrence = add.add_mutually_exclusive_group(required=True)
+    recurrence.add_argument("--every", metavar="D", help="a duration: 30s, 15m, 6h, 1d")
+    recurrence.add_argument("--cron", metavar="EXPR", help='five fields in UTC: "0 2 * * *"')
+    add.add_argument(
+        "--keep-days", metavar="N", default="never", help="keep each backup N days, or never"
+    )
+    add.add_argument("--description", default="", help="free text of every backup")
+    add.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="what to back up (repeatable; none: the sources of the serve that runs it)",
+    )
+    _passcode_option(add)
+    listing = _command(actions, "list", "list the schedules", run_schedules_list)
+    _json_option(listing)
+    show = _command(actions, "show", "show a schedule, its next runs and last run", run_show)
+    show.add_argument("schedule", metavar="NAME")
+    _json_option(show)
+    for action, help_text in (
+        ("pause", "stop running a schedule until it is resumed"),
+        ("resume", "run a paused schedule again (its latest missed slot runs)"),
+        ("remove", "forget a schedule (its backups stay)"),
+    ):
+        edit = _command(actions, action, help_text, run_schedule_edit)
+        edit.add_argument("schedule", metavar="NAME")
+        edit.set_defaults(action=action)
+    run = _command(actions, "run", "one backup of the schedule now, in this process", run_run)
+    run.add_argument("schedule", metavar="NAME")
+    _json_option(run)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -443,21 +494,23 @@ def run_stores_list(args: argparse.Namespace) -> int:
 
 
 def run_stores_add(args: argparse.Namespace) -> int:
-    config = StoresConfig.load()
-    spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
-    config.add(spec, make_default=args.default)
-    # Opening checks the scheme, the options and that secret references resolve, and the
-    # backend says whether the store keeps backups, before anything is saved.
-    build_registry(get_plugin_manager()).open(spec).check_persistent()
-    config.save()
+    with editing(config_path()):
+        config = StoresConfig.load()
+        spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
+        config.add(spec, make_default=args.default)
+        # Opening checks the scheme, the options and that secret references resolve, and the
+        # backend says whether the store keeps backups, before anything is saved.
+        build_registry(get_plugin_manager()).open(spec).check_persistent()
+        config.save()
     print(f"Added store {spec.name} ({spec.url}) to {config.path}")
     return 0
 
 
 def run_stores_remove(args: argparse.Namespace) -> int:
-    config = StoresConfig.load()
-    config.remove(args.store_name)
-    config.save()
+    with editing(config_path()):
+        config = StoresConfig.load()
+        config.remove(args.store_name)
+        config.save()
     print(f"Removed store {args.store_name}; its backups stay where they are.")
     return 0
 
@@ -489,7 +542,102 @@ def run_serve(args: argparse.Namespace) -> int:
         restore_dir=args.restore_dir,
         cleanup_interval=timedelta(minutes=args.cleanup_interval),
         allow_stores=args.allow_store,
+        schedules=args.schedules,
     )
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    engine = Engine()
+    schedule = define(
+        engine,
+        args.schedule,
+        passcode=lambda: read_passcode(args.passcode_file, confirm=True),  # once all is checked
+        every=args.every,
+        cron=args.cron,
+        store=args.store,
+        keep_days=args.keep_days,
+        description=args.description,
+        sources=args.source,
+    )
+    print(
+        f"Added schedule {schedule.name} ({schedule.recurrence}, into {schedule.store}) to "
+        f"{engine.config.path}. It keeps a write key, not the passcode: its backups "
+        "restore with the passcode. 'strongroom serve' runs it."
+    )
+    return 0
+
+
+def run_schedules_list(args: argparse.Namespace) -> int:
+    now = utc_now()
+    schedules = load_schedules(StoresConfig.load()).values()
+    if args.json:
+        _print_json({"schedules": [s.to_dict(now) for s in schedules]})
+        return 0
+    rows = [
+        (
+            s.name,
+            s.store,
+            str(s.recurrence),
+            _keep(s.keep_days),
+            _date(s.next_runs(now, 1)[0]) if s.enabled else "paused",
+            s.description,
+        )
+        for s in schedules
+    ]
+    _print_table(("NAME", "STORE", "RECURRENCE", "KEEP", "NEXT RUN", "DESCRIPTION"), rows)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    with Engine() as engine:
+        schedule = get_schedule(engine.config, args.schedule)
+        previous = runs(engine, schedule)
+    document = schedule.to_dict(utc_now())
+    document["lastRun"] = previous[0].to_dict() if previous else None
+    if args.json:
+        _print_json(document)
+        return 0
+    fields = {
+        "name": schedule.name,
+        "store": schedule.store,
+        "recurrence": str(schedule.recurrence),
+        "keep": _keep(schedule.keep_days),
+        "state": "enabled" if schedule.enabled else "paused",
+        "sources": ", ".join(schedule.sources) or "those of the serve that runs it",
+        "description": schedule.description or "-",
+        "next runs": ", ".join(_epoch(ms) for ms in document["nextRuns"]) or "-",
+    }
+    if previous:
+        last = previous[0]
+        fields["last run"] = f"{last.name} {last.status} (job {last.jobid})"
+    for key, value in fields.items():
+        print(f"{key:<12} {value}")
+    return 0
+
+
+def run_schedule_edit(args: argparse.Namespace) -> int:
+    engine = Engine()
+    if args.action == "remove":
+        remove(engine, args.schedule)
+        print(f"Removed schedule {args.schedule}; its backups stay until their retentionDate.")
+    else:
+        update(engine, args.schedule, enabled=args.action == "resume")
+        print(f"Schedule {args.schedule} is {'resumed' if args.action == 'resume' else 'paused'}.")
+    return 0
+
+
+def run_run(args: argparse.Namespace) -> int:
+    with Engine() as engine:
+        job = engine.jobs.wait(run_now(engine, args.schedule).jobid)
+    if job.status is not JobStatus.COMPLETED or job.result is None:
+        raise JobError(
+            f"The run of schedule {args.schedule} ended {job.status}: {job.messages[-1]}"
+        )
+    if args.json:
+        _print_json(dict(job.result))
+    else:
+        print(f"Backed up {job.result['name']} into {job.result['backupStore']} (job {job.jobid}).")
     return 0
 
 
@@ -755,6 +903,10 @@ def _retention_options(parser: argparse.ArgumentParser, *, required: bool) -> No
 
 def _retention(args: argparse.Namespace) -> datetime | None:
     return retention_from(args.retention_date, args.keep_days, utc_now())
+
+
+def _keep(days: int | None) -> str:
+    return "never expires" if days is None else f"{days} days"
 
 
 def _until(moment: datetime | None) -> str:

@@ -9,6 +9,10 @@ options = { region = "eu-west-1", key = { env = "KEY_ID" }, secret = { env = "SE
 
 [api]                                     # optional: what admin API callers may register
 allow_stores = ["s3://my-bucket/teams/", "file:///srv/backups/"]
+
+[schedules.nightly]                       # recurring backups: see schedules.py
+store = "offsite"
+cron = "0 2 * * *"
 ```
 
 The file is `$STRONGROOM_CONFIG`, else `$STRONGROOM_HOME/config.toml`; STRONGROOM_HOME
@@ -21,10 +25,13 @@ from the environment only when the store is opened. The file is written owner-on
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,7 @@ __all__ = [
     "StoreSpec",
     "StoresConfig",
     "config_path",
+    "editing",
     "strongroom_home",
     "write_private",
 ]
@@ -50,6 +58,8 @@ HOME_ENV = "STRONGROOM_HOME"
 CONFIG_ENV = "STRONGROOM_CONFIG"
 
 OptionValue = str | int | float | bool | dict[str, str]
+#: Held by the thread of this process that is editing a configuration file.
+_EDITS = threading.Lock()
 
 
 def strongroom_home() -> Path:
@@ -129,6 +139,9 @@ class StoresConfig:
     allow_stores: list[str] = field(default_factory=list)
     #: Where the embedded store lives (and, for an Engine, everything else it keeps).
     home: Path = field(default_factory=strongroom_home)
+    #: The `[schedules.NAME]` tables as written; schedules.py reads and edits them, and
+    #: `save` writes them back, so an edit of the stores never loses a schedule.
+    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None = None, *, home: Path | None = None) -> StoresConfig:
@@ -154,7 +167,8 @@ class StoresConfig:
         default = document.get("default", EMBEDDED_STORE_NAME)
         if default not in stores:
             raise ConfigError(f"{path}: the default store {default!r} is not configured.")
-        return cls(path, stores, default, _allow_stores(path, document.get("api", {})), home)
+        allowed = _allow_stores(path, document.get("api", {}))
+        return cls(path, stores, default, allowed, home, _schedule_tables(path, document))
 
     def get(self, name: str | None = None) -> StoreSpec:
         """The store called `name`, or the default store."""
@@ -189,6 +203,12 @@ class StoresConfig:
 
     def remove(self, name: str) -> None:
         spec = self.get(name)
+        users = sorted(s for s, table in self.schedules.items() if table.get("store") == name)
+        if users:
+            raise ConfigError(
+                f"The schedules {', '.join(users)} back up into store {name!r}; remove them "
+                "first ('strongroom schedules remove NAME')."
+            )
         if spec == embedded_store(self.home):
             raise ConfigError(f"{name!r} is the embedded default store and cannot be removed.")
         del self.stores[name]
@@ -209,7 +229,25 @@ class StoresConfig:
         document: dict[str, Any] = {"default": self.default, "stores": tables}
         if self.allow_stores:
             document["api"] = {"allow_stores": self.allow_stores}
+        if self.schedules:
+            document["schedules"] = self.schedules
         write_private(self.path, tomli_w.dumps(document))
+
+
+@contextmanager
+def editing(path: Path) -> Iterator[None]:
+    """Hold the configuration file at `path` for one edit (re-read, change, save): one at a
+    time across threads and processes (a lock on `.<name>.lock` beside it), so a `serve`
+    replica and the CLI editing stores or schedules at once never lose each other's edit."""
+    with _EDITS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.with_name(f".{path.name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
@@ -255,6 +293,13 @@ def _allow_stores(path: Path, table: object) -> list[str]:
             'allow_stores = ["s3://bucket/teams/", "file:///srv/backups/"].'
         )
     return allowed
+
+
+def _schedule_tables(path: Path, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    tables = document.get("schedules", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ConfigError(f"{path}: 'schedules' must be a table of [schedules.NAME] sections.")
+    return tables
 
 
 def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:

@@ -55,6 +55,7 @@ from .errors import (
     StrongroomError,
 )
 from .format import (
+    CLAIMS_PREFIX,
     MANIFESTS_PREFIX,
     PENDING_PREFIX,
     RETENTION_PREFIX,
@@ -65,6 +66,7 @@ from .format import (
     from_epoch_ms,
     manifest_key,
     name_from_manifest_key,
+    parse_claim_key,
     parse_pending_key,
     parse_retention_key,
     pending_key,
@@ -79,6 +81,7 @@ from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
 from .plugins import BackendRegistry, build_registry, get_plugin_manager
 from .retention import (
     Action,
+    Claim,
     CleanupEntry,
     CleanupReport,
     IndexEntry,
@@ -87,6 +90,7 @@ from .retention import (
     parse_epoch_ms,
     retention_ms,
     select_candidates,
+    select_claims_to_sweep,
     select_expired,
     select_leftovers,
     select_orphans,
@@ -118,6 +122,8 @@ class BackupInfo:
     stored_size: int
     chunk_count: int
     backup_id: str
+    #: Made by a schedule, not by a person.
+    scheduled: bool = False
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, store: str) -> BackupInfo:
@@ -131,6 +137,7 @@ class BackupInfo:
             stored_size=manifest.stored_size,
             chunk_count=manifest.chunk_count,
             backup_id=manifest.backup_id,
+            scheduled=manifest.scheduled,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,7 +149,7 @@ class BackupInfo:
             "completeTime": to_epoch_ms(self.created),
             "retentionDate": retention_ms(self.retention_date),
             "backupType": "FULL",
-            "scheduleType": "MANUAL",
+            "scheduleType": "SCHEDULED" if self.scheduled else "MANUAL",
             "status": "COMPLETED",
             "sourceSize": self.source_size,
             "storedSize": self.stored_size,
@@ -240,6 +247,7 @@ class Engine:
         retention_date: int | str | datetime | None = None,
         progress: Progress | None = None,
         on_stage: Callable[[str], None] | None = None,
+        scheduled: bool = False,
     ) -> BackupInfo:
         """Back up files, directories and named streams as the backup `name`.
 
@@ -250,7 +258,7 @@ class Engine:
         is removed again and no backup of that name appears. `on_stage` hears each step
         as it starts (validating, writing, deriving the key, committing: Argon2id runs
         beside the writing, and its stage is what is left of it); what it raises stops
-        the create uncommitted.
+        the create uncommitted. `scheduled`: a schedule makes it (scheduleType).
         """
         stage = on_stage or _ignore
         paths = [Path(source) for source in sources]
@@ -274,6 +282,7 @@ class Engine:
             compression="zstd" if self._compress else "none",
             key_slot=KeySlot(self._kdf, b"", b""),  # wrapped at the commit
             retention_date=retention,
+            scheduled=scheduled,
         )
         keys = BackupKeys.from_file_key(file_key)
         writer = ChunkWriter(
@@ -550,6 +559,7 @@ class Engine:
             report.entries.extend(self._expire(source, expired, listing.index, dry_run))
             try:
                 report.entries.extend(self._sweep(source, listing, dry_run))
+                report.entries.extend(self._sweep_claims(source, dry_run))
             except StrongroomError as exc:
                 report.errors.append(str(exc))
         logger.info("Cleanup %s", report.summary())
@@ -629,6 +639,32 @@ class Engine:
                 + [m.key for m in stale]
             )
         return entries
+
+    def _sweep_claims(self, source: Store, dry_run: bool) -> builtins.list[CleanupEntry]:
+        """Remove the schedules' slot claims (scheduler.py) once past the grace period,
+        each schedule's latest excepted; ages by the store's clock, as in `_sweep`."""
+        claims = [
+            Claim(obj.key, *parsed, obj.modified)
+            for obj in source.list(CLAIMS_PREFIX)
+            if (parsed := parse_claim_key(obj.key))
+        ]
+        store_now = source.now() if claims else None
+        if store_now is None:
+            return []
+        old = select_claims_to_sweep(claims, store_now, self._leftover_grace)
+        if not dry_run:
+            source.delete([claim.key for claim in old])
+        action: Action = "would sweep" if dry_run else "swept"
+        return [
+            CleanupEntry(
+                source.name,
+                c.schedule,
+                None,
+                action,
+                f"claim of slot {c.slot:%Y-%m-%d %H:%M:%S} UTC",
+            )
+            for c in old
+        ]
 
     # -- internals -------------------------------------------------------------------
 
@@ -741,6 +777,7 @@ class Engine:
         retention_date: int | str | datetime | None = None,
         operation_uri: str | None = None,
         timeout: timedelta | None = None,
+        scheduled: bool = False,
     ) -> Job:
         """`create` as a background job, with a passcode or a write key. The request is
         checked first, so a bad one fails here and never becomes a job; the passcode or
@@ -766,6 +803,7 @@ class Engine:
                 retention_date=retention_date,
                 progress=job.progress,
                 on_stage=job.stage,
+                scheduled=scheduled,
             )
             return info.to_dict()
 
@@ -776,6 +814,7 @@ class Engine:
             name=name,
             operation_uri=operation_uri,
             timeout=timeout,
+            scheduled=scheduled,
         )
 
     def submit_restore(

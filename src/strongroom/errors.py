@@ -5,6 +5,7 @@ StrongroomError
 ├── ConfigError
 │   ├── InvalidNameError
 │   ├── UnknownStoreError
+│   ├── UnknownScheduleError
 │   └── UnknownBackendError
 ├── StoreError
 │   ├── BackupNotFoundError      (also a FileNotFoundError)
@@ -39,6 +40,7 @@ __all__ = [
     "StoreUnavailableError",
     "StrongroomError",
     "UnknownBackendError",
+    "UnknownScheduleError",
     "UnknownStoreError",
     "UnsafeArchiveError",
 ]
@@ -63,6 +65,10 @@ class InvalidNameError(ConfigError, ValueError):
 
 class UnknownStoreError(ConfigError, LookupError):
     """No store is configured under that name."""
+
+
+class UnknownScheduleError(ConfigError, LookupError):
+    """No schedule is configured under that name."""
 
 
 class UnknownBackendError(ConfigError, LookupError):

@@ -16,6 +16,7 @@ from .crypto import KEY_SIZE, MIN_SALT_SIZE, TAG_SIZE, WRAPPED_KEY_SIZE, KdfPara
 from .errors import IntegrityError, InvalidNameError
 
 __all__ = [
+    "CLAIMS_PREFIX",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "FORMAT_VERSIONS",
@@ -23,14 +24,17 @@ __all__ = [
     "MAX_MANIFEST_SIZE",
     "PENDING_PREFIX",
     "RETENTION_PREFIX",
+    "SLOT_FORMAT",
     "KeySlot",
     "Manifest",
     "chunk_key",
+    "claim_key",
     "data_prefix",
     "from_b64",
     "from_epoch_ms",
     "manifest_key",
     "name_from_manifest_key",
+    "parse_claim_key",
     "parse_pending_key",
     "parse_retention_key",
     "pending_key",
@@ -50,6 +54,12 @@ MANIFESTS_PREFIX = "manifests/"
 DATA_PREFIX = "data/"
 PENDING_PREFIX = "pending/"
 RETENTION_PREFIX = "retention/"
+#: Schedule slot claims: `schedules/<schedule>/<slot>`. A backup name holds no '/', so no
+#: key of a backup (manifests/, data/, pending/, retention/) can ever fall under it.
+CLAIMS_PREFIX = "schedules/"
+#: How a slot (a UTC moment, whole seconds) is written in claim keys and backup names.
+SLOT_FORMAT = "%Y-%m-%d-%H-%M-%S"
+_SLOT = re.compile(r"[0-9]{4}(-[0-9]{2}){5}")
 MAX_MANIFEST_SIZE = 1024 * 1024
 MAX_NAME_LENGTH = 128
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -60,6 +70,7 @@ CHUNK_OVERHEAD = 1 + TAG_SIZE
 #: HMAC-SHA256 tags: the manifest MACs and the key check.
 MAC_SIZE = 32
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last moment datetime holds
+SCHEDULE_TYPES = ("MANUAL", "SCHEDULED")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
@@ -148,6 +159,24 @@ def parse_retention_key(key: str) -> tuple[str, str, datetime | None] | None:
     return name, match.group(1), from_epoch_ms(when)
 
 
+def claim_key(schedule: str, slot: datetime) -> str:
+    """The object whose put-if-absent claims one slot of a schedule for one replica."""
+    name = validate_name(schedule, "schedule")
+    return f"{CLAIMS_PREFIX}{name}/{slot.astimezone(UTC):{SLOT_FORMAT}}"
+
+
+def parse_claim_key(key: str) -> tuple[str, datetime] | None:
+    """(schedule, slot) of a listed claim key, or None for a stray object."""
+    parts = key[len(CLAIMS_PREFIX) :].split("/") if key.startswith(CLAIMS_PREFIX) else []
+    if len(parts) != 2 or not _SLOT.fullmatch(parts[1]):
+        return None
+    try:
+        slot = datetime.strptime(parts[1], SLOT_FORMAT).replace(tzinfo=UTC)
+        return validate_name(parts[0], "schedule"), slot
+    except (InvalidNameError, ValueError):
+        return None
+
+
 def to_epoch_ms(moment: datetime) -> int:
     """Whole milliseconds since 1970, counted exactly: float seconds lose one now and then
     (2**34 - 1 ms came back as 2**34 - 2)."""
@@ -197,6 +226,9 @@ class Manifest:
     #: v2: HMAC-SHA256 under the writer key, over the same bytes as `mac`.
     writer_mac: bytes = field(default=b"", repr=False)
     version: int = FORMAT_VERSION
+    #: Made by a schedule (`scheduleType: "SCHEDULED"`); a label outside the MACs, like
+    #: the retentionDate, so every reader of v2 still authenticates such a manifest.
+    scheduled: bool = False
 
     def stream_binding(self) -> bytes:
         """Associated data binding every chunk to this backup (the same in v1 and v2)."""
@@ -213,6 +245,7 @@ class Manifest:
         document = self._document()
         del document["retentionDate"], document["mac"]
         document.pop("writerMac", None)
+        document.pop("scheduleType", None)
         return _canonical_json(document)
 
     def with_macs(self, mac: bytes, writer_mac: bytes) -> Manifest:
@@ -273,6 +306,8 @@ class Manifest:
         }
         if self.version == 2:
             document["writerMac"] = to_b64(self.writer_mac)
+        if self.scheduled:  # absent for manual backups: their bytes are as before
+            document["scheduleType"] = "SCHEDULED"
         return document
 
     @classmethod
@@ -318,6 +353,8 @@ class Manifest:
             mac=from_b64(document["mac"]),
             writer_mac=from_b64(document["writerMac"]) if v2 else b"",
             version=version,
+            scheduled=_choice(document.get("scheduleType", "MANUAL"), SCHEDULE_TYPES)
+            == "SCHEDULED",
         )
         manifest._check_bounds()
         manifest.key_slot.kdf.check_bounds()

@@ -102,7 +102,7 @@ class WriteKey:
         try:
             if len(data) > MAX_WRITE_KEY_SIZE:
                 raise ValueError("too large")
-            return cls._from_document(json.loads(data))
+            return cls.from_document(json.loads(data))
         except (ValueError, TypeError, KeyError, RecursionError, binascii.Error):
             raise ConfigError(
                 f"{str(path)!r} is not a strongroom write key (made by 'strongroom write-key "
@@ -113,7 +113,7 @@ class WriteKey:
         """Write the key file owner-only (0600), through a fresh temporary file; an existing
         `path` is refused unless `overwrite`. Returns the path written."""
         path = Path(path)
-        document = json.dumps(self._document(), indent=1, sort_keys=True) + "\n"
+        document = json.dumps(self.to_document(), indent=1, sort_keys=True) + "\n"
         try:
             write_private(path, document, overwrite=overwrite)
         except FileExistsError:
@@ -122,7 +122,8 @@ class WriteKey:
             ) from None
         return path
 
-    def _document(self) -> dict[str, Any]:
+    def to_document(self) -> dict[str, Any]:
+        """The key as JSON-able fields (what a key file holds; a schedule keeps it inline)."""
         return {
             "format": WRITE_KEY_FORMAT,
             "version": WRITE_KEY_VERSION,
@@ -136,7 +137,9 @@ class WriteKey:
         }
 
     @classmethod
-    def _from_document(cls, document: Any) -> WriteKey:
+    def from_document(cls, document: Any) -> WriteKey:
+        """The key of `to_document`'s fields, each checked; ValueError, TypeError or
+        KeyError (binascii.Error for bad base64) if it is not one."""
         if (
             not isinstance(document, dict)
             or document["format"] != WRITE_KEY_FORMAT

@@ -26,6 +26,7 @@ EXAMPLE_MS = 1_830_297_600_000  # 2028-01-01
 
 __all__ = [
     "Action",
+    "Claim",
     "CleanupEntry",
     "CleanupReport",
     "IndexEntry",
@@ -36,6 +37,7 @@ __all__ = [
     "retention_from",
     "retention_ms",
     "select_candidates",
+    "select_claims_to_sweep",
     "select_expired",
     "select_leftovers",
     "select_orphans",
@@ -209,6 +211,37 @@ def select_leftovers(
     leftovers = [m for m in old if committed.get(m.name) != m.backup_id]
     stale = [m for m in old if committed.get(m.name) == m.backup_id]
     return leftovers, stale
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A `schedules/<schedule>/<slot>` claim as listed, with the store's timestamp."""
+
+    key: str
+    schedule: str
+    slot: datetime
+    modified: datetime | None
+
+
+def select_claims_to_sweep(
+    claims: list[Claim], store_now: datetime, grace: timedelta
+) -> list[Claim]:
+    """The claims older than `grace` by the store's clock, except each schedule's latest.
+
+    The latest claim stays whatever its age: it is what tells a replica that starts after
+    a long pause (a weekly schedule, a week of downtime) that the slot already ran.
+    """
+    latest: dict[str, Claim] = {}
+    for claim in claims:
+        if claim.schedule not in latest or claim.slot > latest[claim.schedule].slot:
+            latest[claim.schedule] = claim
+    return [
+        claim
+        for claim in claims
+        if claim is not latest[claim.schedule]
+        and claim.modified is not None
+        and store_now - claim.modified > grace
+    ]
 
 
 #: "locked": the store's object lock still keeps it (its clock is behind ours, or the

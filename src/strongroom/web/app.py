@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -37,12 +37,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 
-from ..config import StoreSpec
+from .. import schedules
+from ..config import StoresConfig, StoreSpec
 from ..engine import Engine
 from ..errors import ConfigError, StrongroomError
 from ..format import to_epoch_ms, utc_now
 from ..jobs import Job
 from ..retention import NEVER_MS
+from ..scheduler import run_now, runs
 from . import stores
 from .auth import COOKIE, Credentials, credentials, is_allowed
 from .body import TOKEN_WINDOW, Body
@@ -59,6 +61,8 @@ DAY_MS = 24 * 60 * 60 * 1000
 #: The longest keepDays a form may ask for (100 years).
 MAX_KEEP_DAYS = 36_500
 DR = "/system/disasterrecovery"
+#: The most recent runs and backups a schedule's page shows.
+RECENT = 10
 #: The most entries one contents request answers with (narrow it with `path`).
 CONTENTS_LIMIT = 10_000
 
@@ -152,6 +156,7 @@ class _AdminApi:
         self._root, self._plugins, self._fence, self._pages = root, plugins, fence, Pages()
         store = f"{root}{DR}/stores/{{storeName}}"
         backup = f"{store}/backups/{{name}}"
+        schedule = f"{root}{DR}/schedules/{{scheduleName}}"
         table: list[tuple[str, str, _Handler, Sequence[str]]] = [
             ("login", f"{root}/login", self.login, ("GET", "POST")),
             ("logout", f"{root}/logout", self.logout, ("POST",)),
@@ -173,6 +178,18 @@ class _AdminApi:
             ("verify", f"{backup}/verify", self.verify, ("POST",)),
             ("contents", f"{backup}/contents", self.contents, ("POST",)),
             ("delete", f"{backup}/delete", self.delete, ("POST",)),
+            ("schedules", f"{root}{DR}/schedules", self.list_schedules, ("GET",)),
+            # before `schedule`, so that create is never read as a schedule's name
+            (
+                "create_schedule",
+                f"{root}{DR}/schedules/create",
+                self.create_schedule,
+                ("GET", "POST"),
+            ),
+            ("schedule", schedule, self.get_schedule, ("GET",)),
+            ("update_schedule", f"{schedule}/update", self.update_schedule, ("POST",)),
+            ("delete_schedule", f"{schedule}/delete", self.delete_schedule, ("POST",)),
+            ("run_schedule", f"{schedule}/run", self.run_schedule, ("POST",)),
             ("jobs", f"{root}/jobs", self.list_jobs, ("GET",)),
             ("job", f"{root}/jobs/{{jobid}}", self.get_job, ("GET",)),
             ("cancel", f"{root}/jobs/{{jobid}}/cancel", self.cancel_job, ("POST",)),
@@ -187,7 +204,8 @@ class _AdminApi:
     # -- the disaster-recovery root ------------------------------------------------------
 
     async def dr_root(self, call: _Call) -> Reply:
-        return Reply({"operations": ["status"], "resources": ["stores", "settings"]}, "root.html")
+        resources = ["stores", "schedules", "settings"]
+        return Reply({"operations": ["status"], "resources": resources}, "root.html")
 
     async def status(self, call: _Call) -> Reply:
         """The last submitted job, whichever process ran it."""
@@ -301,7 +319,7 @@ class _AdminApi:
             description=call.get("description") or "",
             retention_date=self._retention(call),
             operation_uri=call.uri,
-            timeout=timedelta(seconds=settings.timeout_seconds),
+            timeout=settings.timeout,
         )
         return self._job_reply(call, job)
 
@@ -365,6 +383,84 @@ class _AdminApi:
             return self._job_reply(call, job)
         await _run(self._engine.delete, name, store)
         return Reply(SUCCESS, redirect=self._url(call.request, "backups", storeName=store))
+
+    # -- schedules -----------------------------------------------------------------------
+
+    async def list_schedules(self, call: _Call) -> Reply:
+        found = schedules.load_schedules(await _run(self._config))
+        document = {"schedules": [s.to_dict(utc_now()) for s in found.values()]}
+        return Reply(document, "schedules.html")
+
+    async def create_schedule(self, call: _Call) -> Reply:
+        """Define a schedule: the passcode derives its write key here and is kept nowhere."""
+        if call.request.method == "GET":
+            if call.fmt != "html":
+                raise ApiError(405, "create takes a POST; GET shows its form (f=html).")
+            context = {"stores": list(self._engine.config.stores), "sources": self._sources}
+            return Reply({}, "schedule_create.html", context)
+        schedule = await _run(
+            schedules.define,
+            self._engine,
+            call.require("name"),
+            passcode=call.require("passcode"),
+            every=call.get("every"),
+            cron=call.get("cron"),
+            store=call.get("storeName"),
+            keep_days=call.get("keepDays"),
+            description=call.get("description") or "",
+        )
+        page = self._url(call.request, "schedule", scheduleName=schedule.name)
+        return Reply(schedule.to_dict(utc_now()), redirect=page)
+
+    async def get_schedule(self, call: _Call) -> Reply:
+        """The schedule, its next runs, its last run's job, and its recent backups."""
+        schedule = schedules.get_schedule(await _run(self._config), call.path("scheduleName"))
+        jobs = await _run(runs, self._engine, schedule)
+        backups = await _run(self._engine.list, schedule.store)
+        recent = [
+            b.to_dict() for b in reversed(backups) if b.scheduled and schedule.slot_of(b.name)
+        ]
+        document = {
+            **schedule.to_dict(utc_now()),
+            "lastRun": jobs[0].to_dict() if jobs else None,
+            "recentBackups": recent[:RECENT],
+        }
+        return Reply(document, "schedule.html", {"jobs": jobs[:RECENT]})
+
+    async def update_schedule(self, call: _Call) -> Reply:
+        name = call.path("scheduleName")
+        await _run(
+            schedules.update,
+            self._engine,
+            name,
+            every=call.get("every"),
+            cron=call.get("cron"),
+            keep_days=call.get("keepDays"),
+            description=call.params.get("description"),
+            enabled=call.flag("enabled") if call.get("enabled") else None,
+        )
+        return Reply(SUCCESS, redirect=self._url(call.request, "schedule", scheduleName=name))
+
+    async def delete_schedule(self, call: _Call) -> Reply:
+        await _run(schedules.remove, self._engine, call.path("scheduleName"))
+        return Reply(SUCCESS, redirect=self._url(call.request, "schedules"))
+
+    async def run_schedule(self, call: _Call) -> Reply:
+        """One backup of the schedule now, as a job (its slot claimed like any other)."""
+        settings = await _run(DrSettings.load, self._engine.home)
+        job = await _run(
+            run_now,
+            self._engine,
+            call.path("scheduleName"),
+            [str(source) for source in self._sources],
+            operation_uri=call.uri,
+            timeout=settings.timeout,
+        )
+        return self._job_reply(call, job)
+
+    def _config(self) -> StoresConfig:
+        """The configuration file as it is now: the CLI may have edited its schedules."""
+        return StoresConfig.load(self._engine.config.path, home=self._engine.home)
 
     # -- jobs ----------------------------------------------------------------------------
 

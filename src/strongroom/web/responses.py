@@ -29,6 +29,7 @@ from ..errors import (
     StoreError,
     StoreUnavailableError,
     StrongroomError,
+    UnknownScheduleError,
     UnknownStoreError,
     UnsafeArchiveError,
 )
@@ -42,6 +43,7 @@ SUCCESS: Mapping[str, str] = {"status": "success"}
 #: HTTP status of each error class; the first match wins, so leaves come before parents.
 _STATUS: tuple[tuple[type[StrongroomError], int], ...] = (
     (UnknownStoreError, 404),
+    (UnknownScheduleError, 404),
     (BackupNotFoundError, 404),
     (JobNotFoundError, 404),
     (BackupExistsError, 409),

@@ -1,7 +1,8 @@
 """`strongroom serve`: the admin API on its own, under uvicorn.
 
 The access log keeps paths but drops query strings, so a token sent as `?token=` (or a
-passcode wrongly put in a URL) never reaches a log. Stopping the server cancels its
+passcode wrongly put in a URL) never reaches a log. `serve` also runs the
+configured schedules (scheduler.py) unless told not to. Stopping the server cancels its
 running jobs, which then read CANCELLED; a server that is killed leaves them to be
 marked FAILED by the next one.
 """
@@ -27,8 +28,10 @@ from starlette.routing import Mount, Route
 
 from ..archive import check_sources
 from ..engine import Engine
+from ..scheduler import ScheduleRunner
 from .app import DR, create_app
 from .auth import configured_hashes, tokens_path
+from .settings import DrSettings
 
 __all__ = ["serve"]
 
@@ -53,9 +56,11 @@ def serve(
     restore_dir: str | os.PathLike[str] | None,
     cleanup_interval: timedelta = timedelta(hours=1),
     allow_stores: Sequence[str] = (),
+    schedules: bool = True,
 ) -> None:
-    """Serve until stopped. API callers may register stores under `allow_stores` and the
-    configuration file's `[api] allow_stores`, as they stand now (a restart reads them again)."""
+    """Serve until stopped, running the schedules unless `schedules` is false. API callers
+    may register stores under `allow_stores` and the configuration file's `[api]
+    allow_stores`, as they stand now (a restart reads them again)."""
     if sources:
         check_sources([Path(source) for source in sources], {})  # a typo fails now, not later
     app = create_app(
@@ -69,9 +74,15 @@ def serve(
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         schedule = engine.schedule_cleanup(cleanup_interval) if cleanup_interval else None
+        # each run is cancelled after the settings' timeoutInSeconds, as an API create is
+        runner = ScheduleRunner(
+            engine, sources, timeout=lambda: DrSettings.load(engine.home).timeout
+        )
+        stop_runner = runner.start() if schedules else None
         yield
-        if schedule is not None:
-            schedule.set()
+        for stop in (schedule, stop_runner):
+            if stop is not None:
+                stop.set()
         await run_in_threadpool(engine.close)  # before uvicorn re-raises SIGTERM and exits
 
     admin = "/" + root_path.strip("/") if root_path.strip("/") else ""

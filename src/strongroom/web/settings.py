@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from ..config import write_private
@@ -29,6 +30,11 @@ class DrSettings:
     """The settings of one home; `load` them for each use, as another process may change them."""
 
     timeout_seconds: int = DEFAULT_TIMEOUT
+
+    @property
+    def timeout(self) -> timedelta:
+        """How long a create may run before it is cancelled."""
+        return timedelta(seconds=self.timeout_seconds)
 
     @classmethod
     def load(cls, home: Path) -> DrSettings:

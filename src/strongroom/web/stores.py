@@ -15,12 +15,11 @@ fails before anything is saved), then saves the file and switches the engine to 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import StoresConfig, StoreSpec
+from ..config import StoresConfig, StoreSpec, editing
 from ..engine import Engine
 from ..errors import ConfigError
 
@@ -39,8 +38,6 @@ __all__ = [
 EXAMPLE = '{"url": "file:///srv/backups"}'
 #: The option rows (key and value) of the register form.
 OPTION_ROWS = 3
-#: Edits of the configuration file, one at a time in this process.
-_edits = threading.Lock()
 
 
 def describe(engine: Engine, name: str) -> dict[str, Any]:
@@ -127,7 +124,7 @@ def unregister(engine: Engine, name: str) -> None:
 
 
 def _edit(engine: Engine, change: Callable[[StoresConfig], None], opens: str | None = None) -> None:
-    with _edits:
+    with editing(engine.config.path):
         config = StoresConfig.load(engine.config.path)
         change(config)
         previous = engine.config

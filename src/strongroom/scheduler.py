@@ -1,0 +1,236 @@
+"""Running schedules: each due slot claimed in its store, then backed up as a job.
+
+A `ScheduleRunner` (`strongroom serve` starts one) wakes at each slot, re-reads the
+schedules from the configuration file (so the CLI's edits reach a running server), and
+for each enabled schedule looks at its latest slot only. So after downtime at most the
+most recent missed slot runs, never a backlog; slots before a schedule was defined
+never run.
+
+Several replicas, each slot once, with no coordination service: before a slot runs, the
+runner puts `schedules/<name>/<slot>` with put-if-absent into the schedule's store. Of
+the `serve` processes sharing the configuration and the store, exactly one wins (on a
+store that claims `put_if_absent`); the others log one line and skip the slot. A slot
+whose previous run (a scheduled create of an earlier slot of this schedule, active in the
+job table, which replicas sharing a home share) is still going is skipped with a warning.
+Cleanup sweeps old claims (engine.py, `_sweep_claims`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from .config import StoresConfig
+from .engine import Engine
+from .errors import JobError, StrongroomError
+from .format import claim_key, to_epoch_ms, utc_now
+from .jobs import Job, JobStatus
+from .schedules import Schedule, get_schedule, load_schedules
+
+__all__ = ["Outcome", "ScheduleRunner", "claim", "run_now", "run_slot", "runs"]
+
+logger = logging.getLogger("strongroom")
+
+#: The longest a runner sleeps (seconds), so edits of the schedules are seen this soon.
+MAX_SLEEP = 5.0
+#: The shortest, so a wake-up a little before a slot does not spin.
+MIN_SLEEP = 0.05
+
+Action = Literal["submitted", "claimed elsewhere", "still running", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a runner did with one slot."""
+
+    schedule: str
+    slot: datetime
+    action: Action
+    job: Job | None = None
+    message: str = ""
+
+
+def claim(engine: Engine, schedule: Schedule, slot: datetime) -> bool:
+    """Claim the slot in the schedule's store (put-if-absent); False if another has it."""
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "claimed": to_epoch_ms(utc_now())}
+    try:
+        engine.store(schedule.store).put(
+            claim_key(schedule.name, slot), json.dumps(owner).encode(), overwrite=False
+        )
+    except FileExistsError:
+        return False
+    return True
+
+
+def runs(engine: Engine, schedule: Schedule, *, active: bool = False) -> list[Job]:
+    """The schedule's backup jobs in the job table, newest first (only unfinished ones
+    with `active`)."""
+    statuses = [s for s in JobStatus if s.active] if active else [None]
+    found: list[Job] = []
+    for status in statuses:
+        jobs, _ = engine.jobs.find(status=status, operation="create", limit=None)
+        found += [j for j in jobs if j.scheduled and j.name and schedule.slot_of(j.name)]
+    return sorted(found, key=lambda job: job.starttime, reverse=True)
+
+
+def run_slot(
+    engine: Engine,
+    schedule: Schedule,
+    slot: datetime,
+    sources: Sequence[str] = (),
+    *,
+    operation_uri: str | None = None,
+    timeout: timedelta | None = None,
+) -> Outcome:
+    """Run one slot: skip it if the previous run still goes, else claim it and submit its
+    backup job with the schedule's write key. `sources` back up a schedule that has none;
+    a run still going `timeout` after it started is cancelled and reads FAILED."""
+    paths = list(schedule.sources) or list(sources)
+    if not paths:
+        raise JobError(
+            f"Schedule {schedule.name!r} has no sources, and this process none to lend it: "
+            "define it with --source, or run it from 'strongroom serve --source DIR'."
+        )
+    # a run of an earlier slot; one of this slot is another replica's (its claim decides)
+    previous = [j for j in runs(engine, schedule, active=True) if _slot_of(schedule, j) < slot]
+    if previous:
+        message = (
+            f"the previous run (job {previous[0].jobid}) is still going; wait for it to end, "
+            "or cancel it"
+        )
+        return Outcome(schedule.name, slot, "still running", previous[0], message)
+    if not claim(engine, schedule, slot):
+        message = (
+            f"its slot {slot:%Y-%m-%d %H:%M:%S} UTC was claimed already (by another replica, "
+            "or by a run in the same second)"
+        )
+        return Outcome(schedule.name, slot, "claimed elsewhere", message=message)
+    job = engine.submit_backup(
+        schedule.backup_name(slot),
+        paths,
+        write_key=schedule.write_key,
+        store=schedule.store,
+        description=schedule.description,
+        retention_date=schedule.retention(slot),
+        operation_uri=operation_uri,
+        timeout=timeout,
+        scheduled=True,
+    )
+    return Outcome(schedule.name, slot, "submitted", job)
+
+
+def run_now(
+    engine: Engine,
+    name: str,
+    sources: Sequence[str] = (),
+    *,
+    now: datetime | None = None,
+    operation_uri: str | None = None,
+    timeout: timedelta | None = None,
+) -> Job:
+    """One backup of the schedule now, as a job (`schedules run`, the API's `run`); the
+    slot is this second, claimed like any other. JobError when it cannot start."""
+    schedule = get_schedule(StoresConfig.load(engine.config.path, home=engine.home), name)
+    slot = (now or utc_now()).replace(microsecond=0)
+    outcome = run_slot(
+        engine, schedule, slot, sources, operation_uri=operation_uri, timeout=timeout
+    )
+    if outcome.job is None or outcome.action != "submitted":
+        raise JobError(f"Schedule {name!r} did not run now: {outcome.message}.")
+    return outcome.job
+
+
+def _slot_of(schedule: Schedule, job: Job) -> datetime:
+    """The slot of one of the schedule's jobs (as `runs` returns them)."""
+    slot = schedule.slot_of(job.name or "")
+    if slot is None:
+        raise JobError(f"Job {job.jobid} is not a run of schedule {schedule.name!r}.")
+    return slot
+
+
+class ScheduleRunner:
+    """Runs the schedules of an engine's configuration file until stopped."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sources: Sequence[str | os.PathLike[str]] = (),
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        timeout: Callable[[], timedelta | None] | None = None,
+    ) -> None:
+        """`timeout`, asked at each run, says how long a run may go before it is cancelled
+        (`serve` asks the admin API's settings; default: no limit)."""
+        self._engine, self._clock, self._timeout = engine, clock, timeout
+        self._sources = [str(source) for source in sources]
+        #: The latest slot this runner has handled, by schedule.
+        self._handled: dict[str, datetime] = {}
+
+    def tick(self) -> list[Outcome]:
+        """Handle every slot that fell due since the last tick (per schedule, the latest)."""
+        now = self._clock()
+        config = StoresConfig.load(self._engine.config.path, home=self._engine.home)
+        outcomes = []
+        for schedule in load_schedules(config).values():
+            slot = schedule.due(now) if schedule.enabled else None
+            last = self._handled.get(schedule.name)
+            if slot is None or (last is not None and slot <= last):
+                continue
+            self._handled[schedule.name] = slot
+            outcomes.append(self._run(schedule, slot))
+        return outcomes
+
+    def seconds_to_next(self) -> float:
+        """How long to sleep: until the next slot of any enabled schedule, within bounds."""
+        now = self._clock()
+        try:
+            config = StoresConfig.load(self._engine.config.path, home=self._engine.home)
+            slots = [
+                next(s.recurrence.following(now))
+                for s in load_schedules(config).values()
+                if s.enabled
+            ]
+        except (StrongroomError, OSError):  # tick says why
+            slots = []
+        wait = min(slots, default=now + timedelta(seconds=MAX_SLEEP)) - now
+        return min(MAX_SLEEP, max(MIN_SLEEP, wait.total_seconds()))
+
+    def start(self) -> threading.Event:
+        """Run on a daemon thread; set the returned event to stop it."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                except (StrongroomError, OSError) as exc:  # a configuration file edited badly
+                    logger.warning("Schedules not run: %s", exc)  # or unreadable: retried
+                stop.wait(self.seconds_to_next())
+
+        threading.Thread(target=loop, name="strongroom-schedules", daemon=True).start()
+        return stop
+
+    def _run(self, schedule: Schedule, slot: datetime) -> Outcome:
+        when = f"{slot:%Y-%m-%d %H:%M:%S} UTC"
+        try:
+            timeout = self._timeout() if self._timeout else None
+            outcome = run_slot(self._engine, schedule, slot, self._sources, timeout=timeout)
+        except StrongroomError as exc:
+            logger.warning("Schedule %r, slot %s, did not run: %s", schedule.name, when, exc)
+            return Outcome(schedule.name, slot, "failed", message=str(exc))
+        if outcome.action == "claimed elsewhere":
+            logger.info(
+                "Schedule %r, slot %s: claimed by another replica; skipped", schedule.name, when
+            )
+        elif outcome.action == "still running":
+            logger.warning(
+                "Schedule %r, slot %s, skipped: %s", schedule.name, when, outcome.message
+            )
+        return outcome

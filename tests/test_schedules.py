@@ -1,0 +1,452 @@
+"""Schedules: recurrence parsing, definition, the runner's slots (with an injected clock),
+claims across replicas, and the cleanup sweep of claims.
+
+The real `serve` processes that run schedules are in test_web_server.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from strongroom import (
+    ConfigError,
+    Engine,
+    IntegrityError,
+    InvalidNameError,
+    JobHandle,
+    UnknownStoreError,
+)
+from strongroom.config import StoresConfig, StoreSpec
+from strongroom.errors import JobError, UnknownScheduleError
+from strongroom.format import CLAIMS_PREFIX, claim_key, manifest_key, parse_claim_key
+from strongroom.jobs import JobStatus
+from strongroom.scheduler import ScheduleRunner, claim, run_now
+from strongroom.schedules import (
+    Recurrence,
+    Schedule,
+    define,
+    get_schedule,
+    parse_duration,
+    parse_keep_days,
+    remove,
+    update,
+)
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0 + timedelta(seconds=5))
+
+
+@pytest.fixture
+def engine(home: Path, clock: Clock) -> Iterator[Engine]:
+    """An engine on the test's clock, so retention dates count from the slots' time."""
+    with Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, clock=clock) as engine:
+        yield engine
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "file.txt").write_text("scheduled bytes\n")
+    return root
+
+
+def _define(engine: Engine, source: Path, name: str = "nightly", **options: object) -> Schedule:
+    settings: dict[str, object] = {"every": "1m", "keep_days": 3, "sources": [str(source)]}
+    settings.update(options)
+    return define(engine, name, passcode=PASSCODE, now=T0, **settings)  # type: ignore[arg-type]
+
+
+# -- recurrences ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("every", "cron", "fragments"),
+    [
+        ("0s", None, ["every '0s'", "30s, 15m, 6h or 1d"]),
+        ("15", None, ["every '15'", "whole number of seconds, minutes, hours or days"]),
+        ("-5m", None, ["every '-5m'"]),
+        ("400d", None, ["at most 366d", "cron expression"]),
+        (None, "61 * * * *", ['cron "61 * * * *"', "bad minute", "0-59", "five fields"]),
+        (None, "0 25 * * *", ["bad hour", "0-23"]),
+        (None, "* * *", ["does not have five fields", '"0 2 * * *"']),
+        (None, "0 0 30 2 *", ["bad day-of-month"]),
+        ("1h", "0 * * * *", ["exactly one"]),
+        (None, None, ["exactly one"]),
+    ],
+)
+def test_a_bad_recurrence_says_what_to_write(
+    every: str | None, cron: str | None, fragments: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Recurrence.parse(every, cron)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_durations_read_back_as_written() -> None:
+    assert parse_duration("30s") == timedelta(seconds=30)
+    assert parse_duration(" 15M ") == timedelta(minutes=15)
+    assert Recurrence.parse("90m", None).to_dict() == {"every": "90m", "cron": None}
+    assert Recurrence.parse("24h", None).to_dict() == {"every": "1d", "cron": None}
+    assert parse_keep_days("never") is None
+    assert parse_keep_days("-1") is None
+    assert parse_keep_days(14) == 14
+    with pytest.raises(ConfigError, match="1 to 36500, or never"):
+        parse_keep_days("0")
+
+
+def test_slots_fall_in_utc_the_same_for_every_replica() -> None:
+    every = Recurrence.parse("15m", None)
+    moment = datetime(2026, 3, 1, 12, 7, 3, 500_000, tzinfo=UTC)
+    assert every.latest(moment) == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert every.latest(datetime(2026, 3, 1, 12, 15, tzinfo=UTC)) == datetime(
+        2026, 3, 1, 12, 15, tzinfo=UTC
+    )
+    following = every.following(moment)
+    assert [next(following), next(following)] == [
+        datetime(2026, 3, 1, 12, 15, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 30, tzinfo=UTC),
+    ]
+    cron = Recurrence.parse(None, "0 2 * * *")
+    assert cron.latest(moment) == datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    assert cron.latest(datetime(2026, 3, 2, 2, 0, tzinfo=UTC)) == datetime(
+        2026, 3, 2, 2, 0, tzinfo=UTC
+    )
+    assert next(cron.following(moment)) == datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    # another timezone names the same moment: still the same slot
+    assert cron.latest(moment.astimezone(tz=None)) == cron.latest(moment)
+
+
+# -- definition -------------------------------------------------------------------------
+
+
+def test_a_schedule_keeps_a_write_key_and_never_the_passcode(
+    engine: Engine, home: Path, source: Path
+) -> None:
+    schedule = _define(engine, source, description="every minute")
+    path = home / "config.toml"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert PASSCODE not in text
+    table = tomllib.loads(text)["schedules"]["nightly"]
+    assert table["every"] == "1m"
+    assert table["keep_days"] == 3
+    assert table["store"] == "backupsDefault"  # the default, named at definition
+    assert set(table["write_key"]) >= {"publicKey", "writerKey", "salt"}
+    assert PASSCODE not in repr(schedule)
+    assert get_schedule(StoresConfig.load(), "nightly") == schedule
+    # editing the stores keeps the schedules, and a store in use cannot be removed
+    config = StoresConfig.load()
+    config.add(StoreSpec("other", (home / "other").as_uri()))
+    config.save()
+    assert "nightly" in StoresConfig.load().schedules
+    define(engine, "elsewhere", passcode=PASSCODE, every="1h", store="other")
+    config = StoresConfig.load()
+    with pytest.raises(ConfigError, match="elsewhere back up into store 'other'"):
+        config.remove("other")
+
+
+@pytest.mark.parametrize(
+    "name", ["bad/name", ".hidden", "a..b", "x" * 109, "create", "", "with space"]
+)
+def test_a_name_that_cannot_name_backups_is_refused(
+    engine: Engine, home: Path, source: Path, name: str
+) -> None:
+    with pytest.raises(InvalidNameError):
+        _define(engine, source, name)
+    assert not (home / "config.toml").exists()
+
+
+def test_an_unknown_store_and_a_duplicate_name_are_refused(
+    engine: Engine, home: Path, source: Path
+) -> None:
+    with pytest.raises(UnknownStoreError, match="No store is named 'nowhere'"):
+        _define(engine, source, store="nowhere")
+    assert not (home / "config.toml").exists()
+    _define(engine, source)
+    before = (home / "config.toml").read_text()
+    with pytest.raises(ConfigError, match="already exists"):
+        _define(engine, source, every="1h")
+    assert (home / "config.toml").read_text() == before
+    assert _define(engine, source, "x" * 108).backup_name(T0) == "x" * 108 + "-2026-03-01-12-00-00"
+
+
+def test_update_and_remove(engine: Engine, source: Path) -> None:
+    _define(engine, source)
+    changed = update(engine, "nightly", cron="30 1 * * *", keep_days="never", enabled=False)
+    assert (changed.recurrence.cron, changed.keep_days, changed.enabled) == (
+        "30 1 * * *",
+        None,
+        False,
+    )
+    assert get_schedule(StoresConfig.load(), "nightly") == changed
+    remove(engine, "nightly")
+    with pytest.raises(UnknownScheduleError, match="No schedule is named 'nightly'"):
+        remove(engine, "nightly")
+
+
+# -- the runner -------------------------------------------------------------------------
+
+
+def _backups(engine: Engine) -> list[str]:
+    return [info.name for info in engine.list()]
+
+
+def _held(release: threading.Event) -> Callable[[JobHandle], None]:
+    """A job's work that runs until `release` is set (a previous run still going)."""
+
+    def work(job: JobHandle) -> None:
+        release.wait(30)
+
+    return work
+
+
+def _finish(engine: Engine, outcomes: list) -> None:
+    for outcome in outcomes:
+        if outcome.job is not None:
+            assert engine.jobs.wait(outcome.job.jobid, 30).status is JobStatus.COMPLETED
+
+
+def test_each_slot_runs_once_and_a_missed_backlog_never_runs(
+    engine: Engine, source: Path, clock: Clock
+) -> None:
+    _define(engine, source)
+    runner = ScheduleRunner(engine, clock=clock)
+    first = runner.tick()
+    assert [(o.action, o.slot) for o in first] == [("submitted", T0)]
+    _finish(engine, first)
+    assert runner.tick() == []  # the same slot again: nothing
+    clock.now = T0 + timedelta(minutes=10, seconds=30)  # ten slots missed: the latest runs
+    later = runner.tick()
+    assert [(o.action, o.slot) for o in later] == [("submitted", T0 + timedelta(minutes=10))]
+    _finish(engine, later)
+    assert _backups(engine) == ["nightly-2026-03-01-12-00-00", "nightly-2026-03-01-12-10-00"]
+    info = engine.info("nightly-2026-03-01-12-10-00")
+    assert info.scheduled
+    assert info.to_dict()["scheduleType"] == "SCHEDULED"
+    assert info.retention_date == T0 + timedelta(minutes=10, days=3)
+    # a new runner (a restart) finds the latest slot claimed: nothing runs again
+    assert [o.action for o in ScheduleRunner(engine, clock=clock).tick()] == ["claimed elsewhere"]
+
+
+def test_slots_before_the_definition_never_run(engine: Engine, source: Path, clock: Clock) -> None:
+    define(
+        engine,
+        "late",
+        passcode=PASSCODE,
+        every="1h",
+        sources=[str(source)],
+        now=T0 + timedelta(seconds=1),
+    )
+    runner = ScheduleRunner(engine, clock=clock)
+    clock.now = T0 + timedelta(minutes=59)
+    assert runner.tick() == []  # 12:00 came before the definition
+    clock.now = T0 + timedelta(hours=1)
+    assert [o.slot for o in runner.tick()] == [T0 + timedelta(hours=1)]
+
+
+def test_a_paused_schedule_skips_and_runs_its_latest_slot_when_resumed(
+    engine: Engine, source: Path, clock: Clock
+) -> None:
+    _define(engine, source)
+    update(engine, "nightly", enabled=False)
+    clock.now = T0 + timedelta(minutes=3, seconds=1)
+    runner = ScheduleRunner(engine, clock=clock)
+    assert runner.tick() == []
+    update(engine, "nightly", enabled=True)
+    resumed = runner.tick()
+    assert [(o.action, o.slot) for o in resumed] == [("submitted", T0 + timedelta(minutes=3))]
+    _finish(engine, resumed)
+
+
+def test_a_slot_whose_previous_run_is_going_is_skipped(
+    engine: Engine, source: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    schedule = _define(engine, source)
+    release = threading.Event()
+    previous = engine.jobs.submit(
+        "create",
+        _held(release),
+        name=schedule.backup_name(T0),
+        scheduled=True,
+        store="backupsDefault",
+    )
+    clock.now = T0 + timedelta(minutes=1)
+    runner = ScheduleRunner(engine, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        skipped = runner.tick()
+    assert [o.action for o in skipped] == ["still running"]
+    assert previous.jobid in caplog.text and "still going" in caplog.text
+    assert not engine.store().exists(claim_key("nightly", T0 + timedelta(minutes=1)))
+    release.set()
+    engine.jobs.wait(previous.jobid, 30)
+    clock.now += timedelta(minutes=1)
+    ran = runner.tick()
+    assert [o.action for o in ran] == ["submitted"]
+    _finish(engine, ran)
+
+
+def test_a_slot_claimed_by_another_replica_is_skipped_quietly(
+    engine: Engine, source: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    schedule = _define(engine, source)
+    assert claim(engine, schedule, T0)  # the other replica, whose run of the slot still goes
+    release = threading.Event()
+    other = engine.jobs.submit(
+        "create", _held(release), name=schedule.backup_name(T0), scheduled=True
+    )
+    assert not claim(engine, schedule, T0)
+    with caplog.at_level(logging.INFO, logger="strongroom"):
+        outcomes = ScheduleRunner(engine, clock=clock).tick()
+    release.set()
+    engine.jobs.wait(other.jobid, 30)
+    assert [o.action for o in outcomes] == ["claimed elsewhere"]
+    lines = [r for r in caplog.records if "nightly" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.INFO]
+    assert "claimed by another replica" in lines[0].getMessage()
+    assert engine.jobs.find(limit=None)[1] == 1  # the other replica's
+    assert _backups(engine) == []
+
+
+def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:
+    _define(engine, source, keep_days="never")
+    moment = datetime(2026, 3, 1, 12, 0, 7, 250_000, tzinfo=UTC)
+    job = run_now(engine, "nightly", now=moment)
+    assert job.scheduled and job.name == "nightly-2026-03-01-12-00-07"
+    done = engine.jobs.wait(job.jobid, 30)
+    assert done.status is JobStatus.COMPLETED, done.messages
+    assert done.result is not None and done.result["retentionDate"] == -1
+    with pytest.raises(JobError, match="claimed already"):  # the same second
+        run_now(engine, "nightly", now=moment)
+    release = threading.Event()
+    going = engine.jobs.submit(
+        "create", _held(release), name="nightly-2026-03-01-12-00-08", scheduled=True
+    )
+    with pytest.raises(JobError, match=f"previous run \\(job {going.jobid}\\) is still going"):
+        run_now(engine, "nightly", now=moment + timedelta(seconds=2))
+    release.set()
+    engine.jobs.wait(going.jobid, 30)
+    with pytest.raises(UnknownScheduleError):
+        run_now(engine, "nope")
+    define(engine, "bare", passcode=PASSCODE, every="1h")
+    with pytest.raises(JobError, match="has no sources"):
+        run_now(engine, "bare")
+    assert run_now(engine, "bare", [str(source)]).name.startswith("bare-")
+
+
+# -- claims in the store ----------------------------------------------------------------
+
+
+def test_claims_never_collide_with_backups_and_are_never_listed(
+    engine: Engine, source: Path
+) -> None:
+    schedule = _define(engine, source, name="schedules")
+    assert claim(engine, schedule, T0)
+    engine.create("schedules", [source], passcode=PASSCODE)
+    assert _backups(engine) == ["schedules"]
+    assert parse_claim_key(claim_key("schedules", T0)) == ("schedules", T0)
+    assert parse_claim_key("schedules/x/not-a-slot") is None
+    assert parse_claim_key("manifests/schedules") is None
+    engine.delete("schedules")
+    assert engine.store().exists(claim_key("schedules", T0))
+
+
+def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source: Path) -> None:
+    with Engine(kdf=FAST_KDF, leftover_grace=timedelta(minutes=30)) as engine:
+        a, b = _define(engine, source, "a"), _define(engine, source, "b")
+        slots = [T0 + timedelta(minutes=n) for n in range(3)]
+        for slot in slots:
+            assert claim(engine, a, slot)
+        assert claim(engine, b, T0)
+        store = engine.store()
+        an_hour_ago = time.time() - 3600  # by the store's clock: its files' mtimes
+        for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
+            os.utime(path, (an_hour_ago, an_hour_ago))
+        assert claim(engine, b, T0 + timedelta(minutes=1))  # new: kept
+        dry = engine.cleanup(dry_run=True)
+        assert sorted((e.name, e.action) for e in dry.entries) == [
+            ("a", "would sweep"),
+            ("a", "would sweep"),
+            ("b", "would sweep"),
+        ]
+        assert len(store.list(CLAIMS_PREFIX)) == 5
+        report = engine.cleanup()
+        assert sorted((e.name, e.action) for e in report.entries) == [
+            ("a", "swept"),
+            ("a", "swept"),
+            ("b", "swept"),
+        ]
+        assert [o.key for o in store.list(CLAIMS_PREFIX)] == [
+            claim_key("a", slots[2]),  # an hour old, but a's latest
+            claim_key("b", T0 + timedelta(minutes=1)),
+        ]
+    with Engine(kdf=FAST_KDF) as engine:  # the default grace: a day
+        assert claim(engine, a, slots[2] + timedelta(minutes=1))
+        for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
+            os.utime(path, (an_hour_ago, an_hour_ago))
+        assert engine.cleanup().entries == []
+        assert len(engine.store().list(CLAIMS_PREFIX)) == 3
+
+
+def test_a_run_past_its_time_out_is_cancelled_and_fails(
+    engine: Engine, tmp_path: Path, clock: Clock
+) -> None:
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with (huge / "sparse.img").open("wb") as sparse:
+        sparse.truncate(1 << 40)  # minutes of zeros to read; no disk
+    _define(engine, huge)
+    runner = ScheduleRunner(engine, clock=clock, timeout=lambda: timedelta(seconds=0.3))
+    (outcome,) = runner.tick()
+    assert outcome.job is not None
+    done = engine.jobs.wait(outcome.job.jobid, 30)
+    assert done.status is JobStatus.FAILED
+    assert "Timed out" in done.messages[-1]
+    assert _backups(engine) == []
+
+
+def test_schedule_type_is_a_label_outside_the_macs(engine: Engine, source: Path) -> None:
+    _define(engine, source)
+    job = run_now(engine, "nightly", now=T0 + timedelta(seconds=5))
+    assert engine.jobs.wait(job.jobid, 30).status is JobStatus.COMPLETED
+    store, name = engine.store(), str(job.name)
+    document = json.loads(store.get(manifest_key(name)))
+    assert document["scheduleType"] == "SCHEDULED"
+    del document["scheduleType"]  # as a store writer could: the label goes, the MACs hold
+    store.put(manifest_key(name), json.dumps(document).encode(), overwrite=True)
+    assert engine.info(name).to_dict()["scheduleType"] == "MANUAL"
+    assert engine.verify(name, passcode=PASSCODE).name == name
+    document["scheduleType"] = "HOURLY"
+    store.put(manifest_key(name), json.dumps(document).encode(), overwrite=True)
+    with pytest.raises(IntegrityError, match="malformed"):
+        engine.info(name)
+    manual = engine.create("by-hand", [source], passcode=PASSCODE)
+    assert "scheduleType" not in json.loads(store.get(manifest_key("by-hand")))
+    assert manual.to_dict()["scheduleType"] == "MANUAL"
