@@ -16,6 +16,7 @@ StrongroomError
 ├── UnsafeArchiveError
 └── JobError
     ├── JobNotFoundError         (also a LookupError)
+    ├── JobStoreUnavailableError (also a ConnectionError)
     └── JobCancelledError
         └── JobTimeoutError
 ```
@@ -32,6 +33,7 @@ __all__ = [
     "JobCancelledError",
     "JobError",
     "JobNotFoundError",
+    "JobStoreUnavailableError",
     "JobTimeoutError",
     "ObjectLockedError",
     "PasscodeError",
@@ -124,6 +126,11 @@ class JobError(StrongroomError):
 
 class JobNotFoundError(JobError, LookupError):
     """No job has that id in this STRONGROOM_HOME's job table."""
+
+
+class JobStoreUnavailableError(JobError, ConnectionError):
+    """The job database cannot be reached; new jobs wait until it is back, running ones
+    keep running and record their end then."""
 
 
 class JobCancelledError(JobError):
