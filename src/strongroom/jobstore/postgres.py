@@ -75,6 +75,14 @@ class PostgresJobStore:
         self._where = _describe(url)
         self._lock = threading.Lock()
         self._db: psycopg.Connection[DictRow] | None = None
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Create or upgrade the tables, one replica at a time."""
         with self._connection() as db, db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             db.execute("CREATE TABLE IF NOT EXISTS strongroom_schema (version INTEGER NOT NULL)")
