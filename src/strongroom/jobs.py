@@ -423,18 +423,21 @@ class JobManager:
 
     def _save(self, running: _Running) -> None:
         """Write the job (the caller holds the lock), and act on a cancel asked through
-        the store. While the store is unreachable the job runs on: a later save catches
-        up, and an end is kept for the upkeep thread to write."""
-        try:
-            requested = self._store.save(running.job)
-        except JobStoreUnavailableError as exc:
-            self._note_outage(exc)
-            if not running.job.status.active:
-                self._unrecorded[running.job.jobid] = running.job
-                self._wake.set()
-            return
-        if requested and running.job.status.active and not running.handle.cancel_requested:
-            self._cancel_locked(running)
+        the store. While the store is unreachable the job runs on without waiting for
+        it: a later save catches up, and an end is kept for the upkeep thread to write
+        (which also finds when the store is back)."""
+        if not self._outage:
+            try:
+                requested = self._store.save(running.job)
+            except JobStoreUnavailableError as exc:
+                self._note_outage(exc)
+            else:
+                if requested and running.job.status.active and not running.handle.cancel_requested:
+                    self._cancel_locked(running)
+                return
+        if not running.job.status.active:
+            self._unrecorded[running.job.jobid] = running.job
+            self._wake.set()
 
     def _cancel_locked(self, running: _Running) -> Job:
         """Cancel a job of this manager (the caller holds the lock)."""

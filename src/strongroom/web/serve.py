@@ -3,7 +3,8 @@
 The access log keeps paths but drops query strings, so a token sent as `?token=` (or a
 passcode wrongly put in a URL) never reaches a log. Stopping the server cancels its
 running jobs, which then read CANCELLED; a server that is killed leaves them to be
-marked FAILED by the next one.
+marked FAILED by the next one (or, sharing a PostgreSQL job table, by another replica
+once their lease runs out).
 """
 
 from __future__ import annotations
