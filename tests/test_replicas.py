@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
-from strongroom import Engine
-from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, Server, ServerFactory
+from strongroom import Engine, JobManager, JobStatus
+from tests.conftest import (
+    FAST_KDF,
+    PASSCODE,
+    SMALL_CHUNK,
+    PostgresServer,
+    Server,
+    ServerFactory,
+)
 
 BACKUPS = "/admin/system/disasterrecovery/stores/backupsDefault/backups"
 CREATE = f"{BACKUPS}/create"
@@ -129,3 +136,29 @@ def test_two_replicas_run_the_cleanup_task_once_per_interval(
     ]
     assert sorted(deleted) == [f"expiring-{number}" for number in range(6)]
     assert [backup["name"] for backup in b.get(BACKUPS).json()["backups"]] == ["kept"]
+
+
+def test_with_postgresql_down_new_requests_get_503_and_running_jobs_end_recorded(
+    serve: ServerFactory, own_postgres: PostgresServer, tree: Path, tmp_path: Path
+) -> None:
+    database = own_postgres.new_database()
+    server = serve([_huge(tmp_path)], "--jobs-db", database, "--cleanup-interval", "0")
+    running = server.post(CREATE, name="long", passcode=PASSCODE).json()
+    _until(lambda: _job(server, running["jobid"])["status"] == "EXECUTING")
+    own_postgres.stop()
+    refused = server.post(CREATE, name="refused", passcode=PASSCODE)
+    assert refused.status_code == 503, refused.text
+    assert "The job database postgres@127.0.0.1:" in refused.json()["messages"][0]
+    assert "cannot be reached" in refused.json()["messages"][0]
+    assert server.get("/admin/jobs").status_code == 503
+    assert _job(server, running["jobid"])["status"] == "EXECUTING"  # it runs on
+    server.post(f"/admin/jobs/{running['jobid']}/cancel")
+    _until(lambda: _job(server, running["jobid"])["status"] == "CANCELLED")
+    own_postgres.start()
+    other = JobManager(database)  # what every replica reads, once it is back
+    try:
+        _until(lambda: other.get(running["jobid"]).status is JobStatus.CANCELLED)
+    finally:
+        other.close()
+    created = server.post(CREATE, name="after", passcode=PASSCODE)
+    assert created.status_code == 200, created.text
