@@ -18,6 +18,7 @@ import pytest
 
 from strongroom import (
     ConfigError,
+    Engine,
     JobError,
     JobHandle,
     JobManager,
@@ -26,7 +27,7 @@ from strongroom import (
 )
 from strongroom.jobs import JOBS_FILE
 from strongroom.jobstore import open_job_store
-from tests.conftest import PostgresServer, until_cancelled
+from tests.conftest import FAST_KDF, SMALL_CHUNK, PostgresServer, until_cancelled
 
 #: Short, so that expiry and renewal show within a test.
 LEASE = timedelta(seconds=1.5)
@@ -156,13 +157,15 @@ def test_a_job_of_a_replica_killed_mid_job_reads_failed_and_never_runs_again(
         """
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    jobid = process.stdout.readline().strip()
-    assert process.stdout.readline().strip() == "executing"
-    time.sleep(LEASE.total_seconds())  # a live replica keeps its job however long it runs
-    assert watcher.get(jobid).status is JobStatus.EXECUTING
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    try:
+        assert process.stdout is not None
+        jobid = process.stdout.readline().strip()
+        assert process.stdout.readline().strip() == "executing"
+        time.sleep(LEASE.total_seconds())  # a live replica keeps its job however long it runs
+        assert watcher.get(jobid).status is JobStatus.EXECUTING
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
     killed = time.monotonic()
     _eventually(lambda: watcher.get(jobid).status is JobStatus.FAILED)
     assert time.monotonic() - killed < LEASE.total_seconds() + 1
@@ -262,3 +265,22 @@ def test_a_job_runs_on_while_postgresql_is_down_and_its_end_is_recorded_after(
         assert follow.status is JobStatus.COMPLETED
     finally:
         jobs.close()
+
+
+def test_passcodes_never_reach_the_postgresql_job_table(
+    postgres_url: str, home: Path, tree: Path
+) -> None:
+    import psycopg
+
+    secret = "Job-Passc0de-never-stored"
+    with Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, jobs_db=postgres_url) as engine:
+        engine.jobs.wait(engine.submit_backup("secret", [tree], passcode=secret).jobid)
+        engine.jobs.wait(engine.submit_restore("secret", home / "out", passcode=secret).jobid)
+        bad = engine.submit_restore("secret", home / "bad", passcode=secret + "x")
+        assert engine.jobs.wait(bad.jobid).status is JobStatus.FAILED
+    assert not (home / JOBS_FILE).exists()  # the jobs went to PostgreSQL only
+    with psycopg.connect(postgres_url) as db:
+        rows = db.execute("SELECT * FROM strongroom_jobs").fetchall()
+    stored = repr(rows)
+    assert stored.count("'secret'") >= 3  # the backup's name is there, so the text is readable
+    assert secret not in stored

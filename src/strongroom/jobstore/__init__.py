@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigError
 from ..jobrecord import Job, JobStatus, Stage
 
-__all__ = ["COLUMNS", "JobStore", "from_row", "open_job_store", "to_row"]
+__all__ = ["ACTIVE_SQL", "COLUMNS", "JobStore", "from_row", "open_job_store", "to_row"]
 
 #: The columns a saved job writes, in both stores.
 COLUMNS = (
