@@ -41,6 +41,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("STRONGROOM_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.delenv("STRONGROOM_CONFIG", raising=False)
     monkeypatch.delenv("STRONGROOM_PASSCODE", raising=False)
+    monkeypatch.delenv("STRONGROOM_JOBS_DB", raising=False)  # jobs in the home's SQLite file
+    monkeypatch.delenv("STRONGROOM_JOB_LEASE", raising=False)
     return home
 
 

@@ -873,9 +873,10 @@ class Engine:
         return self.jobs.submit("cleanup", work, operation_uri=operation_uri, scheduled=scheduled)
 
     def schedule_cleanup(self, interval: timedelta) -> threading.Event:
-        """The cleanup system task: a cleanup job now and every `interval` after, once
-        per interval among all the engines sharing the job store (replicas): each claims
-        the interval's slot, and one that does not get it skips.
+        """The cleanup system task: a cleanup job in every `interval` (counted in slots
+        from the epoch), the first at once. Engines sharing the job store (replicas)
+        each claim the slot, and those that do not get it skip: one run per interval
+        among them all, and none at once if another already ran in this interval.
 
         Set the returned event to stop it. Each run is an ordinary job, so its result
         (what was deleted, swept and kept, and why) can be read back by job id.
