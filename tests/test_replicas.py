@@ -125,9 +125,9 @@ def test_two_replicas_run_the_cleanup_task_once_per_interval(
     time.sleep(20)
     jobs = a.get("/admin/jobs", operation="cleanup", num="100").json()["jobs"]
     assert [job["status"] for job in jobs] == ["COMPLETED"] * len(jobs), jobs
-    slots = [job["starttime"] // 2000 for job in jobs]
-    assert len(slots) == len(set(slots)), "two replicas cleaned up in the same interval"
-    assert 8 <= len(jobs) <= 12, len(jobs)
+    starts = sorted(job["starttime"] for job in jobs)
+    intervals = (starts[-1] - starts[0]) // 2000 + 2  # at most, the first one's included
+    assert 8 <= len(jobs) <= intervals, f"more than one run per interval: {starts}"
     deleted = [
         entry["name"]
         for job in jobs
