@@ -284,3 +284,21 @@ def test_passcodes_never_reach_the_postgresql_job_table(
     stored = repr(rows)
     assert stored.count("'secret'") >= 3  # the backup's name is there, so the text is readable
     assert secret not in stored
+
+
+def test_the_environment_chooses_the_job_database_and_the_lease(
+    postgres_url: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRONGROOM_JOBS_DB", postgres_url)
+    with Engine() as engine:
+        job = engine.jobs.wait(engine.submit_cleanup().jobid)
+    assert job.status is JobStatus.COMPLETED
+    assert not (home / JOBS_FILE).exists()
+    reader = JobManager(postgres_url)
+    try:
+        assert reader.find()[1] == 1
+    finally:
+        reader.close()
+    monkeypatch.setenv("STRONGROOM_JOB_LEASE", "soon")
+    with pytest.raises(ConfigError, match="STRONGROOM_JOB_LEASE must be a number of seconds"):
+        JobManager(postgres_url)
