@@ -214,10 +214,10 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         JobManager(postgres_url)
 
 
+@pytest.mark.usefixtures("postgres_server")  # psycopg is there, or the test says why not
 def test_an_unreachable_database_is_unavailable_and_never_shows_its_password(
     home: Path,
 ) -> None:
-    pytest.importorskip("psycopg")
     url = "postgresql://someone:Sekret-Pa55@127.0.0.1:1/jobs"
     with pytest.raises(JobStoreUnavailableError, match="someone@127.0.0.1:1/jobs") as caught:
         JobManager(url)
