@@ -75,6 +75,7 @@ class PostgresJobStore:
         self._where = _describe(url)
         self._lock = threading.Lock()
         self._db: psycopg.Connection[DictRow] | None = None
+        self._closed = False
         try:
             self._migrate()
         except BaseException:
@@ -180,6 +181,7 @@ class PostgresJobStore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._db is not None:
                 self._db.close()
                 self._db = None
@@ -189,6 +191,8 @@ class PostgresJobStore:
         """The connection, opened if need be; a lost server becomes JobStoreUnavailableError
         (and the connection is opened anew next time)."""
         with self._lock:
+            if self._closed:  # a straggling thread of a closed manager opens nothing
+                raise JobStoreUnavailableError("This job store is closed; open a new JobManager.")
             try:
                 if self._db is None or self._db.closed:
                     self._db = psycopg.connect(
