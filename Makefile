@@ -1,7 +1,7 @@
 # Two commands do all the setup on a fresh machine (see README.md):
 #   make backup   - a first encrypted backup into the embedded default store
 #   make test     - lint (ruff, mypy --strict), then the whole test suite (core and plugins,
-#                   against local S3 and Azurite servers);
+#                   against local S3, Azurite and PostgreSQL servers);
 #                   it installs what the tests need: Python packages, npm azurite, and the Debian
 #                   packages below (with apt-get, as root or with passwordless sudo)
 PYTHON ?= python3
@@ -12,8 +12,9 @@ NAME ?= first-$(shell date +%Y%m%d-%H%M%S)
 PLUGINS := $(dir $(wildcard plugins/*/pyproject.toml))
 AZURITE := $(VENV)/node/node_modules/.bin/azurite-blob
 #: Debian packages the tests need, and a file each one installs.
-DEBIAN_PACKAGES := chromium chromium-driver
-DEBIAN_FILES := /usr/bin/chromium /usr/bin/chromedriver
+#: (postgresql: the tests start their own server from its binaries, as a non-root user.)
+DEBIAN_PACKAGES := chromium chromium-driver postgresql
+DEBIAN_FILES := /usr/bin/chromium /usr/bin/chromedriver /usr/share/doc/postgresql/copyright
 #: Debian packages make bench compares strongroom with (and GNU time, for peak RSS).
 BENCH_DEBIAN_PACKAGES := borgbackup restic age time
 BENCH_DEBIAN_FILES := /usr/bin/borg /usr/bin/restic /usr/bin/age /usr/bin/time

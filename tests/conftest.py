@@ -1,15 +1,21 @@
-"""Shared fixtures: an isolated STRONGROOM_HOME, a fast engine, a realistic tree, and a
-real `strongroom serve` on a loopback port."""
+"""Shared fixtures: an isolated STRONGROOM_HOME, a fast engine, a realistic tree, a
+real `strongroom serve` on a loopback port, and real PostgreSQL servers."""
 
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +41,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("STRONGROOM_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.delenv("STRONGROOM_CONFIG", raising=False)
     monkeypatch.delenv("STRONGROOM_PASSCODE", raising=False)
+    monkeypatch.delenv("STRONGROOM_JOBS_DB", raising=False)  # jobs in the home's SQLite file
+    monkeypatch.delenv("STRONGROOM_JOB_LEASE", raising=False)
     return home
 
 
@@ -195,3 +203,145 @@ def _wait_until_listening(server: Server) -> None:
             pass  # not listening yet
         time.sleep(0.05)
     raise AssertionError(f"strongroom serve did not answer: {server.log.read_text()}")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server of the tests' own: initdb in a temporary directory, trust
+    authentication, listening on a free loopback port (and a unix socket in its directory).
+    Run as the `postgres` user (else `nobody`) when the tests run as root, as initdb and
+    postgres refuse root."""
+
+    bindir: Path
+    datadir: Path
+    port: int
+    user: str | None
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        log = (self.datadir.parent / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(self.bindir / "postgres"),
+                *("-D", str(self.datadir), "-p", str(self.port), "-k", str(self.datadir.parent)),
+                *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
+                *("-c", "synchronous_commit=off", "-c", "full_page_writes=off"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=self.user,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.datadir.parent / "server.log").read_text(errors="replace")
+                raise AssertionError(f"PostgreSQL did not start: {log_text}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """A fast shutdown: clients are disconnected, as when a database server goes away."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def new_database(self) -> str:
+        """A fresh, empty database on this server; its URL."""
+        import psycopg
+
+        name = f"t{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+        return self.url(name)
+
+    def _answers(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url(), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+
+def _postgres_unavailable(reason: str) -> None:
+    """Skip the test, with the reason; under CI a missing PostgreSQL fails it instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so PostgreSQL must be there: 'make test' installs it)")
+    pytest.skip(reason)
+
+
+def _start_postgres() -> PostgresServer:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _postgres_unavailable("psycopg is not installed: pip install 'strongroom[postgres]'")
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts)
+    initdb = Path(found[-1]) if found else Path(shutil.which("initdb") or "/nonexistent")
+    if not initdb.exists():
+        _postgres_unavailable("PostgreSQL's server binaries (initdb) are not installed")
+    user = None
+    if os.geteuid() == 0:
+        user = "postgres" if _user_exists("postgres") else "nobody"
+    top = Path(tempfile.mkdtemp(prefix="strongroom-pg-"))
+    datadir = top / "data"
+    datadir.mkdir()
+    if user is not None:
+        shutil.chown(top, user)
+        shutil.chown(datadir, user)
+    subprocess.run(
+        [str(initdb), "-D", str(datadir), "-U", "postgres", "--auth=trust", "--no-sync"],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        user=user,
+    )
+    server = PostgresServer(initdb.parent, datadir, _free_port(), user)
+    server.start()
+    return server
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@contextmanager
+def _postgres() -> Iterator[PostgresServer]:
+    server = _start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.datadir.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; tests take a database each (`postgres_url`)."""
+    with _postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh database on the session's PostgreSQL server."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, which it may stop and start again."""
+    with _postgres() as server:
+        yield server

@@ -197,7 +197,7 @@ def test_a_schema_1_job_table_is_migrated_and_its_rows_still_read(home: Path) ->
     finally:
         jobs.close()
     with closing(sqlite3.connect(home / JOBS_FILE)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_find_lists_newest_first_a_page_at_a_time_by_status_and_operation(home: Path) -> None:
@@ -437,8 +437,8 @@ def test_a_job_of_a_living_process_is_left_alone_until_that_process_dies(home: P
     try:
         watcher = JobManager(home / JOBS_FILE)
         assert watcher.get(jobid).status is JobStatus.EXECUTING
-        with pytest.raises(JobError, match="another job manager"):
-            watcher.cancel(jobid)
+        # asked through the table; this job's work never reports again, so it runs on
+        assert watcher.cancel(jobid).status is JobStatus.EXECUTING
     finally:
         _kill(process)
     failed = watcher.get(jobid)  # asking for it notices the owner is gone

@@ -247,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the cleanup system task this often (0: never; default 60)",
     )
     serve.add_argument(
+        "--jobs-db",
+        metavar="URL",
+        help="where jobs are kept: postgresql://user@host:port/db for replicas sharing "
+        "them (default: $STRONGROOM_JOBS_DB, else sqlite:///$STRONGROOM_HOME/jobs.sqlite3)",
+    )
+    serve.add_argument(
         "--restore-dir",
         metavar="DIR",
         help="where restores go, one new directory each (default: $STRONGROOM_HOME/restores)",
@@ -534,7 +540,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .web.serve import serve  # the web stack loads only for this command
 
     serve(
-        Engine(),
+        Engine(jobs_db=args.jobs_db),
         host=args.host,
         port=args.port,
         root_path=args.root,

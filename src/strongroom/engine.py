@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -164,7 +165,9 @@ class Engine:
     Everything an Engine keeps lives in its `home`: the configuration file, the embedded
     store, the job table, and (for the admin API) the token file and the restores. Two
     Engines with different homes in one process share nothing, so each tenant of a host
-    product gets its own; the default home is $STRONGROOM_HOME.
+    product gets its own; the default home is $STRONGROOM_HOME. The job table may live
+    elsewhere instead: `jobs_db` (default $STRONGROOM_JOBS_DB) is a job-database URL,
+    `postgresql://user@host:port/db` for replicas that share their jobs (see jobstore).
     """
 
     def __init__(
@@ -179,11 +182,16 @@ class Engine:
         compress: bool = True,
         clock: Callable[[], datetime] = utc_now,
         leftover_grace: timedelta = timedelta(hours=24),
+        jobs_db: str | None = None,
     ) -> None:
         if config is None:
             config = StoresConfig.load(home=None if home is None else Path(home))
         self.config = config
         self.home = Path(home) if home is not None else config.home
+        #: Where the jobs are kept: a URL (see jobstore), by default SQLite in the home.
+        self.jobs_db: str | os.PathLike[str] = (
+            jobs_db or os.environ.get("STRONGROOM_JOBS_DB") or self.home / JOBS_FILE
+        )
         self.plugin_manager = plugin_manager or get_plugin_manager()
         self._registry = build_registry(self.plugin_manager)
         self._kdf = kdf or KdfParams()
@@ -753,13 +761,13 @@ class Engine:
 
     @property
     def jobs(self) -> JobManager:
-        """The background jobs, kept in `home`/jobs.sqlite3; started on first use. An
-        Engine dropped without `close` has them closed when it is collected."""
+        """The background jobs, kept in `jobs_db`; started on first use. An Engine
+        dropped without `close` has them closed when it is collected."""
         with self._job_manager_lock:
             if self._closed:
                 raise JobError("This Engine is closed; make a new one to run jobs.")
             if self._job_manager is None:
-                manager = JobManager(self.home / JOBS_FILE, clock=self._clock)
+                manager = JobManager(self.jobs_db, clock=self._clock)
                 self._close_jobs = weakref.finalize(self, manager.close)
                 self._job_manager = manager
             return self._job_manager
@@ -908,20 +916,27 @@ class Engine:
         return self.jobs.submit("cleanup", work, operation_uri=operation_uri, scheduled=scheduled)
 
     def schedule_cleanup(self, interval: timedelta) -> threading.Event:
-        """The cleanup system task: a cleanup job now and every `interval` after.
+        """The cleanup system task: a cleanup job in every `interval` (counted in slots
+        from the epoch), the first at once. Engines sharing the job store (replicas)
+        each claim the slot, and those that do not get it skip: one run per interval
+        among them all, and none at once if another already ran in this interval.
 
         Set the returned event to stop it. Each run is an ordinary job, so its result
         (what was deleted, swept and kept, and why) can be read back by job id.
         """
         stop = threading.Event()
+        seconds = interval.total_seconds()
 
         def loop() -> None:
-            while not stop.is_set():
+            while True:  # at least once, even if stopped at once
+                slot = int(time.time() // seconds)
                 try:
-                    self.submit_cleanup(scheduled=True)
+                    if self.jobs.claim_periodic("cleanup", slot):
+                        self.submit_cleanup(scheduled=True)
                 except StrongroomError as exc:  # e.g. the job table is unavailable: try later
                     logger.warning("Could not start the scheduled cleanup: %s", exc)
-                stop.wait(interval.total_seconds())
+                if stop.wait((slot + 1) * seconds - time.time()):
+                    return
 
         threading.Thread(target=loop, name="strongroom-cleanup-schedule", daemon=True).start()
         return stop

@@ -17,6 +17,7 @@ StrongroomError
 ├── UnsafeArchiveError
 └── JobError
     ├── JobNotFoundError         (also a LookupError)
+    ├── JobStoreUnavailableError (also a ConnectionError)
     └── JobCancelledError
         └── JobTimeoutError
 ```
@@ -33,6 +34,7 @@ __all__ = [
     "JobCancelledError",
     "JobError",
     "JobNotFoundError",
+    "JobStoreUnavailableError",
     "JobTimeoutError",
     "ObjectLockedError",
     "PasscodeError",
@@ -130,6 +132,11 @@ class JobError(StrongroomError):
 
 class JobNotFoundError(JobError, LookupError):
     """No job has that id in this STRONGROOM_HOME's job table."""
+
+
+class JobStoreUnavailableError(JobError, ConnectionError):
+    """The job database cannot be reached; new jobs wait until it is back, running ones
+    keep running and record their end then."""
 
 
 class JobCancelledError(JobError):

@@ -1,13 +1,15 @@
-"""Background jobs: a persistent job table (SQLite) and a bounded pool that runs the work.
+"""Background jobs: a bounded pool that runs the work, and a job store that keeps every job.
 
 A job is submitted, waits for one of a few worker threads, and ends COMPLETED, FAILED
-or CANCELLED. Every change of status is written to `$STRONGROOM_HOME/jobs.sqlite3`,
-so a process that restarts still answers for old job ids.
+or CANCELLED. Every change of status is written to the job store (see jobstore/): by
+default `$STRONGROOM_HOME/jobs.sqlite3`, or a PostgreSQL database that several replicas
+share. A process that restarts, or another replica, still answers for old job ids.
 
-Each JobManager holds an exclusive lock on a small owner file for as long as it lives
-(the operating system drops it when the process dies, however it dies). A job left
-active by an owner whose lock is free was running in a process that died: it is marked
-FAILED, with a message saying so, when a manager starts or when someone asks for it.
+A job runs in the manager that accepted it. A job whose runner is gone (its process
+died; for PostgreSQL, its lease ran out) is marked FAILED, with a message saying so, by
+whichever manager notices first: when one starts, when someone asks for the job, and
+every third of the lease. A cancel asked of another manager's job is written to the
+store, and the runner reads it at its next save (a progress report) or lease renewal.
 
 The work is a callable that receives a `JobHandle`. It reports progress and stages
 through it (each stage is kept with its times), and the handle raises JobCancelledError
@@ -16,6 +18,10 @@ it starts running: a timer then marks it CANCELLING, and the handle raises JobTi
 at the work's next report, so the job ends FAILED. This module knows nothing of backups;
 the engine submits its operations here.
 
+While the store cannot be reached, new jobs are refused (JobStoreUnavailableError), and
+running jobs run on: their progress is kept in memory, and their end is written, retried
+with backoff, once the store is back.
+
 Every wait is bounded: `close` cancels the jobs and waits at most `CLOSE_TIMEOUT` for
 them; a job still running then (stuck in a store call that never returns) is recorded
 FAILED, and its worker, a daemon thread, cannot keep the process from exiting.
@@ -23,34 +29,33 @@ FAILED, and its worker, a daemon thread, cannot keep the process from exiting.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
+import math
 import os
 import queue
 import re
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
-from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from .errors import (
+    ConfigError,
     JobCancelledError,
     JobError,
     JobNotFoundError,
+    JobStoreUnavailableError,
     JobTimeoutError,
     StrongroomError,
 )
 from .format import to_epoch_ms, utc_now
+from .jobrecord import Job, JobStatus, Stage, end_stages
+from .jobstore import open_job_store
 
 __all__ = ["JOBS_FILE", "Job", "JobHandle", "JobManager", "JobStatus", "Stage", "Work"]
 
@@ -64,116 +69,13 @@ DEFAULT_WORKERS = 2
 DEFAULT_KEEP = timedelta(days=30)
 #: Progress reaches the table at most this often (seconds); status changes reach it at once.
 PROGRESS_INTERVAL = 0.5
-#: 1: the first table; 2: adds the stages (JSON) and whether a schedule submitted the job.
-SCHEMA_VERSION = 2
 #: The longest `close` waits for cancelled jobs to stop (seconds).
 CLOSE_TIMEOUT = 10.0
+#: How long a job's runner holds it without renewing (STRONGROOM_JOB_LEASE, seconds).
+DEFAULT_LEASE = timedelta(seconds=60)
+#: The first wait before trying an unreachable store again; it doubles up to lease/3.
+RETRY_DELAY = 0.5
 _JOB_ID = re.compile(r"j[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-class JobStatus(StrEnum):
-    SUBMITTED = "SUBMITTED"
-    EXECUTING = "EXECUTING"
-    CANCELLING = "CANCELLING"
-    CANCELLED = "CANCELLED"
-    FAILED = "FAILED"
-    COMPLETED = "COMPLETED"
-
-    @property
-    def active(self) -> bool:
-        """The job has not ended yet."""
-        return self in (JobStatus.SUBMITTED, JobStatus.EXECUTING, JobStatus.CANCELLING)
-
-    @property
-    def state(self) -> str:
-        """The status as the status document and the stages say it: running (not ended
-        yet), success, failed or cancelled."""
-        if self.active:
-            return "running"
-        return {JobStatus.COMPLETED: "success", JobStatus.FAILED: "failed"}.get(self, "cancelled")
-
-
-@dataclass(frozen=True, slots=True)
-class Stage:
-    """One step a job's work reported through `JobHandle.stage`; times in epoch ms."""
-
-    name: str
-    #: running, success, failed or cancelled (see JobStatus.state).
-    state: str
-    started: int
-    ended: int | None = None
-
-    def to_dict(self, now: int) -> dict[str, Any]:
-        """The stage as the admin API shows it; a running stage's duration counts to `now`."""
-        return {
-            "name": self.name,
-            "state": self.state,
-            "lastUpdated": self.started if self.ended is None else self.ended,
-            "duration": (now if self.ended is None else self.ended) - self.started,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One job as clients see it. Never holds a passcode: the work's closure does."""
-
-    jobid: str
-    operation: str
-    status: JobStatus
-    store: str | None
-    name: str | None
-    #: Epoch ms: when the job was submitted.
-    starttime: int
-    updatedtime: int
-    endtime: int | None = None
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    stage: str = "queued"
-    messages: tuple[str, ...] = ()
-    result: Mapping[str, Any] | None = None
-    operation_uri: str | None = None
-    #: The stages the work reported, oldest first; only the last may still be running.
-    stages: tuple[Stage, ...] = ()
-    #: Submitted by a schedule (the cleanup system task), not by a person.
-    scheduled: bool = False
-
-    @property
-    def percent(self) -> int | None:
-        """Whole percent done; below 100 until the job completes (a create's total is an
-        estimate), None while the total is unknown."""
-        if self.status is JobStatus.COMPLETED:
-            return 100
-        if not self.bytes_total:
-            return None
-        return min(99, self.bytes_done * 100 // self.bytes_total)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The admin API's job document."""
-        return {
-            "jobid": self.jobid,
-            "status": self.status.value,
-            "operation": self.operation,
-            "backupStore": self.store,
-            "backupName": self.name,
-            "operationURI": self.operation_uri,
-            "starttime": self.starttime,
-            "endtime": self.endtime,
-            "updatedtime": self.updatedtime,
-            "progress": {
-                "bytesDone": self.bytes_done,
-                "bytesTotal": self.bytes_total,
-                "percent": self.percent,
-                "stage": self.stage,
-            },
-            "messages": list(self.messages),
-            "result": None if self.result is None else dict(self.result),
-            "stages": self.stage_dicts(),
-        }
-
-    def stage_dicts(self) -> list[dict[str, Any]]:
-        """The stages as documents; a running one's duration counts to `updatedtime`, the
-        job's last report."""
-        return [stage.to_dict(self.endtime or self.updatedtime) for stage in self.stages]
 
 
 class JobHandle:
@@ -231,33 +133,48 @@ class _Running:
 
 
 class JobManager:
-    """Runs jobs on a bounded thread pool and keeps every job in the job table."""
+    """Runs jobs on a bounded thread pool and keeps every job in the job store.
+
+    `location` is a job-database URL (sqlite:///PATH, postgresql://...) or the path of
+    an SQLite file. `lease`: how long this manager's jobs stay its own without renewal
+    (default STRONGROOM_JOB_LEASE, else 60 s); it renews them every third of that.
+    """
 
     def __init__(
         self,
-        path: Path,
+        location: str | os.PathLike[str],
         *,
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], datetime] = utc_now,
         keep: timedelta = DEFAULT_KEEP,
+        lease: timedelta | None = None,
     ) -> None:
-        self._table = JobTable(path)
-        self._owners = path.with_name(f"{path.name}.owners")
-        self._owner = _OwnerLock(self._owners, uuid.uuid4().hex)
+        self._lease = lease if lease is not None else lease_from_environment()
         self._clock = clock
+        self._store = open_job_store(location, uuid.uuid4().hex, self._lease)
+        try:
+            self._fail_orphans()
+            self._store.forget_ended(before=self._now() - int(keep.total_seconds() * 1000))
+        except BaseException:
+            self._store.close()
+            raise
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
+        #: Jobs that ended while the store was unreachable: their end is written later.
+        self._unrecorded: dict[str, Job] = {}
+        self._outage = False
         self._closed = False
+        self._wake = threading.Event()
         self._queue: queue.SimpleQueue[tuple[_Running, Work] | None] = queue.SimpleQueue()
         self._workers = [
             threading.Thread(target=self._serve, name=f"strongroom-job-{n}", daemon=True)
             for n in range(workers)
         ]
-        for worker in self._workers:
-            worker.start()
-        for owner in self._table.active_owners() - {self._owner.name}:
-            self._fail_if_orphaned(owner)
-        self._table.forget_ended(before=self._now() - int(keep.total_seconds() * 1000))
+        self._upkeeper = threading.Thread(
+            target=self._keep_up, name="strongroom-job-upkeep", daemon=True
+        )
+        for thread in (*self._workers, self._upkeeper):
+            thread.start()
 
     def submit(
         self,
@@ -290,20 +207,20 @@ class JobManager:
             if self._closed:
                 raise JobError("The job manager has been closed; no new job can start.")
             running = _Running(job, JobHandle(self, job.jobid), timeout)
-            self._table.save(job, self._owner.name)
+            self._store.save(job)
             self._running[job.jobid] = running
             self._queue.put((running, work))
         logger.info("Job %s submitted: %s %s/%s", job.jobid, operation, store, name)
         return job
 
     def get(self, jobid: str) -> Job:
-        """The job's latest state, from memory if it runs here, else from the table."""
+        """The job's latest state, from memory if it runs here, else from the store."""
         with self._lock:
-            if jobid in self._running:
-                return self._running[jobid].job
-        job, owner = self._load(jobid)
-        if job.status.active and owner != self._owner.name and self._fail_if_orphaned(owner):
-            job, _ = self._load(jobid)
+            if jobid in self._running or jobid in self._unrecorded:
+                return self._latest_locked(jobid)
+        job = self._load(jobid)
+        if job.status.active and self._fail_orphans():
+            job = self._load(jobid)
         return job
 
     def find(
@@ -316,13 +233,10 @@ class JobManager:
     ) -> tuple[list[Job], int]:
         """Up to `limit` jobs (None: all), newest first, after skipping `offset`, and how
         many match in all. Jobs of processes that died read FAILED, as in `get`."""
-        for owner in self._table.active_owners() - {self._owner.name}:
-            self._fail_if_orphaned(owner)
-        found, total = self._table.find(status, operation, offset, limit)
+        self._fail_orphans()
+        found, total = self._store.find(status, operation, offset, limit)
         with self._lock:
-            latest = [
-                self._running[job.jobid].job if job.jobid in self._running else job for job in found
-            ]
+            latest = [self._latest_locked(job.jobid, job) for job in found]
         return latest, total
 
     def wait(self, jobid: str, timeout: float | None = None) -> Job:
@@ -336,34 +250,31 @@ class JobManager:
     def cancel(self, jobid: str) -> Job:
         """Stop the job: at once if it is queued, at its next progress report if it runs.
 
+        A job another manager runs (another process or replica sharing the store) is
+        asked through the store: its runner stops it at its next progress report, or
+        within a third of the lease if it is queued, so it may still read EXECUTING now.
         A job that has already ended is returned as it is.
         """
         with self._lock:
             running = self._running.get(jobid)
             if running is not None:
-                running.handle._cancel.set()
-                if running.future.cancel():
-                    return self._end(running, JobStatus.CANCELLED, "Cancelled before it started.")
-                if running.job.status is JobStatus.EXECUTING:
-                    self._set(
-                        running,
-                        save=True,
-                        status=JobStatus.CANCELLING,
-                        messages=(*running.job.messages, _CANCELLING_MESSAGE),
-                    )
-                return running.job
+                return self._cancel_locked(running)
         job = self.get(jobid)
-        if job.status.active:
-            raise JobError(
-                f"Job {jobid} runs in another job manager (another Engine on this home, or "
-                "another process); cancel it through that one."
-            )
+        if job.status.active and self._store.request_cancel(jobid):
+            logger.info("Job %s: cancel asked of the job manager running it", jobid)
         return job
+
+    def claim_periodic(self, task: str, slot: int) -> bool:
+        """Whether this manager runs `task`'s run number `slot` (for instance the epoch
+        time divided by the task's interval): one caller per slot among all the managers
+        sharing the store, so a periodic task runs once per interval across replicas."""
+        return self._store.claim_periodic(task, slot)
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Cancel what is queued or running, wait up to `timeout` seconds for it to stop,
-        and release the table and the owner lock. A job still running then is recorded
-        FAILED and left to its daemon thread, whose later outcome is not recorded."""
+        and release the store. A job still running then is recorded FAILED and left to
+        its daemon thread, whose later outcome is not recorded. Ends the store could not
+        take are retried until `timeout` too."""
         with self._lock:
             if self._closed:
                 return
@@ -382,8 +293,10 @@ class JobManager:
                     "Job %s did not stop within %g s of close", running.job.jobid, timeout
                 )
                 self._end(running, JobStatus.FAILED, _ABANDONED_MESSAGE.format(timeout=timeout))
-            self._owner.release()
-            self._table.close()
+        self._wake.set()
+        self._upkeeper.join(max(0.0, deadline - time.monotonic()))
+        self._record_ends_until(deadline)
+        self._store.close()
 
     # -- internals --------------------------------------------------------------------
 
@@ -459,7 +372,7 @@ class JobManager:
             save=True,
             status=status,
             stage=stage,
-            stages=_end_stages(running.job.stages, status.state, now),
+            stages=end_stages(running.job.stages, status.state, now),
             endtime=now,
             messages=(*running.job.messages, message),
             result=result,
@@ -483,7 +396,7 @@ class JobManager:
             if running is not None:
                 now = self._now()
                 stages = (
-                    *_end_stages(running.job.stages, "success", now),
+                    *end_stages(running.job.stages, "success", now),
                     Stage(name, "running", now),
                 )
                 self._set(running, save=True, stage=name, stages=stages)
@@ -506,10 +419,52 @@ class JobManager:
     def _set(self, running: _Running, *, save: bool, **changes: Any) -> None:
         running.job = replace(running.job, updatedtime=self._now(), **changes)
         if save:
-            self._table.save(running.job, self._owner.name)
+            self._save(running)
 
-    def _load(self, jobid: str) -> tuple[Job, str]:
-        found = self._table.load(jobid) if _JOB_ID.fullmatch(jobid) else None
+    def _save(self, running: _Running) -> None:
+        """Write the job (the caller holds the lock), and act on a cancel asked through
+        the store. While the store is unreachable the job runs on without waiting for
+        it: a later save catches up, and an end is kept for the upkeep thread to write
+        (which also finds when the store is back)."""
+        if not self._outage:
+            try:
+                requested = self._store.save(running.job)
+            except JobStoreUnavailableError as exc:
+                self._note_outage(exc)
+            else:
+                if requested and running.job.status.active and not running.handle.cancel_requested:
+                    self._cancel_locked(running)
+                return
+        if not running.job.status.active:
+            self._unrecorded[running.job.jobid] = running.job
+            self._wake.set()
+
+    def _cancel_locked(self, running: _Running) -> Job:
+        """Cancel a job of this manager (the caller holds the lock)."""
+        running.handle._cancel.set()
+        if running.future.cancel():
+            return self._end(running, JobStatus.CANCELLED, "Cancelled before it started.")
+        if running.job.status is JobStatus.EXECUTING:
+            self._set(
+                running,
+                save=True,
+                status=JobStatus.CANCELLING,
+                messages=(*running.job.messages, _CANCELLING_MESSAGE),
+            )
+        return running.job
+
+    def _latest_locked(self, jobid: str, stored: Job | None = None) -> Job:
+        """The job as this manager knows it best: running here, ended but not yet
+        recorded, or else as `stored` (the caller holds the lock)."""
+        if jobid in self._running:
+            return self._running[jobid].job
+        latest = self._unrecorded.get(jobid, stored)
+        if latest is None:
+            raise JobNotFoundError(f"No job has the id {jobid!r}.")
+        return latest
+
+    def _load(self, jobid: str) -> Job:
+        found = self._store.load(jobid) if _JOB_ID.fullmatch(jobid) else None
         if found is None:
             raise JobNotFoundError(
                 f"No job has the id {jobid!r}; job ids look like "
@@ -517,17 +472,96 @@ class JobManager:
             )
         return found
 
-    def _fail_if_orphaned(self, owner: str) -> bool:
-        """Mark the owner's active jobs FAILED if its process is gone; say whether it was."""
-        with _lock_if_dead(self._owners, owner) as dead:
-            if dead:
-                failed = self._table.fail_active(owner, self._now(), _ORPHAN_MESSAGE)
-                if failed:
-                    logger.warning("Marked %d job(s) of a stopped process FAILED.", failed)
-            return dead
+    def _fail_orphans(self) -> bool:
+        """Mark FAILED the jobs whose runner is gone; say whether there were any."""
+        failed = self._store.fail_orphans(self._now(), _ORPHAN_MESSAGE)
+        if failed:
+            logger.warning("Marked %d job(s) of a stopped process FAILED.", failed)
+        return failed > 0
+
+    def _keep_up(self) -> None:
+        """The upkeep thread: every third of the lease (sooner when a job's end awaits
+        the store, backing off while it is unreachable), write the ends the store
+        missed, renew this manager's leases and read the cancels asked of its jobs, and
+        fail the jobs of managers that stopped."""
+        period = self._lease.total_seconds() / 3
+        delay = period
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self._record_ends()
+                for jobid in self._store.renew():
+                    with self._lock:
+                        running = self._running.get(jobid)
+                        if running is not None and not running.handle.cancel_requested:
+                            self._cancel_locked(running)
+                self._fail_orphans()
+            except JobStoreUnavailableError as exc:
+                self._note_outage(exc)
+                delay = RETRY_DELAY if delay >= period else min(period, delay * 2)
+            else:
+                delay = period
+                if self._outage:
+                    self._outage = False
+                    logger.info("The job database is reachable again.")
+
+    def _record_ends(self) -> None:
+        """Write the ends of jobs that ended while the store was unreachable."""
+        with self._lock:
+            ended = list(self._unrecorded.values())
+        for job in ended:
+            self._store.save(job)
+            with self._lock:
+                if self._unrecorded.get(job.jobid) is job:
+                    del self._unrecorded[job.jobid]
+            logger.info("Job %s: its end (%s) is recorded now.", job.jobid, job.status.value)
+
+    def _record_ends_until(self, deadline: float) -> None:
+        """`_record_ends`, retried until `deadline` (monotonic); what is still unwritten
+        then is logged, as it is lost with this manager."""
+        delay = RETRY_DELAY
+        while True:
+            try:
+                self._record_ends()
+                return
+            except JobStoreUnavailableError as exc:
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "The end of job(s) %s could not be recorded before close: %s",
+                        ", ".join(self._unrecorded),
+                        exc,
+                    )
+                    return
+                time.sleep(delay)
+                delay *= 2
+
+    def _note_outage(self, exc: JobStoreUnavailableError) -> None:
+        """Log an outage of the store once, however many saves it fails."""
+        if not self._outage:
+            self._outage = True
+            logger.warning("%s", exc)
 
     def _now(self) -> int:
         return to_epoch_ms(self._clock())
+
+
+def lease_from_environment() -> timedelta:
+    """STRONGROOM_JOB_LEASE (seconds), else DEFAULT_LEASE."""
+    text = os.environ.get("STRONGROOM_JOB_LEASE", "").strip()
+    if not text:
+        return DEFAULT_LEASE
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(
+            f"STRONGROOM_JOB_LEASE must be a number of seconds above 0 (such as 60), not {text!r}."
+        )
+    return timedelta(seconds=seconds)
 
 
 _CANCELLING_MESSAGE = (
@@ -550,201 +584,3 @@ _ORPHAN_MESSAGE = (
     "The strongroom process running this job stopped while the job was {status}; "
     "the job did not finish, and nothing it left half-written is listed as a backup."
 )
-
-
-class JobTable:
-    """Jobs as rows of one SQLite table (WAL, so other processes read while one writes)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        with self._transaction():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise JobError(
-                    f"The job table {path} was written by a newer strongroom "
-                    f"(schema {version}); upgrade strongroom to read it."
-                )
-            self._db.execute(
-                """CREATE TABLE IF NOT EXISTS jobs (
-                    jobid TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL,
-                    operation TEXT NOT NULL, store TEXT, name TEXT,
-                    starttime INTEGER NOT NULL, endtime INTEGER, updatedtime INTEGER NOT NULL,
-                    bytes_done INTEGER NOT NULL, bytes_total INTEGER, stage TEXT NOT NULL,
-                    messages TEXT NOT NULL, result TEXT, operation_uri TEXT)"""
-            )
-            self._db.execute("CREATE INDEX IF NOT EXISTS active_jobs ON jobs (status, owner)")
-            if version < 2:  # rows of schema 1 get no stages and count as not scheduled
-                self._db.execute("ALTER TABLE jobs ADD COLUMN stages TEXT NOT NULL DEFAULT '[]'")
-                self._db.execute("ALTER TABLE jobs ADD COLUMN scheduled INTEGER NOT NULL DEFAULT 0")
-                self._db.execute("CREATE INDEX newest_jobs ON jobs (starttime)")
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def save(self, job: Job, owner: str) -> None:
-        row = {
-            "jobid": job.jobid,
-            "owner": owner,
-            "status": job.status.value,
-            "operation": job.operation,
-            "store": job.store,
-            "name": job.name,
-            "starttime": job.starttime,
-            "endtime": job.endtime,
-            "updatedtime": job.updatedtime,
-            "bytes_done": job.bytes_done,
-            "bytes_total": job.bytes_total,
-            "stage": job.stage,
-            "messages": json.dumps(list(job.messages)),
-            "result": None if job.result is None else json.dumps(dict(job.result)),
-            "operation_uri": job.operation_uri,
-            "stages": json.dumps([asdict(stage) for stage in job.stages]),
-            "scheduled": job.scheduled,
-        }
-        columns = ", ".join(row)
-        values = ", ".join(f":{column}" for column in row)
-        with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO jobs ({columns}) VALUES ({values})", row)
-
-    def load(self, jobid: str) -> tuple[Job, str] | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
-        return None if row is None else (_from_row(row), row["owner"])
-
-    def find(
-        self, status: JobStatus | None, operation: str | None, offset: int, limit: int | None
-    ) -> tuple[list[Job], int]:
-        """Jobs with that status and operation (None: any), newest first; and how many."""
-        where = (
-            "WHERE (:status IS NULL OR status = :status) "
-            "AND (:operation IS NULL OR operation = :operation)"
-        )
-        match = {"status": None if status is None else status.value, "operation": operation}
-        with self._lock:
-            total: int = self._db.execute(f"SELECT count(*) FROM jobs {where}", match).fetchone()[0]
-            rows = self._db.execute(
-                f"SELECT * FROM jobs {where} ORDER BY starttime DESC, jobid DESC "
-                "LIMIT :limit OFFSET :offset",
-                {**match, "limit": -1 if limit is None else limit, "offset": offset},
-            ).fetchall()
-        return [_from_row(row) for row in rows], total
-
-    def active_owners(self) -> set[str]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT DISTINCT owner FROM jobs WHERE status IN ({_ACTIVE_SQL})"
-            ).fetchall()
-        return {row["owner"] for row in rows}
-
-    def fail_active(self, owner: str, now: int, message: str) -> int:
-        """Mark the owner's active jobs FAILED in one transaction; return how many."""
-        with self._lock, self._transaction():
-            rows = self._db.execute(
-                f"SELECT * FROM jobs WHERE owner = ? AND status IN ({_ACTIVE_SQL})", (owner,)
-            ).fetchall()
-            for row in rows:
-                job = _from_row(row)
-                messages = [*job.messages, message.format(status=job.status.value)]
-                stages = [asdict(stage) for stage in _end_stages(job.stages, "failed", now)]
-                self._db.execute(
-                    "UPDATE jobs SET status = ?, endtime = ?, updatedtime = ?, messages = ?, "
-                    "stages = ? WHERE jobid = ?",
-                    (
-                        JobStatus.FAILED.value,
-                        now,
-                        now,
-                        json.dumps(messages),
-                        json.dumps(stages),
-                        job.jobid,
-                    ),
-                )
-        return len(rows)
-
-    def forget_ended(self, before: int) -> None:
-        """Delete the jobs that ended before `before` (epoch ms), so the table stays small."""
-        with self._lock:
-            self._db.execute(
-                f"DELETE FROM jobs WHERE status NOT IN ({_ACTIVE_SQL}) AND endtime < ?", (before,)
-            )
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-
-_ACTIVE_SQL = ",".join(f"'{status.value}'" for status in JobStatus if status.active)
-
-
-def _from_row(row: sqlite3.Row) -> Job:
-    return Job(
-        jobid=row["jobid"],
-        operation=row["operation"],
-        status=JobStatus(row["status"]),
-        store=row["store"],
-        name=row["name"],
-        starttime=row["starttime"],
-        updatedtime=row["updatedtime"],
-        endtime=row["endtime"],
-        bytes_done=row["bytes_done"],
-        bytes_total=row["bytes_total"],
-        stage=row["stage"],
-        messages=tuple(json.loads(row["messages"])),
-        result=None if row["result"] is None else json.loads(row["result"]),
-        operation_uri=row["operation_uri"],
-        stages=tuple(Stage(**stage) for stage in json.loads(row["stages"])),
-        scheduled=bool(row["scheduled"]),
-    )
-
-
-def _end_stages(stages: tuple[Stage, ...], state: str, now: int) -> tuple[Stage, ...]:
-    """The stages with the running one ended in `state` at `now`."""
-    return tuple(s if s.ended is not None else replace(s, state=state, ended=now) for s in stages)
-
-
-class _OwnerLock:
-    """An exclusive lock on `<directory>/<name>.lock`, held while this manager lives."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self._path = directory / f"{name}.lock"
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def release(self) -> None:
-        self._path.unlink(missing_ok=True)
-        os.close(self._fd)
-
-
-@contextmanager
-def _lock_if_dead(directory: Path, owner: str) -> Iterator[bool]:
-    """Yield whether the owner's process is gone, holding its lock meanwhile if so."""
-    path = directory / f"{owner}.lock"
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-        with suppress(FileNotFoundError):
-            path.unlink()
-    finally:
-        os.close(fd)

@@ -4,7 +4,8 @@ The access log keeps paths but drops query strings, so a token sent as `?token=`
 passcode wrongly put in a URL) never reaches a log. `serve` also runs the
 configured schedules (scheduler.py) unless told not to. Stopping the server cancels its
 running jobs, which then read CANCELLED; a server that is killed leaves them to be
-marked FAILED by the next one.
+marked FAILED by the next one (or, sharing a PostgreSQL job table, by another replica
+once their lease runs out).
 """
 
 from __future__ import annotations

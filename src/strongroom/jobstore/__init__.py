@@ -1,0 +1,157 @@
+"""Where jobs are kept: the `JobStore` protocol, and the store a job-database URL names.
+
+`sqlite:///PATH` (or a plain path) keeps the job table in one SQLite file, embedded,
+for the processes of one machine; `postgresql://user@host:port/db` keeps it in
+PostgreSQL, shared by replicas on several machines (psycopg 3, the `postgres` extra).
+Each JobManager opens its own store, which knows the manager as its `owner`.
+
+A store also says which of its jobs' runners are gone (`fail_orphans`): SQLite by the
+owner's lock file, PostgreSQL by a lease that the running side renews. Both keep a
+cancel request in the table, which the running side reads at its next save or renewal,
+so a job may be cancelled from any manager sharing the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from ..errors import ConfigError
+from ..jobrecord import Job, JobStatus, Stage
+
+__all__ = ["ACTIVE_SQL", "COLUMNS", "JobStore", "from_row", "open_job_store", "to_row"]
+
+#: The columns a saved job writes, in both stores.
+COLUMNS = (
+    "jobid",
+    "owner",
+    "status",
+    "operation",
+    "store",
+    "name",
+    "starttime",
+    "endtime",
+    "updatedtime",
+    "bytes_done",
+    "bytes_total",
+    "stage",
+    "messages",
+    "result",
+    "operation_uri",
+    "stages",
+    "scheduled",
+)
+#: The active statuses as an SQL list, for both stores' queries.
+ACTIVE_SQL = ",".join(f"'{status.value}'" for status in JobStatus if status.active)
+
+
+class JobStore(Protocol):
+    """A job table as one JobManager (the `owner`) sees it. Every method may raise
+    JobStoreUnavailableError when the database cannot be reached."""
+
+    owner: str
+
+    def save(self, job: Job) -> bool:
+        """Write the job as this owner's and say whether a cancel was requested for it.
+        A job that has ended in the table is never made active again by a save."""
+
+    def load(self, jobid: str) -> Job | None: ...
+
+    def find(
+        self, status: JobStatus | None, operation: str | None, offset: int, limit: int | None
+    ) -> tuple[list[Job], int]:
+        """Jobs with that status and operation (None: any), newest first; and how many."""
+
+    def request_cancel(self, jobid: str) -> bool:
+        """Ask the job's runner to cancel it; False if the job is no longer active."""
+
+    def renew(self) -> set[str]:
+        """Renew this owner's hold on its active jobs; return those a cancel was asked for."""
+
+    def fail_orphans(self, now: int, message: str) -> int:
+        """Mark FAILED the active jobs of other owners that are gone; return how many."""
+
+    def forget_ended(self, before: int) -> None:
+        """Delete the jobs that ended before `before` (epoch ms)."""
+
+    def claim_periodic(self, task: str, slot: int) -> bool:
+        """Claim run `slot` of a periodic task: True for exactly one caller per slot."""
+
+    def close(self) -> None: ...
+
+
+def open_job_store(location: str | os.PathLike[str], owner: str, lease: timedelta) -> JobStore:
+    """The store at `location`: a URL (sqlite:///PATH, postgresql://...) or a file path."""
+    if isinstance(location, os.PathLike) or "://" not in location:
+        return _sqlite(Path(location), owner)
+    scheme = urlsplit(location).scheme
+    if scheme == "sqlite":
+        return _sqlite(Path(unquote(urlsplit(location).path)), owner)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import PostgresJobStore  # psycopg loads only for PostgreSQL
+        except ImportError:
+            raise ConfigError(
+                "A postgresql:// job database needs psycopg 3: run "
+                "\"pip install 'strongroom[postgres]'\"."
+            ) from None
+        return PostgresJobStore(location, owner, lease)
+    raise ConfigError(
+        f"The job database URL must start with sqlite:/// or postgresql://, not {scheme}://."
+    )
+
+
+def _sqlite(path: Path, owner: str) -> JobStore:
+    from .sqlite import SqliteJobStore
+
+    return SqliteJobStore(path, owner)
+
+
+def to_row(job: Job, owner: str) -> dict[str, Any]:
+    """The job as the values of `COLUMNS` (lists and documents as JSON text)."""
+    return {
+        "jobid": job.jobid,
+        "owner": owner,
+        "status": job.status.value,
+        "operation": job.operation,
+        "store": job.store,
+        "name": job.name,
+        "starttime": job.starttime,
+        "endtime": job.endtime,
+        "updatedtime": job.updatedtime,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "stage": job.stage,
+        "messages": json.dumps(list(job.messages)),
+        "result": None if job.result is None else json.dumps(dict(job.result)),
+        "operation_uri": job.operation_uri,
+        "stages": json.dumps([asdict(stage) for stage in job.stages]),
+        "scheduled": job.scheduled,
+    }
+
+
+def from_row(row: Any) -> Job:
+    """A job from a row of either store (anything that maps the column names)."""
+    return Job(
+        jobid=row["jobid"],
+        operation=row["operation"],
+        status=JobStatus(row["status"]),
+        store=row["store"],
+        name=row["name"],
+        starttime=row["starttime"],
+        updatedtime=row["updatedtime"],
+        endtime=row["endtime"],
+        bytes_done=row["bytes_done"],
+        bytes_total=row["bytes_total"],
+        stage=row["stage"],
+        messages=tuple(json.loads(row["messages"])),
+        result=None if row["result"] is None else json.loads(row["result"]),
+        operation_uri=row["operation_uri"],
+        stages=tuple(Stage(**stage) for stage in json.loads(row["stages"])),
+        scheduled=bool(row["scheduled"]),
+    )

@@ -1,0 +1,222 @@
+"""The shared job store: tables in PostgreSQL, read and written by every replica.
+
+A replica running a job holds a lease on it (`lease_until`, in the database's clock, so
+the replicas' clocks need not agree), which it renews every third of the lease; a job
+whose lease has run out was left by a replica that stopped, and whichever replica
+notices first marks it FAILED (rows locked with SKIP LOCKED, so two never both do).
+The tables are created on first use; their schema version is kept in
+`strongroom_schema`, and migrations run under an advisory lock, so replicas that start
+together migrate once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+
+from ..errors import ConfigError, JobError, JobStoreUnavailableError
+from ..jobrecord import Job, JobStatus, failed
+from . import ACTIVE_SQL, COLUMNS, from_row, to_row
+
+__all__ = ["SCHEMA_VERSION", "PostgresJobStore"]
+
+#: Each migration's statements; the schema version is how many have run.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE strongroom_jobs (
+            jobid TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL,
+            operation TEXT NOT NULL, store TEXT, name TEXT,
+            starttime BIGINT NOT NULL, endtime BIGINT, updatedtime BIGINT NOT NULL,
+            bytes_done BIGINT NOT NULL, bytes_total BIGINT, stage TEXT NOT NULL,
+            messages TEXT NOT NULL, result TEXT, operation_uri TEXT,
+            stages TEXT NOT NULL, scheduled BOOLEAN NOT NULL,
+            lease_until TIMESTAMPTZ NOT NULL,
+            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE)""",
+        "CREATE INDEX strongroom_active_jobs ON strongroom_jobs (status, lease_until)",
+        "CREATE INDEX strongroom_newest_jobs ON strongroom_jobs (starttime)",
+        """CREATE TABLE strongroom_periodic_runs (
+            task TEXT NOT NULL, slot BIGINT NOT NULL,
+            claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (task, slot))""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+#: The advisory lock that serializes migrations (any number, the same in every replica).
+_MIGRATION_LOCK = 0x5354524F4E47  # "STRONG"
+_LEASE = "clock_timestamp() + %(lease)s * interval '1 second'"
+_UPSERT = (
+    f"INSERT INTO strongroom_jobs ({', '.join(COLUMNS)}, lease_until) "
+    f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, {_LEASE}) "
+    f"ON CONFLICT (jobid) DO UPDATE SET "
+    f"{', '.join(f'{c} = excluded.{c}' for c in COLUMNS)}, lease_until = excluded.lease_until "
+    f"WHERE strongroom_jobs.status IN ({ACTIVE_SQL}) OR excluded.status NOT IN ({ACTIVE_SQL}) "
+    "RETURNING cancel_requested"
+)
+
+
+class PostgresJobStore:
+    """Jobs in PostgreSQL, owned by replicas that renew their leases.
+
+    One connection (autocommit, short transactions), used by one thread at a time and
+    opened again after the server was lost; every failure to reach the server is a
+    JobStoreUnavailableError.
+    """
+
+    def __init__(self, url: str, owner: str, lease: timedelta) -> None:
+        self.owner = owner
+        self._url = url
+        self._lease = lease.total_seconds()
+        self._where = _describe(url)
+        self._lock = threading.Lock()
+        self._db: psycopg.Connection[DictRow] | None = None
+        self._closed = False
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Create or upgrade the tables, one replica at a time."""
+        with self._connection() as db, db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            db.execute("CREATE TABLE IF NOT EXISTS strongroom_schema (version INTEGER NOT NULL)")
+            row = db.execute("SELECT max(version) AS version FROM strongroom_schema").fetchone()
+            version = (row or {}).get("version") or 0
+            if version > SCHEMA_VERSION:
+                raise JobError(
+                    f"The job database {self._where} was written by a newer strongroom "
+                    f"(schema {version}); upgrade strongroom to use it."
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[number]:
+                    db.execute(statement)
+                db.execute("INSERT INTO strongroom_schema VALUES (%s)", (number + 1,))
+
+    def save(self, job: Job) -> bool:
+        with self._connection() as db:
+            row = db.execute(_UPSERT, {**to_row(job, self.owner), "lease": self._lease}).fetchone()
+        return row is not None and bool(row["cancel_requested"])
+
+    def load(self, jobid: str) -> Job | None:
+        with self._connection() as db:
+            row = db.execute("SELECT * FROM strongroom_jobs WHERE jobid = %s", (jobid,)).fetchone()
+        return None if row is None else from_row(row)
+
+    def find(
+        self, status: JobStatus | None, operation: str | None, offset: int, limit: int | None
+    ) -> tuple[list[Job], int]:
+        where = (
+            "WHERE (%(status)s::text IS NULL OR status = %(status)s) "
+            "AND (%(operation)s::text IS NULL OR operation = %(operation)s)"
+        )
+        match = {"status": None if status is None else status.value, "operation": operation}
+        with self._connection() as db:
+            counted = db.execute(f"SELECT count(*) AS n FROM strongroom_jobs {where}", match)
+            total: int = (counted.fetchone() or {"n": 0})["n"]
+            rows = db.execute(
+                f"SELECT * FROM strongroom_jobs {where} ORDER BY starttime DESC, jobid DESC "
+                "LIMIT %(limit)s OFFSET %(offset)s",
+                {**match, "limit": limit, "offset": offset},
+            ).fetchall()
+        return [from_row(row) for row in rows], total
+
+    def request_cancel(self, jobid: str) -> bool:
+        with self._connection() as db:
+            changed = db.execute(
+                "UPDATE strongroom_jobs SET cancel_requested = TRUE "
+                f"WHERE jobid = %s AND status IN ({ACTIVE_SQL})",
+                (jobid,),
+            ).rowcount
+        return changed > 0
+
+    def renew(self) -> set[str]:
+        with self._connection() as db:
+            rows = db.execute(
+                f"UPDATE strongroom_jobs SET lease_until = {_LEASE} "
+                f"WHERE owner = %(owner)s AND status IN ({ACTIVE_SQL}) "
+                "RETURNING jobid, cancel_requested",
+                {"owner": self.owner, "lease": self._lease},
+            ).fetchall()
+        return {row["jobid"] for row in rows if row["cancel_requested"]}
+
+    def fail_orphans(self, now: int, message: str) -> int:
+        """Fail the active jobs of other owners whose lease ran out. Rows another replica
+        is failing (or its owner is saving) right now are skipped, not waited for."""
+        with self._connection() as db, db.transaction():
+            rows = db.execute(
+                f"SELECT * FROM strongroom_jobs WHERE status IN ({ACTIVE_SQL}) "
+                "AND lease_until < clock_timestamp() AND owner <> %s FOR UPDATE SKIP LOCKED",
+                (self.owner,),
+            ).fetchall()
+            for row in rows:
+                ended = to_row(failed(from_row(row), now, message), row["owner"])
+                db.execute(_UPSERT, {**ended, "lease": 0})
+        return len(rows)
+
+    def forget_ended(self, before: int) -> None:
+        with self._connection() as db:
+            db.execute(
+                f"DELETE FROM strongroom_jobs WHERE status NOT IN ({ACTIVE_SQL}) AND endtime < %s",
+                (before,),
+            )
+
+    def claim_periodic(self, task: str, slot: int) -> bool:
+        with self._connection() as db, db.transaction():
+            claimed = db.execute(
+                "INSERT INTO strongroom_periodic_runs (task, slot) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (task, slot),
+            ).rowcount
+            db.execute(
+                "DELETE FROM strongroom_periodic_runs WHERE task = %s AND slot < %s", (task, slot)
+            )
+        return claimed > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[DictRow]]:
+        """The connection, opened if need be; a lost server becomes JobStoreUnavailableError
+        (and the connection is opened anew next time)."""
+        with self._lock:
+            if self._closed:  # a straggling thread of a closed manager opens nothing
+                raise JobStoreUnavailableError("This job store is closed; open a new JobManager.")
+            try:
+                if self._db is None or self._db.closed:
+                    self._db = psycopg.connect(
+                        self._url, autocommit=True, connect_timeout=5, row_factory=dict_row
+                    )
+                yield self._db
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                raise JobStoreUnavailableError(
+                    f"The job database {self._where} cannot be reached ({reason}); new jobs "
+                    "can start once it is back, and running jobs record their end then."
+                ) from None
+
+
+def _describe(url: str) -> str:
+    """The database as user@host:port/name: never its password."""
+    try:
+        parts: dict[str, Any] = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ConfigError(
+            "The job database URL is not valid; write it as postgresql://user@host:port/db."
+        ) from None
+    host = parts.get("host", "localhost")
+    return f"{parts.get('user', '')}@{host}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"

@@ -1,0 +1,304 @@
+"""The job stores: one conformance suite run against SQLite and a real PostgreSQL server
+(two JobManagers sharing a store stand for two processes or replicas), and what only
+PostgreSQL does: leases, and running on while the database is down."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from strongroom import (
+    ConfigError,
+    Engine,
+    JobError,
+    JobHandle,
+    JobManager,
+    JobStatus,
+    JobStoreUnavailableError,
+)
+from strongroom.jobs import JOBS_FILE
+from strongroom.jobstore import open_job_store
+from tests.conftest import FAST_KDF, SMALL_CHUNK, PostgresServer, until_cancelled
+
+#: Short, so that expiry and renewal show within a test.
+LEASE = timedelta(seconds=1.5)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, home: Path) -> str:
+    """A job database both kinds of store are tested against."""
+    if request.param == "sqlite":
+        return f"sqlite://{home / JOBS_FILE}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def replicas(location: str) -> Iterator[Callable[..., JobManager]]:
+    """Open JobManagers on `location` (each stands for a replica); closed after the test."""
+    opened: list[JobManager] = []
+
+    def open_manager(**options: object) -> JobManager:
+        manager = JobManager(location, lease=LEASE, **options)  # type: ignore[arg-type]
+        opened.append(manager)
+        return manager
+
+    yield open_manager
+    for manager in opened:
+        manager.close()
+
+
+def _eventually(condition: Callable[[], bool], within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never became true"
+        time.sleep(0.02)
+
+
+def test_a_job_submitted_on_one_replica_is_followed_to_its_end_on_another(
+    replicas: Callable[..., JobManager],
+) -> None:
+    a, b = replicas(), replicas()
+    release = threading.Event()
+
+    def work(job: JobHandle) -> dict[str, str]:
+        job.stage("waiting")
+        job.progress(1, 4)
+        release.wait(10)
+        return {"answer": "42"}
+
+    submitted = a.submit("create", work, store="s", name="n")
+    _eventually(lambda: b.get(submitted.jobid).status is JobStatus.EXECUTING)
+    assert b.find() == ([b.get(submitted.jobid)], 1)
+    release.set()
+    a.wait(submitted.jobid)
+    seen = b.get(submitted.jobid)
+    assert (seen.status, seen.result, seen.name) == (JobStatus.COMPLETED, {"answer": "42"}, "n")
+    assert [(s.name, s.state) for s in seen.stages] == [("waiting", "success")]
+    assert seen == a.get(submitted.jobid)
+
+
+def test_a_cancel_on_one_replica_stops_a_job_running_on_another(
+    replicas: Callable[..., JobManager],
+) -> None:
+    a, b = replicas(), replicas()
+    running = a.submit("create", until_cancelled)
+    _eventually(lambda: b.get(running.jobid).status is JobStatus.EXECUTING)
+    b.cancel(running.jobid)
+    ended = a.wait(running.jobid, timeout=10)
+    assert ended.status is JobStatus.CANCELLED
+    assert b.get(running.jobid) == ended
+    assert b.cancel(running.jobid) == ended  # an ended job is returned as it is
+
+
+def test_a_cancel_on_one_replica_stops_a_job_queued_on_another(
+    replicas: Callable[..., JobManager],
+) -> None:
+    a, b = replicas(workers=1), replicas()
+    busy = a.submit("create", until_cancelled)
+    queued = a.submit("create", lambda job: None)
+    b.cancel(queued.jobid)  # seen within a third of the lease
+    _eventually(lambda: b.get(queued.jobid).status is JobStatus.CANCELLED)
+    assert a.get(queued.jobid).messages[-1] == "Cancelled before it started."
+    assert b.get(busy.jobid).status is JobStatus.EXECUTING
+    a.cancel(busy.jobid)
+
+
+def test_find_pages_every_replicas_jobs_newest_first(replicas: Callable[..., JobManager]) -> None:
+    a, b = replicas(), replicas()
+    ids = []
+    for number in range(5):
+        manager = a if number % 2 else b
+        ids.append(manager.wait(manager.submit(f"op{number % 2}", lambda job: None).jobid).jobid)
+        time.sleep(0.002)  # distinct start times
+    page, total = a.find(offset=1, limit=2)
+    assert ([job.jobid for job in page], total) == (ids[::-1][1:3], 5)
+    odd, total = b.find(operation="op1", status=JobStatus.COMPLETED, limit=None)
+    assert ([job.jobid for job in odd], total) == ([ids[3], ids[1]], 2)
+
+
+def test_each_periodic_slot_is_claimed_once_across_replicas(
+    replicas: Callable[..., JobManager],
+) -> None:
+    a, b = replicas(), replicas()
+    assert a.claim_periodic("cleanup", 100)
+    assert not b.claim_periodic("cleanup", 100)
+    assert not a.claim_periodic("cleanup", 100)
+    assert b.claim_periodic("other", 100)  # tasks are claimed apart
+    assert b.claim_periodic("cleanup", 101)
+    assert not a.claim_periodic("cleanup", 101)
+
+
+def test_a_job_of_a_replica_killed_mid_job_reads_failed_and_never_runs_again(
+    replicas: Callable[..., JobManager], location: str
+) -> None:
+    watcher = replicas()
+    script = textwrap.dedent(
+        f"""
+        import threading
+        from datetime import timedelta
+        from strongroom import JobManager
+        jobs = JobManager({location!r}, lease=timedelta(seconds={LEASE.total_seconds()}))
+        def work(job):
+            job.stage("writing")
+            print("executing", flush=True)
+            threading.Event().wait()
+        print(jobs.submit("create", work).jobid, flush=True)
+        threading.Event().wait()
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        jobid = process.stdout.readline().strip()
+        assert process.stdout.readline().strip() == "executing"
+        time.sleep(LEASE.total_seconds())  # a live replica keeps its job however long it runs
+        assert watcher.get(jobid).status is JobStatus.EXECUTING
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    killed = time.monotonic()
+    _eventually(lambda: watcher.get(jobid).status is JobStatus.FAILED)
+    assert time.monotonic() - killed < LEASE.total_seconds() + 1
+    job = watcher.get(jobid)
+    assert job.messages[-1].startswith(
+        "The strongroom process running this job stopped while the job was EXECUTING"
+    )
+    assert [(s.name, s.state) for s in job.stages] == [("writing", "failed")]
+
+
+def test_a_save_never_makes_an_ended_job_active_again(location: str) -> None:
+    owner = open_job_store(location, "owner", LEASE)
+    try:
+        manager = JobManager(location, lease=LEASE)
+        job = manager.wait(manager.submit("op", lambda job: None).jobid)
+        manager.close()
+        from dataclasses import replace
+
+        assert not owner.save(replace(job, status=JobStatus.EXECUTING))
+        assert owner.load(job.jobid) == job
+    finally:
+        owner.close()
+
+
+def test_a_bad_job_database_url_says_what_is_accepted(home: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sqlite:/// or postgresql://, not mysql://"):
+        JobManager("mysql://db/jobs")
+
+
+def test_without_psycopg_a_postgresql_url_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(sys.modules, "strongroom.jobstore.postgres", raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what a missing package looks like
+    with pytest.raises(ConfigError, match=r"pip install 'strongroom\[postgres\]'"):
+        JobManager("postgresql://nobody@127.0.0.1:1/jobs")
+
+
+def test_a_newer_schema_is_refused(postgres_url: str) -> None:
+    JobManager(postgres_url).close()  # creates the tables
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("INSERT INTO strongroom_schema VALUES (99)")
+    with pytest.raises(JobError, match="newer strongroom"):
+        JobManager(postgres_url)
+
+
+@pytest.mark.usefixtures("postgres_server")  # psycopg is there, or the test says why not
+def test_an_unreachable_database_is_unavailable_and_never_shows_its_password(
+    home: Path,
+) -> None:
+    url = "postgresql://someone:Sekret-Pa55@127.0.0.1:1/jobs"
+    with pytest.raises(JobStoreUnavailableError, match="someone@127.0.0.1:1/jobs") as caught:
+        JobManager(url)
+    assert "Sekret-Pa55" not in str(caught.value)
+
+
+def test_a_job_runs_on_while_postgresql_is_down_and_its_end_is_recorded_after(
+    own_postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = own_postgres.new_database()
+    jobs = JobManager(url, lease=LEASE)
+    try:
+        proceed, midway = threading.Event(), threading.Event()
+
+        def work(job: JobHandle) -> dict[str, int]:
+            job.stage("first")
+            midway.set()
+            proceed.wait(30)
+            for done in range(1, 4):
+                job.progress(done, 3)  # the database is down: progress stays in memory
+                time.sleep(0.3)
+            job.stage("second")
+            return {"done": 3}
+
+        submitted = jobs.submit("create", work)
+        assert midway.wait(10)
+        own_postgres.stop()
+        proceed.set()
+        with pytest.raises(JobStoreUnavailableError, match="cannot be reached"):
+            jobs.submit("create", lambda job: None)
+        ended = jobs.wait(submitted.jobid, timeout=20)
+        assert ended.status is JobStatus.COMPLETED  # as this replica knows it
+        time.sleep(2 * LEASE.total_seconds())  # down longer than a lease
+        own_postgres.start()
+        other = JobManager(url, lease=LEASE)
+        try:
+            _eventually(lambda: other.get(submitted.jobid).status is JobStatus.COMPLETED)
+            recorded = other.get(submitted.jobid)
+        finally:
+            other.close()
+        assert recorded == ended
+        assert recorded.result == {"done": 3}
+        assert [s.name for s in recorded.stages] == ["first", "second"]
+        follow = jobs.wait(jobs.submit("create", lambda job: None).jobid, timeout=10)
+        assert follow.status is JobStatus.COMPLETED
+    finally:
+        jobs.close()
+
+
+def test_passcodes_never_reach_the_postgresql_job_table(
+    postgres_url: str, home: Path, tree: Path
+) -> None:
+    import psycopg
+
+    secret = "Job-Passc0de-never-stored"
+    with Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, jobs_db=postgres_url) as engine:
+        engine.jobs.wait(engine.submit_backup("secret", [tree], passcode=secret).jobid)
+        engine.jobs.wait(engine.submit_restore("secret", home / "out", passcode=secret).jobid)
+        bad = engine.submit_restore("secret", home / "bad", passcode=secret + "x")
+        assert engine.jobs.wait(bad.jobid).status is JobStatus.FAILED
+    assert not (home / JOBS_FILE).exists()  # the jobs went to PostgreSQL only
+    with psycopg.connect(postgres_url) as db:
+        rows = db.execute("SELECT * FROM strongroom_jobs").fetchall()
+    stored = repr(rows)
+    assert stored.count("'secret'") >= 3  # the backup's name is there, so the text is readable
+    assert secret not in stored
+
+
+def test_the_environment_chooses_the_job_database_and_the_lease(
+    postgres_url: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRONGROOM_JOBS_DB", postgres_url)
+    with Engine() as engine:
+        job = engine.jobs.wait(engine.submit_cleanup().jobid)
+    assert job.status is JobStatus.COMPLETED
+    assert not (home / JOBS_FILE).exists()
+    reader = JobManager(postgres_url)
+    try:
+        assert reader.find()[1] == 1
+    finally:
+        reader.close()
+    monkeypatch.setenv("STRONGROOM_JOB_LEASE", "soon")
+    with pytest.raises(ConfigError, match="STRONGROOM_JOB_LEASE must be a number of seconds"):
+        JobManager(postgres_url)
