@@ -432,17 +432,20 @@ def test_a_run_past_its_time_out_is_cancelled_and_fails(
     assert _backups(engine) == []
 
 
-def test_schedule_type_is_a_label_outside_the_macs(engine: Engine, source: Path) -> None:
+def test_schedule_type_is_under_the_macs(engine: Engine, source: Path) -> None:
+    """A store writer who drops or changes the label is caught by verify (listings, which
+    need no passcode, show what the store holds); manual manifests carry no label."""
     _define(engine, source)
     job = run_now(engine, "nightly", now=T0 + timedelta(seconds=5))
     assert engine.jobs.wait(job.jobid, 30).status is JobStatus.COMPLETED
     store, name = engine.store(), str(job.name)
     document = json.loads(store.get(manifest_key(name)))
     assert document["scheduleType"] == "SCHEDULED"
-    del document["scheduleType"]  # as a store writer could: the label goes, the MACs hold
+    del document["scheduleType"]  # as a store writer could
     store.put(manifest_key(name), json.dumps(document).encode(), overwrite=True)
     assert engine.info(name).to_dict()["scheduleType"] == "MANUAL"
-    assert engine.verify(name, passcode=PASSCODE).name == name
+    with pytest.raises(IntegrityError):
+        engine.verify(name, passcode=PASSCODE)
     document["scheduleType"] = "HOURLY"
     store.put(manifest_key(name), json.dumps(document).encode(), overwrite=True)
     with pytest.raises(IntegrityError, match="malformed"):

@@ -226,8 +226,8 @@ class Manifest:
     #: v2: HMAC-SHA256 under the writer key, over the same bytes as `mac`.
     writer_mac: bytes = field(default=b"", repr=False)
     version: int = FORMAT_VERSION
-    #: Made by a schedule (`scheduleType: "SCHEDULED"`); a label outside the MACs, like
-    #: the retentionDate, so every reader of v2 still authenticates such a manifest.
+    #: Made by a schedule (`scheduleType: "SCHEDULED"`, under both MACs); manual
+    #: backups have no such key, so their bytes are as before.
     scheduled: bool = False
 
     def stream_binding(self) -> bytes:
@@ -245,7 +245,6 @@ class Manifest:
         document = self._document()
         del document["retentionDate"], document["mac"]
         document.pop("writerMac", None)
-        document.pop("scheduleType", None)
         return _canonical_json(document)
 
     def with_macs(self, mac: bytes, writer_mac: bytes) -> Manifest:
