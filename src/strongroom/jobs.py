@@ -210,7 +210,8 @@ class JobManager:
             self._store.save(job)
             self._running[job.jobid] = running
             self._queue.put((running, work))
-        logger.info("Job %s submitted: %s %s/%s", job.jobid, operation, store, name)
+        target = "/".join(part for part in (store, name) if part)
+        logger.info("Job %s submitted: %s %s", job.jobid, operation, target or "(all stores)")
         return job
 
     def get(self, jobid: str) -> Job:
