@@ -378,6 +378,13 @@ def test_claims_never_collide_with_backups_and_are_never_listed(
     assert engine.store().exists(claim_key("schedules", T0))
 
 
+def _age_claims(home: Path, seconds: float = 3600) -> None:
+    """Make every claim in the embedded store `seconds` old by the store's clock (mtimes)."""
+    then = time.time() - seconds
+    for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
+        os.utime(path, (then, then))
+
+
 def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source: Path) -> None:
     with Engine(kdf=FAST_KDF, leftover_grace=timedelta(minutes=30)) as engine:
         a, b = _define(engine, source, "a"), _define(engine, source, "b")
@@ -386,9 +393,7 @@ def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source:
             assert claim(engine, a, slot)
         assert claim(engine, b, T0)
         store = engine.store()
-        an_hour_ago = time.time() - 3600  # by the store's clock: its files' mtimes
-        for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
-            os.utime(path, (an_hour_ago, an_hour_ago))
+        _age_claims(home)
         assert claim(engine, b, T0 + timedelta(minutes=1))  # new: kept
         dry = engine.cleanup(dry_run=True)
         assert sorted((e.name, e.action) for e in dry.entries) == [
@@ -409,10 +414,48 @@ def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source:
         ]
     with Engine(kdf=FAST_KDF) as engine:  # the default grace: a day
         assert claim(engine, a, slots[2] + timedelta(minutes=1))
-        for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
-            os.utime(path, (an_hour_ago, an_hour_ago))
+        _age_claims(home)
         assert engine.cleanup().entries == []
         assert len(engine.store().list(CLAIMS_PREFIX)) == 3
+
+
+def test_a_slot_never_runs_twice_once_its_claim_is_swept(
+    home: Path, source: Path, clock: Clock
+) -> None:
+    """Every hour; 12:00 runs; a run now at 12:10; cleanup sweeps the 12:00 claim (the
+    12:10 one is the newest, and stays); the 12:00 backup expires; a restarted runner
+    must not run 12:00 again: the newest claim is the high-water mark."""
+    with Engine(
+        kdf=FAST_KDF, chunk_size=SMALL_CHUNK, clock=clock, leftover_grace=timedelta(minutes=30)
+    ) as engine:
+        _define(engine, source, every="1h", keep_days=1)
+        first = ScheduleRunner(engine, clock=clock).tick()
+        assert [(o.action, o.slot) for o in first] == [("submitted", T0)]
+        _finish(engine, first)
+        clock.now = T0 + timedelta(minutes=10)
+        now = run_now(engine, "nightly", now=clock.now)
+        assert engine.jobs.wait(now.jobid, 30).status is JobStatus.COMPLETED
+        _age_claims(home)
+        swept = engine.cleanup()
+        assert [(e.name, e.action) for e in swept.entries] == [("nightly", "swept")]
+        assert [o.key for o in engine.store().list(CLAIMS_PREFIX)] == [
+            claim_key("nightly", T0 + timedelta(minutes=10))
+        ]
+        engine.delete("nightly-2026-03-01-12-00-00")  # as cleanup does once it expires
+        clock.now = T0 + timedelta(minutes=30)
+        (again,) = ScheduleRunner(engine, clock=clock).tick()  # a restart: 12:00 is due
+        assert again.action == "claimed elsewhere"
+        assert "newest claim, of 2026-03-01 12:10:00 UTC" in again.message
+        assert _backups(engine) == ["nightly-2026-03-01-12-10-00"]
+        # an update that moves the slots earlier than the newest claim runs none of them
+        update(engine, "nightly", cron="5 12 * * *")
+        assert [o.action for o in ScheduleRunner(engine, clock=clock).tick()] == [
+            "claimed elsewhere"
+        ]
+        clock.now = T0 + timedelta(days=1, minutes=6)  # the next slot after it runs
+        (later,) = ScheduleRunner(engine, clock=clock).tick()
+        assert (later.action, later.slot) == ("submitted", T0 + timedelta(days=1, minutes=5))
+        _finish(engine, [later])
 
 
 def test_a_run_past_its_time_out_is_cancelled_and_fails(

@@ -12,7 +12,12 @@ the `serve` processes sharing the configuration and the store, exactly one wins 
 store that claims `put_if_absent`); the others log one line and skip the slot. A slot
 whose previous run (a scheduled create of an earlier slot of this schedule, active in the
 job table, which replicas sharing a home share) is still going is skipped with a warning.
-Cleanup sweeps old claims (engine.py, `_sweep_claims`).
+
+Cleanup sweeps old claims (engine.py, `_sweep_claims`), but never a schedule's newest:
+that one is the high-water mark. A slot at or before it is never run, since it ran (its
+claim may be swept, its backup expired) or a later run superseded it: a run now (which
+claims the second it starts in, off the recurrence), or a slot of the recurrence before
+an update moved its slots.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ from typing import Literal
 from .config import StoresConfig
 from .engine import Engine
 from .errors import JobError, StrongroomError
-from .format import claim_key, to_epoch_ms, utc_now
+from .format import claim_key, claims_prefix, parse_claim_key, to_epoch_ms, utc_now
 from .jobs import Job, JobStatus
 from .schedules import Schedule, get_schedule, load_schedules
 
-__all__ = ["Outcome", "ScheduleRunner", "claim", "run_now", "run_slot", "runs"]
+__all__ = ["Outcome", "ScheduleRunner", "claim", "newest_claim", "run_now", "run_slot", "runs"]
 
 logger = logging.getLogger("strongroom")
 
@@ -69,6 +74,17 @@ def claim(engine: Engine, schedule: Schedule, slot: datetime) -> bool:
     return True
 
 
+def newest_claim(engine: Engine, schedule: Schedule) -> datetime | None:
+    """The latest slot claimed in the schedule's store, by any replica or run now: the
+    high-water mark, which cleanup keeps whatever its age. None before the first run."""
+    claimed = [
+        parsed[1]
+        for obj in engine.store(schedule.store).list(claims_prefix(schedule.name))
+        if (parsed := parse_claim_key(obj.key)) and parsed[0] == schedule.name
+    ]
+    return max(claimed, default=None)
+
+
 def runs(engine: Engine, schedule: Schedule, *, active: bool = False) -> list[Job]:
     """The schedule's backup jobs in the job table, newest first (only unfinished ones
     with `active`)."""
@@ -86,18 +102,28 @@ def run_slot(
     slot: datetime,
     sources: Sequence[str] = (),
     *,
+    on_demand: bool = False,
     operation_uri: str | None = None,
     timeout: timedelta | None = None,
 ) -> Outcome:
-    """Run one slot: skip it if the previous run still goes, else claim it and submit its
-    backup job with the schedule's write key. `sources` back up a schedule that has none;
-    a run still going `timeout` after it started is cancelled and reads FAILED."""
+    """Run one slot: skip it if it is at or before the schedule's newest claim (unless it
+    is a run now, `on_demand`) or if the previous run still goes, else claim it and submit
+    its backup job with the schedule's write key. `sources` back up a schedule that has
+    none; a run still going `timeout` after it started is cancelled and reads FAILED."""
     paths = list(schedule.sources) or list(sources)
     if not paths:
         raise JobError(
             f"Schedule {schedule.name!r} has no sources, and this process none to lend it: "
             "define it with --source, or run it from 'strongroom serve --source DIR'."
         )
+    newest = None if on_demand else newest_claim(engine, schedule)
+    if newest is not None and slot <= newest:
+        message = (
+            f"it is at or before the schedule's newest claim, of {newest:%Y-%m-%d %H:%M:%S} "
+            "UTC (claimed by another replica, by a run now, or by this replica before a "
+            "restart), so it ran already or a later run superseded it"
+        )
+        return Outcome(schedule.name, slot, "claimed elsewhere", message=message)
     # a run of an earlier slot; one of this slot is another replica's (its claim decides)
     previous = [j for j in runs(engine, schedule, active=True) if _slot_of(schedule, j) < slot]
     if previous:
@@ -108,8 +134,8 @@ def run_slot(
         return Outcome(schedule.name, slot, "still running", previous[0], message)
     if not claim(engine, schedule, slot):
         message = (
-            f"its slot {slot:%Y-%m-%d %H:%M:%S} UTC was claimed already (by another replica, "
-            "or by a run in the same second)"
+            f"its slot {slot:%Y-%m-%d %H:%M:%S} UTC was claimed already: claimed by another "
+            "replica, or by a run now in the same second"
         )
         return Outcome(schedule.name, slot, "claimed elsewhere", message=message)
     job = engine.submit_backup(
@@ -140,7 +166,13 @@ def run_now(
     schedule = get_schedule(StoresConfig.load(engine.config.path, home=engine.home), name)
     slot = (now or utc_now()).replace(microsecond=0)
     outcome = run_slot(
-        engine, schedule, slot, sources, operation_uri=operation_uri, timeout=timeout
+        engine,
+        schedule,
+        slot,
+        sources,
+        on_demand=True,
+        operation_uri=operation_uri,
+        timeout=timeout,
     )
     if outcome.job is None or outcome.action != "submitted":
         raise JobError(f"Schedule {name!r} did not run now: {outcome.message}.")
@@ -226,9 +258,7 @@ class ScheduleRunner:
             logger.warning("Schedule %r, slot %s, did not run: %s", schedule.name, when, exc)
             return Outcome(schedule.name, slot, "failed", message=str(exc))
         if outcome.action == "claimed elsewhere":
-            logger.info(
-                "Schedule %r, slot %s: claimed by another replica; skipped", schedule.name, when
-            )
+            logger.info("Schedule %r, slot %s, skipped: %s", schedule.name, when, outcome.message)
         elif outcome.action == "still running":
             logger.warning(
                 "Schedule %r, slot %s, skipped: %s", schedule.name, when, outcome.message
