@@ -42,7 +42,7 @@ from strongroom.schedules import (
     remove,
     update,
 )
-from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, write_key_secrets
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -171,6 +171,24 @@ def test_a_schedule_keeps_a_write_key_and_never_the_passcode(
     config = StoresConfig.load()
     with pytest.raises(ConfigError, match="elsewhere back up into store 'other'"):
         config.remove("other")
+
+
+def test_no_repr_shows_the_write_key(engine: Engine, home: Path, source: Path) -> None:
+    schedule = _define(engine, source)
+    secrets = write_key_secrets(home / "config.toml", "nightly")
+    config = StoresConfig.load()
+    shown = [
+        repr(config),
+        str(config),
+        repr(engine.config),
+        repr(schedule),
+        str(schedule),
+        repr(get_schedule(config, "nightly")),
+        json.dumps(schedule.to_dict(T0)),
+    ]
+    for text in shown:
+        for secret in secrets:
+            assert secret not in text
 
 
 @pytest.mark.parametrize(

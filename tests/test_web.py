@@ -44,7 +44,7 @@ from strongroom.units import human_size
 from strongroom.web import create_app
 from strongroom.web.auth import COOKIE, add_token, hash_token
 from strongroom.web.settings import SETTINGS_FILE
-from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, until_cancelled
+from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, until_cancelled, write_key_secrets
 
 pytestmark = pytest.mark.anyio
 
@@ -1487,8 +1487,13 @@ async def test_schedules_are_defined_run_changed_and_deleted_over_the_api(
     }
     assert len(document["nextRuns"]) == 3
     assert document["nextRuns"][0] % 3_600_000 == 0
-    assert [s["name"] for s in (await api.get(SCHEDULES)).json()["schedules"]] == ["hourly"]
-    shown = (await api.get(f"{SCHEDULES}/hourly")).json()
+    listed = await api.get(SCHEDULES)
+    assert [s["name"] for s in listed.json()["schedules"]] == ["hourly"]
+    one = await api.get(f"{SCHEDULES}/hourly")
+    secrets = write_key_secrets(home / "config.toml", "hourly")
+    for secret in secrets:
+        assert not [r for r in (created, listed, one) if secret in r.text]
+    shown = one.json()
     assert (shown["lastRun"], shown["recentBackups"], shown["enabled"]) == (None, [], True)
 
     ran = await api.post(f"{SCHEDULES}/hourly/run")
@@ -1522,6 +1527,7 @@ async def test_schedules_are_defined_run_changed_and_deleted_over_the_api(
     _error(await api.get(f"{SCHEDULES}/hourly"), 404, "No schedule is named 'hourly'")
     assert SECRET not in (home / "config.toml").read_text()
     assert SECRET not in caplog.text
+    assert not [secret for secret in secrets if secret in caplog.text]
 
 
 @pytest.mark.parametrize(
@@ -1554,7 +1560,7 @@ async def test_a_duplicate_schedule_and_an_unknown_one_are_refused(api: Api) -> 
     _error(await api.post(f"{SCHEDULES}/create", **form | {"passcode": ""}), 400, "passcode")
 
 
-async def test_the_schedule_pages(api: Api, engine: Engine) -> None:
+async def test_the_schedule_pages(api: Api, engine: Engine, home: Path) -> None:
     form = {"token": TOKEN, "name": "nightly", "passcode": SECRET, "every": "", "cron": "0 2 * * *"}
     defined = await api.send("POST", f"{SCHEDULES}/create", data=form | {"keepDays": "14"})
     assert defined.status_code == 303, defined.text
@@ -1566,10 +1572,12 @@ async def test_the_schedule_pages(api: Api, engine: Engine) -> None:
         f"{SCHEDULES}/create": 'name="passcode"',
         f"{SCHEDULES}/nightly": 'id="recent-backups"',
     }
+    secrets = write_key_secrets(home / "config.toml", "nightly")
     for path, expected in pages.items():
         page = await api.send("GET", path, params={"token": TOKEN})
         assert page.status_code == 200, page.text
         assert expected in page.text, path
+        assert not [secret for secret in secrets if secret in page.text], path
     page = (await api.send("GET", f"{SCHEDULES}/nightly", params={"token": TOKEN})).text
     assert "<code>0 2 * * *</code> (UTC)" in page
     assert 'id="runs"' in page and "COMPLETED" in page

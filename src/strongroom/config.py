@@ -140,8 +140,9 @@ class StoresConfig:
     #: Where the embedded store lives (and, for an Engine, everything else it keeps).
     home: Path = field(default_factory=strongroom_home)
     #: The `[schedules.NAME]` tables as written; schedules.py reads and edits them, and
-    #: `save` writes them back, so an edit of the stores never loses a schedule.
-    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: `save` writes them back, so an edit of the stores never loses a schedule. Out of
+    #: the repr: each holds its write key's secret.
+    schedules: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path | None = None, *, home: Path | None = None) -> StoresConfig:
