@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from strongroom import ConfigError, Engine, StoresConfig, StoreSpec, UnknownStoreError
+from strongroom import config as config_module
 from strongroom.config import editing
 from tests.conftest import FAST_KDF, PASSCODE
 
@@ -168,3 +170,26 @@ def test_an_edit_waits_for_another_process_editing_the_file(home: Path, tmp_path
         config.save()
     assert process.wait(timeout=30) == 0
     assert {"first", "second"} <= set(StoresConfig.load().stores)
+
+
+def test_an_edit_gives_up_on_a_lock_held_too_long_and_names_it(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock holder that never lets go (an operator gone from a prompt, a hung process)
+    costs another edit at most LOCK_TIMEOUT, then an error that names the lock file."""
+    monkeypatch.setattr(config_module, "LOCK_TIMEOUT", 0.3)
+    path = home / "config.toml"
+    lock = home / ".config.toml.lock"
+    home.mkdir()
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)  # as another process would hold it
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as caught, editing(path):
+            pytest.fail("the edit ran while another held the lock")
+        assert 0.3 <= time.monotonic() - started < 5
+        assert str(lock) in str(caught.value) and "Try again" in str(caught.value)
+    finally:
+        os.close(holder)
+    with editing(path):  # once it is let go, edits go on
+        pass

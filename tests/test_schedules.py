@@ -191,6 +191,23 @@ def test_no_repr_shows_the_write_key(engine: Engine, home: Path, source: Path) -
             assert secret not in text
 
 
+def test_the_passcode_is_asked_outside_the_lock_and_the_name_checked_again(
+    engine: Engine, home: Path, source: Path
+) -> None:
+    """An operator at the prompt holds up no other edit (a replica's API, another
+    operator); one who was quicker to take the name wins, and nothing is overwritten."""
+    other = threading.Thread(target=lambda: _define(engine, source, every="6h"))
+
+    def prompt() -> str:
+        other.start()  # another operator, while this one types
+        other.join(30)
+        return PASSCODE
+
+    with pytest.raises(ConfigError, match="'nightly' already exists"):
+        define(engine, "nightly", passcode=prompt, every="1h")
+    assert str(get_schedule(StoresConfig.load(), "nightly").recurrence) == "every 6h"
+
+
 @pytest.mark.parametrize(
     "name", ["bad/name", ".hidden", "a..b", "x" * 109, "create", "", "with space"]
 )

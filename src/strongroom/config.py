@@ -29,6 +29,7 @@ import fcntl
 import os
 import secrets
 import threading
+import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -58,6 +59,10 @@ HOME_ENV = "STRONGROOM_HOME"
 CONFIG_ENV = "STRONGROOM_CONFIG"
 
 OptionValue = str | int | float | bool | dict[str, str]
+#: How long an edit waits for another to end (seconds) before it gives up and says so.
+LOCK_TIMEOUT = 10.0
+#: How often a waiting edit tries the lock again (seconds).
+_LOCK_POLL = 0.05
 #: Held by the thread of this process that is editing a configuration file.
 _EDITS = threading.Lock()
 
@@ -239,16 +244,41 @@ class StoresConfig:
 def editing(path: Path) -> Iterator[None]:
     """Hold the configuration file at `path` for one edit (re-read, change, save): one at a
     time across threads and processes (a lock on `.<name>.lock` beside it), so a `serve`
-    replica and the CLI editing stores or schedules at once never lose each other's edit."""
-    with _EDITS:
+    replica and the CLI editing stores or schedules at once never lose each other's edit.
+    An edit waits at most LOCK_TIMEOUT for another to end, then raises ConfigError."""
+    lock = path.with_name(f".{path.name}.lock")
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    if not _EDITS.acquire(timeout=LOCK_TIMEOUT):
+        raise _busy(lock)
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = path.with_name(f".{path.name}.lock")
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while not _try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise _busy(lock)
+                time.sleep(_LOCK_POLL)
             yield
         finally:
             os.close(fd)
+    finally:
+        _EDITS.release()
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _busy(lock: Path) -> ConfigError:
+    return ConfigError(
+        f"Another edit of the configuration has held its lock {lock} for over "
+        f"{LOCK_TIMEOUT:g} s, so this one was not made. Try again once it ends; 'fuser "
+        f"{lock}' names the process that holds it (the lock goes with that process)."
+    )
 
 
 def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:

@@ -328,30 +328,33 @@ def define(
 ) -> Schedule:
     """Add a schedule to the engine's configuration file. Everything is checked before the
     passcode derives the write key (its only use); the passcode is kept nowhere. `passcode`
-    may be a function that asks for it, called once the rest has been checked."""
+    may be a function that asks for it, called once the rest has been checked.
+
+    The prompt and the derivation happen outside the configuration's lock, so an operator
+    at the prompt holds up no other edit; the name and the store are checked again under
+    the lock before the schedule is written."""
+    _check_name(name)
+    recurrence = Recurrence.parse(every, cron)
+    target = _check_new(StoresConfig.load(engine.config.path, home=engine.home), name, store)
+    days = parse_keep_days(keep_days)
+    if not isinstance(description, str):
+        raise ConfigError("The description must be text.")
+    paths = [Path(source).absolute() for source in sources]
+    if paths:  # none: the sources of the serve that runs it
+        check_sources(paths, {})
+    write_key = WriteKey.derive(passcode() if callable(passcode) else passcode, kdf=engine.kdf)
 
     def add(config: StoresConfig) -> Schedule:
-        _check_name(name)
-        if name in config.schedules:
+        if _check_new(config, name, store) != target:
             raise ConfigError(
-                f"A schedule named {name!r} already exists; choose another name, or remove "
-                f"it first ('strongroom schedules remove {name}')."
+                f"The default store changed from {target!r} while the schedule was being "
+                "defined; add it again (with --store to name its store)."
             )
-        recurrence = Recurrence.parse(every, cron)
-        target = config.get(store).name
-        days = parse_keep_days(keep_days)
-        if not isinstance(description, str):
-            raise ConfigError("The description must be text.")
-        paths = [Path(source).absolute() for source in sources]
-        if paths:  # none: the sources of the serve that runs it
-            check_sources(paths, {})
         schedule = Schedule(
             name=name,
             store=target,
             recurrence=recurrence,
-            write_key=WriteKey.derive(
-                passcode() if callable(passcode) else passcode, kdf=engine.kdf
-            ),
+            write_key=write_key,
             created=(now or datetime.now(UTC)).replace(microsecond=0),
             keep_days=days,
             description=description,
@@ -361,6 +364,17 @@ def define(
         return schedule
 
     return _edit(engine, add)
+
+
+def _check_new(config: StoresConfig, name: str, store: str | None) -> str:
+    """The name of the store a new schedule `name` would back up into; ConfigError if the
+    name is taken or the store unknown."""
+    if name in config.schedules:
+        raise ConfigError(
+            f"A schedule named {name!r} already exists; choose another name, or remove "
+            f"it first ('strongroom schedules remove {name}')."
+        )
+    return config.get(store).name
 
 
 def update(
