@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -28,7 +29,7 @@ from strongroom import (
     UnknownStoreError,
 )
 from strongroom.config import StoresConfig, StoreSpec
-from strongroom.errors import JobError, UnknownScheduleError
+from strongroom.errors import JobError, JobStoreUnavailableError, UnknownScheduleError
 from strongroom.format import CLAIMS_PREFIX, claim_key, manifest_key, parse_claim_key
 from strongroom.jobs import JobStatus
 from strongroom.scheduler import ScheduleRunner, claim, run_now
@@ -45,6 +46,7 @@ from strongroom.schedules import (
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, write_key_secrets
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+T = TypeVar("T")
 
 
 class Clock:
@@ -368,6 +370,47 @@ def test_a_slot_claimed_by_another_replica_is_skipped_quietly(
     assert "claimed by another replica" in lines[0].getMessage()
     assert engine.jobs.find(limit=None)[1] == 1  # the other replica's
     assert _backups(engine) == []
+
+
+def _down_once(real: Callable[..., T]) -> Callable[..., T]:
+    """`real`, except that its first call fails as when the job database is down."""
+    calls = []
+
+    def once(*args: object, **kwargs: object) -> T:
+        calls.append(args)
+        if len(calls) == 1:
+            raise JobStoreUnavailableError("The job database cannot be reached.")
+        return real(*args, **kwargs)
+
+    return once
+
+
+@pytest.mark.parametrize("failing", ["submit", "find"])
+def test_a_slot_is_not_lost_while_the_job_database_is_down(
+    engine: Engine,
+    source: Path,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    failing: str,
+) -> None:
+    """Submitting the job (after the claim) or finding the previous runs (before it)
+    fails once: no claim stays without a job, and the next tick runs the slot."""
+    _define(engine, source)
+    if failing == "submit":
+        monkeypatch.setattr(engine, "submit_backup", _down_once(engine.submit_backup))
+    else:
+        monkeypatch.setattr(engine.jobs, "find", _down_once(engine.jobs.find))
+    runner = ScheduleRunner(engine, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        (postponed,) = runner.tick()
+    assert (postponed.action, postponed.slot) == ("postponed", T0)
+    assert "cannot be reached" in caplog.text
+    assert not engine.store().exists(claim_key("nightly", T0))
+    (ran,) = runner.tick()
+    assert (ran.action, ran.slot) == ("submitted", T0)
+    _finish(engine, [ran])
+    assert _backups(engine) == ["nightly-2026-03-01-12-00-00"]
 
 
 def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:

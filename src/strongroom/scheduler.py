@@ -34,7 +34,7 @@ from typing import Literal
 
 from .config import StoresConfig
 from .engine import Engine
-from .errors import JobError, StrongroomError
+from .errors import JobError, JobStoreUnavailableError, StrongroomError
 from .format import claim_key, claims_prefix, parse_claim_key, to_epoch_ms, utc_now
 from .jobs import Job, JobStatus
 from .schedules import Schedule, get_schedule, load_schedules
@@ -48,7 +48,8 @@ MAX_SLEEP = 5.0
 #: The shortest, so a wake-up a little before a slot does not spin.
 MIN_SLEEP = 0.05
 
-Action = Literal["submitted", "claimed elsewhere", "still running", "failed"]
+#: "postponed": the job database could not be reached; the slot is tried again next tick.
+Action = Literal["submitted", "claimed elsewhere", "still running", "failed", "postponed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,18 +139,36 @@ def run_slot(
             "replica, or by a run now in the same second"
         )
         return Outcome(schedule.name, slot, "claimed elsewhere", message=message)
-    job = engine.submit_backup(
-        schedule.backup_name(slot),
-        paths,
-        write_key=schedule.write_key,
-        store=schedule.store,
-        description=schedule.description,
-        retention_date=schedule.retention(slot),
-        operation_uri=operation_uri,
-        timeout=timeout,
-        scheduled=True,
-    )
+    try:
+        job = engine.submit_backup(
+            schedule.backup_name(slot),
+            paths,
+            write_key=schedule.write_key,
+            store=schedule.store,
+            description=schedule.description,
+            retention_date=schedule.retention(slot),
+            operation_uri=operation_uri,
+            timeout=timeout,
+            scheduled=True,
+        )
+    except Exception:  # no job: a claim left would keep every replica off the slot
+        _release(engine, schedule, slot)
+        raise
     return Outcome(schedule.name, slot, "submitted", job)
+
+
+def _release(engine: Engine, schedule: Schedule, slot: datetime) -> None:
+    """Delete the claim of `slot` this process has just put (put-if-absent: no other
+    process can hold that key), so the slot can run once the failure is over."""
+    try:
+        engine.store(schedule.store).delete([claim_key(schedule.name, slot)])
+    except (StrongroomError, OSError) as exc:
+        logger.warning(
+            "Schedule %r: the claim of slot %s UTC stays (%s), so no replica runs that slot",
+            schedule.name,
+            f"{slot:%Y-%m-%d %H:%M:%S}",
+            exc,
+        )
 
 
 def run_now(
@@ -206,7 +225,8 @@ class ScheduleRunner:
         self._handled: dict[str, datetime] = {}
 
     def tick(self) -> list[Outcome]:
-        """Handle every slot that fell due since the last tick (per schedule, the latest)."""
+        """Handle every slot that fell due since the last tick (per schedule, the latest);
+        one postponed while the job database is down is tried again at the next tick."""
         now = self._clock()
         config = StoresConfig.load(self._engine.config.path, home=self._engine.home)
         outcomes = []
@@ -215,8 +235,10 @@ class ScheduleRunner:
             last = self._handled.get(schedule.name)
             if slot is None or (last is not None and slot <= last):
                 continue
-            self._handled[schedule.name] = slot
-            outcomes.append(self._run(schedule, slot))
+            outcome = self._run(schedule, slot)
+            if outcome.action != "postponed":
+                self._handled[schedule.name] = slot
+            outcomes.append(outcome)
         return outcomes
 
     def seconds_to_next(self) -> float:
@@ -254,6 +276,14 @@ class ScheduleRunner:
         try:
             timeout = self._timeout() if self._timeout else None
             outcome = run_slot(self._engine, schedule, slot, self._sources, timeout=timeout)
+        except JobStoreUnavailableError as exc:
+            logger.warning(
+                "Schedule %r, slot %s, not run yet (tried again shortly): %s",
+                schedule.name,
+                when,
+                exc,
+            )
+            return Outcome(schedule.name, slot, "postponed", message=str(exc))
         except StrongroomError as exc:
             logger.warning("Schedule %r, slot %s, did not run: %s", schedule.name, when, exc)
             return Outcome(schedule.name, slot, "failed", message=str(exc))
