@@ -413,6 +413,51 @@ def test_a_slot_is_not_lost_while_the_job_database_is_down(
     assert _backups(engine) == ["nightly-2026-03-01-12-00-00"]
 
 
+def test_an_unexpected_error_is_logged_and_the_schedules_keep_running(
+    engine: Engine,
+    source: Path,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _define(engine, source, "a")
+    _define(engine, source, "b")
+    submit = engine.submit_backup
+
+    def buggy(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("a-"):
+            raise RuntimeError("a bug")
+        return submit(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "submit_backup", buggy)
+    runner = ScheduleRunner(engine, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        outcomes = runner.tick()  # one schedule's error: the other still runs
+    assert [(o.schedule, o.action) for o in outcomes] == [("a", "failed"), ("b", "submitted")]
+    assert "RuntimeError: a bug" in caplog.text  # with its traceback
+    _finish(engine, outcomes)
+    # an error out of a whole tick: the thread logs it and goes on ticking
+    monkeypatch.setattr("strongroom.scheduler.MAX_SLEEP", 0.01)
+    ticks: list[int] = []
+
+    def tick() -> list[object]:
+        ticks.append(len(ticks))
+        if len(ticks) == 1:
+            raise RuntimeError("a bug in tick")
+        return []
+
+    monkeypatch.setattr(runner, "tick", tick)
+    stop = runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(ticks) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+    assert len(ticks) >= 3, "the runner thread died"
+    assert "RuntimeError: a bug in tick" in caplog.text
+
+
 def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:
     _define(engine, source, keep_days="never")
     moment = datetime(2026, 3, 1, 12, 0, 7, 250_000, tzinfo=UTC)

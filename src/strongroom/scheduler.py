@@ -262,11 +262,15 @@ class ScheduleRunner:
 
         def loop() -> None:
             while not stop.is_set():
+                wait = MAX_SLEEP
                 try:
                     self.tick()
+                    wait = self.seconds_to_next()
                 except (StrongroomError, OSError) as exc:  # a configuration file edited badly
                     logger.warning("Schedules not run: %s", exc)  # or unreadable: retried
-                stop.wait(self.seconds_to_next())
+                except Exception:  # a bug must not stop every schedule for good
+                    logger.exception("Schedules not run (tried again shortly)")
+                stop.wait(wait)
 
         threading.Thread(target=loop, name="strongroom-schedules", daemon=True).start()
         return stop
@@ -287,6 +291,9 @@ class ScheduleRunner:
         except StrongroomError as exc:
             logger.warning("Schedule %r, slot %s, did not run: %s", schedule.name, when, exc)
             return Outcome(schedule.name, slot, "failed", message=str(exc))
+        except Exception as exc:  # a bug: the other schedules still run
+            logger.exception("Schedule %r, slot %s, did not run", schedule.name, when)
+            return Outcome(schedule.name, slot, "failed", message=repr(exc))
         if outcome.action == "claimed elsewhere":
             logger.info("Schedule %r, slot %s, skipped: %s", schedule.name, when, outcome.message)
         elif outcome.action == "still running":
