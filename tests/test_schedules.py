@@ -210,6 +210,30 @@ def test_the_passcode_is_asked_outside_the_lock_and_the_name_checked_again(
     assert str(get_schedule(StoresConfig.load(), "nightly").recurrence) == "every 6h"
 
 
+def test_a_store_without_atomic_put_if_absent_takes_no_schedule(
+    engine: Engine, home: Path, source: Path
+) -> None:
+    """Its claims are check-then-put: two replicas could both win a slot."""
+    config = StoresConfig.load()
+    config.add(StoreSpec("racy", "memory://racy"))  # the generic fsspec backend
+    config.save()
+    asked = []
+    with pytest.raises(ConfigError) as caught:
+        define(
+            engine,
+            "nightly",
+            passcode=lambda: asked.append(1) or PASSCODE,
+            every="1h",
+            store="racy",
+        )
+    message = str(caught.value)
+    assert "'racy' (memory://racy) cannot take schedules" in message
+    assert "put-if-absent" in message and "strongroom stores validate racy" in message
+    assert asked == []  # refused before the passcode
+    assert not engine.store("racy").capabilities.put_if_absent
+    assert StoresConfig.load().schedules == {}
+
+
 @pytest.mark.parametrize(
     "name", ["bad/name", ".hidden", "a..b", "x" * 109, "create", "", "with space"]
 )

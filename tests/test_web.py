@@ -33,6 +33,7 @@ from strongroom import (
     Engine,
     JobHandle,
     Store,
+    StoresConfig,
     StoreSpec,
     hookimpl,
 )
@@ -1548,6 +1549,15 @@ async def test_a_bad_schedule_is_refused_with_what_to_do(
 ) -> None:
     form = {"name": "nightly", "passcode": SECRET, **fields}
     _error(await api.post(f"{SCHEDULES}/create", **form), code, fragment)
+    assert (await api.get(SCHEDULES)).json() == {"schedules": []}
+
+
+async def test_a_schedule_into_a_store_without_put_if_absent_is_refused(api: Api) -> None:
+    config = StoresConfig.load()
+    config.add(StoreSpec("racy", "memory://racy"))  # the generic fsspec backend
+    config.save()
+    form = {"name": "nightly", "passcode": SECRET, "every": "1h", "storeName": "racy"}
+    _error(await api.post(f"{SCHEDULES}/create", **form), 400, "no atomic put-if-absent")
     assert (await api.get(SCHEDULES)).json() == {"schedules": []}
 
 

@@ -335,7 +335,10 @@ def define(
     the lock before the schedule is written."""
     _check_name(name)
     recurrence = Recurrence.parse(every, cron)
-    target = _check_new(StoresConfig.load(engine.config.path, home=engine.home), name, store)
+    config = StoresConfig.load(engine.config.path, home=engine.home)
+    target = _check_new(config, name, store)
+    engine.use_config(config)  # the file as it is now: it may name a store just added
+    _check_claimable(engine, target)
     days = parse_keep_days(keep_days)
     if not isinstance(description, str):
         raise ConfigError("The description must be text.")
@@ -364,6 +367,18 @@ def define(
         return schedule
 
     return _edit(engine, add)
+
+
+def _check_claimable(engine: Engine, store: str) -> None:
+    """Refuse a store whose put-if-absent is not atomic: replicas claim each slot there
+    (scheduler.py), and two that both won a claim would both run the slot."""
+    if not engine.store(store).capabilities.put_if_absent:
+        raise ConfigError(
+            f"Store {store!r} ({engine.config.get(store).url}) cannot take schedules: it has "
+            "no atomic put-if-absent, so two 'serve' replicas could both claim one slot and "
+            "back it up twice. Choose a store that has it (file:// stores do; 'strongroom "
+            f"stores validate {store}' shows a store's capabilities)."
+        )
 
 
 def _check_new(config: StoresConfig, name: str, store: str | None) -> str:
