@@ -376,8 +376,8 @@ def _check_claimable(engine: Engine, store: str) -> None:
         raise ConfigError(
             f"Store {store!r} ({engine.config.get(store).url}) cannot take schedules: it has "
             "no atomic put-if-absent, so two 'serve' replicas could both claim one slot and "
-            "back it up twice. Choose a store that has it (file:// stores do; 'strongroom "
-            f"stores validate {store}' shows a store's capabilities)."
+            "back it up twice. Choose a store that has it (file://, S3 and Azure stores do; "
+            f"'strongroom stores validate {store}' shows a store's capabilities)."
         )
 
 
