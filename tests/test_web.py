@@ -36,6 +36,7 @@ from strongroom import (
     StoresConfig,
     StoreSpec,
     hookimpl,
+    schedules,
 )
 from strongroom.format import from_epoch_ms
 from strongroom.jobs import JOBS_FILE
@@ -1568,6 +1569,14 @@ async def test_a_duplicate_schedule_and_an_unknown_one_are_refused(api: Api) -> 
     for path in ("nope/run", "nope/update", "nope/delete"):
         _error(await api.post(f"{SCHEDULES}/{path}"), 404, "No schedule is named 'nope'")
     _error(await api.post(f"{SCHEDULES}/create", **form | {"passcode": ""}), 400, "passcode")
+
+
+async def test_the_schedule_form_takes_the_names_a_schedule_can_have(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schedules, "MAX_SCHEDULE_NAME", 50)
+    page = (await api.send("GET", f"{SCHEDULES}/create", params={"token": TOKEN})).text
+    assert 'pattern="[A-Za-z0-9_][A-Za-z0-9_.\\-]{0,49}" maxlength="50"' in page
 
 
 async def test_the_schedule_pages(api: Api, engine: Engine, home: Path) -> None:
