@@ -268,6 +268,12 @@ def test_update_and_remove(engine: Engine, source: Path) -> None:
         False,
     )
     assert get_schedule(StoresConfig.load(), "nightly") == changed
+    for bad in ({"description": 5}, {"description": ["x"]}):  # as define refuses them
+        with pytest.raises(ConfigError, match="description must be text"):
+            update(engine, "nightly", **bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="description must be text"):
+            _define(engine, source, "other", **bad)
+    assert get_schedule(StoresConfig.load(), "nightly") == changed
     remove(engine, "nightly")
     with pytest.raises(UnknownScheduleError, match="No schedule is named 'nightly'"):
         remove(engine, "nightly")

@@ -340,8 +340,7 @@ def define(
     engine.use_config(config)  # the file as it is now: it may name a store just added
     _check_claimable(engine, target)
     days = parse_keep_days(keep_days)
-    if not isinstance(description, str):
-        raise ConfigError("The description must be text.")
+    _check_description(description)
     paths = [Path(source).absolute() for source in sources]
     if paths:  # none: the sources of the serve that runs it
         check_sources(paths, {})
@@ -412,7 +411,7 @@ def update(
         if keep_days is not None:
             schedule = replace(schedule, keep_days=parse_keep_days(keep_days))
         if description is not None:
-            schedule = replace(schedule, description=description)
+            schedule = replace(schedule, description=_check_description(description))
         if enabled is not None:
             schedule = replace(schedule, enabled=enabled)
         config.schedules[name] = schedule.to_table()
@@ -439,6 +438,12 @@ def _edit(engine: Engine, change: Callable[[StoresConfig], T]) -> T:
         config.save()
         engine.use_config(config)
         return result
+
+
+def _check_description(description: object) -> str:
+    if not isinstance(description, str):
+        raise ConfigError("The description must be text.")
+    return description
 
 
 def _check_name(name: object) -> str:
