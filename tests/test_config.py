@@ -15,6 +15,8 @@ import pytest
 from strongroom import ConfigError, Engine, StoresConfig, StoreSpec, UnknownStoreError
 from strongroom import config as config_module
 from strongroom.config import editing
+from strongroom.schedules import define
+from strongroom.web.stores import register
 from tests.conftest import FAST_KDF, PASSCODE
 
 
@@ -193,3 +195,20 @@ def test_an_edit_gives_up_on_a_lock_held_too_long_and_names_it(
         os.close(holder)
     with editing(path):  # once it is let go, edits go on
         pass
+
+
+def test_a_tenants_edits_keep_its_own_embedded_store(home: Path, tmp_path: Path) -> None:
+    """The admin API's store edits and the schedules' edits share one helper, which reads
+    the file with the engine's home: a tenant's backupsDefault stays in the tenant's home."""
+    tenant = tmp_path / "tenant"
+    engine = Engine(home=tenant, kdf=FAST_KDF)
+    own = (tenant / "stores" / "backupsDefault").absolute().as_uri()
+    register(engine, StoreSpec("other", (tmp_path / "other").as_uri()), default=False)
+    assert engine.config.get("backupsDefault").url == own
+    with pytest.raises(ConfigError):  # a failed check leaves the engine and the file as they were
+        register(engine, StoreSpec("volatile", "memory://volatile"), default=False)
+    assert set(engine.config.stores) == set(StoresConfig.load(home=tenant).stores)
+    assert "volatile" not in engine.config.stores
+    define(engine, "nightly", passcode=PASSCODE, every="1h")
+    assert engine.config.get("backupsDefault").url == own
+    assert not (home / "config.toml").exists()

@@ -31,11 +31,11 @@ import secrets
 import threading
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import platformdirs
@@ -44,11 +44,15 @@ import tomli_w
 from .errors import ConfigError, UnknownStoreError
 from .format import validate_name
 
+if TYPE_CHECKING:
+    from .engine import Engine
+
 __all__ = [
     "EMBEDDED_STORE_NAME",
     "StoreSpec",
     "StoresConfig",
     "config_path",
+    "edit_config",
     "editing",
     "strongroom_home",
     "write_private",
@@ -59,6 +63,7 @@ HOME_ENV = "STRONGROOM_HOME"
 CONFIG_ENV = "STRONGROOM_CONFIG"
 
 OptionValue = str | int | float | bool | dict[str, str]
+T = TypeVar("T")
 #: How long an edit waits for another to end (seconds) before it gives up and says so.
 LOCK_TIMEOUT = 10.0
 #: How often a waiting edit tries the lock again (seconds).
@@ -263,6 +268,32 @@ def editing(path: Path) -> Iterator[None]:
             os.close(fd)
     finally:
         _EDITS.release()
+
+
+def edit_config(
+    engine: Engine,
+    change: Callable[[StoresConfig], T],
+    *,
+    check: Callable[[], None] | None = None,
+) -> T:
+    """One edit of the engine's configuration file (its stores or schedules), locked:
+    re-read it (with the engine's home, so a tenant keeps its own embedded store), change
+    it, switch the engine to it and run `check` (say, open a store just added); only then
+    write it (0600). If the check or the write fails, the engine goes back to what it had
+    and the file is as it was."""
+    with editing(engine.config.path):
+        config = StoresConfig.load(engine.config.path, home=engine.home)
+        result = change(config)
+        previous = engine.config
+        engine.use_config(config)
+        try:
+            if check is not None:
+                check()
+            config.save()
+        except BaseException:
+            engine.use_config(previous)
+            raise
+        return result
 
 
 def _try_lock(fd: int) -> bool:

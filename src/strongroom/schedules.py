@@ -30,12 +30,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from cronsim import CronSim, CronSimError
 
 from .archive import check_sources
-from .config import StoresConfig, editing
+from .config import StoresConfig, edit_config
 from .crypto import Passcode
 from .errors import ConfigError, InvalidNameError, UnknownScheduleError
 from .format import MAX_NAME_LENGTH, SLOT_FORMAT, from_epoch_ms, to_epoch_ms, validate_name
@@ -92,7 +92,6 @@ _TABLE_KEYS = frozenset(
         "write_key",
     }
 )
-T = TypeVar("T")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -365,7 +364,7 @@ def define(
         config.schedules[name] = schedule.to_table()
         return schedule
 
-    return _edit(engine, add)
+    return edit_config(engine, add)
 
 
 def _check_claimable(engine: Engine, store: str) -> None:
@@ -417,7 +416,7 @@ def update(
         config.schedules[name] = schedule.to_table()
         return schedule
 
-    return _edit(engine, change)
+    return edit_config(engine, change)
 
 
 def remove(engine: Engine, name: str) -> None:
@@ -427,17 +426,7 @@ def remove(engine: Engine, name: str) -> None:
         get_schedule(config, name)
         del config.schedules[name]
 
-    _edit(engine, forget)
-
-
-def _edit(engine: Engine, change: Callable[[StoresConfig], T]) -> T:
-    """Re-read the configuration file, change it, save it (0600), and switch the engine to it."""
-    with editing(engine.config.path):
-        config = StoresConfig.load(engine.config.path, home=engine.home)
-        result = change(config)
-        config.save()
-        engine.use_config(config)
-        return result
+    edit_config(engine, forget)
 
 
 def _check_description(description: object) -> str:
