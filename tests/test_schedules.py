@@ -611,6 +611,30 @@ def test_a_slot_never_runs_twice_once_its_claim_is_swept(
         _finish(engine, [later])
 
 
+def test_cleanup_sweeps_every_old_claim_of_a_removed_schedule(home: Path, source: Path) -> None:
+    with Engine(kdf=FAST_KDF, leftover_grace=timedelta(minutes=30)) as engine:
+        gone, kept = _define(engine, source, "gone"), _define(engine, source, "kept")
+        for schedule in (gone, kept):
+            assert claim(engine, schedule, T0)
+            assert claim(engine, schedule, T0 + timedelta(minutes=1))
+        remove(engine, "gone")
+        assert claim(engine, kept, T0 + timedelta(minutes=2))  # "kept" goes on
+        _age_claims(home)
+        assert claim(engine, _define(engine, source, "young"), T0)  # removed, but within grace
+        remove(engine, "young")
+        report = engine.cleanup()
+        assert sorted((e.name, e.action) for e in report.entries) == [
+            ("gone", "swept"),
+            ("gone", "swept"),  # its latest too: no slot of it runs any more
+            ("kept", "swept"),
+            ("kept", "swept"),
+        ]
+        assert [o.key for o in engine.store().list(CLAIMS_PREFIX)] == [
+            claim_key("kept", T0 + timedelta(minutes=2)),
+            claim_key("young", T0),
+        ]
+
+
 def test_a_run_past_its_time_out_is_cancelled_and_fails(
     engine: Engine, tmp_path: Path, clock: Clock
 ) -> None:
