@@ -3,6 +3,7 @@ real `strongroom serve` on a loopback port, and real PostgreSQL servers."""
 
 from __future__ import annotations
 
+import base64
 import os
 import pwd
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +33,16 @@ PASSCODE = "correct horse battery"
 FAST_KDF = KdfParams(memory_cost_kib=8 * 1024, iterations=1, lanes=1)
 #: Small chunks, so ordinary test data spans many chunks.
 SMALL_CHUNK = 64 * 1024
+
+
+def write_key_secrets(config: Path, schedule: str) -> list[str]:
+    """The secret of a schedule's write key as its configuration file stores it (base64),
+    and in the other encodings a leak could take (unpadded, URL-safe, hex, the inside of
+    a bytes repr): none of them may appear in a repr, a log or a response."""
+    stored = tomllib.loads(config.read_text())["schedules"][schedule]["write_key"]["writerKey"]
+    raw = base64.b64decode(stored)
+    urlsafe = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return [stored, stored.rstrip("="), urlsafe, raw.hex(), repr(raw)[2:-1]]
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import pytest
 from strongroom import Engine
 from strongroom.cli import main
 from strongroom.web.auth import hash_token
-from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot
+from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, write_key_secrets
 from tests.forge import entry, forge_backup, tar_of
 
 #: The passcode of every backup here; it must never appear in any output.
@@ -1061,6 +1061,14 @@ def test_schedules_from_the_command_line(
     assert added.code == 0, added.err
     assert "keeps a write key, not the passcode" in added.out
     assert PASSCODE not in (home / "config.toml").read_text()
+    shown_texts = [
+        cli("schedules", "show", "nightly", "--json").out,
+        cli("schedules", "show", "nightly").out,
+        cli("schedules", "list", "--json").out,
+        cli("schedules", "list").out,
+    ]
+    for secret in write_key_secrets(home / "config.toml", "nightly"):
+        assert not [text for text in shown_texts if secret in text]
     listed = cli("schedules", "list", "--json").json()["schedules"]
     assert [(s["name"], s["cron"], s["keepDays"], s["sources"]) for s in listed] == [
         ("nightly", "0 2 * * *", 14, [str(tree)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import subprocess
@@ -12,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from strongroom import ConfigError, Engine, StoresConfig, StoreSpec, UnknownStoreError
+from strongroom import config as config_module
 from strongroom.config import editing
+from strongroom.schedules import define
+from strongroom.web.stores import register
 from tests.conftest import FAST_KDF, PASSCODE
 
 
@@ -168,3 +172,43 @@ def test_an_edit_waits_for_another_process_editing_the_file(home: Path, tmp_path
         config.save()
     assert process.wait(timeout=30) == 0
     assert {"first", "second"} <= set(StoresConfig.load().stores)
+
+
+def test_an_edit_gives_up_on_a_lock_held_too_long_and_names_it(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock holder that never lets go (an operator gone from a prompt, a hung process)
+    costs another edit at most LOCK_TIMEOUT, then an error that names the lock file."""
+    monkeypatch.setattr(config_module, "LOCK_TIMEOUT", 0.3)
+    path = home / "config.toml"
+    lock = home / ".config.toml.lock"
+    home.mkdir()
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)  # as another process would hold it
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as caught, editing(path):
+            pytest.fail("the edit ran while another held the lock")
+        assert 0.3 <= time.monotonic() - started < 5
+        assert str(lock) in str(caught.value) and "Try again" in str(caught.value)
+    finally:
+        os.close(holder)
+    with editing(path):  # once it is let go, edits go on
+        pass
+
+
+def test_a_tenants_edits_keep_its_own_embedded_store(home: Path, tmp_path: Path) -> None:
+    """The admin API's store edits and the schedules' edits share one helper, which reads
+    the file with the engine's home: a tenant's backupsDefault stays in the tenant's home."""
+    tenant = tmp_path / "tenant"
+    engine = Engine(home=tenant, kdf=FAST_KDF)
+    own = (tenant / "stores" / "backupsDefault").absolute().as_uri()
+    register(engine, StoreSpec("other", (tmp_path / "other").as_uri()), default=False)
+    assert engine.config.get("backupsDefault").url == own
+    with pytest.raises(ConfigError):  # a failed check leaves the engine and the file as they were
+        register(engine, StoreSpec("volatile", "memory://volatile"), default=False)
+    assert set(engine.config.stores) == set(StoresConfig.load(home=tenant).stores)
+    assert "volatile" not in engine.config.stores
+    define(engine, "nightly", passcode=PASSCODE, every="1h")
+    assert engine.config.get("backupsDefault").url == own
+    assert not (home / "config.toml").exists()

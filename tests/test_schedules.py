@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -28,7 +29,7 @@ from strongroom import (
     UnknownStoreError,
 )
 from strongroom.config import StoresConfig, StoreSpec
-from strongroom.errors import JobError, UnknownScheduleError
+from strongroom.errors import JobError, JobStoreUnavailableError, UnknownScheduleError
 from strongroom.format import CLAIMS_PREFIX, claim_key, manifest_key, parse_claim_key
 from strongroom.jobs import JobStatus
 from strongroom.scheduler import ScheduleRunner, claim, run_now
@@ -42,9 +43,10 @@ from strongroom.schedules import (
     remove,
     update,
 )
-from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, write_key_secrets
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+T = TypeVar("T")
 
 
 class Clock:
@@ -173,6 +175,65 @@ def test_a_schedule_keeps_a_write_key_and_never_the_passcode(
         config.remove("other")
 
 
+def test_no_repr_shows_the_write_key(engine: Engine, home: Path, source: Path) -> None:
+    schedule = _define(engine, source)
+    secrets = write_key_secrets(home / "config.toml", "nightly")
+    config = StoresConfig.load()
+    shown = [
+        repr(config),
+        str(config),
+        repr(engine.config),
+        repr(schedule),
+        str(schedule),
+        repr(get_schedule(config, "nightly")),
+        json.dumps(schedule.to_dict(T0)),
+    ]
+    for text in shown:
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_the_passcode_is_asked_outside_the_lock_and_the_name_checked_again(
+    engine: Engine, home: Path, source: Path
+) -> None:
+    """An operator at the prompt holds up no other edit (a replica's API, another
+    operator); one who was quicker to take the name wins, and nothing is overwritten."""
+    other = threading.Thread(target=lambda: _define(engine, source, every="6h"))
+
+    def prompt() -> str:
+        other.start()  # another operator, while this one types
+        other.join(30)
+        return PASSCODE
+
+    with pytest.raises(ConfigError, match="'nightly' already exists"):
+        define(engine, "nightly", passcode=prompt, every="1h")
+    assert str(get_schedule(StoresConfig.load(), "nightly").recurrence) == "every 6h"
+
+
+def test_a_store_without_atomic_put_if_absent_takes_no_schedule(
+    engine: Engine, home: Path, source: Path
+) -> None:
+    """Its claims are check-then-put: two replicas could both win a slot."""
+    config = StoresConfig.load()
+    config.add(StoreSpec("racy", "memory://racy"))  # the generic fsspec backend
+    config.save()
+    asked = []
+    with pytest.raises(ConfigError) as caught:
+        define(
+            engine,
+            "nightly",
+            passcode=lambda: asked.append(1) or PASSCODE,
+            every="1h",
+            store="racy",
+        )
+    message = str(caught.value)
+    assert "'racy' (memory://racy) cannot take schedules" in message
+    assert "put-if-absent" in message and "strongroom stores validate racy" in message
+    assert asked == []  # refused before the passcode
+    assert not engine.store("racy").capabilities.put_if_absent
+    assert StoresConfig.load().schedules == {}
+
+
 @pytest.mark.parametrize(
     "name", ["bad/name", ".hidden", "a..b", "x" * 109, "create", "", "with space"]
 )
@@ -206,6 +267,12 @@ def test_update_and_remove(engine: Engine, source: Path) -> None:
         None,
         False,
     )
+    assert get_schedule(StoresConfig.load(), "nightly") == changed
+    for bad in ({"description": 5}, {"description": ["x"]}):  # as define refuses them
+        with pytest.raises(ConfigError, match="description must be text"):
+            update(engine, "nightly", **bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="description must be text"):
+            _define(engine, source, "other", **bad)
     assert get_schedule(StoresConfig.load(), "nightly") == changed
     remove(engine, "nightly")
     with pytest.raises(UnknownScheduleError, match="No schedule is named 'nightly'"):
@@ -335,6 +402,92 @@ def test_a_slot_claimed_by_another_replica_is_skipped_quietly(
     assert _backups(engine) == []
 
 
+def _down_once(real: Callable[..., T]) -> Callable[..., T]:
+    """`real`, except that its first call fails as when the job database is down."""
+    calls = []
+
+    def once(*args: object, **kwargs: object) -> T:
+        calls.append(args)
+        if len(calls) == 1:
+            raise JobStoreUnavailableError("The job database cannot be reached.")
+        return real(*args, **kwargs)
+
+    return once
+
+
+@pytest.mark.parametrize("failing", ["submit", "find"])
+def test_a_slot_is_not_lost_while_the_job_database_is_down(
+    engine: Engine,
+    source: Path,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    failing: str,
+) -> None:
+    """Submitting the job (after the claim) or finding the previous runs (before it)
+    fails once: no claim stays without a job, and the next tick runs the slot."""
+    _define(engine, source)
+    if failing == "submit":
+        monkeypatch.setattr(engine, "submit_backup", _down_once(engine.submit_backup))
+    else:
+        monkeypatch.setattr(engine.jobs, "find", _down_once(engine.jobs.find))
+    runner = ScheduleRunner(engine, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        (postponed,) = runner.tick()
+    assert (postponed.action, postponed.slot) == ("postponed", T0)
+    assert "cannot be reached" in caplog.text
+    assert not engine.store().exists(claim_key("nightly", T0))
+    (ran,) = runner.tick()
+    assert (ran.action, ran.slot) == ("submitted", T0)
+    _finish(engine, [ran])
+    assert _backups(engine) == ["nightly-2026-03-01-12-00-00"]
+
+
+def test_an_unexpected_error_is_logged_and_the_schedules_keep_running(
+    engine: Engine,
+    source: Path,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _define(engine, source, "a")
+    _define(engine, source, "b")
+    submit = engine.submit_backup
+
+    def buggy(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("a-"):
+            raise RuntimeError("a bug")
+        return submit(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "submit_backup", buggy)
+    runner = ScheduleRunner(engine, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        outcomes = runner.tick()  # one schedule's error: the other still runs
+    assert [(o.schedule, o.action) for o in outcomes] == [("a", "failed"), ("b", "submitted")]
+    assert "RuntimeError: a bug" in caplog.text  # with its traceback
+    _finish(engine, outcomes)
+    # an error out of a whole tick: the thread logs it and goes on ticking
+    monkeypatch.setattr("strongroom.scheduler.MAX_SLEEP", 0.01)
+    ticks: list[int] = []
+
+    def tick() -> list[object]:
+        ticks.append(len(ticks))
+        if len(ticks) == 1:
+            raise RuntimeError("a bug in tick")
+        return []
+
+    monkeypatch.setattr(runner, "tick", tick)
+    stop = runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(ticks) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+    assert len(ticks) >= 3, "the runner thread died"
+    assert "RuntimeError: a bug in tick" in caplog.text
+
+
 def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:
     _define(engine, source, keep_days="never")
     moment = datetime(2026, 3, 1, 12, 0, 7, 250_000, tzinfo=UTC)
@@ -378,6 +531,13 @@ def test_claims_never_collide_with_backups_and_are_never_listed(
     assert engine.store().exists(claim_key("schedules", T0))
 
 
+def _age_claims(home: Path, seconds: float = 3600) -> None:
+    """Make every claim in the embedded store `seconds` old by the store's clock (mtimes)."""
+    then = time.time() - seconds
+    for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
+        os.utime(path, (then, then))
+
+
 def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source: Path) -> None:
     with Engine(kdf=FAST_KDF, leftover_grace=timedelta(minutes=30)) as engine:
         a, b = _define(engine, source, "a"), _define(engine, source, "b")
@@ -386,9 +546,7 @@ def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source:
             assert claim(engine, a, slot)
         assert claim(engine, b, T0)
         store = engine.store()
-        an_hour_ago = time.time() - 3600  # by the store's clock: its files' mtimes
-        for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
-            os.utime(path, (an_hour_ago, an_hour_ago))
+        _age_claims(home)
         assert claim(engine, b, T0 + timedelta(minutes=1))  # new: kept
         dry = engine.cleanup(dry_run=True)
         assert sorted((e.name, e.action) for e in dry.entries) == [
@@ -409,10 +567,72 @@ def test_cleanup_sweeps_old_claims_but_each_schedules_latest(home: Path, source:
         ]
     with Engine(kdf=FAST_KDF) as engine:  # the default grace: a day
         assert claim(engine, a, slots[2] + timedelta(minutes=1))
-        for path in (home / "stores" / "backupsDefault" / "schedules").rglob("*"):
-            os.utime(path, (an_hour_ago, an_hour_ago))
+        _age_claims(home)
         assert engine.cleanup().entries == []
         assert len(engine.store().list(CLAIMS_PREFIX)) == 3
+
+
+def test_a_slot_never_runs_twice_once_its_claim_is_swept(
+    home: Path, source: Path, clock: Clock
+) -> None:
+    """Every hour; 12:00 runs; a run now at 12:10; cleanup sweeps the 12:00 claim (the
+    12:10 one is the newest, and stays); the 12:00 backup expires; a restarted runner
+    must not run 12:00 again: the newest claim is the high-water mark."""
+    with Engine(
+        kdf=FAST_KDF, chunk_size=SMALL_CHUNK, clock=clock, leftover_grace=timedelta(minutes=30)
+    ) as engine:
+        _define(engine, source, every="1h", keep_days=1)
+        first = ScheduleRunner(engine, clock=clock).tick()
+        assert [(o.action, o.slot) for o in first] == [("submitted", T0)]
+        _finish(engine, first)
+        clock.now = T0 + timedelta(minutes=10)
+        now = run_now(engine, "nightly", now=clock.now)
+        assert engine.jobs.wait(now.jobid, 30).status is JobStatus.COMPLETED
+        _age_claims(home)
+        swept = engine.cleanup()
+        assert [(e.name, e.action) for e in swept.entries] == [("nightly", "swept")]
+        assert [o.key for o in engine.store().list(CLAIMS_PREFIX)] == [
+            claim_key("nightly", T0 + timedelta(minutes=10))
+        ]
+        engine.delete("nightly-2026-03-01-12-00-00")  # as cleanup does once it expires
+        clock.now = T0 + timedelta(minutes=30)
+        (again,) = ScheduleRunner(engine, clock=clock).tick()  # a restart: 12:00 is due
+        assert again.action == "claimed elsewhere"
+        assert "newest claim, of 2026-03-01 12:10:00 UTC" in again.message
+        assert _backups(engine) == ["nightly-2026-03-01-12-10-00"]
+        # an update that moves the slots earlier than the newest claim runs none of them
+        update(engine, "nightly", cron="5 12 * * *")
+        assert [o.action for o in ScheduleRunner(engine, clock=clock).tick()] == [
+            "claimed elsewhere"
+        ]
+        clock.now = T0 + timedelta(days=1, minutes=6)  # the next slot after it runs
+        (later,) = ScheduleRunner(engine, clock=clock).tick()
+        assert (later.action, later.slot) == ("submitted", T0 + timedelta(days=1, minutes=5))
+        _finish(engine, [later])
+
+
+def test_cleanup_sweeps_every_old_claim_of_a_removed_schedule(home: Path, source: Path) -> None:
+    with Engine(kdf=FAST_KDF, leftover_grace=timedelta(minutes=30)) as engine:
+        gone, kept = _define(engine, source, "gone"), _define(engine, source, "kept")
+        for schedule in (gone, kept):
+            assert claim(engine, schedule, T0)
+            assert claim(engine, schedule, T0 + timedelta(minutes=1))
+        remove(engine, "gone")
+        assert claim(engine, kept, T0 + timedelta(minutes=2))  # "kept" goes on
+        _age_claims(home)
+        assert claim(engine, _define(engine, source, "young"), T0)  # removed, but within grace
+        remove(engine, "young")
+        report = engine.cleanup()
+        assert sorted((e.name, e.action) for e in report.entries) == [
+            ("gone", "swept"),
+            ("gone", "swept"),  # its latest too: no slot of it runs any more
+            ("kept", "swept"),
+            ("kept", "swept"),
+        ]
+        assert [o.key for o in engine.store().list(CLAIMS_PREFIX)] == [
+            claim_key("kept", T0 + timedelta(minutes=2)),
+            claim_key("young", T0),
+        ]
 
 
 def test_a_run_past_its_time_out_is_cancelled_and_fails(

@@ -33,8 +33,10 @@ from strongroom import (
     Engine,
     JobHandle,
     Store,
+    StoresConfig,
     StoreSpec,
     hookimpl,
+    schedules,
 )
 from strongroom.format import from_epoch_ms
 from strongroom.jobs import JOBS_FILE
@@ -44,7 +46,7 @@ from strongroom.units import human_size
 from strongroom.web import create_app
 from strongroom.web.auth import COOKIE, add_token, hash_token
 from strongroom.web.settings import SETTINGS_FILE
-from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, until_cancelled
+from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, until_cancelled, write_key_secrets
 
 pytestmark = pytest.mark.anyio
 
@@ -1487,8 +1489,13 @@ async def test_schedules_are_defined_run_changed_and_deleted_over_the_api(
     }
     assert len(document["nextRuns"]) == 3
     assert document["nextRuns"][0] % 3_600_000 == 0
-    assert [s["name"] for s in (await api.get(SCHEDULES)).json()["schedules"]] == ["hourly"]
-    shown = (await api.get(f"{SCHEDULES}/hourly")).json()
+    listed = await api.get(SCHEDULES)
+    assert [s["name"] for s in listed.json()["schedules"]] == ["hourly"]
+    one = await api.get(f"{SCHEDULES}/hourly")
+    secrets = write_key_secrets(home / "config.toml", "hourly")
+    for secret in secrets:
+        assert not [r for r in (created, listed, one) if secret in r.text]
+    shown = one.json()
     assert (shown["lastRun"], shown["recentBackups"], shown["enabled"]) == (None, [], True)
 
     ran = await api.post(f"{SCHEDULES}/hourly/run")
@@ -1522,6 +1529,7 @@ async def test_schedules_are_defined_run_changed_and_deleted_over_the_api(
     _error(await api.get(f"{SCHEDULES}/hourly"), 404, "No schedule is named 'hourly'")
     assert SECRET not in (home / "config.toml").read_text()
     assert SECRET not in caplog.text
+    assert not [secret for secret in secrets if secret in caplog.text]
 
 
 @pytest.mark.parametrize(
@@ -1545,6 +1553,15 @@ async def test_a_bad_schedule_is_refused_with_what_to_do(
     assert (await api.get(SCHEDULES)).json() == {"schedules": []}
 
 
+async def test_a_schedule_into_a_store_without_put_if_absent_is_refused(api: Api) -> None:
+    config = StoresConfig.load()
+    config.add(StoreSpec("racy", "memory://racy"))  # the generic fsspec backend
+    config.save()
+    form = {"name": "nightly", "passcode": SECRET, "every": "1h", "storeName": "racy"}
+    _error(await api.post(f"{SCHEDULES}/create", **form), 400, "no atomic put-if-absent")
+    assert (await api.get(SCHEDULES)).json() == {"schedules": []}
+
+
 async def test_a_duplicate_schedule_and_an_unknown_one_are_refused(api: Api) -> None:
     form = {"name": "nightly", "passcode": SECRET, "every": "1d"}
     assert (await api.post(f"{SCHEDULES}/create", **form)).status_code == 200
@@ -1554,7 +1571,15 @@ async def test_a_duplicate_schedule_and_an_unknown_one_are_refused(api: Api) -> 
     _error(await api.post(f"{SCHEDULES}/create", **form | {"passcode": ""}), 400, "passcode")
 
 
-async def test_the_schedule_pages(api: Api, engine: Engine) -> None:
+async def test_the_schedule_form_takes_the_names_a_schedule_can_have(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schedules, "MAX_SCHEDULE_NAME", 50)
+    page = (await api.send("GET", f"{SCHEDULES}/create", params={"token": TOKEN})).text
+    assert 'pattern="[A-Za-z0-9_][A-Za-z0-9_.\\-]{0,49}" maxlength="50"' in page
+
+
+async def test_the_schedule_pages(api: Api, engine: Engine, home: Path) -> None:
     form = {"token": TOKEN, "name": "nightly", "passcode": SECRET, "every": "", "cron": "0 2 * * *"}
     defined = await api.send("POST", f"{SCHEDULES}/create", data=form | {"keepDays": "14"})
     assert defined.status_code == 303, defined.text
@@ -1566,10 +1591,12 @@ async def test_the_schedule_pages(api: Api, engine: Engine) -> None:
         f"{SCHEDULES}/create": 'name="passcode"',
         f"{SCHEDULES}/nightly": 'id="recent-backups"',
     }
+    secrets = write_key_secrets(home / "config.toml", "nightly")
     for path, expected in pages.items():
         page = await api.send("GET", path, params={"token": TOKEN})
         assert page.status_code == 200, page.text
         assert expected in page.text, path
+        assert not [secret for secret in secrets if secret in page.text], path
     page = (await api.send("GET", f"{SCHEDULES}/nightly", params={"token": TOKEN})).text
     assert "<code>0 2 * * *</code> (UTC)" in page
     assert 'id="runs"' in page and "COMPLETED" in page

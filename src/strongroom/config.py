@@ -29,12 +29,13 @@ import fcntl
 import os
 import secrets
 import threading
+import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import platformdirs
@@ -43,11 +44,15 @@ import tomli_w
 from .errors import ConfigError, UnknownStoreError
 from .format import validate_name
 
+if TYPE_CHECKING:
+    from .engine import Engine
+
 __all__ = [
     "EMBEDDED_STORE_NAME",
     "StoreSpec",
     "StoresConfig",
     "config_path",
+    "edit_config",
     "editing",
     "strongroom_home",
     "write_private",
@@ -58,6 +63,11 @@ HOME_ENV = "STRONGROOM_HOME"
 CONFIG_ENV = "STRONGROOM_CONFIG"
 
 OptionValue = str | int | float | bool | dict[str, str]
+T = TypeVar("T")
+#: How long an edit waits for another to end (seconds) before it gives up and says so.
+LOCK_TIMEOUT = 10.0
+#: How often a waiting edit tries the lock again (seconds).
+_LOCK_POLL = 0.05
 #: Held by the thread of this process that is editing a configuration file.
 _EDITS = threading.Lock()
 
@@ -140,8 +150,9 @@ class StoresConfig:
     #: Where the embedded store lives (and, for an Engine, everything else it keeps).
     home: Path = field(default_factory=strongroom_home)
     #: The `[schedules.NAME]` tables as written; schedules.py reads and edits them, and
-    #: `save` writes them back, so an edit of the stores never loses a schedule.
-    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: `save` writes them back, so an edit of the stores never loses a schedule. Out of
+    #: the repr: each holds its write key's secret.
+    schedules: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path | None = None, *, home: Path | None = None) -> StoresConfig:
@@ -238,16 +249,67 @@ class StoresConfig:
 def editing(path: Path) -> Iterator[None]:
     """Hold the configuration file at `path` for one edit (re-read, change, save): one at a
     time across threads and processes (a lock on `.<name>.lock` beside it), so a `serve`
-    replica and the CLI editing stores or schedules at once never lose each other's edit."""
-    with _EDITS:
+    replica and the CLI editing stores or schedules at once never lose each other's edit.
+    An edit waits at most LOCK_TIMEOUT for another to end, then raises ConfigError."""
+    lock = path.with_name(f".{path.name}.lock")
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    if not _EDITS.acquire(timeout=LOCK_TIMEOUT):
+        raise _busy(lock)
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = path.with_name(f".{path.name}.lock")
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while not _try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise _busy(lock)
+                time.sleep(_LOCK_POLL)
             yield
         finally:
             os.close(fd)
+    finally:
+        _EDITS.release()
+
+
+def edit_config(
+    engine: Engine,
+    change: Callable[[StoresConfig], T],
+    *,
+    check: Callable[[], None] | None = None,
+) -> T:
+    """One edit of the engine's configuration file (its stores or schedules), locked:
+    re-read it (with the engine's home, so a tenant keeps its own embedded store), change
+    it, switch the engine to it and run `check` (say, open a store just added); only then
+    write it (0600). If the check or the write fails, the engine goes back to what it had
+    and the file is as it was."""
+    with editing(engine.config.path):
+        config = StoresConfig.load(engine.config.path, home=engine.home)
+        result = change(config)
+        previous = engine.config
+        engine.use_config(config)
+        try:
+            if check is not None:
+                check()
+            config.save()
+        except BaseException:
+            engine.use_config(previous)
+            raise
+        return result
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _busy(lock: Path) -> ConfigError:
+    return ConfigError(
+        f"Another edit of the configuration has held its lock {lock} for over "
+        f"{LOCK_TIMEOUT:g} s, so this one was not made. Try again once it ends; 'fuser "
+        f"{lock}' names the process that holds it (the lock goes with that process)."
+    )
 
 
 def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:

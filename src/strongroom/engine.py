@@ -650,7 +650,8 @@ class Engine:
 
     def _sweep_claims(self, source: Store, dry_run: bool) -> builtins.list[CleanupEntry]:
         """Remove the schedules' slot claims (scheduler.py) once past the grace period,
-        each schedule's latest excepted; ages by the store's clock, as in `_sweep`."""
+        the latest of each schedule the configuration file defines excepted; ages by the
+        store's clock, as in `_sweep`."""
         claims = [
             Claim(obj.key, *parsed, obj.modified)
             for obj in source.list(CLAIMS_PREFIX)
@@ -659,7 +660,8 @@ class Engine:
         store_now = source.now() if claims else None
         if store_now is None:
             return []
-        old = select_claims_to_sweep(claims, store_now, self._leftover_grace)
+        defined = StoresConfig.load(self.config.path, home=self.home).schedules  # as now
+        old = select_claims_to_sweep(claims, store_now, self._leftover_grace, defined)
         if not dry_run:
             source.delete([claim.key for claim in old])
         action: Action = "would sweep" if dry_run else "swept"

@@ -29,6 +29,7 @@ __all__ = [
     "Manifest",
     "chunk_key",
     "claim_key",
+    "claims_prefix",
     "data_prefix",
     "from_b64",
     "from_epoch_ms",
@@ -159,10 +160,14 @@ def parse_retention_key(key: str) -> tuple[str, str, datetime | None] | None:
     return name, match.group(1), from_epoch_ms(when)
 
 
+def claims_prefix(schedule: str) -> str:
+    """Where a schedule's slot claims are: list it to find the newest."""
+    return f"{CLAIMS_PREFIX}{validate_name(schedule, 'schedule')}/"
+
+
 def claim_key(schedule: str, slot: datetime) -> str:
     """The object whose put-if-absent claims one slot of a schedule for one replica."""
-    name = validate_name(schedule, "schedule")
-    return f"{CLAIMS_PREFIX}{name}/{slot.astimezone(UTC):{SLOT_FORMAT}}"
+    return f"{claims_prefix(schedule)}{slot.astimezone(UTC):{SLOT_FORMAT}}"
 
 
 def parse_claim_key(key: str) -> tuple[str, datetime] | None:

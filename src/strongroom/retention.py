@@ -7,7 +7,7 @@ moment; a backup without a retentionDate is kept forever.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -224,12 +224,16 @@ class Claim:
 
 
 def select_claims_to_sweep(
-    claims: list[Claim], store_now: datetime, grace: timedelta
+    claims: list[Claim], store_now: datetime, grace: timedelta, defined: Collection[str]
 ) -> list[Claim]:
-    """The claims older than `grace` by the store's clock, except each schedule's latest.
+    """The claims older than `grace` by the store's clock, except the latest of each
+    schedule still `defined`.
 
-    The latest claim stays whatever its age: it is what tells a replica that starts after
-    a long pause (a weekly schedule, a week of downtime) that the slot already ran.
+    That latest claim stays whatever its age: it is what tells a replica that starts after
+    a long pause (a weekly schedule, a week of downtime) that the slot already ran, and no
+    slot at or before it runs (scheduler.py). A schedule no longer defined runs no slot,
+    so its latest claim goes too. Only the configuration that runs a store's schedules
+    should clean it up: to another, they would all look removed.
     """
     latest: dict[str, Claim] = {}
     for claim in claims:
@@ -238,7 +242,7 @@ def select_claims_to_sweep(
     return [
         claim
         for claim in claims
-        if claim is not latest[claim.schedule]
+        if not (claim.schedule in defined and claim is latest[claim.schedule])
         and claim.modified is not None
         and store_now - claim.modified > grace
     ]

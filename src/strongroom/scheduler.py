@@ -12,7 +12,12 @@ the `serve` processes sharing the configuration and the store, exactly one wins 
 store that claims `put_if_absent`); the others log one line and skip the slot. A slot
 whose previous run (a scheduled create of an earlier slot of this schedule, active in the
 job table, which replicas sharing a home share) is still going is skipped with a warning.
-Cleanup sweeps old claims (engine.py, `_sweep_claims`).
+
+Cleanup sweeps old claims (engine.py, `_sweep_claims`), but never a schedule's newest:
+that one is the high-water mark. A slot at or before it is never run, since it ran (its
+claim may be swept, its backup expired) or a later run superseded it: a run now (which
+claims the second it starts in, off the recurrence), or a slot of the recurrence before
+an update moved its slots.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ from typing import Literal
 
 from .config import StoresConfig
 from .engine import Engine
-from .errors import JobError, StrongroomError
-from .format import claim_key, to_epoch_ms, utc_now
+from .errors import JobError, JobStoreUnavailableError, StrongroomError
+from .format import claim_key, claims_prefix, parse_claim_key, to_epoch_ms, utc_now
 from .jobs import Job, JobStatus
 from .schedules import Schedule, get_schedule, load_schedules
 
-__all__ = ["Outcome", "ScheduleRunner", "claim", "run_now", "run_slot", "runs"]
+__all__ = ["Outcome", "ScheduleRunner", "claim", "newest_claim", "run_now", "run_slot", "runs"]
 
 logger = logging.getLogger("strongroom")
 
@@ -43,7 +48,8 @@ MAX_SLEEP = 5.0
 #: The shortest, so a wake-up a little before a slot does not spin.
 MIN_SLEEP = 0.05
 
-Action = Literal["submitted", "claimed elsewhere", "still running", "failed"]
+#: "postponed": the job database could not be reached; the slot is tried again next tick.
+Action = Literal["submitted", "claimed elsewhere", "still running", "failed", "postponed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,17 @@ def claim(engine: Engine, schedule: Schedule, slot: datetime) -> bool:
     return True
 
 
+def newest_claim(engine: Engine, schedule: Schedule) -> datetime | None:
+    """The latest slot claimed in the schedule's store, by any replica or run now: the
+    high-water mark, which cleanup keeps whatever its age. None before the first run."""
+    claimed = [
+        parsed[1]
+        for obj in engine.store(schedule.store).list(claims_prefix(schedule.name))
+        if (parsed := parse_claim_key(obj.key)) and parsed[0] == schedule.name
+    ]
+    return max(claimed, default=None)
+
+
 def runs(engine: Engine, schedule: Schedule, *, active: bool = False) -> list[Job]:
     """The schedule's backup jobs in the job table, newest first (only unfinished ones
     with `active`)."""
@@ -86,18 +103,28 @@ def run_slot(
     slot: datetime,
     sources: Sequence[str] = (),
     *,
+    on_demand: bool = False,
     operation_uri: str | None = None,
     timeout: timedelta | None = None,
 ) -> Outcome:
-    """Run one slot: skip it if the previous run still goes, else claim it and submit its
-    backup job with the schedule's write key. `sources` back up a schedule that has none;
-    a run still going `timeout` after it started is cancelled and reads FAILED."""
+    """Run one slot: skip it if it is at or before the schedule's newest claim (unless it
+    is a run now, `on_demand`) or if the previous run still goes, else claim it and submit
+    its backup job with the schedule's write key. `sources` back up a schedule that has
+    none; a run still going `timeout` after it started is cancelled and reads FAILED."""
     paths = list(schedule.sources) or list(sources)
     if not paths:
         raise JobError(
             f"Schedule {schedule.name!r} has no sources, and this process none to lend it: "
             "define it with --source, or run it from 'strongroom serve --source DIR'."
         )
+    newest = None if on_demand else newest_claim(engine, schedule)
+    if newest is not None and slot <= newest:
+        message = (
+            f"it is at or before the schedule's newest claim, of {newest:%Y-%m-%d %H:%M:%S} "
+            "UTC (claimed by another replica, by a run now, or by this replica before a "
+            "restart), so it ran already or a later run superseded it"
+        )
+        return Outcome(schedule.name, slot, "claimed elsewhere", message=message)
     # a run of an earlier slot; one of this slot is another replica's (its claim decides)
     previous = [j for j in runs(engine, schedule, active=True) if _slot_of(schedule, j) < slot]
     if previous:
@@ -108,22 +135,40 @@ def run_slot(
         return Outcome(schedule.name, slot, "still running", previous[0], message)
     if not claim(engine, schedule, slot):
         message = (
-            f"its slot {slot:%Y-%m-%d %H:%M:%S} UTC was claimed already (by another replica, "
-            "or by a run in the same second)"
+            f"its slot {slot:%Y-%m-%d %H:%M:%S} UTC was claimed already: claimed by another "
+            "replica, or by a run now in the same second"
         )
         return Outcome(schedule.name, slot, "claimed elsewhere", message=message)
-    job = engine.submit_backup(
-        schedule.backup_name(slot),
-        paths,
-        write_key=schedule.write_key,
-        store=schedule.store,
-        description=schedule.description,
-        retention_date=schedule.retention(slot),
-        operation_uri=operation_uri,
-        timeout=timeout,
-        scheduled=True,
-    )
+    try:
+        job = engine.submit_backup(
+            schedule.backup_name(slot),
+            paths,
+            write_key=schedule.write_key,
+            store=schedule.store,
+            description=schedule.description,
+            retention_date=schedule.retention(slot),
+            operation_uri=operation_uri,
+            timeout=timeout,
+            scheduled=True,
+        )
+    except Exception:  # no job: a claim left would keep every replica off the slot
+        _release(engine, schedule, slot)
+        raise
     return Outcome(schedule.name, slot, "submitted", job)
+
+
+def _release(engine: Engine, schedule: Schedule, slot: datetime) -> None:
+    """Delete the claim of `slot` this process has just put (put-if-absent: no other
+    process can hold that key), so the slot can run once the failure is over."""
+    try:
+        engine.store(schedule.store).delete([claim_key(schedule.name, slot)])
+    except (StrongroomError, OSError) as exc:
+        logger.warning(
+            "Schedule %r: the claim of slot %s UTC stays (%s), so no replica runs that slot",
+            schedule.name,
+            f"{slot:%Y-%m-%d %H:%M:%S}",
+            exc,
+        )
 
 
 def run_now(
@@ -140,7 +185,13 @@ def run_now(
     schedule = get_schedule(StoresConfig.load(engine.config.path, home=engine.home), name)
     slot = (now or utc_now()).replace(microsecond=0)
     outcome = run_slot(
-        engine, schedule, slot, sources, operation_uri=operation_uri, timeout=timeout
+        engine,
+        schedule,
+        slot,
+        sources,
+        on_demand=True,
+        operation_uri=operation_uri,
+        timeout=timeout,
     )
     if outcome.job is None or outcome.action != "submitted":
         raise JobError(f"Schedule {name!r} did not run now: {outcome.message}.")
@@ -174,7 +225,8 @@ class ScheduleRunner:
         self._handled: dict[str, datetime] = {}
 
     def tick(self) -> list[Outcome]:
-        """Handle every slot that fell due since the last tick (per schedule, the latest)."""
+        """Handle every slot that fell due since the last tick (per schedule, the latest);
+        one postponed while the job database is down is tried again at the next tick."""
         now = self._clock()
         config = StoresConfig.load(self._engine.config.path, home=self._engine.home)
         outcomes = []
@@ -183,8 +235,10 @@ class ScheduleRunner:
             last = self._handled.get(schedule.name)
             if slot is None or (last is not None and slot <= last):
                 continue
-            self._handled[schedule.name] = slot
-            outcomes.append(self._run(schedule, slot))
+            outcome = self._run(schedule, slot)
+            if outcome.action != "postponed":
+                self._handled[schedule.name] = slot
+            outcomes.append(outcome)
         return outcomes
 
     def seconds_to_next(self) -> float:
@@ -208,11 +262,15 @@ class ScheduleRunner:
 
         def loop() -> None:
             while not stop.is_set():
+                wait = MAX_SLEEP
                 try:
                     self.tick()
+                    wait = self.seconds_to_next()
                 except (StrongroomError, OSError) as exc:  # a configuration file edited badly
                     logger.warning("Schedules not run: %s", exc)  # or unreadable: retried
-                stop.wait(self.seconds_to_next())
+                except Exception:  # a bug must not stop every schedule for good
+                    logger.exception("Schedules not run (tried again shortly)")
+                stop.wait(wait)
 
         threading.Thread(target=loop, name="strongroom-schedules", daemon=True).start()
         return stop
@@ -222,13 +280,22 @@ class ScheduleRunner:
         try:
             timeout = self._timeout() if self._timeout else None
             outcome = run_slot(self._engine, schedule, slot, self._sources, timeout=timeout)
+        except JobStoreUnavailableError as exc:
+            logger.warning(
+                "Schedule %r, slot %s, not run yet (tried again shortly): %s",
+                schedule.name,
+                when,
+                exc,
+            )
+            return Outcome(schedule.name, slot, "postponed", message=str(exc))
         except StrongroomError as exc:
             logger.warning("Schedule %r, slot %s, did not run: %s", schedule.name, when, exc)
             return Outcome(schedule.name, slot, "failed", message=str(exc))
+        except Exception as exc:  # a bug: the other schedules still run
+            logger.exception("Schedule %r, slot %s, did not run", schedule.name, when)
+            return Outcome(schedule.name, slot, "failed", message=repr(exc))
         if outcome.action == "claimed elsewhere":
-            logger.info(
-                "Schedule %r, slot %s: claimed by another replica; skipped", schedule.name, when
-            )
+            logger.info("Schedule %r, slot %s, skipped: %s", schedule.name, when, outcome.message)
         elif outcome.action == "still running":
             logger.warning(
                 "Schedule %r, slot %s, skipped: %s", schedule.name, when, outcome.message

@@ -30,12 +30,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from cronsim import CronSim, CronSimError
 
 from .archive import check_sources
-from .config import StoresConfig, editing
+from .config import StoresConfig, edit_config
 from .crypto import Passcode
 from .errors import ConfigError, InvalidNameError, UnknownScheduleError
 from .format import MAX_NAME_LENGTH, SLOT_FORMAT, from_epoch_ms, to_epoch_ms, validate_name
@@ -92,7 +92,6 @@ _TABLE_KEYS = frozenset(
         "write_key",
     }
 )
-T = TypeVar("T")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -328,30 +327,35 @@ def define(
 ) -> Schedule:
     """Add a schedule to the engine's configuration file. Everything is checked before the
     passcode derives the write key (its only use); the passcode is kept nowhere. `passcode`
-    may be a function that asks for it, called once the rest has been checked."""
+    may be a function that asks for it, called once the rest has been checked.
+
+    The prompt and the derivation happen outside the configuration's lock, so an operator
+    at the prompt holds up no other edit; the name and the store are checked again under
+    the lock before the schedule is written."""
+    _check_name(name)
+    recurrence = Recurrence.parse(every, cron)
+    config = StoresConfig.load(engine.config.path, home=engine.home)
+    target = _check_new(config, name, store)
+    engine.use_config(config)  # the file as it is now: it may name a store just added
+    _check_claimable(engine, target)
+    days = parse_keep_days(keep_days)
+    _check_description(description)
+    paths = [Path(source).absolute() for source in sources]
+    if paths:  # none: the sources of the serve that runs it
+        check_sources(paths, {})
+    write_key = WriteKey.derive(passcode() if callable(passcode) else passcode, kdf=engine.kdf)
 
     def add(config: StoresConfig) -> Schedule:
-        _check_name(name)
-        if name in config.schedules:
+        if _check_new(config, name, store) != target:
             raise ConfigError(
-                f"A schedule named {name!r} already exists; choose another name, or remove "
-                f"it first ('strongroom schedules remove {name}')."
+                f"The default store changed from {target!r} while the schedule was being "
+                "defined; add it again (with --store to name its store)."
             )
-        recurrence = Recurrence.parse(every, cron)
-        target = config.get(store).name
-        days = parse_keep_days(keep_days)
-        if not isinstance(description, str):
-            raise ConfigError("The description must be text.")
-        paths = [Path(source).absolute() for source in sources]
-        if paths:  # none: the sources of the serve that runs it
-            check_sources(paths, {})
         schedule = Schedule(
             name=name,
             store=target,
             recurrence=recurrence,
-            write_key=WriteKey.derive(
-                passcode() if callable(passcode) else passcode, kdf=engine.kdf
-            ),
+            write_key=write_key,
             created=(now or datetime.now(UTC)).replace(microsecond=0),
             keep_days=days,
             description=description,
@@ -360,7 +364,30 @@ def define(
         config.schedules[name] = schedule.to_table()
         return schedule
 
-    return _edit(engine, add)
+    return edit_config(engine, add)
+
+
+def _check_claimable(engine: Engine, store: str) -> None:
+    """Refuse a store whose put-if-absent is not atomic: replicas claim each slot there
+    (scheduler.py), and two that both won a claim would both run the slot."""
+    if not engine.store(store).capabilities.put_if_absent:
+        raise ConfigError(
+            f"Store {store!r} ({engine.config.get(store).url}) cannot take schedules: it has "
+            "no atomic put-if-absent, so two 'serve' replicas could both claim one slot and "
+            "back it up twice. Choose a store that has it (file://, S3 and Azure stores do; "
+            f"'strongroom stores validate {store}' shows a store's capabilities)."
+        )
+
+
+def _check_new(config: StoresConfig, name: str, store: str | None) -> str:
+    """The name of the store a new schedule `name` would back up into; ConfigError if the
+    name is taken or the store unknown."""
+    if name in config.schedules:
+        raise ConfigError(
+            f"A schedule named {name!r} already exists; choose another name, or remove "
+            f"it first ('strongroom schedules remove {name}')."
+        )
+    return config.get(store).name
 
 
 def update(
@@ -383,13 +410,13 @@ def update(
         if keep_days is not None:
             schedule = replace(schedule, keep_days=parse_keep_days(keep_days))
         if description is not None:
-            schedule = replace(schedule, description=description)
+            schedule = replace(schedule, description=_check_description(description))
         if enabled is not None:
             schedule = replace(schedule, enabled=enabled)
         config.schedules[name] = schedule.to_table()
         return schedule
 
-    return _edit(engine, change)
+    return edit_config(engine, change)
 
 
 def remove(engine: Engine, name: str) -> None:
@@ -399,17 +426,13 @@ def remove(engine: Engine, name: str) -> None:
         get_schedule(config, name)
         del config.schedules[name]
 
-    _edit(engine, forget)
+    edit_config(engine, forget)
 
 
-def _edit(engine: Engine, change: Callable[[StoresConfig], T]) -> T:
-    """Re-read the configuration file, change it, save it (0600), and switch the engine to it."""
-    with editing(engine.config.path):
-        config = StoresConfig.load(engine.config.path, home=engine.home)
-        result = change(config)
-        config.save()
-        engine.use_config(config)
-        return result
+def _check_description(description: object) -> str:
+    if not isinstance(description, str):
+        raise ConfigError("The description must be text.")
+    return description
 
 
 def _check_name(name: object) -> str:

@@ -396,7 +396,11 @@ class _AdminApi:
         if call.request.method == "GET":
             if call.fmt != "html":
                 raise ApiError(405, "create takes a POST; GET shows its form (f=html).")
-            context = {"stores": list(self._engine.config.stores), "sources": self._sources}
+            context = {
+                "stores": list(self._engine.config.stores),
+                "sources": self._sources,
+                "max_name": schedules.MAX_SCHEDULE_NAME,
+            }
             return Reply({}, "schedule_create.html", context)
         schedule = await _run(
             schedules.define,

@@ -15,11 +15,11 @@ fails before anything is saved), then saves the file and switches the engine to 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import StoresConfig, StoreSpec, editing
+from ..config import StoresConfig, StoreSpec, edit_config
 from ..engine import Engine
 from ..errors import ConfigError
 
@@ -101,7 +101,11 @@ def spec_from_fields(name: str, fields: Mapping[str, str]) -> StoreSpec:
 
 
 def register(engine: Engine, spec: StoreSpec, *, default: bool) -> dict[str, Any]:
-    _edit(engine, lambda config: config.add(spec, make_default=default), opens=spec.name)
+    edit_config(
+        engine,
+        lambda config: config.add(spec, make_default=default),
+        check=lambda: engine.store(spec.name).check_persistent(),
+    )
     return describe(engine, spec.name)
 
 
@@ -115,27 +119,12 @@ def make_default(engine: Engine, name: str, text: str) -> dict[str, Any]:
     def change(config: StoresConfig) -> None:
         config.default = config.get(name).name
 
-    _edit(engine, change)
+    edit_config(engine, change)
     return describe(engine, name)
 
 
 def unregister(engine: Engine, name: str) -> None:
-    _edit(engine, lambda config: config.remove(name))
-
-
-def _edit(engine: Engine, change: Callable[[StoresConfig], None], opens: str | None = None) -> None:
-    with editing(engine.config.path):
-        config = StoresConfig.load(engine.config.path)
-        change(config)
-        previous = engine.config
-        engine.use_config(config)
-        try:
-            if opens is not None:
-                engine.store(opens).check_persistent()
-        except BaseException:
-            engine.use_config(previous)
-            raise
-        config.save()
+    edit_config(engine, lambda config: config.remove(name))
 
 
 def _settings(text: str, allowed: set[str]) -> dict[str, Any]:
