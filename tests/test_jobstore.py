@@ -11,6 +11,8 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,8 +27,9 @@ from strongroom import (
     JobStatus,
     JobStoreUnavailableError,
 )
+from strongroom.jobrecord import failed
 from strongroom.jobs import JOBS_FILE
-from strongroom.jobstore import open_job_store
+from strongroom.jobstore import Saved, open_job_store
 from tests.conftest import FAST_KDF, SMALL_CHUNK, PostgresServer, until_cancelled
 
 #: Short, so that expiry and renewal show within a test.
@@ -176,18 +179,51 @@ def test_a_job_of_a_replica_killed_mid_job_reads_failed_and_never_runs_again(
     assert [(s.name, s.state) for s in job.stages] == [("writing", "failed")]
 
 
-def test_a_save_never_makes_an_ended_job_active_again(location: str) -> None:
+def test_a_save_never_changes_an_ended_job(location: str) -> None:
     owner = open_job_store(location, "owner", LEASE)
     try:
         manager = JobManager(location, lease=LEASE)
         job = manager.wait(manager.submit("op", lambda job: None).jobid)
         manager.close()
-        from dataclasses import replace
-
-        assert not owner.save(replace(job, status=JobStatus.EXECUTING))
+        assert owner.save(replace(job, status=JobStatus.EXECUTING)) is Saved.ENDED
+        assert owner.save(replace(job, status=JobStatus.FAILED)) is Saved.ENDED
         assert owner.load(job.jobid) == job
+        assert owner.renew([job.jobid]) == {job.jobid: Saved.ENDED}
     finally:
         owner.close()
+
+
+def test_a_job_failed_by_another_manager_stops_before_it_commits(
+    replicas: Callable[..., JobManager], location: str
+) -> None:
+    """What a replica cut off from the table for longer than the lease meets when it is
+    back: another replica failed its job. The work stops at its next step, commits
+    nothing, and the FAILED record stands."""
+    a = replicas()
+    proceed, midway, committed = threading.Event(), threading.Event(), threading.Event()
+
+    def work(job: JobHandle) -> None:
+        job.stage("writing")
+        midway.set()
+        proceed.wait(10)
+        for done in range(1, 50):
+            job.progress(done, 50)
+            time.sleep(0.05)
+        committed.set()
+
+    running = a.submit("create", work)
+    assert midway.wait(10)
+    other = open_job_store(location, "other", LEASE)
+    try:
+        stored = other.load(running.jobid)
+        assert stored is not None and stored.status is JobStatus.EXECUTING
+        assert other.save(failed(stored, stored.updatedtime, "gone")) is Saved.WRITTEN
+    finally:
+        other.close()
+    proceed.set()
+    ended = a.wait(running.jobid, timeout=10)
+    assert not committed.is_set()
+    assert (ended.status, ended.messages[-1]) == (JobStatus.FAILED, "gone")
 
 
 def test_a_bad_job_database_url_says_what_is_accepted(home: Path) -> None:
@@ -252,9 +288,9 @@ def test_a_job_runs_on_while_postgresql_is_down_and_its_end_is_recorded_after(
         assert ended.status is JobStatus.COMPLETED  # as this replica knows it
         time.sleep(2 * LEASE.total_seconds())  # down longer than a lease
         own_postgres.start()
-        other = JobManager(url, lease=LEASE)
+        other = JobManager(url, lease=LEASE)  # its lease ran out, but the outage is no stop
         try:
-            _eventually(lambda: other.get(submitted.jobid).status is JobStatus.COMPLETED)
+            _eventually(lambda: not other.get(submitted.jobid).status.active)
             recorded = other.get(submitted.jobid)
         finally:
             other.close()
@@ -265,6 +301,54 @@ def test_a_job_runs_on_while_postgresql_is_down_and_its_end_is_recorded_after(
         assert follow.status is JobStatus.COMPLETED
     finally:
         jobs.close()
+
+
+def test_an_outage_longer_than_the_lease_fails_no_live_job(
+    own_postgres: PostgresServer,
+) -> None:
+    """PostgreSQL down for two leases while another replica keeps asking for the job: it
+    never reads FAILED (the owner renews once the server is back, before anyone may fail
+    it), and ends COMPLETED."""
+    url = own_postgres.new_database()
+    owner, watcher = JobManager(url, lease=LEASE), JobManager(url, lease=LEASE)
+    seen: set[JobStatus] = set()
+    proceed, midway, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def work(job: JobHandle) -> dict[str, int]:
+        job.stage("writing")
+        midway.set()
+        proceed.wait(30)
+        for done in range(1, 41):  # two leases and more after the server is back
+            job.progress(done, 40)
+            time.sleep(0.1)
+        return {"done": 40}
+
+    def poll(jobid: str) -> None:
+        while not stop.is_set():
+            with suppress(JobStoreUnavailableError):  # while the server is down
+                seen.add(watcher.get(jobid).status)
+            time.sleep(0.02)
+
+    try:
+        submitted = owner.submit("create", work)
+        assert midway.wait(10)
+        poller = threading.Thread(target=poll, args=(submitted.jobid,))
+        poller.start()
+        own_postgres.stop()
+        time.sleep(2 * LEASE.total_seconds())
+        own_postgres.start()
+        proceed.set()
+        ended = owner.wait(submitted.jobid, timeout=30)
+        _eventually(lambda: not watcher.get(submitted.jobid).status.active)
+        stop.set()
+        poller.join()
+        assert ended.status is JobStatus.COMPLETED
+        assert watcher.get(submitted.jobid) == ended
+        assert JobStatus.FAILED not in seen
+    finally:
+        stop.set()
+        owner.close()
+        watcher.close()
 
 
 def test_passcodes_never_reach_the_postgresql_job_table(

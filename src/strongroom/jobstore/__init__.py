@@ -9,14 +9,20 @@ A store also says which of its jobs' runners are gone (`fail_orphans`): SQLite b
 owner's lock file, PostgreSQL by a lease that the running side renews. Both keep a
 cancel request in the table, which the running side reads at its next save or renewal,
 so a job may be cancelled from any manager sharing the table.
+
+An ended job is final: no save changes its row again, whoever makes it. A runner whose
+save or renewal finds its job ended in the table (another manager failed it while this
+one could not reach the table) is told so, and stops the job as if it were cancelled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from dataclasses import asdict
 from datetime import timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -24,7 +30,16 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigError
 from ..jobrecord import Job, JobStatus, Stage
 
-__all__ = ["ACTIVE_SQL", "COLUMNS", "JobStore", "from_row", "open_job_store", "to_row"]
+__all__ = [
+    "ACTIVE_SQL",
+    "COLUMNS",
+    "JobStore",
+    "Saved",
+    "from_row",
+    "open_job_store",
+    "to_row",
+    "to_stop",
+]
 
 #: The columns a saved job writes, in both stores.
 COLUMNS = (
@@ -50,15 +65,27 @@ COLUMNS = (
 ACTIVE_SQL = ",".join(f"'{status.value}'" for status in JobStatus if status.active)
 
 
+class Saved(Enum):
+    """What a save found in the table."""
+
+    #: Written; nobody asked to cancel the job.
+    WRITTEN = "written"
+    #: Written, and a cancel was asked for the job: its runner stops it.
+    CANCEL_ASKED = "cancel asked"
+    #: Not written: the table has the job ended already (a replica failed it while its
+    #: runner could not reach the table); the runner stops it without committing.
+    ENDED = "ended"
+
+
 class JobStore(Protocol):
     """A job table as one JobManager (the `owner`) sees it. Every method may raise
     JobStoreUnavailableError when the database cannot be reached."""
 
     owner: str
 
-    def save(self, job: Job) -> bool:
-        """Write the job as this owner's and say whether a cancel was requested for it.
-        A job that has ended in the table is never made active again by a save."""
+    def save(self, job: Job) -> Saved:
+        """Write the job as this owner's, unless the table has it ended already: an ended
+        job's row never changes again."""
 
     def load(self, jobid: str) -> Job | None: ...
 
@@ -70,8 +97,9 @@ class JobStore(Protocol):
     def request_cancel(self, jobid: str) -> bool:
         """Ask the job's runner to cancel it; False if the job is no longer active."""
 
-    def renew(self) -> set[str]:
-        """Renew this owner's hold on its active jobs; return those a cancel was asked for."""
+    def renew(self, jobids: Collection[str]) -> dict[str, Saved]:
+        """Renew this owner's hold on its running jobs `jobids`; return those it must stop
+        and why: CANCEL_ASKED, or ENDED (the table has them ended, or no longer has them)."""
 
     def fail_orphans(self, now: int, message: str) -> int:
         """Mark FAILED the active jobs of other owners that are gone; return how many."""
@@ -110,6 +138,14 @@ def _sqlite(path: Path, owner: str) -> JobStore:
     from .sqlite import SqliteJobStore
 
     return SqliteJobStore(path, owner)
+
+
+def to_stop(jobids: Collection[str], active: dict[str, bool]) -> dict[str, Saved]:
+    """What `renew` returns, from the `jobids` a renewal found active in the table, each
+    with whether a cancel was asked for it."""
+    stop = dict.fromkeys(set(jobids) - active.keys(), Saved.ENDED)
+    stop.update((jobid, Saved.CANCEL_ASKED) for jobid in jobids if active.get(jobid))
+    return stop
 
 
 def to_row(job: Job, owner: str) -> dict[str, Any]:

@@ -4,6 +4,9 @@ A replica running a job holds a lease on it (`lease_until`, in the database's cl
 the replicas' clocks need not agree), which it renews every third of the lease; a job
 whose lease has run out was left by a replica that stopped, and whichever replica
 notices first marks it FAILED (rows locked with SKIP LOCKED, so two never both do).
+An outage of the database is not taken for stopped replicas: no job is failed until
+one full lease after the server started and after this replica reached it again, which
+gives the running replicas time to renew first.
 The tables are created on first use; their schema version is kept in
 `strongroom_schema`, and migrations run under an advisory lock, so replicas that start
 together migrate once.
@@ -12,7 +15,8 @@ together migrate once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -23,7 +27,7 @@ from psycopg.rows import DictRow, dict_row
 
 from ..errors import ConfigError, JobError, JobStoreUnavailableError
 from ..jobrecord import Job, JobStatus, failed
-from . import ACTIVE_SQL, COLUMNS, from_row, to_row
+from . import ACTIVE_SQL, COLUMNS, Saved, from_row, to_row, to_stop
 
 __all__ = ["SCHEMA_VERSION", "PostgresJobStore"]
 
@@ -55,7 +59,7 @@ _UPSERT = (
     f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, {_LEASE}) "
     f"ON CONFLICT (jobid) DO UPDATE SET "
     f"{', '.join(f'{c} = excluded.{c}' for c in COLUMNS)}, lease_until = excluded.lease_until "
-    f"WHERE strongroom_jobs.status IN ({ACTIVE_SQL}) OR excluded.status NOT IN ({ACTIVE_SQL}) "
+    f"WHERE strongroom_jobs.status IN ({ACTIVE_SQL}) "
     "RETURNING cancel_requested"
 )
 
@@ -76,6 +80,10 @@ class PostgresJobStore:
         self._lock = threading.Lock()
         self._db: psycopg.Connection[DictRow] | None = None
         self._closed = False
+        #: When this replica reached the server again after losing it (monotonic), or
+        #: None while it never lost it: no orphan is failed until a lease after that.
+        self._reachable_since: float | None = None
+        self._lost = False
         try:
             self._migrate()
         except BaseException:
@@ -99,10 +107,12 @@ class PostgresJobStore:
                     db.execute(statement)
                 db.execute("INSERT INTO strongroom_schema VALUES (%s)", (number + 1,))
 
-    def save(self, job: Job) -> bool:
+    def save(self, job: Job) -> Saved:
         with self._connection() as db:
             row = db.execute(_UPSERT, {**to_row(job, self.owner), "lease": self._lease}).fetchone()
-        return row is not None and bool(row["cancel_requested"])
+        if row is None:
+            return Saved.ENDED
+        return Saved.CANCEL_ASKED if row["cancel_requested"] else Saved.WRITTEN
 
     def load(self, jobid: str) -> Job | None:
         with self._connection() as db:
@@ -136,24 +146,32 @@ class PostgresJobStore:
             ).rowcount
         return changed > 0
 
-    def renew(self) -> set[str]:
+    def renew(self, jobids: Collection[str]) -> dict[str, Saved]:
+        if not jobids:
+            return {}
         with self._connection() as db:
             rows = db.execute(
                 f"UPDATE strongroom_jobs SET lease_until = {_LEASE} "
-                f"WHERE owner = %(owner)s AND status IN ({ACTIVE_SQL}) "
-                "RETURNING jobid, cancel_requested",
-                {"owner": self.owner, "lease": self._lease},
+                "WHERE owner = %(owner)s AND jobid = ANY(%(jobids)s) "
+                f"AND status IN ({ACTIVE_SQL}) RETURNING jobid, cancel_requested",
+                {"owner": self.owner, "jobids": list(jobids), "lease": self._lease},
             ).fetchall()
-        return {row["jobid"] for row in rows if row["cancel_requested"]}
+        return to_stop(jobids, {row["jobid"]: row["cancel_requested"] for row in rows})
 
     def fail_orphans(self, now: int, message: str) -> int:
-        """Fail the active jobs of other owners whose lease ran out. Rows another replica
-        is failing (or its owner is saving) right now are skipped, not waited for."""
+        """Fail the active jobs of other owners whose lease ran out, once both the server
+        and this replica's connection to it have been up for a lease. Rows another
+        replica is failing (or its owner is saving) right now are skipped, not waited for."""
+        since = self._reachable_since
+        if since is not None and time.monotonic() - since < self._lease:
+            return 0
         with self._connection() as db, db.transaction():
             rows = db.execute(
                 f"SELECT * FROM strongroom_jobs WHERE status IN ({ACTIVE_SQL}) "
-                "AND lease_until < clock_timestamp() AND owner <> %s FOR UPDATE SKIP LOCKED",
-                (self.owner,),
+                "AND lease_until < clock_timestamp() AND owner <> %(owner)s "
+                "AND clock_timestamp() - pg_postmaster_start_time() "
+                "> %(lease)s * interval '1 second' FOR UPDATE SKIP LOCKED",
+                {"owner": self.owner, "lease": self._lease},
             ).fetchall()
             for row in rows:
                 ended = to_row(failed(from_row(row), now, message), row["owner"])
@@ -198,8 +216,12 @@ class PostgresJobStore:
                     self._db = psycopg.connect(
                         self._url, autocommit=True, connect_timeout=5, row_factory=dict_row
                     )
+                    if self._lost:
+                        self._lost = False
+                        self._reachable_since = time.monotonic()
                 yield self._db
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._lost = True
                 if self._db is not None:
                     self._db.close()
                     self._db = None

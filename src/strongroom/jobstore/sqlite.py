@@ -12,13 +12,13 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ..errors import JobError
 from ..jobrecord import Job, JobStatus, failed
-from . import ACTIVE_SQL, COLUMNS, from_row, to_row
+from . import ACTIVE_SQL, COLUMNS, Saved, from_row, to_row, to_stop
 
 __all__ = ["SCHEMA_VERSION", "SqliteJobStore"]
 
@@ -29,7 +29,7 @@ SCHEMA_VERSION = 3
 _UPSERT = (
     f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join(f':{c}' for c in COLUMNS)}) "
     f"ON CONFLICT (jobid) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS)} "
-    f"WHERE jobs.status IN ({ACTIVE_SQL}) OR excluded.status NOT IN ({ACTIVE_SQL}) "
+    f"WHERE jobs.status IN ({ACTIVE_SQL}) "
     "RETURNING cancel_requested"
 )
 
@@ -79,10 +79,12 @@ class SqliteJobStore:
             )
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def save(self, job: Job) -> bool:
+    def save(self, job: Job) -> Saved:
         with self._lock:
             row = self._db.execute(_UPSERT, to_row(job, self.owner)).fetchone()
-        return row is not None and bool(row[0])
+        if row is None:
+            return Saved.ENDED
+        return Saved.CANCEL_ASKED if row[0] else Saved.WRITTEN
 
     def load(self, jobid: str) -> Job | None:
         with self._lock:
@@ -115,16 +117,16 @@ class SqliteJobStore:
             ).rowcount
         return changed > 0
 
-    def renew(self) -> set[str]:
+    def renew(self, jobids: Collection[str]) -> dict[str, Saved]:
         """Nothing to renew (the owner lock is held while the store is open): only the
-        cancel requests are read."""
+        cancel requests, and the jobs ended in the table, are read."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT jobid FROM jobs WHERE owner = ? AND cancel_requested = 1 "
+                f"SELECT jobid, cancel_requested FROM jobs WHERE owner = ? "
                 f"AND status IN ({ACTIVE_SQL})",
                 (self.owner,),
             ).fetchall()
-        return {row["jobid"] for row in rows}
+        return to_stop(jobids, {row["jobid"]: bool(row["cancel_requested"]) for row in rows})
 
     def fail_orphans(self, now: int, message: str) -> int:
         with self._lock:
