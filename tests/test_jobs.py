@@ -197,7 +197,7 @@ def test_a_schema_1_job_table_is_migrated_and_its_rows_still_read(home: Path) ->
     finally:
         jobs.close()
     with closing(sqlite3.connect(home / JOBS_FILE)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
 
 
 def test_find_lists_newest_first_a_page_at_a_time_by_status_and_operation(home: Path) -> None:

@@ -24,6 +24,7 @@ from strongroom import (
     JobError,
     JobHandle,
     JobManager,
+    JobNotFoundError,
     JobStatus,
     JobStoreUnavailableError,
 )
@@ -378,7 +379,8 @@ def test_the_environment_chooses_the_job_database_and_the_lease(
         job = engine.jobs.wait(engine.submit_cleanup().jobid)
     assert job.status is JobStatus.COMPLETED
     assert not (home / JOBS_FILE).exists()
-    reader = JobManager(postgres_url)
+    assert engine.jobs_namespace == str(home / "config.toml")  # the shared table's tenant
+    reader = JobManager(postgres_url, namespace=engine.jobs_namespace)
     try:
         assert reader.find()[1] == 1
     finally:
@@ -386,3 +388,92 @@ def test_the_environment_chooses_the_job_database_and_the_lease(
     monkeypatch.setenv("STRONGROOM_JOB_LEASE", "soon")
     with pytest.raises(ConfigError, match="STRONGROOM_JOB_LEASE must be a number of seconds"):
         JobManager(postgres_url)
+
+
+def test_namespaces_sharing_a_table_see_and_claim_only_their_own(
+    replicas: Callable[..., JobManager],
+) -> None:
+    a, also_a, b = replicas(namespace="a"), replicas(namespace="a"), replicas(namespace="b")
+    job = a.wait(a.submit("create", lambda job: None).jobid)
+    running = a.submit("create", until_cancelled)
+    assert also_a.get(job.jobid) == job
+    for jobid in (job.jobid, running.jobid):
+        with pytest.raises(JobNotFoundError):
+            b.get(jobid)
+        with pytest.raises(JobNotFoundError):
+            b.cancel(jobid)
+    assert b.find() == ([], 0)
+    assert a.get(running.jobid).status is not JobStatus.CANCELLING  # b's cancel did nothing
+    assert a.claim_periodic("cleanup", 7)
+    assert b.claim_periodic("cleanup", 7)  # another deployment's slot, not this one's
+    assert not also_a.claim_periodic("cleanup", 7)
+    a.cancel(running.jobid)
+
+
+def test_tenants_on_one_job_database_each_run_their_scheduled_cleanup(
+    location: str, tmp_path: Path
+) -> None:
+    """Two homes, one job database: each Engine's cleanup runs in its slot (the other
+    home's claim is not its own), and replicas with different intervals do not collide
+    (a 1 h run's claim does not free the slot a 2 h replica already ran)."""
+    engines: list[Engine] = []
+    stops: list[threading.Event] = []
+
+    def scheduled(home: str, hours: int) -> Engine:
+        engine = Engine(home=tmp_path / home, jobs_db=location, kdf=FAST_KDF)
+        engines.append(engine)
+        stops.append(engine.schedule_cleanup(timedelta(hours=hours)))
+        return engine
+
+    def cleanups(engine: Engine) -> int:
+        return engine.jobs.find(operation="cleanup")[1]
+
+    try:
+        a = scheduled("a", 2)
+        _eventually(lambda: cleanups(a) == 1)
+        scheduled("a", 1)
+        _eventually(lambda: cleanups(a) == 2)
+        b = scheduled("b", 2)
+        _eventually(lambda: cleanups(b) == 1)
+        scheduled("a", 2)  # a replica of the first: this slot already ran
+        time.sleep(1)
+        assert cleanups(a) == 2
+    finally:
+        for stop in stops:
+            stop.set()
+        for engine in engines:
+            engine.close()
+
+
+def test_a_schema_1_postgresql_job_table_is_migrated_and_its_jobs_kept(
+    postgres_url: str,
+) -> None:
+    import psycopg
+
+    from strongroom.jobstore import postgres
+
+    old = JobManager(postgres_url)
+    job = old.wait(old.submit("create", lambda job: None).jobid)
+    old.close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # back to schema 1
+        db.execute("DROP TABLE strongroom_jobs, strongroom_periodic_runs, strongroom_schema")
+        db.execute("CREATE TABLE strongroom_schema (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO strongroom_schema VALUES (1)")
+        for statement in postgres._MIGRATIONS[0]:
+            db.execute(statement)  # type: ignore[arg-type]
+        db.execute(
+            "INSERT INTO strongroom_jobs (jobid, owner, status, operation, starttime, "
+            "updatedtime, bytes_done, stage, messages, stages, scheduled, lease_until) "
+            "VALUES (%s, 'gone', 'COMPLETED', 'create', 1, 1, 0, 'done', '[]', '[]', "
+            "false, now())",
+            (job.jobid,),
+        )
+    migrated = JobManager(postgres_url)
+    try:
+        assert migrated.get(job.jobid).status is JobStatus.COMPLETED
+        assert migrated.claim_periodic("cleanup", 1)
+    finally:
+        migrated.close()
+    with psycopg.connect(postgres_url) as db:
+        version = db.execute("SELECT max(version) FROM strongroom_schema").fetchone()
+    assert version == (postgres.SCHEMA_VERSION,) == (2,)

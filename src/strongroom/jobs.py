@@ -141,6 +141,8 @@ class JobManager:
     `location` is a job-database URL (sqlite:///PATH, postgresql://...) or the path of
     an SQLite file. `lease`: how long this manager's jobs stay its own without renewal
     (default STRONGROOM_JOB_LEASE, else 60 s); it renews them every third of that.
+    `namespace`: the deployment whose jobs these are, in a table several share; the
+    manager sees, cancels and claims periodic tasks only within it.
     """
 
     def __init__(
@@ -151,10 +153,11 @@ class JobManager:
         clock: Callable[[], datetime] = utc_now,
         keep: timedelta = DEFAULT_KEEP,
         lease: timedelta | None = None,
+        namespace: str = "",
     ) -> None:
         self._lease = lease if lease is not None else lease_from_environment()
         self._clock = clock
-        self._store = open_job_store(location, uuid.uuid4().hex, self._lease)
+        self._store = open_job_store(location, uuid.uuid4().hex, self._lease, namespace)
         try:
             self._fail_orphans()
             self._store.forget_ended(before=self._now() - int(keep.total_seconds() * 1000))

@@ -5,6 +5,12 @@ for the processes of one machine; `postgresql://user@host:port/db` keeps it in
 PostgreSQL, shared by replicas on several machines (psycopg 3, the `postgres` extra).
 Each JobManager opens its own store, which knows the manager as its `owner`.
 
+A table may hold the jobs of several deployments (tenants: Engines with different homes
+sharing one database). Each store works in one `namespace`, which its jobs and its
+claims of periodic tasks carry: it finds, cancels and forgets only that namespace's
+jobs, and its claims never collide with another namespace's. Failing orphans is the one
+thing done across namespaces, as a stopped runner is stopped whoever it worked for.
+
 A store also says which of its jobs' runners are gone (`fail_orphans`): SQLite by the
 owner's lock file, PostgreSQL by a lease that the running side renews. Both keep a
 cancel request in the table, which the running side reads at its next save or renewal,
@@ -78,10 +84,11 @@ class Saved(Enum):
 
 
 class JobStore(Protocol):
-    """A job table as one JobManager (the `owner`) sees it. Every method may raise
-    JobStoreUnavailableError when the database cannot be reached."""
+    """A job table as one JobManager (the `owner`) sees it, in its `namespace`. Every
+    method may raise JobStoreUnavailableError when the database cannot be reached."""
 
     owner: str
+    namespace: str
 
     def save(self, job: Job) -> Saved:
         """Write the job as this owner's, unless the table has it ended already: an ended
@@ -113,13 +120,15 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_job_store(location: str | os.PathLike[str], owner: str, lease: timedelta) -> JobStore:
+def open_job_store(
+    location: str | os.PathLike[str], owner: str, lease: timedelta, namespace: str = ""
+) -> JobStore:
     """The store at `location`: a URL (sqlite:///PATH, postgresql://...) or a file path."""
     if isinstance(location, os.PathLike) or "://" not in location:
-        return _sqlite(Path(location), owner)
+        return _sqlite(Path(location), owner, namespace)
     scheme = urlsplit(location).scheme
     if scheme == "sqlite":
-        return _sqlite(Path(unquote(urlsplit(location).path)), owner)
+        return _sqlite(Path(unquote(urlsplit(location).path)), owner, namespace)
     if scheme in ("postgresql", "postgres"):
         try:
             from .postgres import PostgresJobStore  # psycopg loads only for PostgreSQL
@@ -128,16 +137,16 @@ def open_job_store(location: str | os.PathLike[str], owner: str, lease: timedelt
                 "A postgresql:// job database needs psycopg 3: run "
                 "\"pip install 'strongroom[postgres]'\"."
             ) from None
-        return PostgresJobStore(location, owner, lease)
+        return PostgresJobStore(location, owner, lease, namespace)
     raise ConfigError(
         f"The job database URL must start with sqlite:/// or postgresql://, not {scheme}://."
     )
 
 
-def _sqlite(path: Path, owner: str) -> JobStore:
+def _sqlite(path: Path, owner: str, namespace: str) -> JobStore:
     from .sqlite import SqliteJobStore
 
-    return SqliteJobStore(path, owner)
+    return SqliteJobStore(path, owner, namespace)
 
 
 def to_stop(jobids: Collection[str], active: dict[str, bool]) -> dict[str, Saved]:

@@ -49,14 +49,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             task TEXT NOT NULL, slot BIGINT NOT NULL,
             claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (task, slot))""",
     ),
+    (  # 2: namespaces (jobs of schema 1 belong to the empty one); claims are transient
+        "ALTER TABLE strongroom_jobs ADD COLUMN namespace TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX strongroom_namespace_jobs ON strongroom_jobs (namespace, starttime)",
+        "DROP TABLE strongroom_periodic_runs",
+        """CREATE TABLE strongroom_periodic_runs (
+            namespace TEXT NOT NULL, task TEXT NOT NULL, slot BIGINT NOT NULL,
+            claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (namespace, task, slot))""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 #: The advisory lock that serializes migrations (any number, the same in every replica).
 _MIGRATION_LOCK = 0x5354524F4E47  # "STRONG"
 _LEASE = "clock_timestamp() + %(lease)s * interval '1 second'"
-_UPSERT = (
-    f"INSERT INTO strongroom_jobs ({', '.join(COLUMNS)}, lease_until) "
-    f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, {_LEASE}) "
+_UPSERT = (  # a job's namespace is set when it is inserted, and never changed
+    f"INSERT INTO strongroom_jobs ({', '.join(COLUMNS)}, lease_until, namespace) "
+    f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, {_LEASE}, %(namespace)s) "
     f"ON CONFLICT (jobid) DO UPDATE SET "
     f"{', '.join(f'{c} = excluded.{c}' for c in COLUMNS)}, lease_until = excluded.lease_until "
     f"WHERE strongroom_jobs.status IN ({ACTIVE_SQL}) "
@@ -72,8 +81,9 @@ class PostgresJobStore:
     JobStoreUnavailableError.
     """
 
-    def __init__(self, url: str, owner: str, lease: timedelta) -> None:
+    def __init__(self, url: str, owner: str, lease: timedelta, namespace: str = "") -> None:
         self.owner = owner
+        self.namespace = namespace
         self._url = url
         self._lease = lease.total_seconds()
         self._where = _describe(url)
@@ -109,24 +119,32 @@ class PostgresJobStore:
 
     def save(self, job: Job) -> Saved:
         with self._connection() as db:
-            row = db.execute(_UPSERT, {**to_row(job, self.owner), "lease": self._lease}).fetchone()
+            row = db.execute(_UPSERT, self._values(to_row(job, self.owner), self._lease)).fetchone()
         if row is None:
             return Saved.ENDED
         return Saved.CANCEL_ASKED if row["cancel_requested"] else Saved.WRITTEN
 
     def load(self, jobid: str) -> Job | None:
         with self._connection() as db:
-            row = db.execute("SELECT * FROM strongroom_jobs WHERE jobid = %s", (jobid,)).fetchone()
+            row = db.execute(
+                "SELECT * FROM strongroom_jobs WHERE jobid = %s AND namespace = %s",
+                (jobid, self.namespace),
+            ).fetchone()
         return None if row is None else from_row(row)
 
     def find(
         self, status: JobStatus | None, operation: str | None, offset: int, limit: int | None
     ) -> tuple[list[Job], int]:
         where = (
-            "WHERE (%(status)s::text IS NULL OR status = %(status)s) "
+            "WHERE namespace = %(namespace)s "
+            "AND (%(status)s::text IS NULL OR status = %(status)s) "
             "AND (%(operation)s::text IS NULL OR operation = %(operation)s)"
         )
-        match = {"status": None if status is None else status.value, "operation": operation}
+        match = {
+            "namespace": self.namespace,
+            "status": None if status is None else status.value,
+            "operation": operation,
+        }
         with self._connection() as db:
             counted = db.execute(f"SELECT count(*) AS n FROM strongroom_jobs {where}", match)
             total: int = (counted.fetchone() or {"n": 0})["n"]
@@ -141,8 +159,8 @@ class PostgresJobStore:
         with self._connection() as db:
             changed = db.execute(
                 "UPDATE strongroom_jobs SET cancel_requested = TRUE "
-                f"WHERE jobid = %s AND status IN ({ACTIVE_SQL})",
-                (jobid,),
+                f"WHERE jobid = %s AND namespace = %s AND status IN ({ACTIVE_SQL})",
+                (jobid, self.namespace),
             ).rowcount
         return changed > 0
 
@@ -175,27 +193,34 @@ class PostgresJobStore:
             ).fetchall()
             for row in rows:
                 ended = to_row(failed(from_row(row), now, message), row["owner"])
-                db.execute(_UPSERT, {**ended, "lease": 0})
+                db.execute(_UPSERT, self._values(ended, 0))
         return len(rows)
 
     def forget_ended(self, before: int) -> None:
         with self._connection() as db:
             db.execute(
-                f"DELETE FROM strongroom_jobs WHERE status NOT IN ({ACTIVE_SQL}) AND endtime < %s",
-                (before,),
+                f"DELETE FROM strongroom_jobs WHERE status NOT IN ({ACTIVE_SQL}) "
+                "AND endtime < %s AND namespace = %s",
+                (before, self.namespace),
             )
 
     def claim_periodic(self, task: str, slot: int) -> bool:
         with self._connection() as db, db.transaction():
             claimed = db.execute(
-                "INSERT INTO strongroom_periodic_runs (task, slot) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (task, slot),
+                "INSERT INTO strongroom_periodic_runs (namespace, task, slot) "
+                "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (self.namespace, task, slot),
             ).rowcount
             db.execute(
-                "DELETE FROM strongroom_periodic_runs WHERE task = %s AND slot < %s", (task, slot)
+                "DELETE FROM strongroom_periodic_runs "
+                "WHERE namespace = %s AND task = %s AND slot < %s",
+                (self.namespace, task, slot),
             )
         return claimed > 0
+
+    def _values(self, row: dict[str, Any], lease: float) -> dict[str, Any]:
+        """The parameters of `_UPSERT` for a row (an insert puts it in this namespace)."""
+        return {**row, "lease": lease, "namespace": self.namespace}
 
     def close(self) -> None:
         with self._lock:
