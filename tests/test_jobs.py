@@ -533,6 +533,30 @@ def test_engine_cleanup_job_reports_what_it_deleted(fast: Engine, tree: Path) ->
         fast.submit_cleanup(["nowhere"])
 
 
+def test_the_cleanup_task_lives_on_after_an_unexpected_error(
+    fast: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw database error (not a StrongroomError) in one run: logged with its
+    traceback, and the next interval's run happens."""
+    claim = fast.jobs.claim_periodic
+    calls: list[int] = []
+
+    def locked_once(task: str, slot: int) -> bool:
+        calls.append(slot)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return claim(task, slot)
+
+    monkeypatch.setattr(fast.jobs, "claim_periodic", locked_once)
+    stop = fast.schedule_cleanup(timedelta(milliseconds=200))
+    try:
+        _eventually(lambda: fast.jobs.find(operation="cleanup")[1] >= 1)
+    finally:
+        stop.set()
+    assert "database is locked" in caplog.text
+    assert "The scheduled cleanup failed to start" in caplog.text
+
+
 def _soon() -> int:
     return int(time.time() * 1000) + 60_000
 

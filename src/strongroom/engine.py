@@ -945,6 +945,8 @@ class Engine:
                         self.submit_cleanup(scheduled=True)
                 except StrongroomError as exc:  # e.g. the job table is unavailable: try later
                     logger.warning("Could not start the scheduled cleanup: %s", exc)
+                except Exception:  # a raw database error or a bug: log it, and keep the task
+                    logger.exception("The scheduled cleanup failed to start; it tries again later")
                 if stop.wait((slot + 1) * seconds - time.time()):
                     return
 
