@@ -477,3 +477,31 @@ def test_a_schema_1_postgresql_job_table_is_migrated_and_its_jobs_kept(
     with psycopg.connect(postgres_url) as db:
         version = db.execute("SELECT max(version) FROM strongroom_schema").fetchone()
     assert version == (postgres.SCHEMA_VERSION,) == (2,)
+
+
+def test_a_postgresql_call_that_hangs_fails_within_the_lease(postgres_url: str) -> None:
+    """A statement that cannot finish (here, waiting for a row another connection holds)
+    becomes JobStoreUnavailableError within a third of the lease, not a hang; and the
+    connection detects a silent server by TCP keepalives and a user timeout."""
+    import psycopg
+
+    store = open_job_store(postgres_url, "owner", LEASE)
+    holder = psycopg.connect(postgres_url)
+    try:
+        manager = JobManager(postgres_url, lease=LEASE)
+        job = manager.wait(manager.submit("op", lambda job: None).jobid)
+        manager.close()
+        holder.execute("SELECT * FROM strongroom_jobs FOR UPDATE")  # its transaction stays open
+        started = time.monotonic()
+        with pytest.raises(JobStoreUnavailableError, match="cannot be reached"):
+            store.save(job)
+        assert time.monotonic() - started < LEASE.total_seconds()
+        holder.rollback()
+        assert store.load(job.jobid) == job  # connected anew
+        parameters = store._db.info.get_parameters()  # type: ignore[attr-defined]
+        assert parameters["keepalives"] == "1"
+        assert parameters["tcp_user_timeout"] == "1000"
+        assert "statement_timeout=1000" in parameters["options"]
+    finally:
+        holder.close()
+        store.close()

@@ -14,6 +14,7 @@ together migrate once.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Collection, Iterator
@@ -87,6 +88,7 @@ class PostgresJobStore:
         self._url = url
         self._lease = lease.total_seconds()
         self._where = _describe(url)
+        self._timeouts = _timeouts(url, self._lease)
         self._lock = threading.Lock()
         self._db: psycopg.Connection[DictRow] | None = None
         self._closed = False
@@ -239,7 +241,7 @@ class PostgresJobStore:
             try:
                 if self._db is None or self._db.closed:
                     self._db = psycopg.connect(
-                        self._url, autocommit=True, connect_timeout=5, row_factory=dict_row
+                        self._url, autocommit=True, row_factory=dict_row, **self._timeouts
                     )
                     if self._lost:
                         self._lost = False
@@ -255,6 +257,25 @@ class PostgresJobStore:
                     f"The job database {self._where} cannot be reached ({reason}); new jobs "
                     "can start once it is back, and running jobs record their end then."
                 ) from None
+
+
+def _timeouts(url: str, lease: float) -> dict[str, Any]:
+    """Connection options under which a server that stops answering (down, or its
+    packets dropped) fails a call within about a third of the lease, so the call
+    becomes JobStoreUnavailableError (a 503) instead of hanging, and a renewal is
+    retried in time. The URL's own `options` are kept."""
+    seconds = max(1.0, lease / 3)
+    millis = int(seconds * 1000)
+    options = conninfo_to_dict(url).get("options") or ""
+    return {
+        "connect_timeout": max(2, math.ceil(seconds)),  # libpq waits 2 s at least
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(seconds / 2)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": millis,
+        "options": f"{options} -c statement_timeout={millis}".strip(),
+    }
 
 
 def _describe(url: str) -> str:
