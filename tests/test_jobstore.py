@@ -4,6 +4,7 @@ PostgreSQL does: leases, and running on while the database is down."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from strongroom import (
     JobStatus,
     JobStoreUnavailableError,
 )
+from strongroom.cli import main
 from strongroom.jobrecord import failed
 from strongroom.jobs import JOBS_FILE
 from strongroom.jobstore import Saved, open_job_store
@@ -505,3 +507,36 @@ def test_a_postgresql_call_that_hangs_fails_within_the_lease(postgres_url: str) 
     finally:
         holder.close()
         store.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite://jobs.db", "sqlite:///", "mysql://db/jobs"])
+def test_serve_refuses_a_bad_job_database_url_at_once(
+    home: Path, url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def serve(*args: object, **options: object) -> None:
+        raise AssertionError("serve started with a bad job database URL")
+
+    monkeypatch.setattr("strongroom.web.serve.serve", serve)
+    assert main(["serve", "--port", "1", "--jobs-db", url]) == ConfigError.exit_code
+    error = capsys.readouterr().err
+    assert "sqlite:///PATH (three slashes, then the file's path)" in error
+    assert "postgresql://user@host:port/db" in error
+
+
+def test_jobs_commands_take_the_job_database_and_warn_of_a_password_in_it(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite://{tmp_path / 'elsewhere.sqlite3'}"
+    with Engine(jobs_db=url) as engine:
+        job = engine.jobs.wait(engine.submit_cleanup().jobid)
+    assert main(["jobs", "list", "--jobs-db", url, "--json"]) == 0
+    assert [listed["jobid"] for listed in json.loads(capsys.readouterr().out)["jobs"]] == [
+        job.jobid
+    ]
+    assert main(["jobs", "show", job.jobid, "--jobs-db", url]) == 0
+    assert "warning" not in capsys.readouterr().err
+    secret = "postgresql://someone:Sekret-Pa55@127.0.0.1:1/jobs"
+    main(["jobs", "list", "--jobs-db", secret])
+    error = capsys.readouterr().err
+    assert "contains a password" in error and "STRONGROOM_JOBS_DB" in error
+    assert "Sekret-Pa55" not in error

@@ -31,7 +31,7 @@ from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError
 from ..jobrecord import Job, JobStatus, Stage
@@ -41,7 +41,9 @@ __all__ = [
     "COLUMNS",
     "JobStore",
     "Saved",
+    "check_location",
     "from_row",
+    "has_password",
     "open_job_store",
     "to_row",
     "to_stop",
@@ -124,23 +126,52 @@ def open_job_store(
     location: str | os.PathLike[str], owner: str, lease: timedelta, namespace: str = ""
 ) -> JobStore:
     """The store at `location`: a URL (sqlite:///PATH, postgresql://...) or a file path."""
+    if check_location(location) == "sqlite":
+        return _sqlite(_sqlite_path(location), owner, namespace)
+    try:
+        from .postgres import PostgresJobStore  # psycopg loads only for PostgreSQL
+    except ImportError:
+        raise ConfigError(
+            "A postgresql:// job database needs psycopg 3: run "
+            "\"pip install 'strongroom[postgres]'\"."
+        ) from None
+    return PostgresJobStore(str(location), owner, lease, namespace)
+
+
+def check_location(location: str | os.PathLike[str]) -> str:
+    """The kind of store `location` names, "sqlite" or "postgresql", without opening it;
+    ConfigError, saying which forms are accepted, if it names none."""
     if isinstance(location, os.PathLike) or "://" not in location:
-        return _sqlite(Path(location), owner, namespace)
-    scheme = urlsplit(location).scheme
-    if scheme == "sqlite":
-        return _sqlite(Path(unquote(urlsplit(location).path)), owner, namespace)
-    if scheme in ("postgresql", "postgres"):
-        try:
-            from .postgres import PostgresJobStore  # psycopg loads only for PostgreSQL
-        except ImportError:
-            raise ConfigError(
-                "A postgresql:// job database needs psycopg 3: run "
-                "\"pip install 'strongroom[postgres]'\"."
-            ) from None
-        return PostgresJobStore(location, owner, lease, namespace)
-    raise ConfigError(
-        f"The job database URL must start with sqlite:/// or postgresql://, not {scheme}://."
+        return "sqlite"
+    parts = urlsplit(location)
+    if parts.scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    accepted = (
+        "write sqlite:///PATH (three slashes, then the file's path), "
+        "postgresql://user@host:port/db, or a plain file path"
     )
+    if parts.scheme != "sqlite":
+        raise ConfigError(
+            f"The job database URL must start with sqlite:/// or postgresql://, "
+            f"not {parts.scheme}://: {accepted}."
+        )
+    if parts.netloc or not parts.path.strip("/"):
+        raise ConfigError(f"The job database URL names no SQLite file: {accepted}.")
+    return "sqlite"
+
+
+def has_password(location: str | os.PathLike[str]) -> bool:
+    """Whether the job database URL carries a password (in its user part or its query)."""
+    if isinstance(location, os.PathLike) or "://" not in location:
+        return False
+    parts = urlsplit(location)
+    return parts.password is not None or "password" in parse_qs(parts.query)
+
+
+def _sqlite_path(location: str | os.PathLike[str]) -> Path:
+    if isinstance(location, os.PathLike) or "://" not in location:
+        return Path(location)
+    return Path(unquote(urlsplit(location).path))
 
 
 def _sqlite(path: Path, owner: str, namespace: str) -> JobStore:
