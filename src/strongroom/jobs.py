@@ -466,12 +466,7 @@ class JobManager:
                 )
                 self._cancel_locked(running)
         else:
-            logger.warning(
-                "Job %s ended %s here, but the job database had it ended already; "
-                "its record there stands.",
-                running.job.jobid,
-                running.job.status.value,
-            )
+            _warn_ended_already(running.job)
 
     def _cancel_locked(self, running: _Running) -> Job:
         """Cancel a job of this manager (the caller holds the lock)."""
@@ -554,11 +549,14 @@ class JobManager:
         with self._lock:
             ended = list(self._unrecorded.values())
         for job in ended:
-            self._store.save(job)
+            saved = self._store.save(job)
             with self._lock:
                 if self._unrecorded.get(job.jobid) is job:
                     del self._unrecorded[job.jobid]
-            logger.info("Job %s: its end (%s) is recorded now.", job.jobid, job.status.value)
+            if saved is Saved.ENDED:
+                _warn_ended_already(job)
+            else:
+                logger.info("Job %s: its end (%s) is recorded now.", job.jobid, job.status.value)
 
     def _record_ends_until(self, deadline: float) -> None:
         """`_record_ends`, retried until `deadline` (monotonic); what is still unwritten
@@ -587,6 +585,17 @@ class JobManager:
 
     def _now(self) -> int:
         return to_epoch_ms(self._clock())
+
+
+def _warn_ended_already(job: Job) -> None:
+    """Log that the store kept another end of `job` than this manager's."""
+    logger.warning(
+        "Job %s ended %s here, but the job database had it ended already (another "
+        "job manager failed it while this one could not reach the database); its record "
+        "there stands.",
+        job.jobid,
+        job.status.value,
+    )
 
 
 def lease_from_environment() -> timedelta:
