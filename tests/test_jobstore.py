@@ -216,17 +216,46 @@ def test_a_job_failed_by_another_manager_stops_before_it_commits(
 
     running = a.submit("create", work)
     assert midway.wait(10)
-    other = open_job_store(location, "other", LEASE)
-    try:
-        stored = other.load(running.jobid)
-        assert stored is not None and stored.status is JobStatus.EXECUTING
-        assert other.save(failed(stored, stored.updatedtime, "gone")) is Saved.WRITTEN
-    finally:
-        other.close()
+    _fail_elsewhere(location, running.jobid)
     proceed.set()
     ended = a.wait(running.jobid, timeout=10)
     assert not committed.is_set()
     assert (ended.status, ended.messages[-1]) == (JobStatus.FAILED, "gone")
+
+
+def test_a_job_failed_by_another_manager_stops_at_its_next_renewal(
+    replicas: Callable[..., JobManager], location: str
+) -> None:
+    """Work that reports no progress learns it from the lease renewal instead."""
+    a = replicas()
+    proceed, midway, committed = threading.Event(), threading.Event(), threading.Event()
+
+    def work(job: JobHandle) -> None:
+        job.stage("writing")
+        midway.set()
+        proceed.wait(10)
+        time.sleep(LEASE.total_seconds())  # a renewal or two, and no save
+        job.raise_if_cancelled()
+        committed.set()
+
+    running = a.submit("create", work)
+    assert midway.wait(10)
+    _fail_elsewhere(location, running.jobid)
+    proceed.set()
+    ended = a.wait(running.jobid, timeout=10)
+    assert not committed.is_set()
+    assert ended.status is JobStatus.FAILED
+
+
+def _fail_elsewhere(location: str, jobid: str) -> None:
+    """What another replica does to a job whose runner it takes for gone."""
+    other = open_job_store(location, "other", LEASE)
+    try:
+        stored = other.load(jobid)
+        assert stored is not None and stored.status is JobStatus.EXECUTING
+        assert other.save(failed(stored, stored.updatedtime, "gone")) is Saved.WRITTEN
+    finally:
+        other.close()
 
 
 def test_a_bad_job_database_url_says_what_is_accepted(home: Path) -> None:
