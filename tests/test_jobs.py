@@ -197,7 +197,7 @@ def test_a_schema_1_job_table_is_migrated_and_its_rows_still_read(home: Path) ->
     finally:
         jobs.close()
     with closing(sqlite3.connect(home / JOBS_FILE)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
 
 
 def test_find_lists_newest_first_a_page_at_a_time_by_status_and_operation(home: Path) -> None:
@@ -531,6 +531,30 @@ def test_engine_cleanup_job_reports_what_it_deleted(fast: Engine, tree: Path) ->
     assert [listed.scheduled for listed in fast.jobs.find()[0]].count(True) == 1
     with pytest.raises(UnknownStoreError):
         fast.submit_cleanup(["nowhere"])
+
+
+def test_the_cleanup_task_lives_on_after_an_unexpected_error(
+    fast: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw database error (not a StrongroomError) in one run: logged with its
+    traceback, and the next interval's run happens."""
+    claim = fast.jobs.claim_periodic
+    calls: list[int] = []
+
+    def locked_once(task: str, slot: int) -> bool:
+        calls.append(slot)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return claim(task, slot)
+
+    monkeypatch.setattr(fast.jobs, "claim_periodic", locked_once)
+    stop = fast.schedule_cleanup(timedelta(milliseconds=200))
+    try:
+        _eventually(lambda: fast.jobs.find(operation="cleanup")[1] >= 1)
+    finally:
+        stop.set()
+    assert "database is locked" in caplog.text
+    assert "The scheduled cleanup failed to start" in caplog.text
 
 
 def _soon() -> int:

@@ -4,6 +4,7 @@ PostgreSQL does: leases, and running on while the database is down."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,11 +25,14 @@ from strongroom import (
     JobError,
     JobHandle,
     JobManager,
+    JobNotFoundError,
     JobStatus,
     JobStoreUnavailableError,
 )
+from strongroom.cli import main
+from strongroom.jobrecord import failed
 from strongroom.jobs import JOBS_FILE
-from strongroom.jobstore import open_job_store
+from strongroom.jobstore import Saved, open_job_store
 from tests.conftest import FAST_KDF, SMALL_CHUNK, PostgresServer, until_cancelled
 
 #: Short, so that expiry and renewal show within a test.
@@ -176,18 +182,80 @@ def test_a_job_of_a_replica_killed_mid_job_reads_failed_and_never_runs_again(
     assert [(s.name, s.state) for s in job.stages] == [("writing", "failed")]
 
 
-def test_a_save_never_makes_an_ended_job_active_again(location: str) -> None:
+def test_a_save_never_changes_an_ended_job(location: str) -> None:
     owner = open_job_store(location, "owner", LEASE)
     try:
         manager = JobManager(location, lease=LEASE)
         job = manager.wait(manager.submit("op", lambda job: None).jobid)
         manager.close()
-        from dataclasses import replace
-
-        assert not owner.save(replace(job, status=JobStatus.EXECUTING))
+        assert owner.save(replace(job, status=JobStatus.EXECUTING)) is Saved.ENDED
+        assert owner.save(replace(job, status=JobStatus.FAILED)) is Saved.ENDED
         assert owner.load(job.jobid) == job
+        assert owner.renew([job.jobid]) == {job.jobid: Saved.ENDED}
     finally:
         owner.close()
+
+
+def test_a_job_failed_by_another_manager_stops_before_it_commits(
+    replicas: Callable[..., JobManager], location: str
+) -> None:
+    """What a replica cut off from the table for longer than the lease meets when it is
+    back: another replica failed its job. The work stops at its next step, commits
+    nothing, and the FAILED record stands."""
+    a = replicas()
+    proceed, midway, committed = threading.Event(), threading.Event(), threading.Event()
+
+    def work(job: JobHandle) -> None:
+        job.stage("writing")
+        midway.set()
+        proceed.wait(10)
+        for done in range(1, 50):
+            job.progress(done, 50)
+            time.sleep(0.05)
+        committed.set()
+
+    running = a.submit("create", work)
+    assert midway.wait(10)
+    _fail_elsewhere(location, running.jobid)
+    proceed.set()
+    ended = a.wait(running.jobid, timeout=10)
+    assert not committed.is_set()
+    assert (ended.status, ended.messages[-1]) == (JobStatus.FAILED, "gone")
+
+
+def test_a_job_failed_by_another_manager_stops_at_its_next_renewal(
+    replicas: Callable[..., JobManager], location: str
+) -> None:
+    """Work that reports no progress learns it from the lease renewal instead."""
+    a = replicas()
+    proceed, midway, committed = threading.Event(), threading.Event(), threading.Event()
+
+    def work(job: JobHandle) -> None:
+        job.stage("writing")
+        midway.set()
+        proceed.wait(10)
+        time.sleep(LEASE.total_seconds())  # a renewal or two, and no save
+        job.raise_if_cancelled()
+        committed.set()
+
+    running = a.submit("create", work)
+    assert midway.wait(10)
+    _fail_elsewhere(location, running.jobid)
+    proceed.set()
+    ended = a.wait(running.jobid, timeout=10)
+    assert not committed.is_set()
+    assert ended.status is JobStatus.FAILED
+
+
+def _fail_elsewhere(location: str, jobid: str) -> None:
+    """What another replica does to a job whose runner it takes for gone."""
+    other = open_job_store(location, "other", LEASE)
+    try:
+        stored = other.load(jobid)
+        assert stored is not None and stored.status is JobStatus.EXECUTING
+        assert other.save(failed(stored, stored.updatedtime, "gone")) is Saved.WRITTEN
+    finally:
+        other.close()
 
 
 def test_a_bad_job_database_url_says_what_is_accepted(home: Path) -> None:
@@ -252,9 +320,9 @@ def test_a_job_runs_on_while_postgresql_is_down_and_its_end_is_recorded_after(
         assert ended.status is JobStatus.COMPLETED  # as this replica knows it
         time.sleep(2 * LEASE.total_seconds())  # down longer than a lease
         own_postgres.start()
-        other = JobManager(url, lease=LEASE)
+        other = JobManager(url, lease=LEASE)  # its lease ran out, but the outage is no stop
         try:
-            _eventually(lambda: other.get(submitted.jobid).status is JobStatus.COMPLETED)
+            _eventually(lambda: not other.get(submitted.jobid).status.active)
             recorded = other.get(submitted.jobid)
         finally:
             other.close()
@@ -265,6 +333,54 @@ def test_a_job_runs_on_while_postgresql_is_down_and_its_end_is_recorded_after(
         assert follow.status is JobStatus.COMPLETED
     finally:
         jobs.close()
+
+
+def test_an_outage_longer_than_the_lease_fails_no_live_job(
+    own_postgres: PostgresServer,
+) -> None:
+    """PostgreSQL down for two leases while another replica keeps asking for the job: it
+    never reads FAILED (the owner renews once the server is back, before anyone may fail
+    it), and ends COMPLETED."""
+    url = own_postgres.new_database()
+    owner, watcher = JobManager(url, lease=LEASE), JobManager(url, lease=LEASE)
+    seen: set[JobStatus] = set()
+    proceed, midway, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def work(job: JobHandle) -> dict[str, int]:
+        job.stage("writing")
+        midway.set()
+        proceed.wait(30)
+        for done in range(1, 41):  # two leases and more after the server is back
+            job.progress(done, 40)
+            time.sleep(0.1)
+        return {"done": 40}
+
+    def poll(jobid: str) -> None:
+        while not stop.is_set():
+            with suppress(JobStoreUnavailableError):  # while the server is down
+                seen.add(watcher.get(jobid).status)
+            time.sleep(0.02)
+
+    try:
+        submitted = owner.submit("create", work)
+        assert midway.wait(10)
+        poller = threading.Thread(target=poll, args=(submitted.jobid,))
+        poller.start()
+        own_postgres.stop()
+        time.sleep(2 * LEASE.total_seconds())
+        own_postgres.start()
+        proceed.set()
+        ended = owner.wait(submitted.jobid, timeout=30)
+        _eventually(lambda: not watcher.get(submitted.jobid).status.active)
+        stop.set()
+        poller.join()
+        assert ended.status is JobStatus.COMPLETED
+        assert watcher.get(submitted.jobid) == ended
+        assert JobStatus.FAILED not in seen
+    finally:
+        stop.set()
+        owner.close()
+        watcher.close()
 
 
 def test_passcodes_never_reach_the_postgresql_job_table(
@@ -294,7 +410,8 @@ def test_the_environment_chooses_the_job_database_and_the_lease(
         job = engine.jobs.wait(engine.submit_cleanup().jobid)
     assert job.status is JobStatus.COMPLETED
     assert not (home / JOBS_FILE).exists()
-    reader = JobManager(postgres_url)
+    assert engine.jobs_namespace == str(home / "config.toml")  # the shared table's tenant
+    reader = JobManager(postgres_url, namespace=engine.jobs_namespace)
     try:
         assert reader.find()[1] == 1
     finally:
@@ -302,3 +419,153 @@ def test_the_environment_chooses_the_job_database_and_the_lease(
     monkeypatch.setenv("STRONGROOM_JOB_LEASE", "soon")
     with pytest.raises(ConfigError, match="STRONGROOM_JOB_LEASE must be a number of seconds"):
         JobManager(postgres_url)
+
+
+def test_namespaces_sharing_a_table_see_and_claim_only_their_own(
+    replicas: Callable[..., JobManager],
+) -> None:
+    a, also_a, b = replicas(namespace="a"), replicas(namespace="a"), replicas(namespace="b")
+    job = a.wait(a.submit("create", lambda job: None).jobid)
+    running = a.submit("create", until_cancelled)
+    assert also_a.get(job.jobid) == job
+    for jobid in (job.jobid, running.jobid):
+        with pytest.raises(JobNotFoundError):
+            b.get(jobid)
+        with pytest.raises(JobNotFoundError):
+            b.cancel(jobid)
+    assert b.find() == ([], 0)
+    assert a.get(running.jobid).status is not JobStatus.CANCELLING  # b's cancel did nothing
+    assert a.claim_periodic("cleanup", 7)
+    assert b.claim_periodic("cleanup", 7)  # another deployment's slot, not this one's
+    assert not also_a.claim_periodic("cleanup", 7)
+    a.cancel(running.jobid)
+
+
+def test_tenants_on_one_job_database_each_run_their_scheduled_cleanup(
+    location: str, tmp_path: Path
+) -> None:
+    """Two homes, one job database: each Engine's cleanup runs in its slot (the other
+    home's claim is not its own), and replicas with different intervals do not collide
+    (a 1 h run's claim does not free the slot a 2 h replica already ran)."""
+    engines: list[Engine] = []
+    stops: list[threading.Event] = []
+
+    def scheduled(home: str, hours: int) -> Engine:
+        engine = Engine(home=tmp_path / home, jobs_db=location, kdf=FAST_KDF)
+        engines.append(engine)
+        stops.append(engine.schedule_cleanup(timedelta(hours=hours)))
+        return engine
+
+    def cleanups(engine: Engine) -> int:
+        return engine.jobs.find(operation="cleanup")[1]
+
+    try:
+        a = scheduled("a", 2)
+        _eventually(lambda: cleanups(a) == 1)
+        scheduled("a", 1)
+        _eventually(lambda: cleanups(a) == 2)
+        b = scheduled("b", 2)
+        _eventually(lambda: cleanups(b) == 1)
+        scheduled("a", 2)  # a replica of the first: this slot already ran
+        time.sleep(1)
+        assert cleanups(a) == 2
+    finally:
+        for stop in stops:
+            stop.set()
+        for engine in engines:
+            engine.close()
+
+
+def test_a_schema_1_postgresql_job_table_is_migrated_and_its_jobs_kept(
+    postgres_url: str,
+) -> None:
+    import psycopg
+
+    from strongroom.jobstore import postgres
+
+    old = JobManager(postgres_url)
+    job = old.wait(old.submit("create", lambda job: None).jobid)
+    old.close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # back to schema 1
+        db.execute("DROP TABLE strongroom_jobs, strongroom_periodic_runs, strongroom_schema")
+        db.execute("CREATE TABLE strongroom_schema (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO strongroom_schema VALUES (1)")
+        for statement in postgres._MIGRATIONS[0]:
+            db.execute(statement)  # type: ignore[arg-type]
+        db.execute(
+            "INSERT INTO strongroom_jobs (jobid, owner, status, operation, starttime, "
+            "updatedtime, bytes_done, stage, messages, stages, scheduled, lease_until) "
+            "VALUES (%s, 'gone', 'COMPLETED', 'create', 1, 1, 0, 'done', '[]', '[]', "
+            "false, now())",
+            (job.jobid,),
+        )
+    migrated = JobManager(postgres_url)
+    try:
+        assert migrated.get(job.jobid).status is JobStatus.COMPLETED
+        assert migrated.claim_periodic("cleanup", 1)
+    finally:
+        migrated.close()
+    with psycopg.connect(postgres_url) as db:
+        version = db.execute("SELECT max(version) FROM strongroom_schema").fetchone()
+    assert version == (postgres.SCHEMA_VERSION,) == (2,)
+
+
+def test_a_postgresql_call_that_hangs_fails_within_the_lease(postgres_url: str) -> None:
+    """A statement that cannot finish (here, waiting for a row another connection holds)
+    becomes JobStoreUnavailableError within a third of the lease, not a hang; and the
+    connection detects a silent server by TCP keepalives and a user timeout."""
+    import psycopg
+
+    store = open_job_store(postgres_url, "owner", LEASE)
+    holder = psycopg.connect(postgres_url)
+    try:
+        manager = JobManager(postgres_url, lease=LEASE)
+        job = manager.wait(manager.submit("op", lambda job: None).jobid)
+        manager.close()
+        holder.execute("SELECT * FROM strongroom_jobs FOR UPDATE")  # its transaction stays open
+        started = time.monotonic()
+        with pytest.raises(JobStoreUnavailableError, match="cannot be reached"):
+            store.save(job)
+        assert time.monotonic() - started < LEASE.total_seconds()
+        holder.rollback()
+        assert store.load(job.jobid) == job  # connected anew
+        parameters = store._db.info.get_parameters()  # type: ignore[attr-defined]
+        assert parameters["keepalives"] == "1"
+        assert parameters["tcp_user_timeout"] == "1000"
+        assert "statement_timeout=1000" in parameters["options"]
+    finally:
+        holder.close()
+        store.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite://jobs.db", "sqlite:///", "mysql://db/jobs"])
+def test_serve_refuses_a_bad_job_database_url_at_once(
+    home: Path, url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def serve(*args: object, **options: object) -> None:
+        raise AssertionError("serve started with a bad job database URL")
+
+    monkeypatch.setattr("strongroom.web.serve.serve", serve)
+    assert main(["serve", "--port", "1", "--jobs-db", url]) == ConfigError.exit_code
+    error = capsys.readouterr().err
+    assert "sqlite:///PATH (three slashes, then the file's path)" in error
+    assert "postgresql://user@host:port/db" in error
+
+
+def test_jobs_commands_take_the_job_database_and_warn_of_a_password_in_it(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite://{tmp_path / 'elsewhere.sqlite3'}"
+    with Engine(jobs_db=url) as engine:
+        job = engine.jobs.wait(engine.submit_cleanup().jobid)
+    assert main(["jobs", "list", "--jobs-db", url, "--json"]) == 0
+    assert [listed["jobid"] for listed in json.loads(capsys.readouterr().out)["jobs"]] == [
+        job.jobid
+    ]
+    assert main(["jobs", "show", job.jobid, "--jobs-db", url]) == 0
+    assert "warning" not in capsys.readouterr().err
+    secret = "postgresql://someone:Sekret-Pa55@127.0.0.1:1/jobs"
+    main(["jobs", "list", "--jobs-db", secret])
+    error = capsys.readouterr().err
+    assert "contains a password" in error and "STRONGROOM_JOBS_DB" in error
+    assert "Sekret-Pa55" not in error

@@ -139,7 +139,7 @@ def test_two_replicas_run_the_cleanup_task_once_per_interval(
 
 
 def test_with_postgresql_down_new_requests_get_503_and_running_jobs_end_recorded(
-    serve: ServerFactory, own_postgres: PostgresServer, tree: Path, tmp_path: Path
+    serve: ServerFactory, own_postgres: PostgresServer, home: Path, tmp_path: Path
 ) -> None:
     database = own_postgres.new_database()
     server = serve([_huge(tmp_path)], "--jobs-db", database, "--cleanup-interval", "0")
@@ -155,7 +155,8 @@ def test_with_postgresql_down_new_requests_get_503_and_running_jobs_end_recorded
     server.post(f"/admin/jobs/{running['jobid']}/cancel")
     _until(lambda: _job(server, running["jobid"])["status"] == "CANCELLED")
     own_postgres.start()
-    other = JobManager(database)  # what every replica reads, once it is back
+    # what every replica of this configuration reads, once it is back
+    other = JobManager(database, namespace=str((home / "config.toml").resolve()))
     try:
         _until(lambda: other.get(running["jobid"]).status is JobStatus.CANCELLED)
     finally:

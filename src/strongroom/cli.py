@@ -31,6 +31,7 @@ from .engine import BackupInfo, Engine
 from .errors import ConfigError, JobError, PasscodeError, StoreUnavailableError, StrongroomError
 from .format import from_epoch_ms, utc_now
 from .jobs import JobStatus
+from .jobstore import check_location, has_password
 from .keys import WriteKey
 from .pipeline import ZSTD_LEVEL, Progress
 from .plugins import build_registry, get_plugin_manager
@@ -246,12 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MINUTES",
         help="run the cleanup system task this often (0: never; default 60)",
     )
-    serve.add_argument(
-        "--jobs-db",
-        metavar="URL",
-        help="where jobs are kept: postgresql://user@host:port/db for replicas sharing "
-        "them (default: $STRONGROOM_JOBS_DB, else sqlite:///$STRONGROOM_HOME/jobs.sqlite3)",
-    )
+    _jobs_db_option(serve)
     serve.add_argument(
         "--restore-dir",
         metavar="DIR",
@@ -277,9 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_list.add_argument(
         "--operation", metavar="O", help="only this operation (create, restore, delete, ...)"
     )
+    _jobs_db_option(jobs_list)
     _json_option(jobs_list)
     jobs_show = _command(job_commands, "show", "show one job and its stages", run_jobs_show)
     jobs_show.add_argument("jobid", metavar="ID")
+    _jobs_db_option(jobs_show)
     _json_option(jobs_show)
 
     benchmark = _command(
@@ -540,7 +538,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .web.serve import serve  # the web stack loads only for this command
 
     serve(
-        Engine(jobs_db=args.jobs_db),
+        _jobs_engine(args),
         host=args.host,
         port=args.port,
         root_path=args.root,
@@ -648,7 +646,7 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_jobs_list(args: argparse.Namespace) -> int:
-    with Engine() as engine:
+    with _jobs_engine(args) as engine:
         jobs, _ = engine.jobs.find(status=args.status, operation=args.operation, limit=None)
     if args.json:
         _print_json({"jobs": [job.to_dict() for job in jobs]})
@@ -671,7 +669,7 @@ def run_jobs_list(args: argparse.Namespace) -> int:
 
 
 def run_jobs_show(args: argparse.Namespace) -> int:
-    with Engine() as engine:
+    with _jobs_engine(args) as engine:
         job = engine.jobs.get(args.jobid)
     if args.json:
         _print_json(job.to_dict())
@@ -695,6 +693,30 @@ def run_jobs_show(args: argparse.Namespace) -> int:
         print()
         _print_table(("STAGE", "STATE", "LAST UPDATED", "DURATION"), stages)
     return 0
+
+
+def _jobs_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs-db",
+        metavar="URL",
+        help="where jobs are kept: postgresql://user@host:port/db for replicas sharing "
+        "them (default: $STRONGROOM_JOBS_DB, else sqlite:///$STRONGROOM_HOME/jobs.sqlite3)",
+    )
+
+
+def _jobs_engine(args: argparse.Namespace) -> Engine:
+    """The Engine of a command that uses the job table (`--jobs-db`), its URL checked
+    before any job starts; a password on the command line is warned of, not shown."""
+    engine = Engine(jobs_db=args.jobs_db)
+    check_location(engine.jobs_db)
+    if args.jobs_db and has_password(args.jobs_db):
+        print(
+            "strongroom: warning: the --jobs-db URL contains a password, which other users "
+            "of this machine can read in the process list (ps); set STRONGROOM_JOBS_DB "
+            "or put the password in ~/.pgpass instead.",
+            file=sys.stderr,
+        )
+    return engine
 
 
 def run_benchmark(args: argparse.Namespace) -> int:

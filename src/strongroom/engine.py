@@ -168,6 +168,10 @@ class Engine:
     product gets its own; the default home is $STRONGROOM_HOME. The job table may live
     elsewhere instead: `jobs_db` (default $STRONGROOM_JOBS_DB) is a job-database URL,
     `postgresql://user@host:port/db` for replicas that share their jobs (see jobstore).
+    Engines sharing one job database see only the jobs of their own `jobs_namespace`
+    (default $STRONGROOM_JOBS_NAMESPACE, else the path of the configuration file, so
+    replicas sharing a configuration share their jobs, and tenants do not; the home's
+    own job table, which no other home uses, keeps the empty namespace of older jobs).
     """
 
     def __init__(
@@ -183,14 +187,20 @@ class Engine:
         clock: Callable[[], datetime] = utc_now,
         leftover_grace: timedelta = timedelta(hours=24),
         jobs_db: str | None = None,
+        jobs_namespace: str | None = None,
     ) -> None:
         if config is None:
             config = StoresConfig.load(home=None if home is None else Path(home))
         self.config = config
         self.home = Path(home) if home is not None else config.home
         #: Where the jobs are kept: a URL (see jobstore), by default SQLite in the home.
-        self.jobs_db: str | os.PathLike[str] = (
-            jobs_db or os.environ.get("STRONGROOM_JOBS_DB") or self.home / JOBS_FILE
+        shared_db = jobs_db or os.environ.get("STRONGROOM_JOBS_DB")
+        self.jobs_db: str | os.PathLike[str] = shared_db or self.home / JOBS_FILE
+        #: Whose jobs these are in a job database several deployments share.
+        self.jobs_namespace = (
+            jobs_namespace
+            or os.environ.get("STRONGROOM_JOBS_NAMESPACE")
+            or (str(self.config.path.resolve()) if shared_db else "")
         )
         self.plugin_manager = plugin_manager or get_plugin_manager()
         self._registry = build_registry(self.plugin_manager)
@@ -769,7 +779,7 @@ class Engine:
             if self._closed:
                 raise JobError("This Engine is closed; make a new one to run jobs.")
             if self._job_manager is None:
-                manager = JobManager(self.jobs_db, clock=self._clock)
+                manager = JobManager(self.jobs_db, clock=self._clock, namespace=self.jobs_namespace)
                 self._close_jobs = weakref.finalize(self, manager.close)
                 self._job_manager = manager
             return self._job_manager
@@ -933,10 +943,12 @@ class Engine:
             while True:  # at least once, even if stopped at once
                 slot = int(time.time() // seconds)
                 try:
-                    if self.jobs.claim_periodic("cleanup", slot):
+                    if self.jobs.claim_periodic(f"cleanup every {seconds:g} s", slot):
                         self.submit_cleanup(scheduled=True)
                 except StrongroomError as exc:  # e.g. the job table is unavailable: try later
                     logger.warning("Could not start the scheduled cleanup: %s", exc)
+                except Exception:  # a raw database error or a bug: log it, and keep the task
+                    logger.exception("The scheduled cleanup failed to start; it tries again later")
                 if stop.wait((slot + 1) * seconds - time.time()):
                     return
 

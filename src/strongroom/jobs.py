@@ -10,6 +10,9 @@ died; for PostgreSQL, its lease ran out) is marked FAILED, with a message saying
 whichever manager notices first: when one starts, when someone asks for the job, and
 every third of the lease. A cancel asked of another manager's job is written to the
 store, and the runner reads it at its next save (a progress report) or lease renewal.
+An ended job never changes again: a runner that finds its job ended in the store (failed
+by another manager while this one could not reach the store) stops it at its next step,
+as if cancelled, so that nothing is committed after the job read FAILED.
 
 The work is a callable that receives a `JobHandle`. It reports progress and stages
 through it (each stage is kept with its times), and the handle raises JobCancelledError
@@ -55,7 +58,7 @@ from .errors import (
 )
 from .format import to_epoch_ms, utc_now
 from .jobrecord import Job, JobStatus, Stage, end_stages
-from .jobstore import open_job_store
+from .jobstore import Saved, open_job_store
 
 __all__ = ["JOBS_FILE", "Job", "JobHandle", "JobManager", "JobStatus", "Stage", "Work"]
 
@@ -138,6 +141,8 @@ class JobManager:
     `location` is a job-database URL (sqlite:///PATH, postgresql://...) or the path of
     an SQLite file. `lease`: how long this manager's jobs stay its own without renewal
     (default STRONGROOM_JOB_LEASE, else 60 s); it renews them every third of that.
+    `namespace`: the deployment whose jobs these are, in a table several share; the
+    manager sees, cancels and claims periodic tasks only within it.
     """
 
     def __init__(
@@ -148,10 +153,11 @@ class JobManager:
         clock: Callable[[], datetime] = utc_now,
         keep: timedelta = DEFAULT_KEEP,
         lease: timedelta | None = None,
+        namespace: str = "",
     ) -> None:
         self._lease = lease if lease is not None else lease_from_environment()
         self._clock = clock
-        self._store = open_job_store(location, uuid.uuid4().hex, self._lease)
+        self._store = open_job_store(location, uuid.uuid4().hex, self._lease, namespace)
         try:
             self._fail_orphans()
             self._store.forget_ended(before=self._now() - int(keep.total_seconds() * 1000))
@@ -429,16 +435,38 @@ class JobManager:
         (which also finds when the store is back)."""
         if not self._outage:
             try:
-                requested = self._store.save(running.job)
+                saved = self._store.save(running.job)
             except JobStoreUnavailableError as exc:
                 self._note_outage(exc)
             else:
-                if requested and running.job.status.active and not running.handle.cancel_requested:
-                    self._cancel_locked(running)
+                self._act_on_locked(running, saved)
                 return
         if not running.job.status.active:
             self._unrecorded[running.job.jobid] = running.job
             self._wake.set()
+
+    def _act_on_locked(self, running: _Running, saved: Saved) -> None:
+        """Act on what a save or renewal found (the caller holds the lock): a cancel
+        asked through the store, or the job ended there already (another manager failed
+        it while this one could not reach the store). Either stops the work before it
+        commits anything; an ended record in the store stands."""
+        if saved is Saved.CANCEL_ASKED:
+            if running.job.status.active and not running.handle.cancel_requested:
+                self._cancel_locked(running)
+        elif saved is Saved.ENDED:
+            self._ended_elsewhere_locked(running)
+
+    def _ended_elsewhere_locked(self, running: _Running) -> None:
+        if running.job.status.active:
+            if not running.handle.cancel_requested:
+                logger.warning(
+                    "Job %s was marked ended by another job manager while this one could "
+                    "not reach the job database; it stops at its next step.",
+                    running.job.jobid,
+                )
+                self._cancel_locked(running)
+        else:
+            _warn_ended_already(running.job)
 
     def _cancel_locked(self, running: _Running) -> Job:
         """Cancel a job of this manager (the caller holds the lock)."""
@@ -494,11 +522,7 @@ class JobManager:
                 return
             try:
                 self._record_ends()
-                for jobid in self._store.renew():
-                    with self._lock:
-                        running = self._running.get(jobid)
-                        if running is not None and not running.handle.cancel_requested:
-                            self._cancel_locked(running)
+                self._renew()
                 self._fail_orphans()
             except JobStoreUnavailableError as exc:
                 self._note_outage(exc)
@@ -509,16 +533,30 @@ class JobManager:
                     self._outage = False
                     logger.info("The job database is reachable again.")
 
+    def _renew(self) -> None:
+        """Renew this manager's hold on its jobs, and stop those the store says to: a
+        cancel was asked, or the job was ended by another manager."""
+        with self._lock:
+            jobids = list(self._running)
+        for jobid, saved in self._store.renew(jobids).items():
+            with self._lock:
+                running = self._running.get(jobid)
+                if running is not None:
+                    self._act_on_locked(running, saved)
+
     def _record_ends(self) -> None:
         """Write the ends of jobs that ended while the store was unreachable."""
         with self._lock:
             ended = list(self._unrecorded.values())
         for job in ended:
-            self._store.save(job)
+            saved = self._store.save(job)
             with self._lock:
                 if self._unrecorded.get(job.jobid) is job:
                     del self._unrecorded[job.jobid]
-            logger.info("Job %s: its end (%s) is recorded now.", job.jobid, job.status.value)
+            if saved is Saved.ENDED:
+                _warn_ended_already(job)
+            else:
+                logger.info("Job %s: its end (%s) is recorded now.", job.jobid, job.status.value)
 
     def _record_ends_until(self, deadline: float) -> None:
         """`_record_ends`, retried until `deadline` (monotonic); what is still unwritten
@@ -547,6 +585,17 @@ class JobManager:
 
     def _now(self) -> int:
         return to_epoch_ms(self._clock())
+
+
+def _warn_ended_already(job: Job) -> None:
+    """Log that the store kept another end of `job` than this manager's."""
+    logger.warning(
+        "Job %s ended %s here, but the job database had it ended already (another "
+        "job manager failed it while this one could not reach the database); its record "
+        "there stands.",
+        job.jobid,
+        job.status.value,
+    )
 
 
 def lease_from_environment() -> timedelta:

@@ -5,26 +5,49 @@ for the processes of one machine; `postgresql://user@host:port/db` keeps it in
 PostgreSQL, shared by replicas on several machines (psycopg 3, the `postgres` extra).
 Each JobManager opens its own store, which knows the manager as its `owner`.
 
+A table may hold the jobs of several deployments (tenants: Engines with different homes
+sharing one database). Each store works in one `namespace`, which its jobs and its
+claims of periodic tasks carry: it finds, cancels and forgets only that namespace's
+jobs, and its claims never collide with another namespace's. Failing orphans is the one
+thing done across namespaces, as a stopped runner is stopped whoever it worked for.
+
 A store also says which of its jobs' runners are gone (`fail_orphans`): SQLite by the
 owner's lock file, PostgreSQL by a lease that the running side renews. Both keep a
 cancel request in the table, which the running side reads at its next save or renewal,
 so a job may be cancelled from any manager sharing the table.
+
+An ended job is final: no save changes its row again, whoever makes it. A runner whose
+save or renewal finds its job ended in the table (another manager failed it while this
+one could not reach the table) is told so, and stops the job as if it were cancelled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from dataclasses import asdict
 from datetime import timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError
 from ..jobrecord import Job, JobStatus, Stage
 
-__all__ = ["ACTIVE_SQL", "COLUMNS", "JobStore", "from_row", "open_job_store", "to_row"]
+__all__ = [
+    "ACTIVE_SQL",
+    "COLUMNS",
+    "JobStore",
+    "Saved",
+    "check_location",
+    "from_row",
+    "has_password",
+    "open_job_store",
+    "to_row",
+    "to_stop",
+]
 
 #: The columns a saved job writes, in both stores.
 COLUMNS = (
@@ -50,15 +73,28 @@ COLUMNS = (
 ACTIVE_SQL = ",".join(f"'{status.value}'" for status in JobStatus if status.active)
 
 
+class Saved(Enum):
+    """What a save found in the table."""
+
+    #: Written; nobody asked to cancel the job.
+    WRITTEN = "written"
+    #: Written, and a cancel was asked for the job: its runner stops it.
+    CANCEL_ASKED = "cancel asked"
+    #: Not written: the table has the job ended already (a replica failed it while its
+    #: runner could not reach the table); the runner stops it without committing.
+    ENDED = "ended"
+
+
 class JobStore(Protocol):
-    """A job table as one JobManager (the `owner`) sees it. Every method may raise
-    JobStoreUnavailableError when the database cannot be reached."""
+    """A job table as one JobManager (the `owner`) sees it, in its `namespace`. Every
+    method may raise JobStoreUnavailableError when the database cannot be reached."""
 
     owner: str
+    namespace: str
 
-    def save(self, job: Job) -> bool:
-        """Write the job as this owner's and say whether a cancel was requested for it.
-        A job that has ended in the table is never made active again by a save."""
+    def save(self, job: Job) -> Saved:
+        """Write the job as this owner's, unless the table has it ended already: an ended
+        job's row never changes again."""
 
     def load(self, jobid: str) -> Job | None: ...
 
@@ -70,8 +106,9 @@ class JobStore(Protocol):
     def request_cancel(self, jobid: str) -> bool:
         """Ask the job's runner to cancel it; False if the job is no longer active."""
 
-    def renew(self) -> set[str]:
-        """Renew this owner's hold on its active jobs; return those a cancel was asked for."""
+    def renew(self, jobids: Collection[str]) -> dict[str, Saved]:
+        """Renew this owner's hold on its running jobs `jobids`; return those it must stop
+        and why: CANCEL_ASKED, or ENDED (the table has them ended, or no longer has them)."""
 
     def fail_orphans(self, now: int, message: str) -> int:
         """Mark FAILED the active jobs of other owners that are gone; return how many."""
@@ -85,31 +122,70 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_job_store(location: str | os.PathLike[str], owner: str, lease: timedelta) -> JobStore:
+def open_job_store(
+    location: str | os.PathLike[str], owner: str, lease: timedelta, namespace: str = ""
+) -> JobStore:
     """The store at `location`: a URL (sqlite:///PATH, postgresql://...) or a file path."""
+    if check_location(location) == "sqlite":
+        return _sqlite(_sqlite_path(location), owner, namespace)
+    try:
+        from .postgres import PostgresJobStore  # psycopg loads only for PostgreSQL
+    except ImportError:
+        raise ConfigError(
+            "A postgresql:// job database needs psycopg 3: run "
+            "\"pip install 'strongroom[postgres]'\"."
+        ) from None
+    return PostgresJobStore(str(location), owner, lease, namespace)
+
+
+def check_location(location: str | os.PathLike[str]) -> str:
+    """The kind of store `location` names, "sqlite" or "postgresql", without opening it;
+    ConfigError, saying which forms are accepted, if it names none."""
     if isinstance(location, os.PathLike) or "://" not in location:
-        return _sqlite(Path(location), owner)
-    scheme = urlsplit(location).scheme
-    if scheme == "sqlite":
-        return _sqlite(Path(unquote(urlsplit(location).path)), owner)
-    if scheme in ("postgresql", "postgres"):
-        try:
-            from .postgres import PostgresJobStore  # psycopg loads only for PostgreSQL
-        except ImportError:
-            raise ConfigError(
-                "A postgresql:// job database needs psycopg 3: run "
-                "\"pip install 'strongroom[postgres]'\"."
-            ) from None
-        return PostgresJobStore(location, owner, lease)
-    raise ConfigError(
-        f"The job database URL must start with sqlite:/// or postgresql://, not {scheme}://."
+        return "sqlite"
+    parts = urlsplit(location)
+    if parts.scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    accepted = (
+        "write sqlite:///PATH (three slashes, then the file's path), "
+        "postgresql://user@host:port/db, or a plain file path"
     )
+    if parts.scheme != "sqlite":
+        raise ConfigError(
+            f"The job database URL must start with sqlite:/// or postgresql://, "
+            f"not {parts.scheme}://: {accepted}."
+        )
+    if parts.netloc or not parts.path.strip("/"):
+        raise ConfigError(f"The job database URL names no SQLite file: {accepted}.")
+    return "sqlite"
 
 
-def _sqlite(path: Path, owner: str) -> JobStore:
+def has_password(location: str | os.PathLike[str]) -> bool:
+    """Whether the job database URL carries a password (in its user part or its query)."""
+    if isinstance(location, os.PathLike) or "://" not in location:
+        return False
+    parts = urlsplit(location)
+    return parts.password is not None or "password" in parse_qs(parts.query)
+
+
+def _sqlite_path(location: str | os.PathLike[str]) -> Path:
+    if isinstance(location, os.PathLike) or "://" not in location:
+        return Path(location)
+    return Path(unquote(urlsplit(location).path))
+
+
+def _sqlite(path: Path, owner: str, namespace: str) -> JobStore:
     from .sqlite import SqliteJobStore
 
-    return SqliteJobStore(path, owner)
+    return SqliteJobStore(path, owner, namespace)
+
+
+def to_stop(jobids: Collection[str], active: dict[str, bool]) -> dict[str, Saved]:
+    """What `renew` returns, from the `jobids` a renewal found active in the table, each
+    with whether a cancel was asked for it."""
+    stop = dict.fromkeys(set(jobids) - active.keys(), Saved.ENDED)
+    stop.update((jobid, Saved.CANCEL_ASKED) for jobid in jobids if active.get(jobid))
+    return stop
 
 
 def to_row(job: Job, owner: str) -> dict[str, Any]:

@@ -4,6 +4,9 @@ A replica running a job holds a lease on it (`lease_until`, in the database's cl
 the replicas' clocks need not agree), which it renews every third of the lease; a job
 whose lease has run out was left by a replica that stopped, and whichever replica
 notices first marks it FAILED (rows locked with SKIP LOCKED, so two never both do).
+An outage of the database is not taken for stopped replicas: no job is failed until
+one full lease after the server started and after this replica reached it again, which
+gives the running replicas time to renew first.
 The tables are created on first use; their schema version is kept in
 `strongroom_schema`, and migrations run under an advisory lock, so replicas that start
 together migrate once.
@@ -11,8 +14,10 @@ together migrate once.
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -23,7 +28,7 @@ from psycopg.rows import DictRow, dict_row
 
 from ..errors import ConfigError, JobError, JobStoreUnavailableError
 from ..jobrecord import Job, JobStatus, failed
-from . import ACTIVE_SQL, COLUMNS, from_row, to_row
+from . import ACTIVE_SQL, COLUMNS, Saved, from_row, to_row, to_stop
 
 __all__ = ["SCHEMA_VERSION", "PostgresJobStore"]
 
@@ -45,17 +50,26 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             task TEXT NOT NULL, slot BIGINT NOT NULL,
             claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (task, slot))""",
     ),
+    (  # 2: namespaces (jobs of schema 1 belong to the empty one); claims are transient
+        "ALTER TABLE strongroom_jobs ADD COLUMN namespace TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX strongroom_namespace_jobs ON strongroom_jobs (namespace, starttime)",
+        "DROP TABLE strongroom_periodic_runs",
+        """CREATE TABLE strongroom_periodic_runs (
+            namespace TEXT NOT NULL, task TEXT NOT NULL, slot BIGINT NOT NULL,
+            claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (namespace, task, slot))""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 #: The advisory lock that serializes migrations (any number, the same in every replica).
 _MIGRATION_LOCK = 0x5354524F4E47  # "STRONG"
 _LEASE = "clock_timestamp() + %(lease)s * interval '1 second'"
-_UPSERT = (
-    f"INSERT INTO strongroom_jobs ({', '.join(COLUMNS)}, lease_until) "
-    f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, {_LEASE}) "
+_UPSERT = (  # a job's namespace is set when it is inserted, and never changed
+    f"INSERT INTO strongroom_jobs ({', '.join(COLUMNS)}, lease_until, namespace) "
+    f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, {_LEASE}, %(namespace)s) "
     f"ON CONFLICT (jobid) DO UPDATE SET "
     f"{', '.join(f'{c} = excluded.{c}' for c in COLUMNS)}, lease_until = excluded.lease_until "
-    f"WHERE strongroom_jobs.status IN ({ACTIVE_SQL}) OR excluded.status NOT IN ({ACTIVE_SQL}) "
+    f"WHERE strongroom_jobs.status IN ({ACTIVE_SQL}) "
     "RETURNING cancel_requested"
 )
 
@@ -68,14 +82,20 @@ class PostgresJobStore:
     JobStoreUnavailableError.
     """
 
-    def __init__(self, url: str, owner: str, lease: timedelta) -> None:
+    def __init__(self, url: str, owner: str, lease: timedelta, namespace: str = "") -> None:
         self.owner = owner
+        self.namespace = namespace
         self._url = url
         self._lease = lease.total_seconds()
         self._where = _describe(url)
+        self._timeouts = _timeouts(url, self._lease)
         self._lock = threading.Lock()
         self._db: psycopg.Connection[DictRow] | None = None
         self._closed = False
+        #: When this replica reached the server again after losing it (monotonic), or
+        #: None while it never lost it: no orphan is failed until a lease after that.
+        self._reachable_since: float | None = None
+        self._lost = False
         try:
             self._migrate()
         except BaseException:
@@ -99,24 +119,34 @@ class PostgresJobStore:
                     db.execute(statement)
                 db.execute("INSERT INTO strongroom_schema VALUES (%s)", (number + 1,))
 
-    def save(self, job: Job) -> bool:
+    def save(self, job: Job) -> Saved:
         with self._connection() as db:
-            row = db.execute(_UPSERT, {**to_row(job, self.owner), "lease": self._lease}).fetchone()
-        return row is not None and bool(row["cancel_requested"])
+            row = db.execute(_UPSERT, self._values(to_row(job, self.owner), self._lease)).fetchone()
+        if row is None:
+            return Saved.ENDED
+        return Saved.CANCEL_ASKED if row["cancel_requested"] else Saved.WRITTEN
 
     def load(self, jobid: str) -> Job | None:
         with self._connection() as db:
-            row = db.execute("SELECT * FROM strongroom_jobs WHERE jobid = %s", (jobid,)).fetchone()
+            row = db.execute(
+                "SELECT * FROM strongroom_jobs WHERE jobid = %s AND namespace = %s",
+                (jobid, self.namespace),
+            ).fetchone()
         return None if row is None else from_row(row)
 
     def find(
         self, status: JobStatus | None, operation: str | None, offset: int, limit: int | None
     ) -> tuple[list[Job], int]:
         where = (
-            "WHERE (%(status)s::text IS NULL OR status = %(status)s) "
+            "WHERE namespace = %(namespace)s "
+            "AND (%(status)s::text IS NULL OR status = %(status)s) "
             "AND (%(operation)s::text IS NULL OR operation = %(operation)s)"
         )
-        match = {"status": None if status is None else status.value, "operation": operation}
+        match = {
+            "namespace": self.namespace,
+            "status": None if status is None else status.value,
+            "operation": operation,
+        }
         with self._connection() as db:
             counted = db.execute(f"SELECT count(*) AS n FROM strongroom_jobs {where}", match)
             total: int = (counted.fetchone() or {"n": 0})["n"]
@@ -131,53 +161,68 @@ class PostgresJobStore:
         with self._connection() as db:
             changed = db.execute(
                 "UPDATE strongroom_jobs SET cancel_requested = TRUE "
-                f"WHERE jobid = %s AND status IN ({ACTIVE_SQL})",
-                (jobid,),
+                f"WHERE jobid = %s AND namespace = %s AND status IN ({ACTIVE_SQL})",
+                (jobid, self.namespace),
             ).rowcount
         return changed > 0
 
-    def renew(self) -> set[str]:
+    def renew(self, jobids: Collection[str]) -> dict[str, Saved]:
+        if not jobids:
+            return {}
         with self._connection() as db:
             rows = db.execute(
                 f"UPDATE strongroom_jobs SET lease_until = {_LEASE} "
-                f"WHERE owner = %(owner)s AND status IN ({ACTIVE_SQL}) "
-                "RETURNING jobid, cancel_requested",
-                {"owner": self.owner, "lease": self._lease},
+                "WHERE owner = %(owner)s AND jobid = ANY(%(jobids)s) "
+                f"AND status IN ({ACTIVE_SQL}) RETURNING jobid, cancel_requested",
+                {"owner": self.owner, "jobids": list(jobids), "lease": self._lease},
             ).fetchall()
-        return {row["jobid"] for row in rows if row["cancel_requested"]}
+        return to_stop(jobids, {row["jobid"]: row["cancel_requested"] for row in rows})
 
     def fail_orphans(self, now: int, message: str) -> int:
-        """Fail the active jobs of other owners whose lease ran out. Rows another replica
-        is failing (or its owner is saving) right now are skipped, not waited for."""
+        """Fail the active jobs of other owners whose lease ran out, once both the server
+        and this replica's connection to it have been up for a lease. Rows another
+        replica is failing (or its owner is saving) right now are skipped, not waited for."""
+        since = self._reachable_since
+        if since is not None and time.monotonic() - since < self._lease:
+            return 0
         with self._connection() as db, db.transaction():
             rows = db.execute(
                 f"SELECT * FROM strongroom_jobs WHERE status IN ({ACTIVE_SQL}) "
-                "AND lease_until < clock_timestamp() AND owner <> %s FOR UPDATE SKIP LOCKED",
-                (self.owner,),
+                "AND lease_until < clock_timestamp() AND owner <> %(owner)s "
+                "AND clock_timestamp() - pg_postmaster_start_time() "
+                "> %(lease)s * interval '1 second' FOR UPDATE SKIP LOCKED",
+                {"owner": self.owner, "lease": self._lease},
             ).fetchall()
             for row in rows:
                 ended = to_row(failed(from_row(row), now, message), row["owner"])
-                db.execute(_UPSERT, {**ended, "lease": 0})
+                db.execute(_UPSERT, self._values(ended, 0))
         return len(rows)
 
     def forget_ended(self, before: int) -> None:
         with self._connection() as db:
             db.execute(
-                f"DELETE FROM strongroom_jobs WHERE status NOT IN ({ACTIVE_SQL}) AND endtime < %s",
-                (before,),
+                f"DELETE FROM strongroom_jobs WHERE status NOT IN ({ACTIVE_SQL}) "
+                "AND endtime < %s AND namespace = %s",
+                (before, self.namespace),
             )
 
     def claim_periodic(self, task: str, slot: int) -> bool:
         with self._connection() as db, db.transaction():
             claimed = db.execute(
-                "INSERT INTO strongroom_periodic_runs (task, slot) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (task, slot),
+                "INSERT INTO strongroom_periodic_runs (namespace, task, slot) "
+                "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (self.namespace, task, slot),
             ).rowcount
             db.execute(
-                "DELETE FROM strongroom_periodic_runs WHERE task = %s AND slot < %s", (task, slot)
+                "DELETE FROM strongroom_periodic_runs "
+                "WHERE namespace = %s AND task = %s AND slot < %s",
+                (self.namespace, task, slot),
             )
         return claimed > 0
+
+    def _values(self, row: dict[str, Any], lease: float) -> dict[str, Any]:
+        """The parameters of `_UPSERT` for a row (an insert puts it in this namespace)."""
+        return {**row, "lease": lease, "namespace": self.namespace}
 
     def close(self) -> None:
         with self._lock:
@@ -196,10 +241,14 @@ class PostgresJobStore:
             try:
                 if self._db is None or self._db.closed:
                     self._db = psycopg.connect(
-                        self._url, autocommit=True, connect_timeout=5, row_factory=dict_row
+                        self._url, autocommit=True, row_factory=dict_row, **self._timeouts
                     )
+                    if self._lost:
+                        self._lost = False
+                        self._reachable_since = time.monotonic()
                 yield self._db
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._lost = True
                 if self._db is not None:
                     self._db.close()
                     self._db = None
@@ -208,6 +257,25 @@ class PostgresJobStore:
                     f"The job database {self._where} cannot be reached ({reason}); new jobs "
                     "can start once it is back, and running jobs record their end then."
                 ) from None
+
+
+def _timeouts(url: str, lease: float) -> dict[str, Any]:
+    """Connection options under which a server that stops answering (down, or its
+    packets dropped) fails a call within about a third of the lease, so the call
+    becomes JobStoreUnavailableError (a 503) instead of hanging, and a renewal is
+    retried in time. The URL's own `options` are kept."""
+    seconds = max(1.0, lease / 3)
+    millis = int(seconds * 1000)
+    options = conninfo_to_dict(url).get("options") or ""
+    return {
+        "connect_timeout": max(2, math.ceil(seconds)),  # libpq waits 2 s at least
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(seconds / 2)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": millis,
+        "options": f"{options} -c statement_timeout={millis}".strip(),
+    }
 
 
 def _describe(url: str) -> str:

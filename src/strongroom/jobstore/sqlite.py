@@ -12,24 +12,26 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from ..errors import JobError
 from ..jobrecord import Job, JobStatus, failed
-from . import ACTIVE_SQL, COLUMNS, from_row, to_row
+from . import ACTIVE_SQL, COLUMNS, Saved, from_row, to_row, to_stop
 
 __all__ = ["SCHEMA_VERSION", "SqliteJobStore"]
 
 #: 1: the first table; 2: adds the stages (JSON) and whether a schedule submitted the job;
-#: 3: adds cancel requests and the claims of periodic tasks.
-SCHEMA_VERSION = 3
+#: 3: adds cancel requests and the claims of periodic tasks; 4: adds namespaces.
+SCHEMA_VERSION = 4
 
-_UPSERT = (
-    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join(f':{c}' for c in COLUMNS)}) "
+_UPSERT = (  # a job's namespace is set when it is inserted, and never changed
+    f"INSERT INTO jobs ({', '.join(COLUMNS)}, namespace) "
+    f"VALUES ({', '.join(f':{c}' for c in COLUMNS)}, :namespace) "
     f"ON CONFLICT (jobid) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS)} "
-    f"WHERE jobs.status IN ({ACTIVE_SQL}) OR excluded.status NOT IN ({ACTIVE_SQL}) "
+    f"WHERE jobs.status IN ({ACTIVE_SQL}) "
     "RETURNING cancel_requested"
 )
 
@@ -37,9 +39,10 @@ _UPSERT = (
 class SqliteJobStore:
     """Jobs as rows of one SQLite table, owned by processes that hold owner-file locks."""
 
-    def __init__(self, path: Path, owner: str) -> None:
+    def __init__(self, path: Path, owner: str, namespace: str = "") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.owner = owner
+        self.namespace = namespace
         self._owners = path.with_name(f"{path.name}.owners")
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -77,26 +80,42 @@ class SqliteJobStore:
                 "CREATE TABLE periodic_runs (task TEXT NOT NULL, slot INTEGER NOT NULL, "
                 "PRIMARY KEY (task, slot))"
             )
+        if version < 4:  # older jobs belong to the empty namespace; claims are transient
+            self._db.execute("ALTER TABLE jobs ADD COLUMN namespace TEXT NOT NULL DEFAULT ''")
+            self._db.execute("CREATE INDEX namespace_jobs ON jobs (namespace, starttime)")
+            self._db.execute("DROP TABLE periodic_runs")
+            self._db.execute(
+                "CREATE TABLE periodic_runs (namespace TEXT NOT NULL, task TEXT NOT NULL, "
+                "slot INTEGER NOT NULL, PRIMARY KEY (namespace, task, slot))"
+            )
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def save(self, job: Job) -> bool:
+    def save(self, job: Job) -> Saved:
         with self._lock:
-            row = self._db.execute(_UPSERT, to_row(job, self.owner)).fetchone()
-        return row is not None and bool(row[0])
+            row = self._db.execute(_UPSERT, self._values(to_row(job, self.owner))).fetchone()
+        if row is None:
+            return Saved.ENDED
+        return Saved.CANCEL_ASKED if row[0] else Saved.WRITTEN
 
     def load(self, jobid: str) -> Job | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE jobid = ? AND namespace = ?", (jobid, self.namespace)
+            ).fetchone()
         return None if row is None else from_row(row)
 
     def find(
         self, status: JobStatus | None, operation: str | None, offset: int, limit: int | None
     ) -> tuple[list[Job], int]:
         where = (
-            "WHERE (:status IS NULL OR status = :status) "
+            "WHERE namespace = :namespace AND (:status IS NULL OR status = :status) "
             "AND (:operation IS NULL OR operation = :operation)"
         )
-        match = {"status": None if status is None else status.value, "operation": operation}
+        match = {
+            "namespace": self.namespace,
+            "status": None if status is None else status.value,
+            "operation": operation,
+        }
         with self._lock:
             total: int = self._db.execute(f"SELECT count(*) FROM jobs {where}", match).fetchone()[0]
             rows = self._db.execute(
@@ -110,21 +129,21 @@ class SqliteJobStore:
         with self._lock:
             changed = self._db.execute(
                 "UPDATE jobs SET cancel_requested = 1 "
-                f"WHERE jobid = ? AND status IN ({ACTIVE_SQL})",
-                (jobid,),
+                f"WHERE jobid = ? AND namespace = ? AND status IN ({ACTIVE_SQL})",
+                (jobid, self.namespace),
             ).rowcount
         return changed > 0
 
-    def renew(self) -> set[str]:
+    def renew(self, jobids: Collection[str]) -> dict[str, Saved]:
         """Nothing to renew (the owner lock is held while the store is open): only the
-        cancel requests are read."""
+        cancel requests, and the jobs ended in the table, are read."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT jobid FROM jobs WHERE owner = ? AND cancel_requested = 1 "
+                f"SELECT jobid, cancel_requested FROM jobs WHERE owner = ? "
                 f"AND status IN ({ACTIVE_SQL})",
                 (self.owner,),
             ).fetchall()
-        return {row["jobid"] for row in rows}
+        return to_stop(jobids, {row["jobid"]: bool(row["cancel_requested"]) for row in rows})
 
     def fail_orphans(self, now: int, message: str) -> int:
         with self._lock:
@@ -144,25 +163,34 @@ class SqliteJobStore:
                     f"SELECT * FROM jobs WHERE owner = ? AND status IN ({ACTIVE_SQL})", (owner,)
                 ).fetchall()
                 for row in rows:
-                    self._db.execute(
-                        _UPSERT, to_row(failed(from_row(row), now, message), owner)
-                    ).fetchall()
+                    ended = to_row(failed(from_row(row), now, message), owner)
+                    self._db.execute(_UPSERT, self._values(ended)).fetchall()
             return len(rows)
 
     def forget_ended(self, before: int) -> None:
         with self._lock:
             self._db.execute(
-                f"DELETE FROM jobs WHERE status NOT IN ({ACTIVE_SQL}) AND endtime < ?", (before,)
+                f"DELETE FROM jobs WHERE status NOT IN ({ACTIVE_SQL}) AND endtime < ? "
+                "AND namespace = ?",
+                (before, self.namespace),
             )
 
     def claim_periodic(self, task: str, slot: int) -> bool:
         with self._lock, self._transaction():
             claimed = self._db.execute(
-                "INSERT INTO periodic_runs (task, slot) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (task, slot),
+                "INSERT INTO periodic_runs (namespace, task, slot) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (self.namespace, task, slot),
             ).rowcount
-            self._db.execute("DELETE FROM periodic_runs WHERE task = ? AND slot < ?", (task, slot))
+            self._db.execute(
+                "DELETE FROM periodic_runs WHERE namespace = ? AND task = ? AND slot < ?",
+                (self.namespace, task, slot),
+            )
         return claimed > 0
+
+    def _values(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The parameters of `_UPSERT` for a row (an insert puts it in this namespace)."""
+        return {**row, "namespace": self.namespace}
 
     def close(self) -> None:
         self._owner_lock.release()
