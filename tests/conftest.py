@@ -63,6 +63,20 @@ def engine(home: Path) -> Engine:
     return Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
 
 
+def file_system_type(path: Path) -> str:
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def ext4_dir(tmp_path: Path) -> Path:
+    """tmp_path, for tests of what only ext4 does (skipped on other file systems)."""
+    if file_system_type(tmp_path) != "ext2/ext3":  # GNU stat's name for ext2, ext3 and ext4
+        pytest.skip("the test directory is not on ext4")
+    return tmp_path
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """A directory tree with the awkward cases a real server has."""

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from strongroom.preallocate import preallocator_for
-
-
-def file_system_type(path: Path) -> str:
-    return subprocess.run(
-        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-@pytest.fixture
-def ext4_dir(tmp_path: Path) -> Path:
-    if file_system_type(tmp_path) != "ext2/ext3":  # GNU stat's name for ext2, ext3 and ext4
-        pytest.skip("the test directory is not on ext4")
-    return tmp_path
+from tests.conftest import file_system_type
 
 
 def test_on_ext4_blocks_are_reserved_and_the_size_is_kept(ext4_dir: Path) -> None:

@@ -30,6 +30,7 @@ from ..config import StoreSpec
 from ..errors import ConfigError, StoreError
 from ..plugins import BackendOptions, BackendRegistry, hookimpl
 from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities
+from ..writeback import start_writeback
 from .root import NotFollowedError, Root, kind_of
 
 if TYPE_CHECKING:
@@ -249,7 +250,8 @@ def _write(
     """Write a temporary file and fsync it, link or rename it to `name`, fsync the
     directory. Unless `durable`, the fsyncs are left to `LocalStore.sync`, which gets the
     file's descriptor (returned): an fsync through a descriptor opened later could miss a
-    write-back error the kernel has forgotten by then."""
+    write-back error the kernel has forgotten by then. Its writeback starts meanwhile
+    (`writeback`), so that fsync finds the work done."""
     temporary = f".{name}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temporary, flags, 0o666, dir_fd=parent)
@@ -259,6 +261,8 @@ def _write(
             view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
+        else:
+            start_writeback(fd)
         if overwrite:
             os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         else:  # raises FileExistsError: the put-if-absent

@@ -1,0 +1,44 @@
+"""Starting a file's writeback as soon as it is written, so a later fsync finds it done (Linux).
+
+The file store writes each chunk without waiting for the disk and fsyncs it later (before the
+manifest commits it). Left alone, the kernel keeps those pages dirty until the fsync, so every
+fsync writes its chunk, allocates its blocks and commits a journal transaction of its own,
+one after another. Asking for the writeback right after the write (`sync_file_range` with
+SYNC_FILE_RANGE_WRITE, which does not wait) lets the disk work while the backup goes on, and
+the first fsync's journal commit then covers the blocks of every chunk written back so far:
+1 GiB of random data, cold cache, until durable, medians of 5 interleaved: 2.52 -> 1.78 s,
+kernel time 2.47 -> 0.82 s (docs/benchmarks.md).
+
+It is only a hint: durability and write errors still come from fsync through the descriptor
+that wrote the file. Where the call is missing (not Linux) or fails, nothing happens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Callable
+
+__all__ = ["start_writeback"]
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    call = getattr(ctypes.CDLL(None), "sync_file_range", None)
+    if call is None:
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the open file `fd`'s dirty pages now, without waiting."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
