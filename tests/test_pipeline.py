@@ -11,7 +11,7 @@ import pytest
 from strongroom import Engine
 from strongroom.backends.file import LocalStore
 from strongroom.crypto import StreamCipher
-from strongroom.pipeline import SAMPLE_SIZE, ChunkWriter, _looks_compressible
+from strongroom.pipeline import SAMPLE_SIZE, SYNC_BATCH, ChunkWriter, _looks_compressible
 from tests.conftest import PASSCODE
 
 
@@ -80,3 +80,18 @@ def test_a_file_that_ends_sooner_than_its_size_is_an_error(engine: Engine) -> No
             writer.write_from(io.BytesIO(b"short"), 6)
     finally:
         writer.abort()
+
+
+@pytest.mark.parametrize("chunks", [SYNC_BATCH - 1, 2 * SYNC_BATCH + 3])
+def test_an_aborted_write_leaves_no_descriptor_open(tmp_path: Path, chunks: int) -> None:
+    """The file store holds each chunk's descriptor until its batch is synced; a backup
+    stopped before a batch filled still gives every one back."""
+    store = LocalStore("local", tmp_path.as_uri(), tmp_path / "store")
+    before = len(os.listdir("/proc/self/fd"))
+    writer = ChunkWriter(
+        store, lambda index: f"data/b/{index}", StreamCipher(bytes(32), b""), chunk_size=1024
+    )
+    writer.write(os.urandom(1024 * chunks + 1))  # the last byte waits in the writer's buffer
+    writer.abort()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert store.list("data/b/")  # some were put before the abort dropped the rest

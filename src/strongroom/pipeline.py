@@ -4,7 +4,8 @@
 and it cuts the stream into fixed-size chunks, compresses each (kept only if it
 shrinks), seals it, and puts it into the store from a small thread pool. Chunks need
 to be durable only before the manifest commits them, so each is written without
-waiting for the disk and made durable (`Store.sync`) by another pool meanwhile.
+waiting for the disk and made durable (`Store.sync`, a batch at a time) by another
+pool meanwhile.
 `ChunkReader` is the mirror image: a read-only file object that fetches chunks
 ahead in parallel, opens and decompresses them, and serves the stream in order.
 Memory is bounded by chunk size x chunks in flight, whatever the backup's size.
@@ -40,8 +41,12 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
-#: Chunks put but not yet durable, per put worker, before puts wait for the disk.
-SYNCS_PER_WORKER = 4
+#: Chunks made durable together, by one `Store.sync`: the file store then fsyncs their
+#: directory once, not once per chunk, and every fsync but the first finds the journal
+#: committed already.
+SYNC_BATCH = 8
+#: Batches being made durable at once before a put waits for the disk.
+SYNCS_IN_FLIGHT = 2
 ZSTD_LEVEL = 3
 #: A chunk is compressed if any of SAMPLES slices of SAMPLE_SIZE bytes shrinks below
 #: COMPRESSIBLE_RATIO of its size.
@@ -90,9 +95,11 @@ class ChunkWriter(io.RawIOBase):
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-put")
         self._syncer = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-sync")
         self._slots = threading.BoundedSemaphore(workers + 1)
-        self._sync_slots = threading.BoundedSemaphore(SYNCS_PER_WORKER * workers)
-        self._futures: deque[Future[tuple[int, Future[None]]]] = deque()
+        self._sync_slots = threading.BoundedSemaphore(SYNCS_IN_FLIGHT)
+        self._futures: deque[Future[tuple[int, Future[None] | None]]] = deque()
         self._syncs: deque[Future[None]] = deque()
+        self._unsynced: list[str] = []  # keys put, waiting for a batch to fill
+        self._unsynced_lock = threading.Lock()
         self._buffer = bytearray(chunk_size)
         self._free_buffers: list[bytearray] = []  # appended by the puts' threads
         self._fill = 0
@@ -147,6 +154,8 @@ class ChunkWriter(io.RawIOBase):
         self._submit(last=True)
         while self._futures:
             self._account(self._futures.popleft())
+        if rest := self._take_unsynced(at_least=1):
+            self._syncs.append(self._sync(rest))
         while self._syncs:
             self._syncs.popleft().result()
         self._executor.shutdown()
@@ -154,9 +163,12 @@ class ChunkWriter(io.RawIOBase):
         return WriteStats(self._index, self._source_size, self._stored_size)
 
     def abort(self) -> None:
-        """Stop: drop queued chunks, wait for the running puts, then for the syncs of what
-        was put (a store may hold a descriptor until its object is synced)."""
+        """Stop: drop queued chunks, wait for the running puts, then sync what was put (a
+        store may hold a descriptor until its object is synced; a failure is left to the
+        error that stopped the backup)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if rest := self._take_unsynced(at_least=1):
+            self._sync(rest)
         self._syncer.shutdown(wait=True)
 
     def _submit(self, *, last: bool) -> None:
@@ -187,14 +199,31 @@ class ChunkWriter(io.RawIOBase):
         _raise_failure(self._futures)
         _raise_failure(self._syncs)
 
-    def _account(self, put: Future[tuple[int, Future[None]]]) -> None:
+    def _account(self, put: Future[tuple[int, Future[None] | None]]) -> None:
         stored, sync = put.result()
         self._stored_size += stored
-        self._syncs.append(sync)
+        if sync is not None:
+            self._syncs.append(sync)
+
+    def _take_unsynced(self, *, at_least: int) -> list[str]:
+        """The keys waiting for a sync if there are `at_least` of them, else none."""
+        with self._unsynced_lock:
+            if len(self._unsynced) < at_least:
+                return []
+            keys, self._unsynced = self._unsynced, []
+            return keys
+
+    def _sync(self, keys: list[str]) -> Future[None]:
+        self._sync_slots.acquire()  # a put waits while the disk is that far behind
+        sync = self._syncer.submit(self._store.sync, keys)
+        sync.add_done_callback(lambda _: self._sync_slots.release())
+        return sync
 
     def _put_chunk(
         self, index: int, last: bool, buffer: bytearray, length: int
-    ) -> tuple[int, Future[None]]:
+    ) -> tuple[int, Future[None] | None]:
+        """Seal and put one chunk; its size as stored, and the sync of its batch if it
+        filled one."""
         plaintext = memoryview(buffer)[:length]
         tag, payload = TAG_RAW, plaintext
         if self._compress and _looks_compressible(plaintext):
@@ -207,10 +236,10 @@ class ChunkWriter(io.RawIOBase):
             self._free_buffers.append(buffer)
         key = self._key_of(index)
         self._store.put_unsynced(key, sealed, retain_until=self._retain_until)
-        self._sync_slots.acquire()  # a put waits while the disk is that far behind
-        sync = self._syncer.submit(self._store.sync, [key])
-        sync.add_done_callback(lambda _: self._sync_slots.release())
-        return len(sealed), sync
+        with self._unsynced_lock:
+            self._unsynced.append(key)
+        batch = self._take_unsynced(at_least=SYNC_BATCH)
+        return len(sealed), self._sync(batch) if batch else None
 
 
 class ChunkReader(io.RawIOBase):

@@ -5,9 +5,9 @@ manifest commits it). Left alone, the kernel keeps those pages dirty until the f
 fsync writes its chunk, allocates its blocks and commits a journal transaction of its own,
 one after another. Asking for the writeback right after the write (`sync_file_range` with
 SYNC_FILE_RANGE_WRITE, which does not wait) lets the disk work while the backup goes on, and
-the first fsync's journal commit then covers the blocks of every chunk written back so far:
-1 GiB of random data, cold cache, until durable, medians of 5 interleaved: 2.52 -> 1.78 s,
-kernel time 2.47 -> 0.82 s (docs/benchmarks.md).
+the first fsync's journal commit then covers the blocks of every chunk written back so far.
+1 GiB of random data, cold cache, until durable, medians of 8 interleaved runs: chunks synced
+in batches 1.69 s with this hint and 1.85 s without (docs/benchmarks.md).
 
 It is only a hint: durability and write errors still come from fsync through the descriptor
 that wrote the file. Where the call is missing (not Linux) or fails, nothing happens.
