@@ -42,8 +42,8 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 #: Chunks made durable together, by one `Store.sync`: the file store then fsyncs their
-#: directory once, not once per chunk, and every fsync but the first finds the journal
-#: committed already.
+#: directory once, not once per chunk, and as their writeback began when they were put,
+#: the first fsync's journal commit mostly covers the others (docs/benchmarks.md).
 SYNC_BATCH = 8
 #: Batches being made durable at once before a put waits for the disk.
 SYNCS_IN_FLIGHT = 2
