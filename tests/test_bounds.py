@@ -23,10 +23,10 @@ import zstandard
 from strongroom import ConfigError, Engine, IntegrityError, KdfParams
 from strongroom.backends.file import LocalStore
 from strongroom.crypto import StreamCipher, new_salt
-from strongroom.engine import _umask
 from strongroom.format import CHUNK_OVERHEAD, MAX_CHUNK_COUNT, KeySlot, Manifest, utc_now
 from strongroom.keys import open_backup
 from strongroom.pipeline import TAG_ZSTD, ChunkWriter
+from strongroom.restoretarget import _umask
 from tests import test_tamper
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot
 from tests.test_tamper import RETENTION, SIBLING, VICTIM, Lab

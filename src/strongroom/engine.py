@@ -8,6 +8,9 @@ the commit. Data flows one way (see README.md):
     create:  sources → tar stream → ChunkWriter (chunk, zstd, seal, put) → manifest
              (keys from a write key, or from the passcode through one made on the fly)
     restore: manifest → passcode → ChunkReader (get, open, unzstd) → tar → staging → target
+
+What a cleanup lists, deletes and sweeps is in cleanup.py; the restore target and its
+staging directory are in restoretarget.py.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -43,6 +44,7 @@ from .archive import (
     source_size,
     write_archive,
 )
+from .cleanup import Cleanup, data_keys, delete_backups, delete_resurrected, index_of
 from .config import StoresConfig
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .errors import (
@@ -52,14 +54,10 @@ from .errors import (
     IntegrityError,
     JobError,
     ObjectLockedError,
-    StoreError,
     StrongroomError,
 )
 from .format import (
-    CLAIMS_PREFIX,
     MANIFESTS_PREFIX,
-    PENDING_PREFIX,
-    RETENTION_PREFIX,
     KeySlot,
     Manifest,
     chunk_key,
@@ -67,9 +65,6 @@ from .format import (
     from_epoch_ms,
     manifest_key,
     name_from_manifest_key,
-    parse_claim_key,
-    parse_pending_key,
-    parse_retention_key,
     pending_key,
     retention_key,
     to_epoch_ms,
@@ -80,34 +75,13 @@ from .jobs import JOBS_FILE, Job, JobHandle, JobManager
 from .keys import WriteKey, open_backup
 from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
 from .plugins import BackendRegistry, build_registry, get_plugin_manager
-from .retention import (
-    Action,
-    Claim,
-    CleanupEntry,
-    CleanupReport,
-    IndexEntry,
-    PendingMarker,
-    check_retention_date,
-    parse_epoch_ms,
-    retention_ms,
-    select_candidates,
-    select_claims_to_sweep,
-    select_expired,
-    select_leftovers,
-    select_orphans,
-)
-from .store import ObjectInfo, Store
+from .restoretarget import check_restore_target, make_parents, move_into_place, remove_staging
+from .retention import CleanupReport, check_retention_date, parse_epoch_ms, retention_ms
+from .store import Store
 
 __all__ = ["BackupInfo", "Engine"]
 
 logger = logging.getLogger("strongroom")
-
-#: Up to this many deleted backups are checked for a racing update one request each;
-#: more take one listing of the manifests.
-LISTING_THRESHOLD = 8
-#: Cleanup deletes the keys of several backups in one call once they add up to this many
-#: (one S3 DeleteObjects request).
-DELETE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,10 +377,10 @@ class Engine:
         """
         stage = on_stage or _ignore
         stage("authenticating")
-        destination = _check_restore_target(Path(target))
+        destination = check_restore_target(Path(target))
         selected = [normalize_archive_path(path) for path in paths]
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
-        created_parents = _make_parents(destination.parent)
+        created_parents = make_parents(destination.parent)
         staging = Path(
             tempfile.mkdtemp(prefix=f".{destination.name}.strongroom-", dir=destination.parent)
         )
@@ -421,9 +395,9 @@ class Engine:
                     f"Not in backup {name!r}: {', '.join(missing)}. Nothing was restored."
                 )
             stage("moving into place")
-            _move_into_place(staging, destination)
+            move_into_place(staging, destination)
         except BaseException:
-            _remove_staging(staging)
+            remove_staging(staging)
             for parent in reversed(created_parents):
                 with suppress(OSError):
                     parent.rmdir()
@@ -442,7 +416,7 @@ class Engine:
         """Read and authenticate every byte of the backup, and check every member by the
         rules restore applies (so what verifies restores); write nothing."""
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
-        unexpected = sum(not _is_chunk(key, manifest) for key in _data_keys(source, manifest))
+        unexpected = sum(not _is_chunk(key, manifest) for key in data_keys(source, manifest))
         if unexpected:
             raise IntegrityError(
                 f"Backup {name!r} has {unexpected} unexpected object(s) in its data; "
@@ -510,7 +484,7 @@ class Engine:
         updated = manifest.with_retention(moment)
         entry = retention_key(name, manifest.backup_id, moment)
         source.put(entry, b"", overwrite=True)  # the index may say more than the manifest,
-        chunks = [key for key in _data_keys(source, manifest) if _is_chunk(key, manifest)]
+        chunks = [key for key in data_keys(source, manifest) if _is_chunk(key, manifest)]
         try:
             if len(chunks) < manifest.chunk_count:  # reported like a chunk deleted meanwhile
                 raise FileNotFoundError(data_prefix(name, manifest.backup_id))
@@ -526,13 +500,13 @@ class Engine:
             manifest_key(name), updated.to_bytes(), overwrite=True, retain_until=moment
         )  # never less
         if not source.exists(chunk_key(name, manifest.backup_id, 0)):  # a delete won the race
-            _delete_resurrected(source, [manifest])
+            delete_resurrected(source, [manifest])
             source.delete([entry])
             raise BackupNotFoundError(
                 f"Backup {name!r} in store {source.name!r} was deleted while its retentionDate "
                 "was being updated."
             )
-        source.delete([e.key for e in _index_of(source, manifest) if e.key != entry])
+        source.delete([e.key for e in index_of(source, manifest) if e.key != entry])
         return BackupInfo.from_manifest(updated, source.name)
 
     def delete(self, name: str, store: str | None = None) -> None:
@@ -548,7 +522,7 @@ class Engine:
                 f"until {locked_until:%Y-%m-%d %H:%M:%S} UTC, its retentionDate; nobody can "
                 "delete it before then. Cleanup deletes it once that date has passed."
             )
-        failures = _delete_backups(source, [manifest], _index_of(source, manifest))
+        failures = delete_backups(source, [manifest], index_of(source, manifest))
         if name in failures:
             raise failures[name]
 
@@ -561,130 +535,16 @@ class Engine:
     ) -> CleanupReport:
         """Delete the backups whose retentionDate has passed, in the named or all stores."""
         moment = _as_datetime(as_of) if as_of is not None else self._clock()
-        report = CleanupReport(as_of=moment, dry_run=dry_run)
         every_store = sorted({*self.config.stores, *self._stores})
-        for store_name in stores if stores is not None else every_store:
-            try:
-                source = self.store(store_name)
-                listing = _Listing.of(source)
-            except StrongroomError as exc:  # one unreachable store must not stop the others
-                report.errors.append(str(exc))
-                continue
-            report.errors.extend(listing.skipped)
-            expired, problems = self._confirm_expired(source, listing, moment)
-            report.errors.extend(problems)
-            report.kept += len(listing.names) - len(expired)
-            report.entries.extend(self._expire(source, expired, listing.index, dry_run))
-            try:
-                report.entries.extend(self._sweep(source, listing, dry_run))
-                report.entries.extend(self._sweep_claims(source, dry_run))
-            except StrongroomError as exc:
-                report.errors.append(str(exc))
+        cleanup = Cleanup(
+            open_store=self.store,
+            read_manifests=self._read_manifests,
+            defined_schedules=lambda: StoresConfig.load(self.config.path, home=self.home).schedules,
+            leftover_grace=self._leftover_grace,
+        )
+        report = cleanup.run(stores if stores is not None else every_store, moment, dry_run)
         logger.info("Cleanup %s", report.summary())
         return report
-
-    def _confirm_expired(
-        self, source: Store, listing: _Listing, moment: datetime
-    ) -> tuple[builtins.list[Manifest], builtins.list[str]]:
-        """The expired backups: candidates come from the index (listing only), the verdict
-        from each candidate's manifest, which stays the truth (read several at a time)."""
-        candidates = dict(select_candidates(listing.index, listing.names, moment))
-        manifests, problems = self._read_manifests(source, sorted(candidates))
-        confirmed = [m for m in manifests if candidates[m.name] == m.backup_id]
-        return select_expired(confirmed, moment), problems
-
-    def _expire(
-        self,
-        source: Store,
-        manifests: builtins.list[Manifest],
-        index: builtins.list[IndexEntry],
-        dry_run: bool,
-    ) -> builtins.list[CleanupEntry]:
-        if dry_run:
-            return [
-                CleanupEntry(source.name, m.name, m.retention_date, "would delete")
-                for m in manifests
-            ]
-        failures = _delete_backups(source, manifests, index)
-        return [
-            CleanupEntry(source.name, m.name, m.retention_date, *_outcome(failures.get(m.name)))
-            for m in manifests
-        ]
-
-    def _sweep(
-        self, source: Store, listing: _Listing, dry_run: bool
-    ) -> builtins.list[CleanupEntry]:
-        """Remove what interrupted creates and deletes left behind, once past the grace period.
-
-        A create cut off leaves its pending marker; a delete cut off leaves index entries
-        without a manifest. Ages come from the store's own timestamps (against a fresh
-        probe object), never from this machine's clock.
-        """
-        writing = {(m.name, m.backup_id) for m in listing.markers}
-        ambiguous = _ambiguous(listing)
-        suspects = [e for e in listing.index if e.name not in listing.names or e.name in ambiguous]
-        if not listing.markers and not suspects:
-            return []
-        store_now = source.now()
-        if store_now is None:
-            return []
-        names = {m.name for m in listing.markers} | ambiguous
-        committed = {m.name: m.backup_id for m in self._read_manifests(source, sorted(names))[0]}
-        leftovers, stale = select_leftovers(
-            listing.markers, committed, store_now, self._leftover_grace
-        )
-        orphans = select_orphans(suspects, committed, writing, store_now, self._leftover_grace)
-        backups = {(m.name, m.backup_id): "an unfinished create" for m in leftovers}
-        backups.update({(e.name, e.backup_id): "a delete that was cut off" for e in orphans})
-        keys = _keys_by_backup(listing.index)
-        entries, swept = [], set()
-        for (name, backup_id), what in sorted(backups.items()):
-            action: Action = "would sweep" if dry_run else "swept"
-            message = f"data of {what} (backupId {backup_id})"
-            if not dry_run:
-                try:
-                    source.delete_prefix(data_prefix(name, backup_id))
-                    source.delete(keys.get((name, backup_id), []))
-                    swept.add((name, backup_id))
-                except ObjectLockedError as exc:  # kept, with its marker, for a later run
-                    action, message = "locked", str(exc)
-                except StoreError as exc:  # such as a link in its data; reported every run
-                    action, message = "failed", str(exc)
-            entries.append(CleanupEntry(source.name, name, None, action, message))
-        if not dry_run:
-            source.delete(
-                [m.key for m in leftovers if (m.name, m.backup_id) in swept]
-                + [m.key for m in stale]
-            )
-        return entries
-
-    def _sweep_claims(self, source: Store, dry_run: bool) -> builtins.list[CleanupEntry]:
-        """Remove the schedules' slot claims (scheduler.py) once past the grace period,
-        the latest of each schedule the configuration file defines excepted; ages by the
-        store's clock, as in `_sweep`."""
-        claims = [
-            Claim(obj.key, *parsed, obj.modified)
-            for obj in source.list(CLAIMS_PREFIX)
-            if (parsed := parse_claim_key(obj.key))
-        ]
-        store_now = source.now() if claims else None
-        if store_now is None:
-            return []
-        defined = StoresConfig.load(self.config.path, home=self.home).schedules  # as now
-        old = select_claims_to_sweep(claims, store_now, self._leftover_grace, defined)
-        if not dry_run:
-            source.delete([claim.key for claim in old])
-        action: Action = "would sweep" if dry_run else "swept"
-        return [
-            CleanupEntry(
-                source.name,
-                c.schedule,
-                None,
-                action,
-                f"claim of slot {c.slot:%Y-%m-%d %H:%M:%S} UTC",
-            )
-            for c in old
-        ]
 
     # -- internals -------------------------------------------------------------------
 
@@ -849,7 +709,7 @@ class Engine:
     ) -> Job:
         """`restore` as a background job, after the checks that need no passcode work."""
         secret = Passcode(passcode)
-        _check_restore_target(Path(target))
+        check_restore_target(Path(target))
         for path in paths:
             normalize_archive_path(path)
         source, _ = self._open(name, store)
@@ -1020,41 +880,6 @@ class _Heartbeat:
                 logger.warning("Could not refresh %s", self._key)
 
 
-@dataclass(frozen=True, slots=True)
-class _Listing:
-    """What a cleanup lists of a store, in this order: the markers first, so a create
-    running meanwhile is seen as writing whenever its index entry is seen at all."""
-
-    markers: builtins.list[PendingMarker]
-    names: set[str]
-    index: builtins.list[IndexEntry]
-    #: What the store skipped as not being objects (a planted link), one sentence each.
-    skipped: tuple[str, ...]
-
-    @classmethod
-    def of(cls, store: Store) -> _Listing:
-        pending = store.scan(PENDING_PREFIX)
-        manifests = store.scan(MANIFESTS_PREFIX)
-        retention = store.scan(RETENTION_PREFIX)
-        markers = [
-            PendingMarker(obj.key, *parsed, obj.modified)
-            for obj in pending.objects
-            if (parsed := parse_pending_key(obj.key))
-        ]
-        names = {n for o in manifests.objects if (n := name_from_manifest_key(o.key))}
-        skipped = pending.skipped + manifests.skipped + retention.skipped
-        return cls(markers, names, _parse_index(retention.objects), skipped)
-
-
-def _data_keys(store: Store, manifest: Manifest) -> builtins.list[str]:
-    """The keys of a backup's data objects as the store lists them: what is there, never a
-    list as long as a (perhaps tampered, not yet authenticated) chunkCount says."""
-    listing = store.scan(data_prefix(manifest.name, manifest.backup_id))
-    if listing.skipped:  # a planted link: what lies behind it was not deleted or read
-        raise StoreError(" ".join(listing.skipped))
-    return [obj.key for obj in listing.objects]
-
-
 def _is_chunk(key: str, manifest: Manifest) -> bool:
     """Whether a listed data key is one of the backup's chunks, 0 to chunkCount - 1."""
     prefix = data_prefix(manifest.name, manifest.backup_id)
@@ -1071,123 +896,6 @@ def _is_chunk(key: str, manifest: Manifest) -> bool:
 def _locked_until(store: Store, manifest: Manifest) -> datetime | None:
     """Until when the store's object lock keeps the backup (None: it does not lock it)."""
     return manifest.retention_date if store.lock_mode else None
-
-
-def _ambiguous(listing: _Listing) -> set[str]:
-    """Names whose index holds several backups: which one is committed takes a manifest read."""
-    ids: dict[str, set[str]] = {}
-    for entry in listing.index:
-        ids.setdefault(entry.name, set()).add(entry.backup_id)
-    return {name for name, found in ids.items() if len(found) > 1 and name in listing.names}
-
-
-def _index_entries(store: Store, prefix: str) -> builtins.list[IndexEntry]:
-    return _parse_index(store.list(prefix))
-
-
-def _parse_index(objects: Iterable[ObjectInfo]) -> builtins.list[IndexEntry]:
-    return [
-        IndexEntry(obj.key, *parsed, obj.modified)
-        for obj in objects
-        if (parsed := parse_retention_key(obj.key))
-    ]
-
-
-def _keys_by_backup(index: builtins.list[IndexEntry]) -> dict[tuple[str, str], builtins.list[str]]:
-    keys: dict[tuple[str, str], builtins.list[str]] = {}
-    for entry in index:
-        keys.setdefault((entry.name, entry.backup_id), []).append(entry.key)
-    return keys
-
-
-def _index_of(store: Store, manifest: Manifest) -> builtins.list[IndexEntry]:
-    """The index entries of one backup (normally one; two after a cut-off update)."""
-    entries = _index_entries(store, f"{RETENTION_PREFIX}{manifest.name}/")
-    return [e for e in entries if e.backup_id == manifest.backup_id]
-
-
-def _delete_backups(
-    store: Store, manifests: builtins.list[Manifest], index: builtins.list[IndexEntry]
-) -> dict[str, Exception]:
-    """Delete backups in three batched steps: every manifest (the backups are gone at once),
-    then their data, then their index entries, each step only for the backups the steps
-    before removed in full. Returns why the others were not (by name).
-
-    A delete cut off halfway leaves index entries without a manifest, which the sweep
-    finishes. The data objects are those listed under each backup's data prefix, never as
-    many as an unauthenticated chunkCount says. Batching lets a backend delete up to 1,000
-    keys in one request.
-    """
-    entries = _keys_by_backup(index)
-    steps: builtins.list[Callable[[Manifest], builtins.list[str]]] = [
-        lambda m: [manifest_key(m.name)],
-        lambda m: _data_keys(store, m),
-        lambda m: entries.get((m.name, m.backup_id), []),
-    ]
-    failures: dict[str, Exception] = {}
-    remaining = manifests
-    for keys_of in steps:
-        try:
-            for batch in _batches(remaining, keys_of):
-                store.delete(batch)
-        except Exception:  # deletes are idempotent: one by one, to tell which backups failed
-            for manifest in remaining:
-                try:
-                    store.delete(keys_of(manifest))
-                except Exception as exc:  # reported; a later run (or the sweep) finishes
-                    failures[manifest.name] = exc
-        remaining = [m for m in remaining if m.name not in failures]
-    try:
-        _delete_resurrected(store, remaining)
-    except Exception as exc:  # reported like any failed step
-        failures.update((m.name, exc) for m in remaining)
-    return failures
-
-
-def _batches(
-    manifests: builtins.list[Manifest], keys_of: Callable[[Manifest], builtins.list[str]]
-) -> Iterator[builtins.list[str]]:
-    """The backups' keys, gathered until a batch holds DELETE_BATCH or more.
-
-    A backup's keys are never split between batches: a store that locks objects lists
-    the versions of each folder it deletes from, and should list a backup's data once.
-    """
-    batch: builtins.list[str] = []
-    for manifest in manifests:
-        batch.extend(keys_of(manifest))
-        if len(batch) >= DELETE_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _delete_resurrected(store: Store, deleted: builtins.list[Manifest]) -> None:
-    """Delete again the manifests a racing retention update wrote back.
-
-    An update that read a manifest before the delete may write it back after; its data
-    is gone, so it would be listed and could not be restored. A new backup of the same
-    name (another backupId) is left alone. Few backups are checked one by one, many by
-    one listing.
-    """
-    if len(deleted) <= LISTING_THRESHOLD:
-        back = [m for m in deleted if store.exists(manifest_key(m.name))]
-    else:
-        listed = {n for o in store.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(o.key))}
-        back = [m for m in deleted if m.name in listed]
-    for manifest in back:
-        try:
-            current = Manifest.from_bytes(store.get(manifest_key(manifest.name)))
-        except (FileNotFoundError, IntegrityError):
-            continue
-        if current.backup_id == manifest.backup_id:
-            store.delete([manifest_key(manifest.name)])
-
-
-def _outcome(failure: Exception | None) -> tuple[Action, str]:
-    if failure is None:
-        return "deleted", ""
-    return ("locked" if isinstance(failure, ObjectLockedError) else "failed"), str(failure)
 
 
 def _remove_quietly(store: Store, name: str, *keys_or_prefixes: str) -> None:
@@ -1256,89 +964,3 @@ def _as_datetime(value: int | datetime) -> datetime:
     if isinstance(value, datetime):
         return value
     return from_epoch_ms(parse_epoch_ms(value, "as_of"))
-
-
-def _check_restore_target(target: Path) -> Path:
-    target = target.absolute()
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise ConfigError(
-            f"The restore target {str(target)!r} exists and is not a directory; choose a new one."
-        )
-    if target.is_dir() and any(target.iterdir()):
-        raise ConfigError(
-            f"The restore target {str(target)!r} is not empty; restore into a new or empty "
-            "directory so nothing there is overwritten."
-        )
-    return target
-
-
-def _make_parents(directory: Path) -> builtins.list[Path]:
-    """Create `directory` and its missing ancestors; return the ones created, outermost first."""
-    missing = [d for d in (directory, *directory.parents) if not d.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
-    return missing[::-1]
-
-
-def _remove_staging(staging: Path) -> None:
-    """Remove a failed restore's staging directory whole, though directories in it may
-    already be read-only (as the backup had them): each is made writable again first,
-    by descriptor, never through a link."""
-    with suppress(OSError):
-        for _, names, _, fd in os.fwalk(staging):  # names holds links to directories too
-            for name in names:
-                with suppress(OSError):
-                    _make_writable(name, fd)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _make_writable(name: str, parent: int) -> None:
-    """Give the directory `name` in `parent` its owner's rwx, if it is a directory and not
-    a link (chmod by name would follow a link; an O_PATH descriptor never does)."""
-    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-    try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            os.chmod(f"/proc/self/fd/{fd}", 0o700)  # fchmod refuses O_PATH descriptors
-    finally:
-        os.close(fd)
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Move a finished restore into the target: one rename, or one per entry if it exists."""
-    os.chmod(staging, 0o777 & ~_umask())
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    for entry in sorted(os.listdir(staging)):
-        os.rename(staging / entry, target / entry)
-
-
-def _umask() -> int:
-    """The process's umask, read without setting it: os.umask both reads and sets it, so
-    a thread creating a file meanwhile would create it with no bits masked."""
-    mask = _proc_umask()
-    return _UMASK_AT_IMPORT if mask is None else mask
-
-
-def _proc_umask() -> int | None:
-    """The umask as Linux (4.7 and later) shows it in /proc/self/status, else None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _umask_at_import() -> int:
-    """Where /proc does not show it, the umask is read (and set back) once, at import,
-    before a host's threads are likely to be creating files."""
-    mask = _proc_umask()
-    if mask is None:
-        mask = os.umask(0)
-        os.umask(mask)
-    return mask
-
-
-_UMASK_AT_IMPORT = _umask_at_import()

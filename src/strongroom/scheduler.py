@@ -13,7 +13,7 @@ store that claims `put_if_absent`); the others log one line and skip the slot. A
 whose previous run (a scheduled create of an earlier slot of this schedule, active in the
 job table, which replicas sharing a home share) is still going is skipped with a warning.
 
-Cleanup sweeps old claims (engine.py, `_sweep_claims`), but never a schedule's newest:
+Cleanup sweeps old claims (cleanup.py, `_sweep_claims`), but never a schedule's newest:
 that one is the high-water mark. A slot at or before it is never run, since it ran (its
 claim may be swept, its backup expired) or a later run superseded it: a run now (which
 claims the second it starts in, off the recurrence), or a slot of the recurrence before

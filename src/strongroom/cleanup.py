@@ -1,0 +1,351 @@
+"""Cleanup: delete the backups whose retentionDate has passed, and sweep what cut-off
+creates and deletes and old schedule claims left behind; also the batched delete of
+backups and the listings of a backup's keys that the engine's delete, retention update and
+verify share.
+
+A module of its own because a cleanup works on whole stores, from one listing of each,
+where the engine works on one named backup. Which backups have expired and which leftovers
+may be swept is decided in retention.py; this module lists, reads and deletes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .errors import IntegrityError, ObjectLockedError, StoreError, StrongroomError
+from .format import (
+    CLAIMS_PREFIX,
+    MANIFESTS_PREFIX,
+    PENDING_PREFIX,
+    RETENTION_PREFIX,
+    Manifest,
+    data_prefix,
+    manifest_key,
+    name_from_manifest_key,
+    parse_claim_key,
+    parse_pending_key,
+    parse_retention_key,
+)
+from .retention import (
+    Action,
+    Claim,
+    CleanupEntry,
+    CleanupReport,
+    IndexEntry,
+    PendingMarker,
+    select_candidates,
+    select_claims_to_sweep,
+    select_expired,
+    select_leftovers,
+    select_orphans,
+)
+from .store import ObjectInfo, Store
+
+__all__ = [
+    "DELETE_BATCH",
+    "LISTING_THRESHOLD",
+    "Cleanup",
+    "ManifestReader",
+    "data_keys",
+    "delete_backups",
+    "delete_resurrected",
+    "index_of",
+]
+
+#: Up to this many deleted backups are checked for a racing update one request each;
+#: more take one listing of the manifests.
+LISTING_THRESHOLD = 8
+#: Cleanup deletes the keys of several backups in one call once they add up to this many
+#: (one S3 DeleteObjects request).
+DELETE_BATCH = 1000
+
+#: Reads the manifests of the named backups in a store: those still there, and why any
+#: others were unreadable (`Engine._read_manifests`).
+ManifestReader = Callable[[Store, list[str]], tuple[list[Manifest], list[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    """A cleanup of stores: what it needs of the engine, handed in."""
+
+    #: Opens a store by name (a StrongroomError if it cannot: reported, not raised).
+    open_store: Callable[[str], Store]
+    read_manifests: ManifestReader
+    #: The names of the schedules the configuration file defines, read when needed.
+    defined_schedules: Callable[[], Collection[str]]
+    #: How old a leftover or a schedule's claim must be, by the store's clock, to be swept.
+    leftover_grace: timedelta
+
+    def run(self, store_names: Iterable[str], moment: datetime, dry_run: bool) -> CleanupReport:
+        """Delete the backups whose retentionDate has passed at `moment` in these stores,
+        and sweep their leftovers; one store that fails does not stop the others."""
+        report = CleanupReport(as_of=moment, dry_run=dry_run)
+        for store_name in store_names:
+            try:
+                source = self.open_store(store_name)
+                listing = _Listing.of(source)
+            except StrongroomError as exc:  # one unreachable store must not stop the others
+                report.errors.append(str(exc))
+                continue
+            report.errors.extend(listing.skipped)
+            expired, problems = self._confirm_expired(source, listing, moment)
+            report.errors.extend(problems)
+            report.kept += len(listing.names) - len(expired)
+            report.entries.extend(_expire(source, expired, listing.index, dry_run))
+            try:
+                report.entries.extend(self._sweep(source, listing, dry_run))
+                report.entries.extend(self._sweep_claims(source, dry_run))
+            except StrongroomError as exc:
+                report.errors.append(str(exc))
+        return report
+
+    def _confirm_expired(
+        self, source: Store, listing: _Listing, moment: datetime
+    ) -> tuple[list[Manifest], list[str]]:
+        """The expired backups: candidates come from the index (listing only), the verdict
+        from each candidate's manifest, which stays the truth (read several at a time)."""
+        candidates = dict(select_candidates(listing.index, listing.names, moment))
+        manifests, problems = self.read_manifests(source, sorted(candidates))
+        confirmed = [m for m in manifests if candidates[m.name] == m.backup_id]
+        return select_expired(confirmed, moment), problems
+
+    def _sweep(self, source: Store, listing: _Listing, dry_run: bool) -> list[CleanupEntry]:
+        """Remove what interrupted creates and deletes left behind, once past the grace period.
+
+        A create cut off leaves its pending marker; a delete cut off leaves index entries
+        without a manifest. Ages come from the store's own timestamps (against a fresh
+        probe object), never from this machine's clock.
+        """
+        writing = {(m.name, m.backup_id) for m in listing.markers}
+        ambiguous = _ambiguous(listing)
+        suspects = [e for e in listing.index if e.name not in listing.names or e.name in ambiguous]
+        if not listing.markers and not suspects:
+            return []
+        store_now = source.now()
+        if store_now is None:
+            return []
+        names = {m.name for m in listing.markers} | ambiguous
+        committed = {m.name: m.backup_id for m in self.read_manifests(source, sorted(names))[0]}
+        leftovers, stale = select_leftovers(
+            listing.markers, committed, store_now, self.leftover_grace
+        )
+        orphans = select_orphans(suspects, committed, writing, store_now, self.leftover_grace)
+        backups = {(m.name, m.backup_id): "an unfinished create" for m in leftovers}
+        backups.update({(e.name, e.backup_id): "a delete that was cut off" for e in orphans})
+        keys = _keys_by_backup(listing.index)
+        entries, swept = [], set()
+        for (name, backup_id), what in sorted(backups.items()):
+            action: Action = "would sweep" if dry_run else "swept"
+            message = f"data of {what} (backupId {backup_id})"
+            if not dry_run:
+                try:
+                    source.delete_prefix(data_prefix(name, backup_id))
+                    source.delete(keys.get((name, backup_id), []))
+                    swept.add((name, backup_id))
+                except ObjectLockedError as exc:  # kept, with its marker, for a later run
+                    action, message = "locked", str(exc)
+                except StoreError as exc:  # such as a link in its data; reported every run
+                    action, message = "failed", str(exc)
+            entries.append(CleanupEntry(source.name, name, None, action, message))
+        if not dry_run:
+            source.delete(
+                [m.key for m in leftovers if (m.name, m.backup_id) in swept]
+                + [m.key for m in stale]
+            )
+        return entries
+
+    def _sweep_claims(self, source: Store, dry_run: bool) -> list[CleanupEntry]:
+        """Remove the schedules' slot claims (scheduler.py) once past the grace period,
+        the latest of each schedule the configuration file defines excepted; ages by the
+        store's clock, as in `_sweep`."""
+        claims = [
+            Claim(obj.key, *parsed, obj.modified)
+            for obj in source.list(CLAIMS_PREFIX)
+            if (parsed := parse_claim_key(obj.key))
+        ]
+        store_now = source.now() if claims else None
+        if store_now is None:
+            return []
+        defined = self.defined_schedules()  # as now
+        old = select_claims_to_sweep(claims, store_now, self.leftover_grace, defined)
+        if not dry_run:
+            source.delete([claim.key for claim in old])
+        action: Action = "would sweep" if dry_run else "swept"
+        return [
+            CleanupEntry(
+                source.name,
+                c.schedule,
+                None,
+                action,
+                f"claim of slot {c.slot:%Y-%m-%d %H:%M:%S} UTC",
+            )
+            for c in old
+        ]
+
+
+def _expire(
+    source: Store, manifests: list[Manifest], index: list[IndexEntry], dry_run: bool
+) -> list[CleanupEntry]:
+    if dry_run:
+        return [
+            CleanupEntry(source.name, m.name, m.retention_date, "would delete") for m in manifests
+        ]
+    failures = delete_backups(source, manifests, index)
+    return [
+        CleanupEntry(source.name, m.name, m.retention_date, *_outcome(failures.get(m.name)))
+        for m in manifests
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """What a cleanup lists of a store, in this order: the markers first, so a create
+    running meanwhile is seen as writing whenever its index entry is seen at all."""
+
+    markers: list[PendingMarker]
+    names: set[str]
+    index: list[IndexEntry]
+    #: What the store skipped as not being objects (a planted link), one sentence each.
+    skipped: tuple[str, ...]
+
+    @classmethod
+    def of(cls, store: Store) -> _Listing:
+        pending = store.scan(PENDING_PREFIX)
+        manifests = store.scan(MANIFESTS_PREFIX)
+        retention = store.scan(RETENTION_PREFIX)
+        markers = [
+            PendingMarker(obj.key, *parsed, obj.modified)
+            for obj in pending.objects
+            if (parsed := parse_pending_key(obj.key))
+        ]
+        names = {n for o in manifests.objects if (n := name_from_manifest_key(o.key))}
+        skipped = pending.skipped + manifests.skipped + retention.skipped
+        return cls(markers, names, _parse_index(retention.objects), skipped)
+
+
+def data_keys(store: Store, manifest: Manifest) -> list[str]:
+    """The keys of a backup's data objects as the store lists them: what is there, never a
+    list as long as a (perhaps tampered, not yet authenticated) chunkCount says."""
+    listing = store.scan(data_prefix(manifest.name, manifest.backup_id))
+    if listing.skipped:  # a planted link: what lies behind it was not deleted or read
+        raise StoreError(" ".join(listing.skipped))
+    return [obj.key for obj in listing.objects]
+
+
+def _ambiguous(listing: _Listing) -> set[str]:
+    """Names whose index holds several backups: which one is committed takes a manifest read."""
+    ids: dict[str, set[str]] = {}
+    for entry in listing.index:
+        ids.setdefault(entry.name, set()).add(entry.backup_id)
+    return {name for name, found in ids.items() if len(found) > 1 and name in listing.names}
+
+
+def _index_entries(store: Store, prefix: str) -> list[IndexEntry]:
+    return _parse_index(store.list(prefix))
+
+
+def _parse_index(objects: Iterable[ObjectInfo]) -> list[IndexEntry]:
+    return [
+        IndexEntry(obj.key, *parsed, obj.modified)
+        for obj in objects
+        if (parsed := parse_retention_key(obj.key))
+    ]
+
+
+def _keys_by_backup(index: list[IndexEntry]) -> dict[tuple[str, str], list[str]]:
+    keys: dict[tuple[str, str], list[str]] = {}
+    for entry in index:
+        keys.setdefault((entry.name, entry.backup_id), []).append(entry.key)
+    return keys
+
+
+def index_of(store: Store, manifest: Manifest) -> list[IndexEntry]:
+    """The index entries of one backup (normally one; two after a cut-off update)."""
+    entries = _index_entries(store, f"{RETENTION_PREFIX}{manifest.name}/")
+    return [e for e in entries if e.backup_id == manifest.backup_id]
+
+
+def delete_backups(
+    store: Store, manifests: list[Manifest], index: list[IndexEntry]
+) -> dict[str, Exception]:
+    """Delete backups in three batched steps: every manifest (the backups are gone at once),
+    then their data, then their index entries, each step only for the backups the steps
+    before removed in full. Returns why the others were not (by name).
+
+    A delete cut off halfway leaves index entries without a manifest, which the sweep
+    finishes. The data objects are those listed under each backup's data prefix, never as
+    many as an unauthenticated chunkCount says. Batching lets a backend delete up to 1,000
+    keys in one request.
+    """
+    entries = _keys_by_backup(index)
+    steps: list[Callable[[Manifest], list[str]]] = [
+        lambda m: [manifest_key(m.name)],
+        lambda m: data_keys(store, m),
+        lambda m: entries.get((m.name, m.backup_id), []),
+    ]
+    failures: dict[str, Exception] = {}
+    remaining = manifests
+    for keys_of in steps:
+        try:
+            for batch in _batches(remaining, keys_of):
+                store.delete(batch)
+        except Exception:  # deletes are idempotent: one by one, to tell which backups failed
+            for manifest in remaining:
+                try:
+                    store.delete(keys_of(manifest))
+                except Exception as exc:  # reported; a later run (or the sweep) finishes
+                    failures[manifest.name] = exc
+        remaining = [m for m in remaining if m.name not in failures]
+    try:
+        delete_resurrected(store, remaining)
+    except Exception as exc:  # reported like any failed step
+        failures.update((m.name, exc) for m in remaining)
+    return failures
+
+
+def _batches(
+    manifests: list[Manifest], keys_of: Callable[[Manifest], list[str]]
+) -> Iterator[list[str]]:
+    """The backups' keys, gathered until a batch holds DELETE_BATCH or more.
+
+    A backup's keys are never split between batches: a store that locks objects lists
+    the versions of each folder it deletes from, and should list a backup's data once.
+    """
+    batch: list[str] = []
+    for manifest in manifests:
+        batch.extend(keys_of(manifest))
+        if len(batch) >= DELETE_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def delete_resurrected(store: Store, deleted: list[Manifest]) -> None:
+    """Delete again the manifests a racing retention update wrote back.
+
+    An update that read a manifest before the delete may write it back after; its data
+    is gone, so it would be listed and could not be restored. A new backup of the same
+    name (another backupId) is left alone. Few backups are checked one by one, many by
+    one listing.
+    """
+    if len(deleted) <= LISTING_THRESHOLD:
+        back = [m for m in deleted if store.exists(manifest_key(m.name))]
+    else:
+        listed = {n for o in store.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(o.key))}
+        back = [m for m in deleted if m.name in listed]
+    for manifest in back:
+        try:
+            current = Manifest.from_bytes(store.get(manifest_key(manifest.name)))
+        except (FileNotFoundError, IntegrityError):
+            continue
+        if current.backup_id == manifest.backup_id:
+            store.delete([manifest_key(manifest.name)])
+
+
+def _outcome(failure: Exception | None) -> tuple[Action, str]:
+    if failure is None:
+        return "deleted", ""
+    return ("locked" if isinstance(failure, ObjectLockedError) else "failed"), str(failure)
