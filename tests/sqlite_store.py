@@ -25,6 +25,7 @@ from strongroom import (
     StoreSpec,
     hookimpl,
 )
+from strongroom.store import check_limit
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB, modified REAL)"
 
@@ -60,12 +61,15 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:
                 raise FileExistsError(key) from None
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, limit: int | None = None) -> bytes:
+        column = "data" if limit is None else f"substr(data, 1, {int(limit) + 1})"  # no more
         with self._connect(key) as db:
-            row = db.execute("SELECT data FROM objects WHERE key = ?", (key,)).fetchone()
+            row = db.execute(f"SELECT {column} FROM objects WHERE key = ?", (key,)).fetchone()
         if row is None:
             raise FileNotFoundError(key)
-        return bytes(row[0])
+        data = bytes(row[0] or b"")  # SQLite's substr of an empty blob is NULL
+        check_limit(key, data, limit)
+        return data
 
     def exists(self, key: str) -> bool:
         with self._connect(key) as db:

@@ -199,10 +199,10 @@ class Failing(SQLiteStore):
             self.written.append(key)
         super().put(key, data, overwrite=overwrite)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, limit: int | None = None) -> bytes:
         if self.operation == "get":
             raise self.failure
-        return super().get(key)
+        return super().get(key, limit=limit)
 
     def list(self, prefix: str) -> builtins.list[ObjectInfo]:
         if self.operation == "list" and prefix:  # the tests' own listing of everything works

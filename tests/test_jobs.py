@@ -629,11 +629,11 @@ class _GatedStore(LocalStore):
         super().__init__("backupsDefault", directory.as_uri(), directory)
         self.reached, self.gate = threading.Event(), threading.Event()
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, limit: int | None = None) -> bytes:
         if key.endswith("0000000003"):
             self.reached.set()
             assert self.gate.wait(10)
-        return super().get(key)
+        return super().get(key, limit=limit)
 
 
 def test_a_cancelled_restore_leaves_nothing_behind(home: Path, tree: Path, tmp_path: Path) -> None:

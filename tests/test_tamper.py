@@ -38,6 +38,8 @@ TAMPER_SETTINGS = settings(
 )
 
 JsonDocument = dict[str, Any]
+#: A planted object's size: far more than any strongroom writes, and sparse on disk.
+HUGE = 1024**3 + 1
 
 #: Restore selections: everything, a file at the start of the archive, one spanning chunks.
 SELECTIONS: tuple[tuple[str, ...], ...] = ((), ("payload/inner/note.txt",), ("payload/random.bin",))
@@ -98,16 +100,18 @@ class Lab:
         *,
         pre_existing: bool = False,
         paths: tuple[str, ...] = (),
+        match: str | None = None,
     ) -> None:
-        """Both verify and restore raise `error`, and the restore leaves no trace at all.
+        """Both verify and restore raise `error` (its message matching `match`), and the
+        restore leaves no trace at all.
 
         `paths` restores only those archive paths; the whole backup is still authenticated.
         """
-        with pytest.raises(error):
+        with pytest.raises(error, match=match):
             self.engine.verify(VICTIM, passcode=PASSCODE)
         target = self.fresh_target(pre_existing=pre_existing)
         before = sorted(os.listdir(target.parent))
-        with pytest.raises(error):
+        with pytest.raises(error, match=match):
             self.engine.restore(VICTIM, target, passcode=PASSCODE, paths=paths)
         assert sorted(os.listdir(target.parent)) == before
         if pre_existing:
@@ -213,6 +217,25 @@ def test_bytes_appended_to_a_chunk_are_detected(
     path = lab.chunk(data.draw(_chunk_index(lab), label="chunk"))
     path.write_bytes(path.read_bytes() + extra)
     lab.assert_refused()
+
+
+def bytes_read() -> int:
+    """What this process has read so far (`rchar`: every read call, cached or not)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_a_huge_chunk_object_is_refused_after_one_chunk_is_read(lab: Lab) -> None:
+    """A chunk object grown to 1 GiB (sparse, so it costs no disk) is refused once a chunk's
+    worth of it has been read, never read into memory whole."""
+    lab.reset()
+    with lab.chunk(1).open("r+b") as handle:
+        handle.truncate(HUGE)
+    before = bytes_read()
+    lab.assert_refused(match="larger than the .* bytes strongroom writes there")
+    assert bytes_read() - before < HUGE // 8
 
 
 @TAMPER_SETTINGS
@@ -469,6 +492,23 @@ def test_manifest_that_is_not_an_object_is_an_integrity_error(lab: Lab, content:
     with pytest.raises(IntegrityError):
         lab.engine.info(VICTIM)
     lab.assert_refused()
+
+
+def test_a_huge_manifest_is_refused_after_its_limit_is_read(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manifest grown to 1 GiB (sparse) is refused by info, list, verify and restore once
+    the largest manifest strongroom writes has been read, never read whole."""
+    with lab.manifest().open("r+b") as handle:
+        handle.truncate(HUGE)
+    refusal = "larger than the 1048576 bytes strongroom writes there"
+    before = bytes_read()
+    with pytest.raises(IntegrityError, match=refusal):
+        lab.engine.info(VICTIM)
+    assert [info.name for info in lab.engine.list()] == [SIBLING]
+    assert refusal in caplog.text
+    lab.assert_refused(match=refusal)
+    assert bytes_read() - before < HUGE // 8
 
 
 @pytest.mark.parametrize(

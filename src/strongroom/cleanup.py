@@ -18,6 +18,7 @@ from .errors import IntegrityError, ObjectLockedError, StoreError, StrongroomErr
 from .format import (
     CLAIMS_PREFIX,
     MANIFESTS_PREFIX,
+    MAX_MANIFEST_SIZE,
     PENDING_PREFIX,
     RETENTION_PREFIX,
     Manifest,
@@ -338,7 +339,9 @@ def delete_resurrected(store: Store, deleted: list[Manifest]) -> None:
         back = [m for m in deleted if m.name in listed]
     for manifest in back:
         try:
-            current = Manifest.from_bytes(store.get(manifest_key(manifest.name)))
+            current = Manifest.from_bytes(
+                store.get(manifest_key(manifest.name), limit=MAX_MANIFEST_SIZE)
+            )
         except (FileNotFoundError, IntegrityError):
             continue
         if current.backup_id == manifest.backup_id:

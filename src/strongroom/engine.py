@@ -58,6 +58,7 @@ from .errors import (
 )
 from .format import (
     MANIFESTS_PREFIX,
+    MAX_MANIFEST_SIZE,
     KeySlot,
     Manifest,
     chunk_key,
@@ -552,7 +553,7 @@ class Engine:
         validate_name(name)
         source = self.store(store)
         try:
-            data = source.get(manifest_key(name))
+            data = source.get(manifest_key(name), limit=MAX_MANIFEST_SIZE)
         except FileNotFoundError:
             raise BackupNotFoundError(
                 f"No backup named {name!r} in store {source.name!r}; "
@@ -921,7 +922,7 @@ def _commit(store: Store, manifest: Manifest) -> None:
         store.put(manifest_key(manifest.name), document, retain_until=manifest.retention_date)
     except FileExistsError:
         try:
-            ours = store.get(manifest_key(manifest.name)) == document
+            ours = store.get(manifest_key(manifest.name), limit=MAX_MANIFEST_SIZE) == document
         except FileNotFoundError:
             ours = False
         if not ours:

@@ -26,6 +26,7 @@ import zstandard
 
 from .crypto import StreamCipher
 from .errors import IntegrityError
+from .format import CHUNK_OVERHEAD
 from .store import Store
 
 if TYPE_CHECKING:
@@ -356,7 +357,7 @@ class ChunkReader(io.RawIOBase):
 
     def _open_chunk(self, index: int) -> bytes | bytearray:
         try:
-            sealed = self._store.get(self._key_of(index))
+            sealed = self._store.get(self._key_of(index), limit=self._chunk_size + CHUNK_OVERHEAD)
         except FileNotFoundError:
             raise IntegrityError(f"Chunk {index} is missing from the store.") from None
         tag, plaintext = self._cipher.open(index, index == self._chunk_count - 1, sealed)

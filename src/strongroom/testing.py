@@ -39,7 +39,7 @@ import pytest
 from .config import StoresConfig
 from .crypto import KdfParams
 from .engine import Engine
-from .errors import StoreError, StoreUnavailableError
+from .errors import IntegrityError, StoreError, StoreUnavailableError
 from .format import to_epoch_ms
 from .plugins import build_registry, get_plugin_manager
 from .store import Store
@@ -125,6 +125,19 @@ class StoreConformance:
         store.put("k/empty", b"")
         got = (store.get("k/view"), store.get("k/array"), store.get("k/empty"))
         assert got == (b"view", b"array", b""), f"memoryview, bytearray, empty bytes: {got}"
+
+    def test_get_with_a_limit_refuses_a_larger_object(self, store: Store) -> None:
+        """`get(key, limit=n)` returns an object of at most n bytes and refuses a larger one
+        (reading no more than n + 1 of it: an object planted in a store must not fill the
+        memory before anything can authenticate it)."""
+        store.put("manifests/sized", b"0123456789")
+        store.put("manifests/nothing", b"")
+        got = (store.get("manifests/sized", limit=10), store.get("manifests/nothing", limit=10))
+        assert got == (b"0123456789", b""), f"objects within the limit: {got}"
+        with pytest.raises(IntegrityError):
+            store.get("manifests/sized", limit=9)
+        with pytest.raises(FileNotFoundError):
+            store.get("manifests/absent", limit=9)
 
     def test_get_of_a_missing_key_is_file_not_found(self, store: Store) -> None:
         with pytest.raises(FileNotFoundError):

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 from ..config import StoreSpec
 from ..errors import ConfigError, StoreError
 from ..plugins import BackendOptions, BackendRegistry, hookimpl
-from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities
+from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities, check_limit
 from ..writeback import start_writeback
 from .root import NotFollowedError, Root, kind_of
 
@@ -123,9 +123,11 @@ class LocalStore(Store):
             with self.translate_errors(directory), self._root.directory(directory) as fd:
                 os.fsync(fd)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, limit: int | None = None) -> bytes:
         with open(self._open(key), "rb") as handle, self.translate_errors(key):
-            return handle.read()
+            data = handle.read(-1 if limit is None else limit + 1)
+        check_limit(key, data, limit)
+        return data
 
     def exists(self, key: str) -> bool:
         try:
