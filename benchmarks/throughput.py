@@ -238,7 +238,8 @@ def page_reporting_off(cold: bool) -> Iterator[str]:
     before every timed run is such memory, so a run's kernel time depended on whether it began
     before or after the hand-back: on the project's VM, 1 GiB of random data took the bare
     loop 1.1-3.8 s and strongroom 1.5-3.4 s, run to run, for the same code. Off, a run meets
-    memory as on a machine without it, and the order it had is restored after.
+    memory as on a machine without it, and the order it had is restored after. A stock
+    kernel refuses an order above its largest (10 on x86-64): the report then says it stayed on.
     """
     if not cold or not PAGE_REPORTING_ORDER.exists():
         yield "none" if cold else "left as it is (--warm)"
@@ -252,7 +253,14 @@ def page_reporting_off(cold: bool) -> Iterator[str]:
     try:
         yield f"turned off for the benchmark (it was on, order {was})"
     finally:
-        PAGE_REPORTING_ORDER.write_text(was)
+        try:
+            PAGE_REPORTING_ORDER.write_text(was)
+        except OSError as error:
+            print(
+                f"could not turn page reporting back on ({error}):"
+                f" write {was} to {PAGE_REPORTING_ORDER}",
+                file=sys.stderr,
+            )
 
 
 def tail(path: Path, lines: int = 4) -> str:

@@ -16,6 +16,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from strongroom import (
     ConfigError,
     Engine,
+    IntegrityError,
     Store,
     StoreCapabilities,
     StoresConfig,
@@ -121,3 +122,21 @@ def test_local_puts_survive_deletes_pruning_their_directory_meanwhile(tmp_path: 
         thread.join()
     assert errors == []
     assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_a_backend_whose_get_takes_no_limit_still_refuses_larger_objects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A third-party backend written before `get(key, limit=...)` keeps working, bounded
+    after the read, and the log says what it lacks."""
+
+    class OldStore(LocalStore):
+        def get(self, key: str) -> bytes:  # type: ignore[override]
+            return super().get(key)
+
+    assert "OldStore.get takes no 'limit'" in caplog.text
+    store = OldStore("old", tmp_path.as_uri(), tmp_path)
+    store.put("manifests/x", b"0123456789")
+    assert store.get("manifests/x", limit=10) == b"0123456789"
+    with pytest.raises(IntegrityError, match="larger than the 9 bytes"):
+        store.get("manifests/x", limit=9)

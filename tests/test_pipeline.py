@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from pathlib import Path
 
 import pytest
 
-from strongroom import Engine
+from strongroom import Engine, StoreError
 from strongroom.backends.file import LocalStore
 from strongroom.crypto import StreamCipher
 from strongroom.pipeline import SAMPLE_SIZE, SYNC_BATCH, ChunkWriter, _looks_compressible
@@ -95,3 +96,28 @@ def test_an_aborted_write_leaves_no_descriptor_open(tmp_path: Path, chunks: int)
     writer.abort()
     assert len(os.listdir("/proc/self/fd")) == before
     assert store.list("data/b/")  # some were put before the abort dropped the rest
+
+
+def test_a_failed_fsync_still_closes_every_descriptor_of_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write-back error fails the sync (so the backup), and the batch's other descriptors
+    are closed all the same: a server that meets a failing disk does not run out of them."""
+    store = LocalStore("local", tmp_path.as_uri(), tmp_path / "store")
+    keys = [f"data/b/{index}" for index in range(SYNC_BATCH)]
+    before = len(os.listdir("/proc/self/fd"))
+    for key in keys:
+        store.put_unsynced(key, b"chunk", retain_until=None)
+    fsync = os.fsync
+    failed: list[int] = []
+
+    def failing_once(fd: int) -> None:
+        if not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "write-back error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    with pytest.raises(StoreError, match="write-back error"):
+        store.sync(keys)
+    assert len(os.listdir("/proc/self/fd")) == before

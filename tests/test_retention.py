@@ -205,7 +205,9 @@ def test_cleanup_finds_expired_backups_by_listing_alone(
     store = timed_engine.store()
     reads: list[str] = []
     real_get = store.get
-    monkeypatch.setattr(store, "get", lambda key: reads.append(key) or real_get(key))
+    monkeypatch.setattr(
+        store, "get", lambda key, limit=None: reads.append(key) or real_get(key, limit=limit)
+    )
     clock.now = START + timedelta(days=1)
     report = timed_engine.cleanup()
     assert sorted(e.name for e in report.entries) == ["b1", "b3", "b5"]

@@ -923,7 +923,7 @@ def _commit(store: Store, manifest: Manifest) -> None:
     except FileExistsError:
         try:
             ours = store.get(manifest_key(manifest.name), limit=MAX_MANIFEST_SIZE) == document
-        except FileNotFoundError:
+        except (FileNotFoundError, IntegrityError):  # gone again, or nothing we wrote
             ours = False
         if not ours:
             raise _exists(manifest.name, store) from None

@@ -39,6 +39,7 @@ __all__ = [
     "WriteStats",
     "compressor",
     "decompress_chunk",
+    "sealed_limit",
 ]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -216,7 +217,11 @@ class ChunkWriter(io.RawIOBase):
 
     def _sync(self, keys: list[str]) -> Future[None]:
         self._sync_slots.acquire()  # a put waits while the disk is that far behind
-        sync = self._syncer.submit(self._store.sync, keys)
+        try:
+            sync = self._syncer.submit(self._store.sync, keys)
+        except BaseException:
+            self._sync_slots.release()
+            raise
         sync.add_done_callback(lambda _: self._sync_slots.release())
         return sync
 
@@ -357,7 +362,7 @@ class ChunkReader(io.RawIOBase):
 
     def _open_chunk(self, index: int) -> bytes | bytearray:
         try:
-            sealed = self._store.get(self._key_of(index), limit=self._chunk_size + CHUNK_OVERHEAD)
+            sealed = self._store.get(self._key_of(index), limit=sealed_limit(self._chunk_size))
         except FileNotFoundError:
             raise IntegrityError(f"Chunk {index} is missing from the store.") from None
         tag, plaintext = self._cipher.open(index, index == self._chunk_count - 1, sealed)
@@ -389,6 +394,15 @@ def _looks_compressible(data: memoryview) -> bool:
         if len(compressor().compress(sample)) < COMPRESSIBLE_RATIO * SAMPLE_SIZE:
             return True
     return False
+
+
+def sealed_limit(chunk_size: int) -> int:
+    """The largest sealed chunk a writer can make of `chunk_size` bytes: zstd's worst case
+    (ZSTD_COMPRESSBOUND: a frame of incompressible data grows a little; this writer stores
+    such a chunk raw, another may not), plus the seal."""
+    small = 128 * 1024
+    margin = (small - chunk_size) >> 11 if chunk_size < small else 0
+    return chunk_size + (chunk_size >> 8) + margin + CHUNK_OVERHEAD
 
 
 def compressor() -> zstandard.ZstdCompressor:

@@ -10,6 +10,9 @@ put-if-absent with `os.link`) or to reach storage that is no fsspec filesystem a
 from __future__ import annotations
 
 import builtins
+import functools
+import inspect
+import logging
 import posixpath
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 PROBE_PREFIX = "probes/"
+logger = logging.getLogger("strongroom")
 #: The store option that makes every object of a backup undeletable until its retentionDate.
 OBJECT_LOCK_OPTION = "object_lock"
 #: Its values, as S3 Object Lock names them (in lower case).
@@ -166,6 +170,19 @@ class Store:
     #: The exceptions of the storage's own library that mean the store failed; a backend
     #: with its own library (a database driver, a cloud SDK) adds its base exception.
     storage_errors: tuple[type[Exception], ...] = (OSError,)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A backend written before `get` took a `limit` keeps working: its `get` is
+        wrapped to refuse a larger object once read (so without the memory bound)."""
+        super().__init_subclass__(**kwargs)
+        get = cls.__dict__.get("get")
+        if get is not None and "limit" not in inspect.signature(get).parameters:
+            logger.warning(
+                "%s.get takes no 'limit': objects are read whole before their size is "
+                "checked; add the keyword (see strongroom.Store.get).",
+                cls.__qualname__,
+            )
+            cls.get = _limited(get)  # type: ignore[method-assign]
 
     def __init__(
         self, name: str, url: str, fs: AbstractFileSystem | None = None, root: str = ""
@@ -318,7 +335,7 @@ class Store:
         errors: list[str] = []
         steps: builtins.list[tuple[str, Callable[[], object]]] = [
             ("write", lambda: self.put(key, payload)),
-            ("read", lambda: self.get(key) == payload),
+            ("read", lambda: self.get(key, limit=len(payload)) == payload),
             ("list", lambda: any(obj.key == key for obj in self.list(PROBE_PREFIX))),
             ("delete", lambda: self._delete_probe(key)),
         ]
@@ -381,6 +398,18 @@ class Store:
                 "Check that the location exists and is writable, then run "
                 f"'strongroom stores validate {self.name}'."
             ) from exc
+
+
+def _limited(get: Callable[[Store, str], bytes]) -> Callable[..., bytes]:
+    """`get` without a limit, given one: the object is checked once it is read."""
+
+    @functools.wraps(get)
+    def limited(store: Store, key: str, *, limit: int | None = None) -> bytes:
+        data = get(store, key)
+        check_limit(key, data, limit)
+        return data
+
+    return limited
 
 
 def check_limit(key: str, data: bytes, limit: int | None) -> None:

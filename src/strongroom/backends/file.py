@@ -108,17 +108,24 @@ class LocalStore(Store):
 
     def sync(self, keys: Sequence[str]) -> None:
         """fsync each object through the descriptor that wrote it, then each directory
-        holding them, once."""
-        for key in keys:
-            with self.translate_errors(key):
-                with self._unsynced_lock:
-                    fd = self._unsynced.pop(key, None)
-                if fd is None:  # not written by this instance's put_unsynced
-                    fd = self._open(key)
-                try:
+        holding them, once. Every descriptor is closed, even after a failure (the first
+        failure is raised once all are)."""
+        with self._unsynced_lock:
+            held = {key: self._unsynced.pop(key, None) for key in keys}
+        failure: BaseException | None = None
+        for key, fd in held.items():
+            try:
+                with self.translate_errors(key):
+                    if fd is None:  # not written by this instance's put_unsynced
+                        fd = self._open(key)
                     os.fsync(fd)
-                finally:
+            except BaseException as exc:
+                failure = failure or exc
+            finally:
+                if fd is not None:
                     os.close(fd)
+        if failure is not None:
+            raise failure
         for directory in sorted({posixpath.dirname(key) for key in keys}):
             with self.translate_errors(directory), self._root.directory(directory) as fd:
                 os.fsync(fd)
