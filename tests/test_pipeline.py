@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,54 @@ def test_a_failed_fsync_still_closes_every_descriptor_of_its_batch(
     with pytest.raises(StoreError, match="write-back error"):
         store.sync(keys)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def cached(path: Path) -> bool:
+    """Whether any of the file is in the page cache (util-linux's fincore: mincore, which
+    reads nothing, unlike a probing read)."""
+    resident = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(resident) > 0
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+def test_prefetch_reads_an_object_into_the_page_cache(tmp_path: Path) -> None:
+    store = LocalStore("local", tmp_path.as_uri(), tmp_path / "store")
+    store.put("data/b/0", os.urandom(1024 * 1024))
+    path = tmp_path / "store" / "data" / "b" / "0"
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+    os.close(fd)
+    if cached(path):
+        pytest.skip("this file system keeps the pages (tmpfs?)")
+    (tmp_path / "store" / "data" / "b" / "1").symlink_to(path)
+    store.prefetch(["data/b/missing", "data/b/1", "data/b/0"])  # only a hint: never fails
+    deadline = time.monotonic() + 5
+    while not cached(path):
+        assert time.monotonic() < deadline, "the object never reached the page cache"
+        time.sleep(0.01)
+
+
+def test_a_reader_tells_the_store_every_chunk_before_reading_it(
+    engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.create("ahead", [tree], passcode=PASSCODE)
+    store = engine.store()
+    hinted: set[str] = set()
+    unhinted: list[str] = []
+    get = store.get
+
+    def recording_get(key: str, *, limit: int | None = None) -> bytes:
+        if key.startswith("data/") and key not in hinted:
+            unhinted.append(key)
+        return get(key, limit=limit)
+
+    monkeypatch.setattr(store, "prefetch", hinted.update)
+    monkeypatch.setattr(store, "get", recording_get)
+    engine.verify("ahead", passcode=PASSCODE)
+    assert len(hinted) > 5
+    assert unhinted == []

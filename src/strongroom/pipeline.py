@@ -49,6 +49,11 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 SYNC_BATCH = 8
 #: Batches being made durable at once before a put waits for the disk.
 SYNCS_IN_FLIGHT = 2
+#: How many chunks ahead of the reader the store is told they will be read (`prefetch`):
+#: the file store's disk reads then run ahead of the fetch threads, at no memory cost.
+#: 1 GiB restore, cold, until durable, interleaved: 2.17 -> 2.00 s, 2.25 -> 2.04 s and
+#: 2.42 -> 1.96 s (medians of 6, 8, 6); 64 ahead was slower (2.37 s).
+PREFETCH_AHEAD = 16
 ZSTD_LEVEL = 3
 #: A chunk is compressed if any of SAMPLES slices of SAMPLE_SIZE bytes shrinks below
 #: COMPRESSIBLE_RATIO of its size.
@@ -273,6 +278,7 @@ class ChunkReader(io.RawIOBase):
         self._window = workers + 1
         self._pending: deque[Future[bytes | bytearray]] = deque()
         self._next_fetch = 0
+        self._next_prefetch = 0
         self._current: memoryview = memoryview(b"")
         self._position = 0
         self._at_end = False
@@ -352,6 +358,10 @@ class ChunkReader(io.RawIOBase):
         return piece
 
     def _advance(self) -> None:
+        ahead = min(self._chunk_count, self._next_fetch + self._window + PREFETCH_AHEAD)
+        if self._next_prefetch < ahead:  # told before any of them is fetched
+            self._store.prefetch([self._key_of(i) for i in range(self._next_prefetch, ahead)])
+            self._next_prefetch = ahead
         while self._next_fetch < self._chunk_count and len(self._pending) < self._window:
             self._pending.append(self._executor.submit(self._open_chunk, self._next_fetch))
             self._next_fetch += 1

@@ -281,6 +281,11 @@ class Store:
         check_limit(key, data, limit)
         return data
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """A hint: these objects will be read soon. A store that can start reading them
+        without holding them in memory does (the file store: into the page cache); by
+        default nothing happens. Never fails."""
+
     def exists(self, key: str) -> bool:
         """Whether an object is stored under exactly this key (a prefix of keys is not)."""
         with self.translate_errors(key):  # not fs.exists: it is true of directories, and

@@ -139,6 +139,13 @@ class StoreConformance:
         with pytest.raises(FileNotFoundError):
             store.get("manifests/absent", limit=9)
 
+    def test_prefetch_is_only_a_hint(self, store: Store) -> None:
+        """`prefetch` of stored and missing keys neither fails nor changes anything."""
+        store.put("manifests/soon", b"soon")
+        store.prefetch(["manifests/soon", "manifests/never", "data/x/0000000000"])
+        assert store.get("manifests/soon") == b"soon"
+        assert not store.exists("manifests/never")
+
     def test_get_of_a_missing_key_is_file_not_found(self, store: Store) -> None:
         with pytest.raises(FileNotFoundError):
             store.get("manifests/nothing-here")
