@@ -142,6 +142,9 @@ def test_each_periodic_slot_is_claimed_once_across_replicas(
     assert b.claim_periodic("other", 100)  # tasks are claimed apart
     assert b.claim_periodic("cleanup", 101)
     assert not a.claim_periodic("cleanup", 101)
+    # a replica that read the clock just before the slot changed claims too late: the
+    # newer claim swept the older one's row, but no slot below a claimed one is given out
+    assert not a.claim_periodic("cleanup", 100)
 
 
 def test_a_job_of_a_replica_killed_mid_job_reads_failed_and_never_runs_again(

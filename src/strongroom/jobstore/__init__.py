@@ -117,7 +117,9 @@ class JobStore(Protocol):
         """Delete the jobs that ended before `before` (epoch ms)."""
 
     def claim_periodic(self, task: str, slot: int) -> bool:
-        """Claim run `slot` of a periodic task: True for exactly one caller per slot."""
+        """Claim run `slot` of a periodic task: True for exactly one caller per slot, and
+        never for a slot below one already claimed (a caller that read the clock just
+        before the slot changed is too late)."""
 
     def close(self) -> None: ...
 

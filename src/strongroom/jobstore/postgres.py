@@ -63,6 +63,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 #: The advisory lock that serializes migrations (any number, the same in every replica).
 _MIGRATION_LOCK = 0x5354524F4E47  # "STRONG"
+#: The advisory lock class of periodic claims (with a hash of namespace and task).
+_PERIODIC_LOCK = 0x53524F4D  # "SROM"
 _LEASE = "clock_timestamp() + %(lease)s * interval '1 second'"
 _UPSERT = (  # a job's namespace is set when it is inserted, and never changed
     f"INSERT INTO strongroom_jobs ({', '.join(COLUMNS)}, lease_until, namespace) "
@@ -208,10 +210,16 @@ class PostgresJobStore:
 
     def claim_periodic(self, task: str, slot: int) -> bool:
         with self._connection() as db, db.transaction():
+            # one claim of a task at a time, so none can slip in below a newer slot
+            db.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                (_PERIODIC_LOCK, f"{self.namespace}/{task}"),
+            )
             claimed = db.execute(
                 "INSERT INTO strongroom_periodic_runs (namespace, task, slot) "
-                "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                (self.namespace, task, slot),
+                "SELECT %s, %s, %s WHERE NOT EXISTS (SELECT 1 FROM strongroom_periodic_runs "
+                "WHERE namespace = %s AND task = %s AND slot >= %s)",
+                (self.namespace, task, slot, self.namespace, task, slot),
             ).rowcount
             db.execute(
                 "DELETE FROM strongroom_periodic_runs "

@@ -178,9 +178,10 @@ class SqliteJobStore:
     def claim_periodic(self, task: str, slot: int) -> bool:
         with self._lock, self._transaction():
             claimed = self._db.execute(
-                "INSERT INTO periodic_runs (namespace, task, slot) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (self.namespace, task, slot),
+                "INSERT INTO periodic_runs (namespace, task, slot) SELECT ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM periodic_runs "
+                "WHERE namespace = ? AND task = ? AND slot >= ?)",
+                (self.namespace, task, slot, self.namespace, task, slot),
             ).rowcount
             self._db.execute(
                 "DELETE FROM periodic_runs WHERE namespace = ? AND task = ? AND slot < ?",
