@@ -75,12 +75,22 @@ def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     if request.param == "three helpers":
         monkeypatch.setattr(filewrite, "helpers_for", lambda cores: 3)
         return 3
-    return filewrite.helpers_for(os.cpu_count())
+    return filewrite.helpers_for(filewrite.usable_cores())
 
 
 @pytest.mark.parametrize(("cores", "helpers"), [(None, 1), (1, 1), (2, 1), (4, 3), (16, 15)])
 def test_one_helper_per_core_but_the_readers(cores: int | None, helpers: int) -> None:
     assert filewrite.helpers_for(cores) == helpers
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
+def test_helpers_follow_the_cores_this_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's CPU set (or taskset) decides, not the machine's core count."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(5)))
+    with writers_in(tmp_path) as writers:
+        assert writers.helper_count == 4
 
 
 def test_many_files_land_with_their_bytes_mode_and_mtime(tmp_path: Path, helpers: int) -> None:

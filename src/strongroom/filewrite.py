@@ -316,7 +316,7 @@ class SmallFileWriters:
         self._helpers: list[_Helper] = []
         self._ready = selectors.DefaultSelector()
         self._memory: mmap.mmap | None = None
-        helpers = min(helpers_for(os.cpu_count()), MAX_HELPERS)
+        helpers = min(helpers_for(usable_cores()), MAX_HELPERS)
         self._may_start = helpers if _can_start_helpers() else 0
         self._written_here = 0  # files written on this thread before the helpers start
         self._free: list[int] = []
@@ -465,6 +465,15 @@ class SmallFileWriters:
         self._in_flight, self._pending = {}, {}
         self._new_batch()
         self._release_memory()
+
+
+def usable_cores() -> int | None:
+    """The cores this process may run on: a container's CPU set or `taskset` can allow
+    fewer than the machine has, and more helpers than cores only take turns."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count()
 
 
 def helpers_for(cores: int | None) -> int:
