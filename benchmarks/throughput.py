@@ -1051,8 +1051,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="shrink datasets for trial runs")
     parser.add_argument(
         "--warm",
-        dest="cold",
-        action="store_false",
+        action="store_true",
         help="do not drop the page cache (no root needed); the report says WARM",
     )
     parser.add_argument("--json", action="store_true", help="report as JSON instead of Markdown")
@@ -1068,6 +1067,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.scale <= 0:
         parser.error("--runs must be >= 1 and --scale > 0")
+    args.cold = not args.warm
     if args.tools is None:
         args.tools = ["strongroom"] if args.memory_scaling else list(TOOLS)
     if unknown := [t for t in args.tools if t not in TOOLS]:
