@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import ConfigError, Engine, StoresConfig, StoreSpec, UnknownStoreError
+from strongroom import (
+    ConfigBusyError,
+    ConfigError,
+    Engine,
+    StoresConfig,
+    StoreSpec,
+    UnknownStoreError,
+)
 from strongroom import config as config_module
 from strongroom.config import editing
 from strongroom.schedules import define
@@ -187,7 +194,7 @@ def test_an_edit_gives_up_on_a_lock_held_too_long_and_names_it(
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
         started = time.monotonic()
-        with pytest.raises(ConfigError) as caught, editing(path):
+        with pytest.raises(ConfigBusyError) as caught, editing(path):
             pytest.fail("the edit ran while another held the lock")
         assert 0.3 <= time.monotonic() - started < 5
         assert str(lock) in str(caught.value) and "Try again" in str(caught.value)

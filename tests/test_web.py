@@ -6,8 +6,10 @@ response of every test here is checked for it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import stat
 import threading
@@ -38,6 +40,7 @@ from strongroom import (
     hookimpl,
     schedules,
 )
+from strongroom import config as config_module
 from strongroom.format import from_epoch_ms
 from strongroom.jobs import JOBS_FILE
 from strongroom.plugins import get_plugin_manager
@@ -486,6 +489,24 @@ async def test_bad_store_settings_say_what_is_wrong(
     settings = settings.replace("HOME", home.as_uri())
     response = await api.post(f"{DR}/stores/register", storeName="offsite", settings=settings)
     _error(response, code, fragment)
+    assert not (home / "config.toml").exists()
+
+
+async def test_a_store_edit_while_another_holds_the_config_lock_is_a_conflict(
+    api: Api, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another edit (a replica, the CLI) holding the configuration's lock is no fault of
+    the request: 409 and "try again", not 400, and nothing is registered."""
+    monkeypatch.setattr(config_module, "LOCK_TIMEOUT", 0.3)
+    home.mkdir(exist_ok=True)
+    holder = os.open(home / ".config.toml.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # as another process would hold it
+        settings = json.dumps({"url": (home / "x").as_uri()})
+        response = await api.post(f"{DR}/stores/register", storeName="x", settings=settings)
+        _error(response, 409, "Try again")
+    finally:
+        os.close(holder)
     assert not (home / "config.toml").exists()
 
 

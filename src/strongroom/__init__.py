@@ -8,6 +8,7 @@ from .engine import BackupInfo, Engine
 from .errors import (
     BackupExistsError,
     BackupNotFoundError,
+    ConfigBusyError,
     ConfigError,
     IntegrityError,
     InvalidNameError,
@@ -41,6 +42,7 @@ __all__ = [
     "BackupNotFoundError",
     "CleanupEntry",
     "CleanupReport",
+    "ConfigBusyError",
     "ConfigError",
     "Engine",
     "IntegrityError",

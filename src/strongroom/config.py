@@ -41,7 +41,7 @@ from urllib.parse import unquote, urlsplit
 import platformdirs
 import tomli_w
 
-from .errors import ConfigError, UnknownStoreError
+from .errors import ConfigBusyError, ConfigError, UnknownStoreError
 from .format import validate_name
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def editing(path: Path) -> Iterator[None]:
     """Hold the configuration file at `path` for one edit (re-read, change, save): one at a
     time across threads and processes (a lock on `.<name>.lock` beside it), so a `serve`
     replica and the CLI editing stores or schedules at once never lose each other's edit.
-    An edit waits at most LOCK_TIMEOUT for another to end, then raises ConfigError."""
+    An edit waits at most LOCK_TIMEOUT for another to end, then raises ConfigBusyError."""
     lock = path.with_name(f".{path.name}.lock")
     deadline = time.monotonic() + LOCK_TIMEOUT
     if not _EDITS.acquire(timeout=LOCK_TIMEOUT):
@@ -304,8 +304,8 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _busy(lock: Path) -> ConfigError:
-    return ConfigError(
+def _busy(lock: Path) -> ConfigBusyError:
+    return ConfigBusyError(
         f"Another edit of the configuration has held its lock {lock} for over "
         f"{LOCK_TIMEOUT:g} s, so this one was not made. Try again once it ends; 'fuser "
         f"{lock}' names the process that holds it (the lock goes with that process)."

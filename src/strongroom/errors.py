@@ -6,7 +6,8 @@ StrongroomError
 │   ├── InvalidNameError
 │   ├── UnknownStoreError
 │   ├── UnknownScheduleError
-│   └── UnknownBackendError
+│   ├── UnknownBackendError
+│   └── ConfigBusyError
 ├── StoreError
 │   ├── BackupNotFoundError      (also a FileNotFoundError)
 │   ├── BackupExistsError        (also a FileExistsError)
@@ -28,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "BackupExistsError",
     "BackupNotFoundError",
+    "ConfigBusyError",
     "ConfigError",
     "IntegrityError",
     "InvalidNameError",
@@ -75,6 +77,11 @@ class UnknownScheduleError(ConfigError, LookupError):
 
 class UnknownBackendError(ConfigError, LookupError):
     """No installed backend handles a store URL's scheme."""
+
+
+class ConfigBusyError(ConfigError):
+    """Another edit of the configuration held its lock too long; nothing is wrong with
+    this one, so try it again once that edit ends."""
 
 
 class StoreError(StrongroomError):

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from ..errors import (
     BackupExistsError,
     BackupNotFoundError,
+    ConfigBusyError,
     ConfigError,
     IntegrityError,
     JobError,
@@ -48,6 +49,7 @@ _STATUS: tuple[tuple[type[StrongroomError], int], ...] = (
     (BackupNotFoundError, 404),
     (JobNotFoundError, 404),
     (JobStoreUnavailableError, 503),
+    (ConfigBusyError, 409),
     (BackupExistsError, 409),
     (ObjectLockedError, 409),
     (JobError, 409),
