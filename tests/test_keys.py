@@ -378,6 +378,10 @@ def _edited(document: dict[str, object], **changes: object) -> bytes:
         lambda d: _edited(d, writerKey=None),
         lambda d: json.dumps({k: v for k, v in d.items() if k != "publicKey"}).encode(),
         lambda d: _edited(d, padding="x" * 70_000),
+        lambda d: _edited(d, writerKey=base64.b64encode(bytes(32)).decode()),
+        lambda d: _edited(d, publicKey=base64.b64encode(bytes(32)).decode()),
+        lambda d: _edited(d, iterations=d["iterations"] + 1),  # type: ignore[operator]
+        lambda d: _edited(d, salt=base64.b64encode(bytes(16)).decode()),
     ],
     ids=[
         "not JSON",
@@ -392,6 +396,10 @@ def _edited(document: dict[str, object], **changes: object) -> bytes:
         "null",
         "missing field",
         "huge",
+        "other writer key",
+        "other pk",
+        "other iterations",
+        "other salt",
     ],
 )
 def test_a_damaged_write_key_is_a_config_error(
@@ -402,6 +410,15 @@ def test_a_damaged_write_key_is_a_config_error(
     path.write_bytes(damage(document))
     with pytest.raises(ConfigError, match="not a strongroom write key"):
         WriteKey.load(path)
+
+
+def test_a_write_key_saved_before_the_checksum_still_loads(
+    write_key: WriteKey, tmp_path: Path
+) -> None:
+    path = write_key.save(tmp_path / "write.key")
+    document = json.loads(path.read_bytes())
+    path.write_bytes(json.dumps({k: v for k, v in document.items() if k != "checksum"}).encode())
+    assert WriteKey.load(path) == write_key
 
 
 # -- secrets stay secret ----------------------------------------------------------------------

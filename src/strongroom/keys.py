@@ -11,6 +11,7 @@ included.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import hmac
 import json
 import os
@@ -123,8 +124,9 @@ class WriteKey:
         return path
 
     def to_document(self) -> dict[str, Any]:
-        """The key as JSON-able fields (what a key file holds; a schedule keeps it inline)."""
-        return {
+        """The key as JSON-able fields (what a key file holds; a schedule keeps it inline),
+        with the checksum of them all."""
+        fields = {
             "format": WRITE_KEY_FORMAT,
             "version": WRITE_KEY_VERSION,
             "kdf": "argon2id",
@@ -135,6 +137,7 @@ class WriteKey:
             "publicKey": to_b64(self.public_key),
             "writerKey": to_b64(self.writer_key),
         }
+        return {**fields, "checksum": _checksum(fields)}
 
     @classmethod
     def from_document(cls, document: Any) -> WriteKey:
@@ -147,6 +150,10 @@ class WriteKey:
             or document["kdf"] != "argon2id"
         ):
             raise ValueError("not a write key")
+        if "checksum" in document:  # keys written before it was added have none
+            fields = {name: value for name, value in document.items() if name != "checksum"}
+            if document["checksum"] != _checksum(fields):
+                raise ValueError("damaged")
         kdf = KdfParams(
             memory_cost_kib=_int(document["memoryCostKiB"]),
             iterations=_int(document["iterations"]),
@@ -194,6 +201,14 @@ def open_backup(manifest: Manifest, passcode: str | Passcode) -> BackupKeys:
     keys = BackupKeys.from_file_key(file_key)
     keys.check_mac(manifest.authenticated_bytes(), manifest.mac)
     return keys
+
+
+def _checksum(fields: dict[str, Any]) -> str:
+    """A digest of a key's fields. A key damaged on disk or in a copy still parses, and it
+    would make backups the passcode cannot open, found only at a restore; this finds it
+    when the key is loaded."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return to_b64(hashlib.sha256(b"strongroom write key " + canonical).digest()[:16])
 
 
 def _int(value: object) -> int:
