@@ -1,5 +1,6 @@
 """Engine: create, restore, verify, list, info, delete, retention updates and cleanup;
-create, restore, delete and cleanup also as background jobs (`submit_*`, see jobs.py).
+create, restore, verify, delete and cleanup also as background jobs (`submit_*`, in
+enginejobs.py).
 
 The engine joins the pieces: stores from the configuration and plugins, keys from
 the passcode, the archive stream through the chunk pipeline, and the manifest as
@@ -20,9 +21,7 @@ import logging
 import os
 import tempfile
 import threading
-import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -47,14 +46,13 @@ from .archive import (
 from .cleanup import Cleanup, data_keys, delete_backups, delete_resurrected, index_of
 from .config import StoresConfig
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
+from .enginejobs import EngineJobs
 from .errors import (
     BackupExistsError,
     BackupNotFoundError,
     ConfigError,
     IntegrityError,
-    JobError,
     ObjectLockedError,
-    StrongroomError,
 )
 from .format import (
     MANIFESTS_PREFIX,
@@ -72,12 +70,12 @@ from .format import (
     utc_now,
     validate_name,
 )
-from .jobs import JOBS_FILE, Job, JobHandle, JobManager
+from .jobs import JOBS_FILE
 from .keys import WriteKey, open_backup
 from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
 from .plugins import BackendRegistry, build_registry, get_plugin_manager
 from .restoretarget import check_restore_target, make_parents, move_into_place, remove_staging
-from .retention import CleanupReport, check_retention_date, parse_epoch_ms, retention_ms
+from .retention import CleanupReport, check_retention_date, parse_as_of, retention_ms
 from .store import Store
 
 __all__ = ["BackupInfo", "Engine"]
@@ -133,7 +131,7 @@ class BackupInfo:
         }
 
 
-class Engine:
+class Engine(EngineJobs):
     """The entry point of the Python API; stateless apart from the stores it has opened
     and its background jobs.
 
@@ -147,6 +145,8 @@ class Engine:
     (default $STRONGROOM_JOBS_NAMESPACE, else the path of the configuration file, so
     replicas sharing a configuration share their jobs, and tenants do not; the home's
     own job table, which no other home uses, keeps the empty namespace of older jobs).
+    The jobs themselves (`jobs`, `submit_*`, `schedule_cleanup`, `close`) are in its base
+    class `EngineJobs` (enginejobs.py).
     """
 
     def __init__(
@@ -193,9 +193,7 @@ class Engine:
         #: A running create refreshes its marker this often, well inside the grace period.
         self._heartbeat = min(timedelta(hours=1), leftover_grace / 4)
         self._stores: dict[str, Store] = {store.name: store for store in stores}
-        self._job_manager: JobManager | None = None
-        self._job_manager_lock = threading.Lock()
-        self._closed = False
+        super().__init__()
 
     @property
     def kdf(self) -> KdfParams:
@@ -535,7 +533,7 @@ class Engine:
         dry_run: bool = False,
     ) -> CleanupReport:
         """Delete the backups whose retentionDate has passed, in the named or all stores."""
-        moment = _as_datetime(as_of) if as_of is not None else self._clock()
+        moment = parse_as_of(as_of) if as_of is not None else self._clock()
         every_store = sorted({*self.config.stores, *self._stores})
         cleanup = Cleanup(
             open_store=self.store,
@@ -623,7 +621,7 @@ class Engine:
             on_read=_counter(progress, manifest.source_size),
         )
 
-    # -- configuration changes and background jobs -------------------------------------
+    # -- configuration changes -------------------------------------------------------
 
     def use_config(self, config: StoresConfig) -> None:
         """Switch to a changed stores configuration; stores whose spec changed reopen."""
@@ -631,206 +629,6 @@ class Engine:
             if config.stores.get(name) != spec:
                 self._stores.pop(name, None)
         self.config = config
-
-    @property
-    def jobs(self) -> JobManager:
-        """The background jobs, kept in `jobs_db`; started on first use. An Engine
-        dropped without `close` has them closed when it is collected."""
-        with self._job_manager_lock:
-            if self._closed:
-                raise JobError("This Engine is closed; make a new one to run jobs.")
-            if self._job_manager is None:
-                manager = JobManager(self.jobs_db, clock=self._clock, namespace=self.jobs_namespace)
-                self._close_jobs = weakref.finalize(self, manager.close)
-                self._job_manager = manager
-            return self._job_manager
-
-    def submit_backup(
-        self,
-        name: str,
-        sources: Sequence[str | os.PathLike[str]] = (),
-        *,
-        passcode: str | Passcode | None = None,
-        write_key: WriteKey | None = None,
-        streams: Mapping[str, StreamSource] | None = None,
-        store: str | None = None,
-        description: str = "",
-        retention_date: int | str | datetime | None = None,
-        operation_uri: str | None = None,
-        timeout: timedelta | None = None,
-        scheduled: bool = False,
-    ) -> Job:
-        """`create` as a background job, with a passcode or a write key. The request is
-        checked first, so a bad one fails here and never becomes a job; the passcode or
-        key lives only in the job's closure. A create still running `timeout` after it
-        started is cancelled and reads FAILED."""
-        paths = [Path(source) for source in sources]
-        streams = dict(streams or {})
-        credential, _, target = self._check_create(
-            name, paths, streams, passcode, write_key, store, description, retention_date
-        )
-        secret = credential if isinstance(credential, Passcode) else None
-        key = credential if isinstance(credential, WriteKey) else None
-
-        def work(job: JobHandle) -> dict[str, Any]:
-            info = self.create(
-                name,
-                paths,
-                passcode=secret,
-                write_key=key,
-                streams=streams,
-                store=target.name,
-                description=description,
-                retention_date=retention_date,
-                progress=job.progress,
-                on_stage=job.stage,
-                scheduled=scheduled,
-            )
-            return info.to_dict()
-
-        return self.jobs.submit(
-            "create",
-            work,
-            store=target.name,
-            name=name,
-            operation_uri=operation_uri,
-            timeout=timeout,
-            scheduled=scheduled,
-        )
-
-    def submit_restore(
-        self,
-        name: str,
-        target: str | os.PathLike[str],
-        *,
-        passcode: str | Passcode,
-        store: str | None = None,
-        paths: Sequence[str] = (),
-        operation_uri: str | None = None,
-    ) -> Job:
-        """`restore` as a background job, after the checks that need no passcode work."""
-        secret = Passcode(passcode)
-        check_restore_target(Path(target))
-        for path in paths:
-            normalize_archive_path(path)
-        source, _ = self._open(name, store)
-
-        def work(job: JobHandle) -> dict[str, Any]:
-            restored = self.restore(
-                name,
-                target,
-                passcode=secret,
-                store=source.name,
-                paths=paths,
-                progress=job.progress,
-                on_stage=job.stage,
-            )
-            return {"name": name, "backupStore": source.name, "restoreDir": str(restored)}
-
-        return self.jobs.submit(
-            "restore", work, store=source.name, name=name, operation_uri=operation_uri
-        )
-
-    def submit_verify(
-        self,
-        name: str,
-        *,
-        passcode: str | Passcode,
-        store: str | None = None,
-        operation_uri: str | None = None,
-    ) -> Job:
-        """`verify` as a background job (it reads the whole backup); an unknown backup
-        fails here."""
-        secret = Passcode(passcode)
-        source, _ = self._open(name, store)
-
-        def work(job: JobHandle) -> dict[str, Any]:
-            job.stage("verifying")
-            info = self.verify(name, passcode=secret, store=source.name, progress=job.progress)
-            return info.to_dict()
-
-        return self.jobs.submit(
-            "verify", work, store=source.name, name=name, operation_uri=operation_uri
-        )
-
-    def submit_delete(
-        self, name: str, store: str | None = None, *, operation_uri: str | None = None
-    ) -> Job:
-        """`delete` as a background job; an unknown backup fails here."""
-        source, _ = self._open(name, store)
-
-        def work(job: JobHandle) -> dict[str, Any]:
-            job.stage("deleting")
-            self.delete(name, source.name)
-            return {"name": name, "backupStore": source.name}
-
-        return self.jobs.submit(
-            "delete", work, store=source.name, name=name, operation_uri=operation_uri
-        )
-
-    def submit_cleanup(
-        self,
-        stores: Iterable[str] | None = None,
-        *,
-        as_of: int | datetime | None = None,
-        dry_run: bool = False,
-        operation_uri: str | None = None,
-        scheduled: bool = False,
-    ) -> Job:
-        """`cleanup` as a background job; unknown store names fail here. `scheduled`: the
-        cleanup system task submits it, not a person."""
-        names = None if stores is None else [self.store(store).name for store in stores]
-        moment = _as_datetime(as_of) if as_of is not None else None
-
-        def work(job: JobHandle) -> dict[str, Any]:
-            job.stage("cleaning up")
-            return self.cleanup(names, as_of=moment, dry_run=dry_run).to_dict()
-
-        return self.jobs.submit("cleanup", work, operation_uri=operation_uri, scheduled=scheduled)
-
-    def schedule_cleanup(self, interval: timedelta) -> threading.Event:
-        """The cleanup system task: a cleanup job in every `interval` (counted in slots
-        from the epoch), the first at once. Engines sharing the job store (replicas)
-        each claim the slot, and those that do not get it skip: one run per interval
-        among them all, and none at once if another already ran in this interval.
-
-        Set the returned event to stop it. Each run is an ordinary job, so its result
-        (what was deleted, swept and kept, and why) can be read back by job id.
-        """
-        stop = threading.Event()
-        seconds = interval.total_seconds()
-
-        def loop() -> None:
-            while True:  # at least once, even if stopped at once
-                slot = int(time.time() // seconds)
-                try:
-                    if self.jobs.claim_periodic(f"cleanup every {seconds:g} s", slot):
-                        self.submit_cleanup(scheduled=True)
-                except StrongroomError as exc:  # e.g. the job table is unavailable: try later
-                    logger.warning("Could not start the scheduled cleanup: %s", exc)
-                except Exception:  # a raw database error or a bug: log it, and keep the task
-                    logger.exception("The scheduled cleanup failed to start; it tries again later")
-                if stop.wait((slot + 1) * seconds - time.time()):
-                    return
-
-        threading.Thread(target=loop, name="strongroom-cleanup-schedule", daemon=True).start()
-        return stop
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Cancel this engine's background jobs, if it ever started any, and wait for
-        them (at most `jobs.CLOSE_TIMEOUT`: a job stuck past that is recorded FAILED).
-        Final: jobs cannot be submitted afterwards."""
-        with self._job_manager_lock:
-            self._closed = True
-            if self._job_manager is not None:
-                self._close_jobs()
-                self._job_manager = None
 
 
 class _KeyDerivation:
@@ -959,9 +757,3 @@ def _check_write_key(write_key: object) -> WriteKey:
 
 def _ignore(stage: str) -> None:
     """The stage report of a create or restore that nobody follows."""
-
-
-def _as_datetime(value: int | datetime) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    return from_epoch_ms(parse_epoch_ms(value, "as_of"))

@@ -32,6 +32,7 @@ __all__ = [
     "IndexEntry",
     "PendingMarker",
     "check_retention_date",
+    "parse_as_of",
     "parse_epoch_ms",
     "parse_moment",
     "retention_from",
@@ -54,6 +55,14 @@ def parse_epoch_ms(value: object, what: str = "retentionDate") -> int:
         f"{what} must be a whole number of milliseconds since 1970-01-01 UTC, "
         f"for example {EXAMPLE_MS}; got {value!r}."
     )
+
+
+def parse_as_of(value: int | datetime) -> datetime:
+    """A cleanup's `as_of`: a datetime as it is, else epoch milliseconds, else ConfigError
+    (so a cleanup job with a bad one is refused when it is submitted)."""
+    if isinstance(value, datetime):
+        return value
+    return from_epoch_ms(parse_epoch_ms(value, "as_of"))
 
 
 def parse_moment(value: object, what: str = "retentionDate") -> datetime:
