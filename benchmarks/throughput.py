@@ -360,7 +360,10 @@ def run_measured(command: Command, run: RunPaths, cold: bool) -> Sample:
         raise ToolFailed(
             f"`{shlex.join(command.argv)}` exited {result.returncode}: {tail(run.log)}"
         )
-    return Sample(seconds, int(rss_file.read_text().split()[-1]))
+    try:
+        return Sample(seconds, int(rss_file.read_text().split()[-1]))
+    except (IndexError, ValueError):
+        raise ToolFailed(f"GNU time wrote no peak RSS to {rss_file} (is the disk full?)") from None
 
 
 # --------------------------------------------------------------------------- tools
@@ -702,8 +705,18 @@ def run_once(
             raise ToolFailed("restored data differs from the source (SHA-256 tree digest)")
         return RunResult(backup, restore, stored)
     finally:
-        if run.root.exists():
-            run.root.rename(Path(tempfile.mkdtemp(dir=trash)) / run.root.name)
+        set_aside(run.root, trash)
+
+
+def set_aside(root: Path, trash: Path) -> None:
+    """Moves a run's directories into the trash; deletes them when even that fails (a full
+    disk cannot create the trash's next directory)."""
+    if not root.exists():
+        return
+    try:
+        root.rename(Path(tempfile.mkdtemp(dir=trash)) / root.name)
+    except OSError:
+        remove(root)
 
 
 def run_benchmark(
@@ -730,7 +743,7 @@ def run_benchmark(
                 outcome.error = f"skipped: {reason}"
         trash = workdir / "runs" / "trash"
         trash.mkdir(parents=True, exist_ok=True)
-        try:  # a full disk fails a run and then moving it aside: empty the trash regardless
+        try:  # empty the trash whatever happens
             warm_up_run(pairs[-1], workdir, digest, trash, cold)
             for index in range(runs):
                 rotated = pairs[index % len(pairs) :] + pairs[: index % len(pairs)]
@@ -739,7 +752,7 @@ def run_benchmark(
                     try:
                         result = run_once(outcome.tool, dataset, run, digest, trash, cold)
                         outcome.runs.append(result)
-                    except ToolFailed as failure:
+                    except (ToolFailed, OSError) as failure:  # OSError: a full disk
                         outcome.error = str(failure)
                     report_progress(outcome, index, runs)
         finally:
@@ -757,7 +770,7 @@ def warm_up_run(outcome: Outcome, workdir: Path, digest: str, trash: Path, cold:
     run = RunPaths(workdir / "runs" / f"{outcome.dataset.name}-{outcome.tool.name}")
     try:
         run_once(outcome.tool, outcome.dataset, run, digest, trash, cold)
-    except ToolFailed as failure:
+    except (ToolFailed, OSError) as failure:
         outcome.error = str(failure)
 
 
@@ -1061,7 +1074,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tools",
         type=comma_list,
-        default=None,
+        default=argparse.SUPPRESS,
         help=f"comma list of {', '.join(TOOLS)} (default: all; strongroom with --memory-scaling)",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="shrink datasets for trial runs")
@@ -1084,7 +1097,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.runs < 1 or args.scale <= 0:
         parser.error("--runs must be >= 1 and --scale > 0")
     args.cold = not args.warm
-    if args.tools is None:
+    if "tools" not in args:
         args.tools = ["strongroom"] if args.memory_scaling else list(TOOLS)
     if unknown := [t for t in args.tools if t not in TOOLS]:
         parser.error(f"unknown tools {unknown}; choose from {list(TOOLS)}")
