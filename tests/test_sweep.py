@@ -242,3 +242,60 @@ def test_a_cleanup_killed_halfway_leaves_only_restorable_backups(
     }
     assert [b.name for b in engine.list()] == ["forever"]
     assert not (store_dir(home) / "data" / "b").exists()
+
+
+def make_unreadable_by_this_version(home: Path, name: str) -> bytes:
+    """Rewrites a backup's manifest as a newer strongroom would (or a torn write leaves
+    it): still there, unreadable here. Returns the original bytes."""
+    manifest = store_dir(home) / "manifests" / name
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b'"version": ', b'"version": 9', 1))
+    return original
+
+
+def backup_id_of(home: Path, name: str) -> str:
+    [data] = (store_dir(home) / "data" / name).iterdir()
+    return data.name
+
+
+def test_a_backup_whose_manifest_is_unreadable_is_never_swept_as_a_cut_off_delete(
+    engine: Engine, home: Path, tree: Path
+) -> None:
+    """Attack: one empty index entry planted under the name (put rights suffice) makes the
+    name hold two backupIds; an unreadable manifest must not count as an absent one."""
+    engine.create("precious", [tree], passcode=PASSCODE)
+    backup_id = backup_id_of(home, "precious")
+    index = store_dir(home) / "retention" / "precious"
+    (index / f"{'ab' * 16}.never").write_bytes(b"")
+    for path in [*index.iterdir(), *(store_dir(home) / "data").rglob("*")]:
+        age(path, GRACE * 3)
+    original = make_unreadable_by_this_version(home, "precious")
+
+    report = engine.cleanup()
+    assert report.entries == []
+    assert any("precious" in error for error in report.errors), report.errors
+
+    (store_dir(home) / "manifests" / "precious").write_bytes(original)
+    engine.verify("precious", passcode=PASSCODE, backup_id=backup_id)
+
+
+def test_a_backup_whose_manifest_is_unreadable_is_never_swept_as_an_unfinished_create(
+    engine: Engine, home: Path, tree: Path
+) -> None:
+    """Attack: an empty pending marker planted with the committed backup's id."""
+    engine.create("precious", [tree], passcode=PASSCODE)
+    backup_id = backup_id_of(home, "precious")
+    marker = store_dir(home) / pending_key("precious", backup_id)
+    marker.parent.mkdir(parents=True)
+    marker.write_bytes(b"")
+    age(marker, GRACE * 3)
+    original = make_unreadable_by_this_version(home, "precious")
+
+    report = engine.cleanup()
+    assert report.entries == []
+    assert any("precious" in error for error in report.errors), report.errors
+    assert markers(home) == [marker], "judged once the manifest can be read"
+
+    (store_dir(home) / "manifests" / "precious").write_bytes(original)
+    engine.verify("precious", passcode=PASSCODE, backup_id=backup_id)
+    assert engine.cleanup().entries == [] and markers(home) == []

@@ -62,9 +62,9 @@ LISTING_THRESHOLD = 8
 #: (one S3 DeleteObjects request).
 DELETE_BATCH = 1000
 
-#: Reads the manifests of the named backups in a store: those still there, and why any
-#: others were unreadable (`Engine._read_manifests`).
-ManifestReader = Callable[[Store, list[str]], tuple[list[Manifest], list[str]]]
+#: Reads the manifests of the named backups in a store: those still there, and why each
+#: unreadable one is, by name (`Engine._read_manifests`).
+ManifestReader = Callable[[Store, list[str]], tuple[list[Manifest], dict[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +96,9 @@ class Cleanup:
             report.kept += len(listing.names) - len(expired)
             report.entries.extend(_expire(source, expired, listing.index, dry_run))
             try:
-                report.entries.extend(self._sweep(source, listing, dry_run))
+                swept, unjudged = self._sweep(source, listing, dry_run)
+                report.entries.extend(swept)
+                report.errors.extend(unjudged)
                 report.entries.extend(self._sweep_claims(source, dry_run))
             except StrongroomError as exc:
                 report.errors.append(str(exc))
@@ -108,31 +110,39 @@ class Cleanup:
         """The expired backups: candidates come from the index (listing only), the verdict
         from each candidate's manifest, which stays the truth (read several at a time)."""
         candidates = dict(select_candidates(listing.index, listing.names, moment))
-        manifests, problems = self.read_manifests(source, sorted(candidates))
+        manifests, unreadable = self.read_manifests(source, sorted(candidates))
         confirmed = [m for m in manifests if candidates[m.name] == m.backup_id]
-        return select_expired(confirmed, moment), problems
+        return select_expired(confirmed, moment), list(unreadable.values())
 
-    def _sweep(self, source: Store, listing: _Listing, dry_run: bool) -> list[CleanupEntry]:
-        """Remove what interrupted creates and deletes left behind, once past the grace period.
+    def _sweep(
+        self, source: Store, listing: _Listing, dry_run: bool
+    ) -> tuple[list[CleanupEntry], list[str]]:
+        """Remove what interrupted creates and deletes left behind, once past the grace
+        period; and why the leftovers of some names were not judged.
 
         A create cut off leaves its pending marker; a delete cut off leaves index entries
         without a manifest. Ages come from the store's own timestamps (against a fresh
-        probe object), never from this machine's clock.
+        probe object), never from this machine's clock. A name whose manifest is there but
+        unreadable (a newer version's, a torn write) may be committed: nothing of it is
+        judged, so planting an index entry or a marker can never sweep a backup's data.
         """
         writing = {(m.name, m.backup_id) for m in listing.markers}
         ambiguous = _ambiguous(listing)
         suspects = [e for e in listing.index if e.name not in listing.names or e.name in ambiguous]
         if not listing.markers and not suspects:
-            return []
+            return [], []
         store_now = source.now()
         if store_now is None:
-            return []
+            return [], []
         names = {m.name for m in listing.markers} | ambiguous
-        committed = {m.name: m.backup_id for m in self.read_manifests(source, sorted(names))[0]}
+        manifests, unreadable = self.read_manifests(source, sorted(names))
+        committed = {m.name: m.backup_id for m in manifests}
+        judged_markers = [m for m in listing.markers if m.name not in unreadable]
         leftovers, stale = select_leftovers(
-            listing.markers, committed, store_now, self.leftover_grace
+            judged_markers, committed, store_now, self.leftover_grace
         )
-        orphans = select_orphans(suspects, committed, writing, store_now, self.leftover_grace)
+        judged = [e for e in suspects if e.name not in unreadable]
+        orphans = select_orphans(judged, committed, writing, store_now, self.leftover_grace)
         backups = {(m.name, m.backup_id): "an unfinished create" for m in leftovers}
         backups.update({(e.name, e.backup_id): "a delete that was cut off" for e in orphans})
         keys = _keys_by_backup(listing.index)
@@ -155,7 +165,11 @@ class Cleanup:
                 [m.key for m in leftovers if (m.name, m.backup_id) in swept]
                 + [m.key for m in stale]
             )
-        return entries
+        unjudged = [
+            f"{problem} Its leftovers are kept until its manifest can be read."
+            for problem in unreadable.values()
+        ]
+        return entries, unjudged
 
     def _sweep_claims(self, source: Store, dry_run: bool) -> list[CleanupEntry]:
         """Remove the schedules' slot claims (scheduler.py) once past the grace period,

@@ -567,14 +567,14 @@ class Engine(EngineJobs):
         names = [
             n for obj in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(obj.key))
         ]
-        manifests, problems = self._read_manifests(source, names)
-        return sorted(manifests, key=lambda m: (m.created, m.name)), problems
+        manifests, unreadable = self._read_manifests(source, names)
+        return sorted(manifests, key=lambda m: (m.created, m.name)), list(unreadable.values())
 
     def _read_manifests(
         self, source: Store, names: builtins.list[str]
-    ) -> tuple[builtins.list[Manifest], builtins.list[str]]:
-        """The manifests of these backups, read several at a time; a backup deleted
-        meanwhile is left out, an unreadable one is described in the problems."""
+    ) -> tuple[builtins.list[Manifest], dict[str, str]]:
+        """The manifests of these backups, read several at a time, and why each unreadable
+        one is (by name); a backup deleted meanwhile is in neither."""
 
         def read(name: str) -> Manifest | str:
             try:
@@ -587,8 +587,8 @@ class Engine(EngineJobs):
         with ThreadPoolExecutor(max(1, source.concurrency)) as pool:
             results = list(pool.map(read, names))
         manifests = [r for r in results if isinstance(r, Manifest)]
-        problems = [r for r in results if isinstance(r, str) and r]
-        return manifests, problems
+        unreadable = {n: r for n, r in zip(names, results, strict=True) if isinstance(r, str) and r}
+        return manifests, unreadable
 
     def _open_authenticated(
         self, name: str, store: str | None, passcode: str | Passcode, backup_id: str | None
