@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.preallocate import preallocator_for
+from strongroom.preallocate import Preallocate, preallocator_for
 from tests.conftest import file_system_type
 
 
+def preallocator_of(directory: Path) -> Preallocate | None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return preallocator_for(fd)
+    finally:
+        os.close(fd)
+
+
 def test_on_ext4_blocks_are_reserved_and_the_size_is_kept(ext4_dir: Path) -> None:
-    preallocate = preallocator_for(ext4_dir)
+    preallocate = preallocator_of(ext4_dir)
     assert preallocate is not None
     path = ext4_dir / "large"
     with path.open("wb") as out:
@@ -26,7 +34,7 @@ def test_on_ext4_blocks_are_reserved_and_the_size_is_kept(ext4_dir: Path) -> Non
 
 
 def test_a_file_that_cannot_be_written_fails_at_once(ext4_dir: Path) -> None:
-    preallocate = preallocator_for(ext4_dir)
+    preallocate = preallocator_of(ext4_dir)
     assert preallocate is not None
     with (ext4_dir / "huge").open("wb") as out, pytest.raises(OSError) as raised:
         preallocate(out.fileno(), 2**62, 2**20)  # beyond ext4's largest file
@@ -34,7 +42,7 @@ def test_a_file_that_cannot_be_written_fails_at_once(ext4_dir: Path) -> None:
 
 
 def test_other_failures_only_mean_no_preallocation(ext4_dir: Path) -> None:
-    preallocate = preallocator_for(ext4_dir)
+    preallocate = preallocator_of(ext4_dir)
     assert preallocate is not None
     with (ext4_dir / "empty").open("wb") as out:
         preallocate(out.fileno(), 0, 0)  # EINVAL from the kernel; the write goes on
@@ -45,4 +53,4 @@ def test_other_file_systems_are_left_alone() -> None:
     shm = Path("/dev/shm")
     if not shm.is_dir() or file_system_type(shm) != "tmpfs":
         pytest.skip("no tmpfs at /dev/shm")
-    assert preallocator_for(shm) is None
+    assert preallocator_of(shm) is None

@@ -319,16 +319,15 @@ def _pieces(stream: StreamSource) -> Iterator[bytes]:
         yield piece
 
 
-def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str] = ()) -> set[str]:
-    """Extract the tar stream into `target` (an empty staging directory).
+def extract_archive(stream: ArchiveReader, target: int, selected: Sequence[str] = ()) -> set[str]:
+    """Extract the tar stream into `target` (an open, empty staging directory).
 
     Returns which of the `selected` paths were found (all of them must be; the caller
     checks). With no selection, everything is extracted.
     """
     found: set[str] = set()
     rules = MemberRules()
-    root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    staging = Staging(root)
+    staging = Staging(target)
     try:
         with SmallFileWriters(staging) as writers:
             extraction = _Extraction(stream, staging, writers, preallocator_for(target))
@@ -351,7 +350,6 @@ def extract_archive(stream: ArchiveReader, target: Path, selected: Sequence[str]
         raise
     finally:
         staging.close()
-        os.close(root)
     return found
 
 

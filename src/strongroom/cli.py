@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, measure
 from .config import StoresConfig, StoreSpec, config_path, editing
@@ -55,6 +57,7 @@ MIB = 1024 * 1024
 
 def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "paths") and not any(arg.startswith("-") for arg in extra):
@@ -87,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_LOCAL_FILE
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    """SIGTERM (kill, systemd, docker stop) stops a command as Ctrl-C does: it unwinds,
+    so a restore removes its staging directory and a create its uncommitted data."""
+    raise KeyboardInterrupt
 
 
 def reuse_freed_memory() -> None:

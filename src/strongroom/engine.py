@@ -19,12 +19,10 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -74,7 +72,7 @@ from .jobs import JOBS_FILE
 from .keys import WriteKey, open_backup
 from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
 from .plugins import BackendRegistry, build_registry, get_plugin_manager
-from .restoretarget import check_restore_target, make_parents, move_into_place, remove_staging
+from .restoretarget import Landing, check_restore_target
 from .retention import CleanupReport, check_retention_date, parse_as_of, retention_ms
 from .store import Store
 
@@ -379,14 +377,10 @@ class Engine(EngineJobs):
         destination = check_restore_target(Path(target))
         selected = [normalize_archive_path(path) for path in paths]
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
-        created_parents = make_parents(destination.parent)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{destination.name}.strongroom-", dir=destination.parent)
-        )
-        try:
+        with Landing(destination) as landing:
             stage("reading")
             with self._reader(source, manifest, cipher, progress) as reader:
-                found = extract_archive(reader, staging, selected)
+                found = extract_archive(reader, landing.staging, selected)
                 reader.drain()
             missing = sorted(set(selected) - found)
             if missing:
@@ -394,13 +388,7 @@ class Engine(EngineJobs):
                     f"Not in backup {name!r}: {', '.join(missing)}. Nothing was restored."
                 )
             stage("moving into place")
-            move_into_place(staging, destination)
-        except BaseException:
-            remove_staging(staging)
-            for parent in reversed(created_parents):
-                with suppress(OSError):
-                    parent.rmdir()
-            raise
+            landing.move_into_place()
         return destination
 
     def verify(

@@ -16,7 +16,6 @@ import errno
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 __all__ = ["Preallocate", "preallocator_for"]
 
@@ -30,17 +29,18 @@ FATAL_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 STATFS_BUFFER = 512  # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
 
 
-def preallocator_for(directory: Path) -> Preallocate | None:
-    """A preallocate function for files under `directory`, or None where it does not pay."""
+def preallocator_for(directory: int) -> Preallocate | None:
+    """A preallocate function for files under the open `directory`, or None where it
+    does not pay."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
-    statfs = getattr(libc, "statfs", None)
+    statfs = getattr(libc, "fstatfs", None)
     fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
     if statfs is None or fallocate is None:
         return None
     info = ctypes.create_string_buffer(STATFS_BUFFER)
-    if statfs(os.fsencode(directory), info) != 0:
+    if statfs(directory, info) != 0:
         return None
     if ctypes.c_long.from_buffer(info).value != EXT4_SUPER_MAGIC:
         return None

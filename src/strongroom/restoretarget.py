@@ -1,56 +1,204 @@
 """Where a restore lands: checking the target, and moving a finished restore into it.
 
-Restores are all or nothing: a restore is extracted into a staging directory beside its
-target (on the same file system, so moving it is a rename) and moved into place only once
-the whole backup has been read and authenticated; a restore that fails removes its staging
-directory, and nothing appears at the target.
+Restores are all or nothing: a restore is extracted into a staging directory on the
+target's file system and moved into place only once the whole backup has been read and
+authenticated; a restore that fails removes its staging directory, and nothing appears
+at the target. A target that does not exist yet gets its staging directory beside it and
+becomes it by one rename; an existing empty directory (a mount point, say) holds its own,
+whose entries move up into it.
+
+From its check to its move, the target is held by descriptors (`Landing`): its parent,
+and the target itself if it exists. Every later step is relative to them and never
+follows a link, so a link planted at the target's path while the restore runs sends
+nothing elsewhere, and whatever appears there meanwhile is never overwritten.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import stat
 from contextlib import suppress
 from pathlib import Path
+from types import TracebackType
 
 from .errors import ConfigError
 
-__all__ = ["check_restore_target", "make_parents", "move_into_place", "remove_staging"]
+__all__ = ["Landing", "check_restore_target"]
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+RENAME_NOREPLACE = 1
+#: renameat2(2), from glibc 2.28; None where the C library has none.
+_RENAMEAT2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
 
 
 def check_restore_target(target: Path) -> Path:
     """The target as an absolute path, if it does not exist or is an empty directory."""
     target = target.absolute()
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise ConfigError(
-            f"The restore target {str(target)!r} exists and is not a directory; choose a new one."
-        )
+        raise _not_a_directory(target)
     if target.is_dir() and any(target.iterdir()):
-        raise ConfigError(
-            f"The restore target {str(target)!r} is not empty; restore into a new or empty "
-            "directory so nothing there is overwritten."
-        )
+        raise _not_empty(target)
     return target
 
 
-def make_parents(directory: Path) -> list[Path]:
+class Landing:
+    """One restore's target, held by descriptors: `staging` is the directory to extract
+    into; `move_into_place` finishes the restore, and leaving without it removes the
+    staging directory and any parent directories this restore created."""
+
+    def __init__(self, target: Path) -> None:
+        self.path = check_restore_target(target)
+        self._created = _make_parents(self.path.parent)
+        self._parent = self._target = self.staging = -1
+        self._staging_name = ""  # set once the directory is made
+        self._moved = False
+        try:
+            self._parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._target = _open_empty_directory(self._parent, self.path)
+            prefix = f".{self.path.name}" if self._target < 0 else ""
+            name = f"{prefix}.strongroom-{os.urandom(8).hex()}"
+            os.mkdir(name, 0o700, dir_fd=self._within)
+            self._staging_name = name
+            self.staging = os.open(name, _DIRECTORY, dir_fd=self._within)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def __enter__(self) -> Landing:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self._moved:
+            if self._staging_name:
+                _remove_tree(self._within, self._staging_name)
+            for parent in reversed(self._created):
+                with suppress(OSError):
+                    parent.rmdir()
+        for fd in (self.staging, self._target, self._parent):
+            if fd >= 0:
+                os.close(fd)
+        self.staging = self._target = self._parent = -1
+
+    @property
+    def _within(self) -> int:
+        """The directory that holds the staging directory."""
+        return self._parent if self._target < 0 else self._target
+
+    def move_into_place(self) -> None:
+        """The staging directory becomes the target (one rename), or its entries move
+        into the existing target; something that appeared there meanwhile is a
+        ConfigError, and nothing is moved."""
+        try:
+            if self._target < 0:
+                os.fchmod(self.staging, 0o777 & ~_umask())
+                os.rename(
+                    self._staging_name,
+                    self.path.name,
+                    src_dir_fd=self._parent,
+                    dst_dir_fd=self._parent,
+                )
+            else:
+                _move_entries(self.staging, self._target)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
+            raise ConfigError(
+                f"Something appeared at the restore target {str(self.path)!r} while the "
+                "restore ran; nothing was restored. Restore again into a new directory."
+            ) from None
+        self._moved = True
+        if self._target >= 0:
+            with suppress(OSError):  # empty now; left behind, it is only an empty directory
+                os.rmdir(self._staging_name, dir_fd=self._target)
+
+
+def _not_a_directory(target: Path) -> ConfigError:
+    return ConfigError(
+        f"The restore target {str(target)!r} exists and is not a directory; choose a new one."
+    )
+
+
+def _not_empty(target: Path) -> ConfigError:
+    return ConfigError(
+        f"The restore target {str(target)!r} is not empty; restore into a new or empty "
+        "directory so nothing there is overwritten."
+    )
+
+
+def _make_parents(directory: Path) -> list[Path]:
     """Create `directory` and its missing ancestors; return the ones created, outermost first."""
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     return missing[::-1]
 
 
-def remove_staging(staging: Path) -> None:
+def _open_empty_directory(parent: int, target: Path) -> int:
+    """The target directory, opened without following a link, if it is there and empty;
+    -1 if it is not there."""
+    try:
+        fd = os.open(target.name, _DIRECTORY, dir_fd=parent)
+    except FileNotFoundError:
+        return -1
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _not_a_directory(target) from None
+        raise
+    if os.listdir(fd):
+        os.close(fd)
+        raise _not_empty(target)
+    return fd
+
+
+def _move_entries(source: int, target: int) -> None:
+    """Move every entry of `source` into `target`, replacing nothing; if one cannot be
+    moved, those already moved go back, so it is all or nothing."""
+    moved: list[str] = []
+    try:
+        for name in sorted(os.listdir(source)):
+            _rename_noreplace(source, name, target)
+            moved.append(name)
+    except BaseException:
+        for name in reversed(moved):
+            with suppress(OSError):
+                os.rename(name, name, src_dir_fd=target, dst_dir_fd=source)
+        raise
+
+
+def _rename_noreplace(source: int, name: str, target: int) -> None:
+    """Rename `name` from one directory to another, failing (EEXIST) if the name is taken
+    there: renameat2's RENAME_NOREPLACE, or a check just before the rename where the
+    file system or C library has no such flag."""
+    if _RENAMEAT2 is not None:
+        encoded = os.fsencode(name)
+        if _RENAMEAT2(source, encoded, target, encoded, RENAME_NOREPLACE) == 0:
+            return
+        error = ctypes.get_errno()
+        if error not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(error, os.strerror(error), name)
+    with suppress(FileNotFoundError):
+        os.stat(name, dir_fd=target, follow_symlinks=False)
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+    os.rename(name, name, src_dir_fd=source, dst_dir_fd=target)
+
+
+def _remove_tree(parent: int, name: str) -> None:
     """Remove a failed restore's staging directory whole, though directories in it may
     already be read-only (as the backup had them): each is made writable again first,
     by descriptor, never through a link."""
     with suppress(OSError):
-        for _, names, _, fd in os.fwalk(staging):  # names holds links to directories too
-            for name in names:
+        for _, names, _, fd in os.fwalk(name, dir_fd=parent):  # names holds links too
+            for entry in names:
                 with suppress(OSError):
-                    _make_writable(name, fd)
-    shutil.rmtree(staging, ignore_errors=True)
+                    _make_writable(entry, fd)
+    shutil.rmtree(name, dir_fd=parent, ignore_errors=True)
 
 
 def _make_writable(name: str, parent: int) -> None:
@@ -62,16 +210,6 @@ def _make_writable(name: str, parent: int) -> None:
             os.chmod(f"/proc/self/fd/{fd}", 0o700)  # fchmod refuses O_PATH descriptors
     finally:
         os.close(fd)
-
-
-def move_into_place(staging: Path, target: Path) -> None:
-    """Move a finished restore into the target: one rename, or one per entry if it exists."""
-    os.chmod(staging, 0o777 & ~_umask())
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    for entry in sorted(os.listdir(staging)):
-        os.rename(staging / entry, target / entry)
 
 
 def _umask() -> int:

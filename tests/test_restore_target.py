@@ -1,0 +1,215 @@
+"""A restore's target is held by descriptors from its check to its move: whatever is done
+to the target's path while the restore runs, nothing is written anywhere else, nothing
+that appeared there is overwritten, and a refused move leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from strongroom import ConfigError, Engine, restoretarget
+from tests.conftest import PASSCODE, snapshot
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A directory outside the target that a planted link points at."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "kept.txt").write_text("the victim's own")
+    return victim
+
+
+def before_the_move(action: Callable[[], None]) -> Callable[[str], None]:
+    """An on_stage hook that runs `action` once the backup is extracted, just before the
+    restore moves it into place: the last moment an attacker could act."""
+
+    def on_stage(stage: str) -> None:
+        if stage == "moving into place":
+            action()
+
+    return on_stage
+
+
+def staging_left(tmp_path: Path) -> list[str]:
+    return [str(p) for p in tmp_path.rglob("*strongroom-*")]
+
+
+def test_a_link_planted_at_a_new_targets_path_is_not_followed(
+    engine: Engine, tree: Path, tmp_path: Path, victim: Path
+) -> None:
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    before = snapshot(victim)
+
+    with pytest.raises(ConfigError, match="appeared at the restore target"):
+        engine.restore(
+            "b",
+            target,
+            passcode=PASSCODE,
+            on_stage=before_the_move(lambda: target.symlink_to(victim)),
+        )
+    assert snapshot(victim) == before
+    assert target.is_symlink()
+    assert staging_left(tmp_path) == []
+
+
+def test_an_empty_target_swapped_for_a_link_keeps_the_restore_in_the_directory_checked(
+    engine: Engine, tree: Path, tmp_path: Path, victim: Path
+) -> None:
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    before = snapshot(victim)
+
+    def swap() -> None:
+        target.rename(tmp_path / "moved-aside")
+        target.symlink_to(victim)
+
+    engine.restore("b", target, passcode=PASSCODE, on_stage=before_the_move(swap))
+    assert snapshot(victim) == before
+    assert snapshot(tmp_path / "moved-aside" / "data") == snapshot(tree)
+    assert staging_left(tmp_path) == []
+
+
+def test_an_entry_that_appears_in_an_empty_target_is_never_overwritten_and_nothing_moves(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    engine.create("b", [tree / "secret.key", tree / "nested"], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    intruder = target / "secret.key"  # moved after 'nested', in name order
+
+    with pytest.raises(ConfigError, match="appeared at the restore target"):
+        engine.restore(
+            "b",
+            target,
+            passcode=PASSCODE,
+            on_stage=before_the_move(lambda: intruder.write_text("mine")),
+        )
+    assert os.listdir(target) == ["secret.key"]
+    assert intruder.read_text() == "mine"
+
+
+def test_a_non_empty_directory_that_appears_at_a_new_targets_path_is_kept(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+
+    def occupy() -> None:
+        target.mkdir()
+        (target / "theirs.txt").write_text("theirs")
+
+    with pytest.raises(ConfigError, match="appeared at the restore target"):
+        engine.restore("b", target, passcode=PASSCODE, on_stage=before_the_move(occupy))
+    assert os.listdir(target) == ["theirs.txt"]
+    assert staging_left(tmp_path) == []
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory with a file system of its own mounted on it (needs root)."""
+    point = tmp_path / "mounted"
+    point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "--lazy", str(point)], check=True)
+
+
+def test_a_restore_into_an_empty_mount_point_lands_on_its_file_system(
+    engine: Engine, tree: Path, tmp_path: Path, mount_point: Path
+) -> None:
+    """A fresh volume mounted for a disaster recovery: staging beside it would be on
+    another file system, and the move a copy."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    engine.restore("b", mount_point, passcode=PASSCODE)
+    assert snapshot(mount_point / "data") == snapshot(tree)
+    assert os.listdir(mount_point) == ["data"]
+    assert staging_left(tmp_path) == []
+
+
+@pytest.mark.parametrize("renameat2", ["renameat2", "a check before each rename"])
+def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_directory(
+    engine: Engine,
+    tree: Path,
+    tmp_path: Path,
+    renameat2: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if renameat2 != "renameat2":
+        monkeypatch.setattr(restoretarget, "_RENAMEAT2", None)
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir(mode=0o750)
+    engine.restore("b", target, passcode=PASSCODE)
+    assert snapshot(target / "data") == snapshot(tree)
+    assert os.listdir(target) == ["data"] and staging_left(tmp_path) == []
+    assert target.stat().st_mode & 0o777 == 0o750, "the directory checked is the one filled"
+
+
+def test_without_renameat2_an_entry_that_appeared_is_still_never_overwritten(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restoretarget, "_RENAMEAT2", None)
+    test_an_entry_that_appears_in_an_empty_target_is_never_overwritten_and_nothing_moves(
+        engine, tree, tmp_path
+    )
+
+
+STOPPED_AFTER_EXTRACTING = """
+import sys, time
+import strongroom.engine
+from strongroom.cli import main
+
+extract = strongroom.engine.extract_archive
+
+def extract_then_wait(*args, **kwargs):
+    found = extract(*args, **kwargs)
+    print("extracted", flush=True)
+    time.sleep(60)
+    return found
+
+strongroom.engine.extract_archive = extract_then_wait
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_a_restore_leaves_nothing_behind(
+    engine: Engine, tree: Path, tmp_path: Path, home: Path
+) -> None:
+    """kill, systemd and docker stop send SIGTERM: the restore unwinds as on Ctrl-C."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    env |= {"STRONGROOM_HOME": str(home), "STRONGROOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env["STRONGROOM_PASSCODE"] = PASSCODE
+    with subprocess.Popen(
+        [sys.executable, "-c", STOPPED_AFTER_EXTRACTING, "restore", "b", "--target", str(target)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as restore:
+        assert restore.stdout is not None
+        assert restore.stdout.readline() == "extracted\n"
+        assert staging_left(tmp_path) != [], "the restore is under way"
+        restore.send_signal(signal.SIGTERM)
+        _, err = restore.communicate(timeout=30)
+    assert restore.returncode == 130, err
+    assert "interrupted" in err
+    assert not target.exists() and staging_left(tmp_path) == []
