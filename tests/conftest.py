@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from strongroom import Engine, JobHandle, KdfParams
+from strongroom.backends.file import LocalStore
 from strongroom.web.auth import hash_token
 
 PASSCODE = "correct horse battery"
@@ -61,6 +62,13 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def engine(home: Path) -> Engine:
     return Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
+
+
+def local_store(name: str, directory: Path) -> LocalStore:
+    """A file store in `directory`, which is made as adding the store makes it."""
+    store = LocalStore(name, directory.as_uri(), directory)
+    store.initialize()
+    return store
 
 
 def file_system_type(path: Path) -> str:

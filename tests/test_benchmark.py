@@ -280,13 +280,14 @@ def _use_engine(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> None:
 
 
 def test_a_store_that_cannot_be_written_is_refused(cli: Cli, tmp_path: Path) -> None:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("")
-    assert cli("stores", "add", "broken", (blocker / "store").as_uri()).code == 0
+    directory = tmp_path / "store"
+    assert cli("stores", "add", "broken", directory.as_uri()).code == 0
+    directory.rmdir()
+    directory.write_text("")  # a file where the store's directory belongs
     outcome = cli("benchmark", "--store", "broken", *TINY)
     assert outcome.code == 4
     assert "stores validate broken" in outcome.error_line
-    assert blocker.read_text() == ""
+    assert directory.read_text() == ""
 
 
 @pytest.mark.parametrize(

@@ -21,14 +21,13 @@ import pytest
 import zstandard
 
 from strongroom import ConfigError, Engine, IntegrityError, KdfParams
-from strongroom.backends.file import LocalStore
 from strongroom.crypto import StreamCipher, new_salt
 from strongroom.format import CHUNK_OVERHEAD, MAX_CHUNK_COUNT, KeySlot, Manifest, utc_now
 from strongroom.keys import open_backup
 from strongroom.pipeline import TAG_ZSTD, ChunkWriter
 from strongroom.restoretarget import _umask
 from tests import test_tamper
-from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, local_store, snapshot
 from tests.test_tamper import RETENTION, SIBLING, VICTIM, Lab
 
 #: The tamper lab's fixture: two backups of ~6 chunks, and the means to tamper with them.
@@ -97,7 +96,7 @@ def test_a_trillion_chunks_is_refused_by_every_operation(lab: Lab) -> None:
 
 def test_what_the_writer_makes_is_within_bounds(tmp_path: Path) -> None:
     """An empty stream (one empty chunk) and exact multiples of the chunk size pass."""
-    store = LocalStore("bounds", "file:///bounds", tmp_path / "store")
+    store = local_store("bounds", tmp_path / "store")
     for size in (0, 1, SMALL_CHUNK - 1, SMALL_CHUNK, 3 * SMALL_CHUNK, 3 * SMALL_CHUNK + 1):
         writer = ChunkWriter(
             store,

@@ -575,10 +575,11 @@ def test_missing_source_and_unknown_store_are_exit_3(
 def test_unwritable_store_is_exit_4(
     cli: Cli, tmp_path: Path, small: Path, passcode_file: Path
 ) -> None:
-    """A store under a regular file fails validation and cannot take a backup."""
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("")
-    assert cli("stores", "add", "broken", (blocker / "store").as_uri()).code == 0
+    """A store that cannot be written fails validation and cannot take a backup."""
+    directory = tmp_path / "store"
+    assert cli("stores", "add", "broken", directory.as_uri()).code == 0
+    for blocker in ("probes", "pending", "data"):  # files where directories belong
+        (directory / blocker).write_text("")
 
     validated = cli("stores", "validate", "broken")
     assert validated.code == 4
@@ -590,7 +591,48 @@ def test_unwritable_store_is_exit_4(
     )
     assert created.code == 4
     assert "stores validate broken" in created.error_line
+
+
+def test_a_store_whose_directory_cannot_be_made_is_not_added(cli: Cli, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    added = cli("stores", "add", "broken", (blocker / "store").as_uri())
+    assert added.code == 4
+    assert "broken" in added.error_line
+    assert cli("stores", "list", "--json").json()["backupStores"][0]["name"] == "backupsDefault"
     assert blocker.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["info", "kept"],
+        ["stores", "validate", "disk"],
+        ["create", "--name", "again", "SOURCE"],
+        ["cleanup"],
+    ],
+    ids=["list", "info", "validate", "create", "cleanup"],
+)
+def test_a_store_whose_directory_went_missing_is_an_error_never_an_empty_store(
+    cli: Cli, tmp_path: Path, small: Path, passcode_file: Path, command: list[str]
+) -> None:
+    """An unmounted disk or a moved directory: listing it as empty would hide every backup,
+    and the next create would start a new store where the disk belongs."""
+    directory = tmp_path / "disk" / "store"
+    assert cli("stores", "add", "disk", directory.as_uri(), "--default").code == 0
+    assert directory.is_dir(), "adding a file store makes its directory"
+    store = ["create", "--name", "kept", "--passcode-file", passcode_file, small]
+    assert cli(*store).code == 0
+    directory.rename(tmp_path / "moved")
+
+    args = [str(small) if arg == "SOURCE" else arg for arg in command]
+    passcode = ["--passcode-file", str(passcode_file)] if command[0] == "create" else []
+    outcome = cli(*args, *passcode)
+    assert outcome.code in (1, 4), outcome
+    assert "is missing" in outcome.out + outcome.err
+    assert "No backup named" not in outcome.err
+    assert not directory.exists(), "nothing made the store's directory again"
 
 
 @pytest.mark.parametrize(

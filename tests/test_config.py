@@ -43,6 +43,7 @@ def test_first_backup_needs_no_setup(home: Path, tree: Path) -> None:
 def test_stores_from_toml_with_a_default(home: Path, tmp_path: Path, tree: Path) -> None:
     home.mkdir()
     offsite = tmp_path / "offsite"
+    offsite.mkdir()  # a store configured by hand: its operator makes the directory
     (home / "config.toml").write_text(
         f'default = "offsite"\n[stores.offsite]\nurl = "{offsite.as_uri()}"\n', encoding="utf-8"
     )

@@ -27,7 +27,7 @@ from strongroom.backends.file import LocalStore
 from strongroom.backends.generic import FsspecStore, open_fsspec_store
 from strongroom.plugins import build_registry, get_plugin_manager
 from strongroom.testing import StoreConformance
-from tests.conftest import FAST_KDF, PASSCODE
+from tests.conftest import FAST_KDF, PASSCODE, local_store
 
 
 class TestLocalStore(StoreConformance):
@@ -78,7 +78,7 @@ def test_a_create_into_a_store_without_guarantees_says_what_can_go_wrong(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     generic = open_fsspec_store(StoreSpec("ram", f"memory://warned-{uuid.uuid4().hex}"))
-    local = LocalStore("local", (tmp_path / "store").as_uri(), tmp_path / "store")
+    local = local_store("local", tmp_path / "store")
     engine = Engine(
         StoresConfig.load(tmp_path / "none.toml"), stores=[generic, local], kdf=FAST_KDF
     )
@@ -103,7 +103,7 @@ def test_generic_backend_yields_to_dedicated_ones_and_names_missing_packages() -
 
 def test_local_puts_survive_deletes_pruning_their_directory_meanwhile(tmp_path: Path) -> None:
     """A delete removes the directories it leaves empty; a put racing it makes them again."""
-    store = LocalStore("race", (tmp_path / "store").as_uri(), tmp_path / "store")
+    store = local_store("race", tmp_path / "store")
     errors: list[BaseException] = []
 
     def churn(worker: int) -> None:

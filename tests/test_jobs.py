@@ -638,6 +638,7 @@ class _GatedStore(LocalStore):
 
 def test_a_cancelled_restore_leaves_nothing_behind(home: Path, tree: Path, tmp_path: Path) -> None:
     store = _GatedStore(home / "stores" / "backupsDefault")
+    store.initialize()  # a store handed to the engine is ready to use
     engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, stores=[store])
     store.gate.set()
     engine.create("kept", [tree], passcode=PASSCODE)

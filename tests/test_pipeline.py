@@ -16,7 +16,7 @@ from strongroom import Engine, StoreError
 from strongroom.backends.file import LocalStore
 from strongroom.crypto import StreamCipher
 from strongroom.pipeline import SAMPLE_SIZE, SYNC_BATCH, ChunkWriter, _looks_compressible
-from tests.conftest import PASSCODE
+from tests.conftest import PASSCODE, local_store
 
 
 def test_random_data_is_not_worth_compressing() -> None:
@@ -90,7 +90,7 @@ def test_a_file_that_ends_sooner_than_its_size_is_an_error(engine: Engine) -> No
 def test_an_aborted_write_leaves_no_descriptor_open(tmp_path: Path, chunks: int) -> None:
     """The file store holds each chunk's descriptor until its batch is synced; a backup
     stopped before a batch filled still gives every one back."""
-    store = LocalStore("local", tmp_path.as_uri(), tmp_path / "store")
+    store = local_store("local", tmp_path / "store")
     before = len(os.listdir("/proc/self/fd"))
     writer = ChunkWriter(
         store, lambda index: f"data/b/{index}", StreamCipher(bytes(32), b""), chunk_size=1024
@@ -106,7 +106,7 @@ def test_a_failed_fsync_still_closes_every_descriptor_of_its_batch(
 ) -> None:
     """A write-back error fails the sync (so the backup), and the batch's other descriptors
     are closed all the same: a server that meets a failing disk does not run out of them."""
-    store = LocalStore("local", tmp_path.as_uri(), tmp_path / "store")
+    store = local_store("local", tmp_path / "store")
     keys = [f"data/b/{index}" for index in range(SYNC_BATCH)]
     before = len(os.listdir("/proc/self/fd"))
     for key in keys:
@@ -140,7 +140,7 @@ def cached(path: Path) -> bool:
 
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
 def test_prefetch_reads_an_object_into_the_page_cache(tmp_path: Path) -> None:
-    store = LocalStore("local", tmp_path.as_uri(), tmp_path / "store")
+    store = local_store("local", tmp_path / "store")
     store.put("data/b/0", os.urandom(1024 * 1024))
     path = tmp_path / "store" / "data" / "b" / "0"
     fd = os.open(path, os.O_RDONLY)

@@ -361,7 +361,9 @@ def test_cli_cleanup_reports_skipped_links_in_json_and_exits_1(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     outside = canary(tmp_path / "outside", f"{BACKUP_ID}.never")
-    LocalStore("x", "file:///", store_dir(home)).put(retention_key("kept", "a" * 32, None), b"")
+    store = LocalStore("x", "file:///", store_dir(home))
+    store.initialize()
+    store.put(retention_key("kept", "a" * 32, None), b"")
     plant(store_dir(home) / "retention" / "nightly", outside)
 
     assert main(["cleanup", "--json"]) == 1

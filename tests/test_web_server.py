@@ -466,6 +466,7 @@ def test_two_replicas_run_each_slot_exactly_once(
     or (a home each) nothing else: then the claims are all they coordinate by."""
     monkeypatch.setenv("STRONGROOM_CONFIG", str(tmp_path / "shared.toml"))
     store = tmp_path / "shared-store"
+    store.mkdir()
     config = StoresConfig.load()
     config.add(StoreSpec("shared", store.as_uri()))
     config.save()

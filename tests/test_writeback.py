@@ -15,6 +15,7 @@ import pytest
 
 from strongroom import writeback
 from strongroom.backends.file import LocalStore
+from tests.conftest import local_store
 
 FS_IOC_FIEMAP = 0xC020660B
 FIEMAP_HEADER = struct.Struct("=QQIIII")  # start, length, flags, mapped, count, reserved
@@ -42,7 +43,7 @@ def delalloc_extents(path: Path) -> int:
 
 @pytest.fixture
 def store(ext4_dir: Path) -> LocalStore:
-    return LocalStore("local", ext4_dir.as_uri(), ext4_dir / "store")
+    return local_store("local", ext4_dir / "store")
 
 
 def test_a_plain_write_leaves_its_blocks_unallocated(ext4_dir: Path) -> None:

@@ -511,9 +511,9 @@ def run_stores_add(args: argparse.Namespace) -> int:
         config = StoresConfig.load()
         spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
         config.add(spec, make_default=args.default)
-        # Opening checks the scheme, the options and that secret references resolve, and the
-        # backend says whether the store keeps backups, before anything is saved.
-        build_registry(get_plugin_manager()).open(spec).check_persistent()
+        # Opening checks the scheme, the options and that secret references resolve; the
+        # backend says whether the store keeps backups and makes its place, before saving.
+        build_registry(get_plugin_manager()).open(spec).prepare()
         config.save()
     print(f"Added store {spec.name} ({spec.url}) to {config.path}")
     return 0

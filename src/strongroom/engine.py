@@ -42,7 +42,7 @@ from .archive import (
     write_archive,
 )
 from .cleanup import Cleanup, data_keys, delete_backups, delete_resurrected, index_of
-from .config import StoresConfig
+from .config import StoresConfig, embedded_store
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginejobs import EngineJobs
 from .errors import (
@@ -218,7 +218,10 @@ class Engine(EngineJobs):
             return self._stores[name]
         spec = self.config.get(name)
         if spec.name not in self._stores:
-            self._stores[spec.name] = self._registry.open(spec)
+            store = self._registry.open(spec)
+            if spec == embedded_store(self.config.home):  # strongroom's own: made on first use
+                store.initialize()
+            self._stores[spec.name] = store
         return self._stores[spec.name]
 
     # -- create ----------------------------------------------------------------------

@@ -97,6 +97,7 @@ class StoreConformance:
 
     @pytest.fixture(autouse=True)
     def _store_starts_empty(self, store: Store) -> None:
+        store.initialize()  # as adding it does
         found = [obj.key for obj in store.list("")]
         assert found == [], f"the 'store' fixture must return an empty store; it holds {found}"
 

@@ -67,6 +67,11 @@ class LocalStore(Store):
             self._fs = LocalFileSystem(skip_instance_cache=True)
         return self._fs
 
+    def initialize(self) -> None:
+        """Make the store's directory and its missing parents."""
+        with self.translate_errors(""):
+            self._root.make()
+
     def put(
         self,
         key: str,

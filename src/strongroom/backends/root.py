@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from ..errors import InvalidNameError
 
-__all__ = ["NotFollowedError", "Root", "kind_of"]
+__all__ = ["MissingRootError", "NotFollowedError", "Root", "kind_of"]
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -33,18 +33,41 @@ class NotFollowedError(OSError):
         self.status = status
 
 
+class MissingRootError(OSError):
+    """The root directory itself is not there (an unmounted disk, a moved directory).
+    Not a FileNotFoundError, on purpose: that would read as "no such object", and a
+    store whose directory is gone would look empty; nor is the root ever made again
+    on the way to an object (only `Root.make` makes it)."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        super().__init__(
+            cause.errno,
+            f"its directory {str(path)!r} is missing or not a directory (is its disk "
+            "mounted?); for a new store, make the directory, or add the store with "
+            "'strongroom stores add', which makes it",
+        )
+
+
 class Root:
     """Opens directories and files below `path` without ever following a link there."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def make(self) -> None:
+        """Make the root directory and its missing parents, fsyncing each parent."""
+        os.close(_make_path(self.path))
+
     @contextmanager
     def directory(self, path: str, *, create: bool = False) -> Iterator[int]:
         """A descriptor of the directory `path` ('' for the root), walked one name at a time;
-        with `create`, missing directories (the root too) are made and their parents fsynced."""
+        with `create`, missing directories below the root are made and their parents
+        fsynced. A missing root is MissingRootError."""
         parts = _parts(path)
-        fd = _open_path(self.path, create)
+        try:
+            fd = os.open(self.path, _DIRECTORY)  # following links: the path is the operator's
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise MissingRootError(self.path, exc) from None
         try:
             for depth, name in enumerate(parts):
                 below = _open_below(fd, name, "/".join(parts[: depth + 1]), create)
@@ -131,15 +154,15 @@ def _entries(fd: int, directory: str) -> Iterator[tuple[str, os.stat_result]]:
             os.close(below)
 
 
-def _open_path(path: Path, create: bool) -> int:
-    """Open the root by its path (following links: that path is the operator's), making
-    it and its missing parents when asked."""
+def _make_path(path: Path) -> int:
+    """Open a directory by its path (following links: that path is the operator's),
+    making it and its missing parents first."""
     try:
         return os.open(path, _DIRECTORY)
     except FileNotFoundError:
-        if not create or path.parent == path:
+        if path.parent == path:
             raise
-    parent = _open_path(path.parent, create)
+    parent = _make_path(path.parent)
     try:
         with suppress(FileExistsError):
             _make_dir(parent, path.name)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..backends.root import NotFollowedError, Root
+from ..backends.root import MissingRootError, NotFollowedError, Root
 from ..config import StoreSpec
 from ..errors import ConfigError
 from ..plugins import BackendOptions, BackendRegistry
@@ -133,7 +133,7 @@ def _refuse_links(location: Location, prefix: Location) -> None:
     try:
         with Root(Path("/", *prefix.names)).directory(below):
             pass
-    except FileNotFoundError:
+    except (FileNotFoundError, MissingRootError):
         pass
     except NotFollowedError as exc:
         raise ApiError(

@@ -104,7 +104,7 @@ def register(engine: Engine, spec: StoreSpec, *, default: bool) -> dict[str, Any
     edit_config(
         engine,
         lambda config: config.add(spec, make_default=default),
-        check=lambda: engine.store(spec.name).check_persistent(),
+        check=lambda: engine.store(spec.name).prepare(),
     )
     return describe(engine, spec.name)
 
