@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from strongroom import ConfigError, Engine, IntegrityError, KdfParams
+from strongroom import ConfigError, Engine, IntegrityError, KdfParams, StrongroomError
 from strongroom.crypto import StreamCipher, new_salt
 from strongroom.format import CHUNK_OVERHEAD, MAX_CHUNK_COUNT, KeySlot, Manifest, utc_now
 from strongroom.keys import open_backup
@@ -345,6 +345,22 @@ def test_a_short_salt_is_an_integrity_error(lab: Lab, salt: str) -> None:
     with pytest.raises(IntegrityError, match=f"backup '{VICTIM}'.*salt"):
         lab.engine.info(VICTIM)
     lab.assert_refused()
+
+
+@pytest.mark.parametrize(
+    ("section", "field_name"), [(None, "version"), ("key", "kdf"), ("backup", "name")]
+)
+def test_a_planted_megabyte_of_text_is_quoted_in_errors_only_in_part(
+    lab: Lab, section: str | None, field_name: str
+) -> None:
+    """Attack: values of a planted manifest are quoted in errors, reports and logs; one
+    that is nearly the whole manifest must not flood them."""
+    document = lab.read_manifest()
+    (document if section is None else document[section])[field_name] = "\x1b[2J" * 50_000
+    lab.write_manifest(document)
+    with pytest.raises(StrongroomError) as refused:
+        lab.engine.info(VICTIM)
+    assert len(str(refused.value)) < 1000, len(str(refused.value))
 
 
 #: Every key and MAC of a v2 manifest, and where it is.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from strongroom import Engine, IntegrityError, archive
 from strongroom.preallocate import Preallocate, preallocator_for
-from tests.conftest import file_system_type
+from tests.conftest import PASSCODE, file_system_type
+from tests.forge import forge_backup
 
 
 def preallocator_of(directory: Path) -> Preallocate | None:
@@ -54,3 +57,23 @@ def test_other_file_systems_are_left_alone() -> None:
     if not shm.is_dir() or file_system_type(shm) != "tmpfs":
         pytest.skip("no tmpfs at /dev/shm")
     assert preallocator_of(shm) is None
+
+
+def test_a_member_never_reserves_more_than_the_stream_has_left(
+    engine: Engine, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: a backup of a few KiB whose member claims 1 TiB; preallocating the claim
+    would reserve the whole disk until the stream ran out (or for good, if the restore
+    were killed meanwhile)."""
+    reserved: list[int] = []
+    monkeypatch.setattr(
+        archive, "preallocator_for", lambda directory: lambda fd, offset, n: reserved.append(n)
+    )
+    member = tarfile.TarInfo("huge")
+    member.size = 2**40
+    stream = member.tobuf(tarfile.PAX_FORMAT) + b"A" * 4096  # and then the stream ends
+    chunk_size = 64 * 1024  # one chunk: the most the stream can hold, authenticated
+    forge_backup(home / "stores" / "backupsDefault", "huge", PASSCODE, stream, chunk_size)
+    with pytest.raises(IntegrityError):
+        engine.restore("huge", tmp_path / "out", passcode=PASSCODE)
+    assert reserved and max(reserved) <= chunk_size, reserved

@@ -470,6 +470,7 @@ async def test_store_register_get_update_validate_unregister(
     ("settings", "code", "fragment"),
     [
         ("{not json", 400, "settings is not JSON"),
+        pytest.param("[" * 100_000, 400, "settings nests too deeply", id="deep-nesting"),
         ('["file:///x"]', 400, "must be a JSON object"),
         ('{"url": "file:///x", "region": "eu"}', 400, "unknown keys ['region']"),
         ('{"type": "file"}', 400, "needs the store's location as a url"),

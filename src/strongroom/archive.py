@@ -319,8 +319,11 @@ def _pieces(stream: StreamSource) -> Iterator[bytes]:
         yield piece
 
 
-def extract_archive(stream: ArchiveReader, target: int, selected: Sequence[str] = ()) -> set[str]:
-    """Extract the tar stream into `target` (an open, empty staging directory).
+def extract_archive(
+    stream: ArchiveReader, target: int, stream_size: int, selected: Sequence[str] = ()
+) -> set[str]:
+    """Extract the tar stream, at most `stream_size` bytes long, into `target` (an open,
+    empty staging directory).
 
     Returns which of the `selected` paths were found (all of them must be; the caller
     checks). With no selection, everything is extracted.
@@ -328,9 +331,12 @@ def extract_archive(stream: ArchiveReader, target: int, selected: Sequence[str] 
     found: set[str] = set()
     rules = MemberRules()
     staging = Staging(target)
+    preallocate = preallocator_for(target)
+    if preallocate is not None:
+        preallocate = _within_stream(preallocate, stream, stream_size)
     try:
         with SmallFileWriters(staging) as writers:
-            extraction = _Extraction(stream, staging, writers, preallocator_for(target))
+            extraction = _Extraction(stream, staging, writers, preallocate)
             for member in read_members(stream):
                 match = _selection_match(member_path(member.name), selected) if selected else None
                 if selected and match is None:
@@ -351,6 +357,16 @@ def extract_archive(stream: ArchiveReader, target: int, selected: Sequence[str] 
     finally:
         staging.close()
     return found
+
+
+def _within_stream(preallocate: Preallocate, stream: ArchiveReader, size: int) -> Preallocate:
+    """Preallocation never beyond what the stream has left: a member's size is only
+    what the archive claims, and a crafted one could reserve the whole disk."""
+
+    def bounded(fd: int, offset: int, length: int) -> None:
+        preallocate(fd, offset, min(length, size - stream.tell()))
+
+    return bounded
 
 
 class _Extraction:

@@ -244,7 +244,7 @@ def _archive_stages(workdir: Path, files: int) -> list[Measurement]:
     directory = os.open(extracted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         start = time.perf_counter()
-        extract_archive(_MemorySource(archive), directory)
+        extract_archive(_MemorySource(archive), directory, len(archive))
         read = time.perf_counter() - start
     finally:
         os.close(directory)

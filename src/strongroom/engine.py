@@ -383,7 +383,8 @@ class Engine(EngineJobs):
         with Landing(destination) as landing:
             stage("reading")
             with self._reader(source, manifest, cipher, progress) as reader:
-                found = extract_archive(reader, landing.staging, selected)
+                size = manifest.chunk_count * manifest.chunk_size  # what the reader can give
+                found = extract_archive(reader, landing.staging, size, selected)
                 reader.drain()
             missing = sorted(set(selected) - found)
             if missing:

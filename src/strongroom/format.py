@@ -39,6 +39,7 @@ __all__ = [
     "parse_pending_key",
     "parse_retention_key",
     "pending_key",
+    "quoted",
     "retention_key",
     "to_b64",
     "to_epoch_ms",
@@ -91,8 +92,16 @@ def validate_name(value: object, what: str = "backup") -> str:
     if not isinstance(value, str) or not value:
         raise InvalidNameError(f"The {what} name is missing. {rule}.")
     if len(value) > MAX_NAME_LENGTH or not _NAME.fullmatch(value) or ".." in value:
-        raise InvalidNameError(f"{value!r} is not a valid {what} name. {rule}.")
+        raise InvalidNameError(f"{quoted(value)} is not a valid {what} name. {rule}.")
     return value
+
+
+def quoted(value: object, limit: int = 60) -> str:
+    """The repr of a value for an error message, cut to about `limit` characters: values
+    read from a store or a request are quoted in errors and logs, and one planted there
+    could be a megabyte of text."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} characters)"
 
 
 def manifest_key(name: str) -> str:
@@ -322,13 +331,13 @@ class Manifest:
         if type(version) is not int or version not in FORMAT_VERSIONS:
             readable = " and ".join(str(v) for v in FORMAT_VERSIONS)
             raise IntegrityError(
-                f"The manifest has format version {version!r}; this strongroom "
+                f"The manifest has format version {quoted(version)}; this strongroom "
                 f"reads versions {readable}. Upgrade strongroom to read it."
             )
         v2 = version == 2
         backup, key = document["backup"], document["key"]
         if key["kdf"] != "argon2id":
-            raise IntegrityError(f"Unknown key-derivation function {key['kdf']!r}.")
+            raise IntegrityError(f"Unknown key-derivation function {quoted(key['kdf'])}.")
         retention = document["retentionDate"]
         manifest = cls(
             name=validate_name(backup["name"]),

@@ -135,6 +135,8 @@ def _settings(text: str, allowed: set[str]) -> dict[str, Any]:
             f"settings is not JSON ({exc.msg} at character {exc.pos}); "
             f"send an object such as {EXAMPLE}."
         ) from None
+    except RecursionError:  # nesting deeper than the parser's stack
+        raise ConfigError(f"settings nests too deeply; send an object such as {EXAMPLE}.") from None
     if not isinstance(settings, dict):
         raise ConfigError(f"settings must be a JSON object, such as {EXAMPLE}.")
     unknown = sorted(set(settings) - allowed)
