@@ -376,6 +376,7 @@ def test_retention_dates_as_people_write_them(
     ]:
         updated = cli("update", backup, "--retention-date", value)
         assert updated.code == 0, updated.err
+        assert f"{moment:%Y-%m-%d %H:%M:%S} UTC" in updated.out, "printed in UTC, as stored"
         expected = int(moment.timestamp() * 1000)
         assert cli("info", backup, "--json").json()["retentionDate"] == expected
     kept = cli("update", backup, "--keep-days", "14")
@@ -390,6 +391,19 @@ def test_retention_dates_as_people_write_them(
     both = cli("update", backup, "--keep-days", "1", "--retention-date", "never")
     assert both.code == 2
     assert cli("update", backup).code == 2  # one of them is required
+
+
+def test_control_characters_from_a_store_never_reach_the_terminal(
+    cli: Cli, fast: Engine, small: Path
+) -> None:
+    """Attack: `list` needs no passcode, and whoever can write to the store can plant a
+    description; an escape sequence in it would drive the operator's terminal."""
+    fast.create("planted", [small], passcode=PASSCODE, description="\x1b]0;owned\x07\nfake row")
+    for outcome in (cli("list"), cli("info", "planted")):
+        assert outcome.code == 0, outcome.err
+        assert "\x1b" not in outcome.out and "\x07" not in outcome.out
+        assert "fake row" not in outcome.out.splitlines()
+        assert "\\x1b]0;owned\\x07\\nfake row" in outcome.out
 
 
 def test_a_retention_date_in_seconds_is_recognised(cli: Cli, backup: str) -> None:
@@ -944,6 +958,25 @@ def test_serve_refuses_a_source_that_does_not_exist(cli: Cli, tmp_path: Path) ->
         outcome = cli("serve", "--port", port, "--source", tmp_path / "missing")
     assert outcome.code == 3
     assert "does not exist" in outcome.error_line
+
+
+def test_serve_on_a_port_in_use_is_one_clear_error(cli: Cli) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        outcome = cli("serve", "--host", "127.0.0.1", "--port", port)
+    assert outcome.code == 3, outcome
+    [error] = [line for line in outcome.err.splitlines() if line.startswith("strongroom: error")]
+    assert f"Cannot listen on 127.0.0.1:{port}" in error and "--port" in error
+    assert "serving" not in outcome.err and "Traceback" not in outcome.err
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_serve_refuses_what_is_not_a_port_number(cli: Cli, port: str) -> None:
+    outcome = cli("serve", "--port", port)
+    assert outcome.code == 2
+    assert "is not a port number (0 to 65535)" in outcome.err
 
 
 def test_output_cut_short_by_its_reader_is_no_error(home: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import shutil
 import signal
 import stat
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = _command(commands, "serve", "serve the disaster-recovery admin API", run_serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on")
     serve.add_argument("--root", default="/admin", help="URL path of the admin root")
     serve.add_argument(
         "--source",
@@ -462,7 +462,7 @@ def run_ls(args: argparse.Namespace) -> int:
             mode = _KIND[entry.type] + stat.filemode(entry.mode)[1:]
             when = _date(datetime.fromtimestamp(entry.mtime, UTC))
             line = f"{mode} {entry.size:>12} {when}  {line}"
-        print(line)
+        print(_printable(line))
     return 0
 
 
@@ -624,8 +624,7 @@ def run_show(args: argparse.Namespace) -> int:
     if previous:
         last = previous[0]
         fields["last run"] = f"{last.name} {last.status} (job {last.jobid})"
-    for key, value in fields.items():
-        print(f"{key:<12} {value}")
+    _print_fields(fields.items(), 12)
     return 0
 
 
@@ -692,8 +691,7 @@ def run_jobs_show(args: argparse.Namespace) -> int:
         "starttime": _epoch(job.starttime),
         "endtime": _epoch(job.endtime),
     }
-    for key, value in [*fields.items(), *(("message", m) for m in job.messages)]:
-        print(f"{key:<14} {value}")
+    _print_fields([*fields.items(), *(("message", m) for m in job.messages)], 14)
     stages = [
         (s["name"], s["state"], _epoch(s["lastUpdated"]), f"{s['duration'] / 1000:.1f} s")
         for s in job.stage_dicts()
@@ -866,8 +864,7 @@ def _emit_backup(info: BackupInfo, as_json: bool) -> None:
     fields["retentionDate"] = _until(info.retention_date)
     fields["sourceSize"] = human_size(info.source_size)
     fields["storedSize"] = human_size(info.stored_size)
-    for key, value in fields.items():
-        print(f"{key:<14} {value}")
+    _print_fields(fields.items(), 14)
 
 
 def _print_benchmark(report: BenchmarkReport) -> None:
@@ -899,6 +896,13 @@ def _print_benchmark(report: BenchmarkReport) -> None:
     _print_table(("STAGE", "DATA", "SPEED", "RATE", "EACH", "SECONDS"), rows)
 
 
+def _port(text: str) -> int:
+    """--port: a TCP port number, 0 to 65535 (0: one the system picks)."""
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
 def _mebibytes(text: str) -> int:
     """--size: MiB, a fraction of one too, as bytes."""
     try:
@@ -918,14 +922,29 @@ def _print_json(document: object) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
 
 
+def _printable(value: object) -> str:
+    """The value as text with its control characters escaped (`\\x1b`): descriptions and
+    names in listings come from a store, and need no passcode to be listed, so a planted
+    escape sequence must not reach the terminal, nor a newline break a table."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _print_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
+    cells = [[_printable(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
         print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _print_fields(fields: Iterable[tuple[str, object]], width: int) -> None:
+    """One `key value` line per field, the values' control characters escaped."""
+    for key, value in fields:
+        print(f"{key:<{width}} {_printable(value)}")
 
 
 def _retention_options(parser: argparse.ArgumentParser, *, required: bool) -> None:

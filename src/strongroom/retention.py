@@ -66,10 +66,11 @@ def parse_as_of(value: int | datetime) -> datetime:
 
 
 def parse_moment(value: object, what: str = "retentionDate") -> datetime:
-    """A moment from the outside: epoch milliseconds (a number, or its digits), or an ISO
-    8601 date or date and time (`2027-01-31`, `2027-01-31T02:00Z`; UTC unless it says)."""
+    """A moment from the outside, in UTC: epoch milliseconds (a number, or its digits), or
+    an ISO 8601 date or date and time (`2027-01-31`, `2027-01-31T02:00+02:00`; UTC unless
+    it says)."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return _in_utc(value)
     text = value.strip() if isinstance(value, str) else ""
     if text and not (text.isascii() and text.isdigit()):
         try:
@@ -79,7 +80,7 @@ def parse_moment(value: object, what: str = "retentionDate") -> datetime:
                 f"{what} {value!r} is neither epoch milliseconds ({EXAMPLE_MS}) nor an ISO 8601 "
                 "date or time (2027-01-31, 2027-01-31T02:00Z)."
             ) from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return _in_utc(moment)
     milliseconds = parse_epoch_ms(value, what)
     if SECONDS_LIKE // 100 <= milliseconds < SECONDS_LIKE:  # 2001 to 5138, as seconds
         as_seconds = from_epoch_ms(milliseconds * 1000)
@@ -89,6 +90,11 @@ def parse_moment(value: object, what: str = "retentionDate") -> datetime:
             f"{as_seconds:%Y-%m-%dT%H:%M:%SZ}."
         )
     return from_epoch_ms(milliseconds)
+
+
+def _in_utc(moment: datetime) -> datetime:
+    """The moment in UTC (what every report prints); a naive one is taken as UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def check_retention_date(value: object, now: datetime) -> datetime | None:

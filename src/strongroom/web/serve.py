@@ -14,6 +14,7 @@ import copy
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from starlette.routing import Mount, Route
 
 from ..archive import check_sources
 from ..engine import Engine
+from ..errors import ConfigError
 from ..scheduler import ScheduleRunner
 from .app import DR, create_app
 from .auth import configured_hashes, tokens_path
@@ -93,8 +95,24 @@ def serve(
     server = Starlette(routes=[*redirects, Mount("", app=app)], lifespan=lifespan)
     _warn(host, engine.home)
     shown = f"[{host}]" if ":" in host else host
+    listener = _listen(host, port, shown)
+    port = listener.getsockname()[1]  # the one the system picked, for port 0
     print(f"strongroom: serving the admin API at http://{shown}:{port}{home}", file=sys.stderr)
-    uvicorn.run(server, host=host, port=port, log_config=_log_config())
+    config = uvicorn.Config(server, host=host, port=port, log_config=_log_config())
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _listen(host: str, port: int, shown: str) -> socket.socket:
+    """The listening socket, made here so a port in use is one clear error before the
+    server says it serves."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot listen on {shown}:{port}: {exc.strerror or exc}. If another server uses "
+            "the port, choose another with --port."
+        ) from None
 
 
 def _log_config() -> dict[str, Any]:
