@@ -242,6 +242,8 @@ def test_backup_lifecycle(
 
     early = cli("cleanup", "--dry-run", "--as-of", str(later - 1), "--json")
     assert early.json()["backups"] == [] and early.json()["kept"] == 2
+    as_date = datetime.fromtimestamp(int(as_of) / 1000, UTC).isoformat()
+    assert cli("cleanup", "--dry-run", "--as-of", as_date, "--json").json() == dry.json()
     ahead = cli("cleanup", "--as-of", as_of)  # looking ahead never deletes
     assert ahead.code == 2 and "use it with --dry-run" in ahead.err
 
@@ -434,6 +436,7 @@ def test_unparseable_epoch_ms_is_a_config_error(cli: Cli, backup: str, args: lis
     outcome = cli(*args)
     assert outcome.code == 3
     assert re.search("whole number of milliseconds|neither epoch milliseconds", outcome.error_line)
+    assert "as_of" not in outcome.error_line, "the option is named as it is typed"
 
 
 def test_missing_backup_is_exit_5(cli: Cli, tmp_path: Path, passcode_file: Path) -> None:

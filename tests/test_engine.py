@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 from datetime import UTC, datetime, timedelta
@@ -554,3 +555,20 @@ def test_a_directory_swapped_for_a_link_while_the_backup_runs_is_not_entered(
     assert "shared/sub: a link or a file took its place" in caplog.text
     out = engine.restore("swapped", tmp_path / "out", passcode=PASSCODE)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["shared", "shared/sub"]
+
+
+def test_a_source_that_is_a_link_is_backed_up_as_the_link_and_says_so(
+    engine: Engine, tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As tar, restic and borg do; someone backing up /srv/data, a link to a mounted disk,
+    must hear that the backup holds no data."""
+    link = tmp_path / "link-to-data"
+    link.symlink_to(tree)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        engine.create("linked", [link], passcode=PASSCODE)
+    assert any(
+        "is a symbolic link" in r.getMessage() and str(tree) in r.getMessage()
+        for r in caplog.records
+    )
+    engine.restore("linked", tmp_path / "out", passcode=PASSCODE)
+    assert os.readlink(tmp_path / "out" / "link-to-data") == str(tree)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import grp
 import io
+import logging
 import os
 import pwd
 import stat
@@ -57,6 +58,8 @@ __all__ = [
     "source_size",
     "write_archive",
 ]
+
+logger = logging.getLogger("strongroom")
 
 #: A named stream: a binary file object, or an iterable of bytes.
 StreamSource = BinaryIO | Iterable[bytes]
@@ -96,6 +99,13 @@ def check_sources(sources: Sequence[Path], streams: Mapping[str, StreamSource]) 
     for source in sources:
         if not os.path.lexists(source):
             raise ConfigError(f"The source {str(source)!r} does not exist.")
+        if os.path.islink(source):  # as tar, restic and borg do; said, since it surprises
+            logger.warning(
+                "The source %s is a symbolic link: the backup holds the link (to %s), not "
+                "what it points to; give that path to back up its contents.",
+                source,
+                os.readlink(source),
+            )
         _claim(seen, archive_name_of(source), str(source))
     for name in streams:
         _claim(seen, normalize_archive_path(name).split("/")[0], f"stream {name!r}")

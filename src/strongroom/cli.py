@@ -37,7 +37,7 @@ from .jobstore import check_location, has_password
 from .keys import WriteKey
 from .pipeline import ZSTD_LEVEL, Progress
 from .plugins import build_registry, get_plugin_manager
-from .retention import retention_from
+from .retention import parse_as_of, retention_from
 from .scheduler import run_now, runs
 from .schedules import define, get_schedule, load_schedules, remove, update
 from .units import human_size
@@ -200,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     cleanup.add_argument(
-        "--as-of", metavar="MS", help="with --dry-run: what would expire by this epoch-ms moment"
+        "--as-of",
+        metavar="WHEN",
+        help="with --dry-run: what would expire by then (2027-01-31, 2027-01-31T02:00Z, epoch ms)",
     )
     _json_option(cleanup)
 
@@ -479,7 +481,8 @@ def run_update(args: argparse.Namespace) -> int:
 
 
 def run_cleanup(args: argparse.Namespace) -> int:
-    report = Engine().cleanup(args.store, as_of=args.as_of, dry_run=args.dry_run)
+    as_of = None if args.as_of is None else parse_as_of(args.as_of, "--as-of")
+    report = Engine().cleanup(args.store, as_of=as_of, dry_run=args.dry_run)
     if args.json:
         _print_json(report.to_dict())
     else:

@@ -57,12 +57,10 @@ def parse_epoch_ms(value: object, what: str = "retentionDate") -> int:
     )
 
 
-def parse_as_of(value: int | datetime) -> datetime:
-    """A cleanup's `as_of`: a datetime as it is, else epoch milliseconds, else ConfigError
-    (so a cleanup job with a bad one is refused when it is submitted)."""
-    if isinstance(value, datetime):
-        return value
-    return from_epoch_ms(parse_epoch_ms(value, "as_of"))
+def parse_as_of(value: int | str | datetime, what: str = "as_of") -> datetime:
+    """A cleanup's `as_of`, as `parse_moment` reads a moment, else ConfigError (so a
+    cleanup job with a bad one is refused when it is submitted)."""
+    return parse_moment(value, what)
 
 
 def parse_moment(value: object, what: str = "retentionDate") -> datetime:
