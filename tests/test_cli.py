@@ -587,6 +587,15 @@ def test_missing_source_and_unknown_store_are_exit_3(
     unknown = cli("list", "--store", "nowhere")
     assert unknown.code == 3
     assert "stores add nowhere" in unknown.error_line
+    twice = cli("create", "--name", "x", "--passcode-file", passcode_file, tmp_path, tmp_path)
+    assert twice.code == 3
+    assert "is given twice" in twice.error_line
+
+
+def test_version(cli: Cli) -> None:
+    outcome = cli("--version")
+    assert outcome.code == 0
+    assert re.fullmatch(r"strongroom \S+\n", outcome.out), outcome.out
 
 
 def test_unwritable_store_is_exit_4(
@@ -1033,6 +1042,7 @@ def test_jobs_list_and_show_read_the_job_table_without_a_server(
     ]
     as_json = cli("jobs", "list", "--status", "COMPLETED", "--json").json()
     assert as_json == {"jobs": [created.to_dict()]}
+    assert cli("jobs", "list", "--status", "completed", "--json").json() == as_json
     assert cli("jobs", "list", "--operation", "restore", "--json").json() == {
         "jobs": [failed.to_dict()]
     }

@@ -47,6 +47,19 @@ def test_ls_narrows_to_paths_and_joins_the_parts_of_a_stream(
     assert deeper == ["data/nested/deeper", "data/nested/deeper/notes.md"]
 
 
+def test_ls_of_a_path_the_backup_does_not_hold_fails_as_restore_does(
+    engine: Engine, tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo must not look like an empty directory: the others are listed, then exit 3."""
+    engine.create("typo", [tree], passcode=PASSCODE)
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["ls", "typo", "data/nested/deeper", "data/nosuch"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["data/nested/deeper", "data/nested/deeper/notes.md"]
+    assert "Not in the backup: data/nosuch." in captured.err
+
+
 def test_ls_refuses_what_restore_refuses(engine: Engine, home: Path) -> None:
     members = [(entry("l", b"2", "/etc"), b""), (entry("l/passwd"), b"pwned")]
     forge_backup(home / "stores" / "backupsDefault", "hostile", PASSCODE, tar_of(members))

@@ -213,3 +213,23 @@ def test_sigterm_during_a_restore_leaves_nothing_behind(
     assert restore.returncode == 130, err
     assert "interrupted" in err
     assert not target.exists() and staging_left(tmp_path) == []
+
+
+def test_a_target_where_nothing_can_be_made_is_named_in_the_error(
+    engine: Engine, tree: Path
+) -> None:
+    """Not the staging directory's made-up name, which the user never gave."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = Path("/proc/strongroom-restore-target")  # /proc makes no directories
+    with pytest.raises(OSError) as refused:
+        engine.restore("b", target, passcode=PASSCODE)
+    assert refused.value.filename == str(target)
+
+
+def test_a_target_that_is_a_link_is_refused_and_says_so(
+    engine: Engine, tree: Path, tmp_path: Path, victim: Path
+) -> None:
+    engine.create("b", [tree], passcode=PASSCODE)
+    (tmp_path / "link").symlink_to(victim)
+    with pytest.raises(ConfigError, match="is a symbolic link; give the directory it points to"):
+        engine.restore("b", tmp_path / "link", passcode=PASSCODE)

@@ -112,6 +112,8 @@ def check_sources(sources: Sequence[Path], streams: Mapping[str, StreamSource]) 
 
 
 def _claim(seen: dict[str, str], top: str, owner: str) -> None:
+    if seen.get(top) == owner:
+        raise ConfigError(f"{owner} is given twice; give each source once.")
     if top in seen:
         raise ConfigError(
             f"{owner} and {seen[top]} would both be archived as {top!r}; rename one of them."
@@ -546,13 +548,18 @@ _ENTRY_TYPES = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKT
 
 def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[ArchiveEntry]:
     """The entries restore would make (only under `selected`, if given), in archive order,
-    by the rules restore applies: a backup restore would refuse fails here the same way."""
+    by the rules restore applies: a backup restore would refuse fails here the same way,
+    and so does a selected path the backup does not hold (once the others are listed)."""
     rules = MemberRules()
+    found: set[str] = set()
     pending: ArchiveEntry | None = None  # held back, as more parts of a stream may follow
     for member in read_members(stream):
         path = rules.check(member)
-        if not path or (selected and _selection_match(path, selected) is None):
+        match = _selection_match(path, selected) if selected and path else None
+        if not path or (selected and match is None):
             continue
+        if match is not None:
+            found.add(match)
         if pending is not None and pending.path == path and PART_RECORD in member.pax_headers:
             pending = replace(pending, size=pending.size + member.size)
             continue
@@ -568,6 +575,8 @@ def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[Ar
         )
     if pending is not None:
         yield pending
+    if missing := sorted(set(selected) - found):
+        raise ConfigError(f"Not in the backup: {', '.join(missing)}.")
 
 
 def _hard_link_target(member: tarfile.TarInfo) -> str | None:

@@ -323,12 +323,17 @@ def _text(size: int) -> bytes:
     return " ".join(words).encode("ascii")[:size]
 
 
+def installed_version() -> str | None:
+    """strongroom's version as installed; None when it runs from a source tree."""
+    try:
+        return metadata.version("strongroom")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _machine() -> dict[str, Any]:
     """What a comparison between machines needs to know of this one."""
-    try:
-        version = metadata.version("strongroom")
-    except metadata.PackageNotFoundError:  # run from a source tree
-        version = None
+    version = installed_version()
     return {
         "cpuCount": os.cpu_count(),
         "python": platform.python_version(),

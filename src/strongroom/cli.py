@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, measure
+from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, installed_version, measure
 from .config import StoresConfig, StoreSpec, config_path, editing
 from .crypto import Passcode
 from .engine import BackupInfo, Engine
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="strongroom",
         description="Encrypted disaster-recovery backups into named backup stores.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     create = _command(commands, "create", "back up files and directories", run_create)
@@ -155,12 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = _command(commands, "info", "show one backup", run_info)
     _store_option(info)
-    info.add_argument("name", metavar="N")
+    _backup_name(info)
     _json_option(info)
 
     restore = _command(commands, "restore", "restore a backup into a new directory", run_restore)
     _store_option(restore)
-    restore.add_argument("name", metavar="N")
+    _backup_name(restore)
     restore.add_argument("--target", required=True, metavar="DIR", help="new or empty directory")
     _passcode_option(restore)
     _backup_id_option(restore)
@@ -170,13 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = _command(commands, "verify", "read and authenticate a whole backup", run_verify)
     _store_option(verify)
-    verify.add_argument("name", metavar="N")
+    _backup_name(verify)
     _passcode_option(verify)
     _backup_id_option(verify)
 
     ls = _command(commands, "ls", "list what a backup holds", run_ls)
     _store_option(ls)
-    ls.add_argument("name", metavar="N")
+    _backup_name(ls)
     ls.add_argument("paths", nargs="*", metavar="PATH", help="only these archive paths")
     ls.add_argument("--long", "-l", action="store_true", help="type, mode, size and mtime too")
     _passcode_option(ls)
@@ -185,11 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     delete = _command(commands, "delete", "delete a backup", run_delete)
     _store_option(delete)
-    delete.add_argument("name", metavar="N")
+    _backup_name(delete)
 
     update = _command(commands, "update", "change a backup's retentionDate", run_update)
     _store_option(update)
-    update.add_argument("name", metavar="N")
+    _backup_name(update)
     _retention_options(update, required=True)
 
     cleanup = _command(
@@ -279,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     job_commands = jobs.add_subparsers(required=True, metavar="ACTION")
     jobs_list = _command(job_commands, "list", "list jobs, newest first", run_jobs_list)
     jobs_list.add_argument(
-        "--status", type=JobStatus, choices=list(JobStatus), metavar="S", help="only this status"
+        "--status",
+        type=str.upper,
+        choices=list(JobStatus),
+        metavar="S",
+        help=f"only this status ({', '.join(JobStatus)})",
     )
     jobs_list.add_argument(
         "--operation", metavar="O", help="only this operation (create, restore, delete, ...)"
@@ -658,7 +663,8 @@ def run_run(args: argparse.Namespace) -> int:
 
 def run_jobs_list(args: argparse.Namespace) -> int:
     with _jobs_engine(args) as engine:
-        jobs, _ = engine.jobs.find(status=args.status, operation=args.operation, limit=None)
+        status = None if args.status is None else JobStatus(args.status)
+        jobs, _ = engine.jobs.find(status=status, operation=args.operation, limit=None)
     if args.json:
         _print_json({"jobs": [job.to_dict() for job in jobs]})
         return 0
@@ -833,6 +839,10 @@ def _passcode_option(parser: argparse.ArgumentParser | argparse._MutuallyExclusi
     )
 
 
+def _backup_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="N", help="the backup's name (see 'strongroom list')")
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (stable; see README)")
 
@@ -897,6 +907,14 @@ def _print_benchmark(report: BenchmarkReport) -> None:
         for m in report.stages
     ]
     _print_table(("STAGE", "DATA", "SPEED", "RATE", "EACH", "SECONDS"), rows)
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked for (argparse's wants it at every start)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"strongroom {installed_version() or '(from a source tree)'}")
+        parser.exit()
 
 
 def _port(text: str) -> int:

@@ -82,8 +82,8 @@ class Passcode:
             raise PasscodeError("The passcode must be text.")
         if len(secret) < MIN_PASSCODE_LENGTH:
             raise PasscodeError(
-                f"The passcode must be at least {MIN_PASSCODE_LENGTH} characters long; "
-                "choose a longer one."
+                f"Every strongroom passcode has at least {MIN_PASSCODE_LENGTH} characters; "
+                "this one has fewer."
             )
         self._secret: str = secret
 

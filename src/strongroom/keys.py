@@ -119,7 +119,7 @@ class WriteKey:
             write_private(path, document, overwrite=overwrite)
         except FileExistsError:
             raise ConfigError(
-                f"{str(path)!r} already exists; choose a new file, or overwrite it on purpose."
+                f"{str(path)!r} already exists; choose a new file, or replace it with --force."
             ) from None
         return path
 

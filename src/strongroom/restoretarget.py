@@ -37,7 +37,12 @@ _RENAMEAT2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
 def check_restore_target(target: Path) -> Path:
     """The target as an absolute path, if it does not exist or is an empty directory."""
     target = target.absolute()
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
+    if target.is_symlink():
+        raise ConfigError(
+            f"The restore target {str(target)!r} is a symbolic link; give the directory it "
+            "points to, or a new one."
+        )
+    if target.exists() and not target.is_dir():
         raise _not_a_directory(target)
     if target.is_dir() and any(target.iterdir()):
         raise _not_empty(target)
@@ -63,8 +68,10 @@ class Landing:
             os.mkdir(name, 0o700, dir_fd=self._within)
             self._staging_name = name
             self.staging = os.open(name, _DIRECTORY, dir_fd=self._within)
-        except BaseException:
+        except BaseException as exc:
             self.__exit__(None, None, None)
+            if isinstance(exc, OSError) and exc.filename is not None:
+                exc.filename = str(self.path)  # the target, not the staging name made for it
             raise
 
     def __enter__(self) -> Landing:
