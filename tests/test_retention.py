@@ -18,6 +18,8 @@ from strongroom.retention import (
     IndexEntry,
     check_retention_date,
     parse_epoch_ms,
+    parse_moment,
+    retention_from,
     select_candidates,
     select_orphans,
 )
@@ -53,6 +55,15 @@ def test_parse_epoch_ms() -> None:
     for bad in ("", "1e12", "-1", 1.0, None, True, "ten"):
         with pytest.raises(ConfigError, match="milliseconds"):
             parse_epoch_ms(bad)
+
+
+def test_retention_dates_as_people_mistype_them_say_what_they_meant() -> None:
+    with pytest.raises(ConfigError, match="write it 2030-01-31"):
+        parse_moment("20300131")
+    with pytest.raises(ConfigError, match="after the year 9999"):
+        parse_moment("9999999999999999")
+    assert retention_from(None, "never", START) is None
+    assert retention_from(None, "3", START) == START + timedelta(days=3)
 
 
 def test_retention_date_must_be_after_now() -> None:

@@ -975,7 +975,7 @@ def _retention_options(parser: argparse.ArgumentParser, *, required: bool) -> No
         metavar="WHEN",
         help="when cleanup may delete it: 2027-01-31, 2027-01-31T02:00Z, epoch ms, or never",
     )
-    when.add_argument("--keep-days", metavar="N", help="keep it N days from now")
+    when.add_argument("--keep-days", metavar="N", help="keep it N days from now, or never")
 
 
 def _retention(args: argparse.Namespace) -> datetime | None:

@@ -51,6 +51,11 @@ def parse_epoch_ms(value: object, what: str = "retentionDate") -> int:
         value = int(value.strip())
     if type(value) is int and 0 <= value <= MAX_EPOCH_MS:
         return value
+    if type(value) is int and value > MAX_EPOCH_MS:
+        raise ConfigError(
+            f"{what} {value} is after the year 9999 in milliseconds since 1970-01-01 UTC; "
+            f"give a moment such as {EXAMPLE_MS}, or never."
+        )
     raise ConfigError(
         f"{what} must be a whole number of milliseconds since 1970-01-01 UTC, "
         f"for example {EXAMPLE_MS}; got {value!r}."
@@ -79,6 +84,11 @@ def parse_moment(value: object, what: str = "retentionDate") -> datetime:
                 "date or time (2027-01-31, 2027-01-31T02:00Z)."
             ) from None
         return _in_utc(moment)
+    if len(text) == 8 and (as_date := _compact_date(text)):
+        raise ConfigError(
+            f"{what} {text} reads as milliseconds since 1970 (a few hours into 1970-01-01); "
+            f"if it is a date, write it {as_date:%Y-%m-%d}."
+        )
     milliseconds = parse_epoch_ms(value, what)
     if SECONDS_LIKE // 100 <= milliseconds < SECONDS_LIKE:  # 2001 to 5138, as seconds
         as_seconds = from_epoch_ms(milliseconds * 1000)
@@ -88,6 +98,15 @@ def parse_moment(value: object, what: str = "retentionDate") -> datetime:
             f"{as_seconds:%Y-%m-%dT%H:%M:%SZ}."
         )
     return from_epoch_ms(milliseconds)
+
+
+def _compact_date(text: str) -> datetime | None:
+    """`20300131` as the date it looks like, if it is one from 1971 on."""
+    try:
+        moment = datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return None
+    return moment if moment.year > 1970 else None
 
 
 def _in_utc(moment: datetime) -> datetime:
@@ -119,6 +138,8 @@ def retention_from(date: object, keep_days: object, now: datetime) -> datetime |
     if date is not None:
         raise ConfigError("Give a retentionDate or a number of days to keep, not both.")
     text = keep_days.strip() if isinstance(keep_days, str) else keep_days
+    if isinstance(text, str) and text.lower() == "never":  # as schedules spell it
+        return None
     if isinstance(text, str) and text.isascii() and text.isdigit():
         text = int(text)
     if type(text) is not int or not 0 < text <= MAX_KEEP_DAYS:
