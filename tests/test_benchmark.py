@@ -17,6 +17,7 @@ import pytest
 
 from strongroom import Engine, ObjectInfo, StoreUnavailableError
 from strongroom.benchmark import measure
+from strongroom.store import PROBE_PREFIX
 from tests.conftest import FAST_KDF, SMALL_CHUNK
 from tests.sqlite_store import SQLiteStore
 from tests.test_cli import Cli
@@ -282,12 +283,12 @@ def _use_engine(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> None:
 def test_a_store_that_cannot_be_written_is_refused(cli: Cli, tmp_path: Path) -> None:
     directory = tmp_path / "store"
     assert cli("stores", "add", "broken", directory.as_uri()).code == 0
-    directory.rmdir()
-    directory.write_text("")  # a file where the store's directory belongs
+    blocker = directory / PROBE_PREFIX.rstrip("/")
+    blocker.write_text("")  # a file where the benchmark's directory belongs
     outcome = cli("benchmark", "--store", "broken", *TINY)
     assert outcome.code == 4
     assert "stores validate broken" in outcome.error_line
-    assert directory.read_text() == ""
+    assert blocker.read_text() == ""
 
 
 @pytest.mark.parametrize(

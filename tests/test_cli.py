@@ -32,6 +32,7 @@ import pytest
 from strongroom import Engine
 from strongroom.cli import main
 from strongroom.web.auth import hash_token
+from strongroom.web.serve import _listen
 from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, write_key_secrets
 from tests.forge import entry, forge_backup, tar_of
 
@@ -985,6 +986,16 @@ def test_serve_on_a_port_in_use_is_one_clear_error(cli: Cli) -> None:
     [error] = [line for line in outcome.err.splitlines() if line.startswith("strongroom: error")]
     assert f"Cannot listen on 127.0.0.1:{port}" in error and "--port" in error
     assert "serving" not in outcome.err and "Traceback" not in outcome.err
+
+
+def test_serve_on_every_ipv6_address_takes_ipv4_too() -> None:
+    """`--host ::` listened on both before serve bound its own socket, and still does."""
+    if not socket.has_dualstack_ipv6():
+        pytest.skip("this machine has no dual-stack IPv6")
+    with _listen("::", 0, "[::]") as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
 
 
 @pytest.mark.parametrize("port", ["99999", "-1", "http"])

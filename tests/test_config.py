@@ -18,6 +18,7 @@ from strongroom import (
     Engine,
     StoresConfig,
     StoreSpec,
+    StoreUnavailableError,
     UnknownStoreError,
 )
 from strongroom import config as config_module
@@ -220,3 +221,21 @@ def test_a_tenants_edits_keep_its_own_embedded_store(home: Path, tmp_path: Path)
     define(engine, "nightly", passcode=PASSCODE, every="1h")
     assert engine.config.get("backupsDefault").url == own
     assert not (home / "config.toml").exists()
+
+
+def test_a_product_adds_a_file_store_through_the_api_and_its_directory_is_made(
+    home: Path, tmp_path: Path, tree: Path
+) -> None:
+    engine = Engine(kdf=FAST_KDF)
+    nas = tmp_path / "nas" / "strongroom"
+    engine.add_store(StoreSpec("nas", nas.as_uri()), default=True)
+    assert nas.is_dir()
+    assert engine.create("x", [tree], passcode=PASSCODE).store == "nas"
+    assert StoresConfig.load().default == "nas"
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StoreUnavailableError):
+        engine.add_store(StoreSpec("broken", (blocker / "store").as_uri()))
+    assert "broken" not in StoresConfig.load().stores, "nothing is saved that cannot be used"
+    assert "broken" not in engine.config.stores

@@ -57,7 +57,7 @@ def test_ls_of_a_path_the_backup_does_not_hold_fails_as_restore_does(
     assert main(["ls", "typo", "data/nested/deeper", "data/nosuch"]) == 3
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["data/nested/deeper", "data/nested/deeper/notes.md"]
-    assert "Not in the backup: data/nosuch." in captured.err
+    assert "Not in backup 'typo': data/nosuch." in captured.err
 
 
 def test_ls_refuses_what_restore_refuses(engine: Engine, home: Path) -> None:

@@ -26,6 +26,14 @@ def victim(tmp_path: Path) -> Path:
     return victim
 
 
+@pytest.fixture(params=["renameat2", "a check before each rename"])
+def renames(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that takes it runs with renameat2's RENAME_NOREPLACE, and again with the
+    check that stands in where the C library or file system has none."""
+    if request.param != "renameat2":
+        monkeypatch.setattr(restoretarget, "_RENAMEAT2", None)
+
+
 def before_the_move(action: Callable[[], None]) -> Callable[[str], None]:
     """An on_stage hook that runs `action` once the backup is extracted, just before the
     restore moves it into place: the last moment an attacker could act."""
@@ -79,7 +87,7 @@ def test_an_empty_target_swapped_for_a_link_keeps_the_restore_in_the_directory_c
 
 
 def test_an_entry_that_appears_in_an_empty_target_is_never_overwritten_and_nothing_moves(
-    engine: Engine, tree: Path, tmp_path: Path
+    engine: Engine, tree: Path, tmp_path: Path, renames: None
 ) -> None:
     engine.create("b", [tree / "secret.key", tree / "nested"], passcode=PASSCODE)
     target = tmp_path / "out"
@@ -95,6 +103,36 @@ def test_an_entry_that_appears_in_an_empty_target_is_never_overwritten_and_nothi
         )
     assert os.listdir(target) == ["secret.key"]
     assert intruder.read_text() == "mine"
+
+
+def test_an_empty_directory_that_appears_at_a_new_targets_path_is_not_replaced(
+    engine: Engine, tree: Path, tmp_path: Path, renames: None
+) -> None:
+    """rename(2) would replace it silently, and with it whatever is mounted or linked there."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    with pytest.raises(ConfigError, match="appeared at the restore target"):
+        engine.restore("b", target, passcode=PASSCODE, on_stage=before_the_move(target.mkdir))
+    assert target.is_dir() and os.listdir(target) == []
+    assert staging_left(tmp_path) == []
+
+
+@pytest.mark.parametrize("occupant", ["link", "file"])
+def test_a_target_that_changed_after_its_check_is_refused_when_it_is_opened(
+    tmp_path: Path, victim: Path, occupant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path check gives the clear error; the open that pins the target is the guard."""
+    target = tmp_path / "out"
+    if occupant == "link":
+        target.symlink_to(victim)
+    else:
+        target.write_text("theirs")
+    monkeypatch.setattr(restoretarget, "check_restore_target", lambda path: path.absolute())
+    before = snapshot(victim)
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        restoretarget.Landing(target)
+    assert snapshot(victim) == before
+    assert staging_left(tmp_path) == []
 
 
 def test_a_non_empty_directory_that_appears_at_a_new_targets_path_is_kept(
@@ -131,28 +169,33 @@ def mount_point(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "--lazy", str(point)], check=True)
 
 
+@pytest.mark.parametrize("fresh", [[], ["lost+found"]], ids=["empty", "lost+found"])
 def test_a_restore_into_an_empty_mount_point_lands_on_its_file_system(
-    engine: Engine, tree: Path, tmp_path: Path, mount_point: Path
+    engine: Engine, tree: Path, tmp_path: Path, mount_point: Path, fresh: list[str]
 ) -> None:
-    """A fresh volume mounted for a disaster recovery: staging beside it would be on
-    another file system, and the move a copy."""
+    """A fresh volume mounted for a disaster recovery (ext4 makes lost+found): staging
+    beside it would be on another file system, and the move a copy."""
+    for name in fresh:
+        (mount_point / name).mkdir()
     engine.create("b", [tree], passcode=PASSCODE)
     engine.restore("b", mount_point, passcode=PASSCODE)
     assert snapshot(mount_point / "data") == snapshot(tree)
-    assert os.listdir(mount_point) == ["data"]
+    assert sorted(os.listdir(mount_point)) == ["data", *fresh]
     assert staging_left(tmp_path) == []
 
 
-@pytest.mark.parametrize("renameat2", ["renameat2", "a check before each rename"])
-def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_directory(
-    engine: Engine,
-    tree: Path,
-    tmp_path: Path,
-    renameat2: str,
-    monkeypatch: pytest.MonkeyPatch,
+def test_lost_and_found_outside_a_mount_point_is_data_like_any_other(
+    engine: Engine, tree: Path, tmp_path: Path
 ) -> None:
-    if renameat2 != "renameat2":
-        monkeypatch.setattr(restoretarget, "_RENAMEAT2", None)
+    engine.create("b", [tree], passcode=PASSCODE)
+    (tmp_path / "out" / "lost+found").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="is not empty"):
+        engine.restore("b", tmp_path / "out", passcode=PASSCODE)
+
+
+def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_directory(
+    engine: Engine, tree: Path, tmp_path: Path, renames: None
+) -> None:
     engine.create("b", [tree], passcode=PASSCODE)
     target = tmp_path / "out"
     target.mkdir(mode=0o750)
@@ -160,15 +203,6 @@ def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_direct
     assert snapshot(target / "data") == snapshot(tree)
     assert os.listdir(target) == ["data"] and staging_left(tmp_path) == []
     assert target.stat().st_mode & 0o777 == 0o750, "the directory checked is the one filled"
-
-
-def test_without_renameat2_an_entry_that_appeared_is_still_never_overwritten(
-    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(restoretarget, "_RENAMEAT2", None)
-    test_an_entry_that_appears_in_an_empty_target_is_never_overwritten_and_nothing_moves(
-        engine, tree, tmp_path
-    )
 
 
 STOPPED_AFTER_EXTRACTING = """

@@ -118,6 +118,8 @@ def test_a_graceful_stop_cancels_a_running_job(
     _wait_for_status(database, created["jobid"], "EXECUTING")
     server.process.terminate()
     server.process.wait(timeout=30)
+    assert server.process.returncode in (0, -signal.SIGTERM), "a clean stop, as systemd sees it"
+    assert "interrupted" not in server.log.read_text()
     assert _job_status(database, created["jobid"]) == "CANCELLED"
     store = home / "stores" / "backupsDefault"
     assert not (store / "manifests" / "cut-short").exists()

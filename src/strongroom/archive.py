@@ -55,6 +55,7 @@ __all__ = [
     "list_archive",
     "member_path",
     "normalize_archive_path",
+    "selection_match",
     "source_size",
     "write_archive",
 ]
@@ -350,7 +351,7 @@ def extract_archive(
         with SmallFileWriters(staging) as writers:
             extraction = _Extraction(stream, staging, writers, preallocate)
             for member in read_members(stream):
-                match = _selection_match(member_path(member.name), selected) if selected else None
+                match = selection_match(member_path(member.name), selected) if selected else None
                 if selected and match is None:
                     continue
                 path = rules.check(member)
@@ -548,18 +549,13 @@ _ENTRY_TYPES = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKT
 
 def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[ArchiveEntry]:
     """The entries restore would make (only under `selected`, if given), in archive order,
-    by the rules restore applies: a backup restore would refuse fails here the same way,
-    and so does a selected path the backup does not hold (once the others are listed)."""
+    by the rules restore applies: a backup restore would refuse fails here the same way."""
     rules = MemberRules()
-    found: set[str] = set()
     pending: ArchiveEntry | None = None  # held back, as more parts of a stream may follow
     for member in read_members(stream):
         path = rules.check(member)
-        match = _selection_match(path, selected) if selected and path else None
-        if not path or (selected and match is None):
+        if not path or (selected and selection_match(path, selected) is None):
             continue
-        if match is not None:
-            found.add(match)
         if pending is not None and pending.path == path and PART_RECORD in member.pax_headers:
             pending = replace(pending, size=pending.size + member.size)
             continue
@@ -575,15 +571,14 @@ def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[Ar
         )
     if pending is not None:
         yield pending
-    if missing := sorted(set(selected) - found):
-        raise ConfigError(f"Not in the backup: {', '.join(missing)}.")
 
 
 def _hard_link_target(member: tarfile.TarInfo) -> str | None:
     return member_path(member.linkname) if member.islnk() else None
 
 
-def _selection_match(name: str, selected: Sequence[str]) -> str | None:
+def selection_match(name: str, selected: Sequence[str]) -> str | None:
+    """The selected path that `name` is, or lies under; None if none."""
     for path in selected:
         if name == path or name.startswith(path + "/"):
             return path

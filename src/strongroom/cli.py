@@ -18,6 +18,7 @@ import shutil
 import signal
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -36,8 +37,7 @@ from .jobs import JobStatus
 from .jobstore import check_location, has_password
 from .keys import WriteKey
 from .pipeline import ZSTD_LEVEL, Progress
-from .plugins import build_registry, get_plugin_manager
-from .retention import parse_as_of, retention_from
+from .retention import parse_moment, retention_from
 from .scheduler import run_now, runs
 from .schedules import define, get_schedule, load_schedules, remove, update
 from .units import human_size
@@ -57,7 +57,6 @@ MIB = 1024 * 1024
 
 def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()
-    signal.signal(signal.SIGTERM, _interrupt)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "paths") and not any(arg.startswith("-") for arg in extra):
@@ -70,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "without --dry-run deletes what has expired now)"
         )
     try:
-        result: int = args.run(args)
+        with _sigterm_interrupts(args.run is not run_serve):  # uvicorn handles its own
+            result: int = args.run(args)
         return result
     except StrongroomError as exc:
         print(f"strongroom: error: {exc}", file=sys.stderr)
@@ -92,9 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_LOCAL_FILE
 
 
+@contextmanager
+def _sigterm_interrupts(wanted: bool) -> Iterator[None]:
+    """SIGTERM (kill, systemd, docker stop) stops a command as Ctrl-C does: it unwinds, so
+    a restore removes its staging directory and a create its uncommitted data. Only in
+    the main thread (the only one that may set handlers), and undone afterwards."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
-    """SIGTERM (kill, systemd, docker stop) stops a command as Ctrl-C does: it unwinds,
-    so a restore removes its staging directory and a create its uncommitted data."""
     raise KeyboardInterrupt
 
 
@@ -486,7 +499,7 @@ def run_update(args: argparse.Namespace) -> int:
 
 
 def run_cleanup(args: argparse.Namespace) -> int:
-    as_of = None if args.as_of is None else parse_as_of(args.as_of, "--as-of")
+    as_of = None if args.as_of is None else parse_moment(args.as_of, "--as-of")
     report = Engine().cleanup(args.store, as_of=as_of, dry_run=args.dry_run)
     if args.json:
         _print_json(report.to_dict())
@@ -497,7 +510,7 @@ def run_cleanup(args: argparse.Namespace) -> int:
         _print_table(("STORE", "NAME", "RETENTION DATE", "ACTION", "MESSAGE"), rows)
         print(f"{len(report.entries)} expired as of {_date(report.as_of)}, {report.kept} kept.")
         for error in report.errors:
-            print(f"strongroom: error: {error}", file=sys.stderr)
+            print(f"strongroom: error: {_printable(error)}", file=sys.stderr)
     return 1 if report.failed or report.errors else 0
 
 
@@ -515,15 +528,10 @@ def run_stores_list(args: argparse.Namespace) -> int:
 
 
 def run_stores_add(args: argparse.Namespace) -> int:
-    with editing(config_path()):
-        config = StoresConfig.load()
-        spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
-        config.add(spec, make_default=args.default)
-        # Opening checks the scheme, the options and that secret references resolve; the
-        # backend says whether the store keeps backups and makes its place, before saving.
-        build_registry(get_plugin_manager()).open(spec).prepare()
-        config.save()
-    print(f"Added store {spec.name} ({spec.url}) to {config.path}")
+    spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
+    engine = Engine()
+    engine.add_store(spec, default=args.default)
+    print(f"Added store {spec.name} ({spec.url}) to {engine.config.path}")
     return 0
 
 
@@ -990,7 +998,7 @@ def _until(moment: datetime | None) -> str:
     return "never" if moment is None else _date(moment)
 
 
-def _date(moment: Any) -> str:
+def _date(moment: datetime | None) -> str:
     return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
 
 

@@ -38,11 +38,12 @@ from .archive import (
     extract_archive,
     list_archive,
     normalize_archive_path,
+    selection_match,
     source_size,
     write_archive,
 )
 from .cleanup import Cleanup, data_keys, delete_backups, delete_resurrected, index_of
-from .config import StoresConfig, embedded_store
+from .config import StoresConfig, StoreSpec, edit_config, embedded_store
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginejobs import EngineJobs
 from .errors import (
@@ -73,7 +74,7 @@ from .keys import WriteKey, open_backup
 from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
 from .plugins import BackendRegistry, build_registry, get_plugin_manager
 from .restoretarget import Landing, check_restore_target
-from .retention import CleanupReport, check_retention_date, parse_as_of, retention_ms
+from .retention import CleanupReport, check_retention_date, parse_moment, retention_ms
 from .store import Store
 
 __all__ = ["BackupInfo", "Engine"]
@@ -223,6 +224,16 @@ class Engine(EngineJobs):
                 store.initialize()
             self._stores[spec.name] = store
         return self._stores[spec.name]
+
+    def add_store(self, spec: StoreSpec, *, default: bool = False) -> None:
+        """Add a store to the configuration file, as `strongroom stores add` does: it is
+        opened first (scheme, options, secret references), refused if it cannot keep
+        backups, and its place made (a file store's directory); only then saved."""
+        edit_config(
+            self,
+            lambda config: config.add(spec, make_default=default),
+            check=lambda: self.store(spec.name).prepare(),
+        )
 
     # -- create ----------------------------------------------------------------------
 
@@ -433,9 +444,14 @@ class Engine(EngineJobs):
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
 
         def entries() -> Iterator[ArchiveEntry]:
+            found: set[str] = set()
             with self._reader(source, manifest, cipher, None) as reader:
-                yield from list_archive(reader, selected)
-                reader.drain()
+                for entry in list_archive(reader, selected):
+                    found.add(selection_match(entry.path, selected) or "")
+                    yield entry
+                reader.drain()  # authenticated to the end before a missing path is told
+            if missing := sorted(set(selected) - found):
+                raise ConfigError(f"Not in backup {name!r}: {', '.join(missing)}.")
 
         return entries()
 
@@ -525,7 +541,7 @@ class Engine(EngineJobs):
         dry_run: bool = False,
     ) -> CleanupReport:
         """Delete the backups whose retentionDate has passed, in the named or all stores."""
-        moment = parse_as_of(as_of) if as_of is not None else self._clock()
+        moment = parse_moment(as_of, "as_of") if as_of is not None else self._clock()
         every_store = sorted({*self.config.stores, *self._stores})
         cleanup = Cleanup(
             open_store=self.store,

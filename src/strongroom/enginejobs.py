@@ -25,7 +25,7 @@ from .errors import JobError, StrongroomError
 from .jobs import Job, JobHandle, JobManager
 from .keys import WriteKey
 from .restoretarget import check_restore_target
-from .retention import CleanupReport, parse_as_of
+from .retention import CleanupReport, parse_moment
 
 if TYPE_CHECKING:
     from .engine import BackupInfo
@@ -274,7 +274,7 @@ class EngineJobs(ABC):
         """`cleanup` as a background job; unknown store names fail here. `scheduled`: the
         cleanup system task submits it, not a person."""
         names = None if stores is None else [self.store(store).name for store in stores]
-        moment = parse_as_of(as_of) if as_of is not None else None
+        moment = parse_moment(as_of, "as_of") if as_of is not None else None
 
         def work(job: JobHandle) -> dict[str, Any]:
             job.stage("cleaning up")

@@ -29,6 +29,7 @@ from .errors import ConfigError
 __all__ = ["Landing", "check_restore_target"]
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: renameat2's flag: fail with EEXIST rather than replace what has the new name.
 RENAME_NOREPLACE = 1
 #: renameat2(2), from glibc 2.28; None where the C library has none.
 _RENAMEAT2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -44,8 +45,14 @@ def check_restore_target(target: Path) -> Path:
         )
     if target.exists() and not target.is_dir():
         raise _not_a_directory(target)
-    if target.is_dir() and any(target.iterdir()):
-        raise _not_empty(target)
+    if target.is_dir():
+        with suppress(FileNotFoundError):  # the parents of a new target are made later
+            parent = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                if (fd := _open_empty_directory(parent, target)) >= 0:
+                    os.close(fd)
+            finally:
+                os.close(parent)
     return target
 
 
@@ -58,16 +65,19 @@ class Landing:
         self.path = check_restore_target(target)
         self._created = _make_parents(self.path.parent)
         self._parent = self._target = self.staging = -1
-        self._staging_name = ""  # set once the directory is made
+        self._staging_name = ""  # set while the directory is made, and once it is
         self._moved = False
         try:
             self._parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._target = _open_empty_directory(self._parent, self.path)
             prefix = f".{self.path.name}" if self._target < 0 else ""
-            name = f"{prefix}.strongroom-{os.urandom(8).hex()}"
-            os.mkdir(name, 0o700, dir_fd=self._within)
-            self._staging_name = name
-            self.staging = os.open(name, _DIRECTORY, dir_fd=self._within)
+            self._staging_name = f"{prefix}.strongroom-{os.urandom(8).hex()}"
+            try:
+                os.mkdir(self._staging_name, 0o700, dir_fd=self._within)
+            except OSError:
+                self._staging_name = ""  # not made: nothing to remove
+                raise
+            self.staging = os.open(self._staging_name, _DIRECTORY, dir_fd=self._within)
         except BaseException as exc:
             self.__exit__(None, None, None)
             if isinstance(exc, OSError) and exc.filename is not None:
@@ -106,12 +116,7 @@ class Landing:
         try:
             if self._target < 0:
                 os.fchmod(self.staging, 0o777 & ~_umask())
-                os.rename(
-                    self._staging_name,
-                    self.path.name,
-                    src_dir_fd=self._parent,
-                    dst_dir_fd=self._parent,
-                )
+                _rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
             else:
                 _move_entries(self.staging, self._target)
         except OSError as exc:
@@ -148,8 +153,8 @@ def _make_parents(directory: Path) -> list[Path]:
 
 
 def _open_empty_directory(parent: int, target: Path) -> int:
-    """The target directory, opened without following a link, if it is there and empty;
-    -1 if it is not there."""
+    """The target directory, opened without following a link, if it is there and empty
+    (a fresh disk mounted there holds only lost+found); -1 if it is not there."""
     try:
         fd = os.open(target.name, _DIRECTORY, dir_fd=parent)
     except FileNotFoundError:
@@ -158,9 +163,14 @@ def _open_empty_directory(parent: int, target: Path) -> int:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise _not_a_directory(target) from None
         raise
-    if os.listdir(fd):
+    try:
+        names = os.listdir(fd)
+        fresh = names == ["lost+found"] and os.fstat(fd).st_dev != os.fstat(parent).st_dev
+        if names and not fresh:  # a new file system's lost+found, at a mount point, is not data
+            raise _not_empty(target)
+    except BaseException:
         os.close(fd)
-        raise _not_empty(target)
+        raise
     return fd
 
 
@@ -170,8 +180,11 @@ def _move_entries(source: int, target: int) -> None:
     moved: list[str] = []
     try:
         for name in sorted(os.listdir(source)):
-            _rename_noreplace(source, name, target)
-            moved.append(name)
+            try:
+                _rename_noreplace(source, name, target, name)
+            finally:  # moved, even if an interrupt came between the rename and this line
+                if not _exists(name, source):
+                    moved.append(name)
     except BaseException:
         for name in reversed(moved):
             with suppress(OSError):
@@ -179,21 +192,29 @@ def _move_entries(source: int, target: int) -> None:
         raise
 
 
-def _rename_noreplace(source: int, name: str, target: int) -> None:
-    """Rename `name` from one directory to another, failing (EEXIST) if the name is taken
-    there: renameat2's RENAME_NOREPLACE, or a check just before the rename where the
-    file system or C library has no such flag."""
+def _exists(name: str, directory: int) -> bool:
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _rename_noreplace(source: int, name: str, target: int, new_name: str) -> None:
+    """Rename `name` in one directory to `new_name` in another, failing (EEXIST) if that
+    is taken, even by an empty directory: renameat2's RENAME_NOREPLACE, or, where the
+    file system or C library has no such flag, a check just before the rename (which a
+    racer could slip between)."""
     if _RENAMEAT2 is not None:
-        encoded = os.fsencode(name)
-        if _RENAMEAT2(source, encoded, target, encoded, RENAME_NOREPLACE) == 0:
+        old, new = os.fsencode(name), os.fsencode(new_name)
+        if _RENAMEAT2(source, old, target, new, RENAME_NOREPLACE) == 0:
             return
         error = ctypes.get_errno()
         if error not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(error, os.strerror(error), name)
-    with suppress(FileNotFoundError):
-        os.stat(name, dir_fd=target, follow_symlinks=False)
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
-    os.rename(name, name, src_dir_fd=source, dst_dir_fd=target)
+            raise OSError(error, os.strerror(error), new_name)
+    if _exists(new_name, target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new_name)
+    os.rename(name, new_name, src_dir_fd=source, dst_dir_fd=target)
 
 
 def _remove_tree(parent: int, name: str) -> None:

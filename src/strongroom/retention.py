@@ -32,7 +32,6 @@ __all__ = [
     "IndexEntry",
     "PendingMarker",
     "check_retention_date",
-    "parse_as_of",
     "parse_epoch_ms",
     "parse_moment",
     "retention_from",
@@ -60,12 +59,6 @@ def parse_epoch_ms(value: object, what: str = "retentionDate") -> int:
         f"{what} must be a whole number of milliseconds since 1970-01-01 UTC, "
         f"for example {EXAMPLE_MS}; got {value!r}."
     )
-
-
-def parse_as_of(value: int | str | datetime, what: str = "as_of") -> datetime:
-    """A cleanup's `as_of`, as `parse_moment` reads a moment, else ConfigError (so a
-    cleanup job with a bad one is refused when it is submitted)."""
-    return parse_moment(value, what)
 
 
 def parse_moment(value: object, what: str = "retentionDate") -> datetime:

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ..config import StoreSpec
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, StoreError, StoreUnavailableError
 from ..plugins import BackendOptions, BackendRegistry, hookimpl
 from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities, check_limit
 from ..writeback import start_writeback
-from .root import NotFollowedError, Root, kind_of
+from .root import MissingRootError, NotFollowedError, Root, kind_of
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -221,6 +221,17 @@ class LocalStore(Store):
             except NotFollowedError as exc:
                 message = self._skipped(exc.path, exc.status, f"{key!r} was not read")
                 raise FileNotFoundError(message) from None
+
+    @contextmanager
+    def translate_errors(self, key: str) -> Iterator[None]:
+        """As every store's, but a missing directory is told alone: no key is to blame."""
+        with super().translate_errors(key):
+            try:
+                yield
+            except MissingRootError as exc:
+                raise StoreUnavailableError(
+                    f"Store {self.name!r} ({self.url}): {exc.strerror}."
+                ) from None
 
     @contextmanager
     def _refusing_links(self, key: str, done: str) -> Iterator[None]:

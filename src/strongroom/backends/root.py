@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -42,9 +43,8 @@ class MissingRootError(OSError):
     def __init__(self, path: Path, cause: OSError) -> None:
         super().__init__(
             cause.errno,
-            f"its directory {str(path)!r} is missing or not a directory (is its disk "
-            "mounted?); for a new store, make the directory, or add the store with "
-            "'strongroom stores add', which makes it",
+            f"its directory {str(path)!r} is missing or not a directory: is its disk "
+            f"mounted? If the store is new, make it (mkdir -p {shlex.quote(str(path))})",
         )
 
 

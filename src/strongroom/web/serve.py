@@ -105,9 +105,13 @@ def serve(
 def _listen(host: str, port: int, shown: str) -> socket.socket:
     """The listening socket, made here so a port in use is one clear error before the
     server says it serves."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
+    ipv6 = ":" in host
+    try:  # an IPv6 socket also takes IPv4 where it can, as uvicorn's own bind did
+        return socket.create_server(
+            (host, port),
+            family=socket.AF_INET6 if ipv6 else socket.AF_INET,
+            dualstack_ipv6=ipv6 and socket.has_dualstack_ipv6(),
+        )
     except OSError as exc:
         raise ConfigError(
             f"Cannot listen on {shown}:{port}: {exc.strerror or exc}. If another server uses "

@@ -101,11 +101,7 @@ def spec_from_fields(name: str, fields: Mapping[str, str]) -> StoreSpec:
 
 
 def register(engine: Engine, spec: StoreSpec, *, default: bool) -> dict[str, Any]:
-    edit_config(
-        engine,
-        lambda config: config.add(spec, make_default=default),
-        check=lambda: engine.store(spec.name).prepare(),
-    )
+    engine.add_store(spec, default=default)
     return describe(engine, spec.name)
 
 
