@@ -164,6 +164,21 @@ def test_the_write_key_file_holds_neither_passcode_nor_master_nor_sk(
     assert WriteKey.load(path) == write_key
 
 
+def test_a_write_key_others_can_read_is_loaded_with_a_warning(
+    write_key: WriteKey, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It cannot decrypt, but it can forge backups the passcode restores: as ssh says of
+    a private key others can read."""
+    path = write_key.save(tmp_path / "write.key")
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        WriteKey.load(path)
+    assert caplog.records == [], "saved owner-only"
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        assert WriteKey.load(path) == write_key
+    assert any("chmod 600" in r.getMessage() for r in caplog.records)
+
+
 def test_the_write_key_and_the_whole_store_do_not_decrypt(
     engine: Engine, write_key: WriteKey, tree: Path, home: Path, tmp_path: Path
 ) -> None:

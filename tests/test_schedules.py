@@ -173,6 +173,8 @@ def test_a_schedule_keeps_a_write_key_and_never_the_passcode(
     config = StoresConfig.load()
     with pytest.raises(ConfigError, match="elsewhere back up into store 'other'"):
         config.remove("other")
+    with pytest.raises(ConfigError, match="embedded default store and cannot be removed"):
+        config.remove("backupsDefault")  # not "remove the schedules first": no help
 
 
 def test_no_repr_shows_the_write_key(engine: Engine, home: Path, source: Path) -> None:

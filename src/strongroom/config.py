@@ -214,14 +214,14 @@ class StoresConfig:
 
     def remove(self, name: str) -> None:
         spec = self.get(name)
+        if spec == embedded_store(self.home):  # first: removing schedules would not help
+            raise ConfigError(f"{name!r} is the embedded default store and cannot be removed.")
         users = sorted(s for s, table in self.schedules.items() if table.get("store") == name)
         if users:
             raise ConfigError(
                 f"The schedules {', '.join(users)} back up into store {name!r}; remove them "
                 "first ('strongroom schedules remove NAME')."
             )
-        if spec == embedded_store(self.home):
-            raise ConfigError(f"{name!r} is the embedded default store and cannot be removed.")
         del self.stores[name]
         self.stores.setdefault(EMBEDDED_STORE_NAME, embedded_store(self.home))
         if self.default == name:

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ from .errors import ConfigError, IntegrityError
 from .format import KeySlot, Manifest, from_b64, to_b64
 
 __all__ = ["WRITE_KEY_FORMAT", "WriteKey", "open_backup"]
+
+logger = logging.getLogger("strongroom")
 
 WRITE_KEY_FORMAT = "strongroom-write-key"
 WRITE_KEY_VERSION = 1
@@ -98,8 +101,16 @@ class WriteKey:
         try:
             with path.open("rb") as handle:
                 data = handle.read(MAX_WRITE_KEY_SIZE + 1)
+                mode = os.fstat(handle.fileno()).st_mode
         except OSError as exc:
             raise ConfigError(f"Cannot read the write key {str(path)!r}: {exc.strerror}.") from None
+        if mode & 0o077:
+            logger.warning(
+                "The write key %s can be read by others (mode %o): whoever reads it can add "
+                "backups that the passcode restores; make it owner-only (chmod 600).",
+                path,
+                mode & 0o777,
+            )
         try:
             if len(data) > MAX_WRITE_KEY_SIZE:
                 raise ValueError("too large")
