@@ -123,12 +123,26 @@ def parse_cron(expression: str) -> str:
         CronSim(text, _EPOCH)
     except CronSimError as exc:
         field = str(exc).removeprefix("Bad ")  # cronsim names the field as _CRON_FIELDS do
+        minute, hour, day, _, weekday = text.split()
+        if field == "day-of-month" and _is_cron(f"{minute} {hour} {day} * {weekday}"):
+            raise ConfigError(
+                f'cron "{text}" would never run: none of its months has the days it names '
+                "(30 February, say)."
+            ) from None
         takes = _CRON_FIELDS.get(field, "its range")
         raise ConfigError(
             f'cron "{text}": bad {field} (it takes {takes}, a list a,b, a range a-b or a step '
             f"*/n). {_CRON_HELP}."
         ) from None
     return text
+
+
+def _is_cron(text: str) -> bool:
+    try:
+        CronSim(text, _EPOCH)
+    except CronSimError:
+        return False
+    return True
 
 
 def parse_keep_days(value: object) -> int | None:
