@@ -249,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(validate)
 
     serve = _command(commands, "serve", "serve the disaster-recovery admin API", run_serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8080, help="port to listen on")
-    serve.add_argument("--root", default="/admin", help="URL path of the admin root")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (%(default)s)")
+    serve.add_argument("--root", default="/admin", help="URL path of the admin root (%(default)s)")
     serve.add_argument(
         "--source",
         action="append",
