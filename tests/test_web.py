@@ -1172,6 +1172,18 @@ async def test_a_page_of_another_site_cannot_sign_a_browser_in(
 
 
 @pytest.mark.parametrize(
+    "path", ["/admin/login", f"{STORE}/backups/create", f"{DR}/schedules/create"], ids=str
+)
+async def test_a_head_request_never_runs_what_a_post_does(api: Api, path: str) -> None:
+    """Starlette routes HEAD with GET, and a HEAD carries no Origin for the other-site
+    check: it must only show the form, never sign in or create."""
+    response = await api.send("HEAD", path, params={"token": TOKEN, "next": "/admin/x"})
+    assert response.status_code == 200, response.status_code
+    assert "set-cookie" not in response.headers
+    assert api.engine.list() == []
+
+
+@pytest.mark.parametrize(
     "goto",
     [
         "/admin/../evil",

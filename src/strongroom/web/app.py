@@ -299,7 +299,7 @@ class _AdminApi:
 
     async def create(self, call: _Call) -> Reply:
         store = call.path("storeName")
-        if call.request.method == "GET":
+        if call.request.method != "POST":  # GET, or the HEAD Starlette routes with it
             if call.fmt != "html":
                 raise ApiError(405, "create takes a POST; GET shows its form (f=html).")
             await _run(self._engine.config.get, store)
@@ -393,7 +393,7 @@ class _AdminApi:
 
     async def create_schedule(self, call: _Call) -> Reply:
         """Define a schedule: the passcode derives its write key here and is kept nowhere."""
-        if call.request.method == "GET":
+        if call.request.method != "POST":  # GET, or the HEAD Starlette routes with it
             if call.fmt != "html":
                 raise ApiError(405, "create takes a POST; GET shows its form (f=html).")
             context = {
@@ -493,7 +493,7 @@ class _AdminApi:
     async def login(self, call: _Call) -> Reply | Response:
         """The sign-in form; a good token is kept in an HttpOnly, SameSite=Strict cookie."""
         request, goto = call.request, self._safe_next(call.request, call.get("next"))
-        if request.method == "GET":
+        if request.method != "POST":  # GET, or the HEAD Starlette routes with it
             return Reply({}, "login.html", {"messages": [], "next": goto})
         _refuse_other_sites(request)  # or another site could sign a browser in as itself
         token = call.get("token")
