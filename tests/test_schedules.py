@@ -326,6 +326,25 @@ def test_each_slot_runs_once_and_a_missed_backlog_never_runs(
     assert [o.action for o in ScheduleRunner(engine, clock=clock).tick()] == ["claimed elsewhere"]
 
 
+def test_a_claim_planted_far_ahead_never_stops_a_schedule(
+    engine: Engine, home: Path, source: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attack: one object under schedules/<name>/ with a slot in 9999, put by anyone who
+    can write to the store, was the high-water mark: no slot before it would ever run."""
+    schedule = _define(engine, source)
+    planted = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert claim(engine, schedule, planted)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        ran = ScheduleRunner(engine, clock=clock).tick()
+    assert [(o.action, o.slot) for o in ran] == [("submitted", T0)]
+    _finish(engine, ran)
+    assert any("ignoring the claim of slot 9999-12-31" in r.getMessage() for r in caplog.records)
+    # cleanup keeps the real newest claim as the high-water mark, and sweeps the planted one
+    _age_claims(home, seconds=2 * 86400)
+    engine.cleanup()
+    assert [o.key for o in engine.store().list(CLAIMS_PREFIX)] == [claim_key("nightly", T0)]
+
+
 def test_slots_before_the_definition_never_run(engine: Engine, source: Path, clock: Clock) -> None:
     define(
         engine,

@@ -31,6 +31,7 @@ __all__ = [
     "CleanupReport",
     "IndexEntry",
     "PendingMarker",
+    "believable_claim",
     "check_retention_date",
     "parse_epoch_ms",
     "parse_moment",
@@ -250,11 +251,23 @@ class Claim:
     modified: datetime | None
 
 
+#: How far ahead of this clock a schedule's claim may be: replicas' clocks differ a little.
+CLAIM_CLOCK_SKEW = timedelta(minutes=10)
+
+
+def believable_claim(slot: datetime, now: datetime) -> bool:
+    """Whether a claimed slot can have been claimed by `now`, give or take how far
+    replicas' clocks differ: a later one was planted by someone who can write to the
+    store (or made by a clock that is wrong), and as a schedule's newest claim it would
+    stop the schedule for good."""
+    return slot <= now + CLAIM_CLOCK_SKEW
+
+
 def select_claims_to_sweep(
     claims: list[Claim], store_now: datetime, grace: timedelta, defined: Collection[str]
 ) -> list[Claim]:
-    """The claims older than `grace` by the store's clock, except the latest of each
-    schedule still `defined`.
+    """The claims older than `grace` by the store's clock, except the latest believable
+    one of each schedule still `defined`.
 
     That latest claim stays whatever its age: it is what tells a replica that starts after
     a long pause (a weekly schedule, a week of downtime) that the slot already ran, and no
@@ -264,12 +277,14 @@ def select_claims_to_sweep(
     """
     latest: dict[str, Claim] = {}
     for claim in claims:
+        if not believable_claim(claim.slot, store_now):
+            continue
         if claim.schedule not in latest or claim.slot > latest[claim.schedule].slot:
             latest[claim.schedule] = claim
     return [
         claim
         for claim in claims
-        if not (claim.schedule in defined and claim is latest[claim.schedule])
+        if not (claim.schedule in defined and claim is latest.get(claim.schedule))
         and claim.modified is not None
         and store_now - claim.modified > grace
     ]

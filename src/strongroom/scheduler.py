@@ -17,7 +17,9 @@ Cleanup sweeps old claims (cleanup.py, `_sweep_claims`), but never a schedule's 
 that one is the high-water mark. A slot at or before it is never run, since it ran (its
 claim may be swept, its backup expired) or a later run superseded it: a run now (which
 claims the second it starts in, off the recurrence), or a slot of the recurrence before
-an update moved its slots.
+an update moved its slots. A claim of a slot later than now (`retention.believable_claim`)
+is no high-water mark: someone who can write to the store could otherwise stop a schedule
+for good with one object.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .engine import Engine
 from .errors import JobError, JobStoreUnavailableError, StrongroomError
 from .format import claim_key, claims_prefix, parse_claim_key, to_epoch_ms, utc_now
 from .jobs import Job, JobStatus
+from .retention import believable_claim
 from .schedules import Schedule, get_schedule, load_schedules
 
 __all__ = ["Outcome", "ScheduleRunner", "claim", "newest_claim", "run_now", "run_slot", "runs"]
@@ -75,15 +78,24 @@ def claim(engine: Engine, schedule: Schedule, slot: datetime) -> bool:
     return True
 
 
-def newest_claim(engine: Engine, schedule: Schedule) -> datetime | None:
+def newest_claim(engine: Engine, schedule: Schedule, now: datetime) -> datetime | None:
     """The latest slot claimed in the schedule's store, by any replica or run now: the
-    high-water mark, which cleanup keeps whatever its age. None before the first run."""
+    high-water mark, which cleanup keeps whatever its age. None before the first run.
+    A claim of a slot later than `now` (`believable_claim`) is ignored, with a warning."""
     claimed = [
         parsed[1]
         for obj in engine.store(schedule.store).list(claims_prefix(schedule.name))
         if (parsed := parse_claim_key(obj.key)) and parsed[0] == schedule.name
     ]
-    return max(claimed, default=None)
+    for slot in sorted(s for s in claimed if not believable_claim(s, now)):
+        logger.warning(
+            "Schedule %r: ignoring the claim of slot %s in store %r, which is later than now: "
+            "someone who can write to the store put it there, or a replica's clock is ahead.",
+            schedule.name,
+            f"{slot:%Y-%m-%d %H:%M:%S} UTC",
+            schedule.store,
+        )
+    return max((s for s in claimed if believable_claim(s, now)), default=None)
 
 
 def runs(engine: Engine, schedule: Schedule, *, active: bool = False) -> list[Job]:
@@ -106,6 +118,7 @@ def run_slot(
     on_demand: bool = False,
     operation_uri: str | None = None,
     timeout: timedelta | None = None,
+    now: datetime | None = None,
 ) -> Outcome:
     """Run one slot: skip it if it is at or before the schedule's newest claim (unless it
     is a run now, `on_demand`) or if the previous run still goes, else claim it and submit
@@ -117,7 +130,7 @@ def run_slot(
             f"Schedule {schedule.name!r} has no sources, and this process none to lend it: "
             "define it with --source, or run it from 'strongroom serve --source DIR'."
         )
-    newest = None if on_demand else newest_claim(engine, schedule)
+    newest = None if on_demand else newest_claim(engine, schedule, now or utc_now())
     if newest is not None and slot <= newest:
         message = (
             f"it is at or before the schedule's newest claim, of {newest:%Y-%m-%d %H:%M:%S} "
@@ -235,7 +248,7 @@ class ScheduleRunner:
             last = self._handled.get(schedule.name)
             if slot is None or (last is not None and slot <= last):
                 continue
-            outcome = self._run(schedule, slot)
+            outcome = self._run(schedule, slot, now)
             if outcome.action != "postponed":
                 self._handled[schedule.name] = slot
             outcomes.append(outcome)
@@ -275,11 +288,13 @@ class ScheduleRunner:
         threading.Thread(target=loop, name="strongroom-schedules", daemon=True).start()
         return stop
 
-    def _run(self, schedule: Schedule, slot: datetime) -> Outcome:
+    def _run(self, schedule: Schedule, slot: datetime, now: datetime) -> Outcome:
         when = f"{slot:%Y-%m-%d %H:%M:%S} UTC"
         try:
             timeout = self._timeout() if self._timeout else None
-            outcome = run_slot(self._engine, schedule, slot, self._sources, timeout=timeout)
+            outcome = run_slot(
+                self._engine, schedule, slot, self._sources, timeout=timeout, now=now
+            )
         except JobStoreUnavailableError as exc:
             logger.warning(
                 "Schedule %r, slot %s, not run yet (tried again shortly): %s",
