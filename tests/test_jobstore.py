@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -572,3 +573,49 @@ def test_jobs_commands_take_the_job_database_and_warn_of_a_password_in_it(
     error = capsys.readouterr().err
     assert "contains a password" in error and "STRONGROOM_JOBS_DB" in error
     assert "Sekret-Pa55" not in error
+
+
+UNREADABLE = "j00000000-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [{"stages": '[{"bogus": 1}]'}, {"status": "PAUSED"}, {"messages": "not json"}],
+    ids=["stages", "status", "messages"],
+)
+def test_a_row_this_version_cannot_read_never_stops_the_others(
+    home: Path, damage: dict[str, str]
+) -> None:
+    """A newer version's row (a rolling upgrade), or a damaged one, in any namespace of a
+    shared table: it reads as a FAILED job that says so; every other job, listing and
+    restart goes on."""
+    location = f"sqlite://{home / JOBS_FILE}"
+    manager = JobManager(location, namespace="a")
+    done = manager.wait(manager.submit("create", lambda job: None).jobid)
+    manager.close()
+    columns = {
+        "jobid": UNREADABLE, "owner": "gone", "status": "EXECUTING", "operation": "create",
+        "store": None, "name": None, "starttime": 1, "endtime": None, "updatedtime": 1,
+        "bytes_done": 0, "bytes_total": None, "stage": "", "messages": "[]", "result": None,
+        "operation_uri": None, "stages": "[]", "scheduled": 0, "cancel_requested": 0,
+        "namespace": "b", **damage,
+    }  # fmt: skip
+    with closing(sqlite3.connect(home / JOBS_FILE)) as db, db:
+        names = ", ".join(columns)
+        db.execute(
+            f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(columns))})",
+            [*columns.values()],
+        )
+    restarted = JobManager(location, namespace="a")
+    try:
+        assert restarted.find() == ([done], 1)
+        assert restarted.get(done.jobid) == done
+    finally:
+        restarted.close()
+    other = JobManager(location, namespace="b")
+    try:
+        unreadable = other.get(UNREADABLE)
+        assert unreadable.status is JobStatus.FAILED
+        assert any("cannot be read by this version" in m for m in unreadable.messages)
+    finally:
+        other.close()

@@ -24,6 +24,7 @@ one could not reach the table) is told so, and stops the job as if it were cance
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Collection
 from dataclasses import asdict
@@ -48,6 +49,8 @@ __all__ = [
     "to_row",
     "to_stop",
 ]
+
+logger = logging.getLogger("strongroom")
 
 #: The columns a saved job writes, in both stores.
 COLUMNS = (
@@ -214,7 +217,34 @@ def to_row(job: Job, owner: str) -> dict[str, Any]:
 
 
 def from_row(row: Any) -> Job:
-    """A job from a row of either store (anything that maps the column names)."""
+    """A job from a row of either store (anything that maps the column names). A row this
+    version cannot read (a newer version's, or damaged) reads as a FAILED job that says
+    so: one such row must not fail every listing, every status page and every restart,
+    of every tenant sharing the job table."""
+    try:
+        return _job_of(row)
+    except (ValueError, TypeError, KeyError) as exc:
+        logger.warning("Job %r: its row in the job table cannot be read: %r", row["jobid"], exc)
+        return Job(
+            jobid=str(row["jobid"]),
+            operation=str(row["operation"]),
+            status=JobStatus.FAILED,
+            store=None,
+            name=None,
+            starttime=_epoch_ms_or_zero(row["starttime"]),
+            updatedtime=_epoch_ms_or_zero(row["updatedtime"]),
+            messages=(
+                "This job's row in the job table cannot be read by this version of "
+                f"strongroom ({type(exc).__name__}): a newer version wrote it, or it is damaged.",
+            ),
+        )
+
+
+def _epoch_ms_or_zero(value: object) -> int:
+    return value if type(value) is int else 0
+
+
+def _job_of(row: Any) -> Job:
     return Job(
         jobid=row["jobid"],
         operation=row["operation"],
