@@ -22,12 +22,13 @@ import pytest
 
 from strongroom import (
     BackupNotFoundError,
+    ConfigError,
     Engine,
     InvalidNameError,
     StoreError,
     StoreSpec,
 )
-from strongroom.backends.file import LocalStore
+from strongroom.backends.file import LocalStore, open_local_store
 from strongroom.backends.generic import open_fsspec_store
 from strongroom.cli import main
 from strongroom.format import data_prefix, pending_key, retention_key, to_epoch_ms
@@ -369,3 +370,14 @@ def test_cli_cleanup_reports_skipped_links_in_json_and_exits_1(
     assert main(["cleanup", "--json"]) == 1
     errors = json.loads(capsys.readouterr().out)["errors"]
     assert len(errors) == 1 and "'retention/nightly' is a symbolic link" in errors[0]
+
+
+def test_a_confined_store_must_lie_under_the_directory_it_is_confined_to(tmp_path: Path) -> None:
+    spec = StoreSpec("x", (tmp_path / "a" / "store").as_uri(), {"confine_to": str(tmp_path / "b")})
+    with pytest.raises(ConfigError, match="is not under its confine_to directory"):
+        open_local_store(spec)
+    confined = StoreSpec("x", (tmp_path / "a" / "store").as_uri(), {"confine_to": str(tmp_path)})
+    store = open_local_store(confined)
+    store.initialize()
+    store.put("manifests/nightly", b"ok")
+    assert (tmp_path / "a" / "store" / "manifests" / "nightly").read_bytes() == b"ok"

@@ -426,7 +426,8 @@ async def test_store_register_get_update_validate_unregister(
     registered = await api.post(f"{DR}/stores/register", storeName="offsite", settings=settings)
     assert registered.json() == {"status": "success"}
     config = tomllib.loads((home / "config.toml").read_text())
-    assert config["stores"] == {"offsite": {"url": offsite.as_uri()}}
+    confined = {"confine_to": str(home)}  # the allowed directory it is walked down from
+    assert config["stores"] == {"offsite": {"url": offsite.as_uri(), "options": confined}}
     assert (await api.get(f"{DR}/stores/offsite")).json() == {
         "name": "offsite",
         "default": False,
@@ -478,6 +479,7 @@ async def test_store_register_get_update_validate_unregister(
         ('{"url": "file:///x", "type": "s3"}', 400, "does not match the url's scheme"),
         ('{"url": "file:///x", "options": {"a": [1]}}', 400, "settings.options must be"),
         ('{"url": "HOME/x", "options": {"object_lock": "governance"}}', 400, "cannot lock"),
+        ('{"url": "HOME/x", "options": {"confine_to": "/"}}', 403, "cannot be set over the API"),
         ('{"url": "gopher://host/x"}', 400, "no installed backend handles 'gopher'"),
         ('{"url": "s3://bucket/prefix"}', 400, "Install strongroom-s3"),
         ('{"url": "memory://ram/x"}', 400, "memory:// keeps objects in this process's memory"),
@@ -996,6 +998,27 @@ async def test_a_link_below_an_allowed_directory_is_not_followed(
     _error(response, 403, "through a link")
     assert list(outside.iterdir()) == []
     _error(await api.post(f"{DR}/stores/x/validate"), 404, "No store is named")
+
+
+async def test_a_link_put_in_place_of_a_registered_store_later_is_not_followed(
+    api: Api, home: Path, tmp_path: Path
+) -> None:
+    """Attack: whoever can write to the allowed directory swaps a registered store's
+    directory for a link after the registration's check; the store is walked down from
+    the allowed directory on every open, so nothing is written through the link."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = home / "teams" / "late"
+    settings = json.dumps({"url": store.as_uri()})
+    registered = await api.post(f"{DR}/stores/register", storeName="late", settings=settings)
+    assert registered.status_code == 200, registered.text
+    assert store.is_dir()
+    store.rmdir()
+    store.symlink_to(outside)
+    created = await api.post(f"{DR}/stores/late/backups/create", name="b", passcode=SECRET)
+    _error(created, 503, "reached through a link")
+    assert list(outside.iterdir()) == []
+    _error(await api.get(f"{DR}/stores/late/backups"), 503, "reached through a link")
 
 
 async def test_a_third_party_backend_is_fenced_by_what_it_declares(

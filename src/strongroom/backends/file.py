@@ -36,10 +36,13 @@ from .root import MissingRootError, NotFollowedError, Root, kind_of
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-__all__ = ["LocalStore", "open_local_store"]
+__all__ = ["CONFINE_OPTION", "LocalStore", "open_local_store"]
 
 logger = logging.getLogger("strongroom")
 
+#: The option the admin API sets on a file store a caller registers: the allowed directory
+#: it lies under, from which its path is walked without following links (web/fence.py).
+CONFINE_OPTION = "confine_to"
 #: Tries at creating a file whose directory a concurrent delete may prune meanwhile.
 ATTEMPTS = 10
 
@@ -51,9 +54,14 @@ class LocalStore(Store):
     capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, persistent=True)
     concurrency = 2
 
-    def __init__(self, name: str, url: str, directory: Path) -> None:
+    def __init__(
+        self, name: str, url: str, directory: Path, confine_to: Path | None = None
+    ) -> None:
+        """`confine_to`: a directory above `directory` from which the store's own path is
+        walked without following links (`CONFINE_OPTION`)."""
         super().__init__(name, url, None, str(directory))
-        self._root = Root(directory)
+        below = () if confine_to is None else directory.relative_to(confine_to).parts
+        self._root = Root(directory if confine_to is None else confine_to, below)
         self._unsynced: dict[str, int] = {}  # key → the descriptor put_unsynced wrote it with
         self._unsynced_lock = threading.Lock()
 
@@ -265,12 +273,20 @@ def open_local_store(spec: StoreSpec) -> LocalStore:
             f"Store {spec.name!r}: {spec.url!r} is not a local directory URL; "
             "write it as file:///absolute/path."
         )
-    if spec.options:
+    directory = Path(unquote(parts.path))
+    if set(spec.options) - {CONFINE_OPTION}:
         raise ConfigError(
-            f"Store {spec.name!r}: the filesystem backend takes no options "
-            f"(got {', '.join(sorted(spec.options))})."
+            f"Store {spec.name!r}: the filesystem backend takes no options but "
+            f"{CONFINE_OPTION} (got {', '.join(sorted(spec.options))})."
         )
-    return LocalStore(spec.name, spec.url, Path(unquote(parts.path)))
+    confine_to = spec.options.get(CONFINE_OPTION)
+    if confine_to is not None and not directory.is_relative_to(str(confine_to)):
+        raise ConfigError(
+            f"Store {spec.name!r}: {spec.url!r} is not under its {CONFINE_OPTION} "
+            f"directory {confine_to!r}."
+        )
+    confined = None if confine_to is None else Path(str(confine_to))
+    return LocalStore(spec.name, spec.url, directory, confined)
 
 
 @hookimpl

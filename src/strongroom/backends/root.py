@@ -41,33 +41,50 @@ class MissingRootError(OSError):
     on the way to an object (only `Root.make` makes it)."""
 
     def __init__(self, path: Path, cause: OSError) -> None:
-        super().__init__(
-            cause.errno,
-            f"its directory {str(path)!r} is missing or not a directory: is its disk "
-            f"mounted? If the store is new, make it (mkdir -p {shlex.quote(str(path))})",
+        reason = (
+            "is reached through a link, which strongroom does not follow below the directory "
+            "the store is confined to"
+            if isinstance(cause, NotFollowedError)
+            else "is missing or not a directory: is its disk mounted? If the store is new, "
+            f"make it (mkdir -p {shlex.quote(str(path))})"
         )
+        super().__init__(cause.errno, f"its directory {str(path)!r} {reason}")
 
 
 class Root:
-    """Opens directories and files below `path` without ever following a link there."""
+    """Opens directories and files below `path` without ever following a link there.
 
-    def __init__(self, path: Path) -> None:
+    With `below`, the root is those names under `path`, walked as a key is: a store an
+    admin API caller registered under a directory the operator allowed is opened from that
+    directory, so a link put in its place later cannot carry the store elsewhere.
+    """
+
+    def __init__(self, path: Path, below: tuple[str, ...] = ()) -> None:
         self.path = path
+        self._below = below
+
+    @property
+    def root(self) -> Path:
+        return self.path.joinpath(*self._below)
 
     def make(self) -> None:
         """Make the root directory and its missing parents, fsyncing each parent."""
-        os.close(_make_path(self.path))
+        fd = _make_path(self.path)
+        try:
+            for depth, name in enumerate(self._below):
+                below = _open_below(fd, name, "/".join(self._below[: depth + 1]), True)
+                os.close(fd)
+                fd = below
+        finally:
+            os.close(fd)
 
     @contextmanager
     def directory(self, path: str, *, create: bool = False) -> Iterator[int]:
         """A descriptor of the directory `path` ('' for the root), walked one name at a time;
         with `create`, missing directories below the root are made and their parents
-        fsynced. A missing root is MissingRootError."""
+        fsynced. A root that is missing, or reached through a link, is MissingRootError."""
         parts = _parts(path)
-        try:
-            fd = os.open(self.path, _DIRECTORY)  # following links: the path is the operator's
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise MissingRootError(self.path, exc) from None
+        fd = self._open_root()
         try:
             for depth, name in enumerate(parts):
                 below = _open_below(fd, name, "/".join(parts[: depth + 1]), create)
@@ -100,6 +117,24 @@ class Root:
         if not stat.S_ISREG(status.st_mode):
             os.close(fd)
             raise NotFollowedError(path, status)
+        return fd
+
+    def _open_root(self) -> int:
+        try:
+            fd = os.open(self.path, _DIRECTORY)  # following links: the path is the operator's
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise MissingRootError(self.root, exc) from None
+        try:
+            for depth, name in enumerate(self._below):
+                below = _open_below(fd, name, "/".join(self._below[: depth + 1]), False)
+                os.close(fd)
+                fd = below
+        except (FileNotFoundError, NotADirectoryError, NotFollowedError) as exc:
+            os.close(fd)
+            raise MissingRootError(self.root, exc) from None
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def walk(self, path: str) -> Iterator[tuple[str, os.stat_result]]:

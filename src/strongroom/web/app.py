@@ -256,7 +256,7 @@ class _AdminApi:
             )
 
     async def _register(self, call: _Call, spec: StoreSpec) -> Reply:
-        await _run(self._fence.check_new, spec, self._engine.registry)
+        spec = await _run(self._fence.check_new, spec, self._engine.registry)
         work = partial(stores.register, self._engine, spec, default=call.flag("isDefault"))
         if call.flag("async"):
             job = await _run(

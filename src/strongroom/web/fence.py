@@ -7,17 +7,19 @@ A store's URL, and every option its backend declares an endpoint, must lie under
 them; a caller may otherwise set only the options its backend declares harmless
 (`BackendOptions.settings`), never a secret or an `{"env": ...}` reference, which would
 make the server send its own environment wherever the request says. A `file://` location
-is walked from the allowed directory one name at a time, so a link below it cannot carry
-the store elsewhere. Stores the operator configured are not judged.
+is walked from the allowed directory one name at a time, when it is registered and on every
+open after (`confine_to`), so a link below it cannot carry the store elsewhere, not even
+one put there later. Stores the operator configured are not judged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ..backends.file import CONFINE_OPTION
 from ..backends.root import MissingRootError, NotFollowedError, Root
 from ..config import StoreSpec
 from ..errors import ConfigError
@@ -79,14 +81,20 @@ class StoreFence:
     def __init__(self, allow_stores: Sequence[str]) -> None:
         self._allowed = [Location.parse(url) for url in allow_stores]
 
-    def check_new(self, spec: StoreSpec, registry: BackendRegistry) -> None:
-        """A store a caller registers: its location, then each of its options."""
+    def check_new(self, spec: StoreSpec, registry: BackendRegistry) -> StoreSpec:
+        """A store a caller registers: its location, then each of its options. Returns the
+        spec to register: a file store's is confined to the allowed directory it lies in
+        (`CONFINE_OPTION`), so every later open walks down from there as this check did."""
         location = self._place(spec.url, "The store's url")
         declared = registry.options_of(spec.url) or BackendOptions()
         for name, value in spec.options.items():
             self._check_option(name, value, declared)
-        if location.scheme == "file":
-            _refuse_links(location, self._prefix_of(location))
+        if location.scheme != "file":
+            return spec
+        prefix = self._prefix_of(location)
+        _refuse_links(location, prefix)
+        allowed = str(Path("/", *prefix.names))
+        return replace(spec, options={**spec.options, CONFINE_OPTION: allowed})
 
     def check_existing(self, spec: StoreSpec) -> None:
         """A configured store a caller changes or unregisters: its location only."""
