@@ -24,7 +24,7 @@ from strongroom import ConfigError, Engine, IntegrityError, KdfParams, Strongroo
 from strongroom.crypto import StreamCipher, new_salt
 from strongroom.format import CHUNK_OVERHEAD, MAX_CHUNK_COUNT, KeySlot, Manifest, utc_now
 from strongroom.keys import open_backup
-from strongroom.pipeline import TAG_ZSTD, ChunkWriter
+from strongroom.pipeline import PREFETCH_AHEAD, TAG_ZSTD, ChunkWriter
 from strongroom.restoretarget import _umask
 from tests import test_tamper
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, local_store, snapshot
@@ -92,6 +92,20 @@ def test_a_trillion_chunks_is_refused_by_every_operation(lab: Lab) -> None:
     assert [error for error in report.errors if "chunks" in error and VICTIM in error]
     assert report.entries == []
     lab.assert_refused()
+
+
+def test_a_claim_of_many_chunks_is_hinted_no_further_than_the_reader_looks_ahead(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first chunks are hinted before the manifest is authenticated: a manifest that
+    claims a million chunks gets PREFETCH_AHEAD hints of the victim's own chunk names."""
+    _claim_chunks(lab, 10**6)
+    hinted: list[str] = []
+    monkeypatch.setattr(lab.engine.store(), "prefetch", hinted.extend)
+    lab.assert_refused()
+    prefix = f"data/{VICTIM}/{lab.backup_id()}/"
+    assert 0 < len(hinted) <= 2 * PREFETCH_AHEAD  # verify's and restore's
+    assert all(key.startswith(prefix) for key in hinted)
 
 
 def test_what_the_writer_makes_is_within_bounds(tmp_path: Path) -> None:

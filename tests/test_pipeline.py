@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import Engine, StoreError
+from strongroom import Engine, StoreError, keys
 from strongroom.backends.file import LocalStore
 from strongroom.crypto import StreamCipher
-from strongroom.pipeline import SAMPLE_SIZE, SYNC_BATCH, ChunkWriter, _looks_compressible
+from strongroom.pipeline import (
+    PREFETCH_AHEAD,
+    SAMPLE_SIZE,
+    SYNC_BATCH,
+    ChunkWriter,
+    _looks_compressible,
+)
 from tests.conftest import PASSCODE, local_store
 
 
@@ -175,3 +181,24 @@ def test_a_reader_tells_the_store_every_chunk_before_reading_it(
     engine.verify("ahead", passcode=PASSCODE)
     assert len(hinted) > 5
     assert unhinted == []
+
+
+def test_the_first_chunks_are_hinted_before_the_key_is_derived(
+    engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk reads the first chunks while Argon2id runs, not after it."""
+    info = engine.create("early", [tree], passcode=PASSCODE)
+    store = engine.store()
+    events: list[object] = []
+    derive = keys.derive_kek
+
+    def recording_derive(*args: object) -> bytes:
+        events.append("derive")
+        return derive(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "prefetch", lambda hinted: events.append(list(hinted)))
+    monkeypatch.setattr(keys, "derive_kek", recording_derive)
+    engine.verify("early", passcode=PASSCODE)
+    first = min(PREFETCH_AHEAD, info.chunk_count)
+    expected = [f"data/early/{info.backup_id}/{index:010d}" for index in range(first)]
+    assert events[:2] == [expected, "derive"]

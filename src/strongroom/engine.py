@@ -71,7 +71,14 @@ from .format import (
 )
 from .jobs import JOBS_FILE
 from .keys import WriteKey, open_backup
-from .pipeline import DEFAULT_CHUNK_SIZE, ChunkReader, ChunkWriter, Progress
+from .pipeline import (
+    DEFAULT_CHUNK_SIZE,
+    ChunkKey,
+    ChunkReader,
+    ChunkWriter,
+    Progress,
+    announce_first_chunks,
+)
 from .plugins import BackendRegistry, build_registry, get_plugin_manager
 from .restoretarget import Landing, check_restore_target
 from .retention import CleanupReport, check_retention_date, parse_moment, retention_ms
@@ -608,6 +615,7 @@ class Engine(EngineJobs):
         pins its `backup_id` (shown by `info`), and anything else is an IntegrityError.
         """
         source, manifest = self._open(name, store)
+        announce_first_chunks(source, _chunk_key_of(manifest), manifest.chunk_count)
         keys = open_backup(manifest, passcode)
         if backup_id is not None and backup_id != manifest.backup_id:
             raise IntegrityError(
@@ -622,7 +630,7 @@ class Engine(EngineJobs):
     ) -> ChunkReader:
         return ChunkReader(
             source,
-            lambda index: chunk_key(manifest.name, manifest.backup_id, index),
+            _chunk_key_of(manifest),
             cipher,
             chunk_count=manifest.chunk_count,
             chunk_size=manifest.chunk_size,
@@ -755,6 +763,10 @@ def _counter(progress: Progress | None, total: int | None) -> Callable[[int], No
         progress(done if total is None else min(done, total), total)
 
     return advance
+
+
+def _chunk_key_of(manifest: Manifest) -> ChunkKey:
+    return lambda index: chunk_key(manifest.name, manifest.backup_id, index)
 
 
 def _check_write_key(write_key: object) -> WriteKey:
