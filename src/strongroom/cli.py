@@ -36,6 +36,7 @@ from .format import from_epoch_ms, utc_now
 from .jobs import JobStatus
 from .jobstore import check_location, has_password
 from .keys import WriteKey
+from .libc import c_function
 from .pipeline import ZSTD_LEVEL, Progress
 from .retention import parse_moment, retention_from
 from .scheduler import run_now, runs
@@ -120,9 +121,7 @@ def reuse_freed_memory() -> None:
     is unchanged, since the pipeline bounds what is alive at once. Only the command does
     this: a product that embeds strongroom keeps its own allocator settings.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    mallopt = c_function("mallopt", ctypes.c_int, ctypes.c_int)
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)

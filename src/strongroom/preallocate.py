@@ -14,8 +14,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import sys
 from collections.abc import Callable
+
+from .libc import c_function
 
 __all__ = ["Preallocate", "preallocator_for"]
 
@@ -32,11 +33,9 @@ STATFS_BUFFER = 512  # struct statfs is 120 bytes on 64-bit Linux; f_type comes 
 def preallocator_for(directory: int) -> Preallocate | None:
     """A preallocate function for files under the open `directory`, or None where it
     does not pay."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    statfs = getattr(libc, "fstatfs", None)
-    fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    statfs = c_function("fstatfs", ctypes.c_int, ctypes.c_char_p)
+    sizes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fallocate = c_function("fallocate64", *sizes) or c_function("fallocate", *sizes)
     if statfs is None or fallocate is None:
         return None
     info = ctypes.create_string_buffer(STATFS_BUFFER)
@@ -44,8 +43,6 @@ def preallocator_for(directory: int) -> Preallocate | None:
         return None
     if ctypes.c_long.from_buffer(info).value != EXT4_SUPER_MAGIC:
         return None
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fallocate.restype = ctypes.c_int
 
     def preallocate(fd: int, offset: int, length: int) -> None:
         if fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) != 0:

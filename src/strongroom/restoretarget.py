@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import ConfigError
+from .libc import c_function
 
 __all__ = ["Landing", "check_restore_target"]
 
@@ -32,7 +33,9 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: renameat2's flag: fail with EEXIST rather than replace what has the new name.
 RENAME_NOREPLACE = 1
 #: renameat2(2), from glibc 2.28; None where the C library has none.
-_RENAMEAT2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+_RENAMEAT2 = c_function(
+    "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+)
 
 
 def check_restore_target(target: Path) -> Path:

@@ -16,26 +16,17 @@ that wrote the file. Where the call is missing (not Linux) or fails, nothing hap
 from __future__ import annotations
 
 import ctypes
-import sys
-from collections.abc import Callable
+
+from .libc import c_function
 
 __all__ = ["start_writeback"]
 
 SYNC_FILE_RANGE_WRITE = 2
 
 
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    call = getattr(ctypes.CDLL(None), "sync_file_range", None)
-    if call is None:
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return call  # type: ignore[no-any-return]
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE = c_function(
+    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+)
 
 
 def start_writeback(fd: int) -> None:
