@@ -331,6 +331,29 @@ def test_short_passcode_is_refused(cli: Cli, small: Path, monkeypatch: pytest.Mo
     assert cli("list", "--json").json() == {"backups": []}
 
 
+def test_an_empty_store_lists_as_a_sentence(cli: Cli) -> None:
+    listing = cli("list")
+    assert listing.code == 0
+    assert listing.out == "No backups in store backupsDefault.\n"
+    assert cli("list", "--json").json() == {"backups": []}
+
+
+def test_an_empty_passcode_says_where_it_came_from(
+    cli: Cli, small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty variable or file is a mistake in the setup, not a passcode that is short."""
+    monkeypatch.setenv("STRONGROOM_PASSCODE", "")
+    from_env = cli("create", "--name", "tiny", small)
+    assert from_env.code == 7
+    assert "STRONGROOM_PASSCODE is set but empty" in from_env.error_line
+    empty = tmp_path / "empty-passcode"
+    empty.write_text("\nsecond line\n", encoding="utf-8")
+    from_file = cli("create", "--name", "tiny", "--passcode-file", empty, small)
+    assert from_file.code == 7
+    assert "empty first line" in from_file.error_line
+    assert cli("list", "--json").json() == {"backups": []}
+
+
 # -- exit codes -----------------------------------------------------------------------------
 
 

@@ -92,16 +92,19 @@ class Cleanup:
                 continue
             report.errors.extend(listing.skipped)
             expired, problems = self._confirm_expired(source, listing, moment)
-            report.errors.extend(problems)
             report.kept += len(listing.names) - len(expired)
             report.entries.extend(_expire(source, expired, listing.index, dry_run))
+            unjudged: list[str] = []
             try:
                 swept, unjudged = self._sweep(source, listing, dry_run)
                 report.entries.extend(swept)
-                report.errors.extend(unjudged)
                 report.entries.extend(self._sweep_claims(source, dry_run))
             except StrongroomError as exc:
                 report.errors.append(str(exc))
+            report.errors.extend(p for p in problems if p not in unjudged)  # each said once
+            report.errors.extend(
+                f"{p} Its leftovers are kept until it can be read." for p in unjudged
+            )
         return report
 
     def _confirm_expired(
@@ -118,7 +121,7 @@ class Cleanup:
         self, source: Store, listing: _Listing, dry_run: bool
     ) -> tuple[list[CleanupEntry], list[str]]:
         """Remove what interrupted creates and deletes left behind, once past the grace
-        period; and why the leftovers of some names were not judged.
+        period; and why the leftovers of some names were not judged (unreadable manifests).
 
         A create cut off leaves its pending marker; a delete cut off leaves index entries
         without a manifest. Ages come from the store's own timestamps (against a fresh
@@ -165,11 +168,7 @@ class Cleanup:
                 [m.key for m in leftovers if (m.name, m.backup_id) in swept]
                 + [m.key for m in stale]
             )
-        unjudged = [
-            f"{problem} Its leftovers are kept until its manifest can be read."
-            for problem in unreadable.values()
-        ]
-        return entries, unjudged
+        return entries, list(unreadable.values())
 
     def _sweep_claims(self, source: Store, dry_run: bool) -> list[CleanupEntry]:
         """Remove the schedules' slot claims (scheduler.py) once past the grace period,

@@ -409,9 +409,12 @@ def run_write_key_new(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    backups = Engine().list(args.store)
+    engine = Engine()
+    backups = engine.list(args.store)
     if args.json:
         _print_json({"backups": [info.to_dict() for info in backups]})
+    elif not backups:
+        print(f"No backups in store {_printable(engine.store(args.store).name)}.")
     else:
         rows = [
             (
@@ -781,8 +784,18 @@ def read_passcode(passcode_file: str | None, *, confirm: bool = False) -> Passco
             raise PasscodeError(
                 f"The passcode file {passcode_file!r} is not UTF-8 text; save it as UTF-8."
             ) from None
-        return Passcode(lines[0] if lines else "")
+        if not lines or not lines[0]:
+            raise PasscodeError(
+                f"The passcode file {passcode_file!r} has an empty first line; "
+                "put the passcode on it."
+            )
+        return Passcode(lines[0])
     if PASSCODE_ENV in os.environ:
+        if not os.environ[PASSCODE_ENV]:
+            raise PasscodeError(
+                f"{PASSCODE_ENV} is set but empty: set it to the passcode, or unset it to be "
+                "asked for one."
+            )
         return Passcode(os.environ[PASSCODE_ENV])
     if not sys.stdin.isatty():
         raise PasscodeError(
