@@ -293,6 +293,15 @@ class Store:
         check_limit(key, data, limit)
         return data
 
+    def holds(self, key: str, body: bytes) -> bool:
+        """Whether the object under `key` has exactly `body`, reading at most one byte more
+        of it: a put-if-absent that met an object asks, since a retried put whose answer was
+        lost meets its own first try, and a racing or planted object may be of any size."""
+        try:
+            return self.get(key, limit=len(body)) == body
+        except (FileNotFoundError, IntegrityError):
+            return False
+
     def prefetch(self, keys: Sequence[str]) -> None:
         """A hint: these objects will be read soon. A store that can start reading them
         without holding them in memory does (the file store: into the page cache); by

@@ -221,6 +221,8 @@ class FaultProxy(ThreadingHTTPServer):
         self.drop_answer_to: str | None = None
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
+        #: Body bytes the proxy answered to GET requests, by path (query left off).
+        self.read_bytes: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def fault_for(self, method: str, path: str) -> str:
@@ -240,6 +242,11 @@ class FaultProxy(ThreadingHTTPServer):
                 self.counts["dropped"] += 1
                 return "drop"
             return "relay"
+
+    def note_answer(self, method: str, path: str, size: int) -> None:
+        if method == "GET":
+            with self._lock:
+                self.read_bytes[path.partition("?")[0]] += size
 
 
 class _RelayHandler(BaseHTTPRequestHandler):
@@ -272,6 +279,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
         if fault == "drop":
             self.close_connection = True  # the blob is written; its answer never arrives
             return
+        self.server.note_answer(self.command, self.path, len(data))
         kept = {k: v for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP}
         if self.command == "HEAD":
             kept["Content-Length"] = response.getheader("Content-Length") or "0"

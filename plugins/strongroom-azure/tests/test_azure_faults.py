@@ -100,6 +100,19 @@ def test_a_create_whose_answer_was_lost_is_retried_into_success(
     assert restores_intact(engine, store, source, tmp_path / "restored")
 
 
+def test_a_large_blob_met_by_a_create_is_read_no_further_than_the_create_is_long(
+    make_store: Callable[..., AzureStore], fault_proxy: FaultProxy
+) -> None:
+    """Attack: a blob of any size planted (or racing in) under a key a create will use;
+    telling a retry's own blob from it must not read it whole."""
+    store = make_store(account_url=fault_proxy.endpoint, **NO_WAIT)
+    store.put("manifests/planted", os.urandom(1024 * 1024))  # aiohttp warns above 1 MiB
+    with pytest.raises(FileExistsError):
+        store.put("manifests/planted", b"ours")
+    read = {path: size for path, size in fault_proxy.read_bytes.items() if "planted" in path}
+    assert read and all(size <= len(b"ours") + 1 for size in read.values()), read
+
+
 def test_a_server_killed_mid_backup_commits_nothing_and_a_retry_succeeds(
     azurite_server: AzuriteServer,
     make_engine: Callable[..., Engine],

@@ -172,6 +172,22 @@ def test_a_create_whose_answer_was_lost_is_not_taken_for_a_conflict(
     assert store.get("manifests/lost") == b"ours"
 
 
+def test_a_large_object_met_by_a_create_is_read_no_further_than_the_create_is_long(
+    bucket: str, open_s3: OpenS3, fault_proxy: Callable[[str], Any], s3_endpoint: str
+) -> None:
+    """Attack: an object of any size planted (or racing in) under a key a create will
+    use; telling a retry's own object from it must not read it whole."""
+    proxy = fault_proxy(s3_endpoint)
+    store = open_s3(bucket, endpoint=proxy.url)
+    store.put("manifests/planted", os.urandom(3 * 1024 * 1024))
+    with pytest.raises(FileExistsError):
+        store.put("manifests/planted", b"ours")
+    reads = [headers for method, _, headers in proxy.requests if method == "GET"]
+    assert reads, "the conflict is told apart by reading the object"
+    ranges = [{k.lower(): v for k, v in headers.items()}.get("range") for headers in reads]
+    assert ranges == ["bytes=0-4"] * len(reads)  # len(b"ours") + 1 bytes at most
+
+
 def test_listing_and_deleting_go_page_by_page(
     bucket: str, open_s3: OpenS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:

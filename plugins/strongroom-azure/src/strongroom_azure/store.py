@@ -76,7 +76,7 @@ class AzureStore(Store):
             try:
                 self.fs.pipe_file(path, payload, overwrite=overwrite)
             except FileExistsError:
-                if not self._holds(path, payload):
+                if not self.holds(key, payload):
                     raise
 
     def list(self, prefix: str) -> builtins.list[ObjectInfo]:
@@ -116,12 +116,6 @@ class AzureStore(Store):
         client: BlobServiceClient = self.fs.service_client
         async with client.get_container_client(self.container) as container:
             return [blob async for blob in container.list_blobs(name_starts_with=name_prefix)]
-
-    def _holds(self, path: str, payload: bytes) -> bool:
-        try:
-            return bool(self.fs.cat_file(path) == payload)
-        except FileNotFoundError:
-            return False
 
     def _explain(self, exc: HttpResponseError) -> str:
         code = getattr(exc, "error_code", None)

@@ -139,7 +139,7 @@ class S3Store(Store):
             except OSError as exc:
                 if overwrite or not _is_precondition_failure(exc):
                     raise
-        if not self._holds(key, body):  # S3 refused the create: the key exists
+        if not self.holds(key, body):  # S3 refused the create: the key exists
             raise FileExistsError(key)
 
     def extend_retention(self, keys: builtins.list[str], until: datetime) -> None:
@@ -162,17 +162,6 @@ class S3Store(Store):
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             builtins.list(pool.map(extend, keys))
-
-    def _holds(self, key: str, body: bytes) -> bool:
-        """Whether the object has exactly these bytes.
-
-        botocore retries a PUT whose response was lost, and that retry then finds our own
-        object; a racing writer's bytes always differ (every backup has a fresh id).
-        """
-        try:
-            return self.get(key) == body
-        except FileNotFoundError:
-            return False
 
     def exists(self, key: str) -> bool:
         with self.translate_errors(key):
