@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from strongroom import Engine
+from strongroom import ConfigError, Engine, StoresConfig, StoreSpec
 from strongroom.cli import main
 from strongroom.web.auth import hash_token
 from strongroom.web.serve import _listen
@@ -352,6 +352,28 @@ def test_an_empty_passcode_says_where_it_came_from(
     assert from_file.code == 7
     assert "empty first line" in from_file.error_line
     assert cli("list", "--json").json() == {"backups": []}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sftp://backup:hunter2@nas/srv", "ftp://u:hunter2@host:99999/x", "smb://u:hunter2@[::1/s"],
+)
+def test_a_password_in_a_store_url_is_refused_and_never_shown(
+    home: Path, cli: Cli, url: str
+) -> None:
+    """Attack on confidentiality: a password in the URL would sit in config.toml, and show
+    in every repr, error, job message and store listing that shows the URL."""
+    with pytest.raises(ConfigError, match="password=env:VARIABLE") as refused:
+        StoreSpec("nas", url)
+    assert "hunter2" not in str(refused.value)
+    added = cli("stores", "add", "nas", url)
+    assert added.code == ConfigError.exit_code and "hunter2" not in added.out + added.err
+    assert "nas" not in StoresConfig.load().stores
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(f'[stores.nas]\nurl = "{url}"\n', encoding="utf-8")
+    listed = cli("stores", "list")
+    assert listed.code == ConfigError.exit_code and "hunter2" not in listed.out + listed.err
+    assert StoreSpec("nas", "sftp://backup@nas/srv").url == "sftp://backup@nas/srv"  # a user
 
 
 # -- exit codes -----------------------------------------------------------------------------

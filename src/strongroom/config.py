@@ -98,6 +98,12 @@ class StoreSpec:
                 f"Store {self.name!r}: {self.url!r} is not a URL; write it with a scheme, "
                 "for example file:///srv/backups or s3://bucket/prefix."
             )
+        if _has_password(self.url):  # so no spec, repr, error or config file can hold one
+            raise ConfigError(
+                f"Store {self.name!r}: the URL carries a password. Leave it out of the URL and "
+                "give it as an option read from the environment: --option "
+                'password=env:VARIABLE (in config.toml: password = { env = "VARIABLE" }).'
+            )
 
     def __repr__(self) -> str:
         return f"StoreSpec(name={self.name!r}, url={self.url!r}, options={sorted(self.options)})"
@@ -333,6 +339,13 @@ def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
             os.link(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # a malformed host: whatever precedes an "@" may be a password
+        return "@" in url.partition("://")[2].split("/", 1)[0]
 
 
 def embedded_store(home: Path | None = None) -> StoreSpec:
