@@ -221,6 +221,8 @@ class FaultProxy(ThreadingHTTPServer):
         self.drop_answer_to: str | None = None
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
+        #: Rewrites an answer's body: (method, path, body) -> body, as a hostile server would.
+        self.rewrite: Callable[[str, str, bytes], bytes] = lambda method, path, body: body
         #: Body bytes the proxy answered to GET requests, by path (query left off).
         self.read_bytes: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -280,6 +282,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the blob is written; its answer never arrives
             return
         self.server.note_answer(self.command, self.path, len(data))
+        data = self.server.rewrite(self.command, self.path, data)
         kept = {k: v for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP}
         if self.command == "HEAD":
             kept["Content-Length"] = response.getheader("Content-Length") or "0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +112,20 @@ def test_a_large_blob_met_by_a_create_is_read_no_further_than_the_create_is_long
         store.put("manifests/planted", b"ours")
     read = {path: size for path, size in fault_proxy.read_bytes.items() if "planted" in path}
     assert read and all(size <= len(b"ours") + 1 for size in read.values()), read
+
+
+def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
+    make_store: Callable[..., AzureStore], fault_proxy: FaultProxy
+) -> None:
+    """Attack on availability: a server (or a man in the middle of http://) that answers
+    every page with the same next marker kept list, cleanup and restore paging forever."""
+    store = make_store(account_url=fault_proxy.endpoint, **NO_WAIT)
+    store.put("data/n/id/0000000000", b"x")
+    fault_proxy.rewrite = lambda method, path, body: re.sub(
+        rb"<NextMarker\s*/>|<NextMarker>.*?</NextMarker>", b"<NextMarker>again</NextMarker>", body
+    )
+    with pytest.raises(StoreUnavailableError, match="does not end"):
+        store.list("data/")
 
 
 def test_a_server_killed_mid_backup_commits_nothing_and_a_retry_succeeds(

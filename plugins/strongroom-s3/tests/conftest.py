@@ -108,6 +108,8 @@ class FaultProxy:
         #: (action, method, path) of every fault injected
         self.faults: list[tuple[str, str, str]] = []
         self.rule: FaultRule = lambda method, path, attempt: None
+        #: Rewrites an answer's body: (method, path, body) -> body, as a hostile server would.
+        self.rewrite: Callable[[str, str, bytes], bytes] = lambda method, path, body: body
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -165,7 +167,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if action == "drop":
                 self.close_connection = True
                 return
-            self.answer(status, reason, headers, payload)
+            self.answer(status, reason, headers, proxy.rewrite(self.command, self.path, payload))
 
         def answer(
             self, status: int, reason: str, headers: list[tuple[str, str]], payload: bytes

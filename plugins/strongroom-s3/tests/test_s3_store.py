@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -200,6 +201,66 @@ def test_listing_and_deleting_go_page_by_page(
     assert [obj.key for obj in store.list("data/n")] == keys
     store.delete([*keys[:4], "data/n/id/never-was"])
     assert [obj.key for obj in store.list("data/")] == keys[4:]
+
+
+def _listing_through(
+    proxy: Any, open_s3: OpenS3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> S3Store:
+    """A store of five objects listed two to a page, through `proxy`."""
+    monkeypatch.setattr(strongroom_s3.store, "LIST_PAGE", 2)
+    store = open_s3(bucket, endpoint=proxy.url)
+    for index in range(5):
+        store.put(f"data/n/id/{index:010d}", b"x")
+    return store
+
+
+def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
+    bucket: str,
+    open_s3: OpenS3,
+    fault_proxy: Callable[[str], Any],
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack on availability: a server (or a man in the middle of http://) answering every
+    page with the first page's continuation marker kept list, cleanup and restore paging
+    forever while memory grew."""
+    proxy = fault_proxy(s3_endpoint)
+    store = _listing_through(proxy, open_s3, bucket, monkeypatch)
+    first: list[bytes] = []
+
+    def repeat_first_marker(method: str, path: str, body: bytes) -> bytes:
+        found = re.search(rb"<NextContinuationToken>.*?</NextContinuationToken>", body)
+        if method != "GET" or not found:
+            return body
+        first[:] = first or [found.group()]
+        return body.replace(found.group(), first[0])
+
+    proxy.rewrite = repeat_first_marker
+    with pytest.raises(StoreUnavailableError, match="does not end"):
+        store.list("data/")
+    proxy.rewrite = lambda method, path, body: re.sub(
+        rb"<NextContinuationToken>.*?</NextContinuationToken>", b"", body
+    )
+    with pytest.raises(StoreUnavailableError, match="does not end"):  # not a KeyError
+        store.list("data/")
+
+
+def test_listed_keys_outside_the_store_are_left_out(
+    bucket: str,
+    open_s3: OpenS3,
+    fault_proxy: Callable[[str], Any],
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key the server lists outside the asked prefix is not the store's: never cut into a
+    store key (`other/...` became `er/...`), nor deleted with a prefix."""
+    proxy = fault_proxy(s3_endpoint)
+    store = _listing_through(proxy, open_s3, bucket, monkeypatch)
+    proxy.rewrite = lambda method, path, body: body.replace(
+        b"<Key>strongroom/data/n/id/0000000001</Key>", b"<Key>elsewhere/data/n/id/1</Key>"
+    )
+    listed = [obj.key for obj in store.list("data/")]
+    assert listed == [f"data/n/id/{index:010d}" for index in (0, 2, 3, 4)]
 
 
 def test_validate_reports_object_lock_only_when_the_bucket_has_it(

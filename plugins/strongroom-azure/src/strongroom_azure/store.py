@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from adlfs import AzureBlobFileSystem  # type: ignore[import-untyped]
+from azure.core.async_paging import AsyncPageIterator
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 from azure.storage.blob import BlobProperties
 from azure.storage.blob.aio import BlobServiceClient
@@ -26,6 +27,7 @@ from strongroom import (
     ObjectInfo,
     Store,
     StoreCapabilities,
+    StoreError,
     StoreSpec,
     StoreUnavailableError,
 )
@@ -98,6 +100,8 @@ class AzureStore(Store):
         """Turn the SDK's errors, which are not OSErrors, into StoreUnavailableError."""
         try:
             yield
+        except StoreError:
+            raise
         except (FileNotFoundError, FileExistsError) as exc:
             # adlfs reports a missing container as a missing blob.
             if getattr(exc.__cause__, "error_code", None) == "ContainerNotFound":
@@ -113,9 +117,26 @@ class AzureStore(Store):
             ) from exc
 
     async def _list_blobs(self, name_prefix: str) -> builtins.list[BlobProperties]:
+        """Every blob under the prefix, page by page. A page whose next marker was given
+        before would list forever: the store is unavailable (as the S3 store's listing)."""
         client: BlobServiceClient = self.fs.service_client
+        blobs: builtins.list[BlobProperties] = []
+        markers: set[str] = set()
         async with client.get_container_client(self.container) as container:
-            return [blob async for blob in container.list_blobs(name_starts_with=name_prefix)]
+            listing = container.list_blobs(name_starts_with=name_prefix).by_page()
+            pages = cast("AsyncPageIterator[BlobProperties]", listing)
+            async for page in pages:
+                blobs.extend([blob async for blob in page if blob.name.startswith(name_prefix)])
+                marker = pages.continuation_token
+                if marker in markers:
+                    raise StoreUnavailableError(
+                        f"Store {self.name!r} ({self.url}): the server's listing of "
+                        f"{name_prefix!r} does not end (a page without a new continuation "
+                        "marker). Check account_url: it should name the blob service."
+                    )
+                if marker:
+                    markers.add(marker)
+        return blobs
 
     def _explain(self, exc: HttpResponseError) -> str:
         code = getattr(exc, "error_code", None)

@@ -68,6 +68,9 @@ DEFAULT_MAX_ATTEMPTS = 5
 S3FS_ATTEMPTS = 2
 #: Keys per ListObjectsV2 page and per DeleteObjects request (S3's maximum for both).
 LIST_PAGE = DELETE_BATCH = 1000
+#: What asks for a listing's next page: request field <- the last page's field.
+_NEXT_OBJECTS = {"ContinuationToken": "NextContinuationToken"}
+_NEXT_VERSIONS = {"KeyMarker": "NextKeyMarker", "VersionIdMarker": "NextVersionIdMarker"}
 AUTH_CODES = {
     "AccessDenied",
     "ExpiredToken",
@@ -179,17 +182,12 @@ class S3Store(Store):
             "Prefix": self.object_key(folder),
             "MaxKeys": LIST_PAGE,
         }
-        objects: builtins.list[ObjectInfo] = []
-        with self.translate_errors(prefix):
-            while True:
-                page = self.fs.call_s3("list_objects_v2", **request)
-                objects.extend(
-                    ObjectInfo(self._store_key(item["Key"]), item["Size"], item["LastModified"])
-                    for item in page.get("Contents", [])
-                )
-                if not page.get("IsTruncated"):
-                    break
-                request["ContinuationToken"] = page["NextContinuationToken"]
+        objects = [
+            ObjectInfo(self._store_key(item["Key"]), item["Size"], item["LastModified"])
+            for page in self._pages(prefix, "list_objects_v2", request, _NEXT_OBJECTS)
+            for item in page.get("Contents", [])
+            if item["Key"].startswith(request["Prefix"])
+        ]
         return sorted(objects, key=lambda obj: obj.key)
 
     def delete(self, keys: builtins.list[str]) -> None:
@@ -214,18 +212,37 @@ class S3Store(Store):
     def _versions(self, prefix: str) -> builtins.list[dict[str, str]]:
         """Every version and delete marker of the keys starting with `prefix`."""
         request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.object_key(prefix)}
-        versions: builtins.list[dict[str, str]] = []
+        return [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for page in self._pages(prefix, "list_object_versions", request, _NEXT_VERSIONS)
+            for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+            if item["Key"].startswith(request["Prefix"])
+        ]
+
+    def _pages(
+        self, prefix: str, operation: str, request: dict[str, Any], follow: Mapping[str, str]
+    ) -> Iterator[dict[str, Any]]:
+        """Every page of a listing, each asked for with the markers of the one before
+        (`follow`: request field <- page field). A truncated page that gives no marker, or
+        one given before, would list forever: the store is unavailable. (An empty truncated
+        page is no such sign: S3 gives them where delete markers pile up.)"""
+        seen: set[tuple[Any, ...]] = set()
         with self.translate_errors(prefix):
             while True:
-                page = self.fs.call_s3("list_object_versions", **request)
-                versions.extend(
-                    {"Key": item["Key"], "VersionId": item["VersionId"]}
-                    for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
-                )
+                page: dict[str, Any] = self.fs.call_s3(operation, **request)
+                yield page
                 if not page.get("IsTruncated"):
-                    return versions
-                request["KeyMarker"] = page["NextKeyMarker"]
-                request["VersionIdMarker"] = page["NextVersionIdMarker"]
+                    return
+                markers = tuple(page.get(field) for field in follow.values())
+                if None in markers or markers in seen:
+                    raise StoreUnavailableError(
+                        f"Store {self.name!r} ({self.url}): the server's listing of "
+                        f"{prefix or 'the store'!r} does not end (a truncated page without a "
+                        "new continuation marker). Check endpoint_url: it should name an S3 "
+                        "service, reached directly."
+                    )
+                seen.add(markers)
+                request.update(zip(follow, markers, strict=True))
 
     def _delete_objects(self, objects: builtins.list[dict[str, str]]) -> None:
         """DeleteObjects, 1,000 at a time. Locked versions do not stop the other batches;
