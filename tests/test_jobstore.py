@@ -31,9 +31,9 @@ from strongroom import (
     JobStoreUnavailableError,
 )
 from strongroom.cli import main
-from strongroom.jobrecord import failed
+from strongroom.jobrecord import Job, failed
 from strongroom.jobs import JOBS_FILE
-from strongroom.jobstore import Saved, open_job_store
+from strongroom.jobstore import JobStore, Saved, open_job_store
 from tests.conftest import FAST_KDF, SMALL_CHUNK, PostgresServer, until_cancelled
 
 #: Short, so that expiry and renewal show within a test.
@@ -387,6 +387,42 @@ def test_an_outage_longer_than_the_lease_fails_no_live_job(
         watcher.close()
 
 
+def test_after_an_outage_a_job_is_failed_only_once_its_own_lease_has_passed(
+    own_postgres: PostgresServer,
+) -> None:
+    """Attack on availability across tenants: after an outage longer than every lease, a
+    replica of another deployment (or a `jobs list`) with a shorter lease must wait out the
+    job's own lease (its owner's, which renews within a third of it), not its own, before
+    failing the job: failed, a live job is cancelled under its running owner."""
+    import psycopg
+
+    url = own_postgres.new_database()
+    owner = open_job_store(url, "owner", 6 * LEASE, namespace="b")  # a long-lease owner
+    watcher = open_job_store(url, "watcher", LEASE, namespace="a")
+    try:
+        running = Job("j-live", "create", JobStatus.EXECUTING, None, None, 1, 1)
+        owner.save(running)
+        own_postgres.stop()
+        own_postgres.start()  # the server's uptime starts over
+        with psycopg.connect(url, autocommit=True) as db:  # the owner could not renew
+            db.execute("UPDATE strongroom_jobs SET lease_until = now() - interval '1 second'")
+        _eventually(lambda: _reaches(watcher))
+        time.sleep(2 * LEASE.total_seconds())  # the watcher's lease, twice over
+        assert watcher.fail_orphans(0, "gone") == 0, "failed within its owner's lease"
+        time.sleep(6 * LEASE.total_seconds())
+        assert watcher.fail_orphans(0, "gone") == 1, "never failed after it"
+    finally:
+        owner.close()
+        watcher.close()
+
+
+def _reaches(store: JobStore) -> bool:
+    with suppress(JobStoreUnavailableError):
+        store.find(None, None, 0, 1)
+        return True
+    return False
+
+
 def test_passcodes_never_reach_the_postgresql_job_table(
     postgres_url: str, home: Path, tree: Path
 ) -> None:
@@ -511,7 +547,7 @@ def test_a_schema_1_postgresql_job_table_is_migrated_and_its_jobs_kept(
         migrated.close()
     with psycopg.connect(postgres_url) as db:
         version = db.execute("SELECT max(version) FROM strongroom_schema").fetchone()
-    assert version == (postgres.SCHEMA_VERSION,) == (2,)
+    assert version == (postgres.SCHEMA_VERSION,) == (3,)
 
 
 def test_a_postgresql_call_that_hangs_fails_within_the_lease(postgres_url: str) -> None:

@@ -6,7 +6,8 @@ whose lease has run out was left by a replica that stopped, and whichever replic
 notices first marks it FAILED (rows locked with SKIP LOCKED, so two never both do).
 An outage of the database is not taken for stopped replicas: no job is failed until
 one full lease after the server started and after this replica reached it again, which
-gives the running replicas time to renew first.
+gives the running replicas time to renew first. That lease is the job's own (its owner's,
+kept in its row), as replicas and tenants sharing the table may each set their own.
 The tables are created on first use; their schema version is kept in
 `strongroom_schema`, and migrations run under an advisory lock, so replicas that start
 together migrate once.
@@ -59,6 +60,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
             PRIMARY KEY (namespace, task, slot))""",
     ),
+    (  # 3: each job's lease, which is its owner's: replicas (and tenants) may differ
+        "ALTER TABLE strongroom_jobs ADD COLUMN lease_seconds DOUBLE PRECISION",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 #: The advisory lock that serializes migrations (any number, the same in every replica).
@@ -66,11 +70,14 @@ _MIGRATION_LOCK = 0x5354524F4E47  # "STRONG"
 #: The advisory lock class of periodic claims (with a hash of namespace and task).
 _PERIODIC_LOCK = 0x53524F4D  # "SROM"
 _LEASE = "clock_timestamp() + %(lease)s * interval '1 second'"
+#: A job's own lease; rows from before schema 3 have none, and take the caller's.
+_ROW_LEASE = "COALESCE(lease_seconds, %(lease)s)"
 _UPSERT = (  # a job's namespace is set when it is inserted, and never changed
-    f"INSERT INTO strongroom_jobs ({', '.join(COLUMNS)}, lease_until, namespace) "
-    f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, {_LEASE}, %(namespace)s) "
+    f"INSERT INTO strongroom_jobs ({', '.join(COLUMNS)}, lease_until, lease_seconds, namespace) "
+    f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, {_LEASE}, %(lease)s, %(namespace)s) "
     f"ON CONFLICT (jobid) DO UPDATE SET "
-    f"{', '.join(f'{c} = excluded.{c}' for c in COLUMNS)}, lease_until = excluded.lease_until "
+    f"{', '.join(f'{c} = excluded.{c}' for c in COLUMNS)}, lease_until = excluded.lease_until, "
+    "lease_seconds = excluded.lease_seconds "
     f"WHERE strongroom_jobs.status IN ({ACTIVE_SQL}) "
     "RETURNING cancel_requested"
 )
@@ -173,7 +180,7 @@ class PostgresJobStore:
             return {}
         with self._connection() as db:
             rows = db.execute(
-                f"UPDATE strongroom_jobs SET lease_until = {_LEASE} "
+                f"UPDATE strongroom_jobs SET lease_until = {_LEASE}, lease_seconds = %(lease)s "
                 "WHERE owner = %(owner)s AND jobid = ANY(%(jobids)s) "
                 f"AND status IN ({ACTIVE_SQL}) RETURNING jobid, cancel_requested",
                 {"owner": self.owner, "jobids": list(jobids), "lease": self._lease},
@@ -182,18 +189,19 @@ class PostgresJobStore:
 
     def fail_orphans(self, now: int, message: str) -> int:
         """Fail the active jobs of other owners whose lease ran out, once both the server
-        and this replica's connection to it have been up for a lease. Rows another
-        replica is failing (or its owner is saving) right now are skipped, not waited for."""
+        and this replica's connection to it have been up for the job's lease (its
+        owner's: it renews within a third of that after an outage). Rows another replica
+        is failing (or its owner is saving) right now are skipped, not waited for."""
         since = self._reachable_since
-        if since is not None and time.monotonic() - since < self._lease:
-            return 0
+        reachable = math.inf if since is None else time.monotonic() - since
         with self._connection() as db, db.transaction():
             rows = db.execute(
                 f"SELECT * FROM strongroom_jobs WHERE status IN ({ACTIVE_SQL}) "
                 "AND lease_until < clock_timestamp() AND owner <> %(owner)s "
                 "AND clock_timestamp() - pg_postmaster_start_time() "
-                "> %(lease)s * interval '1 second' FOR UPDATE SKIP LOCKED",
-                {"owner": self.owner, "lease": self._lease},
+                f"> {_ROW_LEASE} * interval '1 second' "
+                f"AND %(reachable)s > {_ROW_LEASE} FOR UPDATE SKIP LOCKED",
+                {"owner": self.owner, "lease": self._lease, "reachable": reachable},
             ).fetchall()
             for row in rows:
                 ended = to_row(failed(from_row(row), now, message), row["owner"])
