@@ -203,29 +203,30 @@ def test_listing_and_deleting_go_page_by_page(
     assert [obj.key for obj in store.list("data/")] == keys[4:]
 
 
-def _listing_through(
-    proxy: Any, open_s3: OpenS3, bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> S3Store:
-    """A store of five objects listed two to a page, through `proxy`."""
-    monkeypatch.setattr(strongroom_s3.store, "LIST_PAGE", 2)
-    store = open_s3(bucket, endpoint=proxy.url)
-    for index in range(5):
-        store.put(f"data/n/id/{index:010d}", b"x")
-    return store
-
-
-def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
+@pytest.fixture
+def paged(
     bucket: str,
     open_s3: OpenS3,
     fault_proxy: Callable[[str], Any],
     s3_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Any, S3Store]:
+    """A fault proxy, and a store of five objects behind it, listed two to a page."""
+    proxy = fault_proxy(s3_endpoint)
+    monkeypatch.setattr(strongroom_s3.store, "LIST_PAGE", 2)
+    store = open_s3(bucket, endpoint=proxy.url)
+    for index in range(5):
+        store.put(f"data/n/id/{index:010d}", b"x")
+    return proxy, store
+
+
+def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
+    paged: tuple[Any, S3Store],
 ) -> None:
     """Attack on availability: a server (or a man in the middle of http://) answering every
     page with the first page's continuation marker kept list, cleanup and restore paging
     forever while memory grew."""
-    proxy = fault_proxy(s3_endpoint)
-    store = _listing_through(proxy, open_s3, bucket, monkeypatch)
+    proxy, store = paged
     first: list[bytes] = []
 
     def repeat_first_marker(method: str, path: str, body: bytes) -> bytes:
@@ -245,17 +246,10 @@ def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
         store.list("data/")
 
 
-def test_listed_keys_outside_the_store_are_left_out(
-    bucket: str,
-    open_s3: OpenS3,
-    fault_proxy: Callable[[str], Any],
-    s3_endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_listed_keys_outside_the_store_are_left_out(paged: tuple[Any, S3Store]) -> None:
     """A key the server lists outside the asked prefix is not the store's: never cut into a
     store key (`other/...` became `er/...`), nor deleted with a prefix."""
-    proxy = fault_proxy(s3_endpoint)
-    store = _listing_through(proxy, open_s3, bucket, monkeypatch)
+    proxy, store = paged
     proxy.rewrite = lambda method, path, body: body.replace(
         b"<Key>strongroom/data/n/id/0000000001</Key>", b"<Key>elsewhere/data/n/id/1</Key>"
     )
