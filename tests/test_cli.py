@@ -373,6 +373,7 @@ def test_a_password_in_a_store_url_is_refused_and_never_shown(
     (home / "config.toml").write_text(f'[stores.nas]\nurl = "{url}"\n', encoding="utf-8")
     listed = cli("stores", "list")
     assert listed.code == ConfigError.exit_code and "hunter2" not in listed.out + listed.err
+    assert "config.toml" in listed.err and "options = { password" in listed.err
     assert StoreSpec("nas", "sftp://backup@nas/srv").url == "sftp://backup@nas/srv"  # a user
 
 

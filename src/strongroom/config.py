@@ -102,7 +102,8 @@ class StoreSpec:
             raise ConfigError(
                 f"Store {self.name!r}: the URL carries a password. Leave it out of the URL and "
                 "give it as an option read from the environment: --option "
-                'password=env:VARIABLE (in config.toml: password = { env = "VARIABLE" }).'
+                "password=env:VARIABLE (in config.toml, under the store's url: "
+                'options = { password = { env = "VARIABLE" } }).'
             )
 
     def __repr__(self) -> str:
@@ -344,8 +345,8 @@ def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
 def _has_password(url: str) -> bool:
     try:
         return urlsplit(url).password is not None
-    except ValueError:  # a malformed host: whatever precedes an "@" may be a password
-        return "@" in url.partition("://")[2].split("/", 1)[0]
+    except ValueError:  # a malformed host: a user and a password may still precede an "@"
+        return ":" in url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
 
 
 def embedded_store(home: Path | None = None) -> StoreSpec:
@@ -390,4 +391,7 @@ def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:
     options = table.get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [stores.{name}] options must be a table.")
-    return StoreSpec(validate_name(name, "store"), table["url"], options)
+    try:
+        return StoreSpec(validate_name(name, "store"), table["url"], options)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc} Edit the file to fix it.") from None

@@ -56,11 +56,11 @@ SYNCS_IN_FLIGHT = 2
 #: 2.42 -> 1.96 s (medians of 6, 8, 6); 64 ahead was slower (2.37 s).
 PREFETCH_AHEAD = 16
 #: Per core, 4 MiB chunks (compressed MB/s, ratio) on the harness's log text, a tar of its
-#: 20,000 small files, and a tar of Python's library and /usr/bin: level 3 269 / 4.41x, 272 /
-#: 4.50x, 238 / 4.00x; level 2 447 / 4.48x, 440 / 4.56x, 376 / 3.75x; level 1 411 / 3.91x,
-#: 525 / 3.95x, 505 / 3.49x. Level 2 has 1.6x level 3's speed for 0-6% more stored; level 1
-#: stores 7-15% more than level 2 for 0.9-1.3x its speed. Decompression is alike, and the
-#: level is not in the format.
+#: 20,000 small files, and a tar of pyenv's Python 3.11 library and /usr/bin: level 3 269 /
+#: 4.41x, 272 / 4.50x, 238 / 4.00x; level 2 447 / 4.48x, 440 / 4.56x, 376 / 3.75x; level 1
+#: 411 / 3.91x, 525 / 3.95x, 505 / 3.49x. Level 2 has 1.6x level 3's speed for 0-7% more
+#: stored; level 1 stores 7-15% more than level 2 for 0.9-1.3x its speed. Decompression is
+#: alike, and the level is not in the format.
 ZSTD_LEVEL = 2
 #: A chunk is compressed if any of SAMPLES slices of SAMPLE_SIZE bytes shrinks below
 #: COMPRESSIBLE_RATIO of its size.

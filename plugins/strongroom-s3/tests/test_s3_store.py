@@ -237,8 +237,9 @@ def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
         return body.replace(found.group(), first[0])
 
     proxy.rewrite = repeat_first_marker
-    with pytest.raises(StoreUnavailableError, match="does not end"):
+    with pytest.raises(StoreUnavailableError, match="does not end") as endless:
         store.list("data/")
+    assert str(endless.value).count("Store 's3test'") == 1, "said once, not wrapped again"
     proxy.rewrite = lambda method, path, body: re.sub(
         rb"<NextContinuationToken>.*?</NextContinuationToken>", b"", body
     )

@@ -50,6 +50,7 @@ from strongroom import (
     ObjectLockedError,
     Store,
     StoreCapabilities,
+    StoreError,
     StoreSpec,
     StoreUnavailableError,
     ValidationReport,
@@ -302,7 +303,7 @@ class S3Store(Store):
         """
         try:
             yield
-        except FileExistsError:
+        except (FileExistsError, StoreError):  # StoreError: already said (a listing's end)
             raise
         except FileNotFoundError as exc:
             if _error_code(exc) != "NoSuchBucket":
