@@ -128,6 +128,23 @@ def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
         store.list("data/")
 
 
+def test_listed_blobs_outside_the_store_are_left_out(
+    make_store: Callable[..., AzureStore], fault_proxy: FaultProxy
+) -> None:
+    """A blob the server lists outside the asked prefix is not the store's: never cut into
+    a store key."""
+    store = make_store(account_url=fault_proxy.endpoint, **NO_WAIT)
+    for index in range(3):
+        store.put(f"data/n/id/{index:010d}", b"x")
+    fault_proxy.rewrite = lambda method, path, body: re.sub(
+        rb"<Name>[^<]*data/n/id/0000000001</Name>", b"<Name>elsewhere/data/n/id/1</Name>", body
+    )
+    assert [obj.key for obj in store.list("data/")] == [
+        "data/n/id/0000000000",
+        "data/n/id/0000000002",
+    ]
+
+
 def test_a_server_killed_mid_backup_commits_nothing_and_a_retry_succeeds(
     azurite_server: AzuriteServer,
     make_engine: Callable[..., Engine],

@@ -279,3 +279,32 @@ def test_the_command_line_adds_a_locking_store_and_refuses_an_early_delete_with_
     assert "is locked (governance mode)" in capsys.readouterr().err
     assert main(["list", "--store", "vault"]) == 0
     assert "ledger" in capsys.readouterr().out
+
+
+def test_a_version_listed_outside_the_store_is_never_deleted_with_a_prefix(
+    locked_bucket: str,
+    open_s3: OpenS3,
+    fault_proxy: Callable[[str], Any],
+    s3_endpoint: str,
+    s3_admin: Callable[..., Any],
+) -> None:
+    """Attack: a locking store deletes a prefix by deleting every version the server lists
+    under it; one listed outside the store's prefix (a hostile server, a man in the middle
+    of http://) is not the store's to delete."""
+    admin = s3_admin()
+    admin.call_s3("put_object", Bucket=locked_bucket, Key="elsewhere/keep", Body=b"theirs")
+    theirs = versions_of(admin, locked_bucket, "elsewhere/keep")
+    proxy = fault_proxy(s3_endpoint)
+    store = open_s3(locked_bucket, endpoint=proxy.url, object_lock="governance")
+    store.put("data/gone/0000000000", b"ours")
+    ours = versions_of(admin, locked_bucket, store.object_key("data/gone/0000000000"))
+    proxy.rewrite = lambda method, path, body: body.replace(
+        store.object_key("data/gone/0000000000").encode(), b"elsewhere/keep"
+    ).replace(ours[0].encode(), theirs[0].encode())
+    store.delete_prefix("data/gone/")
+    assert versions_of(admin, locked_bucket, "elsewhere/keep") == theirs
+
+
+def versions_of(admin: Any, bucket: str, key: str) -> list[str]:
+    reply = admin.call_s3("list_object_versions", Bucket=bucket, Prefix=key)
+    return [version["VersionId"] for version in reply.get("Versions", [])]

@@ -249,7 +249,7 @@ def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
 
 def test_listed_keys_outside_the_store_are_left_out(paged: tuple[Any, S3Store]) -> None:
     """A key the server lists outside the asked prefix is not the store's: never cut into a
-    store key (`other/...` became `er/...`), nor deleted with a prefix."""
+    store key (`other/...` became `er/...`). test_s3_object_lock: nor deleted with a prefix."""
     proxy, store = paged
     proxy.rewrite = lambda method, path, body: body.replace(
         b"<Key>strongroom/data/n/id/0000000001</Key>", b"<Key>elsewhere/data/n/id/1</Key>"
