@@ -156,3 +156,36 @@ def test_pydoc_shows_every_hook_with_its_docstring() -> None:
     for name in (name for name in vars(StrongroomHookSpecs) if name.startswith("strongroom_")):
         summary = getattr(StrongroomHookSpecs, name).__doc__.strip().splitlines()[0]
         assert name in text and summary in text, f"pydoc strongroom.plugins omits {name}"
+
+
+def install_broken_plugin(site: Path) -> Path:
+    """A distribution on sys.path whose `strongroom` entry point fails to import."""
+    dist_info = site / "strongroom_broken-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: strongroom-broken\n")
+    (dist_info / "entry_points.txt").write_text("[strongroom]\nbroken = strongroom_broken\n")
+    (site / "strongroom_broken.py").write_text("raise ImportError('no module named botocore')\n")
+    return site
+
+
+def test_local_stores_work_without_loading_installed_plugins(
+    home: Path, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken (or merely slow to find) installed plugin does not stand between a person
+    and a backup or restore on a local store; whatever may need a plugin loads them all
+    first and says which failed."""
+    monkeypatch.syspath_prepend(install_broken_plugin(tmp_path / "site"))
+    monkeypatch.delenv("STRONGROOM_DISABLE_PLUGIN_AUTOLOAD")
+    engine = Engine(kdf=FAST_KDF)
+    engine.create("local", [tree], passcode=PASSCODE)
+    engine.restore("local", tmp_path / "out", passcode=PASSCODE)
+    assert (tmp_path / "out" / "data" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
+    failed = r"plugin failed to load \(ImportError: no module named botocore\)\. Reinstall"
+    with pytest.raises(ConfigError, match=failed):
+        engine.registry  # noqa: B018 (the admin API's fence reads every backend's options)
+    with pytest.raises(ConfigError, match=failed):
+        engine.plugin_manager  # noqa: B018 (the admin API calls the authenticate hook)
+    config = StoresConfig.load()
+    config.add(StoreSpec("offsite", "s3://bucket/prefix"))
+    with pytest.raises(ConfigError, match=failed):
+        Engine(config, kdf=FAST_KDF).store("offsite")

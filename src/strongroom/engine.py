@@ -79,7 +79,7 @@ from .pipeline import (
     Progress,
     announce_first_chunks,
 )
-from .plugins import BackendRegistry, build_registry, get_plugin_manager
+from .plugins import BackendRegistry, Backends
 from .restoretarget import Landing, check_restore_target
 from .retention import CleanupReport, check_retention_date, parse_moment, retention_ms
 from .store import Store
@@ -183,8 +183,7 @@ class Engine(EngineJobs):
             or os.environ.get("STRONGROOM_JOBS_NAMESPACE")
             or (str(self.config.path.resolve()) if shared_db else "")
         )
-        self.plugin_manager = plugin_manager or get_plugin_manager()
-        self._registry = build_registry(self.plugin_manager)
+        self._backends = Backends(plugin_manager)
         self._kdf = kdf or KdfParams()
         if not self._kdf.within_bounds:
             raise ConfigError(
@@ -212,9 +211,14 @@ class Engine(EngineJobs):
         return self._chunk_size
 
     @property
+    def plugin_manager(self) -> pluggy.PluginManager:
+        """Every plugin (the admin API calls their hooks); installed ones load on first use."""
+        return self._backends.manager
+
+    @property
     def registry(self) -> BackendRegistry:
         """The backends stores are opened with (the admin API reads their declarations)."""
-        return self._registry
+        return self._backends.registry
 
     def store(self, name: str | None = None) -> Store:
         """The store called `name` (default: the configured default store), opened once.
@@ -226,7 +230,7 @@ class Engine(EngineJobs):
             return self._stores[name]
         spec = self.config.get(name)
         if spec.name not in self._stores:
-            store = self._registry.open(spec)
+            store = self._backends.open(spec)
             if spec == embedded_store(self.config.home):  # strongroom's own: made on first use
                 store.initialize()
             self._stores[spec.name] = store

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BackendOptions",
     "BackendRegistry",
+    "Backends",
     "StoreFactory",
     "StrongroomHookSpecs",
     "get_plugin_manager",
@@ -118,6 +120,10 @@ class BackendRegistry:
         if scheme in self._factories:
             return self._options.get(scheme)
         return BackendOptions() if self._fallback_for(scheme) is not None else None
+
+    def registers(self, url: str) -> bool:
+        """Whether a backend claimed `url`'s scheme with `add` (a fallback's do not count)."""
+        return urlsplit(url).scheme.lower() in self._factories
 
     @property
     def schemes(self) -> list[str]:
@@ -232,7 +238,14 @@ def get_plugin_manager(*, autoload: bool | None = None) -> pluggy.PluginManager:
     if autoload is None:
         autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
     if autoload:
-        manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        try:
+            manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:  # an installed plugin's import failed
+            raise ConfigError(
+                f"An installed strongroom plugin failed to load ({type(exc).__name__}: {exc}). "
+                f"Reinstall or uninstall it; local (file://) stores work without it, and "
+                f"{DISABLE_AUTOLOAD_ENV}=1 turns every installed plugin off."
+            ) from exc
     manager.check_pending()
     return manager
 
@@ -241,6 +254,47 @@ def build_registry(manager: pluggy.PluginManager) -> BackendRegistry:
     registry = BackendRegistry()
     manager.hook.strongroom_register_backends(registry=registry)
     return registry
+
+
+class Backends:
+    """An engine's plugins and the registry it opens stores with, the installed plugins
+    loaded only when first needed.
+
+    A store on a scheme a built-in plugin registers (file://) is opened without them: no
+    other plugin may claim that scheme, so the answer is the same, and a local backup or
+    restore neither waits for every installed plugin to be found and imported nor fails
+    because one of them is broken. Anything else (another scheme, the registry, the plugin
+    manager for its hooks) loads them all first.
+    """
+
+    def __init__(self, manager: pluggy.PluginManager | None = None) -> None:
+        self._lock = threading.Lock()
+        self._manager = manager
+        self._registry = None if manager is None else build_registry(manager)
+        self._builtin = build_registry(get_plugin_manager(autoload=False))
+
+    @property
+    def manager(self) -> pluggy.PluginManager:
+        """The plugin manager with every plugin, for hooks other than the backends'."""
+        with self._lock:
+            if self._manager is None:
+                self._manager = get_plugin_manager()
+            return self._manager
+
+    @property
+    def registry(self) -> BackendRegistry:
+        """Every plugin's backends."""
+        manager = self.manager
+        with self._lock:
+            if self._registry is None:
+                self._registry = build_registry(manager)
+            return self._registry
+
+    def open(self, spec: StoreSpec) -> Store:
+        """Open a store, loading the installed plugins only if a built-in cannot."""
+        with self._lock:
+            builtin = self._registry is None and self._builtin.registers(spec.url)
+        return (self._builtin if builtin else self.registry).open(spec)
 
 
 def open_store(spec: StoreSpec, manager: pluggy.PluginManager | None = None) -> Store:
