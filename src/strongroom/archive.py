@@ -34,12 +34,21 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
-from .filewrite import SMALL_FILE, FileMeta, SmallFileWriters, Staging, owner_ids, write_file
+from .filewrite import (
+    SMALL_FILE,
+    FileMeta,
+    SmallFileWriters,
+    Staging,
+    owner_ids,
+    write_file,
+    write_pieces,
+)
 from .pipeline import ChunkWriter
 from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
 from .sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
 from .tarstream import TarSource, read_members
+from .writeback import start_writeback
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
@@ -434,7 +443,8 @@ class _Extraction:
             self.writers.submit(_file_meta(member, path), list(_views(stream, member.size)))
         else:
             meta = _file_meta(member, path)
-            write_file(meta, _views(stream, member.size), staging, self.preallocate)
+            views = _views(stream, member.size)
+            write_file(meta, views, staging, self.preallocate, start_writeback)
 
 
 def _ancestors(path: str) -> Iterator[str]:
@@ -732,8 +742,10 @@ def _append_part(
         raise IntegrityError(
             f"Part {member.pax_headers[PART_RECORD]} of {member.name!r} has no start."
         )
-    with open(fd, "ab") as out:
+    try:
+        offset = os.fstat(fd).st_size
         if preallocate is not None:
-            preallocate(fd, os.fstat(fd).st_size, member.size)
-        for piece in _views(stream, member.size):
-            out.write(piece)
+            preallocate(fd, offset, member.size)
+        write_pieces(fd, _views(stream, member.size), offset, start_writeback)
+    finally:
+        os.close(fd)

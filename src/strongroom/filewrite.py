@@ -43,7 +43,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer as Buffer
 
-__all__ = ["FileMeta", "SmallFileWriters", "Staging", "owner_ids", "write_file"]
+__all__ = [
+    "FileMeta",
+    "RangeHint",
+    "SmallFileWriters",
+    "Staging",
+    "owner_ids",
+    "write_file",
+    "write_pieces",
+]
 
 #: The most helpers started for one restore; 0 writes every file on the calling thread.
 #: Fewer start where there are fewer cores: one per core besides the one the reading
@@ -57,7 +65,12 @@ BATCH_FILES = 32
 SLOT_SIZE = 2 * SMALL_FILE
 #: Slots per helper: enough to keep it busy while the main process fills the next.
 SLOTS_PER_HELPER = 4
+#: A large file's writeback is started each time this much more of it is written.
+WRITEBACK_STEP = 8 * 1024 * 1024
 _LENGTH = struct.Struct("<I")
+
+#: Told (descriptor, offset, length) of a range of a file being written.
+RangeHint = Callable[[int, int, int], None]
 _PYTHON = re.compile(r"python[0-9.]*")
 
 _Made = TypeVar("_Made")
@@ -81,7 +94,8 @@ def write_file(
     meta: FileMeta,
     pieces: Iterable[Buffer],
     staging: Staging,
-    preallocate: Callable[[int, int, int], None] | None = None,
+    preallocate: RangeHint | None = None,
+    writeback: RangeHint | None = None,
 ) -> None:
     """Create the file (replacing, never following, whatever has its name) with its
     contents, then its owner, mode and mtime, all through one file descriptor."""
@@ -89,14 +103,30 @@ def write_file(
     try:
         if preallocate is not None:
             preallocate(fd, 0, meta.size)
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(fd, view) :]
+        write_pieces(fd, pieces, 0, writeback)
         _set_owner_and_mode(meta, fd, staging.as_root)
         os.utime(fd, (meta.mtime, meta.mtime))
     finally:
         os.close(fd)
+
+
+def write_pieces(
+    fd: int, pieces: Iterable[Buffer], offset: int, writeback: RangeHint | None
+) -> None:
+    """Write the pieces at `fd`'s position, `offset`, calling `writeback` for each
+    WRITEBACK_STEP bytes written and for the rest at the end (writeback.py says why)."""
+    started = offset
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+            offset += written
+        if writeback is not None and offset - started >= WRITEBACK_STEP:
+            writeback(fd, started, offset - started)
+            started = offset
+    if writeback is not None and offset > started:
+        writeback(fd, started, offset - started)
 
 
 class Staging:

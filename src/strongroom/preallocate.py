@@ -14,14 +14,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Callable
 
+from .filewrite import RangeHint
 from .libc import c_function
 
 __all__ = ["Preallocate", "preallocator_for"]
 
 #: Preallocates `length` bytes of an open file from `offset`, leaving its size as it is.
-Preallocate = Callable[[int, int, int], None]
+Preallocate = RangeHint
 
 EXT4_SUPER_MAGIC = 0xEF53
 FALLOC_FL_KEEP_SIZE = 1
