@@ -102,6 +102,22 @@ def test_a_restore_starts_the_writeback_of_its_large_files(engine: Engine, ext4_
     assert never_sent_to_disk(target / "source" / "small.txt") > 0
 
 
+def test_a_restore_of_small_files_flushes_them_as_it_goes(
+    engine: Engine, ext4_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each FLUSH_STEP of small files written asks for a flush of their file system, and
+    the restore ends only after the flushes it asked for (the test above is the control:
+    with no flush asked, a small file stays unsent)."""
+    monkeypatch.setattr(writeback, "FLUSH_STEP", SMALL_FILE)
+    source = ext4_dir / "source"
+    source.mkdir()
+    for number in range(4):  # written on the restore's own thread: too few for helpers
+        (source / f"{number}.bin").write_bytes(os.urandom(SMALL_FILE // 2))
+    engine.create("small", [source], passcode=PASSCODE)
+    target = engine.restore("small", ext4_dir / "out", passcode=PASSCODE)
+    assert [never_sent_to_disk(target / "source" / f"{n}.bin") for n in range(4)] == [0] * 4
+
+
 def test_it_is_only_a_hint() -> None:
     """A descriptor the call cannot take (a pipe) is left alone, without an error."""
     read_end, write_end = os.pipe()

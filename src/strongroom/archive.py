@@ -48,7 +48,7 @@ from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
 from .sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
 from .tarstream import TarSource, read_members
-from .writeback import start_writeback
+from .writeback import FlushBehind, start_writeback
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
@@ -357,8 +357,8 @@ def extract_archive(
     if preallocate is not None:
         preallocate = _within_stream(preallocate, stream, stream_size)
     try:
-        with SmallFileWriters(staging) as writers:
-            extraction = _Extraction(stream, staging, writers, preallocate)
+        with SmallFileWriters(staging) as writers, FlushBehind(target) as flush:
+            extraction = _Extraction(stream, staging, writers, preallocate, flush)
             for member in read_members(stream):
                 match = selection_match(member_path(member.name), selected) if selected else None
                 if selected and match is None:
@@ -393,7 +393,8 @@ def _within_stream(preallocate: Preallocate, stream: ArchiveReader, size: int) -
 
 class _Extraction:
     """What one restore makes its members with: the stream, the staging directory, the
-    small-file writers, preallocation, and the directories waiting for their attributes."""
+    small-file writers, preallocation, the small files' flushes (large files start their
+    own writeback), and the directories waiting for their attributes."""
 
     def __init__(
         self,
@@ -401,9 +402,10 @@ class _Extraction:
         staging: Staging,
         writers: SmallFileWriters,
         preallocate: Preallocate | None,
+        flush: FlushBehind,
     ) -> None:
         self.stream, self.staging, self.writers = stream, staging, writers
-        self.preallocate = preallocate
+        self.preallocate, self.flush = preallocate, flush
         self.directories = _Directories(writers, staging)
         self._parent_ready = ""  # the last directory whose pending writes were waited for
 
@@ -441,6 +443,7 @@ class _Extraction:
             _append_part(stream, member, path, staging, self.preallocate)
         elif member.size <= SMALL_FILE:
             self.writers.submit(_file_meta(member, path), list(_views(stream, member.size)))
+            self.flush.wrote(member.size)
         else:
             meta = _file_meta(member, path)
             views = _views(stream, member.size)

@@ -13,8 +13,11 @@ A restore asks the same for each large file it writes, every WRITEBACK_STEP byte
 (`filewrite.write_pieces`): otherwise the kernel keeps up to a tenth of the memory dirty
 and the user's `sync` writes it all after the restore ends. 1 GiB of log text, cold cache,
 until durable, 7 interleaved: 1.55 -> 1.13 s; random data unchanged (1.55 s, bound by
-the disk reading the chunks too). Small files are not hinted: one hint per file made
-20,000 of them restore 25% slower (2.26 -> 2.85 s), each file then its own small write.
+the disk reading the chunks too). Small files are not hinted one by one: that made 20,000
+of them restore 25% slower (2.26 -> 2.85 s), each file then its own small write. Instead
+`FlushBehind` flushes the whole file system (`syncfs`) on a thread of its own each time
+FLUSH_STEP more bytes of small files have been written: 20,000 files (500 MB), cold cache,
+until durable, 10 interleaved: 1.89 -> 1.78 s.
 
 It is only a hint: durability and write errors still come from fsync through the descriptor
 that wrote the file. Where the call is missing (not Linux) or fails, nothing happens.
@@ -23,17 +26,22 @@ that wrote the file. Where the call is missing (not Linux) or fails, nothing hap
 from __future__ import annotations
 
 import ctypes
+import threading
 
 from .libc import c_function
 
-__all__ = ["start_writeback"]
+__all__ = ["FlushBehind", "start_writeback"]
 
 SYNC_FILE_RANGE_WRITE = 2
+#: Small files' bytes written between two flushes of their file system.
+FLUSH_STEP = 64 * 1024 * 1024
 
 
 _SYNC_FILE_RANGE = c_function(
     "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
 )
+
+_SYNCFS = c_function("syncfs", ctypes.c_int)
 
 
 def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
@@ -41,3 +49,52 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     (`length` 0: from `offset` to the end)."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+class FlushBehind:
+    """Flushes the file system of an open directory on a thread of its own, one `syncfs`
+    at a time, each time `wrote` has counted FLUSH_STEP more bytes; `close` waits for the
+    flush under way and any asked for, and starts none. Only a hint, like the above."""
+
+    def __init__(self, directory: int) -> None:
+        self._directory = directory
+        self._unflushed = 0
+        self._asked = False
+        self._closing = False
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> FlushBehind:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def wrote(self, size: int) -> None:
+        """Count `size` more bytes written under the directory."""
+        self._unflushed += size
+        if self._unflushed < FLUSH_STEP or _SYNCFS is None:
+            return
+        self._unflushed = 0
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._flush, name="strongroom-flush")
+            self._thread.start()
+        with self._changed:
+            self._asked = True
+            self._changed.notify()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _flush(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._asked or self._closing)
+                if not self._asked:
+                    return
+                self._asked = False
+            _SYNCFS(self._directory)
