@@ -1,5 +1,6 @@
 """Reading ahead of the archive writer: tarfile's order, within its window, never through a
-link, and out of the way on a warm tree."""
+link, out of the way on a warm tree, and in a helper process that gets no passcode and ends
+with the backup."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import io
 import os
 import tarfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from strongroom import readahead
+from strongroom import prefetcher
+from strongroom.prefetcher import POSITION, Progress, prefetch
 from strongroom.readahead import ReadAhead
-from strongroom.sourcetree import SourceEntry
 
 NAMES = ("b/2", "b/10", "a/z/x", "a/B/deep/f", "a/B/g", "A/h", "top", "_")
 
@@ -40,113 +42,146 @@ def sources(tmp_path: Path) -> list[Path]:
     return [root, single]
 
 
-def _walked(sources: list[Path]) -> list[tuple[str, int]]:
+def _walked(sources: list[Path]) -> list[tuple[Path, int]]:
     """The regular files the writer archives, in its order, with their sizes."""
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
         for source in sources:
-            tar.add(source)
+            tar.add(source, arcname=str(source))
     archive.seek(0)
     with tarfile.open(fileobj=archive) as tar:
-        return [(m.name.rsplit("/", 1)[-1], m.size) for m in tar.getmembers() if m.isreg()]
+        return [(Path("/", m.name), m.size) for m in tar.getmembers() if m.isreg()]
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch, cached: bool) -> list[str]:
-    advised: list[str] = []
+def _advised(monkeypatch: pytest.MonkeyPatch, cached: bool = False) -> list[Path]:
+    """The files the kernel is asked to read, in order; each probe of the page cache says
+    `cached` (the kernel's answer mimicked: a real probe of an evicted file starts reading
+    it, so a test could not keep it out of the cache)."""
+    advised: list[Path] = []
+    advise = os.posix_fadvise
 
-    def advise(entry: SourceEntry, size: int) -> bool:
-        advised.append(os.fsdecode(entry.name))
-        return cached
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        advise(fd, offset, length, advice)
 
-    monkeypatch.setattr(readahead, "_advise", advise)
+    def probe(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
+        advised.append(Path(os.readlink(f"/proc/self/fd/{fd}"))) if cached else None
+        if not cached:
+            raise BlockingIOError(errno.EAGAIN, "not cached")
+        return 1
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    monkeypatch.setattr(os, "preadv", probe)
     return advised
 
 
-def test_it_stays_a_window_ahead_of_the_writer(
+@contextmanager
+def _prefetching(sources: list[Path], window: int) -> Iterator[Callable[[int], None]]:
+    """`prefetch` on a thread, following a pipe as the helper does; yields a function that
+    sends the writer's position, and waits for the walk when the pipe closes."""
+    progress = Progress(window)
+    read_end, write_end = os.pipe()
+    follower = threading.Thread(target=progress.follow, args=(read_end,))
+    walker = threading.Thread(target=prefetch, args=([os.fsencode(s) for s in sources], progress))
+    follower.start()
+    walker.start()
+    try:
+        yield lambda position: os.write(write_end, POSITION.pack(position)) and None
+    finally:
+        os.close(write_end)
+        follower.join()
+        walker.join()
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        time.sleep(0.01)
+
+
+def test_one_at_a_time_it_asks_in_the_writers_order_a_window_ahead(
     sources: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(prefetcher, "WORKERS", 1)
     walked = _walked(sources)
-    blocks = [512 + -(-size // 512) * 512 for _, size in walked]  # header and padded data
-    advised = _spy(monkeypatch, cached=False)
-    written = 0
-    with ReadAhead(sources, lambda: written, window=sum(blocks[:3])):
-        threading.Event().wait(0.3)  # time enough to run ahead, were it not held back
-        assert advised == [name for name, _ in walked[:3]]
-        written = sum(blocks)
-        for _ in range(500):
-            if len(advised) == len(walked):
-                break
-            threading.Event().wait(0.01)
-    assert advised == [name for name, _ in walked]
+    advised = _advised(monkeypatch)
+    with _prefetching(sources, window=sum(size for _, size in walked[:3])) as writer_at:
+        time.sleep(0.3)  # time enough to run ahead, were it not held back
+        assert advised == [path for path, _ in walked[:3]]
+        writer_at(10**12)
+        _until(lambda: len(advised) == len(walked))
+    assert advised == [path for path, _ in walked]
+
+
+def test_several_at_once_it_asks_for_every_regular_file_never_through_a_link(
+    sources: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    advised = _advised(monkeypatch)
+    with _prefetching(sources, window=10**12):
+        _until(lambda: len(advised) == len(NAMES) + 1)
+    assert sorted(advised) == sorted(path for path, _ in _walked(sources))
 
 
 def test_on_a_warm_tree_it_stops(sources: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(readahead, "WARM_FILES", 2)
-    advised = _spy(monkeypatch, cached=True)
-    with ReadAhead(sources, lambda: 10**12):
-        threading.Event().wait(0.3)
-    assert len(advised) == 2
+    monkeypatch.setattr(prefetcher, "WORKERS", 1)
+    monkeypatch.setattr(prefetcher, "WARM_FILES", 2)
+    probed = _advised(monkeypatch, cached=True)
+    with _prefetching(sources, window=10**12):
+        time.sleep(0.3)
+    assert len(probed) == 2
 
 
-def test_only_regular_files_are_asked_for_and_it_stops_with_its_context(
-    sources: list[Path],
-) -> None:
-    with ReadAhead(sources, lambda: 0, window=1):
-        pass  # ends at once, though the writer never moves
-    with _entries(sources[0]) as entries:
-        for not_a_file in ("fifo", "link", "gone"):
-            assert readahead._advise(entries[not_a_file], 10) is False
-        readahead._advise(entries["top"], 10)  # whether cached or not: no error
+def _evicted(path: Path, size: int) -> Path:
+    """A file of `size` bytes on the disk and out of the page cache."""
+    with path.open("wb") as file:
+        file.write(os.urandom(size))
+        file.flush()
+        os.fsync(file.fileno())
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return path
 
 
-@pytest.mark.parametrize(
-    ("probe", "cached"),
-    [
-        (BlockingIOError(errno.EAGAIN, "not cached"), False),
-        (OSError(errno.EOPNOTSUPP, "cannot say"), False),
-        (None, True),
-    ],
-)
-def test_a_file_not_in_the_page_cache_is_asked_for(
-    sources: list[Path],
-    monkeypatch: pytest.MonkeyPatch,
-    probe: OSError | None,
-    cached: bool,
-) -> None:
-    """What RWF_NOWAIT says decides (the kernel's answer is mimicked: a real probe of an
-    evicted file starts reading it, so a test could not keep it out of the cache)."""
-    asked: list[int] = []
-    advise, preadv = os.posix_fadvise, os.preadv
-
-    def recording_advise(fd: int, offset: int, length: int, advice: int) -> None:
-        asked.append(advice)
-        advise(fd, offset, length, advice)
-
-    def probing(fd: int, buffers: list[bytearray], offset: int, flags: int) -> int:
-        if probe is not None:
-            raise probe
-        return preadv(fd, buffers, offset, flags)
-
-    monkeypatch.setattr(os, "posix_fadvise", recording_advise)
-    monkeypatch.setattr(os, "preadv", probing)
-    with _entries(sources[0]) as entries:
-        assert readahead._advise(entries["top"], 10) is cached
-    assert asked == ([] if cached else [os.POSIX_FADV_WILLNEED])
-
-
-@contextmanager
-def _entries(root: Path) -> Iterator[dict[str, SourceEntry]]:
-    """Entries of `root` and of `root/a` by name (stat'ed now), and one that is gone."""
-    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    a = os.open(root / "a", os.O_RDONLY | os.O_DIRECTORY)
+def _cached(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        status = os.stat(root / "top")
-        entries = {
-            name: SourceEntry(directory, os.fsencode(name), name, status)
-            for directory, names in ((top, ("top", "gone")), (a, ("fifo", "link")))
-            for name in names
-        }
-        yield entries
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
     finally:
-        os.close(top)
-        os.close(a)
+        os.close(fd)
+
+
+def test_the_helper_reads_the_files_ahead_gets_no_passcode_and_ends_with_the_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRONGROOM_PASSCODE", "never-in-a-helper")
+    tree = tmp_path / "cold"
+    tree.mkdir()
+    files = [_evicted(tree / f"{n}.bin", 64 * 1024) for n in range(20)]
+    if any(_cached(path) for path in files):
+        pytest.skip("this file system keeps what was evicted in the page cache")
+    with ReadAhead([tree], lambda: 10**12) as reading:
+        assert reading._helper is not None
+        _until(lambda: all(_cached(path) for path in files))
+        environment = Path(f"/proc/{reading._helper.pid}/environ").read_bytes()
+        assert all(_cached(path) for path in files)
+    assert b"STRONGROOM_PASSCODE" not in environment and b"PATH=" in environment
+    assert reading._helper.returncode is not None  # ended and reaped
+
+
+def test_a_helper_held_back_by_the_window_ends_with_the_context(sources: list[Path]) -> None:
+    started = time.monotonic()
+    with ReadAhead(sources, lambda: 0, window=1) as reading:
+        pass  # the writer never moves
+    assert reading._helper is not None and reading._helper.returncode is not None
+    assert time.monotonic() - started < 5
+
+
+def test_without_a_python_to_start_there_is_no_read_ahead(
+    sources: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("strongroom.filewrite.sys.executable", "")
+    with ReadAhead(sources, lambda: 0) as reading:
+        assert reading._helper is None

@@ -48,6 +48,8 @@ __all__ = [
     "RangeHint",
     "SmallFileWriters",
     "Staging",
+    "can_start_helpers",
+    "helper_environment",
     "owner_ids",
     "write_file",
     "write_pieces",
@@ -347,7 +349,8 @@ class SmallFileWriters:
         self._ready = selectors.DefaultSelector()
         self._memory: mmap.mmap | None = None
         helpers = min(helpers_for(usable_cores()), MAX_HELPERS)
-        self._may_start = helpers if _can_start_helpers() else 0
+        shares_memory = hasattr(os, "memfd_create")
+        self._may_start = helpers if shares_memory and can_start_helpers() else 0
         self._written_here = 0  # files written on this thread before the helpers start
         self._free: list[int] = []
         self._in_flight: dict[int, list[tuple[FileMeta, int]]] = {}  # slot → its batch
@@ -511,14 +514,17 @@ def helpers_for(cores: int | None) -> int:
     return max(1, (cores or 2) - 1)
 
 
-def _can_start_helpers() -> bool:
-    """Whether this process can start a Python on this file and share memory with it
-    (not where Python is embedded in another program, or imported from a zip file)."""
-    return (
-        hasattr(os, "memfd_create")
-        and _PYTHON.fullmatch(os.path.basename(sys.executable)) is not None
-        and os.path.isfile(__file__)
+def can_start_helpers(program: str = __file__) -> bool:
+    """Whether this process can start a Python on `program` (not where Python is embedded
+    in another program, or strongroom imported from a zip file)."""
+    return _PYTHON.fullmatch(os.path.basename(sys.executable)) is not None and os.path.isfile(
+        program
     )
+
+
+def helper_environment() -> dict[str, str]:
+    """A helper's environment: this one without strongroom's settings (the passcode)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
 
 
 class _Helper:
@@ -538,7 +544,7 @@ class _Helper:
                 [sys.executable, "-I", "-S", __file__, *map(str, fds)],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
-                env={k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")},
+                env=helper_environment(),
             )
         except BaseException:
             os.close(task_write)

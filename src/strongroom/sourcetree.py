@@ -5,9 +5,10 @@ The source itself is the caller's path; below it every directory is opened relat
 parent's descriptor with `O_NOFOLLOW`, so a directory swapped for a link while a backup runs
 is not entered and nothing outside the source is reached. Entries carry their `lstat`; the
 one who reads a file opens it with `open_regular`, which refuses anything but a regular
-file (a link, FIFO or device put in its place meanwhile). The archive writer, the
-read-ahead thread and the progress total all walk with this one generator, so they meet
-the same files in the same order.
+file (a link, FIFO or device put in its place meanwhile). The archive writer and the
+progress total walk with this one generator, so they meet the same files in the same
+order (the read-ahead helper, `prefetcher`, walks by the same rules in a process of its
+own, which may import nothing of strongroom's).
 """
 
 from __future__ import annotations
