@@ -187,21 +187,23 @@ def _walk(directory: Directory, tasks: queue.Queue[Task | None], progress: Progr
 
 def _work(tasks: queue.Queue[Task | None], progress: Progress) -> None:
     while (task := tasks.get()) is not None:
-        directory, name = task
-        try:
-            if progress.ended:
-                continue
-            fd = os.open(name, _FILE, dir_fd=directory.fd) if name is not None else os.dup(directory.fd)
-        except OSError:
-            continue
-        finally:
-            directory.release()
-        try:
-            advise(fd, progress)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        with suppress(OSError):
+            fd = _open(*task)
+            try:
+                if not progress.ended:
+                    advise(fd, progress)
+            finally:
+                os.close(fd)
+
+
+def _open(directory: Directory, name: str | None) -> int:
+    """A task's file, open (never through a link); its directory released in any case."""
+    try:
+        if name is None:  # the source itself
+            return os.dup(directory.fd)
+        return os.open(name, _FILE, dir_fd=directory.fd)
+    finally:
+        directory.release()
 
 
 def _main(pipe: int, window: int, sources: Sequence[bytes]) -> None:
