@@ -102,18 +102,56 @@ def _until(condition: Callable[[], bool]) -> None:
         time.sleep(0.01)
 
 
+def _in_archive(size: int) -> int:
+    """What a file takes in the archive: its header and its padded data."""
+    return prefetcher.BLOCK + -(-size // prefetcher.BLOCK) * prefetcher.BLOCK
+
+
 def test_one_at_a_time_it_asks_in_the_writers_order_a_window_ahead(
     sources: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(prefetcher, "WORKERS", 1)
     walked = _walked(sources)
     advised = _advised(monkeypatch)
-    with _prefetching(sources, window=sum(size for _, size in walked[:3])) as writer_at:
+    window = sum(_in_archive(size) for _, size in walked[:3])
+    with _prefetching(sources, window=window) as writer_at:
         time.sleep(0.3)  # time enough to run ahead, were it not held back
-        assert advised == [path for path, _ in walked[:3]]
+        assert 0 < len(advised) <= 3  # (the walk counts directories' headers, too)
+        assert advised == [path for path, _ in walked[: len(advised)]]
         writer_at(10**12)
         _until(lambda: len(advised) == len(walked))
     assert advised == [path for path, _ in walked]
+
+
+def test_the_window_counts_a_large_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the window's worth of a large file is asked for, but the writer passes all of
+    it: once it has, the files after it must still be held to the window."""
+    (tmp_path / "tree" / "b").mkdir(parents=True)
+    (tmp_path / "tree" / "a.large").write_bytes(b"l" * (1024 * 1024))
+    for n in range(20):
+        (tmp_path / "tree" / "b" / f"{n:02}").write_bytes(b"s" * 4096)
+    advised = _advised(monkeypatch)
+    window = 4 * _in_archive(4096)
+    with _prefetching([tmp_path / "tree"], window=window) as writer_at:
+        writer_at(2 * prefetcher.BLOCK + _in_archive(1024 * 1024))  # past the large file
+        time.sleep(0.3)
+        assert 1 < len(advised) <= 1 + 4 + 1  # the large file, the window's worth and one
+
+
+def test_a_source_that_is_a_link_is_not_walked_into(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer archives such a source as a link; what it points to is not backed up."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "never").write_bytes(b"not in the archive")
+    (tmp_path / "source").symlink_to(tmp_path / "outside")
+    (tmp_path / "file-link").symlink_to(tmp_path / "outside" / "never")
+    advised = _advised(monkeypatch)
+    with _prefetching([tmp_path / "source", tmp_path / "file-link"], window=10**12):
+        time.sleep(0.2)
+    assert advised == []
 
 
 def test_several_at_once_it_asks_for_every_regular_file_never_through_a_link(
@@ -182,19 +220,29 @@ def test_the_helper_reads_the_files_ahead(tmp_path: Path) -> None:
     assert reading._helper.returncode is not None  # ended and reaped
 
 
-def test_a_helper_held_back_by_the_window_gets_no_passcode_and_ends_with_the_context(
+def test_a_helper_held_back_by_the_window_shows_nothing_and_ends_with_the_context(
     sources: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No passcode, credential or setting in its environment, and no name of what is
+    backed up in its command line (every local user can read it)."""
     monkeypatch.setenv("STRONGROOM_PASSCODE", "never-in-a-helper")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-store-credential")
     started = time.monotonic()
     with ReadAhead(sources, lambda: 0, window=1) as reading:  # the writer never moves
         assert reading._helper is not None
         proc = Path(f"/proc/{reading._helper.pid}")
         _until(lambda: b"prefetcher.py" in (proc / "cmdline").read_bytes())  # its own program
         environment = (proc / "environ").read_bytes()
-    assert b"STRONGROOM_PASSCODE" not in environment and b"PATH=" in environment
+        command_line = (proc / "cmdline").read_bytes()
+    assert environment == b""
+    assert b"tree" not in command_line and b"single.bin" not in command_line
     assert reading._helper.returncode is not None  # ended and reaped
     assert time.monotonic() - started < 5
+
+
+def test_a_backup_of_streams_only_starts_no_helper() -> None:
+    with ReadAhead([], lambda: 0) as reading:
+        assert reading._helper is None
 
 
 def test_without_a_python_to_start_there_is_no_read_ahead(

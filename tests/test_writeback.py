@@ -18,7 +18,7 @@ import pytest
 
 from strongroom import Engine, writeback
 from strongroom.backends.file import LocalStore
-from strongroom.filewrite import SMALL_FILE, WRITEBACK_STEP
+from strongroom.filewrite import SMALL_FILE, WRITEBACK_STEP, write_pieces
 from strongroom.libc import c_function
 from tests.conftest import PASSCODE, local_store
 
@@ -116,6 +116,24 @@ def test_a_restore_of_small_files_flushes_them_as_it_goes(
     engine.create("small", [source], passcode=PASSCODE)
     target = engine.restore("small", ext4_dir / "out", passcode=PASSCODE)
     assert [never_sent_to_disk(target / "source" / f"{n}.bin") for n in range(4)] == [0] * 4
+
+
+@pytest.mark.parametrize("offset", [0, 12345])
+def test_a_large_file_is_hinted_each_step_and_at_its_end(tmp_path: Path, offset: int) -> None:
+    """From where it starts (an appended part starts at the file's end), in ranges that
+    tile what was written."""
+    hints: list[tuple[int, int]] = []
+    piece = b"p" * (WRITEBACK_STEP // 2)
+    fd = os.open(tmp_path / "large", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        write_pieces(
+            fd, [piece] * 4 + [b"rest"], offset, lambda _, at, size: hints.append((at, size))
+        )
+    finally:
+        os.close(fd)
+    step = WRITEBACK_STEP
+    assert hints == [(offset, step), (offset + step, step), (offset + 2 * step, 4)]
 
 
 def test_it_is_only_a_hint() -> None:

@@ -357,7 +357,7 @@ def extract_archive(
     if preallocate is not None:
         preallocate = _within_stream(preallocate, stream, stream_size)
     try:
-        with SmallFileWriters(staging) as writers, FlushBehind(target) as flush:
+        with FlushBehind(target) as flush, SmallFileWriters(staging) as writers:
             extraction = _Extraction(stream, staging, writers, preallocate, flush)
             for member in read_members(stream):
                 match = selection_match(member_path(member.name), selected) if selected else None

@@ -49,7 +49,6 @@ __all__ = [
     "SmallFileWriters",
     "Staging",
     "can_start_helpers",
-    "helper_environment",
     "owner_ids",
     "write_file",
     "write_pieces",
@@ -522,11 +521,6 @@ def can_start_helpers(program: str = __file__) -> bool:
     )
 
 
-def helper_environment() -> dict[str, str]:
-    """A helper's environment: this one without strongroom's settings (the passcode)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
-
-
 class _Helper:
     """One helper process and the two pipes to it."""
 
@@ -544,7 +538,7 @@ class _Helper:
                 [sys.executable, "-I", "-S", __file__, *map(str, fds)],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
-                env=helper_environment(),
+                env={k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")},
             )
         except BaseException:
             os.close(task_write)

@@ -243,8 +243,9 @@ def get_plugin_manager(*, autoload: bool | None = None) -> pluggy.PluginManager:
         except Exception as exc:  # an installed plugin's import failed
             raise ConfigError(
                 f"An installed strongroom plugin failed to load ({type(exc).__name__}: {exc}). "
-                f"Reinstall or uninstall it; local (file://) stores work without it, and "
-                f"{DISABLE_AUTOLOAD_ENV}=1 turns every installed plugin off."
+                f"Reinstall or uninstall it (`pip list` shows them; backups and restores on "
+                f"file:// stores do not need it), or set {DISABLE_AUTOLOAD_ENV}=1 to use "
+                f"the built-in backends only."
             ) from exc
     manager.check_pending()
     return manager

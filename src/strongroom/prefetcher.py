@@ -3,17 +3,20 @@ the files of a backup's sources into the page cache, several at once, a window a
 archive writer.
 
 It walks the sources in the writer's order (names sorted, depth first, from directory
-descriptor to directory descriptor, never through a link), and WORKERS threads open each
-regular file and ask for it (`posix_fadvise` WILLNEED, which does not wait for the disk), so
-the disk has many inodes and files to fetch at once where the writer asks for one at a time.
-The walk waits while the files asked for are more than the window ahead of what the writer
-has written, which the main process sends down a pipe (8 bytes, little-endian, each time it
-grows). It stops once WARM_FILES files in a row were in the page cache already (on a warm
-tree it would only compete with the writer), when the pipe closes, or at the end.
+descriptor to directory descriptor, never through a link: a source that is a link is not
+entered, as the writer archives it as a link), and WORKERS threads open each regular file
+and ask for it (`posix_fadvise` WILLNEED, which does not wait for the disk), so the disk has
+many inodes and files to fetch at once where the writer asks for one at a time. A worker
+waits while what was asked for, counted as the archive counts it (a header and the padded
+data for each file), is more than the window ahead of what the writer has written, which the
+main process sends down a pipe (8 bytes, little-endian, each time it grows). It stops once
+WARM_FILES files in a row were in the page cache already (on a warm tree it would only
+compete with the writer), when the pipe closes, or at the end.
 
 Only a hint: nothing here changes what is archived, and any failure ends only the helper.
 This module imports the standard library only, and runs as the helper's program
-(`python -I -S prefetcher.py PROGRESS WINDOW SOURCE...`), so a helper starts in milliseconds.
+(`python -I -S prefetcher.py PROGRESS WINDOW`, the sources NUL-separated on its standard
+input, with an empty environment), so a helper starts in milliseconds.
 """
 
 from __future__ import annotations
@@ -31,22 +34,23 @@ from contextlib import suppress
 __all__ = ["POSITION", "WARM_FILES", "WORKERS", "Progress", "advise", "prefetch"]
 
 #: Files opened and asked for at once: eight `cat`s read 20,000 small files from a cold
-#: cache in 0.87 s where one took 2.45 s (docs/benchmarks.md).
+#: cache in 0.87 s where one took 2.45 s (docs/benchmarks.md, 2026-12-03 09:00 UTC).
 WORKERS = 8
 #: After this many files in a row found in the page cache, the tree is warm: stop.
 WARM_FILES = 256
 #: The writer's position in the archive, as the main process sends it.
 POSITION = struct.Struct("<Q")
+#: The archive's unit: each entry's header, and the padded data of a file (tarfile's).
+BLOCK = 512
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: A FIFO or device swapped in for a file neither blocks the open nor becomes a terminal.
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_SOURCE = _FILE & ~os.O_NOFOLLOW
 
 
 class Progress:
-    """How far the writer is (`written`, from the pipe) and what was asked for (`asked`:
-    bytes of files, each at most the window); `ended` once the helper is to stop."""
+    """How far the writer is (`written`, from the pipe) and how far what was asked for
+    reaches (`asked`, in bytes of archive); `ended` once the helper is to stop."""
 
     def __init__(self, window: int) -> None:
         self.window = window
@@ -70,8 +74,8 @@ class Progress:
             self._changed.notify_all()
 
     def reserve(self, size: int) -> bool:
-        """Wait until `size` more bytes fit in the window (or nothing asked for is ahead of
-        the writer), and count them; False once ended."""
+        """Wait until `size` more bytes of archive fit in the window (or nothing asked for
+        is ahead of the writer), and count them; False once ended."""
         with self._changed:
             self._changed.wait_for(
                 lambda: (
@@ -83,6 +87,11 @@ class Progress:
             if not self.ended:
                 self.asked += size
             return not self.ended
+
+    def passed(self, size: int) -> None:
+        """Count `size` bytes of archive that nobody reads ahead (a directory's header)."""
+        with self._changed:
+            self.asked += size
 
     def found(self, cached: bool) -> None:
         """Count a file that was in the page cache already, or was not."""
@@ -119,8 +128,10 @@ def advise(fd: int, progress: Progress) -> None:
     """Ask the kernel to read the open file `fd` (its first `window` bytes), if it is a
     regular file not in the page cache already and there is room in the window."""
     status = os.fstat(fd)
-    size = min(status.st_size, progress.window) if stat.S_ISREG(status.st_mode) else 0
-    if not size or not progress.reserve(size):
+    if not stat.S_ISREG(status.st_mode):
+        return
+    size = min(status.st_size, progress.window)
+    if not progress.reserve(BLOCK + -(-status.st_size // BLOCK) * BLOCK) or not size:
         return
     try:
         os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
@@ -131,8 +142,8 @@ def advise(fd: int, progress: Progress) -> None:
         progress.found(cached=True)
 
 
-#: A file for the workers: its directory and name (None: the source file itself, open).
-Task = tuple[Directory, str | None]
+#: A file for the workers: its directory and name.
+Task = tuple[Directory, bytes | str]
 
 
 def prefetch(sources: Sequence[bytes], progress: Progress) -> None:
@@ -154,15 +165,23 @@ def prefetch(sources: Sequence[bytes], progress: Progress) -> None:
 
 
 def _walk_source(source: bytes, tasks: queue.Queue[Task | None], progress: Progress) -> None:
-    """A source is the caller's path (followed as given); below it nothing is."""
-    directory = Directory(os.open(source, _SOURCE))
+    """A source's parents are the caller's path; the source itself and all below it are
+    never followed if links (as `sourcetree.walk_source` walks)."""
+    parent_path, name = os.path.split(source.rstrip(b"/") or b"/")
+    parent = Directory(os.open(parent_path or b".", _DIRECTORY))
     try:
-        if stat.S_ISDIR(os.fstat(directory.fd).st_mode):
-            _walk(directory, tasks, progress)
-        else:
-            tasks.put((directory.take(), None))
+        status = os.stat(name or b".", dir_fd=parent.fd, follow_symlinks=False)
+        if stat.S_ISREG(status.st_mode):
+            tasks.put((parent.take(), name))
+        elif stat.S_ISDIR(status.st_mode):
+            progress.passed(BLOCK)
+            directory = Directory(os.open(name or b".", _DIRECTORY, dir_fd=parent.fd))
+            try:
+                _walk(directory, tasks, progress)
+            finally:
+                directory.release()
     finally:
-        directory.release()
+        parent.release()
 
 
 def _walk(directory: Directory, tasks: queue.Queue[Task | None], progress: Progress) -> None:
@@ -176,7 +195,9 @@ def _walk(directory: Directory, tasks: queue.Queue[Task | None], progress: Progr
             return
         if is_file:
             tasks.put((directory.take(), name))
-        elif is_directory:
+            continue
+        progress.passed(BLOCK)  # its header
+        if is_directory:
             with suppress(OSError):
                 below = Directory(os.open(name, _DIRECTORY, dir_fd=directory.fd))
                 try:
@@ -187,26 +208,29 @@ def _walk(directory: Directory, tasks: queue.Queue[Task | None], progress: Progr
 
 def _work(tasks: queue.Queue[Task | None], progress: Progress) -> None:
     while (task := tasks.get()) is not None:
+        directory, name = task
+        if progress.ended:
+            directory.release()
+            continue
         with suppress(OSError):
-            fd = _open(*task)
+            fd = _open(directory, name)
             try:
-                if not progress.ended:
-                    advise(fd, progress)
+                advise(fd, progress)
             finally:
                 os.close(fd)
 
 
-def _open(directory: Directory, name: str | None) -> int:
+def _open(directory: Directory, name: bytes | str) -> int:
     """A task's file, open (never through a link); its directory released in any case."""
     try:
-        if name is None:  # the source itself
-            return os.dup(directory.fd)
         return os.open(name, _FILE, dir_fd=directory.fd)
     finally:
         directory.release()
 
 
 def _main(pipe: int, window: int, sources: Sequence[bytes]) -> None:
+    """The helper: its sources are NUL-separated on its standard input (not in its
+    command line, which every local user can read)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what it stops
     progress = Progress(window)
     threading.Thread(target=progress.follow, args=(pipe,), daemon=True).start()
@@ -214,4 +238,4 @@ def _main(pipe: int, window: int, sources: Sequence[bytes]) -> None:
 
 
 if __name__ == "__main__":
-    _main(int(sys.argv[1]), int(sys.argv[2]), [os.fsencode(arg) for arg in sys.argv[3:]])
+    _main(int(sys.argv[1]), int(sys.argv[2]), sys.stdin.buffer.read().split(b"\0")[:-1])

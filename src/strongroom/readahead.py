@@ -5,13 +5,15 @@ disk round trips (its inode, then its data), one at a time, where the disk could
 at once. So a helper process (`prefetcher.py`, in an interpreter of its own: threads here
 would wait for the GIL the writer holds) asks the kernel for the files ahead of the writer,
 several at once, within WINDOW bytes of what the writer has written, which a thread here
-sends it. 20,000 small files (500 MB), cold cache, until durable, 4 interleaved runs: 3.14 s
-with one read-ahead thread in this process, 2.07 s with a helper of 8 (docs/benchmarks.md).
+sends it. 20,000 small files (500 MB), cold cache, until durable, 5 interleaved runs: 4.74 s
+with one read-ahead thread in this process, 3.67 s with this helper (docs/benchmarks.md).
 
 Nothing here changes what is archived: a file read ahead is read again by the writer, as it
 is then; one the helper misses is simply not read ahead. Any failure (no Python to start,
-the helper ending) ends the read-ahead, never the backup; the helper is stopped with the
-context, and gets none of strongroom's settings.
+the helper ending) ends the read-ahead, never the backup. The helper is stopped with the
+context; it gets its sources on its standard input and an empty environment, so neither
+the names backed up nor any setting or credential of the host's shows in its command line
+or environment.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 from . import prefetcher
-from .filewrite import can_start_helpers, helper_environment
+from .filewrite import can_start_helpers
 
 __all__ = ["WINDOW", "ReadAhead"]
 
@@ -35,6 +37,9 @@ __all__ = ["WINDOW", "ReadAhead"]
 WINDOW = 64 * 1024 * 1024
 #: How often the writer's position is sent (seconds).
 _PAUSE = 0.005
+#: How long the end of a backup waits for its killed helper (one stuck on a dead disk
+#: is left for the interpreter to reap).
+_REAP_TIMEOUT = 1.0
 _log = logging.getLogger("strongroom.readahead")
 
 
@@ -52,11 +57,12 @@ class ReadAhead:
         self._thread = threading.Thread(target=self._report, name="strongroom-readahead")
 
     def __enter__(self) -> ReadAhead:
-        if can_start_helpers(prefetcher.__file__):
+        if self._sources and can_start_helpers(prefetcher.__file__):
             try:
                 self._start()
-            except OSError:  # advisory only: the writer reads every file itself anyway
+            except Exception:  # advisory only: the writer reads every file itself anyway
                 _log.debug("Reading ahead did not start", exc_info=True)
+                self._stop_helper()
         return self
 
     def __exit__(
@@ -65,32 +71,39 @@ class ReadAhead:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._helper is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        os.close(self._pipe)
-        self._helper.kill()  # a walk stuck on a dead mount must not hold the backup
-        self._helper.wait()
+        self._stop_helper()
 
     def _start(self) -> None:
         pipe, self._pipe = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self._pipe, False)  # a helper that reads no more never blocks us
         try:
-            program = [sys.executable, "-I", "-S", prefetcher.__file__]
-            sources = [os.fsencode(source) for source in self._sources]
             self._helper = subprocess.Popen(
-                [*program, str(pipe), str(self._window), *sources],
+                [sys.executable, "-I", "-S", prefetcher.__file__, str(pipe), str(self._window)],
                 pass_fds=(pipe,),
-                stdin=subprocess.DEVNULL,
-                env=helper_environment(),
+                stdin=subprocess.PIPE,
+                env={},
             )
-        except BaseException:
-            os.close(self._pipe)
-            raise
         finally:
             os.close(pipe)
+        assert self._helper.stdin is not None
+        with self._helper.stdin as names:  # read whole as the helper starts
+            names.write(b"".join(os.fsencode(source) + b"\0" for source in self._sources))
         self._thread.start()
+
+    def _stop_helper(self) -> None:
+        """Stop the reporting thread and the helper, whichever of them started."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._pipe >= 0:
+            os.close(self._pipe)
+            self._pipe = -1
+        if self._helper is not None:
+            self._helper.kill()  # a walk stuck on a dead mount must not hold the backup
+            try:
+                self._helper.wait(_REAP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                _log.debug("The read-ahead helper did not end in time")
 
     def _report(self) -> None:
         """Send the writer's position each time it has grown, until the context ends."""

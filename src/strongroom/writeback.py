@@ -53,8 +53,8 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
 
 class FlushBehind:
     """Flushes the file system of an open directory on a thread of its own, one `syncfs`
-    at a time, each time `wrote` has counted FLUSH_STEP more bytes; `close` waits for the
-    flush under way and any asked for, and starts none. Only a hint, like the above."""
+    at a time, each time `wrote` has counted FLUSH_STEP more bytes. Only a hint, like the
+    above."""
 
     def __init__(self, directory: int) -> None:
         self._directory = directory
@@ -67,25 +67,33 @@ class FlushBehind:
     def __enter__(self) -> FlushBehind:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.close(abandon=exc_type is not None)
 
     def wrote(self, size: int) -> None:
         """Count `size` more bytes written under the directory."""
         self._unflushed += size
-        if self._unflushed < FLUSH_STEP or _SYNCFS is None:
+        if self._unflushed < FLUSH_STEP or _SYNCFS is None or self._closing:
             return
         self._unflushed = 0
         if self._thread is None:
-            self._thread = threading.Thread(target=self._flush, name="strongroom-flush")
-            self._thread.start()
+            thread = threading.Thread(target=self._flush, name="strongroom-flush")
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: no flushes, as where syncfs is missing
+                self._closing = True
+                return
+            self._thread = thread
         with self._changed:
             self._asked = True
             self._changed.notify()
 
-    def close(self) -> None:
+    def close(self, *, abandon: bool = False) -> None:
+        """Wait for the flush under way and, unless `abandon` (a failed restore), the one
+        asked for; start none."""
         with self._changed:
             self._closing = True
+            self._asked = self._asked and not abandon
             self._changed.notify()
         if self._thread is not None:
             self._thread.join()

@@ -87,6 +87,7 @@ def create_app(
     called through `plugin_manager` (default: the engine's). Callers may
     register stores only under the URL prefixes of `allow_stores` (default: none).
     """
+    engine.registry  # noqa: B018 (every plugin's backends, so a broken one stops the start)
     api = _AdminApi(
         engine,
         [Path(source) for source in sources],
