@@ -127,7 +127,9 @@ def test_the_window_counts_a_large_file_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the window's worth of a large file is asked for, but the writer passes all of
-    it: once it has, the files after it must still be held to the window."""
+    it: once it has, the files after it must still be held to the window. (One worker:
+    several reserve their files out of the walk's order, so the count is not exact.)"""
+    monkeypatch.setattr(prefetcher, "WORKERS", 1)
     (tmp_path / "tree" / "b").mkdir(parents=True)
     (tmp_path / "tree" / "a.large").write_bytes(b"l" * (1024 * 1024))
     for n in range(20):
@@ -137,7 +139,7 @@ def test_the_window_counts_a_large_file_whole(
     with _prefetching([tmp_path / "tree"], window=window) as writer_at:
         writer_at(2 * prefetcher.BLOCK + _in_archive(1024 * 1024))  # past the large file
         time.sleep(0.3)
-        assert 1 < len(advised) <= 1 + 4 + 1  # the large file, the window's worth and one
+        assert len(advised) == 1 + 4  # the large file and the window's worth
 
 
 def test_a_source_that_is_a_link_is_not_walked_into(
