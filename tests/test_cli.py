@@ -180,7 +180,7 @@ def test_backup_lifecycle(
 
     listing = cli("list", "--json")
     assert listing.code == 0
-    assert listing.json() == {"backups": [first, second.json()]}
+    assert listing.json() == {"backups": [first, second.json()], "unreadable": []}
     table = cli("list")
     assert table.out.splitlines()[0].split()[:2] == ["NAME", "CREATED"]
     assert "nightly db" in table.out and "second" in table.out
@@ -328,14 +328,40 @@ def test_short_passcode_is_refused(cli: Cli, small: Path, monkeypatch: pytest.Mo
     assert outcome.code == 7
     assert "at least 8 characters" in outcome.error_line
     assert "short" not in outcome.err
-    assert cli("list", "--json").json() == {"backups": []}
+    assert cli("list", "--json").json() == {"backups": [], "unreadable": []}
 
 
 def test_an_empty_store_lists_as_a_sentence(cli: Cli) -> None:
     listing = cli("list")
     assert listing.code == 0
     assert listing.out == "No backups in store backupsDefault.\n"
-    assert cli("list", "--json").json() == {"backups": []}
+    assert cli("list", "--json").json() == {"backups": [], "unreadable": []}
+
+
+def test_a_manifest_that_does_not_read_fails_the_list_after_the_rest(
+    cli: Cli, home: Path, fast: Engine, backup: str, small: Path
+) -> None:
+    """A damaged store must not look like a complete one, to a person or to a script."""
+    fast.create("damaged", [small], passcode=PASSCODE)
+    manifest = _default_store(home) / "manifests" / "damaged"
+    manifest.write_bytes(b"not a manifest")
+
+    listing = cli("list")
+    assert listing.code == 8
+    assert listing.out.splitlines()[1].startswith(backup)
+    assert "damaged" not in listing.out
+    assert "1 backup(s) in store backupsDefault are not listed" in listing.err
+    assert "are not listed because their manifest does not read: damaged." in listing.err
+    document = cli("list", "--json")
+    assert document.code == 8
+    assert [b["name"] for b in document.json()["backups"]] == [backup]
+    assert [u["name"] for u in document.json()["unreadable"]] == ["damaged"]
+
+    manifest.unlink()
+    (_default_store(home) / "manifests" / backup).write_bytes(b"{}")
+    only_damaged = cli("list")
+    assert only_damaged.code == 8
+    assert only_damaged.out == "No readable backups in store backupsDefault.\n"
 
 
 def test_an_empty_passcode_says_where_it_came_from(
@@ -351,7 +377,7 @@ def test_an_empty_passcode_says_where_it_came_from(
     from_file = cli("create", "--name", "tiny", "--passcode-file", empty, small)
     assert from_file.code == 7
     assert "empty first line" in from_file.error_line
-    assert cli("list", "--json").json() == {"backups": []}
+    assert cli("list", "--json").json() == {"backups": [], "unreadable": []}
 
 
 @pytest.mark.parametrize(
@@ -389,7 +415,7 @@ def test_bad_backup_names_are_config_errors(
     assert outcome.code == 3
     assert "not a valid backup name" in outcome.error_line
     assert cli("info", name).code == 3
-    assert cli("list", "--json").json() == {"backups": []}
+    assert cli("list", "--json").json() == {"backups": [], "unreadable": []}
 
 
 @pytest.mark.parametrize("value", ["1", "tomorrow", "1.7e12", "-5", "", "12ms"])
@@ -800,7 +826,10 @@ def test_default_store_receives_backups(
     assert (offsite / "manifests" / "away").is_file()
     backups = cli("list", "--json").json()["backups"]
     assert [(b["name"], b["backupStore"]) for b in backups] == [("away", "offsite")]
-    assert cli("list", "--store", "backupsDefault", "--json").json() == {"backups": []}
+    assert cli("list", "--store", "backupsDefault", "--json").json() == {
+        "backups": [],
+        "unreadable": [],
+    }
     assert cli("verify", "away", "--passcode-file", passcode_file).code == 0
 
 

@@ -381,6 +381,23 @@ def test_list_info_update_delete(engine: Engine, tree: Path) -> None:
         engine.delete("a")
 
 
+def test_a_manifest_that_does_not_read_is_listed_as_unreadable_not_left_out(
+    engine: Engine, home: Path, tree: Path
+) -> None:
+    engine.create("good", [tree], passcode=PASSCODE)
+    engine.create("damaged", [tree], passcode=PASSCODE)
+    (store_dir(home) / manifest_key("damaged")).write_bytes(b"not a manifest")
+
+    listing = engine.listing()
+    assert [b.name for b in listing.backups] == ["good"]
+    assert list(listing.unreadable) == ["damaged"]
+    assert "not JSON" in listing.unreadable["damaged"]
+    assert listing.to_dict()["unreadable"] == [
+        {"name": "damaged", "problem": listing.unreadable["damaged"]}
+    ]
+    assert engine.list() == listing.backups
+
+
 def test_delete_removes_manifest_and_data(engine: Engine, home: Path, tree: Path) -> None:
     info = engine.create("gone", [tree], passcode=PASSCODE)
     assert info.chunk_count > 1

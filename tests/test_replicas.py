@@ -106,7 +106,7 @@ def test_a_replica_killed_mid_create_reads_failed_on_another_within_the_lease(
     assert job["status"] == "FAILED", job
     assert noticed < LEASE + 1.5, f"noticed after {noticed:.1f} s"
     assert "stopped while the job was EXECUTING" in job["messages"][-1]
-    assert b.get(BACKUPS).json() == {"backups": []}
+    assert b.get(BACKUPS).json() == {"backups": [], "unreadable": []}
     assert _data_objects(home, "interrupted"), "the killed create should have left data behind"
 
 

@@ -565,7 +565,7 @@ async def test_backup_create_list_get_update_restore_delete(
 
     info = engine.info("backup_first").to_dict()
     assert info["retentionDate"] == int(retention)
-    assert (await api.get(f"{STORE}/backups")).json() == {"backups": [info]}
+    assert (await api.get(f"{STORE}/backups")).json() == {"backups": [info], "unreadable": []}
     assert (await api.get(f"{STORE}/backups/backup_first")).json() == info
 
     later = _future(30)
@@ -586,7 +586,7 @@ async def test_backup_create_list_get_update_restore_delete(
 
     deleted = await api.post(f"{STORE}/backups/backup_first/delete")
     assert deleted.json() == {"status": "success"}
-    assert (await api.get(f"{STORE}/backups")).json() == {"backups": []}
+    assert (await api.get(f"{STORE}/backups")).json() == {"backups": [], "unreadable": []}
 
     engine.create("second", [tree], passcode=SECRET)
     job = api.job(await api.post(f"{STORE}/backups/second/delete", **{"async": "true"}))
@@ -1249,6 +1249,20 @@ async def _page(api: Api, path: str, **form: str) -> httpx.Response:
     if form:
         return await api.send("POST", path, data={"token": TOKEN, **form})
     return await api.send("GET", path, params={"token": TOKEN})
+
+
+async def test_a_manifest_that_does_not_read_is_reported_by_the_list_not_left_out(
+    api: Api, engine: Engine, kept: str, home: Path, tree: Path
+) -> None:
+    engine.create("damaged", [tree], passcode=SECRET)
+    (home / "stores" / "backupsDefault" / "manifests" / "damaged").write_bytes(b"<script>")
+
+    document = (await api.get(f"{STORE}/backups")).json()
+    assert [b["name"] for b in document["backups"]] == [kept]
+    assert [u["name"] for u in document["unreadable"]] == ["damaged"]
+    page = (await _page(api, f"{STORE}/backups")).text
+    assert 'id="unreadable"' in page and '<span class="name">damaged</span>' in page
+    assert "No backups yet" not in page
 
 
 async def test_pages_show_sizes_as_people_read_them_and_json_keeps_bytes(

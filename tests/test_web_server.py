@@ -99,7 +99,7 @@ def test_a_job_killed_with_its_server_reads_failed_after_a_restart(
     assert job.json()["status"] == "FAILED"
     assert any("stopped while the job was EXECUTING" in m for m in job.json()["messages"])
     listed = restarted.get(BACKUPS)
-    assert listed.json() == {"backups": []}
+    assert listed.json() == {"backups": [], "unreadable": []}
     assert _data_objects(home, "interrupted"), "the killed create should have left data behind"
 
 
@@ -452,7 +452,7 @@ def test_serve_without_schedules_runs_none(serve: ServerFactory, home: Path, tre
     _define_schedule("idle", "1s")
     server = serve([tree], "--no-schedules")
     time.sleep(2.5)
-    assert server.get(BACKUPS).json() == {"backups": []}
+    assert server.get(BACKUPS).json() == {"backups": [], "unreadable": []}
 
 
 @pytest.mark.parametrize("homes", ["one home", "a home each"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .config import EMBEDDED_STORE_NAME, StoresConfig, StoreSpec
 from .crypto import KdfParams, Passcode
-from .engine import BackupInfo, Engine
+from .engine import BackupInfo, Engine, Listing
 from .errors import (
     BackupExistsError,
     BackupNotFoundError,
@@ -57,6 +57,7 @@ __all__ = [
     "JobStoreUnavailableError",
     "JobTimeoutError",
     "KdfParams",
+    "Listing",
     "ObjectInfo",
     "ObjectLockedError",
     "Passcode",

@@ -31,7 +31,14 @@ from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, installed_v
 from .config import StoresConfig, StoreSpec, config_path, editing
 from .crypto import Passcode
 from .engine import BackupInfo, Engine
-from .errors import ConfigError, JobError, PasscodeError, StoreUnavailableError, StrongroomError
+from .errors import (
+    ConfigError,
+    IntegrityError,
+    JobError,
+    PasscodeError,
+    StoreUnavailableError,
+    StrongroomError,
+)
 from .format import from_epoch_ms, utc_now
 from .jobs import JobStatus
 from .jobstore import check_location, has_password
@@ -409,12 +416,16 @@ def run_write_key_new(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    """The store's backups; exit 8 (IntegrityError) after them if any manifest did not read,
+    so that neither a person nor a script takes a damaged store for a complete one."""
     engine = Engine()
-    backups = engine.list(args.store)
+    listing = engine.listing(args.store)
+    backups, unreadable = listing.backups, listing.unreadable
+    store = _printable(engine.store(args.store).name)
     if args.json:
-        _print_json({"backups": [info.to_dict() for info in backups]})
+        _print_json(listing.to_dict())
     elif not backups:
-        print(f"No backups in store {_printable(engine.store(args.store).name)}.")
+        print(f"No {'readable ' if unreadable else ''}backups in store {store}.")
     else:
         rows = [
             (
@@ -427,6 +438,14 @@ def run_list(args: argparse.Namespace) -> int:
             for b in backups
         ]
         _print_table(("NAME", "CREATED", "RETENTION DATE", "STORED", "DESCRIPTION"), rows)
+    if unreadable:
+        names = ", ".join(_printable(name) for name in unreadable)
+        raise IntegrityError(
+            f"{len(unreadable)} backup(s) in store {store} are not listed because their "
+            f"manifest does not read: {names}. 'strongroom info NAME' says why. Nothing was "
+            "changed; none of them restores until its manifest is whole again (from the "
+            "store's versioning or a copy)."
+        )
     return 0
 
 

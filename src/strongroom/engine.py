@@ -84,7 +84,7 @@ from .restoretarget import Landing, check_restore_target
 from .retention import CleanupReport, check_retention_date, parse_moment, retention_ms
 from .store import Store
 
-__all__ = ["BackupInfo", "Engine"]
+__all__ = ["BackupInfo", "Engine", "Listing"]
 
 logger = logging.getLogger("strongroom")
 
@@ -134,6 +134,22 @@ class BackupInfo:
             "sourceSize": self.source_size,
             "storedSize": self.stored_size,
             "backupId": self.backup_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A store's backups, oldest first, and those whose manifest does not read (name: why):
+    a damaged or altered manifest is reported, never silently left out of a list."""
+
+    backups: list[BackupInfo]
+    unreadable: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The admin API's list document; the CLI's `list --json` prints the same."""
+        return {
+            "backups": [info.to_dict() for info in self.backups],
+            "unreadable": [{"name": n, "problem": p} for n, p in self.unreadable.items()],
         }
 
 
@@ -469,12 +485,18 @@ class Engine(EngineJobs):
     # -- listing and metadata --------------------------------------------------------
 
     def list(self, store: str | None = None) -> list[BackupInfo]:
-        """Every committed backup in the store, oldest first."""
+        """Every committed backup in the store whose manifest reads, oldest first
+        (`listing` also says which do not)."""
+        return self.listing(store).backups
+
+    def listing(self, store: str | None = None) -> Listing:
+        """Every committed backup in the store, oldest first, and why any manifest did not
+        read (each also logged as a warning)."""
         source = self.store(store)
-        manifests, problems = self._manifests(source)
-        for problem in problems:
+        manifests, unreadable = self._manifests(source)
+        for problem in unreadable.values():
             logger.warning("Not listed: %s", problem)
-        return [BackupInfo.from_manifest(m, source.name) for m in manifests]
+        return Listing([BackupInfo.from_manifest(m, source.name) for m in manifests], unreadable)
 
     def info(self, name: str, store: str | None = None) -> BackupInfo:
         source, manifest = self._open(name, store)
@@ -581,13 +603,14 @@ class Engine(EngineJobs):
             raise IntegrityError(f"The manifest stored as {name!r} belongs to {manifest.name!r}.")
         return source, manifest
 
-    def _manifests(self, source: Store) -> tuple[builtins.list[Manifest], builtins.list[str]]:
-        """The store's readable manifests, oldest first, and why any others were unreadable."""
+    def _manifests(self, source: Store) -> tuple[builtins.list[Manifest], dict[str, str]]:
+        """The store's readable manifests, oldest first, and why any others were unreadable
+        (by name)."""
         names = [
             n for obj in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(obj.key))
         ]
         manifests, unreadable = self._read_manifests(source, names)
-        return sorted(manifests, key=lambda m: (m.created, m.name)), list(unreadable.values())
+        return sorted(manifests, key=lambda m: (m.created, m.name)), unreadable
 
     def _read_manifests(
         self, source: Store, names: builtins.list[str]

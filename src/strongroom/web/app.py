@@ -294,9 +294,8 @@ class _AdminApi:
 
     async def list_backups(self, call: _Call) -> Reply:
         store = call.path("storeName")
-        backups = await _run(self._engine.list, store)
-        document = {"backups": [info.to_dict() for info in backups]}
-        return Reply(document, "backups.html", {"store": store})
+        listing = await _run(self._engine.listing, store)
+        return Reply(listing.to_dict(), "backups.html", {"store": store})
 
     async def create(self, call: _Call) -> Reply:
         store = call.path("storeName")
