@@ -155,10 +155,12 @@ def test_if_a_helper_dies_this_thread_writes_everything_it_had(
     assert no_children_left()
 
 
-def test_helpers_get_no_strongroom_settings_and_exact_file_names(
+def test_helpers_get_only_the_loader_and_locale_settings_and_exact_file_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STRONGROOM_PASSCODE", "never-in-a-helper")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-store-credential")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
     name = os.fsdecode(b"caf\xe9-not-utf8")  # a surrogate-escaped name
     with writers_in(tmp_path) as writers:
         for n in range(filewrite.BATCH_FILES):
@@ -167,8 +169,11 @@ def test_helpers_get_no_strongroom_settings_and_exact_file_names(
         writers.wait_all()  # the helper has written, so it runs its own program by now
         # (read sooner, /proc may still show the environment of the process before exec)
         environment = Path(f"/proc/{writers._helpers[0].process.pid}/environ").read_bytes()
-    assert b"STRONGROOM_PASSCODE" not in environment
-    assert b"PATH=" in environment
+    assert b"LC_ALL=C.UTF-8\0" in environment
+    names = {entry.partition(b"=")[0] for entry in environment.split(b"\0") if entry}
+    assert names <= {b"LD_LIBRARY_PATH", b"LD_PRELOAD", b"LANG", b"LANGUAGE"} | {
+        n for n in names if n.startswith(b"LC_")
+    }
     assert b"caf\xe9-not-utf8" in os.listdir(os.fsencode(tmp_path))
 
 

@@ -225,10 +225,13 @@ def test_the_helper_reads_the_files_ahead(tmp_path: Path) -> None:
 def test_a_helper_held_back_by_the_window_shows_nothing_and_ends_with_the_context(
     sources: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No passcode, credential or setting in its environment, and no name of what is
-    backed up in its command line (every local user can read it)."""
+    """No passcode, credential or setting but the locale in its environment, and no name
+    of what is backed up in its command line (every local user can read it)."""
     monkeypatch.setenv("STRONGROOM_PASSCODE", "never-in-a-helper")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-store-credential")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    for name in [n for n in os.environ if n.startswith(("LC_", "LD_", "LANGUAGE"))]:
+        monkeypatch.delenv(name)
     started = time.monotonic()
     with ReadAhead(sources, lambda: 0, window=1) as reading:  # the writer never moves
         assert reading._helper is not None
@@ -236,7 +239,7 @@ def test_a_helper_held_back_by_the_window_shows_nothing_and_ends_with_the_contex
         _until(lambda: b"prefetcher.py" in (proc / "cmdline").read_bytes())  # its own program
         environment = (proc / "environ").read_bytes()
         command_line = (proc / "cmdline").read_bytes()
-    assert environment == b""
+    assert environment == b"LANG=C.UTF-8\0"  # filewrite.helper_environment
     assert b"tree" not in command_line and b"single.bin" not in command_line
     assert reading._helper.returncode is not None  # ended and reaped
     assert time.monotonic() - started < 5

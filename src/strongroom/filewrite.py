@@ -73,6 +73,8 @@ _LENGTH = struct.Struct("<I")
 #: Told (descriptor, offset, length) of a range of a file being written.
 RangeHint = Callable[[int, int, int], None]
 _PYTHON = re.compile(r"python[0-9.]*")
+#: The host's variables a helper process inherits (besides LC_*): `helper_environment`.
+_INHERITED = frozenset({"LD_LIBRARY_PATH", "LD_PRELOAD", "LANG", "LANGUAGE"})
 
 _Made = TypeVar("_Made")
 _log = logging.getLogger("strongroom.filewrite")
@@ -513,6 +515,13 @@ def helpers_for(cores: int | None) -> int:
     return max(1, (cores or 2) - 1)
 
 
+def helper_environment() -> dict[str, str]:
+    """All a helper process gets of the host's environment: what the dynamic loader needs to
+    start the interpreter, and the locale (how names are encoded, what language errors are
+    in). Store credentials, proxies and every other setting stay in this process."""
+    return {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith("LC_")}
+
+
 def can_start_helpers(program: str = __file__) -> bool:
     """Whether this process can start a Python on `program` (not where Python is embedded
     in another program, or strongroom imported from a zip file)."""
@@ -538,7 +547,7 @@ class _Helper:
                 [sys.executable, "-I", "-S", __file__, *map(str, fds)],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
-                env={k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")},
+                env=helper_environment(),
             )
         except BaseException:
             os.close(task_write)

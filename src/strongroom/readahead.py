@@ -11,9 +11,9 @@ with one read-ahead thread in this process, 3.67 s with this helper (docs/benchm
 Nothing here changes what is archived: a file read ahead is read again by the writer, as it
 is then; one the helper misses is simply not read ahead. Any failure (no Python to start,
 the helper ending) ends the read-ahead, never the backup. The helper is stopped with the
-context; it gets its sources on its standard input and an empty environment, so neither
-the names backed up nor any setting or credential of the host's shows in its command line
-or environment.
+context; it gets its sources on its standard input and of the environment only the loader's
+and locale's variables (`filewrite.helper_environment`), so neither the names backed up nor
+any credential of the host's shows in its command line or environment.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 from . import prefetcher
-from .filewrite import can_start_helpers
+from .filewrite import can_start_helpers, helper_environment
 
 __all__ = ["WINDOW", "ReadAhead"]
 
@@ -81,7 +81,7 @@ class ReadAhead:
                 [sys.executable, "-I", "-S", prefetcher.__file__, str(pipe), str(self._window)],
                 pass_fds=(pipe,),
                 stdin=subprocess.PIPE,
-                env={},
+                env=helper_environment(),
             )
         finally:
             os.close(pipe)
