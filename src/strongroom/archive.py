@@ -47,6 +47,7 @@ from .pipeline import ChunkWriter
 from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
 from .sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
+from .tarheader import member_header
 from .tarstream import TarSource, read_members
 from .writeback import FlushBehind, start_writeback
 
@@ -159,22 +160,28 @@ class _ForgetfulTarFile(tarfile.TarFile):
     """
 
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: SupportsRead[bytes] | None = None) -> None:
-        """As tarfile's, but into a ChunkWriter a file's bytes are read straight into the
-        chunk buffer (tarfile would read them into a new buffer, then copy that)."""
+        """As tarfile's, with headers from `member_header` (an eighth of tarfile's time),
+        and into a ChunkWriter a file's bytes read straight into the chunk buffer (tarfile
+        would read them into a new buffer, then copy that)."""
         sink = self.fileobj
-        if isinstance(sink, ChunkWriter) and isinstance(fileobj, io.BufferedIOBase):
-            self._check("awx")  # type: ignore[attr-defined]  # not in typeshed
-            header = tarinfo.tobuf(self.format, self.encoding, self.errors)
-            sink.write(header)
+        if fileobj is None:
+            self._write_header(tarinfo)
+        elif isinstance(sink, ChunkWriter) and isinstance(fileobj, io.BufferedIOBase):
+            self._write_header(tarinfo)
             sink.write_from(fileobj, tarinfo.size)
-            blocks, remainder = divmod(tarinfo.size, tarfile.BLOCKSIZE)
-            if remainder:
-                sink.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
-                blocks += 1
-            self.offset += len(header) + blocks * tarfile.BLOCKSIZE
+            padding = -tarinfo.size % tarfile.BLOCKSIZE
+            if padding:
+                sink.write(tarfile.NUL * padding)
+            self.offset += tarinfo.size + padding
         else:
             super().addfile(tarinfo, fileobj)
         self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
+
+    def _write_header(self, tarinfo: tarfile.TarInfo) -> None:
+        self._check("awx")  # type: ignore[attr-defined]  # not in typeshed
+        header = member_header(tarinfo, self.encoding, self.errors)
+        cast(IO[bytes], self.fileobj).write(header)
+        self.offset += len(header)
 
 
 def _open_writer(sink: io.RawIOBase) -> _ForgetfulTarFile:
