@@ -166,7 +166,7 @@ class _ForgetfulTarFile(tarfile.TarFile):
         sink = self.fileobj
         if fileobj is None:
             self._write_header(tarinfo)
-        elif isinstance(sink, ChunkWriter) and isinstance(fileobj, io.BufferedIOBase):
+        elif isinstance(sink, ChunkWriter) and isinstance(fileobj, io.RawIOBase):
             self._write_header(tarinfo)
             sink.write_from(fileobj, tarinfo.size)
             padding = -tarinfo.size % tarfile.BLOCKSIZE
@@ -252,7 +252,7 @@ def _add_entry(
             tar.addfile(info)
         return
     fd, status = open_regular(entry)
-    with open(fd, "rb") as file:
+    with open(fd, "rb", buffering=0) as file:  # read into the chunk buffer, never buffered
         info = members.info(entry.arcname, status)
         if info is not None and keep(info) is not None:
             tar.addfile(info, file if info.isreg() else None)
