@@ -350,7 +350,7 @@ def test_a_manifest_that_does_not_read_fails_the_list_after_the_rest(
     assert listing.code == 8
     assert listing.out.splitlines()[1].startswith(backup)
     assert "damaged" not in listing.out
-    assert "1 backup(s) in store backupsDefault are not listed" in listing.err
+    assert "1 backup(s) in store backupsDefault are not listed" in listing.error_line
     assert "are not listed because their manifest does not read: damaged." in listing.err
     document = cli("list", "--json")
     assert document.code == 8

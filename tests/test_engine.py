@@ -382,7 +382,7 @@ def test_list_info_update_delete(engine: Engine, tree: Path) -> None:
 
 
 def test_a_manifest_that_does_not_read_is_listed_as_unreadable_not_left_out(
-    engine: Engine, home: Path, tree: Path
+    engine: Engine, home: Path, tree: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine.create("good", [tree], passcode=PASSCODE)
     engine.create("damaged", [tree], passcode=PASSCODE)
@@ -395,7 +395,11 @@ def test_a_manifest_that_does_not_read_is_listed_as_unreadable_not_left_out(
     assert listing.to_dict()["unreadable"] == [
         {"name": "damaged", "problem": listing.unreadable["damaged"]}
     ]
+    assert not caplog.records  # the caller reports them, once
     assert engine.list() == listing.backups
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Not listed: {listing.unreadable['damaged']}"
+    ]
 
 
 def test_delete_removes_manifest_and_data(engine: Engine, home: Path, tree: Path) -> None:

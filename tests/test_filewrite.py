@@ -171,7 +171,7 @@ def test_helpers_get_only_the_loader_and_locale_settings_and_exact_file_names(
         environment = Path(f"/proc/{writers._helpers[0].process.pid}/environ").read_bytes()
     assert b"LC_ALL=C.UTF-8\0" in environment
     names = {entry.partition(b"=")[0] for entry in environment.split(b"\0") if entry}
-    assert names <= {b"LD_LIBRARY_PATH", b"LD_PRELOAD", b"LANG", b"LANGUAGE"} | {
+    assert names <= {b"LD_LIBRARY_PATH", b"LD_PRELOAD", b"LANG", b"LANGUAGE", b"LOCPATH"} | {
         n for n in names if n.startswith(b"LC_")
     }
     assert b"caf\xe9-not-utf8" in os.listdir(os.fsencode(tmp_path))

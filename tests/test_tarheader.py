@@ -35,7 +35,7 @@ COMMON = {
     "file, whole mtime as int": member(mtime=1_795_788_508),
     "file, whole mtime as float": member(mtime=1_795_788_508.0),
     "file, mtime rounding half to even": member(mtime=2.5),
-    "file, mtime 0": member(mtime=0.000001),
+    "file, mtime just after 1970": member(mtime=0.000001),
     "empty file, mode with setuid": member(size=0, mode=0o104755),
     "directory, no slash yet": member("dir", tarfile.DIRTYPE, size=0, mode=0o40755),
     "directory, with slash": member("dir/", tarfile.DIRTYPE, size=0),

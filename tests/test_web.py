@@ -1255,7 +1255,7 @@ async def test_a_manifest_that_does_not_read_is_reported_by_the_list_not_left_ou
     api: Api, engine: Engine, kept: str, home: Path, tree: Path
 ) -> None:
     engine.create("damaged", [tree], passcode=SECRET)
-    (home / "stores" / "backupsDefault" / "manifests" / "damaged").write_bytes(b"<script>")
+    (home / "stores" / "backupsDefault" / "manifests" / "damaged").write_bytes(b"not a manifest")
 
     document = (await api.get(f"{STORE}/backups")).json()
     assert [b["name"] for b in document["backups"]] == [kept]

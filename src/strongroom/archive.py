@@ -166,7 +166,9 @@ class _ForgetfulTarFile(tarfile.TarFile):
         sink = self.fileobj
         if fileobj is None:
             self._write_header(tarinfo)
-        elif isinstance(sink, ChunkWriter) and isinstance(fileobj, io.RawIOBase):
+        elif isinstance(sink, ChunkWriter) and isinstance(
+            fileobj, io.RawIOBase | io.BufferedIOBase
+        ):
             self._write_header(tarinfo)
             sink.write_from(fileobj, tarinfo.size)
             padding = -tarinfo.size % tarfile.BLOCKSIZE
@@ -178,6 +180,7 @@ class _ForgetfulTarFile(tarfile.TarFile):
         self.members.clear()  # type: ignore[attr-defined]  # not in typeshed
 
     def _write_header(self, tarinfo: tarfile.TarInfo) -> None:
+        """Write the member's header (pax: `_open_writer` makes every writer pax)."""
         self._check("awx")  # type: ignore[attr-defined]  # not in typeshed
         header = member_header(tarinfo, self.encoding, self.errors)
         cast(IO[bytes], self.fileobj).write(header)

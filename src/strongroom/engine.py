@@ -485,17 +485,18 @@ class Engine(EngineJobs):
     # -- listing and metadata --------------------------------------------------------
 
     def list(self, store: str | None = None) -> list[BackupInfo]:
-        """Every committed backup in the store whose manifest reads, oldest first
-        (`listing` also says which do not)."""
-        return self.listing(store).backups
+        """Every committed backup in the store whose manifest reads, oldest first; each
+        that does not is logged as a warning (`listing` returns them)."""
+        listing = self.listing(store)
+        for problem in listing.unreadable.values():
+            logger.warning("Not listed: %s", problem)
+        return listing.backups
 
     def listing(self, store: str | None = None) -> Listing:
         """Every committed backup in the store, oldest first, and why any manifest did not
-        read (each also logged as a warning)."""
+        read."""
         source = self.store(store)
         manifests, unreadable = self._manifests(source)
-        for problem in unreadable.values():
-            logger.warning("Not listed: %s", problem)
         return Listing([BackupInfo.from_manifest(m, source.name) for m in manifests], unreadable)
 
     def info(self, name: str, store: str | None = None) -> BackupInfo:

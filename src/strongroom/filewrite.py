@@ -74,7 +74,9 @@ _LENGTH = struct.Struct("<I")
 RangeHint = Callable[[int, int, int], None]
 _PYTHON = re.compile(r"python[0-9.]*")
 #: The host's variables a helper process inherits (besides LC_*): `helper_environment`.
-_INHERITED = frozenset({"LD_LIBRARY_PATH", "LD_PRELOAD", "LANG", "LANGUAGE"})
+_INHERITED = frozenset(
+    {"LD_LIBRARY_PATH", "LD_PRELOAD", "LANG", "LANGUAGE", "LOCPATH", "LOCALE_ARCHIVE"}
+)
 
 _Made = TypeVar("_Made")
 _log = logging.getLogger("strongroom.filewrite")

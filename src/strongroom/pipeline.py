@@ -143,7 +143,7 @@ class ChunkWriter(io.RawIOBase):
             self._on_write(size)
         return size
 
-    def write_from(self, source: io.RawIOBase, size: int) -> None:
+    def write_from(self, source: io.RawIOBase | io.BufferedIOBase, size: int) -> None:
         """Append `size` bytes of `source` read straight into the chunk buffer (`readinto`:
         the only copy a file's bytes get before compression and sealing). OSError, as
         tarfile says it, if the source ends sooner."""

@@ -16,7 +16,7 @@ compete with the writer), when the pipe closes, or at the end.
 Only a hint: nothing here changes what is archived, and any failure ends only the helper.
 This module imports the standard library only, and runs as the helper's program
 (`python -I -S prefetcher.py PROGRESS WINDOW`, the sources NUL-separated on its standard
-input, with an empty environment), so a helper starts in milliseconds.
+input, with only the loader's and locale's variables), so a helper starts in milliseconds.
 """
 
 from __future__ import annotations

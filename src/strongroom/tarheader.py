@@ -47,7 +47,7 @@ def _common_header(info: tarfile.TarInfo) -> bytes | None:
         name.isascii()
         and len(name) <= _NAME_LENGTH
         and linkname.isascii()
-        and len(linkname) <= _NAME_LENGTH
+        and len(linkname) <= tarfile.LENGTH_LINK
         and uname.isascii()
         and len(uname) <= _OWNER_LENGTH
         and gname.isascii()
