@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import tarfile
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,6 +154,20 @@ def test_large_files_and_stream_parts_come_back_exact(
     target = engine.restore("large", tmp_path / "out", passcode=PASSCODE)
     assert snapshot(target / "large") == snapshot(source)
     assert (target / "dump").read_bytes() == payload
+
+
+def test_files_and_stream_parts_are_read_straight_into_the_chunk_buffer(
+    engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never through tarfile's copy, which reads into a buffer of its own first."""
+
+    def copy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tarfile copied a member's bytes")
+
+    monkeypatch.setattr(tarfile, "copyfileobj", copy)
+    monkeypatch.setattr("strongroom.archive.STREAM_PART_SIZE", 1000)
+    engine.create("direct", [tree], passcode=PASSCODE, streams={"dump": io.BytesIO(b"d" * 2500)})
+    engine.verify("direct", passcode=PASSCODE)
 
 
 def test_restore_selected_paths(engine: Engine, tree: Path, tmp_path: Path) -> None:
