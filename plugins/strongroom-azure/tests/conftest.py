@@ -80,6 +80,8 @@ class AzuriteServer:
         return Account(f"http://127.0.0.1:{self.port}/{DEV_ACCOUNT}")
 
     def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("azurite-blob is running already")  # its port would answer
         log = (self.location / "azurite.log").open("ab")
         self.process = subprocess.Popen(
             [

@@ -152,12 +152,17 @@ def test_a_server_killed_mid_backup_commits_nothing_and_a_retry_succeeds(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    azurite_server.start()
     account = azurite_server.account
-    with account.client() as client:
-        client.create_container("killed")
-    azurite_server.stop()  # a graceful stop saves the container to disk
     azurite_server.start()
+    for _ in range(5):  # until the container is on disk: it survives a graceful restart
+        with account.client() as client:
+            if client.get_container_client("killed").exists():
+                break
+            client.create_container("killed")
+        azurite_server.stop()
+        azurite_server.start()
+    else:
+        pytest.fail("Azurite lost its container at every graceful restart")
     options = account.options(retry_total=1, **NO_WAIT)
     store = open_azure_store(StoreSpec("offsite", "az://killed/backups", options))
     engine = make_engine(store, chunk_size=CHUNK)
@@ -176,6 +181,7 @@ def test_a_server_killed_mid_backup_commits_nothing_and_a_retry_succeeds(
     monkeypatch.setattr(store, "put", put_and_kill_on_the_tenth)
     with pytest.raises(StrongroomError) as caught:
         engine.create("nightly", [source], passcode=PASSCODE, store="offsite")
+    assert puts >= 10, f"the backup failed before the server was killed: {caught.value}"
     assert isinstance(caught.value, StoreUnavailableError)
     assert "Store 'offsite'" in str(caught.value)
 
