@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 import threading
 import time
 import tomllib
@@ -326,7 +325,7 @@ def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
     place instead, which fails with FileExistsError if anything (a link too) is there.
     Neither follows a link at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temporary, flags, 0o600)
     try:

@@ -11,8 +11,6 @@ included.
 from __future__ import annotations
 
 import binascii
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -32,6 +30,8 @@ from .crypto import (
     new_salt,
     recipient_private_key,
     recipient_public_key,
+    same_bytes,
+    sha256,
     unwrap_file_key,
     unwrap_from_recipient,
     wrap_to_recipient,
@@ -195,10 +195,10 @@ def open_backup(manifest: Manifest, passcode: str | Passcode) -> BackupKeys:
         file_key = unwrap_file_key(master, slot.wrapped_key, manifest.key_binding())
     else:
         expected = WriteKey._from_master(master, slot.salt, slot.kdf)
-        if not hmac.compare_digest(expected.key_check, slot.key_check):
+        if not same_bytes(expected.key_check, slot.key_check):
             raise wrong_passcode()
         writer_mac = hmac_sha256(expected.writer_key, manifest.authenticated_bytes())
-        if not hmac.compare_digest(writer_mac, manifest.writer_mac):
+        if not same_bytes(writer_mac, manifest.writer_mac):
             raise IntegrityError(
                 f"Backup {manifest.name!r} was not written with this passcode or its write "
                 "key: its manifest is forged or has been tampered with."
@@ -219,7 +219,7 @@ def _checksum(fields: dict[str, Any]) -> str:
     would make backups the passcode cannot open, found only at a restore; this finds it
     when the key is loaded."""
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
-    return to_b64(hashlib.sha256(b"strongroom write key " + canonical).digest()[:16])
+    return to_b64(sha256(b"strongroom write key " + canonical)[:16])
 
 
 def _int(value: object) -> int:

@@ -16,7 +16,6 @@ import builtins
 import logging
 import os
 import posixpath
-import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -307,7 +306,7 @@ def _write(
     file's descriptor (returned): an fsync through a descriptor opened later could miss a
     write-back error the kernel has forgotten by then. Its writeback starts meanwhile
     (`writeback`), so that fsync finds the work done."""
-    temporary = f".{name}.{secrets.token_hex(8)}.tmp"
+    temporary = f".{name}.{os.urandom(8).hex()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temporary, flags, 0o666, dir_fd=parent)
     try:
