@@ -1650,6 +1650,21 @@ async def test_the_schedule_form_takes_the_names_a_schedule_can_have(
     assert 'pattern="[A-Za-z0-9_][A-Za-z0-9_.\\-]{0,49}" maxlength="50"' in page
 
 
+async def test_a_scheduled_backup_that_does_not_read_is_named_on_its_schedule(
+    api: Api, home: Path
+) -> None:
+    await api.post(f"{SCHEDULES}/create", name="hourly", passcode=SECRET, every="1h")
+    name = api.job(await api.post(f"{SCHEDULES}/hourly/run"))["result"]["name"]
+    (home / "stores" / "backupsDefault" / "manifests" / name).write_bytes(b"not a manifest")
+
+    shown = (await api.get(f"{SCHEDULES}/hourly")).json()
+    assert shown["recentBackups"] == []
+    assert [u["name"] for u in shown["unreadable"]] == [name]
+    page = (await _page(api, f"{SCHEDULES}/hourly")).text
+    assert 'id="unreadable"' in page and f'<span class="name">{name}</span>' in page
+    assert "No backups yet" not in page
+
+
 async def test_the_schedule_pages(api: Api, engine: Engine, home: Path) -> None:
     form = {"token": TOKEN, "name": "nightly", "passcode": SECRET, "every": "", "cron": "0 2 * * *"}
     defined = await api.send("POST", f"{SCHEDULES}/create", data=form | {"keepDays": "14"})

@@ -145,6 +145,13 @@ class Listing:
     backups: list[BackupInfo]
     unreadable: dict[str, str]
 
+    def only(self, named: Callable[[str], object]) -> Listing:
+        """The backups, readable or not, whose names `named` accepts (a schedule's slots)."""
+        return Listing(
+            [info for info in self.backups if named(info.name)],
+            {name: problem for name, problem in self.unreadable.items() if named(name)},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The admin API's list document; the CLI's `list --json` prints the same."""
         return {

@@ -417,17 +417,18 @@ class _AdminApi:
         return Reply(schedule.to_dict(utc_now()), redirect=page)
 
     async def get_schedule(self, call: _Call) -> Reply:
-        """The schedule, its next runs, its last run's job, and its recent backups."""
+        """The schedule, its next runs, its last run's job, its recent backups, and those of
+        its backups whose manifest does not read (by name: their manifest cannot say)."""
         schedule = schedules.get_schedule(await _run(self._config), call.path("scheduleName"))
         jobs = await _run(runs, self._engine, schedule)
-        backups = await _run(self._engine.list, schedule.store)
-        recent = [
-            b.to_dict() for b in reversed(backups) if b.scheduled and schedule.slot_of(b.name)
-        ]
+        listing = await _run(self._engine.listing, schedule.store)
+        mine = listing.only(schedule.slot_of).to_dict()
+        recent = [b for b in reversed(mine["backups"]) if b["scheduleType"] == "SCHEDULED"]
         document = {
             **schedule.to_dict(utc_now()),
             "lastRun": jobs[0].to_dict() if jobs else None,
             "recentBackups": recent[:RECENT],
+            "unreadable": mine["unreadable"],
         }
         return Reply(document, "schedule.html", {"jobs": jobs[:RECENT]})
 
