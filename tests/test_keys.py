@@ -5,6 +5,7 @@ six), each a test that fails when the property is broken. The tamper and bounds 
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from strongroom import (
     Passcode,
     PasscodeError,
     WriteKey,
+    libc,
 )
 from strongroom.crypto import (
     BackupKeys,
@@ -353,6 +355,20 @@ def test_a_reader_of_v1_only_refuses_a_v2_manifest_by_its_version(
 # -- the key file ---------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["renameat2", "a check before the rename"])
+def without_hard_links(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system with no hard links (a USB stick's FAT: link fails with EPERM), with
+    renameat2's RENAME_NOREPLACE and with the check that stands in where there is none."""
+
+    def refuse(*_: object, **__: object) -> None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", refuse)
+    if request.param != "renameat2":
+        monkeypatch.setattr(libc, "_RENAMEAT2", None)
+
+
+@pytest.mark.usefixtures("without_hard_links")
 def test_a_write_key_is_saved_owner_only_and_never_over_anything(
     write_key: WriteKey, tmp_path: Path
 ) -> None:

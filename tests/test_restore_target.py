@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import ConfigError, Engine, restoretarget
+from strongroom import ConfigError, Engine, libc, restoretarget
 from tests.conftest import PASSCODE, snapshot
 
 
@@ -31,7 +31,7 @@ def renames(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """A test that takes it runs with renameat2's RENAME_NOREPLACE, and again with the
     check that stands in where the C library or file system has none."""
     if request.param != "renameat2":
-        monkeypatch.setattr(restoretarget, "_RENAMEAT2", None)
+        monkeypatch.setattr(libc, "_RENAMEAT2", None)
 
 
 def before_the_move(action: Callable[[], None]) -> Callable[[str], None]:

@@ -42,6 +42,7 @@ import tomli_w
 
 from .errors import ConfigBusyError, ConfigError, UnknownStoreError
 from .format import validate_name
+from .libc import rename_noreplace
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -321,9 +322,9 @@ def _busy(lock: Path) -> ConfigBusyError:
 def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
     """Replace `path` atomically with `text`, readable by its owner only (0600) from the
     first byte: a new temporary file of a random name (never one planted beforehand, nor
-    another writer's), fsynced before the rename. Without `overwrite` it is linked into
-    place instead, which fails with FileExistsError if anything (a link too) is there.
-    Neither follows a link at `path`."""
+    another writer's), fsynced before the rename. Without `overwrite` the rename never
+    replaces: it fails with FileExistsError if anything (a link too) is there. Neither
+    follows a link at `path`, and neither needs hard links (a USB stick's FAT has none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -336,7 +337,11 @@ def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
         if overwrite:
             os.replace(temporary, path)
         else:
-            os.link(temporary, path)
+            parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                rename_noreplace(parent, temporary.name, parent, path.name)
+            finally:
+                os.close(parent)
     finally:
         temporary.unlink(missing_ok=True)
 

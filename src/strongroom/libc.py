@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
+import os
 import sys
 from typing import Any
 
-__all__ = ["c_function"]
+__all__ = ["c_function", "rename_noreplace"]
+
+#: renameat2's flag: fail with EEXIST rather than replace what has the new name.
+RENAME_NOREPLACE = 1
 
 
 @functools.cache
@@ -26,3 +31,29 @@ def c_function(name: str, *argtypes: Any) -> Any:
         function.argtypes = list(argtypes)
         function.restype = ctypes.c_int
     return function
+
+
+#: renameat2(2), from glibc 2.28; None where the C library has none.
+_RENAMEAT2 = c_function(
+    "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+)
+
+
+def rename_noreplace(source: int, name: str, target: int, new_name: str) -> None:
+    """Rename `name` in one directory to `new_name` in another, failing (EEXIST) if that
+    is taken, even by an empty directory or a dangling link: renameat2's RENAME_NOREPLACE,
+    or, where the file system or C library has no such flag, a check just before the
+    rename (which a racer could slip between)."""
+    if _RENAMEAT2 is not None:
+        old, new = os.fsencode(name), os.fsencode(new_name)
+        if _RENAMEAT2(source, old, target, new, RENAME_NOREPLACE) == 0:
+            return
+        error = ctypes.get_errno()
+        if error not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(error, os.strerror(error), new_name)
+    try:
+        os.stat(new_name, dir_fd=target, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(name, new_name, src_dir_fd=source, dst_dir_fd=target)
+    else:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new_name)

@@ -15,7 +15,6 @@ nothing elsewhere, and whatever appears there meanwhile is never overwritten.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import shutil
@@ -25,17 +24,11 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import ConfigError
-from .libc import c_function
+from .libc import rename_noreplace
 
 __all__ = ["Landing", "check_restore_target"]
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: renameat2's flag: fail with EEXIST rather than replace what has the new name.
-RENAME_NOREPLACE = 1
-#: renameat2(2), from glibc 2.28; None where the C library has none.
-_RENAMEAT2 = c_function(
-    "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
-)
 
 
 def check_restore_target(target: Path) -> Path:
@@ -119,7 +112,7 @@ class Landing:
         try:
             if self._target < 0:
                 os.fchmod(self.staging, 0o777 & ~_umask())
-                _rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
+                rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
             else:
                 _move_entries(self.staging, self._target)
         except OSError as exc:
@@ -184,7 +177,7 @@ def _move_entries(source: int, target: int) -> None:
     try:
         for name in sorted(os.listdir(source)):
             try:
-                _rename_noreplace(source, name, target, name)
+                rename_noreplace(source, name, target, name)
             finally:  # moved, even if an interrupt came between the rename and this line
                 if not _exists(name, source):
                     moved.append(name)
@@ -201,23 +194,6 @@ def _exists(name: str, directory: int) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _rename_noreplace(source: int, name: str, target: int, new_name: str) -> None:
-    """Rename `name` in one directory to `new_name` in another, failing (EEXIST) if that
-    is taken, even by an empty directory: renameat2's RENAME_NOREPLACE, or, where the
-    file system or C library has no such flag, a check just before the rename (which a
-    racer could slip between)."""
-    if _RENAMEAT2 is not None:
-        old, new = os.fsencode(name), os.fsencode(new_name)
-        if _RENAMEAT2(source, old, target, new, RENAME_NOREPLACE) == 0:
-            return
-        error = ctypes.get_errno()
-        if error not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(error, os.strerror(error), new_name)
-    if _exists(new_name, target):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new_name)
-    os.rename(name, new_name, src_dir_fd=source, dst_dir_fd=target)
 
 
 def _remove_tree(parent: int, name: str) -> None:
