@@ -140,9 +140,9 @@ def test_the_file_is_written_owner_only_atomically_and_keeps_the_api_table(
     replaced: list[int] = []
     real_replace = os.replace
 
-    def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-        replaced.append(stat.S_IMODE(os.stat(source).st_mode))
-        real_replace(source, target)
+    def replace(source: str, target: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        replaced.append(stat.S_IMODE(os.stat(source, dir_fd=src_dir_fd).st_mode))
+        real_replace(source, target, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(os, "replace", replace)
     config = StoresConfig.load()

@@ -137,7 +137,7 @@ def test_sha256_is_sha256() -> None:
 
 def test_a_command_loads_one_openssl() -> None:
     """Python's hmac and hashlib load the system's OpenSSL beside the one cryptography
-    brings: 20-40 ms of every command's start with a cold page cache."""
+    brings: about 20 ms of every command's start with a cold page cache."""
     code = "import sys, strongroom.cli; print(sorted({'_hashlib', 'hmac'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (loaded.returncode, loaded.stdout.strip()) == (0, "[]"), loaded.stderr

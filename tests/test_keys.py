@@ -355,20 +355,22 @@ def test_a_reader_of_v1_only_refuses_a_v2_manifest_by_its_version(
 # -- the key file ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["renameat2", "a check before the rename"])
-def without_hard_links(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file system with no hard links (a USB stick's FAT: link fails with EPERM), with
-    renameat2's RENAME_NOREPLACE and with the check that stands in where there is none."""
+@pytest.fixture(params=["hard links", "renameat2", "a check before the rename"])
+def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file saved without overwrite is put in place by a hard link; where the file system
+    has none (a USB stick's FAT: link fails with EPERM), by renameat2's RENAME_NOREPLACE;
+    and where it has neither, by a check just before the rename."""
 
     def refuse(*_: object, **__: object) -> None:
         raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
 
-    monkeypatch.setattr(os, "link", refuse)
-    if request.param != "renameat2":
+    if request.param != "hard links":
+        monkeypatch.setattr(os, "link", refuse)
+    if request.param == "a check before the rename":
         monkeypatch.setattr(libc, "_RENAMEAT2", None)
 
 
-@pytest.mark.usefixtures("without_hard_links")
+@pytest.mark.usefixtures("placing")
 def test_a_write_key_is_saved_owner_only_and_never_over_anything(
     write_key: WriteKey, tmp_path: Path
 ) -> None:

@@ -25,13 +25,14 @@ from the environment only when the store is opened. The file is written owner-on
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -322,28 +323,46 @@ def _busy(lock: Path) -> ConfigBusyError:
 def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
     """Replace `path` atomically with `text`, readable by its owner only (0600) from the
     first byte: a new temporary file of a random name (never one planted beforehand, nor
-    another writer's), fsynced before the rename. Without `overwrite` the rename never
-    replaces: it fails with FileExistsError if anything (a link too) is there. Neither
-    follows a link at `path`, and neither needs hard links (a USB stick's FAT has none)."""
+    another writer's) beside it, fsynced, then renamed over it, all relative to one
+    descriptor of the directory. Without `overwrite` it is put in place only if nothing
+    (a link neither) has the name, else FileExistsError (`_place_new`). Neither follows a
+    link at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    temporary = f".{path.name}.{os.urandom(8).hex()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temporary, flags, 0o600)
     try:
-        with open(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(fd)
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                rename_noreplace(parent, temporary.name, parent, path.name)
-            finally:
-                os.close(parent)
+        fd = os.open(temporary, flags, 0o600, dir_fd=parent)
+        try:
+            with open(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(fd)
+            if overwrite:
+                os.replace(temporary, path.name, src_dir_fd=parent, dst_dir_fd=parent)
+            else:
+                _place_new(parent, temporary, path.name)
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=parent)
     finally:
-        temporary.unlink(missing_ok=True)
+        os.close(parent)
+
+
+#: What link(2) answers on a file system without hard links (FAT: EPERM).
+_NO_HARD_LINKS = frozenset((errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK))
+
+
+def _place_new(directory: int, temporary: str, name: str) -> None:
+    """Give `temporary` the name `name` only if nothing has it: a hard link, atomic wherever
+    there are hard links; where there are none (a USB stick's FAT), a rename that never
+    replaces (`libc.rename_noreplace`)."""
+    try:
+        os.link(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        rename_noreplace(directory, temporary, directory, name)
 
 
 def _has_password(url: str) -> bool:

@@ -292,8 +292,8 @@ def sha256(message: bytes) -> bytes:
 def same_bytes(a: bytes, b: bytes) -> bool:
     """Whether `a == b`, in time that does not tell where they differ: their HMACs under a
     fresh key, compared by cryptography's constant-time check. (Python's hmac.compare_digest
-    would do, but importing hmac loads a second OpenSSL into every command: 20-40 ms of a
-    cold start.)"""
+    would do, but importing hmac loads a second OpenSSL into every command: about 20 ms
+    of a cold start.)"""
     key = os.urandom(KEY_SIZE)
     mac = hmac.HMAC(key, hashes.SHA256())
     mac.update(a)

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["c_function", "rename_noreplace"]
+__all__ = ["c_function", "exists_at", "rename_noreplace"]
 
 #: renameat2's flag: fail with EEXIST rather than replace what has the new name.
 RENAME_NOREPLACE = 1
@@ -51,9 +51,15 @@ def rename_noreplace(source: int, name: str, target: int, new_name: str) -> None
         error = ctypes.get_errno()
         if error not in (errno.EINVAL, errno.ENOSYS):
             raise OSError(error, os.strerror(error), new_name)
-    try:
-        os.stat(new_name, dir_fd=target, follow_symlinks=False)
-    except FileNotFoundError:
-        os.rename(name, new_name, src_dir_fd=source, dst_dir_fd=target)
-    else:
+    if exists_at(new_name, target):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new_name)
+    os.rename(name, new_name, src_dir_fd=source, dst_dir_fd=target)
+
+
+def exists_at(name: str, directory: int) -> bool:
+    """Whether anything (a link too, never followed) has `name` in `directory`."""
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

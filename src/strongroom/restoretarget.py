@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import ConfigError
-from .libc import rename_noreplace
+from .libc import exists_at, rename_noreplace
 
 __all__ = ["Landing", "check_restore_target"]
 
@@ -179,21 +179,13 @@ def _move_entries(source: int, target: int) -> None:
             try:
                 rename_noreplace(source, name, target, name)
             finally:  # moved, even if an interrupt came between the rename and this line
-                if not _exists(name, source):
+                if not exists_at(name, source):
                     moved.append(name)
     except BaseException:
         for name in reversed(moved):
             with suppress(OSError):
                 os.rename(name, name, src_dir_fd=target, dst_dir_fd=source)
         raise
-
-
-def _exists(name: str, directory: int) -> bool:
-    try:
-        os.stat(name, dir_fd=directory, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _remove_tree(parent: int, name: str) -> None:
