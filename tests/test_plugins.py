@@ -180,7 +180,10 @@ def test_local_stores_work_without_loading_installed_plugins(
     engine.create("local", [tree], passcode=PASSCODE)
     engine.restore("local", tmp_path / "out", passcode=PASSCODE)
     assert (tmp_path / "out" / "data" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
-    failed = r"plugin failed to load \(ImportError: no module named botocore\)\. Reinstall"
+    failed = (
+        r"plugin failed to load \(ImportError: no module named botocore\): "
+        r"broken = strongroom_broken from strongroom-broken\. Reinstall"
+    )
     with pytest.raises(ConfigError, match=failed):
         engine.registry  # noqa: B018 (the admin API's fence reads every backend's options)
     with pytest.raises(ConfigError, match=failed):

@@ -241,14 +241,30 @@ def get_plugin_manager(*, autoload: bool | None = None) -> pluggy.PluginManager:
         try:
             manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:  # an installed plugin's import failed
+            which = ", ".join(_failing_plugins()) or "one of them"
             raise ConfigError(
-                f"An installed strongroom plugin failed to load ({type(exc).__name__}: {exc}). "
-                f"Reinstall or uninstall it (`pip list` shows them; backups and restores on "
-                f"file:// stores do not need it), or set {DISABLE_AUTOLOAD_ENV}=1 to use "
-                f"the built-in backends only."
+                f"An installed strongroom plugin failed to load ({type(exc).__name__}: {exc}): "
+                f"{which}. Reinstall or uninstall it (`pip list` shows them; backups and "
+                f"restores on file:// stores do not need it), or set {DISABLE_AUTOLOAD_ENV}=1 "
+                f"to use the built-in backends only."
             ) from exc
     manager.check_pending()
     return manager
+
+
+def _failing_plugins() -> list[str]:
+    """The installed plugins whose import fails, each as `name = module (from its
+    distribution)`, for the error that has to say which one to reinstall or uninstall."""
+    import importlib.metadata  # pluggy has just imported it; every command need not
+
+    failing = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception:
+            source = f" from {entry_point.dist.name}" if entry_point.dist else ""
+            failing.append(f"{entry_point.name} = {entry_point.value}{source}")
+    return failing
 
 
 def build_registry(manager: pluggy.PluginManager) -> BackendRegistry:
