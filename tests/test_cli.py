@@ -1136,6 +1136,13 @@ def test_jobs_list_and_show_read_the_job_table_without_a_server(
         "jobs": [failed.to_dict()]
     }
     assert cli("jobs", "list", "--status", "DONE").code == 2
+    assert cli("jobs", "list", "--status", "CANCELLED").out == "No jobs with status 'CANCELLED'.\n"
+    typo = cli("jobs", "list", "--operation", "backup")
+    assert (typo.code, typo.out) == (
+        0,
+        "No jobs with operation 'backup'. strongroom's operations are create, restore, "
+        "verify, delete, cleanup, register.\n",
+    )
 
     assert cli("jobs", "show", created.jobid, "--json").json() == created.to_dict()
     shown = cli("jobs", "show", failed.jobid)

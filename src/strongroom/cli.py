@@ -40,6 +40,7 @@ from .errors import (
     StrongroomError,
 )
 from .format import from_epoch_ms, utc_now
+from .jobrecord import OPERATION_NAMES
 from .jobs import JobStatus
 from .jobstore import check_location, has_password
 from .keys import WriteKey
@@ -697,6 +698,9 @@ def run_jobs_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"jobs": [job.to_dict() for job in jobs]})
         return 0
+    if not jobs:
+        print(_no_jobs(status, args.operation))
+        return 0
     header = ("JOB", "OPERATION", "STORE", "BACKUP", "STATUS", "STAGE", "SUBMITTED")
     rows = [
         (
@@ -712,6 +716,17 @@ def run_jobs_list(args: argparse.Namespace) -> int:
     ]
     _print_table(header, rows)
     return 0
+
+
+def _no_jobs(status: JobStatus | None, operation: str | None) -> str:
+    """What an empty job listing says, naming strongroom's operations when the one asked
+    for is none of them (a typo finds nothing, and should not look like an empty table)."""
+    asked = (("status", status and status.value), ("operation", operation))
+    what = " and ".join(f"{key} {value!r}" for key, value in asked if value)
+    message = f"No jobs with {what}." if what else "No jobs."
+    if operation is not None and operation not in OPERATION_NAMES:
+        message += f" strongroom's operations are {', '.join(OPERATION_NAMES)}."
+    return message
 
 
 def run_jobs_show(args: argparse.Namespace) -> int:

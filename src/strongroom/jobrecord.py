@@ -11,7 +11,18 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Job", "JobStatus", "Stage", "end_stages", "failed"]
+__all__ = ["OPERATION_NAMES", "Job", "JobStatus", "Stage", "end_stages", "failed"]
+
+#: strongroom's job operations, with the names the admin API's status document gives them
+#: (a host product's own jobs may have others).
+OPERATION_NAMES = {
+    "create": "Backup",
+    "restore": "Restore",
+    "verify": "Verify",
+    "delete": "Delete",
+    "cleanup": "Cleanup",
+    "register": "Register",
+}
 
 
 class JobStatus(StrEnum):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..jobrecord import OPERATION_NAMES
 from ..jobs import Job, JobStatus
 from .params import whole_number
 
@@ -18,15 +19,6 @@ MAX_NUM = 100
 DEFAULT_NUM = 10
 #: The highest `start` (it becomes an SQLite offset, which must fit 64 bits).
 MAX_START = 1_000_000_000
-#: The status document's names of the engine's job operations.
-OPERATION_NAMES = {
-    "create": "Backup",
-    "restore": "Restore",
-    "verify": "Verify",
-    "delete": "Delete",
-    "cleanup": "Cleanup",
-    "register": "Register",
-}
 
 
 def status_document(job: Job | None) -> dict[str, Any]:
