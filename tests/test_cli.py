@@ -31,6 +31,7 @@ import pytest
 
 from strongroom import ConfigError, Engine, StoresConfig, StoreSpec
 from strongroom.cli import main
+from strongroom.format import STORE_MARKER_KEY
 from strongroom.web.auth import hash_token
 from strongroom.web.serve import _listen
 from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, write_key_secrets
@@ -705,36 +706,74 @@ def test_a_store_whose_directory_cannot_be_made_is_not_added(cli: Cli, tmp_path:
     assert blocker.read_text() == ""
 
 
-@pytest.mark.parametrize(
+#: Commands that would take a store that is not there for one without backups.
+STORE_COMMANDS = pytest.mark.parametrize(
     "command",
     [
         ["list"],
         ["info", "kept"],
+        ["restore", "kept", "--target", "OUT", "--passcode-file", "PASSCODE"],
         ["stores", "validate", "disk"],
-        ["create", "--name", "again", "SOURCE"],
+        ["create", "--name", "again", "--passcode-file", "PASSCODE", "SOURCE"],
         ["cleanup"],
+        ["schedules", "run", "nightly"],
     ],
-    ids=["list", "info", "validate", "create", "cleanup"],
+    ids=["list", "info", "restore", "validate", "create", "cleanup", "schedule"],
 )
+
+
+@STORE_COMMANDS
 def test_a_store_whose_directory_went_missing_is_an_error_never_an_empty_store(
     cli: Cli, tmp_path: Path, small: Path, passcode_file: Path, command: list[str]
 ) -> None:
     """An unmounted disk or a moved directory: listing it as empty would hide every backup,
     and the next create would start a new store where the disk belongs."""
     directory = tmp_path / "disk" / "store"
-    assert cli("stores", "add", "disk", directory.as_uri(), "--default").code == 0
+    _store_with_a_backup(cli, directory, small, passcode_file)
     assert directory.is_dir(), "adding a file store makes its directory"
-    store = ["create", "--name", "kept", "--passcode-file", passcode_file, small]
-    assert cli(*store).code == 0
     directory.rename(tmp_path / "moved")
 
-    args = [str(small) if arg == "SOURCE" else arg for arg in command]
-    passcode = ["--passcode-file", str(passcode_file)] if command[0] == "create" else []
-    outcome = cli(*args, *passcode)
+    outcome = cli(*_store_command(command, small, tmp_path / "out", passcode_file))
     assert outcome.code in (1, 4), outcome
     assert "is missing" in outcome.out + outcome.err
     assert "No backup named" not in outcome.err
     assert not directory.exists(), "nothing made the store's directory again"
+
+
+@STORE_COMMANDS
+def test_a_disk_not_mounted_at_the_store_directory_is_an_error_never_an_empty_store(
+    cli: Cli, tmp_path: Path, small: Path, passcode_file: Path, command: list[str]
+) -> None:
+    """The store's directory is a mount point: with the disk not mounted it is there,
+    empty. Taken for a store without backups, it would list none, and the next create
+    would write onto the disk below it, where nobody would look for the backup."""
+    mount_point = tmp_path / "mnt" / "backup"
+    _store_with_a_backup(cli, mount_point, small, passcode_file)
+    mount_point.rename(tmp_path / "the-disk")  # unmounted: ...
+    mount_point.mkdir()  # ... and the empty directory it was mounted on is left
+
+    outcome = cli(*_store_command(command, small, tmp_path / "out", passcode_file))
+    assert outcome.code in (1, 4), outcome
+    assert "does not look like a strongroom store" in outcome.out + outcome.err
+    assert "mount it" in outcome.out + outcome.err
+    assert "No backup named" not in outcome.err
+    assert list(mount_point.iterdir()) == [], "nothing was written below the mount point"
+    assert not (tmp_path / "out").exists()
+
+
+def _store_with_a_backup(cli: Cli, directory: Path, source: Path, passcode: Path) -> None:
+    """The default store `disk` in `directory`, holding the backup `kept` of `source`, and
+    the schedule `nightly` backing `source` up into it."""
+    assert cli("stores", "add", "disk", directory.as_uri(), "--default").code == 0
+    assert cli("create", "--name", "kept", "--passcode-file", passcode, source).code == 0
+    every = ["--every", "1h", "--source", source, "--passcode-file", passcode]
+    assert cli("schedules", "add", "nightly", *every).code == 0
+
+
+def _store_command(command: list[str], source: Path, target: Path, passcode: Path) -> list[str]:
+    """One of STORE_COMMANDS with its placeholders filled in."""
+    filled = {"SOURCE": str(source), "OUT": str(target), "PASSCODE": str(passcode)}
+    return [filled.get(arg, arg) for arg in command]
 
 
 @pytest.mark.parametrize(
@@ -750,6 +789,47 @@ def test_usage_errors_are_exit_2(cli: Cli, args: list[str]) -> None:
 
 
 # -- stores -------------------------------------------------------------------------------
+
+
+def test_a_store_written_into_config_toml_by_hand_is_made_and_marked_by_stores_init(
+    cli: Cli, home: Path, tmp_path: Path, small: Path, passcode_file: Path
+) -> None:
+    """Configured by hand, an empty directory is indistinguishable from a disk that is not
+    mounted; `stores init` says once that it is a new store, as `stores add` does."""
+    by_hand = tmp_path / "by-hand"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(f'[stores.nas]\nurl = "{by_hand.as_uri()}"\n')
+    create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name"]
+    missing = cli(*create, "first", small)
+    assert missing.code == 4 and "'strongroom stores init nas' makes it" in missing.err
+    by_hand.mkdir()
+    empty = cli(*create, "first", small)
+    assert empty.code == 4 and "run 'strongroom stores init nas' once" in empty.err
+    assert list(by_hand.iterdir()) == []
+
+    assert cli("stores", "init", "nas").code == 0
+    assert cli(*create, "first", small).code == 0
+    assert cli("stores", "init", "nas").code == 0, "a store made already is left as it is"
+    assert cli("list", "--store", "nas", "--json").json()["backups"][0]["name"] == "first"
+
+
+def test_a_store_from_before_markers_is_known_by_its_backups_and_marked_by_a_create(
+    cli: Cli, tmp_path: Path, small: Path, passcode_file: Path
+) -> None:
+    """Stores added before strongroom marked them hold backups but no marker: they keep
+    working, and the next create marks them, so they stay known once emptied."""
+    directory = tmp_path / "old"
+    assert cli("stores", "add", "old", directory.as_uri(), "--default").code == 0
+    assert cli("create", "--name", "first", "--passcode-file", passcode_file, small).code == 0
+    (directory / STORE_MARKER_KEY).unlink()  # as strongroom 0.1.0 left its stores
+
+    assert cli("list", "--json").json()["backups"][0]["name"] == "first"
+    assert cli("verify", "first", "--passcode-file", passcode_file).code == 0
+    assert not (directory / STORE_MARKER_KEY).exists(), "reading writes nothing"
+    assert cli("create", "--name", "second", "--passcode-file", passcode_file, small).code == 0
+    assert (directory / STORE_MARKER_KEY).is_file()
+    assert cli("delete", "first").code == 0 and cli("delete", "second").code == 0
+    assert cli("list", "--json").json()["backups"] == []
 
 
 def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -> None:
@@ -793,7 +873,8 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
     assert "locks backups  no" in validated.out
     report = cli("stores", "validate", "offsite", "--json").json()
     assert report["ok"] is True
-    assert report["checks"] == {"write": True, "read": True, "list": True, "delete": True}
+    checks = {"write": True, "read": True, "list": True, "delete": True, "recognised": True}
+    assert report["checks"] == checks
     assert report["capabilities"]["put_if_absent"] is True
     assert not any((offsite / "probes").glob("*"))
 

@@ -44,11 +44,11 @@ def test_first_backup_needs_no_setup(home: Path, tree: Path) -> None:
 def test_stores_from_toml_with_a_default(home: Path, tmp_path: Path, tree: Path) -> None:
     home.mkdir()
     offsite = tmp_path / "offsite"
-    offsite.mkdir()  # a store configured by hand: its operator makes the directory
     (home / "config.toml").write_text(
         f'default = "offsite"\n[stores.offsite]\nurl = "{offsite.as_uri()}"\n', encoding="utf-8"
     )
     engine = Engine(kdf=FAST_KDF)
+    engine.init_store("offsite")  # configured by hand: made and marked once
     assert engine.create("x", [tree], passcode=PASSCODE).store == "offsite"
     assert (offsite / "manifests" / "x").is_file()
     assert [b.name for b in engine.list("backupsDefault")] == []

@@ -468,10 +468,10 @@ def test_two_replicas_run_each_slot_exactly_once(
     or (a home each) nothing else: then the claims are all they coordinate by."""
     monkeypatch.setenv("STRONGROOM_CONFIG", str(tmp_path / "shared.toml"))
     store = tmp_path / "shared-store"
-    store.mkdir()
     config = StoresConfig.load()
     config.add(StoreSpec("shared", store.as_uri()))
-    config.save()
+    config.save()  # the file every replica is deployed with; then one of them inits:
+    Engine().init_store("shared")
     _define_schedule("pair", "1s", [tree], store="shared")
     own = [{"STRONGROOM_HOME": str(tmp_path / name)} for name in ("a", "b")]
     replicas = [serve([], env=env if homes == "a home each" else None) for env in own]

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json_option(cleanup)
 
-    stores = _command(commands, "stores", "list, add, remove or validate backup stores", None)
+    stores = _command(commands, "stores", "list, add, init, remove or validate backup stores", None)
     store_commands = stores.add_subparsers(required=True, metavar="ACTION")
     stores_list = _command(store_commands, "list", "list configured stores", run_stores_list)
     _json_option(stores_list)
@@ -245,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="backend option; write VALUE as env:VARIABLE for a secret; "
         "object_lock=governance|compliance locks backups until their retentionDate",
     )
+    init = _command(
+        store_commands,
+        "init",
+        "make and mark a store written into config.toml by hand, as add does",
+        run_stores_init,
+    )
+    init.add_argument("store_name", metavar="NAME")
     remove = _command(
         store_commands, "remove", "forget a store (its backups stay)", run_stores_remove
     )
@@ -557,6 +564,14 @@ def run_stores_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_stores_init(args: argparse.Namespace) -> int:
+    engine = Engine()
+    engine.init_store(args.store_name)
+    store = engine.store(args.store_name)
+    print(f"Store {store.name} ({store.url}) is ready for backups.")
+    return 0
+
+
 def run_stores_remove(args: argparse.Namespace) -> int:
     with editing(config_path()):
         config = StoresConfig.load()
@@ -567,7 +582,7 @@ def run_stores_remove(args: argparse.Namespace) -> int:
 
 
 def run_stores_validate(args: argparse.Namespace) -> int:
-    report = Engine().store(args.store_name).validate()
+    report = Engine().validate_store(args.store_name)
     if args.json:
         _print_json(report.to_dict())
     else:

@@ -43,7 +43,7 @@ from .archive import (
     write_archive,
 )
 from .cleanup import Cleanup, data_keys, delete_backups, delete_resurrected, index_of
-from .config import StoresConfig, StoreSpec, edit_config, embedded_store
+from .config import EMBEDDED_STORE_NAME, StoresConfig, StoreSpec, edit_config, embedded_store
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginejobs import EngineJobs
 from .errors import (
@@ -52,6 +52,7 @@ from .errors import (
     ConfigError,
     IntegrityError,
     ObjectLockedError,
+    StoreUnavailableError,
 )
 from .format import (
     MANIFESTS_PREFIX,
@@ -82,7 +83,8 @@ from .pipeline import (
 from .plugins import BackendRegistry, Backends
 from .restoretarget import Landing, check_restore_target
 from .retention import CleanupReport, check_retention_date, parse_moment, retention_ms
-from .store import Store
+from .store import Store, ValidationReport
+from .storemarker import mark, require_marked
 
 __all__ = ["BackupInfo", "Engine", "Listing"]
 
@@ -221,6 +223,9 @@ class Engine(EngineJobs):
         #: A running create refreshes its marker this often, well inside the grace period.
         self._heartbeat = min(timedelta(hours=1), leftover_grace / 4)
         self._stores: dict[str, Store] = {store.name: store for store in stores}
+        #: Stores never asked for strongroom's marker: those handed in are the product's
+        #: own, and the embedded store is strongroom's own, made whenever it is missing.
+        self._unasked = frozenset({*self._stores, EMBEDDED_STORE_NAME})
         super().__init__()
 
     @property
@@ -259,15 +264,49 @@ class Engine(EngineJobs):
             self._stores[spec.name] = store
         return self._stores[spec.name]
 
+    def recognised_store(self, name: str | None = None, *, adopt: bool = False) -> Store:
+        """`store(name)`, refused (StoreUnavailableError) unless it carries strongroom's
+        marker or holds a backup (storemarker.py): what writes and what finds nothing
+        ask first, so an unmounted disk is never taken for an empty store. The embedded
+        store, and a store handed to the constructor, are not asked."""
+        store = self.store(name)
+        if store.name not in self._unasked:
+            require_marked(store, adopt=adopt)
+        return store
+
     def add_store(self, spec: StoreSpec, *, default: bool = False) -> None:
         """Add a store to the configuration file, as `strongroom stores add` does: it is
         opened first (scheme, options, secret references), refused if it cannot keep
-        backups, and its place made (a file store's directory); only then saved."""
-        edit_config(
-            self,
-            lambda config: config.add(spec, make_default=default),
-            check=lambda: self.store(spec.name).prepare(),
-        )
+        backups, and its place made (a file store's directory) and marked; only then saved."""
+
+        def prepare() -> None:
+            self.store(spec.name).check_persistent()
+            self.init_store(spec.name)
+
+        edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
+
+    def init_store(self, name: str) -> None:
+        """Make a store's place and mark it as strongroom's (storemarker.py), as adding it
+        does: once for a store written into config.toml by hand, before its first backup.
+        A store marked already is left as it is."""
+        store = self.store(name)
+        store.initialize()
+        mark(store)
+
+    def validate_store(self, name: str | None = None) -> ValidationReport:
+        """Probe the store's permissions (`Store.validate`), and whether it is recognisably
+        strongroom's (`recognised_store`): an unmounted disk passes every probe."""
+        store = self.store(name)
+        report = store.validate()
+        try:
+            self.recognised_store(store.name)
+        except StoreUnavailableError as exc:
+            return replace(
+                report,
+                checks={**report.checks, "recognised": False},
+                errors=[*report.errors, f"recognised: {exc}"],
+            )
+        return replace(report, checks={**report.checks, "recognised": True})
 
     # -- create ----------------------------------------------------------------------
 
@@ -378,7 +417,8 @@ class Engine(EngineJobs):
         description: str,
         retention_date: int | str | datetime | None,
     ) -> tuple[Passcode | WriteKey, datetime | None, Store]:
-        """Everything create checks before it writes a byte; the target store last."""
+        """Everything create checks before it writes a byte; the target store last (one
+        from before stores were marked, holding backups, gets its marker here)."""
         validate_name(name)
         if (passcode is None) == (write_key is None):
             raise ConfigError(
@@ -390,7 +430,7 @@ class Engine(EngineJobs):
         retention = check_retention_date(retention_date, self._clock())
         if not isinstance(description, str):
             raise ConfigError("The description must be text.")
-        target = self.store(store)
+        target = self.recognised_store(store, adopt=True)
         for risk in target.capabilities.create_risks():
             logger.warning("Store %r: %s.", target.name, risk)
         if target.exists(manifest_key(name)):
@@ -504,6 +544,8 @@ class Engine(EngineJobs):
         read."""
         source = self.store(store)
         manifests, unreadable = self._manifests(source)
+        if not manifests and not unreadable:
+            self.recognised_store(source.name)  # an unmounted disk lists nothing too
         return Listing([BackupInfo.from_manifest(m, source.name) for m in manifests], unreadable)
 
     def info(self, name: str, store: str | None = None) -> BackupInfo:
@@ -585,7 +627,7 @@ class Engine(EngineJobs):
         moment = parse_moment(as_of, "as_of") if as_of is not None else self._clock()
         every_store = sorted({*self.config.stores, *self._stores})
         cleanup = Cleanup(
-            open_store=self.store,
+            open_store=self.recognised_store,
             read_manifests=self._read_manifests,
             defined_schedules=lambda: StoresConfig.load(self.config.path, home=self.home).schedules,
             leftover_grace=self._leftover_grace,
@@ -602,6 +644,7 @@ class Engine(EngineJobs):
         try:
             data = source.get(manifest_key(name), limit=MAX_MANIFEST_SIZE)
         except FileNotFoundError:
+            self.recognised_store(source.name)  # not "no backup" where no store is
             raise BackupNotFoundError(
                 f"No backup named {name!r} in store {source.name!r}; "
                 f"'strongroom list --store {source.name}' shows the backups there."

@@ -25,6 +25,7 @@ __all__ = [
     "PENDING_PREFIX",
     "RETENTION_PREFIX",
     "SLOT_FORMAT",
+    "STORE_MARKER_KEY",
     "KeySlot",
     "Manifest",
     "chunk_key",
@@ -56,6 +57,8 @@ MANIFESTS_PREFIX = "manifests/"
 DATA_PREFIX = "data/"
 PENDING_PREFIX = "pending/"
 RETENTION_PREFIX = "retention/"
+#: The object that marks the root of a store as strongroom's (storemarker.py).
+STORE_MARKER_KEY = "strongroom.store"
 #: Schedule slot claims: `schedules/<schedule>/<slot>`. A backup name holds no '/', so no
 #: key of a backup (manifests/, data/, pending/, retention/) can ever fall under it.
 CLAIMS_PREFIX = "schedules/"

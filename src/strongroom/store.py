@@ -218,17 +218,12 @@ class Store:
                 "Use a directory (file:///...) or a cloud store (s3://, az://)."
             )
 
-    def prepare(self) -> None:
-        """What adding the store does before the configuration is saved: refuse it if
-        it cannot keep backups, then make its place."""
-        self.check_persistent()
-        self.initialize()
-
     def initialize(self) -> None:
         """Make the store's place where it is not there yet: called when the store is
-        added, and for the embedded store when it is opened. Never on the way to an
-        object: a place that went missing (an unmounted disk) must be an error, not an
-        empty store. By default nothing (a bucket or container is made by its owner)."""
+        added or initialised (`stores init`), and for the embedded store when it is
+        opened. Never on the way to an object: a place that went missing (an unmounted
+        disk) must be an error, not an empty store. By default nothing (a bucket or
+        container is made by its owner)."""
 
     def enable_object_lock(self, mode: str) -> None:
         """Lock every backup object until its retentionDate from now on (the `object_lock`

@@ -67,8 +67,8 @@ def test_stores_add_and_validate_on_the_command_line(
     assert main(["stores", "validate", "offsite", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["checks"] == dict.fromkeys(
-        ["write", "read", "list", "delete"], True
-    )
+        ["write", "read", "list", "delete", "recognised"], True
+    )  # adding the store marked it
     assert report["capabilities"] == {
         "atomic_put": True,
         "put_if_absent": True,

@@ -22,6 +22,8 @@ from strongroom import (
     StoreSpec,
     StoreUnavailableError,
 )
+from strongroom.cli import main
+from strongroom.format import STORE_MARKER_KEY
 from strongroom.plugins import BackendRegistry, build_registry, get_plugin_manager
 from strongroom.testing import StoreConformance
 from strongroom_s3.store import S3Store
@@ -288,6 +290,33 @@ def test_a_missing_bucket_fails_at_once_and_is_never_an_empty_store(
     assert not isinstance(err.value, BackupNotFoundError)
     requested = [(method, path) for method, path, _ in proxy.requests]
     assert requested and len(set(requested)) == len(requested), "nothing was retried"
+
+
+def test_an_emptied_prefix_is_refused_until_it_is_initialised_again(
+    bucket: str,
+    s3_endpoint: str,
+    s3_admin: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Adding the store marks its prefix; once everything under it is gone (a lifecycle
+    rule, a wrong prefix), a create is refused rather than starting a new store there."""
+    monkeypatch.setenv("STRONGROOM_PASSCODE", "a passcode")
+    (tmp_path / "f").write_bytes(b"data")
+    create = ["create", "--store", "offsite", "--name", "nightly", str(tmp_path / "f")]
+    add = ["stores", "add", "offsite", f"s3://{bucket}/cli", "--option"]
+    assert main([*add, f"endpoint_url={s3_endpoint}"]) == 0
+    assert s3_admin().exists(f"{bucket}/cli/{STORE_MARKER_KEY}")
+    assert main(create) == 0
+    s3_admin().rm(f"{bucket}/cli", recursive=True)
+    capsys.readouterr()
+
+    assert main(create) == 4
+    assert "does not look like a strongroom store" in capsys.readouterr().err
+    assert not s3_admin().find(f"{bucket}/cli")
+    assert main(["stores", "init", "offsite"]) == 0
+    assert main(create) == 0
 
 
 def test_rejected_credentials_fail_at_once(

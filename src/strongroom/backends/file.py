@@ -236,8 +236,9 @@ class LocalStore(Store):
             try:
                 yield
             except MissingRootError as exc:
+                new = f" If the store is new, 'strongroom stores init {self.name}' makes it."
                 raise StoreUnavailableError(
-                    f"Store {self.name!r} ({self.url}): {exc.strerror}."
+                    f"Store {self.name!r} ({self.url}): {exc.strerror}.{'' if exc.linked else new}"
                 ) from None
 
     @contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shlex
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -41,12 +40,13 @@ class MissingRootError(OSError):
     on the way to an object (only `Root.make` makes it)."""
 
     def __init__(self, path: Path, cause: OSError) -> None:
+        #: Whether the directory is there but reached through a link (else: missing).
+        self.linked = isinstance(cause, NotFollowedError)
         reason = (
             "is reached through a link, which strongroom does not follow below the directory "
             "the store is confined to"
-            if isinstance(cause, NotFollowedError)
-            else "is missing or not a directory: is its disk mounted? If the store is new, "
-            f"make it (mkdir -p {shlex.quote(str(path))})"
+            if self.linked
+            else "is missing or not a directory: is its disk mounted?"
         )
         super().__init__(cause.errno, f"its directory {str(path)!r} {reason}")
 

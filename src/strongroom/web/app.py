@@ -286,8 +286,7 @@ class _AdminApi:
         return Reply(SUCCESS, redirect=self._url(call.request, "stores"))
 
     async def validate(self, call: _Call) -> Reply:
-        store = await _run(self._engine.store, call.path("storeName"))
-        report = await _run(store.validate)
+        report = await _run(self._engine.validate_store, call.path("storeName"))
         return Reply(report.to_dict(), "validation.html")
 
     # -- backups -------------------------------------------------------------------------
