@@ -1023,6 +1023,23 @@ async def test_a_link_put_in_place_of_a_registered_store_later_is_not_followed(
     _error(await api.get(f"{DR}/stores/late/backups"), 503, "reached through a link")
 
 
+async def test_a_registered_store_whose_disk_is_not_mounted_is_unavailable(
+    api: Api, home: Path
+) -> None:
+    """Its directory is there but empty: a 503 that says so, never an empty list, and
+    a create writes nothing there."""
+    store = home / "teams" / "nas"
+    settings = json.dumps({"url": store.as_uri()})
+    registered = await api.post(f"{DR}/stores/register", storeName="nas", settings=settings)
+    assert registered.status_code == 200, registered.text
+    shutil.rmtree(store)
+    store.mkdir()  # the mount point, with nothing mounted on it
+    _error(await api.get(f"{DR}/stores/nas/backups"), 503, "not look like a strongroom store")
+    created = await api.post(f"{DR}/stores/nas/backups/create", name="b", passcode=SECRET)
+    _error(created, 503, "is not mounted, mount it")
+    assert list(store.iterdir()) == []
+
+
 async def test_a_third_party_backend_is_fenced_by_what_it_declares(
     home: Path, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

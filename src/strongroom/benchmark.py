@@ -152,7 +152,7 @@ def measure(
         raise ConfigError(
             "The benchmark's size, seconds and number of files must be finite and above 0."
         )
-    target = engine.store(store)
+    target = engine.recognised_store(store)  # not the disk below an unmounted one
     stages = _store_stages(target, size, engine.chunk_size, seconds)
     stages += _machine_stages(engine.kdf, engine.chunk_size, seconds)
     with tempfile.TemporaryDirectory(prefix="strongroom-benchmark-") as workdir:

@@ -565,9 +565,7 @@ def run_stores_add(args: argparse.Namespace) -> int:
 
 
 def run_stores_init(args: argparse.Namespace) -> int:
-    engine = Engine()
-    engine.init_store(args.store_name)
-    store = engine.store(args.store_name)
+    store = Engine().init_store(args.store_name)
     print(f"Store {store.name} ({store.url}) is ready for backups.")
     return 0
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from .archive import (
     write_archive,
 )
 from .cleanup import Cleanup, data_keys, delete_backups, delete_resurrected, index_of
-from .config import EMBEDDED_STORE_NAME, StoresConfig, StoreSpec, edit_config, embedded_store
+from .config import StoresConfig, StoreSpec, edit_config, embedded_store
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginejobs import EngineJobs
 from .errors import (
@@ -223,9 +224,7 @@ class Engine(EngineJobs):
         #: A running create refreshes its marker this often, well inside the grace period.
         self._heartbeat = min(timedelta(hours=1), leftover_grace / 4)
         self._stores: dict[str, Store] = {store.name: store for store in stores}
-        #: Stores never asked for strongroom's marker: those handed in are the product's
-        #: own, and the embedded store is strongroom's own, made whenever it is missing.
-        self._unasked = frozenset({*self._stores, EMBEDDED_STORE_NAME})
+        self._given = frozenset(self._stores)
         super().__init__()
 
     @property
@@ -267,10 +266,12 @@ class Engine(EngineJobs):
     def recognised_store(self, name: str | None = None, *, adopt: bool = False) -> Store:
         """`store(name)`, refused (StoreUnavailableError) unless it carries strongroom's
         marker or holds a backup (storemarker.py): what writes and what finds nothing
-        ask first, so an unmounted disk is never taken for an empty store. The embedded
-        store, and a store handed to the constructor, are not asked."""
+        ask first, so an unmounted disk is never taken for an empty store; `adopt`: see
+        `require_marked`. Not asked: a store handed to the constructor (the product's
+        own) and the embedded store (strongroom's own, made whenever it is missing)."""
         store = self.store(name)
-        if store.name not in self._unasked:
+        given = store.name in self._given
+        if not given and self.config.get(store.name) != embedded_store(self.config.home):
             require_marked(store, adopt=adopt)
         return store
 
@@ -285,27 +286,28 @@ class Engine(EngineJobs):
 
         edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
 
-    def init_store(self, name: str) -> None:
+    def init_store(self, name: str) -> Store:
         """Make a store's place and mark it as strongroom's (storemarker.py), as adding it
         does: once for a store written into config.toml by hand, before its first backup.
-        A store marked already is left as it is."""
+        A store marked already, or holding backups, is left as it is."""
         store = self.store(name)
         store.initialize()
         mark(store)
+        return store
 
     def validate_store(self, name: str | None = None) -> ValidationReport:
-        """Probe the store's permissions (`Store.validate`), and whether it is recognisably
-        strongroom's (`recognised_store`): an unmounted disk passes every probe."""
+        """Whether the store is recognisably strongroom's (`recognised_store`), then, if it
+        is, probe its permissions (`Store.validate`): an unmounted disk would pass every
+        probe, written onto the disk below it."""
         store = self.store(name)
-        report = store.validate()
         try:
             self.recognised_store(store.name)
         except StoreUnavailableError as exc:
-            return replace(
-                report,
-                checks={**report.checks, "recognised": False},
-                errors=[*report.errors, f"recognised: {exc}"],
+            checks, errors = {"recognised": False}, [f"recognised: {exc}"]
+            return ValidationReport(
+                store.name, store.url, checks, errors, store.capabilities, store.lock_mode
             )
+        report = store.validate()
         return replace(report, checks={**report.checks, "recognised": True})
 
     # -- create ----------------------------------------------------------------------
@@ -604,6 +606,7 @@ class Engine(EngineJobs):
 
         A backup that its store still locks is refused before anything is touched.
         """
+        self.recognised_store(store, adopt=True)  # it may be the last backup there
         source, manifest = self._open(name, store)
         locked_until = _locked_until(source, manifest)
         if locked_until is not None and locked_until > self._clock():
@@ -627,7 +630,7 @@ class Engine(EngineJobs):
         moment = parse_moment(as_of, "as_of") if as_of is not None else self._clock()
         every_store = sorted({*self.config.stores, *self._stores})
         cleanup = Cleanup(
-            open_store=self.recognised_store,
+            open_store=partial(self.recognised_store, adopt=not dry_run),
             read_manifests=self._read_manifests,
             defined_schedules=lambda: StoresConfig.load(self.config.path, home=self.home).schedules,
             leftover_grace=self._leftover_grace,

@@ -70,7 +70,7 @@ def claim(engine: Engine, schedule: Schedule, slot: datetime) -> bool:
     """Claim the slot in the schedule's store (put-if-absent); False if another has it."""
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "claimed": to_epoch_ms(utc_now())}
     try:
-        engine.store(schedule.store).put(
+        engine.recognised_store(schedule.store).put(
             claim_key(schedule.name, slot), json.dumps(owner).encode(), overwrite=False
         )
     except FileExistsError:

@@ -40,9 +40,10 @@ from .config import StoresConfig
 from .crypto import KdfParams
 from .engine import Engine
 from .errors import IntegrityError, StoreError, StoreUnavailableError
-from .format import to_epoch_ms
+from .format import STORE_MARKER_KEY, to_epoch_ms
 from .plugins import build_registry, get_plugin_manager
 from .store import Store
+from .storemarker import mark, require_marked
 
 __all__ = ["StoreConformance"]
 
@@ -97,7 +98,7 @@ class StoreConformance:
 
     @pytest.fixture(autouse=True)
     def _store_starts_empty(self, store: Store) -> None:
-        store.initialize()  # as adding it does
+        store.initialize()  # as adding it does (before it puts the store marker)
         found = [obj.key for obj in store.list("")]
         assert found == [], f"the 'store' fixture must return an empty store; it holds {found}"
 
@@ -174,6 +175,18 @@ class StoreConformance:
         store.put("manifests/twice", b"second", overwrite=True)
         got = store.get("manifests/twice")
         assert got == b"second", f"overwrite=True left {got!r}"
+
+    def test_the_store_marker_is_an_object_at_the_root_that_marks_the_store(
+        self, store: Store
+    ) -> None:
+        """The key of the store marker has no '/': the root of the store holds it. A store
+        without it (and without backups) is refused; adding the store puts it."""
+        with pytest.raises(StoreUnavailableError, match="does not look like a strongroom"):
+            require_marked(store)
+        mark(store)
+        assert store.exists(STORE_MARKER_KEY), f"{STORE_MARKER_KEY!r} was put but is not there"
+        require_marked(store)
+        assert store.list("manifests/") == [], "the marker is listed under a prefix"
 
     def test_list_is_recursive_sorted_and_sized(self, store: Store) -> None:
         """Sorted by the whole key, not directory by directory ('n-1/' before 'n/')."""

@@ -46,7 +46,7 @@ class MissingRootError(OSError):
             "is reached through a link, which strongroom does not follow below the directory "
             "the store is confined to"
             if self.linked
-            else "is missing or not a directory: is its disk mounted?"
+            else "is missing or not a directory (is its disk mounted?)"
         )
         super().__init__(cause.errno, f"its directory {str(path)!r} {reason}")
 
