@@ -717,8 +717,9 @@ STORE_COMMANDS = pytest.mark.parametrize(
         ["create", "--name", "again", "--passcode-file", "PASSCODE", "SOURCE"],
         ["cleanup"],
         ["schedules", "run", "nightly"],
+        ["schedules", "add", "weekly", "--every", "7d", "--passcode-file", "PASSCODE"],
     ],
-    ids=["list", "info", "restore", "validate", "create", "cleanup", "schedule"],
+    ids=["list", "info", "restore", "validate", "create", "cleanup", "run", "schedule"],
 )
 
 
@@ -761,7 +762,7 @@ def test_a_disk_not_mounted_at_the_store_directory_is_an_error_never_an_empty_st
 
     outcome = cli(*_store_command(command, small, tmp_path / "out", passcode_file))
     assert outcome.code in (1, 4), outcome
-    assert "does not look like a strongroom store" in outcome.out + outcome.err
+    assert "holds no backups and no store marker" in outcome.out + outcome.err
     assert "mount it" in outcome.out + outcome.err
     assert "No backup named" not in outcome.err
     assert list(mount_point.iterdir()) == [], "nothing was written below the mount point"
@@ -811,7 +812,7 @@ def test_a_store_written_into_config_toml_by_hand_is_made_and_marked_by_stores_i
     assert missing.code == 4 and "'strongroom stores init nas' makes it" in missing.err
     by_hand.mkdir()
     empty = cli(*create, "first", small)
-    assert empty.code == 4 and "run 'strongroom stores init nas' once" in empty.err
+    assert empty.code == 4 and "run 'strongroom stores init nas'" in empty.err
     assert list(by_hand.iterdir()) == []
 
     assert cli("stores", "init", "nas").code == 0

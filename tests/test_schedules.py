@@ -169,6 +169,7 @@ def test_a_schedule_keeps_a_write_key_and_never_the_passcode(
     config = StoresConfig.load()
     config.add(StoreSpec("other", (home / "other").as_uri()))
     config.save()
+    Engine().init_store("other")  # configured by hand: made and marked once
     assert "nightly" in StoresConfig.load().schedules
     define(engine, "elsewhere", passcode=PASSCODE, every="1h", store="other")
     config = StoresConfig.load()

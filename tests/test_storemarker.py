@@ -32,7 +32,7 @@ def _store_from_before_markers(engine: Engine, directory: Path, tree: Path) -> N
     (directory / STORE_MARKER_KEY).unlink()
 
 
-@pytest.mark.parametrize("write", ["create", "delete", "cleanup"])
+@pytest.mark.parametrize("write", ["create", "delete", "cleanup", "init"])
 def test_a_store_from_before_markers_is_known_by_its_backups_and_marked_by_a_write(
     home: Path, tree: Path, tmp_path: Path, write: str
 ) -> None:
@@ -52,6 +52,10 @@ def test_a_store_from_before_markers_is_known_by_its_backups_and_marked_by_a_wri
         engine.delete("second", "old")
         engine.delete("first", "old")
     elif write == "delete":
+        engine.delete("first", "old")
+    elif write == "init":
+        engine.init_store("old")
+        assert (directory / STORE_MARKER_KEY).is_file(), "stores init marks it at once"
         engine.delete("first", "old")
     else:
         clock.now += timedelta(days=2)
@@ -90,7 +94,7 @@ def test_a_backups_default_written_into_config_toml_is_asked_like_any_store(
     home.mkdir()
     (home / "config.toml").write_text(f'[stores.backupsDefault]\nurl = "{mount_point.as_uri()}"\n')
     engine = Engine(kdf=FAST_KDF)
-    with pytest.raises(StoreUnavailableError, match="does not look like a strongroom store"):
+    with pytest.raises(StoreUnavailableError, match="holds no backups and no store marker"):
         engine.create("x", [tree], passcode=PASSCODE)
     assert list(mount_point.iterdir()) == []
     assert engine.init_store("backupsDefault").url == mount_point.as_uri()

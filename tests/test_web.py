@@ -1034,7 +1034,7 @@ async def test_a_registered_store_whose_disk_is_not_mounted_is_unavailable(
     assert registered.status_code == 200, registered.text
     shutil.rmtree(store)
     store.mkdir()  # the mount point, with nothing mounted on it
-    _error(await api.get(f"{DR}/stores/nas/backups"), 503, "not look like a strongroom store")
+    _error(await api.get(f"{DR}/stores/nas/backups"), 503, "holds no backups and no store marker")
     created = await api.post(f"{DR}/stores/nas/backups/create", name="b", passcode=SECRET)
     _error(created, 503, "is not mounted, mount it")
     assert list(store.iterdir()) == []

@@ -231,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     store_commands = stores.add_subparsers(required=True, metavar="ACTION")
     stores_list = _command(store_commands, "list", "list configured stores", run_stores_list)
     _json_option(stores_list)
-    add = _command(store_commands, "add", "configure a new store", run_stores_add)
+    add = _command(
+        store_commands,
+        "add",
+        "configure a store: open it, make its place, put its store marker, save",
+        run_stores_add,
+    )
     add.add_argument("store_name", metavar="NAME")
     add.add_argument(
         "url", metavar="URL", help="file:///dir, s3://bucket/prefix, az://container/prefix"
@@ -248,16 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
     init = _command(
         store_commands,
         "init",
-        "make and mark a store written into config.toml by hand, as add does",
+        "make a NEW store written into config.toml by hand, and put its store marker "
+        "(strongroom.store), as add does; never for a disk that is not mounted",
         run_stores_init,
     )
-    init.add_argument("store_name", metavar="NAME")
+    init.add_argument("store_name", metavar="NAME", help="the store's name in config.toml")
     remove = _command(
         store_commands, "remove", "forget a store (its backups stay)", run_stores_remove
     )
     remove.add_argument("store_name", metavar="NAME")
     validate = _command(
-        store_commands, "validate", "probe a store's permissions", run_stores_validate
+        store_commands,
+        "validate",
+        "check a store is recognised, then probe its permissions",
+        run_stores_validate,
     )
     validate.add_argument("store_name", metavar="NAME")
     _json_option(validate)
@@ -566,7 +575,7 @@ def run_stores_add(args: argparse.Namespace) -> int:
 
 def run_stores_init(args: argparse.Namespace) -> int:
     store = Engine().init_store(args.store_name)
-    print(f"Store {store.name} ({store.url}) is ready for backups.")
+    print(f"Store {store.name} ({store.url}) has its store marker and is ready for backups.")
     return 0
 
 

@@ -281,15 +281,17 @@ class Engine(EngineJobs):
         backups, and its place made (a file store's directory) and marked; only then saved."""
 
         def prepare() -> None:
-            self.store(spec.name).check_persistent()
-            self.init_store(spec.name)
+            store = self.store(spec.name)
+            store.check_persistent()
+            store.initialize()
+            mark(store, unless_known=True)
 
         edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
 
     def init_store(self, name: str) -> Store:
-        """Make a store's place and mark it as strongroom's (storemarker.py), as adding it
-        does: once for a store written into config.toml by hand, before its first backup.
-        A store marked already, or holding backups, is left as it is."""
+        """Make a store's place and put its store marker (storemarker.py), as adding it
+        does: once for a new store written into config.toml by hand, before its first
+        backup (or for a store from before markers). A marked store is left as it is."""
         store = self.store(name)
         store.initialize()
         mark(store)

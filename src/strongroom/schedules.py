@@ -382,8 +382,9 @@ def define(
 
 
 def _check_claimable(engine: Engine, store: str) -> None:
-    """Refuse a store whose put-if-absent is not atomic: replicas claim each slot there
-    (scheduler.py), and two that both won a claim would both run the slot."""
+    """Refuse a store that is not recognised (an unmounted disk) or whose put-if-absent
+    is not atomic: replicas claim each slot there (scheduler.py), and two that both won
+    a claim would both run the slot."""
     if not engine.store(store).capabilities.put_if_absent:
         raise ConfigError(
             f"Store {store!r} ({engine.config.get(store).url}) cannot take schedules: it has "
@@ -391,6 +392,7 @@ def _check_claimable(engine: Engine, store: str) -> None:
             "back it up twice. Choose a store that has it (file://, S3 and Azure stores do; "
             f"'strongroom stores validate {store}' shows a store's capabilities)."
         )
+    engine.recognised_store(store)
 
 
 def _check_new(config: StoresConfig, name: str, store: str | None) -> str:

@@ -28,41 +28,37 @@ MARKER_TEXT = (
 )
 
 
-def mark(store: Store) -> None:
-    """Put the store marker in a store being added that is not known yet. One that holds
-    backups from before markers is known by them and left as it is, so read-only
-    access is enough to add it (to restore elsewhere); its next write marks it."""
-    if _known(store) is None:
-        _put_marker(store)
+def mark(store: Store, *, unless_known: bool = False) -> None:
+    """Put the store marker unless it is there (`stores init`). With `unless_known`
+    (adding a store), a store that holds backups from before markers is left as it is:
+    read access is enough to add it (to restore elsewhere), and its next write marks it."""
+    if store.exists(STORE_MARKER_KEY) or (unless_known and _holds_backups(store)):
+        return
+    _put_marker(store)
 
 
 def require_marked(store: Store, *, adopt: bool = False) -> None:
     """Refuse a store that carries no store marker and holds no backup. With `adopt`
-    (an operation that writes anyway: create, delete, update, cleanup), a store known
-    only by its backups gets the marker now, so it stays known once emptied."""
-    known = _known(store)
-    if known is None:
+    (an operation that writes, and may empty the store: create, delete, cleanup), a
+    store known only by its backups gets the marker now, so it stays known once emptied."""
+    if store.exists(STORE_MARKER_KEY):
+        return
+    if not _holds_backups(store):
         raise StoreUnavailableError(
-            f"Store {store.name!r} ({store.url}) does not look like a strongroom store: it "
-            f"holds no backups and not the object {STORE_MARKER_KEY!r} that adding a store "
-            "puts there. If it lives on a disk or share that is not mounted, mount it; if "
-            "its URL is wrong, correct it. If it is a new store written into config.toml "
-            "by hand, or one added before strongroom marked its stores and emptied since, "
-            f"run 'strongroom stores init {store.name}' once."
+            f"Store {store.name!r} ({store.url}) holds no backups and no store marker "
+            f"({STORE_MARKER_KEY}), so it is not taken for an empty store: if its disk or "
+            "share is not mounted, mount it; if its URL is wrong, correct it. Only if it is "
+            "a new store written into config.toml by hand, and never held backups, run "
+            f"'strongroom stores init {store.name}'."
         )
-    if adopt and not known:
+    if adopt:
         _put_marker(store)
 
 
-def _known(store: Store) -> bool | None:
-    """True if the store carries the marker; False if it does not but holds what only
-    strongroom writes (a manifest, or a schedule's claim, of which cleanup keeps each
-    schedule's newest): a store from before markers; None if neither."""
-    if store.exists(STORE_MARKER_KEY):
-        return True
-    if store.list(MANIFESTS_PREFIX) or store.list(CLAIMS_PREFIX):
-        return False
-    return None
+def _holds_backups(store: Store) -> bool:
+    """Whether the store holds what only strongroom writes: a manifest, or a schedule's
+    claim (cleanup keeps each schedule's newest), as a store from before markers does."""
+    return bool(store.list(MANIFESTS_PREFIX) or store.list(CLAIMS_PREFIX))
 
 
 def _put_marker(store: Store) -> None:

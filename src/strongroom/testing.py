@@ -181,7 +181,7 @@ class StoreConformance:
     ) -> None:
         """The key of the store marker has no '/': the root of the store holds it. A store
         without it (and without backups) is refused; adding the store puts it."""
-        with pytest.raises(StoreUnavailableError, match="does not look like a strongroom"):
+        with pytest.raises(StoreUnavailableError, match="holds no backups and no store marker"):
             require_marked(store)
         mark(store)
         assert store.exists(STORE_MARKER_KEY), f"{STORE_MARKER_KEY!r} was put but is not there"

@@ -313,7 +313,7 @@ def test_an_emptied_prefix_is_refused_until_it_is_initialised_again(
     capsys.readouterr()
 
     assert main(create) == 4
-    assert "does not look like a strongroom store" in capsys.readouterr().err
+    assert "holds no backups and no store marker" in capsys.readouterr().err
     assert not s3_admin().find(f"{bucket}/cli")
     assert main(["stores", "init", "offsite"]) == 0
     assert main(create) == 0
