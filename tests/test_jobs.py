@@ -30,6 +30,8 @@ from strongroom import (
     JobStatus,
     PasscodeError,
     Stage,
+    StoresConfig,
+    StoreSpec,
     UnknownStoreError,
 )
 from strongroom.backends.file import LocalStore
@@ -531,6 +533,28 @@ def test_engine_cleanup_job_reports_what_it_deleted(fast: Engine, tree: Path) ->
     assert [listed.scheduled for listed in fast.jobs.find()[0]].count(True) == 1
     with pytest.raises(UnknownStoreError):
         fast.submit_cleanup(["nowhere"])
+
+
+def test_a_cleanup_job_that_meets_errors_fails_and_keeps_what_it_did(
+    fast: Engine, home: Path, tree: Path, tmp_path: Path
+) -> None:
+    """As `strongroom cleanup` exits 1: whoever watches the jobs (the cleanup system task
+    runs unattended) sees FAILED, and the result still says what was deleted."""
+    (tmp_path / "unmounted").mkdir()
+    config = StoresConfig.load()
+    config.add(StoreSpec("nas", (tmp_path / "unmounted").as_uri()))  # never initialised
+    config.save()
+    fast.use_config(StoresConfig.load())
+    fast.create("old", [tree], passcode=PASSCODE, retention_date=_soon())
+    job = fast.jobs.wait(fast.submit_cleanup(as_of=_soon() + 1).jobid)
+    assert job.status is JobStatus.FAILED
+    assert (
+        "1 deleted" in job.messages[-1]
+        and "holds no backups and no store marker" in (job.messages[-1])
+    )
+    assert job.result is not None
+    assert [entry["name"] for entry in job.result["backups"]] == ["old"]
+    assert fast.list() == []
 
 
 def test_the_cleanup_task_lives_on_after_an_unexpected_error(

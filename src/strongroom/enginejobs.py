@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .archive import StreamSource, normalize_archive_path
 from .crypto import Passcode
-from .errors import JobError, StrongroomError
+from .errors import JobError, JobIncompleteError, StrongroomError
 from .jobs import Job, JobHandle, JobManager
 from .keys import WriteKey
 from .restoretarget import check_restore_target
@@ -278,7 +278,13 @@ class EngineJobs(ABC):
 
         def work(job: JobHandle) -> dict[str, Any]:
             job.stage("cleaning up")
-            return self.cleanup(names, as_of=moment, dry_run=dry_run).to_dict()
+            report = self.cleanup(names, as_of=moment, dry_run=dry_run)
+            if report.failed or report.errors:  # as `strongroom cleanup` exits 1
+                problems = [*report.errors, *(e.message for e in report.failed)]
+                raise JobIncompleteError(
+                    f"Cleanup {report.summary()}: {' '.join(problems)}", report.to_dict()
+                )
+            return report.to_dict()
 
         return self.jobs.submit("cleanup", work, operation_uri=operation_uri, scheduled=scheduled)
 

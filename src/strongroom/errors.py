@@ -17,6 +17,7 @@ StrongroomError
 ├── IntegrityError
 ├── UnsafeArchiveError
 └── JobError
+    ├── JobIncompleteError
     ├── JobNotFoundError         (also a LookupError)
     ├── JobStoreUnavailableError (also a ConnectionError)
     └── JobCancelledError
@@ -25,6 +26,9 @@ StrongroomError
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "BackupExistsError",
@@ -35,6 +39,7 @@ __all__ = [
     "InvalidNameError",
     "JobCancelledError",
     "JobError",
+    "JobIncompleteError",
     "JobNotFoundError",
     "JobStoreUnavailableError",
     "JobTimeoutError",
@@ -135,6 +140,15 @@ class JobError(StrongroomError):
     """A background job could not be run, found or cancelled."""
 
     exit_code = 9
+
+
+class JobIncompleteError(JobError):
+    """Raised by a job's work that did what it could but not all of it (a cleanup that
+    met errors): the job reads FAILED, and keeps `result`, which says what was done."""
+
+    def __init__(self, message: str, result: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class JobNotFoundError(JobError, LookupError):

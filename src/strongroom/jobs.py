@@ -51,6 +51,7 @@ from .errors import (
     ConfigError,
     JobCancelledError,
     JobError,
+    JobIncompleteError,
     JobNotFoundError,
     JobStoreUnavailableError,
     JobTimeoutError,
@@ -340,6 +341,8 @@ class JobManager:
             self._finish(running, JobStatus.FAILED, str(exc))
         except JobCancelledError:
             self._finish(running, JobStatus.CANCELLED, "Cancelled; nothing was committed.")
+        except JobIncompleteError as exc:
+            self._finish(running, JobStatus.FAILED, str(exc), exc.result)
         except StrongroomError as exc:
             self._finish(running, JobStatus.FAILED, str(exc))
         except Exception as exc:  # the job records the failure; the traceback goes to the log
