@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import threading
 import time
@@ -32,7 +33,7 @@ from strongroom.config import StoresConfig, StoreSpec
 from strongroom.errors import JobError, JobStoreUnavailableError, UnknownScheduleError
 from strongroom.format import CLAIMS_PREFIX, claim_key, manifest_key, parse_claim_key
 from strongroom.jobs import JobStatus
-from strongroom.scheduler import ScheduleRunner, claim, run_now
+from strongroom.scheduler import ScheduleRunner, claim, run_now, runs
 from strongroom.schedules import (
     Recurrence,
     Schedule,
@@ -325,6 +326,28 @@ def test_each_slot_runs_once_and_a_missed_backlog_never_runs(
     assert info.retention_date == T0 + timedelta(minutes=10, days=3)
     # a new runner (a restart) finds the latest slot claimed: nothing runs again
     assert [o.action for o in ScheduleRunner(engine, clock=clock).tick()] == ["claimed elsewhere"]
+
+
+def test_a_slot_that_cannot_start_is_a_failed_job_of_its_schedule(
+    engine: Engine, source: Path, clock: Clock
+) -> None:
+    """Unattended runs are watched through the jobs (and `schedules show`): a slot that
+    fails before its backup starts (a source gone, a store not mounted) is one, FAILED,
+    not only a line in the server's log."""
+    schedule = _define(engine, source)
+    shutil.rmtree(source)
+    [outcome] = ScheduleRunner(engine, clock=clock).tick()
+    assert outcome.action == "failed" and outcome.job is not None
+    failed = engine.jobs.wait(outcome.job.jobid, 30)
+    assert failed.status is JobStatus.FAILED
+    assert str(source) in failed.messages[-1]
+    assert [job.jobid for job in runs(engine, schedule)] == [failed.jobid]
+    assert (failed.name, failed.store, failed.scheduled) == (
+        "nightly-2026-03-01-12-00-00",
+        "backupsDefault",
+        True,
+    )
+    assert _backups(engine) == []
 
 
 def test_a_claim_planted_far_ahead_never_stops_a_schedule(

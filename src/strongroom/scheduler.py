@@ -32,13 +32,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, NoReturn
 
 from .config import StoresConfig
 from .engine import Engine
 from .errors import JobError, JobStoreUnavailableError, StrongroomError
 from .format import claim_key, claims_prefix, parse_claim_key, to_epoch_ms, utc_now
-from .jobs import Job, JobStatus
+from .jobs import Job, JobHandle, JobStatus
 from .retention import believable_claim
 from .schedules import Schedule, get_schedule, load_schedules
 
@@ -305,7 +305,8 @@ class ScheduleRunner:
             return Outcome(schedule.name, slot, "postponed", message=str(exc))
         except StrongroomError as exc:
             logger.warning("Schedule %r, slot %s, did not run: %s", schedule.name, when, exc)
-            return Outcome(schedule.name, slot, "failed", message=str(exc))
+            job = self._failed_job(schedule, slot, exc)
+            return Outcome(schedule.name, slot, "failed", job, str(exc))
         except Exception as exc:  # a bug: the other schedules still run
             logger.exception("Schedule %r, slot %s, did not run", schedule.name, when)
             return Outcome(schedule.name, slot, "failed", message=repr(exc))
@@ -316,3 +317,22 @@ class ScheduleRunner:
                 "Schedule %r, slot %s, skipped: %s", schedule.name, when, outcome.message
             )
         return outcome
+
+    def _failed_job(self, schedule: Schedule, slot: datetime, error: StrongroomError) -> Job | None:
+        """The slot's backup job, FAILED with `error`, so that whoever watches the jobs
+        (and `schedules show`) sees a slot that could not even start, not only the log.
+        None if the job table cannot take it either (the log line stays)."""
+
+        def fail(job: JobHandle) -> NoReturn:
+            raise error
+
+        try:
+            return self._engine.jobs.submit(
+                "create",
+                fail,
+                store=schedule.store,
+                name=schedule.backup_name(slot),
+                scheduled=True,
+            )
+        except StrongroomError:
+            return None
