@@ -819,6 +819,42 @@ def test_a_store_written_into_config_toml_by_hand_is_made_and_marked_by_stores_i
     assert cli(*create, "first", small).code == 0
     assert cli("stores", "init", "nas").code == 0, "a store made already is left as it is"
     assert cli("list", "--store", "nas", "--json").json()["backups"][0]["name"] == "first"
+    config = tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
+    assert config["stores"]["nas"] == {"url": by_hand.as_uri(), "marked": True}
+
+
+@pytest.mark.parametrize("added", ["stores add", "stores init"])
+def test_stores_init_refuses_a_store_that_was_marked_once_its_disk_is_not_mounted(
+    cli: Cli, home: Path, tmp_path: Path, small: Path, passcode_file: Path, added: str
+) -> None:
+    """An empty directory and a disk not mounted look alike, and the refusal of a store
+    that holds neither marker nor backup points at `stores init` for a new one: a store
+    that config.toml notes as marked is not new, so init refuses it (nothing written
+    below the mount point) and the refusals do not offer it."""
+    mount_point = tmp_path / "mnt"
+    if added == "stores add":
+        assert cli("stores", "add", "nas", mount_point.as_uri()).code == 0
+    else:
+        home.mkdir(exist_ok=True)
+        (home / "config.toml").write_text(f'[stores.nas]\nurl = "{mount_point.as_uri()}"\n')
+        assert cli("stores", "init", "nas").code == 0
+    create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name", "first"]
+    assert cli(*create, small).code == 0
+    mount_point.rename(tmp_path / "the-disk")  # unmounted: ...
+    mount_point.mkdir()  # ... and the empty directory it was mounted on is left
+
+    listed = cli("list", "--store", "nas")
+    assert listed.code == 4 and "mount it" in listed.err
+    assert "stores init" not in listed.err
+    init = cli("stores", "init", "nas")
+    assert init.code == 4, init
+    assert "marked = true" in init.err and "so it is not a new store" in init.err
+    assert list(mount_point.iterdir()) == [], "nothing was written below the mount point"
+
+    mount_point.rmdir()
+    (tmp_path / "the-disk").rename(mount_point)  # mounted again
+    assert cli("stores", "init", "nas").code == 0, "init of a marked store changes nothing"
+    assert len(cli("list", "--store", "nas", "--json").json()["backups"]) == 1
 
 
 def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -> None:
@@ -836,7 +872,10 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
     added = cli("stores", "add", "offsite", offsite.as_uri(), "--default")
     assert added.code == 0, added.err
     config = tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
-    assert config == {"default": "offsite", "stores": {"offsite": {"url": offsite.as_uri()}}}
+    assert config == {
+        "default": "offsite",
+        "stores": {"offsite": {"url": offsite.as_uri(), "marked": True}},
+    }
     stores = cli("stores", "list", "--json").json()["backupStores"]
     assert sorted(stores, key=lambda s: s["name"]) == [
         {**embedded, "default": False},

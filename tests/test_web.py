@@ -428,7 +428,9 @@ async def test_store_register_get_update_validate_unregister(
     assert registered.json() == {"status": "success"}
     config = tomllib.loads((home / "config.toml").read_text())
     confined = {"confine_to": str(home)}  # the allowed directory it is walked down from
-    assert config["stores"] == {"offsite": {"url": offsite.as_uri(), "options": confined}}
+    assert config["stores"] == {
+        "offsite": {"url": offsite.as_uri(), "options": confined, "marked": True}
+    }
     assert (await api.get(f"{DR}/stores/offsite")).json() == {
         "name": "offsite",
         "default": False,

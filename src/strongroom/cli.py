@@ -575,7 +575,10 @@ def run_stores_add(args: argparse.Namespace) -> int:
 
 def run_stores_init(args: argparse.Namespace) -> int:
     store = Engine().init_store(args.store_name)
-    print(f"Store {store.name} ({store.url}) has its store marker and is ready for backups.")
+    print(
+        f"Store {store.name} ({store.url}) has its store marker and is ready for backups; "
+        "config.toml notes it (marked = true), so it is never taken for a new store again."
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ default = "offsite"                       # optional; else "backupsDefault"
 [stores.offsite]
 url = "s3://my-bucket/backups"
 options = { region = "eu-west-1", key = { env = "KEY_ID" }, secret = { env = "SECRET" } }
+marked = true                             # written by stores add and init (StoreSpec.marked)
 
 [api]                                     # optional: what admin API callers may register
 allow_stores = ["s3://my-bucket/teams/", "file:///srv/backups/"]
@@ -33,7 +34,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -91,6 +92,10 @@ class StoreSpec:
     name: str
     url: str
     options: Mapping[str, OptionValue] = field(default_factory=dict, repr=False)
+    #: Whether strongroom has known this place as a store (`marked = true`, written by
+    #: `stores add` and `stores init`): then a store that looks empty is a disk not
+    #: mounted or a store emptied, never a new one, and `stores init` refuses it.
+    marked: bool = False
 
     def __post_init__(self) -> None:
         validate_name(self.name, "store")
@@ -125,9 +130,7 @@ class StoreSpec:
 
     def resolve(self) -> StoreSpec:
         """The same spec with every `{env = "NAME"}` reference replaced by its value."""
-        return StoreSpec(
-            self.name, self.url, {k: self._resolve(k, v) for k, v in self.options.items()}
-        )
+        return replace(self, options={k: self._resolve(k, v) for k, v in self.options.items()})
 
     def _resolve(self, key: str, value: OptionValue) -> OptionValue:
         if not isinstance(value, dict):
@@ -220,6 +223,13 @@ class StoresConfig:
         if make_default:
             self.default = spec.name
 
+    def record_marked(self, name: str) -> None:
+        """Note that the store `name` is marked (`StoreSpec.marked`); not the embedded
+        store, which is never asked for its marker and is not written to the file."""
+        spec = self.get(name)
+        if spec != embedded_store(self.home):
+            self.stores[spec.name] = replace(spec, marked=True)
+
     def remove(self, name: str) -> None:
         spec = self.get(name)
         if spec == embedded_store(self.home):  # first: removing schedules would not help
@@ -241,6 +251,7 @@ class StoresConfig:
             spec.name: {
                 "url": spec.url,
                 **({"options": dict(spec.options)} if spec.options else {}),
+                **({"marked": True} if spec.marked else {}),
             }
             for spec in self.stores.values()
             if spec != embedded_store(self.home)
@@ -406,15 +417,19 @@ def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:
         raise ConfigError(
             f'{path}: [stores.{name}] needs a url, for example url = "file:///srv/backups".'
         )
-    unknown = set(table) - {"url", "options"}
+    unknown = set(table) - {"url", "options", "marked"}
     if unknown:
         raise ConfigError(
-            f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url and options."
+            f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url, options "
+            "and marked."
         )
     options = table.get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [stores.{name}] options must be a table.")
+    marked = table.get("marked", False)
+    if not isinstance(marked, bool):
+        raise ConfigError(f"{path}: [stores.{name}] marked must be true or false.")
     try:
-        return StoreSpec(validate_name(name, "store"), table["url"], options)
+        return StoreSpec(validate_name(name, "store"), table["url"], options, marked)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc} Edit the file to fix it.") from None

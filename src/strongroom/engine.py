@@ -270,9 +270,11 @@ class Engine(EngineJobs):
         `require_marked`. Not asked: a store handed to the constructor (the product's
         own) and the embedded store (strongroom's own, made whenever it is missing)."""
         store = self.store(name)
-        given = store.name in self._given
-        if not given and self.config.get(store.name) != embedded_store(self.config.home):
-            require_marked(store, adopt=adopt)
+        if store.name in self._given:
+            return store
+        spec = self.config.get(store.name)
+        if spec != embedded_store(self.config.home):
+            require_marked(store, adopt=adopt, marked=spec.marked)
         return store
 
     def add_store(self, spec: StoreSpec, *, default: bool = False) -> None:
@@ -286,16 +288,31 @@ class Engine(EngineJobs):
             store.initialize()
             mark(store, unless_known=True)
 
-        edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
+        marked = replace(spec, marked=True)
+        edit_config(self, lambda config: config.add(marked, make_default=default), check=prepare)
 
     def init_store(self, name: str) -> Store:
         """Make a store's place and put its store marker (storemarker.py), as adding it
-        does: once for a new store written into config.toml by hand, before its first
-        backup (or for a store from before markers). A marked store is left as it is."""
-        store = self.store(name)
-        store.initialize()
-        mark(store)
-        return store
+        does, and note in config.toml that it is marked: once for a new store written
+        there by hand (or for one from before markers). A store noted as marked that has
+        lost its marker and holds no backup is refused: that is a disk not mounted or a
+        store emptied, and marking it would take it for a new store."""
+        was_marked = False
+
+        def note(config: StoresConfig) -> None:  # as the file says now, not as first read
+            nonlocal was_marked
+            was_marked = config.get(name).marked
+            config.record_marked(name)
+
+        def prepare() -> None:
+            store = self.store(name)
+            if was_marked:
+                require_marked(store, marked=True)
+            store.initialize()
+            mark(store)
+
+        edit_config(self, note, check=prepare)
+        return self.store(name)
 
     def validate_store(self, name: str | None = None) -> ValidationReport:
         """Whether the store is recognisably strongroom's (`recognised_store`), then, if it

@@ -27,6 +27,18 @@ MARKER_TEXT = (
     b"disk that is not mounted is never taken for an empty store. Do not delete it.\n"
 )
 
+#: How a refusal ends: what to do if the store is new, or was strongroom's before.
+_NEW_BY_HAND = (
+    "Only if it is a new store written into config.toml by hand, and never held backups, "
+    "run 'strongroom stores init {name}'."
+)
+_WAS_MARKED = (
+    "strongroom marked it before (marked = true in config.toml), so it is not a new "
+    "store. Only if its backups were deleted by hand and you mean to start it anew, "
+    "remove it and add it again ('strongroom stores remove {name}', then "
+    "'strongroom stores add {name} URL')."
+)
+
 
 def mark(store: Store, *, unless_known: bool = False) -> None:
     """Put the store marker unless it is there (`stores init`). With `unless_known`
@@ -37,19 +49,20 @@ def mark(store: Store, *, unless_known: bool = False) -> None:
     _put_marker(store)
 
 
-def require_marked(store: Store, *, adopt: bool = False) -> None:
+def require_marked(store: Store, *, adopt: bool = False, marked: bool = False) -> None:
     """Refuse a store that carries no store marker and holds no backup. With `adopt`
     (an operation that writes, and may empty the store: create, delete, cleanup), a
-    store known only by its backups gets the marker now, so it stays known once emptied."""
+    store known only by its backups gets the marker now, so it stays known once emptied.
+    `marked`: the configuration says the store was marked (`StoreSpec.marked`), so it
+    cannot be a new store, and `stores init` is no remedy."""
     if store.exists(STORE_MARKER_KEY):
         return
     if not _holds_backups(store):
         raise StoreUnavailableError(
             f"Store {store.name!r} ({store.url}) holds no backups and no store marker "
             f"({STORE_MARKER_KEY}), so it is not taken for an empty store: if its disk or "
-            "share is not mounted, mount it; if its URL is wrong, correct it. Only if it is "
-            "a new store written into config.toml by hand, and never held backups, run "
-            f"'strongroom stores init {store.name}'."
+            "share is not mounted, mount it; if its URL is wrong, correct it. "
+            + (_WAS_MARKED if marked else _NEW_BY_HAND).format(name=store.name)
         )
     if adopt:
         _put_marker(store)

@@ -236,7 +236,10 @@ class LocalStore(Store):
             try:
                 yield
             except MissingRootError as exc:
-                new = f" If the store is new, 'strongroom stores init {self.name}' makes it."
+                new = (
+                    " If it is a new store written into config.toml by hand (not marked = "
+                    f"true there), 'strongroom stores init {self.name}' makes it."
+                )
                 raise StoreUnavailableError(
                     f"Store {self.name!r} ({self.url}): {exc.strerror}.{'' if exc.linked else new}"
                 ) from None
