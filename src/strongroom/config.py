@@ -47,7 +47,7 @@ from .format import validate_name
 from .libc import rename_noreplace
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .enginestores import EngineStores
 
 __all__ = [
     "EMBEDDED_STORE_NAME",
@@ -290,7 +290,7 @@ def editing(path: Path) -> Iterator[None]:
 
 
 def edit_config(
-    engine: Engine,
+    engine: EngineStores,
     change: Callable[[StoresConfig], T],
     *,
     check: Callable[[], None] | None = None,

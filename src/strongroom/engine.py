@@ -2,9 +2,9 @@
 create, restore, verify, delete and cleanup also as background jobs (`submit_*`, in
 enginejobs.py).
 
-The engine joins the pieces: stores from the configuration and plugins, keys from
-the passcode, the archive stream through the chunk pipeline, and the manifest as
-the commit. Data flows one way (see README.md):
+The engine joins the pieces: stores from the configuration and plugins (opened in
+enginestores.py), keys from the passcode, the archive stream through the chunk
+pipeline, and the manifest as the commit. Data flows one way (see README.md):
 
     create:  sources → tar stream → ChunkWriter (chunk, zstd, seal, put) → manifest
              (keys from a write key, or from the passcode through one made on the fly)
@@ -44,16 +44,16 @@ from .archive import (
     write_archive,
 )
 from .cleanup import Cleanup, data_keys, delete_backups, delete_resurrected, index_of
-from .config import StoresConfig, StoreSpec, edit_config, embedded_store
+from .config import StoresConfig
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginejobs import EngineJobs
+from .enginestores import EngineStores
 from .errors import (
     BackupExistsError,
     BackupNotFoundError,
     ConfigError,
     IntegrityError,
     ObjectLockedError,
-    StoreUnavailableError,
 )
 from .format import (
     MANIFESTS_PREFIX,
@@ -81,11 +81,9 @@ from .pipeline import (
     Progress,
     announce_first_chunks,
 )
-from .plugins import BackendRegistry, Backends
 from .restoretarget import Landing, check_restore_target
 from .retention import CleanupReport, check_retention_date, parse_moment, retention_ms
-from .store import Store, ValidationReport
-from .storemarker import mark, require_marked
+from .store import Store
 
 __all__ = ["BackupInfo", "Engine", "Listing"]
 
@@ -163,7 +161,7 @@ class Listing:
         }
 
 
-class Engine(EngineJobs):
+class Engine(EngineStores, EngineJobs):
     """The entry point of the Python API; stateless apart from the stores it has opened
     and its background jobs.
 
@@ -177,8 +175,9 @@ class Engine(EngineJobs):
     (default $STRONGROOM_JOBS_NAMESPACE, else the path of the configuration file, so
     replicas sharing a configuration share their jobs, and tenants do not; the home's
     own job table, which no other home uses, keeps the empty namespace of older jobs).
-    The jobs themselves (`jobs`, `submit_*`, `schedule_cleanup`, `close`) are in its base
-    class `EngineJobs` (enginejobs.py).
+    Its stores (`store`, `recognised_store`, `add_store`, `init_store`, `validate_store`,
+    `use_config`) are in its base class `EngineStores` (enginestores.py), the jobs (`jobs`,
+    `submit_*`, `schedule_cleanup`, `close`) in `EngineJobs` (enginejobs.py).
     """
 
     def __init__(
@@ -198,8 +197,13 @@ class Engine(EngineJobs):
     ) -> None:
         if config is None:
             config = StoresConfig.load(home=None if home is None else Path(home))
-        self.config = config
-        self.home = Path(home) if home is not None else config.home
+        EngineStores.__init__(
+            self,
+            config,
+            home=Path(home) if home is not None else config.home,
+            stores=stores,
+            plugin_manager=plugin_manager,
+        )
         #: Where the jobs are kept: a URL (see jobstore), by default SQLite in the home.
         shared_db = jobs_db or os.environ.get("STRONGROOM_JOBS_DB")
         self.jobs_db: str | os.PathLike[str] = shared_db or self.home / JOBS_FILE
@@ -209,7 +213,6 @@ class Engine(EngineJobs):
             or os.environ.get("STRONGROOM_JOBS_NAMESPACE")
             or (str(self.config.path.resolve()) if shared_db else "")
         )
-        self._backends = Backends(plugin_manager)
         self._kdf = kdf or KdfParams()
         if not self._kdf.within_bounds:
             raise ConfigError(
@@ -223,9 +226,7 @@ class Engine(EngineJobs):
         self._leftover_grace = leftover_grace
         #: A running create refreshes its marker this often, well inside the grace period.
         self._heartbeat = min(timedelta(hours=1), leftover_grace / 4)
-        self._stores: dict[str, Store] = {store.name: store for store in stores}
-        self._given = frozenset(self._stores)
-        super().__init__()
+        EngineJobs.__init__(self)
 
     @property
     def kdf(self) -> KdfParams:
@@ -236,98 +237,6 @@ class Engine(EngineJobs):
     def chunk_size(self) -> int:
         """The plaintext size of every chunk a create writes (the benchmark's unit)."""
         return self._chunk_size
-
-    @property
-    def plugin_manager(self) -> pluggy.PluginManager:
-        """Every plugin (the admin API calls their hooks); installed ones load on first use."""
-        return self._backends.manager
-
-    @property
-    def registry(self) -> BackendRegistry:
-        """The backends stores are opened with (the admin API reads their declarations)."""
-        return self._backends.registry
-
-    def store(self, name: str | None = None) -> Store:
-        """The store called `name` (default: the configured default store), opened once.
-
-        Stores handed to the constructor come first: a host product (or a backend's
-        conformance tests) can use a store it built itself, with no configuration.
-        """
-        if name in self._stores:
-            return self._stores[name]
-        spec = self.config.get(name)
-        if spec.name not in self._stores:
-            store = self._backends.open(spec)
-            if spec == embedded_store(self.config.home):  # strongroom's own: made on first use
-                store.initialize()
-            self._stores[spec.name] = store
-        return self._stores[spec.name]
-
-    def recognised_store(self, name: str | None = None, *, adopt: bool = False) -> Store:
-        """`store(name)`, refused (StoreUnavailableError) unless it carries strongroom's
-        marker or holds a backup (storemarker.py): what writes and what finds nothing
-        ask first, so an unmounted disk is never taken for an empty store; `adopt`: see
-        `require_marked`. Not asked: a store handed to the constructor (the product's
-        own) and the embedded store (strongroom's own, made whenever it is missing)."""
-        store = self.store(name)
-        if store.name in self._given:
-            return store
-        spec = self.config.get(store.name)
-        if spec != embedded_store(self.config.home):
-            require_marked(store, adopt=adopt, marked=spec.marked)
-        return store
-
-    def add_store(self, spec: StoreSpec, *, default: bool = False) -> None:
-        """Add a store to the configuration file, as `strongroom stores add` does: it is
-        opened first (scheme, options, secret references), refused if it cannot keep
-        backups, and its place made (a file store's directory) and marked; only then saved."""
-
-        def prepare() -> None:
-            store = self.store(spec.name)
-            store.check_persistent()
-            store.initialize()
-            mark(store, unless_known=True)
-
-        marked = replace(spec, marked=True)
-        edit_config(self, lambda config: config.add(marked, make_default=default), check=prepare)
-
-    def init_store(self, name: str) -> Store:
-        """Make a store's place and put its store marker (storemarker.py), as adding it
-        does, and note in config.toml that it is marked: once for a new store written
-        there by hand (or for one from before markers). A store noted as marked that has
-        lost its marker and holds no backup is refused: that is a disk not mounted or a
-        store emptied, and marking it would take it for a new store."""
-        was_marked = False
-
-        def note(config: StoresConfig) -> None:  # as the file says now, not as first read
-            nonlocal was_marked
-            was_marked = config.get(name).marked
-            config.record_marked(name)
-
-        def prepare() -> None:
-            store = self.store(name)
-            if was_marked:
-                require_marked(store, marked=True)
-            store.initialize()
-            mark(store)
-
-        edit_config(self, note, check=prepare)
-        return self.store(name)
-
-    def validate_store(self, name: str | None = None) -> ValidationReport:
-        """Whether the store is recognisably strongroom's (`recognised_store`), then, if it
-        is, probe its permissions (`Store.validate`): an unmounted disk would pass every
-        probe, written onto the disk below it."""
-        store = self.store(name)
-        try:
-            self.recognised_store(store.name)
-        except StoreUnavailableError as exc:
-            checks, errors = {"recognised": False}, [f"recognised: {exc}"]
-            return ValidationReport(
-                store.name, store.url, checks, errors, store.capabilities, store.lock_mode
-            )
-        report = store.validate()
-        return replace(report, checks={**report.checks, "recognised": True})
 
     # -- create ----------------------------------------------------------------------
 
@@ -736,15 +645,6 @@ class Engine(EngineJobs):
             chunk_size=manifest.chunk_size,
             on_read=_counter(progress, manifest.source_size),
         )
-
-    # -- configuration changes -------------------------------------------------------
-
-    def use_config(self, config: StoresConfig) -> None:
-        """Switch to a changed stores configuration; stores whose spec changed reopen."""
-        for name, spec in self.config.stores.items():
-            if config.stores.get(name) != spec:
-                self._stores.pop(name, None)
-        self.config = config
 
 
 class _KeyDerivation:
