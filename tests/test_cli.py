@@ -865,16 +865,17 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
         "type": "file",
         "url": _default_store(home).absolute().as_uri(),
         "rootDir": str(_default_store(home).absolute()),
+        "compression": "zstd",
     }
     assert cli("stores", "list", "--json").json() == {"backupStores": [embedded]}
 
     offsite = tmp_path / "offsite"
-    added = cli("stores", "add", "offsite", offsite.as_uri(), "--default")
+    added = cli("stores", "add", "offsite", offsite.as_uri(), "--default", "--compression", "none")
     assert added.code == 0, added.err
     config = tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
     assert config == {
         "default": "offsite",
-        "stores": {"offsite": {"url": offsite.as_uri(), "marked": True}},
+        "stores": {"offsite": {"url": offsite.as_uri(), "marked": True, "compression": "none"}},
     }
     stores = cli("stores", "list", "--json").json()["backupStores"]
     assert sorted(stores, key=lambda s: s["name"]) == [
@@ -885,10 +886,11 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
             "type": "file",
             "url": offsite.as_uri(),
             "rootDir": str(offsite),
+            "compression": "none",
         },
     ]
     table = cli("stores", "list")
-    assert any(line.split()[:2] == ["offsite", "*"] for line in table.out.splitlines())
+    assert any(line.split()[:3] == ["offsite", "*", "none"] for line in table.out.splitlines())
 
     validated = cli("stores", "validate", "offsite")
     assert validated.code == 0, validated.err
@@ -1042,7 +1044,8 @@ def test_configured_store_with_unknown_scheme_names_the_plugin(cli: Cli, home: P
     home.mkdir()
     (home / "config.toml").write_text('[stores.cloud]\nurl = "s3://b/p"\n', encoding="utf-8")
     listed = cli("stores", "list", "--json").json()["backupStores"]
-    cloud = {"name": "cloud", "default": False, "type": "s3", "url": "s3://b/p", "rootDir": "b/p"}
+    cloud = {"name": "cloud", "type": "s3", "url": "s3://b/p", "rootDir": "b/p"}
+    cloud |= {"default": False, "compression": "zstd"}
     assert cloud in listed
     outcome = cli("list", "--store", "cloud")
     assert outcome.code == 3

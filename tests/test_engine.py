@@ -21,9 +21,10 @@ from strongroom import (
     Engine,
     InvalidNameError,
     PasscodeError,
+    StoreSpec,
     archive,
 )
-from strongroom.format import data_prefix, manifest_key
+from strongroom.format import Manifest, data_prefix, manifest_key
 from strongroom.pipeline import ChunkWriter
 from strongroom.sourcetree import walk_source
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot
@@ -99,11 +100,20 @@ def test_a_restore_as_root_gives_files_and_directories_their_owners(
         assert (restored.st_uid, restored.st_gid) == (original.st_uid, original.st_gid), relative
 
 
-def test_round_trip_without_compression(home: Path, tree: Path, tmp_path: Path) -> None:
-    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, compress=False)
-    info = engine.create("raw", [tree], passcode=PASSCODE)
-    assert info.stored_size > info.source_size  # nothing compressed, only sealed
-    target = engine.restore("raw", tmp_path / "out", passcode=PASSCODE)
+def test_a_store_set_to_compression_none_stores_chunks_as_they_are(
+    home: Path, tree: Path, tmp_path: Path
+) -> None:
+    """`compression = "none"` is the store's: every create into it seals its chunks
+    uncompressed (the manifest says so), and they restore as any other."""
+    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
+    engine.add_store(StoreSpec("fast", (tmp_path / "fast").as_uri(), compression="none"))
+    raw = engine.create("raw", [tree], passcode=PASSCODE, store="fast")
+    packed = engine.create("packed", [tree], passcode=PASSCODE)
+    assert raw.stored_size > raw.source_size  # nothing compressed, only sealed
+    assert packed.stored_size < raw.source_size
+    manifest = Manifest.from_bytes((tmp_path / "fast" / manifest_key("raw")).read_bytes())
+    assert manifest.compression == "none"
+    target = engine.restore("raw", tmp_path / "out", passcode=PASSCODE, store="fast")
     assert snapshot(target / "data") == snapshot(tree)
 
 

@@ -419,17 +419,23 @@ async def test_store_register_get_update_validate_unregister(
         "type": "file",
         "url": (home / "stores" / "backupsDefault").as_uri(),
         "rootDir": str(home / "stores" / "backupsDefault"),
+        "compression": "zstd",
     }
     assert (await api.get(f"{DR}/stores")).json() == {"backupStores": [embedded]}
 
     offsite = home / "offsite"
-    settings = json.dumps({"type": "file", "url": offsite.as_uri()})
+    settings = json.dumps({"type": "file", "url": offsite.as_uri(), "compression": "none"})
     registered = await api.post(f"{DR}/stores/register", storeName="offsite", settings=settings)
     assert registered.json() == {"status": "success"}
     config = tomllib.loads((home / "config.toml").read_text())
     confined = {"confine_to": str(home)}  # the allowed directory it is walked down from
     assert config["stores"] == {
-        "offsite": {"url": offsite.as_uri(), "options": confined, "marked": True}
+        "offsite": {
+            "url": offsite.as_uri(),
+            "options": confined,
+            "marked": True,
+            "compression": "none",
+        }
     }
     assert (await api.get(f"{DR}/stores/offsite")).json() == {
         "name": "offsite",
@@ -437,6 +443,7 @@ async def test_store_register_get_update_validate_unregister(
         "type": "file",
         "url": offsite.as_uri(),
         "rootDir": str(offsite),
+        "compression": "none",
     }
 
     updated = await api.post(f"{DR}/stores/offsite/update", settings='{"default": true}')
@@ -482,6 +489,8 @@ async def test_store_register_get_update_validate_unregister(
         ('{"url": "no-scheme"}', 400, "is not a URL"),
         ('{"url": "file:///x", "type": "s3"}', 400, "does not match the url's scheme"),
         ('{"url": "file:///x", "options": {"a": [1]}}', 400, "settings.options must be"),
+        ('{"url": "file:///x", "compression": 3}', 400, "settings.compression is one of"),
+        ('{"url": "file:///x", "compression": "lz4"}', 400, "'lz4' is not one of zstd, none"),
         ('{"url": "HOME/x", "options": {"object_lock": "governance"}}', 400, "cannot lock"),
         ('{"url": "HOME/x", "options": {"confine_to": "/"}}', 403, "cannot be set over the API"),
         ('{"url": "gopher://host/x"}', 400, "no installed backend handles 'gopher'"),

@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, installed_version, measure
-from .config import StoresConfig, StoreSpec, config_path, editing
+from .config import COMPRESSIONS, StoresConfig, StoreSpec, config_path, editing
 from .crypto import Passcode
 from .engine import BackupInfo, Engine
 from .errors import (
@@ -242,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         "url", metavar="URL", help="file:///dir, s3://bucket/prefix, az://container/prefix"
     )
     add.add_argument("--default", action="store_true", help="make it the default store")
+    add.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default=COMPRESSIONS[0],
+        help="how its backups' chunks are encoded: zstd (default; a chunk that does not "
+        "shrink is stored as it is) or none (faster on a fast disk, stored larger)",
+    )
     add.add_argument(
         "--option",
         action="append",
@@ -559,14 +566,15 @@ def run_stores_list(args: argparse.Namespace) -> int:
         _print_json({"backupStores": stores})
     else:
         _print_table(
-            ("NAME", "DEFAULT", "URL"),
-            [(s["name"], "*" if s["default"] else "", s["url"]) for s in stores],
+            ("NAME", "DEFAULT", "COMPRESSION", "URL"),
+            [(s["name"], "*" if s["default"] else "", s["compression"], s["url"]) for s in stores],
         )
     return 0
 
 
 def run_stores_add(args: argparse.Namespace) -> int:
-    spec = StoreSpec(args.store_name, args.url, dict(_parse_option(o) for o in args.option))
+    options = dict(_parse_option(o) for o in args.option)
+    spec = StoreSpec(args.store_name, args.url, options, compression=args.compression)
     engine = Engine()
     engine.add_store(spec, default=args.default)
     print(f"Added store {spec.name} ({spec.url}) to {engine.config.path}")

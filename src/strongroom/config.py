@@ -6,6 +6,7 @@ default = "offsite"                       # optional; else "backupsDefault"
 [stores.offsite]
 url = "s3://my-bucket/backups"
 options = { region = "eu-west-1", key = { env = "KEY_ID" }, secret = { env = "SECRET" } }
+compression = "none"                      # optional; else "zstd"
 marked = true                             # written by stores add and init (StoreSpec.marked)
 
 [api]                                     # optional: what admin API callers may register
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from .enginestores import EngineStores
 
 __all__ = [
+    "COMPRESSIONS",
     "EMBEDDED_STORE_NAME",
     "StoreSpec",
     "StoresConfig",
@@ -61,6 +63,8 @@ __all__ = [
 ]
 
 EMBEDDED_STORE_NAME = "backupsDefault"
+#: A store's `compression` settings; the first is the default.
+COMPRESSIONS = ("zstd", "none")
 HOME_ENV = "STRONGROOM_HOME"
 CONFIG_ENV = "STRONGROOM_CONFIG"
 
@@ -96,9 +100,17 @@ class StoreSpec:
     #: `stores add` and `stores init`): then a store that looks empty is a disk not
     #: mounted or a store emptied, never a new one, and `stores init` refuses it.
     marked: bool = False
+    #: How its backups' chunks are encoded (`COMPRESSIONS`): "zstd" (a chunk that does
+    #: not shrink is stored as it is) or "none", for speed over size on a fast disk.
+    compression: str = "zstd"
 
     def __post_init__(self) -> None:
         validate_name(self.name, "store")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(
+                f"Store {self.name!r}: compression {self.compression!r} is not one of "
+                f"{', '.join(COMPRESSIONS)}."
+            )
         if "://" not in self.url:
             raise ConfigError(
                 f"Store {self.name!r}: {self.url!r} is not a URL; write it with a scheme, "
@@ -126,6 +138,7 @@ class StoreSpec:
             "type": parts.scheme,
             "url": self.url,
             "rootDir": root,
+            "compression": self.compression,
         }
 
     def resolve(self) -> StoreSpec:
@@ -252,6 +265,7 @@ class StoresConfig:
                 "url": spec.url,
                 **({"options": dict(spec.options)} if spec.options else {}),
                 **({"marked": True} if spec.marked else {}),
+                **({"compression": spec.compression} if spec.compression != "zstd" else {}),
             }
             for spec in self.stores.values()
             if spec != embedded_store(self.home)
@@ -417,11 +431,11 @@ def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:
         raise ConfigError(
             f'{path}: [stores.{name}] needs a url, for example url = "file:///srv/backups".'
         )
-    unknown = set(table) - {"url", "options", "marked"}
+    unknown = set(table) - {"url", "options", "marked", "compression"}
     if unknown:
         raise ConfigError(
-            f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url, options "
-            "and marked."
+            f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url, options, "
+            "compression and marked."
         )
     options = table.get("options", {})
     if not isinstance(options, dict):
@@ -429,7 +443,10 @@ def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:
     marked = table.get("marked", False)
     if not isinstance(marked, bool):
         raise ConfigError(f"{path}: [stores.{name}] marked must be true or false.")
+    compression = table.get("compression", COMPRESSIONS[0])
     try:
-        return StoreSpec(validate_name(name, "store"), table["url"], options, marked)
+        return StoreSpec(
+            validate_name(name, "store"), table["url"], options, marked, str(compression)
+        )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc} Edit the file to fix it.") from None

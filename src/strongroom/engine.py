@@ -189,7 +189,6 @@ class Engine(EngineStores, EngineJobs):
         plugin_manager: pluggy.PluginManager | None = None,
         kdf: KdfParams | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        compress: bool = True,
         clock: Callable[[], datetime] = utc_now,
         leftover_grace: timedelta = timedelta(hours=24),
         jobs_db: str | None = None,
@@ -221,7 +220,6 @@ class Engine(EngineStores, EngineJobs):
                 "a backup made with it could never be restored."
             )
         self._chunk_size = chunk_size
-        self._compress = compress
         self._clock = clock
         self._leftover_grace = leftover_grace
         #: A running create refreshes its marker this often, well inside the grace period.
@@ -285,7 +283,7 @@ class Engine(EngineStores, EngineJobs):
             chunk_count=0,
             source_size=0,
             stored_size=0,
-            compression="zstd" if self._compress else "none",
+            compression=self.compression(target),
             key_slot=KeySlot(self._kdf, b"", b""),  # wrapped at the commit
             retention_date=retention,
             scheduled=scheduled,
@@ -296,7 +294,7 @@ class Engine(EngineStores, EngineJobs):
             lambda index: chunk_key(name, backup_id, index),
             StreamCipher(keys.chunk_key, draft.stream_binding()),
             chunk_size=self._chunk_size,
-            compress=self._compress,
+            compress=draft.compression == "zstd",
             retain_until=retention,
             # streams have no size beforehand: then the total is unknown, not too small
             on_write=_counter(progress, source_size(paths) if progress and not streams else None),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pluggy
 
-from .config import StoresConfig, StoreSpec, edit_config, embedded_store
+from .config import COMPRESSIONS, StoresConfig, StoreSpec, edit_config, embedded_store
 from .errors import StoreUnavailableError
 from .plugins import BackendRegistry, Backends
 from .store import Store, ValidationReport
@@ -133,6 +133,13 @@ class EngineStores:
             )
         report = store.validate()
         return replace(report, checks={**report.checks, "recognised": True})
+
+    def compression(self, store: Store) -> str:
+        """How creates into `store` encode their chunks: its `compression` setting; a
+        store handed in has no settings, and gets the default."""
+        if store.name in self._given:
+            return COMPRESSIONS[0]
+        return self.config.get(store.name).compression
 
     def use_config(self, config: StoresConfig) -> None:
         """Switch to a changed stores configuration; stores whose spec changed reopen."""

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import StoresConfig, StoreSpec, edit_config
+from ..config import COMPRESSIONS, StoresConfig, StoreSpec, edit_config
 from ..engine import Engine
 from ..errors import ConfigError
 
@@ -50,8 +50,9 @@ def describe_all(engine: Engine) -> list[dict[str, Any]]:
 
 
 def spec_from_settings(name: str, text: str) -> StoreSpec:
-    settings = _settings(text, {"type", "url", "options"})
+    settings = _settings(text, {"type", "url", "options", "compression"})
     url, kind, options = settings.get("url"), settings.get("type"), settings.get("options", {})
+    compression = settings.get("compression", COMPRESSIONS[0])
     if not isinstance(url, str):
         raise ConfigError(f"settings needs the store's location as a url, for example {EXAMPLE}.")
     if not isinstance(options, dict) or not all(_is_option(v) for v in options.values()):
@@ -59,7 +60,9 @@ def spec_from_settings(name: str, text: str) -> StoreSpec:
             "settings.options must be an object of text, number or true/false values, with "
             'secrets as {"env": "VARIABLE"} references.'
         )
-    spec = StoreSpec(name, url, options)
+    if not isinstance(compression, str):
+        raise ConfigError(f"settings.compression is one of {', '.join(COMPRESSIONS)}.")
+    spec = StoreSpec(name, url, options, compression=compression)
     if kind is not None and str(kind).lower() != urlsplit(url).scheme.lower():
         raise ConfigError(
             f"settings.type {kind!r} does not match the url's scheme; leave type out or "
