@@ -15,6 +15,7 @@ import json
 import os
 import pty
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -809,7 +810,7 @@ def test_a_store_written_into_config_toml_by_hand_is_made_and_marked_by_stores_i
     (home / "config.toml").write_text(f'[stores.nas]\nurl = "{by_hand.as_uri()}"\n')
     create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name"]
     missing = cli(*create, "first", small)
-    assert missing.code == 4 and "'strongroom stores init nas' makes it" in missing.err
+    assert missing.code == 4 and "run 'strongroom stores init nas'" in missing.err
     by_hand.mkdir()
     empty = cli(*create, "first", small)
     assert empty.code == 4 and "run 'strongroom stores init nas'" in empty.err
@@ -819,42 +820,85 @@ def test_a_store_written_into_config_toml_by_hand_is_made_and_marked_by_stores_i
     assert cli(*create, "first", small).code == 0
     assert cli("stores", "init", "nas").code == 0, "a store made already is left as it is"
     assert cli("list", "--store", "nas", "--json").json()["backups"][0]["name"] == "first"
-    config = tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
-    assert config["stores"]["nas"] == {"url": by_hand.as_uri(), "marked": True}
 
 
-@pytest.mark.parametrize("added", ["stores add", "stores init"])
-def test_stores_init_refuses_a_store_that_was_marked_once_its_disk_is_not_mounted(
+@pytest.mark.parametrize("added", ["stores add", "stores init", "an older strongroom"])
+def test_a_place_that_was_a_store_is_never_marked_again_while_its_disk_is_not_mounted(
     cli: Cli, home: Path, tmp_path: Path, small: Path, passcode_file: Path, added: str
 ) -> None:
-    """An empty directory and a disk not mounted look alike, and the refusal of a store
-    that holds neither marker nor backup points at `stores init` for a new one: a store
-    that config.toml notes as marked is not new, so init refuses it (nothing written
-    below the mount point) and the refusals do not offer it."""
+    """An empty directory and a disk not mounted look alike, and marking is what `stores
+    init` and `stores add` do to an empty place: once this home has known a store there
+    (added, initialised, or recognised by any command, as a store added by an older
+    strongroom is), neither marks it again, under its name or another, and the refusals
+    do not offer a plain init. Nothing is written below the mount point."""
     mount_point = tmp_path / "mnt"
-    if added == "stores add":
-        assert cli("stores", "add", "nas", mount_point.as_uri()).code == 0
-    else:
+    if added == "stores init":
         home.mkdir(exist_ok=True)
         (home / "config.toml").write_text(f'[stores.nas]\nurl = "{mount_point.as_uri()}"\n')
         assert cli("stores", "init", "nas").code == 0
-    create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name", "first"]
-    assert cli(*create, small).code == 0
+    else:
+        assert cli("stores", "add", "nas", mount_point.as_uri()).code == 0
+    if added == "an older strongroom":
+        (home / "known-stores").unlink()  # added before homes remembered stores
+    create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name"]
+    assert cli(*create, "first", small).code == 0
     mount_point.rename(tmp_path / "the-disk")  # unmounted: ...
     mount_point.mkdir()  # ... and the empty directory it was mounted on is left
 
     listed = cli("list", "--store", "nas")
     assert listed.code == 4 and "mount it" in listed.err
-    assert "stores init" not in listed.err
+    assert "has known a strongroom store there" in listed.err
+    assert "'strongroom stores init nas'" not in listed.err
     init = cli("stores", "init", "nas")
     assert init.code == 4, init
-    assert "marked = true" in init.err and "so it is not a new store" in init.err
+    assert "this home has known a strongroom store there" in init.err
+    assert "'strongroom stores init nas --anew' starts it anew" in init.err
+    other_name = cli("stores", "add", "nas2", mount_point.as_uri() + "/")
+    assert other_name.code == 4 and "adding it with --anew" in other_name.err
+    assert cli(*create, "second", small).code == 4
     assert list(mount_point.iterdir()) == [], "nothing was written below the mount point"
+    assert "nas2" not in cli("stores", "list").out
 
     mount_point.rmdir()
     (tmp_path / "the-disk").rename(mount_point)  # mounted again
     assert cli("stores", "init", "nas").code == 0, "init of a marked store changes nothing"
     assert len(cli("list", "--store", "nas", "--json").json()["backups"]) == 1
+
+
+def test_a_store_emptied_on_purpose_starts_anew_only_when_told(
+    cli: Cli, tmp_path: Path, small: Path, passcode_file: Path
+) -> None:
+    """The refusals name `--anew`, for backups deleted on purpose (by hand, or a bucket's
+    lifecycle rule); with it, init marks the place again and it takes backups."""
+    place = tmp_path / "store"
+    assert cli("stores", "add", "nas", place.as_uri()).code == 0
+    shutil.rmtree(place)  # its backups and marker deleted by hand
+    place.mkdir()
+    assert cli("stores", "init", "nas").code == 4
+    assert cli("stores", "init", "nas", "--anew").code == 0
+    create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name", "x"]
+    assert cli(*create, small).code == 0
+
+
+def test_a_store_whose_directory_is_missing_is_offered_init_only_if_new(
+    cli: Cli, home: Path, tmp_path: Path, small: Path, passcode_file: Path
+) -> None:
+    """A missing directory is a disk not mounted or a store not made yet: init is the
+    remedy only for a place this home never knew as a store."""
+    known, new = tmp_path / "mnt" / "known", tmp_path / "new"
+    assert cli("stores", "add", "known", known.as_uri()).code == 0
+    home.mkdir(exist_ok=True)
+    with (home / "config.toml").open("a", encoding="utf-8") as config:
+        config.write(f'[stores.new]\nurl = "{new.as_uri()}"\n')
+    shutil.rmtree(tmp_path / "mnt")
+
+    gone = cli("list", "--store", "known")
+    assert gone.code == 4 and "is missing" in gone.err
+    assert "has known a strongroom store there" in gone.err
+    assert cli("stores", "init", "known").code == 4
+    assert not known.exists()
+    not_made = cli("list", "--store", "new")
+    assert not_made.code == 4 and "run 'strongroom stores init new'" in not_made.err
 
 
 def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -> None:
@@ -875,7 +919,7 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
     config = tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
     assert config == {
         "default": "offsite",
-        "stores": {"offsite": {"url": offsite.as_uri(), "marked": True, "compression": "none"}},
+        "stores": {"offsite": {"url": offsite.as_uri(), "compression": "none"}},
     }
     stores = cli("stores", "list", "--json").json()["backupStores"]
     assert sorted(stores, key=lambda s: s["name"]) == [

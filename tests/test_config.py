@@ -69,7 +69,6 @@ def test_config_path_from_environment(
         ("this is = = not toml", "not valid TOML"),
         ("[stores.x]\nurl = 5\n", "needs a url"),
         ('[stores.x]\nurl = "file:///a"\nbucket = "b"\n', "unknown keys"),
-        ('[stores.x]\nurl = "file:///a"\nmarked = "yes"\n', "marked must be true or false"),
         ('[stores.x]\nurl = "file:///a"\ncompression = "lz4"\n', "'lz4' is not one of zstd"),
         ('default = "nope"\n', "default store 'nope'"),
         ('[stores."bad/name"]\nurl = "file:///a"\n', "not a valid store name"),

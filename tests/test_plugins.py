@@ -68,9 +68,8 @@ def test_a_third_party_backend_plugs_in_through_the_same_hook(
     manager.register(plugin)
     config = StoresConfig.load()
     config.add(StoreSpec("ram", "mem://ram"))
-    config.save()  # written by hand: `stores add` refuses a store that does not persist
-    engine = Engine(plugin_manager=manager, kdf=FAST_KDF)
-    engine.init_store("ram")
+    engine = Engine(config, plugin_manager=manager, kdf=FAST_KDF)
+    engine.init_store("ram")  # configured by hand: marked once
     engine.create("in-memory", [tree], passcode=PASSCODE, store="ram")
     assert [b.name for b in engine.list("ram")] == ["in-memory"]
     engine.restore("in-memory", tmp_path / "out", passcode=PASSCODE, store="ram")

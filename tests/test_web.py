@@ -433,7 +433,6 @@ async def test_store_register_get_update_validate_unregister(
         "offsite": {
             "url": offsite.as_uri(),
             "options": confined,
-            "marked": True,
             "compression": "none",
         }
     }

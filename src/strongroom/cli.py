@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "url", metavar="URL", help="file:///dir, s3://bucket/prefix, az://container/prefix"
     )
     add.add_argument("--default", action="store_true", help="make it the default store")
+    _anew_option(add)
     add.add_argument(
         "--compression",
         choices=COMPRESSIONS,
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         run_stores_init,
     )
     init.add_argument("store_name", metavar="NAME", help="the store's name in config.toml")
+    _anew_option(init)
     remove = _command(
         store_commands, "remove", "forget a store (its backups stay)", run_stores_remove
     )
@@ -576,17 +578,14 @@ def run_stores_add(args: argparse.Namespace) -> int:
     options = dict(_parse_option(o) for o in args.option)
     spec = StoreSpec(args.store_name, args.url, options, compression=args.compression)
     engine = Engine()
-    engine.add_store(spec, default=args.default)
+    engine.add_store(spec, default=args.default, anew=args.anew)
     print(f"Added store {spec.name} ({spec.url}) to {engine.config.path}")
     return 0
 
 
 def run_stores_init(args: argparse.Namespace) -> int:
-    store = Engine().init_store(args.store_name)
-    print(
-        f"Store {store.name} ({store.url}) has its store marker and is ready for backups; "
-        "config.toml notes it (marked = true), so it is never taken for a new store again."
-    )
+    store = Engine().init_store(args.store_name, anew=args.anew)
+    print(f"Store {store.name} ({store.url}) has its store marker and is ready for backups.")
     return 0
 
 
@@ -932,6 +931,16 @@ def _backup_name(parser: argparse.ArgumentParser) -> None:
 
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (stable; see README)")
+
+
+def _anew_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--anew",
+        action="store_true",
+        help="mark the place even though this home knew a store there that has lost its "
+        "store marker and backups: only if they were deleted on purpose, never for a disk "
+        "that is not mounted",
+    )
 
 
 def _parse_option(text: str) -> tuple[str, str | dict[str, str]]:

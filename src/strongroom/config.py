@@ -7,7 +7,6 @@ default = "offsite"                       # optional; else "backupsDefault"
 url = "s3://my-bucket/backups"
 options = { region = "eu-west-1", key = { env = "KEY_ID" }, secret = { env = "SECRET" } }
 compression = "none"                      # optional; else "zstd"
-marked = true                             # written by stores add and init (StoreSpec.marked)
 
 [api]                                     # optional: what admin API callers may register
 allow_stores = ["s3://my-bucket/teams/", "file:///srv/backups/"]
@@ -96,10 +95,6 @@ class StoreSpec:
     name: str
     url: str
     options: Mapping[str, OptionValue] = field(default_factory=dict, repr=False)
-    #: Whether strongroom has known this place as a store (`marked = true`, written by
-    #: `stores add` and `stores init`): then a store that looks empty is a disk not
-    #: mounted or a store emptied, never a new one, and `stores init` refuses it.
-    marked: bool = False
     #: How its backups' chunks are encoded (`COMPRESSIONS`): "zstd" (a chunk that does
     #: not shrink is stored as it is) or "none", for speed over size on a fast disk.
     compression: str = "zstd"
@@ -236,16 +231,14 @@ class StoresConfig:
         if make_default:
             self.default = spec.name
 
-    def record_marked(self, name: str) -> None:
-        """Note that the store `name` is marked (`StoreSpec.marked`); not the embedded
-        store, which is never asked for its marker and is not written to the file."""
-        spec = self.get(name)
-        if spec != embedded_store(self.home):
-            self.stores[spec.name] = replace(spec, marked=True)
+    def is_embedded(self, spec: StoreSpec) -> bool:
+        """Whether `spec` is strongroom's own embedded store (made whenever it is missing,
+        never asked for a store marker), however its settings were written."""
+        return spec.name == EMBEDDED_STORE_NAME and spec.url == embedded_store(self.home).url
 
     def remove(self, name: str) -> None:
         spec = self.get(name)
-        if spec == embedded_store(self.home):  # first: removing schedules would not help
+        if self.is_embedded(spec):  # first: removing schedules would not help
             raise ConfigError(f"{name!r} is the embedded default store and cannot be removed.")
         users = sorted(s for s, table in self.schedules.items() if table.get("store") == name)
         if users:
@@ -264,7 +257,6 @@ class StoresConfig:
             spec.name: {
                 "url": spec.url,
                 **({"options": dict(spec.options)} if spec.options else {}),
-                **({"marked": True} if spec.marked else {}),
                 **({"compression": spec.compression} if spec.compression != "zstd" else {}),
             }
             for spec in self.stores.values()
@@ -431,22 +423,17 @@ def _spec_from_table(path: Path, name: str, table: object) -> StoreSpec:
         raise ConfigError(
             f'{path}: [stores.{name}] needs a url, for example url = "file:///srv/backups".'
         )
-    unknown = set(table) - {"url", "options", "marked", "compression"}
+    unknown = set(table) - {"url", "options", "compression"}
     if unknown:
         raise ConfigError(
-            f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url, options, "
-            "compression and marked."
+            f"{path}: [stores.{name}] has unknown keys {sorted(unknown)}; use url, options "
+            "and compression."
         )
     options = table.get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [stores.{name}] options must be a table.")
-    marked = table.get("marked", False)
-    if not isinstance(marked, bool):
-        raise ConfigError(f"{path}: [stores.{name}] marked must be true or false.")
     compression = table.get("compression", COMPRESSIONS[0])
     try:
-        return StoreSpec(
-            validate_name(name, "store"), table["url"], options, marked, str(compression)
-        )
+        return StoreSpec(validate_name(name, "store"), table["url"], options, str(compression))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc} Edit the file to fix it.") from None

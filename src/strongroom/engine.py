@@ -471,7 +471,8 @@ class Engine(EngineStores, EngineJobs):
         """Every committed backup in the store, oldest first, and why any manifest did not
         read."""
         source = self.store(store)
-        manifests, unreadable = self._manifests(source)
+        with self.explaining_missing(source):
+            manifests, unreadable = self._manifests(source)
         if not manifests and not unreadable:
             self.recognised_store(source.name)  # an unmounted disk lists nothing too
         return Listing([BackupInfo.from_manifest(m, source.name) for m in manifests], unreadable)
@@ -571,7 +572,8 @@ class Engine(EngineStores, EngineJobs):
         validate_name(name)
         source = self.store(store)
         try:
-            data = source.get(manifest_key(name), limit=MAX_MANIFEST_SIZE)
+            with self.explaining_missing(source):
+                data = source.get(manifest_key(name), limit=MAX_MANIFEST_SIZE)
         except FileNotFoundError:
             self.recognised_store(source.name)  # not "no backup" where no store is
             raise BackupNotFoundError(

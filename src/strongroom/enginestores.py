@@ -8,17 +8,19 @@ it may be taken for one (storemarker.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pluggy
 
-from .config import COMPRESSIONS, StoresConfig, StoreSpec, edit_config, embedded_store
-from .errors import StoreUnavailableError
+from .config import COMPRESSIONS, StoresConfig, StoreSpec, edit_config
+from .errors import StoreMissingError, StoreUnavailableError
+from .knownstores import KnownStores
 from .plugins import BackendRegistry, Backends
 from .store import Store, ValidationReport
-from .storemarker import mark, require_marked
+from .storemarker import lost, mark, recognised, require_marked
 
 __all__ = ["EngineStores"]
 
@@ -41,6 +43,7 @@ class EngineStores:
         self._backends = Backends(plugin_manager)
         self._stores: dict[str, Store] = {store.name: store for store in stores}
         self._given = frozenset(self._stores)
+        self._known = KnownStores(home)
 
     @property
     def plugin_manager(self) -> pluggy.PluginManager:
@@ -63,7 +66,7 @@ class EngineStores:
         spec = self.config.get(name)
         if spec.name not in self._stores:
             store = self._backends.open(spec)
-            if spec == embedded_store(self.config.home):  # strongroom's own: made on first use
+            if self.config.is_embedded(spec):  # strongroom's own: made on first use
                 store.initialize()
             self._stores[spec.name] = store
         return self._stores[spec.name]
@@ -72,52 +75,70 @@ class EngineStores:
         """`store(name)`, refused (StoreUnavailableError) unless it carries strongroom's
         marker or holds a backup (storemarker.py): what writes and what finds nothing
         ask first, so an unmounted disk is never taken for an empty store; `adopt`: see
-        `require_marked`. Not asked: a store handed to the constructor (the product's
-        own) and the embedded store (strongroom's own, made whenever it is missing)."""
+        `recognised`. Its place is remembered (knownstores.py). Not asked: a store handed
+        to the constructor (the product's own) and the embedded store (strongroom's own,
+        made whenever it is missing)."""
         store = self.store(name)
         if store.name in self._given:
             return store
         spec = self.config.get(store.name)
-        if spec != embedded_store(self.config.home):
-            require_marked(store, adopt=adopt, marked=spec.marked)
+        if not self.config.is_embedded(spec):
+            require_marked(store, adopt=adopt, known=lambda: spec in self._known)
+            self._known.remember(spec)
         return store
 
-    def add_store(self, spec: StoreSpec, *, default: bool = False) -> None:
+    @contextmanager
+    def explaining_missing(self, store: Store) -> Iterator[None]:
+        """Around a read that finds a store's place missing: refuse it as
+        `recognised_store` does, which says what to do (mount it; init it if new)."""
+        try:
+            yield
+        except StoreMissingError:
+            self.recognised_store(store.name)
+            raise
+
+    def add_store(self, spec: StoreSpec, *, default: bool = False, anew: bool = False) -> None:
         """Add a store to the configuration file, as `strongroom stores add` does: it is
         opened first (scheme, options, secret references), refused if it cannot keep
-        backups, and its place made (a file store's directory) and marked; only then saved."""
+        backups, and its place made (a file store's directory) and marked; only then saved.
+        A place this home has known as a store that lost its marker is refused (`_mark`)."""
 
         def prepare() -> None:
             store = self.store(spec.name)
             store.check_persistent()
-            store.initialize()
-            mark(store, unless_known=True)
+            self._mark(spec, store, unless_known=True, anew=anew, insist="adding it with --anew")
 
-        marked = replace(spec, marked=True)
-        edit_config(self, lambda config: config.add(marked, make_default=default), check=prepare)
+        edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
 
-    def init_store(self, name: str) -> Store:
+    def init_store(self, name: str, *, anew: bool = False) -> Store:
         """Make a store's place and put its store marker (storemarker.py), as adding it
-        does, and note in config.toml that it is marked: once for a new store written
-        there by hand (or for one from before markers). A store noted as marked that has
-        lost its marker and holds no backup is refused: that is a disk not mounted or a
-        store emptied, and marking it would take it for a new store."""
-        was_marked = False
+        does: once for a new store written into config.toml by hand (or for one from
+        before markers). A marked store is left as it is; a place this home has known as
+        a store that lost its marker is refused unless `anew` (`_mark`)."""
+        store = self.store(name)
+        spec = self.config.get(store.name)
+        insist = f"'strongroom stores init {store.name} --anew'"
+        self._mark(spec, store, unless_known=False, anew=anew, insist=insist)
+        return store
 
-        def note(config: StoresConfig) -> None:  # as the file says now, not as first read
-            nonlocal was_marked
-            was_marked = config.get(name).marked
-            config.record_marked(name)
-
-        def prepare() -> None:
-            store = self.store(name)
-            if was_marked:
-                require_marked(store, marked=True)
-            store.initialize()
-            mark(store)
-
-        edit_config(self, note, check=prepare)
-        return self.store(name)
+    def _mark(
+        self, spec: StoreSpec, store: Store, *, unless_known: bool, anew: bool, insist: str
+    ) -> None:
+        """Make the store's place and mark it (`mark`), and remember it. Refused, unless
+        `anew`, for a place this home has known as a store (knownstores.py) that has
+        neither its marker nor a backup now: that is a disk not mounted or a store
+        emptied, and marking it would make the empty place below a new store."""
+        if not anew and spec in self._known:
+            try:
+                found = recognised(store)
+            except StoreMissingError:
+                found = False
+            if not found:
+                raise lost(store, insist)
+        store.initialize()
+        mark(store, unless_known=unless_known)
+        if not self.config.is_embedded(spec):
+            self._known.remember(spec)
 
     def validate_store(self, name: str | None = None) -> ValidationReport:
         """Whether the store is recognisably strongroom's (`recognised_store`), then, if it

@@ -46,6 +46,7 @@ __all__ = [
     "ObjectLockedError",
     "PasscodeError",
     "StoreError",
+    "StoreMissingError",
     "StoreUnavailableError",
     "StrongroomError",
     "UnknownBackendError",
@@ -116,6 +117,11 @@ class ObjectLockedError(StoreError, PermissionError):
 
 class StoreUnavailableError(StoreError, ConnectionError):
     """The store cannot be reached, read or written."""
+
+
+class StoreMissingError(StoreUnavailableError):
+    """The store's place itself is not there (a file store's directory: a disk not
+    mounted, a directory moved), so no object of it can be; never "no such object"."""
 
 
 class PasscodeError(StrongroomError):

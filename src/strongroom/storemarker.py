@@ -5,18 +5,20 @@ store's directory, a bucket or directory emptied, a URL pointing elsewhere) woul
 otherwise pass for a store without backups: a listing would show none and the next
 create would write where the disk belongs. Adding a store puts `STORE_MARKER_KEY`
 there (`stores init` for a store written into config.toml by hand); a store that
-carries neither it nor a backup is refused.
+carries neither it nor a backup is refused. Marking a place that was a store once is
+refused too (knownstores.py): that is the same unmounted disk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 
-from .errors import StoreUnavailableError
+from .errors import StoreMissingError, StoreUnavailableError
 from .format import CLAIMS_PREFIX, MANIFESTS_PREFIX, STORE_MARKER_KEY
 from .store import Store
 
-__all__ = ["mark", "require_marked"]
+__all__ = ["lost", "mark", "recognised", "require_marked"]
 
 #: What the store marker holds, for a person who comes across it; strongroom reads only
 #: that it is there (it is not authenticated, and need not be: it guards against
@@ -25,18 +27,6 @@ MARKER_TEXT = (
     b"This is a strongroom backup store: its backups are under manifests/ and data/.\n"
     b"strongroom refuses a store without this object unless it holds backups, so that a\n"
     b"disk that is not mounted is never taken for an empty store. Do not delete it.\n"
-)
-
-#: How a refusal ends: what to do if the store is new, or was strongroom's before.
-_NEW_BY_HAND = (
-    "Only if it is a new store written into config.toml by hand, and never held backups, "
-    "run 'strongroom stores init {name}'."
-)
-_WAS_MARKED = (
-    "strongroom marked it before (marked = true in config.toml), so it is not a new "
-    "store. Only if its backups were deleted by hand and you mean to start it anew, "
-    "remove it and add it again ('strongroom stores remove {name}', then "
-    "'strongroom stores add {name} URL')."
 )
 
 
@@ -49,23 +39,61 @@ def mark(store: Store, *, unless_known: bool = False) -> None:
     _put_marker(store)
 
 
-def require_marked(store: Store, *, adopt: bool = False, marked: bool = False) -> None:
-    """Refuse a store that carries no store marker and holds no backup. With `adopt`
-    (an operation that writes, and may empty the store: create, delete, cleanup), a
-    store known only by its backups gets the marker now, so it stays known once emptied.
-    `marked`: the configuration says the store was marked (`StoreSpec.marked`), so it
-    cannot be a new store, and `stores init` is no remedy."""
+def recognised(store: Store, *, adopt: bool = False) -> bool:
+    """Whether the store carries the store marker or holds a backup. With `adopt` (an
+    operation that writes, and may empty the store: create, delete, cleanup), a store
+    known only by its backups gets the marker now, so it stays known once emptied.
+    StoreMissingError if its place is not there at all."""
     if store.exists(STORE_MARKER_KEY):
-        return
+        return True
     if not _holds_backups(store):
-        raise StoreUnavailableError(
-            f"Store {store.name!r} ({store.url}) holds no backups and no store marker "
-            f"({STORE_MARKER_KEY}), so it is not taken for an empty store: if its disk or "
-            "share is not mounted, mount it; if its URL is wrong, correct it. "
-            + (_WAS_MARKED if marked else _NEW_BY_HAND).format(name=store.name)
-        )
+        return False
     if adopt:
         _put_marker(store)
+    return True
+
+
+def require_marked(
+    store: Store, *, adopt: bool = False, known: Callable[[], bool] = lambda: False
+) -> None:
+    """Refuse a store that is not `recognised`, saying what to do: `known()` tells
+    whether this home has known a store there before (knownstores.py), and so whether
+    it can be a new store that `stores init` would make."""
+    try:
+        if recognised(store, adopt=adopt):
+            return
+    except StoreMissingError as exc:
+        raise StoreMissingError(f"{exc} {_remedy(store, known())}") from None
+    raise StoreUnavailableError(
+        f"Store {store.name!r} ({store.url}) holds no backups and no store marker "
+        f"({STORE_MARKER_KEY}), so it is not taken for an empty store: if its disk or "
+        f"share is not mounted, mount it; if its URL is wrong, correct it. "
+        f"{_remedy(store, known())}"
+    )
+
+
+def lost(store: Store, anew: str) -> StoreUnavailableError:
+    """The refusal to mark a place this home has known as a store (knownstores.py) that
+    has neither its marker nor a backup now; `anew` says how to insist."""
+    return StoreUnavailableError(
+        f"Store {store.name!r} ({store.url}): this home has known a strongroom store there, "
+        "and it holds neither its store marker nor a backup now: its disk or share is most "
+        "likely not mounted (mount it), or its URL points elsewhere (correct it). Nothing "
+        f"was marked. Only if its backups were deleted on purpose, {anew} starts it anew."
+    )
+
+
+def _remedy(store: Store, known: bool) -> str:
+    if known:
+        return (
+            "This home has known a strongroom store there, so it is not a new store. Only "
+            "if its backups were deleted on purpose, 'strongroom stores init "
+            f"{store.name} --anew' starts it anew."
+        )
+    return (
+        "Only if it is a new store written into config.toml by hand, and never held "
+        f"backups, run 'strongroom stores init {store.name}'."
+    )
 
 
 def _holds_backups(store: Store) -> bool:

@@ -292,7 +292,7 @@ def test_a_missing_bucket_fails_at_once_and_is_never_an_empty_store(
     assert requested and len(set(requested)) == len(requested), "nothing was retried"
 
 
-def test_an_emptied_prefix_is_refused_until_it_is_added_again(
+def test_an_emptied_prefix_is_refused_until_it_is_started_anew(
     bucket: str,
     s3_endpoint: str,
     s3_admin: Callable[..., Any],
@@ -302,7 +302,7 @@ def test_an_emptied_prefix_is_refused_until_it_is_added_again(
 ) -> None:
     """Adding the store marks its prefix; once everything under it is gone (a lifecycle
     rule, a wrong prefix), a create is refused rather than starting a new store there,
-    and so is `stores init`: only removing and adding the store starts it anew."""
+    and so is `stores init`, unless told that it was emptied on purpose (`--anew`)."""
     monkeypatch.setenv("STRONGROOM_PASSCODE", "a passcode")
     (tmp_path / "f").write_bytes(b"data")
     create = ["create", "--store", "offsite", "--name", "nightly", str(tmp_path / "f")]
@@ -316,10 +316,9 @@ def test_an_emptied_prefix_is_refused_until_it_is_added_again(
     assert main(create) == 4
     assert "holds no backups and no store marker" in capsys.readouterr().err
     assert main(["stores", "init", "offsite"]) == 4
-    assert "marked = true in config.toml" in capsys.readouterr().err
+    assert "this home has known a strongroom store there" in capsys.readouterr().err
     assert not s3_admin().find(f"{bucket}/cli")
-    assert main(["stores", "remove", "offsite"]) == 0
-    assert main([*add, f"endpoint_url={s3_endpoint}"]) == 0
+    assert main(["stores", "init", "offsite", "--anew"]) == 0
     assert main(create) == 0
 
 

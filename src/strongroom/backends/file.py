@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ..config import StoreSpec
-from ..errors import ConfigError, StoreError, StoreUnavailableError
+from ..errors import ConfigError, StoreError, StoreMissingError, StoreUnavailableError
 from ..plugins import BackendOptions, BackendRegistry, hookimpl
 from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities, check_limit
 from ..writeback import start_writeback
@@ -236,13 +236,8 @@ class LocalStore(Store):
             try:
                 yield
             except MissingRootError as exc:
-                new = (
-                    " If it is a new store written into config.toml by hand (not marked = "
-                    f"true there), 'strongroom stores init {self.name}' makes it."
-                )
-                raise StoreUnavailableError(
-                    f"Store {self.name!r} ({self.url}): {exc.strerror}.{'' if exc.linked else new}"
-                ) from None
+                error = StoreUnavailableError if exc.linked else StoreMissingError
+                raise error(f"Store {self.name!r} ({self.url}): {exc.strerror}.") from None
 
     @contextmanager
     def _refusing_links(self, key: str, done: str) -> Iterator[None]:
