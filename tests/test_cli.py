@@ -853,8 +853,19 @@ def test_a_place_that_was_a_store_is_never_marked_again_while_its_disk_is_not_mo
     assert init.code == 4, init
     assert "this home has known a strongroom store there" in init.err
     assert "'strongroom stores init nas --anew' starts it anew" in init.err
-    other_name = cli("stores", "add", "nas2", mount_point.as_uri() + "/")
-    assert other_name.code == 4 and "adding it with --anew" in other_name.err
+    (tmp_path / "link").symlink_to(tmp_path)
+    spellings = [
+        mount_point.as_uri() + "/",
+        f"file://{tmp_path}//mnt",
+        f"file://{tmp_path}/./mnt",
+        f"file://{tmp_path}/x/../mnt",
+        f"file://localhost{mount_point}",
+        (tmp_path / "link" / "mnt").as_uri(),
+    ]
+    for spelling in spellings:  # a second name for the place, however written
+        other_name = cli("stores", "add", "nas2", spelling)
+        assert other_name.code == 4, spelling
+        assert f"'strongroom stores add nas2 {spelling} --anew'" in other_name.err
     assert cli(*create, "second", small).code == 4
     assert list(mount_point.iterdir()) == [], "nothing was written below the mount point"
     assert "nas2" not in cli("stores", "list").out

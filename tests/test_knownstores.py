@@ -1,61 +1,118 @@
-"""The places a home remembers as stores: one line each, whatever they are named, kept
-in the home's own file, and a home that cannot keep them still works."""
+"""The places a home remembers as stores: one line a spelling, whatever the store is
+named, kept in the home's own file; a home that cannot write it still works, and one
+whose file cannot be read marks nothing without --anew."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import stat
 from pathlib import Path
 
 import pytest
 
-from strongroom import Engine, StoreSpec
+from strongroom import ConfigError, Engine, StoreSpec
 from strongroom.config import EMBEDDED_STORE_NAME
-from strongroom.knownstores import KNOWN_STORES_FILE, KnownStores
+from strongroom.knownstores import KNOWN_STORES_FILE, KnownStores, places
 from tests.conftest import FAST_KDF, PASSCODE
 
+ENDPOINTS = ("endpoint_url",)
 
-def test_a_place_is_remembered_once_whatever_its_name(tmp_path: Path) -> None:
+
+def _places(url: str, **options: str) -> set[str]:
+    return places(StoreSpec("any", url, options), ENDPOINTS)
+
+
+def test_a_place_is_remembered_once_whatever_its_name_or_spelling(tmp_path: Path) -> None:
     known = KnownStores(tmp_path / "home")
-    nas = StoreSpec("nas", "file:///mnt/nas/")
-    assert nas not in known
-    known.remember(nas)
-    known.remember(nas)
-    KnownStores(tmp_path / "home").remember(StoreSpec("nas2", "file:///mnt/nas"))
-    assert StoreSpec("other-name", "file:///mnt/nas") in KnownStores(tmp_path / "home")
-    assert StoreSpec("nas", "file:///mnt/other") not in known
-    assert StoreSpec("nas", "s3://b/p", {"endpoint_url": "http://a"}) not in known
+    nas = _places("file:///mnt/nas/")
+    assert not known.knows(nas)
+    known.remember(nas, "nas")
+    known.remember(nas, "nas")
+    KnownStores(tmp_path / "home").remember(_places("file://localhost/mnt//nas"), "nas2")
+    again = KnownStores(tmp_path / "home")
+    for spelling in ("file:///mnt/nas", "file:///mnt/./x/../nas", "file:///mnt/%6Eas"):
+        assert again.knows(_places(spelling)), spelling
+    assert not again.knows(_places("file:///mnt/other"))
     path = tmp_path / "home" / KNOWN_STORES_FILE
     assert len(path.read_text().splitlines()) == 1
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_place_is_its_location_and_endpoint_not_its_other_options() -> None:
+    bucket = _places("s3://b/p", region="eu", key="env-name")
+    assert bucket == _places("s3://b/p/")
+    assert bucket.isdisjoint(_places("s3://b/p", endpoint_url="http://minio:9000"))
+
+
+def test_a_directory_reached_through_a_link_is_the_place_either_way(tmp_path: Path) -> None:
+    """A link that lives on the store's disk resolves only while the disk is mounted:
+    the place is remembered as written and as resolved, and either one is known."""
+    disk = tmp_path / "disk"
+    (disk / "real").mkdir(parents=True)
+    (disk / "link").symlink_to(disk / "real")
+    known = KnownStores(tmp_path / "home")
+    known.remember(_places((disk / "link").as_uri()), "nas")
+    (disk / "link").unlink()  # the disk that held the link is not mounted
+    assert known.knows(_places((disk / "link").as_uri()))
+    assert known.knows(_places((disk / "real").as_uri()))
 
 
 def test_a_link_planted_at_the_file_is_not_followed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Whoever can write to the home could point the file elsewhere: strongroom neither
-    appends to nor reads the link's target, and says so."""
+    reads nor appends to the link's target."""
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     home.mkdir()
     elsewhere.write_text("")
     (home / KNOWN_STORES_FILE).symlink_to(elsewhere)
     known = KnownStores(home)
+    with pytest.raises(OSError):
+        known.knows(_places("file:///mnt/nas"))
     with caplog.at_level(logging.WARNING, logger="strongroom"):
-        known.remember(StoreSpec("nas", "file:///mnt/nas"))
+        known.remember(_places("file:///mnt/nas"), "nas")
     assert elsewhere.read_text() == ""
-    assert "cannot be read" in caplog.text and "is not remembered" in caplog.text
+    assert "is not remembered" in caplog.text
 
 
-def test_a_home_that_cannot_keep_the_file_still_backs_up(
-    home: Path, tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_file_that_cannot_be_read_marks_nothing_without_anew(home: Path, tmp_path: Path) -> None:
+    """Nobody can tell then whether an empty place was a store: init refuses, says why,
+    and goes ahead only when told."""
+    home.mkdir()
+    place = tmp_path / "mnt"
+    place.mkdir()
+    (home / "config.toml").write_text(f'[stores.nas]\nurl = "{place.as_uri()}"\n')
+    (home / KNOWN_STORES_FILE).mkdir()  # not a file: cannot be read
+    engine = Engine(kdf=FAST_KDF)
+    with pytest.raises(ConfigError, match="cannot be read .* --anew"):
+        engine.init_store("nas")
+    assert list(place.iterdir()) == []
+    engine.init_store("nas", anew=True)
+    assert [p.name for p in place.iterdir()] == ["strongroom.store"]
+
+
+def test_a_home_that_cannot_write_the_file_still_backs_up(
+    home: Path,
+    tree: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A full or read-only home: the backup goes on, and the log says so once."""
     engine = Engine(kdf=FAST_KDF)
     engine.add_store(StoreSpec("nas", (tmp_path / "nas").as_uri()))
     (home / KNOWN_STORES_FILE).unlink()
-    (home / KNOWN_STORES_FILE).mkdir()  # not a file: appending fails
+
+    def full(self: KnownStores, place: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(KnownStores, "_append", full)
+    other = Engine(kdf=FAST_KDF)
     with caplog.at_level(logging.WARNING, logger="strongroom"):
-        Engine(kdf=FAST_KDF).create("x", [tree], passcode=PASSCODE, store="nas")
-    assert "Store 'nas' is not remembered" in caplog.text
+        other.create("x", [tree], passcode=PASSCODE, store="nas")
+        other.create("y", [tree], passcode=PASSCODE, store="nas")
+    assert caplog.text.count("Store 'nas' is not remembered") == 1, "said once"
 
 
 def test_the_embedded_store_written_into_config_toml_is_still_the_embedded_store(

@@ -477,6 +477,28 @@ async def test_store_register_get_update_validate_unregister(
     assert job["result"]["default"] is True
 
 
+async def test_a_place_that_was_a_store_is_not_registered_again_while_unmounted(
+    api: Api, engine: Engine, home: Path, cli_added: None
+) -> None:
+    """The API confines what it registers (an option the CLI's store lacks): the place
+    is the same, and an unmounted one is not marked again, nor offered a flag the API
+    does not have without saying who runs it."""
+    mount_point = home / "nas"
+    mount_point.rename(home / "the-disk")  # unmounted: ...
+    mount_point.mkdir()  # ... and the empty directory it was mounted on is left
+    settings = json.dumps({"url": mount_point.as_uri()})
+    refused = await api.post(f"{DR}/stores/register", storeName="again", settings=settings)
+    _error(refused, 503, "has known a strongroom store there")
+    assert f"'strongroom stores add again {mount_point.as_uri()} --anew'" in refused.text
+    assert list(mount_point.iterdir()) == []
+
+
+@pytest.fixture
+def cli_added(engine: Engine, home: Path) -> None:
+    """The store `nas` at HOME/nas, added as the CLI adds it (no confinement)."""
+    engine.add_store(StoreSpec("nas", (home / "nas").as_uri()))
+
+
 @pytest.mark.parametrize(
     ("settings", "code", "fragment"),
     [

@@ -16,8 +16,8 @@ from pathlib import Path
 import pluggy
 
 from .config import COMPRESSIONS, StoresConfig, StoreSpec, edit_config
-from .errors import StoreMissingError, StoreUnavailableError
-from .knownstores import KnownStores
+from .errors import ConfigError, StoreMissingError, StoreUnavailableError
+from .knownstores import KnownStores, places
 from .plugins import BackendRegistry, Backends
 from .store import Store, ValidationReport
 from .storemarker import lost, mark, recognised, require_marked
@@ -83,8 +83,8 @@ class EngineStores:
             return store
         spec = self.config.get(store.name)
         if not self.config.is_embedded(spec):
-            require_marked(store, adopt=adopt, known=lambda: spec in self._known)
-            self._known.remember(spec)
+            require_marked(store, adopt=adopt, known=lambda: self._knows(spec))
+            self._known.remember(self._places(spec), spec.name)
         return store
 
     @contextmanager
@@ -106,7 +106,8 @@ class EngineStores:
         def prepare() -> None:
             store = self.store(spec.name)
             store.check_persistent()
-            self._mark(spec, store, unless_known=True, anew=anew, insist="adding it with --anew")
+            insist = f"'strongroom stores add {spec.name} {spec.url} --anew'"
+            self._mark(spec, store, unless_known=True, anew=anew, insist=insist)
 
         edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
 
@@ -128,7 +129,7 @@ class EngineStores:
         `anew`, for a place this home has known as a store (knownstores.py) that has
         neither its marker nor a backup now: that is a disk not mounted or a store
         emptied, and marking it would make the empty place below a new store."""
-        if not anew and spec in self._known:
+        if not anew and self._knows(spec, marking=insist):
             try:
                 found = recognised(store)
             except StoreMissingError:
@@ -138,7 +139,28 @@ class EngineStores:
         store.initialize()
         mark(store, unless_known=unless_known)
         if not self.config.is_embedded(spec):
-            self._known.remember(spec)
+            self._known.remember(self._places(spec), spec.name)
+
+    def _knows(self, spec: StoreSpec, *, marking: str | None = None) -> bool:
+        """Whether this home has known a store at the spec's place. A known-stores file
+        that cannot be read refuses a marking (`marking`: how to insist), since nobody
+        can tell then; for a refusal's advice it counts as not known (marking it would
+        be refused anyway)."""
+        try:
+            return self._known.knows(self._places(spec))
+        except OSError as exc:
+            if marking is None:
+                return False
+            raise ConfigError(
+                f"Store {spec.name!r} ({spec.url}): the places this home has known as stores "
+                f"({self._known.path}) cannot be read ({exc.strerror or exc}), so nobody can "
+                "tell whether a store that lost its marker was there. Make the file "
+                f"readable, or, only if its disk is mounted and no store was there, {marking}."
+            ) from None
+
+    def _places(self, spec: StoreSpec) -> set[str]:
+        declared = self.registry.options_of(spec.url)
+        return places(spec, declared.endpoints if declared is not None else ())
 
     def validate_store(self, name: str | None = None) -> ValidationReport:
         """Whether the store is recognisably strongroom's (`recognised_store`), then, if it

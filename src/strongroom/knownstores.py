@@ -9,26 +9,32 @@ initialised, or recognised by any command) is remembered here, and marking a rem
 place that has neither its marker nor a backup any more is refused unless the operator
 says it was emptied on purpose (`--anew`).
 
-A place is a store's URL and options (a bucket reached through another endpoint is
-another place), whatever the store is named: a second name for an unmounted store's
-directory is refused too. The list is the home's own file, `known-stores` (one JSON line
+A place is a store's location (a file store's directory, however spelled; any other
+store's URL) and endpoint (a bucket reached through another endpoint is another place),
+whatever the store is named: a second name for an unmounted store's directory is
+refused too. The list is the home's own file, `known-stores` (one JSON line
 a place, 0600), not config.toml: it is written by commands that only read a store, and
 a configuration file may be read-only, hand-commented, or shared by replicas of other
-versions. A home that cannot keep it still works, with the guard only as strong as the
-places it remembered.
+versions. A home that cannot write it still works, with the guard only as strong as the
+places it remembered; one whose file is there but cannot be read marks nothing without
+`--anew`, since nobody can tell then whether a place was a store.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import posixpath
 import threading
+from collections.abc import Collection
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from .config import StoreSpec
 
-__all__ = ["KNOWN_STORES_FILE", "KnownStores"]
+__all__ = ["KNOWN_STORES_FILE", "KnownStores", "places"]
 
 logger = logging.getLogger("strongroom")
 
@@ -36,60 +42,72 @@ KNOWN_STORES_FILE = "known-stores"
 
 
 class KnownStores:
-    """The places of `home`'s known-stores file: read whenever asked, appended once a place."""
+    """The places of `home`'s known-stores file: read whenever asked, appended once a place.
+
+    A store's place is given as the set of its spellings (`places`); a place is known if
+    any of them is in the file."""
 
     def __init__(self, home: Path) -> None:
-        self._path = home / KNOWN_STORES_FILE
-        self._remembered: set[str] = set()  # by this process: no need to read again
+        self.path = home / KNOWN_STORES_FILE
+        self._remembered: set[str] = set()  # by this process (or failed): not again
         self._lock = threading.Lock()
 
-    def __contains__(self, spec: StoreSpec) -> bool:
-        return _place(spec) in self._read()
+    def knows(self, places: Collection[str]) -> bool:
+        """Whether the file holds any of `places`. A file that is there but cannot be read
+        is an OSError: then nobody can tell, and a guard must not guess "new"."""
+        return not self._read().isdisjoint(places)
 
-    def remember(self, spec: StoreSpec) -> None:
-        """Add the store's place, unless it is there (another process may have added it)."""
-        place = _place(spec)
+    def remember(self, places: Collection[str], name: str) -> None:
+        """Add what the file does not hold yet of a store's `places` (`name`: for the log).
+        A home that cannot keep them says so once and goes on."""
         with self._lock:
-            if place in self._remembered:
+            missing = set(places) - self._remembered
+            if not missing:
                 return
-            if place not in self._read():
-                try:
+            self._remembered |= missing
+            try:
+                for place in sorted(missing - self._read()):
                     self._append(place)
-                except OSError as exc:
-                    logger.warning(
-                        "Store %r is not remembered in %s: %s", spec.name, self._path, exc
-                    )
-                    return
-            self._remembered.add(place)
+            except OSError as exc:
+                logger.warning("Store %r is not remembered in %s: %s", name, self.path, exc)
 
     def _read(self) -> set[str]:
-        """The places in the file; none if it cannot be read (said in the log: the guard
-        is then only as good as the store markers)."""
         try:
-            with open(self._path, encoding="utf-8", errors="replace", opener=_no_follow) as file:
+            with open(self.path, encoding="utf-8", errors="replace", opener=_no_follow) as file:
                 return {line.rstrip("\n") for line in file}
         except FileNotFoundError:
-            return set()
-        except OSError as exc:
-            logger.warning("The known stores in %s cannot be read: %s", self._path, exc)
             return set()
 
     def _append(self, place: str) -> None:
         """One line, in one write to a file opened for appending: whole even if another
         process appends at the same time."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self._path, flags, 0o600)
+        fd = os.open(self.path, flags, 0o600)
         try:
-            os.write(fd, (place + "\n").encode())
+            line = (place + "\n").encode()
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "the line was written in part")
         finally:
             os.close(fd)
 
 
-def _place(spec: StoreSpec) -> str:
-    """Where a store is, as one line: its URL (without a trailing slash) and options (as
-    written: an environment variable's name, never a secret's value)."""
-    return json.dumps([spec.url.rstrip("/"), dict(spec.options)], sort_keys=True)
+def places(spec: StoreSpec, endpoints: Collection[str]) -> set[str]:
+    """Where a store is, as lines: its location, and the values of its `endpoints` options
+    (as written: a bucket reached through another endpoint is another place; any other
+    option, an API caller's confinement or a secret's variable, is not). A file store's
+    location is its directory written plainly (`//`, `.`, `..`, `%xx` and `localhost`
+    folded) and as the kernel reaches it now (`realpath`): a link that lives on a disk
+    not mounted resolves differently then, and either spelling is the place. Any other
+    store's location is its URL without a trailing slash."""
+    endpoint = {key: spec.options[key] for key in sorted(endpoints) if key in spec.options}
+    parts = urlsplit(spec.url)
+    if parts.scheme == "file":
+        plain = posixpath.normpath("/" + unquote(parts.path).lstrip("/"))
+        locations = {plain, os.path.realpath(plain)}
+    else:
+        locations = {spec.url.rstrip("/")}
+    return {json.dumps([location, endpoint], sort_keys=True) for location in locations}
 
 
 def _no_follow(path: str, flags: int) -> int:

@@ -79,20 +79,19 @@ def lost(store: Store, anew: str) -> StoreUnavailableError:
         f"Store {store.name!r} ({store.url}): this home has known a strongroom store there, "
         "and it holds neither its store marker nor a backup now: its disk or share is most "
         "likely not mounted (mount it), or its URL points elsewhere (correct it). Nothing "
-        f"was marked. Only if its backups were deleted on purpose, {anew} starts it anew."
+        "was marked. Only if its backups were deleted on purpose, and its disk or share "
+        f"is mounted (check with 'findmnt' or 'df' on its directory), {anew} starts it "
+        "anew; never for a disk that is not mounted."
     )
 
 
 def _remedy(store: Store, known: bool) -> str:
     if known:
-        return (
-            "This home has known a strongroom store there, so it is not a new store. Only "
-            "if its backups were deleted on purpose, 'strongroom stores init "
-            f"{store.name} --anew' starts it anew."
-        )
+        return "This home has known a strongroom store there, so it is not a new store."
     return (
-        "Only if it is a new store written into config.toml by hand, and never held "
-        f"backups, run 'strongroom stores init {store.name}'."
+        "Only if it is a new store written into config.toml by hand, that never held "
+        "backups here or for any other machine or home sharing it, run "
+        f"'strongroom stores init {store.name}'."
     )
 
 
