@@ -13,14 +13,16 @@ import pytest
 
 from strongroom import ConfigError, Engine, StoreSpec
 from strongroom.config import EMBEDDED_STORE_NAME
+from strongroom.enginestores import add_command
 from strongroom.knownstores import KNOWN_STORES_FILE, KnownStores, places
+from strongroom.plugins import BackendOptions
 from tests.conftest import FAST_KDF, PASSCODE
 
-ENDPOINTS = ("endpoint_url",)
+S3_LIKE = BackendOptions(settings=("region",), endpoints=("endpoint_url",), secrets=("key",))
 
 
-def _places(url: str, **options: str) -> set[str]:
-    return places(StoreSpec("any", url, options), ENDPOINTS)
+def _places(url: str, declared: BackendOptions | None = S3_LIKE, **options: str) -> set[str]:
+    return places(StoreSpec("any", url, options), declared)
 
 
 def test_a_place_is_remembered_once_whatever_its_name_or_spelling(tmp_path: Path) -> None:
@@ -41,8 +43,17 @@ def test_a_place_is_remembered_once_whatever_its_name_or_spelling(tmp_path: Path
 
 def test_a_place_is_its_location_and_endpoint_not_its_other_options() -> None:
     bucket = _places("s3://b/p", region="eu", key="env-name")
-    assert bucket == _places("s3://b/p/")
+    assert bucket == _places("S3://B/p/")
     assert bucket.isdisjoint(_places("s3://b/p", endpoint_url="http://minio:9000"))
+    assert _places("file:///mnt/nas", confine_to="/mnt") == _places("file:///mnt/nas")
+
+
+def test_a_backend_that_declares_no_endpoint_is_placed_by_its_options() -> None:
+    """A generic backend names its server in options (`host`): another host is another
+    place, another password variable is not."""
+    sftp = _places("sftp:///backups", None, host="a", password="env-a")
+    assert sftp == _places("sftp:///backups", None, host="a", password="env-b")
+    assert sftp.isdisjoint(_places("sftp:///backups", None, host="b"))
 
 
 def test_a_directory_reached_through_a_link_is_the_place_either_way(tmp_path: Path) -> None:
@@ -56,6 +67,25 @@ def test_a_directory_reached_through_a_link_is_the_place_either_way(tmp_path: Pa
     (disk / "link").unlink()  # the disk that held the link is not mounted
     assert known.knows(_places((disk / "link").as_uri()))
     assert known.knows(_places((disk / "real").as_uri()))
+
+
+def test_a_dot_dot_after_a_link_is_the_place_the_kernel_reaches(tmp_path: Path) -> None:
+    """`/srv/x/../nas` with `/srv/x` a link into `/mnt` opens `/mnt/nas`."""
+    (tmp_path / "mnt" / "x").mkdir(parents=True)
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "x").symlink_to(tmp_path / "mnt" / "x")
+    known = KnownStores(tmp_path / "home")
+    known.remember(_places((tmp_path / "mnt" / "nas").as_uri()), "nas")
+    assert known.knows(_places(f"file://{tmp_path}/srv/x/../nas"))
+
+
+def test_a_line_cut_short_does_not_swallow_the_next(tmp_path: Path) -> None:
+    known = KnownStores(tmp_path / "home")
+    known.remember(_places("file:///mnt/a"), "a")
+    with known.path.open("a") as file:
+        file.write('["file:///cut')  # a write the disk ran out of room for
+    KnownStores(tmp_path / "home").remember(_places("file:///mnt/b"), "b")
+    assert KnownStores(tmp_path / "home").knows(_places("file:///mnt/b"))
 
 
 def test_a_link_planted_at_the_file_is_not_followed(
@@ -128,3 +158,17 @@ def test_the_embedded_store_written_into_config_toml_is_still_the_embedded_store
     info = Engine(kdf=FAST_KDF).create("x", [tree], passcode=PASSCODE)
     assert info.stored_size > info.source_size, "stored uncompressed, as its table says"
     assert not (home / KNOWN_STORES_FILE).exists()
+
+
+def test_the_add_refusal_names_the_whole_command_to_insist_with() -> None:
+    """Run as printed, it adds the same store (its endpoint, secrets by reference)."""
+    spec = StoreSpec(
+        "offsite",
+        "s3://b/my prefix",
+        {"endpoint_url": "http://minio:9000", "secret": {"env": "SECRET"}},
+        compression="none",
+    )
+    assert add_command(spec, default=True) == (
+        "strongroom stores add offsite 's3://b/my prefix' --default --compression none "
+        "--option endpoint_url=http://minio:9000 --option secret=env:SECRET --anew"
+    )

@@ -8,6 +8,7 @@ it may be taken for one (storemarker.py).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pluggy
 
+from .backends.file import CONFINE_OPTION
 from .config import COMPRESSIONS, StoresConfig, StoreSpec, edit_config
 from .errors import ConfigError, StoreMissingError, StoreUnavailableError
 from .knownstores import KnownStores, places
@@ -106,7 +108,7 @@ class EngineStores:
         def prepare() -> None:
             store = self.store(spec.name)
             store.check_persistent()
-            insist = f"'strongroom stores add {spec.name} {spec.url} --anew'"
+            insist = f"'{add_command(spec, default=default)}'"
             self._mark(spec, store, unless_known=True, anew=anew, insist=insist)
 
         edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
@@ -154,13 +156,13 @@ class EngineStores:
             raise ConfigError(
                 f"Store {spec.name!r} ({spec.url}): the places this home has known as stores "
                 f"({self._known.path}) cannot be read ({exc.strerror or exc}), so nobody can "
-                "tell whether a store that lost its marker was there. Make the file "
-                f"readable, or, only if its disk is mounted and no store was there, {marking}."
+                "tell whether a store that lost its marker was there. Replace it with a "
+                "regular file you own (or remove it, forgetting every place it held), or, "
+                f"only if its disk is mounted and no store was there, {marking}."
             ) from None
 
     def _places(self, spec: StoreSpec) -> set[str]:
-        declared = self.registry.options_of(spec.url)
-        return places(spec, declared.endpoints if declared is not None else ())
+        return places(spec, self.registry.options_of(spec.url))
 
     def validate_store(self, name: str | None = None) -> ValidationReport:
         """Whether the store is recognisably strongroom's (`recognised_store`), then, if it
@@ -190,3 +192,26 @@ class EngineStores:
             if config.stores.get(name) != spec:
                 self._stores.pop(name, None)
         self.config = config
+
+
+def add_command(spec: StoreSpec, *, default: bool) -> str:
+    """The `stores add` command line that adds `spec` anew, quoted for a shell (without
+    the confinement the admin API adds to what it registers)."""
+    options = [
+        ["--option", f"{key}=env:{value['env']}" if isinstance(value, dict) else f"{key}={value}"]
+        for key, value in spec.options.items()
+        if key != CONFINE_OPTION
+    ]
+    return shlex.join(
+        [
+            "strongroom",
+            "stores",
+            "add",
+            spec.name,
+            spec.url,
+            *(["--default"] if default else []),
+            *(["--compression", spec.compression] if spec.compression != COMPRESSIONS[0] else []),
+            *[part for option in options for part in option],
+            "--anew",
+        ]
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
+from urllib.parse import urlsplit
 
 from .errors import StoreMissingError, StoreUnavailableError
 from .format import CLAIMS_PREFIX, MANIFESTS_PREFIX, STORE_MARKER_KEY
@@ -79,10 +80,15 @@ def lost(store: Store, anew: str) -> StoreUnavailableError:
         f"Store {store.name!r} ({store.url}): this home has known a strongroom store there, "
         "and it holds neither its store marker nor a backup now: its disk or share is most "
         "likely not mounted (mount it), or its URL points elsewhere (correct it). Nothing "
-        "was marked. Only if its backups were deleted on purpose, and its disk or share "
-        f"is mounted (check with 'findmnt' or 'df' on its directory), {anew} starts it "
-        "anew; never for a disk that is not mounted."
+        f"was marked. Only if its backups were deleted on purpose, and {_really_there(store)}, "
+        f"{anew} starts it anew."
     )
+
+
+def _really_there(store: Store) -> str:
+    if urlsplit(store.url).scheme == "file":
+        return "its disk or share is mounted (check with 'findmnt' or 'df' on its directory)"
+    return "its URL and endpoint are the ones its backups were in"
 
 
 def _remedy(store: Store, known: bool) -> str:
