@@ -946,6 +946,12 @@ def test_stores_add_list_validate_remove(cli: Cli, home: Path, tmp_path: Path) -
     ]
     table = cli("stores", "list")
     assert any(line.split()[:3] == ["offsite", "*", "none"] for line in table.out.splitlines())
+    assert cli("stores", "default", "backupsDefault").code == 0
+    assert tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))["default"] == (
+        "backupsDefault"
+    )
+    assert cli("stores", "default", "nope").code == 3
+    assert cli("stores", "default", "offsite").code == 0
 
     validated = cli("stores", "validate", "offsite")
     assert validated.code == 0, validated.err

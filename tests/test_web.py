@@ -1499,11 +1499,11 @@ async def test_a_chosen_day_must_be_a_day_to_come(
 
 async def test_a_store_is_registered_with_fields(api: Api, engine: Engine, home: Path) -> None:
     place = home / "by-fields"
+    named = {"storeName": "fields", "url": place.as_uri()}
     page = await _page(
         api,
         f"{DR}/stores/register",
-        storeName="fields",
-        url=place.as_uri(),
+        **named,
         option1Key="",
         option1Value="",
         option2Key="object_lock",
@@ -1515,12 +1515,16 @@ async def test_a_store_is_registered_with_fields(api: Api, engine: Engine, home:
     assert page.text.count("Option &#39;object_lock&#39; has no value.") == 1
 
     registered = await _page(
-        api, f"{DR}/stores/register", storeName="fields", url=place.as_uri(), isDefault="true"
+        api, f"{DR}/stores/register", **named, isDefault="true", compression="none"
     )
     assert registered.status_code == 303, registered.text
     assert engine.config.get("fields").url == place.as_uri() and engine.config.default == "fields"
+    assert engine.config.get("fields").compression == "none"
     form = (await _page(api, f"{DR}/stores")).text
     assert 'name="url"' in form and 'name="option3Value"' in form and "<textarea" not in form
+    assert "<option>zstd</option><option>none</option>" in form
+    page = await _page(api, f"{DR}/stores/fields")
+    assert "<dt>Compression</dt><dd>none</dd>" in page.text
 
 
 @pytest.mark.parametrize(
@@ -1541,6 +1545,7 @@ async def test_a_store_is_registered_with_fields(api: Api, engine: Engine, home:
             ],
         ),
         ({"url": "s3://bucket/x"}, 400, ["Install strongroom-s3"]),
+        ({"url": "file:///x", "compression": "lz4"}, 400, ["Compression is one of zstd, none."]),
         (
             {"url": "gopher://host/x", "option2Key": "secret", "option2Value": "Hunter2-typed"},
             403,

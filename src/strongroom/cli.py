@@ -271,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         store_commands, "remove", "forget a store (its backups stay)", run_stores_remove
     )
     remove.add_argument("store_name", metavar="NAME")
+    default = _command(
+        store_commands,
+        "default",
+        "make a configured store the default store",
+        run_stores_default,
+    )
+    default.add_argument("store_name", metavar="NAME")
     validate = _command(
         store_commands,
         "validate",
@@ -590,12 +597,23 @@ def run_stores_init(args: argparse.Namespace) -> int:
 
 
 def run_stores_remove(args: argparse.Namespace) -> int:
-    with editing(config_path()):
-        config = StoresConfig.load()
-        config.remove(args.store_name)
-        config.save()
+    _edit_stores(lambda config: config.remove(args.store_name))
     print(f"Removed store {args.store_name}; its backups stay where they are.")
     return 0
+
+
+def run_stores_default(args: argparse.Namespace) -> int:
+    _edit_stores(lambda config: config.make_default(args.store_name))
+    print(f"Store {args.store_name} is the default store.")
+    return 0
+
+
+def _edit_stores(change: Callable[[StoresConfig], None]) -> None:
+    """One edit of config.toml, locked against every other (config.editing)."""
+    with editing(config_path()):
+        config = StoresConfig.load()
+        change(config)
+        config.save()
 
 
 def run_stores_validate(args: argparse.Namespace) -> int:

@@ -231,6 +231,10 @@ class StoresConfig:
         if make_default:
             self.default = spec.name
 
+    def make_default(self, name: str) -> None:
+        """Make the configured store `name` the default store."""
+        self.default = self.get(name).name
+
     def is_embedded(self, spec: StoreSpec) -> bool:
         """Whether `spec` is strongroom's own embedded store (made whenever it is missing,
         never asked for a store marker), however its settings were written."""

@@ -38,7 +38,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 
 from .. import schedules
-from ..config import StoresConfig, StoreSpec
+from ..config import COMPRESSIONS, StoresConfig, StoreSpec
 from ..engine import Engine
 from ..errors import ConfigError, StrongroomError
 from ..format import to_epoch_ms, utc_now
@@ -649,9 +649,15 @@ def _register_form(fields: Mapping[str, str], messages: list[str]) -> dict[str, 
     kept = {
         key: value
         for key, value in fields.items()
-        if key in ("storeName", "url", "isDefault") or re.fullmatch(r"option\d+Key", key)
+        if key in ("storeName", "url", "isDefault", "compression")
+        or re.fullmatch(r"option\d+Key", key)
     }
-    return {"form": kept, "messages": messages, "option_rows": stores.OPTION_ROWS}
+    return {
+        "form": kept,
+        "messages": messages,
+        "option_rows": stores.OPTION_ROWS,
+        "compressions": COMPRESSIONS,
+    }
 
 
 def _start_of_day(text: str) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import COMPRESSIONS, StoresConfig, StoreSpec, edit_config
+from ..config import COMPRESSIONS, StoreSpec, edit_config
 from ..engine import Engine
 from ..errors import ConfigError
 
@@ -98,9 +98,12 @@ def spec_from_fields(name: str, fields: Mapping[str, str]) -> StoreSpec:
             problems.append(f"Option {key!r} is given twice.")
         elif key:
             options[key] = value
+    compression = fields.get("compression", COMPRESSIONS[0])
+    if compression not in COMPRESSIONS:
+        problems.append(f"Compression is one of {', '.join(COMPRESSIONS)}.")
     if problems:
         raise FieldsError(list(dict.fromkeys(problems)))  # each once, however many rows
-    return StoreSpec(name, url, options)
+    return StoreSpec(name, url, options, compression=compression)
 
 
 def register(engine: Engine, spec: StoreSpec, *, default: bool) -> dict[str, Any]:
@@ -115,10 +118,7 @@ def make_default(engine: Engine, name: str, text: str) -> dict[str, Any]:
             "unregister it and register it again."
         )
 
-    def change(config: StoresConfig) -> None:
-        config.default = config.get(name).name
-
-    edit_config(engine, change)
+    edit_config(engine, lambda config: config.make_default(name))
     return describe(engine, name)
 
 
