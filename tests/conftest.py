@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from strongroom import Engine, JobHandle, KdfParams
+from strongroom.backends import mounts
 from strongroom.backends.file import LocalStore
 from strongroom.web.auth import hash_token
 
@@ -379,3 +380,41 @@ def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server of the test's own, which it may stop and start again."""
     with _postgres() as server:
         yield server
+
+
+class MountTables:
+    """Stand-ins for /etc/fstab and /proc/self/mountinfo: this process's real mounts, plus
+    the lines a test adds."""
+
+    def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.fstab = directory / "fstab"
+        self.mountinfo = directory / "mountinfo"
+        self.fstab.write_text("# /etc/fstab: static file system information.\n")
+        self.mountinfo.write_text(Path("/proc/self/mountinfo").read_text())
+        monkeypatch.setattr(mounts, "FSTAB", self.fstab)
+        monkeypatch.setattr(mounts, "MOUNTINFO", self.mountinfo)
+
+    def expect(self, mount_point: Path) -> None:
+        """/etc/fstab mounts a disk at `mount_point`."""
+        with self.fstab.open("a") as file:
+            file.write(
+                "UUID=0a3407de / ext4 defaults 0 1\n"
+                f"LABEL=nas {_escaped(mount_point)} nfs noauto 0 0\n"
+            )
+
+    def mount(self, mount_point: Path) -> None:
+        """A disk is mounted at `mount_point` now."""
+        with self.mountinfo.open("a") as file:
+            file.write(f"99 27 0:99 / {_escaped(mount_point)} rw,relatime - nfs nas:/backups rw\n")
+
+
+def _escaped(path: Path) -> str:
+    """A path as both tables write it: a space is \\040."""
+    return str(path).replace(" ", "\\040")
+
+
+@pytest.fixture
+def mount_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MountTables:
+    """/etc/fstab and /proc/self/mountinfo as a test writes them (MountTables)."""
+    (tmp_path / "tables").mkdir()
+    return MountTables(tmp_path / "tables", monkeypatch)

@@ -35,7 +35,7 @@ from strongroom import ConfigError, Engine, StoresConfig, StoreSpec
 from strongroom.cli import main
 from strongroom.web.auth import hash_token
 from strongroom.web.serve import _listen
-from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, write_key_secrets
+from tests.conftest import FAST_KDF, SMALL_CHUNK, MountTables, snapshot, write_key_secrets
 from tests.forge import entry, forge_backup, tar_of
 
 #: The passcode of every backup here; it must never appear in any output.
@@ -874,6 +874,44 @@ def test_a_place_that_was_a_store_is_never_marked_again_while_its_disk_is_not_mo
     (tmp_path / "the-disk").rename(mount_point)  # mounted again
     assert cli("stores", "init", "nas").code == 0, "init of a marked store changes nothing"
     assert len(cli("list", "--store", "nas", "--json").json()["backups"]) == 1
+
+
+def test_a_store_under_a_mount_point_nothing_is_mounted_on_is_refused_in_any_home(
+    cli: Cli,
+    home: Path,
+    tmp_path: Path,
+    small: Path,
+    passcode_file: Path,
+    mount_tables: MountTables,
+) -> None:
+    """`stores add` before the share was first mounted, or `stores init` in a home that
+    never knew the store (a new replica, a restore machine), would mark the directory on
+    the disk below: /etc/fstab says a disk belongs there, so nothing is marked, read or
+    written until it is mounted, --anew or not, nor into a store marked there before."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    mount_tables.expect(mount_point)
+    place = mount_point / "backups"
+    added = cli("stores", "add", "nas", place.as_uri())
+    assert added.code == 4, added
+    assert f"Mount it ('mount {mount_point}')" in added.err
+    assert list(mount_point.iterdir()) == [] and "nas" not in cli("stores", "list").out
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(f'[stores.nas]\nurl = "{place.as_uri()}"\n')
+    assert cli("stores", "init", "nas").code == 4
+    assert cli("stores", "init", "nas", "--anew").code == 4
+    assert list(mount_point.iterdir()) == []
+
+    place.mkdir()  # marked on the disk below by an older strongroom
+    (place / "strongroom.store").write_text("marker")
+    create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name", "x"]
+    assert cli(*create, small).code == 4
+    assert cli("list", "--store", "nas").code == 4
+    assert [path.name for path in place.iterdir()] == ["strongroom.store"]
+
+    mount_tables.mount(mount_point)
+    assert cli(*create, small).code == 0
+    assert cli("stores", "add", "nas2", (mount_point / "other").as_uri()).code == 0
 
 
 def test_a_store_emptied_on_purpose_starts_anew_only_when_told(

@@ -50,7 +50,14 @@ from strongroom.units import human_size
 from strongroom.web import create_app
 from strongroom.web.auth import COOKIE, add_token, hash_token
 from strongroom.web.settings import SETTINGS_FILE
-from tests.conftest import FAST_KDF, SMALL_CHUNK, snapshot, until_cancelled, write_key_secrets
+from tests.conftest import (
+    FAST_KDF,
+    SMALL_CHUNK,
+    MountTables,
+    snapshot,
+    until_cancelled,
+    write_key_secrets,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -490,6 +497,20 @@ async def test_a_place_that_was_a_store_is_not_registered_again_while_unmounted(
     refused = await api.post(f"{DR}/stores/register", storeName="again", settings=settings)
     _error(refused, 503, "has known a strongroom store there")
     assert f"'strongroom stores add again {mount_point.as_uri()} --anew'" in refused.text
+    assert list(mount_point.iterdir()) == []
+
+
+async def test_a_store_under_a_mount_point_nothing_is_mounted_on_is_not_registered(
+    api: Api, home: Path, mount_tables: MountTables
+) -> None:
+    """The API's register marks a place as `stores add` does: never on the disk below a
+    share that /etc/fstab mounts and nothing is mounted on."""
+    mount_point = home / "nas"
+    mount_point.mkdir(parents=True)
+    mount_tables.expect(mount_point)
+    settings = json.dumps({"url": (mount_point / "backups").as_uri()})
+    refused = await api.post(f"{DR}/stores/register", storeName="nas", settings=settings)
+    _error(refused, 503, "which /etc/fstab mounts, but nothing is mounted there now")
     assert list(mount_point.iterdir()) == []
 
 

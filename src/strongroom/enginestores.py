@@ -75,8 +75,9 @@ class EngineStores:
 
     def recognised_store(self, name: str | None = None, *, adopt: bool = False) -> Store:
         """`store(name)`, refused (StoreUnavailableError) unless it carries strongroom's
-        marker or holds a backup (storemarker.py): what writes and what finds nothing
-        ask first, so an unmounted disk is never taken for an empty store; `adopt`: see
+        marker or holds a backup (storemarker.py) and lies on no unmounted disk
+        (`check_mounted`): what writes and what finds nothing ask first, so an unmounted
+        disk is never taken for an empty store; `adopt`: see
         `recognised`. Its place is remembered (knownstores.py). Not asked: a store handed
         to the constructor (the product's own) and the embedded store (strongroom's own,
         made whenever it is missing)."""
@@ -85,6 +86,7 @@ class EngineStores:
             return store
         spec = self.config.get(store.name)
         if not self.config.is_embedded(spec):
+            store.check_mounted()
             require_marked(store, adopt=adopt, known=lambda: self._knows(spec))
             self._known.remember(self._places(spec), spec.name)
         return store
@@ -130,7 +132,10 @@ class EngineStores:
         """Make the store's place and mark it (`mark`), and remember it. Refused, unless
         `anew`, for a place this home has known as a store (knownstores.py) that has
         neither its marker nor a backup now: that is a disk not mounted or a store
-        emptied, and marking it would make the empty place below a new store."""
+        emptied, and marking it would make the empty place below a new store. A place
+        under a mount point that nothing is mounted on is refused even so (`check_mounted`):
+        that is the disk below, in any home."""
+        store.check_mounted()
         if not anew and self._knows(spec, marking=insist):
             try:
                 found = recognised(store)

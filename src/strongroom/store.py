@@ -218,6 +218,12 @@ class Store:
                 "Use a directory (file:///...) or a cloud store (s3://, az://)."
             )
 
+    def check_mounted(self) -> None:
+        """Refuse a store whose place is not the one it stands for now: a file store's
+        directory under a mount point that nothing is mounted on is on the disk below it
+        (backends/mounts.py). Called before a store is marked and whenever it is
+        recognised; most backends cannot tell, and accept."""
+
     def initialize(self) -> None:
         """Make the store's place where it is not there yet: called when the store is
         added or initialised (`stores init`), and for the embedded store when it is

@@ -16,6 +16,7 @@ import builtins
 import logging
 import os
 import posixpath
+import shlex
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ from ..errors import ConfigError, StoreError, StoreMissingError, StoreUnavailabl
 from ..plugins import BackendOptions, BackendRegistry, hookimpl
 from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities, check_limit
 from ..writeback import start_writeback
+from .mounts import unmounted_mount_point
 from .root import MissingRootError, NotFollowedError, Root, kind_of
 
 if TYPE_CHECKING:
@@ -73,6 +75,17 @@ class LocalStore(Store):
 
             self._fs = LocalFileSystem(skip_instance_cache=True)
         return self._fs
+
+    def check_mounted(self) -> None:
+        point = unmounted_mount_point(self.root)
+        if point is not None:
+            raise StoreUnavailableError(
+                f"Store {self.name!r} ({self.url}) lies under {point}, which /etc/fstab "
+                "mounts, but nothing is mounted there now: its directory would be on the "
+                "disk below, so nothing was read or written. Mount it "
+                f"('mount {shlex.quote(point)}'), then try again; if that disk is gone for "
+                "good, remove its line from /etc/fstab first."
+            )
 
     def initialize(self) -> None:
         """Make the store's directory and its missing parents."""
