@@ -402,10 +402,15 @@ class MountTables:
                 f"LABEL=nas {_escaped(mount_point)} nfs noauto 0 0\n"
             )
 
-    def mount(self, mount_point: Path) -> None:
-        """A disk is mounted at `mount_point` now."""
+    def mount(self, mount_point: Path, kind: str = "nfs nas:/backups") -> None:
+        """A disk is mounted at `mount_point` now (`kind`: its type and source)."""
         with self.mountinfo.open("a") as file:
-            file.write(f"99 27 0:99 / {_escaped(mount_point)} rw,relatime - nfs nas:/backups rw\n")
+            file.write(f"99 27 0:99 / {_escaped(mount_point)} rw,relatime - {kind} rw\n")
+
+    def unmount(self, mount_point: Path) -> None:
+        lines = self.mountinfo.read_text().splitlines(keepends=True)
+        point = f" {_escaped(mount_point)} "
+        self.mountinfo.write_text("".join(line for line in lines if point not in line))
 
 
 def _escaped(path: Path) -> str:

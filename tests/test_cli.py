@@ -886,32 +886,43 @@ def test_a_store_under_a_mount_point_nothing_is_mounted_on_is_refused_in_any_hom
 ) -> None:
     """`stores add` before the share was first mounted, or `stores init` in a home that
     never knew the store (a new replica, a restore machine), would mark the directory on
-    the disk below: /etc/fstab says a disk belongs there, so nothing is marked, read or
-    written until it is mounted, --anew or not, nor into a store marked there before."""
+    the disk below: /etc/fstab says a disk belongs there, so nothing is marked, --anew or
+    not. Once the store is there, every command refuses it while the disk is not mounted:
+    the disk below shows none of its backups, and would take new ones."""
     mount_point = tmp_path / "mnt"
     mount_point.mkdir()
     mount_tables.expect(mount_point)
     place = mount_point / "backups"
     added = cli("stores", "add", "nas", place.as_uri())
     assert added.code == 4, added
-    assert f"Mount it ('mount {mount_point}')" in added.err
+    assert f"Mount it (as root: 'mount {mount_point}')" in added.err
     assert list(mount_point.iterdir()) == [] and "nas" not in cli("stores", "list").out
     home.mkdir(exist_ok=True)
     (home / "config.toml").write_text(f'[stores.nas]\nurl = "{place.as_uri()}"\n')
-    assert cli("stores", "init", "nas").code == 4
-    assert cli("stores", "init", "nas", "--anew").code == 4
+    for init in (["stores", "init", "nas"], ["stores", "init", "nas", "--anew"]):
+        refused = cli(*init)
+        assert refused.code == 4 and "nothing is mounted there now" in refused.err, refused
     assert list(mount_point.iterdir()) == []
 
-    place.mkdir()  # marked on the disk below by an older strongroom
-    (place / "strongroom.store").write_text("marker")
-    create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name", "x"]
-    assert cli(*create, small).code == 4
-    assert cli("list", "--store", "nas").code == 4
-    assert [path.name for path in place.iterdir()] == ["strongroom.store"]
-
     mount_tables.mount(mount_point)
-    assert cli(*create, small).code == 0
-    assert cli("stores", "add", "nas2", (mount_point / "other").as_uri()).code == 0
+    assert cli("stores", "init", "nas").code == 0
+    create = ["create", "--store", "nas", "--passcode-file", passcode_file, "--name"]
+    assert cli(*create, "first", small).code == 0
+    mount_tables.unmount(mount_point)  # its files stand for the disk below from here on
+    before = snapshot(place)
+    restore = ["restore", "--store", "nas", "first", "--passcode-file", passcode_file]
+    commands = [
+        ["list", "--store", "nas"],
+        ["info", "--store", "nas", "first"],
+        [*restore, "--target", tmp_path / "restored"],
+        ["update", "--store", "nas", "first", "--keep-days", "1"],
+        ["delete", "--store", "nas", "first"],
+        [*create, "second", small],
+    ]
+    for command in commands:
+        refused = cli(*command)
+        assert refused.code == 4 and "nothing is mounted there now" in refused.err, command
+    assert snapshot(place) == before, "nothing was written"
 
 
 def test_a_store_emptied_on_purpose_starts_anew_only_when_told(

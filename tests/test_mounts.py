@@ -5,33 +5,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from strongroom import StoreUnavailableError
+from strongroom.backends.file import LocalStore
 from strongroom.backends.mounts import unmounted_mount_point
 from tests.conftest import MountTables
 
 
-def test_a_directory_under_an_unmounted_mount_point_is_found(
+def test_a_path_under_an_unmounted_mount_point_is_found(
     mount_tables: MountTables, tmp_path: Path
 ) -> None:
     mount_point = tmp_path / "mnt nas"
     mount_point.mkdir()
     mount_tables.expect(mount_point)
-    for directory in (mount_point, mount_point / "backups", mount_point / "not" / "made"):
-        assert unmounted_mount_point(str(directory)) == str(mount_point), directory
+    for path in (mount_point, mount_point / "backups", mount_point / "not" / "made"):
+        assert unmounted_mount_point(str(path)) == str(mount_point), path
     assert unmounted_mount_point(str(tmp_path / "mnt nasty")) is None, "a sibling is not under it"
     assert unmounted_mount_point(str(tmp_path)) is None
 
     mount_tables.mount(mount_point)
     assert unmounted_mount_point(str(mount_point / "backups")) is None, "mounted"
-
-
-def test_a_link_to_the_unmounted_disk_is_followed_to_it(
-    mount_tables: MountTables, tmp_path: Path
-) -> None:
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    mount_tables.expect(mount_point)
-    (tmp_path / "srv").symlink_to(mount_point)
-    assert unmounted_mount_point(str(tmp_path / "srv" / "backups")) == str(mount_point)
+    mount_tables.unmount(mount_point)
+    mount_tables.mount(mount_point, kind="autofs systemd-1")  # mounted when first reached
+    assert unmounted_mount_point(str(mount_point / "backups")) is None
 
 
 def test_a_mount_deeper_than_the_unmounted_one_is_what_counts(
@@ -49,14 +46,46 @@ def test_a_mount_deeper_than_the_unmounted_one_is_what_counts(
     assert unmounted_mount_point(str(inner / "backups")) is None
 
 
-def test_comments_swap_and_unreadable_tables_find_nothing(
+def test_a_mount_point_listed_through_a_link_is_where_the_link_leads(
+    mount_tables: MountTables, tmp_path: Path
+) -> None:
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "media").symlink_to(tmp_path / "mnt")
+    mount_tables.expect(tmp_path / "media")
+    assert unmounted_mount_point(str(tmp_path / "mnt" / "backups")) == str(tmp_path / "mnt")
+
+
+def test_comments_swap_a_chroot_and_unreadable_tables_find_nothing(
     mount_tables: MountTables, tmp_path: Path
 ) -> None:
     mount_tables.fstab.write_text(
-        f"# LABEL=old {tmp_path} ext4 defaults 0 2\n   \nUUID=1 none swap sw 0 0\n"
+        f"#LABEL=old {tmp_path} ext4 defaults 0 2\n  # {tmp_path}\n   \nUUID=1 none swap sw 0 0\n"
+        "proc /proc proc defaults 0 0\n"
     )
     assert unmounted_mount_point(str(tmp_path / "backups")) is None
+    mount_tables.fstab.write_text("UUID=0a3407de / ext4 defaults 0 1\n")
+    mount_tables.mountinfo.write_text("22 27 0:21 / /proc rw,relatime - proc proc rw\n")
+    assert unmounted_mount_point(str(tmp_path)) is None, "a chroot's table has no /"
+
     mount_tables.expect(tmp_path)
     assert unmounted_mount_point(str(tmp_path / "backups")) == str(tmp_path)
     mount_tables.fstab.unlink()  # a system without /etc/fstab cannot tell
     assert unmounted_mount_point(str(tmp_path / "backups")) is None
+
+
+def test_a_file_store_is_placed_through_links_but_not_below_its_confinement(
+    mount_tables: MountTables, tmp_path: Path
+) -> None:
+    """A link to the unmounted disk is followed to it; below a directory an admin API
+    caller is confined to, no link is followed (nor told of: the store refuses it)."""
+    mount_point, allowed = tmp_path / "mnt", tmp_path / "allowed"
+    mount_point.mkdir()
+    allowed.mkdir()
+    mount_tables.expect(mount_point)
+    (tmp_path / "srv").symlink_to(mount_point)
+    (allowed / "link").symlink_to(mount_point)
+    through_link = tmp_path / "srv" / "backups"
+    with pytest.raises(StoreUnavailableError, match="nothing is mounted there now"):
+        LocalStore("nas", through_link.as_uri(), through_link).check_mounted()
+    confined = allowed / "link" / "backups"
+    LocalStore("nas", confined.as_uri(), confined, confine_to=allowed).check_mounted()

@@ -175,9 +175,10 @@ class Engine(EngineStores, EngineJobs):
     (default $STRONGROOM_JOBS_NAMESPACE, else the path of the configuration file, so
     replicas sharing a configuration share their jobs, and tenants do not; the home's
     own job table, which no other home uses, keeps the empty namespace of older jobs).
-    Its stores (`store`, `recognised_store`, `add_store`, `init_store`, `validate_store`,
-    `use_config`) are in its base class `EngineStores` (enginestores.py), the jobs (`jobs`,
-    `submit_*`, `schedule_cleanup`, `close`) in `EngineJobs` (enginejobs.py).
+    Its stores (`store`, `reachable_store`, `recognised_store`, `add_store`, `init_store`,
+    `validate_store`, `use_config`) are in its base class `EngineStores` (enginestores.py),
+    the jobs (`jobs`, `submit_*`, `schedule_cleanup`, `close`) in `EngineJobs`
+    (enginejobs.py).
     """
 
     def __init__(
@@ -470,7 +471,7 @@ class Engine(EngineStores, EngineJobs):
     def listing(self, store: str | None = None) -> Listing:
         """Every committed backup in the store, oldest first, and why any manifest did not
         read."""
-        source = self.store(store)
+        source = self.reachable_store(store)
         with self.explaining_missing(source):
             manifests, unreadable = self._manifests(source)
         if not manifests and not unreadable:
@@ -569,8 +570,12 @@ class Engine(EngineStores, EngineJobs):
     # -- internals -------------------------------------------------------------------
 
     def _open(self, name: str, store: str | None) -> tuple[Store, Manifest]:
+        source = self.reachable_store(store)
+        return source, self._manifest(source, name)
+
+    def _manifest(self, source: Store, name: str) -> Manifest:
+        """The manifest of backup `name` in `source`, read and parsed, not authenticated."""
         validate_name(name)
-        source = self.store(store)
         try:
             with self.explaining_missing(source):
                 data = source.get(manifest_key(name), limit=MAX_MANIFEST_SIZE)
@@ -583,7 +588,7 @@ class Engine(EngineStores, EngineJobs):
         manifest = Manifest.from_bytes(data)
         if manifest.name != name:
             raise IntegrityError(f"The manifest stored as {name!r} belongs to {manifest.name!r}.")
-        return source, manifest
+        return manifest
 
     def _manifests(self, source: Store) -> tuple[builtins.list[Manifest], dict[str, str]]:
         """The store's readable manifests, oldest first, and why any others were unreadable
@@ -602,7 +607,7 @@ class Engine(EngineStores, EngineJobs):
 
         def read(name: str) -> Manifest | str:
             try:
-                return self._open(name, source.name)[1]
+                return self._manifest(source, name)
             except BackupNotFoundError:
                 return ""  # deleted since the listing
             except IntegrityError as exc:

@@ -73,23 +73,36 @@ class EngineStores:
             self._stores[spec.name] = store
         return self._stores[spec.name]
 
-    def recognised_store(self, name: str | None = None, *, adopt: bool = False) -> Store:
-        """`store(name)`, refused (StoreUnavailableError) unless it carries strongroom's
-        marker or holds a backup (storemarker.py) and lies on no unmounted disk
-        (`check_mounted`): what writes and what finds nothing ask first, so an unmounted
-        disk is never taken for an empty store; `adopt`: see
-        `recognised`. Its place is remembered (knownstores.py). Not asked: a store handed
-        to the constructor (the product's own) and the embedded store (strongroom's own,
-        made whenever it is missing)."""
+    def reachable_store(self, name: str | None = None) -> Store:
+        """`store(name)`, refused (StoreUnavailableError) where its place is not the one it
+        stands for now (`Store.check_mounted`: a file store's directory on the disk below
+        an unmounted share, which shows none of the share's backups and would take new
+        ones). Every operation on a configured store asks, reads too; not asked: a store
+        handed to the constructor and the embedded store, as in `recognised_store`."""
         store = self.store(name)
-        if store.name in self._given:
-            return store
-        spec = self.config.get(store.name)
-        if not self.config.is_embedded(spec):
+        if self._configured(store):
             store.check_mounted()
+        return store
+
+    def recognised_store(self, name: str | None = None, *, adopt: bool = False) -> Store:
+        """`reachable_store(name)`, refused (StoreUnavailableError) unless it carries
+        strongroom's marker or holds a backup (storemarker.py): what writes and what finds
+        nothing ask first, so an unmounted disk is never taken for an empty store; `adopt`:
+        see `recognised`. Its place is remembered (knownstores.py). Not asked: a store
+        handed to the constructor (the product's own) and the embedded store (strongroom's
+        own, made whenever it is missing)."""
+        store = self.reachable_store(name)
+        if self._configured(store):
+            spec = self.config.get(store.name)
             require_marked(store, adopt=adopt, known=lambda: self._knows(spec))
             self._known.remember(self._places(spec), spec.name)
         return store
+
+    def _configured(self, store: Store) -> bool:
+        """Whether `store` is one of the configuration's, other than the embedded store."""
+        return store.name not in self._given and not self.config.is_embedded(
+            self.config.get(store.name)
+        )
 
     @contextmanager
     def explaining_missing(self, store: Store) -> Iterator[None]:

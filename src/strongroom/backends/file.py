@@ -77,14 +77,16 @@ class LocalStore(Store):
         return self._fs
 
     def check_mounted(self) -> None:
-        point = unmounted_mount_point(self.root)
+        """Refused under a mount point that /etc/fstab lists and nothing is mounted on."""
+        point = unmounted_mount_point(self._root.reached)
         if point is not None:
+            quoted = shlex.quote(point)
             raise StoreUnavailableError(
-                f"Store {self.name!r} ({self.url}) lies under {point}, which /etc/fstab "
+                f"Store {self.name!r} ({self.url}) lies under {quoted}, which /etc/fstab "
                 "mounts, but nothing is mounted there now: its directory would be on the "
-                "disk below, so nothing was read or written. Mount it "
-                f"('mount {shlex.quote(point)}'), then try again; if that disk is gone for "
-                "good, remove its line from /etc/fstab first."
+                "disk below, so nothing was read or written. Mount it (as root: "
+                f"'mount {quoted}'), then try again. Only if that disk is gone for good and "
+                "the store is to live on the disk below, remove its line from /etc/fstab."
             )
 
     def initialize(self) -> None:

@@ -17,25 +17,30 @@ from pathlib import Path
 __all__ = ["FSTAB", "MOUNTINFO", "unmounted_mount_point"]
 
 #: What the system mounts (fstab(5)); and what this process sees mounted (proc(5)).
+#: Module constants, so that tests can give their own tables.
 FSTAB = Path("/etc/fstab")
 MOUNTINFO = Path("/proc/self/mountinfo")
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # a space is \040 in both tables
 
 
-def unmounted_mount_point(directory: str) -> str | None:
-    """The mount point /etc/fstab lists at or above `directory` (as its links resolve)
-    that nothing is mounted on now, deeper than every mount that is there: None if there
-    is none, or if either table cannot be read (a system without them cannot tell)."""
+def unmounted_mount_point(path: str) -> str | None:
+    """The mount point /etc/fstab lists at or above `path` (as the kernel reaches it: links
+    resolved) that nothing is mounted on now, deeper than every mount that is there: None
+    if there is none, or if either table cannot be read (a system without them cannot tell).
+
+    Only fstab's points not mounted are resolved: a mounted one is not touched (a dead
+    network share there would hang the call); `/` is mounted even where the table of a
+    chroot does not show it."""
     try:
-        expected = {os.path.realpath(point) for point in _mount_points(FSTAB, field=1)}
-        mounted = _mount_points(MOUNTINFO, field=4)
+        mounted = _mount_points(MOUNTINFO, field=4) | {"/"}
+        listed = _mount_points(FSTAB, field=1)
     except OSError:
         return None
-    path = os.path.realpath(directory)
+    expected = {point if point in mounted else os.path.realpath(point) for point in listed}
     covering = [point for point in expected | mounted if _covers(point, path)]
-    deepest = max(covering, key=len, default=None)
-    return None if deepest is None or deepest in mounted else deepest
+    deepest = max(covering, key=len)  # "/" covers every path
+    return None if deepest in mounted else deepest
 
 
 def _mount_points(table: Path, *, field: int) -> set[str]:
@@ -51,4 +56,5 @@ def _mount_points(table: Path, *, field: int) -> set[str]:
 
 
 def _covers(mount_point: str, path: str) -> bool:
+    """Whether `path` is on what is mounted at `mount_point` (a name, not a prefix)."""
     return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")

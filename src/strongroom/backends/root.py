@@ -67,6 +67,12 @@ class Root:
     def root(self) -> Path:
         return self.path.joinpath(*self._below)
 
+    @property
+    def reached(self) -> str:
+        """The root as the kernel reaches it: `path` through its links, then the names
+        below, where none is followed (so nothing is told of a link's target there)."""
+        return os.path.join(os.path.realpath(self.path), *self._below)
+
     def make(self) -> None:
         """Make the root directory and its missing parents, fsyncing each parent."""
         fd = _make_path(self.path)
