@@ -104,7 +104,7 @@ def test_a_store_set_to_compression_none_stores_chunks_as_they_are(
     home: Path, tree: Path, tmp_path: Path
 ) -> None:
     """`compression = "none"` is the store's: every create into it seals its chunks
-    uncompressed (the manifest says so), and they restore as any other."""
+    uncompressed (the manifest and info say so), and they restore as any other."""
     engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
     engine.add_store(StoreSpec("fast", (tmp_path / "fast").as_uri(), compression="none"))
     raw = engine.create("raw", [tree], passcode=PASSCODE, store="fast")
@@ -113,6 +113,8 @@ def test_a_store_set_to_compression_none_stores_chunks_as_they_are(
     assert packed.stored_size < raw.source_size
     manifest = Manifest.from_bytes((tmp_path / "fast" / manifest_key("raw")).read_bytes())
     assert manifest.compression == "none"
+    assert engine.info("raw", "fast").to_dict()["compression"] == "none"
+    assert (packed.compression, engine.info("packed").compression) == ("zstd", "zstd")
     target = engine.restore("raw", tmp_path / "out", passcode=PASSCODE, store="fast")
     assert snapshot(target / "data") == snapshot(tree)
 

@@ -44,7 +44,7 @@ from strongroom.schedules import (
     remove,
     update,
 )
-from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, write_key_secrets
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, MountTables, write_key_secrets
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 T = TypeVar("T")
@@ -348,6 +348,27 @@ def test_a_slot_that_cannot_start_is_a_failed_job_of_its_schedule(
         True,
     )
     assert _backups(engine) == []
+
+
+def test_a_slot_whose_store_is_on_a_disk_not_mounted_fails_not_skips(
+    engine: Engine, source: Path, clock: Clock, tmp_path: Path, mount_tables: MountTables
+) -> None:
+    """A store under a mount point that /etc/fstab lists and nothing is mounted on is the
+    disk below: its slot is a FAILED job saying so, even where that disk holds a claim of
+    the slot, which would otherwise skip it quietly as claimed elsewhere."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    mount_tables.expect(mount_point)
+    mount_tables.mount(mount_point)
+    engine.add_store(StoreSpec("nas", (mount_point / "backups").as_uri()))
+    schedule = _define(engine, source, store="nas")
+    assert claim(engine, schedule, T0)  # left on the disk below, say by an older version
+    mount_tables.unmount(mount_point)
+    [outcome] = ScheduleRunner(engine, clock=clock).tick()
+    assert outcome.action == "failed" and outcome.job is not None, outcome
+    failed = engine.jobs.wait(outcome.job.jobid, 30)
+    assert failed.status is JobStatus.FAILED
+    assert "nothing is mounted there now" in failed.messages[-1]
 
 
 def test_a_claim_planted_far_ahead_never_stops_a_schedule(

@@ -105,6 +105,8 @@ class BackupInfo:
     backup_id: str
     #: Made by a schedule, not by a person.
     scheduled: bool = False
+    #: How its chunks were encoded ("zstd" or "none": its store's setting then).
+    compression: str = "zstd"
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, store: str) -> BackupInfo:
@@ -119,6 +121,7 @@ class BackupInfo:
             chunk_count=manifest.chunk_count,
             backup_id=manifest.backup_id,
             scheduled=manifest.scheduled,
+            compression=manifest.compression,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +137,7 @@ class BackupInfo:
             "status": "COMPLETED",
             "sourceSize": self.source_size,
             "storedSize": self.stored_size,
+            "compression": self.compression,
             "backupId": self.backup_id,
         }
 

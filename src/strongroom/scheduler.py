@@ -84,7 +84,7 @@ def newest_claim(engine: Engine, schedule: Schedule, now: datetime) -> datetime 
     A claim of a slot later than `now` (`believable_claim`) is ignored, with a warning."""
     claimed = [
         parsed[1]
-        for obj in engine.store(schedule.store).list(claims_prefix(schedule.name))
+        for obj in engine.reachable_store(schedule.store).list(claims_prefix(schedule.name))
         if (parsed := parse_claim_key(obj.key)) and parsed[0] == schedule.name
     ]
     for slot in sorted(s for s in claimed if not believable_claim(s, now)):
