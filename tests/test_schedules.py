@@ -350,6 +350,25 @@ def test_a_slot_that_cannot_start_is_a_failed_job_of_its_schedule(
     assert _backups(engine) == []
 
 
+def test_a_slot_that_cannot_start_is_one_failed_job_among_replicas(
+    engine: Engine, source: Path, clock: Clock
+) -> None:
+    """Replicas sharing the job table fail the slot alike (no claim in the store orders
+    them, as none is taken): one FAILED job, not one a replica, nor another after a
+    restart; the next slot that cannot start is recorded again."""
+    _define(engine, source)
+    shutil.rmtree(source)
+    with Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK, clock=clock) as replica:
+        outcomes = [ScheduleRunner(e, clock=clock).tick() for e in (engine, replica, engine)]
+        assert [o.action for [o] in outcomes] == ["failed"] * 3
+        assert [o.job is not None for [o] in outcomes] == [True, False, False]
+        assert engine.jobs.find(limit=None)[1] == 1
+        clock.now += timedelta(minutes=1)
+        [[later]] = [ScheduleRunner(replica, clock=clock).tick()]
+        assert later.job is not None and later.slot == T0 + timedelta(minutes=1)
+        assert engine.jobs.find(limit=None)[1] == 2
+
+
 def test_a_slot_whose_store_is_on_a_disk_not_mounted_fails_not_skips(
     engine: Engine, source: Path, clock: Clock, tmp_path: Path, mount_tables: MountTables
 ) -> None:

@@ -321,12 +321,18 @@ class ScheduleRunner:
     def _failed_job(self, schedule: Schedule, slot: datetime, error: StrongroomError) -> Job | None:
         """The slot's backup job, FAILED with `error`, so that whoever watches the jobs
         (and `schedules show`) sees a slot that could not even start, not only the log.
-        None if the job table cannot take it either (the log line stays)."""
+        Once a slot among the replicas sharing the job table (and across restarts): no
+        claim in the store coordinates them, since none is taken for a slot that cannot
+        start. None if another recorded it, or the job table cannot take it either (the
+        log line stays)."""
 
         def fail(job: JobHandle) -> NoReturn:
             raise error
 
+        task = f"record the failed slots of schedule {schedule.name}"
         try:
+            if not self._engine.jobs.claim_periodic(task, int(slot.timestamp())):
+                return None
             return self._engine.jobs.submit(
                 "create",
                 fail,
