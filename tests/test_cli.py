@@ -925,6 +925,24 @@ def test_a_store_under_a_mount_point_nothing_is_mounted_on_is_refused_in_any_hom
     assert snapshot(place) == before, "nothing was written"
 
 
+def test_the_embedded_store_is_not_made_below_a_volume_meant_for_it(
+    cli: Cli, home: Path, small: Path, passcode_file: Path, mount_tables: MountTables
+) -> None:
+    """The embedded store is made whenever it is missing, but not where /etc/fstab mounts
+    a volume for it that is not mounted: its backups would land on the disk below."""
+    volume = home / "stores" / "backupsDefault"
+    mount_tables.expect(volume)
+    create = ["create", "--passcode-file", passcode_file, "--name", "x", small]
+    for command in (["list"], create):
+        refused = cli(*command)
+        assert refused.code == 4 and "nothing is mounted there now" in refused.err, command
+    assert not volume.exists()
+    volume.mkdir(parents=True)  # the mount point, left empty while unmounted
+    assert cli(*create).code == 4 and list(volume.iterdir()) == []
+    mount_tables.mount(volume)
+    assert cli(*create).code == 0
+
+
 def test_a_store_emptied_on_purpose_starts_anew_only_when_told(
     cli: Cli, tmp_path: Path, small: Path, passcode_file: Path
 ) -> None:

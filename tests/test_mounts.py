@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import StoreUnavailableError
+from strongroom import Engine, StoreUnavailableError
 from strongroom.backends.file import LocalStore
 from strongroom.backends.mounts import unmounted_mount_point
-from tests.conftest import MountTables
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, MountTables
 
 
 def test_a_path_under_an_unmounted_mount_point_is_found(
@@ -89,3 +89,22 @@ def test_a_file_store_is_placed_through_links_but_not_below_its_confinement(
         LocalStore("nas", through_link.as_uri(), through_link).check_mounted()
     confined = allowed / "link" / "backups"
     LocalStore("nas", confined.as_uri(), confined, confine_to=allowed).check_mounted()
+
+
+def test_a_server_sees_the_volume_of_its_embedded_store_go(
+    home: Path, mount_tables: MountTables, tmp_path: Path
+) -> None:
+    """An engine that opened the embedded store while its volume was mounted refuses it
+    once the volume is gone, as it does any store."""
+    volume = home / "stores" / "backupsDefault"
+    volume.mkdir(parents=True)
+    mount_tables.expect(volume)
+    mount_tables.mount(volume)
+    engine = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
+    assert engine.list() == []
+    mount_tables.unmount(volume)
+    source = tmp_path / "file.txt"
+    source.write_text("kept on the volume, not below it\n")
+    with pytest.raises(StoreUnavailableError, match="nothing is mounted there now"):
+        engine.create("x", [source], passcode=PASSCODE)
+    assert list(volume.iterdir()) == []

@@ -68,7 +68,8 @@ class EngineStores:
         spec = self.config.get(name)
         if spec.name not in self._stores:
             store = self._backends.open(spec)
-            if self.config.is_embedded(spec):  # strongroom's own: made on first use
+            if self.config.is_embedded(spec):  # strongroom's own: made on first use,
+                store.check_mounted()  # but not on the disk below a volume meant for it
                 store.initialize()
             self._stores[spec.name] = store
         return self._stores[spec.name]
@@ -77,10 +78,10 @@ class EngineStores:
         """`store(name)`, refused (StoreUnavailableError) where its place is not the one it
         stands for now (`Store.check_mounted`: a file store's directory on the disk below
         an unmounted share, which shows none of the share's backups and would take new
-        ones). Every operation on a configured store asks, reads too; not asked: a store
-        handed to the constructor and the embedded store, as in `recognised_store`."""
+        ones). Every operation on a store asks, reads too, the embedded store's included
+        (a volume may be mounted for it); not asked: a store handed to the constructor."""
         store = self.store(name)
-        if self._configured(store):
+        if store.name not in self._given:
             store.check_mounted()
         return store
 
