@@ -382,6 +382,13 @@ def own_postgres() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def no_host_fstab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests do not depend on what the host's /etc/fstab lists (an unmounted disk would
+    refuse every store under it); one that needs a table writes its own (`mount_tables`)."""
+    monkeypatch.setattr(mounts, "FSTAB", tmp_path / "no-fstab")
+
+
 class MountTables:
     """Stand-ins for /etc/fstab and /proc/self/mountinfo: this process's real mounts, plus
     the lines a test adds."""
