@@ -384,8 +384,9 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture(autouse=True)
 def no_host_fstab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Tests do not depend on what the host's /etc/fstab lists (an unmounted disk would
-    refuse every store under it); one that needs a table writes its own (`mount_tables`)."""
+    """Tests in this process do not depend on what the host's /etc/fstab lists (an
+    unmounted disk would refuse every store under it; the `serve` subprocesses still read
+    it); one that needs a table writes its own (`mount_tables`)."""
     monkeypatch.setattr(mounts, "FSTAB", tmp_path / "no-fstab")
 
 

@@ -943,6 +943,23 @@ def test_the_embedded_store_is_not_made_below_a_volume_meant_for_it(
     assert cli(*create).code == 0
 
 
+def test_a_place_has_one_name(cli: Cli, home: Path, tmp_path: Path) -> None:
+    """Under a second name, every backup there would be listed and counted twice, and a
+    cleanup would delete each expired one once a name: a second name is refused, however
+    the place is spelt, the embedded store's place too."""
+    place = tmp_path / "nas" / "backups"
+    assert cli("stores", "add", "nas", place.as_uri()).code == 0
+    for name, url in [
+        ("nas2", place.as_uri()),
+        ("nas3", f"file://{tmp_path}/nas//backups/"),
+        ("mine", (home / "stores" / "backupsDefault").as_uri()),
+    ]:
+        refused = cli("stores", "add", name, url)
+        assert refused.code == 3 and "the same place under another name" in refused.err, url
+        assert name not in cli("stores", "list").out
+    assert cli("stores", "add", "other", (tmp_path / "nas" / "other").as_uri()).code == 0
+
+
 def test_a_store_emptied_on_purpose_starts_anew_only_when_told(
     cli: Cli, tmp_path: Path, small: Path, passcode_file: Path
 ) -> None:

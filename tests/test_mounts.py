@@ -108,3 +108,15 @@ def test_a_server_sees_the_volume_of_its_embedded_store_go(
     with pytest.raises(StoreUnavailableError, match="nothing is mounted there now"):
         engine.create("x", [source], passcode=PASSCODE)
     assert list(volume.iterdir()) == []
+
+
+def test_validating_the_embedded_store_below_its_volume_reports_it(
+    home: Path, mount_tables: MountTables
+) -> None:
+    """`stores validate` reports, as for any store, and makes nothing on the disk below."""
+    volume = home / "stores" / "backupsDefault"
+    mount_tables.expect(volume)
+    report = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK).validate_store()
+    assert report.checks == {"recognised": False} and not report.ok
+    assert "nothing is mounted there now" in report.errors[0]
+    assert not volume.exists()

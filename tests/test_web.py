@@ -1742,6 +1742,24 @@ async def test_a_scheduled_backup_that_does_not_read_is_named_on_its_schedule(
     assert "No backups yet" not in page
 
 
+async def test_a_schedule_whose_store_is_not_mounted_still_shows_its_runs(
+    api: Api, home: Path, mount_tables: MountTables
+) -> None:
+    """When its disk is not mounted is when a schedule's page is read: it shows the runs
+    (the last most likely failed for it) and says why no backups are listed."""
+    await api.post(f"{SCHEDULES}/create", name="hourly", passcode=SECRET, every="1h")
+    api.job(await api.post(f"{SCHEDULES}/hourly/run"))
+    mount_tables.expect(home / "stores" / "backupsDefault")  # a volume for it, not mounted
+
+    shown = await api.get(f"{SCHEDULES}/hourly")
+    assert shown.status_code == 200, shown.text
+    assert "nothing is mounted there now" in shown.json()["storeUnavailable"]
+    assert shown.json()["lastRun"]["status"] == "COMPLETED"
+    page = (await _page(api, f"{SCHEDULES}/hourly")).text
+    assert 'id="store-unavailable"' in page and 'id="runs"' in page
+    assert "No backups yet" not in page
+
+
 async def test_the_schedule_pages(api: Api, engine: Engine, home: Path) -> None:
     form = {"token": TOKEN, "name": "nightly", "passcode": SECRET, "every": "", "cron": "0 2 * * *"}
     defined = await api.send("POST", f"{SCHEDULES}/create", data=form | {"keepDays": "14"})

@@ -119,15 +119,30 @@ class EngineStores:
         """Add a store to the configuration file, as `strongroom stores add` does: it is
         opened first (scheme, options, secret references), refused if it cannot keep
         backups, and its place made (a file store's directory) and marked; only then saved.
-        A place this home has known as a store that lost its marker is refused (`_mark`)."""
+        A place this home has known as a store that lost its marker is refused (`_mark`),
+        and so is a place configured under another name (`_refuse_second_name`)."""
 
         def prepare() -> None:
+            self._refuse_second_name(spec)
             store = self.store(spec.name)
             store.check_persistent()
             insist = f"'{add_command(spec, default=default)}'"
             self._mark(spec, store, unless_known=True, anew=anew, insist=insist)
 
         edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
+
+    def _refuse_second_name(self, spec: StoreSpec) -> None:
+        """A place has one name: under two, every backup there would be listed, cleaned up
+        and counted twice (a cleanup would delete each expired one once a name)."""
+        new = self._places(spec)
+        for other in self.config.stores.values():
+            if other.name != spec.name and not new.isdisjoint(self._places(other)):
+                raise ConfigError(
+                    f"Store {spec.name!r} ({spec.url}) would be the store {other.name!r} "
+                    f"({other.url}) again: the same place under another name. Use "
+                    f"--store {other.name}; to rename it, remove it ('strongroom stores "
+                    f"remove {other.name}': its backups stay) and add it again."
+                )
 
     def init_store(self, name: str, *, anew: bool = False) -> Store:
         """Make a store's place and put its store marker (storemarker.py), as adding it
@@ -187,10 +202,11 @@ class EngineStores:
         """Whether the store is recognisably strongroom's (`recognised_store`), then, if it
         is, probe its permissions (`Store.validate`): an unmounted disk would pass every
         probe, written onto the disk below it."""
-        store = self.store(name)
         try:
-            self.recognised_store(store.name)
+            store = self.recognised_store(name)
         except StoreUnavailableError as exc:
+            spec = self.config.get(name)  # opened only (`store` makes the embedded store)
+            store = self._stores.get(spec.name) or self._backends.open(spec)
             checks, errors = {"recognised": False}, [f"recognised: {exc}"]
             return ValidationReport(
                 store.name, store.url, checks, errors, store.capabilities, store.lock_mode

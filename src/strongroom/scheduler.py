@@ -321,10 +321,12 @@ class ScheduleRunner:
     def _failed_job(self, schedule: Schedule, slot: datetime, error: StrongroomError) -> Job | None:
         """The slot's backup job, FAILED with `error`, so that whoever watches the jobs
         (and `schedules show`) sees a slot that could not even start, not only the log.
-        Once a slot among the replicas sharing the job table (and across restarts): no
-        claim in the store coordinates them, since none is taken for a slot that cannot
-        start. None if another recorded it, or the job table cannot take it either (the
-        log line stays)."""
+        One job a slot among the replicas sharing the job table, and across restarts: no
+        claim in the store orders them, since none is taken for a slot that cannot start.
+        It gives the first replica's reason (the others' stay in their logs); a replica
+        whose clock ran ahead keeps the records of earlier slots away (`claim_periodic`).
+        None if another recorded it, or the job table cannot take it either (the log line
+        stays)."""
 
         def fail(job: JobHandle) -> NoReturn:
             raise error

@@ -39,8 +39,8 @@ from starlette.routing import BaseRoute, Route, Router
 
 from .. import schedules
 from ..config import COMPRESSIONS, StoresConfig, StoreSpec
-from ..engine import Engine
-from ..errors import ConfigError, StrongroomError
+from ..engine import Engine, Listing
+from ..errors import ConfigError, StoreUnavailableError, StrongroomError
 from ..format import to_epoch_ms, utc_now
 from ..jobs import Job
 from ..retention import NEVER_MS
@@ -417,10 +417,16 @@ class _AdminApi:
 
     async def get_schedule(self, call: _Call) -> Reply:
         """The schedule, its next runs, its last run's job, its recent backups, and those of
-        its backups whose manifest does not read (by name: their manifest cannot say)."""
+        its backups whose manifest does not read (by name: their manifest cannot say). A
+        store that cannot be read now (a disk not mounted) is `storeUnavailable`, why: the
+        page still shows the runs, whose last one most likely failed for it."""
         schedule = schedules.get_schedule(await _run(self._config), call.path("scheduleName"))
         jobs = await _run(runs, self._engine, schedule)
-        listing = await _run(self._engine.listing, schedule.store)
+        unavailable = None
+        try:
+            listing = await _run(self._engine.listing, schedule.store)
+        except StoreUnavailableError as exc:
+            listing, unavailable = Listing([], {}), str(exc)
         mine = listing.only(schedule.slot_of).to_dict()
         recent = [b for b in reversed(mine["backups"]) if b["scheduleType"] == "SCHEDULED"]
         document = {
@@ -428,6 +434,7 @@ class _AdminApi:
             "lastRun": jobs[0].to_dict() if jobs else None,
             "recentBackups": recent[:RECENT],
             "unreadable": mine["unreadable"],
+            "storeUnavailable": unavailable,
         }
         return Reply(document, "schedule.html", {"jobs": jobs[:RECENT]})
 
