@@ -862,16 +862,20 @@ def test_a_place_that_was_a_store_is_never_marked_again_while_its_disk_is_not_mo
         f"file://localhost{mount_point}",
         (tmp_path / "link" / "mnt").as_uri(),
     ]
-    for spelling in spellings:  # a second name for the place, however written
+    assert cli(*create, "second", small).code == 4
+    for spelling in spellings:  # a second name for the place, however written: refused
+        assert cli("stores", "add", "nas2", spelling).code == 3, spelling  # while configured,
+    assert cli("stores", "remove", "nas").code == 0
+    for spelling in spellings:  # and once it is not, since the home knew a store there
         other_name = cli("stores", "add", "nas2", spelling)
         assert other_name.code == 4, spelling
         assert f"'strongroom stores add nas2 {spelling} --anew'" in other_name.err
-    assert cli(*create, "second", small).code == 4
     assert list(mount_point.iterdir()) == [], "nothing was written below the mount point"
     assert "nas2" not in cli("stores", "list").out
 
     mount_point.rmdir()
     (tmp_path / "the-disk").rename(mount_point)  # mounted again
+    assert cli("stores", "add", "nas", mount_point.as_uri()).code == 0, "its marker is there"
     assert cli("stores", "init", "nas").code == 0, "init of a marked store changes nothing"
     assert len(cli("list", "--store", "nas", "--json").json()["backups"]) == 1
 

@@ -495,6 +495,11 @@ async def test_a_place_that_was_a_store_is_not_registered_again_while_unmounted(
     mount_point.mkdir()  # ... and the empty directory it was mounted on is left
     settings = json.dumps({"url": mount_point.as_uri()})
     refused = await api.post(f"{DR}/stores/register", storeName="again", settings=settings)
+    _error(refused, 400, "the same place under another name")  # while 'nas' is configured
+    config = StoresConfig.load()
+    config.remove("nas")
+    config.save()
+    refused = await api.post(f"{DR}/stores/register", storeName="again", settings=settings)
     _error(refused, 503, "has known a strongroom store there")
     assert f"'strongroom stores add again {mount_point.as_uri()} --anew'" in refused.text
     assert list(mount_point.iterdir()) == []
