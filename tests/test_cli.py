@@ -926,6 +926,12 @@ def test_a_store_under_a_mount_point_nothing_is_mounted_on_is_refused_in_any_hom
     for command in commands:
         refused = cli(*command)
         assert refused.code == 4 and "nothing is mounted there now" in refused.err, command
+    validated = cli("stores", "validate", "nas")
+    assert validated.code == 4 and "recognised     FAILED" in validated.out
+    assert "atomic_put" not in validated.out, "nothing probed, so nothing to show beside it"
+    cleaned = cli("cleanup", "--store", "nas")
+    assert cleaned.code == 1 and "nothing is mounted there now" in cleaned.err
+    assert "0 kept; 1 error(s), below: not counted there." in cleaned.out
     assert snapshot(place) == before, "nothing was written"
 
 

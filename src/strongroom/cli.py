@@ -562,7 +562,9 @@ def run_cleanup(args: argparse.Namespace) -> int:
             (e.store, e.name, _until(e.retention_date), e.action, e.message) for e in report.entries
         ]
         _print_table(("STORE", "NAME", "RETENTION DATE", "ACTION", "MESSAGE"), rows)
-        print(f"{len(report.entries)} expired as of {_date(report.as_of)}, {report.kept} kept.")
+        counted = f"{len(report.entries)} expired as of {_date(report.as_of)}, {report.kept} kept"
+        errors = f"{len(report.errors)} error(s), below: not counted there" if report.errors else ""
+        print(f"{counted}{'; ' if errors else ''}{errors}.")
         for error in report.errors:
             print(f"strongroom: error: {_printable(error)}", file=sys.stderr)
     return 1 if report.failed or report.errors else 0
@@ -623,9 +625,10 @@ def run_stores_validate(args: argparse.Namespace) -> int:
     else:
         for check, passed in report.checks.items():
             print(f"{check:<14} {'ok' if passed else 'FAILED'}")
-        for capability, present in asdict(report.capabilities).items():
-            print(f"{capability:<14} {'yes' if present else 'no'}")
-        print(f"{'locks backups':<14} {report.lock_mode or 'no'}")
+        if report.checks.get("recognised"):  # what its backend declares, beside the probes
+            for capability, present in asdict(report.capabilities).items():
+                print(f"{capability:<14} {'yes' if present else 'no'}")
+            print(f"{'locks backups':<14} {report.lock_mode or 'no'}")
     if not report.ok:  # each error once, on the one error line
         raise StoreUnavailableError(f"Store {report.store!r} failed: {'; '.join(report.errors)}")
     return 0
