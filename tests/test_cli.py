@@ -931,7 +931,7 @@ def test_a_store_under_a_mount_point_nothing_is_mounted_on_is_refused_in_any_hom
     assert "atomic_put" not in validated.out, "nothing probed, so nothing to show beside it"
     cleaned = cli("cleanup", "--store", "nas")
     assert cleaned.code == 1 and "nothing is mounted there now" in cleaned.err
-    assert "0 kept; 1 error(s), below: not counted there." in cleaned.out
+    assert "0 kept; 1 error(s) below, where nothing was counted." in cleaned.out
     assert snapshot(place) == before, "nothing was written"
 
 
@@ -968,6 +968,10 @@ def test_a_place_has_one_name(cli: Cli, home: Path, tmp_path: Path) -> None:
         assert refused.code == 3 and "the same place under another name" in refused.err, url
         assert name not in cli("stores", "list").out
     assert cli("stores", "add", "other", (tmp_path / "nas" / "other").as_uri()).code == 0
+    with (home / "config.toml").open("a") as config:  # or written by hand
+        config.write(f'\n[stores.twin]\nurl = "{place.as_uri()}"\n')
+    refused = cli("stores", "init", "twin")
+    assert refused.code == 3 and "the same place under another name" in refused.err
 
 
 def test_a_store_emptied_on_purpose_starts_anew_only_when_told(

@@ -10,6 +10,7 @@ import pytest
 from strongroom import Engine, StoreUnavailableError
 from strongroom.backends.file import LocalStore
 from strongroom.backends.mounts import unmounted_mount_point
+from strongroom.jobs import JobStatus
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, MountTables
 
 
@@ -119,4 +120,18 @@ def test_validating_the_embedded_store_below_its_volume_reports_it(
     report = Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK).validate_store()
     assert report.checks == {"recognised": False} and not report.ok
     assert "nothing is mounted there now" in report.errors[0]
+    assert not volume.exists()
+
+
+def test_a_cleanup_job_of_the_embedded_store_below_its_volume_reports_it(
+    home: Path, mount_tables: MountTables
+) -> None:
+    """Submitted, it runs and fails saying why, as for any store, instead of failing to
+    submit (and it makes nothing on the disk below)."""
+    volume = home / "stores" / "backupsDefault"
+    mount_tables.expect(volume)
+    with Engine(kdf=FAST_KDF, chunk_size=SMALL_CHUNK) as engine:
+        job = engine.jobs.wait(engine.submit_cleanup(["backupsDefault"]).jobid, 30)
+    assert job.status is JobStatus.FAILED
+    assert "nothing is mounted there now" in job.messages[-1]
     assert not volume.exists()

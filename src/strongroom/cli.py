@@ -563,7 +563,11 @@ def run_cleanup(args: argparse.Namespace) -> int:
         ]
         _print_table(("STORE", "NAME", "RETENTION DATE", "ACTION", "MESSAGE"), rows)
         counted = f"{len(report.entries)} expired as of {_date(report.as_of)}, {report.kept} kept"
-        errors = f"{len(report.errors)} error(s), below: not counted there" if report.errors else ""
+        errors = (
+            f"{len(report.errors)} error(s) below, where nothing was counted"
+            if report.errors
+            else ""
+        )
         print(f"{counted}{'; ' if errors else ''}{errors}.")
         for error in report.errors:
             print(f"strongroom: error: {_printable(error)}", file=sys.stderr)

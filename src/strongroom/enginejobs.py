@@ -63,7 +63,7 @@ class EngineJobs(ABC):
     # -- what the class that uses it provides ----------------------------------------
 
     @abstractmethod
-    def store(self, name: str) -> Store: ...
+    def store_name(self, name: str | None = None) -> str: ...
 
     @abstractmethod
     def create(
@@ -273,7 +273,7 @@ class EngineJobs(ABC):
     ) -> Job:
         """`cleanup` as a background job; unknown store names fail here. `scheduled`: the
         cleanup system task submits it, not a person."""
-        names = None if stores is None else [self.store(store).name for store in stores]
+        names = None if stores is None else [self.store_name(store) for store in stores]
         moment = parse_moment(as_of, "as_of") if as_of is not None else None
 
         def work(job: JobHandle) -> dict[str, Any]:

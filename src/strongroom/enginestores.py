@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pluggy
 
@@ -81,7 +82,7 @@ class EngineStores:
         ones). Every operation on a store asks, reads too, the embedded store's included
         (a volume may be mounted for it); not asked: a store handed to the constructor."""
         store = self.store(name)
-        if store.name not in self._given:
+        if not self.handed_in(store.name):
             store.check_mounted()
         return store
 
@@ -93,15 +94,25 @@ class EngineStores:
         handed to the constructor (the product's own) and the embedded store (strongroom's
         own, made whenever it is missing)."""
         store = self.reachable_store(name)
-        if self._configured(store):
+        if self._needs_marker(store):
             spec = self.config.get(store.name)
             require_marked(store, adopt=adopt, known=lambda: self._knows(spec))
             self._known.remember(self._places(spec), spec.name)
         return store
 
-    def _configured(self, store: Store) -> bool:
-        """Whether `store` is one of the configuration's, other than the embedded store."""
-        return store.name not in self._given and not self.config.is_embedded(
+    def handed_in(self, name: str | None) -> bool:
+        """Whether `name` is a store handed to the constructor (the product's own)."""
+        return name in self._given
+
+    def store_name(self, name: str | None = None) -> str:
+        """The name of the store `name` refers to (default: the default store), without
+        opening it; ConfigError for a name neither configured nor handed in."""
+        return name if name is not None and self.handed_in(name) else self.config.get(name).name
+
+    def _needs_marker(self, store: Store) -> bool:
+        """Whether `store` is asked for the store marker: any configured store but the
+        embedded one (strongroom's own, made whenever it is missing)."""
+        return not self.handed_in(store.name) and not self.config.is_embedded(
             self.config.get(store.name)
         )
 
@@ -132,16 +143,28 @@ class EngineStores:
         edit_config(self, lambda config: config.add(spec, make_default=default), check=prepare)
 
     def _refuse_second_name(self, spec: StoreSpec) -> None:
-        """A place has one name: under two, every backup there would be listed, cleaned up
-        and counted twice (a cleanup would delete each expired one once a name)."""
+        """A directory has one store name: under two, every backup there would be listed,
+        cleaned up and counted twice (a cleanup would delete each expired one once a
+        name). File stores only: another store's place (knownstores.py) is its URL and
+        declared endpoints, which leave out what some backends take as settings (Azure's
+        account), so two different stores could share one."""
+        if not _is_file(spec):
+            return
         new = self._places(spec)
         for other in self.config.stores.values():
-            if other.name != spec.name and not new.isdisjoint(self._places(other)):
+            if other.name == spec.name or not _is_file(other):
+                continue
+            if not new.isdisjoint(self._places(other)):
+                rename = (
+                    ""
+                    if self.config.is_embedded(other)
+                    else f"; to rename it, remove it ('strongroom stores remove {other.name}': "
+                    "its backups stay) and add it again"
+                )
                 raise ConfigError(
                     f"Store {spec.name!r} ({spec.url}) would be the store {other.name!r} "
-                    f"({other.url}) again: the same place under another name. Use "
-                    f"--store {other.name}; to rename it, remove it ('strongroom stores "
-                    f"remove {other.name}': its backups stay) and add it again."
+                    f"({other.url}) again: the same place under another name. Use --store "
+                    f"{other.name}{rename}."
                 )
 
     def init_store(self, name: str, *, anew: bool = False) -> Store:
@@ -151,6 +174,7 @@ class EngineStores:
         a store that lost its marker is refused unless `anew` (`_mark`)."""
         store = self.store(name)
         spec = self.config.get(store.name)
+        self._refuse_second_name(spec)
         insist = f"'strongroom stores init {store.name} --anew'"
         self._mark(spec, store, unless_known=False, anew=anew, insist=insist)
         return store
@@ -217,7 +241,7 @@ class EngineStores:
     def compression(self, store: Store) -> str:
         """How creates into `store` encode their chunks: its `compression` setting; a
         store handed in has no settings, and gets the default."""
-        if store.name in self._given:
+        if self.handed_in(store.name):
             return COMPRESSIONS[0]
         return self.config.get(store.name).compression
 
@@ -227,6 +251,10 @@ class EngineStores:
             if config.stores.get(name) != spec:
                 self._stores.pop(name, None)
         self.config = config
+
+
+def _is_file(spec: StoreSpec) -> bool:
+    return urlsplit(spec.url).scheme == "file"
 
 
 def add_command(spec: StoreSpec, *, default: bool) -> str:

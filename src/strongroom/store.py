@@ -221,8 +221,8 @@ class Store:
     def check_mounted(self) -> None:
         """Refuse a store whose place is not the one it stands for now: a file store's
         directory under a mount point that nothing is mounted on is on the disk below it
-        (backends/mounts.py). Called before a store is marked and whenever it is
-        recognised; most backends cannot tell, and accept."""
+        (backends/mounts.py). Asked before a store is marked and on every operation on it
+        (`Engine.reachable_store`); most backends cannot tell, and accept."""
 
     def initialize(self) -> None:
         """Make the store's place where it is not there yet: called when the store is
