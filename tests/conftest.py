@@ -384,22 +384,26 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture(autouse=True)
 def no_host_fstab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Tests in this process do not depend on what the host's /etc/fstab lists (an
-    unmounted disk would refuse every store under it; the `serve` subprocesses still read
-    it); one that needs a table writes its own (`mount_tables`)."""
+    """Tests in this process do not depend on what the host's /etc/fstab and systemd mount
+    units list (an unmounted disk would refuse every store under it; the `serve`
+    subprocesses still read them); one that needs a table writes its own (`mount_tables`)."""
     monkeypatch.setattr(mounts, "FSTAB", tmp_path / "no-fstab")
+    monkeypatch.setattr(mounts, "MOUNT_UNITS", tmp_path / "no-mount-units")
 
 
 class MountTables:
-    """Stand-ins for /etc/fstab and /proc/self/mountinfo: this process's real mounts, plus
-    the lines a test adds."""
+    """Stand-ins for /etc/fstab, /etc/systemd/system and /proc/self/mountinfo: this
+    process's real mounts, plus the lines and units a test adds."""
 
     def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.fstab = directory / "fstab"
+        self.units = directory / "systemd"
         self.mountinfo = directory / "mountinfo"
         self.fstab.write_text("# /etc/fstab: static file system information.\n")
+        self.units.mkdir()
         self.mountinfo.write_text(Path("/proc/self/mountinfo").read_text())
         monkeypatch.setattr(mounts, "FSTAB", self.fstab)
+        monkeypatch.setattr(mounts, "MOUNT_UNITS", self.units)
         monkeypatch.setattr(mounts, "MOUNTINFO", self.mountinfo)
 
     def expect(self, mount_point: Path) -> None:
@@ -409,6 +413,16 @@ class MountTables:
                 "UUID=0a3407de / ext4 defaults 0 1\n"
                 f"LABEL=nas {_escaped(mount_point)} nfs noauto 0 0\n"
             )
+
+    def expect_unit(self, mount_point: Path, unit: str = "mnt-nas.mount") -> Path:
+        """A systemd mount unit an administrator wrote mounts a disk at `mount_point`."""
+        path = self.units / unit
+        path.write_text(
+            "[Unit]\nDescription=The NAS\n\n"
+            f"[Mount]\nWhat=nas:/backups\nWhere={mount_point}\nType=nfs\n\n"
+            "[Install]\nWantedBy=multi-user.target\n"
+        )
+        return path
 
     def mount(self, mount_point: Path, kind: str = "nfs nas:/backups") -> None:
         """A disk is mounted at `mount_point` now (`kind`: its type and source)."""

@@ -1,5 +1,6 @@
-"""A file store under a mount point that /etc/fstab lists and nothing is mounted on is the
-disk below it: refused in any home, before anything is marked, read or written."""
+"""A file store under a mount point that the system lists (/etc/fstab, a systemd mount unit)
+and nothing is mounted on is the disk below it: refused in any home, before anything is
+marked, read or written."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from strongroom.jobs import JobStatus
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, MountTables
 
 
+def _unmounted(path: Path) -> str | None:
+    """The unmounted mount point the system lists at or above `path`, if any."""
+    found = unmounted_mount_point(str(path))
+    return None if found is None else found.point
+
+
 def test_a_path_under_an_unmounted_mount_point_is_found(
     mount_tables: MountTables, tmp_path: Path
 ) -> None:
@@ -21,15 +28,15 @@ def test_a_path_under_an_unmounted_mount_point_is_found(
     mount_point.mkdir()
     mount_tables.expect(mount_point)
     for path in (mount_point, mount_point / "backups", mount_point / "not" / "made"):
-        assert unmounted_mount_point(str(path)) == str(mount_point), path
-    assert unmounted_mount_point(str(tmp_path / "mnt nasty")) is None, "a sibling is not under it"
-    assert unmounted_mount_point(str(tmp_path)) is None
+        assert _unmounted(path) == str(mount_point), path
+    assert _unmounted(tmp_path / "mnt nasty") is None, "a sibling is not under it"
+    assert _unmounted(tmp_path) is None
 
     mount_tables.mount(mount_point)
-    assert unmounted_mount_point(str(mount_point / "backups")) is None, "mounted"
+    assert _unmounted(mount_point / "backups") is None, "mounted"
     mount_tables.unmount(mount_point)
     mount_tables.mount(mount_point, kind="autofs systemd-1")  # mounted when first reached
-    assert unmounted_mount_point(str(mount_point / "backups")) is None
+    assert _unmounted(mount_point / "backups") is None
 
 
 def test_a_mount_deeper_than_the_unmounted_one_is_what_counts(
@@ -40,11 +47,11 @@ def test_a_mount_deeper_than_the_unmounted_one_is_what_counts(
     inner.mkdir(parents=True)
     mount_tables.expect(outer)
     mount_tables.mount(inner)
-    assert unmounted_mount_point(str(inner / "backups")) is None
-    assert unmounted_mount_point(str(outer / "other")) == str(outer)
+    assert _unmounted(inner / "backups") is None
+    assert _unmounted(outer / "other") == str(outer)
 
     mount_tables.expect(inner)  # and listed itself: mounted, so still fine
-    assert unmounted_mount_point(str(inner / "backups")) is None
+    assert _unmounted(inner / "backups") is None
 
 
 def test_a_mount_point_listed_through_a_link_is_where_the_link_leads(
@@ -53,7 +60,7 @@ def test_a_mount_point_listed_through_a_link_is_where_the_link_leads(
     (tmp_path / "mnt").mkdir()
     (tmp_path / "media").symlink_to(tmp_path / "mnt")
     mount_tables.expect(tmp_path / "media")
-    assert unmounted_mount_point(str(tmp_path / "mnt" / "backups")) == str(tmp_path / "mnt")
+    assert _unmounted(tmp_path / "mnt" / "backups") == str(tmp_path / "media"), "as listed"
 
 
 def test_comments_swap_a_chroot_and_unreadable_tables_find_nothing(
@@ -63,15 +70,41 @@ def test_comments_swap_a_chroot_and_unreadable_tables_find_nothing(
         f"#LABEL=old {tmp_path} ext4 defaults 0 2\n  # {tmp_path}\n   \nUUID=1 none swap sw 0 0\n"
         "proc /proc proc defaults 0 0\n"
     )
-    assert unmounted_mount_point(str(tmp_path / "backups")) is None
+    assert _unmounted(tmp_path / "backups") is None
     mount_tables.fstab.write_text("UUID=0a3407de / ext4 defaults 0 1\n")
     mount_tables.mountinfo.write_text("22 27 0:21 / /proc rw,relatime - proc proc rw\n")
-    assert unmounted_mount_point(str(tmp_path)) is None, "a chroot's table has no /"
+    assert _unmounted(tmp_path) is None, "a chroot's table has no /"
 
     mount_tables.expect(tmp_path)
-    assert unmounted_mount_point(str(tmp_path / "backups")) == str(tmp_path)
+    assert _unmounted(tmp_path / "backups") == str(tmp_path)
     mount_tables.fstab.unlink()  # a system without /etc/fstab cannot tell
-    assert unmounted_mount_point(str(tmp_path / "backups")) is None
+    assert _unmounted(tmp_path / "backups") is None
+
+
+def test_a_systemd_mount_unit_lists_its_mount_point(
+    mount_tables: MountTables, tmp_path: Path
+) -> None:
+    """A disk an administrator mounts by a `.mount` unit instead of an fstab line is
+    expected there too, and is mounted with the unit; a masked unit lists nothing."""
+    mount_point = tmp_path / "mnt nas"
+    mount_point.mkdir()
+    unit = mount_tables.expect_unit(mount_point, "mnt-nas.mount")
+    found = unmounted_mount_point(str(mount_point / "backups"))
+    assert found is not None and found.point == str(mount_point)
+    assert found.listed_in == str(unit)
+    assert found.mount_command == "systemctl start mnt-nas.mount"
+    store = LocalStore("nas", (mount_point / "backups").as_uri(), mount_point / "backups")
+    with pytest.raises(StoreUnavailableError, match="systemctl start mnt-nas.mount"):
+        store.check_mounted()
+
+    mount_tables.mount(mount_point)
+    assert _unmounted(mount_point / "backups") is None, "mounted"
+    mount_tables.unmount(mount_point)
+    unit.unlink()
+    unit.symlink_to("/dev/null")  # `systemctl mask`
+    assert _unmounted(mount_point / "backups") is None
+    (mount_tables.units / "backup.service").write_text(f"[Service]\nWhere={mount_point}\n")
+    assert _unmounted(mount_point / "backups") is None, "only .mount units mount"
 
 
 def test_a_file_store_is_placed_through_links_but_not_below_its_confinement(

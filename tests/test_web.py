@@ -515,7 +515,7 @@ async def test_a_store_under_a_mount_point_nothing_is_mounted_on_is_not_register
     mount_tables.expect(mount_point)
     settings = json.dumps({"url": (mount_point / "backups").as_uri()})
     refused = await api.post(f"{DR}/stores/register", storeName="nas", settings=settings)
-    _error(refused, 503, "which /etc/fstab mounts, but nothing is mounted there now")
+    _error(refused, 503, "fstab mounts, but nothing is mounted there now")
     assert list(mount_point.iterdir()) == []
 
 

@@ -77,16 +77,18 @@ class LocalStore(Store):
         return self._fs
 
     def check_mounted(self) -> None:
-        """Refused under a mount point that /etc/fstab lists and nothing is mounted on."""
-        point = unmounted_mount_point(self._root.reached)
-        if point is not None:
-            quoted = shlex.quote(point)
+        """Refused under a mount point that the system lists (/etc/fstab, a systemd mount
+        unit) and nothing is mounted on."""
+        expected = unmounted_mount_point(self._root.reached)
+        if expected is not None:
+            point = shlex.quote(expected.point)
             raise StoreUnavailableError(
-                f"Store {self.name!r} ({self.url}) lies under {quoted}, which /etc/fstab "
-                "mounts, but nothing is mounted there now: its directory would be on the "
-                "disk below, so nothing was read or written. Mount it (as root: "
-                f"'mount {quoted}'), then try again. Only if that disk is gone for good and "
-                "the store is to live on the disk below, remove its line from /etc/fstab."
+                f"Store {self.name!r} ({self.url}) lies under {point}, which "
+                f"{expected.listed_in} mounts, but nothing is mounted there now: its "
+                "directory would be on the disk below, so nothing was read or written. Mount "
+                f"it (as root: '{expected.mount_command}'), then try again. Only if that disk "
+                "is gone for good and the store is to live on the disk below, "
+                f"{expected.unlist}."
             )
 
     def initialize(self) -> None:
