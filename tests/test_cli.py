@@ -597,6 +597,29 @@ def test_restore_paths_after_options(
     assert [p.name for p in (target / "docs").iterdir()] == ["a.txt"]
 
 
+def test_paths_after_options_and_a_double_dash_may_start_with_a_dash(
+    cli: Cli, tmp_path: Path, passcode_file: Path
+) -> None:
+    """`--` ends the options wherever it stands, as the usage lines show them: a name that
+    starts with a dash is a path after it, for `restore` and `ls` alike."""
+    source = tmp_path / "-weird"
+    source.mkdir()
+    (source / "f").write_text("dashed\n")
+    (source / "g").write_text("not asked for\n")
+    made = cli("create", "--name", "dash", "--passcode-file", passcode_file, "--", source)
+    assert made.code == 0, made.err
+    listed = cli("ls", "dash", "--passcode-file", passcode_file, "--", "-weird/f")
+    assert (listed.code, listed.out.split()) == (0, ["-weird/f"]), listed.err
+    target = tmp_path / "target"
+    restored = cli(
+        "restore", "dash", "--target", target, "--passcode-file", passcode_file, "--", "-weird/f"
+    )
+    assert restored.code == 0, restored.err
+    assert [p.name for p in (target / "-weird").iterdir()] == ["f"]
+    refused = cli("restore", "dash", "--target", target, "--bogus", "--", "-weird/f")
+    assert refused.code == 2 and "unrecognized arguments: --bogus" in refused.err
+
+
 def test_restore_argument_errors_are_exit_3(
     cli: Cli, backup: str, tmp_path: Path, passcode_file: Path
 ) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -223,12 +224,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_sigterm_during_a_restore_leaves_nothing_behind(
-    engine: Engine, tree: Path, tmp_path: Path, home: Path
-) -> None:
-    """kill, systemd and docker stop send SIGTERM: the restore unwinds as on Ctrl-C."""
-    engine.create("b", [tree], passcode=PASSCODE)
-    target = tmp_path / "out"
+@contextmanager
+def restore_under_way(target: Path, home: Path) -> Iterator[subprocess.Popen[str]]:
+    """`strongroom restore b --target TARGET` in a process of its own, stopped once it has
+    extracted the backup into its staging directory (killed at the end if still running)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
     env |= {"STRONGROOM_HOME": str(home), "STRONGROOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
     env["STRONGROOM_PASSCODE"] = PASSCODE
@@ -239,14 +238,71 @@ def test_sigterm_during_a_restore_leaves_nothing_behind(
         stderr=subprocess.PIPE,
         text=True,
     ) as restore:
-        assert restore.stdout is not None
-        assert restore.stdout.readline() == "extracted\n"
+        try:
+            assert restore.stdout is not None
+            assert restore.stdout.readline() == "extracted\n"
+            yield restore
+        finally:
+            restore.kill()
+
+
+def test_sigterm_during_a_restore_leaves_nothing_behind(
+    engine: Engine, tree: Path, tmp_path: Path, home: Path
+) -> None:
+    """kill, systemd and docker stop send SIGTERM: the restore unwinds as on Ctrl-C."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    with restore_under_way(target, home) as restore:
         assert staging_left(tmp_path) != [], "the restore is under way"
         restore.send_signal(signal.SIGTERM)
         _, err = restore.communicate(timeout=30)
     assert restore.returncode == 130, err
     assert "interrupted" in err
     assert not target.exists() and staging_left(tmp_path) == []
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["an empty directory", "a new path"])
+def test_a_killed_restores_staging_directory_is_removed_by_the_next_restore(
+    engine: Engine, tree: Path, tmp_path: Path, home: Path, exists: bool
+) -> None:
+    """SIGKILL (the OOM killer, a power cut) leaves a restore no time to remove its staging
+    directory, which made every later restore into an empty target refuse it as not
+    empty. While that restore runs, another into the same target is refused; once it is
+    dead, the next one removes what it left, and only that."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    if exists:
+        target.mkdir()
+    others = tmp_path / f".other.strongroom-{'0' * 16}", tmp_path / ".out.strongroom-notmine"
+    for other in others:
+        other.mkdir()
+    with restore_under_way(target, home) as restore:
+        left = sorted(set(staging_left(tmp_path)) - {str(other) for other in others})
+        assert len(left) == 1, left
+        with pytest.raises(ConfigError, match="Another restore is writing into the restore"):
+            engine.restore("b", target, passcode=PASSCODE)
+        restore.kill()
+        restore.wait(timeout=30)
+    assert Path(left[0]).is_dir(), "what the killed restore left"
+
+    engine.restore("b", target, passcode=PASSCODE)
+    assert snapshot(target / "data") == snapshot(tree)
+    assert os.listdir(target) == ["data"]
+    assert sorted(staging_left(tmp_path)) == sorted(str(other) for other in others)
+
+
+def test_a_link_named_as_a_staging_directory_is_not_one(
+    engine: Engine, tree: Path, tmp_path: Path, victim: Path
+) -> None:
+    """Only a directory is taken for a staging directory, never through a link."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / f".strongroom-{'a' * 16}").symlink_to(victim)
+    before = snapshot(victim)
+    with pytest.raises(ConfigError, match="is not empty"):
+        engine.restore("b", target, passcode=PASSCODE)
+    assert snapshot(victim) == before and (target / f".strongroom-{'a' * 16}").is_symlink()
 
 
 def test_a_target_where_nothing_can_be_made_is_named_in_the_error(

@@ -68,8 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and hasattr(args, "paths") and not any(arg.startswith("-") for arg in extra):
-        args.paths += extra  # restore N --target DIR PATH...: PATHs after the options
+    paths = _trailing_paths(extra) if extra and hasattr(args, "paths") else None
+    if paths is not None:
+        args.paths += paths  # restore N --target DIR [--] PATH...: PATHs after the options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "as_of", None) is not None and not args.dry_run:
@@ -99,6 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_LOCAL_FILE
+
+
+def _trailing_paths(extra: list[str]) -> list[str] | None:
+    """The PATHs that argparse leaves over when they follow a command's options: every
+    argument, and after a `--` even one that starts with a dash (an archive path such as
+    `-weird/f`); None if one before the `--` looks like an option."""
+    split = extra.index("--") if "--" in extra else len(extra)
+    before, after = extra[:split], extra[split + 1 :]
+    return None if any(arg.startswith("-") for arg in before) else before + after
 
 
 @contextmanager

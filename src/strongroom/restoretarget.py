@@ -11,12 +11,20 @@ From its check to its move, the target is held by descriptors (`Landing`): its p
 and the target itself if it exists. Every later step is relative to them and never
 follows a link, so a link planted at the target's path while the restore runs sends
 nothing elsewhere, and whatever appears there meanwhile is never overwritten.
+
+A restore that is killed (SIGKILL, the OOM killer, a power cut) cannot remove its staging
+directory. It holds a lock on it while it runs, which the kernel drops when the process
+dies, so the next restore to the same target knows a staging directory nobody holds for
+an abandoned one, removes it, and is not refused by it; one still held is a restore
+running into the same target.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
 import shutil
 import stat
 from contextlib import suppress
@@ -29,6 +37,9 @@ from .libc import exists_at, rename_noreplace
 __all__ = ["Landing", "check_restore_target"]
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A staging directory's name: in an existing target, or beside a new one (its name first).
+_STAGING = ".strongroom-"
+_STAGING_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def check_restore_target(target: Path) -> Path:
@@ -66,14 +77,17 @@ class Landing:
         try:
             self._parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._target = _open_empty_directory(self._parent, self.path)
-            prefix = f".{self.path.name}" if self._target < 0 else ""
-            self._staging_name = f"{prefix}.strongroom-{os.urandom(8).hex()}"
+            prefix = f".{self.path.name}{_STAGING}" if self._target < 0 else _STAGING
+            if self._target < 0:
+                _remaining(self._parent, os.listdir(self._parent), prefix, self.path)
+            self._staging_name = f"{prefix}{os.urandom(8).hex()}"
             try:
                 os.mkdir(self._staging_name, 0o700, dir_fd=self._within)
             except OSError:
                 self._staging_name = ""  # not made: nothing to remove
                 raise
             self.staging = os.open(self._staging_name, _DIRECTORY, dir_fd=self._within)
+            _lock(self.staging, self.path)  # held until the restore ends
         except BaseException as exc:
             self.__exit__(None, None, None)
             if isinstance(exc, OSError) and exc.filename is not None:
@@ -141,6 +155,41 @@ def _not_empty(target: Path) -> ConfigError:
     )
 
 
+def _remaining(directory: int, names: list[str], prefix: str, target: Path) -> list[str]:
+    """`names` (in `directory`) less the staging directories, named `prefix` and an id,
+    that restores to `target` left when they were killed: each is removed, as no restore
+    holds its lock. One that a restore holds refuses this one."""
+    return [name for name in names if not _removed_if_abandoned(directory, name, prefix, target)]
+
+
+def _removed_if_abandoned(directory: int, name: str, prefix: str, target: Path) -> bool:
+    """Remove `name` if it is a staging directory that no restore holds (never through a
+    link: a link of that name is not one); whether it was removed."""
+    if not (name.startswith(prefix) and _STAGING_ID.fullmatch(name[len(prefix) :])):
+        return False
+    try:
+        fd = os.open(name, _DIRECTORY, dir_fd=directory)
+    except OSError:
+        return False
+    try:
+        _lock(fd, target)
+        _remove_tree(directory, name)
+    finally:
+        os.close(fd)
+    return not exists_at(name, directory)
+
+
+def _lock(staging: int, target: Path) -> None:
+    """Hold a staging directory, or refuse the restore if another one holds it."""
+    try:
+        fcntl.flock(staging, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(
+            f"Another restore is writing into the restore target {str(target)!r} now; "
+            "wait for it to finish, or restore into another new or empty directory."
+        ) from None
+
+
 def _make_parents(directory: Path) -> list[Path]:
     """Create `directory` and its missing ancestors; return the ones created, outermost first."""
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
@@ -160,7 +209,7 @@ def _open_empty_directory(parent: int, target: Path) -> int:
             raise _not_a_directory(target) from None
         raise
     try:
-        names = os.listdir(fd)
+        names = _remaining(fd, os.listdir(fd), _STAGING, target)
         fresh = names == ["lost+found"] and os.fstat(fd).st_dev != os.fstat(parent).st_dev
         if names and not fresh:  # a new file system's lost+found, at a mount point, is not data
             raise _not_empty(target)
