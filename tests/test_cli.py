@@ -358,8 +358,16 @@ def test_a_manifest_that_does_not_read_fails_the_list_after_the_rest(
     assert document.code == 8
     assert [b["name"] for b in document.json()["backups"]] == [backup]
     assert [u["name"] for u in document.json()["unreadable"]] == ["damaged"]
+    assert "'strongroom delete NAME --unreadable' deletes one" in listing.err
+    info = cli("info", "damaged")
+    assert info.code == 8 and "--store backupsDefault --unreadable'" in info.error_line
 
-    manifest.unlink()
+    deleted = cli("delete", "damaged", "--unreadable")
+    assert deleted.code == 0, deleted.err
+    assert "cleanup sweeps its data after the grace period" in deleted.out
+    assert cli("list").code == 0
+    refused = cli("delete", backup, "--unreadable")
+    assert refused.code == 3 and "reads; delete it without --unreadable" in refused.error_line
     (_default_store(home) / "manifests" / backup).write_bytes(b"{}")
     only_damaged = cli("list")
     assert only_damaged.code == 8

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import strongroom.engine
-from strongroom import Engine, Store
+from strongroom import ConfigError, Engine, IntegrityError, Store
 from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
 from strongroom.pipeline import ChunkWriter
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
@@ -299,3 +299,32 @@ def test_a_backup_whose_manifest_is_unreadable_is_never_swept_as_an_unfinished_c
     (store_dir(home) / "manifests" / "precious").write_bytes(original)
     engine.verify("precious", passcode=PASSCODE, backup_id=backup_id)
     assert engine.cleanup().entries == [] and markers(home) == []
+
+
+def test_a_backup_whose_manifest_does_not_read_is_deleted_on_request_then_swept(
+    engine: Engine, home: Path, tree: Path
+) -> None:
+    """Nothing deletes a backup whose manifest does not read (a newer version's might be
+    committed), and it made every list and cleanup fail: `delete --unreadable` deletes its
+    manifest, on request, and the sweep its data once past grace. One that reads is refused."""
+    engine.create("kept", [tree], passcode=PASSCODE)
+    engine.create("damaged", [tree], passcode=PASSCODE)
+    manifest = store_dir(home) / "manifests" / "damaged"
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    advice = "'strongroom delete damaged --store backupsDefault --unreadable'"
+    with pytest.raises(
+        IntegrityError, match=f"in store 'backupsDefault' does not read: .*{advice}"
+    ):
+        engine.delete("damaged")
+    with pytest.raises(ConfigError, match="reads; delete it without --unreadable"):
+        engine.delete("kept", unreadable=True)
+    assert manifest.exists() and engine.listing().unreadable.keys() == {"damaged"}
+
+    engine.delete("damaged", unreadable=True)
+    listing = engine.listing()
+    assert ([b.name for b in listing.backups], listing.unreadable) == (["kept"], {})
+    for entry in index_entries(home):
+        age(entry, GRACE * 2)
+    assert [(e.name, e.action) for e in engine.cleanup().entries] == [("damaged", "swept")]
+    assert not (store_dir(home) / "data" / "damaged").exists()
+    engine.verify("kept", passcode=PASSCODE)

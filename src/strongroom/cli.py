@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete = _command(commands, "delete", "delete a backup", run_delete)
     _store_option(delete)
     _backup_name(delete)
+    delete.add_argument(
+        "--unreadable",
+        action="store_true",
+        help="delete a backup whose manifest does not read (damaged, or a newer version's):"
+        " its manifest now, unread; cleanup sweeps its data after the grace period",
+    )
 
     update = _command(commands, "update", "change a backup's retentionDate", run_update)
     _store_option(update)
@@ -487,7 +493,8 @@ def run_list(args: argparse.Namespace) -> int:
             f"{len(unreadable)} backup(s) in store {store} are not listed because their "
             f"manifest does not read: {names}. 'strongroom info NAME' says why. Nothing was "
             "changed; none of them restores until its manifest is whole again (from the "
-            "store's versioning or a copy)."
+            "store's versioning or a copy), and 'strongroom delete NAME --unreadable' "
+            "deletes one."
         )
     return 0
 
@@ -551,8 +558,13 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    Engine().delete(args.name, args.store)
-    print(f"Deleted {args.name}")
+    Engine().delete(args.name, args.store, unreadable=args.unreadable)
+    if args.unreadable:
+        print(
+            f"Deleted the manifest of {args.name}; cleanup sweeps its data after the grace period"
+        )
+    else:
+        print(f"Deleted {args.name}")
     return 0
 
 

@@ -533,12 +533,17 @@ class Engine(EngineStores, EngineJobs):
         source.delete([e.key for e in index_of(source, manifest) if e.key != entry])
         return BackupInfo.from_manifest(updated, source.name)
 
-    def delete(self, name: str, store: str | None = None) -> None:
+    def delete(self, name: str, store: str | None = None, *, unreadable: bool = False) -> None:
         """Delete a backup: the manifest first (so it is gone at once), then its data.
 
         A backup that its store still locks is refused before anything is touched.
+        `unreadable` deletes a backup whose manifest does not read (damaged, or a newer
+        version's), which nothing else deletes (`_delete_unreadable`).
         """
         self.recognised_store(store, adopt=True)  # it may be the last backup there
+        if unreadable:
+            self._delete_unreadable(name, store)
+            return
         source, manifest = self._open(name, store)
         locked_until = _locked_until(source, manifest)
         if locked_until is not None and locked_until > self._clock():
@@ -550,6 +555,22 @@ class Engine(EngineStores, EngineJobs):
         failures = delete_backups(source, [manifest], index_of(source, manifest))
         if name in failures:
             raise failures[name]
+
+    def _delete_unreadable(self, name: str, store: str | None) -> None:
+        """Delete the manifest of backup `name`, unread, if it does not read (one that reads
+        is refused). Without it, what the backup left (data, index entries) is a delete cut
+        off, which cleanup sweeps once it is older than the grace period; its data cannot
+        be found without the manifest, and a store's lock still refuses what it keeps."""
+        source = self.reachable_store(store)
+        try:
+            self._manifest(source, name)
+        except IntegrityError:
+            source.delete([manifest_key(name)])
+            return
+        raise ConfigError(
+            f"Backup {name!r} in store {source.name!r} reads; delete it without --unreadable "
+            "(which would skip its retention lock and delete its data later, not now)."
+        )
 
     def cleanup(
         self,
@@ -583,15 +604,22 @@ class Engine(EngineStores, EngineJobs):
         try:
             with self.explaining_missing(source):
                 data = source.get(manifest_key(name), limit=MAX_MANIFEST_SIZE)
+            manifest = Manifest.from_bytes(data)
+            if manifest.name != name:
+                raise IntegrityError(f"It belongs to {manifest.name!r}.")
         except FileNotFoundError:
             self.recognised_store(source.name)  # not "no backup" where no store is
             raise BackupNotFoundError(
                 f"No backup named {name!r} in store {source.name!r}; "
                 f"'strongroom list --store {source.name}' shows the backups there."
             ) from None
-        manifest = Manifest.from_bytes(data)
-        if manifest.name != name:
-            raise IntegrityError(f"The manifest stored as {name!r} belongs to {manifest.name!r}.")
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"The manifest of backup {name!r} in store {source.name!r} does not read: "
+                f"{exc} Nothing was changed; the backup does not restore until its manifest "
+                "is whole again (from the store's versioning or a copy). To delete it: "
+                f"'strongroom delete {name} --store {source.name} --unreadable'."
+            ) from None
         return manifest
 
     def _manifests(self, source: Store) -> tuple[builtins.list[Manifest], dict[str, str]]:
@@ -615,7 +643,7 @@ class Engine(EngineStores, EngineJobs):
             except BackupNotFoundError:
                 return ""  # deleted since the listing
             except IntegrityError as exc:
-                return f"backup {name!r} in store {source.name!r}: {exc}"
+                return str(exc)
 
         with ThreadPoolExecutor(max(1, source.concurrency)) as pool:
             results = list(pool.map(read, names))
