@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import Engine, IntegrityError, UnsafeArchiveError
+from strongroom import ConfigError, Engine, IntegrityError, UnsafeArchiveError
 from strongroom.cli import main
 from tests.conftest import PASSCODE
 from tests.forge import entry, forge_backup, tar_of
@@ -125,4 +125,6 @@ def test_a_pinned_backup_id_refuses_a_backup_rolled_back_under_its_name(
     with pytest.raises(IntegrityError, match="not the pinned"):
         engine.restore("nightly", tmp_path / "out", passcode=PASSCODE, backup_id=new.backup_id)
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="'bogus' is not a backupId"):  # a typo, not tampering
+        engine.restore("nightly", tmp_path / "out", passcode=PASSCODE, backup_id="bogus")
     engine.restore("nightly", tmp_path / "out", passcode=PASSCODE, backup_id=old.backup_id)

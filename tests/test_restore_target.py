@@ -257,7 +257,7 @@ def test_sigterm_during_a_restore_leaves_nothing_behind(
         restore.send_signal(signal.SIGTERM)
         _, err = restore.communicate(timeout=30)
     assert restore.returncode == 130, err
-    assert "interrupted" in err
+    assert err.endswith("strongroom: interrupted; nothing was restored.\n")
     assert not target.exists() and staging_left(tmp_path) == []
 
 
@@ -289,6 +289,18 @@ def test_a_killed_restores_staging_directory_is_removed_by_the_next_restore(
     assert snapshot(target / "data") == snapshot(tree)
     assert os.listdir(target) == ["data"]
     assert sorted(staging_left(tmp_path)) == sorted(str(other) for other in others)
+
+
+def test_a_target_under_a_file_is_refused_and_says_so(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    """It read "cannot use …: File exists", which hid what was wrong."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    (tmp_path / "afile").write_text("a file")
+    for target in (tmp_path / "afile" / "sub", tmp_path / "afile" / "sub" / "deeper"):
+        with pytest.raises(ConfigError, match=r"cannot be made under '.*/afile': it is not a"):
+            engine.restore("b", target, passcode=PASSCODE)
+    assert (tmp_path / "afile").read_text() == "a file"
 
 
 def test_a_link_named_as_a_staging_directory_is_not_one(

@@ -193,9 +193,15 @@ def test_chunk_cut_at_any_length_is_detected(lab: Lab, data: st.DataObject) -> N
 
 
 def test_deleting_the_last_chunk_is_detected(lab: Lab) -> None:
-    """Dropping the final chunk (truncating the stream at a chunk boundary) is caught."""
+    """Dropping the final chunk (truncating the stream at a chunk boundary) is caught, and
+    told with the backup and store it is in."""
     lab.chunks()[-1].unlink()
-    lab.assert_refused()
+    lab.assert_refused(match=f"^Backup {VICTIM!r} in store 'backupsDefault': Chunk ")
+    target = lab.fresh_target()
+    with pytest.raises(
+        IntegrityError, match=r"is missing from the store\. Nothing was restored\.$"
+    ):
+        lab.engine.restore(VICTIM, target, passcode=PASSCODE)
 
 
 @TAMPER_SETTINGS

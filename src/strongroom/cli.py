@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"strongroom: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("strongroom: interrupted; nothing was committed.", file=sys.stderr)
+        undone = "restored" if args.run is run_restore else "committed"
+        print(f"strongroom: interrupted; nothing was {undone}.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`strongroom list | head`): no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush

@@ -23,6 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -63,6 +64,7 @@ from .format import (
     chunk_key,
     data_prefix,
     from_epoch_ms,
+    is_backup_id,
     manifest_key,
     name_from_manifest_key,
     pending_key,
@@ -400,7 +402,10 @@ class Engine(EngineStores, EngineJobs):
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
         with Landing(destination) as landing:
             stage("reading")
-            with self._reader(source, manifest, cipher, progress) as reader:
+            reading = self._reading(
+                source, manifest, cipher, progress, outcome=" Nothing was restored."
+            )
+            with reading as reader:
                 size = manifest.chunk_count * manifest.chunk_size  # what the reader can give
                 found = extract_archive(reader, landing.staging, size, selected)
                 reader.drain()
@@ -431,7 +436,7 @@ class Engine(EngineStores, EngineJobs):
                 f"Backup {name!r} has {unexpected} unexpected object(s) in its data; "
                 "something other than strongroom wrote there."
             )
-        with self._reader(source, manifest, cipher, progress) as reader:
+        with self._reading(source, manifest, cipher, progress) as reader:
             check_archive(reader)
             reader.drain()
         return BackupInfo.from_manifest(manifest, source.name)
@@ -452,7 +457,7 @@ class Engine(EngineStores, EngineJobs):
 
         def entries() -> Iterator[ArchiveEntry]:
             found: set[str] = set()
-            with self._reader(source, manifest, cipher, None) as reader:
+            with self._reading(source, manifest, cipher, None) as reader:
                 for entry in list_archive(reader, selected):
                     found.add(selection_match(entry.path, selected) or "")
                     yield entry
@@ -660,6 +665,11 @@ class Engine(EngineStores, EngineJobs):
         name (nothing inside a store can tell); a caller that knows which backup it expects
         pins its `backup_id` (shown by `info`), and anything else is an IntegrityError.
         """
+        if backup_id is not None and not is_backup_id(backup_id):
+            raise ConfigError(
+                f"{backup_id!r} is not a backupId (32 lowercase hex digits); 'strongroom info "
+                f"{name}' shows the backupId of the backup named {name!r} now."
+            )
         source, manifest = self._open(name, store)
         announce_first_chunks(source, _chunk_key_of(manifest), manifest.chunk_count)
         keys = open_backup(manifest, passcode)
@@ -671,17 +681,32 @@ class Engine(EngineStores, EngineJobs):
             )
         return source, manifest, StreamCipher(keys.chunk_key, manifest.stream_binding())
 
-    def _reader(
-        self, source: Store, manifest: Manifest, cipher: StreamCipher, progress: Progress | None
-    ) -> ChunkReader:
-        return ChunkReader(
-            source,
-            _chunk_key_of(manifest),
-            cipher,
-            chunk_count=manifest.chunk_count,
-            chunk_size=manifest.chunk_size,
-            on_read=_counter(progress, manifest.source_size),
-        )
+    @contextmanager
+    def _reading(
+        self,
+        source: Store,
+        manifest: Manifest,
+        cipher: StreamCipher,
+        progress: Progress | None,
+        *,
+        outcome: str = "",
+    ) -> Iterator[ChunkReader]:
+        """The backup's chunks as one stream; what fails to authenticate while it is read
+        is told with the backup and store it is in, and `outcome` (what was not done)."""
+        try:
+            with ChunkReader(
+                source,
+                _chunk_key_of(manifest),
+                cipher,
+                chunk_count=manifest.chunk_count,
+                chunk_size=manifest.chunk_size,
+                on_read=_counter(progress, manifest.source_size),
+            ) as reader:
+                yield reader
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"Backup {manifest.name!r} in store {source.name!r}: {exc}{outcome}"
+            ) from None
 
 
 class _KeyDerivation:

@@ -454,10 +454,15 @@ def _choice(value: object, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
+def is_backup_id(value: object) -> bool:
+    """Whether `value` is written as a backupId is: 32 lowercase hex digits."""
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) is not None
+
+
 def _hex_id(value: object) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
+    if not is_backup_id(value):
         raise ValueError("backupId must be 32 lowercase hex digits")
-    return value
+    return str(value)
 
 
 def utc_now() -> datetime:

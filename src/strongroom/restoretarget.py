@@ -193,7 +193,14 @@ def _lock(staging: int, target: Path) -> None:
 def _make_parents(directory: Path) -> list[Path]:
     """Create `directory` and its missing ancestors; return the ones created, outermost first."""
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        found = next(d for d in (directory, *directory.parents) if d.exists())
+        raise ConfigError(
+            f"The restore target cannot be made under {str(found)!r}: it is not a directory. "
+            "Choose a target in a directory."
+        ) from None
     return missing[::-1]
 
 
