@@ -260,6 +260,33 @@ def test_wrong_passcode_fails_before_anything_is_written(
         engine.verify("nightly", passcode="not the passcode")
 
 
+@pytest.mark.parametrize(
+    ("given", "doubt"),
+    [
+        (PASSCODE + "\n", "ends with white space or a line break"),
+        (" " + PASSCODE, "starts or ends with white space"),
+        ("\ufeff" + PASSCODE, "starts with a byte-order mark"),
+        ("pa\u0308sscode-123", r"combining accent \(NFD"),
+    ],
+    ids=["newline", "space", "bom", "nfd"],
+)
+def test_a_wrong_passcode_says_what_is_odd_about_it_never_what_it_is(
+    engine: Engine, tree: Path, tmp_path: Path, given: str, doubt: str
+) -> None:
+    """A passcode is used exactly as given, so a line break from an environment variable,
+    an editor's byte-order mark or an accent typed another way is another passcode: the
+    error says which, so nobody doubts the right passcode (the text is never shown)."""
+    meant = given.strip().lstrip("\ufeff").replace("a\u0308", "\u00e4")
+    engine.create("nightly", [tree], passcode=meant)
+    with pytest.raises(PasscodeError, match=doubt) as refused:
+        engine.restore("nightly", tmp_path / "out", passcode=given)
+    assert meant not in str(refused.value) and given not in str(refused.value)
+    with pytest.raises(PasscodeError) as plain:
+        engine.verify("nightly", passcode="not the passcode")
+    assert str(plain.value).endswith("use the passcode given when it was created.")
+    engine.verify("nightly", passcode=meant)
+
+
 @pytest.mark.parametrize("passcode", ["", "short", "1234567"])
 def test_short_passcode_is_refused(engine: Engine, tree: Path, passcode: str) -> None:
     with pytest.raises(PasscodeError, match="at least 8"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -90,6 +91,29 @@ class Passcode:
     def encode(self) -> bytes:
         """The passcode as UTF-8 bytes, for the KDF only."""
         return self._secret.encode("utf-8")
+
+    def doubts(self) -> str:
+        """What about this passcode could make it differ from the one meant, as a sentence
+        for a wrong passcode's error (empty if nothing): only that, never the passcode.
+        It is used exactly as given, so such a difference is another passcode."""
+        secret = self._secret
+        odd = [
+            what
+            for what, found in (
+                (
+                    "starts with a byte-order mark (as some editors save files)",
+                    secret[:1] == "\ufeff",
+                ),
+                ("starts or ends with white space or a line break", secret != secret.strip()),
+                (
+                    "has a letter written as a base letter and a combining accent (NFD, as "
+                    "some systems type it), where the passcode may have the composed one",
+                    unicodedata.normalize("NFC", secret) != secret,
+                ),
+            )
+            if found
+        ]
+        return f" The passcode given {' and '.join(odd)}, which counts." if odd else ""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Passcode):

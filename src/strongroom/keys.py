@@ -38,7 +38,7 @@ from .crypto import (
     writer_key,
     wrong_passcode,
 )
-from .errors import ConfigError, IntegrityError
+from .errors import ConfigError, IntegrityError, PasscodeError
 from .format import KeySlot, Manifest, from_b64, to_b64
 
 __all__ = ["WRITE_KEY_FORMAT", "WriteKey", "open_backup"]
@@ -189,8 +189,16 @@ def open_backup(manifest: Manifest, passcode: str | Passcode) -> BackupKeys:
     """The backup's keys from its passcode, every MAC checked: a wrong passcode (or a
     changed KDF parameter, salt or key check) is a PasscodeError, anything else that does
     not authenticate an IntegrityError."""
+    code = Passcode(passcode)
+    try:
+        return _open_backup(manifest, code)
+    except PasscodeError as exc:
+        raise PasscodeError(f"{exc}{code.doubts()}") from None
+
+
+def _open_backup(manifest: Manifest, passcode: Passcode) -> BackupKeys:
     slot = manifest.key_slot
-    master = derive_kek(Passcode(passcode), slot.salt, slot.kdf)
+    master = derive_kek(passcode, slot.salt, slot.kdf)
     if manifest.version == 1:
         file_key = unwrap_file_key(master, slot.wrapped_key, manifest.key_binding())
     else:
