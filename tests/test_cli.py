@@ -626,6 +626,9 @@ def test_paths_after_options_and_a_double_dash_may_start_with_a_dash(
     assert [p.name for p in (target / "-weird").iterdir()] == ["f"]
     refused = cli("restore", "dash", "--target", target, "--bogus", "--", "-weird/f")
     assert refused.code == 2 and "unrecognized arguments: --bogus" in refused.err
+    assert refused.err.startswith("usage: strongroom restore "), "the command's own usage"
+    empty = cli("restore", "dash", "--target", "", "--passcode-file", passcode_file)
+    assert empty.code == 3 and "The restore target is empty" in empty.error_line
 
 
 def test_restore_argument_errors_are_exit_3(

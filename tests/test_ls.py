@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import ConfigError, Engine, IntegrityError, UnsafeArchiveError
+from strongroom import ConfigError, Engine, IntegrityError, InvalidNameError, UnsafeArchiveError
 from strongroom.cli import main
 from tests.conftest import PASSCODE
 from tests.forge import entry, forge_backup, tar_of
@@ -45,6 +45,25 @@ def test_ls_narrows_to_paths_and_joins_the_parts_of_a_stream(
     ]
     deeper = [e.path for e in engine.ls("mixed", ["data/nested/deeper"], passcode=PASSCODE)]
     assert deeper == ["data/nested/deeper", "data/nested/deeper/notes.md"]
+
+
+def test_a_name_with_a_backslash_is_listed_and_restored_by_that_name(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A POSIX file name may hold a backslash: backed up and restored whole, it could not
+    be named to ls or to a partial restore. A stream's name still may not (a Windows path
+    is not what is meant)."""
+    source = tmp_path / "odd"
+    source.mkdir()
+    (source / "back\\slash").write_text("b\n")
+    (source / "other").write_text("o\n")
+    engine.create("odd", [source], passcode=PASSCODE)
+    listed = [e.path for e in engine.ls("odd", ["odd/back\\slash"], passcode=PASSCODE)]
+    assert listed == ["odd/back\\slash"]
+    target = engine.restore("odd", tmp_path / "out", passcode=PASSCODE, paths=["odd/back\\slash"])
+    assert os.listdir(target / "odd") == ["back\\slash"]
+    with pytest.raises(InvalidNameError, match="not a stream name"):
+        engine.create("s", passcode=PASSCODE, streams={"db\\dump.sql": io.BytesIO(b"x")})
 
 
 def test_ls_of_a_path_the_backup_does_not_hold_fails_as_restore_does(

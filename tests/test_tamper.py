@@ -263,10 +263,15 @@ def test_extra_chunk_object_fails_verify(lab: Lab, data: st.DataObject, gap: int
 
 
 def test_copy_of_last_chunk_as_next_index_fails_verify(lab: Lab) -> None:
-    """The classic append: the last chunk copied to index n is an unexpected object."""
+    """The classic append: the last chunk copied to index n is an unexpected object, named
+    so that whoever looks knows what to look at."""
     chunks = lab.chunks()
-    shutil.copyfile(chunks[-1], lab.chunk(len(chunks)))
-    with pytest.raises(IntegrityError):
+    appended = lab.chunk(len(chunks))
+    shutil.copyfile(chunks[-1], appended)
+    key = appended.relative_to(lab.store_dir).as_posix()
+    with pytest.raises(
+        IntegrityError, match=f"1 unexpected object\\(s\\) in its data \\('{key}'\\)"
+    ):
         lab.engine.verify(VICTIM, passcode=PASSCODE)
 
 

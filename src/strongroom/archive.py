@@ -65,6 +65,7 @@ __all__ = [
     "list_archive",
     "member_path",
     "normalize_archive_path",
+    "selected_path",
     "selection_match",
     "source_size",
     "write_archive",
@@ -91,13 +92,25 @@ def archive_name_of(source: Path) -> str:
 
 
 def normalize_archive_path(path: str) -> str:
-    """Validate a relative archive path (a stream name or a path to restore)."""
+    """Validate a stream's name: a relative archive path without backslashes (a Windows
+    path is not what is meant)."""
+    if "\\" in path:
+        raise InvalidNameError(
+            f"{path!r} is not a stream name: use names joined by '/', without backslashes."
+        )
+    return selected_path(path)
+
+
+def selected_path(path: str) -> str:
+    """Validate a path to restore or list: names joined by '/' as the archive holds them
+    (a name may hold a backslash, as on the machine backed up), relative, without '.'
+    or '..'."""
     cleaned = path.rstrip("/")
     parts = cleaned.split("/")
-    if path.startswith("/") or "\\" in cleaned or any(p in ("", ".", "..") for p in parts):
+    if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise InvalidNameError(
             f"{path!r} is not a relative archive path: use names joined by '/', "
-            "without '.', '..', backslashes or a leading '/'."
+            "without '.', '..' or a leading '/'."
         )
     return cleaned
 

@@ -68,13 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    command = getattr(args, "command_parser", parser)  # its usage, in a usage error
     paths = _trailing_paths(extra) if extra and hasattr(args, "paths") else None
     if paths is not None:
         args.paths += paths  # restore N --target DIR [--] PATH...: PATHs after the options
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "as_of", None) is not None and not args.dry_run:
-        parser.error(
+        command.error(
             "--as-of looks ahead and deletes nothing: use it with --dry-run (a cleanup "
             "without --dry-run deletes what has expired now)"
         )
@@ -956,6 +957,7 @@ def _command(
     parser: argparse.ArgumentParser = commands.add_parser(
         name, help=help_text, description=help_text
     )
+    parser.set_defaults(command_parser=parser)
     if run is not None:
         parser.set_defaults(run=run)
     return parser

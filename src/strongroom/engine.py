@@ -39,7 +39,7 @@ from .archive import (
     check_sources,
     extract_archive,
     list_archive,
-    normalize_archive_path,
+    selected_path,
     selection_match,
     source_size,
     write_archive,
@@ -397,8 +397,8 @@ class Engine(EngineStores, EngineJobs):
         """
         stage = on_stage or _ignore
         stage("authenticating")
-        destination = check_restore_target(Path(target))
-        selected = [normalize_archive_path(path) for path in paths]
+        destination = check_restore_target(target)
+        selected = [selected_path(path) for path in paths]
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
         with Landing(destination) as landing:
             stage("reading")
@@ -430,11 +430,14 @@ class Engine(EngineStores, EngineJobs):
         """Read and authenticate every byte of the backup, and check every member by the
         rules restore applies (so what verifies restores); write nothing."""
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
-        unexpected = sum(not _is_chunk(key, manifest) for key in data_keys(source, manifest))
+        unexpected = [key for key in data_keys(source, manifest) if not _is_chunk(key, manifest)]
         if unexpected:
+            shown = ", ".join(repr(key) for key in unexpected[:3])
+            more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
             raise IntegrityError(
-                f"Backup {name!r} has {unexpected} unexpected object(s) in its data; "
-                "something other than strongroom wrote there."
+                f"Backup {name!r} in store {source.name!r} has {len(unexpected)} unexpected "
+                f"object(s) in its data ({shown}{more}); something other than strongroom "
+                "wrote there."
             )
         with self._reading(source, manifest, cipher, progress) as reader:
             check_archive(reader)
@@ -452,7 +455,7 @@ class Engine(EngineStores, EngineJobs):
     ) -> Iterator[ArchiveEntry]:
         """The entries of the backup (or only those under `paths`) as restore would make
         them, read as they come; writes nothing. The passcode is checked at once."""
-        selected = [normalize_archive_path(path) for path in paths]
+        selected = [selected_path(path) for path in paths]
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
 
         def entries() -> Iterator[ArchiveEntry]:

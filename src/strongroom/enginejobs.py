@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from .archive import StreamSource, normalize_archive_path
+from .archive import StreamSource, selected_path
 from .crypto import Passcode
 from .errors import JobError, JobIncompleteError, StrongroomError
 from .jobs import Job, JobHandle, JobManager
@@ -204,9 +204,9 @@ class EngineJobs(ABC):
     ) -> Job:
         """`restore` as a background job, after the checks that need no passcode work."""
         secret = Passcode(passcode)
-        check_restore_target(Path(target))
+        check_restore_target(target)
         for path in paths:
-            normalize_archive_path(path)
+            selected_path(path)
         source, _ = self._open(name, store)
 
         def work(job: JobHandle) -> dict[str, Any]:

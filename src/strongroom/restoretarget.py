@@ -42,9 +42,11 @@ _STAGING = ".strongroom-"
 _STAGING_ID = re.compile(r"[0-9a-f]{16}")
 
 
-def check_restore_target(target: Path) -> Path:
+def check_restore_target(given: str | os.PathLike[str]) -> Path:
     """The target as an absolute path, if it does not exist or is an empty directory."""
-    target = target.absolute()
+    if not os.fspath(given):  # Path("") would be the current directory
+        raise ConfigError("The restore target is empty; give the directory to restore into.")
+    target = Path(given).absolute()
     if target.is_symlink():
         raise ConfigError(
             f"The restore target {str(target)!r} is a symbolic link; give the directory it "
