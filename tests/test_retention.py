@@ -178,6 +178,7 @@ def test_cleanup_goes_on_past_an_unreadable_store_and_manifest(
     report = engine.cleanup()
 
     assert [(e.name, e.action) for e in report.entries] == [("old", "deleted")]
+    assert report.kept == 0, "the manifest that does not read is an error, not counted kept"
     assert len(report.errors) == 2
     assert "gopher" in report.errors[0] and "'mangled'" in report.errors[1]
     assert engine.list() == []

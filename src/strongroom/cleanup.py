@@ -92,7 +92,7 @@ class Cleanup:
                 continue
             report.errors.extend(listing.skipped)
             expired, problems = self._confirm_expired(source, listing, moment)
-            report.kept += len(listing.names) - len(expired)
+            report.kept += len(listing.names) - len(expired) - len(problems)  # errors below
             report.entries.extend(_expire(source, expired, listing.index, dry_run))
             unjudged: list[str] = []
             try:
