@@ -196,6 +196,10 @@ def test_restore_selected_paths(engine: Engine, tree: Path, tmp_path: Path) -> N
         "data/nested/deeper/notes.md",
     ]
     assert (target / "data" / "big.bin").read_bytes() == (tree / "big.bin").read_bytes()
+    for directory in ("data", "data/nested"):  # as the backup has them, not made up (0700)
+        restored_dir, source_dir = (target / directory).stat(), (tree.parent / directory).stat()
+        assert restored_dir.st_mode == source_dir.st_mode, directory
+        assert restored_dir.st_mtime == pytest.approx(source_dir.st_mtime, abs=1e-5), directory
 
 
 def test_a_hard_link_restored_without_its_original_is_a_clear_error(

@@ -383,9 +383,14 @@ def extract_archive(
         with FlushBehind(target) as flush, SmallFileWriters(staging) as writers:
             extraction = _Extraction(stream, staging, writers, preallocate, flush)
             for member in read_members(stream):
-                match = selection_match(member_path(member.name), selected) if selected else None
-                if selected and match is None:
-                    continue
+                name = member_path(member.name)
+                match = selection_match(name, selected) if selected else None
+                if (
+                    selected
+                    and match is None
+                    and not (member.isdir() and _leads_to(name, selected))
+                ):
+                    continue  # but a directory on the way to a selected path is made as it was
                 path = rules.check(member)
                 if match is not None:
                     found.add(match)
@@ -619,6 +624,11 @@ def selection_match(name: str, selected: Sequence[str]) -> str | None:
         if name == path or name.startswith(path + "/"):
             return path
     return None
+
+
+def _leads_to(name: str, selected: Sequence[str]) -> bool:
+    """Whether `name` is a directory above one of the selected paths."""
+    return any(path.startswith(name + "/") for path in selected)
 
 
 def member_path(name: str) -> str:
