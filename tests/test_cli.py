@@ -491,6 +491,17 @@ def test_control_characters_from_a_store_never_reach_the_terminal(
         assert "\\x1b]0;owned\\x07\\nfake row" in outcome.out
 
 
+def test_a_backslash_is_shown_doubled_so_no_name_passes_for_another(
+    cli: Cli, fast: Engine, small: Path
+) -> None:
+    """A description holding a backslash and an `n` must not read as one holding a line
+    break, which is shown as `\\n`."""
+    fast.create("slashed", [small], passcode=PASSCODE, description="C:\\new")
+    fast.create("broken", [small], passcode=PASSCODE, description="C:\new")
+    shown = cli("list").out
+    assert "C:\\\\new" in shown and "C:\\new" in shown.replace("C:\\\\new", "")
+
+
 def test_a_retention_date_in_seconds_is_recognised(cli: Cli, backup: str) -> None:
     seconds = now_ms() // 1000 + 86_400
     outcome = cli("update", backup, "--retention-date", str(seconds))

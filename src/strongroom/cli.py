@@ -1092,11 +1092,12 @@ def _print_json(document: object) -> None:
 def _printable(value: object) -> str:
     """The value as text with its control characters escaped (`\\x1b`): descriptions and
     names in listings come from a store, and need no passcode to be listed, so a planted
-    escape sequence must not reach the terminal, nor a newline break a table."""
+    escape sequence must not reach the terminal, nor a newline break a table. A backslash
+    is doubled, so that a name holding `\\n` cannot pass for one holding a newline."""
     text = str(value)
-    if text.isprintable():
+    if text.isprintable() and "\\" not in text:
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
 
 
 def _print_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> None:
