@@ -270,7 +270,7 @@ def test_wrong_passcode_fails_before_anything_is_written(
         (PASSCODE + "\n", "ends with white space or a line break"),
         (" " + PASSCODE, "starts or ends with white space"),
         ("\ufeff" + PASSCODE, "starts with a byte-order mark"),
-        ("pa\u0308sscode-123", r"combining accent \(NFD"),
+        ("pa\u0308sscode-123", r"not in Unicode's composed form \(NFC\)"),
     ],
     ids=["newline", "space", "bom", "nfd"],
 )

@@ -105,6 +105,8 @@ def test_a_systemd_mount_unit_lists_its_mount_point(
     assert _unmounted(mount_point / "backups") is None
     (mount_tables.units / "backup.service").write_text(f"[Service]\nWhere={mount_point}\n")
     assert _unmounted(mount_point / "backups") is None, "only .mount units mount"
+    (mount_tables.units / "odd.mount").write_text(f"[Unit]\nWhere={mount_point}\n")
+    assert _unmounted(mount_point / "backups") is None, "only [Mount] says where"
 
 
 def test_a_file_store_is_placed_through_links_but_not_below_its_confinement(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import strongroom.engine
-from strongroom import ConfigError, Engine, IntegrityError, Store
+from strongroom import ConfigError, Engine, IntegrityError, NewerFormatError, Store
 from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
 from strongroom.pipeline import ChunkWriter
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
@@ -328,3 +328,25 @@ def test_a_backup_whose_manifest_does_not_read_is_deleted_on_request_then_swept(
     assert [(e.name, e.action) for e in engine.cleanup().entries] == [("damaged", "swept")]
     assert not (store_dir(home) / "data" / "damaged").exists()
     engine.verify("kept", passcode=PASSCODE)
+
+
+def test_delete_unreadable_refuses_a_newer_versions_manifest_and_a_locking_store(
+    engine: Engine, home: Path, tree: Path
+) -> None:
+    """A manifest a newer strongroom wrote is most likely whole: it is for that version to
+    read or delete. In a store that locks backups, the manifest would say until when."""
+    engine.create("newer", [tree], passcode=PASSCODE)
+    manifest = store_dir(home) / "manifests" / "newer"
+    manifest.write_bytes(manifest.read_bytes().replace(b'"version": 2', b'"version": 3'))
+    with pytest.raises(NewerFormatError, match="Upgrade strongroom") as refused:
+        engine.info("newer")
+    assert "--unreadable" not in str(refused.value)
+    with pytest.raises(ConfigError, match="was written by a newer strongroom"):
+        engine.delete("newer", unreadable=True)
+    assert manifest.exists()
+
+    manifest.write_bytes(b"damaged")
+    engine.store().lock_mode = "governance"
+    with pytest.raises(ConfigError, match="cannot say until when backup 'newer' is locked"):
+        engine.delete("newer", unreadable=True)
+    assert manifest.exists()

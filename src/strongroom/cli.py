@@ -87,8 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"strongroom: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        undone = "restored" if args.run is run_restore else "committed"
-        print(f"strongroom: interrupted; nothing was {undone}.", file=sys.stderr)
+        undone = (  # an interrupt after the move finds the restore done
+            "a restore lands whole or not at all: the target holds all of it or nothing"
+            if args.run is run_restore
+            else "nothing was committed"
+        )
+        print(f"strongroom: interrupted; {undone}.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`strongroom list | head`): no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
@@ -222,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument(
         "--unreadable",
         action="store_true",
-        help="delete a backup whose manifest does not read (damaged, or a newer version's):"
-        " its manifest now, unread; cleanup sweeps its data after the grace period",
+        help="delete a backup whose manifest is damaged: its manifest now, unread; the next"
+        " cleanup removes its data",
     )
 
     update = _command(commands, "update", "change a backup's retentionDate", run_update)
@@ -562,9 +566,7 @@ def run_ls(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     Engine().delete(args.name, args.store, unreadable=args.unreadable)
     if args.unreadable:
-        print(
-            f"Deleted the manifest of {args.name}; cleanup sweeps its data after the grace period"
-        )
+        print(f"Deleted the manifest of {args.name}; the next cleanup removes its data")
     else:
         print(f"Deleted {args.name}")
     return 0
@@ -1093,11 +1095,12 @@ def _printable(value: object) -> str:
     """The value as text with its control characters escaped (`\\x1b`): descriptions and
     names in listings come from a store, and need no passcode to be listed, so a planted
     escape sequence must not reach the terminal, nor a newline break a table. A backslash
-    is doubled, so that a name holding `\\n` cannot pass for one holding a newline."""
+    stays as it is, so that a path `ls` prints can be given back to it (`--json` tells a
+    name holding `\\n` from one holding a line break)."""
     text = str(value)
-    if text.isprintable() and "\\" not in text:
+    if text.isprintable():
         return text
-    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _print_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> None:

@@ -106,14 +106,14 @@ class Passcode:
                 ),
                 ("starts or ends with white space or a line break", secret != secret.strip()),
                 (
-                    "has a letter written as a base letter and a combining accent (NFD, as "
-                    "some systems type it), where the passcode may have the composed one",
+                    "is not in Unicode's composed form (NFC): an accented letter typed as a "
+                    "letter and a combining accent, as some systems do, is another passcode",
                     unicodedata.normalize("NFC", secret) != secret,
                 ),
             )
             if found
         ]
-        return f" The passcode given {' and '.join(odd)}, which counts." if odd else ""
+        return f" The passcode given {'; and it '.join(odd)}." if odd else ""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Passcode):

@@ -54,6 +54,7 @@ from .errors import (
     BackupNotFoundError,
     ConfigError,
     IntegrityError,
+    NewerFormatError,
     ObjectLockedError,
 )
 from .format import (
@@ -545,8 +546,8 @@ class Engine(EngineStores, EngineJobs):
         """Delete a backup: the manifest first (so it is gone at once), then its data.
 
         A backup that its store still locks is refused before anything is touched.
-        `unreadable` deletes a backup whose manifest does not read (damaged, or a newer
-        version's), which nothing else deletes (`_delete_unreadable`).
+        `unreadable` deletes a backup whose manifest is damaged, which nothing else
+        deletes (`_delete_unreadable`).
         """
         self.recognised_store(store, adopt=True)  # it may be the last backup there
         if unreadable:
@@ -565,19 +566,32 @@ class Engine(EngineStores, EngineJobs):
             raise failures[name]
 
     def _delete_unreadable(self, name: str, store: str | None) -> None:
-        """Delete the manifest of backup `name`, unread, if it does not read (one that reads
-        is refused). Without it, what the backup left (data, index entries) is a delete cut
-        off, which cleanup sweeps once it is older than the grace period; its data cannot
-        be found without the manifest, and a store's lock still refuses what it keeps."""
+        """Delete the manifest of backup `name`, unread, if it is damaged; one that reads,
+        one a newer strongroom wrote, or one in a store that locks backups (whose lock the
+        manifest would tell) is refused. Without it, what the backup left (data, index
+        entries) is a delete cut off, which the next cleanup sweeps (once its index entry
+        is older than the grace period)."""
         source = self.reachable_store(store)
+        if source.lock_mode is not None:
+            raise ConfigError(
+                f"Store {source.name!r} locks backups ({source.lock_mode} mode), and a "
+                f"manifest that does not read cannot say until when backup {name!r} is "
+                "locked, so strongroom does not delete it; the store's own tools can, once "
+                "its lock has passed."
+            )
         try:
             self._manifest(source, name)
+        except NewerFormatError:
+            raise ConfigError(
+                f"Backup {name!r} in store {source.name!r} was written by a newer strongroom; "
+                "upgrade strongroom to read or delete it (--unreadable deletes only a damaged "
+                "manifest)."
+            ) from None
         except IntegrityError:
             source.delete([manifest_key(name)])
             return
         raise ConfigError(
-            f"Backup {name!r} in store {source.name!r} reads; delete it without --unreadable "
-            "(which would skip its retention lock and delete its data later, not now)."
+            f"Backup {name!r} in store {source.name!r} reads; delete it without --unreadable."
         )
 
     def cleanup(
@@ -620,6 +634,10 @@ class Engine(EngineStores, EngineJobs):
             raise BackupNotFoundError(
                 f"No backup named {name!r} in store {source.name!r}; "
                 f"'strongroom list --store {source.name}' shows the backups there."
+            ) from None
+        except NewerFormatError as exc:
+            raise NewerFormatError(
+                f"The manifest of backup {name!r} in store {source.name!r} does not read: {exc}"
             ) from None
         except IntegrityError as exc:
             raise IntegrityError(
@@ -668,6 +686,7 @@ class Engine(EngineStores, EngineJobs):
         name (nothing inside a store can tell); a caller that knows which backup it expects
         pins its `backup_id` (shown by `info`), and anything else is an IntegrityError.
         """
+        backup_id = backup_id.lower() if isinstance(backup_id, str) else backup_id
         if backup_id is not None and not is_backup_id(backup_id):
             raise ConfigError(
                 f"{backup_id!r} is not a backupId (32 lowercase hex digits); 'strongroom info "

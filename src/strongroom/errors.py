@@ -43,6 +43,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStoreUnavailableError",
     "JobTimeoutError",
+    "NewerFormatError",
     "ObjectLockedError",
     "PasscodeError",
     "StoreError",
@@ -134,6 +135,11 @@ class IntegrityError(StrongroomError):
     """Stored bytes failed authentication: tampered, truncated, reordered or foreign."""
 
     exit_code = 8
+
+
+class NewerFormatError(IntegrityError):
+    """A manifest in a format version newer than this strongroom reads: whole, most
+    likely, and for a newer strongroom to read (or delete)."""
 
 
 class UnsafeArchiveError(StrongroomError):

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .crypto import KEY_SIZE, MIN_SALT_SIZE, TAG_SIZE, WRAPPED_KEY_SIZE, KdfParams
-from .errors import IntegrityError, InvalidNameError
+from .errors import IntegrityError, InvalidNameError, NewerFormatError
 
 __all__ = [
     "CLAIMS_PREFIX",
@@ -333,7 +333,8 @@ class Manifest:
         version = document.get("version")
         if type(version) is not int or version not in FORMAT_VERSIONS:
             readable = " and ".join(str(v) for v in FORMAT_VERSIONS)
-            raise IntegrityError(
+            newer = type(version) is int and version > max(FORMAT_VERSIONS)
+            raise (NewerFormatError if newer else IntegrityError)(
                 f"The manifest has format version {quoted(version)}; this strongroom "
                 f"reads versions {readable}. Upgrade strongroom to read it."
             )

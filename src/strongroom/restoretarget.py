@@ -13,10 +13,13 @@ follows a link, so a link planted at the target's path while the restore runs se
 nothing elsewhere, and whatever appears there meanwhile is never overwritten.
 
 A restore that is killed (SIGKILL, the OOM killer, a power cut) cannot remove its staging
-directory. It holds a lock on it while it runs, which the kernel drops when the process
-dies, so the next restore to the same target knows a staging directory nobody holds for
-an abandoned one, removes it, and is not refused by it; one still held is a restore
-running into the same target.
+directory, which would make its empty target refuse every later restore as not empty. A
+restore holds a lock on its staging directory while it runs, which the kernel drops when
+the process dies; so a restore into a target that holds nothing but such directories,
+this user's and held by nobody, removes them first. One still held means another restore
+is writing there. Where the file system cannot lock (flock(2) on NFS needs a descriptor
+open for writing), nothing is removed. Older versions named their staging directories
+without `restore-` and held no lock: those are never removed, only named in the refusal.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ __all__ = ["Landing", "check_restore_target"]
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: A staging directory's name: in an existing target, or beside a new one (its name first).
-_STAGING = ".strongroom-"
-_STAGING_ID = re.compile(r"[0-9a-f]{16}")
+_STAGING = ".strongroom-restore-"
+_ABANDONED = re.compile(r"\.strongroom-restore-[0-9a-f]{16}")
+#: What versions before the lock named theirs: never removed, since nothing tells whether
+#: such a restore is still running.
+_UNLOCKED = re.compile(r"\.strongroom-[0-9a-f]{16}")
 
 
 def check_restore_target(given: str | os.PathLike[str]) -> Path:
@@ -80,8 +86,6 @@ class Landing:
             self._parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._target = _open_empty_directory(self._parent, self.path)
             prefix = f".{self.path.name}{_STAGING}" if self._target < 0 else _STAGING
-            if self._target < 0:
-                _remaining(self._parent, os.listdir(self._parent), prefix, self.path)
             self._staging_name = f"{prefix}{os.urandom(8).hex()}"
             try:
                 os.mkdir(self._staging_name, 0o700, dir_fd=self._within)
@@ -90,6 +94,12 @@ class Landing:
                 raise
             self.staging = os.open(self._staging_name, _DIRECTORY, dir_fd=self._within)
             _lock(self.staging, self.path)  # held until the restore ends
+            if not _still_named(self.staging, self._staging_name, self._within):
+                self._staging_name = ""  # removed by a restore that took it for abandoned
+                raise ConfigError(
+                    f"Another restore into {str(self.path)!r} started at the same moment; "
+                    "nothing was restored. Restore again once it has finished."
+                )
         except BaseException as exc:
             self.__exit__(None, None, None)
             if isinstance(exc, OSError) and exc.filename is not None:
@@ -150,39 +160,42 @@ def _not_a_directory(target: Path) -> ConfigError:
     )
 
 
-def _not_empty(target: Path) -> ConfigError:
+def _not_empty(target: Path, names: list[str]) -> ConfigError:
+    unlocked = sorted(name for name in names if _UNLOCKED.fullmatch(name))
+    if unlocked:
+        return ConfigError(
+            f"The restore target {str(target)!r} holds {unlocked[0]!r}, the staging directory "
+            "of a restore by an older strongroom that was killed or is still running. If no "
+            "restore is running, remove it, then restore again."
+        )
     return ConfigError(
         f"The restore target {str(target)!r} is not empty; restore into a new or empty "
         "directory so nothing there is overwritten."
     )
 
 
-def _remaining(directory: int, names: list[str], prefix: str, target: Path) -> list[str]:
-    """`names` (in `directory`) less the staging directories, named `prefix` and an id,
-    that restores to `target` left when they were killed: each is removed, as no restore
-    holds its lock. One that a restore holds refuses this one."""
-    return [name for name in names if not _removed_if_abandoned(directory, name, prefix, target)]
+def _remove_abandoned(directory: int, names: list[str], target: Path) -> None:
+    """Remove these staging directories in `directory` if each is this user's and no
+    restore holds it; otherwise refuse the restore, saying why."""
+    for name in names:
+        try:
+            fd = os.open(name, _DIRECTORY, dir_fd=directory)  # never a link's
+        except OSError:
+            raise _not_empty(target, names) from None
+        try:
+            ours = os.fstat(fd).st_uid == os.geteuid()
+            if not (ours and _lock(fd, target) and _still_named(fd, name, directory)):
+                raise _not_empty(target, names)
+            _remove_tree(directory, name)
+        finally:
+            os.close(fd)
+        if exists_at(name, directory):
+            raise _not_empty(target, names)
 
 
-def _removed_if_abandoned(directory: int, name: str, prefix: str, target: Path) -> bool:
-    """Remove `name` if it is a staging directory that no restore holds (never through a
-    link: a link of that name is not one); whether it was removed."""
-    if not (name.startswith(prefix) and _STAGING_ID.fullmatch(name[len(prefix) :])):
-        return False
-    try:
-        fd = os.open(name, _DIRECTORY, dir_fd=directory)
-    except OSError:
-        return False
-    try:
-        _lock(fd, target)
-        _remove_tree(directory, name)
-    finally:
-        os.close(fd)
-    return not exists_at(name, directory)
-
-
-def _lock(staging: int, target: Path) -> None:
-    """Hold a staging directory, or refuse the restore if another one holds it."""
+def _lock(staging: int, target: Path) -> bool:
+    """Hold a staging directory; False where the file system cannot lock it. Refuses the
+    restore if another one holds it."""
     try:
         fcntl.flock(staging, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -190,6 +203,18 @@ def _lock(staging: int, target: Path) -> None:
             f"Another restore is writing into the restore target {str(target)!r} now; "
             "wait for it to finish, or restore into another new or empty directory."
         ) from None
+    except OSError:
+        return False
+    return True
+
+
+def _still_named(fd: int, name: str, directory: int) -> bool:
+    """Whether `name` in `directory` is still the directory open as `fd`."""
+    try:
+        found = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return os.path.samestat(found, os.fstat(fd))
 
 
 def _make_parents(directory: Path) -> list[Path]:
@@ -197,12 +222,10 @@ def _make_parents(directory: Path) -> list[Path]:
     missing = [d for d in (directory, *directory.parents) if not d.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        found = next(d for d in (directory, *directory.parents) if d.exists())
-        raise ConfigError(
-            f"The restore target cannot be made under {str(found)!r}: it is not a directory. "
-            "Choose a target in a directory."
-        ) from None
+    except (FileExistsError, NotADirectoryError):  # not "File exists", but where and why
+        found = next(d for d in (directory, *directory.parents) if os.path.lexists(d))
+        what = "it is a link to nothing" if not found.exists() else "it is not a directory"
+        raise NotADirectoryError(errno.ENOTDIR, what, str(found)) from None
     return missing[::-1]
 
 
@@ -218,10 +241,13 @@ def _open_empty_directory(parent: int, target: Path) -> int:
             raise _not_a_directory(target) from None
         raise
     try:
-        names = _remaining(fd, os.listdir(fd), _STAGING, target)
-        fresh = names == ["lost+found"] and os.fstat(fd).st_dev != os.fstat(parent).st_dev
-        if names and not fresh:  # a new file system's lost+found, at a mount point, is not data
-            raise _not_empty(target)
+        names = os.listdir(fd)
+        abandoned = [name for name in names if _ABANDONED.fullmatch(name)]
+        others = [name for name in names if name not in abandoned]
+        fresh = others == ["lost+found"] and os.fstat(fd).st_dev != os.fstat(parent).st_dev
+        if others and not fresh:  # a new file system's lost+found, at a mount point, is not data
+            raise _not_empty(target, others)
+        _remove_abandoned(fd, abandoned, target)
     except BaseException:
         os.close(fd)
         raise

@@ -86,9 +86,12 @@ def _mount_units() -> list[ExpectedMount]:
             lines = unit.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
+        section = ""
         for line in lines:
+            if line.strip().startswith("["):
+                section = line.strip()
             key, _, value = line.partition("=")
-            if key.strip() == "Where" and value.strip().startswith("/"):
+            if section == "[Mount]" and key.strip() == "Where" and value.strip().startswith("/"):
                 point = os.path.normpath(value.strip())
                 command = f"systemctl start {shlex.quote(unit.name)}"
                 unlist = f"disable and remove {unit}"
