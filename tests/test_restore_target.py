@@ -5,6 +5,7 @@ that appeared there is overwritten, and a refused move leaves nothing behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -402,3 +403,38 @@ def test_a_target_that_is_a_link_is_refused_and_says_so(
     (tmp_path / "link").symlink_to(victim)
     with pytest.raises(ConfigError, match="is a symbolic link; give the directory it points to"):
         engine.restore("b", tmp_path / "link", passcode=PASSCODE)
+
+
+RESTORE_WITHOUT_PRIVILEGE = """
+import sys
+from strongroom import Engine
+Engine().restore("b", sys.argv[1], passcode=sys.argv[2])
+"""
+
+
+def test_a_read_only_directory_moves_into_an_existing_target_without_privilege(
+    engine: Engine, tmp_path: Path, home: Path
+) -> None:
+    """Moving a directory to another parent needs its own write permission (its `..`
+    changes); root has it anyway, so the restore runs without root's capabilities, as any
+    user's would. The directory comes back read-only, as the backup has it."""
+    unprivileged = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--"]
+    if shutil.which("setpriv") is None or subprocess.run([*unprivileged, "true"]).returncode:
+        pytest.skip("needs setpriv (util-linux), allowed to drop capabilities")
+    source = tmp_path / "ro"
+    source.mkdir()
+    (source / "f").write_text("kept\n")
+    source.chmod(0o555)
+    engine.create("b", [source], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    restore = subprocess.run(
+        [*unprivileged, sys.executable, "-c", RESTORE_WITHOUT_PRIVILEGE, str(target), PASSCODE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert restore.returncode == 0, restore.stderr
+    assert (target / "ro" / "f").read_text() == "kept\n"
+    assert (target / "ro").stat().st_mode & 0o777 == 0o555
+    assert staging_left(tmp_path) == []

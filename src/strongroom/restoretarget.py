@@ -256,10 +256,18 @@ def _open_empty_directory(parent: int, target: Path) -> int:
 
 def _move_entries(source: int, target: int) -> None:
     """Move every entry of `source` into `target`, replacing nothing; if one cannot be
-    moved, those already moved go back, so it is all or nothing."""
+    moved, those already moved go back, so it is all or nothing.
+
+    Moving a directory to another parent rewrites its `..`, which needs its owner's write
+    permission: a read-only one (as the backup had it) gets it while it moves, then its
+    mode back."""
+    names = sorted(os.listdir(source))
+    read_only = {name: mode for name in names if (mode := _read_only_directory(name, source))}
+    for name, mode in read_only.items():
+        _chmod_directory(name, source, mode | stat.S_IWUSR)
     moved: list[str] = []
     try:
-        for name in sorted(os.listdir(source)):
+        for name in names:
             try:
                 rename_noreplace(source, name, target, name)
             finally:  # moved, even if an interrupt came between the rename and this line
@@ -270,6 +278,16 @@ def _move_entries(source: int, target: int) -> None:
             with suppress(OSError):
                 os.rename(name, name, src_dir_fd=target, dst_dir_fd=source)
         raise
+    for name, mode in read_only.items():
+        _chmod_directory(name, target, mode)
+
+
+def _read_only_directory(name: str, parent: int) -> int:
+    """The permission bits of the directory `name` in `parent` if its owner cannot write
+    to it; 0 for anything else (a link is not followed)."""
+    status = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    directory = stat.S_ISDIR(status.st_mode) and not status.st_mode & stat.S_IWUSR
+    return stat.S_IMODE(status.st_mode) if directory else 0
 
 
 def _remove_tree(parent: int, name: str) -> None:
@@ -285,12 +303,17 @@ def _remove_tree(parent: int, name: str) -> None:
 
 
 def _make_writable(name: str, parent: int) -> None:
-    """Give the directory `name` in `parent` its owner's rwx, if it is a directory and not
-    a link (chmod by name would follow a link; an O_PATH descriptor never does)."""
+    """Give the directory `name` in `parent` its owner's rwx."""
+    _chmod_directory(name, parent, 0o700)
+
+
+def _chmod_directory(name: str, parent: int, mode: int) -> None:
+    """Set the mode of `name` in `parent` if it is a directory and not a link (chmod by
+    name would follow a link; an O_PATH descriptor never does)."""
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     try:
         if stat.S_ISDIR(os.fstat(fd).st_mode):
-            os.chmod(f"/proc/self/fd/{fd}", 0o700)  # fchmod refuses O_PATH descriptors
+            os.chmod(f"/proc/self/fd/{fd}", mode)  # fchmod refuses O_PATH descriptors
     finally:
         os.close(fd)
 
