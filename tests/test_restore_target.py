@@ -4,6 +4,7 @@ that appeared there is overwritten, and a refused move leaves nothing behind."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -303,13 +304,22 @@ def test_a_killed_restore_beside_a_new_target_stops_nothing_and_is_left_alone(
     assert staging_left(tmp_path) == [left]
 
 
-def abandoned_staging(target: Path) -> Path:
-    """What a restore into `target` that was killed leaves: its staging directory, part
-    filled, held by nobody."""
-    left = target / f".strongroom-restore-{'a' * 16}"
+def abandoned_staging(target: Path, name: str = f".strongroom-restore-{'a' * 16}") -> Path:
+    """What a restore into `target` that was killed leaves: its staging directory (0700,
+    as a restore makes it), part filled, held by nobody."""
+    left = target / name
     (left / "data").mkdir(parents=True)
     (left / "data" / "part").write_text("half")
+    left.chmod(0o700)
     return left
+
+
+def refused_and_kept(engine: Engine, target: Path, match: str, *kept: Path) -> None:
+    """The restore into `target` is refused (`match`), and every one of `kept` is whole."""
+    with pytest.raises(ConfigError, match=match):
+        engine.restore("b", target, passcode=PASSCODE)
+    for left in kept:
+        assert (left / "data" / "part").read_text() == "half", left
 
 
 def test_an_abandoned_staging_directory_is_removed_only_from_an_otherwise_empty_target(
@@ -322,34 +332,95 @@ def test_an_abandoned_staging_directory_is_removed_only_from_an_otherwise_empty_
     target.mkdir()
     left = abandoned_staging(target)
     (target / "mine.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="is not empty"):
-        engine.restore("b", target, passcode=PASSCODE)
-    assert (left / "data" / "part").read_text() == "half"
+    refused_and_kept(engine, target, "is not empty", left)
 
     (target / "mine.txt").unlink()
     engine.restore("b", target, passcode=PASSCODE)
     assert os.listdir(target) == ["data"]
 
 
-def test_a_staging_directory_of_another_user_or_an_older_version_is_never_removed(
+def test_only_a_staging_directory_as_this_users_restore_made_it_is_removed(
     engine: Engine, tree: Path, tmp_path: Path
 ) -> None:
-    """Another user's (in a directory both may write) is not this restore's to judge; an
-    older strongroom's held no lock, so it may be a restore running now: each refuses the
-    restore, the older one by name, and stays."""
+    """Anyone who can write to the target can move a directory in under a staging name,
+    but only one they can write to: a restore makes its own 0700, so one with any other
+    mode is not one; nor is another user's, an older strongroom's (it held no lock: it
+    may be running), one a name longer. Each refuses the restore, named, and none of
+    those found with it is removed either."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    mine = abandoned_staging(target)
+    moved_in = abandoned_staging(target, f".strongroom-restore-{'c' * 16}")
+    moved_in.chmod(0o755)
+    refused_and_kept(engine, target, f"holds '{moved_in.name}', the staging", mine, moved_in)
+    older = moved_in.rename(target / f".strongroom-{'b' * 16}")
+    older.chmod(0o700)
+    refused_and_kept(engine, target, f"holds '{older.name}', the staging", mine, older)
+    longer = older.rename(target / f".strongroom-restore-{'d' * 16}.bak")
+    refused_and_kept(engine, target, "is not empty", mine, longer)
+    if os.geteuid() == 0:
+        theirs = longer.rename(target / f".strongroom-restore-{'e' * 16}")
+        os.chown(theirs, 65534, 65534)  # nobody
+        refused_and_kept(engine, target, f"holds '{theirs.name}'", mine, theirs)
+        shutil.rmtree(theirs)
+    else:
+        shutil.rmtree(longer)
+    engine.restore("b", target, passcode=PASSCODE)
+    assert os.listdir(target) == ["data"]
+
+
+def test_a_staging_directory_that_cannot_be_locked_or_is_swapped_is_kept(
+    engine: Engine, tree: Path, tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the file system cannot lock (flock(2) on NFS wants a descriptor open for
+    writing), nobody can tell a killed restore's directory from a running one's; and one
+    swapped for another directory after it was opened is not the one judged."""
     engine.create("b", [tree], passcode=PASSCODE)
     target = tmp_path / "out"
     target.mkdir()
     left = abandoned_staging(target)
-    os.chown(left, 65534, 65534)  # nobody
-    with pytest.raises(ConfigError, match="is not empty"):
+    real_flock = restoretarget.fcntl.flock
+
+    def no_lock_on_the_leftover(fd: int, operation: int) -> None:
+        if os.path.samestat(os.fstat(fd), left.stat()):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        real_flock(fd, operation)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(restoretarget.fcntl, "flock", no_lock_on_the_leftover)
+        refused_and_kept(engine, target, f"holds '{left.name}'", left)
+
+    victim.chmod(0o700)
+    before = snapshot(victim)
+    still_named = restoretarget._still_named
+
+    def swapped(fd: int, name: str, directory: int) -> bool:
+        left.rename(tmp_path / "judged")
+        victim.rename(left)
+        return still_named(fd, name, directory)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(restoretarget, "_still_named", swapped)
+        with pytest.raises(ConfigError, match="the staging"):
+            engine.restore("b", target, passcode=PASSCODE)
+    assert snapshot(left) == before, "the directory put in its place is untouched"
+
+
+def test_a_link_named_as_a_staging_directory_is_not_one(
+    engine: Engine, tree: Path, tmp_path: Path, victim: Path
+) -> None:
+    """Only a directory is taken for a staging directory, never through a link."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    victim.chmod(0o700)  # as a staging directory is
+    (target / f".strongroom-restore-{'a' * 16}").symlink_to(victim)
+    before = snapshot(victim)
+    with pytest.raises(ConfigError, match="the staging directory of a restore"):
         engine.restore("b", target, passcode=PASSCODE)
-    assert (left / "data" / "part").read_text() == "half"
-    os.chown(left, os.geteuid(), os.getegid())
-    older = left.rename(target / f".strongroom-{'b' * 16}")
-    with pytest.raises(ConfigError, match=f"holds '{older.name}', the staging directory of a"):
-        engine.restore("b", target, passcode=PASSCODE)
-    assert (older / "data" / "part").read_text() == "half"
+    assert snapshot(victim) == before
+    assert (target / f".strongroom-restore-{'a' * 16}").is_symlink()
 
 
 def test_a_target_under_a_file_or_a_dangling_link_says_which_and_why(
@@ -368,21 +439,6 @@ def test_a_target_under_a_file_or_a_dangling_link_says_which_and_why(
             engine.restore("b", target, passcode=PASSCODE)
         assert (refused.value.filename, refused.value.strerror) == (str(tmp_path / blocker), why)
     assert (tmp_path / "afile").read_text() == "a file"
-
-
-def test_a_link_named_as_a_staging_directory_is_not_one(
-    engine: Engine, tree: Path, tmp_path: Path, victim: Path
-) -> None:
-    """Only a directory is taken for a staging directory, never through a link."""
-    engine.create("b", [tree], passcode=PASSCODE)
-    target = tmp_path / "out"
-    target.mkdir()
-    (target / f".strongroom-restore-{'a' * 16}").symlink_to(victim)
-    before = snapshot(victim)
-    with pytest.raises(ConfigError, match="is not empty"):
-        engine.restore("b", target, passcode=PASSCODE)
-    assert snapshot(victim) == before
-    assert (target / f".strongroom-restore-{'a' * 16}").is_symlink()
 
 
 def test_a_target_where_nothing_can_be_made_is_named_in_the_error(
@@ -438,3 +494,25 @@ def test_a_read_only_directory_moves_into_an_existing_target_without_privilege(
     assert (target / "ro" / "f").read_text() == "kept\n"
     assert (target / "ro").stat().st_mode & 0o777 == 0o555
     assert staging_left(tmp_path) == []
+
+
+def test_a_restore_whose_fresh_staging_directory_another_removed_stops(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between making its staging directory and locking it, another restore into the
+    same target may take it for abandoned and remove it: this one then stops, saying so,
+    instead of extracting into a directory no longer there."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    lock = restoretarget._lock
+
+    def removed_first(staging: int, where: Path) -> bool:
+        [name] = os.listdir(target)
+        os.rename(target / name, tmp_path / "taken")  # as if removed
+        return lock(staging, where)
+
+    monkeypatch.setattr(restoretarget, "_lock", removed_first)
+    with pytest.raises(ConfigError, match="started at the same moment; nothing was restored"):
+        engine.restore("b", target, passcode=PASSCODE)
+    assert os.listdir(target) == []

@@ -85,21 +85,21 @@ class Landing:
         try:
             self._parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._target = _open_empty_directory(self._parent, self.path)
-            prefix = f".{self.path.name}{_STAGING}" if self._target < 0 else _STAGING
+            # beside a new target, as much of its name as leaves room for the rest
+            prefix = f".{self.path.name[:200]}{_STAGING}" if self._target < 0 else _STAGING
             self._staging_name = f"{prefix}{os.urandom(8).hex()}"
             try:
                 os.mkdir(self._staging_name, 0o700, dir_fd=self._within)
             except OSError:
                 self._staging_name = ""  # not made: nothing to remove
                 raise
-            self.staging = os.open(self._staging_name, _DIRECTORY, dir_fd=self._within)
+            try:
+                self.staging = os.open(self._staging_name, _DIRECTORY, dir_fd=self._within)
+            except FileNotFoundError:
+                raise _raced(self.path) from None
             _lock(self.staging, self.path)  # held until the restore ends
             if not _still_named(self.staging, self._staging_name, self._within):
-                self._staging_name = ""  # removed by a restore that took it for abandoned
-                raise ConfigError(
-                    f"Another restore into {str(self.path)!r} started at the same moment; "
-                    "nothing was restored. Restore again once it has finished."
-                )
+                raise _raced(self.path)  # removed by a restore that took it for abandoned
         except BaseException as exc:
             self.__exit__(None, None, None)
             if isinstance(exc, OSError) and exc.filename is not None:
@@ -116,8 +116,8 @@ class Landing:
         traceback: TracebackType | None,
     ) -> None:
         if not self._moved:
-            if self._staging_name:
-                _remove_tree(self._within, self._staging_name)
+            if self._staging_name and self.staging >= 0:
+                _remove_tree(self._within, self._staging_name, self.staging)
             for parent in reversed(self._created):
                 with suppress(OSError):
                     parent.rmdir()
@@ -161,12 +161,13 @@ def _not_a_directory(target: Path) -> ConfigError:
 
 
 def _not_empty(target: Path, names: list[str]) -> ConfigError:
-    unlocked = sorted(name for name in names if _UNLOCKED.fullmatch(name))
-    if unlocked:
+    staging = sorted(n for n in names if _ABANDONED.fullmatch(n) or _UNLOCKED.fullmatch(n))
+    if staging:
         return ConfigError(
-            f"The restore target {str(target)!r} holds {unlocked[0]!r}, the staging directory "
-            "of a restore by an older strongroom that was killed or is still running. If no "
-            "restore is running, remove it, then restore again."
+            f"The restore target {str(target)!r} holds {staging[0]!r}, the staging "
+            "directory of a restore that was killed or is still running (another user's, an "
+            "older strongroom's, or on a file system that cannot lock it). If no restore is "
+            "running, remove it, then restore again."
         )
     return ConfigError(
         f"The restore target {str(target)!r} is not empty; restore into a new or empty "
@@ -174,23 +175,58 @@ def _not_empty(target: Path, names: list[str]) -> ConfigError:
     )
 
 
+def _raced(target: Path) -> ConfigError:
+    return ConfigError(
+        f"Another restore into {str(target)!r} started at the same moment; nothing was "
+        "restored. Restore again once it has finished."
+    )
+
+
 def _remove_abandoned(directory: int, names: list[str], target: Path) -> None:
-    """Remove these staging directories in `directory` if each is this user's and no
-    restore holds it; otherwise refuse the restore, saying why."""
-    for name in names:
-        try:
-            fd = os.open(name, _DIRECTORY, dir_fd=directory)  # never a link's
-        except OSError:
-            raise _not_empty(target, names) from None
-        try:
-            ours = os.fstat(fd).st_uid == os.geteuid()
-            if not (ours and _lock(fd, target) and _still_named(fd, name, directory)):
-                raise _not_empty(target, names)
-            _remove_tree(directory, name)
-        finally:
+    """Remove these staging directories in `directory`, all or none: each must be one a
+    killed restore of this user left (`_hold_abandoned`), or the restore is refused."""
+    held: list[tuple[str, int]] = []
+    try:
+        for name in names:
+            fd = _hold_abandoned(directory, name, target)
+            if fd < 0:
+                raise _not_empty(target, [name])
+            held.append((name, fd))
+        for name, fd in held:
+            _remove_tree(directory, name, fd)
+    finally:
+        for _, fd in held:
             os.close(fd)
-        if exists_at(name, directory):
-            raise _not_empty(target, names)
+    if left := [name for name in names if exists_at(name, directory)]:
+        raise _not_empty(target, left)
+
+
+def _hold_abandoned(directory: int, name: str, target: Path) -> int:
+    """`name` opened and locked, if it is a staging directory that a restore of this user
+    left when it was killed: a directory (not through a link), mode 0700 as a restore
+    makes it (moving another's directory in needs write permission on it, so this one
+    cannot have been), on the target's file system (not a mount point), held by no
+    restore, and still the one at that name; -1 if not. A restore holding it refuses."""
+    try:
+        fd = os.open(name, _DIRECTORY, dir_fd=directory)
+    except OSError:
+        return -1
+    try:
+        status = os.fstat(fd)
+        abandoned = (
+            status.st_uid == os.geteuid()
+            and stat.S_IMODE(status.st_mode) == 0o700
+            and status.st_dev == os.fstat(directory).st_dev
+            and _lock(fd, target)
+            and _still_named(fd, name, directory)
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    if not abandoned:
+        os.close(fd)
+        return -1
+    return fd
 
 
 def _lock(staging: int, target: Path) -> bool:
@@ -279,7 +315,8 @@ def _move_entries(source: int, target: int) -> None:
                 os.rename(name, name, src_dir_fd=target, dst_dir_fd=source)
         raise
     for name, mode in read_only.items():
-        _chmod_directory(name, target, mode)
+        with suppress(OSError):  # moved: the restore is done even if this cannot be
+            _chmod_directory(name, target, mode)
 
 
 def _read_only_directory(name: str, parent: int) -> int:
@@ -290,16 +327,24 @@ def _read_only_directory(name: str, parent: int) -> int:
     return stat.S_IMODE(status.st_mode) if directory else 0
 
 
-def _remove_tree(parent: int, name: str) -> None:
-    """Remove a failed restore's staging directory whole, though directories in it may
-    already be read-only (as the backup had them): each is made writable again first,
-    by descriptor, never through a link."""
+def _remove_tree(parent: int, name: str, held: int) -> None:
+    """Remove a staging directory whole: emptied through `held`, its open descriptor, so
+    that whatever is put at its name meanwhile is never touched, and then the name, if
+    an empty directory is there. Directories in it may be read-only (as the backup had
+    them): each is made writable first, by descriptor, never through a link."""
     with suppress(OSError):
-        for _, names, _, fd in os.fwalk(name, dir_fd=parent):  # names holds links too
+        for _, names, _, fd in os.fwalk(".", dir_fd=held):  # names holds links too
             for entry in names:
                 with suppress(OSError):
                     _make_writable(entry, fd)
-    shutil.rmtree(name, dir_fd=parent, ignore_errors=True)
+    for entry in os.listdir(held):  # only this restore, or nobody, can enter it (0700)
+        with suppress(OSError):
+            if stat.S_ISDIR(os.stat(entry, dir_fd=held, follow_symlinks=False).st_mode):
+                shutil.rmtree(entry, dir_fd=held, ignore_errors=True)
+            else:
+                os.unlink(entry, dir_fd=held)
+    with suppress(OSError):
+        os.rmdir(name, dir_fd=parent)
 
 
 def _make_writable(name: str, parent: int) -> None:
