@@ -5,6 +5,7 @@ that appeared there is overwritten, and a refused move leaves nothing behind."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -50,6 +51,15 @@ def before_the_move(action: Callable[[], None]) -> Callable[[str], None]:
 
 def staging_left(tmp_path: Path) -> list[str]:
     return [str(p) for p in tmp_path.rglob("*strongroom-*")]
+
+
+@pytest.fixture
+def empty_target(engine: Engine, tree: Path, tmp_path: Path) -> Path:
+    """An existing empty directory to restore backup "b" (of `tree`) into."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    return target
 
 
 def test_a_link_planted_at_a_new_targets_path_is_not_followed(
@@ -266,15 +276,13 @@ def test_sigterm_during_a_restore_leaves_nothing_behind(
 
 
 def test_a_killed_restores_staging_directory_is_removed_by_the_next_restore(
-    engine: Engine, tree: Path, tmp_path: Path, home: Path
+    engine: Engine, tree: Path, empty_target: Path, tmp_path: Path, home: Path
 ) -> None:
     """SIGKILL (the OOM killer, a power cut) leaves a restore no time to remove its staging
     directory, which made every later restore into that empty target (a mount point, say)
     refuse it as not empty. While that restore runs, another into the same target is
     refused; once it is dead, the next one removes what it left."""
-    engine.create("b", [tree], passcode=PASSCODE)
-    target = tmp_path / "out"
-    target.mkdir()
+    target = empty_target
     with restore_under_way(target, home) as restore:
         [left] = staging_left(tmp_path)
         with pytest.raises(ConfigError, match="Another restore is writing into the restore"):
@@ -323,13 +331,11 @@ def refused_and_kept(engine: Engine, target: Path, match: str, *kept: Path) -> N
 
 
 def test_an_abandoned_staging_directory_is_removed_only_from_an_otherwise_empty_target(
-    engine: Engine, tree: Path, tmp_path: Path
+    engine: Engine, empty_target: Path, tmp_path: Path
 ) -> None:
     """A target that holds anything else is refused as it was, and nothing in it is
     removed: a copy of a killed restore's directory among someone's files is data."""
-    engine.create("b", [tree], passcode=PASSCODE)
-    target = tmp_path / "out"
-    target.mkdir()
+    target = empty_target
     left = abandoned_staging(target)
     (target / "mine.txt").write_text("mine")
     refused_and_kept(engine, target, "is not empty", left)
@@ -340,16 +346,14 @@ def test_an_abandoned_staging_directory_is_removed_only_from_an_otherwise_empty_
 
 
 def test_only_a_staging_directory_as_this_users_restore_made_it_is_removed(
-    engine: Engine, tree: Path, tmp_path: Path
+    engine: Engine, empty_target: Path, tmp_path: Path
 ) -> None:
     """Anyone who can write to the target can move a directory in under a staging name,
     but only one they can write to: a restore makes its own 0700, so one with any other
     mode is not one; nor is another user's, an older strongroom's (it held no lock: it
     may be running), one a name longer. Each refuses the restore, named, and none of
     those found with it is removed either."""
-    engine.create("b", [tree], passcode=PASSCODE)
-    target = tmp_path / "out"
-    target.mkdir()
+    target = empty_target
     mine = abandoned_staging(target)
     moved_in = abandoned_staging(target, f".strongroom-restore-{'c' * 16}")
     moved_in.chmod(0o755)
@@ -371,16 +375,18 @@ def test_only_a_staging_directory_as_this_users_restore_made_it_is_removed(
 
 
 def test_a_staging_directory_that_cannot_be_locked_or_is_swapped_is_kept(
-    engine: Engine, tree: Path, tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine,
+    empty_target: Path,
+    tmp_path: Path,
+    victim: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Where the file system cannot lock (flock(2) on NFS wants a descriptor open for
     writing), nobody can tell a killed restore's directory from a running one's; and one
     swapped for another directory after it was opened is not the one judged."""
-    engine.create("b", [tree], passcode=PASSCODE)
-    target = tmp_path / "out"
-    target.mkdir()
+    target = empty_target
     left = abandoned_staging(target)
-    real_flock = restoretarget.fcntl.flock
+    real_flock = fcntl.flock
 
     def no_lock_on_the_leftover(fd: int, operation: int) -> None:
         if os.path.samestat(os.fstat(fd), left.stat()):
@@ -388,7 +394,7 @@ def test_a_staging_directory_that_cannot_be_locked_or_is_swapped_is_kept(
         real_flock(fd, operation)
 
     with monkeypatch.context() as patch:
-        patch.setattr(restoretarget.fcntl, "flock", no_lock_on_the_leftover)
+        patch.setattr(fcntl, "flock", no_lock_on_the_leftover)
         refused_and_kept(engine, target, f"holds '{left.name}'", left)
 
     victim.chmod(0o700)
@@ -408,12 +414,10 @@ def test_a_staging_directory_that_cannot_be_locked_or_is_swapped_is_kept(
 
 
 def test_a_link_named_as_a_staging_directory_is_not_one(
-    engine: Engine, tree: Path, tmp_path: Path, victim: Path
+    engine: Engine, empty_target: Path, tmp_path: Path, victim: Path
 ) -> None:
     """Only a directory is taken for a staging directory, never through a link."""
-    engine.create("b", [tree], passcode=PASSCODE)
-    target = tmp_path / "out"
-    target.mkdir()
+    target = empty_target
     victim.chmod(0o700)  # as a staging directory is
     (target / f".strongroom-restore-{'a' * 16}").symlink_to(victim)
     before = snapshot(victim)
@@ -497,14 +501,12 @@ def test_a_read_only_directory_moves_into_an_existing_target_without_privilege(
 
 
 def test_a_restore_whose_fresh_staging_directory_another_removed_stops(
-    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, empty_target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between making its staging directory and locking it, another restore into the
     same target may take it for abandoned and remove it: this one then stops, saying so,
     instead of extracting into a directory no longer there."""
-    engine.create("b", [tree], passcode=PASSCODE)
-    target = tmp_path / "out"
-    target.mkdir()
+    target = empty_target
     lock = restoretarget._lock
 
     def removed_first(staging: int, where: Path) -> bool:
