@@ -518,3 +518,69 @@ def test_a_restore_whose_fresh_staging_directory_another_removed_stops(
     with pytest.raises(ConfigError, match="started at the same moment; nothing was restored"):
         engine.restore("b", target, passcode=PASSCODE)
     assert os.listdir(target) == []
+
+
+def test_a_directory_put_at_a_fresh_staging_name_is_neither_used_nor_removed(
+    engine: Engine, empty_target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write to the target can rename the staging directory away between its
+    making and its opening, and one of theirs (or one they can move) to its name: it is
+    not the restore's, so nothing is extracted into it and nothing of it removed."""
+    theirs = tmp_path / "theirs"
+    (theirs / "kept").mkdir(parents=True)
+    theirs.chmod(0o700)
+    real_mkdir = os.mkdir
+
+    def swapped(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if str(path).startswith(".strongroom-restore-"):
+            os.rename(empty_target / path, tmp_path / "moved-away")
+            os.rename(theirs, empty_target / path)
+
+    monkeypatch.setattr(restoretarget.os, "mkdir", swapped)
+    with pytest.raises(ConfigError, match="started at the same moment"):
+        engine.restore("b", empty_target, passcode=PASSCODE)
+    [name] = os.listdir(empty_target)
+    assert os.listdir(empty_target / name) == ["kept"]
+
+
+def test_abandoned_staging_directories_are_left_in_a_target_others_can_write(
+    engine: Engine, empty_target: Path
+) -> None:
+    """There anyone could rename a directory of theirs (or one they can move) to such a
+    name: the restore names it instead of removing it."""
+    left = abandoned_staging(empty_target)
+    empty_target.chmod(0o777)
+    refused_and_kept(engine, empty_target, f"holds '{left.name}'", left)
+    empty_target.chmod(0o755)
+    engine.restore("b", empty_target, passcode=PASSCODE)
+    assert os.listdir(empty_target) == ["data"]
+
+
+def test_a_move_undone_takes_back_only_what_it_moved(
+    engine: Engine, tree: Path, tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write to the target can put another directory at a moved entry's name
+    and make a later move fail: the undoing moves back only the entry it moved, so the
+    other is never taken into the staging directory (and removed with it)."""
+    other = tmp_path / "source" / "other"
+    other.mkdir()
+    engine.create("b", [tree, other], passcode=PASSCODE)
+    target = tmp_path / "out"
+    target.mkdir()
+    before = snapshot(victim)
+    real_rename = restoretarget.rename_noreplace
+    moves: list[str] = []
+
+    def attacked(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+        moves.append(src)
+        if len(moves) == 2:  # after "data" moved: swap it, and block "other"
+            os.rename(target / "data", tmp_path / "data-moved")
+            os.rename(victim, target / "data")
+            (target / "other").mkdir()
+        real_rename(src_dir, src, dst_dir, dst)
+
+    monkeypatch.setattr(restoretarget, "rename_noreplace", attacked)
+    with pytest.raises(ConfigError, match="Something appeared at the restore target"):
+        engine.restore("b", target, passcode=PASSCODE)
+    assert snapshot(target / "data") == before, "the directory put there stays, whole"

@@ -80,26 +80,25 @@ class Landing:
         self.path = check_restore_target(target)
         self._created = _make_parents(self.path.parent)
         self._parent = self._target = self.staging = -1
-        self._staging_name = ""  # set while the directory is made, and once it is
+        self._staging_name = ""
+        self._own = False  # whether `staging` is the directory this restore made and holds
         self._moved = False
         try:
             self._parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._target = _open_empty_directory(self._parent, self.path)
-            # beside a new target, as much of its name as leaves room for the rest
-            prefix = f".{self.path.name[:200]}{_STAGING}" if self._target < 0 else _STAGING
-            self._staging_name = f"{prefix}{os.urandom(8).hex()}"
-            try:
-                os.mkdir(self._staging_name, 0o700, dir_fd=self._within)
-            except OSError:
-                self._staging_name = ""  # not made: nothing to remove
-                raise
+            self._staging_name = _staging_name(self.path.name if self._target < 0 else "")
+            os.mkdir(self._staging_name, 0o700, dir_fd=self._within)
             try:
                 self.staging = os.open(self._staging_name, _DIRECTORY, dir_fd=self._within)
-            except FileNotFoundError:
+            except OSError:
                 raise _raced(self.path) from None
             _lock(self.staging, self.path)  # held until the restore ends
-            if not _still_named(self.staging, self._staging_name, self._within):
-                raise _raced(self.path)  # removed by a restore that took it for abandoned
+            if not (
+                _made_here(self.staging)
+                and _still_named(self.staging, self._staging_name, self._within)
+            ):
+                raise _raced(self.path)  # taken for abandoned, or swapped for another
+            self._own = True
         except BaseException as exc:
             self.__exit__(None, None, None)
             if isinstance(exc, OSError) and exc.filename is not None:
@@ -115,16 +114,18 @@ class Landing:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if not self._moved:
-            if self._staging_name and self.staging >= 0:
-                _remove_tree(self._within, self._staging_name, self.staging)
-            for parent in reversed(self._created):
-                with suppress(OSError):
-                    parent.rmdir()
-        for fd in (self.staging, self._target, self._parent):
-            if fd >= 0:
-                os.close(fd)
-        self.staging = self._target = self._parent = -1
+        try:
+            if not self._moved:
+                if self._own:
+                    _remove_tree(self._within, self._staging_name, self.staging)
+                for parent in reversed(self._created):
+                    with suppress(OSError):
+                        parent.rmdir()
+        finally:
+            for fd in (self.staging, self._target, self._parent):
+                if fd >= 0:
+                    os.close(fd)
+            self.staging = self._target = self._parent = -1
 
     @property
     def _within(self) -> int:
@@ -175,6 +176,25 @@ def _not_empty(target: Path, names: list[str]) -> ConfigError:
     )
 
 
+def _staging_name(beside: str) -> str:
+    """A fresh staging directory's name: in an existing target, or beside a new one named
+    `beside` (as much of its name as leaves room for the rest in 255 bytes)."""
+    fresh = f"{_STAGING}{os.urandom(8).hex()}"
+    if not beside:
+        return fresh
+    kept = os.fsencode(beside)[:200].decode(errors="ignore")  # a whole last character
+    return f".{kept}{fresh}"
+
+
+def _made_here(staging: int) -> bool:
+    """Whether the directory open as `staging` is the one this restore just made: this
+    user's, 0700 as made (less what the umask takes), and empty. Anyone who can write to
+    its parent could have put another of theirs at its name before it was opened."""
+    status = os.fstat(staging)
+    made = stat.S_IMODE(status.st_mode) == 0o700 & ~_umask()
+    return status.st_uid == os.geteuid() and made and not os.listdir(staging)
+
+
 def _raced(target: Path) -> ConfigError:
     return ConfigError(
         f"Another restore into {str(target)!r} started at the same moment; nothing was "
@@ -199,6 +219,13 @@ def _remove_abandoned(directory: int, names: list[str], target: Path) -> None:
             os.close(fd)
     if left := [name for name in names if exists_at(name, directory)]:
         raise _not_empty(target, left)
+
+
+def _only_ours(directory: int) -> bool:
+    """Whether only this user can change the entries of `directory`: theirs, and not
+    writable by its group or others."""
+    status = os.fstat(directory)
+    return status.st_uid == os.geteuid() and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _hold_abandoned(directory: int, name: str, target: Path) -> int:
@@ -283,6 +310,8 @@ def _open_empty_directory(parent: int, target: Path) -> int:
         fresh = others == ["lost+found"] and os.fstat(fd).st_dev != os.fstat(parent).st_dev
         if others and not fresh:  # a new file system's lost+found, at a mount point, is not data
             raise _not_empty(target, others)
+        if abandoned and not _only_ours(fd):  # another could rename theirs to such a name
+            raise _not_empty(target, abandoned)
         _remove_abandoned(fd, abandoned, target)
     except BaseException:
         os.close(fd)
@@ -292,18 +321,33 @@ def _open_empty_directory(parent: int, target: Path) -> int:
 
 def _move_entries(source: int, target: int) -> None:
     """Move every entry of `source` into `target`, replacing nothing; if one cannot be
-    moved, those already moved go back, so it is all or nothing.
+    moved, those already moved go back, so it is all or nothing. Others may write to the
+    target: only what is still the entry moved goes back, and modes are set through
+    descriptors, never by name there.
 
     Moving a directory to another parent rewrites its `..`, which needs its owner's write
     permission: a read-only one (as the backup had it) gets it while it moves, then its
     mode back."""
-    names = sorted(os.listdir(source))
-    read_only = {name: mode for name in names if (mode := _read_only_directory(name, source))}
-    for name, mode in read_only.items():
-        _chmod_directory(name, source, mode | stat.S_IWUSR)
+    entries: dict[str, tuple[int, int]] = {}
+    try:
+        for name in sorted(os.listdir(source)):
+            entries[name] = _held(name, source)
+        _move_held(entries, source, target)
+    finally:
+        for held, mode in entries.values():
+            with suppress(OSError):  # moved or not, it gets its mode back
+                if mode:
+                    os.chmod(f"/proc/self/fd/{held}", mode)
+            os.close(held)
+
+
+def _move_held(entries: dict[str, tuple[int, int]], source: int, target: int) -> None:
+    """`_move_entries`' moves, all or nothing, of entries held as `_held` gives them."""
     moved: list[str] = []
     try:
-        for name in names:
+        for name, (held, mode) in entries.items():
+            if mode:
+                os.chmod(f"/proc/self/fd/{held}", mode | stat.S_IWUSR)  # fchmod refuses O_PATH
             try:
                 rename_noreplace(source, name, target, name)
             finally:  # moved, even if an interrupt came between the rename and this line
@@ -312,19 +356,18 @@ def _move_entries(source: int, target: int) -> None:
     except BaseException:
         for name in reversed(moved):
             with suppress(OSError):
-                os.rename(name, name, src_dir_fd=target, dst_dir_fd=source)
+                if _still_named(entries[name][0], name, target):
+                    rename_noreplace(target, name, source, name)
         raise
-    for name, mode in read_only.items():
-        with suppress(OSError):  # moved: the restore is done even if this cannot be
-            _chmod_directory(name, target, mode)
 
 
-def _read_only_directory(name: str, parent: int) -> int:
-    """The permission bits of the directory `name` in `parent` if its owner cannot write
-    to it; 0 for anything else (a link is not followed)."""
-    status = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    directory = stat.S_ISDIR(status.st_mode) and not status.st_mode & stat.S_IWUSR
-    return stat.S_IMODE(status.st_mode) if directory else 0
+def _held(name: str, parent: int) -> tuple[int, int]:
+    """An O_PATH descriptor of `name` in `parent` (never a link's target), and its
+    permission bits if it is a directory its owner cannot write to (else 0)."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    status = os.fstat(fd)
+    read_only = stat.S_ISDIR(status.st_mode) and not status.st_mode & stat.S_IWUSR
+    return fd, stat.S_IMODE(status.st_mode) if read_only else 0
 
 
 def _remove_tree(parent: int, name: str, held: int) -> None:
@@ -337,7 +380,11 @@ def _remove_tree(parent: int, name: str, held: int) -> None:
             for entry in names:
                 with suppress(OSError):
                     _make_writable(entry, fd)
-    for entry in os.listdir(held):  # only this restore, or nobody, can enter it (0700)
+    try:
+        entries = os.listdir(held)  # only this restore, or nobody, can enter it (0700)
+    except OSError:
+        entries = []
+    for entry in entries:
         with suppress(OSError):
             if stat.S_ISDIR(os.stat(entry, dir_fd=held, follow_symlinks=False).st_mode):
                 shutil.rmtree(entry, dir_fd=held, ignore_errors=True)
@@ -348,17 +395,12 @@ def _remove_tree(parent: int, name: str, held: int) -> None:
 
 
 def _make_writable(name: str, parent: int) -> None:
-    """Give the directory `name` in `parent` its owner's rwx."""
-    _chmod_directory(name, parent, 0o700)
-
-
-def _chmod_directory(name: str, parent: int, mode: int) -> None:
-    """Set the mode of `name` in `parent` if it is a directory and not a link (chmod by
-    name would follow a link; an O_PATH descriptor never does)."""
+    """Give the directory `name` in `parent` its owner's rwx, if it is a directory and not
+    a link (chmod by name would follow a link; an O_PATH descriptor never does)."""
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     try:
         if stat.S_ISDIR(os.fstat(fd).st_mode):
-            os.chmod(f"/proc/self/fd/{fd}", mode)  # fchmod refuses O_PATH descriptors
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)  # fchmod refuses O_PATH descriptors
     finally:
         os.close(fd)
 
