@@ -22,7 +22,15 @@ import zstandard
 
 from strongroom import ConfigError, Engine, IntegrityError, KdfParams, StrongroomError
 from strongroom.crypto import StreamCipher, new_salt
-from strongroom.format import CHUNK_OVERHEAD, MAX_CHUNK_COUNT, KeySlot, Manifest, utc_now
+from strongroom.format import (
+    CHUNK_OVERHEAD,
+    MAX_CHUNK_COUNT,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_MANIFEST_SIZE,
+    KeySlot,
+    Manifest,
+    utc_now,
+)
 from strongroom.keys import open_backup
 from strongroom.pipeline import PREFETCH_AHEAD, TAG_ZSTD, ChunkWriter
 from strongroom.restoretarget import _umask
@@ -136,6 +144,43 @@ def test_what_the_writer_makes_is_within_bounds(tmp_path: Path) -> None:
         assert Manifest.from_bytes(manifest.to_bytes()).chunk_count == max(
             1, -(-size // SMALL_CHUNK)
         )
+
+
+def test_the_longest_description_commits_a_manifest_that_reads(
+    engine: Engine, tree: Path, home: Path
+) -> None:
+    """A description's characters cost up to 12 bytes each in the manifest (JSON escape
+    pairs): the longest allowed still reads back; one character more is refused before a
+    byte is written, where it once committed a backup no reader accepted (a megabyte of
+    control characters through the admin API)."""
+    longest = "\U0001f600" * MAX_DESCRIPTION_LENGTH
+    engine.create("longest", [tree], passcode=PASSCODE, description=longest)
+    assert engine.info("longest").description == longest
+    before = snapshot(home)
+    for text in (longest + "x", "\x01" * (MAX_MANIFEST_SIZE // 6 + 1)):
+        with pytest.raises(ConfigError, match=f"shorten it to at most {MAX_DESCRIPTION_LENGTH}"):
+            engine.create("too-long", [tree], passcode=PASSCODE, description=text)
+    assert snapshot(home) == before
+
+
+def test_a_manifest_too_large_to_read_is_never_written() -> None:
+    """Whatever a caller slips past the description's bound, the writer refuses to make a
+    manifest `from_bytes` would refuse."""
+    manifest = Manifest(
+        name="huge",
+        backup_id="0" * 32,
+        description="\x01" * (MAX_MANIFEST_SIZE // 6 + 1),
+        created=utc_now(),
+        chunk_size=SMALL_CHUNK,
+        chunk_count=1,
+        source_size=0,
+        stored_size=0,
+        compression="zstd",
+        key_slot=KeySlot(KdfParams(), new_salt(), b"wrapped"),
+        version=1,
+    )
+    with pytest.raises(ConfigError, match="more than the 1048576 any strongroom reads"):
+        manifest.to_bytes()
 
 
 def test_an_archive_of_exact_chunk_multiples_restores(tree: Path, home: Path) -> None:

@@ -31,7 +31,13 @@ from strongroom import (
 )
 from strongroom.config import StoresConfig, StoreSpec
 from strongroom.errors import JobError, JobStoreUnavailableError, UnknownScheduleError
-from strongroom.format import CLAIMS_PREFIX, claim_key, manifest_key, parse_claim_key
+from strongroom.format import (
+    CLAIMS_PREFIX,
+    MAX_DESCRIPTION_LENGTH,
+    claim_key,
+    manifest_key,
+    parse_claim_key,
+)
 from strongroom.jobs import JobStatus
 from strongroom.scheduler import ScheduleRunner, claim, run_now, runs
 from strongroom.schedules import (
@@ -273,10 +279,12 @@ def test_update_and_remove(engine: Engine, source: Path) -> None:
         False,
     )
     assert get_schedule(StoresConfig.load(), "nightly") == changed
-    for bad in ({"description": 5}, {"description": ["x"]}):  # as define refuses them
-        with pytest.raises(ConfigError, match="description must be text"):
+    refusals = [({"description": 5}, "must be text"), ({"description": ["x"]}, "must be text")]
+    refusals.append(({"description": "x" * (MAX_DESCRIPTION_LENGTH + 1)}, "shorten it"))
+    for bad, why in refusals:  # as define refuses them: every run would fail
+        with pytest.raises(ConfigError, match=f"description {why}|description is .*{why}"):
             update(engine, "nightly", **bad)  # type: ignore[arg-type]
-        with pytest.raises(ConfigError, match="description must be text"):
+        with pytest.raises(ConfigError, match=f"description {why}|description is .*{why}"):
             _define(engine, source, "other", **bad)
     assert get_schedule(StoresConfig.load(), "nightly") == changed
     remove(engine, "nightly")

@@ -72,6 +72,7 @@ from .format import (
     retention_key,
     to_epoch_ms,
     utc_now,
+    validate_description,
     validate_name,
 )
 from .jobs import JOBS_FILE
@@ -364,8 +365,7 @@ class Engine(EngineStores, EngineJobs):
         credential = Passcode(passcode) if passcode is not None else _check_write_key(write_key)
         check_sources(paths, streams)
         retention = check_retention_date(retention_date, self._clock())
-        if not isinstance(description, str):
-            raise ConfigError("The description must be text.")
+        validate_description(description)
         target = self.recognised_store(store, adopt=True)
         for risk in target.capabilities.create_risks():
             logger.warning("Store %r: %s.", target.name, risk)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .crypto import KEY_SIZE, MIN_SALT_SIZE, TAG_SIZE, WRAPPED_KEY_SIZE, KdfParams
-from .errors import IntegrityError, InvalidNameError, NewerFormatError
+from .errors import ConfigError, IntegrityError, InvalidNameError, NewerFormatError
 
 __all__ = [
     "CLAIMS_PREFIX",
@@ -44,6 +44,7 @@ __all__ = [
     "retention_key",
     "to_b64",
     "to_epoch_ms",
+    "validate_description",
     "validate_name",
 ]
 
@@ -67,6 +68,9 @@ SLOT_FORMAT = "%Y-%m-%d-%H-%M-%S"
 _SLOT = re.compile(r"[0-9]{4}(-[0-9]{2}){5}")
 MAX_MANIFEST_SIZE = 1024 * 1024
 MAX_NAME_LENGTH = 128
+#: Characters of a backup's or schedule's description: a manifest writes each as up to 12
+#: bytes (a JSON escape pair), so the longest stays far below MAX_MANIFEST_SIZE.
+MAX_DESCRIPTION_LENGTH = 4096
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 #: Chunk indexes are 10 decimal digits in object keys.
 MAX_CHUNK_COUNT = 10**10
@@ -96,6 +100,19 @@ def validate_name(value: object, what: str = "backup") -> str:
         raise InvalidNameError(f"The {what} name is missing. {rule}.")
     if len(value) > MAX_NAME_LENGTH or not _NAME.fullmatch(value) or ".." in value:
         raise InvalidNameError(f"{quoted(value)} is not a valid {what} name. {rule}.")
+    return value
+
+
+def validate_description(value: object) -> str:
+    """Return `value` if it is text a manifest can hold, else raise ConfigError (before
+    anything is written: a backup whose manifest no reader accepts would be lost)."""
+    if not isinstance(value, str):
+        raise ConfigError("The description must be text.")
+    if len(value) > MAX_DESCRIPTION_LENGTH:
+        raise ConfigError(
+            f"The description is {len(value)} characters long; shorten it to at most "
+            f"{MAX_DESCRIPTION_LENGTH}."
+        )
     return value
 
 
@@ -271,7 +288,14 @@ class Manifest:
         return replace(self, retention_date=retention_date)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self._document(), sort_keys=True, indent=1).encode("utf-8") + b"\n"
+        """The stored manifest; never one that `from_bytes` refuses as too large."""
+        data = json.dumps(self._document(), sort_keys=True, indent=1).encode("utf-8") + b"\n"
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise ConfigError(
+                f"The manifest of {self.name!r} would be {len(data)} bytes, more than the "
+                f"{MAX_MANIFEST_SIZE} any strongroom reads; shorten its description."
+            )
+        return data
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:

@@ -38,7 +38,14 @@ from .archive import check_sources
 from .config import StoresConfig, edit_config
 from .crypto import Passcode
 from .errors import ConfigError, InvalidNameError, UnknownScheduleError
-from .format import MAX_NAME_LENGTH, SLOT_FORMAT, from_epoch_ms, to_epoch_ms, validate_name
+from .format import (
+    MAX_NAME_LENGTH,
+    SLOT_FORMAT,
+    from_epoch_ms,
+    to_epoch_ms,
+    validate_description,
+    validate_name,
+)
 from .keys import WriteKey
 from .retention import MAX_KEEP_DAYS, NEVER_MS
 
@@ -353,7 +360,7 @@ def define(
     engine.use_config(config)  # the file as it is now: it may name a store just added
     _check_claimable(engine, target)
     days = parse_keep_days(keep_days)
-    _check_description(description)
+    validate_description(description)
     paths = [Path(source).absolute() for source in sources]
     if paths:  # none: the sources of the serve that runs it
         check_sources(paths, {})
@@ -426,7 +433,7 @@ def update(
         if keep_days is not None:
             schedule = replace(schedule, keep_days=parse_keep_days(keep_days))
         if description is not None:
-            schedule = replace(schedule, description=_check_description(description))
+            schedule = replace(schedule, description=validate_description(description))
         if enabled is not None:
             schedule = replace(schedule, enabled=enabled)
         config.schedules[name] = schedule.to_table()
@@ -443,12 +450,6 @@ def remove(engine: Engine, name: str) -> None:
         del config.schedules[name]
 
     edit_config(engine, forget)
-
-
-def _check_description(description: object) -> str:
-    if not isinstance(description, str):
-        raise ConfigError("The description must be text.")
-    return description
 
 
 def _check_name(name: object) -> str:
