@@ -47,6 +47,16 @@ def write_key_secrets(config: Path, schedule: str) -> list[str]:
     return [stored, stored.rstrip("="), urlsafe, raw.hex(), repr(raw)[2:-1]]
 
 
+def damage_write_key(config: Path, name: str) -> None:
+    """Change one character of the schedule's writer key in the configuration file, as a
+    slip of an editor would."""
+    head, marker, rest = config.read_text().partition(f"[schedules.{name}.write_key]")
+    line = next(line for line in rest.splitlines() if line.startswith("writerKey"))
+    value = line.split('"')[1]
+    damaged = line.replace(value, ("B" if value[0] == "A" else "A") + value[1:])
+    config.write_text(head + marker + rest.replace(line, damaged, 1))
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh STRONGROOM_HOME with no configuration, no passcode and no plugins."""

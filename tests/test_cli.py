@@ -1601,7 +1601,7 @@ def test_schedules_from_the_command_line(
     assert snapshot(home / "back" / tree.name) == snapshot(tree)
 
     assert cli("schedules", "remove", "nightly").code == 0
-    assert cli("schedules", "list", "--json").json() == {"schedules": []}
+    assert cli("schedules", "list", "--json").json() == {"schedules": [], "damaged": []}
     missing = cli("schedules", "show", "nightly")
     assert missing.code == 3
     assert "No schedule is named 'nightly'" in missing.error_line

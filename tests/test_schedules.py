@@ -29,6 +29,7 @@ from strongroom import (
     JobHandle,
     UnknownStoreError,
 )
+from strongroom.cli import main
 from strongroom.config import StoresConfig, StoreSpec
 from strongroom.errors import JobError, JobStoreUnavailableError, UnknownScheduleError
 from strongroom.format import (
@@ -50,7 +51,14 @@ from strongroom.schedules import (
     remove,
     update,
 )
-from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, MountTables, write_key_secrets
+from tests.conftest import (
+    FAST_KDF,
+    PASSCODE,
+    SMALL_CHUNK,
+    MountTables,
+    damage_write_key,
+    write_key_secrets,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 T = TypeVar("T")
@@ -580,6 +588,47 @@ def test_an_unexpected_error_is_logged_and_the_schedules_keep_running(
         stop.set()
     assert len(ticks) >= 3, "the runner thread died"
     assert "RuntimeError: a bug in tick" in caplog.text
+
+
+def test_a_damaged_schedule_stops_no_other(
+    engine: Engine,
+    home: Path,
+    source: Path,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One schedule's table damaged by hand: it is named wherever schedules are listed and
+    logged once; every other schedule runs (once, every run stopped until it was mended)."""
+    _define(engine, source, "broken")
+    _define(engine, source, "healthy")
+    damage_write_key(home / "config.toml", "broken")
+    runner = ScheduleRunner(engine, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        first = runner.tick()
+        _finish(engine, first)
+        clock.now += timedelta(minutes=1)
+        second = runner.tick()
+        _finish(engine, second)
+    assert [(o.schedule, o.action) for o in first + second] == [
+        ("healthy", "submitted"),
+        ("healthy", "submitted"),
+    ]
+    warnings = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
+    assert len(warnings) == 1 and "[schedules.broken] is damaged" in warnings[0]
+    assert "schedules remove broken" in warnings[0]
+    capsys.readouterr()
+    assert main(["schedules", "list", "--json"]) == 3
+    out, err = capsys.readouterr()
+    listed = json.loads(out)
+    assert [s["name"] for s in listed["schedules"]] == ["healthy"]
+    assert [d["name"] for d in listed["damaged"]] == ["broken"]
+    assert "1 schedule(s) are damaged and do not run (the others do)" in err
+    assert main(["schedules", "list"]) == 3
+    out, err = capsys.readouterr()
+    assert "healthy" in out and "[schedules.broken] is damaged" in err
+    assert main(["schedules", "remove", "broken"]) == 0  # as the message says to
+    assert main(["schedules", "list"]) == 0
 
 
 def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:

@@ -54,6 +54,7 @@ from tests.conftest import (
     FAST_KDF,
     SMALL_CHUNK,
     MountTables,
+    damage_write_key,
     snapshot,
     until_cancelled,
     write_key_secrets,
@@ -1621,7 +1622,7 @@ async def test_schedules_are_defined_run_changed_and_deleted_over_the_api(
     api: Api, engine: Engine, home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    assert (await api.get(SCHEDULES)).json() == {"schedules": []}
+    assert (await api.get(SCHEDULES)).json() == {"schedules": [], "damaged": []}
     created = await api.post(
         f"{SCHEDULES}/create",
         name="hourly",
@@ -1703,7 +1704,24 @@ async def test_a_bad_schedule_is_refused_with_what_to_do(
 ) -> None:
     form = {"name": "nightly", "passcode": SECRET, **fields}
     _error(await api.post(f"{SCHEDULES}/create", **form), code, fragment)
-    assert (await api.get(SCHEDULES)).json() == {"schedules": []}
+    assert (await api.get(SCHEDULES)).json() == {"schedules": [], "damaged": []}
+
+
+async def test_a_damaged_schedule_is_named_beside_the_others(api: Api, home: Path) -> None:
+    """One schedule's table damaged by hand: the list answers with the others and names
+    it (it once answered 400 for all of them); its own page says what is wrong."""
+    for name in ("broken", "healthy"):
+        form = {"name": name, "passcode": SECRET, "every": "1h"}
+        assert (await api.post(f"{SCHEDULES}/create", **form)).status_code == 200
+    damage_write_key(home / "config.toml", "broken")
+    listed = await api.get(SCHEDULES)
+    assert listed.status_code == 200
+    assert [s["name"] for s in listed.json()["schedules"]] == ["healthy"]
+    (damaged,) = listed.json()["damaged"]
+    assert damaged["name"] == "broken" and "is damaged" in damaged["problem"]
+    page = await api.get(SCHEDULES, f="html")
+    assert 'id="damaged"' in page.text and "[schedules.broken] is damaged" in page.text
+    _error(await api.get(f"{SCHEDULES}/broken"), 400, "[schedules.broken] is damaged")
 
 
 async def test_a_schedule_into_a_store_without_put_if_absent_is_refused(api: Api) -> None:
@@ -1712,7 +1730,7 @@ async def test_a_schedule_into_a_store_without_put_if_absent_is_refused(api: Api
     config.save()
     form = {"name": "nightly", "passcode": SECRET, "every": "1h", "storeName": "racy"}
     _error(await api.post(f"{SCHEDULES}/create", **form), 400, "no atomic put-if-absent")
-    assert (await api.get(SCHEDULES)).json() == {"schedules": []}
+    assert (await api.get(SCHEDULES)).json() == {"schedules": [], "damaged": []}
 
 
 async def test_a_duplicate_schedule_and_an_unknown_one_are_refused(api: Api) -> None:

@@ -48,7 +48,7 @@ from .libc import c_function
 from .pipeline import ZSTD_LEVEL, Progress
 from .retention import parse_moment, retention_from
 from .scheduler import run_now, runs
-from .schedules import define, get_schedule, load_schedules, remove, update
+from .schedules import Schedule, define, get_schedule, load_schedules, remove, update
 from .units import human_size
 
 __all__ = ["main"]
@@ -703,11 +703,28 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_schedules_list(args: argparse.Namespace) -> int:
+    """The schedules; exit 3 (ConfigError) after them if any is damaged, naming it."""
     now = utc_now()
-    schedules = load_schedules(StoresConfig.load()).values()
+    found, damaged = load_schedules(StoresConfig.load())
+    schedules = found.values()
     if args.json:
-        _print_json({"schedules": [s.to_dict(now) for s in schedules]})
-        return 0
+        _print_json(
+            {
+                "schedules": [s.to_dict(now) for s in schedules],
+                "damaged": [{"name": n, "problem": p} for n, p in damaged.items()],
+            }
+        )
+    else:
+        _print_schedules(schedules, now)
+    if damaged:
+        raise ConfigError(
+            f"{len(damaged)} schedule(s) are damaged and do not run (the others do): "
+            + " ".join(damaged.values())
+        )
+    return 0
+
+
+def _print_schedules(schedules: Iterable[Schedule], now: datetime) -> None:
     rows = [
         (
             s.name,
@@ -720,7 +737,6 @@ def run_schedules_list(args: argparse.Namespace) -> int:
         for s in schedules
     ]
     _print_table(("NAME", "STORE", "RECURRENCE", "KEEP", "NEXT RUN", "DESCRIPTION"), rows)
-    return 0
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -236,14 +236,21 @@ class ScheduleRunner:
         self._sources = [str(source) for source in sources]
         #: The latest slot this runner has handled, by schedule.
         self._handled: dict[str, datetime] = {}
+        #: What was last logged about each damaged schedule, so it is said once, not each tick.
+        self._damaged: dict[str, str] = {}
 
     def tick(self) -> list[Outcome]:
         """Handle every slot that fell due since the last tick (per schedule, the latest);
         one postponed while the job database is down is tried again at the next tick."""
         now = self._clock()
         config = StoresConfig.load(self._engine.config.path, home=self._engine.home)
+        found, damaged = load_schedules(config)
+        for name, problem in damaged.items():
+            if self._damaged.get(name) != problem:
+                logger.warning("Schedule %s not run until it is mended: %s", name, problem)
+        self._damaged = damaged
         outcomes = []
-        for schedule in load_schedules(config).values():
+        for schedule in found.values():
             slot = schedule.due(now) if schedule.enabled else None
             last = self._handled.get(schedule.name)
             if slot is None or (last is not None and slot <= last):
@@ -261,7 +268,7 @@ class ScheduleRunner:
             config = StoresConfig.load(self._engine.config.path, home=self._engine.home)
             slots = [
                 next(s.recurrence.following(now))
-                for s in load_schedules(config).values()
+                for s in load_schedules(config)[0].values()
                 if s.enabled
             ]
         except (StrongroomError, OSError):  # tick says why

@@ -315,22 +315,32 @@ class Schedule:
             ) from None
 
 
-def load_schedules(config: StoresConfig) -> dict[str, Schedule]:
-    """Every schedule of the configuration, by name."""
-    return {
-        name: Schedule.from_table(config.path, name, table)
-        for name, table in sorted(config.schedules.items())
-    }
+def load_schedules(config: StoresConfig) -> tuple[dict[str, Schedule], dict[str, str]]:
+    """Every schedule of the configuration by name, and apart from them, by name, what is
+    wrong with each one that does not read: one damaged table never stops the others."""
+    found: dict[str, Schedule] = {}
+    damaged: dict[str, str] = {}
+    for name, table in sorted(config.schedules.items()):
+        try:
+            found[name] = Schedule.from_table(config.path, name, table)
+        except ConfigError as exc:
+            damaged[name] = str(exc)
+    return found, damaged
 
 
 def get_schedule(config: StoresConfig, name: str) -> Schedule:
+    return Schedule.from_table(config.path, name, _table(config, name))
+
+
+def _table(config: StoresConfig, name: str) -> dict[str, Any]:
+    """The schedule's table as written, which may not read as a schedule."""
     if name not in config.schedules:
         known = ", ".join(sorted(config.schedules)) or "none"
         raise UnknownScheduleError(
             f"No schedule is named {name!r} (configured: {known}); 'strongroom schedules "
             "list' shows them, 'strongroom schedules add' defines one."
         )
-    return Schedule.from_table(config.path, name, config.schedules[name])
+    return config.schedules[name]
 
 
 def define(
@@ -446,7 +456,7 @@ def remove(engine: Engine, name: str) -> None:
     """Forget a schedule; its backups stay, and expire by their retentionDate."""
 
     def forget(config: StoresConfig) -> None:
-        get_schedule(config, name)
+        _table(config, name)  # a damaged one too: removing it is how it is mended
         del config.schedules[name]
 
     edit_config(engine, forget)

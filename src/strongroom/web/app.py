@@ -386,8 +386,11 @@ class _AdminApi:
     # -- schedules -----------------------------------------------------------------------
 
     async def list_schedules(self, call: _Call) -> Reply:
-        found = schedules.load_schedules(await _run(self._config))
-        document = {"schedules": [s.to_dict(utc_now()) for s in found.values()]}
+        found, damaged = schedules.load_schedules(await _run(self._config))
+        document = {
+            "schedules": [s.to_dict(utc_now()) for s in found.values()],
+            "damaged": [{"name": name, "problem": problem} for name, problem in damaged.items()],
+        }
         return Reply(document, "schedules.html")
 
     async def create_schedule(self, call: _Call) -> Reply:
