@@ -73,6 +73,11 @@ def test_config_path_from_environment(
         ('default = "nope"\n', "default store 'nope'"),
         ('[stores."bad/name"]\nurl = "file:///a"\n', "not a valid store name"),
         ('[stores.x]\nurl = "/no/scheme"\n', "not a URL"),
+        # a parser drops a raw line break or tab: the place shown is not the one used
+        ('[stores.x]\nurl = "file:///a/b\\nc"\n', "holds a control character"),
+        ('[stores.x]\nurl = "fi\\tle:///a"\n', "holds a control character"),
+        ('[stores.x]\nurl = "file:///a/%0Ab"\n', "holds a control character"),
+        ('[stores.x]\nurl = "s3://bucket/a%7fb"\n', "holds a control character"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(home: Path, text: str, message: str) -> None:

@@ -1061,6 +1061,26 @@ async def test_a_link_below_an_allowed_directory_is_not_followed(
     _error(await api.post(f"{DR}/stores/x/validate"), 404, "No store is named")
 
 
+@pytest.mark.parametrize(
+    ("name", "code", "fragment"),
+    [
+        ("a" * 300, 400, "cannot be used: File name too long"),  # once a 500, as HTML
+        ("a\nb", 400, "holds a control character"),  # was saved as a\nb, made as ab
+        ("%2E%0a%2e", 400, "holds a control character"),
+    ],
+    ids=["too-long", "line-break", "escaped-line-break"],
+)
+async def test_a_store_directory_no_one_could_use_is_a_clear_refusal(
+    api: Api, home: Path, name: str, code: int, fragment: str
+) -> None:
+    (home / "teams").mkdir(parents=True)
+    settings = json.dumps({"url": f"{(home / 'teams').as_uri()}/{name}"})
+    response = await api.post(f"{DR}/stores/register", storeName="x", settings=settings)
+    _error(response, code, fragment)
+    assert list((home / "teams").iterdir()) == []
+    _error(await api.get(f"{DR}/stores/x"), 404, "No store is named")
+
+
 async def test_a_link_put_in_place_of_a_registered_store_later_is_not_followed(
     api: Api, home: Path, tmp_path: Path
 ) -> None:

@@ -420,8 +420,9 @@ class Store:
         except (FileNotFoundError, FileExistsError, StoreError):
             raise
         except self.storage_errors as exc:
+            where = f" on {key!r}" if key else ""  # '' is the store's own place
             raise StoreUnavailableError(
-                f"Store {self.name!r} ({self.url}) failed on {key!r}: {exc}. "
+                f"Store {self.name!r} ({self.url}) failed{where}: {exc}. "
                 "Check that the location exists and is writable, then run "
                 f"'strongroom stores validate {self.name}'."
             ) from exc
