@@ -390,6 +390,10 @@ def test_a_write_key_is_saved_owner_only_and_never_over_anything(
     assert victim.read_text() == "not to be touched"
     assert not link.is_symlink() and WriteKey.load(link) == write_key
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "link.key", "write.key"]
+    for mistyped in (tmp_path / "no-such-dir" / "write.key", path / "write.key"):
+        with pytest.raises(ConfigError, match="does not exist; make it first"):
+            write_key.save(mistyped)  # a typo's directory is never made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "link.key", "write.key"]
 
 
 def _edited(document: dict[str, object], **changes: object) -> bytes:

@@ -347,14 +347,17 @@ def _busy(lock: Path) -> ConfigBusyError:
     )
 
 
-def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
+def write_private(
+    path: Path, text: str, *, overwrite: bool = True, make_parents: bool = True
+) -> None:
     """Replace `path` atomically with `text`, readable by its owner only (0600) from the
     first byte: a new temporary file of a random name (never one planted beforehand, nor
     another writer's) beside it, fsynced, then renamed over it, all relative to one
     descriptor of the directory. Without `overwrite` it is put in place only if nothing,
     not even a link, has the name, else FileExistsError (`_place_new`). Neither follows a
-    link at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    link at `path`. Without `make_parents`, a missing directory is FileNotFoundError."""
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     temporary = f".{path.name}.{os.urandom(8).hex()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -126,11 +126,16 @@ class WriteKey:
         `path` is refused unless `overwrite`. Returns the path written."""
         path = Path(path)
         document = json.dumps(self.to_document(), indent=1, sort_keys=True) + "\n"
-        try:
-            write_private(path, document, overwrite=overwrite)
+        try:  # a mistyped directory is refused, never made
+            write_private(path, document, overwrite=overwrite, make_parents=False)
         except FileExistsError:
             raise ConfigError(
                 f"{str(path)!r} already exists; choose a new file, or replace it with --force."
+            ) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConfigError(
+                f"The directory {str(path.parent)!r} for the write key does not exist; make "
+                "it first, or choose a file in a directory that does."
             ) from None
         return path
 
