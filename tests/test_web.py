@@ -1692,6 +1692,9 @@ async def test_schedules_are_defined_run_changed_and_deleted_over_the_api(
         f"{SCHEDULES}/hourly/update", cron="0 2 * * *", keepDays="-1", enabled="false"
     )
     assert updated.json() == {"status": "success"}
+    for other in ({"storeName": "elsewhere"}, {"passcode": SECRET}, {"bogus": "1"}):
+        # a change that would be ignored is refused, never answered success
+        _error(await api.post(f"{SCHEDULES}/hourly/update", **other), 400, "does not take")
     shown = (await api.get(f"{SCHEDULES}/hourly")).json()
     assert (shown["every"], shown["cron"], shown["keepDays"], shown["enabled"]) == (
         None,

@@ -123,6 +123,15 @@ class _Call:
             raise ConfigError(f"The parameter {key} is required.")
         return value
 
+    def take_only(self, *keys: str) -> None:
+        """Refuse parameters other than `keys` (and the format and token every call may
+        carry): a change whose parameter is ignored must not answer success."""
+        others = sorted(set(self.params) - set(keys) - {"f", "token"})
+        if others:
+            raise ConfigError(
+                f"This call does not take {', '.join(others)}; it takes {', '.join(keys)}."
+            )
+
     def flag(self, key: str) -> bool:
         value = (self.get(key) or "false").lower()
         if value not in ("true", "false"):
@@ -443,6 +452,7 @@ class _AdminApi:
 
     async def update_schedule(self, call: _Call) -> Reply:
         name = call.path("scheduleName")
+        call.take_only("every", "cron", "keepDays", "description", "enabled")
         await _run(
             schedules.update,
             self._engine,
