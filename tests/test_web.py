@@ -148,6 +148,48 @@ def _error(response: httpx.Response, code: int, fragment: str) -> None:
     assert fragment in document["messages"][0], document
 
 
+async def test_a_client_gone_before_its_body_ended_logs_no_traceback(
+    engine: Engine, tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller with no token could fill the server's log with tracebacks by announcing a
+    body and hanging up; it is a 400 that nobody reads."""
+    app = _app(engine, tree, tmp_path)
+    arriving = [
+        {"type": "http.request", "body": b"name=x&descr", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return arriving.pop(0) if arriving else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", b"5000"),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"{STORE}/backups/create",
+        "raw_path": f"{STORE}/backups/create".encode(),
+        "query_string": b"f=json",
+        "root_path": "",
+        "headers": headers,
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+    }
+    with caplog.at_level(logging.DEBUG):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
 def _future(days: int = 14) -> str:
     return str(int(time.time() * 1000) + days * DAY_MS)
 

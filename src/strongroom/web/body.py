@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from urllib.parse import parse_qsl
 
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .responses import ApiError
 
@@ -58,7 +58,12 @@ class Body:
     async def _read(self, limit: int) -> None:
         """Read until the body ends or more than `limit` bytes are here."""
         while not self._complete and len(self._data) <= limit:
-            chunk = await anext(self._chunks, None)
+            try:
+                chunk = await anext(self._chunks, None)
+            except ClientDisconnect:  # nobody reads the answer; a traceback would fill logs
+                raise ApiError(
+                    400, "The client went away before its request's body ended."
+                ) from None
             if chunk is None:
                 self._complete = True
             else:
