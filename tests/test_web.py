@@ -1039,6 +1039,24 @@ async def test_the_backup_page_shows_contents_on_a_passcode(api: Api, kept: str)
 # -- what a token holder may register ---------------------------------------------------
 
 
+async def test_a_caller_can_give_the_default_back_to_the_operators_store(
+    api: Api, engine: Engine, home: Path, tmp_path: Path
+) -> None:
+    """Making a store the default reaches no new place: a caller who made its own store the
+    default can choose the operator's again, though it could not register it."""
+    engine.add_store(StoreSpec("operator", (tmp_path / "operator").as_uri()), default=True)
+    settings = json.dumps({"url": (home / "mine").as_uri()})
+    assert (await api.post(f"{DR}/stores/register", storeName="mine", settings=settings)).is_success
+    mine = await api.post(f"{DR}/stores/mine/update", settings='{"default": true}')
+    assert mine.json() == {"status": "success"}
+    assert StoresConfig.load().default == "mine"
+    back = await api.post(f"{DR}/stores/operator/update", settings='{"default": true}')
+    assert back.json() == {"status": "success"}  # was 403: not under an allowed location
+    assert StoresConfig.load().default == "operator"
+    _error(await api.post(f"{DR}/stores/operator/unregister"), 403, "is not under")
+    _error(await api.post(f"{DR}/stores/nope/update", settings='{"default": true}'), 404, "nope")
+
+
 async def test_without_allowed_locations_the_api_edits_no_store(
     engine: Engine, tree: Path, tmp_path: Path, home: Path
 ) -> None:

@@ -285,7 +285,7 @@ class _AdminApi:
 
     async def update_store(self, call: _Call) -> Reply:
         name = call.path("storeName")
-        self._fence.check_existing(self._engine.config.get(name))
+        self._fence.check_default()
         await _run(stores.make_default, self._engine, name, call.require("settings"))
         return Reply(SUCCESS, redirect=self._url(call.request, "store", storeName=name))
 

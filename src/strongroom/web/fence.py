@@ -97,8 +97,18 @@ class StoreFence:
         return replace(spec, options={**spec.options, CONFINE_OPTION: allowed})
 
     def check_existing(self, spec: StoreSpec) -> None:
-        """A configured store a caller changes or unregisters: its location only."""
+        """A configured store a caller unregisters: its location only."""
         self._place(spec.url, f"Store {spec.name!r}")
+
+    def check_default(self) -> None:
+        """A caller making a configured store the default. That reaches no new place, so
+        any configured store may be chosen where callers may edit stores at all: a caller
+        who made its own store the default can make the operator's the default again."""
+        self._check_open()
+
+    def _check_open(self) -> None:
+        if not self._allowed:
+            raise ApiError(403, f"This server lets no API caller register or change stores; {HOW}.")
 
     def _check_option(self, name: str, value: object, declared: BackendOptions) -> None:
         if isinstance(value, dict) or declared.is_secret(name):
@@ -118,8 +128,7 @@ class StoreFence:
 
     def _place(self, url: str, what: str) -> Location:
         """The location of `url` if the operator allowed it; 403 otherwise."""
-        if not self._allowed:
-            raise ApiError(403, f"This server lets no API caller register or change stores; {HOW}.")
+        self._check_open()
         try:
             location = Location.parse(url)
         except ConfigError as exc:
