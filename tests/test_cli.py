@@ -1482,6 +1482,10 @@ def test_write_key_new_writes_an_owner_only_key_and_never_over_a_file(
     cli: Cli, passcode_file: Path, tmp_path: Path
 ) -> None:
     key = tmp_path / "keys" / "nightly.key"
+    mistyped = cli("write-key", "new", "--out", key, "--passcode-file", passcode_file)
+    assert mistyped.code == 3 and "does not exist; make it first" in mistyped.error_line
+    assert not key.parent.exists()
+    key.parent.mkdir()
     made = cli("write-key", "new", "--out", key, "--passcode-file", passcode_file)
     assert made.code == 0, made.err
     assert str(key) in made.out and "opens nothing" in made.out
@@ -1527,11 +1531,30 @@ def test_create_with_a_write_key_needs_no_passcode_and_restores_with_it(
     assert cli("verify", "keyed", "--passcode-file", wrong).code == 7
 
 
+def test_warnings_are_the_commands_own_lines(
+    cli: Cli, passcode_file: Path, small: Path, tmp_path: Path
+) -> None:
+    """The library's warnings print as `strongroom: warning: ...` (once, however many
+    commands run in one process), not as bare lines no one can place."""
+    key = tmp_path / "write.key"
+    assert cli("write-key", "new", "--out", key, "--passcode-file", passcode_file).code == 0
+    key.chmod(0o644)
+    for name in ("first", "second"):
+        made = cli("create", "--name", name, "--write-key", key, small)
+        assert made.code == 0, made.err
+        assert made.err.splitlines() == [
+            f"strongroom: warning: The write key {key} can be read by others (mode 644): "
+            "whoever reads it can add backups that the passcode restores; make it owner-only "
+            "(chmod 600)."
+        ]
+
+
 def test_create_takes_a_write_key_or_a_passcode_file_not_both(
     cli: Cli, passcode_file: Path, small: Path, tmp_path: Path
 ) -> None:
     key = tmp_path / "write.key"
     key.write_text("{}")
+    key.chmod(0o600)  # no warning beside the error
     both = ["--write-key", key, "--passcode-file", passcode_file]
     assert cli("create", "--name", "both", *both, small).code == 2
     damaged = cli("create", "--name", "damaged", "--write-key", key, small)

@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import getpass
 import json
+import logging
 import math
 import os
 import shutil
@@ -66,6 +67,7 @@ MIB = 1024 * 1024
 
 def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()
+    show_warnings()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     command = getattr(args, "command_parser", parser)  # its usage, in a usage error
@@ -134,6 +136,24 @@ def _sigterm_interrupts(wanted: bool) -> Iterator[None]:
 
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
+
+
+class _Stderr(logging.Handler):
+    """strongroom's warnings and errors as the command's own lines on the stderr of the
+    moment (tests swap it), where Python's fallback printed them without saying whose."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"strongroom: {record.levelname.lower()}: {self.format(record)}", file=sys.stderr)
+        except Exception:  # a broken stderr must not end the command
+            self.handleError(record)
+
+
+def show_warnings() -> None:
+    """Print the library's warnings (`serve` configures its own logging instead)."""
+    logger = logging.getLogger("strongroom")
+    if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
+        logger.addHandler(_Stderr(logging.WARNING))
 
 
 def reuse_freed_memory() -> None:

@@ -114,12 +114,21 @@ class WriteKey:
         try:
             if len(data) > MAX_WRITE_KEY_SIZE:
                 raise ValueError("too large")
-            return cls.from_document(json.loads(data))
+            document = json.loads(data)
+            key = cls.from_document(document)
         except (ValueError, TypeError, KeyError, RecursionError, binascii.Error):
             raise ConfigError(
                 f"{str(path)!r} is not a strongroom write key (made by 'strongroom write-key "
                 "new'), or it is damaged."
             ) from None
+        if "checksum" not in document:
+            logger.warning(
+                "The write key %s has no checksum (an older strongroom made it), so damage to "
+                "it cannot be found before its backups fail to restore; make a new one with "
+                "'strongroom write-key new'.",
+                path,
+            )
+        return key
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the key file owner-only (0600), through a fresh temporary file; an existing
