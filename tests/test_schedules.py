@@ -28,6 +28,7 @@ from strongroom import (
     InvalidNameError,
     JobHandle,
     UnknownStoreError,
+    WriteKey,
 )
 from strongroom.cli import main
 from strongroom.config import StoresConfig, StoreSpec
@@ -629,6 +630,28 @@ def test_a_damaged_schedule_stops_no_other(
     assert "healthy" in out and "[schedules.broken] is damaged" in err
     assert main(["schedules", "remove", "broken"]) == 0  # as the message says to
     assert main(["schedules", "list"]) == 0
+
+
+def test_no_one_else_can_take_a_future_slots_name(
+    engine: Engine, source: Path, clock: Clock
+) -> None:
+    """A manual create (a write key's, an API caller's) of the name a schedule gives a slot
+    would make that slot's run fail; it is refused, and the slot then runs."""
+    _define(engine, source, "sq")
+    squat = "sq-2026-03-01-12-01-00"
+    write_key = WriteKey.derive(PASSCODE, kdf=FAST_KDF)
+    for credential in ({"passcode": PASSCODE}, {"write_key": write_key}):
+        with pytest.raises(ConfigError, match="the schedule 'sq' gives its backup of that slot"):
+            engine.create(squat, [source], **credential)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="the schedule 'sq' gives"):
+            engine.submit_backup(squat, [source], **credential)  # type: ignore[arg-type]
+    engine.create("sq-notes", [source], passcode=PASSCODE)  # not a slot's shape
+    engine.create("other-2026-03-01-12-01-00", [source], passcode=PASSCODE)  # no such schedule
+    clock.now = T0 + timedelta(minutes=1, seconds=1)
+    outcomes = ScheduleRunner(engine, clock=clock).tick()
+    assert [(o.action, o.slot) for o in outcomes] == [("submitted", T0 + timedelta(minutes=1))]
+    _finish(engine, outcomes)
+    assert squat in _backups(engine)
 
 
 def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:

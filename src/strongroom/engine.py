@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -70,6 +70,7 @@ from .format import (
     name_from_manifest_key,
     pending_key,
     retention_key,
+    slot_name_prefix,
     to_epoch_ms,
     utc_now,
     validate_description,
@@ -278,7 +279,7 @@ class Engine(EngineStores, EngineJobs):
         streams = dict(streams or {})
         stage("validating")
         credential, retention, target = self._check_create(
-            name, paths, streams, passcode, write_key, store, description, retention_date
+            name, paths, streams, passcode, write_key, store, description, retention_date, scheduled
         )
 
         backup_id = uuid.uuid4().hex
@@ -343,6 +344,22 @@ class Engine(EngineStores, EngineJobs):
             logger.warning("Left out of backup %r: %s", name, what)
         return BackupInfo.from_manifest(manifest, target.name)
 
+    def _defined_schedules(self) -> Collection[str]:
+        """The schedules' names as the configuration file has them now (a server's engine
+        lives longer than one edit)."""
+        return StoresConfig.load(self.config.path, home=self.home).schedules.keys()
+
+    def _check_not_a_slot(self, name: str) -> None:
+        """Refuse a name a defined schedule gives its backups: a caller who could only add
+        backups (a write key, an API token) must not take a future slot's name, which
+        would make that slot's run fail."""
+        schedule = slot_name_prefix(name)
+        if schedule is not None and schedule in self._defined_schedules():
+            raise ConfigError(
+                f"{name!r} is the name the schedule {schedule!r} gives its backup of that "
+                "slot; choose a name that is not NAME-YYYY-MM-DD-HH-MM-SS of a schedule."
+            )
+
     def _check_create(
         self,
         name: str,
@@ -353,10 +370,13 @@ class Engine(EngineStores, EngineJobs):
         store: str | None,
         description: str,
         retention_date: int | str | datetime | None,
+        scheduled: bool,
     ) -> tuple[Passcode | WriteKey, datetime | None, Store]:
         """Everything create checks before it writes a byte; the target store last (one
         from before stores were marked, holding backups, gets its marker here)."""
         validate_name(name)
+        if not scheduled:
+            self._check_not_a_slot(name)
         if (passcode is None) == (write_key is None):
             raise ConfigError(
                 "A create takes exactly one of a passcode and a write key "
@@ -607,7 +627,7 @@ class Engine(EngineStores, EngineJobs):
         cleanup = Cleanup(
             open_store=partial(self.recognised_store, adopt=not dry_run),
             read_manifests=self._read_manifests,
-            defined_schedules=lambda: StoresConfig.load(self.config.path, home=self.home).schedules,
+            defined_schedules=self._defined_schedules,
             leftover_grace=self._leftover_grace,
         )
         report = cleanup.run(stores if stores is not None else every_store, moment, dry_run)

@@ -93,6 +93,7 @@ class EngineJobs(ABC):
         store: str | None,
         description: str,
         retention_date: int | str | datetime | None,
+        scheduled: bool,
     ) -> tuple[Passcode | WriteKey, datetime | None, Store]: ...
 
     @abstractmethod
@@ -161,7 +162,7 @@ class EngineJobs(ABC):
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})
         credential, _, target = self._check_create(
-            name, paths, streams, passcode, write_key, store, description, retention_date
+            name, paths, streams, passcode, write_key, store, description, retention_date, scheduled
         )
         secret = credential if isinstance(credential, Passcode) else None
         key = credential if isinstance(credential, WriteKey) else None

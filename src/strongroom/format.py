@@ -42,6 +42,7 @@ __all__ = [
     "pending_key",
     "quoted",
     "retention_key",
+    "slot_name_prefix",
     "to_b64",
     "to_epoch_ms",
     "validate_description",
@@ -209,6 +210,13 @@ def parse_claim_key(key: str) -> tuple[str, datetime] | None:
         return validate_name(parts[0], "schedule"), slot
     except (InvalidNameError, ValueError):
         return None
+
+
+def slot_name_prefix(backup_name: str) -> str | None:
+    """The schedule a backup name of a slot's shape (`<schedule>-YYYY-MM-DD-HH-MM-SS`)
+    would belong to, or None for any other name."""
+    head, dash, slot = backup_name[:-20], backup_name[-20:-19], backup_name[-19:]
+    return head if head and dash == "-" and _SLOT.fullmatch(slot) else None
 
 
 def to_epoch_ms(moment: datetime) -> int:
