@@ -1660,4 +1660,4 @@ def test_a_duplicate_schedule_and_a_bad_name_are_refused(
     assert cli(*add, "bad/name").code == 3
     assert cli(*add, "x" * 109).code == 3
     no_sources = cli("schedules", "run", "nightly")
-    assert no_sources.code == 9 and "has no sources" in no_sources.error_line
+    assert no_sources.code == 3 and "has no sources" in no_sources.error_line

@@ -287,7 +287,10 @@ def test_a_wrong_passcode_says_what_is_odd_about_it_never_what_it_is(
     assert meant not in str(refused.value) and given not in str(refused.value)
     with pytest.raises(PasscodeError) as plain:
         engine.verify("nightly", passcode="not the passcode")
-    assert str(plain.value).endswith("use the passcode given when it was created.")
+    assert str(plain.value).endswith(
+        "use the passcode it was made with (for a backup made with a write key or by a "
+        "schedule: the one that key was made from)."
+    )
     engine.verify("nightly", passcode=meant)
 
 

@@ -189,8 +189,13 @@ def test_a_schedule_keeps_a_write_key_and_never_the_passcode(
     assert "nightly" in StoresConfig.load().schedules
     define(engine, "elsewhere", passcode=PASSCODE, every="1h", store="other")
     config = StoresConfig.load()
-    with pytest.raises(ConfigError, match="elsewhere back up into store 'other'"):
+    with pytest.raises(
+        ConfigError, match="schedule elsewhere backs up into store 'other'; remove it"
+    ):
         config.remove("other")
+    define(engine, "also", passcode=PASSCODE, every="1h", store="other")
+    with pytest.raises(ConfigError, match="schedules also, elsewhere back up into .*; remove them"):
+        StoresConfig.load().remove("other")
     with pytest.raises(ConfigError, match="embedded default store and cannot be removed"):
         config.remove("backupsDefault")  # not "remove the schedules first": no help
 
@@ -675,7 +680,7 @@ def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:
     with pytest.raises(UnknownScheduleError):
         run_now(engine, "nope")
     define(engine, "bare", passcode=PASSCODE, every="1h")
-    with pytest.raises(JobError, match="has no sources"):
+    with pytest.raises(ConfigError, match="has no sources"):  # to define, not a job failure
         run_now(engine, "bare")
     assert run_now(engine, "bare", [str(source)]).name.startswith("bare-")
 

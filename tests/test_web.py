@@ -297,6 +297,8 @@ async def test_the_backup_time_out_is_a_setting(api: Api, home: Path) -> None:
     assert (await api.get(f"{DR}/settings")).json()["timeoutInSeconds"] == 60
     (home / SETTINGS_FILE).write_text("{broken")
     _error(await api.get(f"{DR}/settings"), 400, f"{SETTINGS_FILE} is not JSON")
+    (home / SETTINGS_FILE).write_text('{"timeoutInSeconds": "soon"}')  # names the file
+    _error(await api.get(f"{DR}/settings"), 400, f"{SETTINGS_FILE}: timeoutInSeconds must be")
 
     form = await api.send(
         "POST", f"{DR}/settings/update", data={"token": TOKEN, "timeoutInSeconds": "90"}
@@ -413,7 +415,7 @@ async def test_tokens_ride_in_headers_the_form_or_a_get_query(api: Api) -> None:
     in_post_query = await api.send(
         "POST", f"{STORE}/validate", params={"token": TOKEN}, data={"f": "json"}
     )
-    _error(in_post_query, 401, "needs a token")  # a POST's token goes in its body
+    _error(in_post_query, 401, "A POST takes its token in its body (token=...) or an")
 
 
 async def test_the_token_file_holds_hashes_only(

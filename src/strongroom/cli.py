@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_list.add_argument(
         "--status",
         type=str.upper,
-        choices=list(JobStatus),
+        choices=[status.value for status in JobStatus],  # as written, not enum reprs
         metavar="S",
         help=f"only this status ({', '.join(JobStatus)})",
     )
@@ -1169,7 +1169,7 @@ def _retention(args: argparse.Namespace) -> datetime | None:
 
 
 def _keep(days: int | None) -> str:
-    return "never expires" if days is None else f"{days} days"
+    return "never expires" if days is None else f"{days} day{'' if days == 1 else 's'}"
 
 
 def _until(moment: datetime | None) -> str:

@@ -252,9 +252,13 @@ class StoresConfig:
             raise ConfigError(f"{name!r} is the embedded default store and cannot be removed.")
         users = sorted(s for s, table in self.schedules.items() if table.get("store") == name)
         if users:
+            if len(users) == 1:
+                which, them = f"schedule {users[0]} backs", "it"
+            else:
+                which, them = f"schedules {', '.join(users)} back", "them"
             raise ConfigError(
-                f"The schedules {', '.join(users)} back up into store {name!r}; remove them "
-                "first ('strongroom schedules remove NAME')."
+                f"The {which} up into store {name!r}; remove {them} first ('strongroom "
+                "schedules remove NAME', or the admin API's schedules/NAME/delete)."
             )
         del self.stores[name]
         self.stores.setdefault(EMBEDDED_STORE_NAME, embedded_store(self.home))

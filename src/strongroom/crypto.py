@@ -210,7 +210,8 @@ def unwrap_file_key(kek: bytes, wrapped: bytes, binding: bytes) -> bytes:
 def wrong_passcode() -> PasscodeError:
     """What a passcode that does not open a backup is told (in v1 and v2 alike)."""
     return PasscodeError(
-        "The passcode does not open this backup; use the passcode given when it was created."
+        "The passcode does not open this backup; use the passcode it was made with (for a "
+        "backup made with a write key or by a schedule: the one that key was made from)."
     )
 
 

@@ -36,7 +36,7 @@ from typing import Literal, NoReturn
 
 from .config import StoresConfig
 from .engine import Engine
-from .errors import JobError, JobStoreUnavailableError, StrongroomError
+from .errors import ConfigError, JobError, JobStoreUnavailableError, StrongroomError
 from .format import claim_key, claims_prefix, parse_claim_key, to_epoch_ms, utc_now
 from .jobs import Job, JobHandle, JobStatus
 from .retention import believable_claim
@@ -126,7 +126,7 @@ def run_slot(
     none; a run still going `timeout` after it started is cancelled and reads FAILED."""
     paths = list(schedule.sources) or list(sources)
     if not paths:
-        raise JobError(
+        raise ConfigError(
             f"Schedule {schedule.name!r} has no sources, and this process none to lend it: "
             "define it with --source, or run it from 'strongroom serve --source DIR'."
         )
@@ -194,7 +194,8 @@ def run_now(
     timeout: timedelta | None = None,
 ) -> Job:
     """One backup of the schedule now, as a job (`schedules run`, the API's `run`); the
-    slot is this second, claimed like any other. JobError when it cannot start."""
+    slot is this second, claimed like any other. JobError when it cannot start (ConfigError
+    when the schedule has no sources to back up)."""
     schedule = get_schedule(StoresConfig.load(engine.config.path, home=engine.home), name)
     slot = (now or utc_now()).replace(microsecond=0)
     outcome = run_slot(

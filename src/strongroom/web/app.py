@@ -573,6 +573,12 @@ class _AdminApi:
             presented = Credentials((await body.head()).get("token"))
         allowed = await _run(is_allowed, presented.token, request, self._plugins, self._engine.home)
         if not allowed:
+            if presented.token is None and "token" in request.query_params:
+                raise ApiError(
+                    401,
+                    f"A {request.method} takes its token in its body (token=...) or an "
+                    "'Authorization: Bearer ...' header, not in the URL.",
+                )
             if presented.token is None:
                 raise ApiError(
                     401,

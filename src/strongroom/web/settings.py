@@ -47,7 +47,10 @@ class DrSettings:
             raise ConfigError(f"{path} is not JSON; fix or delete it.") from None
         if not isinstance(document, dict):
             raise ConfigError(f"{path} must hold a JSON object; fix or delete it.")
-        return cls(parse_timeout(str(document.get("timeoutInSeconds", DEFAULT_TIMEOUT))))
+        try:
+            return cls(parse_timeout(str(document.get("timeoutInSeconds", DEFAULT_TIMEOUT))))
+        except ConfigError as exc:  # the operator's file, not the request, is to be fixed
+            raise ConfigError(f"{path}: {exc} Fix or delete it.") from None
 
     def save(self, home: Path) -> None:
         write_private(home / SETTINGS_FILE, json.dumps(self.to_dict()) + "\n")
