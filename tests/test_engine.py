@@ -45,6 +45,23 @@ def test_round_trip_of_a_real_tree_is_exact(engine: Engine, tree: Path, tmp_path
     assert restored.stat().st_ino == (target / "data" / "secret.key").stat().st_ino
 
 
+def test_mtimes_come_back_to_the_nanosecond(engine: Engine, tree: Path, tmp_path: Path) -> None:
+    """Files small and large, directories and links (README: "mtimes to the microsecond";
+    the archive once held them as floats, and 1600000000.207788108 came back a microsecond
+    early)."""
+    paths = sorted([tree, *tree.rglob("*")], reverse=True)
+    for n, path in enumerate(paths):
+        ns = 1_600_000_000_207_788_108 + n * 1_000_003
+        os.utime(path, ns=(ns, ns), follow_symlinks=False)
+    given = {str(path.relative_to(tree.parent)): path.lstat().st_mtime_ns for path in paths}
+    assert len(set(given.values())) > 10
+    engine.create("exact", [tree], passcode=PASSCODE)
+    engine.restore("exact", tmp_path / "back", passcode=PASSCODE)
+    back = tmp_path / "back"
+    restored = {str(p.relative_to(back)): p.lstat().st_mtime_ns for p in back.rglob("*")}
+    assert restored == given
+
+
 def test_directories_get_their_attributes_whenever_they_are_finished(
     engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,8 +18,10 @@ from strongroom import filewrite
 from strongroom.filewrite import FileMeta, SmallFileWriters, Staging
 
 
-def meta(path: Path, data: bytes, mode: int = 0o640, mtime: float = 1_600_000_000.5) -> FileMeta:
-    return FileMeta(str(path), len(data), mode, mtime, "", os.getuid(), "", os.getgid())
+def meta(
+    path: Path, data: bytes, mode: int = 0o640, mtime_ns: int = 1_600_000_000_500_000_000
+) -> FileMeta:
+    return FileMeta(str(path), len(data), mode, mtime_ns, "", os.getuid(), "", os.getgid())
 
 
 #: The test's tmp_path: the staging directory that `submit` names paths relative to.
@@ -44,7 +46,7 @@ def writers_in(root: Path) -> Iterator[SmallFileWriters]:
         os.close(fd)
 
 
-def submit(writers: SmallFileWriters, path: Path, data: bytes, **kwargs: float) -> None:
+def submit(writers: SmallFileWriters, path: Path, data: bytes, **kwargs: int) -> None:
     """Submit `path`, given under the test's tmp_path, by its path relative to that."""
     view = memoryview(data)
     relative = Path(*path.parts[len(ROOT.parts) :]) if path.is_absolute() else path
@@ -98,13 +100,14 @@ def test_many_files_land_with_their_bytes_mode_and_mtime(tmp_path: Path, helpers
     with writers_in(tmp_path) as writers:
         assert writers.helper_count == helpers
         for n, (path, data) in enumerate(files.items()):
-            submit(writers, path, data, mode=0o600 + n % 0o100, mtime=1_500_000_000 + n)
+            mtime_ns = (1_500_000_000 + n) * 10**9 + 123_456_789
+            submit(writers, path, data, mode=0o600 + n % 0o100, mtime_ns=mtime_ns)
         writers.wait_all()
     for n, (path, data) in enumerate(files.items()):
         assert path.read_bytes() == data
         status = path.stat()
         assert stat.S_IMODE(status.st_mode) == 0o600 + n % 0o100
-        assert status.st_mtime == 1_500_000_000 + n
+        assert status.st_mtime_ns == (1_500_000_000 + n) * 10**9 + 123_456_789
     assert no_children_left()
 
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strongroom.tarheader import _common_header, member_header
+from strongroom.tarheader import _common_header, member_header, set_mtime
+from strongroom.tarstream import mtime_ns, read_members
 
 ENCODING, ERRORS = "utf-8", "surrogateescape"
 
@@ -23,6 +24,11 @@ def member(
     info.mtime, info.uname, info.gname = 1_795_788_508.123456, "alice", "staff"
     for field, value in fields.items():
         setattr(info, field, value)
+    return info
+
+
+def exact(info: tarfile.TarInfo, ns: int) -> tarfile.TarInfo:
+    set_mtime(info, ns)
     return info
 
 
@@ -47,6 +53,8 @@ COMMON = {
     "no owner names": member(uname="", gname=""),
     "largest numbers": member(uid=8**7 - 1, gid=8**7 - 1, size=8**11 - 1),
     "root": member(uid=0, gid=0, uname="root", gname="root"),
+    "file, exact mtime": exact(member(), 1_600_000_000_207_788_108),
+    "file, exact whole mtime": exact(member(), 1_600_000_000 * 10**9),
 }
 
 UNCOMMON = {
@@ -64,6 +72,8 @@ UNCOMMON = {
     "character device": member("tty", tarfile.CHRTYPE, size=0, devmajor=4, devminor=1),
     "block device": member("sda", tarfile.BLKTYPE, size=0, devmajor=8, devminor=0),
     "pax header of its own": member(pax_headers={"comment": "kept"}),
+    "exact mtime before 1970": exact(member(), -1_500_000_001),
+    "exact mtime, name of 101 bytes": exact(member("n" * 101), 1_600_000_000_207_788_108),
 }
 
 
@@ -112,5 +122,39 @@ def test_tarfile_reads_back_what_was_written() -> None:
     with tarfile.open(fileobj=sink, mode="r:") as tar:
         read = tar.getmembers()
     assert [(m.name, m.mtime, m.linkname, m.uname) for m in read] == [
-        (i.name.rstrip("/"), i.mtime, i.linkname, i.uname) for i in written
+        (i.name.rstrip("/"), float(i.pax_headers.get("mtime", i.mtime)), i.linkname, i.uname)
+        for i in written
     ]
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [1_600_000_000_207_788_108, 1_600_000_000_123_456_789, 5, -1_500_000_001, 10**9, 0],
+)
+def test_an_mtime_is_read_back_to_the_nanosecond(ns: int) -> None:
+    """Through a float (tarfile's `str(mtime)`) 1600000000.207788108 came back a microsecond
+    early; the decimal record reads back exactly, and tarfile still reads it."""
+    info = exact(member(size=0), ns)
+    archive = member_header(info, ENCODING, ERRORS) + tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+    (read,) = read_members(io.BytesIO(archive))
+    assert mtime_ns(read) == ns
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        (theirs,) = tar.getmembers()
+    assert abs(theirs.mtime - ns / 10**9) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("record", "ns"),
+    [
+        ("1600000000.2077882", 1_600_000_000_207_788_200),  # an older strongroom's str(float)
+        ("1e-06", 1_000),  # tarfile's str of a tiny float
+        ("0" * 5000 + "1.5", 1_500_000_000),  # planted: more digits than int() takes
+        ("7.1234567891", 7_123_456_789),  # past nanoseconds: cut
+    ],
+)
+def test_any_pax_mtime_record_reads(record: str, ns: int) -> None:
+    info = member(size=0, pax_headers={"mtime": record})
+    info.mtime = 0
+    archive = info.tobuf(tarfile.PAX_FORMAT, ENCODING, ERRORS) + tarfile.NUL * 1024
+    (read,) = read_members(io.BytesIO(archive))
+    assert mtime_ns(read) == ns

@@ -47,8 +47,8 @@ from .pipeline import ChunkWriter
 from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
 from .sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
-from .tarheader import member_header
-from .tarstream import TarSource, read_members
+from .tarheader import member_header, set_mtime
+from .tarstream import TarSource, mtime_ns, read_members
 from .writeback import FlushBehind, start_writeback
 
 if TYPE_CHECKING:
@@ -302,7 +302,7 @@ class _Members:
         info.mode = mode
         info.uid, info.gid = status.st_uid, status.st_gid
         info.size = status.st_size if info.type == tarfile.REGTYPE else 0
-        info.mtime = status.st_mtime
+        set_mtime(info, status.st_mtime_ns)
         info.linkname = linkname
         info.uname = _name_of(self._users, status.st_uid, pwd.getpwuid)
         info.gname = _name_of(self._groups, status.st_gid, grp.getgrgid)
@@ -453,7 +453,7 @@ class _Extraction:
             self._file(member, path)
         elif member.issym():
             self.staging.symlink(member.linkname, path)
-            self.staging.set_link_metadata(path, _owner(member), member.mtime)
+            self.staging.set_link_metadata(path, _owner(member), mtime_ns(member))
         else:  # a hard link, to an entry of this restore; the inode has its metadata already
             original = member_path(member.linkname)
             self.writers.wait_for(original)
@@ -526,7 +526,7 @@ class _Directories:
             owner = _owner(member)
             if owner is not None:
                 os.fchown(fd, *owner)
-            os.utime(fd, (member.mtime, member.mtime))
+            os.utime(fd, ns=(mtime_ns(member), mtime_ns(member)))
             os.fchmod(fd, member.mode & 0o777)
 
 
@@ -535,7 +535,7 @@ def _file_meta(member: tarfile.TarInfo, path: str) -> FileMeta:
         path,
         member.size,
         member.mode & 0o777,
-        member.mtime,
+        mtime_ns(member),
         member.uname,
         member.uid,
         member.gname,

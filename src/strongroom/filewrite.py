@@ -88,7 +88,7 @@ class FileMeta(NamedTuple):
     path: str | bytes
     size: int
     mode: int
-    mtime: float
+    mtime_ns: int
     uname: str
     uid: int
     gname: str
@@ -110,7 +110,7 @@ def write_file(
             preallocate(fd, 0, meta.size)
         write_pieces(fd, pieces, 0, writeback)
         _set_owner_and_mode(meta, fd, staging.as_root)
-        os.utime(fd, (meta.mtime, meta.mtime))
+        os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
     finally:
         os.close(fd)
 
@@ -226,13 +226,13 @@ class Staging:
         )
 
     def set_link_metadata(
-        self, path: str | bytes, owner: tuple[int, int] | None, mtime: float
+        self, path: str | bytes, owner: tuple[int, int] | None, mtime_ns: int
     ) -> None:
         """Give a symbolic link its owner (if given) and mtime; its mode means nothing."""
         parent, name = self._parent(path)
         if owner is not None:
             os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
-        os.utime(name, (mtime, mtime), dir_fd=parent, follow_symlinks=False)
+        os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
 
     def _parent(self, path: str | bytes, *, close_oldest: bool = True) -> tuple[int, bytes]:
         if close_oldest:

@@ -15,7 +15,7 @@ import functools
 import struct
 import tarfile
 
-__all__ = ["member_header"]
+__all__ = ["member_header", "set_mtime"]
 
 #: One ustar block: name; mode, uid, gid, size and mtime in octal; checksum; type; link
 #: name; magic; user and group names; device numbers, prefix and padding left NUL.
@@ -30,19 +30,34 @@ _NAME_LENGTH = tarfile.LENGTH_NAME
 _OWNER_LENGTH = 32
 
 
+def set_mtime(info: tarfile.TarInfo, mtime_ns: int) -> None:
+    """Give `info` the mtime `mtime_ns` exactly: whole seconds in the ustar field and, when
+    there is a fraction, its nanoseconds in a pax record written in decimal (tarfile writes
+    `str(float)`, which at today's times is off by up to a microsecond)."""
+    info.mtime = mtime_ns // 10**9  # the ustar field; readers take the pax record over it
+    if mtime_ns % 10**9:
+        whole, fraction = divmod(abs(mtime_ns), 10**9)
+        sign = "-" if mtime_ns < 0 else ""
+        info.pax_headers = {**info.pax_headers, "mtime": f"{sign}{whole}.{fraction:09d}"}
+
+
 def member_header(info: tarfile.TarInfo, encoding: str, errors: str) -> bytes:
     """The pax header blocks of `info`, as `info.tobuf(PAX_FORMAT, encoding, errors)`."""
     return _common_header(info) or info.tobuf(tarfile.PAX_FORMAT, encoding, errors)
 
 
 def _common_header(info: tarfile.TarInfo) -> bytes | None:
-    """The header of a member every field of which fits the ustar block, with its mtime in a
-    pax record when it is a float (as tarfile does: `str(mtime)`); None for any other."""
+    """The header of a member every field of which fits the ustar block, and whose only pax
+    record is its mtime (`set_mtime`'s, or as tarfile writes a float: `str(mtime)`); None
+    for any other."""
     name, linkname, uname, gname = info.name, info.linkname, info.uname, info.gname
     if info.type == tarfile.DIRTYPE and not name.endswith("/"):
         name += "/"
     mtime, size, uid, gid = info.mtime, info.size, info.uid, info.gid
     whole_mtime = round(mtime) if isinstance(mtime, float) else mtime
+    records = dict(info.pax_headers)
+    if isinstance(mtime, float):
+        records.setdefault("mtime", str(mtime))  # as tarfile: a record given first wins
     if not (
         name.isascii()
         and len(name) <= _NAME_LENGTH
@@ -61,17 +76,17 @@ def _common_header(info: tarfile.TarInfo) -> bytes | None:
         and type(whole_mtime) is int
         and 0 <= whole_mtime < _SIZE_LIMIT
         and info.type not in (tarfile.CHRTYPE, tarfile.BLKTYPE)
-        and not info.pax_headers
+        and records.keys() <= {"mtime"}
     ):
         return None
     numbers = (info.mode & 0o7777, uid, gid, size, whole_mtime)
     ascii_fields = (name, linkname, uname, gname)
     block = _block(info.type, numbers, *(field.encode("ascii") for field in ascii_fields))
-    if not isinstance(mtime, float):
+    if not records:
         return block
-    records = _pax_record(b"mtime", str(mtime).encode("ascii"))
-    padding = -len(records) % tarfile.BLOCKSIZE
-    return b"".join((_extended_block(len(records)), records, tarfile.NUL * padding, block))
+    pax = _pax_record(b"mtime", records["mtime"].encode("ascii"))
+    padding = -len(pax) % tarfile.BLOCKSIZE
+    return b"".join((_extended_block(len(pax)), pax, tarfile.NUL * padding, block))
 
 
 @functools.lru_cache(maxsize=64)

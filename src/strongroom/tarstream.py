@@ -15,6 +15,7 @@ catches a stream that is not tar at all.
 
 from __future__ import annotations
 
+import re
 import struct
 import sys
 import tarfile
@@ -23,7 +24,7 @@ from typing import Protocol
 
 from .errors import IntegrityError
 
-__all__ = ["read_members"]
+__all__ = ["mtime_ns", "read_members"]
 
 BLOCK = 512
 #: A pax header larger than this is refused (tarfile writes a few hundred bytes).
@@ -178,6 +179,22 @@ def _apply_pax(member: tarfile.TarInfo, records: dict[str, str]) -> None:
     member.pax_headers = records
     if member.isdir():
         member.name = member.name.rstrip("/")
+
+
+#: A pax mtime in plain decimal, as strongroom (`tarheader.set_mtime`) and tarfile write it.
+_DECIMAL = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
+
+
+def mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's mtime in nanoseconds, exactly as its pax record writes it (through a
+    float, a time of today is off by up to a microsecond), else its whole seconds."""
+    text = member.pax_headers.get("mtime")
+    match = _DECIMAL.fullmatch(text) if text is not None else None
+    if match is None:  # none, or an exponent (tarfile's str of a tiny float)
+        return round(member.mtime * 10**9)
+    sign, whole, fraction = match.groups()
+    ns = int(whole.lstrip("0") or "0") * 10**9 + int((fraction or "")[:9].ljust(9, "0"))
+    return -ns if sign else ns
 
 
 def _check_ranges(member: tarfile.TarInfo) -> None:
