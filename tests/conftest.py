@@ -16,7 +16,7 @@ import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from strongroom import Engine, JobHandle, KdfParams
+from strongroom import Engine, JobHandle, KdfParams, archive
 from strongroom.backends import mounts
 from strongroom.backends.file import LocalStore
 from strongroom.web.auth import hash_token
@@ -55,6 +55,21 @@ def damage_write_key(config: Path, name: str) -> None:
     value = line.split('"')[1]
     damaged = line.replace(value, ("B" if value[0] == "A" else "A") + value[1:])
     config.write_text(head + marker + rest.replace(line, damaged, 1))
+
+
+def change_after_open(
+    monkeypatch: pytest.MonkeyPatch, name: bytes, change: Callable[[], None]
+) -> None:
+    """Run `change` right after the archive writer opens the file `name` to read it."""
+    opened = archive.open_regular
+
+    def open_then_change(entry: Any) -> Any:
+        found = opened(entry)
+        if entry.name == name:
+            change()
+        return found
+
+    monkeypatch.setattr(archive, "open_regular", open_then_change)
 
 
 @pytest.fixture

@@ -35,7 +35,14 @@ from strongroom import ConfigError, Engine, StoresConfig, StoreSpec
 from strongroom.cli import main
 from strongroom.web.auth import hash_token
 from strongroom.web.serve import _listen
-from tests.conftest import FAST_KDF, SMALL_CHUNK, MountTables, snapshot, write_key_secrets
+from tests.conftest import (
+    FAST_KDF,
+    SMALL_CHUNK,
+    MountTables,
+    change_after_open,
+    snapshot,
+    write_key_secrets,
+)
 from tests.forge import entry, forge_backup, tar_of
 
 #: The passcode of every backup here; it must never appear in any output.
@@ -1529,6 +1536,22 @@ def test_create_with_a_write_key_needs_no_passcode_and_restores_with_it(
     wrong = tmp_path / "wrong.txt"
     wrong.write_text(WRONG_PASSCODE)
     assert cli("verify", "keyed", "--passcode-file", wrong).code == 7
+
+
+def test_a_file_that_shrinks_as_it_is_read_is_one_line_that_says_so(
+    cli: Cli, passcode_file: Path, small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 12 with strongroom's sentence only: no advice to check permissions or free
+    space, which the file never lacked."""
+    victim = small / "sub" / "b.txt"
+    change_after_open(monkeypatch, b"b.txt", lambda: os.truncate(victim, 10))
+    outcome = cli("create", "--name", "shrunk", "--passcode-file", passcode_file, small)
+    assert outcome.code == 12
+    assert outcome.error_line == (
+        "strongroom: error: docs/sub/b.txt shrank while it was being backed up (it had 6000 "
+        "bytes when opened), so nothing was committed; back it up when nothing is writing to "
+        "it (a log truncated or rotated meanwhile)."
+    )
 
 
 def test_warnings_are_the_commands_own_lines(

@@ -27,7 +27,7 @@ from strongroom import (
 from strongroom.format import Manifest, data_prefix, manifest_key
 from strongroom.pipeline import ChunkWriter
 from strongroom.sourcetree import walk_source
-from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, snapshot
+from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK, change_after_open, snapshot
 
 FUTURE_MS = 4_102_444_800_000  # 2100-01-01
 
@@ -60,6 +60,43 @@ def test_mtimes_come_back_to_the_nanosecond(engine: Engine, tree: Path, tmp_path
     back = tmp_path / "back"
     restored = {str(p.relative_to(back)): p.lstat().st_mtime_ns for p in back.rglob("*")}
     assert restored == given
+
+
+def test_a_file_that_shrinks_as_it_is_read_fails_the_backup_naming_it(
+    engine: Engine, tree: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its header already gave its size, so the archive cannot hold it whole: nothing is
+    committed, and the error says which file and why (it said "unexpected end of data",
+    and to check permissions and free space)."""
+    big = tree / "big.bin"
+    size = big.stat().st_size
+    change_after_open(monkeypatch, b"big.bin", lambda: os.truncate(big, 1000))
+    with pytest.raises(OSError, match=f"data/big.bin shrank .*it had {size} bytes when opened"):
+        engine.create("shrunk", [tree], passcode=PASSCODE)
+    assert engine.listing().backups == []
+    assert not [p for p in (home / "stores").rglob("*") if p.is_file() and "data" in p.parts]
+
+
+def test_a_file_that_grows_as_it_is_read_is_backed_up_as_opened_with_a_warning(
+    engine: Engine,
+    tree: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    big = tree / "big.bin"
+    before = big.read_bytes()
+
+    def append() -> None:
+        with big.open("ab") as handle:
+            handle.write(b"appended meanwhile")
+
+    change_after_open(monkeypatch, b"big.bin", append)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        engine.create("grown", [tree], passcode=PASSCODE)
+    assert "data/big.bin changed while it was being backed up" in caplog.text
+    engine.restore("grown", tmp_path / "back", passcode=PASSCODE)
+    assert (tmp_path / "back" / "data" / "big.bin").read_bytes() == before
 
 
 def test_directories_get_their_attributes_whenever_they_are_finished(

@@ -43,7 +43,7 @@ from .filewrite import (
     write_file,
     write_pieces,
 )
-from .pipeline import ChunkWriter
+from .pipeline import ChunkWriter, SourceEndedEarly
 from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
 from .sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
@@ -270,8 +270,30 @@ def _add_entry(
     fd, status = open_regular(entry)
     with open(fd, "rb", buffering=0) as file:  # read into the chunk buffer, never buffered
         info = members.info(entry.arcname, status)
-        if info is not None and keep(info) is not None:
+        if info is None or keep(info) is None:
+            return
+        try:
             tar.addfile(info, file if info.isreg() else None)
+        except SourceEndedEarly:
+            raise OSError(  # no errno: not a permission or a full disk to check
+                f"{entry.arcname} shrank while it was being backed up (it had "
+                f"{status.st_size} bytes when opened), so nothing was committed; back it up "
+                "when nothing is writing to it (a log truncated or rotated meanwhile)."
+            ) from None
+        if info.isreg() and _changed(status, os.fstat(fd)):
+            logger.warning(
+                "%s changed while it was being backed up; the backup holds its first %d "
+                "bytes as they were read, which may mix old and new contents (back it up "
+                "again when nothing is writing to it).",
+                entry.arcname,
+                info.size,
+            )
+
+
+def _changed(opened: os.stat_result, now: os.stat_result) -> bool:
+    """Whether a file was written to since it was opened (as tar's 'file changed as we
+    read it'): its size or mtime moved."""
+    return (opened.st_size, opened.st_mtime_ns) != (now.st_size, now.st_mtime_ns)
 
 
 class _Members:

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "ChunkReader",
     "ChunkWriter",
+    "SourceEndedEarly",
     "WriteStats",
     "announce_first_chunks",
     "compressor",
@@ -85,6 +86,10 @@ class WriteStats:
     chunk_count: int
     source_size: int
     stored_size: int
+
+
+class SourceEndedEarly(OSError):
+    """A source that ended before the size given for it (a file that shrank as it was read)."""
 
 
 class ChunkWriter(io.RawIOBase):
@@ -145,8 +150,8 @@ class ChunkWriter(io.RawIOBase):
 
     def write_from(self, source: io.RawIOBase | io.BufferedIOBase, size: int) -> None:
         """Append `size` bytes of `source` read straight into the chunk buffer (`readinto`:
-        the only copy a file's bytes get before compression and sealing). OSError, as
-        tarfile says it, if the source ends sooner."""
+        the only copy a file's bytes get before compression and sealing).
+        SourceEndedEarly if the source ends sooner."""
         left = size
         while left:
             if self._fill == self._chunk_size:
@@ -155,7 +160,7 @@ class ChunkWriter(io.RawIOBase):
             with memoryview(self._buffer) as buffer:
                 got = source.readinto(buffer[self._fill : self._fill + take])
             if not got:
-                raise OSError("unexpected end of data")
+                raise SourceEndedEarly("unexpected end of data")
             self._fill += got
             left -= got
             self._source_size += got
