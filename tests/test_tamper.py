@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from strongroom import Engine, IntegrityError, PasscodeError
+from strongroom import Engine, IntegrityError, PasscodeError, StoreUnavailableError
+from strongroom.backends.file import LocalStore
 from strongroom.format import MAX_CHUNK_SIZE, Manifest
 from tests.conftest import PASSCODE, snapshot
 from tests.v1_fixture import RETENTION, SIBLING, V1_STORE, VICTIM, make_payload
@@ -202,6 +203,26 @@ def test_deleting_the_last_chunk_is_detected(lab: Lab) -> None:
         IntegrityError, match=r"is missing from the store\. Nothing was restored\.$"
     ):
         lab.engine.restore(VICTIM, target, passcode=PASSCODE)
+
+
+def test_a_store_that_fails_midway_says_nothing_was_restored(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk the store cannot read (a dying disk or server) ends the restore as a store
+    error that says the target was left as it was, as an integrity error does."""
+    failing = lab.chunks()[1].name
+    get = LocalStore.get
+
+    def dying_get(store: LocalStore, key: str, **options: Any) -> bytes:
+        if key.endswith(failing):
+            raise StoreUnavailableError(f"Store {store.name!r} failed on {key!r}: I/O error.")
+        return get(store, key, **options)
+
+    monkeypatch.setattr(LocalStore, "get", dying_get)
+    target = lab.fresh_target()
+    with pytest.raises(StoreUnavailableError, match=r"Nothing was restored\.$"):
+        lab.engine.restore(VICTIM, target, passcode=PASSCODE)
+    assert not target.exists()
 
 
 @TAMPER_SETTINGS

@@ -56,6 +56,7 @@ from .errors import (
     IntegrityError,
     NewerFormatError,
     ObjectLockedError,
+    StoreUnavailableError,
 )
 from .format import (
     MANIFESTS_PREFIX,
@@ -749,6 +750,10 @@ class Engine(EngineStores, EngineJobs):
             raise IntegrityError(
                 f"Backup {manifest.name!r} in store {source.name!r}: {exc}{outcome}"
             ) from None
+        except StoreUnavailableError as exc:  # the store went away midway: say so too
+            if not outcome:
+                raise
+            raise type(exc)(f"{exc}{outcome}") from exc
 
 
 class _KeyDerivation:
