@@ -371,7 +371,7 @@ def test_a_manifest_that_does_not_read_fails_the_list_after_the_rest(
 
     deleted = cli("delete", "damaged", "--unreadable")
     assert deleted.code == 0, deleted.err
-    assert "the next cleanup removes its data" in deleted.out
+    assert "a cleanup removes its data once that is a day old" in deleted.out
     assert cli("list").code == 0
     refused = cli("delete", backup, "--unreadable")
     assert refused.code == 3 and "reads; delete it without --unreadable" in refused.error_line

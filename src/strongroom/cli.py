@@ -589,7 +589,10 @@ def run_ls(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     Engine().delete(args.name, args.store, unreadable=args.unreadable)
     if args.unreadable:
-        print(f"Deleted the manifest of {args.name}; the next cleanup removes its data")
+        print(
+            f"Deleted the manifest of {args.name}; a cleanup removes its data once that is a "
+            "day old (younger data could be a create's still writing)"
+        )
     else:
         print(f"Deleted {args.name}")
     return 0

@@ -831,7 +831,10 @@ def _remove_quietly(store: Store, name: str, *keys_or_prefixes: str) -> None:
             else:
                 store.delete([item])
     except Exception:  # the first failure is the one to report; a sweep removes the rest
-        logger.warning("Could not remove what the backup %r left; a cleanup sweeps it", name)
+        logger.warning(
+            "Could not remove what the backup %r left; a cleanup sweeps it once it is a day old",
+            name,
+        )
 
 
 def _commit(store: Store, manifest: Manifest) -> None:
