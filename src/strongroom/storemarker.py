@@ -67,8 +67,7 @@ def require_marked(
         raise StoreMissingError(f"{exc} {_remedy(store, known())}") from None
     raise StoreUnavailableError(
         f"Store {store.name!r} ({store.url}) holds no backups and no store marker "
-        f"({STORE_MARKER_KEY}), so it is not taken for an empty store: if its disk or "
-        f"share is not mounted, mount it; if its URL is wrong, correct it. "
+        f"({STORE_MARKER_KEY}), so it is not taken for an empty store: {_likely(store)}. "
         f"{_remedy(store, known())}"
     )
 
@@ -78,10 +77,19 @@ def lost(store: Store, anew: str) -> StoreUnavailableError:
     has neither its marker nor a backup now; `anew` says how to insist."""
     return StoreUnavailableError(
         f"Store {store.name!r} ({store.url}): this home has known a strongroom store there, "
-        "and it holds neither its store marker nor a backup now: its disk or share is most "
-        "likely not mounted (mount it), or its URL points elsewhere (correct it). Nothing "
+        f"and it holds neither its store marker nor a backup now: {_likely(store)}. Nothing "
         f"was marked. Only if its backups were deleted on purpose, and {_really_there(store)}, "
         f"{anew} starts it anew."
+    )
+
+
+def _likely(store: Store) -> str:
+    """What most likely hides a store's backups, by the kind of place it is."""
+    if urlsplit(store.url).scheme == "file":
+        return "if its disk or share is not mounted, mount it; if its URL is wrong, correct it"
+    return (
+        "if its URL, endpoint or account is not the one its backups are in, correct it; if "
+        "its bucket or container was emptied, its backups are gone from there"
     )
 
 

@@ -314,9 +314,13 @@ def test_an_emptied_prefix_is_refused_until_it_is_started_anew(
     capsys.readouterr()
 
     assert main(create) == 4
-    assert "holds no backups and no store marker" in capsys.readouterr().err
+    refused = capsys.readouterr().err
+    assert "holds no backups and no store marker" in refused
+    assert "its bucket or container was emptied" in refused and "mount" not in refused
     assert main(["stores", "init", "offsite"]) == 4
-    assert "this home has known a strongroom store there" in capsys.readouterr().err
+    refused = capsys.readouterr().err
+    assert "this home has known a strongroom store there" in refused
+    assert "endpoint or account" in refused and "mount" not in refused  # a bucket, no disk
     assert not s3_admin().find(f"{bucket}/cli")
     assert main(["stores", "init", "offsite", "--anew"]) == 0
     assert main(create) == 0
