@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -1552,6 +1552,23 @@ def test_a_file_that_shrinks_as_it_is_read_is_one_line_that_says_so(
         "bytes when opened), so nothing was committed; back it up when nothing is writing to "
         "it (a log truncated or rotated meanwhile)."
     )
+
+
+def test_an_interrupt_says_what_it_left_by_command(
+    cli: Cli, passcode_file: Path, small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create commits nothing; a read-only command changed nothing, and is not told it
+    'committed nothing' as if it could have."""
+
+    def interrupted(*args: object, **kwargs: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "create", interrupted)
+    monkeypatch.setattr(Engine, "listing", interrupted)
+    made = cli("create", "--name", "x", "--passcode-file", passcode_file, small)
+    assert (made.code, made.err) == (130, "strongroom: interrupted; nothing was committed.\n")
+    listed = cli("list")
+    assert (listed.code, listed.err) == (130, "strongroom: interrupted.\n")
 
 
 def test_warnings_are_the_commands_own_lines(

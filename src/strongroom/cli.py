@@ -89,12 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"strongroom: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        undone = (  # an interrupt after the move finds the restore done
-            "a restore lands whole or not at all: the target holds all of it or nothing"
-            if args.run is run_restore
-            else "nothing was committed"
-        )
-        print(f"strongroom: interrupted; {undone}.", file=sys.stderr)
+        undone = {  # an interrupt after the move finds the restore done
+            run_restore: "; a restore lands whole or not at all: the target holds all of it "
+            "or nothing",
+            run_create: "; nothing was committed",
+        }.get(args.run, "")  # a read changed nothing; a cleanup's deletes so far stand
+        print(f"strongroom: interrupted{undone}.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`strongroom list | head`): no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush

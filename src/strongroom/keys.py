@@ -221,9 +221,10 @@ def _open_backup(manifest: Manifest, passcode: Passcode) -> BackupKeys:
             raise wrong_passcode()
         writer_mac = hmac_sha256(expected.writer_key, manifest.authenticated_bytes())
         if not same_bytes(writer_mac, manifest.writer_mac):
-            raise IntegrityError(
-                f"Backup {manifest.name!r} was not written with this passcode or its write "
-                "key: its manifest is forged or has been tampered with."
+            raise IntegrityError(  # the key check matched: the passcode is the right one
+                f"The manifest of backup {manifest.name!r} was changed after it was written, "
+                "or forged: the passcode is right, but the manifest does not carry its "
+                "writer's seal."
             )
         file_key = unwrap_from_recipient(
             recipient_private_key(master),
