@@ -153,10 +153,16 @@ class _Stderr(logging.Handler):
 
 
 def show_warnings() -> None:
-    """Print the library's warnings (`serve` configures its own logging instead)."""
+    """Print the library's warnings (`serve` configures its own logging instead), and not
+    the tracebacks asyncio prints for an object store's transport tasks that a dropped
+    connection failed ('Task exception was never retrieved'): the command says in one line
+    what failed."""
     logger = logging.getLogger("strongroom")
     if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
         logger.addHandler(_Stderr(logging.WARNING))
+    transports = logging.getLogger("asyncio")
+    if not transports.handlers:
+        transports.addHandler(logging.NullHandler())
 
 
 def reuse_freed_memory() -> None:
