@@ -137,6 +137,7 @@ class EngineStores:
             self._refuse_second_name(spec)
             store = self.store(spec.name)
             store.check_persistent()
+            _check_locks(store)
             insist = f"'{add_command(spec, default=default)}'"
             self._mark(spec, store, unless_known=True, anew=anew, insist=insist)
 
@@ -278,3 +279,15 @@ def add_command(spec: StoreSpec, *, default: bool) -> str:
             "--anew",
         ]
     )
+
+
+def _check_locks(store: Store) -> None:
+    """A store added to lock backups must be able to: else an operator would believe its
+    backups immutable while they are not (its probe, as `stores validate` runs it)."""
+    if not store.lock_mode:
+        return
+    report = store.validate()
+    if not report.checks.get("object lock"):
+        raise ConfigError(
+            f"Store {store.name!r} ({store.url}) was not added: {'; '.join(report.errors)}."
+        )

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from strongroom import ConfigError, Engine, ObjectLockedError
+from strongroom import ConfigError, Engine, ObjectLockedError, StoresConfig
 from strongroom.cli import main
 from strongroom.format import manifest_key, to_epoch_ms
 from strongroom_s3.store import S3Store
@@ -246,6 +246,23 @@ def test_the_option_on_a_bucket_without_object_lock_fails_clearly_and_leaves_not
         )
     assert "remove the option" in str(caught.value)
     assert s3_admin().find(store.root) == []
+
+
+def test_adding_a_locking_store_on_a_bucket_without_object_lock_is_refused(
+    new_bucket: Callable[..., str],
+    s3_endpoint: str,
+    s3_admin: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It was added, so an operator could believe its backups immutable; backups without a
+    retention date then went in unlocked."""
+    bucket = new_bucket()
+    options = ["--option", f"endpoint_url={s3_endpoint}", "--option", "object_lock=compliance"]
+    assert main(["stores", "add", "vault", f"s3://{bucket}/cli", *options]) == 3
+    error = capsys.readouterr().err
+    assert "'vault'" in error and "was not added" in error and "has no object lock" in error
+    assert "vault" not in StoresConfig.load().stores
+    assert s3_admin().find(bucket) == []
 
 
 def test_validate_reports_the_lock_mode_on_a_bucket_with_object_lock(
