@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -45,6 +46,27 @@ def jobs(home: Path) -> Iterator[JobManager]:
     manager = JobManager(home / JOBS_FILE)
     yield manager
     manager.close()
+
+
+def test_the_job_table_is_its_owners_only(home: Path) -> None:
+    """Jobs name backups, descriptions, restore targets and errors: the table and its WAL
+    are 0600 like config.toml (they were 0644), an older table too once opened."""
+    home.mkdir()
+    older = home / JOBS_FILE
+    older.touch(mode=0o644)
+    older.chmod(0o644)
+    manager = JobManager(older)
+    try:
+        manager.wait(manager.submit("create", lambda job: {}).jobid, 10)
+        for path in home.glob(f"{JOBS_FILE}*"):
+            if path.is_file():
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    finally:
+        manager.close()
+    (home / "fresh").mkdir()
+    fresh = JobManager(home / "fresh" / JOBS_FILE)
+    fresh.close()
+    assert stat.S_IMODE((home / "fresh" / JOBS_FILE).stat().st_mode) == 0o600
 
 
 def _rows(home: Path) -> int:

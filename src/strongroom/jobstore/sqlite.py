@@ -45,6 +45,7 @@ class SqliteJobStore:
         self.namespace = namespace
         self._owners = path.with_name(f"{path.name}.owners")
         self._lock = threading.Lock()
+        _owner_only(path)
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -207,6 +208,19 @@ class SqliteJobStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+def _owner_only(path: Path) -> None:
+    """Make the job table readable by its owner only, as config.toml is: its jobs name
+    backups, descriptions, restore targets and errors. SQLite gives its -wal and -shm
+    files the table's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o077:  # made by an older strongroom, readable by others
+            os.fchmod(fd, mode & 0o700)
+    finally:
+        os.close(fd)
 
 
 class _OwnerLock:
