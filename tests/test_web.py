@@ -783,6 +783,9 @@ async def test_create_needs_sources(engine: Engine, tmp_path: Path) -> None:
 async def test_jobs_are_found_cancelled_and_shown(api: Api, engine: Engine) -> None:
     _error(await api.get("/admin/jobs/j7d22f855-2c9f-4934-94e4-93c5e85cd271"), 404, "No job")
     _error(await api.get("/admin/jobs/not-a-job"), 404, "No job has the id 'not-a-job'")
+    long = await api.get(f"/admin/jobs/{'j' * 5000}")  # a caller's text is quoted in part
+    _error(long, 404, "No job has the id 'jjj")
+    assert len(long.text) < 1000
 
     jobid = engine.jobs.submit("loop", until_cancelled, store="backupsDefault").jobid
     page = await api.send("GET", f"/admin/jobs/{jobid}", params={"token": TOKEN})

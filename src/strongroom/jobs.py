@@ -57,7 +57,7 @@ from .errors import (
     JobTimeoutError,
     StrongroomError,
 )
-from .format import to_epoch_ms, utc_now
+from .format import quoted, to_epoch_ms, utc_now
 from .jobrecord import Job, JobStatus, Stage, end_stages
 from .jobstore import Saved, open_job_store
 
@@ -492,14 +492,14 @@ class JobManager:
             return self._running[jobid].job
         latest = self._unrecorded.get(jobid, stored)
         if latest is None:
-            raise JobNotFoundError(f"No job has the id {jobid!r}.")
+            raise JobNotFoundError(f"No job has the id {quoted(jobid)}.")
         return latest
 
     def _load(self, jobid: str) -> Job:
         found = self._store.load(jobid) if _JOB_ID.fullmatch(jobid) else None
         if found is None:
             raise JobNotFoundError(
-                f"No job has the id {jobid!r}; job ids look like "
+                f"No job has the id {quoted(jobid)}; job ids look like "
                 "j7d22f855-2c9f-4934-94e4-93c5e85cd271."
             )
         return found
