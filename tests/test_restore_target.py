@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -297,19 +298,28 @@ def test_a_killed_restores_staging_directory_is_removed_by_the_next_restore(
 
 
 def test_a_killed_restore_beside_a_new_target_stops_nothing_and_is_left_alone(
-    engine: Engine, tree: Path, tmp_path: Path, home: Path
+    engine: Engine, tree: Path, tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Beside a new target (in a parent others may share), a killed restore's staging
-    directory never stopped a restore, so nothing removes it there."""
+    directory never stopped a restore, so nothing removes it there; the next restore into
+    that target names it (it may hold much of a backup), and nothing else beside it."""
     engine.create("b", [tree], passcode=PASSCODE)
     target = tmp_path / "out"
     with restore_under_way(target, home) as restore:
         [left] = staging_left(tmp_path)
         restore.kill()
         restore.wait(timeout=30)
-    engine.restore("b", target, passcode=PASSCODE)
+    other = tmp_path / f".outer.strongroom-restore-{'b' * 16}"  # another target's
+    other.mkdir()
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        engine.restore("b", target, passcode=PASSCODE)
     assert snapshot(target / "data") == snapshot(tree)
-    assert staging_left(tmp_path) == [left]
+    assert sorted(staging_left(tmp_path)) == sorted([left, str(other)])
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        f"{left}, beside the restore target, is the staging directory of an earlier "
+        "restore there that was killed; if no restore is running, remove it."
+    ]
 
 
 def abandoned_staging(target: Path, name: str = f".strongroom-restore-{'a' * 16}") -> Path:

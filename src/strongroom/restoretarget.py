@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,8 @@ from types import TracebackType
 
 from .errors import ConfigError
 from .libc import exists_at, rename_noreplace
+
+logger = logging.getLogger("strongroom")
 
 __all__ = ["Landing", "check_restore_target"]
 
@@ -140,6 +143,7 @@ class Landing:
             if self._target < 0:
                 os.fchmod(self.staging, 0o777 & ~_umask())
                 rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
+                self._name_leftovers()
             else:
                 _move_entries(self.staging, self._target)
         except OSError as exc:
@@ -153,6 +157,23 @@ class Landing:
         if self._target >= 0:
             with suppress(OSError):  # empty now; left behind, it is only an empty directory
                 os.rmdir(self._staging_name, dir_fd=self._target)
+
+
+    def _name_leftovers(self) -> None:
+        """Warn of what killed restores of this new target left beside it (never removed:
+        its parent may be shared), which may hold a large part of a backup."""
+        prefix = _beside_prefix(self.path.name)
+        left = sorted(
+            name
+            for name in os.listdir(self._parent)
+            if name.startswith(prefix) and _ABANDONED.fullmatch(name[len(prefix) :])
+        )
+        for name in left:
+            logger.warning(
+                "%s, beside the restore target, is the staging directory of an earlier "
+                "restore there that was killed; if no restore is running, remove it.",
+                self.path.parent / name,
+            )
 
 
 def _not_a_directory(target: Path) -> ConfigError:
@@ -180,10 +201,14 @@ def _staging_name(beside: str) -> str:
     """A fresh staging directory's name: in an existing target, or beside a new one named
     `beside` (as much of its name as leaves room for the rest in 255 bytes)."""
     fresh = f"{_STAGING}{os.urandom(8).hex()}"
-    if not beside:
-        return fresh
+    return f"{_beside_prefix(beside)}{fresh}" if beside else fresh
+
+
+def _beside_prefix(beside: str) -> str:
+    """What a staging directory beside the new target `beside` is named before its own
+    part (`_STAGING` and the random hex)."""
     kept = os.fsencode(beside)[:200].decode(errors="ignore")  # a whole last character
-    return f".{kept}{fresh}"
+    return f".{kept}"
 
 
 def _made_here(staging: int) -> bool:
