@@ -126,6 +126,9 @@ def _log_config() -> dict[str, Any]:
     config.setdefault("filters", {})["without_query"] = {"()": _WithoutQuery}
     config["handlers"]["access"]["filters"] = ["without_query"]
     config["loggers"]["strongroom"] = {"handlers": ["default"], "level": "INFO"}
+    # the server's own event loop: its errors are the operator's to read (the command
+    # line silences these records, `cli.show_warnings`; this replaces that)
+    config["loggers"]["asyncio"] = {"handlers": ["default"], "level": "WARNING"}
     return config
 
 
