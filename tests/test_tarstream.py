@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strongroom import IntegrityError
-from strongroom.tarstream import PAX_LIMIT, read_members
+from strongroom.tarstream import PAX_LIMIT, mtime_ns, read_members
 
 FIELDS = ("name", "type", "mode", "uid", "gid", "size", "mtime", "linkname", "uname", "gname")
 
@@ -178,7 +178,16 @@ def test_an_oversized_pax_header_is_refused_before_it_is_read() -> None:
 
 @pytest.mark.parametrize(
     ("record", "value"),
-    [("mtime", "nan"), ("mtime", "inf"), ("mtime", "1e300"), ("uid", str(2**32)), ("gid", "-1")],
+    [
+        ("mtime", "nan"),
+        ("mtime", "inf"),
+        ("mtime", "1e300"),
+        ("mtime", "-62135596800.000000001"),  # before year 1: ls --long died on it
+        ("mtime", "-200000000000"),  # year -4368, within what the check once let through
+        ("mtime", "253402300800"),  # year 10000
+        ("uid", str(2**32)),
+        ("gid", "-1"),
+    ],
 )
 def test_numbers_no_file_system_takes_are_refused(record: str, value: str) -> None:
     """A pax record can hold any number; restore, verify and ls would fail on these later
@@ -191,3 +200,17 @@ def test_numbers_no_file_system_takes_are_refused(record: str, value: str) -> No
     sink.seek(0)
     with pytest.raises(IntegrityError, match="impossible"):
         list(read_members(sink))
+
+
+@pytest.mark.parametrize("record", ["-62135596800", "253402300799.999999999"])
+def test_the_first_and_last_moments_of_years_1_to_9999_are_read(record: str) -> None:
+    """The last nanosecond of 9999 rounds up through a float (once refused as impossible,
+    so a backup of a file dated so never restored)."""
+    info = tarfile.TarInfo("file")
+    info.pax_headers = {"mtime": record}
+    sink = io.BytesIO()
+    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    sink.seek(0)
+    (member,) = read_members(sink)
+    assert mtime_ns(member) == int(record.replace(".", "")) * (1 if "." in record else 10**9)

@@ -48,7 +48,7 @@ from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
 from .sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
 from .tarheader import member_header, set_mtime
-from .tarstream import TarSource, mtime_ns, read_members
+from .tarstream import TarSource, mtime_ns, mtime_restorable, read_members
 from .writeback import FlushBehind, start_writeback
 
 if TYPE_CHECKING:
@@ -229,6 +229,12 @@ def write_archive(
             rules.check(member)
         except RefusedMember as refused:
             left_out.append(f"{refused.name}: {refused.reason}, so a restore would refuse it")
+            return None
+        if not mtime_restorable(member):
+            left_out.append(
+                f"{member.name}: its mtime is outside the years 1 to 9999, which a restore "
+                "cannot set"
+            )
             return None
         return member
 

@@ -158,7 +158,6 @@ class Landing:
             with suppress(OSError):  # empty now; left behind, it is only an empty directory
                 os.rmdir(self._staging_name, dir_fd=self._target)
 
-
     def _name_leftovers(self) -> None:
         """Warn of what killed restores of this new target left beside it (never removed:
         its parent may be shared), which may hold a large part of a backup."""

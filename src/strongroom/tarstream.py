@@ -24,7 +24,7 @@ from typing import Protocol
 
 from .errors import IntegrityError
 
-__all__ = ["mtime_ns", "read_members"]
+__all__ = ["mtime_ns", "mtime_restorable", "read_members"]
 
 BLOCK = 512
 #: A pax header larger than this is refused (tarfile writes a few hundred bytes).
@@ -49,7 +49,10 @@ _MEMBER_TYPES = frozenset(
     )
 )
 _MAX_ID = 2**32
-_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, and as far before 1970
+#: The mtimes a restore sets and `ls` shows: 0001-01-01T00:00:00Z to the last nanosecond of
+#: 9999-12-31 (what datetime holds).
+_MIN_NS = -62_135_596_800 * 10**9
+_MAX_NS = 253_402_300_800 * 10**9 - 1
 #: What tarfile encodes ustar fields with, and pax fields marked hdrcharset=BINARY.
 _ENCODING = sys.getfilesystemencoding()
 
@@ -204,8 +207,15 @@ def _check_ranges(member: tarfile.TarInfo) -> None:
         raise IntegrityError(f"The backup's archive gives {member.name!r} a negative size.")
     if not (0 <= member.uid < _MAX_ID and 0 <= member.gid < _MAX_ID):
         raise IntegrityError(f"The backup's archive gives {member.name!r} an impossible owner.")
-    if not -_MAX_SECONDS <= member.mtime <= _MAX_SECONDS:  # False for NaN, too
+    if not mtime_restorable(member):
         raise IntegrityError(f"The backup's archive gives {member.name!r} an impossible mtime.")
+
+
+def mtime_restorable(member: tarfile.TarInfo) -> bool:
+    """Whether the member's mtime, read exactly, is within years 1 to 9999 (a pax record
+    can hold any number, NaN and infinity included: the float is bounded first)."""
+    roughly = abs(member.mtime) < 10**12  # False for NaN; years far past either end
+    return roughly and _MIN_NS <= mtime_ns(member) <= _MAX_NS
 
 
 def _number(field: bytes) -> int:
