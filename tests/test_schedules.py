@@ -47,6 +47,7 @@ from strongroom.schedules import (
     Schedule,
     define,
     get_schedule,
+    load_schedules,
     parse_duration,
     parse_keep_days,
     remove,
@@ -635,6 +636,14 @@ def test_a_damaged_schedule_stops_no_other(
     assert "healthy" in out and "[schedules.broken] is damaged" in err
     assert main(["schedules", "remove", "broken"]) == 0  # as the message says to
     assert main(["schedules", "list"]) == 0
+    # written by hand: an entry that is no table, and a description no backup can carry
+    config = home / "config.toml"
+    text = config.read_text().replace('description = ""', f'description = "{"x" * 5000}"')
+    config.write_text(text + "\n[schedules]\nnot-a-table = 1\n")
+    found, damaged = load_schedules(StoresConfig.load())
+    assert list(found) == [] and sorted(damaged) == ["healthy", "not-a-table"]
+    assert "shorten it" in damaged["healthy"] and "is not a table" in damaged["not-a-table"]
+    assert main(["schedules", "remove", "not-a-table"]) == 0
 
 
 def test_no_one_else_can_take_a_future_slots_name(

@@ -177,7 +177,7 @@ class StoresConfig:
     #: The `[schedules.NAME]` tables as written; schedules.py reads and edits them, and
     #: `save` writes them back, so an edit of the stores never loses a schedule. Out of
     #: the repr: each holds its write key's secret.
-    schedules: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    schedules: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path | None = None, *, home: Path | None = None) -> StoresConfig:
@@ -250,7 +250,11 @@ class StoresConfig:
         spec = self.get(name)
         if self.is_embedded(spec):  # first: removing schedules would not help
             raise ConfigError(f"{name!r} is the embedded default store and cannot be removed.")
-        users = sorted(s for s, table in self.schedules.items() if table.get("store") == name)
+        users = sorted(
+            s
+            for s, table in self.schedules.items()
+            if isinstance(table, dict) and table.get("store") == name
+        )
         if users:
             if len(users) == 1:
                 which, them = f"schedule {users[0]} backs", "it"
@@ -435,9 +439,11 @@ def _allow_stores(path: Path, table: object) -> list[str]:
     return allowed
 
 
-def _schedule_tables(path: Path, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _schedule_tables(path: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """The `[schedules.NAME]` tables as written; one that is not a table is the business
+    of its own schedule (schedules.py reports it, and it alone does not run)."""
     tables = document.get("schedules", {})
-    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+    if not isinstance(tables, dict):
         raise ConfigError(f"{path}: 'schedules' must be a table of [schedules.NAME] sections.")
     return tables
 

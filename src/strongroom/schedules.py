@@ -284,8 +284,12 @@ class Schedule:
         }
 
     @classmethod
-    def from_table(cls, path: Path, name: str, table: Mapping[str, Any]) -> Schedule:
+    def from_table(cls, path: Path, name: str, table: object) -> Schedule:
         where = f"{path}: [schedules.{name}]"
+        if not isinstance(table, Mapping):  # `schedules.NAME = 1` written by hand
+            raise ConfigError(
+                f"{where} is not a table; remove it ('strongroom schedules remove {name}')."
+            )
         unknown = sorted(set(table) - _TABLE_KEYS)
         if unknown:
             raise ConfigError(f"{where} has unknown keys {unknown}; see 'strongroom schedules'.")
@@ -302,7 +306,7 @@ class Schedule:
                 write_key=write_key,
                 created=created,
                 keep_days=parse_keep_days(table.get("keep_days", "never")),
-                description=str(table.get("description", "")),
+                description=validate_description(table.get("description", "")),
                 enabled=table.get("enabled", True) is True,
                 sources=tuple(sources),
             )
@@ -332,7 +336,7 @@ def get_schedule(config: StoresConfig, name: str) -> Schedule:
     return Schedule.from_table(config.path, name, _table(config, name))
 
 
-def _table(config: StoresConfig, name: str) -> dict[str, Any]:
+def _table(config: StoresConfig, name: str) -> Any:
     """The schedule's table as written, which may not read as a schedule."""
     if name not in config.schedules:
         known = ", ".join(sorted(config.schedules)) or "none"
