@@ -43,7 +43,7 @@ import platformdirs
 import tomli_w
 
 from .errors import ConfigBusyError, ConfigError, UnknownStoreError
-from .format import quoted, validate_name
+from .format import validate_name
 from .libc import rename_noreplace
 
 if TYPE_CHECKING:
@@ -110,12 +110,6 @@ class StoreSpec:
             raise ConfigError(
                 f"Store {self.name!r}: {self.url!r} is not a URL; write it with a scheme, "
                 "for example file:///srv/backups or s3://bucket/prefix."
-            )
-        if _has_control_character(self.url):
-            raise ConfigError(
-                f"Store {self.name!r}: the URL {quoted(self.url)} holds a control character "
-                "(a line break, a tab; or one written as %0a and the like), which would be "
-                "read one way and used another; write it without."
             )
         if _has_password(self.url):  # so no spec, repr, error or config file can hold one
             raise ConfigError(
@@ -401,13 +395,6 @@ def _place_new(directory: int, temporary: str, name: str) -> None:
         if exc.errno not in _NO_HARD_LINKS:
             raise
         rename_noreplace(directory, temporary, directory, name)
-
-
-def _has_control_character(url: str) -> bool:
-    """Whether `url`, as written or unescaped, holds an ASCII control character: URL
-    parsers drop a raw line break or tab (so the place used is not the one shown) and an
-    escaped one makes a name no one can read in a listing."""
-    return any(ord(c) < 0x20 or c == "\x7f" for c in url + unquote(url))
 
 
 def _has_password(url: str) -> bool:
