@@ -286,14 +286,13 @@ def add_command(spec: StoreSpec, *, default: bool) -> str:
 
 def _check_locks(store: Store) -> None:
     """A store added to lock backups must be able to: else an operator would believe its
-    backups immutable while they are not (its probe, as `stores validate` runs it)."""
+    backups immutable while they are not (the lock check of `stores validate`, alone)."""
     if not store.lock_mode:
         return
-    report = store.validate()
-    if not report.checks.get("object lock"):
-        raise ConfigError(
-            f"Store {store.name!r} ({store.url}) was not added: {'; '.join(report.errors)}."
-        )
+    try:
+        store.check_object_lock()
+    except ConfigError as exc:
+        raise ConfigError(f"Store {store.name!r} ({store.url}) was not added: {exc}.") from None
 
 
 #: Characters a URL parser drops or a listing cannot show plainly: C0 and C1 controls,

@@ -367,7 +367,7 @@ class Store:
             ("delete", lambda: self._delete_probe(key)),
         ]
         if self.lock_mode:
-            steps.append(("object lock", self._check_object_lock))
+            steps.append(("object lock", self.check_object_lock))
         for check, step in steps:
             try:
                 checks[check] = step() is not False
@@ -389,7 +389,9 @@ class Store:
         finally:
             self.delete([key])
 
-    def _check_object_lock(self) -> None:
+    def check_object_lock(self) -> None:
+        """Refuse (ConfigError) the `object_lock` option where the store has no object
+        lock; a backend that learns it from the store overrides this to ask first."""
         if not self.capabilities.object_lock:
             raise ConfigError(
                 f"the {OBJECT_LOCK_OPTION} option asks for {self.lock_mode} locks, but the "

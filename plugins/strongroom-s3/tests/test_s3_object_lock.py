@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from strongroom import ConfigError, Engine, ObjectLockedError, StoresConfig
 from strongroom.cli import main
-from strongroom.format import manifest_key, to_epoch_ms
+from strongroom.format import STORE_MARKER_KEY, manifest_key, to_epoch_ms
 from strongroom_s3.store import S3Store
 
 PASSCODE = "object lock passcode"
@@ -278,6 +278,7 @@ def test_validate_reports_the_lock_mode_on_a_bucket_with_object_lock(
 def test_the_command_line_adds_a_locking_store_and_refuses_an_early_delete_with_exit_11(
     locked_bucket: str,
     s3_endpoint: str,
+    s3_admin: Callable[..., Any],
     source: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -286,6 +287,10 @@ def test_the_command_line_adds_a_locking_store_and_refuses_an_early_delete_with_
     url = f"s3://{locked_bucket}/cli"
     options = ["--option", f"endpoint_url={s3_endpoint}", "--option", "object_lock=governance"]
     assert main(["stores", "add", "vault", url, *options]) == 0
+    # its lock was checked without writing a probe (one a locked bucket could not delete)
+    assert [key.rsplit("/", 1)[-1] for key in s3_admin().find(f"{locked_bucket}/cli")] == [
+        STORE_MARKER_KEY
+    ]
     assert main(["stores", "validate", "vault"]) == 0
     assert "locks backups  governance" in capsys.readouterr().out
     until = str(to_epoch_ms(in_seconds(3600)))

@@ -25,6 +25,7 @@ reports as ObjectLockedError.
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -59,6 +60,8 @@ from strongroom import (
 from . import OPTIONS
 
 __all__ = ["KNOWN_OPTIONS", "S3Store", "open_s3_store"]
+
+logger = logging.getLogger("strongroom")
 
 #: Every store option the backend understands (OPTIONS says what each carries).
 KNOWN_OPTIONS = (*OPTIONS.endpoints, *OPTIONS.settings, "profile", *OPTIONS.secrets)
@@ -282,15 +285,33 @@ class S3Store(Store):
     def validate(self) -> ValidationReport:
         """The base probes, with `object_lock` claimed only if the bucket really has it on."""
         self.capabilities = replace(
-            type(self).capabilities, object_lock=self._object_lock_enabled()
+            type(self).capabilities, object_lock=self._object_lock_enabled() is True
         )
         return super().validate()
 
-    def _object_lock_enabled(self) -> bool:
+    def check_object_lock(self) -> None:
+        """Ask the bucket whether Object Lock is on before the base check; a role that may
+        not read that is warned, not refused (the bucket may well lock)."""
+        enabled = self._object_lock_enabled()
+        if enabled is None:
+            logger.warning(
+                "Store %r: this role may not read the bucket's Object Lock configuration, "
+                "so whether its backups will be locked cannot be checked (allow "
+                "s3:GetBucketObjectLockConfiguration to have it checked).",
+                self.name,
+            )
+            return
+        self.capabilities = replace(type(self).capabilities, object_lock=enabled)
+        super().check_object_lock()
+
+    def _object_lock_enabled(self) -> bool | None:
+        """Whether the bucket has Object Lock on; None if this role may not read that."""
         try:
             reply = self.fs.call_s3("get_object_lock_configuration", Bucket=self.bucket)
+        except PermissionError:
+            return None
         except (OSError, BotoCoreError):
-            return False  # no configuration, or not allowed to read it: claim nothing
+            return False  # no configuration: claim nothing
         configuration = reply.get("ObjectLockConfiguration", {})
         return bool(configuration.get("ObjectLockEnabled") == "Enabled")
 
