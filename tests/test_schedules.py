@@ -647,7 +647,7 @@ def test_a_damaged_schedule_stops_no_other(
 
 
 def test_no_one_else_can_take_a_future_slots_name(
-    engine: Engine, source: Path, clock: Clock
+    engine: Engine, home: Path, source: Path, clock: Clock, tmp_path: Path
 ) -> None:
     """A manual create (a write key's, an API caller's) of the name a schedule gives a slot
     would make that slot's run fail; it is refused, and the slot then runs."""
@@ -659,6 +659,8 @@ def test_no_one_else_can_take_a_future_slots_name(
             engine.create(squat, [source], **credential)  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="the schedule 'sq' gives"):
             engine.submit_backup(squat, [source], **credential)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="the schedule 'SQ' gives"):  # a store may fold case
+        engine.create(squat.upper(), [source], passcode=PASSCODE)
     engine.create("sq-notes", [source], passcode=PASSCODE)  # not a slot's shape
     engine.create("other-2026-03-01-12-01-00", [source], passcode=PASSCODE)  # no such schedule
     clock.now = T0 + timedelta(minutes=1, seconds=1)
@@ -666,6 +668,14 @@ def test_no_one_else_can_take_a_future_slots_name(
     assert [(o.action, o.slot) for o in outcomes] == [("submitted", T0 + timedelta(minutes=1))]
     _finish(engine, outcomes)
     assert squat in _backups(engine)
+    # another home, which defines no schedule, writing into the same store with a write
+    # key: the schedule's claims there tell the name is its
+    store_dir = home / "stores" / "backupsDefault"
+    elsewhere = Engine(home=tmp_path / "elsewhere", kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
+    elsewhere.add_store(StoreSpec("shared", store_dir.as_uri()))
+    with pytest.raises(ConfigError, match="the schedule 'sq' gives"):
+        elsewhere.create("sq-2026-03-01-12-05-00", [source], write_key=write_key, store="shared")
+    elsewhere.close()
 
 
 def test_run_now_is_a_job_like_any_create(engine: Engine, source: Path) -> None:

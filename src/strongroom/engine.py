@@ -64,6 +64,7 @@ from .format import (
     KeySlot,
     Manifest,
     chunk_key,
+    claims_prefix,
     data_prefix,
     from_epoch_ms,
     is_backup_id,
@@ -350,12 +351,18 @@ class Engine(EngineStores, EngineJobs):
         lives longer than one edit)."""
         return StoresConfig.load(self.config.path, home=self.home).schedules.keys()
 
-    def _check_not_a_slot(self, name: str) -> None:
-        """Refuse a name a defined schedule gives its backups: a caller who could only add
-        backups (a write key, an API token) must not take a future slot's name, which
-        would make that slot's run fail."""
+    def _check_not_a_slot(self, name: str, target: Store) -> None:
+        """Refuse a name a schedule gives its backups: a caller who could only add backups
+        (a write key, an API token) must not take a future slot's name, which would make
+        that slot's run fail. A schedule is known by this home's configuration (in any
+        case: a file store may not tell names by case), or by the claims its runs left in
+        the store, whichever home defines it."""
         schedule = slot_name_prefix(name)
-        if schedule is not None and schedule in self._defined_schedules():
+        if schedule is None:
+            return
+        defined = {known.lower() for known in self._defined_schedules()}
+        claimed = next(iter(target.list(claims_prefix(schedule))), None) is not None
+        if schedule.lower() in defined or claimed:
             raise ConfigError(
                 f"{name!r} is the name the schedule {schedule!r} gives its backup of that "
                 "slot; choose a name that is not NAME-YYYY-MM-DD-HH-MM-SS of a schedule."
@@ -376,8 +383,6 @@ class Engine(EngineStores, EngineJobs):
         """Everything create checks before it writes a byte; the target store last (one
         from before stores were marked, holding backups, gets its marker here)."""
         validate_name(name)
-        if not scheduled:
-            self._check_not_a_slot(name)
         if (passcode is None) == (write_key is None):
             raise ConfigError(
                 "A create takes exactly one of a passcode and a write key "
@@ -388,6 +393,8 @@ class Engine(EngineStores, EngineJobs):
         retention = check_retention_date(retention_date, self._clock())
         validate_description(description)
         target = self.recognised_store(store, adopt=True)
+        if not scheduled:
+            self._check_not_a_slot(name, target)
         for risk in target.capabilities.create_risks():
             logger.warning("Store %r: %s.", target.name, risk)
         if target.exists(manifest_key(name)):
