@@ -8,6 +8,7 @@ import os
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,6 +104,24 @@ def test_a_file_that_shrinks_as_it_is_read_fails_the_backup_naming_it(
         engine.create("shrunk", [tree], passcode=PASSCODE)
     assert engine.listing().backups == []
     assert not [p for p in (home / "stores").rglob("*") if p.is_file() and "data" in p.parts]
+
+
+def test_a_file_rewritten_as_it_is_read_with_its_mtime_set_back_is_warned_of(
+    engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same size, mtime put back (rsync -t --inplace, touch -r): only the ctime tells."""
+    notes = tree / "nested" / "deeper" / "notes.md"
+    before = notes.stat()
+
+    def rewrite() -> None:
+        time.sleep(0.02)  # past the kernel's coarse clock tick of the file's last change
+        notes.write_text("X" * before.st_size)
+        os.utime(notes, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    change_after_open(monkeypatch, b"notes.md", rewrite)
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        engine.create("rewritten", [tree], passcode=PASSCODE)
+    assert "data/nested/deeper/notes.md changed while it was being backed up" in caplog.text
 
 
 def test_a_file_that_grows_as_it_is_read_is_backed_up_as_opened_with_a_warning(

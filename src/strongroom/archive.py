@@ -298,8 +298,13 @@ def _add_entry(
 
 def _changed(opened: os.stat_result, now: os.stat_result) -> bool:
     """Whether a file was written to since it was opened (as tar's 'file changed as we
-    read it'): its size or mtime moved."""
-    return (opened.st_size, opened.st_mtime_ns) != (now.st_size, now.st_mtime_ns)
+    read it'): its size, mtime or ctime moved (a writer can set the mtime back, never the
+    ctime)."""
+    return (opened.st_size, opened.st_mtime_ns, opened.st_ctime_ns) != (
+        now.st_size,
+        now.st_mtime_ns,
+        now.st_ctime_ns,
+    )
 
 
 class _Members:

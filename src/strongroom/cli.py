@@ -100,13 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
         return 0
     except OSError as exc:  # stores raise StoreError; this is a local source or target
-        if exc.errno is None:  # strongroom's own sentence, nothing of the system's to check
+        if exc.errno is None and str(exc):  # strongroom's own sentence: no advice to add
             print(f"strongroom: error: {exc}", file=sys.stderr)
             return EXIT_LOCAL_FILE
         path = exc.filename if exc.filename is not None else getattr(args, "target", None)
         where = f" {path}" if path is not None else ""  # a failed write names no file
         print(
-            f"strongroom: error: cannot use{where}: {exc.strerror or exc}. "
+            f"strongroom: error: cannot use{where}: {exc.strerror or exc or type(exc).__name__}. "
             "Check the path, its permissions and the free space.",
             file=sys.stderr,
         )
