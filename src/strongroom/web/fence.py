@@ -157,4 +157,6 @@ def _refuse_links(location: Location, prefix: Location) -> None:
             403, f"The store's directory is reached through a link or a file: {exc.strerror}."
         ) from None
     except OSError as exc:  # a name too long, a directory not searchable: not a place to use
-        raise ApiError(400, f"The store's directory cannot be used: {exc.strerror}.") from None
+        raise ApiError(
+            400, f"The store's directory cannot be used: {exc.strerror or exc}."
+        ) from None
