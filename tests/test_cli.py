@@ -1602,6 +1602,12 @@ def test_an_interrupt_says_what_it_left_by_command(
     listed = cli("list")
     assert (listed.code, listed.err) == (130, "strongroom: interrupted.\n")
 
+    def bare(*args: object, **kwargs: object) -> NoReturn:
+        raise TimeoutError  # no errno, no text: its kind is what there is to say
+
+    monkeypatch.setattr(Engine, "listing", bare)
+    assert cli("list").error_line.startswith("strongroom: error: cannot use: TimeoutError. ")
+
 
 def test_warnings_are_the_commands_own_lines(
     cli: Cli, passcode_file: Path, small: Path, tmp_path: Path

@@ -89,6 +89,10 @@ def test_mtimes_at_the_ends_of_what_a_restore_sets(engine: Engine, tmpfs_dir: Pa
     back = tmpfs_dir / "back" / "data"
     assert sorted(p.name for p in back.iterdir()) == ["last"]
     assert (back / "last").stat().st_mtime_ns == last
+    # listed in 9999 too (a float of its seconds is 253402300800.0, year 10000: ls --long died)
+    (listed,) = [e for e in engine.ls("ends", passcode=PASSCODE) if e.path == "data/last"]
+    assert listed.modified == datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert listed.to_dict()["mtime"] == 253_402_300_799_999
 
 
 def test_a_file_that_shrinks_as_it_is_read_fails_the_backup_naming_it(

@@ -25,7 +25,7 @@ def test_ls_lists_every_entry_with_its_kind_mode_size_and_link(engine: Engine, t
     assert entries["data/link-to-notes"].type == "symlink"
     assert entries["data/link-to-notes"].link_target == "nested/deeper/notes.md"
     assert entries["data/big.bin"].size == (tree / "big.bin").stat().st_size
-    assert entries["data/big.bin"].mtime == 1_600_000_000
+    assert entries["data/big.bin"].mtime_ns == 1_600_000_000 * 10**9
     assert entries["data/nested/run.sh"].mode == 0o750
     assert entries["data/nested"].type == "dir"
     pair = {entries["data/nested/secret-hardlink"], entries["data/secret.key"]}

@@ -30,6 +30,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol, cast
 
@@ -603,8 +604,12 @@ class ArchiveEntry:
     type: str  # "file", "dir", "symlink" or "hardlink"
     size: int
     mode: int
-    mtime: float
+    mtime_ns: int  # exact: a float rounds the last moments of 9999 into year 10000
     link_target: str | None
+
+    @property
+    def modified(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self.mtime_ns // 1000)
 
     def to_dict(self) -> dict[str, Any]:
         """As `ls --json` and the admin API show it (times in epoch ms, mode in octal)."""
@@ -613,11 +618,12 @@ class ArchiveEntry:
             "type": self.type,
             "size": self.size,
             "mode": f"{self.mode:04o}",
-            "mtime": round(self.mtime * 1000),
+            "mtime": self.mtime_ns // 10**6,
             "linkTarget": self.link_target,
         }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENTRY_TYPES = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink"}
 
 
@@ -640,7 +646,7 @@ def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[Ar
             _ENTRY_TYPES.get(member.type, "file"),
             member.size if member.isreg() else 0,
             member.mode & 0o777,
-            member.mtime,
+            mtime_ns(member),
             member.linkname if member.issym() else _hard_link_target(member),
         )
     if pending is not None:

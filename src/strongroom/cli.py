@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -39,6 +39,7 @@ from .errors import (
     PasscodeError,
     StoreUnavailableError,
     StrongroomError,
+    os_error_text,
 )
 from .format import from_epoch_ms, utc_now
 from .jobrecord import OPERATION_NAMES
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = exc.filename if exc.filename is not None else getattr(args, "target", None)
         where = f" {path}" if path is not None else ""  # a failed write names no file
         print(
-            f"strongroom: error: cannot use{where}: {exc.strerror or exc or type(exc).__name__}. "
+            f"strongroom: error: cannot use{where}: {os_error_text(exc)}. "
             "Check the path, its permissions and the free space.",
             file=sys.stderr,
         )
@@ -586,7 +587,7 @@ def run_ls(args: argparse.Namespace) -> int:
             line += f" link to {entry.link_target}"
         if args.long:
             mode = _KIND[entry.type] + stat.filemode(entry.mode)[1:]
-            when = _date(datetime.fromtimestamp(entry.mtime, UTC))
+            when = _date(entry.modified)
             line = f"{mode} {entry.size:>12} {when}  {line}"
         print(_printable(line))
     return 0

@@ -54,6 +54,7 @@ __all__ = [
     "UnknownScheduleError",
     "UnknownStoreError",
     "UnsafeArchiveError",
+    "os_error_text",
 ]
 
 
@@ -178,3 +179,9 @@ class JobCancelledError(JobError):
 
 class JobTimeoutError(JobCancelledError):
     """Raised inside a job's work once it ran past its time-out; the job reads FAILED."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """What an OSError says: the system's text, else its own, else its kind (never an
+    empty message)."""
+    return exc.strerror or str(exc) or type(exc).__name__

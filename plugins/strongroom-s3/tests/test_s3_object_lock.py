@@ -265,6 +265,28 @@ def test_adding_a_locking_store_on_a_bucket_without_object_lock_is_refused(
     assert s3_admin().find(bucket) == []
 
 
+def test_a_lock_configuration_that_cannot_be_read_is_not_taken_for_on(
+    locked_bucket: str, open_s3: OpenS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role denied s3:GetBucketObjectLockConfiguration (or refused credentials): validate
+    fails the lock check and says why, and adding such a store is refused, rather than
+    reporting locks that were never checked."""
+    store = open_s3(locked_bucket, object_lock="governance")
+    call_s3 = store.fs.call_s3
+
+    def denied(method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "get_object_lock_configuration":
+            raise PermissionError("Access Denied")
+        return call_s3(method, *args, **kwargs)
+
+    monkeypatch.setattr(store.fs, "call_s3", denied)
+    report = store.validate()
+    assert report.checks["object lock"] is False
+    assert any("could not be read (access denied" in error for error in report.errors)
+    with pytest.raises(ConfigError, match="s3:GetBucketObjectLockConfiguration"):
+        store.check_object_lock()
+
+
 def test_validate_reports_the_lock_mode_on_a_bucket_with_object_lock(
     locked_bucket: str, open_s3: OpenS3
 ) -> None:

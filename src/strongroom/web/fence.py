@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 from ..backends.file import CONFINE_OPTION
 from ..backends.root import MissingRootError, NotFollowedError, Root
 from ..config import StoreSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, os_error_text
 from ..plugins import BackendOptions, BackendRegistry
 from ..store import OBJECT_LOCK_OPTION
 from .responses import ApiError
@@ -158,5 +158,6 @@ def _refuse_links(location: Location, prefix: Location) -> None:
         ) from None
     except OSError as exc:  # a name too long, a directory not searchable: not a place to use
         raise ApiError(
-            400, f"The store's directory cannot be used: {exc.strerror or exc}."
+            400,
+            f"The store's directory cannot be used: {os_error_text(exc)}.",
         ) from None

@@ -25,7 +25,6 @@ reports as ObjectLockedError.
 from __future__ import annotations
 
 import builtins
-import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -56,12 +55,11 @@ from strongroom import (
     StoreUnavailableError,
     ValidationReport,
 )
+from strongroom.store import OBJECT_LOCK_OPTION
 
 from . import OPTIONS
 
 __all__ = ["KNOWN_OPTIONS", "S3Store", "open_s3_store"]
-
-logger = logging.getLogger("strongroom")
 
 #: Every store option the backend understands (OPTIONS says what each carries).
 KNOWN_OPTIONS = (*OPTIONS.endpoints, *OPTIONS.settings, "profile", *OPTIONS.secrets)
@@ -290,17 +288,16 @@ class S3Store(Store):
         return super().validate()
 
     def check_object_lock(self) -> None:
-        """Ask the bucket whether Object Lock is on before the base check; a role that may
-        not read that is warned, not refused (the bucket may well lock)."""
+        """Ask the bucket whether Object Lock is on before the base check. What cannot be
+        read is not taken for on (`stores validate` would report locks never checked)."""
         enabled = self._object_lock_enabled()
         if enabled is None:
-            logger.warning(
-                "Store %r: this role may not read the bucket's Object Lock configuration, "
-                "so whether its backups will be locked cannot be checked (allow "
-                "s3:GetBucketObjectLockConfiguration to have it checked).",
-                self.name,
+            raise ConfigError(
+                f"the {OBJECT_LOCK_OPTION} option asks for {self.lock_mode} locks, but the "
+                "bucket's Object Lock configuration could not be read (access denied, or "
+                "credentials refused), so whether backups would be locked is unknown; allow "
+                "s3:GetBucketObjectLockConfiguration, or check the credentials"
             )
-            return
         self.capabilities = replace(type(self).capabilities, object_lock=enabled)
         super().check_object_lock()
 
