@@ -64,28 +64,37 @@ def test_config_path_from_environment(
 
 
 @pytest.mark.parametrize(
-    "url",
+    "place",
     [
-        "file:///tmp/x/b\nc",  # a parser drops a raw line break: the place used is not this
-        "fi\tle:///tmp/x",
-        "file:///tmp/x/%0Ab",  # a name no listing shows plainly
-        "s3://bucket/a%7fb",
-        "file:///tmp/x/a\x85b",  # C1's next line
-        "file:///tmp/x/a%E2%80%A8b",  # Unicode's line separator
+        "b\nc",  # a parser drops a raw line break: the place used is not this one
+        "%0Ab",  # a name no listing shows plainly
+        "a\x85b",  # C1's next line
+        "a%E2%80%A8b",  # Unicode's line separator
     ],
 )
-def test_a_new_store_url_with_a_control_character_is_refused(home: Path, url: str) -> None:
+def test_a_new_store_url_with_a_control_character_is_refused(
+    home: Path, tmp_path: Path, place: str
+) -> None:
+    for url in (f"{tmp_path.as_uri()}/{place}", f"s3://bucket/{place}"):
+        with pytest.raises(ConfigError, match="holds a control character"):
+            Engine().add_store(StoreSpec("x", url))
     with pytest.raises(ConfigError, match="holds a control character"):
-        Engine().add_store(StoreSpec("x", url))
+        Engine().add_store(StoreSpec("x", f"fi\tle://{tmp_path}/tab"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # no place made
     assert not (home / "config.toml").exists()
 
 
-def test_a_configured_url_with_one_still_loads_to_be_removed(home: Path) -> None:
+def test_a_configured_url_with_one_still_loads_to_be_removed(home: Path, tmp_path: Path) -> None:
     """An older strongroom took such a URL: the configuration still reads (every command
-    and schedule would stop otherwise), and the store can be removed."""
+    and schedule would stop otherwise), `stores init` makes nothing there, and the store
+    can be removed."""
     home.mkdir()
-    (home / "config.toml").write_text('[stores.x]\nurl = "file:///tmp/x/%0Ab"\n')
-    assert StoresConfig.load().get("x").url == "file:///tmp/x/%0Ab"
+    url = f"{tmp_path.as_uri()}/place/%0Ab"
+    (home / "config.toml").write_text(f'[stores.x]\nurl = "{url}"\n')
+    assert StoresConfig.load().get("x").url == url
+    with pytest.raises(ConfigError, match="holds a control character"):
+        Engine().init_store("x")
+    assert not (tmp_path / "place").exists()
     config = StoresConfig.load()
     config.remove("x")  # as 'strongroom stores remove x' does
     config.save()

@@ -178,7 +178,9 @@ class EngineStores:
         a store that lost its marker is refused unless `anew` (`_mark`)."""
         store = self.store(name)
         spec = self.config.get(store.name)
+        _check_url_text(spec)  # written by hand: checked before its place is made
         self._refuse_second_name(spec)
+        _check_locks(store)
         insist = f"'strongroom stores init {store.name} --anew'"
         self._mark(spec, store, unless_known=False, anew=anew, insist=insist)
         return store
@@ -292,7 +294,9 @@ def _check_locks(store: Store) -> None:
     try:
         store.check_object_lock()
     except ConfigError as exc:
-        raise ConfigError(f"Store {store.name!r} ({store.url}) was not added: {exc}.") from None
+        raise ConfigError(
+            f"Store {store.name!r} ({store.url}) cannot lock backups: {exc}."
+        ) from None
 
 
 #: Characters a URL parser drops or a listing cannot show plainly: C0 and C1 controls,

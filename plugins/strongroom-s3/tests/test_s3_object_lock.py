@@ -260,7 +260,7 @@ def test_adding_a_locking_store_on_a_bucket_without_object_lock_is_refused(
     options = ["--option", f"endpoint_url={s3_endpoint}", "--option", "object_lock=compliance"]
     assert main(["stores", "add", "vault", f"s3://{bucket}/cli", *options]) == 3
     error = capsys.readouterr().err
-    assert "'vault'" in error and "was not added" in error and "has no object lock" in error
+    assert "'vault'" in error and "cannot lock backups" in error and "has no object lock" in error
     assert "vault" not in StoresConfig.load().stores
     assert s3_admin().find(bucket) == []
 
