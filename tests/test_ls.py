@@ -115,7 +115,7 @@ def test_ls_on_the_command_line(
             "type": "file",
             "size": (tree / "nested" / "run.sh").stat().st_size,
             "mode": "0750",
-            "mtime": round((tree / "nested" / "run.sh").stat().st_mtime * 1000),
+            "mtime": (tree / "nested" / "run.sh").stat().st_mtime_ns // 10**6,  # floor, as ls
             "linkTarget": None,
         }
     ]
