@@ -97,7 +97,9 @@ def _prefetching(sources: list[Path], window: int) -> Iterator[Callable[[int], N
 
 
 def _until(condition: Callable[[], bool]) -> None:
-    for _ in range(500):
+    """Wait for `condition`, up to 30 s (a loaded CI machine once took more than 5)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.01)
