@@ -7,6 +7,7 @@ retention dates here expire in real time.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from strongroom import ConfigError, Engine, ObjectLockedError, StoresConfig
+from strongroom import ConfigError, Engine, ObjectLockedError, StoresConfig, StoreUnavailableError
 from strongroom.cli import main
 from strongroom.format import STORE_MARKER_KEY, manifest_key, to_epoch_ms
 from strongroom_s3.store import S3Store
@@ -352,3 +353,35 @@ def test_a_version_listed_outside_the_store_is_never_deleted_with_a_prefix(
 def versions_of(admin: Any, bucket: str, key: str) -> list[str]:
     reply = admin.call_s3("list_object_versions", Bucket=bucket, Prefix=key)
     return [version["VersionId"] for version in reply.get("Versions", [])]
+
+
+def test_adding_a_locking_store_for_a_missing_bucket_names_the_bucket(
+    s3_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said the bucket had no Object Lock, so the operator went to turn it on for a
+    bucket that does not exist (a typo in the URL)."""
+    options = ["--option", f"endpoint_url={s3_endpoint}", "--option", "object_lock=governance"]
+    assert main(["stores", "add", "vault", "s3://strongroom-no-such-bucket/x", *options]) != 0
+    error = capsys.readouterr().err
+    assert "'strongroom-no-such-bucket' does not exist" in error, error
+    assert "no object lock" not in error.lower()
+    assert "vault" not in StoresConfig.load().stores
+
+
+def test_an_unreachable_endpoint_is_not_taken_for_a_bucket_without_object_lock(
+    open_s3: OpenS3,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed again: refused
+    store = open_s3("strongroom-any", endpoint=endpoint, max_attempts=2, object_lock="governance")
+    with pytest.raises(StoreUnavailableError, match=rf"Check that {endpoint} is reachable"):
+        store.check_object_lock()
+
+
+def test_validate_reports_a_missing_bucket_of_a_locking_store(open_s3: OpenS3) -> None:
+    """A probe reports every failure instead of stopping, the lock check's too."""
+    report = open_s3("strongroom-no-such-bucket", object_lock="governance").validate()
+    assert not report.ok and not report.capabilities.object_lock
+    assert all(report.checks[check] is False for check in ("write", "object lock"))
+    assert any("does not exist" in error for error in report.errors), report.errors

@@ -80,6 +80,8 @@ AUTH_CODES = {
     "InvalidToken",
     "SignatureDoesNotMatch",
 }
+#: What S3 answers for a bucket that has never had Object Lock on.
+NO_LOCK_CONFIGURATION = "ObjectLockConfigurationNotFoundError"
 
 
 class S3Store(Store):
@@ -282,9 +284,11 @@ class S3Store(Store):
 
     def validate(self) -> ValidationReport:
         """The base probes, with `object_lock` claimed only if the bucket really has it on."""
-        self.capabilities = replace(
-            type(self).capabilities, object_lock=self._object_lock_enabled() is True
-        )
+        try:
+            enabled = self._object_lock_enabled() is True
+        except StoreUnavailableError:
+            enabled = False  # the probes say why
+        self.capabilities = replace(type(self).capabilities, object_lock=enabled)
         return super().validate()
 
     def check_object_lock(self) -> None:
@@ -302,13 +306,16 @@ class S3Store(Store):
         super().check_object_lock()
 
     def _object_lock_enabled(self) -> bool | None:
-        """Whether the bucket has Object Lock on; None if this role may not read that."""
+        """Whether the bucket has Object Lock on; None if this role may not read that. A
+        missing bucket or an endpoint that fails is said as such, not taken for "off"."""
         try:
             reply = self.fs.call_s3("get_object_lock_configuration", Bucket=self.bucket)
         except PermissionError:
             return None
-        except (OSError, BotoCoreError):
-            return False  # no configuration: claim nothing
+        except (OSError, BotoCoreError) as exc:
+            if _error_code(exc) == NO_LOCK_CONFIGURATION:
+                return False
+            raise self._unavailable("the bucket's Object Lock configuration", exc) from exc
         configuration = reply.get("ObjectLockConfiguration", {})
         return bool(configuration.get("ObjectLockEnabled") == "Enabled")
 
