@@ -1,6 +1,7 @@
 """A filesystem store never follows a link below its root: links planted under data/,
 pending/, retention/ or manifests/ (by anyone who can write to a shared backup directory)
-cannot make a cleanup, sweep, delete, list, info, put or get reach outside the store.
+cannot make a cleanup, sweep, delete, list, info, put or get reach outside the store; nor
+can a planted directory tree, however deep, stop them with anything but a clear error.
 
 Every attack aims at canary files outside the store, three days old like an abandoned
 marker, whose bytes, modes and mtimes must survive; what was skipped is reported.
@@ -14,7 +15,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -381,3 +382,99 @@ def test_a_confined_store_must_lie_under_the_directory_it_is_confined_to(tmp_pat
     store.initialize()
     store.put("manifests/nightly", b"ok")
     assert (tmp_path / "a" / "store" / "manifests" / "nightly").read_bytes() == b"ok"
+
+
+def plant_deep_tree(top: Path, levels: int = 1200) -> None:
+    """Directories `levels` deep under `top`, made from descriptors (the path is too long
+    for one call): as deep as Python's stack, and more descriptors than a walk may hold."""
+    top.mkdir(parents=True, exist_ok=True)
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    finally:
+        os.close(fd)
+
+
+def remove_deep_tree(top: Path) -> None:
+    """Remove what `plant_deep_tree` made a level at a time (rmtree recurses as deep)."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        while os.path.lexists(top / "d"):
+            if os.path.lexists(top / "d" / "d"):
+                os.rename("d/d", "next", src_dir_fd=fd, dst_dir_fd=fd)
+                os.rmdir("d", dir_fd=fd)
+                os.rename("next", "d", src_dir_fd=fd, dst_dir_fd=fd)
+            else:
+                os.rmdir("d", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def deep_tree(home: Path) -> Iterator[Callable[[str], Path]]:
+    planted: list[Path] = []
+
+    def plant_at(key: str) -> Path:
+        top = store_dir(home) / key
+        plant_deep_tree(top)
+        planted.append(top)
+        return top
+
+    yield plant_at
+    for top in planted:
+        remove_deep_tree(top)
+
+
+def test_a_tree_planted_deep_in_manifests_is_reported_and_cleanup_goes_on(
+    engine: Engine,
+    home: Path,
+    tmp_path: Path,
+    deep_tree: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A listing walked it to Python's stack limit: every list and cleanup ended in a
+    RecursionError traceback, and cleanup then stopped before the other stores."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f").write_bytes(b"data")
+    engine.add_store(StoreSpec("other", (tmp_path / "other").as_uri()))
+    expired = to_epoch_ms(datetime.now(UTC) + timedelta(seconds=1))
+    engine.create("old", [source], passcode=PASSCODE, store="other", retention_date=expired)
+    engine.create("kept", [source], passcode=PASSCODE)
+    deep_tree("manifests/planted")
+    time.sleep(1.1)
+
+    assert [b.name for b in engine.list()] == ["kept"]
+    assert main(["cleanup", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    [error] = report["errors"]
+    assert "'manifests/planted/d/d/d" in error and "deeper than any object" in error, error
+    assert [(e["name"], e["action"]) for e in report["backups"]] == [("old", "deleted")]
+
+
+def test_a_tree_planted_deep_in_a_backups_data_fails_verify_and_delete_clearly(
+    engine: Engine, home: Path, tmp_path: Path, deep_tree: Callable[[str], Path]
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f").write_bytes(b"data")
+    info = engine.create("nightly", [source], passcode=PASSCODE)
+    deep_tree(data_prefix("nightly", info.backup_id) + "planted")
+
+    for action in (
+        lambda: engine.verify("nightly", passcode=PASSCODE),
+        lambda: engine.delete("nightly"),
+    ):
+        with pytest.raises(StoreError, match="deeper than any object strongroom writes"):
+            action()
+
+
+def test_a_directory_where_an_object_belongs_is_named_as_one(engine: Engine, home: Path) -> None:
+    (store_dir(home) / "manifests" / "nightly" / "inside").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as caught:
+        local_store(engine).get("manifests/nightly")
+    assert "'manifests/nightly' is a directory where strongroom keeps a file" in str(caught.value)

@@ -32,7 +32,7 @@ from ..plugins import BackendOptions, BackendRegistry, hookimpl
 from ..store import ObjectInfo, ScanResult, Store, StoreCapabilities, check_limit
 from ..writeback import start_writeback
 from .mounts import unmounted_mount_point
-from .root import MissingRootError, NotFollowedError, Root, kind_of
+from .root import MAX_WALK_DEPTH, MissingRootError, NotFollowedError, Root, kind_of
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -194,7 +194,9 @@ class LocalStore(Store):
         skipped: builtins.list[str] = []
         with self.translate_errors(prefix):
             for key, status in self._root.walk(prefix.rstrip("/")):
-                if not stat.S_ISREG(status.st_mode):
+                if stat.S_ISDIR(status.st_mode):  # as deep as the walk goes
+                    skipped.append(self._warned(self._too_deep(key)))
+                elif not stat.S_ISREG(status.st_mode):
                     skipped.append(self._skipped(key, status, "it was skipped"))
                 elif not posixpath.basename(key).startswith("."):  # a put's temporary file
                     modified = datetime.fromtimestamp(status.st_mtime, UTC)
@@ -268,16 +270,28 @@ class LocalStore(Store):
     def _skipped(self, path: str, status: os.stat_result, outcome: str) -> str:
         """Warn that an entry was not followed (a planted link may be an attack); the
         same sentence goes to the caller."""
-        message = self._not_followed(path, status, outcome)
+        return self._warned(self._not_followed(path, status, outcome))
+
+    @staticmethod
+    def _warned(message: str) -> str:
         logger.warning("%s", message)
         return message
 
     def _not_followed(self, path: str, status: os.stat_result, outcome: str) -> str:
+        where = f"Store {self.name!r} ({self.url}): {path!r} is {kind_of(status)}"
+        if stat.S_ISDIR(status.st_mode):
+            return f"{where} where strongroom keeps a file, so {outcome}. Move it out of the store."
         return (
-            f"Store {self.name!r} ({self.url}): {path!r} is {kind_of(status)}; strongroom never "
-            "follows links in a store, nor opens anything there but files and directories, so "
-            f"{outcome}. Only the store's root may be a link: remove this one, or move what it "
-            "points to into the store."
+            f"{where}; strongroom never follows links in a store, nor opens anything there but "
+            f"files and directories, so {outcome}. Only the store's root may be a link: remove "
+            "this one, or move what it points to into the store."
+        )
+
+    def _too_deep(self, path: str) -> str:
+        return (
+            f"Store {self.name!r} ({self.url}): {path!r} is a directory {MAX_WALK_DEPTH} levels "
+            "down, deeper than any object strongroom writes, so what lies below it was "
+            "skipped. Move it out of the store."
         )
 
 

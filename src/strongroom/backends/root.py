@@ -18,9 +18,13 @@ from typing import NoReturn
 
 from ..errors import InvalidNameError
 
-__all__ = ["MissingRootError", "NotFollowedError", "Root", "kind_of"]
+__all__ = ["MAX_WALK_DEPTH", "MissingRootError", "NotFollowedError", "Root", "kind_of"]
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+#: How many directory levels `Root.walk` descends, with one descriptor open per level:
+#: strongroom's keys are four names deep, and a tree planted 1,000 levels deep exhausted
+#: Python's stack (or the process's descriptors) in every listing.
+MAX_WALK_DEPTH = 16
 
 
 class NotFollowedError(OSError):
@@ -145,13 +149,14 @@ class Root:
 
     def walk(self, path: str) -> Iterator[tuple[str, os.stat_result]]:
         """Every entry below the directory `path` that is not a directory, as its path and
-        its own (lstat) status, descending into directories but never through links.
+        its own (lstat) status, descending into directories but never through links, and
+        never more than MAX_WALK_DEPTH levels: a directory that deep is itself an entry.
 
         A link on the way to `path` is itself such an entry; a missing `path` has none.
         """
         try:
             with self.directory(path) as fd:
-                yield from _entries(fd, path)
+                yield from _entries(fd, path, MAX_WALK_DEPTH)
         except NotFollowedError as exc:
             yield exc.path, exc.status
         except (FileNotFoundError, NotADirectoryError):
@@ -168,10 +173,13 @@ def kind_of(status: os.stat_result) -> str:
         return "a socket"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
     return "neither a regular file nor a directory"
 
 
-def _entries(fd: int, directory: str) -> Iterator[tuple[str, os.stat_result]]:
+def _entries(fd: int, directory: str, depth: int) -> Iterator[tuple[str, os.stat_result]]:
+    """The entries below `fd` (named from `directory`), `depth` levels down at most."""
     found = []
     with os.scandir(fd) as listing:
         for entry in listing:  # stat while the listing's descriptor is open
@@ -179,7 +187,7 @@ def _entries(fd: int, directory: str) -> Iterator[tuple[str, os.stat_result]]:
                 found.append((entry.name, entry.stat(follow_symlinks=False)))
     for name, status in found:
         path = f"{directory}/{name}" if directory else name
-        if not stat.S_ISDIR(status.st_mode):
+        if not stat.S_ISDIR(status.st_mode) or depth == 1:
             yield path, status
             continue
         try:
@@ -190,7 +198,7 @@ def _entries(fd: int, directory: str) -> Iterator[tuple[str, os.stat_result]]:
         except FileNotFoundError:  # pruned meanwhile
             continue
         try:
-            yield from _entries(below, path)
+            yield from _entries(below, path, depth - 1)
         finally:
             os.close(below)
 
