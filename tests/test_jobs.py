@@ -709,3 +709,17 @@ def test_passcodes_never_reach_the_job_table(fast: Engine, home: Path, tree: Pat
     stored = b"".join(p.read_bytes() for p in home.glob(f"{JOBS_FILE}*") if p.is_file())
     assert b"secret" in stored  # the backup's name is there, so the bytes are readable
     assert secret.encode() not in stored
+
+
+def test_wait_follows_a_job_that_another_manager_runs(tmp_path: Path) -> None:
+    """A replica, or a process restarted with a job id it read from the table, waited on
+    a job of another manager: `wait` returned at once, EXECUTING, instead of blocking."""
+    release = threading.Event()
+    home = tmp_path / "shared"
+    with Engine(home=home, kdf=FAST_KDF) as runner, Engine(home=home, kdf=FAST_KDF) as other:
+        job = runner.jobs.submit("held", lambda job: {"released": release.wait(30)})
+        started = time.monotonic()
+        assert other.jobs.wait(job.jobid, timeout=0.5).status is JobStatus.EXECUTING
+        assert time.monotonic() - started >= 0.5
+        threading.Timer(0.3, release.set).start()
+        assert other.jobs.wait(job.jobid, timeout=30).status is JobStatus.COMPLETED

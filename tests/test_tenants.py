@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from strongroom import Engine, JobError, JobNotFoundError, hookimpl
+from strongroom import Engine, JobError, JobNotFoundError, Passcode, hookimpl
 from strongroom.plugins import get_plugin_manager
 from strongroom.web import create_app
 from strongroom.web.auth import add_token, tokens_path
@@ -93,6 +94,33 @@ def test_engines_dropped_without_close_leave_nothing_open(tmp_path: Path) -> Non
     gc.collect()
     assert open_descriptors() == before
     assert list(tmp_path.glob("t*/jobs.sqlite3.owners/*.lock")) == []
+
+
+def test_an_engine_dropped_after_a_backup_job_is_collected_with_its_passcode(
+    tmp_path: Path, tree: Path
+) -> None:
+    """Each job worker kept its last job (the submitted work, holding the Engine, the
+    passcode and any streams) while it waited for the next: an Engine that had run a job
+    was never collected, its threads, job table and lock stayed open, and the passcode
+    stayed in memory for the life of the process."""
+    secret = "dropped-tenant-passcode"
+
+    def back_up_and_drop() -> weakref.ref[Engine]:
+        engine = tenant(tmp_path, "dropped")
+        job = engine.submit_backup("nightly", [tree], passcode=secret)
+        assert engine.jobs.wait(job.jobid, timeout=30).status.value == "COMPLETED"
+        return weakref.ref(engine)
+
+    dropped = back_up_and_drop()
+    gc.collect()
+    assert dropped() is None
+    held = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, Passcode) and o.encode() == b"dropped-tenant-passcode"
+    ]
+    assert held == []
+    assert list(tmp_path.glob("dropped/jobs.sqlite3.owners/*.lock")) == []
 
 
 def test_close_is_final(tmp_path: Path) -> None:

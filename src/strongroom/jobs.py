@@ -27,7 +27,9 @@ with backoff, once the store is back.
 
 Every wait is bounded: `close` cancels the jobs and waits at most `CLOSE_TIMEOUT` for
 them; a job still running then (stuck in a store call that never returns) is recorded
-FAILED, and its worker, a daemon thread, cannot keep the process from exiting.
+FAILED, and its worker, a daemon thread, cannot keep the process from exiting. That one
+exception to "nothing is committed after FAILED" is the store call itself: should it
+return, what it wrote stands (a create stuck in its commit may yet be listed).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ CLOSE_TIMEOUT = 10.0
 DEFAULT_LEASE = timedelta(seconds=60)
 #: The first wait before trying an unreachable store again; it doubles up to lease/3.
 RETRY_DELAY = 0.5
+#: How often `wait` reads the table for a job another manager runs: first, and at most.
+WAIT_POLL_MIN, WAIT_POLL_MAX = 0.05, 1.0
 _JOB_ID = re.compile(r"j[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -248,12 +252,20 @@ class JobManager:
         return latest, total
 
     def wait(self, jobid: str, timeout: float | None = None) -> Job:
-        """Block until the job ends (or `timeout` seconds pass); return its state."""
+        """Block until the job ends (or `timeout` seconds pass); return its state. A job
+        another manager runs (a replica, another process on the same table) is followed
+        in the table, more slowly the longer it runs (at least every WAIT_POLL_MAX s)."""
         with self._lock:
             running = self._running.get(jobid)
         if running is not None:
             wait_for([running.future], timeout)
-        return self.get(jobid)
+            return self.get(jobid)
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        pause = WAIT_POLL_MIN
+        while (job := self.get(jobid)).status.active and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, WAIT_POLL_MAX)
+        return job
 
     def cancel(self, jobid: str) -> Job:
         """Stop the job: at once if it is queued, at its next progress report if it runs.
@@ -309,17 +321,27 @@ class JobManager:
     # -- internals --------------------------------------------------------------------
 
     def _serve(self) -> None:
-        """A worker: run queued jobs until `close` sends None (a cancelled future is a job
-        cancelled before it started)."""
-        while (task := self._queue.get()) is not None:
-            running, work = task
-            if running.future.set_running_or_notify_cancel():
-                try:
-                    self._run(running.handle, work)
-                except Exception:  # the job table failed; the worker lives on
-                    logger.exception("Job %s could not be recorded", running.job.jobid)
-                finally:
-                    running.future.set_result(None)
+        """A worker: run queued jobs until `close` sends None."""
+        while self._serve_next():
+            pass
+
+    def _serve_next(self) -> bool:
+        """Run the next queued job (a cancelled future is a job cancelled before it
+        started); False once `close` sends None. A method of its own so that nothing of
+        the job (its work holds the Engine, the passcode, the caller's streams) stays
+        referenced while the worker waits for the next."""
+        task = self._queue.get()
+        if task is None:
+            return False
+        running, work = task
+        if running.future.set_running_or_notify_cancel():
+            try:
+                self._run(running.handle, work)
+            except Exception:  # the job table failed; the worker lives on
+                logger.exception("Job %s could not be recorded", running.job.jobid)
+            finally:
+                running.future.set_result(None)
+        return True
 
     def _run(self, handle: JobHandle, work: Work) -> None:
         with self._lock:
