@@ -470,7 +470,8 @@ def test_a_job_of_a_living_process_is_left_alone_until_that_process_dies(home: P
     assert failed.status is JobStatus.FAILED
     assert failed.messages[-1] == (
         "The strongroom process running this job stopped while the job was EXECUTING; "
-        "the job did not finish, and nothing it left half-written is listed as a backup."
+        "the job did not finish: a create's half-written backup is never listed, and a "
+        "restore's never lands at its target."
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from strongroom import ConfigError, Engine, libc, restoretarget
+from strongroom.web import create_app
 from tests.conftest import PASSCODE, snapshot
 
 
@@ -319,6 +320,31 @@ def test_a_killed_restore_beside_a_new_target_stops_nothing_and_is_left_alone(
     assert warned == [
         f"{left}, beside the restore target, is the staging directory of an earlier "
         "restore there that was killed; if no restore is running, remove it."
+    ]
+
+
+def test_the_admin_api_removes_what_killed_restores_left_in_its_restore_directory(
+    engine: Engine, tree: Path, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The admin API restores into a new directory each time, so no later restore named
+    what a killed one left beside its target (decrypted files, kept for good). The app
+    removes it when it is made again; a staging directory a running restore holds, and
+    one not made by a restore, stay."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    restores = home / "restores" / "backupsDefault"
+    with restore_under_way(restores / "b-killed", home) as killed:
+        [left] = staging_left(restores)
+        killed.kill()
+        killed.wait(timeout=30)
+    other = restores / f".b-other.strongroom-restore-{'b' * 16}"
+    other.mkdir(mode=0o755)  # not as a restore makes its staging directory (0700)
+    with restore_under_way(restores / "b-running", home):
+        running = next(p for p in staging_left(restores) if p not in (left, str(other)))
+        with caplog.at_level(logging.INFO, logger="strongroom"):
+            create_app(engine)
+        assert sorted(staging_left(restores)) == sorted([running, str(other)])
+    assert [r.getMessage() for r in caplog.records if "Removed" in r.getMessage()] == [
+        f"Removed {left}, left by a restore that was killed."
     ]
 
 

@@ -657,5 +657,6 @@ _ABANDONED_MESSAGE = (
 )
 _ORPHAN_MESSAGE = (
     "The strongroom process running this job stopped while the job was {status}; "
-    "the job did not finish, and nothing it left half-written is listed as a backup."
+    "the job did not finish: a create's half-written backup is never listed, and a "
+    "restore's never lands at its target."
 )

@@ -40,12 +40,14 @@ from .libc import exists_at, rename_noreplace
 
 logger = logging.getLogger("strongroom")
 
-__all__ = ["Landing", "check_restore_target"]
+__all__ = ["Landing", "check_restore_target", "remove_killed_restores"]
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: A staging directory's name: in an existing target, or beside a new one (its name first).
 _STAGING = ".strongroom-restore-"
 _ABANDONED = re.compile(r"\.strongroom-restore-[0-9a-f]{16}")
+#: A staging directory beside a new target (`_staging_name`).
+_ABANDONED_BESIDE = re.compile(r"\..+\.strongroom-restore-[0-9a-f]{16}", re.DOTALL)
 #: What versions before the lock named theirs: never removed, since nothing tells whether
 #: such a restore is still running.
 _UNLOCKED = re.compile(r"\.strongroom-[0-9a-f]{16}")
@@ -173,6 +175,36 @@ class Landing:
                 "restore there that was killed; if no restore is running, remove it.",
                 self.path.parent / name,
             )
+
+
+def remove_killed_restores(directory: Path) -> list[str]:
+    """Remove the staging directories that killed restores of new targets left in
+    `directory`, and return their names: for a directory that only strongroom restores
+    into (the admin API's, a new target each time, so no later restore would name them).
+    Each must be one a killed restore of this user left (`_hold_abandoned`); one that a
+    running restore holds, or that is not clearly a restore's, stays."""
+    try:
+        parent = os.open(directory, _DIRECTORY)
+    except OSError:  # none yet, or not a directory: nothing to remove
+        return []
+    removed = []
+    try:
+        for name in os.listdir(parent):
+            if not _ABANDONED_BESIDE.fullmatch(name):
+                continue
+            try:
+                held = _hold_abandoned(parent, name, directory / name)
+            except ConfigError:  # a restore is writing there now
+                continue
+            if held >= 0:
+                try:
+                    _remove_tree(parent, name, held)
+                finally:
+                    os.close(held)
+                removed.append(name)
+    finally:
+        os.close(parent)
+    return removed
 
 
 def _not_a_directory(target: Path) -> ConfigError:

@@ -8,8 +8,9 @@ needs a token (see auth.py). Create and restore, and delete or register with
 is cancelled once it runs past the time-out of the settings (see settings.py).
 
 What a create backs up (`sources`) and where a restore writes (`restore_dir`, one new
-directory per restore) belong to the server, not the request: the API never lets a
-caller name a path on the server. Stores are registered only at locations the operator
+directory per restore; what restores killed with their process left there is removed when
+the app is made) belong to the server, not the request: the API never lets a caller name
+a path on the server. Stores are registered only at locations the operator
 allows (`allow_stores`, see fence.py). The token is checked before a body is read
 beyond its first bytes (see body.py).
 """
@@ -17,6 +18,7 @@ beyond its first bytes (see body.py).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import posixpath
 import re
@@ -43,6 +45,7 @@ from ..engine import Engine, Listing
 from ..errors import ConfigError, StoreUnavailableError, StrongroomError
 from ..format import to_epoch_ms, utc_now
 from ..jobs import Job
+from ..restoretarget import remove_killed_restores
 from ..retention import NEVER_MS
 from ..scheduler import run_now, runs
 from . import stores
@@ -54,6 +57,8 @@ from .params import whole_number
 from .readable import Pace
 from .responses import FORMATS, SUCCESS, ApiError, Pages, Reply, status_of
 from .settings import DrSettings, parse_timeout
+
+logger = logging.getLogger("strongroom")
 
 __all__ = ["create_app"]
 
@@ -88,10 +93,12 @@ def create_app(
     register stores only under the URL prefixes of `allow_stores` (default: none).
     """
     engine.registry  # noqa: B018 (every plugin's backends, so a broken one stops the start)
+    restores = Path(restore_dir) if restore_dir is not None else engine.home / "restores"
+    _remove_killed_restores(restores)
     api = _AdminApi(
         engine,
         [Path(source) for source in sources],
-        Path(restore_dir) if restore_dir is not None else engine.home / "restores",
+        restores,
         "/" + root_path.strip("/") if root_path.strip("/") else "",
         plugin_manager or engine.plugin_manager,
         StoreFence(allow_stores),
@@ -100,6 +107,15 @@ def create_app(
         routes=api.routes,
         exception_handlers={HTTPException: api.http_error, Exception: api.internal_error},
     )
+
+
+def _remove_killed_restores(restore_dir: Path) -> None:
+    """Each restore has a new target (`restore_dir/<store>/<name>-<id>`), so no later one
+    would find what a restore killed with its process left beside it: decrypted files."""
+    stores = sorted(restore_dir.iterdir()) if restore_dir.is_dir() else []
+    for store in stores:
+        for name in remove_killed_restores(store):
+            logger.info("Removed %s, left by a restore that was killed.", store / name)
 
 
 @dataclass(frozen=True, slots=True)
