@@ -29,6 +29,7 @@ from strongroom.format import (
     MAX_MANIFEST_SIZE,
     KeySlot,
     Manifest,
+    manifest_key,
     utc_now,
 )
 from strongroom.keys import open_backup
@@ -181,6 +182,24 @@ def test_a_manifest_too_large_to_read_is_never_written() -> None:
     )
     with pytest.raises(ConfigError, match="more than the 1048576 any strongroom reads"):
         manifest.to_bytes()
+
+
+def test_a_malformed_manifest_is_told_by_what_is_wrong(engine: Engine, tree: Path) -> None:
+    """It was told by a Python exception's class: "malformed (KeyError)", "(Error)"."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    genuine = json.loads(engine.store().get(manifest_key("b")))
+    missing = {k: v for k, v in genuine.items() if k != "backup"}
+    bad_salt = {**genuine, "key": {**genuine["key"], "salt": "not base64!"}}
+    for document, told in (
+        (missing, "it has no 'backup'"),
+        (bad_salt, "a field has the wrong type or value"),
+        ({**genuine, "mac": 7}, "a field has the wrong type or value"),
+    ):
+        with pytest.raises(IntegrityError, match=f"^The manifest is malformed: {told}.$"):
+            Manifest.from_bytes(json.dumps(document).encode())
+    short = {**genuine, "key": {**genuine["key"], "ephemeralKey": "AAAA"}}
+    with pytest.raises(IntegrityError, match="The ephemeralKey in the manifest of backup 'b' is 3"):
+        Manifest.from_bytes(json.dumps(short).encode())
 
 
 def test_an_archive_of_exact_chunk_multiples_restores(tree: Path, home: Path) -> None:
@@ -447,7 +466,9 @@ def test_a_v2_key_or_mac_of_another_length_is_an_integrity_error(
     assert len(value) == size
     section[field_name] = base64.b64encode(value[:-1] if change < 0 else value + b"x").decode()
     lab.write_manifest(document)
-    with pytest.raises(IntegrityError, match=f"backup '{VICTIM}'.*{field_name} of.*tampered"):
+    with pytest.raises(
+        IntegrityError, match=f"{field_name} in the manifest of backup '{VICTIM}' is .*tampered"
+    ):
         lab.engine.info(VICTIM)
     lab.assert_refused()
 

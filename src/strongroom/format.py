@@ -318,8 +318,12 @@ class Manifest:
             raise IntegrityError("The manifest is not a JSON object.")
         try:
             return cls._from_document(document)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise IntegrityError(f"The manifest is malformed ({exc.__class__.__name__}).") from None
+        except KeyError as exc:
+            raise IntegrityError(f"The manifest is malformed: it has no {exc.args[0]!r}.") from None
+        except (ValueError, TypeError):
+            raise IntegrityError(
+                "The manifest is malformed: a field has the wrong type or value."
+            ) from None
 
     def _document(self) -> dict[str, Any]:
         slot = self.key_slot
@@ -450,8 +454,8 @@ class Manifest:
         for what, (value, size) in lengths.items():
             if len(value) != size:
                 raise IntegrityError(
-                    f"The manifest of backup {self.name!r} has a {what} of {len(value)} bytes "
-                    f"({size} are written); it has been tampered with."
+                    f"The {what} in the manifest of backup {self.name!r} is {len(value)} "
+                    f"bytes long ({size} are written); it has been tampered with."
                 )
 
 
