@@ -206,7 +206,8 @@ def test_info_and_list_never_read_a_manifest_through_a_link(
             engine.info("nightly")
     assert snapshot(outside) == before
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2, warnings
+    assert len(warnings) == 3, warnings  # the listing's, list's "Not listed", info's
+    assert warnings[1].startswith("Not listed: ")
     for warning in warnings:
         assert "'manifests/nightly' is a symbolic link" in warning
         assert "strongroom never follows links in a store" in warning
@@ -300,12 +301,12 @@ def test_list_skips_links_and_reports_each_with_a_warning(
 
     with caplog.at_level(logging.WARNING, logger="strongroom"):
         found = store.scan("data/")
-    assert [r.getMessage() for r in caplog.records] == list(found.skipped)
+    assert [r.getMessage() for r in caplog.records] == list(found.skipped.values())
     assert [obj.key for obj in found.objects] == [prefix + "0000000000"]
     assert store.list("data/") == found.objects
     assert len(found.skipped) == 2
-    assert any("'data/evil' is a symbolic link" in s for s in found.skipped)
-    assert any(f"'{prefix}0000000001' is a symbolic link" in s for s in found.skipped)
+    assert "'data/evil' is a symbolic link" in found.skipped["data/evil"]
+    assert f"'{prefix}0000000001' is a symbolic link" in found.skipped[f"{prefix}0000000001"]
 
 
 def test_a_prefix_delete_never_removes_directories_behind_a_link(
@@ -478,3 +479,69 @@ def test_a_directory_where_an_object_belongs_is_named_as_one(engine: Engine, hom
     with pytest.raises(FileNotFoundError) as caught:
         local_store(engine).get("manifests/nightly")
     assert "'manifests/nightly' is a directory where strongroom keeps a file" in str(caught.value)
+
+
+def backed_up_with_an_old_index(engine: Engine, home: Path, tree: Path) -> Path:
+    """Backup "nightly" of `tree`, its index entries aged past the grace period of a delete
+    cut off (what cleanup sweeps); its data directory."""
+    info = engine.create("nightly", [tree], passcode=PASSCODE)
+    for entry in (store_dir(home) / "retention" / "nightly").iterdir():
+        os.utime(entry, (THREE_DAYS_AGO, THREE_DAYS_AGO))
+    return store_dir(home) / data_prefix("nightly", info.backup_id)
+
+
+def cleanup_sweeps_nothing(engine: Engine, data: Path) -> list[str]:
+    """Run cleanup, check that it left the backup's data whole; its errors."""
+    before = snapshot(data)
+    report = engine.cleanup()
+    assert report.entries == [] and snapshot(data) == before
+    return report.errors
+
+
+def test_a_backup_whose_manifest_place_holds_a_directory_is_unreadable_not_deleted(
+    engine: Engine, home: Path, tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was taken for a backup whose delete was cut off: not listed, without a word, and
+    a day later cleanup swept its data, though its manifest was still in the store (moved
+    into a directory at its own place)."""
+    data = backed_up_with_an_old_index(engine, home, tree)
+    manifests = store_dir(home) / "manifests"
+    (manifests / "nightly").rename(manifests / "moving")
+    (manifests / "nightly").mkdir()
+    (manifests / "moving").rename(manifests / "nightly" / "nightly")
+
+    assert main(["list"]) == 8
+    assert "are not listed because their manifest does not read: nightly" in capsys.readouterr().err
+    [error] = cleanup_sweeps_nothing(engine, data)
+    assert "'manifests/nightly/nightly' lies under 'manifests/nightly'" in error
+    assert error.endswith("Its leftovers are kept until it can be read.")
+
+
+def test_a_file_where_the_manifests_are_kept_fails_list_and_stops_the_sweep(
+    engine: Engine, home: Path, tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It listed as a store without backups, and cleanup would have swept the data of
+    every backup as a delete cut off."""
+    data = backed_up_with_an_old_index(engine, home, tree)
+    manifests = store_dir(home) / "manifests"
+    shutil.rmtree(manifests)
+    manifests.write_text("")
+
+    assert main(["list"]) == 4
+    assert "'manifests' is a file where strongroom keeps a directory" in capsys.readouterr().err
+    errors = cleanup_sweeps_nothing(engine, data)
+    assert any("'manifests' is a file where strongroom keeps" in e for e in errors)
+
+
+def test_a_link_at_a_manifests_place_keeps_the_backups_data(
+    engine: Engine, home: Path, tree: Path, tmp_path: Path
+) -> None:
+    data = backed_up_with_an_old_index(engine, home, tree)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(store_dir(home) / "manifests" / "nightly", outside / "nightly")
+    plant(store_dir(home) / "manifests" / "nightly", outside / "nightly")
+
+    [error] = cleanup_sweeps_nothing(engine, data)
+    assert "'manifests/nightly' is a symbolic link" in error
+    assert error.endswith("Its leftovers are kept until it can be read.")

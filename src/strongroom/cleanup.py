@@ -53,6 +53,7 @@ __all__ = [
     "delete_backups",
     "delete_resurrected",
     "index_of",
+    "manifest_names",
 ]
 
 #: Up to this many deleted backups are checked for a racing update one request each;
@@ -103,7 +104,8 @@ class Cleanup:
                 report.errors.append(str(exc))
             report.errors.extend(p for p in problems if p not in unjudged)  # each said once
             report.errors.extend(
-                f"{p} Its leftovers are kept until it can be read." for p in unjudged
+                f"{p} Its leftovers are kept until it can be read."
+                for p in [*listing.unreadable.values(), *unjudged]
             )
         return report
 
@@ -126,8 +128,9 @@ class Cleanup:
         A create cut off leaves its pending marker; a delete cut off leaves index entries
         without a manifest. Ages come from the store's own timestamps (against a fresh
         probe object), never from this machine's clock. A name whose manifest is there but
-        unreadable (a newer version's, a torn write) may be committed: nothing of it is
-        judged, so planting an index entry or a marker can never sweep a backup's data.
+        unreadable (a newer version's, a torn write, something else at its place:
+        `manifest_names`) may be committed: nothing of it is judged, so planting an index
+        entry or a marker can never sweep a backup's data.
         """
         writing = {(m.name, m.backup_id) for m in listing.markers}
         ambiguous = _ambiguous(listing)
@@ -140,11 +143,12 @@ class Cleanup:
         names = {m.name for m in listing.markers} | ambiguous
         manifests, unreadable = self.read_manifests(source, sorted(names))
         committed = {m.name: m.backup_id for m in manifests}
-        judged_markers = [m for m in listing.markers if m.name not in unreadable]
+        unjudged = listing.unreadable.keys() | unreadable.keys()
+        judged_markers = [m for m in listing.markers if m.name not in unjudged]
         leftovers, stale = select_leftovers(
             judged_markers, committed, store_now, self.leftover_grace
         )
-        judged = [e for e in suspects if e.name not in unreadable]
+        judged = [e for e in suspects if e.name not in unjudged]
         orphans = select_orphans(judged, committed, writing, store_now, self.leftover_grace)
         backups = {(m.name, m.backup_id): "an unfinished create" for m in leftovers}
         backups.update({(e.name, e.backup_id): "a delete that was cut off" for e in orphans})
@@ -220,6 +224,8 @@ class _Listing:
 
     markers: list[PendingMarker]
     names: set[str]
+    #: Names whose manifest's place holds something no manifest is (`manifest_names`).
+    unreadable: dict[str, str]
     index: list[IndexEntry]
     #: What the store skipped as not being objects (a planted link), one sentence each.
     skipped: tuple[str, ...]
@@ -227,16 +233,43 @@ class _Listing:
     @classmethod
     def of(cls, store: Store) -> _Listing:
         pending = store.scan(PENDING_PREFIX)
-        manifests = store.scan(MANIFESTS_PREFIX)
+        names, unreadable = manifest_names(store)
         retention = store.scan(RETENTION_PREFIX)
         markers = [
             PendingMarker(obj.key, *parsed, obj.modified)
             for obj in pending.objects
             if (parsed := parse_pending_key(obj.key))
         ]
-        names = {n for o in manifests.objects if (n := name_from_manifest_key(o.key))}
-        skipped = pending.skipped + manifests.skipped + retention.skipped
-        return cls(markers, names, _parse_index(retention.objects), skipped)
+        skipped = (*pending.skipped.values(), *retention.skipped.values())
+        return cls(markers, set(names), unreadable, _parse_index(retention.objects), skipped)
+
+
+def manifest_names(store: Store) -> tuple[list[str], dict[str, str]]:
+    """The names the store holds a manifest for, and, by name, why any other name's
+    manifest is not there as one (a link or a directory at its place, an object under it).
+    Such a name is not taken for deleted, so nothing of it is swept. Anything but a
+    directory where the manifests are kept is a StoreError: none of them could be listed."""
+    found = store.scan(MANIFESTS_PREFIX)
+    names, unreadable = [], {}
+    for obj in found.objects:
+        if name := name_from_manifest_key(obj.key):
+            names.append(name)
+        elif name := _manifest_place(obj.key):
+            unreadable[name] = (
+                f"Store {store.name!r}: {obj.key!r} lies under {manifest_key(name)!r}, the "
+                "place of that backup's manifest, which is one object; it was not read."
+            )
+    for key, reason in found.skipped.items():
+        if key == MANIFESTS_PREFIX.rstrip("/"):
+            raise StoreError(reason)
+        if name := _manifest_place(key):
+            unreadable[name] = reason
+    return names, unreadable
+
+
+def _manifest_place(key: str) -> str | None:
+    """The backup name whose manifest's place `key` is, or lies under; None if none."""
+    return name_from_manifest_key(MANIFESTS_PREFIX + key[len(MANIFESTS_PREFIX) :].split("/")[0])
 
 
 def data_keys(store: Store, manifest: Manifest) -> list[str]:
@@ -244,7 +277,7 @@ def data_keys(store: Store, manifest: Manifest) -> list[str]:
     list as long as a (perhaps tampered, not yet authenticated) chunkCount says."""
     listing = store.scan(data_prefix(manifest.name, manifest.backup_id))
     if listing.skipped:  # a planted link: what lies behind it was not deleted or read
-        raise StoreError(" ".join(listing.skipped))
+        raise StoreError(" ".join(listing.skipped.values()))
     return [obj.key for obj in listing.objects]
 
 

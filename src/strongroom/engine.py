@@ -44,7 +44,14 @@ from .archive import (
     source_size,
     write_archive,
 )
-from .cleanup import Cleanup, data_keys, delete_backups, delete_resurrected, index_of
+from .cleanup import (
+    Cleanup,
+    data_keys,
+    delete_backups,
+    delete_resurrected,
+    index_of,
+    manifest_names,
+)
 from .config import StoresConfig
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginejobs import EngineJobs
@@ -59,7 +66,6 @@ from .errors import (
     StoreUnavailableError,
 )
 from .format import (
-    MANIFESTS_PREFIX,
     MAX_MANIFEST_SIZE,
     KeySlot,
     Manifest,
@@ -69,7 +75,6 @@ from .format import (
     from_epoch_ms,
     is_backup_id,
     manifest_key,
-    name_from_manifest_key,
     pending_key,
     retention_key,
     slot_name_prefix,
@@ -679,11 +684,9 @@ class Engine(EngineStores, EngineJobs):
     def _manifests(self, source: Store) -> tuple[builtins.list[Manifest], dict[str, str]]:
         """The store's readable manifests, oldest first, and why any others were unreadable
         (by name)."""
-        names = [
-            n for obj in source.list(MANIFESTS_PREFIX) if (n := name_from_manifest_key(obj.key))
-        ]
+        names, misplaced = manifest_names(source)
         manifests, unreadable = self._read_manifests(source, names)
-        return sorted(manifests, key=lambda m: (m.created, m.name)), unreadable
+        return sorted(manifests, key=lambda m: (m.created, m.name)), misplaced | unreadable
 
     def _read_manifests(
         self, source: Store, names: builtins.list[str]

@@ -15,9 +15,9 @@ import inspect
 import logging
 import posixpath
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -102,8 +102,9 @@ class ScanResult:
     """A listing: the objects, and what the store found there but would not take for one."""
 
     objects: list[ObjectInfo]
-    #: One sentence per entry skipped (a link in a filesystem store), naming the store and key.
-    skipped: tuple[str, ...] = ()
+    #: Each entry skipped (a link in a filesystem store): its key, and one sentence naming
+    #: the store and key that says why.
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,8 +455,8 @@ def check_limit(key: str, data: bytes, limit: int | None) -> None:
 
 def _modified(info: dict[str, Any]) -> datetime | None:
     """The modification time from an fsspec info dict, whatever the backend calls it."""
-    for field in ("mtime", "LastModified", "last_modified", "modified", "created"):
-        value = info.get(field)
+    for name in ("mtime", "LastModified", "last_modified", "modified", "created"):
+        value = info.get(name)
         if isinstance(value, datetime):
             return value if value.tzinfo else value.replace(tzinfo=UTC)
         if isinstance(value, int | float):

@@ -222,7 +222,7 @@ class StoreConformance:
         store.put("data/s/id/0000000000", b"x")
         found = store.scan("data/")
         assert found.objects == store.list("data/"), "scan(prefix).objects must be list(prefix)"
-        assert found.skipped == (), f"a store holding only objects skipped {found.skipped}"
+        assert not found.skipped, f"a store holding only objects skipped {found.skipped}"
 
     def test_delete_is_idempotent_and_prefix_delete_is_complete(self, store: Store) -> None:
         for index in range(3):

@@ -191,17 +191,20 @@ class LocalStore(Store):
 
     def scan(self, prefix: str) -> ScanResult:
         objects: builtins.list[ObjectInfo] = []
-        skipped: builtins.list[str] = []
+        skipped: dict[str, str] = {}
+        top = prefix.rstrip("/")
         with self.translate_errors(prefix):
-            for key, status in self._root.walk(prefix.rstrip("/")):
-                if stat.S_ISDIR(status.st_mode):  # as deep as the walk goes
-                    skipped.append(self._warned(self._too_deep(key)))
+            for key, status in self._root.walk(top):
+                if key == top and not stat.S_ISLNK(status.st_mode):
+                    skipped[key] = self._warned(self._not_a_directory(key, status))
+                elif stat.S_ISDIR(status.st_mode):  # as deep as the walk goes
+                    skipped[key] = self._warned(self._too_deep(key))
                 elif not stat.S_ISREG(status.st_mode):
-                    skipped.append(self._skipped(key, status, "it was skipped"))
+                    skipped[key] = self._skipped(key, status, "it was skipped")
                 elif not posixpath.basename(key).startswith("."):  # a put's temporary file
                     modified = datetime.fromtimestamp(status.st_mtime, UTC)
                     objects.append(ObjectInfo(key, status.st_size, modified))
-        return ScanResult(sorted(objects, key=lambda obj: obj.key), tuple(skipped))
+        return ScanResult(sorted(objects, key=lambda obj: obj.key), skipped)
 
     def delete(self, keys: builtins.list[str]) -> None:
         """Delete the objects, then the directories they leave empty (up to the root).
@@ -224,7 +227,8 @@ class LocalStore(Store):
         self.delete([obj.key for obj in found.objects])
         self._prune(prefix.rstrip("/"))
         if found.skipped:
-            raise StoreError(f"Not all of {prefix!r} was deleted. {' '.join(found.skipped)}")
+            skipped = " ".join(found.skipped.values())
+            raise StoreError(f"Not all of {prefix!r} was deleted. {skipped}")
 
     def _prune(self, directory: str) -> None:
         """Remove the directory and then its parents, up to the root, while they are empty."""
@@ -285,6 +289,13 @@ class LocalStore(Store):
             f"{where}; strongroom never follows links in a store, nor opens anything there but "
             f"files and directories, so {outcome}. Only the store's root may be a link: remove "
             "this one, or move what it points to into the store."
+        )
+
+    def _not_a_directory(self, path: str, status: os.stat_result) -> str:
+        kind = "a file" if stat.S_ISREG(status.st_mode) else kind_of(status)
+        return (
+            f"Store {self.name!r} ({self.url}): {path!r} is {kind} where strongroom keeps a "
+            "directory, so nothing under it was listed. Move it out of the store."
         )
 
     def _too_deep(self, path: str) -> str:

@@ -152,15 +152,29 @@ class Root:
         its own (lstat) status, descending into directories but never through links, and
         never more than MAX_WALK_DEPTH levels: a directory that deep is itself an entry.
 
-        A link on the way to `path` is itself such an entry; a missing `path` has none.
+        A link on the way to `path`, or anything but a directory at `path`, is itself such
+        an entry; a missing `path` has none.
         """
         try:
             with self.directory(path) as fd:
                 yield from _entries(fd, path, MAX_WALK_DEPTH)
         except NotFollowedError as exc:
             yield exc.path, exc.status
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return
+        except NotADirectoryError:
+            yield from self._not_a_directory(path)
+
+    def _not_a_directory(self, path: str) -> Iterator[tuple[str, os.stat_result]]:
+        """`path` and its status, if what is there is not a directory (else, something on
+        the way to it is not: nothing)."""
+        try:
+            with self.parent(path) as (parent, name):
+                status = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError, InvalidNameError):
+            return
+        if not stat.S_ISDIR(status.st_mode):
+            yield path, status
 
 
 def kind_of(status: os.stat_result) -> str:
