@@ -247,7 +247,7 @@ def test_backup_lifecycle(
     }
     dry_table = cli("cleanup", "--dry-run", "--as-of", as_of)
     assert "would delete" in dry_table.out
-    assert "1 expired as of" in dry_table.out and "1 kept" in dry_table.out
+    assert "1 would delete as of" in dry_table.out and "1 kept" in dry_table.out
     assert [b["name"] for b in cli("list", "--json").json()["backups"]] == ["first", "second"]
 
     early = cli("cleanup", "--dry-run", "--as-of", str(later - 1), "--json")

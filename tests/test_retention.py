@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from strongroom import BackupNotFoundError, ConfigError, Engine, IntegrityError
 from strongroom.format import MAX_EPOCH_MS, from_epoch_ms, parse_retention_key, to_epoch_ms
 from strongroom.retention import (
+    CleanupEntry,
+    CleanupReport,
     IndexEntry,
     check_retention_date,
     parse_epoch_ms,
@@ -330,3 +332,14 @@ def test_an_index_entry_no_datetime_holds_is_a_stray_object() -> None:
         backup_id,
         datetime(1970, 7, 18, 20, 11, 9, 183000, tzinfo=UTC),
     )
+
+
+def test_a_cleanup_report_counts_what_it_did_by_action() -> None:
+    """The command line counted every entry as expired, a swept leftover too."""
+    entries = [
+        CleanupEntry("s", name, None, action)
+        for name, action in (("a", "deleted"), ("b", "swept"), ("c", "swept"))
+    ]
+    now = datetime.now(UTC)
+    assert CleanupReport(now, False, entries).counted() == "1 deleted, 2 swept"
+    assert CleanupReport(now, True).counted() == "nothing expired"

@@ -621,7 +621,7 @@ def run_cleanup(args: argparse.Namespace) -> int:
             (e.store, e.name, _until(e.retention_date), e.action, e.message) for e in report.entries
         ]
         _print_table(("STORE", "NAME", "RETENTION DATE", "ACTION", "MESSAGE"), rows)
-        counted = f"{len(report.entries)} expired as of {_date(report.as_of)}, {report.kept} kept"
+        counted = f"{report.counted()} as of {_date(report.as_of)}, {report.kept} kept"
         errors = (
             f"{len(report.errors)} error(s) below, where nothing was counted"
             if report.errors

@@ -328,15 +328,19 @@ class CleanupReport:
     def failed(self) -> list[CleanupEntry]:
         return [entry for entry in self.entries if entry.action == "failed"]
 
-    def summary(self) -> str:
-        """One line for the log: what this run did, counted by action."""
+    def counted(self) -> str:
+        """What this run did, counted by action ('1 deleted, 2 swept'): a swept leftover
+        is no expired backup."""
         counts = dict.fromkeys(("deleted", "would delete", "swept", "would sweep", "locked"), 0)
         for entry in self.entries:
             counts[entry.action] = counts.get(entry.action, 0) + 1
-        done = ", ".join(f"{n} {action}" for action, n in counts.items() if n)
+        return ", ".join(f"{n} {action}" for action, n in counts.items() if n) or "nothing expired"
+
+    def summary(self) -> str:
+        """One line for the log: what this run did, counted by action."""
         return (
             f"as of {self.as_of:%Y-%m-%d %H:%M:%S} UTC{' (dry run)' if self.dry_run else ''}: "
-            f"{done or 'nothing expired'}; {self.kept} kept; "
+            f"{self.counted()}; {self.kept} kept; "
             f"{len(self.failed)} failed; {len(self.errors)} errors"
         )
 
