@@ -257,6 +257,23 @@ def test_streams_of_unknown_length(
     assert (target / "empty").read_bytes() == b""
 
 
+def test_a_stream_of_text_is_refused_clearly_and_commits_nothing(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Text as a stream failed with "can't concat str to bytearray" halfway through."""
+    (tmp_path / "notes.txt").write_text("hello")
+    with (tmp_path / "notes.txt").open() as text_file:
+        for stream, told in (
+            ("hello", "is given as str; give a binary file object"),
+            (b"hello", "is given as bytes; give a binary file object"),
+            (iter(["hello"]), "gave str, not bytes; open it in binary mode"),
+            (text_file, "gave str, not bytes; open it in binary mode"),
+        ):
+            with pytest.raises(ConfigError, match=f"Stream 'notes' {told}"):
+                engine.create("text", passcode=PASSCODE, streams={"notes": stream})  # type: ignore[dict-item]
+    assert engine.list() == []
+
+
 def test_large_files_and_stream_parts_come_back_exact(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,8 +132,13 @@ def check_sources(sources: Sequence[Path], streams: Mapping[str, StreamSource]) 
                 os.readlink(source),
             )
         _claim(seen, archive_name_of(source), str(source))
-    for name in streams:
+    for name, stream in streams.items():
         _claim(seen, normalize_archive_path(name).split("/")[0], f"stream {name!r}")
+        if isinstance(stream, str | bytes | bytearray | memoryview):
+            raise ConfigError(
+                f"Stream {name!r} is given as {type(stream).__name__}; give a binary file "
+                "object or an iterable of bytes (for bytes in memory: io.BytesIO(data))."
+            )
 
 
 def _claim(seen: dict[str, str], top: str, owner: str) -> None:
@@ -367,7 +372,7 @@ def _name_of(names: dict[int, str], number: int, look_up: Callable[[int], Any]) 
 
 
 def _add_stream(tar: tarfile.TarFile, name: str, stream: StreamSource) -> None:
-    for number, part in enumerate(_parts(stream)):
+    for number, part in enumerate(_parts(name, stream)):
         info = tarfile.TarInfo(name)
         info.size = len(part)
         info.mode = 0o600
@@ -377,11 +382,16 @@ def _add_stream(tar: tarfile.TarFile, name: str, stream: StreamSource) -> None:
         tar.addfile(info, io.BytesIO(part))
 
 
-def _parts(stream: StreamSource) -> Iterator[bytes]:
+def _parts(name: str, stream: StreamSource) -> Iterator[bytes]:
     """Cut a stream of unknown length into parts; always at least one (maybe empty)."""
     pieces = _pieces(stream)
     buffer = bytearray()
     for piece in pieces:
+        if not isinstance(piece, bytes | bytearray | memoryview):
+            raise ConfigError(
+                f"Stream {name!r} gave {type(piece).__name__}, not bytes; open it in binary "
+                "mode, or yield bytes. Nothing was committed."
+            )
         buffer += piece
         while len(buffer) > STREAM_PART_SIZE:
             yield bytes(buffer[:STREAM_PART_SIZE])
