@@ -35,6 +35,7 @@ from strongroom import (
     StoreSpec,
     UnknownStoreError,
 )
+from strongroom import jobs as jobs_module
 from strongroom.backends.file import LocalStore
 from strongroom.format import to_epoch_ms
 from strongroom.jobs import JOBS_FILE
@@ -143,6 +144,24 @@ def test_ended_jobs_are_forgotten_after_the_keep_period_and_active_ones_never(
         release.set()
         reopened.close()
         jobs.close()
+
+
+def test_a_running_manager_forgets_old_ended_jobs_too(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a starting manager forgot them: a server's job table grew for good."""
+    monkeypatch.setattr(jobs_module, "FORGET_INTERVAL", 0.0)
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    lease = timedelta(seconds=0.3)  # the upkeep runs every 0.1 s
+    with closing(JobManager(home / JOBS_FILE, clock=lambda: now[0], lease=lease)) as jobs:
+        old = jobs.wait(jobs.submit("noop", lambda job: None).jobid, timeout=10)
+        now[0] += timedelta(days=31)
+        deadline = time.monotonic() + 30
+        while jobs.find(operation="noop")[1]:
+            assert time.monotonic() < deadline, "the ended job was never forgotten"
+            time.sleep(0.05)
+        with pytest.raises(JobNotFoundError):
+            jobs.get(old.jobid)
 
 
 def test_stages_are_kept_with_their_times_and_end_as_the_job_ends(home: Path) -> None:

@@ -81,6 +81,8 @@ CLOSE_TIMEOUT = 10.0
 DEFAULT_LEASE = timedelta(seconds=60)
 #: The first wait before trying an unreachable store again; it doubles up to lease/3.
 RETRY_DELAY = 0.5
+#: How often a running manager forgets the jobs that ended more than `keep` ago (seconds).
+FORGET_INTERVAL = 24 * 60 * 60.0
 #: How often `wait` reads the table for a job another manager runs: first, and at most.
 WAIT_POLL_MIN, WAIT_POLL_MAX = 0.05, 1.0
 _JOB_ID = re.compile(r"j[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -161,11 +163,11 @@ class JobManager:
         namespace: str = "",
     ) -> None:
         self._lease = lease if lease is not None else lease_from_environment()
-        self._clock = clock
+        self._clock, self._keep = clock, keep
         self._store = open_job_store(location, uuid.uuid4().hex, self._lease, namespace)
         try:
             self._fail_orphans()
-            self._store.forget_ended(before=self._now() - int(keep.total_seconds() * 1000))
+            self._forget_ended()
         except BaseException:
             self._store.close()
             raise
@@ -537,7 +539,7 @@ class JobManager:
         """The upkeep thread: every third of the lease (sooner when a job's end awaits
         the store, backing off while it is unreachable), write the ends the store
         missed, renew this manager's leases and read the cancels asked of its jobs, and
-        fail the jobs of managers that stopped."""
+        fail the jobs of managers that stopped; and once a day forget old ended jobs."""
         period = self._lease.total_seconds() / 3
         delay = period
         while True:
@@ -549,6 +551,8 @@ class JobManager:
                 self._record_ends()
                 self._renew()
                 self._fail_orphans()
+                if time.monotonic() - self._forgotten_at >= FORGET_INTERVAL:
+                    self._forget_ended()
             except JobStoreUnavailableError as exc:
                 self._note_outage(exc)
                 delay = RETRY_DELAY if delay >= period else min(period, delay * 2)
@@ -557,6 +561,12 @@ class JobManager:
                 if self._outage:
                     self._outage = False
                     logger.info("The job database is reachable again.")
+
+    def _forget_ended(self) -> None:
+        """Forget the jobs that ended more than `keep` ago: when the manager starts, and
+        once every FORGET_INTERVAL while it runs (a server's table would grow for good)."""
+        self._store.forget_ended(before=self._now() - int(self._keep.total_seconds() * 1000))
+        self._forgotten_at = time.monotonic()
 
     def _renew(self) -> None:
         """Renew this manager's hold on its jobs, and stop those the store says to: a
