@@ -6,6 +6,7 @@ response of every test here is checked for it.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import logging
@@ -1002,6 +1003,34 @@ async def test_forms_create_through_a_redirect_and_escape_what_they_show(
 
 
 # -- contents ---------------------------------------------------------------------------
+
+
+async def test_one_apps_requests_derive_at_most_two_keys_at_once(
+    api: Api, kept: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Derivations take one process-wide lock: eight contents requests at once (wrong
+    passcodes, say) all queued on it, ahead of every other tenant's."""
+    running, most = [0], [0]
+    lock = threading.Lock()
+    ls = Engine.ls
+
+    def counted(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.1)
+            return ls(self, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(Engine, "ls", counted)
+    answers = await asyncio.gather(
+        *(api.post(f"{BACKUP}/contents", passcode=SECRET) for _ in range(8))
+    )
+    assert [a.status_code for a in answers] == [200] * 8
+    assert most[0] == 2
 
 
 async def test_contents_lists_a_backup_with_its_passcode_only(api: Api, kept: str) -> None:

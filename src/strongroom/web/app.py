@@ -17,6 +17,7 @@ beyond its first bytes (see body.py).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -70,6 +71,8 @@ DR = "/system/disasterrecovery"
 RECENT = 10
 #: The most entries one contents request answers with (narrow it with `path`).
 CONTENTS_LIMIT = 10_000
+#: How many of one app's requests may derive a key from a passcode at once (`_Derivations`).
+KDF_REQUESTS = 2
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -168,6 +171,20 @@ async def _run(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T
     return await run_in_threadpool(function, *args, **kwargs)
 
 
+class _Derivations:
+    """Lets at most KDF_REQUESTS of one app's requests derive a key from a passcode at
+    once; the rest wait here. Key derivations queue on one process-wide lock (crypto.py),
+    so a burst of one tenant's requests (wrong passcodes included) keeps at most that
+    many ahead of another tenant's there. Jobs are bounded by their worker pool already."""
+
+    def __init__(self) -> None:
+        self._slots = asyncio.Semaphore(KDF_REQUESTS)
+
+    async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        async with self._slots:
+            return await _run(function, *args, **kwargs)
+
+
 class _AdminApi:
     def __init__(
         self,
@@ -180,6 +197,7 @@ class _AdminApi:
     ) -> None:
         self._engine, self._sources, self._restore_dir = engine, sources, restore_dir
         self._root, self._plugins, self._fence, self._pages = root, plugins, fence, Pages()
+        self._derivations = _Derivations()
         store = f"{root}{DR}/stores/{{storeName}}"
         backup = f"{store}/backups/{{name}}"
         schedule = f"{root}{DR}/schedules/{{scheduleName}}"
@@ -389,7 +407,7 @@ class _AdminApi:
         entries; `path` narrows it to one archive path."""
         name, store = call.path("name"), call.path("storeName")
         path = call.get("path")
-        entries = await _run(
+        entries = await self._derivations.run(
             _first_entries,
             self._engine,
             name,
@@ -429,7 +447,7 @@ class _AdminApi:
                 "max_name": schedules.MAX_SCHEDULE_NAME,
             }
             return Reply({}, "schedule_create.html", context)
-        schedule = await _run(
+        schedule = await self._derivations.run(
             schedules.define,
             self._engine,
             call.require("name"),
