@@ -9,6 +9,7 @@ marker, whose bytes, modes and mtimes must survive; what was skipped is reported
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -545,3 +546,21 @@ def test_a_link_at_a_manifests_place_keeps_the_backups_data(
     [error] = cleanup_sweeps_nothing(engine, data)
     assert "'manifests/nightly' is a symbolic link" in error
     assert error.endswith("Its leftovers are kept until it can be read.")
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.EMFILE, "too many files open; raise its limit"),
+        (errno.ENOSPC, "The disk is full"),
+        (errno.ENOTDIR, "A file stands where the store keeps a directory"),
+        (errno.EACCES, "Check that the location exists and is writable"),
+    ],
+)
+def test_a_store_error_advises_by_its_cause(engine: Engine, code: int, advice: str) -> None:
+    """Every failure told to check that the location exists and is writable, running out
+    of descriptors (a deep tree) too."""
+    with pytest.raises(StoreError) as caught, local_store(engine).translate_errors("k"):
+        raise OSError(code, os.strerror(code))
+    assert f"{advice}" in str(caught.value)
+    assert str(caught.value).endswith("then run 'strongroom stores validate backupsDefault'.")

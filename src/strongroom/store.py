@@ -10,6 +10,7 @@ put-if-absent with `os.link`) or to reach storage that is no fsspec filesystem a
 from __future__ import annotations
 
 import builtins
+import errno
 import functools
 import inspect
 import logging
@@ -425,10 +426,22 @@ class Store:
         except self.storage_errors as exc:
             where = f" on {key!r}" if key else ""  # '' is the store's own place
             raise StoreUnavailableError(
-                f"Store {self.name!r} ({self.url}) failed{where}: {exc}. "
-                "Check that the location exists and is writable, then run "
-                f"'strongroom stores validate {self.name}'."
+                f"Store {self.name!r} ({self.url}) failed{where}: {exc}. {_advice(exc)}, "
+                f"then run 'strongroom stores validate {self.name}'."
             ) from exc
+
+
+def _advice(exc: BaseException) -> str:
+    """What to check after a storage error: most are the place (missing, read-only, not
+    a directory), a few this process or machine."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in (errno.EMFILE, errno.ENFILE):
+        return "This process (or the system) has too many files open; raise its limit (ulimit -n)"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "The disk is full (or the quota used up); free space"
+    if code == errno.ENOTDIR:
+        return "A file stands where the store keeps a directory; move it out of the store"
+    return "Check that the location exists and is writable"
 
 
 def _limited(get: Callable[[Store, str], bytes]) -> Callable[..., bytes]:
