@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -14,7 +16,15 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from strongroom import Engine, JobError, JobNotFoundError, Passcode, hookimpl
+from strongroom import (
+    ConfigError,
+    Engine,
+    JobError,
+    JobNotFoundError,
+    JobStatus,
+    Passcode,
+    hookimpl,
+)
 from strongroom.plugins import get_plugin_manager
 from strongroom.web import create_app
 from strongroom.web.auth import add_token, tokens_path
@@ -153,3 +163,17 @@ async def test_the_embedding_example_mounts_the_api_and_closes_the_engine(
         engine.jobs.submit("noop", lambda job: None)
     with pytest.raises(JobError, match="closed"):
         engine.jobs.submit("late", lambda job: None)
+
+
+def test_an_engine_runs_as_many_jobs_at_once_as_it_is_given_workers(tmp_path: Path) -> None:
+    release = threading.Event()
+    with Engine(home=tmp_path / "one", kdf=FAST_KDF, job_workers=1) as engine:
+        first = engine.jobs.submit("held", lambda job: {"released": release.wait(30)})
+        second = engine.jobs.submit("next", lambda job: None)
+        time.sleep(0.3)
+        assert engine.jobs.get(first.jobid).status is JobStatus.EXECUTING
+        assert engine.jobs.get(second.jobid).status is JobStatus.SUBMITTED
+        release.set()
+        assert engine.jobs.wait(second.jobid, timeout=30).status is JobStatus.COMPLETED
+    with pytest.raises(ConfigError, match="job_workers must be at least 1"):
+        Engine(home=tmp_path / "none", job_workers=0)

@@ -83,7 +83,7 @@ from .format import (
     validate_description,
     validate_name,
 )
-from .jobs import JOBS_FILE
+from .jobs import DEFAULT_WORKERS, JOBS_FILE
 from .keys import WriteKey, open_backup
 from .pipeline import (
     DEFAULT_CHUNK_SIZE,
@@ -191,6 +191,7 @@ class Engine(EngineStores, EngineJobs):
     (default $STRONGROOM_JOBS_NAMESPACE, else the path of the configuration file, so
     replicas sharing a configuration share their jobs, and tenants do not; the home's
     own job table, which no other home uses, keeps the empty namespace of older jobs).
+    `job_workers` jobs run at once (default 2), each on a thread of its own.
     Its stores (`store`, `reachable_store`, `recognised_store`, `add_store`, `init_store`,
     `validate_store`, `use_config`) are in its base class `EngineStores` (enginestores.py),
     the jobs (`jobs`, `submit_*`, `schedule_cleanup`, `close`) in `EngineJobs`
@@ -210,6 +211,7 @@ class Engine(EngineStores, EngineJobs):
         leftover_grace: timedelta = timedelta(hours=24),
         jobs_db: str | None = None,
         jobs_namespace: str | None = None,
+        job_workers: int = DEFAULT_WORKERS,
     ) -> None:
         if config is None:
             config = StoresConfig.load(home=None if home is None else Path(home))
@@ -241,7 +243,7 @@ class Engine(EngineStores, EngineJobs):
         self._leftover_grace = leftover_grace
         #: A running create refreshes its marker this often, well inside the grace period.
         self._heartbeat = min(timedelta(hours=1), leftover_grace / 4)
-        EngineJobs.__init__(self)
+        EngineJobs.__init__(self, job_workers)
 
     @property
     def kdf(self) -> KdfParams:

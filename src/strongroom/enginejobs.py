@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .archive import StreamSource, selected_path
 from .crypto import Passcode
-from .errors import JobError, JobIncompleteError, StrongroomError
-from .jobs import Job, JobHandle, JobManager
+from .errors import ConfigError, JobError, JobIncompleteError, StrongroomError
+from .jobs import DEFAULT_WORKERS, Job, JobHandle, JobManager
 from .keys import WriteKey
 from .restoretarget import check_restore_target
 from .retention import CleanupReport, parse_moment
@@ -47,7 +47,8 @@ class EngineJobs(ABC):
     never becomes a job), then runs the operation as a job.
 
     What it needs from the class that uses it: the job settings `jobs_db`,
-    `jobs_namespace` and `_clock`, `__init__` called, and the operations declared
+    `jobs_namespace` and `_clock`, `__init__` called (with how many jobs run at once), and
+    the operations declared
     abstract below (as the jobs call them; the class's own may accept more).
     """
 
@@ -55,7 +56,11 @@ class EngineJobs(ABC):
     jobs_namespace: str
     _clock: Callable[[], datetime]
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = DEFAULT_WORKERS) -> None:
+        if workers < 1:
+            raise ConfigError(f"job_workers must be at least 1, not {workers}.")
+        #: How many jobs run at once (each on a worker thread of its own).
+        self.job_workers = workers
         self._job_manager: JobManager | None = None
         self._job_manager_lock = threading.Lock()
         self._closed = False
@@ -135,7 +140,12 @@ class EngineJobs(ABC):
             if self._closed:
                 raise JobError("This Engine is closed; make a new one to run jobs.")
             if self._job_manager is None:
-                manager = JobManager(self.jobs_db, clock=self._clock, namespace=self.jobs_namespace)
+                manager = JobManager(
+                    self.jobs_db,
+                    workers=self.job_workers,
+                    clock=self._clock,
+                    namespace=self.jobs_namespace,
+                )
                 self._close_jobs = weakref.finalize(self, manager.close)
                 self._job_manager = manager
             return self._job_manager
