@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
@@ -122,6 +123,26 @@ def test_local_puts_survive_deletes_pruning_their_directory_meanwhile(tmp_path: 
         thread.join()
     assert errors == []
     assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_a_backend_whose_get_passes_keywords_on_keeps_the_memory_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`get(self, key, **options)` takes the limit too: it was warned about, wrapped, and
+    its reads lost the bound (whole objects read before their size was checked)."""
+    asked: list[dict[str, Any]] = []
+
+    class Wrapping(LocalStore):
+        def get(self, key: str, **options: Any) -> bytes:
+            asked.append(options)
+            return super().get(key, **options)
+
+    assert "takes no 'limit'" not in caplog.text
+    store = Wrapping("wrapping", tmp_path.as_uri(), tmp_path)
+    store.put("manifests/x", b"0123456789")
+    with pytest.raises(IntegrityError, match="larger than the 9 bytes"):
+        store.get("manifests/x", limit=9)
+    assert asked == [{"limit": 9}]
 
 
 def test_a_backend_whose_get_takes_no_limit_still_refuses_larger_objects(

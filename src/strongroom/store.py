@@ -178,7 +178,7 @@ class Store:
         wrapped to refuse a larger object once read (so without the memory bound)."""
         super().__init_subclass__(**kwargs)
         get = cls.__dict__.get("get")
-        if get is not None and "limit" not in inspect.signature(get).parameters:
+        if get is not None and not _takes_limit(get):
             logger.warning(
                 "%s.get takes no 'limit': objects are read whole before their size is "
                 "checked; add the keyword (see strongroom.Store.get).",
@@ -442,6 +442,12 @@ def _advice(exc: BaseException) -> str:
     if code == errno.ENOTDIR:
         return "A file stands where the store keeps a directory; move it out of the store"
     return "Check that the location exists and is writable"
+
+
+def _takes_limit(get: Callable[..., bytes]) -> bool:
+    """Whether `get` takes a `limit` keyword: by name, or in its **keywords."""
+    parameters = inspect.signature(get).parameters.values()
+    return any(p.name == "limit" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _limited(get: Callable[[Store, str], bytes]) -> Callable[..., bytes]:
