@@ -18,6 +18,7 @@ from strongroom import (
     ConfigError,
     Engine,
     IntegrityError,
+    ScanResult,
     Store,
     StoreCapabilities,
     StoresConfig,
@@ -161,3 +162,10 @@ def test_a_backend_whose_get_takes_no_limit_still_refuses_larger_objects(
     assert store.get("manifests/x", limit=10) == b"0123456789"
     with pytest.raises(IntegrityError, match="larger than the 9 bytes"):
         store.get("manifests/x", limit=9)
+
+
+def test_a_scan_result_of_a_backend_from_before_keys_still_reads() -> None:
+    """`skipped` became a mapping by key; a backend that still gives a tuple of sentences
+    broke every listing with an AttributeError."""
+    result = ScanResult([], ("a link was skipped",))  # type: ignore[arg-type]
+    assert dict(result.skipped) == {"(entry 0)": "a link was skipped"}

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import Store, StoreSpec
+from strongroom import Engine, Store, StoreSpec
 from strongroom.plugins import build_registry, get_plugin_manager
 from strongroom.testing import StoreConformance
 from tests import sqlite_store
+from tests.conftest import FAST_KDF, PASSCODE
 from tests.sqlite_store import SQLiteStore
 
 
@@ -58,3 +59,19 @@ def test_it_plugs_in_through_the_hook(tmp_path: Path) -> None:
     store = build_registry(manager).open(StoreSpec("db", url))
     store.put("manifests/x", b"payload")
     assert SQLiteStore("again", url, tmp_path / "objects.db").get("manifests/x") == b"payload"
+
+
+def test_a_stray_object_beside_a_manifest_leaves_its_backup_listed(
+    tmp_path: Path, tree: Path
+) -> None:
+    """A key-value store can hold `manifests/b` and `manifests/b/x` at once: the stray
+    made the listed backup read as unreadable too (exit 8, and a cleanup error each run)."""
+    database = tmp_path / "objects.db"
+    store = SQLiteStore("db", database.as_uri(), database)
+    engine = Engine(home=tmp_path / "home", stores=[store], kdf=FAST_KDF)
+    engine.create("b", [tree], passcode=PASSCODE, store="db")
+    store.put("manifests/b/stray", b"")
+    listing = engine.listing("db")
+    assert [info.name for info in listing.backups] == ["b"]
+    assert listing.unreadable == {}
+    assert engine.cleanup(["db"]).errors == []

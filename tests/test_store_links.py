@@ -564,3 +564,31 @@ def test_a_store_error_advises_by_its_cause(engine: Engine, code: int, advice: s
         raise OSError(code, os.strerror(code))
     assert f"{advice}" in str(caught.value)
     assert str(caught.value).endswith("then run 'strongroom stores validate backupsDefault'.")
+
+
+@pytest.mark.parametrize("inside", ["", ".nightly"])
+def test_a_directory_no_listing_shows_at_a_manifests_place_keeps_the_backups_data(
+    engine: Engine, home: Path, tree: Path, inside: str
+) -> None:
+    """Listings show neither an empty directory nor names starting with '.' (a put's
+    temporary file), so such a directory at the place read as no manifest at all."""
+    data = backed_up_with_an_old_index(engine, home, tree)
+    place = store_dir(home) / "manifests" / "nightly"
+    place.rename(place.with_name("moving"))
+    place.mkdir()
+    if inside:
+        place.with_name("moving").rename(place / inside)
+
+    [error] = cleanup_sweeps_nothing(engine, data)
+    assert "'manifests/nightly' holds something other than a manifest" in error
+
+
+def test_cleanup_reports_a_link_in_the_manifests_that_names_no_backup(
+    engine: Engine, home: Path, tmp_path: Path
+) -> None:
+    outside = canary(tmp_path / "outside", "secret")
+    (store_dir(home) / "manifests").mkdir(parents=True)
+    plant(store_dir(home) / "manifests" / "bad name", outside / "secret")
+
+    [error] = engine.cleanup().errors
+    assert "'manifests/bad name' is a symbolic link" in error

@@ -48,6 +48,7 @@ __all__ = [
     "DELETE_BATCH",
     "LISTING_THRESHOLD",
     "Cleanup",
+    "ManifestNames",
     "ManifestReader",
     "data_keys",
     "delete_backups",
@@ -152,6 +153,14 @@ class Cleanup:
         orphans = select_orphans(judged, committed, writing, store_now, self.leftover_grace)
         backups = {(m.name, m.backup_id): "an unfinished create" for m in leftovers}
         backups.update({(e.name, e.backup_id): "a delete that was cut off" for e in orphans})
+        for name in {name for name, _ in backups} - listing.names:  # the last check: nothing
+            if source.occupied(manifest_key(name)):  # at all where its manifest would be
+                unreadable[name] = (
+                    f"Store {source.name!r}: {manifest_key(name)!r} holds something other "
+                    "than a manifest, which no listing shows (a directory, say)."
+                )
+        backups = {key: what for key, what in backups.items() if key[0] not in unreadable}
+        leftovers = [m for m in leftovers if m.name not in unreadable]
         keys = _keys_by_backup(listing.index)
         entries, swept = [], set()
         for (name, backup_id), what in sorted(backups.items()):
@@ -233,28 +242,41 @@ class _Listing:
     @classmethod
     def of(cls, store: Store) -> _Listing:
         pending = store.scan(PENDING_PREFIX)
-        names, unreadable = manifest_names(store)
+        manifests = manifest_names(store)
         retention = store.scan(RETENTION_PREFIX)
         markers = [
             PendingMarker(obj.key, *parsed, obj.modified)
             for obj in pending.objects
             if (parsed := parse_pending_key(obj.key))
         ]
-        skipped = (*pending.skipped.values(), *retention.skipped.values())
-        return cls(markers, set(names), unreadable, _parse_index(retention.objects), skipped)
+        skipped = (*pending.skipped.values(), *manifests.skipped, *retention.skipped.values())
+        names, unreadable = set(manifests.names), manifests.unreadable
+        return cls(markers, names, unreadable, _parse_index(retention.objects), skipped)
 
 
-def manifest_names(store: Store) -> tuple[list[str], dict[str, str]]:
+@dataclass(frozen=True, slots=True)
+class ManifestNames:
+    """What a listing of the manifests found (`manifest_names`)."""
+
+    #: The names the store holds a manifest for.
+    names: list[str]
+    #: By name, why another name's manifest is not there as one.
+    unreadable: dict[str, str]
+    #: What the store skipped there that is no name's manifest, one sentence each.
+    skipped: list[str]
+
+
+def manifest_names(store: Store) -> ManifestNames:
     """The names the store holds a manifest for, and, by name, why any other name's
-    manifest is not there as one (a link or a directory at its place, an object under it).
+    manifest is not there as one (a link or a directory at its place, objects under it).
     Such a name is not taken for deleted, so nothing of it is swept. Anything but a
     directory where the manifests are kept is a StoreError: none of them could be listed."""
     found = store.scan(MANIFESTS_PREFIX)
-    names, unreadable = [], {}
+    names = [n for obj in found.objects if (n := name_from_manifest_key(obj.key))]
+    unreadable, skipped = {}, []
     for obj in found.objects:
-        if name := name_from_manifest_key(obj.key):
-            names.append(name)
-        elif name := _manifest_place(obj.key):
+        name = _manifest_place(obj.key)
+        if name and name not in names:  # beside a manifest (a key-value store), a stray
             unreadable[name] = (
                 f"Store {store.name!r}: {obj.key!r} lies under {manifest_key(name)!r}, the "
                 "place of that backup's manifest, which is one object; it was not read."
@@ -264,11 +286,15 @@ def manifest_names(store: Store) -> tuple[list[str], dict[str, str]]:
             raise StoreError(reason)
         if name := _manifest_place(key):
             unreadable[name] = reason
-    return names, unreadable
+        else:
+            skipped.append(reason)
+    return ManifestNames(names, unreadable, skipped)
 
 
 def _manifest_place(key: str) -> str | None:
     """The backup name whose manifest's place `key` is, or lies under; None if none."""
+    if not key.startswith(MANIFESTS_PREFIX):
+        return None
     return name_from_manifest_key(MANIFESTS_PREFIX + key[len(MANIFESTS_PREFIX) :].split("/")[0])
 
 

@@ -686,9 +686,10 @@ class Engine(EngineStores, EngineJobs):
     def _manifests(self, source: Store) -> tuple[builtins.list[Manifest], dict[str, str]]:
         """The store's readable manifests, oldest first, and why any others were unreadable
         (by name)."""
-        names, misplaced = manifest_names(source)
-        manifests, unreadable = self._read_manifests(source, names)
-        return sorted(manifests, key=lambda m: (m.created, m.name)), misplaced | unreadable
+        listed = manifest_names(source)
+        manifests, unreadable = self._read_manifests(source, listed.names)
+        ordered = sorted(manifests, key=lambda m: (m.created, m.name))
+        return ordered, listed.unreadable | unreadable
 
     def _read_manifests(
         self, source: Store, names: builtins.list[str]

@@ -107,6 +107,11 @@ class ScanResult:
     #: the store and key that says why.
     skipped: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.skipped, Mapping):  # a backend's from before the keys
+            unnamed = {f"(entry {n})": reason for n, reason in enumerate(self.skipped)}
+            object.__setattr__(self, "skipped", unnamed)
+
 
 @dataclass(frozen=True, slots=True)
 class ValidationReport:
@@ -309,6 +314,12 @@ class Store:
         """A hint: these objects will be read soon. A store that can start reading them
         without holding them in memory does (the file store: into the page cache); by
         default nothing happens. Never fails."""
+
+    def occupied(self, key: str) -> bool:
+        """Whether anything is at `key`: an object, or in a filesystem store a directory,
+        link or other entry there too. A sweep takes a backup's manifest for deleted only
+        where nothing is. A backend whose listings show everything need not override it."""
+        return self.exists(key)
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under exactly this key (a prefix of keys is not)."""

@@ -186,6 +186,19 @@ class LocalStore(Store):
             return False
         return True
 
+    def occupied(self, key: str) -> bool:
+        """Whether anything is at `key`, hidden from listings or not (a directory, a link, a
+        name starting with '.' inside a directory there)."""
+        with self.translate_errors(key):
+            try:
+                with self._root.parent(key) as (parent, name):
+                    os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            except NotFollowedError:  # a link on the way there
+                return True
+        return True
+
     def list(self, prefix: str) -> builtins.list[ObjectInfo]:
         return self.scan(prefix).objects
 
