@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import io
 import logging
 import os
@@ -255,6 +256,13 @@ def test_streams_of_unknown_length(
     assert (target / "db" / "dump.sql").read_bytes() == payload
     assert (target / "events.log").read_bytes() == payload
     assert (target / "empty").read_bytes() == b""
+
+
+def test_a_stream_may_yield_any_buffer(engine: Engine, tmp_path: Path) -> None:
+    pieces = [array.array("B", b"abc"), memoryview(b"def"), bytearray(b"ghi")]
+    engine.create("buffers", passcode=PASSCODE, streams={"s": iter(pieces)})
+    target = engine.restore("buffers", tmp_path / "out", passcode=PASSCODE)
+    assert (target / "s").read_bytes() == b"abcdefghi"
 
 
 def test_a_stream_of_text_is_refused_clearly_and_commits_nothing(

@@ -743,3 +743,30 @@ def test_wait_follows_a_job_that_another_manager_runs(tmp_path: Path) -> None:
         assert time.monotonic() - started >= 0.5
         threading.Timer(0.3, release.set).start()
         assert other.jobs.wait(job.jobid, timeout=30).status is JobStatus.COMPLETED
+
+
+def test_a_wait_on_another_managers_job_ends_when_its_own_manager_closes(
+    tmp_path: Path,
+) -> None:
+    """It went on polling a closed job table: sqlite3.ProgrammingError."""
+    release = threading.Event()
+    home = tmp_path / "shared"
+    with Engine(home=home, kdf=FAST_KDF) as runner:
+        job = runner.jobs.submit("held", lambda job: {"released": release.wait(30)})
+        other = Engine(home=home, kdf=FAST_KDF)
+        raised: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                other.jobs.wait(job.jobid, timeout=30)
+            except BaseException as exc:
+                raised.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.3)
+        other.close()
+        waiter.join(timeout=30)
+        release.set()
+    assert len(raised) == 1 and isinstance(raised[0], JobError), raised
+    assert "closed while waiting" in str(raised[0])

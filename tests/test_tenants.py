@@ -175,5 +175,6 @@ def test_an_engine_runs_as_many_jobs_at_once_as_it_is_given_workers(tmp_path: Pa
         assert engine.jobs.get(second.jobid).status is JobStatus.SUBMITTED
         release.set()
         assert engine.jobs.wait(second.jobid, timeout=30).status is JobStatus.COMPLETED
-    with pytest.raises(ConfigError, match="job_workers must be at least 1"):
-        Engine(home=tmp_path / "none", job_workers=0)
+    for wrong in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="job_workers must be a whole number, at least 1"):
+            Engine(home=tmp_path / "none", job_workers=wrong)  # type: ignore[arg-type]

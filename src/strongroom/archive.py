@@ -387,12 +387,13 @@ def _parts(name: str, stream: StreamSource) -> Iterator[bytes]:
     pieces = _pieces(stream)
     buffer = bytearray()
     for piece in pieces:
-        if not isinstance(piece, bytes | bytearray | memoryview):
+        try:
+            buffer += memoryview(piece)  # bytes, or anything with the buffer protocol
+        except TypeError:
             raise ConfigError(
                 f"Stream {name!r} gave {type(piece).__name__}, not bytes; open it in binary "
                 "mode, or yield bytes. Nothing was committed."
-            )
-        buffer += piece
+            ) from None
         while len(buffer) > STREAM_PART_SIZE:
             yield bytes(buffer[:STREAM_PART_SIZE])
             del buffer[:STREAM_PART_SIZE]

@@ -57,8 +57,8 @@ class EngineJobs(ABC):
     _clock: Callable[[], datetime]
 
     def __init__(self, workers: int = DEFAULT_WORKERS) -> None:
-        if workers < 1:
-            raise ConfigError(f"job_workers must be at least 1, not {workers}.")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"job_workers must be a whole number, at least 1, not {workers!r}.")
         #: How many jobs run at once (each on a worker thread of its own).
         self.job_workers = workers
         self._job_manager: JobManager | None = None

@@ -264,9 +264,13 @@ class JobManager:
             return self.get(jobid)
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         pause = WAIT_POLL_MIN
-        while (job := self.get(jobid)).status.active and (left := deadline - time.monotonic()) > 0:
+        job = self.get(jobid)  # which also fails the job if its runner is gone
+        while job.status.active and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(pause, left))
             pause = min(2 * pause, WAIT_POLL_MAX)
+            if self._closed:
+                raise JobError("This job manager was closed while waiting for a job.")
+            job = self._load(jobid)  # the upkeep thread fails it if its runner dies
         return job
 
     def cancel(self, jobid: str) -> Job:
@@ -336,13 +340,15 @@ class JobManager:
         if task is None:
             return False
         running, work = task
-        if running.future.set_running_or_notify_cancel():
+        future, jobid = running.future, running.job.jobid
+        if future.set_running_or_notify_cancel():
             try:
                 self._run(running.handle, work)
             except Exception:  # the job table failed; the worker lives on
-                logger.exception("Job %s could not be recorded", running.job.jobid)
+                logger.exception("Job %s could not be recorded", jobid)
             finally:
-                running.future.set_result(None)
+                del task, running, work  # gone before a waiter wakes
+                future.set_result(None)
         return True
 
     def _run(self, handle: JobHandle, work: Work) -> None:

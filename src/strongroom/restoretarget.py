@@ -20,6 +20,9 @@ this user's and held by nobody, removes them first. One still held means another
 is writing there. Where the file system cannot lock (flock(2) on NFS needs a descriptor
 open for writing), nothing is removed. Older versions named their staging directories
 without `restore-` and held no lock: those are never removed, only named in the refusal.
+Beside a new target nothing is removed (its parent may be shared), only named by the
+next restore there; except in a directory only strongroom restores into, the admin API's
+(`remove_killed_restores`).
 """
 
 from __future__ import annotations
@@ -161,8 +164,9 @@ class Landing:
                 os.rmdir(self._staging_name, dir_fd=self._target)
 
     def _name_leftovers(self) -> None:
-        """Warn of what killed restores of this new target left beside it (never removed:
-        its parent may be shared), which may hold a large part of a backup."""
+        """Warn of what killed restores of this new target left beside it (not removed here:
+        its parent may be shared; `remove_killed_restores` is for the admin API's), which
+        may hold a large part of a backup."""
         prefix = _beside_prefix(self.path.name)
         left = sorted(
             name

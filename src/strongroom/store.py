@@ -183,13 +183,20 @@ class Store:
         wrapped to refuse a larger object once read (so without the memory bound)."""
         super().__init_subclass__(**kwargs)
         get = cls.__dict__.get("get")
-        if get is not None and not _takes_limit(get):
-            logger.warning(
-                "%s.get takes no 'limit': objects are read whole before their size is "
-                "checked; add the keyword (see strongroom.Store.get).",
-                cls.__qualname__,
-            )
-            cls.get = _limited(get)  # type: ignore[method-assign]
+        if get is None:
+            return
+        parameters = inspect.signature(get).parameters.values()
+        if any(p.name == "limit" for p in parameters):
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):  # may pass it on, or drop it
+            cls.get = _limited(get, passes_limit=True)  # type: ignore[method-assign]
+            return
+        logger.warning(
+            "%s.get takes no 'limit': objects are read whole before their size is "
+            "checked; add the keyword (see strongroom.Store.get).",
+            cls.__qualname__,
+        )
+        cls.get = _limited(get)  # type: ignore[method-assign]
 
     def __init__(
         self, name: str, url: str, fs: AbstractFileSystem | None = None, root: str = ""
@@ -455,18 +462,13 @@ def _advice(exc: BaseException) -> str:
     return "Check that the location exists and is writable"
 
 
-def _takes_limit(get: Callable[..., bytes]) -> bool:
-    """Whether `get` takes a `limit` keyword: by name, or in its **keywords."""
-    parameters = inspect.signature(get).parameters.values()
-    return any(p.name == "limit" or p.kind is p.VAR_KEYWORD for p in parameters)
-
-
-def _limited(get: Callable[[Store, str], bytes]) -> Callable[..., bytes]:
-    """`get` without a limit, given one: the object is checked once it is read."""
+def _limited(get: Callable[..., bytes], *, passes_limit: bool = False) -> Callable[..., bytes]:
+    """`get` checked against a limit once it has read: one that takes no limit, or one
+    that takes **keywords (`passes_limit`: given the limit, which it may pass on or drop)."""
 
     @functools.wraps(get)
     def limited(store: Store, key: str, *, limit: int | None = None) -> bytes:
-        data = get(store, key)
+        data = get(store, key, limit=limit) if passes_limit else get(store, key)
         check_limit(key, data, limit)
         return data
 

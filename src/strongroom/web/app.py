@@ -17,7 +17,6 @@ beyond its first bytes (see body.py).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
+import anyio
+import anyio.to_thread
 import pluggy
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -71,7 +72,7 @@ DR = "/system/disasterrecovery"
 RECENT = 10
 #: The most entries one contents request answers with (narrow it with `path`).
 CONTENTS_LIMIT = 10_000
-#: How many of one app's requests may derive a key from a passcode at once (`_Derivations`).
+#: How many of one app's requests that take a passcode run at once (`_Derivations`).
 KDF_REQUESTS = 2
 
 P = ParamSpec("P")
@@ -115,7 +116,11 @@ def create_app(
 def _remove_killed_restores(restore_dir: Path) -> None:
     """Each restore has a new target (`restore_dir/<store>/<name>-<id>`), so no later one
     would find what a restore killed with its process left beside it: decrypted files."""
-    stores = sorted(restore_dir.iterdir()) if restore_dir.is_dir() else []
+    try:
+        stores = sorted(restore_dir.iterdir()) if restore_dir.is_dir() else []
+    except OSError as exc:  # the restores then fail with their own error; the API starts
+        logger.warning("The restore directory %s could not be read: %s", restore_dir, exc)
+        return
     for store in stores:
         for name in remove_killed_restores(store):
             logger.info("Removed %s, left by a restore that was killed.", store / name)
@@ -172,17 +177,20 @@ async def _run(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T
 
 
 class _Derivations:
-    """Lets at most KDF_REQUESTS of one app's requests derive a key from a passcode at
-    once; the rest wait here. Key derivations queue on one process-wide lock (crypto.py),
-    so a burst of one tenant's requests (wrong passcodes included) keeps at most that
-    many ahead of another tenant's there. Jobs are bounded by their worker pool already."""
+    """Runs at most KDF_REQUESTS of one app's requests that take a passcode at once (each
+    derives a key, then may read on: a listing of contents); the rest wait here. Key
+    derivations queue on one process-wide lock (crypto.py), so a burst of one tenant's
+    requests (wrong passcodes included) keeps at most that many ahead of another
+    tenant's there. Jobs are bounded by their worker pool already."""
 
     def __init__(self) -> None:
-        self._slots = asyncio.Semaphore(KDF_REQUESTS)
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        async with self._slots:
-            return await _run(function, *args, **kwargs)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(KDF_REQUESTS)
+        call = partial(function, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
 
 class _AdminApi:

@@ -315,7 +315,7 @@ class S3Store(Store):
         except (OSError, BotoCoreError) as exc:
             if _error_code(exc) == NO_LOCK_CONFIGURATION:
                 return False
-            raise self._unavailable("the bucket's Object Lock configuration", exc) from exc
+            raise self._unavailable("", exc) from exc
         configuration = reply.get("ObjectLockConfiguration", {})
         return bool(configuration.get("ObjectLockEnabled") == "Enabled")
 
@@ -344,8 +344,10 @@ class S3Store(Store):
             raise self._unavailable(key, exc) from exc
 
     def _unavailable(self, key: str, exc: BaseException) -> StoreUnavailableError:
+        """The failure said with what to check; `key` '' for the bucket itself."""
+        where = f" on {key!r}" if key else ""
         return StoreUnavailableError(
-            f"Store {self.name!r} ({self.url}) failed on {key!r}: {str(exc).rstrip('.')}. "
+            f"Store {self.name!r} ({self.url}) failed{where}: {str(exc).rstrip('.')}. "
             f"{self._hint(exc)}, "
             f"then run 'strongroom stores validate {self.name}'."
         )
