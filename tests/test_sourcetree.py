@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from strongroom import sourcetree
-from strongroom.sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
+from strongroom.cli import main
+from strongroom.sourcetree import (
+    SourceChanged,
+    SourceEntry,
+    SourceUnreadable,
+    open_regular,
+    read_link,
+    walk_source,
+)
+from tests.conftest import PASSCODE
 
 
 @pytest.fixture
@@ -83,8 +92,31 @@ def test_a_directory_that_cannot_be_listed_goes_to_on_error(
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(sourcetree.os, "listdir", refuse)
-    with pytest.raises(PermissionError):
+    with pytest.raises(SourceUnreadable) as caught:
         list(walk_source(source, "tree", _raise))
+    assert caught.value.errno == 13 and caught.value.filename == "tree"
+
+
+def test_create_names_an_unreadable_entry_by_its_path(
+    source: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], home: Path
+) -> None:
+    """The message named only the entry's last part, as bytes ("cannot use b'B'"), and
+    told to check the free space."""
+    listdir = os.listdir
+
+    def refuse_b(fd: int) -> list[str]:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == "B":
+            raise PermissionError(13, "Permission denied")
+        return listdir(fd)
+
+    monkeypatch.setattr(sourcetree.os, "listdir", refuse_b)
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
+    assert main(["create", "--name", "t", str(source)]) == 12
+    assert capsys.readouterr().err == (
+        f"strongroom: error: cannot read {source / 'a' / 'B'}: Permission denied; strongroom "
+        "reads what it backs up as this user: let it read that, or leave it out of the "
+        "sources. Nothing was committed.\n"
+    )
 
 
 def _entry(source: Path, name: str) -> tuple[int, SourceEntry]:

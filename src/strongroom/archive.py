@@ -47,7 +47,14 @@ from .filewrite import (
 from .pipeline import ChunkWriter, SourceEndedEarly
 from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
-from .sourcetree import SourceChanged, SourceEntry, open_regular, read_link, walk_source
+from .sourcetree import (
+    SourceChanged,
+    SourceEntry,
+    SourceUnreadable,
+    open_regular,
+    read_link,
+    walk_source,
+)
 from .tarheader import member_header, set_mtime
 from .tarstream import TarSource, mtime_ns, mtime_restorable, read_members
 from .writeback import FlushBehind, start_writeback
@@ -253,11 +260,15 @@ def write_archive(
     with ReadAhead(sources, sink.tell), _open_writer(sink) as tar:
         members = _Members(tar)
         for source in sources:
-            for entry in walk_source(source, archive_name_of(source), changed):
-                try:
-                    _add_entry(tar, members, entry, restorable)
-                except SourceChanged as exc:
-                    changed(entry.arcname, exc)
+            try:
+                for entry in walk_source(source, archive_name_of(source), changed):
+                    try:
+                        _add_entry(tar, members, entry, restorable)
+                    except SourceChanged as exc:
+                        changed(entry.arcname, exc)
+            except SourceUnreadable as exc:
+                exc.locate(source)
+                raise
         for name, stream in streams.items():
             _add_stream(tar, normalize_archive_path(name), stream)
     return left_out

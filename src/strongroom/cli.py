@@ -51,6 +51,7 @@ from .pipeline import ZSTD_LEVEL, Progress
 from .retention import parse_moment, retention_from
 from .scheduler import run_now, runs
 from .schedules import Schedule, define, get_schedule, load_schedules, remove, update
+from .sourcetree import SourceUnreadable
 from .units import human_size
 
 __all__ = ["main"]
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
         return 0
     except OSError as exc:  # stores raise StoreError; this is a local source or target
-        if exc.errno is None and str(exc):  # strongroom's own sentence: no advice to add
+        if (exc.errno is None and str(exc)) or isinstance(exc, SourceUnreadable):  # its own
             print(f"strongroom: error: {exc}", file=sys.stderr)
             return EXIT_LOCAL_FILE
         path = exc.filename if exc.filename is not None else getattr(args, "target", None)

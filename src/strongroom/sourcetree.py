@@ -32,6 +32,23 @@ class SourceChanged(OSError):
     its place) by the time it is read."""
 
 
+class SourceUnreadable(OSError):
+    """An entry this user may not read (or that fails to read), named by its path in the
+    archive (`filename`) until `locate` names it on this machine: the walk opens entries
+    relative to their directory, so the system's error names only the last part."""
+
+    def locate(self, source: Path) -> None:
+        """Name the entry by its path under `source`, whose archive name is its first part."""
+        self.filename = str(source.joinpath(*str(self.filename).split("/")[1:]))
+
+    def __str__(self) -> str:
+        return (
+            f"cannot read {self.filename}: {self.strerror}; strongroom reads what it backs "
+            "up as this user: let it read that, or leave it out of the sources. Nothing "
+            "was committed."
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SourceEntry:
     """One file, directory, link or special file of a source, as `lstat` saw it.
@@ -69,7 +86,7 @@ def _walk(
     try:
         status = os.stat(name, dir_fd=directory, follow_symlinks=False)
     except OSError as exc:
-        on_error(arcname, _changed(exc))
+        on_error(arcname, _changed(exc, arcname))
         return
     yield SourceEntry(directory, name, arcname, status)
     if not stat.S_ISDIR(status.st_mode):
@@ -77,13 +94,13 @@ def _walk(
     try:
         fd = os.open(name, _DIRECTORY, dir_fd=directory)
     except OSError as exc:
-        on_error(arcname, _changed(exc))
+        on_error(arcname, _changed(exc, arcname))
         return
     try:
         try:
             entries = sorted(os.listdir(fd))  # str names, sorted as tarfile sorts them
         except OSError as exc:
-            on_error(arcname, _changed(exc))
+            on_error(arcname, _changed(exc, arcname))
             return
         for entry in entries:
             yield from _walk(fd, os.fsencode(entry), f"{arcname}/{entry}", on_error)
@@ -98,7 +115,7 @@ def open_regular(entry: SourceEntry) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(entry.name, _FILE, dir_fd=entry.directory)
     except OSError as exc:
-        raise _changed(exc) from None
+        raise _changed(exc, entry.arcname) from None
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
@@ -117,14 +134,14 @@ def read_link(entry: SourceEntry) -> str:
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             raise SourceChanged("it is no longer a link") from None
-        raise _changed(exc) from None
+        raise _changed(exc, entry.arcname) from None
 
 
-def _changed(exc: OSError) -> OSError:
+def _changed(exc: OSError, arcname: str) -> OSError:
     """A removal or a link put in the place of what was listed, as `SourceChanged`; any
-    other failure (no permission, an I/O error) as it is."""
+    other failure (no permission, an I/O error) as `SourceUnreadable`."""
     if isinstance(exc, FileNotFoundError):
         return SourceChanged("it was removed")
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return SourceChanged("a link or a file took its place")
-    return exc
+    return SourceUnreadable(exc.errno, exc.strerror, arcname)
