@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -326,8 +327,11 @@ def test_create_leaves_out_what_restore_would_refuse_and_says_so(
     source.mkdir()
     (source / "plain.txt").write_bytes(b"plain\n")
     os.mkfifo(source / "pipe")
-    engine.create("with-fifo", [source], passcode=PASSCODE)
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(source / "sock"))
+        engine.create("with-fifo", [source], passcode=PASSCODE)
     assert "Left out of backup 'with-fifo'" in caplog.text and "source/pipe" in caplog.text
+    assert "source/sock: it is a socket" in caplog.text  # left out without a word before
     engine.verify("with-fifo", passcode=PASSCODE)
     out = engine.restore("with-fifo", tmp_path / "out", passcode=PASSCODE)
     assert sorted(p.name for p in (out / "source").iterdir()) == ["plain.txt"]

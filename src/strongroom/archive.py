@@ -13,8 +13,8 @@ outside it. Symbolic links are restored verbatim, wherever they point; permissio
 are kept and, when running as root, ownership. A file or link replaces whatever has its
 name; it never writes through it. Small files are written by helper processes
 (`filewrite`); large files on the main thread, their blocks preallocated first where
-that pays (`preallocate`). Create archives no devices or FIFOs (restore would refuse them)
-and says which it left out.
+that pays (`preallocate`). Create archives no devices or FIFOs (restore would refuse them),
+nor sockets, and says which it left out.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def write_archive(
             try:
                 for entry in walk_source(source, archive_name_of(source), changed):
                     try:
-                        _add_entry(tar, members, entry, restorable)
+                        _add_entry(tar, members, entry, restorable, left_out)
                     except SourceChanged as exc:
                         changed(entry.arcname, exc)
             except SourceUnreadable as exc:
@@ -279,15 +279,18 @@ def _add_entry(
     members: _Members,
     entry: SourceEntry,
     keep: Callable[[tarfile.TarInfo], tarfile.TarInfo | None],
+    left_out: list[str],
 ) -> None:
     """Archive one entry of a source walk, reading a file only through the descriptor that
     `open_regular` checked (tarfile's own `add` opens by path, following whatever link or
-    FIFO was put there since it looked)."""
+    FIFO was put there since it looked); a socket goes to `left_out`."""
     mode = entry.status.st_mode
     if not stat.S_ISREG(mode):
         linkname = read_link(entry) if stat.S_ISLNK(mode) else ""
         info = members.info(entry.arcname, entry.status, linkname)
-        if info is not None and keep(info) is not None:
+        if info is None:
+            left_out.append(f"{entry.arcname}: it is a socket, which only its program can make")
+        elif keep(info) is not None:
             tar.addfile(info)
         return
     fd, status = open_regular(entry)
