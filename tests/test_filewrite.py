@@ -222,3 +222,23 @@ def test_a_restore_of_a_few_files_starts_no_helper(tmp_path: Path) -> None:
         submit(writers, tmp_path / "one-more", b"starts them")
         assert writers._helpers
         writers.wait_all()
+
+
+def test_a_helper_whose_main_process_was_killed_ends_quietly(tmp_path: Path) -> None:
+    """It printed a BrokenPipeError traceback to the terminal after a SIGKILL of the
+    restore, reporting a batch to nobody."""
+    tasks_read, tasks_write = os.pipe()
+    acks_read, acks_write = os.pipe()
+    os.close(acks_read)  # the main process is gone
+    filewrite._write_message(tasks_write, (0, []))
+    os.close(tasks_write)
+    memory = os.memfd_create("test")
+    os.ftruncate(memory, 4096)
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    interrupt = signal.getsignal(signal.SIGINT)
+    try:
+        filewrite._serve(tasks_read, acks_write, memory, root)
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+        for fd in (tasks_read, acks_write, memory, root):
+            os.close(fd)

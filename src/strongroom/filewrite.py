@@ -629,7 +629,10 @@ def _serve(tasks: int, acks: int, memory_fd: int, root_fd: int) -> None:
                 write_file(meta, (memory[start : start + meta.size],), staging)
         except OSError as exc:
             failure = (exc.errno, exc.strerror, exc.filename) if exc.errno else (str(exc),)
-        _write_message(acks, (slot, failure))
+        try:
+            _write_message(acks, (slot, failure))
+        except BrokenPipeError:  # the main process is gone (killed): nobody to tell
+            return
 
 
 if __name__ == "__main__":
