@@ -773,7 +773,9 @@ class MemberRules:
         if name.startswith("/") or ".." in parts or "\x00" in name:
             _refuse(member, f"{what} would land outside the target")
         if _too_long(name, parts):
-            _refuse(member, f"{what} is longer than a file system takes")
+            _refuse(
+                member, f"{what} is longer than strongroom restores (4095 bytes, 255 in one name)"
+            )
         if self._links:
             through = next((d for d in _ancestors(path) if d in self._links), None)
             if through is not None:
