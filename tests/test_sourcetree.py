@@ -3,6 +3,7 @@ read, whatever is swapped in while a backup runs."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -170,3 +171,12 @@ def test_a_link_is_read_only_while_it_is_one(source: Path) -> None:
             read_link(entry)
     finally:
         os.close(directory)
+
+
+def test_a_source_that_fails_to_read_is_not_blamed_on_permissions() -> None:
+    failed = SourceUnreadable(errno.EIO, "Input/output error", "tree/a")
+    failed.locate(Path("/srv/tree"))
+    assert str(failed) == (
+        "cannot read /srv/tree/a: Input/output error; check the disk it is on, or leave it "
+        "out of the sources. Nothing was committed."
+    )

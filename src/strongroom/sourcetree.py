@@ -42,10 +42,14 @@ class SourceUnreadable(OSError):
         self.filename = str(source.joinpath(*str(self.filename).split("/")[1:]))
 
     def __str__(self) -> str:
+        advice = (
+            "strongroom reads what it backs up as this user: let it read that"
+            if self.errno in (errno.EACCES, errno.EPERM)
+            else "check the disk it is on"
+        )
         return (
-            f"cannot read {self.filename}: {self.strerror}; strongroom reads what it backs "
-            "up as this user: let it read that, or leave it out of the sources. Nothing "
-            "was committed."
+            f"cannot read {self.filename}: {self.strerror}; {advice}, or leave it out of "
+            "the sources. Nothing was committed."
         )
 
 
