@@ -217,14 +217,20 @@ def _not_a_directory(target: Path) -> ConfigError:
     )
 
 
-def _not_empty(target: Path, names: list[str]) -> ConfigError:
+def _not_empty(target: Path, names: list[str], *, shared: bool = False) -> ConfigError:
+    """The refusal of a target that holds `names`; `shared`: one that others can write to,
+    so a staging directory there may be anybody's."""
     staging = sorted(n for n in names if _ABANDONED.fullmatch(n) or _UNLOCKED.fullmatch(n))
     if staging:
+        whose = (
+            "others can write to the target, so it may not be this user's"
+            if shared
+            else "another user's, an older strongroom's, or on a file system that cannot lock it"
+        )
         return ConfigError(
             f"The restore target {str(target)!r} holds {staging[0]!r}, the staging "
-            "directory of a restore that was killed or is still running (another user's, an "
-            "older strongroom's, or on a file system that cannot lock it). If no restore is "
-            "running, remove it, then restore again."
+            f"directory of a restore that was killed or is still running ({whose}). If no "
+            "restore is running, remove it, then restore again."
         )
     return ConfigError(
         f"The restore target {str(target)!r} is not empty; restore into a new or empty "
@@ -371,7 +377,7 @@ def _open_empty_directory(parent: int, target: Path) -> int:
         if others and not fresh:  # a new file system's lost+found, at a mount point, is not data
             raise _not_empty(target, others)
         if abandoned and not _only_ours(fd):  # another could rename theirs to such a name
-            raise _not_empty(target, abandoned)
+            raise _not_empty(target, abandoned, shared=True)
         _remove_abandoned(fd, abandoned, target)
     except BaseException:
         os.close(fd)
