@@ -756,8 +756,8 @@ def test_a_directory_swapped_for_a_link_while_the_backup_runs_is_not_entered(
     (outside / "secret.txt").write_bytes(b"root's secret\n")
     real_add_entry = strongroom.archive._add_entry
 
-    def swapping_add_entry(tar: Any, members: Any, entry: Any, keep: Any) -> None:
-        real_add_entry(tar, members, entry, keep)
+    def swapping_add_entry(tar: Any, members: Any, entry: Any, *rest: Any) -> None:
+        real_add_entry(tar, members, entry, *rest)
         if entry.arcname == "shared/sub":  # archived as a directory; now a link
             os.rename(source / "sub", tmp_path / "sub-moved")
             (source / "sub").symlink_to(outside)
