@@ -1741,3 +1741,24 @@ def test_a_duplicate_schedule_and_a_bad_name_are_refused(
     assert cli(*add, "x" * 109).code == 3
     no_sources = cli("schedules", "run", "nightly")
     assert no_sources.code == 3 and "has no sources" in no_sources.error_line
+
+
+def test_a_backup_command_loads_only_what_it_runs(tmp_path: Path) -> None:
+    """Every command pays for its imports before its first byte (docs/benchmarks.md): the
+    schedules, the TOML parser (no configuration file here) and platformdirs
+    (STRONGROOM_HOME is set) load only for the commands that use them."""
+    script = (
+        "import sys\n"
+        "import strongroom.cli\n"
+        "print(' '.join(sorted(set(sys.argv[1:]) & set(sys.modules))))\n"
+    )
+    lazy = ["tomllib", "tomli_w", "platformdirs", "cronsim", "strongroom.schedules"]
+    lazy += ["strongroom.scheduler", "strongroom.web.serve"]
+    ran = subprocess.run(
+        [sys.executable, "-c", script, *lazy],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "STRONGROOM_HOME": str(tmp_path)},
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == []

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, installed_version, measure
 from .config import COMPRESSIONS, StoresConfig, StoreSpec, config_path, editing
@@ -49,10 +49,11 @@ from .keys import WriteKey
 from .libc import c_function
 from .pipeline import ZSTD_LEVEL, Progress
 from .retention import parse_moment, retention_from
-from .scheduler import run_now, runs
-from .schedules import Schedule, define, get_schedule, load_schedules, remove, update
 from .sourcetree import SourceUnreadable
 from .units import human_size
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 __all__ = ["main"]
 
@@ -716,6 +717,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from .schedules import define  # schedules load only for their commands (a faster start)
+
     engine = Engine()
     schedule = define(
         engine,
@@ -738,6 +741,8 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_schedules_list(args: argparse.Namespace) -> int:
     """The schedules; exit 3 (ConfigError) after them if any is damaged, naming it."""
+    from .schedules import load_schedules
+
     now = utc_now()
     found, damaged = load_schedules(StoresConfig.load())
     schedules = found.values()
@@ -774,6 +779,9 @@ def _print_schedules(schedules: Iterable[Schedule], now: datetime) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from .scheduler import runs
+    from .schedules import get_schedule
+
     with Engine() as engine:
         schedule = get_schedule(engine.config, args.schedule)
         previous = runs(engine, schedule)
@@ -800,6 +808,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_schedule_edit(args: argparse.Namespace) -> int:
+    from .schedules import remove, update
+
     engine = Engine()
     if args.action == "remove":
         remove(engine, args.schedule)
@@ -811,6 +821,8 @@ def run_schedule_edit(args: argparse.Namespace) -> int:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    from .scheduler import run_now
+
     with Engine() as engine:
         job = engine.jobs.wait(run_now(engine, args.schedule).jobid)
     if job.status is not JobStatus.COMPLETED or job.result is None:

@@ -31,16 +31,12 @@ import fcntl
 import os
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
-
-import platformdirs
-import tomli_w
 
 from .errors import ConfigBusyError, ConfigError, UnknownStoreError
 from .format import validate_name
@@ -80,7 +76,11 @@ _EDITS = threading.Lock()
 def strongroom_home() -> Path:
     """Where strongroom keeps its state: $STRONGROOM_HOME or the user data directory."""
     configured = os.environ.get(HOME_ENV)
-    return Path(configured) if configured else Path(platformdirs.user_data_dir("strongroom"))
+    if configured:
+        return Path(configured)
+    import platformdirs  # here, not at the top: only this needs it, and it costs every start
+
+    return Path(platformdirs.user_data_dir("strongroom"))
 
 
 def config_path() -> Path:
@@ -182,6 +182,8 @@ class StoresConfig:
         home = home if home is not None else strongroom_home()
         document: dict[str, Any] = {}
         if path.exists():
+            import tomllib  # only a command that finds a configuration file pays for it
+
             try:
                 document = tomllib.loads(path.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -279,6 +281,8 @@ class StoresConfig:
             document["api"] = {"allow_stores": self.allow_stores}
         if self.schedules:
             document["schedules"] = self.schedules
+        import tomli_w  # only edits write TOML
+
         write_private(self.path, tomli_w.dumps(document))
 
 
