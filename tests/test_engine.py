@@ -6,6 +6,7 @@ import array
 import io
 import logging
 import os
+import stat
 import tarfile
 import tempfile
 import threading
@@ -622,6 +623,28 @@ def test_modes_are_restored_exactly_whatever_the_umask(
     finally:
         os.umask(previous)
     assert snapshot(target / "data") == snapshot(tree)
+
+
+def test_a_shared_directory_keeps_its_sticky_bit_and_nothing_gains_setuid(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    """A world-writable directory restored without its sticky bit (1777 as 0777) would let
+    any local user delete or replace the others' files in it; setuid and setgid are never
+    given back (a write key's holder must not hand a setuid program to a root restore)."""
+    shared, program = tree / "shared", tree / "program"
+    shared.mkdir()
+    (shared / "mine.txt").write_text("mine\n")
+    program.write_text("#!/bin/sh\n")
+    shared.chmod(0o1777)
+    program.chmod(0o6755)
+    (tree / "nested").chmod(0o2755)
+    engine.create("modes", [tree], passcode=PASSCODE)
+    target = engine.restore("modes", tmp_path / "restored", passcode=PASSCODE)
+    assert stat.S_IMODE((target / "data" / "shared").stat().st_mode) == 0o1777
+    assert stat.S_IMODE((target / "data" / "program").stat().st_mode) == 0o755
+    assert stat.S_IMODE((target / "data" / "nested").stat().st_mode) == 0o755
+    listed = {e.path: e.mode for e in engine.ls("modes", passcode=PASSCODE)}
+    assert (listed["data/shared"], listed["data/program"]) == (0o1777, 0o755)
 
 
 def test_a_resent_commit_that_finds_its_own_manifest_succeeds(

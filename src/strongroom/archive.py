@@ -89,6 +89,13 @@ PART_RECORD = "STRONGROOM.part"
 COPY_BUFFER = 1024 * 1024
 #: Finished directories whose attributes are set together, after the pending writes.
 DIRECTORY_GROUP = 1000
+#: The mode bits restore gives back: the permissions, and a directory's sticky bit, which
+#: only takes rights away (without it a world-writable directory such as /tmp would let
+#: anyone delete the others' files). setuid and setgid are never restored: a backup is
+#: written by whoever holds a write key, who must not hand a setuid program to whoever
+#: restores as root.
+FILE_MODE_BITS = 0o777
+DIRECTORY_MODE_BITS = stat.S_ISVTX | 0o777
 
 
 def archive_name_of(source: Path) -> str:
@@ -586,20 +593,25 @@ class _Directories:
             if owner is not None:
                 os.fchown(fd, *owner)
             os.utime(fd, ns=(mtime_ns(member), mtime_ns(member)))
-            os.fchmod(fd, member.mode & 0o777)
+            os.fchmod(fd, _restored_mode(member))
 
 
 def _file_meta(member: tarfile.TarInfo, path: str) -> FileMeta:
     return FileMeta(
         path,
         member.size,
-        member.mode & 0o777,
+        _restored_mode(member),
         mtime_ns(member),
         member.uname,
         member.uid,
         member.gname,
         member.gid,
     )
+
+
+def _restored_mode(member: tarfile.TarInfo) -> int:
+    """The mode restore gives the member (FILE_MODE_BITS and DIRECTORY_MODE_BITS say why)."""
+    return member.mode & (DIRECTORY_MODE_BITS if member.isdir() else FILE_MODE_BITS)
 
 
 def _owner(member: tarfile.TarInfo) -> tuple[int, int] | None:
@@ -670,7 +682,7 @@ def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[Ar
             path,
             _ENTRY_TYPES.get(member.type, "file"),
             member.size if member.isreg() else 0,
-            member.mode & 0o777,
+            _restored_mode(member),
             mtime_ns(member),
             member.linkname if member.issym() else _hard_link_target(member),
         )
