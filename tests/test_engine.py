@@ -21,6 +21,7 @@ import pytest
 import strongroom.engine
 from strongroom import (
     BackupExistsError,
+    BackupInfo,
     BackupNotFoundError,
     ConfigError,
     Engine,
@@ -645,6 +646,18 @@ def test_a_shared_directory_keeps_its_sticky_bit_and_nothing_gains_setuid(
     assert stat.S_IMODE((target / "data" / "nested").stat().st_mode) == 0o755
     listed = {e.path: e.mode for e in engine.ls("modes", passcode=PASSCODE)}
     assert (listed["data/shared"], listed["data/program"]) == (0o1777, 0o755)
+
+
+def test_a_backups_document_lists_at_most_so_many_left_out_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job keeps its result in the job table: a tree of a million sockets must not put a
+    million lines there (the log names each)."""
+    monkeypatch.setattr(strongroom.engine, "LEFT_OUT_LISTED", 2)
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    info = BackupInfo("n", "s", "", created, None, 1, 1, 1, "0" * 32, left_out=("a", "b", "c"))
+    assert info.to_dict()["leftOut"] == ["a", "b", "and 1 more, each named in the log"]
+    assert info.left_out == ("a", "b", "c")
 
 
 def test_a_resent_commit_that_finds_its_own_manifest_succeeds(

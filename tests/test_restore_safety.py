@@ -329,9 +329,15 @@ def test_create_leaves_out_what_restore_would_refuse_and_says_so(
     os.mkfifo(source / "pipe")
     with socket.socket(socket.AF_UNIX) as listening:
         listening.bind(str(source / "sock"))
-        engine.create("with-fifo", [source], passcode=PASSCODE)
+        info = engine.create("with-fifo", [source], passcode=PASSCODE)
+        job = engine.submit_backup("by-job", [source], passcode=PASSCODE)
+        job = engine.jobs.wait(job.jobid, timeout=30)
     assert "Left out of backup 'with-fifo'" in caplog.text and "source/pipe" in caplog.text
     assert "source/sock: it is a socket" in caplog.text  # left out without a word before
+    # so does what create returns, and a job's result (an API caller or a schedule sees no log)
+    assert [what.split(":")[0] for what in info.left_out] == ["source/pipe", "source/sock"]
+    assert info == engine.info("with-fifo") and "leftOut" not in engine.info("with-fifo").to_dict()
+    assert job.result is not None and job.result["leftOut"] == list(info.left_out)
     engine.verify("with-fifo", passcode=PASSCODE)
     out = engine.restore("with-fifo", tmp_path / "out", passcode=PASSCODE)
     assert sorted(p.name for p in (out / "source").iterdir()) == ["plain.txt"]

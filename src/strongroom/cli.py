@@ -1087,6 +1087,7 @@ def _emit_backup(info: BackupInfo, as_json: bool) -> None:
     fields["retentionDate"] = _until(info.retention_date)
     fields["sourceSize"] = human_size(info.source_size)
     fields["storedSize"] = human_size(info.stored_size)
+    fields.pop("leftOut", None)  # the warnings on stderr named each
     _print_fields(fields.items(), 14)
 
 

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -101,6 +101,10 @@ __all__ = ["BackupInfo", "Engine", "Listing"]
 
 logger = logging.getLogger("strongroom")
 
+#: The most left-out entries a backup's document lists (a job keeps its result in the job
+#: table); the log names every one.
+LEFT_OUT_LISTED = 100
+
 
 @dataclass(frozen=True, slots=True)
 class BackupInfo:
@@ -119,6 +123,10 @@ class BackupInfo:
     scheduled: bool = False
     #: How its chunks were encoded ("zstd" or "none": its store's setting then).
     compression: str = "zstd"
+    #: What the create that made it left out, each with why (a socket, a device, an entry
+    #: that changed as it was read); known to that create only, never stored, so an API
+    #: job's or a schedule's result says it as `strongroom create` does.
+    left_out: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, store: str) -> BackupInfo:
@@ -151,7 +159,16 @@ class BackupInfo:
             "storedSize": self.stored_size,
             "compression": self.compression,
             "backupId": self.backup_id,
+            **({"leftOut": _listed(self.left_out)} if self.left_out else {}),
         }
+
+
+def _listed(left_out: Sequence[str]) -> list[str]:
+    """The first LEFT_OUT_LISTED, then how many more there are."""
+    listed = list(left_out[:LEFT_OUT_LISTED])
+    if len(left_out) > LEFT_OUT_LISTED:
+        listed.append(f"and {len(left_out) - LEFT_OUT_LISTED} more, each named in the log")
+    return listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +368,7 @@ class Engine(EngineStores, EngineJobs):
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
         for what in left_out:
             logger.warning("Left out of backup %r: %s", name, what)
-        return BackupInfo.from_manifest(manifest, target.name)
+        return replace(BackupInfo.from_manifest(manifest, target.name), left_out=tuple(left_out))
 
     def _defined_schedules(self) -> Collection[str]:
         """The schedules' names as the configuration file has them now (a server's engine
