@@ -334,6 +334,20 @@ def test_restore_selected_paths(engine: Engine, tree: Path, tmp_path: Path) -> N
         assert restored_dir.st_mtime == pytest.approx(source_dir.st_mtime, abs=1e-5), directory
 
 
+@pytest.mark.parametrize("first", ["outer", "inner"])
+def test_a_selected_path_inside_another_is_found_too(
+    engine: Engine, tree: Path, tmp_path: Path, first: str
+) -> None:
+    """`data/nested` then `data/nested/deeper` failed as 'Not in backup: data/nested/deeper'
+    (each member counted for the first path it matched); the other order worked."""
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    paths = ["data/nested", "data/nested/deeper"][:: 1 if first == "outer" else -1]
+    listed = [e.path for e in engine.ls("nightly", paths, passcode=PASSCODE)]
+    assert "data/nested/deeper/notes.md" in listed
+    target = engine.restore("nightly", tmp_path / "out", passcode=PASSCODE, paths=paths)
+    assert snapshot(target / "data" / "nested") == snapshot(tree / "nested")
+
+
 def test_a_hard_link_restored_without_its_original_is_a_clear_error(
     engine: Engine, tree: Path, tmp_path: Path
 ) -> None:

@@ -74,7 +74,7 @@ __all__ = [
     "member_path",
     "normalize_archive_path",
     "selected_path",
-    "selection_match",
+    "selection_matches",
     "source_size",
     "write_archive",
 ]
@@ -450,16 +450,15 @@ def extract_archive(
             extraction = _Extraction(stream, staging, writers, preallocate, flush)
             for member in read_members(stream):
                 name = member_path(member.name)
-                match = selection_match(name, selected) if selected else None
+                matches = selection_matches(name, selected) if selected else []
                 if (
                     selected
-                    and match is None
+                    and not matches
                     and not (member.isdir() and _leads_to(name, selected))
                 ):
                     continue  # but a directory on the way to a selected path is made as it was
                 path = rules.check(member)
-                if match is not None:
-                    found.add(match)
+                found.update(matches)
                 if path:  # not the archive's own top ('./')
                     extraction.make(member, path)
             extraction.directories.finish_all()
@@ -671,7 +670,7 @@ def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[Ar
     pending: ArchiveEntry | None = None  # held back, as more parts of a stream may follow
     for member in read_members(stream):
         path = rules.check(member)
-        if not path or (selected and selection_match(path, selected) is None):
+        if not path or (selected and not selection_matches(path, selected)):
             continue
         if pending is not None and pending.path == path and PART_RECORD in member.pax_headers:
             pending = replace(pending, size=pending.size + member.size)
@@ -694,12 +693,10 @@ def _hard_link_target(member: tarfile.TarInfo) -> str | None:
     return member_path(member.linkname) if member.islnk() else None
 
 
-def selection_match(name: str, selected: Sequence[str]) -> str | None:
-    """The selected path that `name` is, or lies under; None if none."""
-    for path in selected:
-        if name == path or name.startswith(path + "/"):
-            return path
-    return None
+def selection_matches(name: str, selected: Sequence[str]) -> list[str]:
+    """The selected paths that `name` is, or lies under: all of them, as one selected path
+    may lie under another (`data` and `data/logs`), and each must be found."""
+    return [path for path in selected if name == path or name.startswith(path + "/")]
 
 
 def _leads_to(name: str, selected: Sequence[str]) -> bool:

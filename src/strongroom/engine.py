@@ -40,7 +40,7 @@ from .archive import (
     extract_archive,
     list_archive,
     selected_path,
-    selection_match,
+    selection_matches,
     source_size,
     write_archive,
 )
@@ -515,7 +515,7 @@ class Engine(EngineStores, EngineJobs):
             found: set[str] = set()
             with self._reading(source, manifest, cipher, None) as reader:
                 for entry in list_archive(reader, selected):
-                    found.add(selection_match(entry.path, selected) or "")
+                    found.update(selection_matches(entry.path, selected))
                     yield entry
                 reader.drain()  # authenticated to the end before a missing path is told
             if missing := sorted(set(selected) - found):
