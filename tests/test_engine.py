@@ -668,10 +668,13 @@ def test_a_backups_document_lists_at_most_so_many_left_out_entries(
     """A job keeps its result in the job table: a tree of a million sockets must not put a
     million lines there (the log names each)."""
     monkeypatch.setattr(strongroom.engine, "LEFT_OUT_LISTED", 2)
+    monkeypatch.setattr(strongroom.engine, "LEFT_OUT_TEXT", 4)
     created = datetime(2026, 1, 1, tzinfo=UTC)
-    info = BackupInfo("n", "s", "", created, None, 1, 1, 1, "0" * 32, left_out=("a", "b", "c"))
-    assert info.to_dict()["leftOut"] == ["a", "b", "and 1 more, each named in the log"]
-    assert info.left_out == ("a", "b", "c")
+    left_out = ("a: x", "b: yy", "c: z")
+    info = BackupInfo("n", "s", "", created, None, 1, 1, 1, "0" * 32, left_out=left_out)
+    assert info.to_dict()["leftOut"] == ["a: x", "b: …"]
+    assert info.to_dict()["leftOutCount"] == 3
+    assert info.left_out == left_out
 
 
 def test_a_resent_commit_that_finds_its_own_manifest_succeeds(

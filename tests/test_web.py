@@ -1033,6 +1033,30 @@ async def test_one_apps_requests_derive_at_most_two_keys_at_once(
     assert most[0] == 2
 
 
+async def test_a_name_that_is_not_utf8_is_escaped_not_a_failed_answer(
+    api: Api, engine: Engine, tmp_path: Path
+) -> None:
+    """A source name with a byte that is not UTF-8 failed every answer that showed it
+    (500): the contents as JSON and as a page, and, once a create's result named what it
+    left out, the job and every caller's jobs list."""
+    source = tmp_path / "odd"
+    source.mkdir()
+    (source / os.fsdecode(b"bad\xffname")).write_text("kept\n")
+    os.mkfifo(source / os.fsdecode(b"pipe\xfe"))
+    job = engine.jobs.wait(engine.submit_backup("odd", [source], passcode=SECRET).jobid, 30)
+    assert job.status.value == "COMPLETED"
+    for fmt in ("json", "pjson", "html"):
+        listed = await api.post(f"{STORE}/backups/odd/contents", passcode=SECRET, f=fmt)
+        assert listed.status_code == 200, listed.text
+        assert "bad\\udcffname" in listed.text
+        for page in (f"/admin/jobs/{job.jobid}", "/admin/jobs"):
+            shown = await api.get(page, f=fmt)
+            assert shown.status_code == 200, shown.text
+            assert "pipe\\udcfe" in shown.text or (fmt, page) == ("html", "/admin/jobs")
+    entries = (await api.post(f"{STORE}/backups/odd/contents", passcode=SECRET)).json()
+    assert "odd/bad\udcffname" in [e["path"] for e in entries["entries"]]  # the same name
+
+
 async def test_contents_lists_a_backup_with_its_passcode_only(api: Api, kept: str) -> None:
     listed = await api.post(f"{BACKUP}/contents", passcode=SECRET)
     assert listed.status_code == 200, listed.text

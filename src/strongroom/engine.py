@@ -101,9 +101,10 @@ __all__ = ["BackupInfo", "Engine", "Listing"]
 
 logger = logging.getLogger("strongroom")
 
-#: The most left-out entries a backup's document lists (a job keeps its result in the job
-#: table); the log names every one.
-LEFT_OUT_LISTED = 100
+#: The most left-out entries a backup's document lists, and the longest text of each (a job
+#: keeps its result in the job table; a path may be kilobytes): the log names every one whole.
+LEFT_OUT_LISTED = 20
+LEFT_OUT_TEXT = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,16 +160,18 @@ class BackupInfo:
             "storedSize": self.stored_size,
             "compression": self.compression,
             "backupId": self.backup_id,
-            **({"leftOut": _listed(self.left_out)} if self.left_out else {}),
+            **(_left_out_fields(self.left_out) if self.left_out else {}),
         }
 
 
-def _listed(left_out: Sequence[str]) -> list[str]:
-    """The first LEFT_OUT_LISTED, then how many more there are."""
-    listed = list(left_out[:LEFT_OUT_LISTED])
-    if len(left_out) > LEFT_OUT_LISTED:
-        listed.append(f"and {len(left_out) - LEFT_OUT_LISTED} more, each named in the log")
-    return listed
+def _left_out_fields(left_out: Sequence[str]) -> dict[str, Any]:
+    """`leftOut`: the first LEFT_OUT_LISTED, each cut at LEFT_OUT_TEXT characters;
+    `leftOutCount`: how many in all."""
+    shown = [
+        what if len(what) <= LEFT_OUT_TEXT else what[: LEFT_OUT_TEXT - 1] + "…"
+        for what in left_out[:LEFT_OUT_LISTED]
+    ]
+    return {"leftOut": shown, "leftOutCount": len(left_out)}
 
 
 @dataclass(frozen=True, slots=True)

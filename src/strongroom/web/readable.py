@@ -45,6 +45,8 @@ _LABELS = {
     "backups": "Backups",
     "action": "Action",
     "message": "Message",
+    "leftOut": "Left out",
+    "leftOutCount": "Left out in all",
 }
 _SIZES = frozenset({"sourceSize", "storedSize"})
 _TIMES = frozenset({"completeTime", "asOf"})

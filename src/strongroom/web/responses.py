@@ -4,6 +4,10 @@ Errors are `{"status": "error", "messages": [...], "code": N}` with HTTP status 
 the products' admin APIs write them; HTML callers get the same messages as a page (or
 the sign-in page, for a missing or refused token). Pages are Jinja2 templates with
 autoescaping on, so nothing a client sends is ever interpreted as markup.
+
+A name from a backup or a source may not be UTF-8 (Python holds its bytes as surrogate
+escapes): every answer is encoded by `_utf8`, so such a name goes out as the escape
+(`\udcff`, JSON's own escape inside a JSON string) where it would fail the whole answer.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import jinja2
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from ..errors import (
     BackupExistsError,
@@ -139,13 +143,23 @@ class Pages:
         **context: Any,
     ) -> Response:
         html = self._templates.get_template(template).render(request=request, **links, **context)
-        return Response(html, status, headers, media_type="text/html")
+        return Response(_utf8(html), status, headers, media_type="text/html")
 
 
 def _json(
     document: Mapping[str, Any], fmt: str, status: int, headers: Mapping[str, str] | None = None
 ) -> Response:
-    if fmt == "pjson":
-        text = json.dumps(document, indent=2)
-        return Response(text, status, headers, media_type="application/json")
-    return JSONResponse(document, status, headers)
+    pretty = fmt == "pjson"
+    text = json.dumps(
+        document,
+        ensure_ascii=False,
+        allow_nan=False,
+        indent=2 if pretty else None,
+        separators=None if pretty else (",", ":"),
+    )
+    return Response(_utf8(text), status, headers, media_type="application/json")
+
+
+def _utf8(text: str) -> bytes:
+    """`text` as UTF-8, a lone surrogate (a name's byte that is not UTF-8) as its escape."""
+    return text.encode("utf-8", "backslashreplace")
