@@ -1768,3 +1768,17 @@ def test_a_backup_command_loads_only_what_it_runs(tmp_path: Path) -> None:
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stderr.splitlines()[-1:] == [""]
+
+
+def test_create_says_what_it_left_out_on_stderr_and_in_its_json(
+    cli: Cli, small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each left-out entry is a warning; the table on stdout does not repeat them as a
+    Python list, and --json has them for a script."""
+    os.mkfifo(small / "pipe")
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
+    table = cli("create", "--name", "table", small)
+    assert table.code == 0, table.err
+    assert "pipe: it is a FIFO" in table.err and "leftOut" not in table.out
+    document = cli("create", "--name", "json", "--json", small).json()
+    assert document["leftOutCount"] == 1 and "pipe: it is a FIFO" in document["leftOut"][0]

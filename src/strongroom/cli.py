@@ -1087,7 +1087,8 @@ def _emit_backup(info: BackupInfo, as_json: bool) -> None:
     fields["retentionDate"] = _until(info.retention_date)
     fields["sourceSize"] = human_size(info.source_size)
     fields["storedSize"] = human_size(info.stored_size)
-    fields.pop("leftOut", None)  # the warnings on stderr named each
+    for left_out in ("leftOut", "leftOutCount"):  # the warnings on stderr named each
+        fields.pop(left_out, None)
     _print_fields(fields.items(), 14)
 
 
