@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -1055,6 +1056,37 @@ async def test_a_name_that_is_not_utf8_is_escaped_not_a_failed_answer(
             assert "pipe\\udcfe" in shown.text or (fmt, page) == ("html", "/admin/jobs")
     entries = (await api.post(f"{STORE}/backups/odd/contents", passcode=SECRET)).json()
     assert "odd/bad\udcffname" in [e["path"] for e in entries["entries"]]  # the same name
+
+
+async def test_a_restore_takes_a_path_and_no_call_drops_what_it_was_given(
+    api: Api, kept: str, tmp_path: Path
+) -> None:
+    """`path` on a restore was ignored: the whole backup came back, answered as done. A
+    second `path` on contents (or a second `f`) was dropped the same way, and settings took
+    a `restoreDir` it does not change."""
+    form = {"f": "json", "token": TOKEN, "passcode": SECRET, "path": "data/nested"}
+    job = api.job(await api.send("POST", f"{BACKUP}/restore", data=form))
+    assert job["status"] == "COMPLETED", job
+    restored = Path(job["result"]["restoreDir"])
+    assert sorted(p.name for p in (restored / "data").iterdir()) == ["nested"]
+    twice = {"f": "json", "token": TOKEN, "passcode": SECRET}
+    answers = [
+        await api.send(
+            "POST",
+            f"{BACKUP}/contents",
+            content=f"{urlencode(twice)}&{extra}",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        for extra in ("path=data&path=data/nested", "f=html")
+    ]
+    _error(answers[0], 400, "The parameter path is given more than once")
+    assert answers[1].status_code == 400 and "given more than once" in answers[1].text  # a page
+    twice_f = await api.send("GET", f"{DR}/settings?f=json&f=html&token={TOKEN}")
+    assert twice_f.status_code == 400 and "given more than once" in twice_f.text
+    _error(await api.post(f"{BACKUP}/restore", passcode=SECRET, paths="data"), 400, "paths")
+    _error(await api.send("POST", f"{BACKUP}/verify", data=form), 400, "path")
+    refused = await api.post(f"{DR}/settings/update", timeoutInSeconds="60", restoreDir="/etc")
+    _error(refused, 400, "restoreDir")
 
 
 async def test_contents_lists_a_backup_with_its_passcode_only(api: Api, kept: str) -> None:

@@ -451,11 +451,7 @@ def extract_archive(
             for member in read_members(stream):
                 name = member_path(member.name)
                 matches = selection_matches(name, selected) if selected else []
-                if (
-                    selected
-                    and not matches
-                    and not (member.isdir() and _leads_to(name, selected))
-                ):
+                if selected and not matches and not (member.isdir() and _leads_to(name, selected)):
                     continue  # but a directory on the way to a selected path is made as it was
                 path = rules.check(member)
                 found.update(matches)

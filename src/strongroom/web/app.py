@@ -52,7 +52,7 @@ from ..retention import NEVER_MS
 from ..scheduler import run_now, runs
 from . import stores
 from .auth import COOKIE, Credentials, credentials, is_allowed
-from .body import TOKEN_WINDOW, Body
+from .body import TOKEN_WINDOW, Body, single_values
 from .fence import StoreFence
 from .jobs import JobQuery, status_document
 from .params import whole_number
@@ -274,6 +274,7 @@ class _AdminApi:
         return Reply(document, "settings.html")
 
     async def update_settings(self, call: _Call) -> Reply:
+        call.take_only("timeoutInSeconds")
         settings = DrSettings(parse_timeout(call.require("timeoutInSeconds")))
         await _run(settings.save, self._engine.home)
         return Reply(SUCCESS, redirect=self._url(call.request, "settings"))
@@ -387,19 +388,24 @@ class _AdminApi:
         return Reply(SUCCESS, redirect=page)
 
     async def restore(self, call: _Call) -> Reply:
+        """The whole backup, or what is under one archive `path`, into a new directory."""
+        call.take_only("passcode", "path")
         name, store = call.path("name"), call.path("storeName")
         target = self._restore_dir / store / f"{name}-{uuid.uuid4().hex[:12]}"
+        path = call.get("path")
         job = await _run(
             self._engine.submit_restore,
             name,
             target,
             passcode=call.require("passcode"),
             store=store,
+            paths=[path] if path else [],
             operation_uri=call.uri,
         )
         return self._job_reply(call, job)
 
     async def verify(self, call: _Call) -> Reply:
+        call.take_only("passcode")
         name, store = call.path("name"), call.path("storeName")
         job = await _run(
             self._engine.submit_verify,
@@ -413,6 +419,7 @@ class _AdminApi:
     async def contents(self, call: _Call) -> Reply:
         """What the backup holds (a POST: it needs the passcode), up to CONTENTS_LIMIT
         entries; `path` narrows it to one archive path."""
+        call.take_only("passcode", "path")
         name, store = call.path("name"), call.path("storeName")
         path = call.get("path")
         entries = await self._derivations.run(
@@ -755,7 +762,7 @@ async def _params(request: Request, body: Body, public: bool) -> dict[str, str]:
     """A GET's query, or a POST's form (plus `f` from the query). Before anyone signed in
     (the login form) no more than TOKEN_WINDOW bytes are read."""
     if request.method != "POST":
-        return dict(request.query_params)
+        return single_values(request.query_params.multi_items())
     params = await (body.form(TOKEN_WINDOW) if public else body.form())
     if "f" in request.query_params:
         params.setdefault("f", request.query_params["f"])

@@ -9,7 +9,7 @@ spooled to disk: a multipart file part is refused.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from urllib.parse import parse_qsl
 
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from .responses import ApiError
 
-__all__ = ["MAX_FORM_BYTES", "TOKEN_WINDOW", "Body"]
+__all__ = ["MAX_FORM_BYTES", "TOKEN_WINDOW", "Body", "single_values"]
 
 #: The largest form an authenticated caller may send: these are small forms.
 MAX_FORM_BYTES = 1024 * 1024
@@ -42,18 +42,18 @@ class Body:
         form): where a caller that sends no header or cookie puts its `token`."""
         await self._read(TOKEN_WINDOW)
         if self._complete:
-            return await self._parse()
+            return dict(await self._parse())
         if not self._content_type().startswith(_URLENCODED):
             return {}
         window = bytes(self._data[:TOKEN_WINDOW])
-        return _urlencoded(window[: window.rfind(b"&")])
+        return dict(_urlencoded(window[: window.rfind(b"&")]))
 
     async def form(self, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
         """Every field of the form, or 413 once more than `limit` bytes have arrived."""
         await self._read(limit)
         if not self._complete:
             raise ApiError(413, f"The request body is larger than {limit} bytes.")
-        return await self._parse()
+        return single_values(await self._parse())
 
     async def _read(self, limit: int) -> None:
         """Read until the body ends or more than `limit` bytes are here."""
@@ -69,15 +69,15 @@ class Body:
             else:
                 self._data += chunk
 
-    async def _parse(self) -> dict[str, str]:
+    async def _parse(self) -> list[tuple[str, str]]:
         content_type = self._content_type()
         if content_type.startswith(_URLENCODED):
             return _urlencoded(bytes(self._data))
         if content_type.startswith("multipart/form-data"):
             return await self._multipart()
-        return {}
+        return []
 
-    async def _multipart(self) -> dict[str, str]:
+    async def _multipart(self) -> list[tuple[str, str]]:
         async def replay() -> AsyncGenerator[bytes, None]:
             yield bytes(self._data)
 
@@ -94,15 +94,26 @@ class Body:
             raise ApiError(
                 400, f"The form cannot be read ({exc.message}); send fields only, no files."
             ) from None
-        return {key: value for key, value in form.items() if isinstance(value, str)}
+        return [(key, value) for key, value in form.multi_items() if isinstance(value, str)]
 
     def _content_type(self) -> str:
         return self._request.headers.get("content-type", "").lower()
 
 
-def _urlencoded(data: bytes) -> dict[str, str]:
+def _urlencoded(data: bytes) -> list[tuple[str, str]]:
     try:
         fields = parse_qsl(data.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, f"The form is not UTF-8 text of at most {MAX_FIELDS} fields.") from None
-    return dict(fields)
+    return fields
+
+
+def single_values(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The parameters, each given once: a second value was silently dropped (the first
+    `path` of two, a second `f`), so a call did less than it was asked and said success."""
+    params: dict[str, str] = {}
+    for key, value in fields:
+        if key in params:
+            raise ApiError(400, f"The parameter {key} is given more than once; give it once.")
+        params[key] = value
+    return params
