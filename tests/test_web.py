@@ -1089,6 +1089,26 @@ async def test_a_restore_takes_a_path_and_no_call_drops_what_it_was_given(
     _error(refused, 400, "restoreDir")
 
 
+async def test_a_body_that_is_not_a_form_or_not_utf8_is_refused_saying_so(
+    api: Api, kept: str
+) -> None:
+    """A JSON body was answered 'The parameter passcode is required.'; `%E9` in a field was
+    stored as U+FFFD without a word."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    as_json = await api.send(
+        "POST", f"{BACKUP}/verify?f=json", json={"passcode": SECRET}, headers=headers
+    )
+    _error(as_json, 415, "form fields")
+    assert "application/json" in as_json.json()["messages"][0]
+    latin1 = await api.send(
+        "POST",
+        f"{BACKUP}/update?f=json",
+        content=b"retentionDate=never&description=caf%E9",
+        headers={**headers, "content-type": "application/x-www-form-urlencoded"},
+    )
+    _error(latin1, 400, "not UTF-8")
+
+
 async def test_contents_lists_a_backup_with_its_passcode_only(api: Api, kept: str) -> None:
     listed = await api.post(f"{BACKUP}/contents", passcode=SECRET)
     assert listed.status_code == 200, listed.text

@@ -53,7 +53,15 @@ class Body:
         await self._read(limit)
         if not self._complete:
             raise ApiError(413, f"The request body is larger than {limit} bytes.")
-        return single_values(await self._parse())
+        fields = await self._parse()
+        if self._data.strip() and not fields and not self._is_form():
+            raise ApiError(
+                415,
+                "Send the parameters as form fields (application/x-www-form-urlencoded or "
+                "multipart/form-data), not as "
+                f"{self._content_type().split(';')[0] or 'a body without a Content-Type'}.",
+            )
+        return single_values(fields)
 
     async def _read(self, limit: int) -> None:
         """Read until the body ends or more than `limit` bytes are here."""
@@ -99,10 +107,15 @@ class Body:
     def _content_type(self) -> str:
         return self._request.headers.get("content-type", "").lower()
 
+    def _is_form(self) -> bool:
+        return self._content_type().startswith((_URLENCODED, "multipart/form-data"))
+
 
 def _urlencoded(data: bytes) -> list[tuple[str, str]]:
     try:
-        fields = parse_qsl(data.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+        fields = parse_qsl(
+            data.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS
+        )
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, f"The form is not UTF-8 text of at most {MAX_FIELDS} fields.") from None
     return fields
