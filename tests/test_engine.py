@@ -348,6 +348,31 @@ def test_a_selected_path_inside_another_is_found_too(
     assert snapshot(target / "data" / "nested") == snapshot(tree / "nested")
 
 
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_a_backup_deleted_or_replaced_while_restored_is_said_so_not_blamed_on_the_store(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """A delete running beside a restore made it fail with 'Chunk 0 is missing from the
+    store', which reads as damage."""
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    store = engine.store()
+    real_get = store.get
+    changed: list[str] = []
+
+    def get_after_a_change(key: str, **options: Any) -> bytes:
+        if key.startswith("data/") and not changed:
+            changed.append(key)
+            engine.delete("nightly")
+            if change == "replaced":
+                engine.create("nightly", [tree], passcode=PASSCODE)
+        return real_get(key, **options)
+
+    monkeypatch.setattr(store, "get", get_after_a_change)
+    with pytest.raises(BackupNotFoundError, match=f"was {change} .*Nothing was restored"):
+        engine.restore("nightly", tmp_path / "out", passcode=PASSCODE)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_hard_link_restored_without_its_original_is_a_clear_error(
     engine: Engine, tree: Path, tmp_path: Path
 ) -> None:

@@ -64,6 +64,7 @@ from .errors import (
     NewerFormatError,
     ObjectLockedError,
     StoreUnavailableError,
+    StrongroomError,
 )
 from .format import (
     MAX_MANIFEST_SIZE,
@@ -780,6 +781,10 @@ class Engine(EngineStores, EngineJobs):
             ) as reader:
                 yield reader
         except IntegrityError as exc:
+            if since := self._changed_since(source, manifest):
+                raise BackupNotFoundError(
+                    f"Backup {manifest.name!r} in store {source.name!r} {since}.{outcome}"
+                ) from None
             raise IntegrityError(
                 f"Backup {manifest.name!r} in store {source.name!r}: {exc}{outcome}"
             ) from None
@@ -787,6 +792,19 @@ class Engine(EngineStores, EngineJobs):
             if not outcome:
                 raise
             raise type(exc)(f"{exc}{outcome}") from exc
+
+    def _changed_since(self, source: Store, manifest: Manifest) -> str:
+        """Why a backup whose chunks failed to read is not damaged but gone: deleted, or
+        replaced under its name, since its manifest was read ('' if neither)."""
+        try:
+            now = self._manifest(source, manifest.name)
+        except BackupNotFoundError:
+            return "was deleted while it was being read"
+        except StrongroomError:  # unreadable now: the damage is what to report
+            return ""
+        if now.backup_id != manifest.backup_id:
+            return "was replaced by another backup of that name while it was being read"
+        return ""
 
 
 class _KeyDerivation:
