@@ -373,6 +373,17 @@ def test_a_backup_deleted_or_replaced_while_restored_is_said_so_not_blamed_on_th
     assert not (tmp_path / "out").exists()
 
 
+def test_a_path_longer_than_any_backup_holds_is_refused_without_quoting_it_whole(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    """An API caller's 100 KB path came back whole in the error."""
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    long = "data/" + "x" * 100_000
+    with pytest.raises(InvalidNameError, match="longer than any path a backup holds") as raised:
+        engine.restore("nightly", tmp_path / "out", passcode=PASSCODE, paths=[long])
+    assert len(str(raised.value)) < 200
+
+
 def test_a_hard_link_restored_without_its_original_is_a_clear_error(
     engine: Engine, tree: Path, tmp_path: Path
 ) -> None:

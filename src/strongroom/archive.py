@@ -44,6 +44,7 @@ from .filewrite import (
     write_file,
     write_pieces,
 )
+from .format import quoted
 from .pipeline import ChunkWriter, SourceEndedEarly
 from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
@@ -120,6 +121,10 @@ def selected_path(path: str) -> str:
     """Validate a path to restore or list: names joined by '/' as the archive holds them
     (a name may hold a backslash, as on the machine backed up), relative, without '.'
     or '..'."""
+    if len(os.fsencode(path)) > MAX_PATH:  # and not quoted whole: a request may send 1 MiB
+        raise InvalidNameError(
+            f"{quoted(path)} is longer than any path a backup holds ({MAX_PATH} bytes)."
+        )
     cleaned = path.rstrip("/")
     parts = cleaned.split("/")
     if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
