@@ -1083,6 +1083,14 @@ async def test_a_restore_takes_a_path_and_no_call_drops_what_it_was_given(
     assert answers[1].status_code == 400 and "given more than once" in answers[1].text  # a page
     twice_f = await api.send("GET", f"{DR}/settings?f=json&f=html&token={TOKEN}")
     assert twice_f.status_code == 400 and "given more than once" in twice_f.text
+    in_query = {"token": TOKEN, "passcode": SECRET}
+    for query, fragment in (
+        ("f=json&path=data/nested", "path as a form field"),
+        ("f=json&f=html", "given more than once"),
+        ("f=html", "differently"),
+    ):
+        answer = await api.send("POST", f"{BACKUP}/restore?{query}", data={**in_query, "f": "json"})
+        assert answer.status_code == 400 and fragment in answer.text, (query, answer.text)
     _error(await api.post(f"{BACKUP}/restore", passcode=SECRET, paths="data"), 400, "paths")
     _error(await api.send("POST", f"{BACKUP}/verify", data=form), 400, "path")
     refused = await api.post(f"{DR}/settings/update", timeoutInSeconds="60", restoreDir="/etc")
@@ -1098,8 +1106,10 @@ async def test_a_body_that_is_not_a_form_or_not_utf8_is_refused_saying_so(
     as_json = await api.send(
         "POST", f"{BACKUP}/verify?f=json", json={"passcode": SECRET}, headers=headers
     )
-    _error(as_json, 415, "form fields")
+    _error(as_json, 415, "The parameter passcode is required, as a form field")
     assert "application/json" in as_json.json()["messages"][0]
+    nothing = await api.send("POST", f"{STORE}/validate?f=json", json={}, headers=headers)
+    assert nothing.status_code == 200, nothing.text  # a call that takes nothing still works
     latin1 = await api.send(
         "POST",
         f"{BACKUP}/update?f=json",
@@ -1107,6 +1117,13 @@ async def test_a_body_that_is_not_a_form_or_not_utf8_is_refused_saying_so(
         headers={**headers, "content-type": "application/x-www-form-urlencoded"},
     )
     _error(latin1, 400, "not UTF-8")
+    stranger = await api.send(
+        "POST",
+        f"{BACKUP}/update?f=json",
+        content=b"token=not-a-token&description=caf%E9",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert stranger.status_code == 401, stranger.text  # who asks comes first
 
 
 async def test_contents_lists_a_backup_with_its_passcode_only(api: Api, kept: str) -> None:

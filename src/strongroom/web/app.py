@@ -133,6 +133,8 @@ class _Call:
     request: Request
     params: Mapping[str, str]
     fmt: str
+    #: The content type of a POST body that is not form fields (JSON, text), if one came.
+    foreign: str | None = None
 
     def path(self, key: str) -> str:
         return str(self.request.path_params[key])
@@ -143,6 +145,13 @@ class _Call:
 
     def require(self, key: str) -> str:
         value = self.get(key)
+        if value is None and self.foreign is not None:
+            raise ApiError(
+                415,
+                f"The parameter {key} is required, as a form field "
+                "(application/x-www-form-urlencoded or multipart/form-data); this request's "
+                f"body is {self.foreign}.",
+            )
         if value is None:
             raise ConfigError(f"The parameter {key} is required.")
         return value
@@ -389,7 +398,7 @@ class _AdminApi:
 
     async def restore(self, call: _Call) -> Reply:
         """The whole backup, or what is under one archive `path`, into a new directory."""
-        call.take_only("passcode", "path")
+        call.take_only("passcode", "path", "async")  # async: it always answers with a job
         name, store = call.path("name"), call.path("storeName")
         target = self._restore_dir / store / f"{name}-{uuid.uuid4().hex[:12]}"
         path = call.get("path")
@@ -405,7 +414,7 @@ class _AdminApi:
         return self._job_reply(call, job)
 
     async def verify(self, call: _Call) -> Reply:
-        call.take_only("passcode")
+        call.take_only("passcode", "async")
         name, store = call.path("name"), call.path("storeName")
         job = await _run(
             self._engine.submit_verify,
@@ -603,7 +612,7 @@ class _AdminApi:
                 if fmt not in FORMATS:
                     fmt = "json"
                     raise ApiError(400, "f must be html, json or pjson.")
-                reply = await handler(_Call(request, params, fmt))
+                reply = await handler(_Call(request, params, fmt, body.foreign))
             except (ApiError, StrongroomError) as exc:
                 code = exc.code if isinstance(exc, ApiError) else status_of(exc)
                 fmt = fmt or await _format_before_params(request, body)
@@ -761,11 +770,19 @@ def _first_entries(
 async def _params(request: Request, body: Body, public: bool) -> dict[str, str]:
     """A GET's query, or a POST's form (plus `f` from the query). Before anyone signed in
     (the login form) no more than TOKEN_WINDOW bytes are read."""
+    query = single_values(request.query_params.multi_items())
     if request.method != "POST":
-        return single_values(request.query_params.multi_items())
+        return query
     params = await (body.form(TOKEN_WINDOW) if public else body.form())
-    if "f" in request.query_params:
-        params.setdefault("f", request.query_params["f"])
+    if stray := sorted(set(query) - {"f", "token"}):
+        raise ApiError(
+            400, f"A POST takes {', '.join(stray)} as a form field, not in its URL's query."
+        )
+    in_form, in_query = params.get("f"), query.get("f")
+    if in_form and in_query and in_form != in_query:
+        raise ApiError(400, "f is given in the URL and in the form, differently; give it once.")
+    if in_query and not in_form:
+        params["f"] = in_query
     return params
 
 

@@ -36,17 +36,19 @@ class Body:
         self._chunks = request.stream()
         self._data = bytearray()
         self._complete = False
+        #: The content type of a body that is not form fields (JSON, text), once read.
+        self.foreign: str | None = None
 
     async def head(self) -> dict[str, str]:
         """The form fields that end within the first TOKEN_WINDOW bytes (all of a shorter
         form): where a caller that sends no header or cookie puts its `token`."""
         await self._read(TOKEN_WINDOW)
         if self._complete:
-            return dict(await self._parse())
+            return dict(await self._parse(strict=False))
         if not self._content_type().startswith(_URLENCODED):
             return {}
         window = bytes(self._data[:TOKEN_WINDOW])
-        return dict(_urlencoded(window[: window.rfind(b"&")]))
+        return dict(_urlencoded(window[: window.rfind(b"&")], strict=False))
 
     async def form(self, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
         """Every field of the form, or 413 once more than `limit` bytes have arrived."""
@@ -54,13 +56,8 @@ class Body:
         if not self._complete:
             raise ApiError(413, f"The request body is larger than {limit} bytes.")
         fields = await self._parse()
-        if self._data.strip() and not fields and not self._is_form():
-            raise ApiError(
-                415,
-                "Send the parameters as form fields (application/x-www-form-urlencoded or "
-                "multipart/form-data), not as "
-                f"{self._content_type().split(';')[0] or 'a body without a Content-Type'}.",
-            )
+        if self._data.strip() and not self._is_form():  # told if a parameter is missing
+            self.foreign = self._content_type().split(";")[0] or "without a Content-Type"
         return single_values(fields)
 
     async def _read(self, limit: int) -> None:
@@ -77,10 +74,10 @@ class Body:
             else:
                 self._data += chunk
 
-    async def _parse(self) -> list[tuple[str, str]]:
+    async def _parse(self, *, strict: bool = True) -> list[tuple[str, str]]:
         content_type = self._content_type()
         if content_type.startswith(_URLENCODED):
-            return _urlencoded(bytes(self._data))
+            return _urlencoded(bytes(self._data), strict=strict)
         if content_type.startswith("multipart/form-data"):
             return await self._multipart()
         return []
@@ -111,10 +108,15 @@ class Body:
         return self._content_type().startswith((_URLENCODED, "multipart/form-data"))
 
 
-def _urlencoded(data: bytes) -> list[tuple[str, str]]:
+def _urlencoded(data: bytes, *, strict: bool) -> list[tuple[str, str]]:
+    """The fields; with `strict`, a %XX that is not UTF-8 is refused, else replaced (only
+    to find a token before authentication: the status of a refusal is then 401)."""
     try:
         fields = parse_qsl(
-            data.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS
+            data.decode("utf-8"),
+            keep_blank_values=True,
+            errors="strict" if strict else "replace",
+            max_num_fields=MAX_FIELDS,
         )
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, f"The form is not UTF-8 text of at most {MAX_FIELDS} fields.") from None
