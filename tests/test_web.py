@@ -1093,6 +1093,7 @@ async def test_a_restore_takes_a_path_and_no_call_drops_what_it_was_given(
         assert answer.status_code == 400 and fragment in answer.text, (query, answer.text)
     _error(await api.post(f"{BACKUP}/restore", passcode=SECRET, paths="data"), 400, "paths")
     _error(await api.send("POST", f"{BACKUP}/verify", data=form), 400, "path")
+    _error(await api.post(f"{BACKUP}/verify", passcode=SECRET, **{"async": "false"}), 400, "job")
     refused = await api.post(f"{DR}/settings/update", timeoutInSeconds="60", restoreDir="/etc")
     _error(refused, 400, "restoreDir")
 
@@ -1106,10 +1107,16 @@ async def test_a_body_that_is_not_a_form_or_not_utf8_is_refused_saying_so(
     as_json = await api.send(
         "POST", f"{BACKUP}/verify?f=json", json={"passcode": SECRET}, headers=headers
     )
-    _error(as_json, 415, "The parameter passcode is required, as a form field")
+    _error(as_json, 415, "form fields")
     assert "application/json" in as_json.json()["messages"][0]
+    # a delete that reads no parameter at all must not run on a body it cannot read
+    as_json = await api.send(
+        "POST", f"{BACKUP}/delete?f=json", json={"async": True}, headers=headers
+    )
+    _error(as_json, 415, "form fields")
+    assert kept in [b["name"] for b in (await api.get(f"{STORE}/backups")).json()["backups"]]
     nothing = await api.send("POST", f"{STORE}/validate?f=json", json={}, headers=headers)
-    assert nothing.status_code == 200, nothing.text  # a call that takes nothing still works
+    assert nothing.status_code == 200, nothing.text  # an empty {} carries nothing to drop
     latin1 = await api.send(
         "POST",
         f"{BACKUP}/update?f=json",

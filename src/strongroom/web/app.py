@@ -133,8 +133,6 @@ class _Call:
     request: Request
     params: Mapping[str, str]
     fmt: str
-    #: The content type of a POST body that is not form fields (JSON, text), if one came.
-    foreign: str | None = None
 
     def path(self, key: str) -> str:
         return str(self.request.path_params[key])
@@ -145,13 +143,6 @@ class _Call:
 
     def require(self, key: str) -> str:
         value = self.get(key)
-        if value is None and self.foreign is not None:
-            raise ApiError(
-                415,
-                f"The parameter {key} is required, as a form field "
-                "(application/x-www-form-urlencoded or multipart/form-data); this request's "
-                f"body is {self.foreign}.",
-            )
         if value is None:
             raise ConfigError(f"The parameter {key} is required.")
         return value
@@ -164,6 +155,13 @@ class _Call:
             raise ConfigError(
                 f"This call does not take {', '.join(others)}; it takes {', '.join(keys)}."
             )
+
+    def only_as_a_job(self, *keys: str) -> None:
+        """`take_only(keys)` for a call that always answers with a job: `async` may say so,
+        not otherwise."""
+        self.take_only(*keys, "async")
+        if "async" in self.params and not self.flag("async"):
+            raise ConfigError("This call always runs as a job: give async=true or leave it out.")
 
     def flag(self, key: str) -> bool:
         value = (self.get(key) or "false").lower()
@@ -398,7 +396,7 @@ class _AdminApi:
 
     async def restore(self, call: _Call) -> Reply:
         """The whole backup, or what is under one archive `path`, into a new directory."""
-        call.take_only("passcode", "path", "async")  # async: it always answers with a job
+        call.only_as_a_job("passcode", "path")
         name, store = call.path("name"), call.path("storeName")
         target = self._restore_dir / store / f"{name}-{uuid.uuid4().hex[:12]}"
         path = call.get("path")
@@ -414,7 +412,7 @@ class _AdminApi:
         return self._job_reply(call, job)
 
     async def verify(self, call: _Call) -> Reply:
-        call.take_only("passcode", "async")
+        call.only_as_a_job("passcode")
         name, store = call.path("name"), call.path("storeName")
         job = await _run(
             self._engine.submit_verify,
@@ -612,7 +610,7 @@ class _AdminApi:
                 if fmt not in FORMATS:
                     fmt = "json"
                     raise ApiError(400, "f must be html, json or pjson.")
-                reply = await handler(_Call(request, params, fmt, body.foreign))
+                reply = await handler(_Call(request, params, fmt))
             except (ApiError, StrongroomError) as exc:
                 code = exc.code if isinstance(exc, ApiError) else status_of(exc)
                 fmt = fmt or await _format_before_params(request, body)

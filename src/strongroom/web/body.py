@@ -26,6 +26,8 @@ TOKEN_WINDOW = 64 * 1024
 #: More fields than any operation takes, and few enough to parse cheaply.
 MAX_FIELDS = 100
 _URLENCODED = "application/x-www-form-urlencoded"
+#: Bodies that carry no parameter whatever their type (a client's `post(url, {})`).
+_EMPTY = frozenset({b"", b"{}", b"[]", b"null"})
 
 
 class Body:
@@ -36,8 +38,6 @@ class Body:
         self._chunks = request.stream()
         self._data = bytearray()
         self._complete = False
-        #: The content type of a body that is not form fields (JSON, text), once read.
-        self.foreign: str | None = None
 
     async def head(self) -> dict[str, str]:
         """The form fields that end within the first TOKEN_WINDOW bytes (all of a shorter
@@ -55,10 +55,14 @@ class Body:
         await self._read(limit)
         if not self._complete:
             raise ApiError(413, f"The request body is larger than {limit} bytes.")
-        fields = await self._parse()
-        if self._data.strip() and not self._is_form():  # told if a parameter is missing
-            self.foreign = self._content_type().split(";")[0] or "without a Content-Type"
-        return single_values(fields)
+        if bytes(self._data).strip() not in _EMPTY and not self._is_form():
+            raise ApiError(
+                415,
+                "Send the parameters as form fields (application/x-www-form-urlencoded or "
+                "multipart/form-data), not as "
+                f"{self._content_type().split(';')[0] or 'a body without a Content-Type'}.",
+            )
+        return single_values(await self._parse())
 
     async def _read(self, limit: int) -> None:
         """Read until the body ends or more than `limit` bytes are here."""
