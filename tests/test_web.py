@@ -855,7 +855,9 @@ def _refuse(job: Any) -> None:
 
 async def test_unknown_paths_wrong_methods_and_huge_bodies(api: Api) -> None:
     _error(await api.get("/admin/system/nothing"), 404, "There is no /admin/system/nothing here")
-    _error(await api.get(f"{BACKUP}/restore"), 405, "does not take GET")
+    wrong_method = await api.get(f"{BACKUP}/restore")
+    _error(wrong_method, 405, "does not take GET")
+    assert wrong_method.headers["allow"] == "POST"  # RFC 9110: a 405 says what is allowed
     huge = await api.send(
         "POST",
         f"{STORE}/validate",
@@ -1155,9 +1157,32 @@ async def test_contents_lists_a_backup_with_its_passcode_only(api: Api, kept: st
 async def test_contents_are_cut_at_the_limit_and_say_so(
     api: Api, kept: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    everything = (await api.post(f"{BACKUP}/contents", passcode=SECRET)).json()["entries"]
+    assert len(everything) > 3 and not everything[-1]["path"].startswith("data/nested")
     monkeypatch.setattr("strongroom.web.app.CONTENTS_LIMIT", 3)
     listed = (await api.post(f"{BACKUP}/contents", passcode=SECRET)).json()
     assert len(listed["entries"]) == 3 and listed["truncated"] is True
+    assert (listed["start"], listed["nextStart"]) == (1, 4)
+    pages, start = [], 1
+    while start != -1:  # a directory with more entries than a page is listed in full
+        page = (await api.post(f"{BACKUP}/contents", passcode=SECRET, start=str(start))).json()
+        pages.extend(page["entries"])
+        start = page["nextStart"]
+    assert pages == everything
+    under = {"f": "json", "token": TOKEN, "passcode": SECRET, "path": "data/nested", "start": "2"}
+    nested = await api.send("POST", f"{BACKUP}/contents", data=under)
+    assert [entry["path"] for entry in nested.json()["entries"]] == [
+        entry["path"] for entry in everything if entry["path"].startswith("data/nested")
+    ][1:4]
+    past_the_end = await api.post(f"{BACKUP}/contents", passcode=SECRET, start="999")
+    assert past_the_end.json()["entries"] == [] and past_the_end.json()["nextStart"] == -1
+    _error(await api.post(f"{BACKUP}/contents", passcode=SECRET, start="0"), 400, "start")
+    html = await api.send(
+        "POST", f"{BACKUP}/contents", data={"token": TOKEN, "passcode": SECRET, "start": "4"}
+    )
+    assert "Entries 4 to 6 are shown; there are more." in html.text
+    assert '<input type="hidden" name="start" value="7">' in html.text
+    assert SECRET not in html.text  # the next page's form asks for the passcode again
 
 
 async def test_the_backup_page_shows_contents_on_a_passcode(api: Api, kept: str) -> None:

@@ -70,8 +70,10 @@ MAX_KEEP_DAYS = 36_500
 DR = "/system/disasterrecovery"
 #: The most recent runs and backups a schedule's page shows.
 RECENT = 10
-#: The most entries one contents request answers with (narrow it with `path`).
+#: The most entries one contents request answers with (the next from `start`).
 CONTENTS_LIMIT = 10_000
+#: The highest `start` of a contents page (more entries than any backup holds).
+MAX_CONTENTS_START = 1_000_000_000
 #: How many of one app's requests that take a passcode run at once (`_Derivations`).
 KDF_REQUESTS = 2
 
@@ -424,20 +426,29 @@ class _AdminApi:
         return self._job_reply(call, job)
 
     async def contents(self, call: _Call) -> Reply:
-        """What the backup holds (a POST: it needs the passcode), up to CONTENTS_LIMIT
-        entries; `path` narrows it to one archive path."""
-        call.take_only("passcode", "path")
+        """What the backup holds (a POST: it needs the passcode), CONTENTS_LIMIT entries at
+        a time from `start` (1-based, as the jobs listing); `path` narrows it to one
+        archive path."""
+        call.take_only("passcode", "path", "start")
         name, store = call.path("name"), call.path("storeName")
         path = call.get("path")
+        start = whole_number("start", call.get("start") or "1", MAX_CONTENTS_START)
         entries = await self._derivations.run(
-            _first_entries,
+            _entries_from,
             self._engine,
             name,
             store,
             call.require("passcode"),
             [path] if path else [],
+            start,
         )
-        document = {"entries": entries[:CONTENTS_LIMIT], "truncated": len(entries) > CONTENTS_LIMIT}
+        more = len(entries) > CONTENTS_LIMIT
+        document = {
+            "entries": entries[:CONTENTS_LIMIT],
+            "truncated": more,
+            "start": start,
+            "nextStart": start + CONTENTS_LIMIT if more else -1,
+        }
         return Reply(document, "contents.html", {"store": store, "name": name, "path": path})
 
     async def delete(self, call: _Call) -> Reply:
@@ -653,7 +664,10 @@ class _AdminApi:
             404: f"There is no {request.url.path} here.",
             405: f"{request.url.path} does not take {request.method}.",
         }.get(code, str(getattr(exc, "detail", exc)))
-        return self._error(request, fmt if fmt in FORMATS else "json", code, message)
+        response = self._error(request, fmt if fmt in FORMATS else "json", code, message)
+        if isinstance(exc, HTTPException) and exc.headers:  # a 405's Allow (RFC 9110)
+            response.headers.update(exc.headers)
+        return response
 
     async def internal_error(self, request: Request, exc: Exception) -> Response:
         """The details go to the server log (the server logs the exception), not the client."""
@@ -757,12 +771,14 @@ def _start_of_day(text: str) -> int:
     return to_epoch_ms(moment)
 
 
-def _first_entries(
-    engine: Engine, name: str, store: str, passcode: str, paths: list[str]
+def _entries_from(
+    engine: Engine, name: str, store: str, passcode: str, paths: list[str], start: int
 ) -> list[dict[str, Any]]:
-    """Up to one more than CONTENTS_LIMIT entries (so a longer listing shows as truncated)."""
+    """Up to one more than CONTENTS_LIMIT entries from the `start`th (so a longer listing
+    shows as truncated)."""
     entries = engine.ls(name, paths, passcode=passcode, store=store)
-    return [entry.to_dict() for entry in itertools.islice(entries, CONTENTS_LIMIT + 1)]
+    page = itertools.islice(entries, start - 1, start - 1 + CONTENTS_LIMIT + 1)
+    return [entry.to_dict() for entry in page]
 
 
 async def _params(request: Request, body: Body, public: bool) -> dict[str, str]:
