@@ -956,6 +956,75 @@ async def test_pages_sign_in_with_a_cookie_and_refuse_other_sites(
     assert (await http.get(f"{STORE}/backups")).status_code == 401
 
 
+def _broken_listing(*_: object, **__: object) -> None:
+    raise RuntimeError("a bug")
+
+
+async def test_every_answer_forbids_framing_caching_and_other_sites_referer(
+    engine: Engine, tree: Path, tmp_path: Path, kept: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page another site frames (clickjacking: two clicks deleted a backup), a page Back
+    shows after signing out, a Referer carrying a URL's token: every kind of answer says
+    no, the server's own 500 too."""
+    transport = httpx.ASGITransport(app=_app(engine, tree, tmp_path), raise_app_exceptions=False)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        answers = {
+            "JSON": await http.get(DR, params={"f": "json"}, headers=bearer),
+            "page": await http.get(BACKUP, headers=bearer),
+            "sign-in page": await http.get(BACKUP),
+            "unknown path": await http.get(f"{DR}/nothing"),
+            "wrong method": await http.get(f"{BACKUP}/restore", headers=bearer),
+            "signed in": await http.post("/admin/login", data={"token": TOKEN}),
+            "contents": await http.post(
+                f"{BACKUP}/contents", data={"passcode": SECRET}, headers=bearer
+            ),
+        }
+        monkeypatch.setattr(Engine, "listing", _broken_listing)
+        answers["server failure"] = await http.get(f"{STORE}/backups", headers=bearer)
+    statuses = {what: answer.status_code for what, answer in answers.items()}
+    assert statuses == {
+        "JSON": 200,
+        "page": 200,
+        "sign-in page": 401,
+        "unknown path": 404,
+        "wrong method": 405,
+        "signed in": 303,
+        "contents": 200,
+        "server failure": 500,
+    }
+    for what, answer in answers.items():
+        headers = answer.headers
+        assert headers["x-frame-options"] == "DENY", what
+        policy = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy, what
+        assert headers["cache-control"] == "no-store", what
+        assert headers["referrer-policy"] == "same-origin", what
+        assert headers["x-content-type-options"] == "nosniff", what
+
+
+async def test_pages_show_control_and_format_characters_escaped(
+    api: Api, engine: Engine, tree: Path
+) -> None:
+    """A right-to-left override made `evil\u202etxt.exe` read as `evilexe.txt` on the
+    contents page, and a line break in a name read as a space; the CLI escaped both."""
+    (tree / "evil\u202etxt.exe").write_text("x")
+    (tree / "new\nline").write_text("x")
+    engine.create("odd", [tree], passcode=SECRET, description="pay\u202eslip \x1b[31m")
+    odd = f"{STORE}/backups/odd"
+    pages = [
+        await api.send("GET", odd, params={"token": TOKEN}),
+        await api.send("GET", f"{STORE}/backups", params={"token": TOKEN}),
+        await api.send("POST", f"{odd}/contents", data={"token": TOKEN, "passcode": SECRET}),
+    ]
+    for page in pages:
+        assert page.status_code == 200
+        assert "\u202e" not in page.text and "\x1b" not in page.text
+    assert all("pay\\u202eslip \\x1b[31m" in page.text for page in pages[:2])
+    contents = pages[2].text
+    assert "data/evil\\u202etxt.exe" in contents and "data/new\\nline" in contents
+
+
 async def test_pages_render_every_resource(api: Api, engine: Engine, kept: str) -> None:
     engine.update_retention(kept, _future())
     pages = {

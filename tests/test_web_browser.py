@@ -6,9 +6,13 @@ Needs the Debian packages `chromium` and `chromium-driver` (`make test` installs
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +191,55 @@ def test_the_backups_page_shows_sizes_and_acts_on_each_backup(
     delete.find_element(By.TAG_NAME, "button").click()
     WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith("/backups"))
     assert list(_rows(browser, "backups")) == [long_name]
+
+
+@contextmanager
+def _site_serving(directory: Path) -> Iterator[str]:
+    """Another site's pages on this host: `directory` served on a port of its own."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as site:
+        thread = threading.Thread(target=site.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{site.server_address[1]}"
+        finally:
+            site.shutdown()
+
+
+def test_another_page_cannot_frame_the_pages_nor_back_show_them_signed_out(
+    browser: WebDriver, serve: ServerFactory, tree: Path, tmp_path: Path
+) -> None:
+    """The attacks of a trial: a page on another port of the host (the same site, so the
+    SameSite cookie goes along) framed a backup's page see-through, and two clicks in the
+    frame deleted the backup; after Sign out, Back showed the decrypted contents again."""
+    server = serve([tree])
+    _create(server, "framed")
+    backup = f"{STORE}/backups/framed"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    frame = f'<iframe id="victim" src="{server.url}{backup}#delete" style="opacity:.5"></iframe>'
+    (evil / "frame.html").write_text(f"<!doctype html><p>Win a prize!</p>{frame}")
+    _sign_in(browser, server, backup)
+    assert browser.find_elements(By.ID, "confirm-delete")  # signed in, the page shows it
+
+    with _site_serving(evil) as site:
+        browser.get(f"{site}/frame.html")
+        browser.switch_to.frame("victim")
+        assert not browser.find_elements(By.ID, "confirm-delete"), "the page was framed"
+        browser.switch_to.default_content()
+
+    browser.get(server.url + backup)
+    contents = browser.find_element(By.ID, "contents")
+    contents.find_element(By.NAME, "passcode").send_keys(PASSCODE)
+    contents.find_element(By.TAG_NAME, "button").click()
+    WebDriverWait(browser, 30).until(lambda d: d.title.startswith("Contents of framed"))
+    browser.find_element(By.XPATH, "//button[text()='Sign out']").click()
+    WebDriverWait(browser, 30).until(lambda d: d.title.startswith("Sign in"))
+    browser.back()  # to the contents
+    assert "notes.md" not in browser.page_source and "Contents of" not in browser.title
+    browser.back()  # to the backup's page
+    assert not browser.find_elements(By.ID, "confirm-delete")
+    assert server.get(backup).status_code == 200  # nothing was deleted
 
 
 def test_a_backup_is_kept_until_a_day_chosen_in_the_form(

@@ -41,7 +41,7 @@ from .errors import (
     StrongroomError,
     os_error_text,
 )
-from .format import from_epoch_ms, utc_now
+from .format import from_epoch_ms, printable, utc_now
 from .jobrecord import OPERATION_NAMES
 from .jobs import JobStatus
 from .jobstore import check_location, has_password
@@ -508,7 +508,7 @@ def run_list(args: argparse.Namespace) -> int:
     engine = Engine()
     listing = engine.listing(args.store)
     backups, unreadable = listing.backups, listing.unreadable
-    store = _printable(engine.store(args.store).name)
+    store = printable(engine.store(args.store).name)
     if args.json:
         _print_json(listing.to_dict())
     elif not backups:
@@ -526,7 +526,7 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         _print_table(("NAME", "CREATED", "RETENTION DATE", "STORED", "DESCRIPTION"), rows)
     if unreadable:
-        names = ", ".join(_printable(name) for name in unreadable)
+        names = ", ".join(printable(name) for name in unreadable)
         raise IntegrityError(
             f"{len(unreadable)} backup(s) in store {store} are not listed because their "
             f"manifest does not read: {names}. 'strongroom info NAME' says why. Nothing was "
@@ -591,7 +591,7 @@ def run_ls(args: argparse.Namespace) -> int:
             mode = _KIND[entry.type] + stat.filemode(entry.mode)[1:]
             when = _date(entry.modified)
             line = f"{mode} {entry.size:>12} {when}  {line}"
-        print(_printable(line))
+        print(printable(line))
     return 0
 
 
@@ -631,7 +631,7 @@ def run_cleanup(args: argparse.Namespace) -> int:
         )
         print(f"{counted}{'; ' if errors else ''}{errors}.")
         for error in report.errors:
-            print(f"strongroom: error: {_printable(error)}", file=sys.stderr)
+            print(f"strongroom: error: {printable(error)}", file=sys.stderr)
     return 1 if report.failed or report.errors else 0
 
 
@@ -1155,20 +1155,8 @@ def _print_json(document: object) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
 
 
-def _printable(value: object) -> str:
-    """The value as text with its control characters escaped (`\\x1b`): descriptions and
-    names in listings come from a store, and need no passcode to be listed, so a planted
-    escape sequence must not reach the terminal, nor a newline break a table. A backslash
-    stays as it is, so that a path `ls` prints can be given back to it (`--json` tells a
-    name holding `\\n` from one holding a line break)."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _print_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[_printable(cell) for cell in row] for row in [header, *rows]]
+    cells = [[printable(cell) for cell in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         print(
@@ -1179,7 +1167,7 @@ def _print_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> 
 def _print_fields(fields: Iterable[tuple[str, object]], width: int) -> None:
     """One `key value` line per field, the values' control characters escaped."""
     for key, value in fields:
-        print(f"{key:<{width}} {_printable(value)}")
+        print(f"{key:<{width}} {printable(value)}")
 
 
 def _retention_options(parser: argparse.ArgumentParser, *, required: bool) -> None:

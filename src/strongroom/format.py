@@ -40,6 +40,7 @@ __all__ = [
     "parse_pending_key",
     "parse_retention_key",
     "pending_key",
+    "printable",
     "quoted",
     "retention_key",
     "slot_name_prefix",
@@ -115,6 +116,19 @@ def validate_description(value: object) -> str:
             f"{MAX_DESCRIPTION_LENGTH}."
         )
     return value
+
+
+def printable(value: object) -> str:
+    """The value as text with its control and format characters escaped (`\\x1b`,
+    `\\u202e`): names and descriptions come from a store or a request, so a planted escape
+    sequence must not reach a terminal, a newline break a table, nor a right-to-left
+    override make `evil\\u202etxt.exe` read as `evilexe.txt`. A backslash stays as it is,
+    so that a path shown can be given back (`--json` tells a name holding `\\n` from one
+    holding a line break)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def quoted(value: object, limit: int = 60) -> str:

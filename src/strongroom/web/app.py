@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, Router
+from starlette.types import ASGIApp
 
 from .. import schedules
 from ..config import COMPRESSIONS, StoresConfig, StoreSpec
@@ -54,6 +55,7 @@ from . import stores
 from .auth import COOKIE, Credentials, credentials, is_allowed
 from .body import TOKEN_WINDOW, Body, single_values
 from .fence import StoreFence
+from .headers import SecurityHeaders
 from .jobs import JobQuery, status_document
 from .params import whole_number
 from .readable import Pace
@@ -109,10 +111,18 @@ def create_app(
         plugin_manager or engine.plugin_manager,
         StoreFence(allow_stores),
     )
-    return Starlette(
+    return _AdminApp(
         routes=api.routes,
         exception_handlers={HTTPException: api.http_error, Exception: api.internal_error},
     )
+
+
+class _AdminApp(Starlette):
+    """The admin API's app: every answer passes SecurityHeaders, the server's own 500s too
+    (Starlette answers those outside any middleware it is given)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def _remove_killed_restores(restore_dir: Path) -> None:

@@ -3,7 +3,8 @@
 Errors are `{"status": "error", "messages": [...], "code": N}` with HTTP status N, as
 the products' admin APIs write them; HTML callers get the same messages as a page (or
 the sign-in page, for a missing or refused token). Pages are Jinja2 templates with
-autoescaping on, so nothing a client sends is ever interpreted as markup.
+autoescaping on, so nothing a client sends is ever interpreted as markup, and every value
+they show has its control and format characters escaped (`_shown`).
 
 A name from a backup or a source may not be UTF-8 (Python holds its bytes as surrogate
 escapes): every answer is encoded by `_utf8`, so such a name goes out as the escape
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
+import markupsafe
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -39,6 +41,7 @@ from ..errors import (
     UnknownStoreError,
     UnsafeArchiveError,
 )
+from ..format import printable
 from . import readable
 
 __all__ = ["FORMATS", "SUCCESS", "ApiError", "Pages", "Reply", "error_document", "status_of"]
@@ -103,6 +106,7 @@ class Pages:
             loader=jinja2.PackageLoader("strongroom.web"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
+            finalize=_shown,
         )
         readable.register(self._templates)
 
@@ -144,6 +148,16 @@ class Pages:
     ) -> Response:
         html = self._templates.get_template(template).render(request=request, **links, **context)
         return Response(_utf8(html), status, headers, media_type="text/html")
+
+
+def _shown(value: object) -> object:
+    """Every value a template writes (Jinja's finalize, so no template can forget it), its
+    control and format characters escaped as `printable` does: a file named
+    `evil\u202etxt.exe` read as `evilexe.txt`, and one holding a line break as a space.
+    Markup is the templates' own (a macro's HTML), made of values shown this way."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return printable(value)
+    return value
 
 
 def _json(
