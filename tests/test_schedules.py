@@ -597,6 +597,16 @@ def test_an_unexpected_error_is_logged_and_the_schedules_keep_running(
     assert "RuntimeError: a bug in tick" in caplog.text
 
 
+def test_a_damaged_schedule_is_named_in_its_command_quoted_for_a_shell(home: Path) -> None:
+    """A table's name written by hand may hold anything; the command that removes it,
+    pasted into a shell, must remove that schedule and run nothing else."""
+    name = "<img src=x> it's; rm -rf ~"
+    home.mkdir()
+    (home / "config.toml").write_text(f"[schedules]\n{json.dumps(name)} = 1\n")
+    _, damaged = load_schedules(StoresConfig.load())
+    assert "(strongroom schedules remove '<img src=x> it'\"'\"'s; rm -rf ~')" in damaged[name]
+
+
 def test_a_damaged_schedule_stops_no_other(
     engine: Engine,
     home: Path,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import binascii
 import re
+import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -288,7 +289,7 @@ class Schedule:
         where = f"{path}: [schedules.{name}]"
         if not isinstance(table, Mapping):  # `schedules.NAME = 1` written by hand
             raise ConfigError(
-                f"{where} is not a table; remove it ('strongroom schedules remove {name}')."
+                f"{where} is not a table; remove it ({_remove_command(name)})."
             )
         unknown = sorted(set(table) - _TABLE_KEYS)
         if unknown:
@@ -315,8 +316,14 @@ class Schedule:
         except (KeyError, TypeError, ValueError, OverflowError, binascii.Error):
             raise ConfigError(
                 f"{where} is damaged (a missing or malformed store, created or write_key); "
-                f"remove it ('strongroom schedules remove {name}') and add it again."
+                f"remove it ({_remove_command(name)}) and add it again."
             ) from None
+
+
+def _remove_command(name: str) -> str:
+    """The command that removes the schedule `name`, quoted for a shell: a hand-written
+    table's name may hold anything (`<img src=x>`, a quote, a space)."""
+    return f"strongroom schedules remove {shlex.quote(name)}"
 
 
 def load_schedules(config: StoresConfig) -> tuple[dict[str, Schedule], dict[str, str]]:
@@ -422,7 +429,7 @@ def _check_new(config: StoresConfig, name: str, store: str | None) -> str:
     if name in config.schedules:
         raise ConfigError(
             f"A schedule named {name!r} already exists; choose another name, or remove "
-            f"it first ('strongroom schedules remove {name}')."
+            f"it first ({_remove_command(name)})."
         )
     return config.get(store).name
 
