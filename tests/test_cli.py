@@ -33,7 +33,7 @@ import pytest
 import strongroom.scheduler
 from strongroom import ConfigError, Engine, StoresConfig, StoreSpec
 from strongroom.cli import main
-from strongroom.web.auth import hash_token
+from strongroom.web.auth import configured_hashes, hash_token
 from strongroom.web.serve import _listen
 from tests.conftest import (
     FAST_KDF,
@@ -1366,7 +1366,41 @@ def test_token_new_prints_each_token_once_and_keeps_only_its_hash(cli: Cli, home
     assert all(len(token) >= 40 for token in tokens)
     path = home / "api-tokens"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_text().split() == [hash_token(token) for token in tokens]
+    assert [line.split()[0] for line in path.read_text().splitlines()] == [
+        hash_token(token) for token in tokens
+    ]
+    assert "# added " in path.read_text()
+
+
+def test_a_token_is_removed_by_the_id_that_token_list_shows(
+    cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token that leaked (a URL's token=… in a browser's history) can be refused again
+    without editing the token file by hand."""
+    first, second = (cli("token", "new") for _ in range(2))
+    first_id = hash_token(first.out.strip())[:12]
+    assert f"Its id is {first_id}" in first.err
+    monkeypatch.setenv("STRONGROOM_API_TOKEN_HASHES", hash_token("from-the-environment"))
+    listed = json.loads(cli("token", "list", "--json").out)
+    assert [(entry["token_id"], entry["source"]) for entry in listed] == [
+        (first_id, "api-tokens"),
+        (hash_token(second.out.strip())[:12], "api-tokens"),
+        (hash_token("from-the-environment")[:12], "STRONGROOM_API_TOKEN_HASHES"),
+    ]
+    assert listed[0]["comment"].startswith("added ")
+    assert first_id in cli("token", "list").out
+
+    assert cli("token", "remove", "abc").code == 3  # too short to name one surely
+    outside = cli("token", "remove", hash_token("from-the-environment")[:10])
+    assert outside.code == 3 and "STRONGROOM_API_TOKEN_HASHES" in outside.error_line
+    assert cli("token", "remove", first_id.upper()).code == 0
+    assert configured_hashes(home) == [
+        hash_token(second.out.strip()),
+        hash_token("from-the-environment"),
+    ]
+    again = cli("token", "remove", first_id)
+    assert again.code == 3 and "token list" in again.error_line
+    assert stat.S_IMODE((home / "api-tokens").stat().st_mode) == 0o600
 
 
 def test_serve_refuses_a_source_that_does_not_exist(cli: Cli, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ from strongroom.plugins import get_plugin_manager
 from strongroom.store import StoreCapabilities
 from strongroom.units import human_size
 from strongroom.web import create_app
-from strongroom.web.auth import COOKIE, add_token, hash_token
+from strongroom.web.auth import COOKIE, add_token, hash_token, remove_token
 from strongroom.web.settings import SETTINGS_FILE
 from tests.conftest import (
     FAST_KDF,
@@ -427,9 +427,16 @@ async def test_the_token_file_holds_hashes_only(
     _error(await api.get(DR), 401, "not valid")
     path = add_token("from-the-file-0123")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_text() == hash_token("from-the-file-0123") + "\n"
+    assert path.read_text().startswith(hash_token("from-the-file-0123") + "  # added ")
+    assert "from-the-file-0123" not in path.read_text()
     assert (await api.get(DR, token="from-the-file-0123")).status_code == 200
     _error(await api.get(DR), 401, "not valid")
+
+    signed_in = await api.send("POST", "/admin/login", data={"token": "from-the-file-0123"})
+    assert signed_in.status_code == 303
+    assert (await api.http.get(DR)).status_code == 200  # the cookie holds the token
+    remove_token(hash_token("from-the-file-0123")[:12])
+    assert (await api.http.get(DR)).status_code == 401  # removed: refused, cookie or not
 
 
 class _HostAuth:

@@ -425,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     token = _command(commands, "token", "manage the admin API's tokens", None)
     token_commands = token.add_subparsers(required=True, metavar="ACTION")
     _command(token_commands, "new", "print a new token and accept it from now on", run_token_new)
+    listed = _command(token_commands, "list", "show the accepted tokens' ids", run_token_list)
+    _json_option(listed)
+    remove = _command(
+        token_commands, "remove", "stop accepting a token (signed-in pages too)", run_token_remove
+    )
+    remove.add_argument("token_id", metavar="ID", help="its id, as 'token list' shows it")
     return parser
 
 
@@ -934,16 +940,39 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 def run_token_new(args: argparse.Namespace) -> int:
-    from .web.auth import add_token, new_token
+    from .web.auth import TOKEN_ID, add_token, hash_token, new_token
 
     token = new_token()
     path = add_token(token)
     print(token)
     print(
         f"strongroom: its SHA-256 hash was added to {path}; the token itself is stored "
-        "nowhere, so keep it now.",
+        f"nowhere, so keep it now. Its id is {hash_token(token)[:TOKEN_ID]} "
+        "('strongroom token remove ID' stops accepting it).",
         file=sys.stderr,
     )
+    return 0
+
+
+def run_token_list(args: argparse.Namespace) -> int:
+    from .web.auth import token_entries
+
+    entries = token_entries()
+    if args.json:
+        _print_json([asdict(entry) for entry in entries])
+    elif entries:
+        rows = [(entry.token_id, entry.source, entry.comment) for entry in entries]
+        _print_table(("ID", "FROM", "COMMENT"), rows)
+    else:
+        print("No tokens: 'strongroom token new' makes one.")
+    return 0
+
+
+def run_token_remove(args: argparse.Namespace) -> int:
+    from .web.auth import remove_token
+
+    path = remove_token(args.token_id)
+    print(f"Removed the token {args.token_id} from {path}; it is refused from now on.")
     return 0
 
 

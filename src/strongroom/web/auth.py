@@ -6,7 +6,8 @@ sets, or the form field `token` of a POST. A `strongroom_authenticate` hook deci
 no plugin answers, the token's SHA-256 must be one of the hashes in
 `$STRONGROOM_HOME/api-tokens` (one hex hash per line, `#` comments) or in
 `$STRONGROOM_API_TOKEN_HASHES` (comma-separated). Tokens themselves are stored nowhere,
-so a copy of the file or the environment does not let anyone in.
+so a copy of the file or the environment does not let anyone in. `strongroom token
+list` and `remove` name a token by the start of its hash.
 """
 
 from __future__ import annotations
@@ -22,20 +23,31 @@ import pluggy
 from starlette.requests import Request
 
 from ..config import strongroom_home, write_private
+from ..errors import ConfigError
+from ..format import utc_now
 
 __all__ = [
     "COOKIE",
+    "MIN_TOKEN_ID",
+    "TOKEN_ID",
     "Credentials",
+    "TokenEntry",
     "add_token",
     "configured_hashes",
     "credentials",
     "hash_token",
     "is_allowed",
     "new_token",
+    "remove_token",
+    "token_entries",
     "tokens_path",
 ]
 
 TOKENS_FILE = "api-tokens"
+#: Hex characters of a token's hash that `strongroom token list` shows as its id, and the
+#: fewest that `strongroom token remove` takes.
+TOKEN_ID = 12
+MIN_TOKEN_ID = 8
 TOKEN_HASHES_ENV = "STRONGROOM_API_TOKEN_HASHES"
 #: The cookie the HTML sign-in sets: HttpOnly, SameSite=Strict, scoped to the admin root.
 COOKIE = "strongroom_token"
@@ -65,17 +77,80 @@ def new_token() -> str:
 
 
 def add_token(token: str, home: Path | None = None) -> Path:
-    """Add the token's hash to `home`'s token file (rewritten atomically, owner-only);
-    return the file."""
+    """Add the token's hash to `home`'s token file (rewritten atomically, owner-only), with
+    the time it was added as its comment; return the file."""
     path = tokens_path(home)
-    try:
-        kept = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        kept = ""
-    if kept and not kept.endswith("\n"):
-        kept += "\n"
-    write_private(path, kept + hash_token(token) + "\n")
+    kept = _token_lines(path)
+    added = utc_now().strftime("%Y-%m-%d %H:%M UTC")
+    write_private(path, "".join(kept) + f"{hash_token(token)}  # added {added}\n")
     return path
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """An accepted token as `strongroom token list` shows it: its id (the start of its
+    hash), its comment, and where it is configured."""
+
+    token_id: str
+    comment: str
+    source: str
+
+
+def token_entries(home: Path | None = None) -> list[TokenEntry]:
+    """Every accepted token hash, from `home`'s token file, then the environment."""
+    entries = [
+        TokenEntry(_hash_of(line)[:TOKEN_ID], line.partition("#")[2].strip(), TOKENS_FILE)
+        for line in _token_lines(tokens_path(home))
+        if _hash_of(line)
+    ]
+    for digest in _environment_hashes():
+        entries.append(TokenEntry(digest[:TOKEN_ID], "", TOKEN_HASHES_ENV))
+    return entries
+
+
+def remove_token(token_id: str, home: Path | None = None) -> Path:
+    """Stop accepting the one token of `home`'s token file whose hash starts with
+    `token_id` (at least MIN_TOKEN_ID hex characters); return the file. ConfigError if
+    none or several do."""
+    wanted = token_id.strip().lower()
+    if len(wanted) < MIN_TOKEN_ID or not all(c in "0123456789abcdef" for c in wanted):
+        raise ConfigError(
+            f"A token id is at least {MIN_TOKEN_ID} hex characters of its hash, as "
+            "'strongroom token list' shows them."
+        )
+    path = tokens_path(home)
+    lines = _token_lines(path)
+    matching = [line for line in lines if _hash_of(line).startswith(wanted)]
+    if len(matching) > 1:
+        raise ConfigError(f"{len(matching)} tokens' hashes start with {wanted}; give more of it.")
+    if not matching:
+        elsewhere = any(digest.startswith(wanted) for digest in _environment_hashes())
+        where = f" (it is set in {TOKEN_HASHES_ENV}: remove it there)" if elsewhere else ""
+        raise ConfigError(
+            f"No token in {path} has a hash starting with {wanted}{where}; "
+            "'strongroom token list' shows the ids."
+        )
+    write_private(path, "".join(line for line in lines if line not in matching))
+    return path
+
+
+def _token_lines(path: Path) -> list[str]:
+    """The token file's lines, each ending in a newline ([] when there is no file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [line + "\n" for line in text.splitlines()]
+
+
+def _hash_of(line: str) -> str:
+    """The hash a token file's line holds ("" for a comment or a blank line)."""
+    return line.partition("#")[0].strip().lower()
+
+
+def _environment_hashes() -> list[str]:
+    digests = (digest.strip().lower() for digest in os.environ.get(TOKEN_HASHES_ENV, "").split(","))
+    return [digest for digest in digests if digest]
 
 
 def credentials(request: Request) -> Credentials:
@@ -111,10 +186,5 @@ def is_allowed(
 
 def configured_hashes(home: Path | None = None) -> list[str]:
     """Every accepted token hash, from `home`'s token file and the environment."""
-    hashes = [h.strip() for h in os.environ.get(TOKEN_HASHES_ENV, "").split(",")]
-    try:
-        lines = tokens_path(home).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        lines = []
-    hashes += [line.split("#", 1)[0].strip() for line in lines]
-    return [h.lower() for h in hashes if h]
+    from_file = [_hash_of(line) for line in _token_lines(tokens_path(home))]
+    return [digest for digest in from_file if digest] + _environment_hashes()
