@@ -33,7 +33,7 @@ import pytest
 import strongroom.scheduler
 from strongroom import ConfigError, Engine, StoresConfig, StoreSpec
 from strongroom.cli import main
-from strongroom.web.auth import configured_hashes, hash_token
+from strongroom.web.auth import add_token, configured_hashes, hash_token
 from strongroom.web.serve import _listen
 from tests.conftest import (
     FAST_KDF,
@@ -1381,8 +1381,8 @@ def test_a_token_is_removed_by_the_id_that_token_list_shows(
     first_id = hash_token(first.out.strip())[:12]
     assert f"Its id is {first_id}" in first.err
     monkeypatch.setenv("STRONGROOM_API_TOKEN_HASHES", hash_token("from-the-environment"))
-    listed = json.loads(cli("token", "list", "--json").out)
-    assert [(entry["token_id"], entry["source"]) for entry in listed] == [
+    listed = json.loads(cli("token", "list", "--json").out)["tokens"]
+    assert [(entry["tokenId"], entry["source"]) for entry in listed] == [
         (first_id, "api-tokens"),
         (hash_token(second.out.strip())[:12], "api-tokens"),
         (hash_token("from-the-environment")[:12], "STRONGROOM_API_TOKEN_HASHES"),
@@ -1401,6 +1401,16 @@ def test_a_token_is_removed_by_the_id_that_token_list_shows(
     again = cli("token", "remove", first_id)
     assert again.code == 3 and "token list" in again.error_line
     assert stat.S_IMODE((home / "api-tokens").stat().st_mode) == 0o600
+
+    second_hash = hash_token(second.out.strip())
+    with (home / "api-tokens").open("a") as tokens:  # pasted again, in upper case
+        tokens.write(second_hash.upper() + "\r\n")
+    assert cli("token", "remove", second_hash).code == 0  # every line that holds it
+    add_token("listed-twice")
+    monkeypatch.setenv("STRONGROOM_API_TOKEN_HASHES", hash_token("listed-twice"))
+    both = cli("token", "remove", hash_token("listed-twice")[:12])
+    assert both.code == 3 and "remove it there" in both.error_line  # else still accepted
+    assert hash_token("listed-twice") in (home / "api-tokens").read_text()
 
 
 def test_serve_refuses_a_source_that_does_not_exist(cli: Cli, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import stat
 import threading
@@ -600,11 +602,18 @@ def test_an_unexpected_error_is_logged_and_the_schedules_keep_running(
 def test_a_damaged_schedule_is_named_in_its_command_quoted_for_a_shell(home: Path) -> None:
     """A table's name written by hand may hold anything; the command that removes it,
     pasted into a shell, must remove that schedule and run nothing else."""
-    name = "<img src=x> it's; rm -rf ~"
+    names = ["<img src=x> it's; rm -rf ~", "-v"]
     home.mkdir()
-    (home / "config.toml").write_text(f"[schedules]\n{json.dumps(name)} = 1\n")
+    tables = "".join(f"{json.dumps(name)} = 1\n" for name in names)
+    (home / "config.toml").write_text(f"[schedules]\n{tables}")
     _, damaged = load_schedules(StoresConfig.load())
-    assert "(strongroom schedules remove '<img src=x> it'\"'\"'s; rm -rf ~')" in damaged[name]
+    quoted = "'<img src=x> it'\"'\"'s; rm -rf ~'"
+    assert f"(strongroom schedules remove -- {quoted})" in damaged[names[0]]
+    for name in names:  # the command as printed, run as a shell would split it
+        command = re.search(r"\(strongroom (schedules remove .*)\)", damaged[name])
+        assert command is not None
+        assert main(shlex.split(command.group(1))) == 0
+    assert load_schedules(StoresConfig.load()) == ({}, {})
 
 
 def test_a_damaged_schedule_stops_no_other(
@@ -633,7 +642,7 @@ def test_a_damaged_schedule_stops_no_other(
     ]
     warnings = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
     assert len(warnings) == 1 and "[schedules.broken] is damaged" in warnings[0]
-    assert "schedules remove broken" in warnings[0]
+    assert "schedules remove -- broken" in warnings[0]
     capsys.readouterr()
     assert main(["schedules", "list", "--json"]) == 3
     out, err = capsys.readouterr()

@@ -1013,7 +1013,7 @@ async def test_every_answer_forbids_framing_caching_and_other_sites_referer(
 async def test_pages_show_control_and_format_characters_escaped(
     api: Api, engine: Engine, tree: Path
 ) -> None:
-    """A right-to-left override made `evil\u202etxt.exe` read as `evilexe.txt` on the
+    """A right-to-left override made `evil\\u202etxt.exe` read as `evilexe.txt` on the
     contents page, and a line break in a name read as a space; the CLI escaped both."""
     (tree / "evil\u202etxt.exe").write_text("x")
     (tree / "new\nline").write_text("x")
@@ -1030,6 +1030,28 @@ async def test_pages_show_control_and_format_characters_escaped(
     assert all("pay\\u202eslip \\x1b[31m" in page.text for page in pages[:2])
     contents = pages[2].text
     assert "data/evil\\u202etxt.exe" in contents and "data/new\\nline" in contents
+
+
+async def test_the_next_contents_page_keeps_a_path_that_pages_show_escaped(
+    api: Api, engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A form field's value is sent back as given: escaped like shown text, the hidden
+    path named another path, and the next page was a 400 "Not in backup"."""
+    odd = tree / "dir\u202e\u00a0x"
+    odd.mkdir()
+    for number in range(3):
+        (odd / f"{number}.txt").write_text("x")
+    engine.create("odd", [tree], passcode=SECRET)
+    monkeypatch.setattr("strongroom.web.app.CONTENTS_LIMIT", 2)
+    url = f"{STORE}/backups/odd/contents"
+    form = {"token": TOKEN, "passcode": SECRET, "path": "data/dir\u202e\u00a0x"}
+    first = await api.send("POST", url, data=form)
+    hidden = re.search(r'name="path" value="([^"]*)"', first.text)
+    assert hidden is not None and hidden.group(1) == form["path"]
+    following = await api.send("POST", url, data={**form, "path": hidden.group(1), "start": "3"})
+    assert following.status_code == 200 and "2.txt" in following.text
+    past = await api.send("POST", url, data={**form, "start": "99"})
+    assert "There are fewer than 99 entries." in past.text
 
 
 async def test_pages_render_every_resource(api: Api, engine: Engine, kept: str) -> None:

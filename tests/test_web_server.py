@@ -366,6 +366,10 @@ def test_serve_says_where_the_admin_api_is_and_the_entrances_lead_there(
     for entrance in ("/", "/admin", "/admin/"):
         response = httpx.get(server.url + entrance, follow_redirects=False, timeout=30)
         assert response.is_redirect and response.headers["location"] == home, entrance
+        assert response.headers["x-frame-options"] == "DENY", entrance
+        assert response.headers.get_list("cache-control") == ["no-store"], entrance
+    page = httpx.get(server.url + home, timeout=30)  # the admin app's: once, not twice
+    assert page.headers.get_list("x-frame-options") == ["DENY"]
 
 
 # -- schedules --------------------------------------------------------------------------

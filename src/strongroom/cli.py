@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result: int = args.run(args)
         return result
     except StrongroomError as exc:
-        print(f"strongroom: error: {exc}", file=sys.stderr)
+        print(f"strongroom: error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         undone = {  # an interrupt after the move finds the restore done
@@ -959,7 +959,7 @@ def run_token_list(args: argparse.Namespace) -> int:
 
     entries = token_entries()
     if args.json:
-        _print_json([asdict(entry) for entry in entries])
+        _print_json({"tokens": [entry.to_dict() for entry in entries]})
     elif entries:
         rows = [(entry.token_id, entry.source, entry.comment) for entry in entries]
         _print_table(("ID", "FROM", "COMMENT"), rows)

@@ -288,9 +288,7 @@ class Schedule:
     def from_table(cls, path: Path, name: str, table: object) -> Schedule:
         where = f"{path}: [schedules.{name}]"
         if not isinstance(table, Mapping):  # `schedules.NAME = 1` written by hand
-            raise ConfigError(
-                f"{where} is not a table; remove it ({_remove_command(name)})."
-            )
+            raise ConfigError(f"{where} is not a table; remove it ({_remove_command(name)}).")
         unknown = sorted(set(table) - _TABLE_KEYS)
         if unknown:
             raise ConfigError(f"{where} has unknown keys {unknown}; see 'strongroom schedules'.")
@@ -322,8 +320,8 @@ class Schedule:
 
 def _remove_command(name: str) -> str:
     """The command that removes the schedule `name`, quoted for a shell: a hand-written
-    table's name may hold anything (`<img src=x>`, a quote, a space)."""
-    return f"strongroom schedules remove {shlex.quote(name)}"
+    table's name may hold anything (`<img src=x>`, a quote, a space, a leading -)."""
+    return f"strongroom schedules remove -- {shlex.quote(name)}"
 
 
 def load_schedules(config: StoresConfig) -> tuple[dict[str, Schedule], dict[str, str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pluggy
 from starlette.requests import Request
 
-from ..config import strongroom_home, write_private
+from ..config import editing, strongroom_home, write_private
 from ..errors import ConfigError
 from ..format import utc_now
 
@@ -77,12 +77,13 @@ def new_token() -> str:
 
 
 def add_token(token: str, home: Path | None = None) -> Path:
-    """Add the token's hash to `home`'s token file (rewritten atomically, owner-only), with
-    the time it was added as its comment; return the file."""
+    """Add the token's hash to `home`'s token file (rewritten atomically, owner-only, under
+    the lock of `editing`), with the time it was added as its comment; return the file."""
     path = tokens_path(home)
-    kept = _token_lines(path)
     added = utc_now().strftime("%Y-%m-%d %H:%M UTC")
-    write_private(path, "".join(kept) + f"{hash_token(token)}  # added {added}\n")
+    with editing(path):
+        kept = _token_lines(path)
+        write_private(path, "".join(kept) + f"{hash_token(token)}  # added {added}\n")
     return path
 
 
@@ -94,6 +95,9 @@ class TokenEntry:
     token_id: str
     comment: str
     source: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"tokenId": self.token_id, "comment": self.comment, "source": self.source}
 
 
 def token_entries(home: Path | None = None) -> list[TokenEntry]:
@@ -109,28 +113,33 @@ def token_entries(home: Path | None = None) -> list[TokenEntry]:
 
 
 def remove_token(token_id: str, home: Path | None = None) -> Path:
-    """Stop accepting the one token of `home`'s token file whose hash starts with
-    `token_id` (at least MIN_TOKEN_ID hex characters); return the file. ConfigError if
-    none or several do."""
+    """Stop accepting the token of `home`'s token file whose hash starts with `token_id`
+    (at least MIN_TOKEN_ID hex characters): every line holding that hash goes; return the
+    file. ConfigError, with nothing changed, if no hash or several start so, or if the
+    environment accepts it too (removing it from the file would not refuse it)."""
     wanted = token_id.strip().lower()
     if len(wanted) < MIN_TOKEN_ID or not all(c in "0123456789abcdef" for c in wanted):
         raise ConfigError(
             f"A token id is at least {MIN_TOKEN_ID} hex characters of its hash, as "
             "'strongroom token list' shows them."
         )
-    path = tokens_path(home)
-    lines = _token_lines(path)
-    matching = [line for line in lines if _hash_of(line).startswith(wanted)]
-    if len(matching) > 1:
-        raise ConfigError(f"{len(matching)} tokens' hashes start with {wanted}; give more of it.")
-    if not matching:
-        elsewhere = any(digest.startswith(wanted) for digest in _environment_hashes())
-        where = f" (it is set in {TOKEN_HASHES_ENV}: remove it there)" if elsewhere else ""
+    if any(digest.startswith(wanted) for digest in _environment_hashes()):
         raise ConfigError(
-            f"No token in {path} has a hash starting with {wanted}{where}; "
-            "'strongroom token list' shows the ids."
+            f"The token {wanted} is accepted through {TOKEN_HASHES_ENV}; remove it there "
+            "(and then here, if 'strongroom token list' still shows it)."
         )
-    write_private(path, "".join(line for line in lines if line not in matching))
+    path = tokens_path(home)
+    with editing(path):
+        lines = _token_lines(path)
+        hashes = {_hash_of(line) for line in lines if _hash_of(line).startswith(wanted)}
+        if len(hashes) > 1:
+            raise ConfigError(f"{len(hashes)} tokens' hashes start with {wanted}; give more of it.")
+        if not hashes:
+            raise ConfigError(
+                f"No token in {path} has a hash starting with {wanted}; 'strongroom token "
+                "list' shows the ids."
+            )
+        write_private(path, "".join(line for line in lines if _hash_of(line) not in hashes))
     return path
 
 

@@ -109,6 +109,7 @@ class Pages:
             finalize=_shown,
         )
         readable.register(self._templates)
+        self._templates.filters["field"] = _field
 
     def reply(self, request: Request, fmt: str, reply: Reply, links: Mapping[str, Any]) -> Response:
         if fmt != "html":
@@ -153,11 +154,17 @@ class Pages:
 def _shown(value: object) -> object:
     """Every value a template writes (Jinja's finalize, so no template can forget it), its
     control and format characters escaped as `printable` does: a file named
-    `evil\u202etxt.exe` read as `evilexe.txt`, and one holding a line break as a space.
-    Markup is the templates' own (a macro's HTML), made of values shown this way."""
+    `evil\\u202etxt.exe` read as `evilexe.txt`, and one holding a line break as a space.
+    Markup is the templates' own (a macro's HTML, or a form field's value: `_field`)."""
     if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
         return printable(value)
     return value
+
+
+def _field(value: object) -> markupsafe.Markup:
+    """A form field's value as it was given (escaped for HTML, not by `_shown`): a path
+    sent back in a hidden field must name the same path."""
+    return markupsafe.escape(value)
 
 
 def _json(

@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..scheduler import ScheduleRunner
 from .app import DR, create_app
 from .auth import configured_hashes, tokens_path
+from .headers import SecurityHeaders
 from .settings import DrSettings
 
 __all__ = ["serve"]
@@ -98,7 +99,8 @@ def serve(
     listener = _listen(host, port, shown)
     port = listener.getsockname()[1]  # the one the system picked, for port 0
     print(f"strongroom: serving the admin API at http://{shown}:{port}{home}", file=sys.stderr)
-    config = uvicorn.Config(server, host=host, port=port, log_config=_log_config())
+    # the entrances' redirects too carry the admin answers' headers
+    config = uvicorn.Config(SecurityHeaders(server), host=host, port=port, log_config=_log_config())
     uvicorn.Server(config).run(sockets=[listener])
 
 
