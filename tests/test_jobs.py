@@ -488,9 +488,10 @@ def test_a_job_of_a_living_process_is_left_alone_until_that_process_dies(home: P
     watcher.close()
     assert failed.status is JobStatus.FAILED
     assert failed.messages[-1] == (
-        "The strongroom process running this job stopped while the job was EXECUTING; "
-        "the job did not finish: a create's half-written backup is never listed, and a "
-        "restore's never lands at its target."
+        "The strongroom process running this job stopped before it recorded the job's end "
+        "(last recorded: EXECUTING). What it had not finished is not visible: a create's "
+        "half-written backup is never listed, and a restore's never lands at its target; a "
+        "backup that is listed (a restore whose target exists) finished before it stopped."
     )
 
 

@@ -181,7 +181,8 @@ def test_a_job_of_a_replica_killed_mid_job_reads_failed_and_never_runs_again(
     assert time.monotonic() - killed < LEASE.total_seconds() + 1
     job = watcher.get(jobid)
     assert job.messages[-1].startswith(
-        "The strongroom process running this job stopped while the job was EXECUTING"
+        "The strongroom process running this job stopped before it recorded the job's end "
+        "(last recorded: EXECUTING)"
     )
     assert [(s.name, s.state) for s in job.stages] == [("writing", "failed")]
 
@@ -265,6 +266,9 @@ def _fail_elsewhere(location: str, jobid: str) -> None:
 def test_a_bad_job_database_url_says_what_is_accepted(home: Path) -> None:
     with pytest.raises(ConfigError, match=r"sqlite:/// or postgresql://, not mysql://"):
         JobManager("mysql://db/jobs")
+    with pytest.raises(ConfigError, match=r"not valid \(Invalid IPv6 URL\)") as caught:
+        JobManager("postgres://someone:Sekret-Pa55@[::1:5432/db")  # once a traceback
+    assert "Sekret-Pa55" not in str(caught.value)
 
 
 def test_without_psycopg_a_postgresql_url_says_what_to_install(
@@ -274,6 +278,24 @@ def test_without_psycopg_a_postgresql_url_says_what_to_install(
     monkeypatch.setitem(sys.modules, "psycopg", None)  # what a missing package looks like
     with pytest.raises(ConfigError, match=r"pip install 'strongroom\[postgres\]'"):
         JobManager("postgresql://nobody@127.0.0.1:1/jobs")
+
+
+def test_serve_does_not_start_on_a_job_table_a_newer_strongroom_wrote(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It started, and answered every jobs, create and status call 409 "newer"; an outage
+    only warns (the database may come back), this does not pass by itself."""
+    table = tmp_path / "jobs.sqlite3"
+    JobManager(table).close()
+    with sqlite3.connect(table) as db:
+        db.execute("PRAGMA user_version = 99")
+
+    def run(*_: object, **__: object) -> None:
+        raise AssertionError("served on a newer job table")
+
+    monkeypatch.setattr("uvicorn.Server.run", run)
+    assert main(["serve", "--port", "0", "--jobs-db", str(table)]) == JobError.exit_code
+    assert "written by a newer strongroom (schema 99)" in capsys.readouterr().err
 
 
 def test_a_newer_schema_is_refused(postgres_url: str) -> None:
@@ -318,7 +340,7 @@ def test_a_job_runs_on_while_postgresql_is_down_and_its_end_is_recorded_after(
         assert midway.wait(10)
         own_postgres.stop()
         proceed.set()
-        with pytest.raises(JobStoreUnavailableError, match="cannot be reached"):
+        with pytest.raises(JobStoreUnavailableError, match="cannot be used"):
             jobs.submit("create", lambda job: None)
         ended = jobs.wait(submitted.jobid, timeout=20)
         assert ended.status is JobStatus.COMPLETED  # as this replica knows it
@@ -564,7 +586,7 @@ def test_a_postgresql_call_that_hangs_fails_within_the_lease(postgres_url: str) 
         manager.close()
         holder.execute("SELECT * FROM strongroom_jobs FOR UPDATE")  # its transaction stays open
         started = time.monotonic()
-        with pytest.raises(JobStoreUnavailableError, match="cannot be reached"):
+        with pytest.raises(JobStoreUnavailableError, match="cannot be used"):
             store.save(job)
         assert time.monotonic() - started < LEASE.total_seconds()
         holder.rollback()
@@ -578,7 +600,9 @@ def test_a_postgresql_call_that_hangs_fails_within_the_lease(postgres_url: str) 
         store.close()
 
 
-@pytest.mark.parametrize("url", ["sqlite://jobs.db", "sqlite:///", "mysql://db/jobs"])
+@pytest.mark.parametrize(
+    "url", ["sqlite://jobs.db", "sqlite:///", "mysql://db/jobs", "postgres://u@[::1:5432/db"]
+)
 def test_serve_refuses_a_bad_job_database_url_at_once(
     home: Path, url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

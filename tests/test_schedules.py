@@ -353,6 +353,23 @@ def test_each_slot_runs_once_and_a_missed_backlog_never_runs(
     assert [o.action for o in ScheduleRunner(engine, clock=clock).tick()] == ["claimed elsewhere"]
 
 
+def test_a_slot_one_replica_could_not_start_shows_the_run_another_made(
+    engine: Engine, source: Path, clock: Clock, tmp_path: Path
+) -> None:
+    """A replica whose source is gone records the slot FAILED and releases it; another
+    replica then claims and runs it. `schedules show` took the newest job, the FAILED
+    record made 1 ms later, as the slot's last run, for a backup that exists."""
+    schedule = _define(engine, source)
+    [ran] = ScheduleRunner(engine, clock=clock).tick()
+    assert ran.job is not None
+    assert engine.jobs.wait(ran.job.jobid, 30).status is JobStatus.COMPLETED
+    elsewhere = ScheduleRunner(engine, [tmp_path / "unmounted"], clock=clock)
+    clock.now += timedelta(milliseconds=1)  # its record comes after the run started
+    failed = elsewhere._failed_job(schedule, ran.slot, ConfigError("The source is gone."))
+    assert failed is not None and engine.jobs.wait(failed.jobid, 30).status is JobStatus.FAILED
+    assert [job.jobid for job in runs(engine, schedule)] == [ran.job.jobid, failed.jobid]
+
+
 def test_a_slot_that_cannot_start_is_a_failed_job_of_its_schedule(
     engine: Engine, source: Path, clock: Clock
 ) -> None:

@@ -97,7 +97,7 @@ def test_a_job_killed_with_its_server_reads_failed_after_a_restart(
     job = restarted.get(created["jobsUrl"].replace(server.url, ""))
     assert job.status_code == 200
     assert job.json()["status"] == "FAILED"
-    assert any("stopped while the job was EXECUTING" in m for m in job.json()["messages"])
+    assert any("(last recorded: EXECUTING)" in m for m in job.json()["messages"])
     listed = restarted.get(BACKUPS)
     assert listed.json() == {"backups": [], "unreadable": []}
     assert _data_objects(home, "interrupted"), "the killed create should have left data behind"

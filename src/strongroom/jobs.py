@@ -671,8 +671,11 @@ _ABANDONED_MESSAGE = (
     "most likely in a store call); it was left behind, and whatever it did after this is "
     "not recorded here."
 )
+#: A job's process may stop after its work committed but before its end was recorded (the
+#: job database was down then): so the message says what is visible either way.
 _ORPHAN_MESSAGE = (
-    "The strongroom process running this job stopped while the job was {status}; "
-    "the job did not finish: a create's half-written backup is never listed, and a "
-    "restore's never lands at its target."
+    "The strongroom process running this job stopped before it recorded the job's end "
+    "(last recorded: {status}). What it had not finished is not visible: a create's "
+    "half-written backup is never listed, and a restore's never lands at its target; a "
+    "backup that is listed (a restore whose target exists) finished before it stopped."
 )

@@ -99,14 +99,23 @@ def newest_claim(engine: Engine, schedule: Schedule, now: datetime) -> datetime 
 
 
 def runs(engine: Engine, schedule: Schedule, *, active: bool = False) -> list[Job]:
-    """The schedule's backup jobs in the job table, newest first (only unfinished ones
-    with `active`)."""
+    """The schedule's backup jobs in the job table (only unfinished ones with `active`),
+    newest slot first; within a slot, a job that did not fail first: a replica that could
+    not start a slot (its source missing there) records it FAILED and leaves it to the
+    others, so a slot may have another replica's run beside that record."""
     statuses = [s for s in JobStatus if s.active] if active else [None]
-    found: list[Job] = []
+    found: list[tuple[datetime, Job]] = []
     for status in statuses:
         jobs, _ = engine.jobs.find(status=status, operation="create", limit=None)
-        found += [j for j in jobs if j.scheduled and j.name and schedule.slot_of(j.name)]
-    return sorted(found, key=lambda job: job.starttime, reverse=True)
+        for job in jobs:
+            if job.scheduled and job.name and (slot := schedule.slot_of(job.name)):
+                found.append((slot, job))
+    ordered = sorted(
+        found,
+        key=lambda pair: (pair[0], pair[1].status is not JobStatus.FAILED, pair[1].starttime),
+        reverse=True,
+    )
+    return [job for _, job in ordered]
 
 
 def run_slot(

@@ -32,7 +32,7 @@ from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError
 from ..jobrecord import Job, JobStatus, Stage
@@ -143,25 +143,28 @@ def open_job_store(
     return PostgresJobStore(str(location), owner, lease, namespace)
 
 
+#: What a job database URL may be, for the errors that refuse one.
+_ACCEPTED = (
+    "write sqlite:///PATH (three slashes, then the file's path), "
+    "postgresql://user@host:port/db, or a plain file path"
+)
+
+
 def check_location(location: str | os.PathLike[str]) -> str:
     """The kind of store `location` names, "sqlite" or "postgresql", without opening it;
     ConfigError, saying which forms are accepted, if it names none."""
     if isinstance(location, os.PathLike) or "://" not in location:
         return "sqlite"
-    parts = urlsplit(location)
+    parts = _split(location)
     if parts.scheme in ("postgresql", "postgres"):
         return "postgresql"
-    accepted = (
-        "write sqlite:///PATH (three slashes, then the file's path), "
-        "postgresql://user@host:port/db, or a plain file path"
-    )
     if parts.scheme != "sqlite":
         raise ConfigError(
             f"The job database URL must start with sqlite:/// or postgresql://, "
-            f"not {parts.scheme}://: {accepted}."
+            f"not {parts.scheme}://: {_ACCEPTED}."
         )
     if parts.netloc or not parts.path.strip("/"):
-        raise ConfigError(f"The job database URL names no SQLite file: {accepted}.")
+        raise ConfigError(f"The job database URL names no SQLite file: {_ACCEPTED}.")
     return "sqlite"
 
 
@@ -169,14 +172,22 @@ def has_password(location: str | os.PathLike[str]) -> bool:
     """Whether the job database URL carries a password (in its user part or its query)."""
     if isinstance(location, os.PathLike) or "://" not in location:
         return False
-    parts = urlsplit(location)
+    parts = _split(location)
     return parts.password is not None or "password" in parse_qs(parts.query)
 
 
 def _sqlite_path(location: str | os.PathLike[str]) -> Path:
     if isinstance(location, os.PathLike) or "://" not in location:
         return Path(location)
-    return Path(unquote(urlsplit(location).path))
+    return Path(unquote(_split(location).path))
+
+
+def _split(location: str) -> SplitResult:
+    """The URL's parts; ConfigError for one that does not parse (`[::1:5432`)."""
+    try:
+        return urlsplit(location)
+    except ValueError as exc:
+        raise ConfigError(f"The job database URL is not valid ({exc}): {_ACCEPTED}.") from None
 
 
 def _sqlite(path: Path, owner: str, namespace: str) -> JobStore:

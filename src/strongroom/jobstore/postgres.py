@@ -269,9 +269,11 @@ class PostgresJobStore:
                     self._db.close()
                     self._db = None
                 reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-                raise JobStoreUnavailableError(
-                    f"The job database {self._where} cannot be reached ({reason}); new jobs "
-                    "can start once it is back, and running jobs record their end then."
+                raise JobStoreUnavailableError(  # a refused login reads like an outage here
+                    f"The job database {self._where} cannot be used ({reason}). If it is "
+                    "down, new jobs can start once it is back, and running jobs record their "
+                    "end then; if it refused the login or has no such database, correct the "
+                    "job database URL."
                 ) from None
 
 

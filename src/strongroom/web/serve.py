@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route
 
 from ..archive import check_sources
 from ..engine import Engine
-from ..errors import ConfigError
+from ..errors import ConfigError, JobStoreUnavailableError
 from ..scheduler import ScheduleRunner
 from .app import DR, create_app
 from .auth import configured_hashes, tokens_path
@@ -97,6 +97,11 @@ def serve(
     _warn(host, engine.home)
     shown = f"[{host}]" if ":" in host else host
     listener = _listen(host, port, shown)
+    try:
+        _open_jobs(engine)
+    except BaseException:
+        listener.close()
+        raise
     port = listener.getsockname()[1]  # the one the system picked, for port 0
     print(f"strongroom: serving the admin API at http://{shown}:{port}{home}", file=sys.stderr)
     # the entrances' redirects too carry the admin answers' headers
@@ -132,6 +137,16 @@ def _log_config() -> dict[str, Any]:
     # line silences these records, `cli.show_warnings`; this replaces that)
     config["loggers"]["asyncio"] = {"handlers": ["default"], "level": "WARNING"}
     return config
+
+
+def _open_jobs(engine: Engine) -> None:
+    """Open the job database before serving: a table a newer strongroom wrote stops the
+    start (every call that reads a job would fail); an outage only warns, and jobs start
+    once the database is back."""
+    try:
+        engine.jobs  # noqa: B018 (opened, and its tables made or migrated)
+    except JobStoreUnavailableError as exc:
+        print(f"strongroom: warning: {exc}", file=sys.stderr)
 
 
 def _warn(host: str, home: Path) -> None:
