@@ -5,6 +5,7 @@ PostgreSQL does: leases, and running on while the database is down."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
 from dataclasses import replace
 from datetime import timedelta
@@ -570,6 +572,36 @@ def test_a_schema_1_postgresql_job_table_is_migrated_and_its_jobs_kept(
     with psycopg.connect(postgres_url) as db:
         version = db.execute("SELECT max(version) FROM strongroom_schema").fetchone()
     assert version == (postgres.SCHEMA_VERSION,) == (3,)
+
+
+def test_a_frozen_postgresql_server_is_unavailable_within_the_lease(postgres_url: str) -> None:
+    """A server whose processes are stopped (SIGSTOP; or its disk stuck) still has its
+    packets acknowledged, so no TCP timeout fires and its statement_timeout cannot run: a
+    call hung for as long as it was frozen (30 s in a trial), and the running jobs with it."""
+    import psycopg
+
+    store = open_job_store(postgres_url, "owner", LEASE)
+    manager = JobManager(postgres_url, lease=LEASE)
+    job = manager.wait(manager.submit("op", lambda job: None).jobid)
+    manager.close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+    frozen = [pid for (pid,) in rows]
+    assert frozen  # the store's own connection among them
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            save = pool.submit(store.save, job)
+            with pytest.raises(JobStoreUnavailableError, match="cannot be used"):
+                save.result(timeout=LEASE.total_seconds())  # else TimeoutError: it hangs
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+    store.close()
 
 
 def test_a_postgresql_call_that_hangs_fails_within_the_lease(postgres_url: str) -> None:

@@ -21,9 +21,10 @@ import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
@@ -256,9 +257,11 @@ class PostgresJobStore:
                 raise JobStoreUnavailableError("This job store is closed; open a new JobManager.")
             try:
                 if self._db is None or self._db.closed:
-                    self._db = psycopg.connect(
+                    db = _BoundedConnection.connect(
                         self._url, autocommit=True, row_factory=dict_row, **self._timeouts
                     )
+                    db.call_timeout = max(1.0, self._lease / 3)
+                    self._db = db
                     if self._lost:
                         self._lost = False
                         self._reachable_since = time.monotonic()
@@ -275,6 +278,22 @@ class PostgresJobStore:
                     "end then; if it refused the login or has no such database, correct the "
                     "job database URL."
                 ) from None
+
+
+RV = TypeVar("RV")
+
+
+class _BoundedConnection(psycopg.Connection[DictRow]):
+    """A connection whose every wait for the server ends within `call_timeout` seconds
+    (then OperationalError: unavailable). A frozen server (its processes stopped, its disk
+    stuck) still acknowledges packets, so neither TCP's user timeout nor keepalives fire,
+    and statement_timeout runs on the frozen side: calls, and the running jobs waiting
+    for the store's lock behind them, hung until it thawed."""
+
+    call_timeout: float = 20.0
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        return super().wait(gen, interval, self.call_timeout if timeout is None else timeout)
 
 
 def _timeouts(url: str, lease: float) -> dict[str, Any]:
