@@ -1728,6 +1728,7 @@ def test_schedules_from_the_command_line(
     assert cli("schedules", "pause", "nightly").code == 0
     assert "paused" in cli("schedules", "list").out
     assert cli("schedules", "show", "nightly", "--json").json()["enabled"] is False
+    assert "(when resumed)" in cli("schedules", "show", "nightly").out
     assert cli("schedules", "resume", "nightly").code == 0
 
     ran = cli("schedules", "run", "nightly", "--json")

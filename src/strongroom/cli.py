@@ -806,6 +806,8 @@ def run_show(args: argparse.Namespace) -> int:
         "description": schedule.description or "-",
         "next runs": ", ".join(_epoch(ms) for ms in document["nextRuns"]) or "-",
     }
+    if not schedule.enabled:  # as the schedule's page says it
+        fields["next runs"] += " (when resumed)"
     if previous:
         last = previous[0]
         fields["last run"] = f"{last.name} {last.status} (job {last.jobid})"
