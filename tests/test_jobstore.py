@@ -268,9 +268,13 @@ def _fail_elsewhere(location: str, jobid: str) -> None:
 def test_a_bad_job_database_url_says_what_is_accepted(home: Path) -> None:
     with pytest.raises(ConfigError, match=r"sqlite:/// or postgresql://, not mysql://"):
         JobManager("mysql://db/jobs")
-    with pytest.raises(ConfigError, match=r"not valid \(Invalid IPv6 URL\)") as caught:
-        JobManager("postgres://someone:Sekret-Pa55@[::1:5432/db")  # once a traceback
-    assert "Sekret-Pa55" not in str(caught.value)
+    for url in (
+        "postgres://someone:Sekret-Pa55@[::1:5432/db",  # once a traceback
+        "postgresql://someone:Sekret-Pa55\uff03x@db.internal/jobs",  # NFKC: '#' in the netloc
+    ):
+        with pytest.raises(ConfigError, match=r"URL is not valid: write") as caught:
+            JobManager(url)
+        assert "Sekret-Pa55" not in str(caught.value)
 
 
 def test_without_psycopg_a_postgresql_url_says_what_to_install(
@@ -278,7 +282,18 @@ def test_without_psycopg_a_postgresql_url_says_what_to_install(
 ) -> None:
     monkeypatch.delitem(sys.modules, "strongroom.jobstore.postgres", raising=False)
     monkeypatch.setitem(sys.modules, "psycopg", None)  # what a missing package looks like
-    with pytest.raises(ConfigError, match=r"pip install 'strongroom\[postgres\]'"):
+    with pytest.raises(ConfigError, match=r"pip install --upgrade 'strongroom\[postgres\]'"):
+        JobManager("postgresql://nobody@127.0.0.1:1/jobs")
+
+
+def test_an_older_psycopg_says_to_upgrade(monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg 3.1 and 3.2 take no timeout in Connection.wait: every call would fail with a
+    TypeError traceback instead of the time-bounded waits."""
+    import psycopg
+
+    monkeypatch.delitem(sys.modules, "strongroom.jobstore.postgres", raising=False)
+    monkeypatch.setattr(psycopg, "__version__", "3.2.10")
+    with pytest.raises(ConfigError, match=r"psycopg 3.3 or later"):
         JobManager("postgresql://nobody@127.0.0.1:1/jobs")
 
 

@@ -137,8 +137,8 @@ def open_job_store(
         from .postgres import PostgresJobStore  # psycopg loads only for PostgreSQL
     except ImportError:
         raise ConfigError(
-            "A postgresql:// job database needs psycopg 3: run "
-            "\"pip install 'strongroom[postgres]'\"."
+            "A postgresql:// job database needs psycopg 3.3 or later: run "
+            "\"pip install --upgrade 'strongroom[postgres]'\"."
         ) from None
     return PostgresJobStore(str(location), owner, lease, namespace)
 
@@ -186,8 +186,9 @@ def _split(location: str) -> SplitResult:
     """The URL's parts; ConfigError for one that does not parse (`[::1:5432`)."""
     try:
         return urlsplit(location)
-    except ValueError as exc:
-        raise ConfigError(f"The job database URL is not valid ({exc}): {_ACCEPTED}.") from None
+    except ValueError:
+        # not the parser's own words: they may quote the URL, password and all
+        raise ConfigError(f"The job database URL is not valid: {_ACCEPTED}.") from None
 
 
 def _sqlite(path: Path, owner: str, namespace: str) -> JobStore:

@@ -29,6 +29,10 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
 from ..errors import ConfigError, JobError, JobStoreUnavailableError
+
+if tuple(int(part) for part in psycopg.__version__.split(".")[:2]) < (3, 3):
+    # `_BoundedConnection` passes a timeout to `Connection.wait`, which 3.3 added
+    raise ImportError(f"psycopg 3.3 or later is needed, not {psycopg.__version__}")
 from ..jobrecord import Job, JobStatus, failed
 from . import ACTIVE_SQL, COLUMNS, Saved, from_row, to_row, to_stop
 
