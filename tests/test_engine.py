@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-import strongroom.engine
+import strongroom.backupinfo
+import strongroom.enginecreate
 from strongroom import (
     BackupExistsError,
     BackupInfo,
@@ -27,7 +28,9 @@ from strongroom import (
     Engine,
     InvalidNameError,
     PasscodeError,
+    Store,
     StoreSpec,
+    StoreUnavailableError,
     archive,
 )
 from strongroom.format import Manifest, data_prefix, manifest_key
@@ -570,7 +573,7 @@ def test_a_failed_create_removes_what_it_wrote(
     def broken_source(*args: object, **kwargs: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr("strongroom.engine.write_archive", broken_source)
+    monkeypatch.setattr("strongroom.enginecreate.write_archive", broken_source)
     with pytest.raises(OSError, match="disk on fire"):
         engine.create("nightly", [tree], passcode=PASSCODE)
     assert engine.list() == []
@@ -584,7 +587,7 @@ def test_the_key_is_derived_beside_the_writing_and_its_failure_commits_nothing(
     """Argon2id runs while the chunks are written; if it fails, the create fails like
     any other and removes what it wrote."""
     writing = threading.Event()
-    real_write_archive = strongroom.engine.write_archive
+    real_write_archive = strongroom.enginecreate.write_archive
 
     def write_archive(*args: Any) -> Any:
         writing.set()
@@ -594,8 +597,8 @@ def test_the_key_is_derived_beside_the_writing_and_its_failure_commits_nothing(
         assert writing.wait(10), "the key derivation did not run beside the writing"
         raise MemoryError("Argon2id could not allocate its memory")
 
-    monkeypatch.setattr("strongroom.engine.write_archive", write_archive)
-    monkeypatch.setattr("strongroom.engine.WriteKey.derive", derive)
+    monkeypatch.setattr("strongroom.enginecreate.write_archive", write_archive)
+    monkeypatch.setattr("strongroom.enginecreate.WriteKey.derive", derive)
     with pytest.raises(MemoryError, match="Argon2id"):
         engine.create("nightly", [tree], passcode=PASSCODE)
     assert engine.list() == []
@@ -703,8 +706,8 @@ def test_a_backups_document_lists_at_most_so_many_left_out_entries(
 ) -> None:
     """A job keeps its result in the job table: a tree of a million sockets must not put a
     million lines there (the log names each)."""
-    monkeypatch.setattr(strongroom.engine, "LEFT_OUT_LISTED", 2)
-    monkeypatch.setattr(strongroom.engine, "LEFT_OUT_TEXT", 4)
+    monkeypatch.setattr(strongroom.backupinfo, "LEFT_OUT_LISTED", 2)
+    monkeypatch.setattr(strongroom.backupinfo, "LEFT_OUT_TEXT", 4)
     created = datetime(2026, 1, 1, tzinfo=UTC)
     left_out = ("a: x", "b: yy", "c: z")
     info = BackupInfo("n", "s", "", created, None, 1, 1, 1, "0" * 32, left_out=left_out)
@@ -731,6 +734,56 @@ def test_a_resent_commit_that_finds_its_own_manifest_succeeds(
     engine.verify("nightly", passcode=PASSCODE)
 
 
+def fail_once_the_manifest_lands(
+    store: Store, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    """The manifest's put lands, then fails (a Ctrl-C as it returns, an fsync of its
+    directory that fails)."""
+    real_put = store.put
+
+    def put(key: str, data: bytes | bytearray | memoryview, **options: Any) -> None:
+        real_put(key, data, **options)
+        if key.startswith("manifests/"):
+            raise failure
+
+    monkeypatch.setattr(store, "put", put)
+
+
+@pytest.mark.parametrize(
+    "failure", [KeyboardInterrupt(), StoreUnavailableError("fsync: Input/output error")]
+)
+def test_a_commit_that_lands_and_then_fails_is_taken_back_whole(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    """A create that fails once its manifest is in place removes the manifest before its
+    data: never a listed backup whose chunks are gone."""
+    fail_once_the_manifest_lands(engine.store(), monkeypatch, failure)
+    with pytest.raises(type(failure)):
+        engine.create("nightly", [tree], passcode=PASSCODE)
+    assert engine.list() == []
+    data = store_dir(home) / "data" / "nightly"
+    assert not data.exists() or not any(data.rglob("*[0-9]"))
+    monkeypatch.undo()
+    engine.create("nightly", [tree], passcode=PASSCODE)
+    engine.verify("nightly", passcode=PASSCODE)
+
+
+def test_a_commit_that_lands_and_cannot_be_taken_back_keeps_its_data(
+    engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the landed manifest cannot be removed (a store that locks it, or gone), the data
+    stays with it: the backup lists and restores, and the log says so."""
+    store = engine.store()
+    fail_once_the_manifest_lands(store, monkeypatch, KeyboardInterrupt())
+    monkeypatch.setattr(store, "delete", lambda keys: (_ for _ in ()).throw(OSError("locked")))
+    with pytest.raises(KeyboardInterrupt):
+        engine.create("nightly", [tree], passcode=PASSCODE)
+    monkeypatch.undo()
+    assert [info.name for info in engine.list()] == ["nightly"]
+    engine.verify("nightly", passcode=PASSCODE)
+    assert "may have been committed as its create failed" in caplog.text
+
+
 def test_a_failed_cleanup_does_not_hide_why_create_failed(
     engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -742,7 +795,7 @@ def test_a_failed_cleanup_does_not_hide_why_create_failed(
     def store_gone(prefix: str) -> None:
         raise OSError("store unreachable during cleanup")
 
-    monkeypatch.setattr("strongroom.engine.write_archive", broken_source)
+    monkeypatch.setattr("strongroom.enginecreate.write_archive", broken_source)
     monkeypatch.setattr(store, "delete_prefix", store_gone)
     with pytest.raises(OSError, match="the real reason"):
         engine.create("nightly", [tree], passcode=PASSCODE)

@@ -242,7 +242,7 @@ def test_a_forged_manifest_wrapped_to_pk_is_refused(
     public_key = recipient_public_key(recipient_private_key(master))  # assume it leaked
     forger = WriteKey(slot.kdf, slot.salt, public_key, os.urandom(32))
     file_key = os.urandom(32)
-    monkeypatch.setattr("strongroom.engine.new_file_key", lambda: file_key)
+    monkeypatch.setattr("strongroom.enginecreate.new_file_key", lambda: file_key)
     planted = tmp_path / "planted"
     planted.mkdir()
     (planted / "evil.txt").write_text("planted\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import strongroom.engine
+import strongroom.enginecreate
 from strongroom import ConfigError, Engine, IntegrityError, NewerFormatError, Store
 from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
 from strongroom.pipeline import ChunkWriter
@@ -51,7 +51,7 @@ def crash_before_commit(engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPa
 
     with monkeypatch.context() as patch:
         patch.setattr(ChunkWriter, "finish", finish_then_die)
-        patch.setattr("strongroom.engine._remove_quietly", lambda *args: None)  # no cleanup
+        patch.setattr("strongroom.enginecreate._remove_quietly", lambda *args: None)  # no cleanup
         with pytest.raises(SystemExit):
             engine.create("crashed", [tree], passcode=PASSCODE)
 
@@ -92,13 +92,13 @@ def test_a_committed_backup_with_a_stale_marker_is_kept(
 ) -> None:
     """The process died after the manifest, before removing its marker."""
     with monkeypatch.context() as patch:
-        real = strongroom.engine._remove_quietly
+        real = strongroom.enginecreate._remove_quietly
 
         def keep_marker_on_success(store: object, name: str, *keys: str) -> None:
             if any(k.endswith("/") for k in keys):
                 real(store, name, *keys)
 
-        patch.setattr("strongroom.engine._remove_quietly", keep_marker_on_success)
+        patch.setattr("strongroom.enginecreate._remove_quietly", keep_marker_on_success)
         engine.create("kept", [tree], passcode=PASSCODE)
     [marker] = markers(home)
     age(marker, GRACE * 2)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from .backupinfo import BackupInfo, Listing
 from .config import EMBEDDED_STORE_NAME, StoresConfig, StoreSpec
 from .crypto import KdfParams, Passcode
-from .engine import BackupInfo, Engine, Listing
+from .engine import Engine
 from .errors import (
     BackupExistsError,
     BackupNotFoundError,

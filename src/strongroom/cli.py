@@ -28,10 +28,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .backupinfo import BackupInfo
 from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, installed_version, measure
 from .config import COMPRESSIONS, StoresConfig, StoreSpec, config_path, editing
 from .crypto import Passcode
-from .engine import BackupInfo, Engine
+from .engine import Engine
 from .errors import (
     ConfigError,
     IntegrityError,

@@ -1,6 +1,6 @@
-"""Engine: create, restore, verify, list, info, delete, retention updates and cleanup;
-create, restore, verify, delete and cleanup also as background jobs (`submit_*`, in
-enginejobs.py).
+"""Engine: create (in enginecreate.py), restore, verify, list, info, delete, retention
+updates and cleanup; create, restore, verify, delete and cleanup also as background jobs
+(`submit_*`, in enginejobs.py).
 
 The engine joins the pieces: stores from the configuration and plugins (opened in
 enginestores.py), keys from the passcode, the archive stream through the chunk
@@ -19,31 +19,24 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import threading
-import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pluggy
 
 from .archive import (
     ArchiveEntry,
-    StreamSource,
     check_archive,
-    check_sources,
     extract_archive,
     list_archive,
     selected_path,
     selection_matches,
-    source_size,
-    write_archive,
 )
+from .backupinfo import BackupInfo, Listing
 from .cleanup import (
     Cleanup,
     data_keys,
@@ -53,11 +46,11 @@ from .cleanup import (
     manifest_names,
 )
 from .config import StoresConfig
-from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
+from .crypto import KdfParams, Passcode, StreamCipher
+from .enginecreate import EngineCreate, ignore_stage
 from .enginejobs import EngineJobs
 from .enginestores import EngineStores
 from .errors import (
-    BackupExistsError,
     BackupNotFoundError,
     ConfigError,
     IntegrityError,
@@ -68,137 +61,35 @@ from .errors import (
 )
 from .format import (
     MAX_MANIFEST_SIZE,
-    KeySlot,
     Manifest,
     chunk_key,
-    claims_prefix,
     data_prefix,
-    from_epoch_ms,
     is_backup_id,
     manifest_key,
-    pending_key,
     retention_key,
-    slot_name_prefix,
-    to_epoch_ms,
     utc_now,
-    validate_description,
     validate_name,
 )
 from .jobs import DEFAULT_WORKERS, JOBS_FILE
-from .keys import WriteKey, open_backup
+from .keys import open_backup
 from .pipeline import (
     DEFAULT_CHUNK_SIZE,
     ChunkKey,
     ChunkReader,
-    ChunkWriter,
     Progress,
     announce_first_chunks,
+    progress_counter,
 )
 from .restoretarget import Landing, check_restore_target
-from .retention import CleanupReport, check_retention_date, parse_moment, retention_ms
+from .retention import CleanupReport, check_retention_date, parse_moment
 from .store import Store
 
-__all__ = ["BackupInfo", "Engine", "Listing"]
+__all__ = ["Engine"]
 
 logger = logging.getLogger("strongroom")
 
-#: The most left-out entries a backup's document lists, and the longest text of each (a job
-#: keeps its result in the job table; a path may be kilobytes): the log names every one whole.
-LEFT_OUT_LISTED = 20
-LEFT_OUT_TEXT = 500
 
-
-@dataclass(frozen=True, slots=True)
-class BackupInfo:
-    """What anyone may know about a committed backup, without its passcode."""
-
-    name: str
-    store: str
-    description: str
-    created: datetime
-    retention_date: datetime | None
-    source_size: int
-    stored_size: int
-    chunk_count: int
-    backup_id: str
-    #: Made by a schedule, not by a person.
-    scheduled: bool = False
-    #: How its chunks were encoded ("zstd" or "none": its store's setting then).
-    compression: str = "zstd"
-    #: What the create that made it left out, each with why (a socket, a device, an entry
-    #: that changed as it was read); known to that create only, never stored, so an API
-    #: job's or a schedule's result says it as `strongroom create` does.
-    left_out: tuple[str, ...] = field(default=(), compare=False)
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, store: str) -> BackupInfo:
-        return cls(
-            name=manifest.name,
-            store=store,
-            description=manifest.description,
-            created=manifest.created,
-            retention_date=manifest.retention_date,
-            source_size=manifest.source_size,
-            stored_size=manifest.stored_size,
-            chunk_count=manifest.chunk_count,
-            backup_id=manifest.backup_id,
-            scheduled=manifest.scheduled,
-            compression=manifest.compression,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The admin API's field names; the CLI's --json output uses the same."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "backupStore": self.store,
-            "completeTime": to_epoch_ms(self.created),
-            "retentionDate": retention_ms(self.retention_date),
-            "backupType": "FULL",
-            "scheduleType": "SCHEDULED" if self.scheduled else "MANUAL",
-            "status": "COMPLETED",
-            "sourceSize": self.source_size,
-            "storedSize": self.stored_size,
-            "compression": self.compression,
-            "backupId": self.backup_id,
-            **(_left_out_fields(self.left_out) if self.left_out else {}),
-        }
-
-
-def _left_out_fields(left_out: Sequence[str]) -> dict[str, Any]:
-    """`leftOut`: the first LEFT_OUT_LISTED, each cut at LEFT_OUT_TEXT characters;
-    `leftOutCount`: how many in all."""
-    shown = [
-        what if len(what) <= LEFT_OUT_TEXT else what[: LEFT_OUT_TEXT - 1] + "…"
-        for what in left_out[:LEFT_OUT_LISTED]
-    ]
-    return {"leftOut": shown, "leftOutCount": len(left_out)}
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """A store's backups, oldest first, and those whose manifest does not read (name: why):
-    a damaged or altered manifest is reported, never silently left out of a list."""
-
-    backups: list[BackupInfo]
-    unreadable: dict[str, str]
-
-    def only(self, named: Callable[[str], object]) -> Listing:
-        """The backups, readable or not, whose names `named` accepts (a schedule's slots)."""
-        return Listing(
-            [info for info in self.backups if named(info.name)],
-            {name: problem for name, problem in self.unreadable.items() if named(name)},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The admin API's list document; the CLI's `list --json` prints the same."""
-        return {
-            "backups": [info.to_dict() for info in self.backups],
-            "unreadable": [{"name": n, "problem": p} for n, p in self.unreadable.items()],
-        }
-
-
-class Engine(EngineStores, EngineJobs):
+class Engine(EngineCreate, EngineJobs):
     """The entry point of the Python API; stateless apart from the stores it has opened
     and its background jobs.
 
@@ -214,9 +105,9 @@ class Engine(EngineStores, EngineJobs):
     own job table, which no other home uses, keeps the empty namespace of older jobs).
     `job_workers` jobs run at once (default 2), each on a thread of its own.
     Its stores (`store`, `reachable_store`, `recognised_store`, `add_store`, `init_store`,
-    `validate_store`, `use_config`) are in its base class `EngineStores` (enginestores.py),
-    the jobs (`jobs`, `submit_*`, `schedule_cleanup`, `close`) in `EngineJobs`
-    (enginejobs.py).
+    `validate_store`, `use_config`) are in `EngineStores` (enginestores.py), the base class
+    of its create (`create`, in `EngineCreate`, enginecreate.py); the jobs (`jobs`,
+    `submit_*`, `schedule_cleanup`, `close`) in `EngineJobs` (enginejobs.py).
     """
 
     def __init__(
@@ -276,159 +167,6 @@ class Engine(EngineStores, EngineJobs):
         """The plaintext size of every chunk a create writes (the benchmark's unit)."""
         return self._chunk_size
 
-    # -- create ----------------------------------------------------------------------
-
-    def create(
-        self,
-        name: str,
-        sources: Sequence[str | os.PathLike[str]] = (),
-        *,
-        passcode: str | Passcode | None = None,
-        write_key: WriteKey | None = None,
-        streams: Mapping[str, StreamSource] | None = None,
-        store: str | None = None,
-        description: str = "",
-        retention_date: int | str | datetime | None = None,
-        progress: Progress | None = None,
-        on_stage: Callable[[str], None] | None = None,
-        scheduled: bool = False,
-    ) -> BackupInfo:
-        """Back up files, directories and named streams as the backup `name`.
-
-        Takes exactly one of `passcode` and `write_key`; either way the backup restores
-        with the passcode. A write key has had its Argon2id run when it was derived, and
-        cannot open what it writes. Everything is checked before anything is written.
-        Data objects go first and the manifest last; if anything fails, what was written
-        is removed again and no backup of that name appears. `on_stage` hears each step
-        as it starts (validating, writing, deriving the key, committing: Argon2id runs
-        beside the writing, and its stage is what is left of it); what it raises stops
-        the create uncommitted. `scheduled`: a schedule makes it (scheduleType).
-        """
-        stage = on_stage or _ignore
-        paths = [Path(source) for source in sources]
-        streams = dict(streams or {})
-        stage("validating")
-        credential, retention, target = self._check_create(
-            name, paths, streams, passcode, write_key, store, description, retention_date, scheduled
-        )
-
-        backup_id = uuid.uuid4().hex
-        file_key = new_file_key()
-        draft = Manifest(
-            name=name,
-            backup_id=backup_id,
-            description=description,
-            created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
-            chunk_size=self._chunk_size,
-            chunk_count=0,
-            source_size=0,
-            stored_size=0,
-            compression=self.compression(target),
-            key_slot=KeySlot(self._kdf, b"", b""),  # wrapped at the commit
-            retention_date=retention,
-            scheduled=scheduled,
-        )
-        keys = BackupKeys.from_file_key(file_key)
-        writer = ChunkWriter(
-            target,
-            lambda index: chunk_key(name, backup_id, index),
-            StreamCipher(keys.chunk_key, draft.stream_binding()),
-            chunk_size=self._chunk_size,
-            compress=draft.compression == "zstd",
-            retain_until=retention,
-            # streams have no size beforehand: then the total is unknown, not too small
-            on_write=_counter(progress, source_size(paths) if progress and not streams else None),
-        )
-        marker = pending_key(name, backup_id)
-        index = retention_key(name, backup_id, retention)
-        # Chunks are sealed under the random file key; the passcode's key is needed only
-        # to wrap it at the commit, so its Argon2id runs beside the writing.
-        with (
-            _Heartbeat(target, marker, self._heartbeat),
-            _KeyDerivation(credential, self._kdf) as derivation,
-        ):
-            try:
-                stage("writing")
-                left_out = write_archive(writer, paths, streams)
-                stats = writer.finish()
-                stage("deriving the key")
-                write_key = derivation.result()
-                manifest = replace(
-                    draft,
-                    created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
-                    chunk_count=stats.chunk_count,
-                    source_size=stats.source_size,
-                    stored_size=stats.stored_size,
-                    key_slot=write_key.wrap(file_key, draft),
-                )
-                manifest = write_key.sign(manifest, keys)
-                stage("committing")
-                target.put(index, b"", overwrite=True)  # before the commit: never missing
-                _commit(target, manifest)
-            except BaseException:
-                writer.abort()
-                _remove_quietly(target, name, data_prefix(name, backup_id), index, marker)
-                raise
-        _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
-        for what in left_out:
-            logger.warning("Left out of backup %r: %s", name, what)
-        return replace(BackupInfo.from_manifest(manifest, target.name), left_out=tuple(left_out))
-
-    def _defined_schedules(self) -> Collection[str]:
-        """The schedules' names as the configuration file has them now (a server's engine
-        lives longer than one edit)."""
-        return StoresConfig.load(self.config.path, home=self.home).schedules.keys()
-
-    def _check_not_a_slot(self, name: str, target: Store) -> None:
-        """Refuse a name a schedule gives its backups: a caller who could only add backups
-        (a write key, an API token) must not take a future slot's name, which would make
-        that slot's run fail. A schedule is known by this home's configuration (in any
-        case: a file store may not tell names by case), or by the claims its runs left in
-        the store, whichever home defines it."""
-        schedule = slot_name_prefix(name)
-        if schedule is None:
-            return
-        defined = {known.lower() for known in self._defined_schedules()}
-        claimed = next(iter(target.list(claims_prefix(schedule))), None) is not None
-        if schedule.lower() in defined or claimed:
-            raise ConfigError(
-                f"{name!r} is the name the schedule {schedule!r} gives its backup of that "
-                "slot; choose a name that is not NAME-YYYY-MM-DD-HH-MM-SS of a schedule."
-            )
-
-    def _check_create(
-        self,
-        name: str,
-        paths: Sequence[Path],
-        streams: Mapping[str, StreamSource],
-        passcode: str | Passcode | None,
-        write_key: WriteKey | None,
-        store: str | None,
-        description: str,
-        retention_date: int | str | datetime | None,
-        scheduled: bool,
-    ) -> tuple[Passcode | WriteKey, datetime | None, Store]:
-        """Everything create checks before it writes a byte; the target store last (one
-        from before stores were marked, holding backups, gets its marker here)."""
-        validate_name(name)
-        if (passcode is None) == (write_key is None):
-            raise ConfigError(
-                "A create takes exactly one of a passcode and a write key "
-                f"(given: {'both' if passcode is not None else 'neither'})."
-            )
-        credential = Passcode(passcode) if passcode is not None else _check_write_key(write_key)
-        check_sources(paths, streams)
-        retention = check_retention_date(retention_date, self._clock())
-        validate_description(description)
-        target = self.recognised_store(store, adopt=True)
-        if not scheduled:
-            self._check_not_a_slot(name, target)
-        for risk in target.capabilities.create_risks():
-            logger.warning("Store %r: %s.", target.name, risk)
-        if target.exists(manifest_key(name)):
-            raise _exists(name, target)
-        return credential, retention, target
-
     # -- restore and verify ----------------------------------------------------------
 
     def restore(
@@ -452,7 +190,7 @@ class Engine(EngineStores, EngineJobs):
         starts (authenticating, reading, moving into place); what it raises stops the
         restore with nothing left behind.
         """
-        stage = on_stage or _ignore
+        stage = on_stage or ignore_stage
         stage("authenticating")
         destination = check_restore_target(target)
         selected = [selected_path(path) for path in paths]
@@ -777,7 +515,7 @@ class Engine(EngineStores, EngineJobs):
                 cipher,
                 chunk_count=manifest.chunk_count,
                 chunk_size=manifest.chunk_size,
-                on_read=_counter(progress, manifest.source_size),
+                on_read=progress_counter(progress, manifest.source_size),
             ) as reader:
                 yield reader
         except IntegrityError as exc:
@@ -807,54 +545,6 @@ class Engine(EngineStores, EngineJobs):
         return ""
 
 
-class _KeyDerivation:
-    """A create's write key: a given one, or a fresh one derived from the passcode in a
-    thread of its own (Argon2id releases the GIL), joined when the key is needed."""
-
-    def __init__(self, credential: Passcode | WriteKey, kdf: KdfParams) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="strongroom-kdf")
-        self._key = (
-            self._pool.submit(WriteKey.derive, credential, kdf)  # a fresh salt, as every create
-            if isinstance(credential, Passcode)
-            else self._pool.submit(lambda: credential)
-        )
-
-    def __enter__(self) -> _KeyDerivation:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._pool.shutdown(wait=True)  # a create that failed waits the Argon2id out
-
-    def result(self) -> WriteKey:
-        return self._key.result()
-
-
-class _Heartbeat:
-    """Puts a pending marker and refreshes it while a create runs, so however slow the
-    create is, a sweep never mistakes it for a leftover."""
-
-    def __init__(self, store: Store, key: str, interval: timedelta) -> None:
-        self._store, self._key, self._interval = store, key, interval.total_seconds()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="strongroom-heartbeat", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._store.put(self._key, b"", overwrite=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._store.put(self._key, b"", overwrite=True)
-            except Exception:  # the create itself reports a store that went away
-                logger.warning("Could not refresh %s", self._key)
-
-
 def _is_chunk(key: str, manifest: Manifest) -> bool:
     """Whether a listed data key is one of the backup's chunks, 0 to chunkCount - 1."""
     prefix = data_prefix(manifest.name, manifest.backup_id)
@@ -873,70 +563,5 @@ def _locked_until(store: Store, manifest: Manifest) -> datetime | None:
     return manifest.retention_date if store.lock_mode else None
 
 
-def _remove_quietly(store: Store, name: str, *keys_or_prefixes: str) -> None:
-    """Remove data (prefixes end in '/') and markers; on failure leave them for a sweep."""
-    try:
-        for item in keys_or_prefixes:
-            if item.endswith("/"):
-                store.delete_prefix(item)
-            else:
-                store.delete([item])
-    except Exception:  # the first failure is the one to report; a sweep removes the rest
-        logger.warning(
-            "Could not remove what the backup %r left; a cleanup sweeps it once it is a day old",
-            name,
-        )
-
-
-def _commit(store: Store, manifest: Manifest) -> None:
-    """Write the manifest with put-if-absent: the moment the backup exists.
-
-    A transport may resend a put whose answer was lost; the resend then finds the
-    manifest already there. If the stored bytes are exactly ours, our commit landed.
-    """
-    document = manifest.to_bytes()
-    try:
-        store.put(manifest_key(manifest.name), document, retain_until=manifest.retention_date)
-    except FileExistsError:
-        try:
-            ours = store.get(manifest_key(manifest.name), limit=MAX_MANIFEST_SIZE) == document
-        except (FileNotFoundError, IntegrityError):  # gone again, or nothing we wrote
-            ours = False
-        if not ours:
-            raise _exists(manifest.name, store) from None
-
-
-def _exists(name: str, store: Store) -> BackupExistsError:
-    return BackupExistsError(
-        f"A backup named {name!r} already exists in store {store.name!r}; "
-        "backups are never overwritten, so choose another name or delete the old one first."
-    )
-
-
-def _counter(progress: Progress | None, total: int | None) -> Callable[[int], None] | None:
-    """Adapt a (done, total) progress callback to a stream of byte counts. A create's total
-    is an estimate, so done stops at it: a bar's total never moves, done never passes it."""
-    if progress is None:
-        return None
-    done = 0
-
-    def advance(size: int) -> None:
-        nonlocal done
-        done += size
-        progress(done if total is None else min(done, total), total)
-
-    return advance
-
-
 def _chunk_key_of(manifest: Manifest) -> ChunkKey:
     return lambda index: chunk_key(manifest.name, manifest.backup_id, index)
-
-
-def _check_write_key(write_key: object) -> WriteKey:
-    if not isinstance(write_key, WriteKey):
-        raise ConfigError("write_key must be a WriteKey (from WriteKey.load or WriteKey.derive).")
-    return write_key
-
-
-def _ignore(stage: str) -> None:
-    """The stage report of a create or restore that nobody follows."""

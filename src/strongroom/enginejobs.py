@@ -28,7 +28,7 @@ from .restoretarget import check_restore_target
 from .retention import CleanupReport, parse_moment
 
 if TYPE_CHECKING:
-    from .engine import BackupInfo
+    from .backupinfo import BackupInfo
     from .format import Manifest
     from .pipeline import Progress
     from .store import Store

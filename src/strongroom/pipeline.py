@@ -41,6 +41,7 @@ __all__ = [
     "announce_first_chunks",
     "compressor",
     "decompress_chunk",
+    "progress_counter",
     "sealed_limit",
 ]
 
@@ -463,3 +464,18 @@ def decompress_chunk(data: bytes | bytearray, chunk_size: int, index: int) -> by
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"Chunk {index} does not decompress: {exc}") from None
     return plaintext
+
+
+def progress_counter(progress: Progress | None, total: int | None) -> Callable[[int], None] | None:
+    """Adapt a (done, total) progress callback to a stream of byte counts. A create's total
+    is an estimate, so done stops at it: a bar's total never moves, done never passes it."""
+    if progress is None:
+        return None
+    done = 0
+
+    def advance(size: int) -> None:
+        nonlocal done
+        done += size
+        progress(done if total is None else min(done, total), total)
+
+    return advance

@@ -43,8 +43,9 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp
 
 from .. import schedules
+from ..backupinfo import Listing
 from ..config import COMPRESSIONS, StoresConfig, StoreSpec
-from ..engine import Engine, Listing
+from ..engine import Engine
 from ..errors import ConfigError, StoreUnavailableError, StrongroomError
 from ..format import to_epoch_ms, utc_now
 from ..jobs import Job
