@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pydoc
+import re
 import sys
 import types
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import strongroom
 from strongroom import (
     ConfigError,
     Engine,
+    Store,
     StoresConfig,
     StoreSpec,
     UnknownBackendError,
@@ -109,7 +112,7 @@ def test_an_unknown_object_lock_mode_is_refused_with_the_known_ones() -> None:
 
 def test_two_plugins_claiming_one_scheme_is_an_error() -> None:
     registry = build_registry(get_plugin_manager(autoload=False))
-    with pytest.raises(ValueError, match="Two plugins register the 'file'"):
+    with pytest.raises(ConfigError, match="Two strongroom plugins register the 'file'"):
         registry.add("file", lambda spec: None)  # type: ignore[arg-type,return-value]
 
 
@@ -159,14 +162,119 @@ def test_pydoc_shows_every_hook_with_its_docstring() -> None:
         assert name in text and summary in text, f"pydoc strongroom.plugins omits {name}"
 
 
+def install_plugin(site: Path, name: str, source: str) -> Path:
+    """A distribution `strongroom-NAME` on sys.path whose `strongroom` entry point is the
+    module `strongroom_NAME` with `source`."""
+    dist_info = site / f"strongroom_{name}-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: strongroom-{name}\n")
+    (dist_info / "entry_points.txt").write_text(f"[strongroom]\n{name} = strongroom_{name}\n")
+    (site / f"strongroom_{name}.py").write_text(source)
+    return site
+
+
 def install_broken_plugin(site: Path) -> Path:
     """A distribution on sys.path whose `strongroom` entry point fails to import."""
-    dist_info = site / "strongroom_broken-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: strongroom-broken\n")
-    (dist_info / "entry_points.txt").write_text("[strongroom]\nbroken = strongroom_broken\n")
-    (site / "strongroom_broken.py").write_text("raise ImportError('no module named botocore')\n")
-    return site
+    return install_plugin(site, "broken", "raise ImportError('no module named botocore')\n")
+
+
+#: A plugin module registering a backend for `scheme` by the hook `hook(arguments)`,
+#: whose body first runs `before` (on a line of its own).
+PLUGIN = """
+from strongroom import hookimpl
+from strongroom.backends.file import LocalStore
+
+@hookimpl
+def {hook}({arguments}):
+    {before}
+    registry.add("{scheme}", lambda spec: LocalStore(spec.name, spec.url.split("://")[1]))
+"""
+
+
+def plugin(
+    scheme: str,
+    *,
+    hook: str = "strongroom_register_backends",
+    arguments: str = "registry",
+    before: str = "pass",
+) -> str:
+    return PLUGIN.format(scheme=scheme, hook=hook, arguments=arguments, before=before)
+
+
+BROKEN_PLUGINS = {
+    "a misspelt hook": (
+        {"typo": plugin("typo", hook="strongroom_register_backend")},
+        r"plugin typo = strongroom_typo from strongroom-typo is not valid: unknown hook "
+        r"'strongroom_register_backend'",
+    ),
+    "a hook with an argument no spec has": (
+        {"wrongsig": plugin("wrongsig", arguments="registry, config")},
+        r"plugin wrongsig = strongroom_wrongsig from strongroom-wrongsig is not valid: .*"
+        r"Argument\(s\) \{'config'\} are declared in the hookimpl but can not be found",
+    ),
+    "a hook that raises": (
+        {"raises": plugin("raises", before="import os; os.environ['NO_SUCH_VARIABLE']")},
+        r"plugin raises = strongroom_raises from strongroom-raises failed to register its "
+        r"backends \(KeyError: 'NO_SUCH_VARIABLE'\)",
+    ),
+    "two plugins claiming one scheme": (
+        {"one": plugin("twice"), "two": plugin("twice")},
+        r"Two strongroom plugins register the 'twice' store backend \(two = strongroom_two "
+        r"from strongroom-two and one = strongroom_one from strongroom-one\); only one may\. "
+        r"Reinstall or uninstall one of them",
+    ),
+    "a plugin claiming the built-in scheme": (
+        {"file": plugin("file")},
+        r"register the 'file' store backend \(file = strongroom_file from strongroom-file "
+        r"and strongroom.backends.file \(built in\)\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("plugins", BROKEN_PLUGINS.values(), ids=BROKEN_PLUGINS.keys())
+def test_a_broken_plugin_is_named_in_one_line_and_local_stores_and_cleanup_go_on(
+    plugins: tuple[dict[str, str], str],
+    home: Path,
+    tree: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plugin's mistake is a ConfigError that names its entry point and distribution
+    and says what to do (not a traceback, nor "one of them"); backups on file:// stores
+    are untouched, and a cleanup of every store reports the store that needs the plugins
+    and still cleans the others."""
+    sources, message = plugins
+    for name, source in sources.items():
+        monkeypatch.syspath_prepend(install_plugin(tmp_path / "site", name, source))
+    monkeypatch.delenv("STRONGROOM_DISABLE_PLUGIN_AUTOLOAD")
+    config = StoresConfig.load()
+    config.add(StoreSpec("plugged", f"odd://{tmp_path / 'plugged'}"))
+    engine = Engine(config, kdf=FAST_KDF)
+    engine.create("expired", [tree], passcode=PASSCODE, retention_date="2100-01-01")
+    with pytest.raises(ConfigError, match=message) as caught:
+        engine.registry  # noqa: B018 (the admin API's fence reads every backend's options)
+    assert "\n" not in str(caught.value) and "Reinstall or uninstall" in str(caught.value)
+    later = datetime(2101, 1, 1, tzinfo=UTC)
+    report = Engine(config, kdf=FAST_KDF, clock=lambda: later).cleanup()
+    assert [entry.name for entry in report.entries if entry.action == "deleted"] == ["expired"]
+    assert re.search(message, " ".join(report.errors))
+
+
+def test_a_backend_library_that_is_missing_says_to_install_it(home: Path) -> None:
+    registry = build_registry(get_plugin_manager(autoload=False))
+
+    def lazy(spec: StoreSpec) -> Store:
+        import strongroom_sdk_not_installed  # type: ignore[import-not-found]  # noqa: F401
+
+        raise AssertionError("not reached")
+
+    registry.add("lazy", lazy)
+    with pytest.raises(
+        ConfigError,
+        match=r"needs the Python module 'strongroom_sdk_not_installed'"
+        r", which is not installed: install it where strongroom runs",
+    ):
+        registry.open(StoreSpec("lz", "lazy://x"))
 
 
 def test_local_stores_work_without_loading_installed_plugins(

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Collection
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -25,6 +26,8 @@ from .errors import ConfigError, StrongroomError, UnknownBackendError
 from .store import LOCK_MODES, OBJECT_LOCK_OPTION, Store
 
 if TYPE_CHECKING:
+    import importlib.metadata
+
     from starlette.requests import Request
 
 __all__ = [
@@ -91,6 +94,9 @@ class BackendRegistry:
         self._factories: dict[str, StoreFactory] = {}
         self._options: dict[str, BackendOptions] = {}
         self._fallbacks: list[tuple[Callable[[str], bool], StoreFactory]] = []
+        self._owners: dict[str, object] = {}
+        #: The plugin whose hook is registering now (`build_registry` says), for errors.
+        self.registering: object = None
 
     def add(
         self, scheme: str, factory: StoreFactory, *, options: BackendOptions | None = None
@@ -102,8 +108,14 @@ class BackendRegistry:
         """
         scheme = scheme.lower()
         if scheme in self._factories:
-            raise ValueError(f"Two plugins register the {scheme!r} store backend.")
+            owners = [_described(p) for p in (self._owners[scheme], self.registering) if p]
+            named = f" ({' and '.join(owners)})" if owners else ""
+            raise ConfigError(
+                f"Two strongroom plugins register the {scheme!r} store backend{named}; only "
+                f"one may. {_remedy('one of them')}"
+            )
         self._factories[scheme] = factory
+        self._owners[scheme] = self.registering
         if options is not None:
             self._options[scheme] = options
 
@@ -145,6 +157,12 @@ class BackendRegistry:
             store = factory(replace(resolved, options=options))
         except StrongroomError:
             raise
+        except ModuleNotFoundError as exc:  # a library its backend imports only when used
+            raise ConfigError(
+                f"Store {spec.name!r}: the backend for {spec.url} needs the Python module "
+                f"{exc.name!r}, which is not installed: install it where strongroom runs (pip "
+                "install; the backend's documentation names the package)."
+            ) from exc
         except Exception as exc:  # a backend's constructor refusing the URL or an option
             raise ConfigError(
                 f"Store {spec.name!r}: {spec.url} cannot be opened ({type(exc).__name__}: "
@@ -237,39 +255,88 @@ def get_plugin_manager(*, autoload: bool | None = None) -> pluggy.PluginManager:
         manager.register(sys.modules[module_name], name=module_name)
     if autoload is None:
         autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
-    if autoload:
-        try:
+    try:
+        if autoload:
             manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:  # an installed plugin's import failed
-            which = ", ".join(_failing_plugins()) or "one of them"
-            raise ConfigError(
-                f"An installed strongroom plugin failed to load ({type(exc).__name__}: {exc}): "
-                f"{which}. Reinstall or uninstall it (`pip list` shows them; backups and "
-                f"restores on file:// stores do not need it), or set {DISABLE_AUTOLOAD_ENV}=1 "
-                f"to use the built-in backends only."
-            ) from exc
-    manager.check_pending()
+        manager.check_pending()  # a hook that no spec has: a misspelt name
+    except pluggy.PluginValidationError as exc:  # a hook of the wrong name or arguments
+        raise ConfigError(
+            f"The installed strongroom plugin {_described(exc.plugin)} is not valid: "
+            f"{_one_line(exc)}. {_remedy()}"
+        ) from exc
+    except Exception as exc:  # an installed plugin's import failed
+        which = ", ".join(_failing_plugins()) or "one of them"
+        raise ConfigError(
+            f"An installed strongroom plugin failed to load ({type(exc).__name__}: "
+            f"{_one_line(exc)}): {which}. {_remedy()}"
+        ) from exc
     return manager
+
+
+def _remedy(plugin: str = "it") -> str:
+    """What to do about a broken plugin: the end of every error that names one."""
+    return (
+        f"Reinstall or uninstall {plugin} (`pip list` shows them; backups and restores on "
+        f"file:// stores do not need it), or set {DISABLE_AUTOLOAD_ENV}=1 to use the "
+        "built-in backends only."
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """pluggy's messages run over several lines; an error is one."""
+    return " ".join(str(exc).split())
 
 
 def _failing_plugins() -> list[str]:
     """The installed plugins whose import fails, each as `name = module (from its
     distribution)`, for the error that has to say which one to reinstall or uninstall."""
-    import importlib.metadata  # pluggy has just imported it; every command need not
-
     failing = []
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in _entry_points():
         try:
             entry_point.load()
         except Exception:
-            source = f" from {entry_point.dist.name}" if entry_point.dist else ""
-            failing.append(f"{entry_point.name} = {entry_point.value}{source}")
+            failing.append(_entry_point_text(entry_point))
     return failing
 
 
+def _described(plugin: object) -> str:
+    """A plugin as a person finds it: its entry point and distribution, or the module a
+    built-in one is."""
+    for entry_point in _entry_points():
+        with suppress(Exception):  # one that fails to import is not this one
+            if entry_point.load() is plugin:
+                return _entry_point_text(entry_point)
+    return f"{getattr(plugin, '__name__', plugin)} (built in)"
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    import importlib.metadata  # pluggy has just imported it; every command need not
+
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _entry_point_text(entry_point: importlib.metadata.EntryPoint) -> str:
+    source = f" from {entry_point.dist.name}" if entry_point.dist else ""
+    return f"{entry_point.name} = {entry_point.value}{source}"
+
+
 def build_registry(manager: pluggy.PluginManager) -> BackendRegistry:
+    """Every plugin's backends, called plugin by plugin (in pluggy's order) so that a
+    registration that fails, or claims a scheme another plugin has, names both."""
     registry = BackendRegistry()
-    manager.hook.strongroom_register_backends(registry=registry)
+    arguments = {"registry": registry}
+    for hook in reversed(manager.hook.strongroom_register_backends.get_hookimpls()):
+        registry.registering = hook.plugin
+        try:
+            hook.function(*(arguments[name] for name in hook.argnames))
+        except StrongroomError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"The installed strongroom plugin {_described(hook.plugin)} failed to "
+                f"register its backends ({type(exc).__name__}: {_one_line(exc)}). {_remedy()}"
+            ) from exc
+    registry.registering = None
     return registry
 
 
