@@ -381,6 +381,24 @@ def test_an_abandoned_staging_directory_is_removed_only_from_an_otherwise_empty_
     assert os.listdir(target) == ["data"]
 
 
+def test_a_restore_killed_while_moving_into_place_is_explained_and_kept(
+    engine: Engine, empty_target: Path
+) -> None:
+    """Into an existing empty target, a restore moves its entries up one by one: a kill
+    (a power cut) between two moves leaves some in the target and the rest in its staging
+    directory. The next restore refuses, says so and what to do, and removes nothing."""
+    target = empty_target
+    left = abandoned_staging(target)
+    (target / "moved.txt").write_text("moved before the kill")
+    message = (
+        f"is not empty: it holds '{left.name}', the staging directory of a restore that was "
+        r"killed .* killed while it moved its files into place .* move that directory's "
+        "entries into the target and remove it to keep that restore, or empty the target"
+    )
+    refused_and_kept(engine, target, message, left)
+    assert (target / "moved.txt").read_text() == "moved before the kill"
+
+
 def test_only_a_staging_directory_as_this_users_restore_made_it_is_removed(
     engine: Engine, empty_target: Path, tmp_path: Path
 ) -> None:

@@ -22,7 +22,9 @@ open for writing), nothing is removed. Older versions named their staging direct
 without `restore-` and held no lock: those are never removed, only named in the refusal.
 Beside a new target nothing is removed (its parent may be shared), only named by the
 next restore there; except in a directory only strongroom restores into, the admin API's
-(`remove_killed_restores`).
+(`remove_killed_restores`). Into an existing target the entries move one rename each: a
+kill between two leaves some in the target and the rest in the staging directory, which
+the next restore refuses, saying so, and leaves as it is.
 """
 
 from __future__ import annotations
@@ -217,9 +219,12 @@ def _not_a_directory(target: Path) -> ConfigError:
     )
 
 
-def _not_empty(target: Path, names: list[str], *, shared: bool = False) -> ConfigError:
+def _not_empty(
+    target: Path, names: list[str], *, shared: bool = False, beside: list[str] | None = None
+) -> ConfigError:
     """The refusal of a target that holds `names`; `shared`: one that others can write to,
-    so a staging directory there may be anybody's."""
+    so a staging directory there may be anybody's; `beside`: staging directories found
+    with them, as a restore killed while it moved its entries into the target leaves it."""
     staging = sorted(n for n in names if _ABANDONED.fullmatch(n) or _UNLOCKED.fullmatch(n))
     if staging:
         whose = (
@@ -231,6 +236,16 @@ def _not_empty(target: Path, names: list[str], *, shared: bool = False) -> Confi
             f"The restore target {str(target)!r} holds {staging[0]!r}, the staging "
             f"directory of a restore that was killed or is still running ({whose}). If no "
             "restore is running, remove it, then restore again."
+        )
+    if beside:
+        return ConfigError(
+            f"The restore target {str(target)!r} is not empty: it holds {min(beside)!r}, the "
+            "staging directory of a restore that was killed (or is still running), beside "
+            "other entries, as a restore killed while it moved its files into place leaves "
+            f"them (then the rest are in {min(beside)!r}, whole and authenticated). "
+            "Nothing was removed. If no restore is running, move that directory's entries "
+            "into the target and remove it to keep that restore, or empty the target; then "
+            "restore again."
         )
     return ConfigError(
         f"The restore target {str(target)!r} is not empty; restore into a new or empty "
@@ -375,7 +390,7 @@ def _open_empty_directory(parent: int, target: Path) -> int:
         others = [name for name in names if name not in abandoned]
         fresh = others == ["lost+found"] and os.fstat(fd).st_dev != os.fstat(parent).st_dev
         if others and not fresh:  # a new file system's lost+found, at a mount point, is not data
-            raise _not_empty(target, others)
+            raise _not_empty(target, others, beside=abandoned)
         if abandoned and not _only_ours(fd):  # another could rename theirs to such a name
             raise _not_empty(target, abandoned, shared=True)
         _remove_abandoned(fd, abandoned, target)
