@@ -87,6 +87,22 @@ def test_leftovers_are_kept_within_grace_and_swept_after(
     assert engine.cleanup().entries == [], "a second run finds nothing"
 
 
+def test_a_sweep_removes_the_temporary_file_of_a_put_the_create_was_killed_in(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create killed while it wrote a chunk leaves that put's temporary file (up to a
+    chunk's size), which no listing shows: the sweep of its data removes it too, and the
+    directories it kept."""
+    crash_before_commit(engine, tree, monkeypatch)
+    [chunks] = (store_dir(home) / "data" / "crashed").iterdir()
+    (chunks / f".0000000099.{'ab' * 8}.tmp").write_bytes(b"half a chunk")
+    for marker in markers(home):
+        age(marker, GRACE + timedelta(minutes=1))
+    report = engine.cleanup()
+    assert [(e.name, e.action) for e in report.entries] == [("crashed", "swept")]
+    assert not (store_dir(home) / "data").exists()
+
+
 def test_a_committed_backup_with_a_stale_marker_is_kept(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

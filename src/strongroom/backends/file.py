@@ -203,8 +203,14 @@ class LocalStore(Store):
         return self.scan(prefix).objects
 
     def scan(self, prefix: str) -> ScanResult:
+        return self._scan(prefix)[0]
+
+    def _scan(self, prefix: str) -> tuple[ScanResult, builtins.list[str]]:
+        """What `scan` finds, and the temporary files of puts under the prefix (running, or
+        left by a process killed as it wrote: never objects, so never listed)."""
         objects: builtins.list[ObjectInfo] = []
         skipped: dict[str, str] = {}
+        temporaries: builtins.list[str] = []
         top = prefix.rstrip("/")
         with self.translate_errors(prefix):
             for key, status in self._root.walk(top):
@@ -214,10 +220,12 @@ class LocalStore(Store):
                     skipped[key] = self._warned(self._too_deep(key))
                 elif not stat.S_ISREG(status.st_mode):
                     skipped[key] = self._skipped(key, status, "it was skipped")
-                elif not posixpath.basename(key).startswith("."):  # a put's temporary file
+                elif posixpath.basename(key).startswith("."):  # a put's temporary file
+                    temporaries.append(key)
+                else:
                     modified = datetime.fromtimestamp(status.st_mtime, UTC)
                     objects.append(ObjectInfo(key, status.st_size, modified))
-        return ScanResult(sorted(objects, key=lambda obj: obj.key), skipped)
+        return ScanResult(sorted(objects, key=lambda obj: obj.key), skipped), temporaries
 
     def delete(self, keys: builtins.list[str]) -> None:
         """Delete the objects, then the directories they leave empty (up to the root).
@@ -234,10 +242,12 @@ class LocalStore(Store):
             self._prune(directory)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Delete every object under `prefix`; what the listing skipped stays, and a
-        StoreError names it once the rest is gone."""
-        found = self.scan(prefix)
-        self.delete([obj.key for obj in found.objects])
+        """Delete every object under `prefix`, and the temporary files of puts there (a
+        backup's data is deleted whole, and swept once the create that wrote it is dead:
+        a put it was killed in left one, up to a chunk's size); what the listing skipped
+        stays, and a StoreError names it once the rest is gone."""
+        found, temporaries = self._scan(prefix)
+        self.delete([obj.key for obj in found.objects] + temporaries)
         self._prune(prefix.rstrip("/"))
         if found.skipped:
             skipped = " ".join(found.skipped.values())
