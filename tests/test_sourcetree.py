@@ -9,10 +9,11 @@ import os
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from strongroom import sourcetree
+from strongroom import archive, sourcetree
 from strongroom.cli import main
 from strongroom.sourcetree import (
     SourceChanged,
@@ -117,6 +118,28 @@ def test_create_names_an_unreadable_entry_by_its_path(
         f"strongroom: error: cannot read {source / 'a' / 'B'}: Permission denied; strongroom "
         "reads what it backs up as this user: let it read that, or leave it out of the "
         "sources. Nothing was committed.\n"
+    )
+
+
+def test_create_names_a_file_whose_read_fails(
+    source: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], home: Path
+) -> None:
+    """An I/O error while a file's bytes are read (a dying disk) named no file: "cannot
+    use: Input/output error. Check the path, its permissions and the free space."."""
+
+    class FailingFile(io.FileIO):
+        def readinto(self, buffer: Any) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+    def failing_open(fd: int, *args: object, **kwargs: object) -> io.FileIO:
+        return FailingFile(fd, "rb")
+
+    monkeypatch.setattr(archive, "open", failing_open, raising=False)
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
+    assert main(["create", "--name", "t", str(source / "top")]) == 12
+    assert capsys.readouterr().err == (
+        f"strongroom: error: cannot read {source / 'top'}: Input/output error; check the "
+        "disk it is on, or leave it out of the sources. Nothing was committed.\n"
     )
 
 

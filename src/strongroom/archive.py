@@ -34,7 +34,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol, cast
 
-from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
+from .errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidNameError,
+    StrongroomError,
+    UnsafeArchiveError,
+)
 from .filewrite import (
     SMALL_FILE,
     FileMeta,
@@ -318,6 +324,10 @@ def _add_entry(
                 f"{status.st_size} bytes when opened), so nothing was committed; back it up "
                 "when nothing is writing to it (a log truncated or rotated meanwhile)."
             ) from None
+        except OSError as exc:  # reading the file failed (an I/O error): name it
+            if isinstance(exc, StrongroomError) or exc.errno is None:
+                raise  # the store's, or one that names what failed
+            raise SourceUnreadable(exc.errno, exc.strerror, entry.arcname) from exc
         if info.isreg() and _changed(status, os.fstat(fd)):
             logger.warning(
                 "%s changed while it was being backed up; the backup holds its first %d "
