@@ -24,6 +24,7 @@ from strongroom import (
     BackupExistsError,
     BackupInfo,
     BackupNotFoundError,
+    CommitUncertainError,
     ConfigError,
     Engine,
     InvalidNameError,
@@ -734,54 +735,57 @@ def test_a_resent_commit_that_finds_its_own_manifest_succeeds(
     engine.verify("nightly", passcode=PASSCODE)
 
 
-def fail_once_the_manifest_lands(
-    store: Store, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+def fail_at_the_manifest(
+    store: Store, monkeypatch: pytest.MonkeyPatch, failure: BaseException, *, lands: bool
 ) -> None:
-    """The manifest's put lands, then fails (a Ctrl-C as it returns, an fsync of its
-    directory that fails)."""
+    """The manifest's put fails (a Ctrl-C as it returns, an fsync of its directory that
+    fails, a connection cut), having landed or not (`lands`)."""
     real_put = store.put
 
     def put(key: str, data: bytes | bytearray | memoryview, **options: Any) -> None:
-        real_put(key, data, **options)
-        if key.startswith("manifests/"):
-            raise failure
+        if not key.startswith("manifests/"):
+            return real_put(key, data, **options)
+        if lands:
+            real_put(key, data, **options)
+        raise failure
 
     monkeypatch.setattr(store, "put", put)
 
 
+@pytest.mark.parametrize("lands", [True, False], ids=["landed", "not landed"])
 @pytest.mark.parametrize(
     "failure", [KeyboardInterrupt(), StoreUnavailableError("fsync: Input/output error")]
 )
-def test_a_commit_that_lands_and_then_fails_is_taken_back_whole(
-    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+def test_a_commit_that_fails_as_its_manifest_is_written_removes_nothing_and_says_so(
+    engine: Engine,
+    home: Path,
+    tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: BaseException,
+    lands: bool,
 ) -> None:
-    """A create that fails once its manifest is in place removes the manifest before its
-    data: never a listed backup whose chunks are gone."""
-    fail_once_the_manifest_lands(engine.store(), monkeypatch, failure)
-    with pytest.raises(type(failure)):
+    """Whether a manifest's put landed is not known when it fails (a remote store's
+    upload can even land after an interrupt): removing the data then left a listed,
+    COMPLETED backup that restored nothing. Nothing is removed: a backup that landed is
+    whole, one that did not is swept later, and the error says to look."""
+    fail_at_the_manifest(engine.store(), monkeypatch, failure, lands=lands)
+    with pytest.raises(CommitUncertainError) as caught:
         engine.create("nightly", [tree], passcode=PASSCODE)
-    assert engine.list() == []
-    data = store_dir(home) / "data" / "nightly"
-    assert not data.exists() or not any(data.rglob("*[0-9]"))
+    reason = "it was interrupted" if isinstance(failure, KeyboardInterrupt) else str(failure)
+    assert str(caught.value) == (
+        "Backup 'nightly' may or may not have been committed in store 'backupsDefault': its "
+        f"create stopped while its manifest was being written ({reason}). 'strongroom list "
+        "--store backupsDefault' shows which: if it is listed, it is complete and restores "
+        "(delete it if unwanted); if not, a cleanup sweeps what it wrote once that is older "
+        "than its grace period (a day)."
+    )
     monkeypatch.undo()
-    engine.create("nightly", [tree], passcode=PASSCODE)
-    engine.verify("nightly", passcode=PASSCODE)
-
-
-def test_a_commit_that_lands_and_cannot_be_taken_back_keeps_its_data(
-    engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """If the landed manifest cannot be removed (a store that locks it, or gone), the data
-    stays with it: the backup lists and restores, and the log says so."""
-    store = engine.store()
-    fail_once_the_manifest_lands(store, monkeypatch, KeyboardInterrupt())
-    monkeypatch.setattr(store, "delete", lambda keys: (_ for _ in ()).throw(OSError("locked")))
-    with pytest.raises(KeyboardInterrupt):
-        engine.create("nightly", [tree], passcode=PASSCODE)
-    monkeypatch.undo()
-    assert [info.name for info in engine.list()] == ["nightly"]
-    engine.verify("nightly", passcode=PASSCODE)
-    assert "may have been committed as its create failed" in caplog.text
+    if lands:
+        assert [info.name for info in engine.list()] == ["nightly"]
+        engine.verify("nightly", passcode=PASSCODE)
+    else:
+        assert engine.list() == []
+        assert any((store_dir(home) / "data" / "nightly").rglob("*[0-9]")), "kept for a sweep"
 
 
 def test_a_failed_cleanup_does_not_hide_why_create_failed(

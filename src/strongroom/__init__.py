@@ -9,6 +9,7 @@ from .engine import Engine
 from .errors import (
     BackupExistsError,
     BackupNotFoundError,
+    CommitUncertainError,
     ConfigBusyError,
     ConfigError,
     IntegrityError,
@@ -44,6 +45,7 @@ __all__ = [
     "BackupExistsError",
     "BackupInfo",
     "BackupNotFoundError",
+    "CommitUncertainError",
     "CleanupEntry",
     "CleanupReport",
     "ConfigBusyError",

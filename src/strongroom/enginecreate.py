@@ -26,7 +26,7 @@ from .backupinfo import BackupInfo
 from .config import StoresConfig
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginestores import EngineStores
-from .errors import BackupExistsError, ConfigError, IntegrityError
+from .errors import BackupExistsError, CommitUncertainError, ConfigError, IntegrityError
 from .format import (
     MAX_MANIFEST_SIZE,
     KeySlot,
@@ -133,7 +133,7 @@ class EngineCreate(EngineStores):
         index = retention_key(name, backup_id, retention)
         # Chunks are sealed under the random file key; the passcode's key is needed only
         # to wrap it at the commit, so its Argon2id runs beside the writing.
-        committing: Manifest | None = None  # set once the manifest may land
+        committing = False  # from the manifest's put on, whether it landed may be unknown
         with (
             _Heartbeat(target, marker, self._heartbeat),
             _KeyDerivation(credential, self._kdf) as derivation,
@@ -154,13 +154,14 @@ class EngineCreate(EngineStores):
                 )
                 manifest = write_key.sign(manifest, keys)
                 stage("committing")
-                committing = manifest
                 target.put(index, b"", overwrite=True)  # before the commit: never missing
+                committing = True
                 _commit(target, manifest)
-            except BaseException:
+            except BaseException as exc:
                 writer.abort()
-                if committing is None or _withdrawn(target, committing):
-                    _remove_quietly(target, name, data_prefix(name, backup_id), index, marker)
+                if committing and not isinstance(exc, BackupExistsError):
+                    raise _uncertain(manifest, target, exc) from exc
+                _remove_quietly(target, name, data_prefix(name, backup_id), index, marker)
                 raise
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
         for what in left_out:
@@ -304,26 +305,19 @@ def _commit(store: Store, manifest: Manifest) -> None:
             raise _exists(manifest.name, store) from None
 
 
-def _withdrawn(store: Store, manifest: Manifest) -> bool:
-    """Whether no manifest of this create is left after a failure during its commit (an
-    interrupt, or an error while the put finished: a directory's fsync), taking back one
-    that landed; only then may the create remove its data. One that cannot be read or
-    removed (a store that locks it, a store gone) stays, and so does all its data: the
-    backup is whole, never a listed manifest without chunks."""
-    key = manifest_key(manifest.name)
-    try:
-        if store.get(key, limit=MAX_MANIFEST_SIZE) == manifest.to_bytes():
-            store.delete([key])
-    except FileNotFoundError:  # it never landed
-        pass
-    except Exception:
-        logger.warning(
-            "Backup %r may have been committed as its create failed, so its data is kept "
-            "whole: if 'strongroom list' shows it, it restores (delete it if unwanted)",
-            manifest.name,
-        )
-        return False
-    return True
+def _uncertain(manifest: Manifest, store: Store, exc: BaseException) -> CommitUncertainError:
+    """What a create says when it stopped during its manifest's put: the put may have
+    landed (or still land: a remote store's upload can outlive an interrupt), so nothing
+    it wrote is removed, and the listing tells which it was. A commit that lost to another
+    create's (BackupExistsError) is not this: that one is known."""
+    reason = "it was interrupted" if isinstance(exc, KeyboardInterrupt) else f"{exc}"
+    return CommitUncertainError(
+        f"Backup {manifest.name!r} may or may not have been committed in store "
+        f"{store.name!r}: its create stopped while its manifest was being written ({reason}). "
+        f"'strongroom list --store {store.name}' shows which: if it is listed, it is "
+        "complete and restores (delete it if unwanted); if not, a cleanup sweeps what it "
+        "wrote once that is older than its grace period (a day)."
+    )
 
 
 def _exists(name: str, store: Store) -> BackupExistsError:

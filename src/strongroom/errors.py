@@ -117,6 +117,12 @@ class ObjectLockedError(StoreError, PermissionError):
     exit_code = 11
 
 
+class CommitUncertainError(StoreError):
+    """A create stopped while its manifest was being written (an interrupt, the store
+    failing mid-put), so whether the backup was committed is not known here: a listing
+    tells. Everything it wrote is kept, so it is whole if it was committed."""
+
+
 class StoreUnavailableError(StoreError, ConnectionError):
     """The store cannot be reached, read or written."""
 
