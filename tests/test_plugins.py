@@ -6,6 +6,8 @@ import pydoc
 import re
 import sys
 import types
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from strongroom import (
 )
 from strongroom.plugins import (
     DEFAULT_PLUGINS,
+    BackendRegistry,
     StrongroomHookSpecs,
     build_registry,
     get_plugin_manager,
@@ -258,6 +261,40 @@ def test_a_broken_plugin_is_named_in_one_line_and_local_stores_and_cleanup_go_on
     report = Engine(config, kdf=FAST_KDF, clock=lambda: later).cleanup()
     assert [entry.name for entry in report.entries if entry.action == "deleted"] == ["expired"]
     assert re.search(message, " ".join(report.errors))
+
+
+@dataclass
+class HostPlugin:
+    """A host program's plugin object, whose repr holds its settings."""
+
+    api_token: str
+
+    @hookimpl
+    def strongroom_register_backends(self, registry: BackendRegistry) -> None:
+        registry.add("file", lambda spec: None)  # type: ignore[arg-type,return-value]
+
+
+def test_a_host_programs_plugin_is_named_by_its_class_never_its_repr() -> None:
+    manager = get_plugin_manager(autoload=False)
+    manager.register(HostPlugin(api_token="s3cr3t-token"))
+    with pytest.raises(ConfigError) as caught:
+        build_registry(manager)
+    assert "HostPlugin (registered by the host program)" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_wrapper_of_the_registration_hook_is_refused_not_silently_skipped() -> None:
+    plugin = types.ModuleType("wrapping_plugin")
+
+    @hookimpl(wrapper=True)
+    def strongroom_register_backends(registry: BackendRegistry) -> Iterator[None]:
+        yield
+
+    plugin.strongroom_register_backends = strongroom_register_backends  # type: ignore[attr-defined]
+    manager = get_plugin_manager(autoload=False)
+    manager.register(plugin)
+    with pytest.raises(ConfigError, match="wrapping_plugin .* wraps strongroom_register_backends"):
+        build_registry(manager)
 
 
 def test_a_backend_library_that_is_missing_says_to_install_it(home: Path) -> None:

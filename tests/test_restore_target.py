@@ -392,8 +392,9 @@ def test_a_restore_killed_while_moving_into_place_is_explained_and_kept(
     (target / "moved.txt").write_text("moved before the kill")
     message = (
         f"is not empty: it holds '{left.name}', the staging directory of a restore that was "
-        r"killed .* killed while it moved its files into place .* move that directory's "
-        "entries into the target and remove it to keep that restore, or empty the target"
+        r"killed .* killed while it moved its files into place leaves part of them in the "
+        r"target and the rest there; .* Nothing was removed\. If no restore is running, "
+        r"empty the target"
     )
     refused_and_kept(engine, target, message, left)
     assert (target / "moved.txt").read_text() == "moved before the kill"

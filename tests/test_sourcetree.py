@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from strongroom import archive, sourcetree
+from strongroom import Engine, archive, sourcetree
 from strongroom.cli import main
 from strongroom.sourcetree import (
     SourceChanged,
@@ -141,6 +141,18 @@ def test_create_names_a_file_whose_read_fails(
         f"strongroom: error: cannot read {source / 'top'}: Input/output error; check the "
         "disk it is on, or leave it out of the sources. Nothing was committed.\n"
     )
+
+
+def test_only_a_failed_read_is_called_an_unreadable_source(source: Path, home: Path) -> None:
+    """What fails on the way while a file is archived (here the progress display, as a
+    hung-up terminal fails it) is not the file's fault: it stays its own error."""
+
+    def hung_up(done: int, total: int | None) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError) as caught:
+        Engine().create("t", [source / "top"], passcode=PASSCODE, progress=hung_up)
+    assert not isinstance(caught.value, SourceUnreadable)
 
 
 def _entry(source: Path, name: str) -> tuple[int, SourceEntry]:

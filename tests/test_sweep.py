@@ -96,11 +96,14 @@ def test_a_sweep_removes_the_temporary_file_of_a_put_the_create_was_killed_in(
     crash_before_commit(engine, tree, monkeypatch)
     [chunks] = (store_dir(home) / "data" / "crashed").iterdir()
     (chunks / f".0000000099.{'ab' * 8}.tmp").write_bytes(b"half a chunk")
+    (chunks / ".nfs0000000000bd1e00000001").write_bytes(b"not a put's: left alone")
     for marker in markers(home):
         age(marker, GRACE + timedelta(minutes=1))
     report = engine.cleanup()
     assert [(e.name, e.action) for e in report.entries] == [("crashed", "swept")]
-    assert not (store_dir(home) / "data").exists()
+    assert [path.name for path in (store_dir(home) / "data").rglob("*") if path.is_file()] == [
+        ".nfs0000000000bd1e00000001"
+    ]
 
 
 def test_a_committed_backup_with_a_stale_marker_is_kept(

@@ -34,13 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol, cast
 
-from .errors import (
-    ConfigError,
-    IntegrityError,
-    InvalidNameError,
-    StrongroomError,
-    UnsafeArchiveError,
-)
+from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
 from .filewrite import (
     SMALL_FILE,
     FileMeta,
@@ -67,7 +61,7 @@ from .tarstream import TarSource, mtime_ns, mtime_restorable, read_members
 from .writeback import FlushBehind, start_writeback
 
 if TYPE_CHECKING:
-    from _typeshed import SupportsRead
+    from _typeshed import SupportsRead, WriteableBuffer
 
 __all__ = [
     "ArchiveEntry",
@@ -317,17 +311,13 @@ def _add_entry(
         if info is None or keep(info) is None:
             return
         try:
-            tar.addfile(info, file if info.isreg() else None)
+            tar.addfile(info, _Reading(file, entry.arcname) if info.isreg() else None)
         except SourceEndedEarly:
             raise OSError(  # no errno: not a permission or a full disk to check
                 f"{entry.arcname} shrank while it was being backed up (it had "
                 f"{status.st_size} bytes when opened), so nothing was committed; back it up "
                 "when nothing is writing to it (a log truncated or rotated meanwhile)."
             ) from None
-        except OSError as exc:  # reading the file failed (an I/O error): name it
-            if isinstance(exc, StrongroomError) or exc.errno is None:
-                raise  # the store's, or one that names what failed
-            raise SourceUnreadable(exc.errno, exc.strerror, entry.arcname) from exc
         if info.isreg() and _changed(status, os.fstat(fd)):
             logger.warning(
                 "%s changed while it was being backed up; the backup holds its first %d "
@@ -336,6 +326,25 @@ def _add_entry(
                 entry.arcname,
                 info.size,
             )
+
+
+class _Reading(io.RawIOBase):
+    """A source file as the archive writer reads it: a read that fails (an I/O error on a
+    dying disk) is a SourceUnreadable naming the file, which the system's error does not;
+    the store's and the progress display's errors on the way are left as they are."""
+
+    def __init__(self, file: io.FileIO, arcname: str) -> None:
+        super().__init__()
+        self._file, self._arcname = file, arcname
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        try:
+            return self._file.readinto(buffer)
+        except OSError as exc:
+            raise SourceUnreadable(exc.errno, exc.strerror, self._arcname) from exc
 
 
 def _changed(opened: os.stat_result, now: os.stat_result) -> bool:

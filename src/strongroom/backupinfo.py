@@ -2,8 +2,8 @@
 (one backup) and `Listing` (a store's), in the admin API's field names.
 
 What create, list and info return, and what the CLI, the admin API and the jobs print;
-kept apart from engine.py, which makes and reads them, so every part that only shows
-them need not know how.
+kept apart from the engine (enginecreate.py and engine.py make them from manifests), so
+every part that only shows them need not know how.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Collection
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -261,7 +262,7 @@ def get_plugin_manager(*, autoload: bool | None = None) -> pluggy.PluginManager:
         manager.check_pending()  # a hook that no spec has: a misspelt name
     except pluggy.PluginValidationError as exc:  # a hook of the wrong name or arguments
         raise ConfigError(
-            f"The installed strongroom plugin {_described(exc.plugin)} is not valid: "
+            f"The strongroom plugin {_described(exc.plugin)} is not valid: "
             f"{_one_line(exc)}. {_remedy()}"
         ) from exc
     except Exception as exc:  # an installed plugin's import failed
@@ -300,13 +301,15 @@ def _failing_plugins() -> list[str]:
 
 
 def _described(plugin: object) -> str:
-    """A plugin as a person finds it: its entry point and distribution, or the module a
-    built-in one is."""
+    """A plugin as a person finds it: its entry point and distribution, or the name of
+    the module or class a built-in one or the host program's is (never its repr, which
+    may hold the host's settings)."""
     for entry_point in _entry_points():
         with suppress(Exception):  # one that fails to import is not this one
             if entry_point.load() is plugin:
                 return _entry_point_text(entry_point)
-    return f"{getattr(plugin, '__name__', plugin)} (built in)"
+    name = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
+    return f"{name} ({'built in' if name in DEFAULT_PLUGINS else 'registered by the host program'})"
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -327,13 +330,19 @@ def build_registry(manager: pluggy.PluginManager) -> BackendRegistry:
     arguments = {"registry": registry}
     for hook in reversed(manager.hook.strongroom_register_backends.get_hookimpls()):
         registry.registering = hook.plugin
+        if hook.hookwrapper or hook.wrapper:
+            raise ConfigError(
+                f"The strongroom plugin {_described(hook.plugin)} wraps "
+                "strongroom_register_backends, and that hook is called plugin by plugin, "
+                "without wrappers: register backends in a plain @hookimpl."
+            )
         try:
             hook.function(*(arguments[name] for name in hook.argnames))
         except StrongroomError:
             raise
         except Exception as exc:
             raise ConfigError(
-                f"The installed strongroom plugin {_described(hook.plugin)} failed to "
+                f"The strongroom plugin {_described(hook.plugin)} failed to "
                 f"register its backends ({type(exc).__name__}: {_one_line(exc)}). {_remedy()}"
             ) from exc
     registry.registering = None

@@ -238,14 +238,15 @@ def _not_empty(
             "restore is running, remove it, then restore again."
         )
     if beside:
+        left = ", ".join(repr(name) for name in sorted(beside))
         return ConfigError(
-            f"The restore target {str(target)!r} is not empty: it holds {min(beside)!r}, the "
-            "staging directory of a restore that was killed (or is still running), beside "
-            "other entries, as a restore killed while it moved its files into place leaves "
-            f"them (then the rest are in {min(beside)!r}, whole and authenticated). "
-            "Nothing was removed. If no restore is running, move that directory's entries "
-            "into the target and remove it to keep that restore, or empty the target; then "
-            "restore again."
+            f"The restore target {str(target)!r} is not empty: it holds {left}, the staging "
+            "directory of a restore that was killed (or is still running), beside other "
+            "entries. A restore killed while it moved its files into place leaves part of "
+            "them in the target and the rest there; one killed earlier leaves only part of "
+            "a backup there, and the other entries are not its. Nothing was removed. If no "
+            "restore is running, empty the target (or remove that directory and what that "
+            "restore put there), then restore again."
         )
     return ConfigError(
         f"The restore target {str(target)!r} is not empty; restore into a new or empty "

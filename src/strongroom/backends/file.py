@@ -16,6 +16,7 @@ import builtins
 import logging
 import os
 import posixpath
+import re
 import shlex
 import stat
 import threading
@@ -46,6 +47,10 @@ logger = logging.getLogger("strongroom")
 CONFINE_OPTION = "confine_to"
 #: Tries at creating a file whose directory a concurrent delete may prune meanwhile.
 ATTEMPTS = 10
+
+
+#: A put's temporary file (`_write`): skipped by listings; deleted with its prefix.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp", re.DOTALL)
 
 
 class LocalStore(Store):
@@ -221,7 +226,8 @@ class LocalStore(Store):
                 elif not stat.S_ISREG(status.st_mode):
                     skipped[key] = self._skipped(key, status, "it was skipped")
                 elif posixpath.basename(key).startswith("."):  # a put's temporary file
-                    temporaries.append(key)
+                    if _TEMPORARY.fullmatch(posixpath.basename(key)):
+                        temporaries.append(key)
                 else:
                     modified = datetime.fromtimestamp(status.st_mtime, UTC)
                     objects.append(ObjectInfo(key, status.st_size, modified))
@@ -247,7 +253,10 @@ class LocalStore(Store):
         a put it was killed in left one, up to a chunk's size); what the listing skipped
         stays, and a StoreError names it once the rest is gone."""
         found, temporaries = self._scan(prefix)
-        self.delete([obj.key for obj in found.objects] + temporaries)
+        self.delete([obj.key for obj in found.objects])
+        for key in temporaries:  # a running put's may go meanwhile: its link then fails
+            with suppress(OSError), self._root.parent(key) as (parent, name):
+                os.unlink(name, dir_fd=parent)
         self._prune(prefix.rstrip("/"))
         if found.skipped:
             skipped = " ".join(found.skipped.values())
@@ -370,7 +379,7 @@ def _write(
     file's descriptor (returned): an fsync through a descriptor opened later could miss a
     write-back error the kernel has forgotten by then. Its writeback starts meanwhile
     (`writeback`), so that fsync finds the work done."""
-    temporary = f".{name}.{os.urandom(8).hex()}.tmp"
+    temporary = f".{name}.{os.urandom(8).hex()}.tmp"  # as _TEMPORARY matches
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temporary, flags, 0o666, dir_fd=parent)
     try:
