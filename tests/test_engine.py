@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import errno
 import io
 import logging
 import os
@@ -34,6 +35,7 @@ from strongroom import (
     StoreUnavailableError,
     archive,
 )
+from strongroom.backends.file import LocalStore
 from strongroom.format import Manifest, data_prefix, manifest_key
 from strongroom.pipeline import ChunkWriter
 from strongroom.sourcetree import walk_source
@@ -786,6 +788,29 @@ def test_a_commit_that_fails_as_its_manifest_is_written_removes_nothing_and_says
     else:
         assert engine.list() == []
         assert any((store_dir(home) / "data" / "nightly").rglob("*[0-9]")), "kept for a sweep"
+
+
+class DyingDisk(LocalStore):
+    """A backend that forgot `translate_errors` around its reads of data."""
+
+    def get(self, key: str, *, limit: int | None = None) -> bytes:
+        if key.startswith("data/"):
+            raise OSError(errno.EIO, "Input/output error")
+        return super().get(key, limit=limit)
+
+
+def test_an_os_error_a_backend_lets_escape_names_the_store_not_the_target(
+    tmp_path: Path, tree: Path, home: Path
+) -> None:
+    """Such an error read "cannot use OUT: Input/output error. Check the path, its
+    permissions and the free space.": the user's restore target blamed for the store."""
+    (tmp_path / "disk").mkdir()
+    store = DyingDisk("dying", f"file://{tmp_path / 'disk'}", tmp_path / "disk")
+    engine = Engine(stores=[store], kdf=FAST_KDF, chunk_size=SMALL_CHUNK)
+    engine.create("b", [tree], passcode=PASSCODE, store="dying")
+    with pytest.raises(StoreUnavailableError, match=r"^Store 'dying' \(file://.*\) failed: "):
+        engine.restore("b", tmp_path / "out", passcode=PASSCODE, store="dying")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_failed_cleanup_does_not_hide_why_create_failed(

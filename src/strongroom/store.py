@@ -179,9 +179,14 @@ class Store:
     storage_errors: tuple[type[Exception], ...] = (OSError,)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A backend written before `get` took a `limit` keeps working: its `get` is
-        wrapped to refuse a larger object once read (so without the memory bound)."""
+        """A backend's operations name the store in an OSError that escaped its
+        `translate_errors` (`_naming_the_store`); and a backend written before `get` took
+        a `limit` keeps working: its `get` is wrapped to refuse a larger object once read
+        (so without the memory bound)."""
         super().__init_subclass__(**kwargs)
+        for name in _OPERATIONS:
+            if name in cls.__dict__:
+                setattr(cls, name, _naming_the_store(cls.__dict__[name]))
         get = cls.__dict__.get("get")
         if get is None:
             return
@@ -442,11 +447,49 @@ class Store:
         except (FileNotFoundError, FileExistsError, StoreError):
             raise
         except self.storage_errors as exc:
-            where = f" on {key!r}" if key else ""  # '' is the store's own place
-            raise StoreUnavailableError(
-                f"Store {self.name!r} ({self.url}) failed{where}: {exc}. {_advice(exc)}, "
-                f"then run 'strongroom stores validate {self.name}'."
-            ) from exc
+            raise _failed(self, exc, f" on {key!r}" if key else "") from exc  # '': its place
+
+
+#: A backend's operations that `_naming_the_store` wraps where a backend defines them.
+_OPERATIONS = (
+    "put",
+    "put_unsynced",
+    "sync",
+    "get",
+    "holds",
+    "exists",
+    "list",
+    "scan",
+    "delete",
+    "delete_prefix",
+    "extend_retention",
+    "occupied",
+)
+
+
+def _failed(store: Store, exc: BaseException, where: str = "") -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"Store {store.name!r} ({store.url}) failed{where}: {exc}. {_advice(exc)}, "
+        f"then run 'strongroom stores validate {store.name}'."
+    )
+
+
+def _naming_the_store(operation: Callable[..., Any]) -> Callable[..., Any]:
+    """A backend's operation whose OSError, other than the contract's FileNotFoundError
+    and FileExistsError, is a StoreUnavailableError naming the store: one that escaped a
+    backend's `translate_errors` otherwise read as a fault of the user's own files (the
+    restore target, a source)."""
+
+    @functools.wraps(operation)
+    def naming(store: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return operation(store, *args, **kwargs)
+        except (FileNotFoundError, FileExistsError, StoreError):
+            raise
+        except OSError as exc:
+            raise _failed(store, exc) from exc
+
+    return naming
 
 
 def _advice(exc: BaseException) -> str:
