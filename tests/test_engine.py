@@ -573,12 +573,15 @@ def test_an_uncommitted_backup_is_not_listed(
 def test_a_failed_create_removes_what_it_wrote(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Before its first chunk, its pending marker too (test_sweep: not after one)."""
+
     def broken_source(*args: object, **kwargs: object) -> None:
         raise OSError("disk on fire")
 
     monkeypatch.setattr("strongroom.enginecreate.write_archive", broken_source)
     with pytest.raises(OSError, match="disk on fire"):
         engine.create("nightly", [tree], passcode=PASSCODE)
+    assert not (store_dir(home) / "pending").exists()
     assert engine.list() == []
     data = store_dir(home) / "data" / "nightly"
     assert not data.exists() or not any(data.rglob("*[0-9]"))
@@ -778,8 +781,8 @@ def test_a_commit_that_fails_as_its_manifest_is_written_removes_nothing_and_says
         "Backup 'nightly' may or may not have been committed in store 'backupsDefault': its "
         f"create stopped while its manifest was being written ({reason}). 'strongroom list "
         "--store backupsDefault' shows which: if it is listed, it is complete and restores "
-        "(delete it if unwanted); if not, a cleanup sweeps what it wrote once that is older "
-        "than its grace period (a day)."
+        "(delete it if unwanted); if not, a cleanup sweeps what it wrote once that is a day "
+        "old."
     )
     monkeypatch.undo()
     if lands:

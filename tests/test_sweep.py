@@ -9,11 +9,19 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import strongroom.enginecreate
-from strongroom import ConfigError, Engine, IntegrityError, NewerFormatError, Store
+from strongroom import (
+    ConfigError,
+    Engine,
+    IntegrityError,
+    NewerFormatError,
+    Store,
+    StoreUnavailableError,
+)
 from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
 from strongroom.pipeline import ChunkWriter
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
@@ -104,6 +112,32 @@ def test_a_sweep_removes_the_temporary_file_of_a_put_the_create_was_killed_in(
     assert [path.name for path in (store_dir(home) / "data").rglob("*") if path.is_file()] == [
         ".nfs0000000000bd1e00000001"
     ]
+
+
+def test_a_chunk_that_lands_after_its_create_failed_is_swept(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote store's upload can outlive its request's time-out: the create fails and
+    removes what it sees, and the chunk lands after. The create's marker stays so that
+    the sweep finds it; without the marker nothing would ever name that chunk."""
+    store = engine.store()
+    real_put = store.put_unsynced
+
+    def timed_out(key: str, data: bytes | bytearray | memoryview, **options: Any) -> None:
+        raise StoreUnavailableError("Read timeout on endpoint URL")
+
+    monkeypatch.setattr(store, "put_unsynced", timed_out)
+    with pytest.raises(StoreUnavailableError):
+        engine.create("late", [tree], passcode=PASSCODE)
+    [marker] = markers(home)
+    backup_id = marker.name
+    late = f"data/late/{backup_id}/0000000002"
+    real_put(late, b"landed late", retain_until=None)  # after the create gave up
+    store.sync([late])
+    age(marker, GRACE + timedelta(minutes=1))
+    report = engine.cleanup()
+    assert [(e.name, e.action) for e in report.entries] == [("late", "swept")]
+    assert markers(home) == [] and not (store_dir(home) / "data").exists()
 
 
 def test_a_committed_backup_with_a_stale_marker_is_kept(

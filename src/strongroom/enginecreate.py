@@ -161,7 +161,11 @@ class EngineCreate(EngineStores):
                 writer.abort()
                 if committing and not isinstance(exc, BackupExistsError):
                     raise _uncertain(manifest, target, exc) from exc
-                _remove_quietly(target, name, data_prefix(name, backup_id), index, marker)
+                # A chunk's put may still land (a remote store's upload can outlive its
+                # time-out or an interrupt): then the marker stays, for a sweep to remove
+                # whatever does once the grace period has passed.
+                leftover = [] if writer.submitted else [marker]
+                _remove_quietly(target, name, data_prefix(name, backup_id), index, *leftover)
                 raise
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
         for what in left_out:
@@ -281,10 +285,7 @@ def _remove_quietly(store: Store, name: str, *keys_or_prefixes: str) -> None:
             else:
                 store.delete([item])
     except Exception:  # the first failure is the one to report; a sweep removes the rest
-        logger.warning(
-            "Could not remove what the backup %r left; a cleanup sweeps it once it is a day old",
-            name,
-        )
+        logger.warning("Could not remove what the backup %r left; %s", name, _swept_when(store))
 
 
 def _commit(store: Store, manifest: Manifest) -> None:
@@ -315,9 +316,14 @@ def _uncertain(manifest: Manifest, store: Store, exc: BaseException) -> CommitUn
         f"Backup {manifest.name!r} may or may not have been committed in store "
         f"{store.name!r}: its create stopped while its manifest was being written ({reason}). "
         f"'strongroom list --store {store.name}' shows which: if it is listed, it is "
-        "complete and restores (delete it if unwanted); if not, a cleanup sweeps what it "
-        "wrote once that is older than its grace period (a day)."
+        f"complete and restores (delete it if unwanted); if not, {_swept_when(store)}."
     )
+
+
+def _swept_when(store: Store) -> str:
+    """When a cleanup removes what a create that failed left in `store`."""
+    locked = ", and their object lock has passed" if store.lock_mode else ""
+    return f"a cleanup sweeps what it wrote once that is a day old{locked}"
 
 
 def _exists(name: str, store: Store) -> BackupExistsError:

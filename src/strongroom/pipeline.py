@@ -130,6 +130,12 @@ class ChunkWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    @property
+    def submitted(self) -> bool:
+        """Whether a chunk was handed to the store: after a failure one may still land (a
+        remote store's upload can outlive its time-out), so its backup's marker stays."""
+        return self._index > 0
+
     def tell(self) -> int:
         """Bytes written so far (tarfile asks once, at the start)."""
         return self._source_size
