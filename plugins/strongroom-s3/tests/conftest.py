@@ -167,10 +167,19 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if action == "drop":
                 self.close_connection = True
                 return
+            if action == "halfbody":  # the connection breaks as the body is sent
+                self.close_connection = True
+                self.answer(status, reason, headers, payload, cut=len(payload) // 2)
+                return
             self.answer(status, reason, headers, proxy.rewrite(self.command, self.path, payload))
 
         def answer(
-            self, status: int, reason: str, headers: list[tuple[str, str]], payload: bytes
+            self,
+            status: int,
+            reason: str,
+            headers: list[tuple[str, str]],
+            payload: bytes,
+            cut: int | None = None,
         ) -> None:
             self.send_response_only(status, reason)
             for name, value in headers:
@@ -183,7 +192,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(payload)
+                self.wfile.write(payload[:cut])
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = relay
 

@@ -249,6 +249,17 @@ def test_a_listing_whose_server_repeats_its_marker_is_unavailable_not_endless(
         store.list("data/")
 
 
+def test_a_body_cut_off_as_it_is_read_is_the_stores_failure_not_a_traceback(
+    paged: tuple[Any, S3Store],
+) -> None:
+    """aiohttp's ClientPayloadError, once s3fs's retries gave up, escaped as a traceback
+    from restore, verify, ls, info and list."""
+    proxy, store = paged
+    proxy.rule = lambda method, path, attempt: "halfbody" if method == "GET" else None
+    with pytest.raises(StoreUnavailableError, match=r"^Store 's3test' .*failed on 'data/n/id/"):
+        store.get("data/n/id/0000000001")
+
+
 def test_listed_keys_outside_the_store_are_left_out(paged: tuple[Any, S3Store]) -> None:
     """A key the server lists outside the asked prefix is not the store's: never cut into a
     store key (`other/...` became `er/...`). test_s3_object_lock: nor deleted with a prefix."""

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import s3fs  # type: ignore[import-untyped]
+from aiohttp import ClientError as AiohttpClientError
 from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
     ClientError,
@@ -334,7 +335,7 @@ class S3Store(Store):
             if _error_code(exc) != "NoSuchBucket":
                 raise
             raise self._unavailable(key, exc) from exc
-        except (OSError, BotoCoreError) as exc:
+        except (OSError, BotoCoreError, AiohttpClientError) as exc:  # aiohttp: a body cut off
             if _error_code(exc) == "InvalidRequest" and "ObjectLockConfiguration" in str(exc):
                 raise ConfigError(
                     f"Store {self.name!r} ({self.url}) has the object_lock option, but bucket "
