@@ -87,7 +87,9 @@ class EngineCreate(EngineStores):
         with the passcode. A write key has had its Argon2id run when it was derived, and
         cannot open what it writes. Everything is checked before anything is written.
         Data objects go first and the manifest last; if anything fails, what was written
-        is removed again and no backup of that name appears. `on_stage` hears each step
+        is removed again (its pending marker stays once a chunk went out, for the sweep)
+        and no backup of that name appears; if it fails while the manifest is written,
+        CommitUncertainError, and nothing is removed. `on_stage` hears each step
         as it starts (validating, writing, deriving the key, committing: Argon2id runs
         beside the writing, and its stage is what is left of it); what it raises stops
         the create uncommitted. `scheduled`: a schedule makes it (scheduleType).
