@@ -781,8 +781,8 @@ def test_a_commit_that_fails_as_its_manifest_is_written_removes_nothing_and_says
         "Backup 'nightly' may or may not have been committed in store 'backupsDefault': its "
         f"create stopped while its manifest was being written ({reason}). 'strongroom list "
         "--store backupsDefault' shows which: if it is listed, it is complete and restores "
-        "(delete it if unwanted); if not, a cleanup sweeps what it wrote once that is a day "
-        "old."
+        "(delete it if unwanted); if not, a cleanup sweeps what it wrote once that is older "
+        "than its grace period (a day by default)."
     )
     monkeypatch.undo()
     if lands:

@@ -128,6 +128,10 @@ def test_a_chunk_that_lands_after_its_create_failed_is_swept(
 
     monkeypatch.setattr(store, "put_unsynced", timed_out)
     with pytest.raises(StoreUnavailableError):
+        engine.create("local", [tree], passcode=PASSCODE)
+    assert markers(home) == [], "a local put that failed is over: nothing to sweep later"
+    monkeypatch.setattr(store, "late_puts", True)  # as a remote store's
+    with pytest.raises(StoreUnavailableError):
         engine.create("late", [tree], passcode=PASSCODE)
     [marker] = markers(home)
     backup_id = marker.name
@@ -138,6 +142,31 @@ def test_a_chunk_that_lands_after_its_create_failed_is_swept(
     report = engine.cleanup()
     assert [(e.name, e.action) for e in report.entries] == [("late", "swept")]
     assert markers(home) == [] and not (store_dir(home) / "data").exists()
+
+
+def test_the_heartbeat_never_puts_back_the_marker_a_failed_create_removed(
+    home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow delete of the marker (a remote store's) let the heartbeat refresh it after
+    it was removed: a failed create left a marker, and a cleanup a day later reported a
+    sweep of nothing."""
+    engine = Engine(kdf=FAST_KDF, leftover_grace=timedelta(seconds=0.2))  # beats every 0.05 s
+    store = engine.store()
+    real_delete = store.delete
+
+    def slow_delete(keys: list[str]) -> None:
+        real_delete(keys)
+        time.sleep(0.2)  # the answer comes late
+
+    def broken_source(*args: object, **kwargs: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(store, "delete", slow_delete)
+    monkeypatch.setattr("strongroom.enginecreate.write_archive", broken_source)
+    with pytest.raises(OSError, match="disk on fire"):
+        engine.create("nightly", [tree], passcode=PASSCODE)
+    time.sleep(0.1)
+    assert markers(home) == []
 
 
 def test_a_committed_backup_with_a_stale_marker_is_kept(

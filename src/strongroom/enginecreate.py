@@ -87,7 +87,8 @@ class EngineCreate(EngineStores):
         with the passcode. A write key has had its Argon2id run when it was derived, and
         cannot open what it writes. Everything is checked before anything is written.
         Data objects go first and the manifest last; if anything fails, what was written
-        is removed again (its pending marker stays once a chunk went out, for the sweep)
+        is removed again (its pending marker stays once a chunk went out to a store whose
+        puts may land late, for the sweep)
         and no backup of that name appears; if it fails while the manifest is written,
         CommitUncertainError, and nothing is removed. `on_stage` hears each step
         as it starts (validating, writing, deriving the key, committing: Argon2id runs
@@ -137,7 +138,7 @@ class EngineCreate(EngineStores):
         # to wrap it at the commit, so its Argon2id runs beside the writing.
         committing = False  # from the manifest's put on, whether it landed may be unknown
         with (
-            _Heartbeat(target, marker, self._heartbeat),
+            _Heartbeat(target, marker, self._heartbeat) as heartbeat,
             _KeyDerivation(credential, self._kdf) as derivation,
         ):
             try:
@@ -166,7 +167,8 @@ class EngineCreate(EngineStores):
                 # A chunk's put may still land (a remote store's upload can outlive its
                 # time-out or an interrupt): then the marker stays, for a sweep to remove
                 # whatever does once the grace period has passed.
-                leftover = [] if writer.submitted else [marker]
+                heartbeat.stop()  # or it could put the marker back after its removal
+                leftover = [] if writer.submitted and target.late_puts else [marker]
                 _remove_quietly(target, name, data_prefix(name, backup_id), index, *leftover)
                 raise
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
@@ -267,6 +269,10 @@ class _Heartbeat:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Refresh no more (again: a no-op), once the refresh under way has ended."""
         self._stop.set()
         self._thread.join()
 
@@ -325,7 +331,10 @@ def _uncertain(manifest: Manifest, store: Store, exc: BaseException) -> CommitUn
 def _swept_when(store: Store) -> str:
     """When a cleanup removes what a create that failed left in `store`."""
     locked = ", and their object lock has passed" if store.lock_mode else ""
-    return f"a cleanup sweeps what it wrote once that is a day old{locked}"
+    return (
+        "a cleanup sweeps what it wrote once that is older than its grace period (a day "
+        f"by default){locked}"
+    )
 
 
 def _exists(name: str, store: Store) -> BackupExistsError:

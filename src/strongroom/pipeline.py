@@ -124,6 +124,7 @@ class ChunkWriter(io.RawIOBase):
         self._free_buffers: list[bytearray] = []  # appended by the puts' threads
         self._fill = 0
         self._index = 0
+        self._submitted = False
         self._source_size = 0
         self._stored_size = 0
 
@@ -134,7 +135,7 @@ class ChunkWriter(io.RawIOBase):
     def submitted(self) -> bool:
         """Whether a chunk was handed to the store: after a failure one may still land (a
         remote store's upload can outlive its time-out), so its backup's marker stays."""
-        return self._index > 0
+        return self._submitted
 
     def tell(self) -> int:
         """Bytes written so far (tarfile asks once, at the start)."""
@@ -201,6 +202,7 @@ class ChunkWriter(io.RawIOBase):
         self._collect_done()
         self._slots.acquire()
         buffer, length = self._buffer, self._fill
+        self._submitted = True  # before: an interrupt may come as the put starts
         future = self._executor.submit(self._put_chunk, self._index, last, buffer, length)
         future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)

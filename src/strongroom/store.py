@@ -174,6 +174,11 @@ class Store:
     concurrency = 4
     #: The object lock mode the store writes backups with (one of LOCK_MODES), or None.
     lock_mode: str | None = None
+    #: Whether a put that failed or was interrupted may still land afterwards (a remote
+    #: store's upload can outlive its request's time-out); a failed create then leaves its
+    #: pending marker, so a sweep removes whatever lands. False where a put that has
+    #: returned or raised has done all it ever will (a local file system).
+    late_puts = True
     #: The exceptions of the storage's own library that mean the store failed; a backend
     #: with its own library (a database driver, a cloud SDK) adds its base exception.
     storage_errors: tuple[type[Exception], ...] = (OSError,)

@@ -256,8 +256,11 @@ def test_a_body_cut_off_as_it_is_read_is_the_stores_failure_not_a_traceback(
     from restore, verify, ls, info and list."""
     proxy, store = paged
     proxy.rule = lambda method, path, attempt: "halfbody" if method == "GET" else None
-    with pytest.raises(StoreUnavailableError, match=r"^Store 's3test' .*failed on 'data/n/id/"):
+    with pytest.raises(
+        StoreUnavailableError, match=r"^Store 's3test' .*failed on 'data/n/id/"
+    ) as cut:
         store.get("data/n/id/0000000001")
+    assert "broke while the object was read; check the network" in str(cut.value)
 
 
 def test_listed_keys_outside_the_store_are_left_out(paged: tuple[Any, S3Store]) -> None:

@@ -59,6 +59,7 @@ class LocalStore(Store):
 
     capabilities = StoreCapabilities(atomic_put=True, put_if_absent=True, persistent=True)
     concurrency = 2
+    late_puts = False  # a put's system calls are over when it returns
 
     def __init__(
         self, name: str, url: str, directory: Path, confine_to: Path | None = None

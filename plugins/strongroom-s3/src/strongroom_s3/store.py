@@ -313,7 +313,7 @@ class S3Store(Store):
             reply = self.fs.call_s3("get_object_lock_configuration", Bucket=self.bucket)
         except PermissionError:
             return None
-        except (OSError, BotoCoreError) as exc:
+        except (OSError, BotoCoreError, AiohttpClientError) as exc:
             if _error_code(exc) == NO_LOCK_CONFIGURATION:
                 return False
             raise self._unavailable("", exc) from exc
@@ -373,6 +373,11 @@ class S3Store(Store):
         endpoint = self.fs.endpoint_url or "AWS S3"
         if isinstance(exc, BotoConnectionError | HTTPClientError | TimeoutError):
             return f"Check that {endpoint} is reachable and the endpoint_url and region are right"
+        if isinstance(exc, AiohttpClientError):  # a body cut off, after s3fs's own tries
+            return (
+                f"The connection to {endpoint} broke while the object was read; check the "
+                "network (and any proxy on the way), then try again"
+            )
         return f"{endpoint} kept failing after {self._max_attempts} attempts; try again later"
 
 
