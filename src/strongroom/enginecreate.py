@@ -87,8 +87,8 @@ class EngineCreate(EngineStores):
         with the passcode. A write key has had its Argon2id run when it was derived, and
         cannot open what it writes. Everything is checked before anything is written.
         Data objects go first and the manifest last; if anything fails, what was written
-        is removed again (its pending marker stays once a chunk went out to a store whose
-        puts may land late, for the sweep)
+        is removed again (its pending marker stays for the sweep if a chunk's put failed
+        without a refusal, on a store whose puts may land late)
         and no backup of that name appears; if it fails while the manifest is written,
         CommitUncertainError, and nothing is removed. `on_stage` hears each step
         as it starts (validating, writing, deriving the key, committing: Argon2id runs
@@ -164,11 +164,11 @@ class EngineCreate(EngineStores):
                 writer.abort()
                 if committing and not isinstance(exc, BackupExistsError):
                     raise _uncertain(manifest, target, exc) from exc
-                # A chunk's put may still land (a remote store's upload can outlive its
-                # time-out or an interrupt): then the marker stays, for a sweep to remove
+                # A chunk's put that timed out may still land (a remote store's upload can
+                # outlive its request): then the marker stays, for a sweep to remove
                 # whatever does once the grace period has passed.
                 heartbeat.stop()  # or it could put the marker back after its removal
-                leftover = [] if writer.submitted and target.late_puts else [marker]
+                leftover = [] if writer.may_land_late and target.late_puts else [marker]
                 _remove_quietly(target, name, data_prefix(name, backup_id), index, *leftover)
                 raise
         _remove_quietly(target, name, marker)  # committed: a stale marker is harmless

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import zstandard
 
 from .crypto import StreamCipher
-from .errors import IntegrityError
+from .errors import IntegrityError, StoreUnavailableError, StrongroomError
 from .format import CHUNK_OVERHEAD
 from .store import Store
 
@@ -124,7 +124,7 @@ class ChunkWriter(io.RawIOBase):
         self._free_buffers: list[bytearray] = []  # appended by the puts' threads
         self._fill = 0
         self._index = 0
-        self._submitted = False
+        self._may_land_late = False
         self._source_size = 0
         self._stored_size = 0
 
@@ -132,10 +132,11 @@ class ChunkWriter(io.RawIOBase):
         return True
 
     @property
-    def submitted(self) -> bool:
-        """Whether a chunk was handed to the store: after a failure one may still land (a
-        remote store's upload can outlive its time-out), so its backup's marker stays."""
-        return self._submitted
+    def may_land_late(self) -> bool:
+        """Whether a chunk's put failed without saying the chunk was not stored (a time-out,
+        a lost connection; not a refusal): on a store whose puts can outlive their request
+        (`Store.late_puts`) that chunk may land yet, so its backup's marker stays."""
+        return self._may_land_late
 
     def tell(self) -> int:
         """Bytes written so far (tarfile asks once, at the start)."""
@@ -202,7 +203,6 @@ class ChunkWriter(io.RawIOBase):
         self._collect_done()
         self._slots.acquire()
         buffer, length = self._buffer, self._fill
-        self._submitted = True  # before: an interrupt may come as the put starts
         future = self._executor.submit(self._put_chunk, self._index, last, buffer, length)
         future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)
@@ -267,7 +267,12 @@ class ChunkWriter(io.RawIOBase):
         if not last:
             self._free_buffers.append(buffer)
         key = self._key_of(index)
-        self._store.put_unsynced(key, sealed, retain_until=self._retain_until)
+        try:
+            self._store.put_unsynced(key, sealed, retain_until=self._retain_until)
+        except BaseException as exc:
+            if not isinstance(exc, StrongroomError) or isinstance(exc, StoreUnavailableError):
+                self._may_land_late = True  # a time-out, a lost connection: not a refusal
+            raise
         with self._unsynced_lock:
             self._unsynced.append(key)
         batch = self._take_unsynced(at_least=SYNC_BATCH)
