@@ -233,6 +233,31 @@ def test_an_interrupted_delete_is_finished_once_its_index_entry_is_past_grace(
     assert index_entries(home) == []
 
 
+def test_a_delete_whose_data_fails_to_go_says_the_backup_is_deleted(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest went, the data did not (a connection cut): the error said only that a
+    data delete failed, and a retry then said there is no such backup."""
+    engine.create("doomed", [tree], passcode=PASSCODE)
+    store = engine.store()
+    real_delete = store.delete
+
+    def cut(keys: list[str]) -> None:
+        if any(key.startswith("data/") for key in keys):
+            raise StoreUnavailableError("Connection was closed")
+        real_delete(keys)
+
+    monkeypatch.setattr(store, "delete", cut)
+    with pytest.raises(StoreUnavailableError) as caught:
+        engine.delete("doomed")
+    assert str(caught.value) == (
+        "Backup 'doomed' is deleted from store 'backupsDefault' (its manifest is gone), but "
+        "not all of its data was removed: Connection was closed. A cleanup removes the rest "
+        "once it is older than its grace period (a day by default)."
+    )
+    assert engine.list() == []
+
+
 def test_after_an_interrupted_delete_and_a_new_backup_of_its_name_only_the_old_is_swept(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -369,13 +369,26 @@ def delete_backups(
                 try:
                     store.delete(keys_of(manifest))
                 except Exception as exc:  # reported; a later run (or the sweep) finishes
-                    failures[manifest.name] = exc
+                    gone = keys_of is not steps[0]
+                    failures[manifest.name] = _deleted_but(manifest, store, exc) if gone else exc
         remaining = [m for m in remaining if m.name not in failures]
     try:
         delete_resurrected(store, remaining)
     except Exception as exc:  # reported like any failed step
         failures.update((m.name, exc) for m in remaining)
     return failures
+
+
+def _deleted_but(manifest: Manifest, store: Store, exc: Exception) -> StoreError:
+    """A delete whose manifest went and whose data did not (all of it): the backup is gone,
+    which the error must say, or a retry that finds no backup reads as a contradiction."""
+    message = (
+        f"Backup {manifest.name!r} is deleted from store {store.name!r} (its manifest is "
+        f"gone), but not all of its data was removed: {str(exc).rstrip('.')}. A cleanup "
+        "removes the rest once "
+        "it is older than its grace period (a day by default)."
+    )
+    return type(exc)(message) if isinstance(exc, StoreError) else StoreError(message)
 
 
 def _batches(
