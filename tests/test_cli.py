@@ -235,6 +235,7 @@ def test_backup_lifecycle(
         "errors": [],
         "dryRun": True,
         "kept": 1,
+        "waiting": 0,
         "backups": [
             {
                 "backupStore": "backupsDefault",

@@ -204,9 +204,10 @@ def test_the_system_task_runs_cleanup_as_jobs_and_logs_one_line(
         timed_engine.close()
     assert [b.name for b in timed_engine.list()] == ["young"]
     summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cleanup ")]
-    assert "Cleanup as of 2026-01-02 00:00:00 UTC: 1 deleted; 1 kept; 0 failed; 0 errors" in (
-        summaries
-    )
+    assert (
+        "Cleanup as of 2026-01-02 00:00:00 UTC: 1 deleted; 1 kept; 0 within the grace period; "
+        "0 failed; 0 errors"
+    ) in summaries
 
 
 def test_cleanup_finds_expired_backups_by_listing_alone(

@@ -22,6 +22,7 @@ from strongroom import (
     Store,
     StoreUnavailableError,
 )
+from strongroom.cli import main
 from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
 from strongroom.pipeline import ChunkWriter
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
@@ -81,7 +82,8 @@ def test_leftovers_are_kept_within_grace_and_swept_after(
     data = store_dir(home) / "data" / "crashed"
     assert any(data.rglob("0*")), "the crash left chunks"
 
-    assert engine.cleanup().entries == []
+    young = engine.cleanup()
+    assert young.entries == [] and young.waiting == 1, "seen, and said to be waiting"
     assert markers(home) == [marker] and any(data.rglob("0*")), "younger than the grace period"
 
     age(marker, GRACE + timedelta(minutes=1))
@@ -169,6 +171,23 @@ def test_the_heartbeat_never_puts_back_the_marker_a_failed_create_removed(
     assert markers(home) == []
 
 
+def test_the_command_says_what_waits_for_the_grace_period(
+    engine: Engine,
+    home: Path,
+    tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a create or delete was cut off, a cleanup said only "nothing expired", as if it
+    had not seen what they left."""
+    crash_before_commit(engine, tree, monkeypatch)
+    assert main(["cleanup"]) == 0
+    assert capsys.readouterr().out.endswith(
+        " 0 kept; 1 unfinished create(s) or delete(s) (under way, or cut off within the grace "
+        "period: a later cleanup sweeps what they left).\n"
+    )
+
+
 def test_a_committed_backup_with_a_stale_marker_is_kept(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -225,10 +244,15 @@ def test_an_interrupted_delete_is_finished_once_its_index_entry_is_past_grace(
 ) -> None:
     interrupted_delete(engine, "doomed", tree, monkeypatch)
     assert engine.list() == [], "the manifest went first"
-    assert engine.cleanup().entries == [], "an index entry within grace may be a create's"
+    young = engine.cleanup()
+    assert young.entries == [] and young.waiting == 1, (
+        "an index entry within grace may be a create's"
+    )
     [entry] = index_entries(home)
     age(entry, GRACE * 2)
-    assert [(e.name, e.action) for e in engine.cleanup().entries] == [("doomed", "swept")]
+    swept = engine.cleanup()
+    assert [(e.name, e.action) for e in swept.entries] == [("doomed", "swept")]
+    assert swept.waiting == 0
     assert not (store_dir(home) / "data" / "doomed").exists()
     assert index_entries(home) == []
 

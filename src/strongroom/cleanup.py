@@ -98,8 +98,9 @@ class Cleanup:
             report.entries.extend(_expire(source, expired, listing.index, dry_run))
             unjudged: list[str] = []
             try:
-                swept, unjudged = self._sweep(source, listing, dry_run)
+                swept, unjudged, waiting = self._sweep(source, listing, dry_run)
                 report.entries.extend(swept)
+                report.waiting += waiting
                 report.entries.extend(self._sweep_claims(source, dry_run))
             except StrongroomError as exc:
                 report.errors.append(str(exc))
@@ -122,9 +123,10 @@ class Cleanup:
 
     def _sweep(
         self, source: Store, listing: _Listing, dry_run: bool
-    ) -> tuple[list[CleanupEntry], list[str]]:
+    ) -> tuple[list[CleanupEntry], list[str], int]:
         """Remove what interrupted creates and deletes left behind, once past the grace
-        period; and why the leftovers of some names were not judged (unreadable manifests).
+        period; why the leftovers of some names were not judged (unreadable manifests); and
+        how many backups' leftovers are still within the grace period.
 
         A create cut off leaves its pending marker; a delete cut off leaves index entries
         without a manifest. Ages come from the store's own timestamps (against a fresh
@@ -137,10 +139,10 @@ class Cleanup:
         ambiguous = _ambiguous(listing)
         suspects = [e for e in listing.index if e.name not in listing.names or e.name in ambiguous]
         if not listing.markers and not suspects:
-            return [], []
+            return [], [], 0
         store_now = source.now()
         if store_now is None:
-            return [], []
+            return [], [], 0
         names = {m.name for m in listing.markers} | ambiguous
         manifests, unreadable = self.read_manifests(source, sorted(names))
         committed = {m.name: m.backup_id for m in manifests}
@@ -151,6 +153,14 @@ class Cleanup:
         )
         judged = [e for e in suspects if e.name not in unjudged]
         orphans = select_orphans(judged, committed, writing, store_now, self.leftover_grace)
+        unfinished = {
+            (m.name, m.backup_id) for m in judged_markers if committed.get(m.name) != m.backup_id
+        } | {(e.name, e.backup_id) for e in judged if committed.get(e.name) != e.backup_id}
+        waiting = (
+            unfinished
+            - {(m.name, m.backup_id) for m in leftovers}
+            - {(e.name, e.backup_id) for e in orphans}
+        )
         backups = {(m.name, m.backup_id): "an unfinished create" for m in leftovers}
         backups.update({(e.name, e.backup_id): "a delete that was cut off" for e in orphans})
         for name in {name for name, _ in backups} - listing.names:  # the last check: nothing
@@ -181,7 +191,7 @@ class Cleanup:
                 [m.key for m in leftovers if (m.name, m.backup_id) in swept]
                 + [m.key for m in stale]
             )
-        return entries, list(unreadable.values())
+        return entries, list(unreadable.values()), len(waiting)
 
     def _sweep_claims(self, source: Store, dry_run: bool) -> list[CleanupEntry]:
         """Remove the schedules' slot claims (scheduler.py) once past the grace period,

@@ -631,6 +631,8 @@ def run_cleanup(args: argparse.Namespace) -> int:
         ]
         _print_table(("STORE", "NAME", "RETENTION DATE", "ACTION", "MESSAGE"), rows)
         counted = f"{report.counted()} as of {_date(report.as_of)}, {report.kept} kept"
+        if waiting := report.waiting_text():
+            counted += f"; {waiting}"
         errors = (
             f"{len(report.errors)} error(s) below, where nothing was counted"
             if report.errors

@@ -321,6 +321,9 @@ class CleanupReport:
     dry_run: bool
     entries: list[CleanupEntry] = field(default_factory=list)
     kept: int = 0
+    #: Backups (by backupId) whose leftovers are not yet past the grace period: creates
+    #: and deletes under way, or cut off since; a later run sweeps those still there.
+    waiting: int = 0
     #: Stores that could not be read and manifests that could not be judged.
     errors: list[str] = field(default_factory=list)
 
@@ -340,8 +343,18 @@ class CleanupReport:
         """One line for the log: what this run did, counted by action."""
         return (
             f"as of {self.as_of:%Y-%m-%d %H:%M:%S} UTC{' (dry run)' if self.dry_run else ''}: "
-            f"{self.counted()}; {self.kept} kept; "
+            f"{self.counted()}; {self.kept} kept; {self.waiting} within the grace period; "
             f"{len(self.failed)} failed; {len(self.errors)} errors"
+        )
+
+    def waiting_text(self) -> str:
+        """The leftovers not yet swept, said so that a person knows they are seen ('' for
+        none)."""
+        if not self.waiting:
+            return ""
+        return (
+            f"{self.waiting} unfinished create(s) or delete(s) (under way, or cut off within "
+            "the grace period: a later cleanup sweeps what they left)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -349,6 +362,7 @@ class CleanupReport:
             "asOf": to_epoch_ms(self.as_of),
             "dryRun": self.dry_run,
             "kept": self.kept,
+            "waiting": self.waiting,
             "errors": self.errors,
             "backups": [entry.to_dict() for entry in self.entries],
         }
