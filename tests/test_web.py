@@ -1042,7 +1042,7 @@ async def test_the_next_contents_page_keeps_a_path_that_pages_show_escaped(
     for number in range(3):
         (odd / f"{number}.txt").write_text("x")
     engine.create("odd", [tree], passcode=SECRET)
-    monkeypatch.setattr("strongroom.web.app.CONTENTS_LIMIT", 2)
+    monkeypatch.setattr("strongroom.web.backuproutes.CONTENTS_LIMIT", 2)
     url = f"{STORE}/backups/odd/contents"
     form = {"token": TOKEN, "passcode": SECRET, "path": "data/dir\u202e\u00a0x"}
     first = await api.send("POST", url, data=form)
@@ -1257,7 +1257,7 @@ async def test_contents_are_cut_at_the_limit_and_say_so(
 ) -> None:
     everything = (await api.post(f"{BACKUP}/contents", passcode=SECRET)).json()["entries"]
     assert len(everything) > 3 and not everything[-1]["path"].startswith("data/nested")
-    monkeypatch.setattr("strongroom.web.app.CONTENTS_LIMIT", 3)
+    monkeypatch.setattr("strongroom.web.backuproutes.CONTENTS_LIMIT", 3)
     listed = (await api.post(f"{BACKUP}/contents", passcode=SECRET)).json()
     assert len(listed["entries"]) == 3 and listed["truncated"] is True
     assert (listed["start"], listed["nextStart"]) == (1, 4)

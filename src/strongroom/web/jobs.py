@@ -1,5 +1,5 @@
-"""The admin API's views of jobs: the status document (the last submitted job, as the
-products' `…/disasterrecovery/status` describes it) and the paged job listing."""
+"""The admin API's jobs: the status document (the last submitted job, as the products'
+`…/disasterrecovery/status` describes it), the paged job listing, a job, its cancel."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine import Engine
 from ..errors import ConfigError
 from ..jobrecord import OPERATION_NAMES
 from ..jobs import Job, JobStatus
+from .call import Call, RouteSpec, run
 from .params import whole_number
+from .readable import Pace
+from .responses import Reply
 
-__all__ = ["MAX_NUM", "JobQuery", "status_document"]
+__all__ = ["MAX_NUM", "JobQuery", "JobRoutes", "status_document"]
 
 #: The most jobs one listing request answers with, as the products page their searches.
 MAX_NUM = 100
@@ -90,3 +94,44 @@ class JobQuery:
             "num": self.num,
             "nextStart": following if following <= total else -1,
         }
+
+
+class JobRoutes:
+    """The handlers of `{root}/jobs` and of the status of the last job."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def routes(self, root: str, dr: str) -> list[RouteSpec]:
+        """The routes under the app's root path `root` and the disaster-recovery root `dr`."""
+        return [
+            ("status", f"{dr}/status", self.status, ("GET",)),
+            ("jobs", f"{root}/jobs", self.list_jobs, ("GET",)),
+            ("job", f"{root}/jobs/{{jobid}}", self.get_job, ("GET",)),
+            ("cancel", f"{root}/jobs/{{jobid}}/cancel", self.cancel_job, ("POST",)),
+        ]
+
+    async def status(self, call: Call) -> Reply:
+        """The last submitted job, whichever process ran it."""
+        jobs, _ = await run(self._engine.jobs.find, limit=1)
+        return Reply(status_document(jobs[0] if jobs else None), "status.html")
+
+    async def list_jobs(self, call: Call) -> Reply:
+        """Jobs newest first, `num` at a time from `start` (1-based), as the products page."""
+        query = JobQuery.parse(call.params)
+        jobs, total = await run(
+            self._engine.jobs.find,
+            status=query.status,
+            operation=query.operation,
+            offset=query.start - 1,
+            limit=query.num,
+        )
+        return Reply(query.document(jobs, total), "jobs.html", {"query": query})
+
+    async def get_job(self, call: Call) -> Reply:
+        job = await run(self._engine.jobs.get, call.path("jobid"))
+        return Reply(job.to_dict(), "job.html", {"job": job, "pace": Pace.of(job)})
+
+    async def cancel_job(self, call: Call) -> Reply:
+        job = await run(self._engine.jobs.cancel, call.path("jobid"))
+        return Reply(job.to_dict(), redirect=call.url("job", jobid=job.jobid))
