@@ -703,6 +703,8 @@ def run_stores_validate(args: argparse.Namespace) -> int:
             for capability, present in asdict(report.capabilities).items():
                 print(f"{capability:<14} {'yes' if present else 'no'}")
             print(f"{'locks backups':<14} {report.lock_mode or 'no'}")
+        for note in report.notes:
+            print(f"note: {note}.")
     if not report.ok:  # each error once, on the one error line
         raise StoreUnavailableError(f"Store {report.store!r} failed: {'; '.join(report.errors)}")
     return 0

@@ -124,6 +124,8 @@ class ValidationReport:
     capabilities: StoreCapabilities
     #: The object lock mode the store is configured to write with, if any.
     lock_mode: str | None = None
+    #: What works but the operator should know, one sentence each (a backend's own).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -139,6 +141,7 @@ class ValidationReport:
             "errors": self.errors,
             "capabilities": asdict(self.capabilities),
             "objectLock": self.lock_mode,
+            "notes": self.notes,
         }
 
 

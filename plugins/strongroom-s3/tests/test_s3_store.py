@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -282,6 +283,64 @@ def test_validate_reports_object_lock_only_when_the_bucket_has_it(
     assert locked.ok and plain.ok, (locked.errors, plain.errors)
     assert locked.capabilities.object_lock and locked.capabilities.put_if_absent
     assert not plain.capabilities.object_lock
+
+
+def test_validate_notes_a_versioned_bucket_that_keeps_what_the_store_deletes(
+    new_bucket: Callable[..., str],
+    open_s3: OpenS3,
+    s3_admin: Callable[..., Any],
+    s3_endpoint: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A delete in a versioned bucket only hides the object: the operator hears that the
+    data of deleted and expired backups stays, until a lifecycle rule covers the store."""
+    bucket, admin = new_bucket(), s3_admin()
+    admin.call_s3(
+        "put_bucket_versioning", Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    store = open_s3(bucket)
+    store.put("data/n/id/0000000000", b"chunk")
+    store.delete(["data/n/id/0000000000"])
+    kept = admin.call_s3("list_object_versions", Bucket=bucket, Prefix="strongroom/data/")
+    assert kept.get("Versions"), "the deleted object is still there, as a noncurrent version"
+
+    def notes() -> list[str]:
+        report = store.validate()
+        assert report.ok, report.errors
+        return report.notes
+
+    assert len(notes()) == 1 and "NoncurrentVersionExpiration" in notes()[0]
+
+    def expire(*rules: dict[str, Any]) -> None:
+        every = [
+            {"ID": f"r{n}", "NoncurrentVersionExpiration": {"NoncurrentDays": 1}, **rule}
+            for n, rule in enumerate(rules)
+        ]
+        admin.call_s3(
+            "put_bucket_lifecycle_configuration",
+            Bucket=bucket,
+            LifecycleConfiguration={"Rules": every},
+        )
+
+    expire({"Status": "Enabled", "Filter": {"Prefix": "elsewhere/"}})
+    assert notes(), "a rule for another prefix does not expire the store's versions"
+    expire({"Status": "Disabled", "Filter": {"Prefix": ""}})
+    assert notes(), "nor does a disabled rule"
+    tagged = {"And": {"Prefix": "strongroom/", "Tags": [{"Key": "k", "Value": "v"}]}}
+    expire({"Status": "Enabled", "Filter": tagged})
+    assert notes(), "nor one for tagged objects only (strongroom tags none)"
+    expire({"Status": "Enabled", "Filter": {"Prefix": "strong"}})
+    assert notes() == []
+    assert open_s3(new_bucket()).validate().notes == [], "an unversioned bucket keeps nothing"
+
+    admin.call_s3("delete_bucket_lifecycle", Bucket=bucket)
+    url = f"s3://{bucket}/strongroom"
+    assert main(["stores", "add", "kept", url, "--option", f"endpoint_url={s3_endpoint}"]) == 0
+    capsys.readouterr()
+    assert main(["stores", "validate", "kept"]) == 0
+    assert f"note: bucket {bucket!r} is versioned" in capsys.readouterr().out
+    assert main(["stores", "validate", "kept", "--json"]) == 0
+    assert "is versioned" in json.loads(capsys.readouterr().out)["notes"][0]
 
 
 # -- permanent errors fail at once, naming the store ---------------------------------------

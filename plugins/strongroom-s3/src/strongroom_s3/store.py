@@ -83,6 +83,10 @@ AUTH_CODES = {
 }
 #: What S3 answers for a bucket that has never had Object Lock on.
 NO_LOCK_CONFIGURATION = "ObjectLockConfigurationNotFoundError"
+#: A lifecycle rule's filters that leave some objects under its prefix out.
+RULE_CONDITIONS = frozenset({"Tag", "Tags", "ObjectSizeGreaterThan", "ObjectSizeLessThan"})
+#: What S3 answers for a bucket without lifecycle rules.
+NO_LIFECYCLE_CONFIGURATION = "NoSuchLifecycleConfiguration"
 
 
 class S3Store(Store):
@@ -290,7 +294,53 @@ class S3Store(Store):
         except StoreUnavailableError:
             enabled = False  # the probes say why
         self.capabilities = replace(type(self).capabilities, object_lock=enabled)
-        return super().validate()
+        report = super().validate()
+        return replace(report, notes=[*report.notes, *self._kept_versions()])
+
+    def _kept_versions(self) -> builtins.list[str]:
+        """A note if the bucket keeps what this store deletes: with versioning on, a delete
+        only hides an object behind a delete marker, so the objects of every deleted and
+        expired backup stay, as noncurrent versions, unless a lifecycle rule expires them. (A
+        store with `object_lock` deletes every version itself.) What cannot be read gives
+        no note: the probes say what fails."""
+        if self.lock_mode:
+            return []
+        try:
+            versioning = self.fs.call_s3("get_bucket_versioning", Bucket=self.bucket)
+            if versioning.get("Status") != "Enabled" or self._expires_noncurrent():
+                return []
+        except (OSError, BotoCoreError, AiohttpClientError):
+            return []
+        return [
+            f"bucket {self.bucket!r} is versioned, and no lifecycle rule expires the noncurrent "
+            f"versions under {self._key_prefix or 'its root'!r}: the objects of every deleted "
+            "or expired backup stay there, and are billed, as noncurrent versions. Add a "
+            "lifecycle rule with NoncurrentVersionExpiration for them, or use a bucket with "
+            f"Object Lock and the {OBJECT_LOCK_OPTION} option (its deletes remove every version)"
+        ]
+
+    def _expires_noncurrent(self) -> bool:
+        """Whether an enabled lifecycle rule expires the noncurrent versions of every key of
+        this store: its prefix covers the store's, and it has no tag or size condition."""
+        try:
+            reply = self.fs.call_s3("get_bucket_lifecycle_configuration", Bucket=self.bucket)
+        except OSError as exc:
+            if _error_code(exc) == NO_LIFECYCLE_CONFIGURATION:
+                return False
+            raise
+        for rule in reply.get("Rules", []):
+            found = rule.get("Filter", {})
+            condition = found.get("And", found)
+            unconditional = not RULE_CONDITIONS & condition.keys()
+            prefix = condition.get("Prefix", rule.get("Prefix", ""))
+            if (
+                rule.get("Status") == "Enabled"
+                and "NoncurrentVersionExpiration" in rule
+                and unconditional
+                and self._key_prefix.startswith(prefix)
+            ):
+                return True
+        return False
 
     def check_object_lock(self) -> None:
         """Ask the bucket whether Object Lock is on before the base check. What cannot be
