@@ -209,6 +209,8 @@ class FaultProxy(ThreadingHTTPServer):
     without passing them on. `cut_puts = N` passes only the first half of the next N PUT
     bodies on and then hangs up on both sides. `drop_answer_to = "manifests/"` passes the
     first PUT whose path contains that text on, then hangs up instead of answering.
+    `cut_gets = N` answers the next N GET requests with their whole Content-Length but only
+    half their body, then hangs up.
     """
 
     daemon_threads = True
@@ -221,6 +223,7 @@ class FaultProxy(ThreadingHTTPServer):
         self.busy_puts = 0
         self.cut_puts = 0
         self.drop_answer_to: str | None = None
+        self.cut_gets = 0
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
         #: Rewrites an answer's body: (method, path, body) -> body, as a hostile server would.
@@ -241,6 +244,10 @@ class FaultProxy(ThreadingHTTPServer):
                 self.cut_puts -= 1
                 self.counts["cut"] += 1
                 return "cut"
+            if method == "GET" and self.cut_gets > 0:
+                self.cut_gets -= 1
+                self.counts["cut"] += 1
+                return "halfbody"
             if method == "PUT" and self.drop_answer_to and self.drop_answer_to in path:
                 self.drop_answer_to = None
                 self.counts["dropped"] += 1
@@ -288,6 +295,12 @@ class _RelayHandler(BaseHTTPRequestHandler):
         kept = {k: v for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP}
         if self.command == "HEAD":
             kept["Content-Length"] = response.getheader("Content-Length") or "0"
+        if fault == "halfbody":
+            kept = {k: v for k, v in kept.items() if k.lower() != "content-length"}
+            kept["Content-Length"] = str(len(data))  # promised whole, sent half
+            self.close_connection = True
+            self._answer(response.status, response.reason, kept, data[: len(data) // 2])
+            return
         self._answer(response.status, response.reason, kept, data)
 
     do_GET = do_PUT = do_DELETE = do_HEAD = do_POST = do_relay

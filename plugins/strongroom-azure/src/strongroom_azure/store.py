@@ -10,6 +10,7 @@ adlfs's `find` reports a missing container as an empty one.
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,6 +36,11 @@ from strongroom import (
 from ._options import AzureOptions
 
 __all__ = ["AzureStore", "open_azure_store"]
+
+# The SDK's transport logs "Incomplete download." at each try of a download cut off; with
+# no logging configured, Python printed each as a bare line on stderr. The store's error
+# says what failed, in one line; a host that configures logging still gets the records.
+logging.getLogger("azure.core.pipeline.transport").addHandler(logging.NullHandler())
 
 
 class AzureStore(Store):
@@ -148,6 +154,12 @@ class AzureStore(Store):
                 f"no credential was found ({_first_line(exc)}). Without account_key, sas_token "
                 "or connection_string, DefaultAzureCredential needs a managed or workload "
                 "identity, AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or 'az login'."
+            )
+        if exc.status_code is None:  # no answer read whole: a connection that broke
+            return (
+                f"the connection broke before Azure's answer was read whole ({_first_line(exc)}; "
+                f"retry_total={self._retries}). Check that the storage service is reachable "
+                "from here, and try again."
             )
         if exc.status_code in (401, 403):
             return (
