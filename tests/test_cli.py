@@ -1656,6 +1656,23 @@ def test_an_interrupt_says_what_it_left_by_command(
     assert cli("list").error_line.startswith("strongroom: error: cannot use: TimeoutError. ")
 
 
+def test_an_interrupt_after_the_commit_says_the_backup_is_committed(
+    cli: Cli, passcode_file: Path, small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM) while a create tidies up after its commit, removing its pending
+    marker, must not say nothing was committed: the backup is listed and whole."""
+
+    def interrupted(*args: object, **kwargs: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr("strongroom.enginecreate._remove_quietly", interrupted)
+        made = cli("create", "--name", "x", "--passcode-file", passcode_file, small)
+    committed = "strongroom: interrupted; the backup was committed before it, and is whole.\n"
+    assert (made.code, made.err) == (130, committed)
+    assert cli("verify", "x", "--passcode-file", passcode_file).code == 0
+
+
 def test_warnings_are_the_commands_own_lines(
     cli: Cli, passcode_file: Path, small: Path, tmp_path: Path
 ) -> None:

@@ -36,6 +36,7 @@ from .engine import Engine
 from .errors import (
     ConfigError,
     IntegrityError,
+    InterruptedAfterCommit,
     JobError,
     PasscodeError,
     StoreUnavailableError,
@@ -92,11 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StrongroomError as exc:
         print(f"strongroom: error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         undone = {  # an interrupt after the move finds the restore done
             run_restore: "; a restore lands whole or not at all: the target holds all of it "
             "or nothing",
-            run_create: "; nothing was committed",
+            run_create: "; the backup was committed before it, and is whole"
+            if isinstance(exc, InterruptedAfterCommit)
+            else "; nothing was committed",
         }.get(args.run, "")  # a read changed nothing; a cleanup's deletes so far stand
         print(f"strongroom: interrupted{undone}.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -26,7 +26,13 @@ from .backupinfo import BackupInfo
 from .config import StoresConfig
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginestores import EngineStores
-from .errors import BackupExistsError, CommitUncertainError, ConfigError, IntegrityError
+from .errors import (
+    BackupExistsError,
+    CommitUncertainError,
+    ConfigError,
+    IntegrityError,
+    InterruptedAfterCommit,
+)
 from .format import (
     MAX_MANIFEST_SIZE,
     KeySlot,
@@ -137,44 +143,53 @@ class EngineCreate(EngineStores):
         # Chunks are sealed under the random file key; the passcode's key is needed only
         # to wrap it at the commit, so its Argon2id runs beside the writing.
         committing = False  # from the manifest's put on, whether it landed may be unknown
-        with (
-            _Heartbeat(target, marker, self._heartbeat) as heartbeat,
-            _KeyDerivation(credential, self._kdf) as derivation,
-        ):
-            try:
-                stage("writing")
-                left_out = write_archive(writer, paths, streams)
-                stats = writer.finish()
-                stage("deriving the key")
-                write_key = derivation.result()
-                manifest = replace(
-                    draft,
-                    created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
-                    chunk_count=stats.chunk_count,
-                    source_size=stats.source_size,
-                    stored_size=stats.stored_size,
-                    key_slot=write_key.wrap(file_key, draft),
-                )
-                manifest = write_key.sign(manifest, keys)
-                stage("committing")
-                target.put(index, b"", overwrite=True)  # before the commit: never missing
-                committing = True
-                _commit(target, manifest)
-            except BaseException as exc:
-                writer.abort()
-                if committing and not isinstance(exc, BackupExistsError):
-                    raise _uncertain(manifest, target, exc) from exc
-                # A chunk's put that timed out may still land (a remote store's upload can
-                # outlive its request): then the marker stays, for a sweep to remove
-                # whatever does once the grace period has passed.
-                heartbeat.stop()  # or it could put the marker back after its removal
-                leftover = [] if writer.may_land_late and target.late_puts else [marker]
-                _remove_quietly(target, name, data_prefix(name, backup_id), index, *leftover)
-                raise
-        _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
-        for what in left_out:
-            logger.warning("Left out of backup %r: %s", name, what)
-        return replace(BackupInfo.from_manifest(manifest, target.name), left_out=tuple(left_out))
+        committed = False  # then an interrupt cuts off only the tidying
+        try:
+            with (
+                _Heartbeat(target, marker, self._heartbeat) as heartbeat,
+                _KeyDerivation(credential, self._kdf) as derivation,
+            ):
+                try:
+                    stage("writing")
+                    left_out = write_archive(writer, paths, streams)
+                    stats = writer.finish()
+                    stage("deriving the key")
+                    write_key = derivation.result()
+                    manifest = replace(
+                        draft,
+                        created=from_epoch_ms(to_epoch_ms(self._clock())),  # as stored: whole ms
+                        chunk_count=stats.chunk_count,
+                        source_size=stats.source_size,
+                        stored_size=stats.stored_size,
+                        key_slot=write_key.wrap(file_key, draft),
+                    )
+                    manifest = write_key.sign(manifest, keys)
+                    stage("committing")
+                    target.put(index, b"", overwrite=True)  # before the commit: never missing
+                    committing = True
+                    _commit(target, manifest)
+                    committed = True
+                except BaseException as exc:
+                    writer.abort()
+                    if committing and not isinstance(exc, BackupExistsError):
+                        raise _uncertain(manifest, target, exc) from exc
+                    # A chunk's put that timed out may still land (a remote store's upload can
+                    # outlive its request): then the marker stays, for a sweep to remove
+                    # whatever does once the grace period has passed.
+                    heartbeat.stop()  # or it could put the marker back after its removal
+                    leftover = [] if writer.may_land_late and target.late_puts else [marker]
+                    _remove_quietly(target, name, data_prefix(name, backup_id), index, *leftover)
+                    raise
+            _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
+            for what in left_out:
+                logger.warning("Left out of backup %r: %s", name, what)
+            return replace(
+                BackupInfo.from_manifest(manifest, target.name), left_out=tuple(left_out)
+            )
+        except KeyboardInterrupt as exc:
+            if committed:
+                raise InterruptedAfterCommit from exc
+            raise
 
     def _defined_schedules(self) -> Collection[str]:
         """The schedules' names as the configuration file has them now (a server's engine

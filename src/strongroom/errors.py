@@ -36,6 +36,7 @@ __all__ = [
     "ConfigBusyError",
     "ConfigError",
     "IntegrityError",
+    "InterruptedAfterCommit",
     "InvalidNameError",
     "JobCancelledError",
     "JobError",
@@ -121,6 +122,12 @@ class CommitUncertainError(StoreError):
     """A create stopped while its manifest was being written (an interrupt, the store
     failing mid-put), so whether the backup was committed is not known here: a listing
     tells. Everything it wrote is kept, so it is whole if it was committed."""
+
+
+class InterruptedAfterCommit(KeyboardInterrupt):
+    """An interrupt (Ctrl-C, SIGTERM) that came once a create had committed, while it
+    tidied up after itself: the backup is listed and whole (a sweep removes what the
+    tidying left)."""
 
 
 class StoreUnavailableError(StoreError, ConnectionError):
