@@ -185,7 +185,7 @@ def test_backup_lifecycle(
     assert second.code == 0, second.err
     assert second.json()["retentionDate"] == -1  # never, as ArcGIS writes it
     assert second.json()["description"] == ""
-    monkeypatch.delenv("STRONGROOM_PASSCODE")
+    assert "STRONGROOM_PASSCODE" not in os.environ, "taken out: no child process gets it"
 
     listing = cli("list", "--json")
     assert listing.code == 0
@@ -276,6 +276,51 @@ def test_backup_lifecycle(
 
 
 # -- where the passcode comes from --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["--passcode", "Typed-Secret-123"],
+        ["--passcode=Typed-Secret-123"],
+        ["--password", "Typed-Secret-123"],
+        ["--pass", "Typed-Secret-123"],
+    ],
+)
+def test_a_passcode_given_as_an_argument_is_refused_without_printing_it(
+    cli: Cli, backup: str, passcode_file: Path, given: list[str]
+) -> None:
+    """`--passcode X` was taken for an abbreviation of --passcode-file, and the error
+    printed X ('Cannot read the passcode file X') to stderr, cron mail and CI logs."""
+    outcome = cli("ls", backup, *given)
+    assert outcome.code == 2
+    assert "Typed-Secret-123" not in outcome.out + outcome.err
+    assert "never given as an argument" in outcome.error_line
+    # after `--` every argument is an archive path
+    path_after = cli("ls", backup, "--passcode-file", passcode_file, "--", "--pass")
+    assert (path_after.code, path_after.error_line) == (
+        3,
+        f"strongroom: error: Not in backup {backup!r}: --pass.",
+    )
+
+
+def test_the_passcode_from_the_environment_reaches_no_child_process(
+    cli: Cli, backup: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process started while a command runs (a cloud SDK's credential_process, `az`)
+    inherited STRONGROOM_PASSCODE: the command takes it out of its environment once read."""
+    seen: list[str] = []
+    listed = Engine.ls
+
+    def ls(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        seen.append(subprocess.run(["env"], capture_output=True, text=True, check=True).stdout)
+        return listed(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "ls", ls)
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
+    outcome = cli("ls", backup)
+    assert outcome.code == 0, outcome.err
+    assert seen and PASSCODE not in seen[0]
 
 
 def test_passcode_file_takes_precedence_over_environment(
@@ -1843,5 +1888,6 @@ def test_create_says_what_it_left_out_on_stderr_and_in_its_json(
     table = cli("create", "--name", "table", small)
     assert table.code == 0, table.err
     assert "pipe: it is a FIFO" in table.err and "leftOut" not in table.out
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)  # each command takes it out
     document = cli("create", "--name", "json", "--json", small).json()
     assert document["leftOutCount"] == 1 and "pipe: it is a FIFO" in document["leftOut"][0]

@@ -101,12 +101,14 @@ def test_ls_on_the_command_line(
         "data/nested/deeper",
         "data/nested/deeper/notes.md",
     ]
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)  # each command takes it out
     assert main(["ls", "cli", "--long", "data/link-to-notes"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("lrwxrwxrwx ") and line.endswith(
         "data/link-to-notes -> nested/deeper/notes.md"
     )
     assert "2017-07-14 02:40:00 UTC" in line  # the link's own mtime
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
     assert main(["ls", "cli", "--json", "data/nested/run.sh"]) == 0
     listed = json.loads(capsys.readouterr().out)["entries"]
     assert listed == [

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import stat
@@ -60,6 +61,14 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 PASSCODE_ENV = "STRONGROOM_PASSCODE"
+#: An option that would give the passcode as an argument (--passcode X, --password=X; not
+#: --passcode-file): refused before argparse, whose error would print the value.
+_PASSCODE_ARGUMENT = re.compile(r"--pass(?!code-file(?:=|$))[a-z-]*(?:=.*)?", re.DOTALL)
+PASSCODE_NOT_AN_ARGUMENT = (
+    "a passcode is never given as an argument (every user of this machine can read the "
+    "arguments of its processes): use --passcode-file FILE, set STRONGROOM_PASSCODE, or "
+    "type it at the prompt."
+)
 EXIT_INTERRUPTED = 130
 #: A file or directory on this machine (a source, a restore target) could not be used.
 EXIT_LOCAL_FILE = 12
@@ -73,6 +82,9 @@ MIB = 1024 * 1024
 def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()
     show_warnings()
+    if any(_PASSCODE_ARGUMENT.fullmatch(arg) for arg in _arguments(argv)):
+        print(f"strongroom: error: {PASSCODE_NOT_AN_ARGUMENT}", file=sys.stderr)
+        return 2  # as argparse's usage errors, which would have printed the value
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     command = getattr(args, "command_parser", parser)  # its usage, in a usage error
@@ -118,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_LOCAL_FILE
+
+
+def _arguments(argv: Sequence[str] | None) -> list[str]:
+    """The arguments before a `--` (after it, each is a path, even `--password`)."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    return given[: given.index("--")] if "--" in given else given
 
 
 def _trailing_paths(extra: list[str]) -> list[str] | None:
@@ -1009,12 +1027,14 @@ def read_passcode(passcode_file: str | None, *, confirm: bool = False) -> Passco
             )
         return Passcode(lines[0])
     if PASSCODE_ENV in os.environ:
-        if not os.environ[PASSCODE_ENV]:
+        # Taken out of the environment, so that no process started from here gets it (a
+        # cloud SDK's credential_process, `az`; strongroom's own helpers get a clean one).
+        if not (given := os.environ.pop(PASSCODE_ENV)):
             raise PasscodeError(
                 f"{PASSCODE_ENV} is set but empty: set it to the passcode, or unset it to be "
                 "asked for one."
             )
-        return Passcode(os.environ[PASSCODE_ENV])
+        return Passcode(given)
     if not sys.stdin.isatty():
         raise PasscodeError(
             f"A passcode is needed: use --passcode-file FILE or set {PASSCODE_ENV}."
