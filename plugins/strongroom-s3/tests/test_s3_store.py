@@ -290,6 +290,7 @@ def test_validate_notes_a_versioned_bucket_that_keeps_what_the_store_deletes(
     open_s3: OpenS3,
     s3_admin: Callable[..., Any],
     s3_endpoint: str,
+    fault_proxy: Callable[[str], Any],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A delete in a versioned bucket only hides the object: the operator hears that the
@@ -331,16 +332,31 @@ def test_validate_notes_a_versioned_bucket_that_keeps_what_the_store_deletes(
     assert notes(), "nor one for tagged objects only (strongroom tags none)"
     expire({"Status": "Enabled", "Filter": {"Prefix": "strong"}})
     assert notes() == []
+    # S3 answers a rule that keeps the newest noncurrent versions so (moto drops the field)
+    proxy = fault_proxy(s3_endpoint)
+    behind = open_s3(bucket, endpoint=proxy.url, max_attempts=1)
+    newer = b"</NoncurrentDays><NewerNoncurrentVersions>1</NewerNoncurrentVersions>"
+    proxy.rewrite = lambda method, path, body: body.replace(b"</NoncurrentDays>", newer)
+    assert behind.validate().notes, "nor one that keeps each key's newest old version (its only)"
+    proxy.rewrite = lambda method, path, body: body
+    admin.call_s3(
+        "put_bucket_versioning", Bucket=bucket, VersioningConfiguration={"Status": "Suspended"}
+    )
+    assert notes() == [], "suspended, with the rule: still covered"
+    admin.call_s3("delete_bucket_lifecycle", Bucket=bucket)
+    assert "versioning: Suspended" in notes()[0], "what was written before stays versioned"
+    proxy.rule = lambda method, path, attempt: "cut" if "lifecycle" in path else None
+    unread = behind.validate()
+    assert unread.ok and "its lifecycle rules could not be read" in unread.notes[0]
     assert open_s3(new_bucket()).validate().notes == [], "an unversioned bucket keeps nothing"
 
-    admin.call_s3("delete_bucket_lifecycle", Bucket=bucket)
     url = f"s3://{bucket}/strongroom"
     assert main(["stores", "add", "kept", url, "--option", f"endpoint_url={s3_endpoint}"]) == 0
     capsys.readouterr()
     assert main(["stores", "validate", "kept"]) == 0
-    assert f"note: bucket {bucket!r} is versioned" in capsys.readouterr().out
+    assert f"note: bucket {bucket!r} keeps old versions" in capsys.readouterr().out
     assert main(["stores", "validate", "kept", "--json"]) == 0
-    assert "is versioned" in json.loads(capsys.readouterr().out)["notes"][0]
+    assert "keeps old versions" in json.loads(capsys.readouterr().out)["notes"][0]
 
 
 # -- permanent errors fail at once, naming the store ---------------------------------------

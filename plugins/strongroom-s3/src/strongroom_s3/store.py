@@ -298,30 +298,42 @@ class S3Store(Store):
         return replace(report, notes=[*report.notes, *self._kept_versions()])
 
     def _kept_versions(self) -> builtins.list[str]:
-        """A note if the bucket keeps what this store deletes: with versioning on, a delete
-        only hides an object behind a delete marker, so the objects of every deleted and
-        expired backup stay, as noncurrent versions, unless a lifecycle rule expires them. (A
-        store with `object_lock` deletes every version itself.) What cannot be read gives
-        no note: the probes say what fails."""
+        """A note if the bucket keeps what this store deletes: with versioning on (or
+        suspended: what was written before stays versioned), a delete only hides an object
+        behind a delete marker, so the objects of every deleted and expired backup stay, as
+        noncurrent versions, unless a lifecycle rule expires them. (A store with
+        `object_lock` deletes every version itself.) A versioning state that cannot be read
+        gives no note: the probes say what fails."""
         if self.lock_mode:
             return []
         try:
-            versioning = self.fs.call_s3("get_bucket_versioning", Bucket=self.bucket)
-            if versioning.get("Status") != "Enabled" or self._expires_noncurrent():
-                return []
+            status = self.fs.call_s3("get_bucket_versioning", Bucket=self.bucket).get("Status")
         except (OSError, BotoCoreError, AiohttpClientError):
             return []
+        if status not in ("Enabled", "Suspended"):
+            return []
+        try:
+            if self._expires_noncurrent():
+                return []
+            unknown = ""
+        except (OSError, BotoCoreError, AiohttpClientError) as exc:
+            why = _error_code(exc) or type(exc).__name__
+            unknown = f" (its lifecycle rules could not be read: {why})"
         return [
-            f"bucket {self.bucket!r} is versioned, and no lifecycle rule expires the noncurrent "
-            f"versions under {self._key_prefix or 'its root'!r}: the objects of every deleted "
-            "or expired backup stay there, and are billed, as noncurrent versions. Add a "
-            "lifecycle rule with NoncurrentVersionExpiration for them, or use a bucket with "
-            f"Object Lock and the {OBJECT_LOCK_OPTION} option (its deletes remove every version)"
+            f"bucket {self.bucket!r} keeps old versions (versioning: {status}), and no "
+            f"lifecycle rule is known to expire the noncurrent versions under "
+            f"{self._key_prefix or 'its root'!r}{unknown}: the objects of every deleted or "
+            "expired backup stay there, and are billed, as noncurrent versions. Add a "
+            "lifecycle rule with NoncurrentVersionExpiration (without NewerNoncurrentVersions) "
+            "for them, or use a bucket with Object Lock and the "
+            f"{OBJECT_LOCK_OPTION} option (its deletes remove every version)"
         ]
 
     def _expires_noncurrent(self) -> bool:
-        """Whether an enabled lifecycle rule expires the noncurrent versions of every key of
-        this store: its prefix covers the store's, and it has no tag or size condition."""
+        """Whether an enabled lifecycle rule expires every noncurrent version of every key
+        of this store: its prefix covers the store's, it has no tag or size condition, and
+        it keeps no number of newer noncurrent versions (strongroom writes each key once, so
+        a deleted object's one old version would be among them)."""
         try:
             reply = self.fs.call_s3("get_bucket_lifecycle_configuration", Bucket=self.bucket)
         except OSError as exc:
@@ -331,13 +343,13 @@ class S3Store(Store):
         for rule in reply.get("Rules", []):
             found = rule.get("Filter", {})
             condition = found.get("And", found)
-            unconditional = not RULE_CONDITIONS & condition.keys()
-            prefix = condition.get("Prefix", rule.get("Prefix", ""))
+            expiry = rule.get("NoncurrentVersionExpiration")
             if (
                 rule.get("Status") == "Enabled"
-                and "NoncurrentVersionExpiration" in rule
-                and unconditional
-                and self._key_prefix.startswith(prefix)
+                and isinstance(expiry, dict)
+                and not expiry.get("NewerNoncurrentVersions")
+                and not RULE_CONDITIONS & condition.keys()
+                and self._key_prefix.startswith(condition.get("Prefix", rule.get("Prefix", "")))
             ):
                 return True
         return False
