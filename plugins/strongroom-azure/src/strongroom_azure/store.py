@@ -10,7 +10,6 @@ adlfs's `find` reports a missing container as an empty one.
 from __future__ import annotations
 
 import builtins
-import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,7 +18,13 @@ from typing import Any, cast
 
 from adlfs import AzureBlobFileSystem  # type: ignore[import-untyped]
 from azure.core.async_paging import AsyncPageIterator
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    IncompleteReadError,
+    ServiceResponseError,
+)
 from azure.storage.blob import BlobProperties
 from azure.storage.blob.aio import BlobServiceClient
 from fsspec.asyn import sync
@@ -36,11 +41,6 @@ from strongroom import (
 from ._options import AzureOptions
 
 __all__ = ["AzureStore", "open_azure_store"]
-
-# The SDK's transport logs "Incomplete download." at each try of a download cut off; with
-# no logging configured, Python printed each as a bare line on stderr. The store's error
-# says what failed, in one line; a host that configures logging still gets the records.
-logging.getLogger("azure.core.pipeline.transport").addHandler(logging.NullHandler())
 
 
 class AzureStore(Store):
@@ -155,7 +155,7 @@ class AzureStore(Store):
                 "or connection_string, DefaultAzureCredential needs a managed or workload "
                 "identity, AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or 'az login'."
             )
-        if exc.status_code is None:  # no answer read whole: a connection that broke
+        if exc.status_code is None and _broke_off(exc):
             return (
                 f"the connection broke before Azure's answer was read whole ({_first_line(exc)}; "
                 f"retry_total={self._retries}). Check that the storage service is reachable "
@@ -169,6 +169,8 @@ class AzureStore(Store):
                 "delete and list, and be unexpired); without a secret, the identity needs the "
                 "Storage Blob Data Contributor role."
             )
+        if exc.status_code is None:  # too many redirects, an answer that does not parse
+            return f"no usable answer came ({_first_line(exc)}). Check account_url."
         retried = f" (retry_total={self._retries})" if (exc.status_code or 0) >= 500 else ""
         return f"Azure answered {status}{retried}: {_first_line(exc)}."
 
@@ -216,6 +218,20 @@ def open_azure_store(spec: StoreSpec) -> AzureStore:
         skip_instance_cache=True,
     )
     return AzureStore(spec.name, spec.url, fs, options)
+
+
+def _broke_off(exc: BaseException) -> bool:
+    """Whether the error, or one it wraps, is a connection that broke mid-answer: an answer
+    cut short, a reset, a read that timed out."""
+    broken = (IncompleteReadError, ServiceResponseError, ConnectionError, TimeoutError)
+    for _ in range(8):  # a chain of wrappers, never a cycle
+        if isinstance(exc, broken):
+            return True
+        inner = getattr(exc, "inner_exception", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            return False
+        exc = inner
+    return False
 
 
 def _first_line(exc: BaseException) -> str:
