@@ -12,6 +12,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import os
 import pty
 import re
@@ -31,7 +32,7 @@ from typing import Any, NoReturn
 import pytest
 
 import strongroom.scheduler
-from strongroom import ConfigError, Engine, StoresConfig, StoreSpec
+from strongroom import ConfigError, Engine, StoresConfig, StoreSpec, StoreUnavailableError
 from strongroom.cli import main
 from strongroom.web.auth import add_token, configured_hashes, hash_token
 from strongroom.web.serve import _listen
@@ -1716,6 +1717,27 @@ def test_an_interrupt_after_the_commit_says_the_backup_is_committed(
     committed = "strongroom: interrupted; the backup was committed before it, and is whole.\n"
     assert (made.code, made.err) == (130, committed)
     assert cli("verify", "x", "--passcode-file", passcode_file).code == 0
+    with monkeypatch.context() as patch:  # or as the command prints what it made
+        patch.setattr("strongroom.cli._emit_backup", interrupted)
+        printing = cli("create", "--name", "y", "--passcode-file", passcode_file, small)
+    assert (printing.code, printing.err) == (130, committed)
+
+
+def test_other_libraries_records_are_not_printed_beside_the_error(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store SDK's own warnings ('Incomplete download.' at each try of a download cut
+    off) were printed by Python's fallback as bare lines beside the command's one-line
+    error, in a process that configures no logging."""
+
+    def listing(*args: object, **kwargs: object) -> NoReturn:
+        logging.getLogger("azure.core.pipeline.transport").warning("Incomplete download.")
+        raise StoreUnavailableError("Store 'x' failed: the connection broke.")
+
+    monkeypatch.setattr(Engine, "listing", listing)
+    monkeypatch.setattr(logging.root, "handlers", [])  # a command's process: none configured
+    outcome = cli("list")
+    assert outcome.err == "strongroom: error: Store 'x' failed: the connection broke.\n"
 
 
 def test_warnings_are_the_commands_own_lines(

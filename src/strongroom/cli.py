@@ -178,16 +178,16 @@ class _Stderr(logging.Handler):
 
 
 def show_warnings() -> None:
-    """Print the library's warnings (`serve` configures its own logging instead), and not
-    the tracebacks asyncio prints for an object store's transport tasks that a dropped
-    connection failed ('Task exception was never retrieved'): the command says in one line
-    what failed."""
+    """Print the library's warnings (`serve` configures its own logging instead), and no
+    other library's records, which Python's fallback printed as bare lines: the tracebacks
+    asyncio prints for an object store's transport tasks that a dropped connection failed
+    ('Task exception was never retrieved'), the Azure SDK's 'Incomplete download.' at each
+    try. The command says in one line what failed."""
     logger = logging.getLogger("strongroom")
     if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
         logger.addHandler(_Stderr(logging.WARNING))
-    transports = logging.getLogger("asyncio")
-    if not transports.handlers:
-        transports.addHandler(logging.NullHandler())
+    if not logging.root.handlers:
+        logging.root.addHandler(logging.NullHandler())
 
 
 def reuse_freed_memory() -> None:
@@ -503,18 +503,24 @@ def _schedule_commands(commands: Any) -> None:
 def run_create(args: argparse.Namespace) -> int:
     write_key = WriteKey.load(args.write_key) if args.write_key else None
     passcode = None if write_key else read_passcode(args.passcode_file, confirm=True)
-    with progress_bar(f"backup {args.name}") as progress:
-        info = Engine().create(
-            args.name,
-            args.sources,
-            passcode=passcode,
-            write_key=write_key,
-            store=args.store,
-            description=args.description,
-            retention_date=_retention(args),
-            progress=progress,
-        )
-    _emit_backup(info, args.json)
+    info = None
+    try:
+        with progress_bar(f"backup {args.name}") as progress:
+            info = Engine().create(
+                args.name,
+                args.sources,
+                passcode=passcode,
+                write_key=write_key,
+                store=args.store,
+                description=args.description,
+                retention_date=_retention(args),
+                progress=progress,
+            )
+        _emit_backup(info, args.json)
+    except KeyboardInterrupt as exc:  # once create returned, the backup is committed
+        if info is None or isinstance(exc, InterruptedAfterCommit):
+            raise
+        raise InterruptedAfterCommit from exc
     return 0
 
 

@@ -127,15 +127,15 @@ def _listen(host: str, port: int, shown: str) -> socket.socket:
 
 
 def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, with query strings cut from access lines and strongroom's own
-    records (jobs submitted and ended) beside uvicorn's."""
+    """uvicorn's logging, with query strings cut from access lines, strongroom's own
+    records (jobs submitted and ended) beside uvicorn's, and every other library's warnings
+    (the server's event loop, a store's SDK) too: the operator's to read, where the command
+    line silences them (`cli.show_warnings`; this replaces that)."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config.setdefault("filters", {})["without_query"] = {"()": _WithoutQuery}
     config["handlers"]["access"]["filters"] = ["without_query"]
-    config["loggers"]["strongroom"] = {"handlers": ["default"], "level": "INFO"}
-    # the server's own event loop: its errors are the operator's to read (the command
-    # line silences these records, `cli.show_warnings`; this replaces that)
-    config["loggers"]["asyncio"] = {"handlers": ["default"], "level": "WARNING"}
+    config["loggers"]["strongroom"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
     return config
 
 
