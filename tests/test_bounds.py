@@ -21,7 +21,7 @@ import pytest
 import zstandard
 
 from strongroom import ConfigError, Engine, IntegrityError, KdfParams, StrongroomError
-from strongroom.crypto import StreamCipher, new_salt
+from strongroom.crypto import Passcode, StreamCipher, new_salt
 from strongroom.format import (
     CHUNK_OVERHEAD,
     MAX_CHUNK_COUNT,
@@ -292,7 +292,8 @@ def test_delete_removes_every_object_under_the_data_prefix(lab: Lab) -> None:
 def _cipher(lab: Lab) -> StreamCipher:
     """The victim's chunk cipher, from the passcode the tests know."""
     manifest = Manifest.from_bytes(lab.manifest().read_bytes())
-    return StreamCipher(open_backup(manifest, PASSCODE).chunk_key, manifest.stream_binding())
+    keys = open_backup(manifest, Passcode(PASSCODE))
+    return StreamCipher(keys.chunk_key, manifest.stream_binding())
 
 
 def _zero_frame(declared: int | None, blocks: int) -> bytes:

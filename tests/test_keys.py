@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import stat
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from strongroom import (
     JobStatus,
     Passcode,
     PasscodeError,
+    StrongroomError,
     WriteKey,
     libc,
 )
@@ -37,10 +39,12 @@ from strongroom.crypto import (
     writer_key,
 )
 from strongroom.format import Manifest
+from strongroom.schedules import define
 from tests.conftest import FAST_KDF, PASSCODE, snapshot
 from tests.v1_fixture import SIBLING, V1_STORE, VICTIM, make_payload
 
 WRONG_PASSCODE = "not the passcode at all"
+SHORT_PASSCODE = "Zq8-Sho"  # one character short
 
 
 @pytest.fixture
@@ -504,3 +508,41 @@ def test_no_passcode_or_key_in_reprs_logs_or_errors(
     ):
         assert not [form for form in _forms(secret) if form in shown]
     assert len(messages) == 4
+
+
+def test_no_frame_holds_the_passcode_as_text_for_a_traceback_to_show(
+    engine: Engine, tree: Path, tmp_path: Path
+) -> None:
+    """An error reporter that records a traceback's locals (Sentry does by default) saw
+    the passcode in the frames of create, restore, ls, verify, the job submissions and a
+    schedule's definition: each now takes it as a Passcode before anything can fail."""
+    engine.create("kept", [tree], passcode=PASSCODE)
+    missing, target = tmp_path / "missing", tmp_path / "target"
+    failing: list[Callable[[], object]] = [
+        lambda: engine.create("new", [missing], passcode=PASSCODE),
+        lambda: engine.submit_backup("new", [missing], passcode=PASSCODE),
+        lambda: engine.restore("kept", target, passcode=WRONG_PASSCODE),
+        lambda: engine.restore("nosuch", target, passcode=PASSCODE),
+        lambda: engine.submit_restore("nosuch", target, passcode=PASSCODE),
+        lambda: list(engine.ls("kept", ["nosuch"], passcode=PASSCODE)),
+        lambda: engine.verify("kept", passcode=WRONG_PASSCODE),
+        lambda: engine.submit_verify("nosuch", passcode=PASSCODE),
+        lambda: define(engine, "no spaces allowed", passcode=PASSCODE, every="1d"),
+        lambda: Passcode(SHORT_PASSCODE),  # the frame of its error holds it no more
+    ]
+    for call in failing:
+        with pytest.raises(StrongroomError) as caught:
+            call()
+        _assert_no_passcode_in(
+            "".join(
+                traceback.TracebackException.from_exception(
+                    caught.value, capture_locals=True
+                ).format()
+            )
+        )
+
+
+def _assert_no_passcode_in(shown: str) -> None:
+    """(Its own frame, so that no secret is a local of the test's, which tracebacks show.)"""
+    for secret in (PASSCODE, WRONG_PASSCODE, SHORT_PASSCODE):
+        assert secret not in shown, shown

@@ -17,11 +17,12 @@ import stat
 import threading
 import time
 import tomllib
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 import httpx
@@ -1030,6 +1031,35 @@ async def test_pages_show_control_and_format_characters_escaped(
     assert all("pay\\u202eslip \\x1b[31m" in page.text for page in pages[:2])
     contents = pages[2].text
     assert "data/evil\\u202etxt.exe" in contents and "data/new\\nline" in contents
+
+
+async def test_no_frame_holds_the_passcode_for_a_server_errors_traceback(
+    api: Api, kept: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error reporter that records a traceback's locals (Sentry does by default, in a
+    product that mounts the API) saw the passcode in the request's parameters and in every
+    frame from the handler to the engine. Tokens too: the request's form holds one."""
+
+    def failing(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError("the store's library failed")
+
+    monkeypatch.setattr(Engine, "ls", failing)
+    with pytest.raises(RuntimeError) as caught:
+        await api.post(f"{STORE}/backups/{kept}/contents", passcode=SECRET)
+    _assert_no_secret_in_the_servers_frames(caught.value)
+
+
+def _assert_no_secret_in_the_servers_frames(error: BaseException) -> None:
+    """(Its own frame, so that no secret is a local of the test's.) The frames from the
+    ASGI app in: the test's client above it holds the secrets it sends."""
+    stack = traceback.TracebackException.from_exception(error, capture_locals=True).stack
+    server = ("/starlette/", "/anyio/", "/strongroom/")
+    shown = "".join(
+        stack.from_list([f for f in stack if any(p in f.filename for p in server)]).format()
+    )
+    assert "Passcode('********')" in shown  # the frames' locals were shown
+    for secret in (SECRET, TOKEN):
+        assert secret not in shown, shown
 
 
 async def test_the_next_contents_page_keeps_a_path_that_pages_show_escaped(

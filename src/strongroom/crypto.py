@@ -80,8 +80,10 @@ class Passcode:
         if isinstance(secret, Passcode):
             secret = secret.encode().decode("utf-8")
         if not isinstance(secret, str):
+            del secret  # nor in this frame's locals, which a traceback may show
             raise PasscodeError("The passcode must be text.")
         if len(secret) < MIN_PASSCODE_LENGTH:
+            del secret
             raise PasscodeError(
                 f"Every strongroom passcode has at least {MIN_PASSCODE_LENGTH} characters; "
                 "this one has fewer."

@@ -190,6 +190,7 @@ class Engine(EngineCreate, EngineJobs):
         starts (authenticating, reading, moving into place); what it raises stops the
         restore with nothing left behind.
         """
+        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
         stage = on_stage or ignore_stage
         stage("authenticating")
         destination = check_restore_target(target)
@@ -224,6 +225,7 @@ class Engine(EngineCreate, EngineJobs):
     ) -> BackupInfo:
         """Read and authenticate every byte of the backup, and check every member by the
         rules restore applies (so what verifies restores); write nothing."""
+        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
         unexpected = [key for key in data_keys(source, manifest) if not _is_chunk(key, manifest)]
         if unexpected:
@@ -250,6 +252,7 @@ class Engine(EngineCreate, EngineJobs):
     ) -> Iterator[ArchiveEntry]:
         """The entries of the backup (or only those under `paths`) as restore would make
         them, read as they come; writes nothing. The passcode is checked at once."""
+        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
         selected = [selected_path(path) for path in paths]
         source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
 
@@ -471,7 +474,7 @@ class Engine(EngineCreate, EngineJobs):
         return manifests, unreadable
 
     def _open_authenticated(
-        self, name: str, store: str | None, passcode: str | Passcode, backup_id: str | None
+        self, name: str, store: str | None, passcode: Passcode, backup_id: str | None
     ) -> tuple[Store, Manifest, StreamCipher]:
         """The backup's manifest, its passcode and MAC checked, and its chunk cipher.
 

@@ -101,6 +101,7 @@ class EngineCreate(EngineStores):
         beside the writing, and its stage is what is left of it); what it raises stops
         the create uncommitted. `scheduled`: a schedule makes it (scheduleType).
         """
+        passcode = None if passcode is None else Passcode(passcode)  # no plain text in the frame
         stage = on_stage or ignore_stage
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})

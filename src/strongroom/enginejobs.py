@@ -169,6 +169,7 @@ class EngineJobs(ABC):
         checked first, so a bad one fails here and never becomes a job; the passcode or
         key lives only in the job's closure. A create still running `timeout` after it
         started is cancelled and reads FAILED."""
+        passcode = None if passcode is None else Passcode(passcode)  # no plain text in the frame
         paths = [Path(source) for source in sources]
         streams = dict(streams or {})
         credential, _, target = self._check_create(
@@ -214,7 +215,7 @@ class EngineJobs(ABC):
         operation_uri: str | None = None,
     ) -> Job:
         """`restore` as a background job, after the checks that need no passcode work."""
-        secret = Passcode(passcode)
+        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
         check_restore_target(target)
         for path in paths:
             selected_path(path)
@@ -224,7 +225,7 @@ class EngineJobs(ABC):
             restored = self.restore(
                 name,
                 target,
-                passcode=secret,
+                passcode=passcode,
                 store=source.name,
                 paths=paths,
                 progress=job.progress,
@@ -246,12 +247,12 @@ class EngineJobs(ABC):
     ) -> Job:
         """`verify` as a background job (it reads the whole backup); an unknown backup
         fails here."""
-        secret = Passcode(passcode)
+        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
         source, _ = self._open(name, store)
 
         def work(job: JobHandle) -> dict[str, Any]:
             job.stage("verifying")
-            info = self.verify(name, passcode=secret, store=source.name, progress=job.progress)
+            info = self.verify(name, passcode=passcode, store=source.name, progress=job.progress)
             return info.to_dict()
 
         return self.jobs.submit(

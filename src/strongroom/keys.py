@@ -66,9 +66,10 @@ class WriteKey:
     @classmethod
     def derive(cls, passcode: str | Passcode, kdf: KdfParams | None = None) -> WriteKey:
         """A write key for `passcode`, with a fresh salt: the one Argon2id run it needs."""
+        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
         kdf = kdf or KdfParams()
         salt = new_salt()
-        return cls._from_master(derive_kek(Passcode(passcode), salt, kdf), salt, kdf)
+        return cls._from_master(derive_kek(passcode, salt, kdf), salt, kdf)
 
     @classmethod
     def _from_master(cls, master: bytes, salt: bytes, kdf: KdfParams) -> WriteKey:
@@ -199,15 +200,14 @@ class WriteKey:
         return f"WriteKey(kdf={self.kdf!r}, <secret>)"
 
 
-def open_backup(manifest: Manifest, passcode: str | Passcode) -> BackupKeys:
+def open_backup(manifest: Manifest, passcode: Passcode) -> BackupKeys:
     """The backup's keys from its passcode, every MAC checked: a wrong passcode (or a
     changed KDF parameter, salt or key check) is a PasscodeError, anything else that does
     not authenticate an IntegrityError."""
-    code = Passcode(passcode)
     try:
-        return _open_backup(manifest, code)
+        return _open_backup(manifest, passcode)
     except PasscodeError as exc:
-        raise PasscodeError(f"{exc}{code.doubts()}") from None
+        raise PasscodeError(f"{exc}{passcode.doubts()}") from None
 
 
 def _open_backup(manifest: Manifest, passcode: Passcode) -> BackupKeys:

@@ -372,6 +372,8 @@ def define(
     The prompt and the derivation happen outside the configuration's lock, so an operator
     at the prompt holds up no other edit; the name and the store are checked again under
     the lock before the schedule is written."""
+    if not callable(passcode):
+        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
     _check_name(name)
     recurrence = Recurrence.parse(every, cron)
     config = StoresConfig.load(engine.config.path, home=engine.home)

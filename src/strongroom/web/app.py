@@ -42,7 +42,7 @@ from ..errors import StrongroomError
 from ..restoretarget import remove_killed_restores
 from .auth import COOKIE, Credentials, credentials, is_allowed
 from .backuproutes import BackupRoutes
-from .body import TOKEN_WINDOW, Body, single_values
+from .body import TOKEN_WINDOW, Body, Fields, single_values
 from .call import Call, Derivations, Handler, RouteSpec, run
 from .fence import StoreFence
 from .headers import SecurityHeaders
@@ -302,7 +302,7 @@ class _AdminApi:
         return {"url": partial(self._url, request), "signed_in": COOKIE in request.cookies}
 
 
-async def _params(request: Request, body: Body, public: bool) -> dict[str, str]:
+async def _params(request: Request, body: Body, public: bool) -> Fields:
     """A GET's query, or a POST's form (plus `f` from the query). Before anyone signed in
     (the login form) no more than TOKEN_WINDOW bytes are read."""
     query = single_values(request.query_params.multi_items())

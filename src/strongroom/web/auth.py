@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pluggy
@@ -56,9 +56,10 @@ _HEADERS = ("authorization", "x-esri-authorization")
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """The token a request carries, and whether it came from the sign-in cookie."""
+    """The token a request carries, and whether it came from the sign-in cookie (its repr
+    leaves the token out)."""
 
-    token: str | None
+    token: str | None = field(repr=False)
     from_cookie: bool = False
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..crypto import Passcode
 from ..engine import Engine
 from ..errors import ConfigError
 from ..format import to_epoch_ms, utc_now
@@ -75,7 +76,7 @@ class BackupRoutes:
             self._engine.submit_backup,
             call.require("name"),
             self._sources,
-            passcode=call.require("passcode"),
+            passcode=call.passcode(),
             store=store,
             description=call.get("description") or "",
             retention_date=_retention(call),
@@ -106,7 +107,7 @@ class BackupRoutes:
             self._engine.submit_restore,
             name,
             target,
-            passcode=call.require("passcode"),
+            passcode=call.passcode(),
             store=store,
             paths=[path] if path else [],
             operation_uri=call.uri,
@@ -119,7 +120,7 @@ class BackupRoutes:
         job = await run(
             self._engine.submit_verify,
             name,
-            passcode=call.require("passcode"),
+            passcode=call.passcode(),
             store=store,
             operation_uri=call.uri,
         )
@@ -138,7 +139,7 @@ class BackupRoutes:
             self._engine,
             name,
             store,
-            call.require("passcode"),
+            call.passcode(),
             [path] if path else [],
             start,
         )
@@ -196,7 +197,7 @@ def _start_of_day(text: str) -> int:
 
 
 def _entries_from(
-    engine: Engine, name: str, store: str, passcode: str, paths: list[str], start: int
+    engine: Engine, name: str, store: str, passcode: Passcode, paths: list[str], start: int
 ) -> list[dict[str, Any]]:
     """Up to one more than CONTENTS_LIMIT entries from the `start`th (so a longer listing
     shows as truncated)."""

@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from .responses import ApiError
 
-__all__ = ["MAX_FORM_BYTES", "TOKEN_WINDOW", "Body", "single_values"]
+__all__ = ["MAX_FORM_BYTES", "TOKEN_WINDOW", "Body", "Fields", "single_values"]
 
 #: The largest form an authenticated caller may send: these are small forms.
 MAX_FORM_BYTES = 1024 * 1024
@@ -28,6 +28,16 @@ MAX_FIELDS = 100
 _URLENCODED = "application/x-www-form-urlencoded"
 #: Bodies that carry no parameter whatever their type (a client's `post(url, {})`).
 _EMPTY = frozenset({b"", b"{}", b"[]", b"null"})
+#: The parameters whose values are secrets.
+SECRET_FIELDS = frozenset({"passcode", "token"})
+
+
+class Fields(dict[str, str]):
+    """A request's parameters. Its repr shows no secret's value: a traceback's locals, and
+    an error reporter that records them, see the parameters of every frame that holds them."""
+
+    def __repr__(self) -> str:
+        return repr({k: "********" if k in SECRET_FIELDS else v for k, v in self.items()})
 
 
 class Body:
@@ -39,18 +49,18 @@ class Body:
         self._data = bytearray()
         self._complete = False
 
-    async def head(self) -> dict[str, str]:
+    async def head(self) -> Fields:
         """The form fields that end within the first TOKEN_WINDOW bytes (all of a shorter
         form): where a caller that sends no header or cookie puts its `token`."""
         await self._read(TOKEN_WINDOW)
         if self._complete:
-            return dict(await self._parse(strict=False))
+            return Fields(await self._parse(strict=False))
         if not self._content_type().startswith(_URLENCODED):
-            return {}
+            return Fields()
         window = bytes(self._data[:TOKEN_WINDOW])
-        return dict(_urlencoded(window[: window.rfind(b"&")], strict=False))
+        return Fields(_urlencoded(window[: window.rfind(b"&")], strict=False))
 
-    async def form(self, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
+    async def form(self, limit: int = MAX_FORM_BYTES) -> Fields:
         """Every field of the form, or 413 once more than `limit` bytes have arrived."""
         await self._read(limit)
         if not self._complete:
@@ -127,10 +137,10 @@ def _urlencoded(data: bytes, *, strict: bool) -> list[tuple[str, str]]:
     return fields
 
 
-def single_values(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+def single_values(fields: Iterable[tuple[str, str]]) -> Fields:
     """The parameters, each given once: a second value was silently dropped (the first
     `path` of two, a second `f`), so a call did less than it was asked and said success."""
-    params: dict[str, str] = {}
+    params = Fields()
     for key, value in fields:
         if key in params:
             raise ApiError(400, f"The parameter {key} is given more than once; give it once.")

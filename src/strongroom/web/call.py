@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..crypto import Passcode
 from ..errors import ConfigError
 from ..jobs import Job
 from .responses import Reply
@@ -55,6 +56,10 @@ class Call:
         if value is None:
             raise ConfigError(f"The parameter {key} is required.")
         return value
+
+    def passcode(self) -> Passcode:
+        """The required `passcode`, as a Passcode: no handler's frame holds its text."""
+        return Passcode(self.require("passcode"))
 
     def take_only(self, *keys: str) -> None:
         """Refuse parameters other than `keys` (and the format and token every call may

@@ -64,7 +64,7 @@ class ScheduleRoutes:
             schedules.define,
             self._engine,
             call.require("name"),
-            passcode=call.require("passcode"),
+            passcode=call.passcode(),
             every=call.get("every"),
             cron=call.get("cron"),
             store=call.get("storeName"),
