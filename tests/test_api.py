@@ -45,6 +45,8 @@ def test_passcode_never_shows_itself() -> None:
         assert secret not in rendering
     with pytest.raises(TypeError):
         pickle.dumps(passcode)
+    with pytest.raises(TypeError):  # object's own would hand the secret to any serializer
+        passcode.__getstate__()
     assert Passcode(secret) == passcode and Passcode("another passcode") != passcode
     assert "k" * 8 not in repr(BackupKeys.from_file_key(b"k" * 32))
 

@@ -133,6 +133,9 @@ class Passcode:
     def __reduce__(self) -> str:
         raise TypeError("A Passcode cannot be pickled.")
 
+    def __getstate__(self) -> object:  # object's would hand out the secret to any serializer
+        raise TypeError("A Passcode cannot be pickled.")
+
 
 @dataclass(frozen=True, slots=True)
 class KdfParams:
