@@ -286,10 +286,15 @@ def test_backup_lifecycle(
         ["--passcode=Typed-Secret-123"],
         ["--password", "Typed-Secret-123"],
         ["--pass", "Typed-Secret-123"],
+        ["-passcode", "Typed-Secret-123"],
+        ["--Passcode", "Typed-Secret-123"],
+        ["--PASSWORD=Typed-Secret-123"],
+        ["--pass_word=Typed-Secret-123"],
+        ["--pw", "Typed-Secret-123"],
     ],
 )
 def test_a_passcode_given_as_an_argument_is_refused_without_printing_it(
-    cli: Cli, backup: str, passcode_file: Path, given: list[str]
+    cli: Cli, backup: str, given: list[str]
 ) -> None:
     """`--passcode X` was taken for an abbreviation of --passcode-file, and the error
     printed X ('Cannot read the passcode file X') to stderr, cron mail and CI logs."""
@@ -297,7 +302,20 @@ def test_a_passcode_given_as_an_argument_is_refused_without_printing_it(
     assert outcome.code == 2
     assert "Typed-Secret-123" not in outcome.out + outcome.err
     assert "never given as an argument" in outcome.error_line
-    # after `--` every argument is an archive path
+
+
+def test_what_may_be_a_passcode_is_not_printed_among_unrecognized_arguments(
+    cli: Cli, backup: str, passcode_file: Path
+) -> None:
+    """A mistyped option's value (a passcode after --pascode) is not echoed; --passcode-file
+    and the abbreviations argparse takes for it work; after `--` every argument is a path."""
+    for mistyped in (["--pascode", "Typed-Secret-123"], ["--pascode=Typed-Secret-123"]):
+        outcome = cli("list", *mistyped)
+        assert outcome.code == 2 and "Typed-Secret-123" not in outcome.out + outcome.err
+        assert "unrecognized arguments: --pascode" in outcome.err
+    assert "unrecognized arguments: nosuch" in cli("list", "nosuch").err  # a plain one is
+    for option in ("--passcode-file", "--passcode-fil", "--passcode-f"):
+        assert cli("ls", backup, option, passcode_file).code == 0
     path_after = cli("ls", backup, "--passcode-file", passcode_file, "--", "--pass")
     assert (path_after.code, path_after.error_line) == (
         3,
@@ -306,22 +324,33 @@ def test_a_passcode_given_as_an_argument_is_refused_without_printing_it(
 
 
 def test_the_passcode_from_the_environment_reaches_no_child_process(
-    cli: Cli, backup: str, monkeypatch: pytest.MonkeyPatch
+    cli: Cli, backup: str, passcode_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A process started while a command runs (a cloud SDK's credential_process, `az`)
-    inherited STRONGROOM_PASSCODE: the command takes it out of its environment once read."""
+    inherited STRONGROOM_PASSCODE: the command takes it out of its environment before
+    anything runs, whether it reads it (ls), takes the passcode from a file, or needs none
+    (list)."""
     seen: list[str] = []
-    listed = Engine.ls
+    listed, listing = Engine.ls, Engine.listing
+
+    def child() -> None:
+        seen.append(subprocess.run(["env"], capture_output=True, text=True, check=True).stdout)
 
     def ls(self: Engine, *args: Any, **kwargs: Any) -> Any:
-        seen.append(subprocess.run(["env"], capture_output=True, text=True, check=True).stdout)
+        child()
         return listed(self, *args, **kwargs)
 
+    def spy(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        child()
+        return listing(self, *args, **kwargs)
+
     monkeypatch.setattr(Engine, "ls", ls)
-    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
-    outcome = cli("ls", backup)
-    assert outcome.code == 0, outcome.err
-    assert seen and PASSCODE not in seen[0]
+    monkeypatch.setattr(Engine, "listing", spy)
+    for command in (["ls", backup], ["ls", backup, "--passcode-file", passcode_file], ["list"]):
+        monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)
+        outcome = cli(*command)
+        assert outcome.code == 0, outcome.err
+    assert len(seen) == 3 and not [env for env in seen if PASSCODE in env]
 
 
 def test_passcode_file_takes_precedence_over_environment(
@@ -330,6 +359,7 @@ def test_passcode_file_takes_precedence_over_environment(
     """--passcode-file wins over STRONGROOM_PASSCODE; the environment alone also works."""
     monkeypatch.setenv("STRONGROOM_PASSCODE", WRONG_PASSCODE)
     assert cli("verify", backup, "--passcode-file", passcode_file).code == 0
+    monkeypatch.setenv("STRONGROOM_PASSCODE", WRONG_PASSCODE)  # each command takes it out
     wrong = cli("verify", backup)
     assert wrong.code == 7
     assert "does not open this backup" in wrong.error_line

@@ -52,6 +52,7 @@ from strongroom.store import StoreCapabilities
 from strongroom.units import human_size
 from strongroom.web import create_app
 from strongroom.web.auth import COOKIE, add_token, hash_token, remove_token
+from strongroom.web.body import Fields
 from strongroom.web.settings import SETTINGS_FILE
 from tests.conftest import (
     FAST_KDF,
@@ -1047,6 +1048,18 @@ async def test_no_frame_holds_the_passcode_for_a_server_errors_traceback(
     with pytest.raises(RuntimeError) as caught:
         await api.post(f"{STORE}/backups/{kept}/contents", passcode=SECRET)
     _assert_no_secret_in_the_servers_frames(caught.value)
+
+
+def test_a_requests_parameters_show_no_secret_in_their_repr() -> None:
+    """What a traceback's locals show of a request: a store's settings and option values
+    may hold a credential typed by mistake, as the passcode and the token are secrets."""
+    fields = Fields(
+        passcode="p-secret", token="t-secret", settings='{"k": "s-secret"}', option2Value="o-secret"
+    )
+    fields.update(storeName="nas", option2Key="account_key")
+    assert (
+        "secret" not in repr(fields) and "'nas'" in repr(fields) and "account_key" in repr(fields)
+    )
 
 
 def _assert_no_secret_in_the_servers_frames(error: BaseException) -> None:

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import stat
@@ -23,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -61,9 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 PASSCODE_ENV = "STRONGROOM_PASSCODE"
-#: An option that would give the passcode as an argument (--passcode X, --password=X; not
-#: --passcode-file): refused before argparse, whose error would print the value.
-_PASSCODE_ARGUMENT = re.compile(r"--pass(?!code-file(?:=|$))[a-z-]*(?:=.*)?", re.DOTALL)
 PASSCODE_NOT_AN_ARGUMENT = (
     "a passcode is never given as an argument (every user of this machine can read the "
     "arguments of its processes): use --passcode-file FILE, set STRONGROOM_PASSCODE, or "
@@ -81,18 +77,23 @@ MIB = 1024 * 1024
 
 def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()
-    show_warnings()
-    if any(_PASSCODE_ARGUMENT.fullmatch(arg) for arg in _arguments(argv)):
+    # Out of the environment before anything runs, so that no process the command starts
+    # (a cloud SDK's credential_process, `az`) inherits it, whether the command reads it or not.
+    variable = _Variable(os.environ.pop(PASSCODE_ENV, None))
+    if any(_gives_passcode(arg) for arg in _arguments(argv)):
         print(f"strongroom: error: {PASSCODE_NOT_AN_ARGUMENT}", file=sys.stderr)
         return 2  # as argparse's usage errors, which would have printed the value
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.passcode_variable = variable
+    if args.run is not run_serve:  # serve logs every library's records to its own log
+        show_warnings()
     command = getattr(args, "command_parser", parser)  # its usage, in a usage error
     paths = _trailing_paths(extra) if extra and hasattr(args, "paths") else None
     if paths is not None:
         args.paths += paths  # restore N --target DIR [--] PATH...: PATHs after the options
     elif extra:
-        command.error(f"unrecognized arguments: {' '.join(extra)}")
+        command.error(f"unrecognized arguments: {_unrecognized(extra)}")
     if getattr(args, "as_of", None) is not None and not args.dry_run:
         command.error(
             "--as-of looks ahead and deletes nothing: use it with --dry-run (a cleanup "
@@ -130,6 +131,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_LOCAL_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class _Variable:
+    """STRONGROOM_PASSCODE as the command's environment had it; its repr shows none of it."""
+
+    value: str | None = field(repr=False)
+
+
+def _gives_passcode(argument: str) -> bool:
+    """Whether an argument would give the passcode itself (--passcode X, -Password=X,
+    --pw X), not --passcode-file or an abbreviation of it that argparse takes."""
+    option = argument.partition("=")[0]
+    if len(option) > len("--passcode-") and "--passcode-file".startswith(option):
+        return False
+    return option.startswith("-") and option.lstrip("-").lower().startswith(("pass", "pw"))
+
+
+def _unrecognized(extra: list[str]) -> str:
+    """The arguments argparse did not take, without what may be a value of a mistyped
+    option (a passcode after --pasword): an option's `=value`, and the argument after it."""
+    shown, after_option = [], False
+    for argument in extra:
+        if argument.startswith("-"):
+            name, equals, _ = argument.partition("=")
+            shown.append(f"{name}=..." if equals else name)
+            after_option = not equals
+        else:
+            shown.append("..." if after_option else argument)
+            after_option = False
+    return " ".join(shown)
 
 
 def _arguments(argv: Sequence[str] | None) -> list[str]:
@@ -502,7 +534,7 @@ def _schedule_commands(commands: Any) -> None:
 
 def run_create(args: argparse.Namespace) -> int:
     write_key = WriteKey.load(args.write_key) if args.write_key else None
-    passcode = None if write_key else read_passcode(args.passcode_file, confirm=True)
+    passcode = None if write_key else read_passcode(args, confirm=True)
     info = None
     try:
         with progress_bar(f"backup {args.name}") as progress:
@@ -525,7 +557,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_write_key_new(args: argparse.Namespace) -> int:
-    passcode = read_passcode(args.passcode_file, confirm=True)
+    passcode = read_passcode(args, confirm=True)
     path = WriteKey.derive(passcode).save(args.out, overwrite=args.force)
     print(f"Wrote a write key to {path} (readable by you only).")
     print(
@@ -577,7 +609,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    passcode = read_passcode(args.passcode_file)
+    passcode = read_passcode(args)
     with progress_bar(f"restore {args.name}") as progress:
         target = Engine().restore(
             args.name,
@@ -595,7 +627,7 @@ def run_restore(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     info = Engine().verify(
         args.name,
-        passcode=read_passcode(args.passcode_file),
+        passcode=read_passcode(args),
         store=args.store,
         backup_id=args.backup_id,
     )
@@ -608,7 +640,7 @@ def run_ls(args: argparse.Namespace) -> int:
     entries = Engine().ls(
         args.name,
         args.paths,
-        passcode=read_passcode(args.passcode_file),
+        passcode=read_passcode(args),
         store=args.store,
         backup_id=args.backup_id,
     )
@@ -761,7 +793,7 @@ def run_add(args: argparse.Namespace) -> int:
     schedule = define(
         engine,
         args.schedule,
-        passcode=lambda: read_passcode(args.passcode_file, confirm=True),  # once all is checked
+        passcode=lambda: read_passcode(args, confirm=True),  # once all is checked
         every=args.every,
         cron=args.cron,
         store=args.store,
@@ -1013,8 +1045,10 @@ def run_token_remove(args: argparse.Namespace) -> int:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def read_passcode(passcode_file: str | None, *, confirm: bool = False) -> Passcode:
-    """From a file, the environment, or a prompt: never from the command line."""
+def read_passcode(args: argparse.Namespace, *, confirm: bool = False) -> Passcode:
+    """From a file (`--passcode-file`), the environment (STRONGROOM_PASSCODE, taken out of
+    it by `main`), or a prompt: never from the command line."""
+    passcode_file: str | None = args.passcode_file
     if passcode_file:
         try:
             lines = Path(passcode_file).read_text(encoding="utf-8").splitlines()
@@ -1032,15 +1066,14 @@ def read_passcode(passcode_file: str | None, *, confirm: bool = False) -> Passco
                 "put the passcode on it."
             )
         return Passcode(lines[0])
-    if PASSCODE_ENV in os.environ:
-        # Taken out of the environment, so that no process started from here gets it (a
-        # cloud SDK's credential_process, `az`; strongroom's own helpers get a clean one).
-        if not (given := os.environ.pop(PASSCODE_ENV)):
+    variable: _Variable = args.passcode_variable
+    if variable.value is not None:
+        if not variable.value:
             raise PasscodeError(
                 f"{PASSCODE_ENV} is set but empty: set it to the passcode, or unset it to be "
                 "asked for one."
             )
-        return Passcode(given)
+        return Passcode(variable.value)
     if not sys.stdin.isatty():
         raise PasscodeError(
             f"A passcode is needed: use --passcode-file FILE or set {PASSCODE_ENV}."

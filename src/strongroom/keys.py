@@ -200,10 +200,11 @@ class WriteKey:
         return f"WriteKey(kdf={self.kdf!r}, <secret>)"
 
 
-def open_backup(manifest: Manifest, passcode: Passcode) -> BackupKeys:
+def open_backup(manifest: Manifest, passcode: str | Passcode) -> BackupKeys:
     """The backup's keys from its passcode, every MAC checked: a wrong passcode (or a
     changed KDF parameter, salt or key check) is a PasscodeError, anything else that does
     not authenticate an IntegrityError."""
+    passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
     try:
         return _open_backup(manifest, passcode)
     except PasscodeError as exc:

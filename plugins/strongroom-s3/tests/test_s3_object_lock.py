@@ -318,6 +318,7 @@ def test_the_command_line_adds_a_locking_store_and_refuses_an_early_delete_with_
     assert "locks backups  governance" in capsys.readouterr().out
     until = str(to_epoch_ms(in_seconds(3600)))
     create = ["create", "--store", "vault", "--name", "ledger", "--retention-date", until]
+    monkeypatch.setenv("STRONGROOM_PASSCODE", PASSCODE)  # each command takes it out
     assert main([*create, str(source)]) == 0
     capsys.readouterr()
     assert main(["delete", "--store", "vault", "ledger"]) == 11

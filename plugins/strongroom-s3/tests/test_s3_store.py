@@ -386,15 +386,15 @@ def test_an_emptied_prefix_is_refused_until_it_is_started_anew(
     s3_endpoint: str,
     s3_admin: Callable[..., Any],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Adding the store marks its prefix; once everything under it is gone (a lifecycle
     rule, a wrong prefix), a create is refused rather than starting a new store there,
     and so is `stores init`, unless told that it was emptied on purpose (`--anew`)."""
-    monkeypatch.setenv("STRONGROOM_PASSCODE", "a passcode")
+    (tmp_path / "passcode").write_text("a passcode\n")
     (tmp_path / "f").write_bytes(b"data")
     create = ["create", "--store", "offsite", "--name", "nightly", str(tmp_path / "f")]
+    create += ["--passcode-file", str(tmp_path / "passcode")]
     add = ["stores", "add", "offsite", f"s3://{bucket}/cli", "--option"]
     assert main([*add, f"endpoint_url={s3_endpoint}"]) == 0
     assert s3_admin().exists(f"{bucket}/cli/{STORE_MARKER_KEY}")

@@ -9,6 +9,7 @@ spooled to disk: a multipart file part is refused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, Iterable
 from urllib.parse import parse_qsl
 
@@ -28,8 +29,9 @@ MAX_FIELDS = 100
 _URLENCODED = "application/x-www-form-urlencoded"
 #: Bodies that carry no parameter whatever their type (a client's `post(url, {})`).
 _EMPTY = frozenset({b"", b"{}", b"[]", b"null"})
-#: The parameters whose values are secrets.
-SECRET_FIELDS = frozenset({"passcode", "token"})
+#: The parameters whose values are or may be secrets: a store's settings and option
+#: values may hold a credential typed by mistake.
+SECRET_FIELDS = re.compile(r"passcode|token|settings|option\d+Value")
 
 
 class Fields(dict[str, str]):
@@ -37,7 +39,8 @@ class Fields(dict[str, str]):
     an error reporter that records them, see the parameters of every frame that holds them."""
 
     def __repr__(self) -> str:
-        return repr({k: "********" if k in SECRET_FIELDS else v for k, v in self.items()})
+        hidden = {k: "********" if SECRET_FIELDS.fullmatch(k) else v for k, v in self.items()}
+        return repr(hidden)
 
 
 class Body:
