@@ -34,8 +34,8 @@ from strongroom import (
     StoresConfig,
     StoreSpec,
     UnknownStoreError,
+    jobupkeep,
 )
-from strongroom import jobs as jobs_module
 from strongroom.backends.file import LocalStore
 from strongroom.format import to_epoch_ms
 from strongroom.jobs import JOBS_FILE
@@ -150,7 +150,7 @@ def test_a_running_manager_forgets_old_ended_jobs_too(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only a starting manager forgot them: a server's job table grew for good."""
-    monkeypatch.setattr(jobs_module, "FORGET_INTERVAL", 0.0)
+    monkeypatch.setattr(jobupkeep, "FORGET_INTERVAL", 0.0)
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
     lease = timedelta(seconds=0.3)  # the upkeep runs every 0.1 s
     with closing(JobManager(home / JOBS_FILE, clock=lambda: now[0], lease=lease)) as jobs:

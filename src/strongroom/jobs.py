@@ -8,11 +8,12 @@ share. A process that restarts, or another replica, still answers for old job id
 A job runs in the manager that accepted it. A job whose runner is gone (its process
 died; for PostgreSQL, its lease ran out) is marked FAILED, with a message saying so, by
 whichever manager notices first: when one starts, when someone asks for the job, and
-every third of the lease. A cancel asked of another manager's job is written to the
-store, and the runner reads it at its next save (a progress report) or lease renewal.
-An ended job never changes again: a runner that finds its job ended in the store (failed
-by another manager while this one could not reach the store) stops it at its next step,
-as if cancelled, so that nothing is committed after the job read FAILED.
+every third of the lease (the upkeep thread, jobupkeep.py). A cancel asked of another
+manager's job is written to the store, and the runner reads it at its next save (a
+progress report) or lease renewal. An ended job never changes again: a runner that finds
+its job ended in the store (failed by another manager while this one could not reach the
+store) stops it at its next step, as if cancelled, so that nothing is committed after
+the job read FAILED.
 
 The work is a callable that receives a `JobHandle`. It reports progress and stages
 through it (each stage is kept with its times), and the handle raises JobCancelledError
@@ -62,6 +63,7 @@ from .errors import (
 from .format import quoted, to_epoch_ms, utc_now
 from .jobrecord import Job, JobStatus, Stage, end_stages
 from .jobstore import Saved, open_job_store
+from .jobupkeep import JobUpkeep, warn_ended_already
 
 __all__ = ["JOBS_FILE", "Job", "JobHandle", "JobManager", "JobStatus", "Stage", "Work"]
 
@@ -79,10 +81,6 @@ PROGRESS_INTERVAL = 0.5
 CLOSE_TIMEOUT = 10.0
 #: How long a job's runner holds it without renewing (STRONGROOM_JOB_LEASE, seconds).
 DEFAULT_LEASE = timedelta(seconds=60)
-#: The first wait before trying an unreachable store again; it doubles up to lease/3.
-RETRY_DELAY = 0.5
-#: How often a running manager forgets the jobs that ended more than `keep` ago (seconds).
-FORGET_INTERVAL = 24 * 60 * 60.0
 #: How often `wait` reads the table for a job another manager runs: first, and at most.
 WAIT_POLL_MIN, WAIT_POLL_MAX = 0.05, 1.0
 _JOB_ID = re.compile(r"j[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -142,7 +140,7 @@ class _Running:
     future: Future[None] = field(default_factory=Future)
 
 
-class JobManager:
+class JobManager(JobUpkeep):
     """Runs jobs on a bounded thread pool and keeps every job in the job store.
 
     `location` is a job-database URL (sqlite:///PATH, postgresql://...) or the path of
@@ -499,7 +497,7 @@ class JobManager:
                 )
                 self._cancel_locked(running)
         else:
-            _warn_ended_already(running.job)
+            warn_ended_already(running.job)
 
     def _cancel_locked(self, running: _Running) -> Job:
         """Cancel a job of this manager (the caller holds the lock)."""
@@ -534,109 +532,8 @@ class JobManager:
             )
         return found
 
-    def _fail_orphans(self) -> bool:
-        """Mark FAILED the jobs whose runner is gone; say whether there were any."""
-        failed = self._store.fail_orphans(self._now(), _ORPHAN_MESSAGE)
-        if failed:
-            logger.warning("Marked %d job(s) of a stopped process FAILED.", failed)
-        return failed > 0
-
-    def _keep_up(self) -> None:
-        """The upkeep thread: every third of the lease (sooner when a job's end awaits
-        the store, backing off while it is unreachable), write the ends the store
-        missed, renew this manager's leases and read the cancels asked of its jobs, and
-        fail the jobs of managers that stopped; and once a day forget old ended jobs."""
-        period = self._lease.total_seconds() / 3
-        delay = period
-        while True:
-            self._wake.wait(delay)
-            self._wake.clear()
-            if self._closed:
-                return
-            try:
-                self._record_ends()
-                self._renew()
-                self._fail_orphans()
-                if time.monotonic() - self._forgotten_at >= FORGET_INTERVAL:
-                    self._forget_ended()
-            except JobStoreUnavailableError as exc:
-                self._note_outage(exc)
-                delay = RETRY_DELAY if delay >= period else min(period, delay * 2)
-            else:
-                delay = period
-                if self._outage:
-                    self._outage = False
-                    logger.info("The job database is reachable again.")
-
-    def _forget_ended(self) -> None:
-        """Forget the jobs that ended more than `keep` ago: when the manager starts, and
-        once every FORGET_INTERVAL while it runs (a server's table would grow for good)."""
-        self._store.forget_ended(before=self._now() - int(self._keep.total_seconds() * 1000))
-        self._forgotten_at = time.monotonic()
-
-    def _renew(self) -> None:
-        """Renew this manager's hold on its jobs, and stop those the store says to: a
-        cancel was asked, or the job was ended by another manager."""
-        with self._lock:
-            jobids = list(self._running)
-        for jobid, saved in self._store.renew(jobids).items():
-            with self._lock:
-                running = self._running.get(jobid)
-                if running is not None:
-                    self._act_on_locked(running, saved)
-
-    def _record_ends(self) -> None:
-        """Write the ends of jobs that ended while the store was unreachable."""
-        with self._lock:
-            ended = list(self._unrecorded.values())
-        for job in ended:
-            saved = self._store.save(job)
-            with self._lock:
-                if self._unrecorded.get(job.jobid) is job:
-                    del self._unrecorded[job.jobid]
-            if saved is Saved.ENDED:
-                _warn_ended_already(job)
-            else:
-                logger.info("Job %s: its end (%s) is recorded now.", job.jobid, job.status.value)
-
-    def _record_ends_until(self, deadline: float) -> None:
-        """`_record_ends`, retried until `deadline` (monotonic); what is still unwritten
-        then is logged, as it is lost with this manager."""
-        delay = RETRY_DELAY
-        while True:
-            try:
-                self._record_ends()
-                return
-            except JobStoreUnavailableError as exc:
-                if time.monotonic() + delay > deadline:
-                    logger.error(
-                        "The end of job(s) %s could not be recorded before close: %s",
-                        ", ".join(self._unrecorded),
-                        exc,
-                    )
-                    return
-                time.sleep(delay)
-                delay *= 2
-
-    def _note_outage(self, exc: JobStoreUnavailableError) -> None:
-        """Log an outage of the store once, however many saves it fails."""
-        if not self._outage:
-            self._outage = True
-            logger.warning("%s", exc)
-
     def _now(self) -> int:
         return to_epoch_ms(self._clock())
-
-
-def _warn_ended_already(job: Job) -> None:
-    """Log that the store kept another end of `job` than this manager's."""
-    logger.warning(
-        "Job %s ended %s here, but the job database had it ended already (another "
-        "job manager failed it while this one could not reach the database); its record "
-        "there stands.",
-        job.jobid,
-        job.status.value,
-    )
 
 
 def lease_from_environment() -> timedelta:
@@ -670,12 +567,4 @@ _ABANDONED_MESSAGE = (
     "Still running {timeout:g} s after its job manager was closed (cancelled, but stuck, "
     "most likely in a store call); it was left behind, and whatever it did after this is "
     "not recorded here."
-)
-#: A job's process may stop after its work committed but before its end was recorded (the
-#: job database was down then): so the message says what is visible either way.
-_ORPHAN_MESSAGE = (
-    "The strongroom process running this job stopped before it recorded the job's end "
-    "(last recorded: {status}). What it had not finished is not visible: a create's "
-    "half-written backup is never listed, and a restore's never lands at its target; a "
-    "backup that is listed (a restore whose target exists) finished before it stopped."
 )
