@@ -222,10 +222,10 @@ def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_direct
 
 STOPPED_AFTER_EXTRACTING = """
 import sys, time
-import strongroom.engine
+import strongroom.enginerestore
 from strongroom.cli import main
 
-extract = strongroom.engine.extract_archive
+extract = strongroom.enginerestore.extract_archive
 
 def extract_then_wait(*args, **kwargs):
     found = extract(*args, **kwargs)
@@ -233,7 +233,7 @@ def extract_then_wait(*args, **kwargs):
     time.sleep(60)
     return found
 
-strongroom.engine.extract_archive = extract_then_wait
+strongroom.enginerestore.extract_archive = extract_then_wait
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -1,6 +1,6 @@
-"""Engine: create (in enginecreate.py), restore, verify, list, info, delete, retention
-updates and cleanup; create, restore, verify, delete and cleanup also as background jobs
-(`submit_*`, in enginejobs.py).
+"""Engine: create (in enginecreate.py), restore, verify and ls (in enginerestore.py), list,
+info, delete, retention updates and cleanup; create, restore, verify, delete and cleanup
+also as background jobs (`submit_*`, in enginejobs.py).
 
 The engine joins the pieces: stores from the configuration and plugins (opened in
 enginestores.py), keys from the passcode, the archive stream through the chunk
@@ -16,26 +16,15 @@ staging directory are in restoretarget.py.
 
 from __future__ import annotations
 
-import builtins
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
 import pluggy
 
-from .archive import (
-    ArchiveEntry,
-    check_archive,
-    extract_archive,
-    list_archive,
-    selected_path,
-    selection_matches,
-)
 from .backupinfo import BackupInfo, Listing
 from .cleanup import (
     Cleanup,
@@ -43,12 +32,12 @@ from .cleanup import (
     delete_backups,
     delete_resurrected,
     index_of,
-    manifest_names,
 )
 from .config import StoresConfig
-from .crypto import KdfParams, Passcode, StreamCipher
-from .enginecreate import EngineCreate, ignore_stage
+from .crypto import KdfParams
+from .enginecreate import EngineCreate
 from .enginejobs import EngineJobs
+from .enginerestore import EngineRestore
 from .enginestores import EngineStores
 from .errors import (
     BackupNotFoundError,
@@ -56,31 +45,18 @@ from .errors import (
     IntegrityError,
     NewerFormatError,
     ObjectLockedError,
-    StoreUnavailableError,
-    StrongroomError,
 )
 from .format import (
-    MAX_MANIFEST_SIZE,
     Manifest,
     chunk_key,
     data_prefix,
-    is_backup_id,
+    is_chunk,
     manifest_key,
     retention_key,
     utc_now,
-    validate_name,
 )
 from .jobs import DEFAULT_WORKERS, JOBS_FILE
-from .keys import open_backup
-from .pipeline import (
-    DEFAULT_CHUNK_SIZE,
-    ChunkKey,
-    ChunkReader,
-    Progress,
-    announce_first_chunks,
-    progress_counter,
-)
-from .restoretarget import Landing, check_restore_target
+from .pipeline import DEFAULT_CHUNK_SIZE
 from .retention import CleanupReport, check_retention_date, parse_moment
 from .store import Store
 
@@ -89,7 +65,7 @@ __all__ = ["Engine"]
 logger = logging.getLogger("strongroom")
 
 
-class Engine(EngineCreate, EngineJobs):
+class Engine(EngineCreate, EngineRestore, EngineJobs):
     """The entry point of the Python API; stateless apart from the stores it has opened
     and its background jobs.
 
@@ -106,8 +82,10 @@ class Engine(EngineCreate, EngineJobs):
     `job_workers` jobs run at once (default 2), each on a thread of its own.
     Its stores (`store`, `reachable_store`, `recognised_store`, `add_store`, `init_store`,
     `validate_store`, `use_config`) are in `EngineStores` (enginestores.py), the base class
-    of its create (`create`, in `EngineCreate`, enginecreate.py); the jobs (`jobs`,
-    `submit_*`, `schedule_cleanup`, `close`) in `EngineJobs` (enginejobs.py).
+    of its create (`create`, in `EngineCreate`, enginecreate.py) and of its manifests'
+    reading (`EngineManifests`, enginemanifests.py), on which its restore, verify and ls
+    build (`EngineRestore`, enginerestore.py); the jobs (`jobs`, `submit_*`,
+    `schedule_cleanup`, `close`) in `EngineJobs` (enginejobs.py).
     """
 
     def __init__(
@@ -167,107 +145,6 @@ class Engine(EngineCreate, EngineJobs):
         """The plaintext size of every chunk a create writes (the benchmark's unit)."""
         return self._chunk_size
 
-    # -- restore and verify ----------------------------------------------------------
-
-    def restore(
-        self,
-        name: str,
-        target: str | os.PathLike[str],
-        *,
-        passcode: str | Passcode,
-        store: str | None = None,
-        paths: Sequence[str] = (),
-        progress: Progress | None = None,
-        backup_id: str | None = None,
-        on_stage: Callable[[str], None] | None = None,
-    ) -> Path:
-        """Restore the backup (or only `paths` in it) into `target`, all or nothing.
-
-        `target` must not exist or be an empty directory. Everything is extracted into
-        a staging directory beside it and moved into place only after the whole
-        backup has been read and authenticated. `backup_id` pins the backup expected
-        under that name (see `_open_authenticated`). `on_stage` hears each step as it
-        starts (authenticating, reading, moving into place); what it raises stops the
-        restore with nothing left behind.
-        """
-        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
-        stage = on_stage or ignore_stage
-        stage("authenticating")
-        destination = check_restore_target(target)
-        selected = [selected_path(path) for path in paths]
-        source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
-        with Landing(destination) as landing:
-            stage("reading")
-            reading = self._reading(
-                source, manifest, cipher, progress, outcome=" Nothing was restored."
-            )
-            with reading as reader:
-                size = manifest.chunk_count * manifest.chunk_size  # what the reader can give
-                found = extract_archive(reader, landing.staging, size, selected)
-                reader.drain()
-            missing = sorted(set(selected) - found)
-            if missing:
-                raise ConfigError(
-                    f"Not in backup {name!r}: {', '.join(missing)}. Nothing was restored."
-                )
-            stage("moving into place")
-            landing.move_into_place()
-        return destination
-
-    def verify(
-        self,
-        name: str,
-        *,
-        passcode: str | Passcode,
-        store: str | None = None,
-        backup_id: str | None = None,
-        progress: Progress | None = None,
-    ) -> BackupInfo:
-        """Read and authenticate every byte of the backup, and check every member by the
-        rules restore applies (so what verifies restores); write nothing."""
-        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
-        source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
-        unexpected = [key for key in data_keys(source, manifest) if not _is_chunk(key, manifest)]
-        if unexpected:
-            shown = ", ".join(repr(key) for key in unexpected[:3])
-            more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
-            raise IntegrityError(
-                f"Backup {name!r} in store {source.name!r} has {len(unexpected)} unexpected "
-                f"object(s) in its data ({shown}{more}); something other than strongroom "
-                "wrote there."
-            )
-        with self._reading(source, manifest, cipher, progress) as reader:
-            check_archive(reader)
-            reader.drain()
-        return BackupInfo.from_manifest(manifest, source.name)
-
-    def ls(
-        self,
-        name: str,
-        paths: Sequence[str] = (),
-        *,
-        passcode: str | Passcode,
-        store: str | None = None,
-        backup_id: str | None = None,
-    ) -> Iterator[ArchiveEntry]:
-        """The entries of the backup (or only those under `paths`) as restore would make
-        them, read as they come; writes nothing. The passcode is checked at once."""
-        passcode = Passcode(passcode)  # its frame holds no plain text (a traceback's locals)
-        selected = [selected_path(path) for path in paths]
-        source, manifest, cipher = self._open_authenticated(name, store, passcode, backup_id)
-
-        def entries() -> Iterator[ArchiveEntry]:
-            found: set[str] = set()
-            with self._reading(source, manifest, cipher, None) as reader:
-                for entry in list_archive(reader, selected):
-                    found.update(selection_matches(entry.path, selected))
-                    yield entry
-                reader.drain()  # authenticated to the end before a missing path is told
-            if missing := sorted(set(selected) - found):
-                raise ConfigError(f"Not in backup {name!r}: {', '.join(missing)}.")
-
-        return entries()
-
     # -- listing and metadata --------------------------------------------------------
 
     def list(self, store: str | None = None) -> list[BackupInfo]:
@@ -314,7 +191,7 @@ class Engine(EngineCreate, EngineJobs):
         updated = manifest.with_retention(moment)
         entry = retention_key(name, manifest.backup_id, moment)
         source.put(entry, b"", overwrite=True)  # the index may say more than the manifest,
-        chunks = [key for key in data_keys(source, manifest) if _is_chunk(key, manifest)]
+        chunks = [key for key in data_keys(source, manifest) if is_chunk(key, manifest)]
         try:
             if len(chunks) < manifest.chunk_count:  # reported like a chunk deleted meanwhile
                 raise FileNotFoundError(data_prefix(name, manifest.backup_id))
@@ -411,160 +288,7 @@ class Engine(EngineCreate, EngineJobs):
         logger.info("Cleanup %s", report.summary())
         return report
 
-    # -- internals -------------------------------------------------------------------
-
-    def _open(self, name: str, store: str | None) -> tuple[Store, Manifest]:
-        source = self.reachable_store(store)
-        return source, self._manifest(source, name)
-
-    def _manifest(self, source: Store, name: str) -> Manifest:
-        """The manifest of backup `name` in `source`, read and parsed, not authenticated."""
-        validate_name(name)
-        try:
-            with self.explaining_missing(source):
-                data = source.get(manifest_key(name), limit=MAX_MANIFEST_SIZE)
-            manifest = Manifest.from_bytes(data)
-            if manifest.name != name:
-                raise IntegrityError(f"It belongs to {manifest.name!r}.")
-        except FileNotFoundError:
-            self.recognised_store(source.name)  # not "no backup" where no store is
-            raise BackupNotFoundError(
-                f"No backup named {name!r} in store {source.name!r}; "
-                f"'strongroom list --store {source.name}' shows the backups there."
-            ) from None
-        except NewerFormatError as exc:
-            raise NewerFormatError(
-                f"The manifest of backup {name!r} in store {source.name!r} does not read: {exc}"
-            ) from None
-        except IntegrityError as exc:
-            raise IntegrityError(
-                f"The manifest of backup {name!r} in store {source.name!r} does not read: "
-                f"{exc} Nothing was changed; the backup does not restore until its manifest "
-                "is whole again (from the store's versioning or a copy). To delete it: "
-                f"'strongroom delete {name} --store {source.name} --unreadable'."
-            ) from None
-        return manifest
-
-    def _manifests(self, source: Store) -> tuple[builtins.list[Manifest], dict[str, str]]:
-        """The store's readable manifests, oldest first, and why any others were unreadable
-        (by name)."""
-        listed = manifest_names(source)
-        manifests, unreadable = self._read_manifests(source, listed.names)
-        ordered = sorted(manifests, key=lambda m: (m.created, m.name))
-        return ordered, listed.unreadable | unreadable
-
-    def _read_manifests(
-        self, source: Store, names: builtins.list[str]
-    ) -> tuple[builtins.list[Manifest], dict[str, str]]:
-        """The manifests of these backups, read several at a time, and why each unreadable
-        one is (by name); a backup deleted meanwhile is in neither."""
-
-        def read(name: str) -> Manifest | str:
-            try:
-                return self._manifest(source, name)
-            except BackupNotFoundError:
-                return ""  # deleted since the listing
-            except IntegrityError as exc:
-                return str(exc)
-
-        with ThreadPoolExecutor(max(1, source.concurrency)) as pool:
-            results = list(pool.map(read, names))
-        manifests = [r for r in results if isinstance(r, Manifest)]
-        unreadable = {n: r for n, r in zip(names, results, strict=True) if isinstance(r, str) and r}
-        return manifests, unreadable
-
-    def _open_authenticated(
-        self, name: str, store: str | None, passcode: Passcode, backup_id: str | None
-    ) -> tuple[Store, Manifest, StreamCipher]:
-        """The backup's manifest, its passcode and MAC checked, and its chunk cipher.
-
-        Someone who can write to the store can put an older genuine backup back under the
-        name (nothing inside a store can tell); a caller that knows which backup it expects
-        pins its `backup_id` (shown by `info`), and anything else is an IntegrityError.
-        """
-        backup_id = backup_id.lower() if isinstance(backup_id, str) else backup_id
-        if backup_id is not None and not is_backup_id(backup_id):
-            raise ConfigError(
-                f"{backup_id!r} is not a backupId (32 lowercase hex digits); 'strongroom info "
-                f"{name}' shows the backupId of the backup named {name!r} now."
-            )
-        source, manifest = self._open(name, store)
-        announce_first_chunks(source, _chunk_key_of(manifest), manifest.chunk_count)
-        keys = open_backup(manifest, passcode)
-        if backup_id is not None and backup_id != manifest.backup_id:
-            raise IntegrityError(
-                f"Backup {name!r} in store {source.name!r} is now {manifest.backup_id}, not the "
-                f"pinned {backup_id}: the name was reused, or someone who can write to the "
-                "store put another (older) backup in its place."
-            )
-        return source, manifest, StreamCipher(keys.chunk_key, manifest.stream_binding())
-
-    @contextmanager
-    def _reading(
-        self,
-        source: Store,
-        manifest: Manifest,
-        cipher: StreamCipher,
-        progress: Progress | None,
-        *,
-        outcome: str = "",
-    ) -> Iterator[ChunkReader]:
-        """The backup's chunks as one stream; what fails to authenticate while it is read
-        is told with the backup and store it is in, and `outcome` (what was not done)."""
-        try:
-            with ChunkReader(
-                source,
-                _chunk_key_of(manifest),
-                cipher,
-                chunk_count=manifest.chunk_count,
-                chunk_size=manifest.chunk_size,
-                on_read=progress_counter(progress, manifest.source_size),
-            ) as reader:
-                yield reader
-        except IntegrityError as exc:
-            if since := self._changed_since(source, manifest):
-                raise BackupNotFoundError(
-                    f"Backup {manifest.name!r} in store {source.name!r} {since}.{outcome}"
-                ) from None
-            raise IntegrityError(
-                f"Backup {manifest.name!r} in store {source.name!r}: {exc}{outcome}"
-            ) from None
-        except StoreUnavailableError as exc:  # the store went away midway: say so too
-            if not outcome:
-                raise
-            raise type(exc)(f"{exc}{outcome}") from exc
-
-    def _changed_since(self, source: Store, manifest: Manifest) -> str:
-        """Why a backup whose chunks failed to read is not damaged but gone: deleted, or
-        replaced under its name, since its manifest was read ('' if neither)."""
-        try:
-            now = self._manifest(source, manifest.name)
-        except BackupNotFoundError:
-            return "was deleted while it was being read"
-        except StrongroomError:  # unreadable now: the damage is what to report
-            return ""
-        if now.backup_id != manifest.backup_id:
-            return "was replaced by another backup of that name while it was being read"
-        return ""
-
-
-def _is_chunk(key: str, manifest: Manifest) -> bool:
-    """Whether a listed data key is one of the backup's chunks, 0 to chunkCount - 1."""
-    prefix = data_prefix(manifest.name, manifest.backup_id)
-    index = key[len(prefix) :]  # 10 decimal digits, as chunk_key writes them
-    return (
-        key.startswith(prefix)
-        and len(index) == 10
-        and index.isascii()
-        and index.isdigit()
-        and int(index) < manifest.chunk_count
-    )
-
 
 def _locked_until(store: Store, manifest: Manifest) -> datetime | None:
     """Until when the store's object lock keeps the backup (None: it does not lock it)."""
     return manifest.retention_date if store.lock_mode else None
-
-
-def _chunk_key_of(manifest: Manifest) -> ChunkKey:
-    return lambda index: chunk_key(manifest.name, manifest.backup_id, index)

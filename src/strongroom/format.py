@@ -34,6 +34,7 @@ __all__ = [
     "data_prefix",
     "from_b64",
     "from_epoch_ms",
+    "is_chunk",
     "manifest_key",
     "name_from_manifest_key",
     "parse_claim_key",
@@ -160,6 +161,19 @@ def data_prefix(name: str, backup_id: str) -> str:
 
 def chunk_key(name: str, backup_id: str, index: int) -> str:
     return f"{data_prefix(name, backup_id)}{index:010d}"
+
+
+def is_chunk(key: str, manifest: Manifest) -> bool:
+    """Whether a listed data key is one of the backup's chunks, 0 to chunkCount - 1."""
+    prefix = data_prefix(manifest.name, manifest.backup_id)
+    index = key[len(prefix) :]  # 10 decimal digits, as chunk_key writes them
+    return (
+        key.startswith(prefix)
+        and len(index) == 10
+        and index.isascii()
+        and index.isdigit()
+        and int(index) < manifest.chunk_count
+    )
 
 
 def pending_key(name: str, backup_id: str) -> str:
