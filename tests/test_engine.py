@@ -537,7 +537,8 @@ def test_losing_a_commit_race_leaves_the_winner_intact(
     """Two writers pass the early existence check; the manifest's put-if-absent decides."""
     store = engine.store()
     real_exists = store.exists
-    monkeypatch.setattr(store, "exists", lambda key: False)
+    early = manifest_key("nightly")  # the early check's; the rest as they are
+    monkeypatch.setattr(store, "exists", lambda key: key != early and real_exists(key))
     engine.create("nightly", [tree], passcode=PASSCODE, description="winner")
     with pytest.raises(BackupExistsError):
         engine.create("nightly", [tree], passcode=PASSCODE, description="loser")

@@ -20,6 +20,7 @@ from strongroom import (
     IntegrityError,
     NewerFormatError,
     Store,
+    StoreError,
     StoreUnavailableError,
 )
 from strongroom.cli import main
@@ -481,3 +482,102 @@ def test_delete_unreadable_refuses_a_newer_versions_manifest_and_a_locking_store
     with pytest.raises(ConfigError, match="cannot say until when backup 'newer' is locked"):
         engine.delete("newer", unreadable=True)
     assert manifest.exists()
+
+
+class PausedCreate:
+    """A create whose process stops after writing its data (SIGSTOP, a suspended machine):
+    its heartbeat refreshes nothing, and it waits at the end of its data until resumed."""
+
+    def __init__(self, engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reached, self.resumed = threading.Event(), threading.Event()
+        self.outcome: list[BaseException | None] = []
+        finish = ChunkWriter.finish
+
+        def finish_then_pause(writer: ChunkWriter) -> Any:
+            stats = finish(writer)
+            self.reached.set()
+            self.resumed.wait(30)
+            return stats
+
+        monkeypatch.setattr(ChunkWriter, "finish", finish_then_pause)
+        monkeypatch.setattr("strongroom.enginecreate._Heartbeat._beat", lambda self: None)
+        self._thread = threading.Thread(target=self._run, args=(engine, tree))
+        self._thread.start()
+        assert self.reached.wait(30)
+
+    def _run(self, engine: Engine, tree: Path) -> None:
+        try:
+            engine.create("paused", [tree], passcode=PASSCODE)
+        except Exception as exc:  # what the test checks
+            self.outcome.append(exc)
+        else:
+            self.outcome.append(None)
+
+    def resume(self) -> BaseException | None:
+        self.resumed.set()
+        self._thread.join(30)
+        return self.outcome[0]
+
+
+def test_a_create_paused_past_the_grace_whose_data_a_cleanup_swept_commits_nothing(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack on 'listed means whole': a create paused past the grace period looks cut
+    off, and a cleanup sweeps its data; resumed, it committed its manifest anyway, and
+    the backup was listed but restored nothing ('Chunk 0 is missing')."""
+    paused = PausedCreate(engine, tree, monkeypatch)
+    for marker in markers(home):
+        age(marker, GRACE + timedelta(hours=1))
+    assert [entry.action for entry in engine.cleanup().entries] == ["swept"]
+    failure = paused.resume()
+    assert isinstance(failure, StoreError) and "Nothing was committed" in str(failure)
+    assert engine.list() == []
+    engine.cleanup()  # what the sweep left to find it by, once past the grace period
+    assert not [p for p in store_dir(home).rglob("*") if p.is_file()]
+
+
+def test_a_create_that_commits_while_a_cleanup_judges_it_a_leftover_keeps_its_data(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: the paused create resumes and commits after a cleanup judged it a
+    leftover and before the cleanup removed its marker: the cleanup reads its manifest
+    again and leaves its data, so the listed backup restores."""
+    paused = PausedCreate(engine, tree, monkeypatch)
+    for marker in markers(home):
+        age(marker, GRACE + timedelta(hours=1))
+    store_type = type(engine.store())
+    delete = store_type.delete
+
+    def commit_first(store: Store, keys: list[str]) -> None:
+        if any(key.startswith(PENDING_PREFIX) for key in keys) and not paused.resumed.is_set():
+            assert paused.resume() is None  # committed, its marker still there
+        delete(store, keys)
+
+    monkeypatch.setattr(store_type, "delete", commit_first)
+    report = engine.cleanup()
+    assert paused.resumed.is_set() and "swept" not in [entry.action for entry in report.entries]
+    assert [backup.name for backup in engine.list()] == ["paused"]
+    engine.verify("paused", passcode=PASSCODE)
+
+
+def test_a_leftover_whose_removal_failed_after_its_marker_went_is_found_again(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep removes a create's marker before its data; a data delete that fails then
+    must not leave data that nothing names (a create cut off before its index entry)."""
+    crash_before_commit(engine, tree, monkeypatch)
+    for marker in markers(home):
+        age(marker, GRACE + timedelta(hours=1))
+    store_type = type(engine.store())
+
+    def failing(store: Store, prefix: str) -> None:
+        raise StoreUnavailableError("the disk went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_type, "delete_prefix", failing)
+        assert [entry.action for entry in engine.cleanup().entries] == ["failed"]
+    assert markers(home) == []
+    for entry in (store_dir(home) / "retention").rglob("*"):
+        age(entry, GRACE + timedelta(hours=1))
+    assert [entry.action for entry in engine.cleanup().entries] == ["swept"]
+    assert not [p for p in store_dir(home).rglob("*") if p.is_file()]

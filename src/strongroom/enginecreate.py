@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .archive import StreamSource, check_sources, source_size, write_archive
 from .backupinfo import BackupInfo
+from .cleanup import delete_resurrected
 from .config import StoresConfig
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginestores import EngineStores
@@ -32,6 +33,7 @@ from .errors import (
     ConfigError,
     IntegrityError,
     InterruptedAfterCommit,
+    StoreError,
 )
 from .format import (
     MAX_MANIFEST_SIZE,
@@ -167,8 +169,13 @@ class EngineCreate(EngineStores):
                     manifest = write_key.sign(manifest, keys)
                     stage("committing")
                     target.put(index, b"", overwrite=True)  # before the commit: never missing
+                    heartbeat.stop()  # from here its marker says what a cleanup did
                     committing = True
                     _commit(target, manifest)
+                    if not target.exists(marker):  # a cleanup took it for a leftover: see
+                        committing = False  # Cleanup._take_from_its_create; it is not whole
+                        delete_resurrected(target, [manifest])
+                        raise _taken_by_cleanup(name, target)
                     committed = True
                 except BaseException as exc:
                     writer.abort()
@@ -328,6 +335,18 @@ def _commit(store: Store, manifest: Manifest) -> None:
             ours = False
         if not ours:
             raise _exists(manifest.name, store) from None
+
+
+def _taken_by_cleanup(name: str, store: Store) -> StoreError:
+    """What a create says that a cleanup took for a leftover (its marker was gone at its
+    commit): it ran past the grace period without refreshing its marker."""
+    return StoreError(
+        f"Backup {name!r} was not committed in store {store.name!r}: this create stopped "
+        "refreshing its pending marker for longer than the grace period (its process was "
+        "paused, its machine suspended, or a store request hung), so a cleanup took it for "
+        "the leftover of a create that was cut off and removed its data. Nothing was "
+        "committed; create it again."
+    )
 
 
 def _uncertain(manifest: Manifest, store: Store, exc: BaseException) -> CommitUncertainError:
