@@ -12,8 +12,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from strongroom import BackupNotFoundError, ConfigError, Engine, IntegrityError
-from strongroom.format import MAX_EPOCH_MS, from_epoch_ms, parse_retention_key, to_epoch_ms
+import strongroom.engine
+from strongroom import BackupNotFoundError, ConfigError, Engine, IntegrityError, Store
+from strongroom.format import (
+    MAX_EPOCH_MS,
+    Manifest,
+    from_epoch_ms,
+    parse_retention_key,
+    to_epoch_ms,
+)
 from strongroom.retention import (
     CleanupEntry,
     CleanupReport,
@@ -344,3 +351,44 @@ def test_a_cleanup_report_counts_what_it_did_by_action() -> None:
     now = datetime.now(UTC)
     assert CleanupReport(now, False, entries).counted() == "1 deleted, 2 swept"
     assert CleanupReport(now, True).counted() == "nothing expired"
+
+
+def test_two_retention_updates_at_once_leave_the_entry_the_manifest_says(
+    timed_engine: Engine, clock: Clock, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each update removed the other's index entry as an old one: the backup was left with
+    none, and no cleanup ever found it expired (helper-70's race trial, 3 runs in 15)."""
+    info = timed_engine.create("b", [tree], passcode=PASSCODE)
+    first, second = (to_epoch_ms(START) + days * 86_400_000 for days in (1, 2))
+    index_of = strongroom.engine.index_of
+
+    def after_the_other_update(store: Store, manifest: Manifest) -> list[IndexEntry]:
+        monkeypatch.setattr(strongroom.engine, "index_of", index_of)
+        timed_engine.update_retention("b", second)  # whole, between the first one's steps
+        return index_of(store, manifest)
+
+    monkeypatch.setattr(strongroom.engine, "index_of", after_the_other_update)
+    timed_engine.update_retention("b", first)
+    said = timed_engine.info("b").retention_date
+    listed = timed_engine.store().list("retention/")
+    assert ("b", info.backup_id, said) in [parse_retention_key(o.key) for o in listed]
+    clock.now = START + timedelta(days=3)
+    assert [entry.name for entry in timed_engine.cleanup().entries] == ["b"]
+
+
+def test_an_update_that_a_delete_overtook_says_the_backup_was_deleted(
+    timed_engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its data gone because a delete ran meanwhile, not damage: exit 5 'deleted', as a
+    restore says, not 8 'missing data objects (deleted meanwhile, or damaged)'."""
+    timed_engine.create("b", [tree], passcode=PASSCODE)
+    data_keys = strongroom.engine.data_keys
+
+    def after_a_delete(store: Store, manifest: Manifest) -> list[str]:
+        timed_engine.delete("b")
+        return data_keys(store, manifest)
+
+    monkeypatch.setattr(strongroom.engine, "data_keys", after_a_delete)
+    with pytest.raises(BackupNotFoundError, match="was deleted while it was being updated"):
+        timed_engine.update_retention("b", to_epoch_ms(START) + 86_400_000)
+    assert timed_engine.list() == []

@@ -45,6 +45,7 @@ from .errors import (
     IntegrityError,
     NewerFormatError,
     ObjectLockedError,
+    StrongroomError,
 )
 from .format import (
     Manifest,
@@ -199,6 +200,11 @@ class Engine(EngineCreate, EngineRestore, EngineJobs):
                 source.extend_retention(chunks, moment)  # and so may the locks,
         except FileNotFoundError:
             source.delete([entry])
+            if since := self._changed_since(source, manifest, "updated"):
+                raise BackupNotFoundError(
+                    f"Backup {name!r} in store {source.name!r} {since}; its retentionDate was "
+                    "not changed."
+                ) from None
             raise IntegrityError(
                 f"Backup {name!r} in store {source.name!r} is missing data objects (deleted "
                 "meanwhile, or damaged); its retentionDate was not changed."
@@ -214,7 +220,21 @@ class Engine(EngineCreate, EngineRestore, EngineJobs):
                 "was being updated."
             )
         source.delete([e.key for e in index_of(source, manifest) if e.key != entry])
+        self._index_as_it_says(source, manifest)
         return BackupInfo.from_manifest(updated, source.name)
+
+    def _index_as_it_says(self, source: Store, manifest: Manifest) -> None:
+        """Put the index entry of the retentionDate the manifest says now: two updates at
+        once each removed the other's entry as an old one, and left the backup with none,
+        which no cleanup would ever find expired."""
+        try:
+            now = self._manifest(source, manifest.name)
+        except StrongroomError:  # deleted or unreadable meanwhile: nothing to index
+            return
+        if now.backup_id == manifest.backup_id:
+            source.put(
+                retention_key(now.name, now.backup_id, now.retention_date), b"", overwrite=True
+            )
 
     def delete(self, name: str, store: str | None = None, *, unreadable: bool = False) -> None:
         """Delete a backup: the manifest first (so it is gone at once), then its data.

@@ -201,17 +201,17 @@ class EngineRestore(EngineManifests):
                 raise
             raise type(exc)(f"{exc}{outcome}") from exc
 
-    def _changed_since(self, source: Store, manifest: Manifest) -> str:
+    def _changed_since(self, source: Store, manifest: Manifest, doing: str = "read") -> str:
         """Why a backup whose chunks failed to read is not damaged but gone: deleted, or
         replaced under its name, since its manifest was read ('' if neither)."""
         try:
             now = self._manifest(source, manifest.name)
         except BackupNotFoundError:
-            return "was deleted while it was being read"
+            return f"was deleted while it was being {doing}"
         except StrongroomError:  # unreadable now: the damage is what to report
             return ""
         if now.backup_id != manifest.backup_id:
-            return "was replaced by another backup of that name while it was being read"
+            return f"was replaced by another backup of that name while it was being {doing}"
         return ""
 
 
