@@ -46,9 +46,11 @@ def age(path: Path, by: timedelta) -> None:
     os.utime(path, (when, when))
 
 
-def markers(home: Path) -> list[Path]:
+def markers(home: Path, suffix: str = "") -> list[Path]:
+    """The pending markers (`suffix` ".taken": the keys a sweep keeps of creates it took)."""
     root = store_dir(home) / PENDING_PREFIX
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    found = sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return [p for p in found if p.name.endswith(".taken") == bool(suffix)]
 
 
 def crash_before_commit(engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -486,12 +488,20 @@ def test_delete_unreadable_refuses_a_newer_versions_manifest_and_a_locking_store
 
 class PausedCreate:
     """A create whose process stops after writing its data (SIGSTOP, a suspended machine):
-    its heartbeat refreshes nothing, and it waits at the end of its data until resumed."""
+    its heartbeat is frozen too, and both go on when resumed (the heartbeat at once, its
+    interval long past: it puts the marker back)."""
 
-    def __init__(self, engine: Engine, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tree: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        retention_date: int | None = None,
+    ) -> None:
         self.reached, self.resumed = threading.Event(), threading.Event()
         self.outcome: list[BaseException | None] = []
         finish = ChunkWriter.finish
+        beat = strongroom.enginecreate._Heartbeat._beat
 
         def finish_then_pause(writer: ChunkWriter) -> Any:
             stats = finish(writer)
@@ -499,15 +509,20 @@ class PausedCreate:
             self.resumed.wait(30)
             return stats
 
+        def frozen_then_beat(heartbeat: Any) -> None:
+            self.resumed.wait(30)
+            heartbeat._store.put(heartbeat._key, b"", overwrite=True)  # its interval is past
+            beat(heartbeat)
+
         monkeypatch.setattr(ChunkWriter, "finish", finish_then_pause)
-        monkeypatch.setattr("strongroom.enginecreate._Heartbeat._beat", lambda self: None)
-        self._thread = threading.Thread(target=self._run, args=(engine, tree))
+        monkeypatch.setattr(strongroom.enginecreate._Heartbeat, "_beat", frozen_then_beat)
+        self._thread = threading.Thread(target=self._run, args=(engine, tree, retention_date))
         self._thread.start()
         assert self.reached.wait(30)
 
-    def _run(self, engine: Engine, tree: Path) -> None:
+    def _run(self, engine: Engine, tree: Path, retention_date: int | None) -> None:
         try:
-            engine.create("paused", [tree], passcode=PASSCODE)
+            engine.create("paused", [tree], passcode=PASSCODE, retention_date=retention_date)
         except Exception as exc:  # what the test checks
             self.outcome.append(exc)
         else:
@@ -519,12 +534,18 @@ class PausedCreate:
         return self.outcome[0]
 
 
+def files(home: Path) -> list[str]:
+    root = store_dir(home)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
 def test_a_create_paused_past_the_grace_whose_data_a_cleanup_swept_commits_nothing(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attack on 'listed means whole': a create paused past the grace period looks cut
-    off, and a cleanup sweeps its data; resumed, it committed its manifest anyway, and
-    the backup was listed but restored nothing ('Chunk 0 is missing')."""
+    off, and a cleanup sweeps its data; resumed (its heartbeat putting its marker back),
+    it committed its manifest anyway, and the backup was listed but restored nothing
+    ('Chunk 0 is missing')."""
     paused = PausedCreate(engine, tree, monkeypatch)
     for marker in markers(home):
         age(marker, GRACE + timedelta(hours=1))
@@ -532,39 +553,44 @@ def test_a_create_paused_past_the_grace_whose_data_a_cleanup_swept_commits_nothi
     failure = paused.resume()
     assert isinstance(failure, StoreError) and "Nothing was committed" in str(failure)
     assert engine.list() == []
-    engine.cleanup()  # what the sweep left to find it by, once past the grace period
-    assert not [p for p in store_dir(home).rglob("*") if p.is_file()]
+    [taken] = files(home)  # what the sweep keeps, should the create resume again
+    assert taken.startswith(PENDING_PREFIX + "paused/") and taken.endswith(".taken")
 
 
 def test_a_create_that_commits_while_a_cleanup_judges_it_a_leftover_keeps_its_data(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The other order: the paused create resumes and commits after a cleanup judged it a
-    leftover and before the cleanup removed its marker: the cleanup reads its manifest
-    again and leaves its data, so the listed backup restores."""
-    paused = PausedCreate(engine, tree, monkeypatch)
+    leftover and before the cleanup marked it taken: the cleanup reads its manifest again
+    and leaves its data (and its index entry: nothing of the sweep's stays)."""
+    later = to_epoch_ms(datetime.now(UTC) + timedelta(days=30))
+    paused = PausedCreate(engine, tree, monkeypatch, retention_date=later)
     for marker in markers(home):
         age(marker, GRACE + timedelta(hours=1))
     store_type = type(engine.store())
-    delete = store_type.delete
+    put = store_type.put
 
-    def commit_first(store: Store, keys: list[str]) -> None:
-        if any(key.startswith(PENDING_PREFIX) for key in keys) and not paused.resumed.is_set():
-            assert paused.resume() is None  # committed, its marker still there
-        delete(store, keys)
+    def commit_first(store: Store, key: str, data: bytes, **options: Any) -> None:
+        if key.endswith(".taken") and not paused.resumed.is_set():
+            assert paused.resume() is None  # committed: the key was not there yet
+        put(store, key, data, **options)
 
-    monkeypatch.setattr(store_type, "delete", commit_first)
+    monkeypatch.setattr(store_type, "put", commit_first)
     report = engine.cleanup()
     assert paused.resumed.is_set() and "swept" not in [entry.action for entry in report.entries]
     assert [backup.name for backup in engine.list()] == ["paused"]
     engine.verify("paused", passcode=PASSCODE)
+    assert [f for f in files(home) if not f.startswith("data/")] == [
+        "manifests/paused",
+        f"retention/paused/{engine.info('paused').backup_id}.{later}",
+    ]
 
 
-def test_a_leftover_whose_removal_failed_after_its_marker_went_is_found_again(
+def test_a_leftover_whose_data_removal_failed_keeps_its_marker_for_the_next_run(
     engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A sweep removes a create's marker before its data; a data delete that fails then
-    must not leave data that nothing names (a create cut off before its index entry)."""
+    """The sweep marks a create taken before it removes its data; a data delete that fails
+    then leaves the marker, so the next run finds the data again."""
     crash_before_commit(engine, tree, monkeypatch)
     for marker in markers(home):
         age(marker, GRACE + timedelta(hours=1))
@@ -576,8 +602,6 @@ def test_a_leftover_whose_removal_failed_after_its_marker_went_is_found_again(
     with monkeypatch.context() as patch:
         patch.setattr(store_type, "delete_prefix", failing)
         assert [entry.action for entry in engine.cleanup().entries] == ["failed"]
-    assert markers(home) == []
-    for entry in (store_dir(home) / "retention").rglob("*"):
-        age(entry, GRACE + timedelta(hours=1))
+    assert len(markers(home)) == len(markers(home, ".taken")) == 1  # taken, but kept
     assert [entry.action for entry in engine.cleanup().entries] == ["swept"]
-    assert not [p for p in store_dir(home).rglob("*") if p.is_file()]
+    assert [f.endswith(".taken") for f in files(home)] == [True]

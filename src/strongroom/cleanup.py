@@ -28,7 +28,7 @@ from .format import (
     parse_claim_key,
     parse_pending_key,
     parse_retention_key,
-    retention_key,
+    taken_key,
 )
 from .retention import (
     Action,
@@ -174,49 +174,48 @@ class Cleanup:
         leftovers = [m for m in leftovers if m.name not in unreadable]
         keys = _keys_by_backup(listing.index)
         markers = {(m.name, m.backup_id): m.key for m in leftovers}
-        entries = []
+        entries, swept = [], set()
         for (name, backup_id), what in sorted(backups.items()):
             action: Action = "would sweep" if dry_run else "swept"
             message = f"data of {what} (backupId {backup_id})"
             if not dry_run:
                 try:
-                    indexed = keys.get((name, backup_id), [])
-                    if not self._take_from_its_create(source, name, backup_id, markers, indexed):
+                    if not self._take_from_its_create(source, name, backup_id, markers):
                         continue  # its create committed after all: nothing to sweep
                     source.delete_prefix(data_prefix(name, backup_id))
-                    source.delete([*indexed, retention_key(name, backup_id, None)])
-                except ObjectLockedError as exc:  # kept for a later run (its index entry too)
+                    source.delete(keys.get((name, backup_id), []))
+                    swept.add((name, backup_id))
+                except ObjectLockedError as exc:  # kept, with its marker, for a later run
                     action, message = "locked", str(exc)
                 except StoreError as exc:  # such as a link in its data; reported every run
                     action, message = "failed", str(exc)
             entries.append(CleanupEntry(source.name, name, None, action, message))
         if not dry_run:
-            source.delete([m.key for m in stale])
+            source.delete(
+                [m.key for m in leftovers if (m.name, m.backup_id) in swept]
+                + [m.key for m in stale]
+            )
         return entries, list(unreadable.values()), len(waiting)
 
     def _take_from_its_create(
-        self,
-        source: Store,
-        name: str,
-        backup_id: str,
-        markers: dict[tuple[str, str], str],
-        indexed: list[str],
+        self, source: Store, name: str, backup_id: str, markers: dict[tuple[str, str], str]
     ) -> bool:
-        """Whether the data of an unfinished create may go: its marker is removed first,
-        then its manifest read again. A create that was only paused (a stopped process, a
-        suspended machine) checks its marker after its manifest's put and withdraws the
-        manifest if the marker is gone; so either it sees the marker gone, or this sees
-        its manifest, and a listed backup never loses its data (`EngineCreate.create`).
-        Without its marker, the data stays findable by an index entry (`indexed`, else
-        one put here), should its removal fail."""
-        marker = markers.get((name, backup_id))
-        if marker is None:  # a delete cut off: no create to race
+        """Whether the data of an unfinished create may go. A create only paused past the
+        grace period (a stopped process, a suspended machine) looks cut off: so its
+        `taken_key` is put first (and kept), then its manifest read again. The create,
+        after its manifest's put, looks for that key and withdraws its manifest if it is
+        there; so either it sees the key or this sees its manifest, and a listed backup
+        never loses its data (`EngineCreate.create`). Its heartbeat may put its marker
+        back; it never writes that key."""
+        if (name, backup_id) not in markers:  # a delete cut off: no create to race
             return True
-        if not indexed:
-            source.put(retention_key(name, backup_id, None), b"", overwrite=True)
-        source.delete([marker])
+        taken = taken_key(name, backup_id)
+        source.put(taken, b"", overwrite=True)
         manifests, unreadable = self.read_manifests(source, [name])
-        return not unreadable and all(m.backup_id != backup_id for m in manifests)
+        if any(m.backup_id == backup_id for m in manifests):
+            source.delete([taken])  # committed before it could see the key: whole
+            return False
+        return not unreadable
 
     def _sweep_claims(self, source: Store, dry_run: bool) -> list[CleanupEntry]:
         """Remove the schedules' slot claims (scheduler.py) once past the grace period,

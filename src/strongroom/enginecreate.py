@@ -47,6 +47,7 @@ from .format import (
     pending_key,
     retention_key,
     slot_name_prefix,
+    taken_key,
     to_epoch_ms,
     validate_description,
     validate_name,
@@ -146,6 +147,7 @@ class EngineCreate(EngineStores):
         # Chunks are sealed under the random file key; the passcode's key is needed only
         # to wrap it at the commit, so its Argon2id runs beside the writing.
         committing = False  # from the manifest's put on, whether it landed may be unknown
+        checking = False  # after it, whether a cleanup took the backup's data meanwhile
         committed = False  # then an interrupt cuts off only the tidying
         try:
             with (
@@ -169,18 +171,18 @@ class EngineCreate(EngineStores):
                     manifest = write_key.sign(manifest, keys)
                     stage("committing")
                     target.put(index, b"", overwrite=True)  # before the commit: never missing
-                    heartbeat.stop()  # from here its marker says what a cleanup did
                     committing = True
                     _commit(target, manifest)
-                    if not target.exists(marker):  # a cleanup took it for a leftover: see
-                        committing = False  # Cleanup._take_from_its_create; it is not whole
-                        delete_resurrected(target, [manifest])
+                    checking = True  # committed; whether a cleanup took it meanwhile is next
+                    if target.exists(taken_key(name, backup_id)):  # Cleanup._take_from_its_create
+                        delete_resurrected(target, [manifest])  # withdrawn: not whole
+                        committing = False
                         raise _taken_by_cleanup(name, target)
                     committed = True
                 except BaseException as exc:
                     writer.abort()
                     if committing and not isinstance(exc, BackupExistsError):
-                        raise _uncertain(manifest, target, exc) from exc
+                        raise _uncertain(manifest, target, exc, checking) from exc
                     # A chunk's put that timed out may still land (a remote store's upload can
                     # outlive its request): then the marker stays, for a sweep to remove
                     # whatever does once the grace period has passed.
@@ -338,23 +340,34 @@ def _commit(store: Store, manifest: Manifest) -> None:
 
 
 def _taken_by_cleanup(name: str, store: Store) -> StoreError:
-    """What a create says that a cleanup took for a leftover (its marker was gone at its
-    commit): it ran past the grace period without refreshing its marker."""
+    """What a create says that a cleanup took for a leftover: it ran past the grace period
+    without refreshing its pending marker."""
     return StoreError(
         f"Backup {name!r} was not committed in store {store.name!r}: this create stopped "
         "refreshing its pending marker for longer than the grace period (its process was "
         "paused, its machine suspended, or a store request hung), so a cleanup took it for "
-        "the leftover of a create that was cut off and removed its data. Nothing was "
+        "the leftover of a create that was cut off, and removes its data. Nothing was "
         "committed; create it again."
     )
 
 
-def _uncertain(manifest: Manifest, store: Store, exc: BaseException) -> CommitUncertainError:
+def _uncertain(
+    manifest: Manifest, store: Store, exc: BaseException, checking: bool
+) -> CommitUncertainError:
     """What a create says when it stopped during its manifest's put: the put may have
     landed (or still land: a remote store's upload can outlive an interrupt), so nothing
-    it wrote is removed, and the listing tells which it was. A commit that lost to another
-    create's (BackupExistsError) is not this: that one is known."""
+    it wrote is removed, and the listing tells which it was; or, `checking`, after its
+    put, while it checked whether a cleanup had taken it (then only a verify tells). A
+    commit that lost to another create's (BackupExistsError) is not this: that one is known."""
     reason = "it was interrupted" if isinstance(exc, KeyboardInterrupt) else f"{exc}"
+    if checking:
+        return CommitUncertainError(
+            f"Backup {manifest.name!r} was committed in store {store.name!r}, but whether a "
+            "cleanup took it for a leftover meanwhile (had the create been paused past the "
+            f"grace period) could not be checked ({reason}). 'strongroom verify "
+            f"{manifest.name} --store {store.name}' tells: if it fails, delete the backup and "
+            "create it again."
+        )
     return CommitUncertainError(
         f"Backup {manifest.name!r} may or may not have been committed in store "
         f"{store.name!r}: its create stopped while its manifest was being written ({reason}). "

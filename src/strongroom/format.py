@@ -45,6 +45,7 @@ __all__ = [
     "quoted",
     "retention_key",
     "slot_name_prefix",
+    "taken_key",
     "to_b64",
     "to_epoch_ms",
     "validate_description",
@@ -179,6 +180,13 @@ def is_chunk(key: str, manifest: Manifest) -> bool:
 def pending_key(name: str, backup_id: str) -> str:
     """The marker that says a create of this backup is under way (or was cut off)."""
     return f"{PENDING_PREFIX}{validate_name(name)}/{backup_id}"
+
+
+def taken_key(name: str, backup_id: str) -> str:
+    """What a sweep writes before it removes the data of a create it judged cut off, and
+    keeps: the create, should it only have been paused, sees it after its commit and
+    withdraws its manifest. Its heartbeat never writes it (it re-puts the marker)."""
+    return f"{pending_key(name, backup_id)}.taken"
 
 
 def parse_pending_key(key: str) -> tuple[str, str] | None:
