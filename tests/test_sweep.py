@@ -23,6 +23,7 @@ from strongroom import (
     StoreError,
     StoreUnavailableError,
 )
+from strongroom.cleanup import Cleanup
 from strongroom.cli import main
 from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
 from strongroom.pipeline import ChunkWriter
@@ -562,7 +563,8 @@ def test_a_create_that_commits_while_a_cleanup_judges_it_a_leftover_keeps_its_da
 ) -> None:
     """The other order: the paused create resumes and commits after a cleanup judged it a
     leftover and before the cleanup marked it taken: the cleanup reads its manifest again
-    and leaves its data (and its index entry: nothing of the sweep's stays)."""
+    and leaves its data and index entry (and the key, which another sweep at the same
+    time may rely on)."""
     later = to_epoch_ms(datetime.now(UTC) + timedelta(days=30))
     paused = PausedCreate(engine, tree, monkeypatch, retention_date=later)
     for marker in markers(home):
@@ -580,9 +582,11 @@ def test_a_create_that_commits_while_a_cleanup_judges_it_a_leftover_keeps_its_da
     assert paused.resumed.is_set() and "swept" not in [entry.action for entry in report.entries]
     assert [backup.name for backup in engine.list()] == ["paused"]
     engine.verify("paused", passcode=PASSCODE)
+    backup_id = engine.info("paused").backup_id
     assert [f for f in files(home) if not f.startswith("data/")] == [
         "manifests/paused",
-        f"retention/paused/{engine.info('paused').backup_id}.{later}",
+        f"pending/paused/{backup_id}.taken",
+        f"retention/paused/{backup_id}.{later}",
     ]
 
 
@@ -605,3 +609,53 @@ def test_a_leftover_whose_data_removal_failed_keeps_its_marker_for_the_next_run(
     assert len(markers(home)) == len(markers(home, ".taken")) == 1  # taken, but kept
     assert [entry.action for entry in engine.cleanup().entries] == ["swept"]
     assert [f.endswith(".taken") for f in files(home)] == [True]
+
+
+def test_two_sweeps_at_once_never_leave_a_listed_backup_without_data(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep that saw the resumed create's manifest removed the key that said a create
+    was taken, while another sweep, on an earlier reading, removed its data: the create
+    then found no key, and its listed backup restored nothing (helper-72's review)."""
+    paused = PausedCreate(engine, tree, monkeypatch)
+    for marker in markers(home):
+        age(marker, GRACE + timedelta(hours=1))
+    store_type = type(engine.store())
+    take = Cleanup._take_from_its_create
+    second_waits, committed, second_done = threading.Event(), threading.Event(), threading.Event()
+
+    def second_sweep_after_the_commit(sweep: Cleanup, *args: Any) -> bool:
+        if threading.current_thread().name != "second":
+            return take(sweep, *args)
+        second_waits.set()
+        assert committed.wait(30)
+        try:
+            return take(sweep, *args)
+        finally:
+            second_done.set()
+
+    delete_prefix, exists = store_type.delete_prefix, store_type.exists
+
+    def first_sweep_resumes_the_create(store: Store, prefix: str) -> None:
+        if threading.current_thread().name == "MainThread" and prefix.startswith("data/paused/"):
+            paused.resumed.set()  # between this sweep's reading of the manifest and its delete
+            assert second_done.wait(30)
+        delete_prefix(store, prefix)
+
+    def check_after_the_second_sweep(store: Store, key: str) -> bool:
+        if key.endswith(".taken"):
+            committed.set()
+            assert second_done.wait(30)
+        return exists(store, key)
+
+    monkeypatch.setattr(Cleanup, "_take_from_its_create", second_sweep_after_the_commit)
+    monkeypatch.setattr(store_type, "delete_prefix", first_sweep_resumes_the_create)
+    monkeypatch.setattr(store_type, "exists", check_after_the_second_sweep)
+    second = threading.Thread(target=engine.cleanup, name="second")
+    second.start()
+    assert second_waits.wait(30)
+    engine.cleanup()
+    second.join(30)
+    failure = paused.resume()
+    assert isinstance(failure, StoreError) and "Nothing was committed" in str(failure)
+    assert engine.list() == []

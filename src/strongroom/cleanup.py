@@ -202,20 +202,21 @@ class Cleanup:
     ) -> bool:
         """Whether the data of an unfinished create may go. A create only paused past the
         grace period (a stopped process, a suspended machine) looks cut off: so its
-        `taken_key` is put first (and kept), then its manifest read again. The create,
-        after its manifest's put, looks for that key and withdraws its manifest if it is
-        there; so either it sees the key or this sees its manifest, and a listed backup
-        never loses its data (`EngineCreate.create`). Its heartbeat may put its marker
-        back; it never writes that key."""
+        `taken_key` is put first, then its manifest read again. The create, after its
+        manifest's put, looks for that key and withdraws its manifest if it is there; so
+        either it sees the key or this sees its manifest, and a listed backup never loses
+        its data (`EngineCreate.create`). Its heartbeat may put its marker back; it never
+        writes that key. The key is never removed: another sweep at the same time may be
+        removing the data on an earlier reading of the manifest. A manifest that cannot be
+        read now is a StoreError: nothing goes, and the run reports it."""
         if (name, backup_id) not in markers:  # a delete cut off: no create to race
             return True
         taken = taken_key(name, backup_id)
         source.put(taken, b"", overwrite=True)
         manifests, unreadable = self.read_manifests(source, [name])
-        if any(m.backup_id == backup_id for m in manifests):
-            source.delete([taken])  # committed before it could see the key: whole
-            return False
-        return not unreadable
+        if unreadable:
+            raise StoreError(f"{unreadable[name]} Its leftovers are kept until it can be read.")
+        return all(m.backup_id != backup_id for m in manifests)  # else committed: whole
 
     def _sweep_claims(self, source: Store, dry_run: bool) -> list[CleanupEntry]:
         """Remove the schedules' slot claims (scheduler.py) once past the grace period,

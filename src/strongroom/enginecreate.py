@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -148,6 +149,7 @@ class EngineCreate(EngineStores):
         # to wrap it at the commit, so its Argon2id runs beside the writing.
         committing = False  # from the manifest's put on, whether it landed may be unknown
         checking = False  # after it, whether a cleanup took the backup's data meanwhile
+        withdrawn = False  # a cleanup took it: its manifest was taken back
         committed = False  # then an interrupt cuts off only the tidying
         try:
             with (
@@ -176,7 +178,7 @@ class EngineCreate(EngineStores):
                     checking = True  # committed; whether a cleanup took it meanwhile is next
                     if target.exists(taken_key(name, backup_id)):  # Cleanup._take_from_its_create
                         delete_resurrected(target, [manifest])  # withdrawn: not whole
-                        committing = False
+                        committing, withdrawn = False, True
                         raise _taken_by_cleanup(name, target)
                     committed = True
                 except BaseException as exc:
@@ -189,6 +191,9 @@ class EngineCreate(EngineStores):
                     heartbeat.stop()  # or it could put the marker back after its removal
                     leftover = [] if writer.may_land_late and target.late_puts else [marker]
                     _remove_quietly(target, name, data_prefix(name, backup_id), index, *leftover)
+                    if withdrawn:  # an update that read the manifest may have written it back
+                        with suppress(StoreError):
+                            delete_resurrected(target, [manifest])
                     raise
             _remove_quietly(target, name, marker)  # committed: a stale marker is harmless
             for what in left_out:
