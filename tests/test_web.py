@@ -593,7 +593,11 @@ def cli_added(engine: Engine, home: Path) -> None:
         ('{"url": "file:///x", "type": "s3"}', 400, "does not match the url's scheme"),
         ('{"url": "file:///x", "options": {"a": [1]}}', 400, "settings.options must be"),
         ('{"url": "file:///x", "compression": 3}', 400, "settings.compression is one of"),
-        ('{"url": "file:///x", "compression": "lz4"}', 400, "'lz4' is not one of zstd, none"),
+        (
+            '{"url": "file:///x", "compression": "lz4"}',
+            400,
+            "'lz4' is not one of zstd, zstd-fixed, none",
+        ),
         ('{"url": "HOME/x", "options": {"object_lock": "governance"}}', 400, "cannot lock"),
         ('{"url": "HOME/x", "options": {"confine_to": "/"}}', 403, "cannot be set over the API"),
         ('{"url": "gopher://host/x"}', 400, "no installed backend handles 'gopher'"),
@@ -1929,7 +1933,7 @@ async def test_a_store_is_registered_with_fields(api: Api, engine: Engine, home:
     assert engine.config.get("fields").compression == "none"
     form = (await _page(api, f"{DR}/stores")).text
     assert 'name="url"' in form and 'name="option3Value"' in form and "<textarea" not in form
-    assert "<option>zstd</option><option>none</option>" in form
+    assert "<option>zstd</option><option>zstd-fixed</option><option>none</option>" in form
     page = await _page(api, f"{DR}/stores/fields")
     assert "<dt>Compression</dt><dd>none</dd>" in page.text
 
@@ -1952,7 +1956,11 @@ async def test_a_store_is_registered_with_fields(api: Api, engine: Engine, home:
             ],
         ),
         ({"url": "s3://bucket/x"}, 400, ["Install strongroom-s3"]),
-        ({"url": "file:///x", "compression": "lz4"}, 400, ["Compression is one of zstd, none."]),
+        (
+            {"url": "file:///x", "compression": "lz4"},
+            400,
+            ["Compression is one of zstd, zstd-fixed, none."],
+        ),
         (
             {"url": "gopher://host/x", "option2Key": "secret", "option2Value": "Hunter2-typed"},
             403,

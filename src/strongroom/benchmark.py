@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .archive import extract_archive, write_archive
+from .compressionlevel import ZSTD_LEVEL
 from .crypto import KEY_SIZE, KdfParams, Passcode, StreamCipher, derive_kek, new_salt
 from .engine import Engine
 from .errors import ConfigError
-from .pipeline import TAG_RAW, ZSTD_LEVEL, compressor, decompress_chunk
+from .pipeline import TAG_RAW, compressor, decompress_chunk
 from .store import PROBE_PREFIX, Store
 
 if TYPE_CHECKING:

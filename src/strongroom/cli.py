@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .backupinfo import BackupInfo
 from .benchmark import DEFAULT_SIZE, STAGE_SECONDS, BenchmarkReport, installed_version, measure
+from .compressionlevel import LEVELS
 from .config import COMPRESSIONS, StoresConfig, StoreSpec, config_path, editing
 from .crypto import Passcode
 from .engine import Engine
@@ -49,7 +50,7 @@ from .jobs import JobStatus
 from .jobstore import check_location, has_password
 from .keys import WriteKey
 from .libc import c_function
-from .pipeline import ZSTD_LEVEL, Progress
+from .pipeline import Progress
 from .retention import parse_moment, retention_from
 from .sourcetree import SourceUnreadable
 from .units import human_size
@@ -356,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=COMPRESSIONS,
         default=COMPRESSIONS[0],
         help="how its backups' chunks are encoded: zstd (default; a chunk that does not "
-        "shrink is stored as it is) or none (faster on a fast disk, stored larger)",
+        "shrink is stored as it is; the level steps down while compressing holds the "
+        "backup back), zstd-fixed (always the strongest level: smaller, slower where "
+        "compressing is the bottleneck) or none (faster on a fast disk, stored larger)",
     )
     add.add_argument(
         "--option",
@@ -1202,7 +1205,7 @@ def _print_benchmark(report: BenchmarkReport) -> None:
     )
     print(
         f"Argon2id {human_size(kdf.memory_cost_kib * 1024)}, {kdf.iterations} iterations, "
-        f"{kdf.lanes} lanes; AES-256-GCM; zstd level {ZSTD_LEVEL}"
+        f"{kdf.lanes} lanes; AES-256-GCM; zstd levels {LEVELS[0]} to {LEVELS[-1]}"
     )
     print()
     rows = [

@@ -6,7 +6,7 @@ default = "offsite"                       # optional; else "backupsDefault"
 [stores.offsite]
 url = "s3://my-bucket/backups"
 options = { region = "eu-west-1", key = { env = "KEY_ID" }, secret = { env = "SECRET" } }
-compression = "none"                      # optional; else "zstd"
+compression = "none"                      # optional; else "zstd" (or "zstd-fixed")
 
 [api]                                     # optional: what admin API callers may register
 allow_stores = ["s3://my-bucket/teams/", "file:///srv/backups/"]
@@ -59,7 +59,7 @@ __all__ = [
 
 EMBEDDED_STORE_NAME = "backupsDefault"
 #: A store's `compression` settings; the first is the default.
-COMPRESSIONS = ("zstd", "none")
+COMPRESSIONS = ("zstd", "zstd-fixed", "none")
 HOME_ENV = "STRONGROOM_HOME"
 CONFIG_ENV = "STRONGROOM_CONFIG"
 
@@ -96,7 +96,9 @@ class StoreSpec:
     url: str
     options: Mapping[str, OptionValue] = field(default_factory=dict, repr=False)
     #: How its backups' chunks are encoded (`COMPRESSIONS`): "zstd" (a chunk that does
-    #: not shrink is stored as it is) or "none", for speed over size on a fast disk.
+    #: not shrink is stored as it is; the level steps down while compressing holds the
+    #: create back: `compressionlevel`), "zstd-fixed" (always the strongest level), or
+    #: "none", for speed over size on a fast disk.
     compression: str = "zstd"
 
     def __post_init__(self) -> None:

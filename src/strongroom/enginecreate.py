@@ -25,6 +25,7 @@ from pathlib import Path
 from .archive import StreamSource, check_sources, source_size, write_archive
 from .backupinfo import BackupInfo
 from .cleanup import delete_resurrected
+from .compressionlevel import levels_for
 from .config import StoresConfig
 from .crypto import BackupKeys, KdfParams, Passcode, StreamCipher, new_file_key
 from .enginestores import EngineStores
@@ -116,6 +117,7 @@ class EngineCreate(EngineStores):
 
         backup_id = uuid.uuid4().hex
         file_key = new_file_key()
+        setting = self.compression(target)
         draft = Manifest(
             name=name,
             backup_id=backup_id,
@@ -125,7 +127,7 @@ class EngineCreate(EngineStores):
             chunk_count=0,
             source_size=0,
             stored_size=0,
-            compression=self.compression(target),
+            compression="none" if setting == "none" else "zstd",  # the chunks' encoding
             key_slot=KeySlot(self._kdf, b"", b""),  # wrapped at the commit
             retention_date=retention,
             scheduled=scheduled,
@@ -136,7 +138,7 @@ class EngineCreate(EngineStores):
             lambda index: chunk_key(name, backup_id, index),
             StreamCipher(keys.chunk_key, draft.stream_binding()),
             chunk_size=self._chunk_size,
-            compress=draft.compression == "zstd",
+            levels=levels_for(setting),
             retain_until=retention,
             # streams have no size beforehand: then the total is unknown, not too small
             on_write=progress_counter(

@@ -2,7 +2,8 @@
 
 `ChunkWriter` is a write-only file object: the archive writes a byte stream into it
 and it cuts the stream into fixed-size chunks, compresses each (kept only if it
-shrinks), seals it, and puts it into the store from a small thread pool. Chunks need
+shrinks; at a level that steps down while compressing holds the backup back:
+`compressionlevel`), seals it, and puts it into the store from a small thread pool. Chunks need
 to be durable only before the manifest commits them, so each is written without
 waiting for the disk and made durable (`Store.sync`, a batch at a time) by another
 pool meanwhile.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import zstandard
 
+from .compressionlevel import LEVELS, ZSTD_LEVEL, AdaptiveLevel
 from .crypto import StreamCipher
 from .errors import IntegrityError, StoreUnavailableError, StrongroomError
 from .format import CHUNK_OVERHEAD
@@ -57,13 +60,6 @@ SYNCS_IN_FLIGHT = 2
 #: 1 GiB restore, cold, until durable, interleaved: 2.17 -> 2.00 s, 2.25 -> 2.04 s and
 #: 2.42 -> 1.96 s (medians of 6, 8, 6); 64 ahead was slower (2.37 s).
 PREFETCH_AHEAD = 16
-#: Per core, 4 MiB chunks (compressed MB/s, ratio) on the harness's log text, a tar of its
-#: 20,000 small files, and a tar of pyenv's Python 3.11 library and /usr/bin: level 3 269 /
-#: 4.41x, 272 / 4.50x, 238 / 4.00x; level 2 447 / 4.48x, 440 / 4.56x, 376 / 3.75x; level 1
-#: 411 / 3.91x, 525 / 3.95x, 505 / 3.49x. Level 2 has 1.6x level 3's speed for 0-7% more
-#: stored; level 1 stores 7-15% more than level 2 for 0.9-1.3x its speed. Decompression is
-#: alike, and the level is not in the format.
-ZSTD_LEVEL = 2
 #: A chunk is compressed if any of SAMPLES slices of SAMPLE_SIZE bytes shrinks below
 #: COMPRESSIBLE_RATIO of its size.
 SAMPLES = 4
@@ -94,7 +90,9 @@ class SourceEndedEarly(OSError):
 
 
 class ChunkWriter(io.RawIOBase):
-    """Bytes in; sealed chunk objects out, at most `in_flight` chunks held at once."""
+    """Bytes in; sealed chunk objects out, at most `in_flight` chunks held at once.
+    `levels`: the zstd levels its chunks are compressed at (`compressionlevel`); none,
+    and every chunk is stored as it is."""
 
     def __init__(
         self,
@@ -103,13 +101,14 @@ class ChunkWriter(io.RawIOBase):
         cipher: StreamCipher,
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        compress: bool = True,
+        levels: tuple[int, ...] = LEVELS,
         retain_until: datetime | None = None,
         on_write: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self._store, self._key_of, self._cipher = store, key_of, cipher
-        self._chunk_size, self._compress, self._on_write = chunk_size, compress, on_write
+        self._chunk_size, self._on_write = chunk_size, on_write
+        self._level = AdaptiveLevel(levels) if levels else None  # none: stored as they are
         self._retain_until = retain_until
         workers = max(1, store.concurrency)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-put")
@@ -124,6 +123,7 @@ class ChunkWriter(io.RawIOBase):
         self._free_buffers: list[bytearray] = []  # appended by the puts' threads
         self._fill = 0
         self._index = 0
+        self._handed_over = time.perf_counter()  # when the reader last submitted a chunk
         self._may_land_late = False
         self._source_size = 0
         self._stored_size = 0
@@ -201,7 +201,12 @@ class ChunkWriter(io.RawIOBase):
 
     def _submit(self, *, last: bool) -> None:
         self._collect_done()
+        waiting = time.perf_counter()
         self._slots.acquire()
+        now = time.perf_counter()
+        if self._level is not None:
+            self._level.reader_waited((now - waiting) / max(now - self._handed_over, 1e-9))
+        self._handed_over = now
         buffer, length = self._buffer, self._fill
         future = self._executor.submit(self._put_chunk, self._index, last, buffer, length)
         future.add_done_callback(lambda _: self._slots.release())
@@ -256,13 +261,15 @@ class ChunkWriter(io.RawIOBase):
     ) -> tuple[int, Future[None] | None]:
         """Seal and put one chunk; its size as stored, and the sync of its batch if it
         filled one."""
+        started = time.perf_counter()
         plaintext = memoryview(buffer)[:length]
         tag, payload = TAG_RAW, plaintext
-        if self._compress and _looks_compressible(plaintext):
-            compressed = compressor().compress(plaintext)
+        if self._level is not None and _looks_compressible(plaintext):
+            compressed = compressor(self._level.level).compress(plaintext)
             if len(compressed) < length:
                 tag, payload = TAG_ZSTD, memoryview(compressed)
         sealed = self._cipher.seal(index, last, tag, payload)
+        sealed_at = time.perf_counter()
         del plaintext, payload  # nothing reads the buffer once sealed: it takes a later chunk
         if not last:
             self._free_buffers.append(buffer)
@@ -276,7 +283,10 @@ class ChunkWriter(io.RawIOBase):
         with self._unsynced_lock:
             self._unsynced.append(key)
         batch = self._take_unsynced(at_least=SYNC_BATCH)
-        return len(sealed), self._sync(batch) if batch else None
+        sync = self._sync(batch) if batch else None  # waits while the disk is far behind
+        if self._level is not None:
+            self._level.chunk_stored(sealed_at - started, time.perf_counter() - sealed_at)
+        return len(sealed), sync
 
 
 class ChunkReader(io.RawIOBase):
@@ -449,12 +459,15 @@ def sealed_limit(chunk_size: int) -> int:
     return chunk_size + (chunk_size >> 8) + margin + CHUNK_OVERHEAD
 
 
-def compressor() -> zstandard.ZstdCompressor:
-    """This thread's compressor at ZSTD_LEVEL (zstandard's compressors are not
-    thread-safe); the chunk writer's, and the benchmark's."""
-    zstd: zstandard.ZstdCompressor | None = getattr(_compressors, "zstd", None)
+def compressor(level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
+    """This thread's compressor at `level` (zstandard's compressors are not thread-safe);
+    the chunk writer's, and the benchmark's."""
+    made: dict[int, zstandard.ZstdCompressor] | None = getattr(_compressors, "by_level", None)
+    if made is None:
+        made = _compressors.by_level = {}
+    zstd = made.get(level)
     if zstd is None:
-        zstd = _compressors.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        zstd = made[level] = zstandard.ZstdCompressor(level=level)
     return zstd
 
 

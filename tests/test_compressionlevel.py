@@ -1,0 +1,167 @@
+"""The adaptive zstd level: strongest while the store sets a create's pace, lower while
+compressing does, and chunks of every level restore alike."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from strongroom import Engine, StoreSpec, pipeline
+from strongroom.backends.file import LocalStore
+from strongroom.compressionlevel import (
+    HELD_BACK,
+    LEVELS,
+    STEP_UP_AFTER,
+    ZSTD_LEVEL,
+    AdaptiveLevel,
+    levels_for,
+)
+from strongroom.crypto import StreamCipher
+from strongroom.pipeline import SAMPLE_SIZE, SAMPLES, ChunkReader, ChunkWriter
+from tests.conftest import FAST_KDF, PASSCODE, local_store, snapshot
+
+CHUNK = SAMPLES * SAMPLE_SIZE  # no larger: every chunk is compressed without sampling
+TEXT = b"".join(
+    b"%08d GET /api/backups/%d 200 %d ms\n" % (n, n % 97, n % 13) for n in range(40_000)
+)
+KEY = bytes(32)
+
+
+def compressing_levels(monkeypatch: pytest.MonkeyPatch, *, seconds: float = 0.0) -> list[int]:
+    """The level of every chunk the pipeline compresses from now on; each compression takes
+    `seconds` longer than it does."""
+    levels: list[int] = []
+    make = pipeline.compressor
+
+    class Slow:
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+        def compress(self, data: memoryview) -> bytes:
+            levels.append(self.level)
+            time.sleep(seconds)
+            return make(self.level).compress(data)
+
+    monkeypatch.setattr(pipeline, "compressor", Slow)
+    return levels
+
+
+class SlowStore(LocalStore):
+    """A store whose puts take a while, as a remote one's do."""
+
+    def put_unsynced(self, key: str, data: bytes, *, retain_until: datetime | None) -> None:
+        time.sleep(0.03)
+        super().put_unsynced(key, data, retain_until=retain_until)
+
+
+def key_of(index: int) -> str:
+    return f"data/b/{index}"
+
+
+def write(store: LocalStore, data: bytes) -> int:
+    writer = ChunkWriter(store, key_of, StreamCipher(KEY, b""), chunk_size=CHUNK)
+    writer.write(data)
+    return writer.finish().chunk_count
+
+
+def read(store: LocalStore, chunks: int) -> bytes:
+    cipher = StreamCipher(KEY, b"")
+    with ChunkReader(store, key_of, cipher, chunk_count=chunks, chunk_size=CHUNK) as reader:
+        return reader.read()
+
+
+def test_the_level_steps_down_while_compressing_holds_the_reader_back() -> None:
+    level = AdaptiveLevel()
+    level.chunk_stored(compressing=0.010, putting=0.001)
+    seen = []
+    for _ in range(len(LEVELS) + 2):
+        level.reader_waited(HELD_BACK)
+        seen.append(level.level)
+    assert seen == [*LEVELS[1:], LEVELS[-1], LEVELS[-1], LEVELS[-1]]
+
+
+def test_the_level_steps_up_once_the_compressing_threads_keep_up_a_while() -> None:
+    level = AdaptiveLevel()
+    level.chunk_stored(compressing=0.010, putting=0.001)
+    level.reader_waited(1.0)
+    assert level.level == LEVELS[1]
+    for _ in range(STEP_UP_AFTER - 1):
+        level.reader_waited(0.0)
+    assert level.level == LEVELS[1]
+    level.reader_waited(HELD_BACK / 2)
+    assert level.level == ZSTD_LEVEL
+    for _ in range(2 * STEP_UP_AFTER):
+        level.reader_waited(0.0)
+    assert level.level == ZSTD_LEVEL
+
+
+def test_a_reader_held_back_by_the_puts_keeps_the_strongest_level() -> None:
+    """Compressing less would only hand the slow store more bytes."""
+    level = AdaptiveLevel()
+    for _ in range(3 * STEP_UP_AFTER):
+        level.chunk_stored(compressing=0.010, putting=0.050)
+        level.reader_waited(0.9)
+        assert level.level == ZSTD_LEVEL
+
+
+def test_a_slow_store_gets_every_chunk_at_the_strongest_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SlowStore("slow", (tmp_path / "store").as_uri(), tmp_path / "store")
+    store.initialize()
+    levels = compressing_levels(monkeypatch)
+    write(store, TEXT[: 30 * CHUNK])
+    assert set(levels) == {ZSTD_LEVEL}
+
+
+def test_a_fast_store_gets_faster_levels_while_compressing_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = local_store("fast", tmp_path / "store")
+    levels = compressing_levels(monkeypatch, seconds=0.02)
+    chunks = write(store, TEXT[: 30 * CHUNK])
+    assert levels[0] == ZSTD_LEVEL and LEVELS[-1] in levels
+    assert read(store, chunks) == TEXT[: 30 * CHUNK]
+
+
+def test_chunks_of_every_level_restore_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = local_store("mixed", tmp_path / "store")
+    turns: Iterator[int] = itertools.cycle(LEVELS)
+    monkeypatch.setattr(AdaptiveLevel, "level", property(lambda _: next(turns)))
+    levels = compressing_levels(monkeypatch)
+    chunks = write(store, TEXT)
+    assert set(levels) == set(LEVELS)
+    assert read(store, chunks) == TEXT
+    sizes = {level: len(zstandard.ZstdCompressor(level=level).compress(TEXT)) for level in LEVELS}
+    assert sizes[ZSTD_LEVEL] < sizes[LEVELS[-1]]  # the steps are worth taking
+
+
+def test_the_store_setting_chooses_the_levels(
+    home: Path, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zstd steps, zstd-fixed keeps the strongest level however slow compressing is, and
+    both are zstd to a reader."""
+    assert (levels_for("zstd"), levels_for("zstd-fixed"), levels_for("none")) == (
+        LEVELS,
+        (ZSTD_LEVEL,),
+        (),
+    )
+    (tree / "log.txt").write_bytes(TEXT * 4)
+    engine = Engine(kdf=FAST_KDF, chunk_size=CHUNK)
+    engine.add_store(StoreSpec("fixed", (tmp_path / "fixed").as_uri(), compression="zstd-fixed"))
+    levels = compressing_levels(monkeypatch, seconds=0.02)
+    fixed = engine.create("fixed", [tree], passcode=PASSCODE, store="fixed")
+    assert set(levels) == {ZSTD_LEVEL} and fixed.compression == "zstd"
+    levels.clear()
+    engine.create("stepped", [tree], passcode=PASSCODE)
+    assert LEVELS[-1] in levels
+    target = engine.restore("fixed", tmp_path / "out", passcode=PASSCODE, store="fixed")
+    assert snapshot(target / "data") == snapshot(tree)
