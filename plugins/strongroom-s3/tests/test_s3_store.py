@@ -130,6 +130,19 @@ def test_urls_that_do_not_name_a_bucket_are_refused(url: str, s3_registry: Backe
 # -- the requests a store makes ----------------------------------------------------------
 
 
+def test_a_listing_never_hides_what_another_writer_put_since(
+    bucket: str, open_s3: OpenS3, s3_admin: Callable[..., Any]
+) -> None:
+    """A long-lived process (`serve`) keeps its store: an s3fs listings cache would answer
+    later lookups from an old listing, and miss a key a cleanup put meanwhile."""
+    store = open_s3(bucket)
+    store.put("pending/b/1", b"")
+    store.fs.ls(f"{bucket}/strongroom/pending/b")
+    s3_admin().pipe_file(f"{bucket}/strongroom/pending/b/1.taken", b"")
+    assert store.fs.size(f"{bucket}/strongroom/pending/b/1.taken") == 0
+    assert store.exists("pending/b/1.taken")
+
+
 def test_a_create_is_one_conditional_put_and_an_overwrite_is_not_conditional(
     bucket: str, open_s3: OpenS3, fault_proxy: Callable[[str], Any], s3_endpoint: str
 ) -> None:

@@ -481,6 +481,7 @@ def open_s3_store(spec: StoreSpec) -> S3Store:
     region = _text(spec, "region") if "region" in options else None
     fs = s3fs.S3FileSystem(
         skip_instance_cache=True,
+        use_listings_cache=False,  # other writers change the bucket; never trust a listing
         endpoint_url=endpoint_url,
         key=credentials.get("key"),
         secret=credentials.get("secret"),
