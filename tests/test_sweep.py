@@ -25,7 +25,14 @@ from strongroom import (
 )
 from strongroom.cleanup import Cleanup
 from strongroom.cli import main
-from strongroom.format import PENDING_PREFIX, parse_pending_key, pending_key, to_epoch_ms
+from strongroom.format import (
+    PENDING_PREFIX,
+    data_prefix,
+    parse_pending_key,
+    pending_key,
+    taken_key,
+    to_epoch_ms,
+)
 from strongroom.pipeline import ChunkWriter
 from tests.conftest import FAST_KDF, PASSCODE, SMALL_CHUNK
 
@@ -659,3 +666,60 @@ def test_two_sweeps_at_once_never_leave_a_listed_backup_without_data(
     failure = paused.resume()
     assert isinstance(failure, StoreError) and "Nothing was committed" in str(failure)
     assert engine.list() == []
+
+
+def taken_then_committed(engine: Engine, name: str, tree: Path) -> str:
+    """A backup as a create leaves it that was killed between its manifest's put and its
+    look for the taken key, while a sweep took its data (the one step the key cannot
+    cover): committed, taken, and without its data. Its backupId."""
+    engine.create(name, [tree], passcode=PASSCODE)
+    backup_id = engine.info(name).backup_id
+    engine.store().put(taken_key(name, backup_id), b"")
+    engine.store().delete_prefix(data_prefix(name, backup_id))
+    return backup_id
+
+
+def test_a_backup_committed_after_a_sweep_took_its_data_is_deleted_by_the_next(
+    engine: Engine, home: Path, tree: Path
+) -> None:
+    """Attack on 'listed means whole' (helper-72): the create, killed before it could see
+    the key and withdraw its manifest, left a listed backup that restored nothing, and no
+    cleanup ever said so."""
+    taken_then_committed(engine, "orphaned", tree)
+    engine.create("kept", [tree], passcode=PASSCODE)
+    dry = engine.cleanup(dry_run=True)
+    assert [(entry.name, entry.action) for entry in dry.entries] == [("orphaned", "would delete")]
+    assert "committed after a cleanup took its data" in dry.entries[0].message
+    assert "chunks missing" in dry.entries[0].message
+    assert sorted(backup.name for backup in engine.list()) == ["kept", "orphaned"]
+    report = engine.cleanup()
+    assert [(entry.name, entry.action) for entry in report.entries] == [("orphaned", "deleted")]
+    assert [backup.name for backup in engine.list()] == ["kept"]
+    assert [f for f in files(home) if "orphaned" in f and not f.endswith(".taken")] == []
+    assert engine.cleanup().entries == []
+
+
+def test_a_whole_backup_beside_a_taken_key_is_kept(engine: Engine, home: Path, tree: Path) -> None:
+    """A sweep that read the manifest again left the data (and the key); a key planted beside
+    a whole backup, or left by an earlier create of its name, removes nothing."""
+    engine.create("whole", [tree], passcode=PASSCODE)
+    store = engine.store()
+    store.put(taken_key("whole", engine.info("whole").backup_id), b"")
+    store.put(taken_key("whole", "0" * 32), b"")
+    assert engine.cleanup().entries == []
+    engine.verify("whole", passcode=PASSCODE)
+
+
+def test_a_damaged_backup_beside_an_earlier_creates_taken_key_is_kept(
+    engine: Engine, home: Path, tree: Path
+) -> None:
+    """Only the create a sweep took is deleted: a later backup of its name that lost a
+    chunk to something else is verify's to report, not a cleanup's to delete."""
+    taken_then_committed(engine, "reused", tree)
+    engine.delete("reused")
+    engine.create("reused", [tree], passcode=PASSCODE)
+    backup_id = engine.info("reused").backup_id
+    (store_dir(home) / data_prefix("reused", backup_id) / f"{0:010d}").unlink()
+    assert engine.cleanup().entries == []
+    with pytest.raises(IntegrityError, match="missing"):
+        engine.verify("reused", passcode=PASSCODE)

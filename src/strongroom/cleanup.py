@@ -23,11 +23,13 @@ from .format import (
     RETENTION_PREFIX,
     Manifest,
     data_prefix,
+    is_chunk,
     manifest_key,
     name_from_manifest_key,
     parse_claim_key,
     parse_pending_key,
     parse_retention_key,
+    parse_taken_key,
     taken_key,
 )
 from .retention import (
@@ -101,6 +103,7 @@ class Cleanup:
             try:
                 swept, unjudged, waiting = self._sweep(source, listing, dry_run)
                 report.entries.extend(swept)
+                report.entries.extend(self._sweep_taken_but_committed(source, listing, dry_run))
                 report.waiting += waiting
                 report.entries.extend(self._sweep_claims(source, dry_run))
             except StrongroomError as exc:
@@ -218,6 +221,43 @@ class Cleanup:
             raise StoreError(f"{unreadable[name]} Its leftovers are kept until it can be read.")
         return all(m.backup_id != backup_id for m in manifests)  # else committed: whole
 
+    def _sweep_taken_but_committed(
+        self, source: Store, listing: _Listing, dry_run: bool
+    ) -> list[CleanupEntry]:
+        """Delete a backup committed after a sweep took its data: its create was cut off
+        (killed, its machine lost) after its manifest's put and before its look for the
+        `taken_key`, the one step `_take_from_its_create` cannot cover. Listed, it would
+        restore nothing. One whose chunks are all there (the sweep read its manifest and
+        left them; a key planted beside a whole backup) is kept."""
+        names = sorted({name for name, _ in listing.taken if name in listing.names})
+        manifests, _ = self.read_manifests(source, names) if names else ([], {})
+        broken: dict[str, str] = {}  # by name, what is missing
+        for manifest in manifests:
+            if (manifest.name, manifest.backup_id) in listing.taken:
+                there = sum(is_chunk(key, manifest) for key in data_keys(source, manifest))
+                if there < manifest.chunk_count:
+                    broken[manifest.name] = (
+                        f"committed after a cleanup took its data (backupId "
+                        f"{manifest.backup_id}, {manifest.chunk_count - there} of its "
+                        f"{manifest.chunk_count} chunks missing): its create was cut off "
+                        "before it could withdraw it, and it restores nothing"
+                    )
+        gone = [m for m in manifests if m.name in broken]
+        failures = {} if dry_run else delete_backups(source, gone, listing.index)
+        entries = []
+        for manifest in gone:
+            action, failure = _outcome(failures.get(manifest.name))
+            entries.append(
+                CleanupEntry(
+                    source.name,
+                    manifest.name,
+                    manifest.retention_date,
+                    "would delete" if dry_run else action,
+                    f"{broken[manifest.name]}. {failure}".strip(),
+                )
+            )
+        return entries
+
     def _sweep_claims(self, source: Store, dry_run: bool) -> list[CleanupEntry]:
         """Remove the schedules' slot claims (scheduler.py) once past the grace period,
         the latest of each schedule the configuration file defines excepted; ages by the
@@ -267,6 +307,8 @@ class _Listing:
     running meanwhile is seen as writing whenever its index entry is seen at all."""
 
     markers: list[PendingMarker]
+    #: (name, backupId) of the creates a sweep took (`taken_key`).
+    taken: set[tuple[str, str]]
     names: set[str]
     #: Names whose manifest's place holds something no manifest is (`manifest_names`).
     unreadable: dict[str, str]
@@ -284,9 +326,11 @@ class _Listing:
             for obj in pending.objects
             if (parsed := parse_pending_key(obj.key))
         ]
+        taken = {parsed for obj in pending.objects if (parsed := parse_taken_key(obj.key))}
         skipped = (*pending.skipped.values(), *manifests.skipped, *retention.skipped.values())
         names, unreadable = set(manifests.names), manifests.unreadable
-        return cls(markers, names, unreadable, _parse_index(retention.objects), skipped)
+        index = _parse_index(retention.objects)
+        return cls(markers, taken, names, unreadable, index, skipped)
 
 
 @dataclass(frozen=True, slots=True)

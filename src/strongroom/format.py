@@ -40,6 +40,7 @@ __all__ = [
     "parse_claim_key",
     "parse_pending_key",
     "parse_retention_key",
+    "parse_taken_key",
     "pending_key",
     "printable",
     "quoted",
@@ -182,11 +183,19 @@ def pending_key(name: str, backup_id: str) -> str:
     return f"{PENDING_PREFIX}{validate_name(name)}/{backup_id}"
 
 
+TAKEN_SUFFIX = ".taken"
+
+
 def taken_key(name: str, backup_id: str) -> str:
     """What a sweep writes before it removes the data of a create it judged cut off, and
     keeps: the create, should it only have been paused, sees it after its commit and
     withdraws its manifest. Its heartbeat never writes it (it re-puts the marker)."""
-    return f"{pending_key(name, backup_id)}.taken"
+    return f"{pending_key(name, backup_id)}{TAKEN_SUFFIX}"
+
+
+def parse_taken_key(key: str) -> tuple[str, str] | None:
+    """(name, backupId) of a listed `taken_key`, or None for any other key."""
+    return parse_pending_key(key.removesuffix(TAKEN_SUFFIX)) if key.endswith(TAKEN_SUFFIX) else None
 
 
 def parse_pending_key(key: str) -> tuple[str, str] | None:
