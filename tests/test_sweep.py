@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import strongroom.cleanup
 import strongroom.enginecreate
 from strongroom import (
     ConfigError,
@@ -668,58 +669,117 @@ def test_two_sweeps_at_once_never_leave_a_listed_backup_without_data(
     assert engine.list() == []
 
 
-def taken_then_committed(engine: Engine, name: str, tree: Path) -> str:
+def taken_then_committed(engine: Engine, home: Path, name: str, tree: Path) -> str:
     """A backup as a create leaves it that was killed between its manifest's put and its
     look for the taken key, while a sweep took its data (the one step the key cannot
-    cover): committed, taken, and without its data. Its backupId."""
+    cover): committed after the key, and without its data. Its backupId."""
     engine.create(name, [tree], passcode=PASSCODE)
     backup_id = engine.info(name).backup_id
     engine.store().put(taken_key(name, backup_id), b"")
+    age(store_dir(home) / taken_key(name, backup_id), timedelta(seconds=10))  # put before
     engine.store().delete_prefix(data_prefix(name, backup_id))
     return backup_id
 
 
-def test_a_backup_committed_after_a_sweep_took_its_data_is_deleted_by_the_next(
+def test_a_backup_committed_after_a_sweep_took_its_data_is_reported_every_run(
     engine: Engine, home: Path, tree: Path
 ) -> None:
     """Attack on 'listed means whole' (helper-72): the create, killed before it could see
-    the key and withdraw its manifest, left a listed backup that restored nothing, and no
-    cleanup ever said so."""
-    taken_then_committed(engine, "orphaned", tree)
+    the key and take its manifest back, left a listed backup that restored nothing, and no
+    cleanup said so. It is reported, never deleted by a cleanup: a listing that came back
+    short must not cost a whole backup (helper-73's review)."""
+    taken_then_committed(engine, home, "orphaned", tree)
     engine.create("kept", [tree], passcode=PASSCODE)
-    dry = engine.cleanup(dry_run=True)
-    assert [(entry.name, entry.action) for entry in dry.entries] == [("orphaned", "would delete")]
-    assert "committed after a cleanup took its data" in dry.entries[0].message
-    assert "chunks missing" in dry.entries[0].message
+    for dry_run in (True, False, False):
+        report = engine.cleanup(dry_run=dry_run)
+        assert report.entries == []
+        [problem] = report.errors
+        assert "'orphaned' was committed after a cleanup took its data" in problem
+        assert "strongroom verify orphaned" in problem
     assert sorted(backup.name for backup in engine.list()) == ["kept", "orphaned"]
-    report = engine.cleanup()
-    assert [(entry.name, entry.action) for entry in report.entries] == [("orphaned", "deleted")]
-    assert [backup.name for backup in engine.list()] == ["kept"]
-    assert [f for f in files(home) if "orphaned" in f and not f.endswith(".taken")] == []
-    assert engine.cleanup().entries == []
+    engine.delete("orphaned")
+    assert engine.cleanup().errors == []
+
+
+def test_a_backup_missing_a_chunk_beside_its_taken_key_loses_nothing_more(
+    engine: Engine, home: Path, tree: Path
+) -> None:
+    """A whole backup whose sweep read its manifest and left the data keeps the key: a
+    chunk lost to something else, or missing from a short listing, is reported, and the
+    others stay."""
+    engine.create("whole", [tree], passcode=PASSCODE)
+    backup_id = engine.info("whole").backup_id
+    engine.store().put(taken_key("whole", backup_id), b"")
+    age(store_dir(home) / taken_key("whole", backup_id), timedelta(seconds=10))
+    chunks = sorted((store_dir(home) / data_prefix("whole", backup_id)).iterdir())
+    chunks[0].unlink()
+    [problem] = engine.cleanup().errors
+    assert f"(1 of its {len(chunks)} chunks are not there)" in problem
+    assert all(chunk.exists() for chunk in chunks[1:])
+    assert [backup.name for backup in engine.list()] == ["whole"]
 
 
 def test_a_whole_backup_beside_a_taken_key_is_kept(engine: Engine, home: Path, tree: Path) -> None:
     """A sweep that read the manifest again left the data (and the key); a key planted beside
-    a whole backup, or left by an earlier create of its name, removes nothing."""
+    a whole backup, or left by an earlier create of its name, says nothing."""
     engine.create("whole", [tree], passcode=PASSCODE)
     store = engine.store()
-    store.put(taken_key("whole", engine.info("whole").backup_id), b"")
-    store.put(taken_key("whole", "0" * 32), b"")
-    assert engine.cleanup().entries == []
+    for backup_id in (engine.info("whole").backup_id, "0" * 32):
+        store.put(taken_key("whole", backup_id), b"")
+        age(store_dir(home) / taken_key("whole", backup_id), timedelta(seconds=10))
+    report = engine.cleanup()
+    assert (report.entries, report.errors) == ([], [])
     engine.verify("whole", passcode=PASSCODE)
 
 
-def test_a_damaged_backup_beside_an_earlier_creates_taken_key_is_kept(
+def test_a_damaged_backup_beside_an_earlier_creates_taken_key_is_not_blamed_on_it(
     engine: Engine, home: Path, tree: Path
 ) -> None:
-    """Only the create a sweep took is deleted: a later backup of its name that lost a
-    chunk to something else is verify's to report, not a cleanup's to delete."""
-    taken_then_committed(engine, "reused", tree)
+    """Only the create a sweep took is reported: a later backup of its name that lost a
+    chunk to something else is verify's to report."""
+    taken_then_committed(engine, home, "reused", tree)
     engine.delete("reused")
     engine.create("reused", [tree], passcode=PASSCODE)
     backup_id = engine.info("reused").backup_id
     (store_dir(home) / data_prefix("reused", backup_id) / f"{0:010d}").unlink()
-    assert engine.cleanup().entries == []
+    assert engine.cleanup().errors == []
     with pytest.raises(IntegrityError, match="missing"):
         engine.verify("reused", passcode=PASSCODE)
+
+
+def test_a_backup_whose_data_cannot_be_listed_does_not_hide_the_others(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One data listing that fails (a link planted in the data) is reported, and the other
+    backups are still checked."""
+    for name in ("first", "second"):
+        taken_then_committed(engine, home, name, tree)
+    data_keys = strongroom.cleanup.data_keys
+
+    def planted_link(store: Store, manifest: Any) -> list[str]:
+        if manifest.name == "first":
+            raise StoreError("a link where its data should be")
+        return data_keys(store, manifest)
+
+    monkeypatch.setattr(strongroom.cleanup, "data_keys", planted_link)
+    first, second = engine.cleanup().errors
+    assert "a link where its data should be" in first
+    assert "'second' was committed after a cleanup took its data" in second
+
+
+def test_a_manifest_older_than_its_taken_key_is_not_checked(
+    engine: Engine, home: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep that put the key read the manifest after it and left the data: nothing to
+    check, in this run or any later one (the keys are kept for good)."""
+    engine.create("whole", [tree], passcode=PASSCODE)
+    engine.store().put(taken_key("whole", engine.info("whole").backup_id), b"")
+    listed: list[str] = []
+    data_keys = strongroom.cleanup.data_keys
+
+    def recording(store: Store, manifest: Any) -> list[str]:
+        listed.append(manifest.name)
+        return data_keys(store, manifest)
+
+    monkeypatch.setattr(strongroom.cleanup, "data_keys", recording)
+    assert engine.cleanup().errors == [] and listed == []

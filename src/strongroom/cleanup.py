@@ -103,9 +103,12 @@ class Cleanup:
             try:
                 swept, unjudged, waiting = self._sweep(source, listing, dry_run)
                 report.entries.extend(swept)
-                report.entries.extend(self._sweep_taken_but_committed(source, listing, dry_run))
                 report.waiting += waiting
                 report.entries.extend(self._sweep_claims(source, dry_run))
+            except StrongroomError as exc:
+                report.errors.append(str(exc))
+            try:
+                report.errors.extend(self._taken_but_committed(source, listing))
             except StrongroomError as exc:
                 report.errors.append(str(exc))
             report.errors.extend(p for p in problems if p not in unjudged)  # each said once
@@ -221,42 +224,39 @@ class Cleanup:
             raise StoreError(f"{unreadable[name]} Its leftovers are kept until it can be read.")
         return all(m.backup_id != backup_id for m in manifests)  # else committed: whole
 
-    def _sweep_taken_but_committed(
-        self, source: Store, listing: _Listing, dry_run: bool
-    ) -> list[CleanupEntry]:
-        """Delete a backup committed after a sweep took its data: its create was cut off
-        (killed, its machine lost) after its manifest's put and before its look for the
-        `taken_key`, the one step `_take_from_its_create` cannot cover. Listed, it would
-        restore nothing. One whose chunks are all there (the sweep read its manifest and
-        left them; a key planted beside a whole backup) is kept."""
-        names = sorted({name for name, _ in listing.taken if name in listing.names})
-        manifests, _ = self.read_manifests(source, names) if names else ([], {})
-        broken: dict[str, str] = {}  # by name, what is missing
+    def _taken_but_committed(self, source: Store, listing: _Listing) -> list[str]:
+        """The backups committed after a sweep took their data, a sentence each: the create
+        was killed between its manifest's put and its look for the `taken_key`, the one
+        step `_take_from_its_create` cannot cover, and what is listed cannot be restored.
+        Reported every run, never deleted: a listing that came back short, or a key planted
+        beside a whole backup, must not cost a backup. Only a manifest written after its
+        create's key is checked (a sweep that read the manifest first left the data)."""
+        suspects = {
+            (name, backup_id)
+            for (name, backup_id), taken_at in listing.taken.items()
+            if name in listing.written and _not_before(listing.written[name], taken_at)
+        }
+        if not suspects:
+            return []
+        manifests, _ = self.read_manifests(source, sorted({name for name, _ in suspects}))
+        problems = []
         for manifest in manifests:
-            if (manifest.name, manifest.backup_id) in listing.taken:
+            if (manifest.name, manifest.backup_id) not in suspects:
+                continue
+            try:
                 there = sum(is_chunk(key, manifest) for key in data_keys(source, manifest))
-                if there < manifest.chunk_count:
-                    broken[manifest.name] = (
-                        f"committed after a cleanup took its data (backupId "
-                        f"{manifest.backup_id}, {manifest.chunk_count - there} of its "
-                        f"{manifest.chunk_count} chunks missing): its create was cut off "
-                        "before it could withdraw it, and it restores nothing"
-                    )
-        gone = [m for m in manifests if m.name in broken]
-        failures = {} if dry_run else delete_backups(source, gone, listing.index)
-        entries = []
-        for manifest in gone:
-            action, failure = _outcome(failures.get(manifest.name))
-            entries.append(
-                CleanupEntry(
-                    source.name,
-                    manifest.name,
-                    manifest.retention_date,
-                    "would delete" if dry_run else action,
-                    f"{broken[manifest.name]}. {failure}".strip(),
+            except StrongroomError as exc:
+                problems.append(str(exc))
+                continue
+            if there < manifest.chunk_count:
+                problems.append(
+                    f"Store {source.name!r}: backup {manifest.name!r} was committed after a "
+                    f"cleanup took its data ({manifest.chunk_count - there} of its "
+                    f"{manifest.chunk_count} chunks are not there): its create was cut off "
+                    "before it could take it back, and it cannot be restored in full. Check "
+                    f"it with `strongroom verify {manifest.name}` and delete it if that fails."
                 )
-            )
-        return entries
+        return problems
 
     def _sweep_claims(self, source: Store, dry_run: bool) -> list[CleanupEntry]:
         """Remove the schedules' slot claims (scheduler.py) once past the grace period,
@@ -307,9 +307,11 @@ class _Listing:
     running meanwhile is seen as writing whenever its index entry is seen at all."""
 
     markers: list[PendingMarker]
-    #: (name, backupId) of the creates a sweep took (`taken_key`).
-    taken: set[tuple[str, str]]
+    #: When a sweep took each create it took (`taken_key`), by (name, backupId).
+    taken: dict[tuple[str, str], datetime | None]
     names: set[str]
+    #: When each name's manifest was written, by the store's clock.
+    written: dict[str, datetime | None]
     #: Names whose manifest's place holds something no manifest is (`manifest_names`).
     unreadable: dict[str, str]
     index: list[IndexEntry]
@@ -326,11 +328,13 @@ class _Listing:
             for obj in pending.objects
             if (parsed := parse_pending_key(obj.key))
         ]
-        taken = {parsed for obj in pending.objects if (parsed := parse_taken_key(obj.key))}
+        taken = {
+            parsed: obj.modified for obj in pending.objects if (parsed := parse_taken_key(obj.key))
+        }
         skipped = (*pending.skipped.values(), *manifests.skipped, *retention.skipped.values())
         names, unreadable = set(manifests.names), manifests.unreadable
         index = _parse_index(retention.objects)
-        return cls(markers, taken, names, unreadable, index, skipped)
+        return cls(markers, taken, names, manifests.written, unreadable, index, skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +343,8 @@ class ManifestNames:
 
     #: The names the store holds a manifest for.
     names: list[str]
+    #: When each of those manifests was written, by the store's clock.
+    written: dict[str, datetime | None]
     #: By name, why another name's manifest is not there as one.
     unreadable: dict[str, str]
     #: What the store skipped there that is no name's manifest, one sentence each.
@@ -351,7 +357,8 @@ def manifest_names(store: Store) -> ManifestNames:
     Such a name is not taken for deleted, so nothing of it is swept. Anything but a
     directory where the manifests are kept is a StoreError: none of them could be listed."""
     found = store.scan(MANIFESTS_PREFIX)
-    names = [n for obj in found.objects if (n := name_from_manifest_key(obj.key))]
+    written = {n: obj.modified for obj in found.objects if (n := name_from_manifest_key(obj.key))}
+    names = list(written)
     unreadable, skipped = {}, []
     for obj in found.objects:
         name = _manifest_place(obj.key)
@@ -367,7 +374,7 @@ def manifest_names(store: Store) -> ManifestNames:
             unreadable[name] = reason
         else:
             skipped.append(reason)
-    return ManifestNames(names, unreadable, skipped)
+    return ManifestNames(names, written, unreadable, skipped)
 
 
 def _manifest_place(key: str) -> str | None:
@@ -510,6 +517,12 @@ def delete_resurrected(store: Store, deleted: list[Manifest]) -> None:
             continue
         if current.backup_id == manifest.backup_id:
             store.delete([manifest_key(manifest.name)])
+
+
+def _not_before(written: datetime | None, taken: datetime | None) -> bool:
+    """Whether a manifest may have been written after a sweep took its create (a store
+    that keeps no times cannot tell: then it may)."""
+    return written is None or taken is None or written >= taken
 
 
 def _outcome(failure: Exception | None) -> tuple[Action, str]:
