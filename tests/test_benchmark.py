@@ -32,6 +32,7 @@ STAGES = [
     ("open", "random"),
     ("compress", "text"),
     ("decompress", "text"),
+    ("compress fast", "text"),
     ("compress", "random"),
     ("decompress", "random"),
     ("archive write", "files"),
@@ -96,7 +97,7 @@ def test_json_has_the_documented_keys_and_positive_numbers(cli: Cli) -> None:
         "iterations": 3,
         "lanes": 4,
     }
-    assert {"url", "concurrency", "chunkSize", "zstdLevel"} < set(settings)
+    assert {"url", "concurrency", "chunkSize", "zstdLevel", "zstdFastLevel"} < set(settings)
     assert [(stage["stage"], stage["data"]) for stage in document["stages"]] == STAGES
     for stage in document["stages"]:
         assert set(stage) == {

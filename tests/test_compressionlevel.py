@@ -4,6 +4,7 @@ compressing does, and chunks of every level restore alike."""
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -76,26 +77,47 @@ def read(store: LocalStore, chunks: int) -> bytes:
         return reader.read()
 
 
+def held_back_by_compressing(level: AdaptiveLevel) -> None:
+    """A chunk at the current level compressed slowly and put quickly, and a reader that
+    waited for it."""
+    level.chunk_stored(level.level, compressing=0.010, putting=0.001)
+    level.reader_waited(HELD_BACK)
+
+
 def test_the_level_steps_down_while_compressing_holds_the_reader_back() -> None:
     level = AdaptiveLevel()
-    level.chunk_stored(compressing=0.010, putting=0.001)
     seen = []
     for _ in range(len(LEVELS) + 2):
-        level.reader_waited(HELD_BACK)
+        held_back_by_compressing(level)
         seen.append(level.level)
     assert seen == [*LEVELS[1:], LEVELS[-1], LEVELS[-1], LEVELS[-1]]
 
 
+def test_a_step_waits_for_a_chunk_at_its_level() -> None:
+    """The chunks in flight when the level stepped down were compressed at the old level:
+    their timings and the reader's waits for them do not step it down again."""
+    level = AdaptiveLevel()
+    held_back_by_compressing(level)
+    assert level.level == LEVELS[1]
+    for _ in range(3):
+        level.chunk_stored(ZSTD_LEVEL, compressing=0.010, putting=0.001)
+        level.reader_waited(1.0)
+    assert level.level == LEVELS[1]
+    held_back_by_compressing(level)
+    assert level.level == LEVELS[2]
+
+
 def test_the_level_steps_up_once_the_compressing_threads_keep_up_a_while() -> None:
     level = AdaptiveLevel()
-    level.chunk_stored(compressing=0.010, putting=0.001)
-    level.reader_waited(1.0)
+    held_back_by_compressing(level)
     assert level.level == LEVELS[1]
+    level.chunk_stored(LEVELS[1], compressing=0.005, putting=0.001)
     for _ in range(STEP_UP_AFTER - 1):
         level.reader_waited(0.0)
     assert level.level == LEVELS[1]
     level.reader_waited(HELD_BACK / 2)
     assert level.level == ZSTD_LEVEL
+    level.chunk_stored(ZSTD_LEVEL, compressing=0.005, putting=0.001)
     for _ in range(2 * STEP_UP_AFTER):
         level.reader_waited(0.0)
     assert level.level == ZSTD_LEVEL
@@ -105,7 +127,7 @@ def test_a_reader_held_back_by_the_puts_keeps_the_strongest_level() -> None:
     """Compressing less would only hand the slow store more bytes."""
     level = AdaptiveLevel()
     for _ in range(3 * STEP_UP_AFTER):
-        level.chunk_stored(compressing=0.010, putting=0.050)
+        level.chunk_stored(level.level, compressing=0.010, putting=0.050)
         level.reader_waited(0.9)
         assert level.level == ZSTD_LEVEL
 
@@ -124,7 +146,8 @@ def test_a_fast_store_gets_faster_levels_while_compressing_is_slow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = local_store("fast", tmp_path / "store")
-    levels = compressing_levels(monkeypatch, seconds=0.02)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # a busy disk must not set the pace
+    levels = compressing_levels(monkeypatch, seconds=0.03)
     chunks = write(store, TEXT[: 30 * CHUNK])
     assert levels[0] == ZSTD_LEVEL and LEVELS[-1] in levels
     assert read(store, chunks) == TEXT[: 30 * CHUNK]
@@ -157,7 +180,8 @@ def test_the_store_setting_chooses_the_levels(
     (tree / "log.txt").write_bytes(TEXT * 4)
     engine = Engine(kdf=FAST_KDF, chunk_size=CHUNK)
     engine.add_store(StoreSpec("fixed", (tmp_path / "fixed").as_uri(), compression="zstd-fixed"))
-    levels = compressing_levels(monkeypatch, seconds=0.02)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # a busy disk must not set the pace
+    levels = compressing_levels(monkeypatch, seconds=0.03)
     fixed = engine.create("fixed", [tree], passcode=PASSCODE, store="fixed")
     assert set(levels) == {ZSTD_LEVEL} and fixed.compression == "zstd"
     levels.clear()

@@ -38,12 +38,16 @@ STEP_UP_AFTER = 4
 class AdaptiveLevel:
     """The zstd level the next chunk is compressed at, moved one step at a time by what
     the chunks' threads report (how long they compressed, how long they put) and what
-    the reader reports (how long it waited for them)."""
+    the reader reports (how long it waited for them). After a step nothing moves it until
+    a chunk compressed at the new level has been stored: until then the timings and the
+    waits are those of the chunks in flight at the old level."""
 
     def __init__(self, levels: tuple[int, ...] = LEVELS) -> None:
         self._levels = levels
         self._step = 0
-        self._compressing = 0.0  # seconds per chunk, running average
+        #: Seconds per chunk at the current level, running averages; None before the
+        #: first chunk at it is stored.
+        self._compressing: float | None = None
         self._putting = 0.0
         self._kept_up = 0  # chunks in a row the reader was not held back by compressing
         self._lock = threading.Lock()
@@ -52,10 +56,15 @@ class AdaptiveLevel:
     def level(self) -> int:
         return self._levels[self._step]
 
-    def chunk_stored(self, compressing: float, putting: float) -> None:
-        """A chunk's thread compressed it in `compressing` seconds and put it (waiting for
-        the disk to catch up, if it had to) in `putting`."""
+    def chunk_stored(self, level: int, compressing: float, putting: float) -> None:
+        """A chunk's thread compressed it at `level` in `compressing` seconds and put it
+        (waiting for the disk to catch up, if it had to) in `putting`."""
         with self._lock:
+            if level != self.level:
+                return  # compressed before the last step: it says nothing of this level
+            if self._compressing is None:
+                self._compressing, self._putting = compressing, putting
+                return
             self._compressing += WEIGHT * (compressing - self._compressing)
             self._putting += WEIGHT * (putting - self._putting)
 
@@ -64,14 +73,20 @@ class AdaptiveLevel:
         if compressing held it back; up once it was not held back by compressing (it did
         not wait, or the puts set the pace) STEP_UP_AFTER chunks in a row."""
         with self._lock:
+            if self._compressing is None:
+                return  # no chunk at this level stored yet: the wait is the old level's
             if share >= HELD_BACK and self._compressing > self._putting:
-                self._step = min(self._step + 1, len(self._levels) - 1)
-                self._kept_up = 0
+                self._move(1)
                 return
             self._kept_up += 1
             if self._kept_up >= STEP_UP_AFTER:
-                self._step = max(self._step - 1, 0)
-                self._kept_up = 0
+                self._move(-1)
+
+    def _move(self, by: int) -> None:
+        step = min(max(self._step + by, 0), len(self._levels) - 1)
+        if step != self._step:
+            self._step, self._compressing = step, None
+        self._kept_up = 0
 
 
 def levels_for(compression: str) -> tuple[int, ...]:

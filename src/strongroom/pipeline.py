@@ -264,8 +264,9 @@ class ChunkWriter(io.RawIOBase):
         started = time.perf_counter()
         plaintext = memoryview(buffer)[:length]
         tag, payload = TAG_RAW, plaintext
-        if self._level is not None and _looks_compressible(plaintext):
-            compressed = compressor(self._level.level).compress(plaintext)
+        level = None if self._level is None else self._level.level
+        if level is not None and _looks_compressible(plaintext):
+            compressed = compressor(level).compress(plaintext)
             if len(compressed) < length:
                 tag, payload = TAG_ZSTD, memoryview(compressed)
         sealed = self._cipher.seal(index, last, tag, payload)
@@ -284,8 +285,8 @@ class ChunkWriter(io.RawIOBase):
             self._unsynced.append(key)
         batch = self._take_unsynced(at_least=SYNC_BATCH)
         sync = self._sync(batch) if batch else None  # waits while the disk is far behind
-        if self._level is not None:
-            self._level.chunk_stored(sealed_at - started, time.perf_counter() - sealed_at)
+        if self._level is not None and level is not None:
+            self._level.chunk_stored(level, sealed_at - started, time.perf_counter() - sealed_at)
         return len(sealed), sync
 
 
