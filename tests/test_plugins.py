@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pydoc
 import re
 import sys
@@ -24,6 +25,7 @@ from strongroom import (
     UnknownBackendError,
     hookimpl,
 )
+from strongroom.cli import main
 from strongroom.plugins import (
     DEFAULT_PLUGINS,
     BackendRegistry,
@@ -338,3 +340,40 @@ def test_local_stores_work_without_loading_installed_plugins(
     config.add(StoreSpec("offsite", "s3://bucket/prefix"))
     with pytest.raises(ConfigError, match=failed):
         Engine(config, kdf=FAST_KDF).store("offsite")
+
+
+#: A plugin registering the scheme odd:// with declared options.
+DECLARING_PLUGIN = """
+from strongroom import hookimpl
+from strongroom.backends.file import LocalStore
+from strongroom.plugins import BackendOptions
+
+@hookimpl
+def strongroom_register_backends(registry):
+    options = BackendOptions(settings=["depth"], secrets=["pin"])
+    registry.add("odd", lambda spec: LocalStore(spec.name, spec.url), options=options)
+"""
+
+
+def test_stores_backends_names_each_scheme_with_its_plugin_and_options(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After installing a plugin, a person checks it loaded: `stores backends` lists every
+    scheme with the entry point and distribution that registered it and what it declared."""
+    monkeypatch.syspath_prepend(install_plugin(tmp_path / "site", "odd", DECLARING_PLUGIN))
+    monkeypatch.delenv("STRONGROOM_DISABLE_PLUGIN_AUTOLOAD")
+    assert main(["stores", "backends"]) == 0
+    rows = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert "odd:// odd = strongroom_odd from strongroom-odd depth; secrets: pin" in rows
+    assert "file:// strongroom.backends.file (built in) -" in rows
+    assert rows[-1].startswith("other strongroom.backends.generic (built in) any scheme")
+    assert main(["stores", "backends", "--json"]) == 0
+    backends = json.loads(capsys.readouterr().out)["backends"]
+    assert {
+        "scheme": "odd",
+        "plugin": "odd = strongroom_odd from strongroom-odd",
+        "settings": ["depth"],
+        "endpoints": [],
+        "secrets": ["pin"],
+    } in backends
+    assert backends[-1]["scheme"] is None

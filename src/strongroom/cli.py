@@ -340,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     store_commands = stores.add_subparsers(required=True, metavar="ACTION")
     stores_list = _command(store_commands, "list", "list configured stores", run_stores_list)
     _json_option(stores_list)
+    backends = _command(
+        store_commands,
+        "backends",
+        "list the store backends (URL schemes) and the plugins that register them",
+        run_stores_backends,
+    )
+    _json_option(backends)
     add = _command(
         store_commands,
         "add",
@@ -717,6 +724,40 @@ def run_stores_list(args: argparse.Namespace) -> int:
             [(s["name"], "*" if s["default"] else "", s["compression"], s["url"]) for s in stores],
         )
     return 0
+
+
+def run_stores_backends(args: argparse.Namespace) -> int:
+    backends = [backend.to_dict() for backend in Engine().registry.backends()]
+    if args.json:
+        _print_json({"backends": backends})
+        return 0
+    _print_table(
+        ("SCHEME", "PLUGIN", "OPTIONS"),
+        [
+            (
+                f"{b['scheme']}://" if b["scheme"] else "other",
+                str(b["plugin"]),
+                _declared_options(b)
+                if b["scheme"]
+                else "any scheme fsspec knows (its library installed)",
+            )
+            for b in backends
+        ],
+    )
+    return 0
+
+
+def _declared_options(backend: dict[str, Any]) -> str:
+    """A backend's declared options in one line; secrets only as references."""
+    parts = [
+        ", ".join(backend["settings"]),
+        *(
+            f"{kind}: {', '.join(backend[kind])}"
+            for kind in ("endpoints", "secrets")
+            if backend[kind]
+        ),
+    ]
+    return "; ".join(part for part in parts if part) or "-"
 
 
 def run_stores_add(args: argparse.Namespace) -> int:

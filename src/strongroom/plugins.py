@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BackendInfo",
     "BackendOptions",
     "BackendRegistry",
     "Backends",
@@ -88,6 +89,28 @@ class BackendOptions:
         return name in self.secrets or any(word in name.lower() for word in SECRET_WORDS)
 
 
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """A registered backend as `strongroom stores backends` shows it."""
+
+    #: The URL scheme it handles; None for a fallback (the schemes it accepts when asked).
+    scheme: str | None
+    #: The plugin that registered it, as `_described` names one.
+    plugin: str
+    #: What it declared about its options (None: nothing; none taken over the admin API).
+    options: BackendOptions | None
+
+    def to_dict(self) -> dict[str, object]:
+        declared = self.options or BackendOptions()
+        return {
+            "scheme": self.scheme,
+            "plugin": self.plugin,
+            "settings": sorted(declared.settings),
+            "endpoints": sorted(declared.endpoints),
+            "secrets": sorted(declared.secrets),
+        }
+
+
 class BackendRegistry:
     """URL scheme → store factory. Plugins call `add`; the engine calls `open`."""
 
@@ -96,6 +119,7 @@ class BackendRegistry:
         self._options: dict[str, BackendOptions] = {}
         self._fallbacks: list[tuple[Callable[[str], bool], StoreFactory]] = []
         self._owners: dict[str, object] = {}
+        self._fallback_owners: list[object] = []
         #: The plugin whose hook is registering now (`build_registry` says), for errors.
         self.registering: object = None
 
@@ -126,6 +150,7 @@ class BackendRegistry:
         library is imported only when one of its stores is opened. Its options are all
         undeclared: none is taken over the admin API."""
         self._fallbacks.append((claims, factory))
+        self._fallback_owners.append(self.registering)
 
     def options_of(self, url: str) -> BackendOptions | None:
         """What the backend for `url` declared about its options (None: nothing)."""
@@ -142,6 +167,17 @@ class BackendRegistry:
     def schemes(self) -> list[str]:
         """The schemes of dedicated backends (fallbacks claim theirs only when asked)."""
         return sorted(self._factories)
+
+    def backends(self) -> list[BackendInfo]:
+        """Every registered backend by scheme, then the fallbacks, with the plugin that
+        registered each: what a person checks after installing a plugin."""
+        return [
+            *(
+                BackendInfo(scheme, _owner(self._owners[scheme]), self._options.get(scheme))
+                for scheme in self.schemes
+            ),
+            *(BackendInfo(None, _owner(owner), None) for owner in self._fallback_owners),
+        ]
 
     def open(self, spec: StoreSpec) -> Store:
         """Open the store a spec describes. The `object_lock` option belongs to the core: it
@@ -310,6 +346,12 @@ def _described(plugin: object) -> str:
                 return _entry_point_text(entry_point)
     name = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
     return f"{name} ({'built in' if name in DEFAULT_PLUGINS else 'registered by the host program'})"
+
+
+def _owner(plugin: object) -> str:
+    """A backend's plugin, described; one added outside any plugin's registration (a host
+    program calling `add` itself) has none."""
+    return _described(plugin) if plugin is not None else "the host program"
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
