@@ -18,6 +18,7 @@ from strongroom.backends.file import LocalStore
 from strongroom.compressionlevel import (
     HELD_BACK,
     LEVELS,
+    SETTLED_AFTER,
     STEP_UP_AFTER,
     ZSTD_LEVEL,
     AdaptiveLevel,
@@ -77,10 +78,16 @@ def read(store: LocalStore, chunks: int) -> bytes:
         return reader.read()
 
 
+def settled(level: AdaptiveLevel, compressing: float, putting: float) -> None:
+    """Enough chunks stored at the current level for its timings to count."""
+    for _ in range(SETTLED_AFTER):
+        level.chunk_stored(level.level, compressing, putting)
+
+
 def held_back_by_compressing(level: AdaptiveLevel) -> None:
-    """A chunk at the current level compressed slowly and put quickly, and a reader that
-    waited for it."""
-    level.chunk_stored(level.level, compressing=0.010, putting=0.001)
+    """Chunks at the current level compressed slowly and put quickly, and a reader that
+    waited for them."""
+    settled(level, compressing=0.010, putting=0.001)
     level.reader_waited(HELD_BACK)
 
 
@@ -93,15 +100,19 @@ def test_the_level_steps_down_while_compressing_holds_the_reader_back() -> None:
     assert seen == [*LEVELS[1:], LEVELS[-1], LEVELS[-1], LEVELS[-1]]
 
 
-def test_a_step_waits_for_a_chunk_at_its_level() -> None:
-    """The chunks in flight when the level stepped down were compressed at the old level:
-    their timings and the reader's waits for them do not step it down again."""
+def test_a_step_waits_for_chunks_at_its_level() -> None:
+    """The chunks in flight when the level stepped down were compressed at the old level,
+    and the first at the new one is cold (its compressor made, its memory new): their
+    timings and the reader's waits for them do not step it down again."""
     level = AdaptiveLevel()
     held_back_by_compressing(level)
     assert level.level == LEVELS[1]
     for _ in range(3):
         level.chunk_stored(ZSTD_LEVEL, compressing=0.010, putting=0.001)
         level.reader_waited(1.0)
+    assert level.level == LEVELS[1]
+    level.chunk_stored(LEVELS[1], compressing=0.050, putting=0.001)  # a cold first one
+    level.reader_waited(1.0)
     assert level.level == LEVELS[1]
     held_back_by_compressing(level)
     assert level.level == LEVELS[2]
@@ -111,13 +122,13 @@ def test_the_level_steps_up_once_the_compressing_threads_keep_up_a_while() -> No
     level = AdaptiveLevel()
     held_back_by_compressing(level)
     assert level.level == LEVELS[1]
-    level.chunk_stored(LEVELS[1], compressing=0.005, putting=0.001)
+    settled(level, compressing=0.005, putting=0.001)
     for _ in range(STEP_UP_AFTER - 1):
         level.reader_waited(0.0)
     assert level.level == LEVELS[1]
     level.reader_waited(HELD_BACK / 2)
     assert level.level == ZSTD_LEVEL
-    level.chunk_stored(ZSTD_LEVEL, compressing=0.005, putting=0.001)
+    settled(level, compressing=0.005, putting=0.001)
     for _ in range(2 * STEP_UP_AFTER):
         level.reader_waited(0.0)
     assert level.level == ZSTD_LEVEL

@@ -328,9 +328,21 @@ def _get_size(store: Store, key: str) -> int:
 
 
 def _text(size: int) -> bytes:
-    """`size` bytes of text about as compressible as a server's logs."""
-    words = random.Random(size).choices(WORDS.split(), k=size // 4)
-    return " ".join(words).encode("ascii")[:size]
+    """`size` bytes of text about as compressible as a server's logs: lines of a few
+    words, a time, a request id and numbers (words alone compress far better, and
+    faster, than logs do)."""
+    pick = random.Random(size)
+    words, lines, length = WORDS.split(), [], 0
+    while length < size:
+        line = (
+            f"2026-12-04T{pick.randrange(24):02d}:{pick.randrange(60):02d}:"
+            f"{pick.randrange(60):02d}.{pick.randrange(1000):03d}Z {pick.choice(words)} "
+            f"{' '.join(pick.choices(words, k=3))} id={pick.getrandbits(32):08x} "
+            f"took={pick.randrange(5000)}ms bytes={pick.randrange(10**6)}\n"
+        )
+        lines.append(line)
+        length += len(line)
+    return "".join(lines).encode("ascii")[:size]
 
 
 def installed_version() -> str | None:

@@ -229,13 +229,10 @@ class Cleanup:
         was killed between its manifest's put and its look for the `taken_key`, the one
         step `_take_from_its_create` cannot cover, and what is listed cannot be restored.
         Reported every run, never deleted: a listing that came back short, or a key planted
-        beside a whole backup, must not cost a backup. Only a manifest written after its
-        create's key is checked (a sweep that read the manifest first left the data)."""
-        suspects = {
-            (name, backup_id)
-            for (name, backup_id), taken_at in listing.taken.items()
-            if name in listing.written and _not_before(listing.written[name], taken_at)
-        }
+        beside a whole backup, must not cost a backup. A backup a sweep left whole beside its
+        key (it read the manifest again) costs a data listing per run; such are rare. Its
+        times cannot tell them apart: two sweeps at once put the key twice (helper-74)."""
+        suspects = {(name, backup_id) for name, backup_id in listing.taken if name in listing.names}
         if not suspects:
             return []
         manifests, _ = self.read_manifests(source, sorted({name for name, _ in suspects}))
@@ -254,7 +251,9 @@ class Cleanup:
                     f"cleanup took its data ({manifest.chunk_count - there} of its "
                     f"{manifest.chunk_count} chunks are not there): its create was cut off "
                     "before it could take it back, and it cannot be restored in full. Check "
-                    f"it with `strongroom verify {manifest.name}` and delete it if that fails."
+                    f"it with 'strongroom verify {manifest.name} --store {source.name}' and "
+                    f"delete it ('strongroom delete {manifest.name} --store {source.name}') "
+                    "if that fails."
                 )
         return problems
 
@@ -307,11 +306,9 @@ class _Listing:
     running meanwhile is seen as writing whenever its index entry is seen at all."""
 
     markers: list[PendingMarker]
-    #: When a sweep took each create it took (`taken_key`), by (name, backupId).
-    taken: dict[tuple[str, str], datetime | None]
+    #: (name, backupId) of the creates a sweep took (`taken_key`).
+    taken: set[tuple[str, str]]
     names: set[str]
-    #: When each name's manifest was written, by the store's clock.
-    written: dict[str, datetime | None]
     #: Names whose manifest's place holds something no manifest is (`manifest_names`).
     unreadable: dict[str, str]
     index: list[IndexEntry]
@@ -328,13 +325,11 @@ class _Listing:
             for obj in pending.objects
             if (parsed := parse_pending_key(obj.key))
         ]
-        taken = {
-            parsed: obj.modified for obj in pending.objects if (parsed := parse_taken_key(obj.key))
-        }
+        taken = {parsed for obj in pending.objects if (parsed := parse_taken_key(obj.key))}
         skipped = (*pending.skipped.values(), *manifests.skipped, *retention.skipped.values())
         names, unreadable = set(manifests.names), manifests.unreadable
         index = _parse_index(retention.objects)
-        return cls(markers, taken, names, manifests.written, unreadable, index, skipped)
+        return cls(markers, taken, names, unreadable, index, skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,8 +338,6 @@ class ManifestNames:
 
     #: The names the store holds a manifest for.
     names: list[str]
-    #: When each of those manifests was written, by the store's clock.
-    written: dict[str, datetime | None]
     #: By name, why another name's manifest is not there as one.
     unreadable: dict[str, str]
     #: What the store skipped there that is no name's manifest, one sentence each.
@@ -357,8 +350,7 @@ def manifest_names(store: Store) -> ManifestNames:
     Such a name is not taken for deleted, so nothing of it is swept. Anything but a
     directory where the manifests are kept is a StoreError: none of them could be listed."""
     found = store.scan(MANIFESTS_PREFIX)
-    written = {n: obj.modified for obj in found.objects if (n := name_from_manifest_key(obj.key))}
-    names = list(written)
+    names = [n for obj in found.objects if (n := name_from_manifest_key(obj.key))]
     unreadable, skipped = {}, []
     for obj in found.objects:
         name = _manifest_place(obj.key)
@@ -374,7 +366,7 @@ def manifest_names(store: Store) -> ManifestNames:
             unreadable[name] = reason
         else:
             skipped.append(reason)
-    return ManifestNames(names, written, unreadable, skipped)
+    return ManifestNames(names, unreadable, skipped)
 
 
 def _manifest_place(key: str) -> str | None:
@@ -517,12 +509,6 @@ def delete_resurrected(store: Store, deleted: list[Manifest]) -> None:
             continue
         if current.backup_id == manifest.backup_id:
             store.delete([manifest_key(manifest.name)])
-
-
-def _not_before(written: datetime | None, taken: datetime | None) -> bool:
-    """Whether a manifest may have been written after a sweep took its create (a store
-    that keeps no times cannot tell: then it may)."""
-    return written is None or taken is None or written >= taken
 
 
 def _outcome(failure: Exception | None) -> tuple[Action, str]:

@@ -30,6 +30,9 @@ LEVELS = (ZSTD_LEVEL, 1, -5)
 HELD_BACK = 0.1
 #: How much each chunk's timings move the running averages.
 WEIGHT = 0.3
+#: Chunks stored at a level before its timings count: a thread's first chunk at a level
+#: also makes its compressor and warms its memory (twice as slow, traced: helper-74).
+SETTLED_AFTER = 2
 #: Chunks in a row the reader must not be held back before the level steps up again: a
 #: step down is taken at once, a step up once the compressing threads have kept up a while.
 STEP_UP_AFTER = 4
@@ -39,16 +42,17 @@ class AdaptiveLevel:
     """The zstd level the next chunk is compressed at, moved one step at a time by what
     the chunks' threads report (how long they compressed, how long they put) and what
     the reader reports (how long it waited for them). After a step nothing moves it until
-    a chunk compressed at the new level has been stored: until then the timings and the
-    waits are those of the chunks in flight at the old level."""
+    SETTLED_AFTER chunks compressed at the new level have been stored: until then the
+    timings and the waits are those of the chunks in flight at the old level."""
 
     def __init__(self, levels: tuple[int, ...] = LEVELS) -> None:
         self._levels = levels
         self._step = 0
-        #: Seconds per chunk at the current level, running averages; None before the
-        #: first chunk at it is stored.
-        self._compressing: float | None = None
+        #: Seconds per chunk at the current level, running averages of the chunks stored
+        #: at it (`_stored` of them).
+        self._compressing = 0.0
         self._putting = 0.0
+        self._stored = 0
         self._kept_up = 0  # chunks in a row the reader was not held back by compressing
         self._lock = threading.Lock()
 
@@ -62,19 +66,20 @@ class AdaptiveLevel:
         with self._lock:
             if level != self.level:
                 return  # compressed before the last step: it says nothing of this level
-            if self._compressing is None:
+            if self._stored < SETTLED_AFTER:  # the cold first ones: each replaces the last
                 self._compressing, self._putting = compressing, putting
-                return
-            self._compressing += WEIGHT * (compressing - self._compressing)
-            self._putting += WEIGHT * (putting - self._putting)
+            else:
+                self._compressing += WEIGHT * (compressing - self._compressing)
+                self._putting += WEIGHT * (putting - self._putting)
+            self._stored += 1
 
     def reader_waited(self, share: float) -> None:
         """The reader waited `share` of its last chunk's time for a free slot: step down
         if compressing held it back; up once it was not held back by compressing (it did
         not wait, or the puts set the pace) STEP_UP_AFTER chunks in a row."""
         with self._lock:
-            if self._compressing is None:
-                return  # no chunk at this level stored yet: the wait is the old level's
+            if self._stored < SETTLED_AFTER:
+                return  # too few chunks at this level yet: the wait is the old level's
             if share >= HELD_BACK and self._compressing > self._putting:
                 self._move(1)
                 return
@@ -85,7 +90,7 @@ class AdaptiveLevel:
     def _move(self, by: int) -> None:
         step = min(max(self._step + by, 0), len(self._levels) - 1)
         if step != self._step:
-            self._step, self._compressing = step, None
+            self._step, self._stored = step, 0
         self._kept_up = 0
 
 
