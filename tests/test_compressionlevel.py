@@ -79,8 +79,8 @@ def read(store: LocalStore, chunks: int) -> bytes:
 
 
 def settled(level: AdaptiveLevel, compressing: float, putting: float) -> None:
-    """Enough chunks stored at the current level for its timings to count."""
-    for _ in range(SETTLED_AFTER):
+    """Enough chunks stored at the current level for its timings to count (one thread)."""
+    for _ in range(1 + SETTLED_AFTER):
         level.chunk_stored(level.level, compressing, putting)
 
 
@@ -116,6 +116,19 @@ def test_a_step_waits_for_chunks_at_its_level() -> None:
     assert level.level == LEVELS[1]
     held_back_by_compressing(level)
     assert level.level == LEVELS[2]
+
+
+def test_each_threads_first_chunk_at_a_level_is_set_aside() -> None:
+    """Every compressing thread makes its own compressor at a new level: with two, the
+    first two chunks at it are cold (helper-75)."""
+    level = AdaptiveLevel(threads=2)
+    for _ in range(2):
+        level.chunk_stored(ZSTD_LEVEL, compressing=0.050, putting=0.001)
+        level.reader_waited(1.0)
+    assert level.level == ZSTD_LEVEL
+    level.chunk_stored(ZSTD_LEVEL, compressing=0.010, putting=0.001)
+    level.reader_waited(1.0)
+    assert level.level == LEVELS[1]
 
 
 def test_the_level_steps_up_once_the_compressing_threads_keep_up_a_while() -> None:

@@ -366,7 +366,8 @@ def test_stores_backends_names_each_scheme_with_its_plugin_and_options(
     rows = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
     assert "odd:// odd = strongroom_odd from strongroom-odd depth; secrets: pin" in rows
     assert "file:// strongroom.backends.file (built in) -" in rows
-    assert rows[-1].startswith("other strongroom.backends.generic (built in) any scheme")
+    assert rows[-1].startswith("other strongroom.backends.generic (built in) fsspec protocols")
+    assert "not s3 or az" in rows[-1]
     assert main(["stores", "backends", "--json"]) == 0
     backends = json.loads(capsys.readouterr().out)["backends"]
     assert {
@@ -376,4 +377,21 @@ def test_stores_backends_names_each_scheme_with_its_plugin_and_options(
         "endpoints": [],
         "secrets": ["pin"],
     } in backends
-    assert backends[-1]["scheme"] is None
+    assert backends[-1]["scheme"] is None and "sftp" in backends[-1]["takes"]
+
+
+def test_stores_backends_says_when_installed_plugins_were_not_loaded(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With autoload off only the built-in backends show, and the command says why; a
+    configuration that does not parse does not hide them."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text("[stores.broken\n")
+    assert main(["stores", "backends"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == (
+        "Installed plugins were not loaded: STRONGROOM_DISABLE_PLUGIN_AUTOLOAD is set."
+    )
+    assert [line.split()[0] for line in lines[1:-1]] == ["file://", "other"]
+    assert main(["stores", "backends", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["autoload"] is False

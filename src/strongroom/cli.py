@@ -51,6 +51,7 @@ from .jobstore import check_location, has_password
 from .keys import WriteKey
 from .libc import c_function
 from .pipeline import Progress
+from .plugins import DISABLE_AUTOLOAD_ENV, build_registry, get_plugin_manager
 from .retention import parse_moment, retention_from
 from .sourcetree import SourceUnreadable
 from .units import human_size
@@ -727,9 +728,12 @@ def run_stores_list(args: argparse.Namespace) -> int:
 
 
 def run_stores_backends(args: argparse.Namespace) -> int:
-    backends = [backend.to_dict() for backend in Engine().registry.backends()]
+    """Built without the configuration (a broken one must not hide the plugins)."""
+    registry = build_registry(get_plugin_manager())
+    backends = [backend.to_dict() for backend in registry.backends()]
+    autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
     if args.json:
-        _print_json({"backends": backends})
+        _print_json({"backends": backends, "autoload": autoload})
         return 0
     _print_table(
         ("SCHEME", "PLUGIN", "OPTIONS"),
@@ -737,18 +741,18 @@ def run_stores_backends(args: argparse.Namespace) -> int:
             (
                 f"{b['scheme']}://" if b["scheme"] else "other",
                 str(b["plugin"]),
-                _declared_options(b)
-                if b["scheme"]
-                else "any scheme fsspec knows (its library installed)",
+                _declared_options(b) if b["scheme"] else str(b["takes"]),
             )
             for b in backends
         ],
     )
+    if not autoload:
+        print(f"Installed plugins were not loaded: {DISABLE_AUTOLOAD_ENV} is set.")
     return 0
 
 
 def _declared_options(backend: dict[str, Any]) -> str:
-    """A backend's declared options in one line; secrets only as references."""
+    """A backend's declared options in one line: their names, never a value."""
     parts = [
         ", ".join(backend["settings"]),
         *(

@@ -30,9 +30,10 @@ LEVELS = (ZSTD_LEVEL, 1, -5)
 HELD_BACK = 0.1
 #: How much each chunk's timings move the running averages.
 WEIGHT = 0.3
-#: Chunks stored at a level before its timings count: a thread's first chunk at a level
-#: also makes its compressor and warms its memory (twice as slow, traced: helper-74).
-SETTLED_AFTER = 2
+#: Chunks stored at a level before its timings count, beyond one per compressing thread:
+#: each thread's first chunk at a level also makes its compressor and warms its memory
+#: (10-100% slower, traced: helper-74, helper-75).
+SETTLED_AFTER = 1
 #: Chunks in a row the reader must not be held back before the level steps up again: a
 #: step down is taken at once, a step up once the compressing threads have kept up a while.
 STEP_UP_AFTER = 4
@@ -42,11 +43,13 @@ class AdaptiveLevel:
     """The zstd level the next chunk is compressed at, moved one step at a time by what
     the chunks' threads report (how long they compressed, how long they put) and what
     the reader reports (how long it waited for them). After a step nothing moves it until
-    SETTLED_AFTER chunks compressed at the new level have been stored: until then the
-    timings and the waits are those of the chunks in flight at the old level."""
+    `threads` + SETTLED_AFTER chunks compressed at the new level have been stored: until
+    then the timings and the waits are those of the chunks in flight at the old level, or
+    of each thread's cold first chunk at the new one."""
 
-    def __init__(self, levels: tuple[int, ...] = LEVELS) -> None:
+    def __init__(self, levels: tuple[int, ...] = LEVELS, *, threads: int = 1) -> None:
         self._levels = levels
+        self._settled_after = threads + SETTLED_AFTER
         self._step = 0
         #: Seconds per chunk at the current level, running averages of the chunks stored
         #: at it (`_stored` of them).
@@ -66,7 +69,7 @@ class AdaptiveLevel:
         with self._lock:
             if level != self.level:
                 return  # compressed before the last step: it says nothing of this level
-            if self._stored < SETTLED_AFTER:  # the cold first ones: each replaces the last
+            if self._stored < self._settled_after:  # the cold first ones: each replaces the last
                 self._compressing, self._putting = compressing, putting
             else:
                 self._compressing += WEIGHT * (compressing - self._compressing)
@@ -78,7 +81,7 @@ class AdaptiveLevel:
         if compressing held it back; up once it was not held back by compressing (it did
         not wait, or the puts set the pace) STEP_UP_AFTER chunks in a row."""
         with self._lock:
-            if self._stored < SETTLED_AFTER:
+            if self._stored < self._settled_after:
                 return  # too few chunks at this level yet: the wait is the old level's
             if share >= HELD_BACK and self._compressing > self._putting:
                 self._move(1)

@@ -108,9 +108,10 @@ class ChunkWriter(io.RawIOBase):
         super().__init__()
         self._store, self._key_of, self._cipher = store, key_of, cipher
         self._chunk_size, self._on_write = chunk_size, on_write
-        self._level = AdaptiveLevel(levels) if levels else None  # none: stored as they are
         self._retain_until = retain_until
         workers = max(1, store.concurrency)
+        # none: every chunk stored as it is
+        self._level = AdaptiveLevel(levels, threads=workers) if levels else None
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-put")
         self._syncer = ThreadPoolExecutor(workers, thread_name_prefix="strongroom-sync")
         self._slots = threading.BoundedSemaphore(workers + 1)

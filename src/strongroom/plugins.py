@@ -99,6 +99,8 @@ class BackendInfo:
     plugin: str
     #: What it declared about its options (None: nothing; none taken over the admin API).
     options: BackendOptions | None
+    #: For a fallback, which schemes it takes, in its own words.
+    takes: str = ""
 
     def to_dict(self) -> dict[str, object]:
         declared = self.options or BackendOptions()
@@ -108,6 +110,7 @@ class BackendInfo:
             "settings": sorted(declared.settings),
             "endpoints": sorted(declared.endpoints),
             "secrets": sorted(declared.secrets),
+            **({"takes": self.takes} if self.scheme is None else {}),
         }
 
 
@@ -119,7 +122,7 @@ class BackendRegistry:
         self._options: dict[str, BackendOptions] = {}
         self._fallbacks: list[tuple[Callable[[str], bool], StoreFactory]] = []
         self._owners: dict[str, object] = {}
-        self._fallback_owners: list[object] = []
+        self._fallback_owners: list[tuple[object, str]] = []
         #: The plugin whose hook is registering now (`build_registry` says), for errors.
         self.registering: object = None
 
@@ -144,13 +147,20 @@ class BackendRegistry:
         if options is not None:
             self._options[scheme] = options
 
-    def add_fallback(self, claims: Callable[[str], bool], factory: StoreFactory) -> None:
+    def add_fallback(
+        self,
+        claims: Callable[[str], bool],
+        factory: StoreFactory,
+        *,
+        takes: str = "the schemes it claims when asked",
+    ) -> None:
         """Register `factory` for the schemes `claims` accepts and no `add` registered (the
         generic fsspec backend). `claims` is asked only for such a scheme, so a fallback's
         library is imported only when one of its stores is opened. Its options are all
-        undeclared: none is taken over the admin API."""
+        undeclared: none is taken over the admin API. `takes` says which schemes it claims,
+        for `strongroom stores backends`."""
         self._fallbacks.append((claims, factory))
-        self._fallback_owners.append(self.registering)
+        self._fallback_owners.append((self.registering, takes))
 
     def options_of(self, url: str) -> BackendOptions | None:
         """What the backend for `url` declared about its options (None: nothing)."""
@@ -176,7 +186,10 @@ class BackendRegistry:
                 BackendInfo(scheme, _owner(self._owners[scheme]), self._options.get(scheme))
                 for scheme in self.schemes
             ),
-            *(BackendInfo(None, _owner(owner), None) for owner in self._fallback_owners),
+            *(
+                BackendInfo(None, _owner(owner), None, takes)
+                for owner, takes in self._fallback_owners
+            ),
         ]
 
     def open(self, spec: StoreSpec) -> Store:

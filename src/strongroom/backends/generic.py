@@ -119,4 +119,9 @@ def strongroom_register_backends(registry: BackendRegistry) -> None:
     # Any fsspec keyword may redirect or authenticate, so none is declared harmless: over
     # the admin API these stores take no options, and options named like secrets are
     # references everywhere.
-    registry.add_fallback(_fsspec_claims, open_fsspec_store)
+    registry.add_fallback(
+        _fsspec_claims,
+        open_fsspec_store,
+        takes="fsspec protocols that keep what is written (sftp, gcs, webdav, hdfs, ...) "
+        "when their library is installed; not s3 or az (strongroom-s3, strongroom-azure)",
+    )
