@@ -211,7 +211,7 @@ class ChunkWriter(io.RawIOBase):
         self._slots.acquire()
         now = time.perf_counter()
         if self._level is not None:
-            self._level.reader_waited((now - waiting) / max(now - self._handed_over, 1e-9))
+            self._level.chunk_handed_over(took=now - self._handed_over, waited=now - waiting)
         self._handed_over = now
         buffer, length = self._buffer, self._fill
         future = self._executor.submit(self._put_chunk, self._index, last, buffer, length)
