@@ -172,6 +172,82 @@ def test_chunks_in_a_row_must_find_room_above() -> None:
     assert level.level == LEVELS[1]
 
 
+def test_room_is_judged_at_the_level_above_not_the_current_one() -> None:
+    level = AdaptiveLevel()
+    held_back_by_compressing(level)  # 10 ms a chunk at the strongest level
+    settled(level, compressing=0.005, putting=0.001)
+    for _ in range(4 * STEP_UP_AFTER):  # 8 ms: room for level 1 (6 ms), not level 2 (11 ms)
+        level.chunk_handed_over(took=0.008, waited=0.0)
+    assert level.level == LEVELS[1]
+
+
+def stepped_down_with_two_threads(strongest: float, now: float) -> AdaptiveLevel:
+    """Two threads: `strongest` seconds a chunk at the strongest level, a step down, and
+    `now` seconds a chunk at the level below, settled; puts take 1 ms."""
+    level = AdaptiveLevel(threads=2)
+    for _ in range(3):
+        level.chunk_stored(level.level, strongest, 0.001)
+    level.chunk_handed_over(took=0.010, waited=0.005)
+    assert level.level == LEVELS[1]
+    for _ in range(3):
+        level.chunk_stored(level.level, now, 0.001)
+    return level
+
+
+def test_room_above_counts_every_thread() -> None:
+    level = stepped_down_with_two_threads(0.010, 0.005)
+    for _ in range(STEP_UP_AFTER):  # two threads at level 2: a chunk per 5.5 ms
+        level.chunk_handed_over(took=0.006, waited=0.0)
+    assert level.level == ZSTD_LEVEL
+
+
+def test_the_readers_wait_is_not_its_reading() -> None:
+    level = AdaptiveLevel()
+    held_back_by_compressing(level)
+    settled(level, compressing=0.005, putting=0.001)
+    for _ in range(4 * STEP_UP_AFTER):  # read 10.5 ms of 11.5: under level 2's 11 ms
+        level.chunk_handed_over(took=0.0115, waited=0.001)
+    assert level.level == LEVELS[1]
+
+
+def test_a_level_above_timed_on_busy_cores_does_not_keep_the_level_down() -> None:
+    """Level 2 was timed at 20 ms a chunk while Argon2id shared the cores; level 1 now
+    takes 6 ms, so level 2 would take about 10: a reader at 8 ms a chunk leaves room for
+    two threads at it (helper-76: it stayed at level 1 for good)."""
+    level = stepped_down_with_two_threads(0.020, 0.006)
+    for _ in range(STEP_UP_AFTER):
+        level.chunk_handed_over(took=0.008, waited=0.0)
+    assert level.level == ZSTD_LEVEL
+
+
+def test_a_put_that_waited_for_the_disk_shares_the_wait_with_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The put that fills a batch waits for a sync slot while earlier batches are made
+    durable; that wait is the batch's, and charged to one chunk it stepped the level up
+    (helper-76)."""
+    store = local_store("behind", tmp_path / "store")
+    sync = store.sync
+
+    def slow_sync(keys: list[str]) -> None:
+        time.sleep(0.5)
+        sync(keys)
+
+    monkeypatch.setattr(store, "sync", slow_sync)
+    monkeypatch.setattr(pipeline, "SYNC_BATCH", 8)
+    monkeypatch.setattr(pipeline, "SYNCS_IN_FLIGHT", 1)
+    putting: list[float] = []
+    stored = AdaptiveLevel.chunk_stored
+
+    def record(self: AdaptiveLevel, level: int, compressing: float, put: float) -> None:
+        putting.append(put)
+        stored(self, level, compressing, put)
+
+    monkeypatch.setattr(AdaptiveLevel, "chunk_stored", record)
+    write(store, (TEXT * 2)[: 32 * CHUNK])
+    assert len(putting) == 32 and max(putting) < 0.3  # a whole wait: 0.5 s or more
+
+
 def test_puts_slower_than_the_level_above_step_it_up() -> None:
     """A store that slowed down after the level stepped down (a remote one's puts taking
     longer): the reader waits for the puts, and compressing harder hands them less."""

@@ -38,6 +38,12 @@ SETTLED_AFTER = 1
 #: Chunks in a row that find room for the level above before the level steps up again: a
 #: step down is taken at once, a step up once the level above would have kept up a while.
 STEP_UP_AFTER = 4
+#: How much longer than the current level the level above is taken to compress, at most:
+#: its own time, as measured when it was left, may have been taken while something else
+#: shared the cores (Argon2id beside a create's first chunks, another job), and would then
+#: keep the level down for good (helper-76). One level up took 1.1-1.4x as long on the
+#: corpora measured above.
+STEP_COST = 2.0
 
 
 class AdaptiveLevel:
@@ -60,7 +66,7 @@ class AdaptiveLevel:
 
     def __init__(self, levels: tuple[int, ...] = LEVELS, *, threads: int = 1) -> None:
         self._levels = levels
-        self._threads = threads
+        self._threads = max(1, threads)
         self._settled_after = threads + SETTLED_AFTER
         self._step = 0
         #: Seconds per chunk at the current level, running averages of the chunks stored
@@ -68,7 +74,7 @@ class AdaptiveLevel:
         self._compressing = 0.0
         self._putting = 0.0
         self._stored = 0
-        #: Seconds per chunk compressing took at each level left, when it was left.
+        #: Seconds per chunk compressing took at each step left, when it was left.
         self._compressing_at: dict[int, float] = {}
         self._kept_up = 0  # chunks in a row that found room for the level above
         self._lock = threading.Lock()
@@ -97,7 +103,7 @@ class AdaptiveLevel:
         with self._lock:
             if self._stored < self._settled_after:
                 return  # too few chunks at this level yet: the wait is the old level's
-            if waited >= HELD_BACK * took and self._compressing > self._putting:
+            if took > 0 and waited >= HELD_BACK * took and self._compressing > self._putting:
                 self._move(1)
                 return
             self._kept_up = self._kept_up + 1 if self._room_above(took - waited) else 0
@@ -105,20 +111,20 @@ class AdaptiveLevel:
                 self._move(-1)
 
     def _room_above(self, reading: float) -> bool:
-        """Whether compressing at the level above, as long as it took there, would still
-        leave the puts, or the reader taking `reading` seconds for its last chunk, setting
-        the pace (one chunk's time, not an average: a stall of one chunk must not count for
-        the chunks after it)."""
+        """Whether compressing at the level above (as long as it took there, or STEP_COST
+        times the current level's time if less) would still leave the puts, or the reader
+        taking `reading` seconds for its last chunk, setting the pace. One chunk's reading,
+        not an average: a stall of one chunk must not count for the chunks after it."""
         if self._step == 0:
             return False
-        above = self._compressing_at[self._levels[self._step - 1]]
+        above = min(self._compressing_at[self._step - 1], STEP_COST * self._compressing)
         per_chunk = (above + self._putting) / self._threads  # the threads at the level above
         return self._putting >= above or per_chunk <= reading
 
     def _move(self, by: int) -> None:
         step = min(max(self._step + by, 0), len(self._levels) - 1)
         if step != self._step:
-            self._compressing_at[self.level] = self._compressing
+            self._compressing_at[self._step] = self._compressing
             self._step, self._stored = step, 0
         self._kept_up = 0
 

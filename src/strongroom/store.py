@@ -292,8 +292,10 @@ class Store:
         """Write a new object (as `put`, without overwrite) that need not be durable until
         `sync` returns for its key: a backup's chunks, written at full speed and made
         durable before its manifest commits it. Every key put so is synced afterwards (a
-        store may hold resources until then); a backend overrides both or neither. By
-        default a `put`, durable already."""
+        store may hold resources until then: a create leaves up to (SYNCS_IN_FLIGHT +
+        concurrency) x SYNC_BATCH chunks unsynced, `pipeline.py`, so what it holds for
+        each should be small, a descriptor, not the data); a backend overrides both or
+        neither. By default a `put`, durable already."""
         self.put(key, data, retain_until=retain_until)
 
     def sync(self, keys: Sequence[str]) -> None:
