@@ -57,7 +57,7 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 #: virtual disk): batches of 8 chunks 2.61 s, of 32 1.60 s, all at the end 2.10 s, the
 #: bare loop 1.38 s; log text alike for all three (2.04, 2.01, 2.04 s). A create holds
 #: at most (SYNCS_IN_FLIGHT + the store's concurrency) batches unsynced (each put thread
-#: may wait with a full one): the file store, a descriptor per chunk, 128 per create.
+#: may wait with a full one): the file store, a descriptor per chunk, about 128 a create.
 SYNC_BATCH = 32
 #: Batches being made durable at once before a put waits for the disk.
 SYNCS_IN_FLIGHT = 2
@@ -294,9 +294,9 @@ class ChunkWriter(io.RawIOBase):
         batch = self._take_unsynced(at_least=SYNC_BATCH)
         sync = self._sync(batch) if batch else None  # waits while the disk is far behind
         if self._level is not None and level is not None:
-            # the wait for the disk is the whole batch's, not this chunk's alone (helper-76)
-            behind = (time.perf_counter() - put_at) / max(1, len(batch))
-            self._level.chunk_stored(level, sealed_at - started, put_at - sealed_at + behind)
+            self._level.chunk_stored(level, sealed_at - started, put_at - sealed_at)
+            if batch:
+                self._level.batch_waited(time.perf_counter() - put_at, len(batch))
         return len(sealed), sync
 
 
