@@ -91,6 +91,15 @@ def held_back_by_compressing(level: AdaptiveLevel) -> None:
     level.chunk_handed_over(took=0.010, waited=HELD_BACK * 0.010)
 
 
+def stepped_down() -> AdaptiveLevel:
+    """One thread: 10 ms a chunk at the strongest level, a step down, and 5 ms a chunk at
+    the level below, settled; puts take 1 ms."""
+    level = AdaptiveLevel()
+    held_back_by_compressing(level)
+    settled(level, compressing=0.005, putting=0.001)
+    return level
+
+
 def test_the_level_steps_down_while_compressing_holds_the_reader_back() -> None:
     level = AdaptiveLevel()
     seen = []
@@ -134,10 +143,8 @@ def test_each_threads_first_chunk_at_a_level_is_set_aside() -> None:
 def test_the_level_steps_up_while_a_slow_reader_leaves_room_for_the_level_above() -> None:
     """A reader slower than the threads were at the level above (a slow disk to back up
     from): compressing harder costs no time."""
-    level = AdaptiveLevel()
-    held_back_by_compressing(level)  # 10 ms a chunk at the strongest level
+    level = stepped_down()
     assert level.level == LEVELS[1]
-    settled(level, compressing=0.005, putting=0.001)
     for _ in range(STEP_UP_AFTER - 1):
         level.chunk_handed_over(took=0.020, waited=0.0)
     assert level.level == LEVELS[1]
@@ -153,18 +160,14 @@ def test_a_reader_that_did_not_wait_is_no_reason_to_step_up() -> None:
     """A disk that stalls for a few chunks lets the threads catch up, so the reader does
     not wait; but as fast as it reads, the level above would hold it back again. Stepping
     up on the missing wait alone put a third of a text backup at levels 1 and 2."""
-    level = AdaptiveLevel()
-    held_back_by_compressing(level)
-    settled(level, compressing=0.005, putting=0.001)
+    level = stepped_down()
     for _ in range(4 * STEP_UP_AFTER):
         level.chunk_handed_over(took=0.004, waited=0.0)
     assert level.level == LEVELS[1]
 
 
 def test_chunks_in_a_row_must_find_room_above() -> None:
-    level = AdaptiveLevel()
-    held_back_by_compressing(level)
-    settled(level, compressing=0.005, putting=0.001)
+    level = stepped_down()
     for _ in range(3):
         for _ in range(STEP_UP_AFTER - 1):
             level.chunk_handed_over(took=0.020, waited=0.0)
@@ -173,9 +176,7 @@ def test_chunks_in_a_row_must_find_room_above() -> None:
 
 
 def test_room_is_judged_at_the_level_above_not_the_current_one() -> None:
-    level = AdaptiveLevel()
-    held_back_by_compressing(level)  # 10 ms a chunk at the strongest level
-    settled(level, compressing=0.005, putting=0.001)
+    level = stepped_down()  # 10 ms a chunk at the strongest level, 5 ms at the next
     for _ in range(4 * STEP_UP_AFTER):  # 8 ms: room for level 1 (6 ms), not level 2 (11 ms)
         level.chunk_handed_over(took=0.008, waited=0.0)
     assert level.level == LEVELS[1]
@@ -202,9 +203,7 @@ def test_room_above_counts_every_thread() -> None:
 
 
 def test_the_readers_wait_is_not_its_reading() -> None:
-    level = AdaptiveLevel()
-    held_back_by_compressing(level)
-    settled(level, compressing=0.005, putting=0.001)
+    level = stepped_down()
     for _ in range(4 * STEP_UP_AFTER):  # read 10.5 ms of 11.5: under level 2's 11 ms
         level.chunk_handed_over(took=0.0115, waited=0.001)
     assert level.level == LEVELS[1]
@@ -233,9 +232,7 @@ def test_a_disk_that_sets_the_pace_keeps_the_strongest_level() -> None:
 
 
 def test_a_disk_that_falls_behind_steps_the_level_up_again() -> None:
-    level = AdaptiveLevel()
-    held_back_by_compressing(level)
-    settled(level, compressing=0.005, putting=0.001)
+    level = stepped_down()
     level.batch_waited(0.8, 8)
     for _ in range(STEP_UP_AFTER):
         level.chunk_handed_over(took=0.1, waited=0.09)
@@ -245,9 +242,7 @@ def test_a_disk_that_falls_behind_steps_the_level_up_again() -> None:
 def test_one_slow_sync_is_shared_by_its_batch() -> None:
     """150 ms for a batch of 32 is under 5 ms a chunk: no room for the level above's 10
     (helper-76: charged to one chunk, it stepped the level up)."""
-    level = AdaptiveLevel()
-    held_back_by_compressing(level)
-    settled(level, compressing=0.005, putting=0.001)
+    level = stepped_down()
     level.batch_waited(0.150, 32)
     for _ in range(4 * STEP_UP_AFTER):
         level.chunk_handed_over(took=0.005, waited=0.0)
