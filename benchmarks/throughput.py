@@ -741,6 +741,9 @@ def run_benchmark(
         for outcome in pairs:
             if reason := outcome.tool.missing():
                 outcome.error = f"skipped: {reason}"
+        if shortage := space_shortage(pairs, runs, workdir):
+            for outcome in pairs:
+                outcome.error = outcome.error or f"skipped: {shortage}"
         trash = workdir / "runs" / "trash"
         trash.mkdir(parents=True, exist_ok=True)
         try:  # empty the trash whatever happens
@@ -759,6 +762,24 @@ def run_benchmark(
             remove(trash)
         outcomes.extend(pairs)
     return outcomes
+
+
+def space_shortage(pairs: Sequence[Outcome], runs: int, workdir: Path) -> str | None:
+    """Why a dataset's runs would fill the disk, if they would: every run's store and
+    restore (at most twice the dataset each) stay in the trash until the dataset's runs
+    end, which filled a disk with 49 GB free at 5 runs of 1 GiB (docs/benchmarks.md)."""
+    tools = [o for o in pairs if o.error is None]
+    if not tools:
+        return None
+    needed = (runs * len(tools) + 1) * 2 * tools[0].dataset_bytes  # + 1: the warm-up run
+    free = shutil.disk_usage(workdir).free
+    if free >= needed:
+        return None
+    return (
+        f"its runs keep every store and restore until they end: about {needed / 1e9:.1f} GB,"
+        f" and {workdir} has {free / 1e9:.1f} GB free (use fewer --runs or --tools, or"
+        " another --workdir)"
+    )
 
 
 def warm_up_run(outcome: Outcome, workdir: Path, digest: str, trash: Path, cold: bool) -> None:
