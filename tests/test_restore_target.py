@@ -4,6 +4,7 @@ that appeared there is overwritten, and a refused move leaves nothing behind."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import ConfigError, Engine, libc, restoretarget
+from strongroom import ConfigError, Engine, libc, restoretarget, writeback
 from strongroom.web import create_app
 from tests.conftest import PASSCODE, snapshot
 
@@ -218,6 +219,48 @@ def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_direct
     assert snapshot(target / "data") == snapshot(tree)
     assert os.listdir(target) == ["data"] and staging_left(tmp_path) == []
     assert target.stat().st_mode & 0o777 == 0o750, "the directory checked is the one filled"
+
+
+def test_a_disk_that_fails_the_last_flush_restores_nothing(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write-back error syncfs reports (EIO) fails the restore before anything moves:
+    no target, no staging directory, and the error says nothing was restored."""
+    engine.create("b", [tree], passcode=PASSCODE)
+
+    def failing_syncfs(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(writeback, "_SYNCFS", failing_syncfs)
+    with pytest.raises(OSError, match=r"failed to write the restored files .*nothing was"):
+        engine.restore("b", tmp_path / "out", passcode=PASSCODE)
+    assert not (tmp_path / "out").exists() and staging_left(tmp_path) == []
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
+def test_the_restored_names_are_on_the_disk_when_a_restore_returns(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """The directory that holds them is fsynced after the move into place, so a power cut
+    after the restore returned cannot take its names back."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    target = tmp_path / "restores" / "out"
+    target.parent.mkdir()
+    holder = target if existing else target.parent  # the directory the restored names are in
+    if existing:
+        target.mkdir()
+    holder_fsynced_with: list[list[str]] = []  # what the holder had at each of its fsyncs
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), holder.stat()):
+            holder_fsynced_with.append(sorted(os.listdir(holder)))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    engine.restore("b", target, passcode=PASSCODE)
+    assert holder_fsynced_with[-1] == (["data"] if existing else ["out"])
 
 
 STOPPED_AFTER_EXTRACTING = """

@@ -84,38 +84,64 @@ def test_an_unsynced_put_starts_its_writeback(store: LocalStore, ext4_dir: Path)
         store.sync(["data/b/0000000000"])
 
 
+def unsent_once_extracted(engine: Engine, name: str, out: Path, files: list[str]) -> list[int]:
+    """Restore backup `name` to the new directory `out`; for each of `files` (paths in the
+    restore), `never_sent_to_disk` once everything is extracted: before the restore's last
+    flush and its move into place."""
+    counts: list[int] = []
+
+    def on_stage(stage: str) -> None:
+        if stage == "moving into place":
+            (staging,) = out.parent.glob(f".{out.name}.strongroom-restore-*")
+            counts.extend(never_sent_to_disk(staging / file) for file in files)
+
+    engine.restore(name, out, passcode=PASSCODE, on_stage=on_stage)
+    return counts
+
+
 def test_a_restore_starts_the_writeback_of_its_large_files(engine: Engine, ext4_dir: Path) -> None:
     """A large file and a stream's parts go to the disk while the restore reads on, not
-    all at the user's sync; small files are left to the kernel (a hint for each made
-    20,000 of them restore slower)."""
+    all at its end; small files are left to the kernel (a hint for each made 20,000 of
+    them restore slower) until the restore's last flush."""
     source = ext4_dir / "source"
     source.mkdir()
     payload = os.urandom(2 * WRITEBACK_STEP + 77)  # two steps and a rest; the stream: 3 parts
     (source / "large.bin").write_bytes(payload)
     (source / "small.txt").write_bytes(os.urandom(SMALL_FILE // 2))
     engine.create("big", [source], passcode=PASSCODE, streams={"dump": io.BytesIO(payload)})
-    target = engine.restore("big", ext4_dir / "out", passcode=PASSCODE)
-    assert (target / "source" / "large.bin").read_bytes() == payload
-    assert (target / "dump").read_bytes() == payload
-    assert never_sent_to_disk(target / "source" / "large.bin") == 0
-    assert never_sent_to_disk(target / "dump") == 0
-    assert never_sent_to_disk(target / "source" / "small.txt") > 0
+    files = ["source/large.bin", "dump", "source/small.txt"]
+    large, dump, small = unsent_once_extracted(engine, "big", ext4_dir / "out", files)
+    assert (large, dump) == (0, 0)
+    assert small > 0
+    assert (ext4_dir / "out" / "source" / "large.bin").read_bytes() == payload
+    assert (ext4_dir / "out" / "dump").read_bytes() == payload
+
+
+def test_a_restore_is_on_the_disk_when_it_returns(engine: Engine, ext4_dir: Path) -> None:
+    """Its last flush writes back what the kernel still held (the small file above) before
+    the restore moves into place: a power cut after it returned loses nothing."""
+    source = ext4_dir / "source"
+    source.mkdir()
+    (source / "small.txt").write_bytes(os.urandom(SMALL_FILE // 2))
+    engine.create("small", [source], passcode=PASSCODE)
+    target = engine.restore("small", ext4_dir / "out", passcode=PASSCODE)
+    assert never_sent_to_disk(target / "source" / "small.txt") == 0
 
 
 def test_a_restore_of_small_files_flushes_them_as_it_goes(
     engine: Engine, ext4_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each FLUSH_STEP of small files written asks for a flush of their file system, and
-    the restore ends only after the flushes it asked for (the test above is the control:
-    with no flush asked, a small file stays unsent)."""
+    """Each FLUSH_STEP of small files written asks for a flush of their file system while
+    the restore reads on (the first test is the control: with no flush asked, a small file
+    is still unsent when the extraction ends)."""
     monkeypatch.setattr(writeback, "FLUSH_STEP", SMALL_FILE)
     source = ext4_dir / "source"
     source.mkdir()
     for number in range(4):  # written on the restore's own thread: too few for helpers
         (source / f"{number}.bin").write_bytes(os.urandom(SMALL_FILE // 2))
     engine.create("small", [source], passcode=PASSCODE)
-    target = engine.restore("small", ext4_dir / "out", passcode=PASSCODE)
-    assert [never_sent_to_disk(target / "source" / f"{n}.bin") for n in range(4)] == [0] * 4
+    files = [f"source/{number}.bin" for number in range(4)]
+    assert unsent_once_extracted(engine, "small", ext4_dir / "out", files) == [0] * 4
 
 
 @pytest.mark.parametrize("offset", [0, 12345])

@@ -2,10 +2,11 @@
 
 Restores are all or nothing: a restore is extracted into a staging directory on the
 target's file system and moved into place only once the whole backup has been read and
-authenticated; a restore that fails removes its staging directory, and nothing appears
-at the target. A target that does not exist yet gets its staging directory beside it and
-becomes it by one rename; an existing empty directory (a mount point, say) holds its own,
-whose entries move up into it.
+authenticated, and written to the disk (a write-back error the file system reports then
+fails it); a restore that fails removes its staging directory, and nothing appears at the
+target. The move is made durable before the restore returns. A target that does not
+exist yet gets its staging directory beside it and becomes it by one rename; an existing
+empty directory (a mount point, say) holds its own, whose entries move up into it.
 
 From its check to its move, the target is held by descriptors (`Landing`): its parent,
 and the target itself if it exists. Every later step is relative to them and never
@@ -42,6 +43,7 @@ from types import TracebackType
 
 from .errors import ConfigError
 from .libc import exists_at, rename_noreplace
+from .writeback import flush_file_system
 
 logger = logging.getLogger("strongroom")
 
@@ -145,7 +147,18 @@ class Landing:
     def move_into_place(self) -> None:
         """The staging directory becomes the target (one rename), or its entries move
         into the existing target; something that appeared there meanwhile is a
-        ConfigError, and nothing is moved."""
+        ConfigError, and nothing is moved. What was restored is on the disk before it
+        moves, and the move is on the disk before this returns: a restore that returned
+        survives a power cut."""
+        try:
+            flush_file_system(self.staging)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"the disk failed to write the restored files ({exc.strerror}); "
+                "nothing was restored",
+                str(self.path),
+            ) from None
         try:
             if self._target < 0:
                 os.fchmod(self.staging, 0o777 & ~_umask())
@@ -164,6 +177,15 @@ class Landing:
         if self._target >= 0:
             with suppress(OSError):  # empty now; left behind, it is only an empty directory
                 os.rmdir(self._staging_name, dir_fd=self._target)
+        try:
+            os.fsync(self._within)  # the directory that has the restored names now
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"the restore is in place, but the disk failed to record its name "
+                f"({exc.strerror}); check the target's file system",
+                str(self.path),
+            ) from None
 
     def _name_leftovers(self) -> None:
         """Warn of what killed restores of this new target left beside it (not removed here:

@@ -19,18 +19,22 @@ of them restore 25% slower (2.26 -> 2.85 s), each file then its own small write.
 FLUSH_STEP more bytes of small files have been written: 20,000 files (500 MB), cold cache,
 until durable, 10 interleaved: 1.89 -> 1.78 s.
 
-It is only a hint: durability and write errors still come from fsync through the descriptor
-that wrote the file. Where the call is missing (not Linux) or fails, nothing happens.
+These are only hints: where the calls are missing (not Linux) or fail, nothing happens.
+Durability and write errors come from fsync through the descriptor that wrote a chunk, and
+from `flush_file_system` (`syncfs`, which reports any write-back error on the file system
+since the descriptor it is given was opened) once a restore is whole, before it moves into
+place.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 
 from .libc import c_function
 
-__all__ = ["FlushBehind", "start_writeback"]
+__all__ = ["FlushBehind", "flush_file_system", "start_writeback"]
 
 SYNC_FILE_RANGE_WRITE = 2
 #: Small files' bytes written between two flushes of their file system.
@@ -49,6 +53,17 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     (`length` 0: from `offset` to the end)."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def flush_file_system(directory: int) -> None:
+    """Write back everything written on the file system of the open `directory` and wait
+    for it: OSError if the disk failed any write since `directory` was opened (`syncfs`;
+    `sync`, which tells no failure, where there is none)."""
+    if _SYNCFS is None:
+        os.sync()
+    elif _SYNCFS(directory) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
 
 
 class FlushBehind:
