@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import ConfigError, Engine, libc, restoretarget, writeback
+from strongroom import ConfigError, Engine, RestoreDiskError, libc, restoretarget, writeback
+from strongroom.filewrite import SMALL_FILE
 from strongroom.web import create_app
 from tests.conftest import PASSCODE, snapshot
 
@@ -221,21 +223,56 @@ def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_direct
     assert target.stat().st_mode & 0o777 == 0o750, "the directory checked is the one filled"
 
 
-def test_a_disk_that_fails_the_last_flush_restores_nothing(
-    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The write-back error syncfs reports (EIO) fails the restore before anything moves:
-    no target, no staging directory, and the error says nothing was restored."""
-    engine.create("b", [tree], passcode=PASSCODE)
+def failing_once_per_descriptor(calls: list[int]) -> Callable[[int], int]:
+    """A syncfs on a file system with a write-back error: EIO through each open descriptor
+    once, as the kernel reports it (`calls`: the descriptors, in order). It tells them by
+    number: a `dup` of one would share its report in the kernel, and is not used."""
 
-    def failing_syncfs(fd: int) -> int:
+    def syncfs(fd: int) -> int:
+        calls.append(fd)
+        if calls.count(fd) > 1:
+            return 0
         ctypes.set_errno(errno.EIO)
         return -1
 
-    monkeypatch.setattr(writeback, "_SYNCFS", failing_syncfs)
-    with pytest.raises(OSError, match=r"failed to write the restored files .*nothing was"):
-        engine.restore("b", tmp_path / "out", passcode=PASSCODE)
-    assert not (tmp_path / "out").exists() and staging_left(tmp_path) == []
+    return syncfs
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
+def test_a_write_error_the_file_system_reports_restores_nothing(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """syncfs's EIO fails the restore before anything moves: no staging directory left, an
+    existing target as empty as it was. It counts even after the flushes made while the
+    restore wrote (each through a descriptor of its own: through the restore's, the first
+    would have taken the error, and the last would find none)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for number in range(4):
+        (source / f"{number}.bin").write_bytes(os.urandom(SMALL_FILE // 2))
+    engine.create("b", [source], passcode=PASSCODE)
+    monkeypatch.setattr(writeback, "FLUSH_STEP", SMALL_FILE)
+    calls: list[int] = []
+    monkeypatch.setattr(writeback, "_SYNCFS", failing_once_per_descriptor(calls))
+    target = tmp_path / "out"
+    if existing:
+        target.mkdir()
+    with pytest.raises(RestoreDiskError, match=r"reported a write error .*nothing was restored"):
+        engine.restore("b", target, passcode=PASSCODE)
+    assert len(calls) > 1, "the restore's flushes ran"
+    assert (os.listdir(target) == []) if existing else not target.exists()
+    assert staging_left(tmp_path) == []
+
+
+def test_without_syncfs_a_restore_syncs_every_file_system(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[bool] = []
+    monkeypatch.setattr(writeback, "_SYNCFS", None)
+    monkeypatch.setattr(os, "sync", lambda: synced.append(True))
+    engine.create("b", [tree], passcode=PASSCODE)
+    engine.restore("b", tmp_path / "out", passcode=PASSCODE)
+    assert synced == [True]
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
@@ -261,6 +298,33 @@ def test_the_restored_names_are_on_the_disk_when_a_restore_returns(
     monkeypatch.setattr(os, "fsync", recording_fsync)
     engine.restore("b", target, passcode=PASSCODE)
     assert holder_fsynced_with[-1] == (["data"] if existing else ["out"])
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
+def test_a_restore_whose_names_the_disk_fails_to_record_is_kept_and_says_so(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """An fsync error after the move (EIO) fails the restore, saying where it is: nothing
+    is removed. A file system that cannot fsync a directory (EINVAL) is no error."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    fsync = os.fsync
+    failure = errno.EIO
+
+    def failing_on_directories(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(failure, os.strerror(failure))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_on_directories)
+    target = tmp_path / "out"
+    if existing:
+        target.mkdir()
+    with pytest.raises(RestoreDiskError, match=r"The restore is at .*out.*error making it"):
+        engine.restore("b", target, passcode=PASSCODE)
+    assert snapshot(target / "data") == snapshot(tree)
+    failure = errno.EINVAL
+    engine.restore("b", tmp_path / "again", passcode=PASSCODE)
+    assert snapshot(tmp_path / "again" / "data") == snapshot(tree)
 
 
 STOPPED_AFTER_EXTRACTING = """

@@ -47,6 +47,7 @@ __all__ = [
     "NewerFormatError",
     "ObjectLockedError",
     "PasscodeError",
+    "RestoreDiskError",
     "StoreError",
     "StoreMissingError",
     "StoreUnavailableError",
@@ -154,6 +155,13 @@ class IntegrityError(StrongroomError):
 class NewerFormatError(IntegrityError):
     """A manifest in a format version newer than this strongroom reads: whole, most
     likely, and for a newer strongroom to read (or delete)."""
+
+
+class RestoreDiskError(StrongroomError):
+    """The restore target's file system reported a write error while a restore made its
+    files durable; the message says whether anything was restored."""
+
+    exit_code = 12  # as an OSError on a local source or target
 
 
 class UnsafeArchiveError(StrongroomError):

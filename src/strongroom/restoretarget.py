@@ -41,7 +41,7 @@ from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
-from .errors import ConfigError
+from .errors import ConfigError, RestoreDiskError
 from .libc import exists_at, rename_noreplace
 from .writeback import flush_file_system
 
@@ -148,22 +148,20 @@ class Landing:
         """The staging directory becomes the target (one rename), or its entries move
         into the existing target; something that appeared there meanwhile is a
         ConfigError, and nothing is moved. What was restored is on the disk before it
-        moves, and the move is on the disk before this returns: a restore that returned
-        survives a power cut."""
+        moves, and the move before this returns: a restore that returned survives a power
+        cut. A write error the file system reports meanwhile is a RestoreDiskError."""
         try:
             flush_file_system(self.staging)
         except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"the disk failed to write the restored files ({exc.strerror}); "
-                "nothing was restored",
-                str(self.path),
-            ) from None
+            raise RestoreDiskError(
+                f"The file system of the restore target {str(self.path)!r} reported a write "
+                f"error ({exc.strerror}) while the restore was written; nothing was restored. "
+                "Check the disk (the kernel log) and its free space, then restore again."
+            ) from exc
         try:
             if self._target < 0:
                 os.fchmod(self.staging, 0o777 & ~_umask())
                 rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
-                self._name_leftovers()
             else:
                 _move_entries(self.staging, self._target)
         except OSError as exc:
@@ -173,19 +171,23 @@ class Landing:
                 f"Something appeared at the restore target {str(self.path)!r} while the "
                 "restore ran; nothing was restored. Restore again into a new directory."
             ) from None
-        self._moved = True
-        if self._target >= 0:
+        self._moved = True  # from here on, what is at the target is the restore: kept
+        if self._target < 0:
+            with suppress(OSError):  # only a warning: never a reason to fail a restore in place
+                self._name_leftovers()
+        else:
             with suppress(OSError):  # empty now; left behind, it is only an empty directory
                 os.rmdir(self._staging_name, dir_fd=self._target)
-        try:
-            os.fsync(self._within)  # the directory that has the restored names now
-        except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"the restore is in place, but the disk failed to record its name "
-                f"({exc.strerror}); check the target's file system",
-                str(self.path),
-            ) from None
+        # the target's own mode (for a new one), and the directory holding its names
+        for directory in (self.staging, self._parent) if self._target < 0 else (self._target,):
+            try:
+                _fsync_directory(directory)
+            except OSError as exc:
+                raise RestoreDiskError(
+                    f"The restore is at {str(self.path)!r}, but its file system reported an "
+                    f"error making it durable ({exc.strerror}). Check the disk (the kernel "
+                    "log); if in doubt, remove it and restore again."
+                ) from exc
 
     def _name_leftovers(self) -> None:
         """Warn of what killed restores of this new target left beside it (not removed here:
@@ -281,6 +283,16 @@ def _staging_name(beside: str) -> str:
     `beside` (as much of its name as leaves room for the rest in 255 bytes)."""
     fresh = f"{_STAGING}{os.urandom(8).hex()}"
     return f"{_beside_prefix(beside)}{fresh}" if beside else fresh
+
+
+def _fsync_directory(directory: int) -> None:
+    """fsync a directory; a file system that cannot (EINVAL: some FUSE and network ones)
+    keeps its names as it does anyway, as borg and restic take it."""
+    try:
+        os.fsync(directory)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
 
 
 def _beside_prefix(beside: str) -> str:

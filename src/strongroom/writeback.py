@@ -21,9 +21,10 @@ until durable, 10 interleaved: 1.89 -> 1.78 s.
 
 These are only hints: where the calls are missing (not Linux) or fail, nothing happens.
 Durability and write errors come from fsync through the descriptor that wrote a chunk, and
-from `flush_file_system` (`syncfs`, which reports any write-back error on the file system
-since the descriptor it is given was opened) once a restore is whole, before it moves into
-place.
+from `flush_file_system` once a restore is whole, before it moves into place: `syncfs`,
+which (Linux 5.8 on) reports any write-back error on the file system since the descriptor it
+is given was opened, and once only through each open descriptor: so `FlushBehind` syncs
+through a descriptor of its own, and never takes an error from the restore's.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ _SYNC_FILE_RANGE = c_function(
 )
 
 _SYNCFS = c_function("syncfs", ctypes.c_int)
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
@@ -69,13 +71,16 @@ def flush_file_system(directory: int) -> None:
 class FlushBehind:
     """Flushes the file system of an open directory on a thread of its own, one `syncfs`
     at a time, each time `wrote` has counted FLUSH_STEP more bytes. Only a hint, like the
-    above."""
+    above, through a descriptor of its own (see the top)."""
 
     def __init__(self, directory: int) -> None:
-        self._directory = directory
+        try:
+            self._directory = os.open(".", _DIRECTORY, dir_fd=directory)
+        except OSError:  # no descriptor to be had: no flushes, as where syncfs is missing
+            self._directory = -1
         self._unflushed = 0
         self._asked = False
-        self._closing = False
+        self._closing = self._directory < 0
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -112,6 +117,9 @@ class FlushBehind:
             self._changed.notify()
         if self._thread is not None:
             self._thread.join()
+        if self._directory >= 0:
+            os.close(self._directory)
+            self._directory = -1
 
     def _flush(self) -> None:
         while True:
