@@ -257,6 +257,9 @@ def page_reporting_off(cold: bool) -> Iterator[str]:
         yield "none" if cold else "left as it is (--warm)"
         return
     was = PAGE_REPORTING_ORDER.read_text().strip()
+    if was == PAGE_REPORTING_OFF:
+        yield f"off already (order {was})"
+        return
     try:
         PAGE_REPORTING_ORDER.write_text(PAGE_REPORTING_OFF)
     except OSError as error:
