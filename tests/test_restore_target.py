@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -223,108 +222,136 @@ def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_direct
     assert target.stat().st_mode & 0o777 == 0o750, "the directory checked is the one filled"
 
 
-def failing_once_per_descriptor(calls: list[int]) -> Callable[[int], int]:
-    """A syncfs on a file system with a write-back error: EIO through each open descriptor
-    once, as the kernel reports it (`calls`: the descriptors, in order). It tells them by
-    number: a `dup` of one would share its report in the kernel, and is not used."""
+def write_errors(calls: list[int], since: Callable[[], bool]) -> Callable[[int], int]:
+    """syncfs on a file system that reported a write error once `since()` is true: EIO
+    through each open descriptor once, as the kernel tells it (`calls`: the descriptors,
+    in order). It tells them by number: a `dup` of one would share the kernel's account,
+    and is not used."""
+    told: set[int] = set()
 
     def syncfs(fd: int) -> int:
         calls.append(fd)
-        if calls.count(fd) > 1:
+        if not since() or fd in told:
             return 0
+        told.add(fd)
         ctypes.set_errno(errno.EIO)
         return -1
 
     return syncfs
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
-def test_a_write_error_the_file_system_reports_restores_nothing(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
-) -> None:
-    """syncfs's EIO fails the restore before anything moves: no staging directory left, an
-    existing target as empty as it was. It counts even after the flushes made while the
-    restore wrote (each through a descriptor of its own: through the restore's, the first
-    would have taken the error, and the last would find none)."""
+def small_files_backup(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backup "b" of enough small files that a restore flushes as it writes them."""
     source = tmp_path / "source"
     source.mkdir()
     for number in range(4):
         (source / f"{number}.bin").write_bytes(os.urandom(SMALL_FILE // 2))
     engine.create("b", [source], passcode=PASSCODE)
     monkeypatch.setattr(writeback, "FLUSH_STEP", SMALL_FILE)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
+def test_a_write_error_the_file_system_reports_restores_nothing(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """A write error during the restore (EIO) fails it before anything moves: no staging
+    directory left, an existing target as empty as it was. It counts even after the
+    flushes made while the restore wrote (each through a descriptor of its own: through the
+    restore's, the first would have taken the error, and the last would find none)."""
+    small_files_backup(engine, tmp_path, monkeypatch)
+    stages: list[str] = []
     calls: list[int] = []
-    monkeypatch.setattr(writeback, "_SYNCFS", failing_once_per_descriptor(calls))
+    monkeypatch.setattr(writeback, "_SYNCFS", write_errors(calls, lambda: "reading" in stages))
     target = tmp_path / "out"
     if existing:
         target.mkdir()
     with pytest.raises(RestoreDiskError, match=r"reported a write error .*nothing was restored"):
-        engine.restore("b", target, passcode=PASSCODE)
-    assert len(calls) > 1, "the restore's flushes ran"
+        engine.restore("b", target, passcode=PASSCODE, on_stage=stages.append)
+    assert len(set(calls)) > 1, "the restore's flushes ran"
     assert (os.listdir(target) == []) if existing else not target.exists()
     assert staging_left(tmp_path) == []
 
 
-def test_without_syncfs_a_restore_syncs_every_file_system(
-    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_write_error_from_before_the_restore_is_only_a_warning(
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """An error the file system had reported to nobody (another program's) goes to the
+    first flush through a new descriptor: the restore takes it as it begins, and warns."""
+    small_files_backup(engine, tmp_path, monkeypatch)
+    monkeypatch.setattr(writeback, "_SYNCFS", write_errors([], lambda: True))
+    with caplog.at_level(logging.WARNING, logger="strongroom"):
+        restored = engine.restore("b", tmp_path / "out", passcode=PASSCODE)
+    assert sorted(os.listdir(restored / "source")) == [f"{n}.bin" for n in range(4)]
+    assert "had reported a write error (Input/output error) before this restore" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "refusal", [None, errno.ENOSYS, errno.EPERM], ids=["no syncfs", "ENOSYS", "EPERM"]
+)
+def test_without_syncfs_a_restore_syncs_every_file_system(
+    engine: Engine,
+    tree: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refusal: int | None,
+) -> None:
+    """Where the C library has no syncfs, or a sandbox refuses it, `sync` (which tells of
+    no error) is all there is."""
+
+    def refused(fd: int) -> int:
+        ctypes.set_errno(refusal or 0)
+        return -1
+
     synced: list[bool] = []
-    monkeypatch.setattr(writeback, "_SYNCFS", None)
+    monkeypatch.setattr(writeback, "_SYNCFS", None if refusal is None else refused)
     monkeypatch.setattr(os, "sync", lambda: synced.append(True))
     engine.create("b", [tree], passcode=PASSCODE)
     engine.restore("b", tmp_path / "out", passcode=PASSCODE)
-    assert synced == [True]
+    assert synced == [True, True, True]  # as it begins, before the move, and after it
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
 def test_the_restored_names_are_on_the_disk_when_a_restore_returns(
     engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
 ) -> None:
-    """The directory that holds them is fsynced after the move into place, so a power cut
-    after the restore returned cannot take its names back."""
+    """The file system is flushed once more after the move into place, so a power cut
+    after the restore returned cannot take its names or modes back."""
     engine.create("b", [tree], passcode=PASSCODE)
     target = tmp_path / "restores" / "out"
     target.parent.mkdir()
     holder = target if existing else target.parent  # the directory the restored names are in
     if existing:
         target.mkdir()
-    holder_fsynced_with: list[list[str]] = []  # what the holder had at each of its fsyncs
-    fsync = os.fsync
+    flushed_with: list[list[str]] = []  # what the holder had at each flush
+    syncfs = writeback._SYNCFS
+    assert syncfs is not None
 
-    def recording_fsync(fd: int) -> None:
-        if os.path.samestat(os.fstat(fd), holder.stat()):
-            holder_fsynced_with.append(sorted(os.listdir(holder)))
-        fsync(fd)
+    def recording_syncfs(fd: int) -> int:
+        flushed_with.append(sorted(os.listdir(holder)))
+        return int(syncfs(fd))
 
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(writeback, "_SYNCFS", recording_syncfs)
     engine.restore("b", target, passcode=PASSCODE)
-    assert holder_fsynced_with[-1] == (["data"] if existing else ["out"])
+    assert flushed_with[-1] == (["data"] if existing else ["out"])
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
-def test_a_restore_whose_names_the_disk_fails_to_record_is_kept_and_says_so(
+def test_a_write_error_after_the_move_keeps_the_restore_and_says_where_it_is(
     engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
 ) -> None:
-    """An fsync error after the move (EIO) fails the restore, saying where it is: nothing
-    is removed. A file system that cannot fsync a directory (EINVAL) is no error."""
     engine.create("b", [tree], passcode=PASSCODE)
-    fsync = os.fsync
-    failure = errno.EIO
-
-    def failing_on_directories(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(failure, os.strerror(failure))
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing_on_directories)
     target = tmp_path / "out"
     if existing:
         target.mkdir()
-    with pytest.raises(RestoreDiskError, match=r"The restore is at .*out.*error making it"):
+    moved = lambda: (target / "data").exists()  # noqa: E731
+    monkeypatch.setattr(writeback, "_SYNCFS", write_errors([], moved))
+    with pytest.raises(RestoreDiskError, match=r"making it durable; the restore is at .*out"):
         engine.restore("b", target, passcode=PASSCODE)
     assert snapshot(target / "data") == snapshot(tree)
-    failure = errno.EINVAL
-    engine.restore("b", tmp_path / "again", passcode=PASSCODE)
-    assert snapshot(tmp_path / "again" / "data") == snapshot(tree)
+    assert os.listdir(target) == ["data"] and staging_left(tmp_path) == []
 
 
 STOPPED_AFTER_EXTRACTING = """

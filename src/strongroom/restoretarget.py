@@ -105,6 +105,7 @@ class Landing:
             except OSError:
                 raise _raced(self.path) from None
             _lock(self.staging, self.path)  # held until the restore ends
+            self._claim_earlier_write_errors()
             if not (
                 _made_here(self.staging)
                 and _still_named(self.staging, self._staging_name, self._within)
@@ -150,18 +151,14 @@ class Landing:
         ConfigError, and nothing is moved. What was restored is on the disk before it
         moves, and the move before this returns: a restore that returned survives a power
         cut. A write error the file system reports meanwhile is a RestoreDiskError."""
-        try:
-            flush_file_system(self.staging)
-        except OSError as exc:
-            raise RestoreDiskError(
-                f"The file system of the restore target {str(self.path)!r} reported a write "
-                f"error ({exc.strerror}) while the restore was written; nothing was restored. "
-                "Check the disk (the kernel log) and its free space, then restore again."
-            ) from exc
+        self._flush("while the restore was written; nothing was restored", "then restore again")
         try:
             if self._target < 0:
                 os.fchmod(self.staging, 0o777 & ~_umask())
-                rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
+                try:
+                    rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
+                finally:  # an interrupt as the rename returns: the restore is in place
+                    self._moved = not exists_at(self._staging_name, self._parent)
             else:
                 _move_entries(self.staging, self._target)
         except OSError as exc:
@@ -178,16 +175,37 @@ class Landing:
         else:
             with suppress(OSError):  # empty now; left behind, it is only an empty directory
                 os.rmdir(self._staging_name, dir_fd=self._target)
-        # the target's own mode (for a new one), and the directory holding its names
-        for directory in (self.staging, self._parent) if self._target < 0 else (self._target,):
-            try:
-                _fsync_directory(directory)
-            except OSError as exc:
-                raise RestoreDiskError(
-                    f"The restore is at {str(self.path)!r}, but its file system reported an "
-                    f"error making it durable ({exc.strerror}). Check the disk (the kernel "
-                    "log); if in doubt, remove it and restore again."
-                ) from exc
+        self._flush(  # the names, modes and moves: syncfs commits them on every file system
+            f"making it durable; the restore is at {str(self.path)!r}",
+            "if in doubt, remove it and restore again",
+        )
+
+    def _flush(self, when: str, then: str) -> None:
+        """flush_file_system through the staging directory's descriptor (which takes each
+        write error once): RestoreDiskError saying `when` it failed, and what to do `then`."""
+        try:
+            flush_file_system(self.staging)
+        except OSError as exc:
+            raise RestoreDiskError(
+                f"The file system of the restore target {str(self.path)!r} reported a write "
+                f"error ({exc.strerror}) {when}. Check the disk (the kernel log) and its free "
+                f"space; {then}."
+            ) from exc
+
+    def _claim_earlier_write_errors(self) -> None:
+        """Take, through the new staging directory's descriptor, a write error the file
+        system had reported to nobody yet (another program's, weeks old): the kernel gives
+        it to the first flush through a newly opened descriptor, which would fail this
+        restore at its end for a file that is none of its own."""
+        try:
+            flush_file_system(self.staging)
+        except OSError as exc:
+            logger.warning(
+                "The file system of the restore target %s had reported a write error (%s) "
+                "before this restore began; the restore goes on.",
+                self.path,
+                exc.strerror,
+            )
 
     def _name_leftovers(self) -> None:
         """Warn of what killed restores of this new target left beside it (not removed here:
@@ -283,16 +301,6 @@ def _staging_name(beside: str) -> str:
     `beside` (as much of its name as leaves room for the rest in 255 bytes)."""
     fresh = f"{_STAGING}{os.urandom(8).hex()}"
     return f"{_beside_prefix(beside)}{fresh}" if beside else fresh
-
-
-def _fsync_directory(directory: int) -> None:
-    """fsync a directory; a file system that cannot (EINVAL: some FUSE and network ones)
-    keeps its names as it does anyway, as borg and restic take it."""
-    try:
-        os.fsync(directory)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-            raise
 
 
 def _beside_prefix(beside: str) -> str:

@@ -30,6 +30,7 @@ through a descriptor of its own, and never takes an error from the restore's.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 
@@ -59,13 +60,17 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
 
 def flush_file_system(directory: int) -> None:
     """Write back everything written on the file system of the open `directory` and wait
-    for it: OSError if the disk failed any write since `directory` was opened (`syncfs`;
-    `sync`, which tells no failure, where there is none)."""
-    if _SYNCFS is None:
-        os.sync()
-    elif _SYNCFS(directory) != 0:
+    for it, its names and metadata too: OSError if the file system reported a write error
+    since `directory` was opened or last flushed this way, or one nobody had been told of
+    before it was opened (`syncfs`; `sync`, which tells no failure, where there is none or
+    a sandbox refuses it)."""
+    if _SYNCFS is not None:
+        if _SYNCFS(directory) == 0:
+            return
         error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
+        if error not in (errno.ENOSYS, errno.EPERM):  # a sandbox's refusal is no write error
+            raise OSError(error, os.strerror(error))
+    os.sync()
 
 
 class FlushBehind:
@@ -115,11 +120,13 @@ class FlushBehind:
             self._closing = True
             self._asked = self._asked and not abandon
             self._changed.notify()
-        if self._thread is not None:
-            self._thread.join()
-        if self._directory >= 0:
-            os.close(self._directory)
-            self._directory = -1
+        try:
+            if self._thread is not None:
+                self._thread.join()
+        finally:  # never while the thread may still flush through it
+            if self._directory >= 0 and not (self._thread and self._thread.is_alive()):
+                os.close(self._directory)
+                self._directory = -1
 
     def _flush(self) -> None:
         while True:
