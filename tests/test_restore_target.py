@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,7 +223,9 @@ def test_a_restore_into_an_empty_directory_fills_it_and_leaves_no_staging_direct
     assert target.stat().st_mode & 0o777 == 0o750, "the directory checked is the one filled"
 
 
-def write_errors(calls: list[int], since: Callable[[], bool]) -> Callable[[int], int]:
+def write_errors(
+    calls: list[int], since: Callable[[], bool], error: int = errno.EIO
+) -> Callable[[int], int]:
     """syncfs on a file system that reported a write error once `since()` is true: EIO
     through each open descriptor once, as the kernel tells it (`calls`: the descriptors,
     in order). It tells them by number: a `dup` of one would share the kernel's account,
@@ -231,10 +234,13 @@ def write_errors(calls: list[int], since: Callable[[], bool]) -> Callable[[int],
 
     def syncfs(fd: int) -> int:
         calls.append(fd)
+        if fd < 0:  # `syncfs_runs` asks
+            ctypes.set_errno(errno.EBADF)
+            return -1
         if not since() or fd in told:
             return 0
         told.add(fd)
-        ctypes.set_errno(errno.EIO)
+        ctypes.set_errno(error)
         return -1
 
     return syncfs
@@ -250,18 +256,24 @@ def small_files_backup(engine: Engine, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(writeback, "FLUSH_STEP", SMALL_FILE)
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
+@pytest.mark.parametrize(
+    ("existing", "error"),
+    [(False, errno.EIO), (True, errno.EIO), (False, errno.EPERM)],
+    ids=["new target", "empty directory", "EPERM from a network file system"],
+)
 def test_a_write_error_the_file_system_reports_restores_nothing(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool, error: int
 ) -> None:
-    """A write error during the restore (EIO) fails it before anything moves: no staging
+    """A write error during the restore fails it before anything moves: no staging
     directory left, an existing target as empty as it was. It counts even after the
     flushes made while the restore wrote (each through a descriptor of its own: through the
-    restore's, the first would have taken the error, and the last would find none)."""
+    restore's, the first would have taken the error, and the last would find none). EPERM
+    is a write error too where syncfs runs (FUSE and NFS pass on a server's)."""
     small_files_backup(engine, tmp_path, monkeypatch)
     stages: list[str] = []
     calls: list[int] = []
-    monkeypatch.setattr(writeback, "_SYNCFS", write_errors(calls, lambda: "reading" in stages))
+    since_reading = write_errors(calls, lambda: "reading" in stages, error)
+    monkeypatch.setattr(writeback, "_SYNCFS", since_reading)
     target = tmp_path / "out"
     if existing:
         target.mkdir()
@@ -310,7 +322,7 @@ def test_without_syncfs_a_restore_syncs_every_file_system(
     monkeypatch.setattr(os, "sync", lambda: synced.append(True))
     engine.create("b", [tree], passcode=PASSCODE)
     engine.restore("b", tmp_path / "out", passcode=PASSCODE)
-    assert synced == [True, True, True]  # as it begins, before the move, and after it
+    assert synced == [True, True]  # before the move and after it
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new target", "empty directory"])
@@ -352,6 +364,24 @@ def test_a_write_error_after_the_move_keeps_the_restore_and_says_where_it_is(
         engine.restore("b", target, passcode=PASSCODE)
     assert snapshot(target / "data") == snapshot(tree)
     assert os.listdir(target) == ["data"] and staging_left(tmp_path) == []
+
+
+def test_a_restore_interrupted_as_its_rename_returns_stays_in_place(
+    engine: Engine, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C raised just after the rename into place: the restore is whole at the
+    target, so the cleanup on the way out must not empty it."""
+    engine.create("b", [tree], passcode=PASSCODE)
+    rename = restoretarget.rename_noreplace
+
+    def rename_then_interrupt(*args: Any) -> None:
+        rename(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(restoretarget, "rename_noreplace", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        engine.restore("b", tmp_path / "out", passcode=PASSCODE)
+    assert snapshot(tmp_path / "out" / "data") == snapshot(tree)
 
 
 STOPPED_AFTER_EXTRACTING = """

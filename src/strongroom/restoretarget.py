@@ -43,7 +43,7 @@ from types import TracebackType
 
 from .errors import ConfigError, RestoreDiskError
 from .libc import exists_at, rename_noreplace
-from .writeback import flush_file_system
+from .writeback import flush_file_system, syncfs_runs
 
 logger = logging.getLogger("strongroom")
 
@@ -129,7 +129,7 @@ class Landing:
     ) -> None:
         try:
             if not self._moved:
-                if self._own:
+                if self._own and self._still_staging():
                     _remove_tree(self._within, self._staging_name, self.staging)
                 for parent in reversed(self._created):
                     with suppress(OSError):
@@ -155,10 +155,7 @@ class Landing:
         try:
             if self._target < 0:
                 os.fchmod(self.staging, 0o777 & ~_umask())
-                try:
-                    rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
-                finally:  # an interrupt as the rename returns: the restore is in place
-                    self._moved = not exists_at(self._staging_name, self._parent)
+                rename_noreplace(self._parent, self._staging_name, self._parent, self.path.name)
             else:
                 _move_entries(self.staging, self._target)
         except OSError as exc:
@@ -192,11 +189,22 @@ class Landing:
                 f"space; {then}."
             ) from exc
 
+    def _still_staging(self) -> bool:
+        """Whether the staging directory still has its staging name, so removing it cannot
+        take a restore in place: one interrupted as its rename returned is, and so may be
+        one whose check fails (a failing disk, an interrupt)."""
+        try:
+            return _still_named(self.staging, self._staging_name, self._within)
+        except BaseException:
+            return False
+
     def _claim_earlier_write_errors(self) -> None:
         """Take, through the new staging directory's descriptor, a write error the file
         system had reported to nobody yet (another program's, weeks old): the kernel gives
         it to the first flush through a newly opened descriptor, which would fail this
         restore at its end for a file that is none of its own."""
+        if not syncfs_runs():
+            return  # nothing to take: `sync` tells of no error
         try:
             flush_file_system(self.staging)
         except OSError as exc:

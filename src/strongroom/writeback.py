@@ -36,7 +36,7 @@ import threading
 
 from .libc import c_function
 
-__all__ = ["FlushBehind", "flush_file_system", "start_writeback"]
+__all__ = ["FlushBehind", "flush_file_system", "start_writeback", "syncfs_runs"]
 
 SYNC_FILE_RANGE_WRITE = 2
 #: Small files' bytes written between two flushes of their file system.
@@ -68,9 +68,19 @@ def flush_file_system(directory: int) -> None:
         if _SYNCFS(directory) == 0:
             return
         error = ctypes.get_errno()
-        if error not in (errno.ENOSYS, errno.EPERM):  # a sandbox's refusal is no write error
-            raise OSError(error, os.strerror(error))
+        if error not in (errno.ENOSYS, errno.EPERM) or syncfs_runs():
+            raise OSError(error, os.strerror(error))  # FUSE and NFS pass on a server's EPERM
     os.sync()
+
+
+def syncfs_runs() -> bool:
+    """Whether this process can call syncfs: the C library has it, and no sandbox (seccomp)
+    refuses it, as it does for any descriptor before the kernel looks (ENOSYS, EPERM),
+    where the kernel answers EBADF for none."""
+    if _SYNCFS is None:
+        return False
+    _SYNCFS(-1)
+    return ctypes.get_errno() == errno.EBADF
 
 
 class FlushBehind:
@@ -120,19 +130,20 @@ class FlushBehind:
             self._closing = True
             self._asked = self._asked and not abandon
             self._changed.notify()
-        try:
-            if self._thread is not None:
-                self._thread.join()
-        finally:  # never while the thread may still flush through it
-            if self._directory >= 0 and not (self._thread and self._thread.is_alive()):
-                os.close(self._directory)
-                self._directory = -1
+        if self._thread is not None:
+            self._thread.join()  # it closes its descriptor as it ends, also if this is cut off
+        elif self._directory >= 0:
+            os.close(self._directory)
+            self._directory = -1
 
     def _flush(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._asked or self._closing)
-                if not self._asked:
-                    return
-                self._asked = False
-            _SYNCFS(self._directory)
+        try:
+            while True:
+                with self._changed:
+                    self._changed.wait_for(lambda: self._asked or self._closing)
+                    if not self._asked:
+                        return
+                    self._asked = False
+                _SYNCFS(self._directory)
+        finally:
+            os.close(self._directory)
