@@ -233,10 +233,10 @@ def write_errors(
     told: set[int] = set()
 
     def syncfs(fd: int) -> int:
-        calls.append(fd)
         if fd < 0:  # `syncfs_runs` asks
             ctypes.set_errno(errno.EBADF)
             return -1
+        calls.append(fd)
         if not since() or fd in told:
             return 0
         told.add(fd)

@@ -12,6 +12,7 @@ import fcntl
 import io
 import os
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,33 @@ def test_it_is_only_a_hint() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_flush_thread_whose_start_is_interrupted_closes_its_descriptor_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while `Thread.start` waits for the new thread: the thread runs, and the
+    descriptor is its own to close; `close` must not close it too (in a server, the number
+    may belong to another file by then)."""
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    start = threading.Thread.start
+
+    def start_then_interrupt(thread: threading.Thread) -> None:
+        start(thread)
+        raise KeyboardInterrupt
+
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flush = writeback.FlushBehind(directory)
+        monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            flush.wrote(writeback.FLUSH_STEP)
+        monkeypatch.undo()
+        flush.close()
+        for thread in threading.enumerate():
+            if thread.name == "strongroom-flush":
+                thread.join()
+    finally:
+        os.close(directory)
+    assert failures == []

@@ -192,10 +192,11 @@ class Landing:
     def _still_staging(self) -> bool:
         """Whether the staging directory still has its staging name, so removing it cannot
         take a restore in place: one interrupted as its rename returned is, and so may be
-        one whose check fails (a failing disk, an interrupt)."""
+        one whose check fails (a failing disk: the staging tree is then left, as a killed
+        restore's)."""
         try:
             return _still_named(self.staging, self._staging_name, self._within)
-        except BaseException:
+        except OSError:
             return False
 
     def _claim_earlier_write_errors(self) -> None:

@@ -77,10 +77,7 @@ def syncfs_runs() -> bool:
     """Whether this process can call syncfs: the C library has it, and no sandbox (seccomp)
     refuses it, as it does for any descriptor before the kernel looks (ENOSYS, EPERM),
     where the kernel answers EBADF for none."""
-    if _SYNCFS is None:
-        return False
-    _SYNCFS(-1)
-    return ctypes.get_errno() == errno.EBADF
+    return _SYNCFS is not None and _SYNCFS(-1) == -1 and ctypes.get_errno() == errno.EBADF
 
 
 class FlushBehind:
@@ -112,11 +109,12 @@ class FlushBehind:
             return
         self._unflushed = 0
         if self._thread is None:
-            thread = threading.Thread(target=self._flush, name="strongroom-flush")
+            fd, self._directory = self._directory, -1  # the thread's from here on: it closes it
+            thread = threading.Thread(target=self._flush, args=(fd,), name="strongroom-flush")
             try:
                 thread.start()
             except RuntimeError:  # no thread to be had: no flushes, as where syncfs is missing
-                self._closing = True
+                self._directory, self._closing = fd, True
                 return
             self._thread = thread
         with self._changed:
@@ -131,12 +129,12 @@ class FlushBehind:
             self._asked = self._asked and not abandon
             self._changed.notify()
         if self._thread is not None:
-            self._thread.join()  # it closes its descriptor as it ends, also if this is cut off
-        elif self._directory >= 0:
+            self._thread.join()  # it closes the descriptor as it ends, also if this is cut off
+        if self._directory >= 0:  # never handed to a thread
             os.close(self._directory)
             self._directory = -1
 
-    def _flush(self) -> None:
+    def _flush(self, directory: int) -> None:
         try:
             while True:
                 with self._changed:
@@ -144,6 +142,6 @@ class FlushBehind:
                     if not self._asked:
                         return
                     self._asked = False
-                _SYNCFS(self._directory)
+                _SYNCFS(directory)
         finally:
-            os.close(self._directory)
+            os.close(directory)
