@@ -779,8 +779,8 @@ def test_a_full_disk_during_restore_names_the_target(
     def disk_full(*_args: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("strongroom.filewrite.MAX_HELPERS", 0)
-    monkeypatch.setattr("strongroom.filewrite.write_file", disk_full)
+    monkeypatch.setattr("strongroom.smallfiles.MAX_HELPERS", 0)
+    monkeypatch.setattr("strongroom.smallfiles.write_file", disk_full)
     target = tmp_path / "restored"
     outcome = cli("restore", backup, "--target", target, "--passcode-file", passcode_file)
     assert outcome.code == 12

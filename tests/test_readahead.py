@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from strongroom import prefetcher
-from strongroom.filewrite import helper_environment
+from strongroom.helperprocess import helper_environment
 from strongroom.prefetcher import POSITION, Progress, prefetch
 from strongroom.readahead import ReadAhead
 
@@ -256,6 +256,6 @@ def test_a_backup_of_streams_only_starts_no_helper() -> None:
 def test_without_a_python_to_start_there_is_no_read_ahead(
     sources: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("strongroom.filewrite.sys.executable", "")
+    monkeypatch.setattr("strongroom.helperprocess.sys.executable", "")
     with ReadAhead(sources, lambda: 0) as reading:
         assert reading._helper is None

@@ -27,19 +27,19 @@ from strongroom import (
     StrongroomError,
     UnsafeArchiveError,
     archive,
-    filewrite,
+    smallfiles,
 )
 from tests.conftest import PASSCODE, snapshot
 from tests.forge import entry, forge_backup, tar_of
 
 #: Enough small files before the attack that helper processes are writing by then.
-PADDING = [(entry(f"pad/f{n:03}"), b"padding %d" % n) for n in range(filewrite.BATCH_FILES + 8)]
+PADDING = [(entry(f"pad/f{n:03}"), b"padding %d" % n) for n in range(smallfiles.BATCH_FILES + 8)]
 
 
 @pytest.fixture(params=["helpers", "no helpers"])
 def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "no helpers":
-        monkeypatch.setattr(filewrite, "MAX_HELPERS", 0)
+        monkeypatch.setattr(smallfiles, "MAX_HELPERS", 0)
     return str(request.param)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from strongroom import ConfigError, Engine, RestoreDiskError, libc, restoretarget, writeback
-from strongroom.filewrite import SMALL_FILE
+from strongroom.smallfiles import SMALL_FILE
 from strongroom.web import create_app
 from tests.conftest import PASSCODE, snapshot
 

@@ -19,7 +19,8 @@ import pytest
 
 from strongroom import Engine, writeback
 from strongroom.backends.file import LocalStore
-from strongroom.filewrite import SMALL_FILE, WRITEBACK_STEP, write_pieces
+from strongroom.filewrite import WRITEBACK_STEP, write_pieces
+from strongroom.smallfiles import SMALL_FILE
 from strongroom.libc import c_function
 from tests.conftest import PASSCODE, local_store
 

@@ -12,7 +12,7 @@ descriptor of the staging directory and never following a link, so no backup can
 outside it. Symbolic links are restored verbatim, wherever they point; permission bits
 are kept and, when running as root, ownership. A file or link replaces whatever has its
 name; it never writes through it. Small files are written by helper processes
-(`filewrite`); large files on the main thread, their blocks preallocated first where
+(`smallfiles`); large files on the main thread, their blocks preallocated first where
 that pays (`preallocate`). Create archives no devices or FIFOs (restore would refuse them),
 nor sockets, and says which it left out.
 """
@@ -35,19 +35,12 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, Protocol, cast
 
 from .errors import ConfigError, IntegrityError, InvalidNameError, UnsafeArchiveError
-from .filewrite import (
-    SMALL_FILE,
-    FileMeta,
-    SmallFileWriters,
-    Staging,
-    owner_ids,
-    write_file,
-    write_pieces,
-)
+from .filewrite import FileMeta, Staging, owner_ids, write_file, write_pieces
 from .format import quoted
 from .pipeline import ChunkWriter, SourceEndedEarly
 from .preallocate import Preallocate, preallocator_for
 from .readahead import ReadAhead
+from .smallfiles import SMALL_FILE, SmallFileWriters
 from .sourcetree import (
     SourceChanged,
     SourceEntry,
@@ -57,7 +50,7 @@ from .sourcetree import (
     walk_source,
 )
 from .tarheader import member_header, set_mtime
-from .tarstream import TarSource, mtime_ns, mtime_restorable, read_members
+from .tarstream import Member, TarSource, mtime_restorable, read_members
 from .writeback import FlushBehind, start_writeback
 
 if TYPE_CHECKING:
@@ -522,7 +515,7 @@ class _Extraction:
         self.directories = _Directories(writers, staging)
         self._parent_ready = ""  # the last directory whose pending writes were waited for
 
-    def make(self, member: tarfile.TarInfo, path: str) -> None:
+    def make(self, member: Member, path: str) -> None:
         """Make one checked member at `path`, after any pending write it could replace."""
         self.directories.leave_unless_inside(path)
         parent = path.rpartition("/")[0]
@@ -538,7 +531,7 @@ class _Extraction:
             self._file(member, path)
         elif member.issym():
             self.staging.symlink(member.linkname, path)
-            self.staging.set_link_metadata(path, _owner(member), mtime_ns(member))
+            self.staging.set_link_metadata(path, _owner(member), member.mtime_ns)
         else:  # a hard link, to an entry of this restore; the inode has its metadata already
             original = member_path(member.linkname)
             self.writers.wait_for(original)
@@ -550,7 +543,7 @@ class _Extraction:
                     "restore does not include; restore both paths."
                 ) from None
 
-    def _file(self, member: tarfile.TarInfo, path: str) -> None:
+    def _file(self, member: Member, path: str) -> None:
         stream, staging = self.stream, self.staging
         if PART_RECORD in member.pax_headers:
             _append_part(stream, member, path, staging, self.preallocate)
@@ -584,11 +577,11 @@ class _Directories:
     def __init__(self, writers: SmallFileWriters, staging: Staging) -> None:
         self._writers = writers
         self._staging = staging
-        self._open: list[tuple[tarfile.TarInfo, str]] = []  # the path to the current member
-        self._done: list[tuple[tarfile.TarInfo, str]] = []  # deepest first
-        self._read_only: list[tuple[tarfile.TarInfo, str]] = []  # deepest first
+        self._open: list[tuple[Member, str]] = []  # the path to the current member
+        self._done: list[tuple[Member, str]] = []  # deepest first
+        self._read_only: list[tuple[Member, str]] = []  # deepest first
 
-    def enter(self, member: tarfile.TarInfo, path: str) -> None:
+    def enter(self, member: Member, path: str) -> None:
         self._open.append((member, path))
 
     def leave_unless_inside(self, path: str) -> None:
@@ -605,22 +598,22 @@ class _Directories:
         self._writers.wait_all()
         self._finish([*self._done, *reversed(self._open), *self._read_only])
 
-    def _finish(self, directories: list[tuple[tarfile.TarInfo, str]]) -> None:
+    def _finish(self, directories: list[tuple[Member, str]]) -> None:
         for member, path in directories:
             fd = self._staging.directory(path)
             owner = _owner(member)
             if owner is not None:
                 os.fchown(fd, *owner)
-            os.utime(fd, ns=(mtime_ns(member), mtime_ns(member)))
+            os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
             os.fchmod(fd, _restored_mode(member))
 
 
-def _file_meta(member: tarfile.TarInfo, path: str) -> FileMeta:
+def _file_meta(member: Member, path: str) -> FileMeta:
     return FileMeta(
         path,
         member.size,
         _restored_mode(member),
-        mtime_ns(member),
+        member.mtime_ns,
         member.uname,
         member.uid,
         member.gname,
@@ -702,7 +695,7 @@ def list_archive(stream: TarSource, selected: Sequence[str] = ()) -> Iterator[Ar
             _ENTRY_TYPES.get(member.type, "file"),
             member.size if member.isreg() else 0,
             _restored_mode(member),
-            mtime_ns(member),
+            member.mtime_ns,
             member.linkname if member.issym() else _hard_link_target(member),
         )
     if pending is not None:

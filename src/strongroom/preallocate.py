@@ -6,7 +6,7 @@ reservation for every page, and writeback takes as long as before. A file that c
 fit also fails before any of it is written. Other file systems are left alone: btrfs
 writes preallocated ranges uncompressed, and the rest is unmeasured. For small files it
 costs more than it saves (one more call per file), so only what the main thread writes asks
-for it: files above `filewrite.SMALL_FILE` and the later parts of a named stream.
+for it: files above `smallfiles.SMALL_FILE` and the later parts of a named stream.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 
-from .filewrite import RangeHint
 from .libc import c_function
 
 __all__ = ["Preallocate", "preallocator_for"]
 
-#: Preallocates `length` bytes of an open file from `offset`, leaving its size as it is.
-Preallocate = RangeHint
+#: Preallocates `length` bytes of an open file from `offset`, leaving its size as it is
+#: (a `filewrite.RangeHint`).
+Preallocate = Callable[[int, int, int], None]
 
 EXT4_SUPER_MAGIC = 0xEF53
 FALLOC_FL_KEEP_SIZE = 1

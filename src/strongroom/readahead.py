@@ -12,7 +12,7 @@ Nothing here changes what is archived: a file read ahead is read again by the wr
 is then; one the helper misses is simply not read ahead. Any failure (no Python to start,
 the helper ending) ends the read-ahead, never the backup. The helper is stopped with the
 context; it gets its sources on its standard input and of the environment only the loader's
-and locale's variables (`filewrite.helper_environment`), so neither the names backed up nor
+and locale's variables (`helperprocess.helper_environment`), so neither the names backed up nor
 any credential of the host's shows in its command line or environment.
 """
 
@@ -21,14 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from . import prefetcher
-from .filewrite import can_start_helpers, helper_environment
+from .helperprocess import can_start_helpers, start_helper
 
 __all__ = ["WINDOW", "ReadAhead"]
 
@@ -77,11 +76,11 @@ class ReadAhead:
         pipe, self._pipe = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self._pipe, False)  # a helper that reads no more never blocks us
         try:
-            self._helper = subprocess.Popen(
-                [sys.executable, "-I", "-S", prefetcher.__file__, str(pipe), str(self._window)],
+            self._helper = start_helper(
+                prefetcher.__file__,
+                [str(pipe), str(self._window)],
                 pass_fds=(pipe,),
                 stdin=subprocess.PIPE,
-                env=helper_environment(),
             )
         finally:
             os.close(pipe)

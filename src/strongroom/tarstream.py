@@ -24,7 +24,7 @@ from typing import Protocol
 
 from .errors import IntegrityError
 
-__all__ = ["mtime_ns", "mtime_restorable", "read_members"]
+__all__ = ["Member", "mtime_ns", "mtime_restorable", "read_members"]
 
 BLOCK = 512
 #: A pax header larger than this is refused (tarfile writes a few hundred bytes).
@@ -65,7 +65,15 @@ class TarSource(Protocol):
     def tell(self) -> int: ...
 
 
-def read_members(stream: TarSource) -> Iterator[tarfile.TarInfo]:
+class Member(tarfile.TarInfo):
+    """A member as read here: a `tarfile.TarInfo` that also holds its exact mtime, read
+    from its pax record once (a restore sets it on the file, lists it, checks it)."""
+
+    __slots__ = ("mtime_ns",)
+    mtime_ns: int
+
+
+def read_members(stream: TarSource) -> Iterator[Member]:
     """Each member in order, with `offset_data` set to where its data starts.
 
     The caller may read some or all of a regular file's data before asking for the next
@@ -97,12 +105,12 @@ def read_members(stream: TarSource) -> Iterator[tarfile.TarInfo]:
             stream.seek(member.offset_data + _padded(member.size))
 
 
-def _member(fields: tuple[bytes, ...]) -> tarfile.TarInfo:
+def _member(fields: tuple[bytes, ...]) -> Member:
     """The member a ustar header describes (its fields as `_HEADER` unpacks them)."""
     (name, mode, uid, gid, size, mtime, _, kind, linkname, magic, uname, gname, _, _, prefix) = (
         fields
     )
-    member = tarfile.TarInfo(_text(name))
+    member = Member(_text(name))
     if kind not in _MEMBER_TYPES:
         raise IntegrityError(
             f"The backup's archive holds {member.name!r} as a tar member of type {kind!r}, "
@@ -200,22 +208,32 @@ def mtime_ns(member: tarfile.TarInfo) -> int:
     return -ns if sign else ns
 
 
-def _check_ranges(member: tarfile.TarInfo) -> None:
+def _check_ranges(member: Member) -> None:
     """Numbers a file system can take: a size not below 0, owner ids below 2**32, and an
-    mtime within years 1 to 9999 (a pax record can hold any number, NaN included)."""
+    mtime within years 1 to 9999 (a pax record can hold any number, NaN included); the
+    member keeps that exact mtime."""
     if member.size < 0:
         raise IntegrityError(f"The backup's archive gives {member.name!r} a negative size.")
     if not (0 <= member.uid < _MAX_ID and 0 <= member.gid < _MAX_ID):
         raise IntegrityError(f"The backup's archive gives {member.name!r} an impossible owner.")
-    if not mtime_restorable(member):
+    exact = _restorable_mtime_ns(member)
+    if exact is None:
         raise IntegrityError(f"The backup's archive gives {member.name!r} an impossible mtime.")
+    member.mtime_ns = exact
 
 
 def mtime_restorable(member: tarfile.TarInfo) -> bool:
-    """Whether the member's mtime, read exactly, is within years 1 to 9999 (a pax record
+    """Whether the member's mtime, read exactly, is within years 1 to 9999."""
+    return _restorable_mtime_ns(member) is not None
+
+
+def _restorable_mtime_ns(member: tarfile.TarInfo) -> int | None:
+    """The member's exact mtime if it is within years 1 to 9999, else None (a pax record
     can hold any number, NaN and infinity included: the float is bounded first)."""
-    roughly = abs(member.mtime) < 10**12  # False for NaN; years far past either end
-    return roughly and _MIN_NS <= mtime_ns(member) <= _MAX_NS
+    if not abs(member.mtime) < 10**12:  # NaN; years far past either end
+        return None
+    exact = mtime_ns(member)
+    return exact if _MIN_NS <= exact <= _MAX_NS else None
 
 
 def _number(field: bytes) -> int:

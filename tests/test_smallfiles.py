@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from strongroom import filewrite
-from strongroom.filewrite import FileMeta, SmallFileWriters, Staging
+from strongroom import filewrite, smallfiles
+from strongroom.filewrite import FileMeta, Staging
+from strongroom.smallfiles import SmallFileWriters
 
 
 def meta(
@@ -72,17 +73,17 @@ def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """As many helpers as this machine gets, three (so helpers race on any machine), or
     none."""
     if request.param == "this thread":
-        monkeypatch.setattr(filewrite, "MAX_HELPERS", 0)
+        monkeypatch.setattr(smallfiles, "MAX_HELPERS", 0)
         return 0
     if request.param == "three helpers":
-        monkeypatch.setattr(filewrite, "helpers_for", lambda cores: 3)
+        monkeypatch.setattr(smallfiles, "helpers_for", lambda cores: 3)
         return 3
-    return filewrite.helpers_for(filewrite.usable_cores())
+    return smallfiles.helpers_for(smallfiles.usable_cores())
 
 
 @pytest.mark.parametrize(("cores", "helpers"), [(None, 1), (1, 1), (2, 1), (4, 3), (16, 15)])
 def test_one_helper_per_core_but_the_readers(cores: int | None, helpers: int) -> None:
-    assert filewrite.helpers_for(cores) == helpers
+    assert smallfiles.helpers_for(cores) == helpers
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
@@ -132,7 +133,7 @@ def test_a_write_through_a_link_fails_reaches_nothing_and_stops_the_helpers(
     outside.mkdir()
     (staging / "a-link").symlink_to(outside)
     with pytest.raises(OSError) as raised, writers_in(staging) as writers:
-        for n in range(filewrite.BATCH_FILES + 1):  # the helpers start, if there are any
+        for n in range(smallfiles.BATCH_FILES + 1):  # the helpers start, if there are any
             submit(writers, Path(f"fine{n}"), b"fine, these")
         submit(writers, Path("a-link/below"), b"never written outside")
         writers.wait_all()
@@ -166,7 +167,7 @@ def test_helpers_get_only_the_loader_and_locale_settings_and_exact_file_names(
     monkeypatch.setenv("LC_ALL", "C.UTF-8")
     name = os.fsdecode(b"caf\xe9-not-utf8")  # a surrogate-escaped name
     with writers_in(tmp_path) as writers:
-        for n in range(filewrite.BATCH_FILES):
+        for n in range(smallfiles.BATCH_FILES):
             submit(writers, tmp_path / f"before-the-helpers-{n}", b"")
         submit(writers, tmp_path / name, b"bytes")
         writers.wait_all()  # the helper has written, so it runs its own program by now
@@ -183,7 +184,7 @@ def test_helpers_get_only_the_loader_and_locale_settings_and_exact_file_names(
 def test_without_a_python_to_start_files_are_written_on_this_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(filewrite.sys, "executable", "")
+    monkeypatch.setattr(sys, "executable", "")
     with writers_in(tmp_path) as writers:
         assert writers.helper_count == 0
         submit(writers, tmp_path / "here", b"written right away")
@@ -193,9 +194,9 @@ def test_without_a_python_to_start_files_are_written_on_this_thread(
 def test_if_the_helpers_cannot_start_files_are_written_on_this_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(filewrite.sys, "executable", str(tmp_path / "gone" / "python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "gone" / "python"))
     with writers_in(tmp_path) as writers:
-        for n in range(filewrite.BATCH_FILES):
+        for n in range(smallfiles.BATCH_FILES):
             submit(writers, tmp_path / f"f{n}", b"before the helpers would start")
         submit(writers, tmp_path / "here", b"written right away")
         assert writers.helper_count == 0
@@ -206,16 +207,16 @@ def test_if_the_helpers_cannot_start_files_are_written_on_this_thread(
 def test_a_file_larger_than_small_file_is_refused(tmp_path: Path, helpers: int) -> None:
     with writers_in(tmp_path) as writers:
         with pytest.raises(ValueError, match="more than SMALL_FILE"):
-            submit(writers, tmp_path / "large", bytes(filewrite.SMALL_FILE + 1))
-        submit(writers, tmp_path / "largest", bytes(filewrite.SMALL_FILE))
+            submit(writers, tmp_path / "large", bytes(smallfiles.SMALL_FILE + 1))
+        submit(writers, tmp_path / "largest", bytes(smallfiles.SMALL_FILE))
         writers.wait_all()
     assert not (tmp_path / "large").exists()
-    assert (tmp_path / "largest").stat().st_size == filewrite.SMALL_FILE
+    assert (tmp_path / "largest").stat().st_size == smallfiles.SMALL_FILE
 
 
 def test_a_restore_of_a_few_files_starts_no_helper(tmp_path: Path) -> None:
     with writers_in(tmp_path) as writers:
-        for n in range(filewrite.BATCH_FILES):
+        for n in range(smallfiles.BATCH_FILES):
             submit(writers, tmp_path / f"f{n}", b"few")
             assert (tmp_path / f"f{n}").read_bytes() == b"few"  # written at once
         assert not writers._helpers
@@ -230,15 +231,13 @@ def test_a_helper_whose_main_process_was_killed_ends_quietly(tmp_path: Path) -> 
     tasks_read, tasks_write = os.pipe()
     acks_read, acks_write = os.pipe()
     os.close(acks_read)  # the main process is gone
-    filewrite._write_message(tasks_write, (0, []))
+    filewrite.write_message(tasks_write, (0, []))
     os.close(tasks_write)
     memory = os.memfd_create("test")
     os.ftruncate(memory, 4096)
     root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    interrupt = signal.getsignal(signal.SIGINT)
     try:
         filewrite._serve(tasks_read, acks_write, memory, root)
     finally:
-        signal.signal(signal.SIGINT, interrupt)
         for fd in (tasks_read, acks_write, memory, root):
             os.close(fd)
