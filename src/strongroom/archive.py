@@ -466,12 +466,13 @@ def extract_archive(
         with FlushBehind(target) as flush, SmallFileWriters(staging) as writers:
             extraction = _Extraction(stream, staging, writers, preallocate, flush)
             for member in read_members(stream):
-                name = member_path(member.name)
-                matches = selection_matches(name, selected) if selected else []
-                if selected and not matches and not (member.isdir() and _leads_to(name, selected)):
-                    continue  # but a directory on the way to a selected path is made as it was
+                if selected:
+                    name = member_path(member.name)
+                    matches = selection_matches(name, selected)
+                    if not matches and not (member.isdir() and _leads_to(name, selected)):
+                        continue  # but a directory on the way to a selected path is made
+                    found.update(matches)
                 path = rules.check(member)
-                found.update(matches)
                 if path:  # not the archive's own top ('./')
                     extraction.make(member, path)
             extraction.directories.finish_all()
