@@ -1,4 +1,4 @@
-"""Helper processes start apart from the terminal's signals."""
+"""Helper processes stay in the main process's process group."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 from strongroom.helperprocess import start_helper
 
 
-def test_ctrl_c_at_a_terminal_reaches_the_main_process_but_not_its_helpers(
+def test_a_helper_stays_in_the_process_group_of_the_process_that_waits_for_it(
     tmp_path: Path,
 ) -> None:
-    """A terminal sends Ctrl-C's SIGINT to its foreground process group; a helper in
-    that group would die of it mid-batch, whatever the main process decides."""
+    """In a group of its own, a helper writing to a terminal set to `tostop` (a traceback)
+    is stopped by SIGTTOU for good, and the main process waits for it forever."""
     program = tmp_path / "helper.py"
     program.write_text("import os, sys\nopen(sys.argv[1], 'w').write(str(os.getpgrp()))\n")
     helper = start_helper(str(program), [str(tmp_path / "group")], stdin=subprocess.DEVNULL)
     assert helper.wait() == 0
-    assert int((tmp_path / "group").read_text()) != os.getpgrp()
+    assert int((tmp_path / "group").read_text()) == os.getpgrp()

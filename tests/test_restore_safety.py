@@ -271,6 +271,22 @@ def test_a_partial_restore_skips_what_it_does_not_name(
     assert (out / "keep" / "me.txt").read_bytes() == b"kept\n"
 
 
+def test_an_owner_name_holding_a_nul_names_nobody_and_the_numbers_apply(
+    engine: Engine, home: Path, tmp_path: Path, helpers: str
+) -> None:
+    """A pax record can give a name any bytes. As root, restore looks names up, which
+    raised ValueError for one with a NUL: the helper died, then the restore with it."""
+    odd = entry("odd.txt")
+    odd.uid, odd.gid = 4321, 8765
+    odd.pax_headers = {"uname": "ro\x00ot", "gname": "wh\x00eel"}
+    forge_backup(store_dir(home), "nul", PASSCODE, tar_of([*PADDING, (odd, b"odd\n")]))
+    out = engine.restore("nul", tmp_path / "out", passcode=PASSCODE)
+    assert (out / "odd.txt").read_bytes() == b"odd\n"
+    if os.geteuid() == 0:
+        status = (out / "odd.txt").stat()
+        assert (status.st_uid, status.st_gid) == (4321, 8765)
+
+
 @pytest.fixture
 def etc_like(tmp_path: Path) -> Path:
     """A tree like /etc: absolute links, links out of the tree, dangling links, hard

@@ -159,6 +159,26 @@ def test_if_a_helper_dies_this_thread_writes_everything_it_had(
     assert no_children_left()
 
 
+def test_ctrl_c_at_a_terminal_leaves_the_helpers_writing_for_the_main_process_to_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A terminal sends Ctrl-C's SIGINT to the whole process group: the main process
+    decides whether the restore stops (and then kills its helpers), not each helper."""
+    files = {tmp_path / f"f{n}": os.urandom(1000) for n in range(200)}
+    with writers_in(tmp_path) as writers:
+        for n, (path, data) in enumerate(files.items()):
+            submit(writers, path, data)
+            if n == 100:
+                writers.wait_all()  # the helpers are serving by now
+                for helper in writers._helpers:
+                    os.kill(helper.process.pid, signal.SIGINT)
+        writers.wait_all()
+        assert writers._helpers
+        assert all(helper.process.poll() is None for helper in writers._helpers)
+    assert all(path.read_bytes() == data for path, data in files.items())
+    assert "ended unexpectedly" not in caplog.text
+
+
 def test_helpers_get_only_the_loader_and_locale_settings_and_exact_file_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

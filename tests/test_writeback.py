@@ -20,8 +20,8 @@ import pytest
 from strongroom import Engine, writeback
 from strongroom.backends.file import LocalStore
 from strongroom.filewrite import WRITEBACK_STEP, write_pieces
-from strongroom.smallfiles import SMALL_FILE
 from strongroom.libc import c_function
+from strongroom.smallfiles import SMALL_FILE
 from tests.conftest import PASSCODE, local_store
 
 FS_IOC_FIEMAP = 0xC020660B

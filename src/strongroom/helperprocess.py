@@ -5,8 +5,10 @@ work never waits for this process's GIL.
 A helper gets of the host's environment only what the dynamic loader needs to start the
 interpreter and the locale (`helper_environment`): store credentials, proxies and every
 other setting stay in this process. It runs isolated (`-I -S`: no user site, no
-PYTHON* variables, no site-packages) in a process group of its own, so Ctrl-C at a terminal
-reaches only this process, which decides what stops.
+PYTHON* variables, no site-packages). It stays in this process's process group (one of its
+own would be stopped for good by a terminal set to `tostop` the moment it printed a
+traceback, and this process would wait for it forever), and ignores SIGINT itself: Ctrl-C
+at a terminal reaches the helpers too, and this process decides what stops.
 """
 
 from __future__ import annotations
@@ -51,5 +53,4 @@ def start_helper(
         pass_fds=pass_fds,
         stdin=stdin,
         env=helper_environment(),
-        process_group=0,
     )

@@ -20,8 +20,7 @@ from .libc import c_function
 
 __all__ = ["Preallocate", "preallocator_for"]
 
-#: Preallocates `length` bytes of an open file from `offset`, leaving its size as it is
-#: (a `filewrite.RangeHint`).
+#: Preallocates `length` bytes of an open file from `offset`, leaving its size as it is.
 Preallocate = Callable[[int, int, int], None]
 
 EXT4_SUPER_MAGIC = 0xEF53

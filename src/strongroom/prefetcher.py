@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import stat
 import struct
 import sys
@@ -230,6 +231,7 @@ def _open(directory: Directory, name: bytes | str) -> int:
 def _main(pipe: int, window: int, sources: Sequence[bytes]) -> None:
     """The helper: its sources are NUL-separated on its standard input (not in its
     command line, which every local user can read)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what it stops
     progress = Progress(window)
     threading.Thread(target=progress.follow, args=(pipe,), daemon=True).start()
     prefetch(sources, progress)
