@@ -256,8 +256,10 @@ def test_a_helper_whose_main_process_was_killed_ends_quietly(tmp_path: Path) -> 
     memory = os.memfd_create("test")
     os.ftruncate(memory, 4096)
     root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    interrupt = signal.getsignal(signal.SIGINT)  # the helper ignores SIGINT: not pytest
     try:
         filewrite._serve(tasks_read, acks_write, memory, root)
     finally:
+        signal.signal(signal.SIGINT, interrupt)
         for fd in (tasks_read, acks_write, memory, root):
             os.close(fd)
